@@ -1,0 +1,111 @@
+"""Client channels between services: a deadline on every call and retries of UNAVAILABLE.
+
+Every internal RPC is idempotent as our clients call it (writes carry idempotency keys), so
+the retry policy covers whole services; `LONG_CALLS` raises the default deadline of the few
+calls that legitimately take long (video matching, log verification, retention runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import grpc
+
+from mixip.runtime.logs import REQUEST_ID
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+LONG_CALLS = {
+    ("mixip.matcher.v1.MatcherService", "MatchMedia"): 600.0,
+    ("mixip.matcher.v1.MatcherService", "DetectFaces"): 600.0,
+    ("mixip.matcher.v1.MatcherService", "EnrollTalentFace"): 60.0,
+    ("mixip.audit.v1.AuditService", "VerifyLog"): 600.0,
+    ("mixip.audit.v1.AuditService", "PurgeExpired"): 600.0,
+    ("mixip.retention.v1.RetentionService", "RunNow"): 3600.0,
+    ("mixip.gateway.v1.GatewayService", "UploadMedia"): 900.0,
+    ("mixip.gateway.v1.GatewayService", "EnrollTalent"): 120.0,
+    ("mixip.gateway.v1.GatewayService", "ExportTalentData"): 300.0,
+    ("mixip.gateway.v1.GatewayService", "VerifyAuditLog"): 600.0,
+    ("mixip.gateway.v1.GatewayService", "EraseTalent"): 120.0,
+    ("mixip.gateway.v1.AdminService", "RunRetentionJob"): 3600.0,
+}
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config(services: Sequence[str], timeout_seconds: float) -> str:
+    configs = [
+        {
+            "name": [{"service": s} for s in services],
+            "timeout": f"{timeout_seconds}s",
+            "retryPolicy": RETRY_POLICY,
+        }
+    ]
+    for (service, method), seconds in LONG_CALLS.items():
+        if service in services:
+            configs.append(
+                {
+                    "name": [{"service": service, "method": method}],
+                    "timeout": f"{seconds}s",
+                    "retryPolicy": RETRY_POLICY,
+                }
+            )
+    return json.dumps({"methodConfig": configs})
+
+
+def open_channel(
+    address: str,
+    services: Sequence[str],
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    max_message_bytes: int = 80 * 1024 * 1024,
+    server_name: str | None = None,
+) -> grpc.Channel:
+    """A channel to `address` for full service names such as "mixip.audit.v1.AuditService"."""
+    options = [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", service_config(services, timeout_seconds)),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.per_rpc_retry_buffer_size", 1024 * 1024),
+    ]
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        channel = grpc.secure_channel(address, credentials, options=options)
+    return grpc.intercept_channel(channel, _RequestIdPropagation())
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, metadata) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = details.compression
+
+
+class _RequestIdPropagation(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """Passes the current request id on, so one id follows a request through the mesh."""
+
+    def _details(self, details):
+        request_id = REQUEST_ID.get()
+        if not request_id:
+            return details
+        metadata = [*(details.metadata or []), ("x-request-id", request_id)]
+        return _CallDetails(details, metadata)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)

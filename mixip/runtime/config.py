@@ -1,0 +1,121 @@
+"""Configuration from `MIXIP_*` environment variables, with the embedded defaults.
+
+Every variable is listed in the README's configuration table. A bad value is a start-up error
+naming the variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICES = ("gateway", "matcher", "consent", "audit", "retention")
+# Listen ports when a service runs alone; `mixip up` picks free ports and writes mesh.json.
+DEFAULT_PORTS = {
+    "gateway": 50051,
+    "matcher": 50052,
+    "consent": 50053,
+    "audit": 50054,
+    "retention": 50055,
+}
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+class Env:
+    """Typed reads of environment variables (a mapping, so tests can pass their own)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+
+    def str(self, name: str, default: str) -> str:
+        return self.environ.get(name, default).strip() or default
+
+    def optional(self, name: str) -> str | None:
+        value = self.environ.get(name, "").strip()
+        return value or None
+
+    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in {"1", "true", "yes", "on"}:
+            return True
+        if raw in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        return value
+
+
+def data_dir(env: Env) -> Path:
+    return Path(env.str("MIXIP_DATA_DIR", "var")).expanduser().resolve()
+
+
+def service_address(name: str, env: Env) -> str:
+    """Where a client reaches service `name`: MIXIP_<NAME>_ADDRESS, default loopback port."""
+    return env.str(f"MIXIP_{name.upper()}_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS[name]}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every service's server needs, read for service `name`."""
+
+    name: str
+    data_dir: Path
+    listen: str
+    database_url: str
+    tls_dir: Path | None
+    max_message_bytes: int
+    workers: int
+    grace_seconds: float
+
+    @classmethod
+    def load(cls, name: str, env: Env | None = None) -> ServerConfig:
+        env = env or Env()
+        root = data_dir(env)
+        prefix = f"MIXIP_{name.upper()}_"
+        tls = env.optional("MIXIP_TLS_DIR")
+        return cls(
+            name=name,
+            data_dir=root,
+            listen=env.str(prefix + "LISTEN", f"127.0.0.1:{DEFAULT_PORTS[name]}"),
+            database_url=env.str(prefix + "DATABASE_URL", f"sqlite:///{root / (name + '.db')}"),
+            tls_dir=Path(tls).expanduser().resolve() if tls else None,
+            max_message_bytes=env.int("MIXIP_MAX_MESSAGE_BYTES", 80 * MiB, minimum=4 * MiB),
+            workers=env.int(prefix + "WORKERS", 16, minimum=1),
+            grace_seconds=env.float("MIXIP_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0.0),
+        )

@@ -1,0 +1,116 @@
+"""SQLAlchemy 2 engines and units of work for every service.
+
+Embedded default: one SQLite file per service (WAL, foreign keys, write transactions take the
+lock up front with BEGIN IMMEDIATE so two writers never deadlock on a lock upgrade).
+Production and CI: PostgreSQL through psycopg2, with pre-ping so a restarted server is
+reconnected to without restarting the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+_SQLITE_BEGIN = "mixip_sqlite_begin"
+
+
+def database_url(url: str):
+    """The URL with an explicit driver: plain postgresql:// means psycopg2 (our dependency;
+    SQLAlchemy 2.1 would pick psycopg 3)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
+
+
+def create_db_engine(url: str) -> Engine:
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:
+            # Let SQLAlchemy's begin event below issue BEGIN, not the driver.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection) -> None:
+            mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+            connection.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16, pool_recycle=1800)
+
+
+class Database:
+    """One service's database: its engine, its tables, and transactions on them."""
+
+    def __init__(self, url: str, metadata: MetaData) -> None:
+        self.url = url
+        self.engine = create_db_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._writer = (
+            self.engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+            if self.dialect == "sqlite"
+            else self.engine
+        )
+        self.metadata = metadata
+
+    def create_tables(self) -> None:
+        """Creates missing tables; on PostgreSQL under an advisory lock so replicas don't race."""
+        with self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+            self.metadata.create_all(connection)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A read-write unit of work: commits on success, rolls back on any exception."""
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self, *, snapshot: bool = False) -> Iterator[Session]:
+        """A read-only unit of work (rolled back at the end). With `snapshot`, every query sees
+        the same committed state (REPEATABLE READ on PostgreSQL; SQLite's WAL read transaction
+        is a snapshot already)."""
+        bind = self.engine
+        if snapshot and self.dialect == "postgresql":
+            bind = self.engine.execution_options(isolation_level="REPEATABLE READ")
+        with Session(bind) as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def insert_ignoring_conflicts(
+    session: Session, table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str]
+) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING; returns how many rows were inserted."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(table)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=list(conflict_columns))
+    )
+    return session.execute(statement).rowcount

@@ -1,0 +1,240 @@
+"""gRPC server bootstrap shared by every service (grpc's own examples/python are the model).
+
+`start_server` builds a server with health and reflection, the mesh interceptor (request id,
+one structured log line per call, caller rules, domain errors mapped to status with details) and
+message-size limits. `serve` runs a service as a process until SIGTERM/SIGINT, then drains it:
+health NOT_SERVING first, then `server.stop(grace)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from mixip.runtime import logs
+from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.errors import Internal, MeshError, Unavailable, to_grpc_status
+
+logger = logging.getLogger("mixip.server")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+# Authorizer: given the full method name and the call context, raises PermissionDenied (or
+# returns the caller's identity for the log line).
+Authorizer = Callable[[str, grpc.ServicerContext], str]
+
+
+class ServiceApp:
+    """What a service hands to the bootstrap: its servicers, and background work if any."""
+
+    name: str = ""
+
+    def register(self, server: grpc.Server) -> Sequence[str]:
+        """Adds the servicers; returns the full names of the services added."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Starts background work (dispatchers, schedulers) once the server is up."""
+
+    def close(self) -> None:
+        """Stops background work and releases resources."""
+
+
+class MeshInterceptor(grpc.ServerInterceptor):
+    """Request id, structured log line, caller authorization and error mapping for every RPC."""
+
+    def __init__(self, domain: str, authorize: Authorizer | None = None) -> None:
+        self.domain = domain
+        self.authorize = authorize
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith("/grpc."):
+            return handler  # health and reflection stay untouched
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap(self, behavior, method: str):
+        def wrapped(request, context: grpc.ServicerContext):
+            incoming = dict(context.invocation_metadata()).get(REQUEST_ID_HEADER, "")
+            request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+            token = logs.REQUEST_ID.set(request_id)
+            started = time.perf_counter()
+            caller = ""
+            failure: MeshError | None = None
+            try:
+                if self.authorize is not None:
+                    caller = self.authorize(method, context)
+                return behavior(request, context)
+            except MeshError as exc:
+                failure = exc
+            except grpc.RpcError as exc:  # a call to another service failed
+                failure = _dependency_failure(exc)
+                if failure is None:
+                    _passthrough(context, exc)
+            except (OperationalError, DBAPIError) as exc:
+                if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                    logger.warning("database unavailable", exc_info=True)
+                    failure = Unavailable(
+                        "database unavailable; retry", reason="DATABASE_UNAVAILABLE"
+                    )
+                else:
+                    logger.error("database error", exc_info=True)
+                    failure = Internal(f"internal error (request id {request_id})")
+            except Exception:
+                if _aborted(context):
+                    raise
+                logger.error("unhandled error", exc_info=True)
+                failure = Internal(f"internal error (request id {request_id})")
+            finally:
+                code = failure.code.name if failure else _code_name(context)
+                logs.log(
+                    logger,
+                    "rpc",
+                    method=method,
+                    code=code,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                    **({"caller": caller} if caller else {}),
+                    **({"reason": failure.reason} if failure else {}),
+                )
+                logs.REQUEST_ID.reset(token)
+            context.abort_with_status(to_grpc_status(failure, self.domain))
+
+        return wrapped
+
+
+def _code_name(context: grpc.ServicerContext) -> str:
+    code = context.code() if hasattr(context, "code") else None
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+def _aborted(context: grpc.ServicerContext) -> bool:
+    code = context.code() if hasattr(context, "code") else None
+    return code not in (None, grpc.StatusCode.OK)
+
+
+def _dependency_failure(exc: grpc.RpcError) -> MeshError | None:
+    """UNAVAILABLE for an unreachable dependency; None to pass its status through unchanged."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        logger.warning("dependency unavailable", extra={"fields": {"code": code.name}})
+        return Unavailable(
+            "a service this call depends on is unavailable; retry", reason="DEPENDENCY_UNAVAILABLE"
+        )
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED):
+        logger.error("dependency failed", extra={"fields": {"code": code.name}})
+        return Internal(f"internal error (request id {logs.REQUEST_ID.get()})")
+    return None
+
+
+def _passthrough(context: grpc.ServicerContext, exc: grpc.RpcError) -> None:
+    """Returns a dependency's own status (e.g. its INVALID_ARGUMENT with field details)."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(exc)
+    if status is not None:
+        context.abort_with_status(rpc_status.to_status(status))
+    context.abort(exc.code(), exc.details() or "")
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def start_server(
+    app: ServiceApp,
+    *,
+    listen: str = "127.0.0.1:0",
+    max_message_bytes: int = 80 * 1024 * 1024,
+    workers: int = 16,
+    credentials: grpc.ServerCredentials | None = None,
+    authorize: Authorizer | None = None,
+) -> RunningServer:
+    """Builds, binds and starts a server for `app`; `listen` may use port 0 (see `.port`)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{app.name}-rpc"),
+        interceptors=[MeshInterceptor(f"{app.name}.mixip", authorize)],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = list(app.register(server))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    if credentials is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, credentials)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen} (address in use or invalid)")
+    server.start()
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    app.start()
+    return RunningServer(server, port, health_servicer)
+
+
+def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict]]) -> int:
+    """Runs service `name` as a process until SIGTERM/SIGINT. `build` returns the app and the
+    keyword arguments of `start_server` beyond the common ones (credentials, authorize)."""
+    logs.configure()
+    env = Env()
+    try:
+        config = ServerConfig.load(name, env)
+        app, extra = build(config, env)
+        running = start_server(
+            app,
+            listen=config.listen,
+            max_message_bytes=config.max_message_bytes,
+            workers=config.workers,
+            **extra,
+        )
+    except ConfigError as exc:
+        print(f"mixip {name}: {exc}", file=sys.stderr)
+        return 2
+    logs.log(logger, "serving", service=name, port=running.port, tls=bool(extra.get("credentials")))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    logs.log(logger, "stopping", service=name)
+    running.stop(config.grace_seconds)
+    app.close()
+    logs.log(logger, "stopped", service=name)
+    return 0
