@@ -1,0 +1,75 @@
+"""Composition root of the audit service: configuration → database, key wrapper, vault, log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from mixip.runtime.config import Env, ServerConfig
+from mixip.runtime.db import Database
+from mixip.runtime.keys import KeyWrapper, KmsKeyWrapper, LocalKeyWrapper
+from mixip.runtime.server import ServiceApp
+from mixip.runtime.times import Clock, utcnow
+from services.audit.service import AuditLog
+from services.audit.servicer import AuditServicer
+from services.audit.store import Base
+from services.audit.vault import SaltVault
+
+SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    kek_file: Path
+    kms_key_id: str | None
+    aws_region: str | None
+    aws_endpoint_url: str | None
+
+    @classmethod
+    def load(cls, config: ServerConfig, env: Env) -> AuditSettings:
+        return cls(
+            kek_file=Path(
+                env.str("MIXIP_AUDIT_KEK_FILE", str(config.data_dir / "keys" / "audit-kek.key"))
+            ),
+            kms_key_id=env.optional("MIXIP_AUDIT_KMS_KEY_ID"),
+            aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
+            aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
+        )
+
+    def key_wrapper(self) -> KeyWrapper:
+        if self.kms_key_id:
+            import boto3
+
+            client = boto3.client(
+                "kms", region_name=self.aws_region, endpoint_url=self.aws_endpoint_url
+            )
+            return KmsKeyWrapper(client, self.kms_key_id)
+        return LocalKeyWrapper(self.kek_file)
+
+
+class AuditApp(ServiceApp):
+    name = "audit"
+
+    def __init__(self, db: Database, wrapper: KeyWrapper, clock: Clock = utcnow) -> None:
+        db.create_tables()
+        self.db = db
+        self.log = AuditLog(db, SaltVault(db, wrapper, clock), clock)
+        self.clock = clock
+
+    def register(self, server: grpc.Server) -> Sequence[str]:
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditServicer(self.log, self.clock), server
+        )
+        return [SERVICE_NAME]
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict]:
+    settings = AuditSettings.load(config, env)
+    return AuditApp(Database(config.database_url, Base.metadata), settings.key_wrapper()), {}

@@ -1,0 +1,331 @@
+"""Audit use cases, each one unit of work: record, list, verify, shred, purge."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.orm import Session
+
+from mixip.runtime import logs
+from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.times import Clock, as_utc
+from services.audit.domain import (
+    GENESIS_HASH,
+    ChainVerdict,
+    EventContent,
+    StoredLink,
+    chain_hash,
+    talent_hash,
+    verify_chain,
+)
+from services.audit.store import ChainHead, Checkpoint, EventRow
+from services.audit.vault import SaltVault
+
+logger = logging.getLogger("mixip.audit")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    idempotency_key: str
+    project_id: str
+    media_id: str
+    face_index: int
+    label: int
+    reason: int
+    similarity: float
+    talent_id: str  # "" when the face matched no talent
+    actor: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    account_id: str
+    talent_id: str = ""
+    project_id: str = ""
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LogVerdict:
+    ok: bool
+    events_checked: int
+    chains_checked: int
+    first_broken_sequence: int = 0
+    broken_account_id: str = ""
+    detail: str = ""
+
+
+class AuditLog:
+    def __init__(self, db: Database, vault: SaltVault, clock: Clock) -> None:
+        self.db = db
+        self.vault = vault
+        self.clock = clock
+
+    # -- record -------------------------------------------------------------------------------
+
+    def record(self, account_id: str, events: list[NewEvent]) -> tuple[int, int]:
+        """Appends events to the account's chain; returns (recorded, duplicates)."""
+        with self.db.write() as session:
+            head = self._locked_head(session, account_id)
+            keys = [e.idempotency_key for e in events]
+            stored = set(
+                session.scalars(
+                    select(EventRow.idempotency_key).where(
+                        EventRow.account_id == account_id, EventRow.idempotency_key.in_(keys)
+                    )
+                )
+            )
+            fresh: list[NewEvent] = []
+            for event in events:
+                if event.idempotency_key not in stored:
+                    stored.add(event.idempotency_key)
+                    fresh.append(event)
+            salts = self.vault.salts(
+                session, account_id, [e.talent_id for e in fresh if e.talent_id], create=True
+            )
+            recorded_at = max(self.clock(), as_utc(head.last_recorded_at))
+            sequence, prev = head.last_sequence, head.last_hash
+            rows = []
+            for event in fresh:
+                sequence += 1
+                content = EventContent(
+                    account_id=account_id,
+                    sequence=sequence,
+                    idempotency_key=event.idempotency_key,
+                    project_id=event.project_id,
+                    media_id=event.media_id,
+                    face_index=event.face_index,
+                    label=event.label,
+                    reason=event.reason,
+                    similarity=event.similarity,
+                    talent_hash=(
+                        talent_hash(salts[event.talent_id], event.talent_id)
+                        if event.talent_id
+                        else None
+                    ),
+                    actor=event.actor,
+                    occurred_at=event.occurred_at,
+                    recorded_at=recorded_at,
+                )
+                digest = chain_hash(prev, content)
+                rows.append(_row(content, prev, digest))
+                prev = digest
+            session.add_all(rows)
+            head.last_sequence, head.last_hash = sequence, prev
+            head.last_recorded_at = recorded_at
+        duplicates = len(events) - len(fresh)
+        logs.log(
+            logger,
+            "events recorded",
+            account=account_id,
+            recorded=len(fresh),
+            duplicates=duplicates,
+        )
+        return len(fresh), duplicates
+
+    def _locked_head(self, session: Session, account_id: str) -> ChainHead:
+        insert_ignoring_conflicts(
+            session,
+            ChainHead.__table__,
+            [
+                {
+                    "account_id": account_id,
+                    "last_sequence": 0,
+                    "last_hash": GENESIS_HASH,
+                    "last_recorded_at": _EPOCH,
+                }
+            ],
+            ["account_id"],
+        )
+        return session.scalars(
+            select(ChainHead).where(ChainHead.account_id == account_id).with_for_update()
+        ).one()
+
+    # -- list ---------------------------------------------------------------------------------
+
+    def list_events(
+        self, where: EventFilter, page_size: int, after_sequence: int
+    ) -> tuple[list[EventRow], int | None]:
+        """A page of events oldest first, and the sequence to continue after (None at the end).
+        A talent filter matches nothing once the talent's salt is gone."""
+        with self.db.read() as session:
+            conditions = [
+                EventRow.account_id == where.account_id,
+                EventRow.sequence > after_sequence,
+            ]
+            if where.talent_id:
+                salts = self.vault.salts(session, where.account_id, [where.talent_id], create=False)
+                if not salts:
+                    return [], None
+                conditions.append(
+                    EventRow.talent_hash == talent_hash(salts[where.talent_id], where.talent_id)
+                )
+            if where.project_id:
+                conditions.append(EventRow.project_id == where.project_id)
+            if where.since is not None:
+                conditions.append(EventRow.occurred_at >= where.since)
+            rows = list(
+                session.scalars(
+                    select(EventRow)
+                    .where(and_(*conditions))
+                    .order_by(EventRow.sequence)
+                    .limit(page_size + 1)
+                )
+            )
+        if len(rows) > page_size:
+            return rows[:page_size], rows[page_size - 1].sequence
+        return rows, None
+
+    # -- verify -------------------------------------------------------------------------------
+
+    def verify(self, account_id: str = "") -> LogVerdict:
+        """Recomputes every link of one account's chain (or of all) in one consistent snapshot."""
+        checked = chains = 0
+        with self.db.read(snapshot=True) as session:
+            query = select(ChainHead).order_by(ChainHead.account_id)
+            if account_id:
+                query = query.where(ChainHead.account_id == account_id)
+            heads = session.scalars(query).all()
+            for head in heads:
+                verdict = self._verify_one(session, head)
+                checked += verdict.checked
+                chains += 1
+                if not verdict.ok:
+                    return LogVerdict(
+                        False,
+                        checked,
+                        chains,
+                        verdict.first_broken_sequence,
+                        head.account_id,
+                        verdict.detail,
+                    )
+        return LogVerdict(True, checked, chains, detail=f"{chains} chain(s) intact")
+
+    def _verify_one(self, session: Session, head: ChainHead) -> ChainVerdict:
+        checkpoint = session.get(Checkpoint, head.account_id)
+        rows = session.execute(
+            select(EventRow)
+            .where(EventRow.account_id == head.account_id)
+            .order_by(EventRow.sequence)
+            .execution_options(yield_per=2000)
+        ).scalars()
+        links = (StoredLink(_content(row), row.prev_hash, row.event_hash) for row in rows)
+        return verify_chain(
+            links,
+            start_sequence=checkpoint.through_sequence if checkpoint else 0,
+            start_hash=checkpoint.through_hash if checkpoint else GENESIS_HASH,
+            head_sequence=head.last_sequence,
+            head_hash=head.last_hash,
+        )
+
+    # -- shred --------------------------------------------------------------------------------
+
+    def shred(self, account_id: str, talent_id: str) -> tuple[bool, datetime]:
+        with self.db.write() as session:
+            destroyed = self.vault.shred(session, account_id, talent_id)
+        logs.log(logger, "salt shredded", account=account_id, destroyed=destroyed)
+        return destroyed, self.clock()
+
+    # -- purge --------------------------------------------------------------------------------
+
+    def purge(self, cutoff: datetime, batch_size: int) -> tuple[int, bool, int]:
+        """Deletes up to `batch_size` of the oldest events recorded before `cutoff`, moving each
+        touched chain's checkpoint to the last deleted event. Returns (purged, done, checkpoints).
+
+        `recorded_at` never decreases along a chain, so expired events are a prefix of it."""
+        purged = checkpoints = 0
+        with self.db.write() as session:
+            accounts = session.scalars(
+                select(EventRow.account_id)
+                .where(EventRow.recorded_at < cutoff)
+                .group_by(EventRow.account_id)
+                .order_by(EventRow.account_id)
+            ).all()
+            for account_id in accounts:
+                if purged >= batch_size:
+                    break
+                expired = (
+                    select(EventRow.sequence)
+                    .where(EventRow.account_id == account_id, EventRow.recorded_at < cutoff)
+                    .order_by(EventRow.sequence)
+                    .limit(batch_size - purged)
+                    .subquery()
+                )
+                through = session.scalar(select(func.max(expired.c.sequence)))
+                through_hash = session.get(EventRow, (account_id, through)).event_hash
+                deleted = session.execute(
+                    delete(EventRow).where(
+                        EventRow.account_id == account_id, EventRow.sequence <= through
+                    )
+                ).rowcount
+                self._move_checkpoint(session, account_id, through, through_hash, deleted)
+                purged += deleted
+                checkpoints += 1
+            left = session.scalar(
+                select(EventRow.sequence).where(EventRow.recorded_at < cutoff).limit(1)
+            )
+        done = left is None
+        logs.log(logger, "events purged", purged=purged, checkpoints=checkpoints, done=done)
+        return purged, done, checkpoints
+
+    def _move_checkpoint(
+        self, session: Session, account_id: str, sequence: int, digest: str, deleted: int
+    ) -> None:
+        checkpoint = session.get(Checkpoint, account_id)
+        if checkpoint is None:
+            session.add(
+                Checkpoint(
+                    account_id=account_id,
+                    through_sequence=sequence,
+                    through_hash=digest,
+                    purged_total=deleted,
+                    updated_at=self.clock(),
+                )
+            )
+        else:
+            checkpoint.through_sequence, checkpoint.through_hash = sequence, digest
+            checkpoint.purged_total += deleted
+            checkpoint.updated_at = self.clock()
+
+
+def _content(row: EventRow) -> EventContent:
+    return EventContent(
+        account_id=row.account_id,
+        sequence=row.sequence,
+        idempotency_key=row.idempotency_key,
+        project_id=row.project_id,
+        media_id=row.media_id,
+        face_index=row.face_index,
+        label=row.label,
+        reason=row.reason,
+        similarity=row.similarity,
+        talent_hash=row.talent_hash,
+        actor=row.actor,
+        occurred_at=row.occurred_at,
+        recorded_at=row.recorded_at,
+    )
+
+
+def _row(content: EventContent, prev_hash: str, event_hash: str) -> EventRow:
+    return EventRow(
+        account_id=content.account_id,
+        sequence=content.sequence,
+        idempotency_key=content.idempotency_key,
+        project_id=content.project_id,
+        media_id=content.media_id,
+        face_index=content.face_index,
+        label=content.label,
+        reason=content.reason,
+        similarity=content.similarity,
+        talent_hash=content.talent_hash,
+        actor=content.actor,
+        occurred_at=content.occurred_at,
+        recorded_at=content.recorded_at,
+        prev_hash=prev_hash,
+        event_hash=event_hash,
+    )

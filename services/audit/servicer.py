@@ -1,0 +1,163 @@
+"""The gRPC edge of the audit service: validate, convert, delegate to `AuditLog`."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from mixip.common.v1 import common_pb2
+from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.times import Clock, to_timestamp
+from mixip.runtime.validation import Checks
+from services.audit.service import AuditLog, EventFilter, NewEvent
+from services.audit.store import EventRow
+
+MAX_EVENTS_PER_CALL = 1000
+MAX_PURGE_BATCH = 100_000
+DEFAULT_PURGE_BATCH = 10_000
+# A cutoff in the future would purge events as they are written: refuse it (small clock skew ok).
+_CUTOFF_SKEW = timedelta(minutes=5)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, log: AuditLog, clock: Clock) -> None:
+        self.log = log
+        self.clock = clock
+
+    def RecordMatchEvents(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.count("events", request.events, minimum=1, maximum=MAX_EVENTS_PER_CALL)
+        events = []
+        for i, event in enumerate(request.events[:MAX_EVENTS_PER_CALL]):
+            events.append(_new_event(checks, f"events[{i}]", event))
+        checks.done()
+        recorded, duplicates = self.log.record(request.account_id, events)
+        return audit_pb2.RecordMatchEventsResponse(
+            recorded_count=recorded, duplicate_count=duplicates
+        )
+
+    def ListEvents(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("talent_id", request.talent_id, required=False)
+        checks.identifier("project_id", request.project_id, required=False)
+        since = checks.timestamp("since", request.since, request.HasField("since"), required=False)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        where = EventFilter(request.account_id, request.talent_id, request.project_id, since)
+        filters = {
+            "a": where.account_id,
+            "t": where.talent_id,
+            "p": where.project_id,
+            "s": since.isoformat() if since else "",
+        }
+        after = decode_page_token(request.page_token, filters) or 0
+        rows, next_after = self.log.list_events(where, page_size, after)
+        return audit_pb2.ListEventsResponse(
+            events=[_event(row) for row in rows],
+            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+        )
+
+    def VerifyLog(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id, required=False)
+        checks.done()
+        verdict = self.log.verify(request.account_id)
+        return audit_pb2.VerifyLogResponse(
+            ok=verdict.ok,
+            events_checked=verdict.events_checked,
+            first_broken_sequence=verdict.first_broken_sequence,
+            broken_account_id=verdict.broken_account_id,
+            detail=verdict.detail,
+            chains_checked=verdict.chains_checked,
+        )
+
+    def ShredTalentSalt(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("talent_id", request.talent_id)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
+        checks.done()
+        destroyed, when = self.log.shred(request.account_id, request.talent_id)
+        return audit_pb2.ShredTalentSaltResponse(
+            salt_destroyed=destroyed, shredded_at=to_timestamp(when)
+        )
+
+    def PurgeExpired(self, request, context):
+        checks = Checks()
+        cutoff = checks.timestamp("cutoff", request.cutoff, request.HasField("cutoff"))
+        if cutoff is not None and cutoff > self.clock() + _CUTOFF_SKEW:
+            checks.fail("cutoff", "must not be in the future")
+        batch = request.batch_size or DEFAULT_PURGE_BATCH
+        if not 1 <= batch <= MAX_PURGE_BATCH:
+            checks.fail(
+                "batch_size",
+                f"must be between 1 and {MAX_PURGE_BATCH} (0 means {DEFAULT_PURGE_BATCH})",
+            )
+        checks.done()
+        purged, done, checkpoints = self.log.purge(cutoff, batch)
+        return audit_pb2.PurgeExpiredResponse(
+            purged_count=purged, done=done, checkpoints_written=checkpoints
+        )
+
+
+_LABELS = {
+    common_pb2.FACE_LABEL_CLEARED,
+    common_pb2.FACE_LABEL_POSSIBLE,
+    common_pb2.FACE_LABEL_UNKNOWN,
+}
+
+
+def _new_event(checks: Checks, at: str, event) -> NewEvent:
+    checks.text(f"{at}.idempotency_key", event.idempotency_key, max_length=200)
+    checks.identifier(f"{at}.project_id", event.project_id)
+    checks.identifier(f"{at}.media_id", event.media_id)
+    if event.face_index < 0:
+        checks.fail(f"{at}.face_index", "must be 0 or more")
+    checks.enum(f"{at}.label", event.label, common_pb2.FaceLabel)
+    checks.enum(f"{at}.reason", event.reason, common_pb2.LabelReason)
+    if not math.isfinite(event.similarity) or not -1.0 <= event.similarity <= 100.0:
+        checks.fail(f"{at}.similarity", "must be a finite number between -1 and 100")
+    checks.identifier(f"{at}.talent_id", event.talent_id, required=False)
+    if event.label == common_pb2.FACE_LABEL_UNKNOWN and event.talent_id:
+        checks.fail(f"{at}.talent_id", "must be empty for an UNKNOWN face")
+    if event.label in _LABELS - {common_pb2.FACE_LABEL_UNKNOWN} and not event.talent_id:
+        checks.fail(f"{at}.talent_id", "required for CLEARED and POSSIBLE faces")
+    checks.text(f"{at}.actor", event.actor, max_length=128)
+    occurred = checks.timestamp(
+        f"{at}.occurred_at", event.occurred_at, event.HasField("occurred_at")
+    )
+    return NewEvent(
+        idempotency_key=event.idempotency_key,
+        project_id=event.project_id,
+        media_id=event.media_id,
+        face_index=event.face_index,
+        label=event.label,
+        reason=event.reason,
+        similarity=event.similarity,
+        talent_id=event.talent_id,
+        actor=event.actor,
+        occurred_at=occurred,
+    )
+
+
+def _event(row: EventRow) -> audit_pb2.AuditEvent:
+    return audit_pb2.AuditEvent(
+        sequence=row.sequence,
+        account_id=row.account_id,
+        project_id=row.project_id,
+        media_id=row.media_id,
+        face_index=row.face_index,
+        label=row.label,
+        reason=row.reason,
+        similarity=row.similarity,
+        talent_linked=row.talent_hash is not None,
+        actor=row.actor,
+        occurred_at=to_timestamp(row.occurred_at),
+        recorded_at=to_timestamp(row.recorded_at),
+        event_hash=row.event_hash,
+        prev_hash=row.prev_hash,
+        idempotency_key=row.idempotency_key,
+    )

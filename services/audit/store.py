@@ -1,0 +1,94 @@
+"""The audit service's tables (its own database; no other service reads it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EventRow(Base):
+    """One match result. The talent appears only as HMAC(salt, talent id), never in clear."""
+
+    __tablename__ = "audit_events"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    project_id: Mapped[str] = mapped_column(String(128))
+    media_id: Mapped[str] = mapped_column(String(128))
+    face_index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(SmallInteger)
+    reason: Mapped[int] = mapped_column(SmallInteger)
+    similarity: Mapped[float] = mapped_column(Double)
+    talent_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    event_hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_events_key", "account_id", "idempotency_key", unique=True),
+        Index("ix_audit_events_talent", "account_id", "talent_hash", "sequence"),
+        Index("ix_audit_events_recorded", "recorded_at"),
+    )
+
+
+class ChainHead(Base):
+    """The last link of an account's chain; appends lock this row, so they are serial."""
+
+    __tablename__ = "audit_chain_heads"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    last_recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Checkpoint(Base):
+    """Where an account's chain starts after purges: the last purged event's sequence and hash."""
+
+    __tablename__ = "audit_checkpoints"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    through_sequence: Mapped[int] = mapped_column(BigInteger)
+    through_hash: Mapped[str] = mapped_column(String(64))
+    purged_total: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SaltRow(Base):
+    """One talent's salt, sealed under the vault key. Keyed by a keyed hash of (account, talent)
+    so the vault holds no talent id in clear either. Deleting the row is crypto-shredding."""
+
+    __tablename__ = "audit_salts"
+
+    lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    sealed_salt: Mapped[bytes] = mapped_column(LargeBinary(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class VaultKey(Base):
+    """The vault's master secret, wrapped by the key-encryption key (file or KMS)."""
+
+    __tablename__ = "audit_vault_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary(2048))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
