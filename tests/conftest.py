@@ -156,3 +156,51 @@ def aws_credentials(monkeypatch):
         "AWS_REGION": "eu-west-1",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def matcher_double(serve):
+    """A matcher stand-in on a real server: records deletions, can play dead."""
+    from mixip.matcher.v1 import matcher_pb2_grpc
+    from services.consent.app import MATCHER_SERVICE
+    from tests.support.doubles import DoubleApp, MatcherDouble
+
+    double = MatcherDouble()
+    running = serve(
+        DoubleApp(double, matcher_pb2_grpc.add_MatcherServiceServicer_to_server, MATCHER_SERVICE)
+    )
+    double.address = f"127.0.0.1:{running.port}"
+    return double
+
+
+@pytest.fixture
+def consent_factory(database_url, serve, clock, channels):
+    """Builds consent services on one database (replicas, restarts) against a matcher address.
+    Dispatch is driven by the test (`app.outbox.run_once()`) unless asked otherwise."""
+    from mixip.consent.v1 import consent_pb2_grpc
+    from mixip.runtime.client import open_channel
+    from mixip.runtime.db import Database
+    from services.consent.app import MATCHER_SERVICE, SERVICE_NAME, ConsentApp
+    from services.consent.store import Base
+
+    url = database_url("consent")
+
+    def make(matcher_address: str, *, dispatch: bool = False, poll_seconds: float = 2.0):
+        matcher_channel = open_channel(matcher_address, [MATCHER_SERVICE], timeout_seconds=2)
+        app = ConsentApp(
+            Database(url, Base.metadata),
+            matcher_channel,
+            clock,
+            dispatch=dispatch,
+            poll_seconds=poll_seconds,
+        )
+        running = serve(app)
+        channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
+        return Handle(app, running, consent_pb2_grpc.ConsentServiceStub(channel), channel)
+
+    return make
+
+
+@pytest.fixture
+def consent_service(consent_factory, matcher_double):
+    return consent_factory(matcher_double.address)

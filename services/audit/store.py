@@ -6,7 +6,6 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
-    DateTime,
     Double,
     Index,
     Integer,
@@ -15,6 +14,8 @@ from sqlalchemy import (
     String,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mixip.runtime.db import UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -37,8 +38,8 @@ class EventRow(Base):
     similarity: Mapped[float] = mapped_column(Double)
     talent_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     actor: Mapped[str] = mapped_column(String(128))
-    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
     prev_hash: Mapped[str] = mapped_column(String(64))
     event_hash: Mapped[str] = mapped_column(String(64))
 
@@ -57,7 +58,7 @@ class ChainHead(Base):
     account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_sequence: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
-    last_recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Checkpoint(Base):
@@ -69,7 +70,7 @@ class Checkpoint(Base):
     through_sequence: Mapped[int] = mapped_column(BigInteger)
     through_hash: Mapped[str] = mapped_column(String(64))
     purged_total: Mapped[int] = mapped_column(BigInteger)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class SaltRow(Base):
@@ -81,7 +82,7 @@ class SaltRow(Base):
     lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(128), index=True)
     sealed_salt: Mapped[bytes] = mapped_column(LargeBinary(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class VaultKey(Base):
@@ -91,4 +92,4 @@ class VaultKey(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     wrapped: Mapped[bytes] = mapped_column(LargeBinary(2048))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,0 +1,1 @@
+"""Consent service: the append-only consent ledger and the revocation outbox."""

@@ -1,0 +1,82 @@
+"""Composition root of the consent service: configuration → database, ledger, outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.runtime.client import open_channel
+from mixip.runtime.config import Env, ServerConfig, service_address
+from mixip.runtime.db import Database
+from mixip.runtime.server import ServiceApp
+from mixip.runtime.times import Clock, utcnow
+from services.consent.outbox import Deliver, OutboxDispatcher
+from services.consent.service import ConsentLedger
+from services.consent.servicer import ConsentServicer
+from services.consent.store import Base
+
+SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+MATCHER_SERVICE = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
+
+
+def matcher_deleter(channel: grpc.Channel) -> Deliver:
+    """Delivers an owed deletion as matcher.DeleteTalentFaces (idempotent by its key)."""
+    stub = matcher_pb2_grpc.MatcherServiceStub(channel)
+
+    def deliver(account_id: str, talent_id: str, key: str) -> int:
+        reply = stub.DeleteTalentFaces(
+            matcher_pb2.DeleteTalentFacesRequest(
+                account_id=account_id, talent_id=talent_id, request_id=key
+            )
+        )
+        return reply.deleted_count
+
+    return deliver
+
+
+class ConsentApp(ServiceApp):
+    name = "consent"
+
+    def __init__(
+        self,
+        db: Database,
+        matcher_channel: grpc.Channel,
+        clock: Clock = utcnow,
+        *,
+        dispatch: bool = True,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        db.create_tables()
+        self.db = db
+        self.clock = clock
+        self.matcher_channel = matcher_channel
+        self.outbox = OutboxDispatcher(
+            db, matcher_deleter(matcher_channel), clock, poll_seconds=poll_seconds
+        )
+        self.dispatch = dispatch
+        self.ledger = ConsentLedger(db, clock, on_outbox_write=self.outbox.wake)
+
+    def register(self, server: grpc.Server) -> Sequence[str]:
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(
+            ConsentServicer(self.ledger, self.clock), server
+        )
+        return [SERVICE_NAME]
+
+    def start(self) -> None:
+        if self.dispatch:
+            self.outbox.start()
+
+    def close(self) -> None:
+        self.outbox.stop()
+        self.matcher_channel.close()
+        self.db.dispose()
+
+
+def build(config: ServerConfig, env: Env) -> tuple[ConsentApp, dict]:
+    channel = open_channel(service_address("matcher", env), [MATCHER_SERVICE])
+    poll = env.float("MIXIP_CONSENT_OUTBOX_POLL_SECONDS", 2.0, minimum=0.05)
+    app = ConsentApp(Database(config.database_url, Base.metadata), channel, poll_seconds=poll)
+    return app, {}

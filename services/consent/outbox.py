@@ -1,0 +1,180 @@
+"""Delivers owed face deletions to the matcher until each is acknowledged.
+
+Rows persist in the consent database, so a revocation survives restarts of either service.
+Several replicas may run dispatchers: a row is claimed with a short lease by a conditional
+UPDATE, so one dispatcher works on it at a time (and `DeleteTalentFaces` is idempotent anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import grpc
+from sqlalchemy import func, or_, select, update
+
+from mixip.runtime import logs
+from mixip.runtime.db import Database
+from mixip.runtime.times import Clock
+from services.consent.store import OutboxRow
+
+logger = logging.getLogger("mixip.consent.outbox")
+
+# deliver(account_id, talent_id, idempotency key) -> faces deleted; raises on failure.
+Deliver = Callable[[str, str, str], int]
+
+
+class OutboxDispatcher:
+    def __init__(
+        self,
+        db: Database,
+        deliver: Deliver,
+        clock: Clock,
+        *,
+        poll_seconds: float = 2.0,
+        base_backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 60.0,
+        lease_seconds: float = 30.0,
+        batch_size: int = 50,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.deliver = deliver
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.base_backoff = base_backoff_seconds
+        self.max_backoff = max_backoff_seconds
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch_size = batch_size
+        self.rng = rng or random.Random()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="consent-outbox", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delivered = self.run_once()
+            except Exception:  # the database may be down: keep the loop alive
+                logger.warning("outbox pass failed", exc_info=True)
+                delivered = 0
+            if delivered == 0:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Tries every due row once; returns how many were acknowledged."""
+        acknowledged = 0
+        for row in self._claim_due():
+            try:
+                deleted = self.deliver(row.account_id, row.talent_id, row.outbox_id)
+            except Exception as exc:  # any failure: the row stays owed and is retried
+                code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
+                self._retry_later(row, code)
+            else:
+                self._acknowledge(row, deleted)
+                acknowledged += 1
+        return acknowledged
+
+    def pending(self) -> int:
+        """Deletions not yet acknowledged."""
+        with self.db.read() as session:
+            return session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.delivered_at.is_(None))
+            )
+
+    def _claim_due(self) -> list[OutboxRow]:
+        now = self.clock()
+        with self.db.read() as session:
+            candidates = session.scalars(
+                select(OutboxRow)
+                .where(
+                    OutboxRow.delivered_at.is_(None),
+                    OutboxRow.next_attempt_at <= now,
+                    or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until <= now),
+                )
+                .order_by(OutboxRow.id)
+                .limit(self.batch_size)
+            ).all()
+        claimed = []
+        for row in candidates:
+            with self.db.write() as session:
+                won = session.execute(
+                    update(OutboxRow)
+                    .where(
+                        OutboxRow.id == row.id,
+                        OutboxRow.delivered_at.is_(None),
+                        or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until <= now),
+                    )
+                    .values(lease_until=now + self.lease)
+                ).rowcount
+            if won:
+                claimed.append(row)
+        return claimed
+
+    def _acknowledge(self, row: OutboxRow, deleted: int) -> None:
+        with self.db.write() as session:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row.id)
+                .values(
+                    delivered_at=self.clock(),
+                    faces_deleted=deleted,
+                    lease_until=None,
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=None,
+                )
+            )
+        logs.log(
+            logger,
+            "face deletion delivered",
+            account=row.account_id,
+            outbox=row.outbox_id,
+            faces_deleted=deleted,
+        )
+
+    def _retry_later(self, row: OutboxRow, code: str) -> None:
+        attempts = row.attempts + 1
+        delay = min(self.max_backoff, self.base_backoff * 2 ** (attempts - 1))
+        delay *= 0.5 + self.rng.random() / 2  # jitter: replicas and rows spread out
+        with self.db.write() as session:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row.id)
+                .values(
+                    attempts=attempts,
+                    last_error=code,
+                    lease_until=None,
+                    next_attempt_at=self.clock() + timedelta(seconds=delay),
+                )
+            )
+        logs.log(
+            logger,
+            "face deletion failed; will retry",
+            level=logging.WARNING,
+            account=row.account_id,
+            outbox=row.outbox_id,
+            attempts=attempts,
+            code=code,
+            retry_in_s=round(delay, 2),
+        )

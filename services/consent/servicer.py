@@ -1,0 +1,136 @@
+"""The gRPC edge of the consent service: validate, convert, delegate to `ConsentLedger`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.times import Clock, to_timestamp
+from mixip.runtime.validation import Checks
+from services.consent.domain import BIOMETRIC, FACE_USAGE, ConsentKey, Evidence, NewRecord
+from services.consent.service import ConsentLedger
+from services.consent.store import RecordRow
+
+MAX_BATCH_QUERIES = 1000
+_FUTURE_SKEW = timedelta(minutes=5)
+
+
+class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
+    def __init__(self, ledger: ConsentLedger, clock: Clock) -> None:
+        self.ledger = ledger
+        self.clock = clock
+
+    def RecordConsent(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        key = _key(checks, "", request.talent_id, request.scope, request.project_id)
+        checks.enum("decision", request.decision, consent_pb2.ConsentDecision)
+        evidence = self._evidence(checks, request)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
+        checks.done()
+        record, replayed = self.ledger.record(
+            request.account_id, NewRecord(key, request.decision, evidence, request.request_id)
+        )
+        return consent_pb2.RecordConsentResponse(record=_record(record), replayed=replayed)
+
+    def _evidence(self, checks: Checks, request) -> Evidence:
+        if not request.HasField("evidence"):
+            checks.fail("evidence", "required: method, policy_version, actor, captured_at")
+            return Evidence("", "", "", self.clock())
+        e = request.evidence
+        checks.text("evidence.method", e.method, max_length=64)
+        checks.text("evidence.policy_version", e.policy_version, max_length=64)
+        checks.text("evidence.actor", e.actor, max_length=128)
+        captured = checks.timestamp(
+            "evidence.captured_at", e.captured_at, e.HasField("captured_at")
+        )
+        if captured is not None and captured > self.clock() + _FUTURE_SKEW:
+            checks.fail("evidence.captured_at", "must not be in the future")
+        return Evidence(e.method, e.policy_version, e.actor, captured or self.clock())
+
+    def CheckConsent(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        key = _key(checks, "", request.talent_id, request.scope, request.project_id)
+        checks.done()
+        [(state, latest)] = self.ledger.check(request.account_id, [key])
+        return consent_pb2.CheckConsentResponse(
+            state=state, latest=_record(latest) if latest else None
+        )
+
+    def BatchCheckConsent(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH_QUERIES)
+        keys = [
+            _key(checks, f"queries[{i}].", q.talent_id, q.scope, q.project_id)
+            for i, q in enumerate(request.queries[:MAX_BATCH_QUERIES])
+        ]
+        checks.done()
+        answers = self.ledger.check(request.account_id, keys)
+        return consent_pb2.BatchCheckConsentResponse(
+            answers=[
+                consent_pb2.ConsentAnswer(query=query, state=state)
+                for query, (state, _) in zip(request.queries, answers, strict=True)
+            ]
+        )
+
+    def ListConsentRecords(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("talent_id", request.talent_id, required=False)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"a": request.account_id, "t": request.talent_id}
+        after = decode_page_token(request.page_token, filters) or 0
+        rows, next_after = self.ledger.list_records(
+            request.account_id, request.talent_id, page_size, after
+        )
+        return consent_pb2.ListConsentRecordsResponse(
+            records=[_record(r) for r in rows],
+            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+        )
+
+    def EraseTalentConsent(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("talent_id", request.talent_id)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
+        checks.done()
+        erasure = self.ledger.erase(request.account_id, request.talent_id, request.request_id)
+        return consent_pb2.EraseTalentConsentResponse(
+            records_deleted=erasure.records_deleted,
+            outbox_rows_deleted=erasure.outbox_rows_deleted,
+            tombstone_id=erasure.tombstone_id,
+            erased_at=to_timestamp(erasure.erased_at),
+        )
+
+
+def _key(checks: Checks, at: str, talent_id: str, scope: int, project_id: str) -> ConsentKey:
+    checks.identifier(f"{at}talent_id", talent_id)
+    checks.enum(f"{at}scope", scope, consent_pb2.ConsentScope)
+    if scope == FACE_USAGE:
+        checks.identifier(f"{at}project_id", project_id)
+    elif scope == BIOMETRIC and project_id:
+        checks.fail(f"{at}project_id", "must be empty for BIOMETRIC_PROCESSING (it covers all)")
+    return ConsentKey(talent_id, scope, project_id if scope == FACE_USAGE else "")
+
+
+def _record(row: RecordRow) -> consent_pb2.ConsentRecord:
+    return consent_pb2.ConsentRecord(
+        record_id=row.record_id,
+        account_id=row.account_id,
+        talent_id=row.talent_id,
+        scope=row.scope,
+        project_id=row.project_id,
+        decision=row.decision,
+        evidence=consent_pb2.Evidence(
+            method=row.method,
+            policy_version=row.policy_version,
+            actor=row.actor,
+            captured_at=to_timestamp(row.captured_at),
+        ),
+        recorded_at=to_timestamp(row.recorded_at),
+        sequence=row.sequence,
+    )

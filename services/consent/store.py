@@ -1,0 +1,84 @@
+"""The consent service's tables (its own database; no other service reads it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, Integer, SmallInteger, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mixip.runtime.db import UtcDateTime
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Sequence = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RecordRow(Base):
+    """One ledger entry. Rows are only ever inserted, except by erasure (which deletes them all
+    for a talent and leaves a tombstone)."""
+
+    __tablename__ = "consent_records"
+
+    sequence: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    record_id: Mapped[str] = mapped_column(String(32), unique=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    talent_id: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[int] = mapped_column(SmallInteger)
+    project_id: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[int] = mapped_column(SmallInteger)
+    method: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(128))
+    captured_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_consent_timeline", "account_id", "talent_id", "scope", "project_id", "sequence"),
+        Index("ix_consent_request", "account_id", "request_id", unique=True),
+    )
+
+
+class OutboxRow(Base):
+    """A face deletion owed to the matcher, written in the revocation's own transaction."""
+
+    __tablename__ = "consent_outbox"
+
+    id: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    outbox_id: Mapped[str] = mapped_column(String(32), unique=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    talent_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    faces_deleted: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_consent_outbox_due", "delivered_at", "next_attempt_at"),
+        Index("ix_consent_outbox_talent", "account_id", "talent_id"),
+    )
+
+
+class TombstoneRow(Base):
+    """What is left of an erased talent's ledger: that an erasure happened, and how much it
+    removed. No talent id, no evidence, nothing personal."""
+
+    __tablename__ = "consent_tombstones"
+
+    tombstone_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    erased_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    records_deleted: Mapped[int] = mapped_column(Integer)
+    outbox_rows_deleted: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_consent_tombstone_request", "account_id", "request_id", unique=True),
+    )
