@@ -1,0 +1,239 @@
+"""Decoding uploads: images within pixel limits, videos sampled from a private temp file."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mixip.runtime.media import MediaError
+from services.matcher import imaging
+from services.matcher.imaging import decode_image, encode_jpeg
+from services.matcher.video import Video, open_video
+from tests.support import faces
+
+MAX_PIXELS = 40_000_000
+SIZE = (640, 360)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a size but holds no pixels: enough for a decompression-bomb check."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(cv2.absdiff(a, b)))
+
+
+@pytest.fixture
+def no_decoding(monkeypatch) -> list[int]:
+    """Fails loudly if anything reaches the image decoder."""
+    calls: list[int] = []
+
+    def refuse(buffer, flags):
+        calls.append(len(buffer))
+        raise AssertionError("decoded despite being refused")
+
+    monkeypatch.setattr(imaging.cv2, "imdecode", refuse)
+    return calls
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch) -> Path:
+    """Where `tempfile` creates things during the test, so we can see what is left behind."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_people_mp4() -> bytes:
+    return faces.make_video(None, [(faces.astronaut(), 2.0), (faces.grace_hopper(), 2.0)])
+
+
+@pytest.mark.parametrize(
+    ("ext", "content_type", "max_difference"),
+    [(".jpg", "image/jpeg", 3.0), (".png", "image/png", 0.0), (".webp", "image/webp", 3.0)],
+)
+def test_images_decode_to_their_pixels(ext, content_type, max_difference):
+    original = faces.grace_hopper()
+
+    image, sniffed = decode_image(faces.encode(original, ext), max_pixels=MAX_PIXELS)
+
+    assert sniffed.content_type == content_type
+    assert (sniffed.width, sniffed.height) == (512, 600)
+    assert image.shape == original.shape
+    assert image.dtype == np.uint8
+    assert mean_difference(image, original) <= max_difference
+
+
+def test_encode_jpeg_round_trips():
+    original = faces.astronaut()
+
+    image, sniffed = decode_image(encode_jpeg(original, quality=90), max_pixels=MAX_PIXELS)
+
+    assert sniffed.content_type == "image/jpeg"
+    assert mean_difference(image, original) < 3.0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"hello, I am not a picture", "not a supported image"),
+        (b"", "empty media"),
+        (faces.encode(faces.astronaut(), ".jpg")[:5000], "truncated JPEG"),
+    ],
+    ids=["text", "zero-bytes", "truncated-jpeg"],
+)
+def test_non_images_are_refused_before_decoding(no_decoding, data, message):
+    with pytest.raises(MediaError, match=message):
+        decode_image(data, max_pixels=MAX_PIXELS)
+
+    assert no_decoding == []
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(no_decoding):
+    with pytest.raises(MediaError) as error:
+        decode_image(png_header_only(30000, 30000), max_pixels=MAX_PIXELS)
+
+    assert str(error.value) == "image is 30000x30000 (900.0 MP); the limit is 40.0 MP"
+    assert no_decoding == []
+
+
+def test_an_undecodable_image_is_refused():
+    png = faces.encode(faces.astronaut(), ".png")
+    corrupt = png[:33] + b"\x00" * 100 + png_chunk(b"IEND", b"")  # IHDR, garbage, IEND
+
+    with pytest.raises(MediaError, match="corrupt image: cannot decode the image/png data"):
+        decode_image(corrupt, max_pixels=MAX_PIXELS)
+
+
+def test_a_video_is_not_an_image(two_people_mp4, no_decoding):
+    with pytest.raises(MediaError, match="expected an image, got a video"):
+        decode_image(two_people_mp4, max_pixels=MAX_PIXELS)
+
+
+def test_a_video_is_sampled_at_two_frames_a_second(two_people_mp4):
+    first, second = (
+        faces.letterboxed(image, SIZE) for image in (faces.astronaut(), faces.grace_hopper())
+    )
+
+    with open_video(two_people_mp4, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        assert (video.fps, video.frame_count, video.width, video.height) == (10.0, 40, *SIZE)
+        assert video.duration_seconds == pytest.approx(4.0)
+        sampled = list(video.frames(2.0))
+
+    assert [t for t, _ in sampled] == pytest.approx([0.5 * i for i in range(8)])
+    for t, frame in sampled:
+        expected, other = (first, second) if t < 2.0 else (second, first)
+        assert mean_difference(frame, expected) < mean_difference(frame, other)
+
+
+def test_sampling_faster_than_the_frame_rate_gives_every_frame(two_people_mp4):
+    with open_video(two_people_mp4, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        every = [t for t, _ in video.frames(25.0)]
+        again = [t for t, _ in video.frames(3.0)]
+
+    assert every == pytest.approx([i / 10 for i in range(40)])
+    assert len(again) == 12  # each call reads from the start: 3 a second for 4 s
+
+
+def test_webm_is_supported():
+    webm = faces.make_video(None, [(faces.astronaut(), 1.0)], codec="VP80")
+
+    with open_video(webm, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        sampled = list(video.frames(2.0))
+
+    assert webm.startswith(b"\x1a\x45\xdf\xa3")  # EBML: really WebM
+    assert [t for t, _ in sampled] == pytest.approx([0.0, 0.5])
+    assert all(frame.shape == (360, 640, 3) for _, frame in sampled)
+
+
+def test_no_frame_past_the_time_limit_is_read(two_people_mp4):
+    # As if the container had understated its length: the limit still bounds the reading.
+    with open_video(two_people_mp4, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        understated = dataclasses.replace(video, max_seconds=1.2)
+        times = [t for t, _ in understated.frames(10.0)]
+
+    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
+
+
+def test_a_video_over_the_time_limit_is_refused(two_people_mp4):
+    with (
+        pytest.raises(MediaError, match=r"^video is 4\.0 s long; the limit is 3\.0 s$"),
+        open_video(two_people_mp4, max_seconds=3, max_pixels=MAX_PIXELS),
+    ):
+        pytest.fail("opened a video over the limit")
+
+
+def test_a_video_over_the_pixel_limit_is_refused(two_people_mp4):
+    with (
+        pytest.raises(MediaError, match="video frame is 640x360"),
+        open_video(two_people_mp4, max_seconds=10, max_pixels=640 * 360 - 1),
+    ):
+        pytest.fail("opened a video over the limit")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x00\x00\x00\x18ftypmp42" + bytes(2000), "unsupported or corrupt video"),
+        (faces.encode(faces.astronaut(), ".png"), "expected a video, got an image"),
+    ],
+    ids=["corrupt-mp4", "an-image"],
+)
+def test_what_is_not_a_playable_video_is_refused(temp_root, data, message):
+    with (
+        pytest.raises(MediaError, match=message),
+        open_video(data, max_seconds=10, max_pixels=MAX_PIXELS),
+    ):
+        pytest.fail("opened a non-video")
+
+    assert list(temp_root.iterdir()) == []
+
+
+def test_the_temp_copy_is_private_and_removed_afterwards(temp_root, two_people_mp4):
+    with open_video(two_people_mp4, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        assert video.path.read_bytes() == two_people_mp4
+        assert video.path.parent.parent == temp_root
+        assert stat.S_IMODE(video.path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(video.path.stat().st_mode) == 0o600
+
+    assert list(temp_root.iterdir()) == []
+
+
+def test_the_temp_copy_is_removed_when_the_block_fails(temp_root, two_people_mp4):
+    def sample_then_fail(video: Video) -> None:
+        next(video.frames())
+        raise RuntimeError("boom")
+
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        open_video(two_people_mp4, max_seconds=10, max_pixels=MAX_PIXELS) as video,
+    ):
+        sample_then_fail(video)
+
+    assert list(temp_root.iterdir()) == []
+
+
+def test_the_temp_copy_is_removed_when_a_limit_is_hit(temp_root, two_people_mp4):
+    with (
+        pytest.raises(MediaError, match="limit"),
+        open_video(two_people_mp4, max_seconds=1, max_pixels=MAX_PIXELS),
+    ):
+        pytest.fail("opened a video over the limit")
+
+    assert list(temp_root.iterdir()) == []

@@ -1,0 +1,141 @@
+"""Linking per-frame detections into tracks: pure logic on synthetic boxes and vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.matcher.engines.base import Box, DetectedFace
+from services.matcher.video import link_tracks
+
+INTERVAL = 0.5
+
+
+def face(x: int, y: int = 100, size: int = 100, score: float = 0.9) -> DetectedFace:
+    return DetectedFace(box=Box(x, y, size, size), score=score)
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+@pytest.fixture
+def people(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {name: unit(rng.normal(size=128)) for name in ("ann", "bob")}
+
+
+def noisy(vector: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another sighting of the same face: cosine about 0.9 with `vector`."""
+    return unit(vector + rng.normal(scale=0.04, size=vector.shape))
+
+
+def times(n: int, start: float = 0.0) -> list[float]:
+    return [start + i * INTERVAL for i in range(n)]
+
+
+def test_two_people_crossing_keep_their_own_tracks(people, rng):
+    # Ann walks right, Bob walks left; at frame 4 their boxes coincide and at frames 3-5 each
+    # one's last box overlaps the other as much as their own, so only the vectors can tell.
+    frames = []
+    for i, t in enumerate(times(9)):
+        ann = (face(100 + 40 * i), noisy(people["ann"], rng))
+        bob = (face(420 - 40 * i), noisy(people["bob"], rng))
+        frames.append((t, [bob, ann] if i % 2 else [ann, bob]))
+
+    tracks = link_tracks(frames, interval_seconds=INTERVAL)
+
+    assert len(tracks) == 2
+    for track, name in zip(tracks, ("ann", "bob"), strict=True):
+        assert len(track.observations) == 9
+        assert track.ranges == ((0.0, 4.0),)
+        for observation in track.observations:
+            assert float(np.dot(observation.signature, people[name])) > 0.8
+        assert float(np.dot(track.signature, people[name])) > 0.95
+        assert track.signature.dtype == np.float32
+        assert np.linalg.norm(track.signature) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_short_gap_splits_ranges_and_a_long_one_splits_tracks(people, rng):
+    seen = [*times(3), *times(3, start=2.0), *times(2, start=5.0)]
+    frames = [(t, [(face(200), noisy(people["ann"], rng))]) for t in seen]
+
+    tracks = link_tracks(frames, interval_seconds=INTERVAL)
+
+    # 1.0 -> 2.0 is within the 1.5 s gap a track survives but beyond 1.5 intervals, so one
+    # track with two ranges; 3.0 -> 5.0 closes the track, so she starts a second one.
+    assert [track.ranges for track in tracks] == [((0.0, 1.0), (2.0, 3.0)), ((5.0, 5.5),)]
+
+
+def test_max_gap_is_configurable(people, rng):
+    frames = [(t, [(face(200), noisy(people["ann"], rng))]) for t in (0.0, 0.5, 3.0)]
+
+    assert len(link_tracks(frames, interval_seconds=INTERVAL)) == 2
+    assert len(link_tracks(frames, interval_seconds=INTERVAL, max_gap_seconds=3.0)) == 1
+
+
+def test_a_similar_face_links_without_overlap(people, rng):
+    # A cut: the same person jumps across the frame; different people never link.
+    frames = [
+        (0.0, [(face(50), noisy(people["ann"], rng))]),
+        (0.5, [(face(500), noisy(people["ann"], rng))]),
+        (1.0, [(face(50), noisy(people["bob"], rng))]),
+    ]
+
+    tracks = link_tracks(frames, interval_seconds=INTERVAL)
+
+    assert [track.ranges for track in tracks] == [((0.0, 0.5),), ((1.0, 1.0),)]
+    assert [o.face.box.x for o in tracks[0].observations] == [50, 500]
+
+
+def test_bytes_signatures_link_by_box_overlap_only():
+    frames = [
+        (0.0, [(face(50), b"left-0"), (face(400), b"right-0")]),
+        (0.5, [(face(60, score=0.99), b"left-1"), (face(410), b"right-1")]),
+        # The same bytes but far from every live box: a new track, not the left one.
+        (1.0, [(face(230), b"left-1")]),
+    ]
+
+    tracks = link_tracks(frames, interval_seconds=INTERVAL)
+
+    assert [[o.signature for o in track.observations] for track in tracks] == [
+        [b"left-0", b"left-1"],
+        [b"right-0", b"right-1"],
+        [b"left-1"],
+    ]
+    assert tracks[0].signature == b"left-1"  # the best observation's crop
+
+
+def test_best_is_highest_score_times_area(people):
+    vector = people["ann"]
+    small_sure = face(200, size=100, score=0.99)
+    large_unsure = face(190, size=120, score=0.8)  # 0.8 x 14400 > 0.99 x 10000
+    frames = [(0.0, [(small_sure, vector)]), (0.5, [(large_unsure, vector)])]
+
+    (track,) = link_tracks(frames, interval_seconds=INTERVAL)
+
+    assert track.best.face is large_unsure
+    assert track.best.t == 0.5
+
+
+def test_tracks_are_ordered_by_first_appearance(people, rng):
+    frames = [
+        (0.0, [(face(400), noisy(people["bob"], rng))]),
+        (0.5, [(face(50, size=200), noisy(people["ann"], rng)), (face(400), people["bob"])]),
+    ]
+
+    tracks = link_tracks(frames, interval_seconds=INTERVAL)
+
+    assert [track.ranges[0][0] for track in tracks] == [0.0, 0.5]
+    assert float(np.dot(tracks[0].signature, people["bob"])) > 0.9
+
+
+def test_frames_out_of_order_are_refused():
+    frames = [(1.0, [(face(0), b"a")]), (0.5, [(face(0), b"a")])]
+
+    with pytest.raises(ValueError, match="out of time order"):
+        link_tracks(frames, interval_seconds=INTERVAL)
