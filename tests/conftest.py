@@ -88,7 +88,8 @@ def serve():
     started: list[tuple[RunningServer, ServiceApp]] = []
 
     def start(app: ServiceApp, **kwargs) -> RunningServer:
-        running = start_server(app, listen="127.0.0.1:0", **kwargs)
+        kwargs.setdefault("listen", "127.0.0.1:0")
+        running = start_server(app, **kwargs)
         started.append((running, app))
         return running
 
@@ -185,7 +186,9 @@ def consent_factory(database_url, serve, clock, channels):
 
     url = database_url("consent")
 
-    def make(matcher_address: str, *, dispatch: bool = False, poll_seconds: float = 2.0):
+    def make(
+        matcher_address: str, *, dispatch: bool = False, poll_seconds: float = 2.0, port: int = 0
+    ):
         matcher_channel = open_channel(matcher_address, [MATCHER_SERVICE], timeout_seconds=2)
         app = ConsentApp(
             Database(url, Base.metadata),
@@ -194,7 +197,7 @@ def consent_factory(database_url, serve, clock, channels):
             dispatch=dispatch,
             poll_seconds=poll_seconds,
         )
-        running = serve(app)
+        running = serve(app, listen=f"127.0.0.1:{port}")
         channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
         return Handle(app, running, consent_pb2_grpc.ConsentServiceStub(channel), channel)
 
@@ -204,3 +207,55 @@ def consent_factory(database_url, serve, clock, channels):
 @pytest.fixture
 def consent_service(consent_factory, matcher_double):
     return consent_factory(matcher_double.address)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for peers that must know each other's address)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Mesh:
+    """Consent and matcher wired to each other (the consent outbox reaches the real matcher)."""
+
+    def __init__(self, consent: Handle, matcher: Handle) -> None:
+        self.consent, self.matcher = consent, matcher
+
+
+@pytest.fixture
+def matcher_factory(database_url, serve, clock, channels):
+    """Builds matchers on one database (replicas) against a consent address."""
+    from mixip.matcher.v1 import matcher_pb2_grpc
+    from mixip.runtime.client import open_channel
+    from mixip.runtime.db import Database
+    from services.matcher.app import CONSENT_SERVICE, SERVICE_NAME, MatcherApp, MatcherSettings
+    from services.matcher.store import Base
+
+    url = database_url("matcher")
+
+    def make(consent_address: str, settings: MatcherSettings | None = None, **app_kwargs):
+        consent_channel = open_channel(consent_address, [CONSENT_SERVICE], timeout_seconds=10)
+        app = MatcherApp(
+            Database(url, Base.metadata),
+            consent_channel,
+            settings or MatcherSettings(),
+            clock,
+            **app_kwargs,
+        )
+        running = serve(app)
+        channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
+        return Handle(app, running, matcher_pb2_grpc.MatcherServiceStub(channel), channel)
+
+    return make
+
+
+@pytest.fixture
+def mesh(matcher_factory, consent_factory) -> Mesh:
+    """Real consent + real matcher (local engine) on the test's database backend."""
+    consent_port = free_port()
+    matcher = matcher_factory(f"127.0.0.1:{consent_port}")
+    consent = consent_factory(matcher.address, port=consent_port)
+    return Mesh(consent, matcher)

@@ -1,0 +1,1 @@
+"""Matcher service: face detection, enrollment and matching against each account's collection."""

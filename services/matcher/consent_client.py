@@ -1,0 +1,48 @@
+"""The matcher's view of the consent service, through its generated stub."""
+
+from __future__ import annotations
+
+import grpc
+
+from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+
+_BIOMETRIC = consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+_USAGE = consent_pb2.CONSENT_SCOPE_FACE_USAGE
+_ACTIVE = consent_pb2.CONSENT_STATE_ACTIVE
+_MAX_QUERIES = 1000  # BatchCheckConsent's limit
+
+
+class ConsentClient:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = consent_pb2_grpc.ConsentServiceStub(channel)
+
+    def biometric_active(self, account_id: str, talent_id: str) -> bool:
+        reply = self.stub.CheckConsent(
+            consent_pb2.CheckConsentRequest(
+                account_id=account_id, talent_id=talent_id, scope=_BIOMETRIC
+            )
+        )
+        return reply.state == _ACTIVE
+
+    def active_sets(
+        self, account_id: str, talent_ids: set[str], project_id: str
+    ) -> tuple[set[str], set[str]]:
+        queries = []
+        for talent in sorted(talent_ids):
+            queries.append(consent_pb2.ConsentQuery(talent_id=talent, scope=_BIOMETRIC))
+            queries.append(
+                consent_pb2.ConsentQuery(talent_id=talent, scope=_USAGE, project_id=project_id)
+            )
+        biometric: set[str] = set()
+        usage: set[str] = set()
+        for start in range(0, len(queries), _MAX_QUERIES):  # one call unless > 500 candidates
+            reply = self.stub.BatchCheckConsent(
+                consent_pb2.BatchCheckConsentRequest(
+                    account_id=account_id, queries=queries[start : start + _MAX_QUERIES]
+                )
+            )
+            for answer in reply.answers:
+                if answer.state == _ACTIVE:
+                    target = biometric if answer.query.scope == _BIOMETRIC else usage
+                    target.add(answer.query.talent_id)
+        return biometric, usage

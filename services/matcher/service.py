@@ -1,0 +1,412 @@
+"""Matcher use cases: enroll, match (image or video), detect, delete, list, stats.
+
+Inference runs on a small pool of worker threads (one OpenCV detector/recognizer pair per
+worker, as the engine objects are not thread-safe); RPC threads hand work to it and wait, so
+the number of models in memory is bounded by the pool, not by the RPC concurrency.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+
+from mixip.common.v1 import common_pb2
+from mixip.runtime import logs
+from mixip.runtime.db import Database
+from mixip.runtime.errors import FailedPrecondition, InvalidArgument
+from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
+from mixip.runtime.times import Clock
+from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
+from services.matcher.imaging import decode_image
+from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
+from services.matcher.labels import Label, Thresholds, label_face, talents_to_check
+from services.matcher.store import FaceRow, bump_version
+from services.matcher.video import Video, link_tracks, open_video
+
+logger = logging.getLogger("mixip.matcher")
+
+
+class ConsentPort(Protocol):
+    """What the matcher asks the consent service."""
+
+    def biometric_active(self, account_id: str, talent_id: str) -> bool: ...
+
+    def active_sets(
+        self, account_id: str, talent_ids: set[str], project_id: str
+    ) -> tuple[set[str], set[str]]:
+        """(talents with biometric consent, talents with face-usage consent for the project),
+        in one batched call."""
+        ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_media_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_video_seconds: float = 600.0
+    video_rate_hz: float = 2.0
+    min_face_pixels: int = 48
+    enroll_min_score: float = 0.85
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class FaceOutcome:
+    box: Box
+    detection_score: float
+    label: Label
+    ranges: tuple[tuple[float, float], ...] = ()
+    best_frame_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    kind: int
+    content_type: str
+    width: int
+    height: int
+    faces: list[FaceOutcome]
+    duration_seconds: float = 0.0
+    frames_sampled: int = 0
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: Box
+    score: float
+    frame_seconds: float = 0.0
+
+
+@dataclass
+class DetectOutcome:
+    kind: int
+    content_type: str
+    width: int
+    height: int
+    faces: list[Detection] = field(default_factory=list)
+
+
+class Matcher:
+    def __init__(
+        self,
+        db: Database,
+        engine: FaceEngine,
+        consent: ConsentPort,
+        indexes: CollectionIndexes,
+        thresholds: Thresholds,
+        limits: Limits,
+        clock: Clock,
+        *,
+        workers: int = 2,
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.consent = consent
+        self.indexes = indexes
+        self.thresholds = thresholds
+        self.limits = limits
+        self.clock = clock
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="matcher-inference")
+
+    def warm_up(self) -> None:
+        """Loads the models in every worker before the first request pays for it."""
+        for future in [self.pool.submit(self.engine.warm_up) for _ in range(self.workers)]:
+            future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- enrollment ---------------------------------------------------------------------------
+
+    def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> FaceRow:
+        if request_id:
+            earlier = self._by_request(account_id, request_id)
+            if earlier is not None:
+                if earlier.talent_id != talent_id:
+                    raise InvalidArgument.one("request_id", "already used for another talent")
+                return earlier
+        image, _ = self._decode(data, "image")
+        # No face is even looked for without consent to process the talent's biometrics.
+        self._require_biometric_consent(account_id, talent_id)
+        faces = self.pool.submit(self.engine.detect, image).result()
+        face = self._single_usable_face(faces)
+        enrolled = self.pool.submit(self.engine.enroll, account_id, talent_id, image, face).result()
+        del image  # the enrollment image is never kept
+        row = FaceRow(
+            face_id=enrolled.face_id,
+            account_id=account_id,
+            talent_id=talent_id,
+            engine=self.engine.name,
+            model=self.engine.model,
+            vector=None
+            if enrolled.vector is None
+            else enrolled.vector.astype(VECTOR_DTYPE).tobytes(),
+            box_x=face.box.x,
+            box_y=face.box.y,
+            box_width=face.box.width,
+            box_height=face.box.height,
+            detection_score=face.score,
+            created_at=self.clock(),
+            request_id=request_id or None,
+        )
+        try:
+            with self.db.write() as session:
+                session.add(row)
+                bump_version(session, account_id)
+        except IntegrityError:
+            self.engine.delete(account_id, [enrolled.face_id])
+            earlier = self._by_request(account_id, request_id) if request_id else None
+            if earlier is None:
+                raise
+            return earlier
+        except Exception:
+            self.engine.delete(account_id, [enrolled.face_id])
+            raise
+        # Consent may have been revoked while we embedded: its deletion could have run before
+        # our insert. Check again, and undo the enrollment if so.
+        if not self.consent.biometric_active(account_id, talent_id):
+            self.delete_talent(account_id, talent_id)
+            raise FailedPrecondition(
+                "biometric processing consent was revoked during enrollment",
+                reason="BIOMETRIC_CONSENT_REQUIRED",
+            )
+        logs.log(
+            logger, "face enrolled", account=account_id, face=row.face_id, engine=self.engine.name
+        )
+        return row
+
+    def _by_request(self, account_id: str, request_id: str) -> FaceRow | None:
+        with self.db.read() as session:
+            return session.scalars(
+                select(FaceRow).where(
+                    FaceRow.account_id == account_id, FaceRow.request_id == request_id
+                )
+            ).one_or_none()
+
+    def _require_biometric_consent(self, account_id: str, talent_id: str) -> None:
+        if not self.consent.biometric_active(account_id, talent_id):
+            raise FailedPrecondition(
+                "the talent has no active biometric processing consent; record it first",
+                reason="BIOMETRIC_CONSENT_REQUIRED",
+            )
+
+    def _single_usable_face(self, faces: Sequence[DetectedFace]) -> DetectedFace:
+        usable = [f for f in faces if f.score >= self.limits.enroll_min_score]
+        if not usable:
+            raise InvalidArgument.one("image", "no face found in the image", reason="NO_FACE")
+        if len(usable) > 1:
+            raise InvalidArgument.one(
+                "image",
+                f"{len(usable)} faces found; enrollment needs an image of exactly one face",
+                reason="MULTIPLE_FACES",
+            )
+        face = usable[0]
+        smallest = self.limits.min_face_pixels
+        if min(face.box.width, face.box.height) < smallest:
+            raise InvalidArgument.one(
+                "image",
+                f"the face is {face.box.width}x{face.box.height} px; "
+                f"at least {smallest}x{smallest} px is needed",
+                reason="FACE_TOO_SMALL",
+            )
+        return face
+
+    # -- matching -----------------------------------------------------------------------------
+
+    def match(self, account_id: str, project_id: str, data: bytes) -> MatchOutcome:
+        sniffed = self._sniff(data)
+        if sniffed.kind == IMAGE:
+            image, sniffed = self._decode(data, "media")
+            faces, signatures = self.pool.submit(self._analyse, image).result()
+            labels = self._labels(account_id, project_id, signatures)
+            return MatchOutcome(
+                common_pb2.MEDIA_KIND_IMAGE,
+                sniffed.content_type,
+                sniffed.width,
+                sniffed.height,
+                [FaceOutcome(f.box, f.score, lab) for f, lab in zip(faces, labels, strict=True)],
+            )
+        with self._video(data) as video:
+            frames = self._analyse_frames(video)
+            width, height, duration = video.width, video.height, video.duration_seconds
+        interval = 1.0 / self.limits.video_rate_hz
+        tracks = link_tracks(
+            [(t, list(zip(faces, sigs, strict=True))) for t, faces, sigs in frames],
+            interval_seconds=interval,
+        )
+        labels = self._labels(account_id, project_id, [t.signature for t in tracks])
+        return MatchOutcome(
+            common_pb2.MEDIA_KIND_VIDEO,
+            sniffed.content_type,
+            width,
+            height,
+            [
+                FaceOutcome(t.best.face.box, t.best.face.score, lab, t.ranges, t.best.t)
+                for t, lab in zip(tracks, labels, strict=True)
+            ],
+            duration_seconds=duration,
+            frames_sampled=len(frames),
+        )
+
+    def detect(self, data: bytes) -> DetectOutcome:
+        sniffed = self._sniff(data)
+        if sniffed.kind == IMAGE:
+            image, sniffed = self._decode(data, "media")
+            faces = self.pool.submit(self.engine.detect, image).result()
+            return DetectOutcome(
+                common_pb2.MEDIA_KIND_IMAGE,
+                sniffed.content_type,
+                sniffed.width,
+                sniffed.height,
+                [Detection(f.box, f.score) for f in faces],
+            )
+        with self._video(data) as video:
+            outcome = DetectOutcome(
+                common_pb2.MEDIA_KIND_VIDEO, sniffed.content_type, video.width, video.height
+            )
+            for t, faces, _ in self._analyse_frames(video, describe=False):
+                outcome.faces.extend(Detection(f.box, f.score, t) for f in faces)
+        return outcome
+
+    def _sniff(self, data: bytes) -> Sniffed:
+        try:
+            return sniff(data)
+        except MediaError as exc:
+            raise InvalidArgument.one("media", str(exc), reason="BAD_MEDIA") from exc
+
+    def _decode(self, data: bytes, field_name: str) -> tuple[np.ndarray, Sniffed]:
+        try:
+            return decode_image(data, max_pixels=self.limits.max_pixels)
+        except MediaError as exc:
+            raise InvalidArgument.one(field_name, str(exc), reason="BAD_MEDIA") from exc
+
+    @contextmanager
+    def _video(self, data: bytes) -> Iterator[Video]:
+        """The opened video; any MediaError (on opening or while reading) is bad input."""
+        try:
+            with open_video(
+                data, max_seconds=self.limits.max_video_seconds, max_pixels=self.limits.max_pixels
+            ) as video:
+                yield video
+        except MediaError as exc:
+            raise InvalidArgument.one("media", str(exc), reason="BAD_MEDIA") from exc
+
+    def _analyse(self, image: np.ndarray, describe: bool = True) -> tuple[list, list]:
+        faces = self.engine.detect(image)
+        signatures = self.engine.describe(image, faces) if faces and describe else []
+        return faces, signatures
+
+    def _analyse_frames(
+        self, video: Video, describe: bool = True
+    ) -> list[tuple[float, list, list]]:
+        """Sampled frames analysed on the pool, a bounded number in flight, in time order."""
+        results: list[tuple[float, list, list]] = []
+        in_flight: deque[tuple[float, Future]] = deque()
+        for t, frame in video.frames(self.limits.video_rate_hz):
+            in_flight.append((t, self.pool.submit(self._analyse, frame, describe)))
+            if len(in_flight) >= 2 * self.workers:
+                done_t, future = in_flight.popleft()
+                results.append((done_t, *future.result()))
+        while in_flight:
+            done_t, future = in_flight.popleft()
+            results.append((done_t, *future.result()))
+        return results
+
+    def _labels(self, account_id: str, project_id: str, signatures: Sequence[Any]) -> list[Label]:
+        """Searches every face at once, asks consent once, labels each face."""
+        if not signatures:
+            return []
+        candidates: list[list[Candidate]] = self.engine.search(
+            account_id, signatures, self.limits.top_k
+        )
+        talents = set().union(*(talents_to_check(c, self.thresholds) for c in candidates))
+        biometric, usage = (
+            self.consent.active_sets(account_id, talents, project_id) if talents else (set(), set())
+        )
+        return [
+            label_face(c, self.thresholds, biometric_active=biometric, usage_active=usage)
+            for c in candidates
+        ]
+
+    # -- deletion and listings ----------------------------------------------------------------
+
+    def delete_talent(self, account_id: str, talent_id: str) -> int:
+        """Deletes every face of the talent, from the engine first (idempotent both ways)."""
+        with self.db.read() as session:
+            face_ids = list(
+                session.scalars(
+                    select(FaceRow.face_id).where(
+                        FaceRow.account_id == account_id, FaceRow.talent_id == talent_id
+                    )
+                )
+            )
+        if not face_ids:
+            return 0
+        self.engine.delete(account_id, face_ids)
+        with self.db.write() as session:
+            deleted = session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids))).rowcount
+            bump_version(session, account_id)
+        logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
+        return deleted
+
+    def list_faces(
+        self, account_id: str, talent_id: str, page_size: int, after: str
+    ) -> tuple[list[FaceRow], str | None]:
+        with self.db.read() as session:
+            rows = list(
+                session.scalars(
+                    select(FaceRow)
+                    .where(
+                        FaceRow.account_id == account_id,
+                        FaceRow.talent_id == talent_id,
+                        FaceRow.face_id > after,
+                    )
+                    .order_by(FaceRow.face_id)
+                    .limit(page_size + 1)
+                )
+            )
+        if len(rows) > page_size:
+            return rows[:page_size], rows[page_size - 1].face_id
+        return rows, None
+
+    def stats(self, account_id: str) -> tuple[int, int, str]:
+        with self.db.read() as session:
+            faces, talents = session.execute(
+                select(func.count(), func.count(FaceRow.talent_id.distinct())).where(
+                    FaceRow.account_id == account_id
+                )
+            ).one()
+        kind = self.indexes.for_account(account_id).kind if self.engine.has_vectors else "engine"
+        return faces, talents, kind
+
+    def enrolled_talents(
+        self, account_id: str, page_size: int, after: tuple[str, str] | None
+    ) -> tuple[list[tuple[str, str, int]], tuple[str, str] | None]:
+        with self.db.read() as session:
+            query = select(FaceRow.account_id, FaceRow.talent_id, func.count()).group_by(
+                FaceRow.account_id, FaceRow.talent_id
+            )
+            if account_id:
+                query = query.where(FaceRow.account_id == account_id)
+            if after is not None:
+                query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_id) > tuple_(*after))
+            rows = [
+                tuple(r)
+                for r in session.execute(
+                    query.order_by(FaceRow.account_id, FaceRow.talent_id).limit(page_size + 1)
+                )
+            ]
+        if len(rows) > page_size:
+            last = rows[page_size - 1]
+            return rows[:page_size], (last[0], last[1])
+        return rows, None
