@@ -259,3 +259,138 @@ def mesh(matcher_factory, consent_factory) -> Mesh:
     matcher = matcher_factory(f"127.0.0.1:{consent_port}")
     consent = consent_factory(matcher.address, port=consent_port)
     return Mesh(consent, matcher)
+
+
+@pytest.fixture
+def retention_factory(database_url, serve, clock, channels):
+    """Builds retention replicas on one database (several schedulers, restarts) against peer
+    addresses. `env` holds MIXIP_RETENTION_* settings; the scheduler is off unless the test
+    turns it on. `listener` joins the replica's APScheduler before it starts, so a test can wait
+    on what the scheduler does from its very first wakeup."""
+    from mixip.retention.v1 import retention_pb2_grpc
+    from mixip.runtime.client import open_channel
+    from mixip.runtime.config import Env
+    from mixip.runtime.db import Database
+    from services.retention.app import (
+        AUDIT_SERVICE,
+        CONSENT_SERVICE,
+        MATCHER_SERVICE,
+        SERVICE_NAME,
+        RetentionApp,
+    )
+    from services.retention.settings import RetentionSettings
+    from services.retention.store import Base
+
+    url = database_url("retention")
+
+    def make(*, audit: str, matcher: str, consent: str, env: dict | None = None, listener=None):
+        defaults = {"MIXIP_RETENTION_REPLICA_ID": "replica-a", "MIXIP_RETENTION_SCHEDULER": "0"}
+        app = RetentionApp(
+            Database(url, Base.metadata),
+            RetentionSettings.load(Env({**defaults, **(env or {})})),
+            open_channel(audit, [AUDIT_SERVICE], timeout_seconds=10),
+            open_channel(matcher, [MATCHER_SERVICE], timeout_seconds=10),
+            open_channel(consent, [CONSENT_SERVICE], timeout_seconds=10),
+            clock,
+        )
+        if listener is not None:
+            app.scheduler.apscheduler.add_listener(listener)
+        running = serve(app)
+        channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
+        return Handle(app, running, retention_pb2_grpc.RetentionServiceStub(channel), channel)
+
+    return make
+
+
+@pytest.fixture
+def retention_peers(audit_service, consent_service, matcher_double) -> dict[str, str]:
+    """The addresses of a real audit, a real consent and the matcher double, as keywords of
+    `retention_factory`."""
+    return {
+        "audit": audit_service.address,
+        "matcher": matcher_double.address,
+        "consent": consent_service.address,
+    }
+
+
+@pytest.fixture
+def retention_service(retention_factory, retention_peers):
+    return retention_factory(**retention_peers)
+
+
+class Gateway:
+    """The gateway in front of real audit, consent and matcher services (retention is
+    attached when a test starts one). Stubs carry an account's key or the admin key."""
+
+    def __init__(self, app, running, channel, mesh: Mesh, audit: Handle) -> None:
+        from mixip.gateway.v1 import admin_pb2_grpc, gateway_pb2_grpc
+
+        self.app, self.running, self.channel, self.mesh, self.audit = (
+            app,
+            running,
+            channel,
+            mesh,
+            audit,
+        )
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def admin_metadata(self):
+        return (("authorization", f"Bearer {self.app.admin_key}"),)
+
+    def new_account(self, name: str = "studio") -> tuple[str, tuple]:
+        """(account id, call metadata with its fresh API key)."""
+        from mixip.gateway.v1 import admin_pb2
+
+        reply = self.admin.CreateAccount(
+            admin_pb2.CreateAccountRequest(name=name), metadata=self.admin_metadata()
+        )
+        return reply.account.account_id, (("authorization", f"Bearer {reply.api_key}"),)
+
+
+@pytest.fixture
+def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service):
+    from gateway.app import (
+        ADMIN_SERVICE,
+        GATEWAY_SERVICE,
+        PEER_SERVICES,
+        GatewayApp,
+        GatewaySettings,
+    )
+    from gateway.storage import LocalEncryptedStore
+    from gateway.store import Base
+    from mixip.runtime.client import open_channel
+    from mixip.runtime.db import Database
+    from mixip.runtime.keys import LocalKeyWrapper
+
+    addresses = {
+        "matcher": mesh.matcher.address,
+        "consent": mesh.consent.address,
+        "audit": audit_service.address,
+        "retention": f"127.0.0.1:{free_port()}",
+    }
+    peer_channels = {
+        name: open_channel(addresses[name], [service], timeout_seconds=30)
+        for name, service in PEER_SERVICES.items()
+    }
+    app = GatewayApp(
+        Database(database_url("gateway"), Base.metadata),
+        peer_channels,
+        LocalEncryptedStore(tmp_path / "media", LocalKeyWrapper(tmp_path / "keys" / "gw.key")),
+        GatewaySettings(
+            max_upload_bytes=8 * 1024 * 1024,
+            max_chunk_bytes=256 * 1024,
+            admin_key_file=tmp_path / "gateway-admin.key",
+        ),
+        clock,
+    )
+    running = serve(app)
+    channel = open_channel(
+        f"127.0.0.1:{running.port}", [GATEWAY_SERVICE, ADMIN_SERVICE], timeout_seconds=60
+    )
+    yield Gateway(app, running, channel, mesh, audit_service)
+    channel.close()

@@ -1,0 +1,167 @@
+"""API keys: random, shown once, stored as the SHA-256 of their secret part.
+
+A key reads `mixip_<key id>_<secret>`. The key id is public (it names the key in logs and audit
+events); the secret is 256 random bits, so a plain SHA-256 is a sound verifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from sqlalchemy import select
+
+from gateway.store import AccountRow, ApiKeyRow
+from mixip.runtime import logs
+from mixip.runtime.db import Database
+from mixip.runtime.errors import NotFound, PermissionDenied, Unauthenticated
+from mixip.runtime.times import Clock
+
+logger = logging.getLogger("mixip.gateway.auth")
+_KEY = re.compile(r"mixip_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    account_id: str | None  # None for the admin credential
+    is_admin: bool
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _new_key() -> tuple[str, str, str]:
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    return key_id, secret, f"mixip_{key_id}_{secret}"
+
+
+class Authenticator:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- checking callers ---------------------------------------------------------------------
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        header = dict(context.invocation_metadata()).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        match = _KEY.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
+        if match is None:
+            raise Unauthenticated("missing or malformed API key (authorization: Bearer <key>)")
+        key_id, secret = match.groups()
+        with self.db.read() as session:
+            row = session.get(ApiKeyRow, key_id)
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not hmac.compare_digest(row.secret_hash, _digest(secret))
+        ):
+            raise Unauthenticated("unknown or revoked API key")
+        return Caller(row.key_id, row.account_id, row.is_admin)
+
+    def account(self, context: grpc.ServicerContext) -> Caller:
+        caller = self.caller(context)
+        if caller.account_id is None:
+            raise PermissionDenied("the admin credential has no account; use an account's key")
+        return caller
+
+    def admin(self, context: grpc.ServicerContext) -> Caller:
+        caller = self.caller(context)
+        if not caller.is_admin:
+            raise PermissionDenied("this call needs the admin credential")
+        return caller
+
+    # -- issuing keys -------------------------------------------------------------------------
+
+    def ensure_admin_key(self, path: Path, configured: str | None) -> str:
+        """The admin credential: the configured one, or the one in `path`, created (mode 0600)
+        at the first start. Its hash is (re)registered so a fresh database accepts it."""
+        token = configured or (path.read_text().strip() if path.exists() else "")
+        if not token:
+            token = _new_key()[2]
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+        match = _KEY.fullmatch(token)
+        if match is None:
+            raise ValueError(f"the admin credential in {path} is not a mixip key")
+        key_id, secret = match.groups()
+        with self.db.write() as session:
+            if session.get(ApiKeyRow, key_id) is None:
+                session.add(
+                    ApiKeyRow(
+                        key_id=key_id,
+                        secret_hash=_digest(secret),
+                        account_id=None,
+                        is_admin=True,
+                        created_at=self.clock(),
+                    )
+                )
+        return token
+
+    def create_account(self, name: str, request_id: str) -> tuple[AccountRow, str, str]:
+        """A new account and its first key; a replayed request id returns the account with a
+        fresh key (keys are shown once and never stored in clear)."""
+        with self.db.write() as session:
+            account = None
+            if request_id:
+                account = session.scalars(
+                    select(AccountRow).where(AccountRow.request_id == request_id)
+                ).one_or_none()
+            if account is None:
+                account = AccountRow(
+                    account_id=f"acct_{secrets.token_hex(8)}",
+                    name=name,
+                    created_at=self.clock(),
+                    request_id=request_id or None,
+                )
+                session.add(account)
+                session.flush()
+            key_id, token = self._add_key(session, account.account_id)
+        logs.log(logger, "account created", account=account.account_id, key=key_id)
+        return account, token, key_id
+
+    def create_key(self, account_id: str) -> tuple[str, str]:
+        with self.db.write() as session:
+            if session.get(AccountRow, account_id) is None:
+                raise NotFound("no such account")
+            key_id, token = self._add_key(session, account_id)
+        logs.log(logger, "api key created", account=account_id, key=key_id)
+        return token, key_id
+
+    def _add_key(self, session, account_id: str) -> tuple[str, str]:
+        key_id, secret, token = _new_key()
+        session.add(
+            ApiKeyRow(
+                key_id=key_id,
+                secret_hash=_digest(secret),
+                account_id=account_id,
+                is_admin=False,
+                created_at=self.clock(),
+            )
+        )
+        return key_id, token
+
+    def list_accounts(self, page_size: int, after: str) -> tuple[list[AccountRow], str | None]:
+        with self.db.read() as session:
+            rows = list(
+                session.scalars(
+                    select(AccountRow)
+                    .where(AccountRow.account_id > after)
+                    .order_by(AccountRow.account_id)
+                    .limit(page_size + 1)
+                )
+            )
+        if len(rows) > page_size:
+            return rows[:page_size], rows[page_size - 1].account_id
+        return rows, None

@@ -1,0 +1,457 @@
+"""Gateway use cases: orchestration of the four services around the client's account.
+
+The gateway decides nothing about faces or consent: it authenticates, stores media
+encrypted, and calls the services in the order the privacy promises need:
+- an upload's results are returned only after their audit events are recorded; if the audit
+  service cannot record them, the upload fails cleanly (UNAVAILABLE) and nothing is kept;
+- an erasure deletes face vectors first (the face stops matching), then the consent ledger,
+  then the audit salt, then our own references; each step is idempotent, so repeating the
+  call after a failure finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from google.protobuf import json_format
+from sqlalchemy import delete, select, update
+
+from gateway.storage import MediaStore, StorageError
+from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
+from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from mixip.common.v1 import common_pb2
+from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.retention.v1 import retention_pb2_grpc
+from mixip.runtime import logs
+from mixip.runtime.db import Database
+from mixip.runtime.errors import Aborted, InvalidArgument, NotFound
+from mixip.runtime.media import MediaError, sniff
+from mixip.runtime.times import Clock, iso, to_timestamp
+
+logger = logging.getLogger("mixip.gateway")
+
+EXPORT_SCHEMA = "mixip.talent-export/1"
+READY, PENDING = "READY", "PENDING"
+# A PENDING upload older than this was abandoned by a crashed gateway: the janitor removes it.
+ABANDONED_AFTER = timedelta(minutes=10)
+
+
+@dataclass
+class Peers:
+    """Stubs of the four services, on channels made by the composition root."""
+
+    matcher: matcher_pb2_grpc.MatcherServiceStub
+    consent: consent_pb2_grpc.ConsentServiceStub
+    audit: audit_pb2_grpc.AuditServiceStub
+    retention: retention_pb2_grpc.RetentionServiceStub
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    project_id: str
+    filename: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StoredMedia:
+    media: MediaRow
+    faces: list[MediaFaceRow]
+
+
+@dataclass(frozen=True)
+class ErasureStep:
+    name: str
+    count: int
+    completed_at: datetime
+
+
+def media_id_for(account_id: str, request_id: str) -> str:
+    """Deterministic for a retried request (so audit idempotency keys repeat), random otherwise."""
+    if request_id:
+        digest = hashlib.sha256(f"{account_id}\x00{request_id}".encode()).hexdigest()[:24]
+        return f"med_{digest}"
+    return f"med_{secrets.token_hex(12)}"
+
+
+class Gateway:
+    def __init__(
+        self,
+        db: Database,
+        peers: Peers,
+        media_store: MediaStore,
+        clock: Clock,
+        *,
+        max_upload_bytes: int,
+        max_chunk_bytes: int,
+    ) -> None:
+        self.db = db
+        self.peers = peers
+        self.media_store = media_store
+        self.clock = clock
+        self.max_upload_bytes = max_upload_bytes
+        self.max_chunk_bytes = max_chunk_bytes
+
+    # -- upload -------------------------------------------------------------------------------
+
+    def receive(self, chunks: Iterator[bytes]) -> bytes:
+        """The whole upload, refused as soon as it passes the limit (nothing is stored yet)."""
+        buffer = bytearray()
+        for index, chunk in enumerate(chunks):
+            if len(chunk) > self.max_chunk_bytes:
+                raise InvalidArgument.one(
+                    f"chunk[{index}]", f"at most {self.max_chunk_bytes} bytes per chunk"
+                )
+            buffer += chunk
+            if len(buffer) > self.max_upload_bytes:
+                raise InvalidArgument.one(
+                    "chunk",
+                    f"the upload exceeds the limit of {self.max_upload_bytes} bytes",
+                    reason="UPLOAD_TOO_LARGE",
+                )
+        if not buffer:
+            raise InvalidArgument.one("chunk", "no media bytes were sent", reason="EMPTY_UPLOAD")
+        return bytes(buffer)
+
+    def upload(
+        self, account_id: str, key_id: str, header: UploadHeader, data: bytes
+    ) -> StoredMedia:
+        try:
+            sniffed = sniff(data)
+        except MediaError as exc:
+            raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
+        media_id = media_id_for(account_id, header.request_id)
+        replay = self._replay(account_id, media_id)
+        if replay is not None:
+            return replay
+        storage_key = self.media_store.put(account_id, data)
+        media = MediaRow(
+            media_id=media_id,
+            account_id=account_id,
+            project_id=header.project_id,
+            filename=header.filename,
+            content_type=sniffed.content_type,
+            kind=common_pb2.MEDIA_KIND_IMAGE
+            if sniffed.kind == "image"
+            else common_pb2.MEDIA_KIND_VIDEO,
+            size_bytes=len(data),
+            storage_key=storage_key,
+            status=PENDING,
+            created_at=self.clock(),
+            request_id=header.request_id or None,
+        )
+        try:
+            with self.db.write() as session:
+                session.add(media)
+            matched = self.peers.matcher.MatchMedia(
+                matcher_pb2.MatchMediaRequest(
+                    account_id=account_id, project_id=header.project_id, media=data
+                )
+            )
+            self._record_audit(account_id, key_id, media, matched.faces)
+            faces = [_face_row(account_id, media_id, f) for f in matched.faces]
+            with self.db.write() as session:
+                session.add_all(faces)
+                session.execute(
+                    update(MediaRow)
+                    .where(MediaRow.media_id == media_id)
+                    .values(
+                        status=READY,
+                        engine=matched.engine,
+                        duration_seconds=matched.duration_seconds,
+                        content_type=matched.content_type or sniffed.content_type,
+                    )
+                )
+        except BaseException:
+            self._discard(media)
+            raise
+        media.status, media.engine = READY, matched.engine
+        media.duration_seconds = matched.duration_seconds
+        logs.log(
+            logger,
+            "media matched",
+            account=account_id,
+            media=media_id,
+            faces=len(faces),
+            kind=sniffed.kind,
+        )
+        return StoredMedia(media, faces)
+
+    def _replay(self, account_id: str, media_id: str) -> StoredMedia | None:
+        """A retried upload (same request id): its stored results, or a clean slate if an
+        earlier attempt was abandoned half-way."""
+        with self.db.read() as session:
+            media = session.get(MediaRow, media_id)
+            if media is None or media.account_id != account_id:
+                return None
+            if media.status == READY:
+                return StoredMedia(media, self._faces(session, media_id))
+        if self.clock() - media.created_at < ABANDONED_AFTER:
+            raise Aborted("an upload with this request_id is still in progress; retry later")
+        self._discard(media)
+        return None
+
+    def _record_audit(self, account_id: str, key_id: str, media: MediaRow, faces) -> None:
+        if not faces:
+            return
+        now = to_timestamp(self.clock())
+        events = [
+            audit_pb2.MatchEventInput(
+                idempotency_key=f"{media.media_id}:{f.face_index}",
+                project_id=media.project_id,
+                media_id=media.media_id,
+                face_index=f.face_index,
+                label=f.label,
+                reason=f.reason,
+                similarity=f.similarity,
+                talent_id=f.talent_id,
+                actor=key_id,
+                occurred_at=now,
+            )
+            for f in faces
+        ]
+        for start in range(0, len(events), 1000):
+            self.peers.audit.RecordMatchEvents(
+                audit_pb2.RecordMatchEventsRequest(
+                    account_id=account_id, events=events[start : start + 1000]
+                )
+            )
+
+    def _discard(self, media: MediaRow) -> None:
+        """Removes an upload that will not complete: its object, its row, its results."""
+        try:
+            self.media_store.delete(media.account_id, media.storage_key)
+        finally:
+            with self.db.write() as session:
+                session.execute(delete(MediaFaceRow).where(MediaFaceRow.media_id == media.media_id))
+                session.execute(delete(MediaRow).where(MediaRow.media_id == media.media_id))
+
+    def sweep_abandoned(self) -> int:
+        """Deletes uploads a crashed gateway left PENDING (run at start-up)."""
+        cutoff = self.clock() - ABANDONED_AFTER
+        with self.db.read() as session:
+            abandoned = list(
+                session.scalars(
+                    select(MediaRow).where(MediaRow.status == PENDING, MediaRow.created_at < cutoff)
+                )
+            )
+        for media in abandoned:
+            self._discard(media)
+        return len(abandoned)
+
+    def results(self, account_id: str, media_id: str) -> StoredMedia:
+        with self.db.read() as session:
+            media = session.get(MediaRow, media_id)
+            if media is None or media.account_id != account_id or media.status != READY:
+                raise NotFound("no such media")
+            return StoredMedia(media, self._faces(session, media_id))
+
+    @staticmethod
+    def _faces(session, media_id: str) -> list[MediaFaceRow]:
+        return list(
+            session.scalars(
+                select(MediaFaceRow)
+                .where(MediaFaceRow.media_id == media_id)
+                .order_by(MediaFaceRow.face_index)
+            )
+        )
+
+    def media_bytes(self, account_id: str, media_id: str) -> bytes:
+        media = self.results(account_id, media_id).media
+        try:
+            return self.media_store.get(account_id, media.storage_key)
+        except StorageError as exc:
+            raise NotFound("no such media") from exc
+
+    # -- data-subject rights ------------------------------------------------------------------
+
+    def export(self, account_id: str, talent_id: str) -> dict:
+        """Everything the mesh holds about the talent, linked while links exist."""
+        consents = _all_pages(
+            lambda token: self.peers.consent.ListConsentRecords(
+                consent_pb2.ListConsentRecordsRequest(
+                    account_id=account_id, talent_id=talent_id, page_size=1000, page_token=token
+                )
+            ),
+            "records",
+        )
+        face_records = _all_pages(
+            lambda token: self.peers.matcher.ListTalentFaces(
+                matcher_pb2.ListTalentFacesRequest(
+                    account_id=account_id, talent_id=talent_id, page_size=1000, page_token=token
+                )
+            ),
+            "faces",
+        )
+        events = _all_pages(
+            lambda token: self.peers.audit.ListEvents(
+                audit_pb2.ListEventsRequest(
+                    account_id=account_id, talent_id=talent_id, page_size=1000, page_token=token
+                )
+            ),
+            "events",
+        )
+        with self.db.read() as session:
+            results = session.execute(
+                select(MediaFaceRow, MediaRow.project_id, MediaRow.created_at)
+                .join(MediaRow, MediaRow.media_id == MediaFaceRow.media_id)
+                .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+                .order_by(MediaRow.created_at, MediaFaceRow.face_index)
+            ).all()
+        if not (consents or face_records or events or results):
+            raise NotFound("no data about this talent in this account")
+        return {
+            "schema_version": EXPORT_SCHEMA,
+            "generated_at": iso(self.clock()),
+            "account_id": account_id,
+            "talent_id": talent_id,
+            "consent_records": [_json(r) for r in consents],
+            "face_records": [_json(f) for f in face_records],
+            "audit_events": [_json(e) for e in events],
+            "media_results": [
+                {
+                    "media_id": face.media_id,
+                    "project_id": project_id,
+                    "uploaded_at": iso(created_at),
+                    "face_index": face.face_index,
+                    "label": common_pb2.FaceLabel.Name(face.label),
+                    "reason": common_pb2.LabelReason.Name(face.reason),
+                    "similarity": face.similarity,
+                }
+                for face, project_id, created_at in results
+            ],
+        }
+
+    def erase(
+        self, account_id: str, talent_id: str, request_id: str
+    ) -> tuple[str, list[ErasureStep]]:
+        if request_id:
+            with self.db.read() as session:
+                earlier = session.scalars(
+                    select(ErasureReceiptRow).where(
+                        ErasureReceiptRow.account_id == account_id,
+                        ErasureReceiptRow.request_id == request_id,
+                    )
+                ).one_or_none()
+            if earlier is not None:
+                return earlier.receipt_id, _steps_from_json(earlier.steps)
+        steps = []
+        deleted = self.peers.matcher.DeleteTalentFaces(
+            matcher_pb2.DeleteTalentFacesRequest(
+                account_id=account_id, talent_id=talent_id, request_id=request_id
+            )
+        )
+        steps.append(ErasureStep("matcher.delete_faces", deleted.deleted_count, self.clock()))
+        erased = self.peers.consent.EraseTalentConsent(
+            consent_pb2.EraseTalentConsentRequest(account_id=account_id, talent_id=talent_id)
+        )
+        steps.append(
+            ErasureStep(
+                "consent.erase_ledger",
+                erased.records_deleted + erased.outbox_rows_deleted,
+                self.clock(),
+            )
+        )
+        shredded = self.peers.audit.ShredTalentSalt(
+            audit_pb2.ShredTalentSaltRequest(account_id=account_id, talent_id=talent_id)
+        )
+        steps.append(ErasureStep("audit.shred_salt", int(shredded.salt_destroyed), self.clock()))
+        with self.db.write() as session:
+            scrubbed = session.execute(
+                update(MediaFaceRow)
+                .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+                .values(
+                    talent_id=None,
+                    label=common_pb2.FACE_LABEL_UNKNOWN,
+                    reason=common_pb2.LABEL_REASON_TALENT_ERASED,
+                )
+            ).rowcount
+            steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
+            receipt_id = f"rcpt_{secrets.token_hex(12)}"
+            session.add(
+                ErasureReceiptRow(
+                    receipt_id=receipt_id,
+                    account_id=account_id,
+                    completed_at=self.clock(),
+                    steps=_steps_to_json(steps),
+                    request_id=request_id or None,
+                )
+            )
+        logs.log(
+            logger,
+            "talent erased",
+            account=account_id,
+            receipt=receipt_id,
+            **{s.name.replace(".", "_"): s.count for s in steps},
+        )
+        return receipt_id, steps
+
+
+def _face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> MediaFaceRow:
+    b = face.box
+    return MediaFaceRow(
+        media_id=media_id,
+        face_index=face.face_index,
+        account_id=account_id,
+        label=face.label,
+        reason=face.reason,
+        similarity=face.similarity,
+        talent_id=face.talent_id or None,
+        box=f"{b.x},{b.y},{b.width},{b.height}",
+        detection_score=face.detection_score,
+        best_frame_seconds=face.best_frame_seconds,
+        ranges=";".join(f"{r.start_seconds}-{r.end_seconds}" for r in face.ranges),
+    )
+
+
+def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
+    x, y, w, h = (int(v) for v in row.box.split(","))
+    ranges = []
+    for part in filter(None, row.ranges.split(";")):
+        start, end = part.split("-")
+        ranges.append(common_pb2.TimeRange(start_seconds=float(start), end_seconds=float(end)))
+    return common_pb2.FaceResult(
+        face_index=row.face_index,
+        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
+        label=row.label,
+        reason=row.reason,
+        similarity=row.similarity,
+        talent_id=row.talent_id or "",
+        ranges=ranges,
+        best_frame_seconds=row.best_frame_seconds,
+        detection_score=row.detection_score,
+    )
+
+
+def _all_pages(call: Callable[[str], object], field: str) -> list:
+    items, token = [], ""
+    while True:
+        page = call(token)
+        items.extend(getattr(page, field))
+        token = page.next_page_token
+        if not token:
+            return items
+
+
+def _json(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _steps_to_json(steps: list[ErasureStep]) -> str:
+    return json.dumps(
+        [{"name": s.name, "count": s.count, "completed_at": iso(s.completed_at)} for s in steps]
+    )
+
+
+def _steps_from_json(text: str) -> list[ErasureStep]:
+    return [
+        ErasureStep(s["name"], s["count"], datetime.fromisoformat(s["completed_at"]))
+        for s in json.loads(text)
+    ]

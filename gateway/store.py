@@ -1,0 +1,106 @@
+"""The gateway's tables: accounts and API keys, stored media and their results, erasure
+receipts (its own database; no other service reads it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mixip.runtime.db import UtcDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AccountRow(Base):
+    __tablename__ = "gateway_accounts"
+
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+
+
+class ApiKeyRow(Base):
+    """An API key: its public id and the SHA-256 of its secret part (never the secret)."""
+
+    __tablename__ = "gateway_api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # NULL for the admin credential, which belongs to no account.
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("gateway_accounts.account_id"))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class MediaRow(Base):
+    __tablename__ = "gateway_media"
+
+    media_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str] = mapped_column(String(128))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(SmallInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(64))
+    # PENDING while matched and audited; READY once its results are stored.
+    status: Mapped[str] = mapped_column(String(16))
+    engine: Mapped[str] = mapped_column(String(16), default="")
+    duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_gateway_media_request", "account_id", "request_id", unique=True),)
+
+
+class MediaFaceRow(Base):
+    """One face result of a stored media, as returned to the client."""
+
+    __tablename__ = "gateway_media_faces"
+
+    media_id: Mapped[str] = mapped_column(
+        ForeignKey("gateway_media.media_id", ondelete="CASCADE"), primary_key=True
+    )
+    face_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int] = mapped_column(SmallInteger)
+    reason: Mapped[int] = mapped_column(SmallInteger)
+    similarity: Mapped[float] = mapped_column(Float)
+    talent_id: Mapped[str | None] = mapped_column(String(128))  # NULL for UNKNOWN or erased
+    box: Mapped[str] = mapped_column(String(64))  # "x,y,w,h"
+    detection_score: Mapped[float] = mapped_column(Float)
+    best_frame_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    ranges: Mapped[str] = mapped_column(Text, default="")  # "s-e;s-e" (video)
+
+    __table_args__ = (Index("ix_gateway_faces_talent", "account_id", "talent_id"),)
+
+
+class ErasureReceiptRow(Base):
+    """Proof that an erasure ran: when and how much, never whom (no talent id)."""
+
+    __tablename__ = "gateway_erasure_receipts"
+
+    receipt_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    completed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    steps: Mapped[str] = mapped_column(Text)  # JSON: [{"name", "count", "completed_at"}]
+    request_id: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_gateway_receipt_request", "account_id", "request_id", unique=True),)
