@@ -3,7 +3,6 @@ MIXIP_TEST_DATABASE_URL is set), an injectable clock, and in-process servers on 
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +11,7 @@ from sqlalchemy import create_engine, text
 
 from mixip.runtime.db import database_url as explicit_driver
 from mixip.runtime.server import RunningServer, ServiceApp, start_server
-
-PG_ADMIN_URL = os.environ.get("MIXIP_TEST_DATABASE_URL", "")
-BACKENDS = ["sqlite", "postgresql"] if PG_ADMIN_URL else ["sqlite"]
+from tests.support.databases import BACKENDS, PG_ADMIN_URL, fresh_schema_url
 
 
 def pytest_generate_tests(metafunc):
@@ -52,13 +49,7 @@ def database_url(backend, tmp_path, pg_test_database):
     def make(service: str) -> str:
         if backend == "sqlite":
             return f"sqlite:///{tmp_path / (service + '.db')}"
-        schema = f"{service}_{uuid.uuid4().hex[:10]}"
-        engine = create_engine(pg_test_database)
-        with engine.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-        url = pg_test_database.update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
+        return fresh_schema_url(pg_test_database, service)
 
     return make
 

@@ -1,0 +1,82 @@
+"""Composition root of the retention service: configuration → database, peers, scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from mixip.audit.v1 import audit_pb2
+from mixip.consent.v1 import consent_pb2
+from mixip.matcher.v1 import matcher_pb2
+from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
+from mixip.runtime.client import open_channel
+from mixip.runtime.config import Env, ServerConfig, service_address
+from mixip.runtime.db import Database
+from mixip.runtime.server import ServiceApp
+from mixip.runtime.times import Clock, utcnow
+from services.retention.jobs import Peers
+from services.retention.scheduler import RetentionScheduler
+from services.retention.service import RetentionService
+from services.retention.servicer import RetentionServicer
+from services.retention.settings import RetentionSettings
+from services.retention.store import Base
+
+SERVICE_NAME = retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].full_name
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+MATCHER_SERVICE = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
+CONSENT_SERVICE = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+
+
+class RetentionApp(ServiceApp):
+    name = "retention"
+
+    def __init__(
+        self,
+        db: Database,
+        settings: RetentionSettings,
+        audit_channel: grpc.Channel,
+        matcher_channel: grpc.Channel,
+        consent_channel: grpc.Channel,
+        clock: Clock = utcnow,
+    ) -> None:
+        db.create_tables()
+        self.db = db
+        self.settings = settings
+        self.channels = (audit_channel, matcher_channel, consent_channel)
+        self.service = RetentionService(
+            db, settings, Peers.over(audit_channel, matcher_channel, consent_channel), clock
+        )
+        self.scheduler = RetentionScheduler(db.engine, settings, self.service.run_scheduled)
+
+    def register(self, server: grpc.Server) -> Sequence[str]:
+        retention_pb2_grpc.add_RetentionServiceServicer_to_server(
+            RetentionServicer(self.service, self.settings, self.scheduler.next_run_time), server
+        )
+        return [SERVICE_NAME]
+
+    def start(self) -> None:
+        if self.settings.scheduler_enabled:
+            self.scheduler.start()
+
+    def close(self) -> None:
+        self.scheduler.shutdown()
+        for channel in self.channels:
+            channel.close()
+        self.db.dispose()
+
+
+def build(config: ServerConfig, env: Env) -> tuple[RetentionApp, dict]:
+    settings = RetentionSettings.load(env)
+
+    def channel(name: str, service: str) -> grpc.Channel:
+        return open_channel(service_address(name, env), [service])
+
+    app = RetentionApp(
+        Database(config.database_url, Base.metadata),
+        settings,
+        channel("audit", AUDIT_SERVICE),
+        channel("matcher", MATCHER_SERVICE),
+        channel("consent", CONSENT_SERVICE),
+    )
+    return app, {}

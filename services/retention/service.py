@@ -1,0 +1,157 @@
+"""Retention use cases: run a job (manually, or for a scheduled tick) and read the history.
+
+A run is one unit of work to start (for a scheduled run, together with claiming its tick, so a
+replica either owns the tick and has a RUNNING row, or neither) and one to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from mixip.runtime import logs
+from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.times import Clock, iso
+from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
+from services.retention.jobs import Peers, one_line, purge, reconcile
+from services.retention.settings import RetentionSettings
+from services.retention.store import MAX_ERROR_LENGTH, RunRow, TickRow
+
+logger = logging.getLogger("mixip.retention")
+
+
+class RetentionService:
+    def __init__(
+        self, db: Database, settings: RetentionSettings, peers: Peers, clock: Clock
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.peers = peers
+        self.clock = clock
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def run_now(self, job: Job) -> RunRow:
+        """An operator's run, not tick-locked: both jobs are idempotent."""
+        run = self._new_run(job, Trigger.MANUAL, self.clock(), tick=None)
+        with self.db.write() as session:
+            session.add(run)
+        return self._execute(run)
+
+    def run_scheduled(self, job: Job) -> RunRow:
+        """A scheduler's run. Every replica's scheduler fires it; only the replica that claims
+        the tick runs it, the others record a SKIPPED run. The tick comes from the schedule, not
+        from when the scheduler fired, so a run fired late inside the misfire grace (a replica
+        coming back) finds the tick already taken."""
+        now = self.clock()
+        tick = latest_fire_time(self.settings.trigger(job), now)
+        run = self._new_run(job, Trigger.SCHEDULE, now, tick)
+        with self.db.write() as session:
+            claimed = insert_ignoring_conflicts(
+                session,
+                TickRow.__table__,
+                [
+                    {
+                        "job": job.value,
+                        "tick": tick,
+                        "run_id": run.run_id,
+                        "replica_id": self.settings.replica_id,
+                        "claimed_at": now,
+                    }
+                ],
+                ["job", "tick"],
+            )
+            if not claimed:  # nothing runs, so nothing is purged before any cutoff
+                run.outcome, run.finished_at, run.cutoff = Outcome.SKIPPED.value, now, None
+            session.add(run)
+        if not claimed:
+            self._log(run)
+            return run
+        return self._execute(run)
+
+    def _new_run(self, job: Job, trigger: Trigger, now: datetime, tick: datetime | None) -> RunRow:
+        cutoff = now - timedelta(days=self.settings.retention_days) if job is Job.PURGE else None
+        return RunRow(
+            run_id=uuid.uuid4().hex,
+            job=job.value,
+            trigger=trigger.value,
+            outcome=Outcome.RUNNING.value,
+            started_at=now,
+            cutoff=cutoff,
+            events_purged=0,
+            talents_checked=0,
+            vectors_deleted=0,
+            tick=tick,
+        )
+
+    def _execute(self, run: RunRow) -> RunRow:
+        """Runs the job and records how it ended; a failure is a FAILED run, not an error."""
+        tally = Tally()
+        error = None
+        try:
+            self._work(run, tally)
+        except Exception as exc:  # whatever broke, the run must be recorded as failed
+            error = one_line(exc)[:MAX_ERROR_LENGTH]
+        with self.db.write() as session:
+            session.add(run)
+            run.outcome = (Outcome.FAILED if error else Outcome.SUCCEEDED).value
+            run.finished_at = self.clock()
+            run.events_purged = tally.events_purged
+            run.talents_checked = tally.talents_checked
+            run.vectors_deleted = tally.vectors_deleted
+            run.error = error
+        self._log(run)
+        return run
+
+    def _work(self, run: RunRow, tally: Tally) -> None:
+        if run.job == Job.PURGE:
+            purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)
+        else:
+            reconcile(self.peers, tally)
+
+    def _log(self, run: RunRow) -> None:
+        logs.log(
+            logger,
+            "retention run",
+            level=logging.WARNING if run.outcome == Outcome.FAILED else logging.INFO,
+            run=run.run_id,
+            job=run.job,
+            trigger=run.trigger,
+            outcome=run.outcome,
+            tick=iso(run.tick) or "-",
+            events_purged=run.events_purged,
+            talents_checked=run.talents_checked,
+            vectors_deleted=run.vectors_deleted,
+            **({"error": run.error} if run.error else {}),
+        )
+
+    # -- history ------------------------------------------------------------------------------
+
+    def last_run(self, job: Job) -> RunRow | None:
+        """The job's latest run that actually ran (a SKIPPED record is another replica's
+        shadow of a run, and would hide its outcome)."""
+        with self.db.read() as session:
+            return session.scalars(
+                select(RunRow)
+                .where(RunRow.job == job.value, RunRow.outcome != Outcome.SKIPPED.value)
+                .order_by(RunRow.seq.desc())
+                .limit(1)
+            ).one_or_none()
+
+    def list_runs(
+        self, job: Job | None, page_size: int, before_seq: int | None
+    ) -> tuple[list[RunRow], int | None]:
+        """A page of runs newest first, and the position to continue before (None at the end)."""
+        query = select(RunRow)
+        if job is not None:
+            query = query.where(RunRow.job == job.value)
+        if before_seq is not None:
+            query = query.where(RunRow.seq < before_seq)
+        with self.db.read() as session:
+            rows = list(session.scalars(query.order_by(RunRow.seq.desc()).limit(page_size + 1)))
+        if len(rows) > page_size:
+            return rows[:page_size], rows[page_size - 1].seq
+        return rows, None

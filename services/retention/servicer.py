@@ -1,0 +1,95 @@
+"""The gRPC edge of the retention service: validate, convert, delegate to `RetentionService`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
+from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.times import to_timestamp
+from mixip.runtime.validation import Checks
+from services.retention.domain import Job, Outcome, Trigger
+from services.retention.service import RetentionService
+from services.retention.settings import RetentionSettings
+from services.retention.store import RunRow
+
+JOBS = {
+    retention_pb2.RETENTION_JOB_PURGE: Job.PURGE,
+    retention_pb2.RETENTION_JOB_RECONCILE: Job.RECONCILE,
+}
+_JOB_VALUES = {job: value for value, job in JOBS.items()}
+_TRIGGERS = {
+    Trigger.SCHEDULE: retention_pb2.RUN_TRIGGER_SCHEDULE,
+    Trigger.MANUAL: retention_pb2.RUN_TRIGGER_MANUAL,
+}
+_OUTCOMES = {
+    Outcome.RUNNING: retention_pb2.RUN_OUTCOME_RUNNING,
+    Outcome.SUCCEEDED: retention_pb2.RUN_OUTCOME_SUCCEEDED,
+    Outcome.FAILED: retention_pb2.RUN_OUTCOME_FAILED,
+    Outcome.SKIPPED: retention_pb2.RUN_OUTCOME_SKIPPED,
+}
+
+
+class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
+    def __init__(
+        self,
+        service: RetentionService,
+        settings: RetentionSettings,
+        next_run_time: Callable[[Job], datetime | None],
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.next_run_time = next_run_time
+
+    def RunNow(self, request, context):
+        checks = Checks()
+        checks.enum("job", request.job, retention_pb2.RetentionJob)
+        checks.done()
+        run = self.service.run_now(JOBS[request.job])
+        return retention_pb2.RunNowResponse(report=_report(run))
+
+    def GetStatus(self, request, context):
+        return retention_pb2.GetStatusResponse(
+            jobs=[self._status(job) for job in Job],
+            retention_days=self.settings.retention_days,
+        )
+
+    def _status(self, job: Job) -> retention_pb2.JobStatus:
+        last = self.service.last_run(job)
+        return retention_pb2.JobStatus(
+            job=_JOB_VALUES[job],
+            next_run_time=to_timestamp(self.next_run_time(job)),
+            last_run=_report(last) if last else None,
+            schedule=self.settings.schedule(job),
+        )
+
+    def ListRuns(self, request, context):
+        checks = Checks()
+        if request.job:  # optional filter: unset means every job
+            checks.enum("job", request.job, retention_pb2.RetentionJob)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"j": request.job}
+        before = decode_page_token(request.page_token, filters)
+        rows, next_before = self.service.list_runs(JOBS.get(request.job), page_size, before)
+        return retention_pb2.ListRunsResponse(
+            runs=[_report(row) for row in rows],
+            next_page_token=encode_page_token(next_before, filters) if next_before else "",
+        )
+
+
+def _report(row: RunRow) -> retention_pb2.RunReport:
+    return retention_pb2.RunReport(
+        run_id=row.run_id,
+        job=_JOB_VALUES[Job(row.job)],
+        trigger=_TRIGGERS[Trigger(row.trigger)],
+        outcome=_OUTCOMES[Outcome(row.outcome)],
+        started_at=to_timestamp(row.started_at),
+        finished_at=to_timestamp(row.finished_at),
+        cutoff=to_timestamp(row.cutoff),
+        events_purged=row.events_purged,
+        talents_checked=row.talents_checked,
+        vectors_deleted=row.vectors_deleted,
+        error=row.error or "",
+    )

@@ -1,0 +1,58 @@
+"""The retention service's tables (its own database; no other service reads it).
+
+APScheduler's job-store tables (`retention_jobs_<replica>`) live in the same database but are
+created and owned by APScheduler, one per replica (see `domain.job_store_table`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mixip.runtime.db import UtcDateTime
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Sequence = BigInteger().with_variant(Integer, "sqlite")
+MAX_ERROR_LENGTH = 200
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunRow(Base):
+    """One run of a job: inserted RUNNING (or SKIPPED), then finished SUCCEEDED or FAILED.
+    Counts only; no talent id is ever stored here."""
+
+    __tablename__ = "retention_runs"
+
+    seq: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), unique=True)
+    job: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    cutoff: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    events_purged: Mapped[int] = mapped_column(BigInteger, default=0)
+    talents_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    vectors_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(String(MAX_ERROR_LENGTH))
+    tick: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_retention_runs_job", "job", "seq"),)
+
+
+class TickRow(Base):
+    """The lock of one scheduled tick of a job: the replica that inserts it runs the tick, every
+    other replica firing the same tick finds it and records a SKIPPED run."""
+
+    __tablename__ = "retention_ticks"
+
+    job: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tick: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    replica_id: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(UtcDateTime)
