@@ -1,0 +1,76 @@
+"""How the command line reaches the gateway: its address from --gateway or mesh.json, the
+account's key from MIXIP_API_KEY or the data directory's dev key, the admin key from the
+data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from mixip.cli.output import CliError
+from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mixip.runtime.client import open_channel
+
+DEV_KEY_FILE = "dev-api-key"
+ADMIN_KEY_FILE = "gateway-admin.key"
+GATEWAY_SERVICES = [
+    gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+]
+
+
+@dataclass
+class Connection:
+    data_dir: Path
+    gateway_address: str | None = None
+
+    def address(self) -> str:
+        if self.gateway_address:
+            return self.gateway_address
+        mesh_file = self.data_dir / "mesh.json"
+        try:
+            return json.loads(mesh_file.read_text())["services"]["gateway"]
+        except (OSError, ValueError, KeyError):
+            raise CliError(
+                f"no running mesh found ({mesh_file} missing): start one with `mixip up`, "
+                "or pass --gateway HOST:PORT"
+            ) from None
+
+    def channel(self) -> grpc.Channel:
+        return open_channel(self.address(), GATEWAY_SERVICES, timeout_seconds=30)
+
+    def api_key(self) -> str:
+        key = os.environ.get("MIXIP_API_KEY", "").strip()
+        if key:
+            return key
+        path = self.data_dir / DEV_KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        raise CliError(f"no API key: set MIXIP_API_KEY, or run `mixip up` (it writes {path})")
+
+    def admin_key(self) -> str:
+        path = self.data_dir / ADMIN_KEY_FILE
+        if not path.exists():
+            raise CliError(f"no admin credential at {path}: the gateway creates it at first start")
+        return path.read_text().strip()
+
+    def gateway(self) -> tuple[gateway_pb2_grpc.GatewayServiceStub, tuple]:
+        return gateway_pb2_grpc.GatewayServiceStub(self.channel()), _bearer(self.api_key())
+
+    def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, tuple]:
+        return admin_pb2_grpc.AdminServiceStub(self.channel()), _bearer(self.admin_key())
+
+
+def _bearer(key: str) -> tuple:
+    return (("authorization", f"Bearer {key}"),)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A credential file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")

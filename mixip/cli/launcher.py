@@ -1,0 +1,183 @@
+"""`mixip up`: every service as its own process on loopback, with the embedded defaults.
+
+Ports are picked free at start and written with the other facts a client needs to
+`<data dir>/mesh.json`. Each process logs to `<data dir>/logs/<service>.log`. SIGINT/SIGTERM
+stops them all (gateway first, so no new work arrives while the others drain).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mixip.cli.output import CliError
+from mixip.runtime.config import SERVICES
+
+# Start order: the services others call first; the gateway last. Stop order is the reverse.
+START_ORDER = ("audit", "consent", "matcher", "retention", "gateway")
+MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+
+
+def available_services() -> list[str]:
+    """The services this checkout has (each runs as `python -m <module>`)."""
+    return [s for s in START_ORDER if importlib.util.find_spec(f"{MODULES[s]}.__main__")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Mesh:
+    data_dir: Path
+    gateway_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: list[str] = field(default_factory=available_services)
+    addresses: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def mesh_file(self) -> Path:
+        return self.data_dir / "mesh.json"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MIXIP_DATA_DIR"] = str(self.data_dir)
+        for name, address in self.addresses.items():
+            env[f"MIXIP_{name.upper()}_ADDRESS"] = address
+            env[f"MIXIP_{name.upper()}_LISTEN"] = address
+        env.update(self.extra_env)
+        return env
+
+    def start(self, ready_timeout: float = 120.0) -> None:
+        if self.mesh_file.exists() and _pid_alive(json.loads(self.mesh_file.read_text())):
+            raise CliError(f"a mesh is already running on {self.data_dir} (see {self.mesh_file})")
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name in self.services:
+            port = self.gateway_port if name == "gateway" and self.gateway_port else free_port()
+            self.addresses[name] = f"127.0.0.1:{port}"
+        env = self.environment()
+        for name in self.services:
+            log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", MODULES[name]],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches `mixip up`, which stops them in order
+            )
+            log.close()
+        try:
+            self._wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.mesh_file.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "data_dir": str(self.data_dir),
+                    "services": self.addresses,
+                    "started_at": time.time(),
+                },
+                indent=2,
+            )
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.services)
+        while pending:
+            name = pending[0]
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise CliError(
+                    f"{name} exited with code {process.returncode} during start-up: "
+                    f"{self.log_tail(name)}"
+                )
+            if _serving(self.addresses[name]):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"{name} did not become ready in {timeout:.0f} s: {self.log_tail(name)}"
+                )
+            time.sleep(0.1)
+
+    def log_tail(self, name: str) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+        return lines[-1] if lines else "(no output)"
+
+    def watch(self, stop: threading.Event) -> str | None:
+        """Blocks until `stop` is set or a service dies; returns the dead service's name."""
+        while not stop.wait(0.5):
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    return name
+        return None
+
+    def stop(self, grace: float = 15.0) -> None:
+        for name in reversed([s for s in START_ORDER if s in self.processes]):
+            process = self.processes[name]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(grace)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        if (
+            self.mesh_file.exists()
+            and json.loads(self.mesh_file.read_text()).get("pid") == os.getpid()
+        ):
+            self.mesh_file.unlink()
+
+
+def _serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _pid_alive(document: dict) -> bool:
+    pid = document.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def run_until_signalled(mesh: Mesh) -> int:
+    """Holds the mesh up until Ctrl-C/SIGTERM (exit 0) or a service dies (exit 1)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    died = mesh.watch(stop)
+    mesh.stop()
+    if died:
+        raise CliError(f"{died} stopped unexpectedly: {mesh.log_tail(died)}")
+    return 0

@@ -1,0 +1,126 @@
+"""`mixip [--data-dir DIR] [--json] [--gateway HOST:PORT] COMMAND ...`
+
+Every command prints one JSON object with --json; errors are one line on stderr and a
+non-zero exit code (1 failure, 2 usage, 3 audit log does not verify), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+
+from mixip.cli import commands
+from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
+from mixip.cli.launcher import Mesh, run_until_signalled
+from mixip.cli.output import CliError, Output
+from mixip.gateway.v1 import admin_pb2
+from mixip.runtime.config import ConfigError
+from mixip.runtime.errors import error_details
+
+
+def ensure_dev_account(conn: Connection) -> str:
+    """The `dev` account of a fresh data directory, its key kept in the directory (0600)."""
+    key_file = conn.data_dir / DEV_KEY_FILE
+    if not key_file.exists():
+        stub, meta = conn.admin()
+        reply = stub.CreateAccount(
+            admin_pb2.CreateAccountRequest(name="dev", request_id="mixip-up-dev-account"),
+            metadata=meta,
+        )
+        write_secret(key_file, reply.api_key)
+    return str(key_file)
+
+
+def start_mesh(data_dir: Path, gateway_port: int = 0) -> Mesh:
+    mesh = Mesh(data_dir, gateway_port=gateway_port)
+    mesh.start()
+    if "gateway" in mesh.addresses:
+        ensure_dev_account(Connection(data_dir, mesh.addresses["gateway"]))
+    return mesh
+
+
+def up(args, conn: Connection, out: Output) -> int:
+    out.note(f"starting the mesh in {conn.data_dir} ...")
+    mesh = start_mesh(conn.data_dir, args.gateway_port)
+    document = {"event": "ready", "data_dir": str(conn.data_dir), "services": mesh.addresses}
+    lines = [f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}):"]
+    lines += [f"  {name:10} {address}" for name, address in mesh.addresses.items()]
+    lines.append("Ctrl-C stops it.")
+    out.result(document, lines)
+    return run_until_signalled(mesh)
+
+
+def demo(args, conn: Connection, out: Output) -> int:
+    from mixip.cli.demo import run_demo
+
+    return run_demo(Path(args.out), out)
+
+
+def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--data-dir",
+        default=default if suppress else "var",
+        help="data directory of the mesh (default ./var)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print one JSON object",
+    )
+    parser.add_argument(
+        "--gateway",
+        default=default,
+        metavar="HOST:PORT",
+        help="gateway address (default: from DATA_DIR/mesh.json)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixip", description="Mix-IP clearance mesh")
+    _common_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, suppress=True)  # the same options, accepted after the command
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", parents=[common], help="run the whole mesh on this machine")
+    p.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: free)")
+    p.set_defaults(run=up)
+    p = sub.add_parser("demo", parents=[common], help="the scripted scenario, start to end")
+    p.add_argument("--out", default="var/demo", help="where to write the demo's images")
+    p.set_defaults(run=demo)
+    commands.add_commands(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway)
+    try:
+        return args.run(args, conn, out)
+    except CliError as exc:
+        print(f"mixip: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"mixip: configuration: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        details = error_details(exc)
+        if details.code == grpc.StatusCode.UNAVAILABLE and not details.reason:
+            message = f"the gateway at {conn.address()} is not reachable (is `mixip up` running?)"
+        else:
+            message = details.one_line()
+        print(f"mixip: {details.code.name.lower().replace('_', ' ')}: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mixip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

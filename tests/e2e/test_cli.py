@@ -1,0 +1,196 @@
+"""The mixip command line against a real `mixip up` (five processes): JSON output, exit codes,
+one-line errors, and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mixip.runtime.config import SERVICES
+from tests.support import faces
+from tests.support.databases import BACKENDS, fresh_schema_url
+
+pytestmark = pytest.mark.slow
+MIXIP = [sys.executable, "-m", "mixip.cli.main"]
+
+
+def mixip(data_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*MIXIP, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env or os.environ.copy(),
+    )
+
+
+def ok_json(data_dir: Path, *args: str) -> dict:
+    result = mixip(data_dir, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout  # one JSON object per command
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def running_mesh(request, tmp_path_factory, pg_test_database):
+    """`mixip up` as a user runs it; on PostgreSQL each service gets its own schema."""
+    data_dir = tmp_path_factory.mktemp("mesh")
+    env = os.environ.copy()
+    if request.param == "postgresql":
+        for service in SERVICES:
+            env[f"MIXIP_{service.upper()}_DATABASE_URL"] = fresh_schema_url(
+                pg_test_database, service
+            )
+    process = subprocess.Popen(
+        [*MIXIP, "--data-dir", str(data_dir), "--json", "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    ready = json.loads(process.stdout.readline() or "{}")
+    assert ready.get("event") == "ready", process.stderr.read()
+    yield data_dir, ready, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def test_up_serves_every_service_and_writes_mesh_json(running_mesh):
+    data_dir, ready, _ = running_mesh
+    assert set(ready["services"]) == {"gateway", "matcher", "consent", "audit", "retention"}
+    mesh = json.loads((data_dir / "mesh.json").read_text())
+    assert mesh["services"] == ready["services"]
+    for address in ready["services"].values():
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert (data_dir / "dev-api-key").stat().st_mode & 0o077 == 0
+
+
+def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
+    data_dir, _, _ = running_mesh
+    portrait = tmp_path / "astronaut.png"
+    cv2.imwrite(str(portrait), faces.astronaut())
+    group = tmp_path / "group.jpg"
+    cv2.imwrite(str(group), faces.composite(faces.astronaut(), faces.grace_hopper()))
+
+    ok_json(data_dir, "consent", "grant", "collins", "--scope", "biometric")
+    ok_json(data_dir, "consent", "grant", "collins", "--scope", "usage", "--project", "p1")
+    shown = ok_json(data_dir, "consent", "show", "collins")
+    assert shown["current"] == {"biometric_processing": "active", "face_usage p1": "active"}
+    enrolled = ok_json(data_dir, "enroll", "collins", str(portrait))
+    assert len(enrolled["faces"]) == 1
+
+    annotated = tmp_path / "out.png"
+    matched = ok_json(
+        data_dir, "match", str(group), "--project", "p1", "--annotate", str(annotated)
+    )
+    assert set(matched) >= {"media_id", "faces"}
+    labels = sorted((f["label"], f["talent_id"]) for f in matched["faces"])
+    assert labels == [("cleared", "collins"), ("unknown", None)]
+    for face in matched["faces"]:
+        assert set(face) == {"label", "talent_id", "similarity", "reason", "box"}
+        assert len(face["box"]) == 4
+    assert cv2.imread(str(annotated)) is not None
+
+    # global options are also accepted after the command
+    result = mixip(data_dir, "audit", "verify", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["ok"] is True
+    listed = ok_json(data_dir, "audit", "list", "--talent", "collins")
+    assert len(listed["events"]) == 1
+
+    export_file = tmp_path / "export.json"
+    ok_json(data_dir, "export", "collins", "-o", str(export_file))
+    assert json.loads(export_file.read_text())["talent_id"] == "collins"
+
+    receipt = ok_json(data_dir, "erase", "collins")
+    assert receipt["steps"][0]["name"] == "matcher.delete_faces"
+    assert ok_json(data_dir, "audit", "list", "--talent", "collins")["events"] == []
+    assert ok_json(data_dir, "audit", "verify")["ok"] is True
+    gone = mixip(data_dir, "export", "collins")
+    assert gone.returncode == 1 and "not found" in gone.stderr
+
+
+def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):
+    data_dir, _, _ = running_mesh
+    video = tmp_path / "clip.mp4"
+    faces.make_video(video, [(faces.astronaut(), 1.0), (faces.grace_hopper(), 1.0)])
+    sheet = tmp_path / "sheet.png"
+    matched = ok_json(data_dir, "match", str(video), "--project", "p1", "--annotate", str(sheet))
+    assert len(matched["faces"]) == 2 and all(f["ranges"] for f in matched["faces"])
+    assert cv2.imread(str(sheet)).shape[1] >= 2 * 200
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("match", "/no/such/file.jpg", "--project", "p1"), 1, "cannot read /no/such/file.jpg"),
+        (("consent", "grant", "t", "--scope", "usage"), 1, "--scope usage needs --project"),
+        (("consent", "grant", "bad id!", "--scope", "biometric"), 1, "invalid argument"),
+        (("audit", "list", "--since", "yesterday"), 1, "is not an ISO 8601 time"),
+        (("enroll", "nobody", "{image}"), 1, "biometric processing consent"),
+    ],
+)
+def test_errors_are_one_line_with_a_non_zero_exit(running_mesh, tmp_path, args, code, message):
+    data_dir, _, _ = running_mesh
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), faces.astronaut())
+    result = mixip(data_dir, *(a.format(image=image) for a in args))
+    assert result.returncode == code
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_text_file_named_jpg_is_refused(running_mesh, tmp_path):
+    data_dir, _, _ = running_mesh
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("not a photo")
+    result = mixip(data_dir, "match", str(fake), "--project", "p1")
+    assert result.returncode == 1 and "invalid argument" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_a_mesh_the_cli_says_so(tmp_path):
+    result = mixip(tmp_path, "audit", "verify")
+    assert result.returncode == 1 and "mixip up" in result.stderr
+    usage = mixip(tmp_path, "consent", "grant", "t", "--scope", "forever")
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_up_stops_every_process_on_sigterm(running_mesh):
+    data_dir, ready, process = running_mesh
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert not (data_dir / "mesh.json").exists()
+    for address in ready["services"].values():
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+
+
+def test_the_demo_runs_start_to_end(tmp_path):
+    result = subprocess.run(
+        [*MIXIP, "--json", "demo", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    before = sorted((f["label"], f["talent_id"]) for f in summary["labels_before_erasure"])
+    assert before == [("cleared", "eileen-collins"), ("unknown", None)]
+    assert all(f["label"] == "unknown" for f in summary["labels_after_erasure"])
+    assert summary["audit"]["ok"] and summary["events_linked_after_erasure"] == 0
+    assert Path(summary["annotated"]).exists()
