@@ -3,6 +3,7 @@
 Settings (README, "Configuration"): MIXIP_GATEWAY_STORAGE (local | s3), MIXIP_GATEWAY_MEDIA_DIR,
 MIXIP_GATEWAY_KEK_FILE, MIXIP_GATEWAY_S3_BUCKET, MIXIP_GATEWAY_S3_KMS_KEY_ID,
 MIXIP_GATEWAY_S3_PREFIX, MIXIP_GATEWAY_MAX_UPLOAD_BYTES, MIXIP_GATEWAY_MAX_CHUNK_BYTES,
+MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY (server TLS on the client-facing port),
 MIXIP_GATEWAY_ADMIN_KEY (else the key file <data dir>/gateway-admin.key, made at first start),
 and the four MIXIP_<SERVICE>_ADDRESS.
 """
@@ -27,8 +28,8 @@ from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
 from mixip.runtime import logs
-from mixip.runtime.client import open_channel
-from mixip.runtime.config import ConfigError, Env, ServerConfig, service_address
+from mixip.runtime.client import peer_channel
+from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper
 from mixip.runtime.server import ServiceApp
@@ -139,12 +140,24 @@ class GatewayApp(ServiceApp):
         self.db.dispose()
 
 
+def client_credentials(env: Env) -> grpc.ServerCredentials | None:
+    """Server TLS on the client-facing port when a certificate is configured (production);
+    clients authenticate with API keys, not certificates."""
+    cert, key = env.optional("MIXIP_GATEWAY_TLS_CERT"), env.optional("MIXIP_GATEWAY_TLS_KEY")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ConfigError("set both MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY, or neither")
+    try:
+        pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"gateway TLS: cannot read {exc.filename} ({exc.strerror})") from None
+    return grpc.ssl_server_credentials([pair])
+
+
 def build(config: ServerConfig, env: Env) -> tuple[GatewayApp, dict]:
     channels = {
-        name: open_channel(
-            service_address(name, env), [service], max_message_bytes=config.max_message_bytes
-        )
-        for name, service in PEER_SERVICES.items()
+        name: peer_channel(config, env, name, service) for name, service in PEER_SERVICES.items()
     }
     app = GatewayApp(
         Database(config.database_url, Base.metadata),
@@ -152,4 +165,4 @@ def build(config: ServerConfig, env: Env) -> tuple[GatewayApp, dict]:
         media_store_from(config, env),
         GatewaySettings.load(config, env),
     )
-    return app, {}
+    return app, {"credentials": client_credentials(env), "authorize": None}

@@ -1,8 +1,11 @@
 """`mixip up`: every service as its own process on loopback, with the embedded defaults.
 
 Ports are picked free at start and written with the other facts a client needs to
-`<data dir>/mesh.json`. Each process logs to `<data dir>/logs/<service>.log`. SIGINT/SIGTERM
-stops them all (gateway first, so no new work arrives while the others drain).
+`<data dir>/mesh.json`. Services talk to each other over mutual TLS with certificates from
+`<data dir>/tls` (created on first start), and each checks its callers (mixip.runtime.acl);
+the gateway's client-facing port stays plaintext on loopback unless a certificate is set.
+Each process logs to `<data dir>/logs/<service>.log`. SIGINT/SIGTERM stops them all (gateway
+first, so no new work arrives while the others drain).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.cli.output import CliError
 from mixip.runtime.config import SERVICES
+from mixip.runtime.tls import channel_credentials, init_certs
 
 # Start order: the services others call first; the gateway last. Stop order is the reverse.
 START_ORDER = ("audit", "consent", "matcher", "retention", "gateway")
@@ -45,6 +49,7 @@ def free_port() -> int:
 class Mesh:
     data_dir: Path
     gateway_port: int = 0
+    tls: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[str] = field(default_factory=available_services)
     addresses: dict[str, str] = field(default_factory=dict)
@@ -54,12 +59,24 @@ class Mesh:
     def mesh_file(self) -> Path:
         return self.data_dir / "mesh.json"
 
+    @property
+    def tls_dir(self) -> Path | None:
+        return self.data_dir / "tls" if self.tls else None
+
+    def credentials(self, name: str) -> grpc.ChannelCredentials | None:
+        """How the launcher itself reaches service `name` (for health checks)."""
+        if self.tls_dir is None or name == "gateway":
+            return None
+        return channel_credentials(self.tls_dir, "operator")
+
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
         for name, address in self.addresses.items():
             env[f"MIXIP_{name.upper()}_ADDRESS"] = address
             env[f"MIXIP_{name.upper()}_LISTEN"] = address
+        if self.tls_dir is not None:
+            env["MIXIP_TLS_DIR"] = str(self.tls_dir)
         env.update(self.extra_env)
         return env
 
@@ -67,6 +84,8 @@ class Mesh:
         if self.mesh_file.exists() and _pid_alive(json.loads(self.mesh_file.read_text())):
             raise CliError(f"a mesh is already running on {self.data_dir} (see {self.mesh_file})")
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.tls_dir is not None and not (self.tls_dir / "ca.pem").exists():
+            init_certs(self.tls_dir)
         for name in self.services:
             port = self.gateway_port if name == "gateway" and self.gateway_port else free_port()
             self.addresses[name] = f"127.0.0.1:{port}"
@@ -93,6 +112,7 @@ class Mesh:
                     "pid": os.getpid(),
                     "data_dir": str(self.data_dir),
                     "services": self.addresses,
+                    "tls_dir": str(self.tls_dir) if self.tls_dir else None,
                     "started_at": time.time(),
                 },
                 indent=2,
@@ -110,7 +130,7 @@ class Mesh:
                     f"{name} exited with code {process.returncode} during start-up: "
                     f"{self.log_tail(name)}"
                 )
-            if _serving(self.addresses[name]):
+            if _serving(self.addresses[name], self.credentials(name)):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -149,8 +169,11 @@ class Mesh:
             self.mesh_file.unlink()
 
 
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def _serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
+    channel = (
+        grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    )
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1.0

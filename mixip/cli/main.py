@@ -19,6 +19,7 @@ from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2
 from mixip.runtime.config import ConfigError
 from mixip.runtime.errors import error_details
+from mixip.runtime.tls import init_certs
 
 
 def ensure_dev_account(conn: Connection) -> str:
@@ -34,8 +35,8 @@ def ensure_dev_account(conn: Connection) -> str:
     return str(key_file)
 
 
-def start_mesh(data_dir: Path, gateway_port: int = 0) -> Mesh:
-    mesh = Mesh(data_dir, gateway_port=gateway_port)
+def start_mesh(data_dir: Path, gateway_port: int = 0, *, tls: bool = True) -> Mesh:
+    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls)
     mesh.start()
     if "gateway" in mesh.addresses:
         ensure_dev_account(Connection(data_dir, mesh.addresses["gateway"]))
@@ -44,13 +45,36 @@ def start_mesh(data_dir: Path, gateway_port: int = 0) -> Mesh:
 
 def up(args, conn: Connection, out: Output) -> int:
     out.note(f"starting the mesh in {conn.data_dir} ...")
-    mesh = start_mesh(conn.data_dir, args.gateway_port)
-    document = {"event": "ready", "data_dir": str(conn.data_dir), "services": mesh.addresses}
-    lines = [f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}):"]
+    mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure)
+    document = {
+        "event": "ready",
+        "data_dir": str(conn.data_dir),
+        "services": mesh.addresses,
+        "mutual_tls": mesh.tls,
+    }
+    lines = [
+        f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}; "
+        f"mutual TLS {'on' if mesh.tls else 'OFF'}):"
+    ]
     lines += [f"  {name:10} {address}" for name, address in mesh.addresses.items()]
     lines.append("Ctrl-C stops it.")
     out.result(document, lines)
     return run_until_signalled(mesh)
+
+
+def certs_init(args, conn: Connection, out: Output) -> int:
+    directory = Path(args.directory).expanduser().resolve()
+    if (directory / "ca.pem").exists() and not args.force:
+        raise CliError(f"{directory} already holds a CA; pass --force to replace every file")
+    written = init_certs(directory)
+    out.result(
+        {"directory": str(directory), "files": [p.name for p in written]},
+        [
+            f"wrote a private CA and {len(written) // 2 - 1} certificates to {directory}",
+            "  (keys are mode 0600; point MIXIP_TLS_DIR at this directory)",
+        ],
+    )
+    return 0
 
 
 def demo(args, conn: Connection, out: Output) -> int:
@@ -89,7 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", parents=[common], help="run the whole mesh on this machine")
     p.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: free)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext between services (debugging only; default is mutual TLS)",
+    )
     p.set_defaults(run=up)
+    certs = sub.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
+        dest="action", required=True
+    )
+    p = certs.add_parser("init", parents=[common], help="create a private CA and certificates")
+    p.add_argument("directory")
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(run=certs_init)
     p = sub.add_parser("demo", parents=[common], help="the scripted scenario, start to end")
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from mixip.runtime.config import Env, ServerConfig, service_address
 from mixip.runtime.logs import REQUEST_ID
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -82,6 +83,22 @@ def open_channel(
             options.append(("grpc.ssl_target_name_override", server_name))
         channel = grpc.secure_channel(address, credentials, options=options)
     return grpc.intercept_channel(channel, _RequestIdPropagation())
+
+
+def peer_channel(config: ServerConfig, env: Env, target: str, service: str) -> grpc.Channel:
+    """The channel from service `config.name` to service `target` (full name `service`): mutual
+    TLS with this service's certificate when MIXIP_TLS_DIR is set, plaintext otherwise."""
+    credentials = None
+    if config.tls_dir is not None:
+        from mixip.runtime.tls import channel_credentials
+
+        credentials = channel_credentials(config.tls_dir, config.name)
+    return open_channel(
+        service_address(target, env),
+        [service],
+        credentials=credentials,
+        max_message_bytes=config.max_message_bytes,
+    )
 
 
 class _CallDetails(grpc.ClientCallDetails):

@@ -212,12 +212,24 @@ def start_server(
 
 def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict]]) -> int:
     """Runs service `name` as a process until SIGTERM/SIGINT. `build` returns the app and the
-    keyword arguments of `start_server` beyond the common ones (credentials, authorize)."""
+    keyword arguments of `start_server` beyond the common ones (credentials, authorize); by
+    default, with MIXIP_TLS_DIR set, the service requires mutual TLS and checks its callers
+    against `mixip.runtime.acl`."""
     logs.configure()
     env = Env()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before start-up, so it drains too
+        signal.signal(signum, lambda *_: stop.set())
     try:
         config = ServerConfig.load(name, env)
         app, extra = build(config, env)
+        if config.tls_dir is not None and "credentials" not in extra:
+            from mixip.runtime import acl, tls
+
+            extra = {
+                "credentials": tls.server_credentials(config.tls_dir, name),
+                "authorize": acl.authorize,
+            }
         running = start_server(
             app,
             listen=config.listen,
@@ -229,9 +241,6 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
         print(f"mixip {name}: {exc}", file=sys.stderr)
         return 2
     logs.log(logger, "serving", service=name, port=running.port, tls=bool(extra.get("credentials")))
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     logs.log(logger, "stopping", service=name)
     running.stop(config.grace_seconds)

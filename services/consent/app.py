@@ -8,8 +8,8 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
-from mixip.runtime.client import open_channel
-from mixip.runtime.config import Env, ServerConfig, service_address
+from mixip.runtime.client import peer_channel
+from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
@@ -76,7 +76,7 @@ class ConsentApp(ServiceApp):
 
 
 def build(config: ServerConfig, env: Env) -> tuple[ConsentApp, dict]:
-    channel = open_channel(service_address("matcher", env), [MATCHER_SERVICE])
+    channel = peer_channel(config, env, "matcher", MATCHER_SERVICE)
     poll = env.float("MIXIP_CONSENT_OUTBOX_POLL_SECONDS", 2.0, minimum=0.05)
     app = ConsentApp(Database(config.database_url, Base.metadata), channel, poll_seconds=poll)
     return app, {}

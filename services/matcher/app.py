@@ -19,8 +19,8 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
-from mixip.runtime.client import open_channel
-from mixip.runtime.config import ConfigError, Env, ServerConfig, service_address
+from mixip.runtime.client import peer_channel
+from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
@@ -163,9 +163,5 @@ class MatcherApp(ServiceApp):
 
 def build(config: ServerConfig, env: Env) -> tuple[MatcherApp, dict]:
     settings = MatcherSettings.load(env)
-    channel = open_channel(
-        service_address("consent", env),
-        [CONSENT_SERVICE],
-        max_message_bytes=config.max_message_bytes,
-    )
+    channel = peer_channel(config, env, "consent", CONSENT_SERVICE)
     return MatcherApp(Database(config.database_url, Base.metadata), channel, settings), {}

@@ -10,8 +10,8 @@ from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
-from mixip.runtime.client import open_channel
-from mixip.runtime.config import Env, ServerConfig, service_address
+from mixip.runtime.client import peer_channel
+from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
@@ -70,7 +70,7 @@ def build(config: ServerConfig, env: Env) -> tuple[RetentionApp, dict]:
     settings = RetentionSettings.load(env)
 
     def channel(name: str, service: str) -> grpc.Channel:
-        return open_channel(service_address(name, env), [service])
+        return peer_channel(config, env, name, service)
 
     app = RetentionApp(
         Database(config.database_url, Base.metadata),

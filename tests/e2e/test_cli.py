@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.runtime.config import SERVICES
+from mixip.runtime.tls import channel_credentials
 from tests.support import faces
 from tests.support.databases import BACKENDS, fresh_schema_url
 
@@ -66,17 +67,33 @@ def running_mesh(request, tmp_path_factory, pg_test_database):
         process.wait(60)
 
 
-def test_up_serves_every_service_and_writes_mesh_json(running_mesh):
+def health(address: str, credentials=None) -> int:
+    channel = (
+        grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    )
+    with channel:
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(), timeout=5)
+            .status
+        )
+
+
+def test_up_serves_every_service_over_mutual_tls(running_mesh):
     data_dir, ready, _ = running_mesh
     assert set(ready["services"]) == {"gateway", "matcher", "consent", "audit", "retention"}
+    assert ready["mutual_tls"] is True
     mesh = json.loads((data_dir / "mesh.json").read_text())
     assert mesh["services"] == ready["services"]
-    for address in ready["services"].values():
-        with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=5
-            )
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    operator = channel_credentials(Path(mesh["tls_dir"]), "operator")
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name, address in ready["services"].items():
+        if name == "gateway":  # client-facing: API keys, plaintext on loopback by default
+            assert health(address) == serving
+            continue
+        assert health(address, operator) == serving
+        with pytest.raises(grpc.RpcError):  # a plaintext client is refused at the handshake
+            health(address)
     assert (data_dir / "dev-api-key").stat().st_mode & 0o077 == 0
 
 
@@ -176,8 +193,8 @@ def test_up_stops_every_process_on_sigterm(running_mesh):
     assert process.wait(60) == 0
     assert not (data_dir / "mesh.json").exists()
     for address in ready["services"].values():
-        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError):
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        with pytest.raises(grpc.RpcError):
+            health(address)
 
 
 def test_the_demo_runs_start_to_end(tmp_path):
