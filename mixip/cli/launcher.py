@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.cli.output import CliError
-from mixip.runtime.config import SERVICES
+from mixip.runtime.config import SERVICES, variable
 from mixip.runtime.tls import channel_credentials, init_certs
 
 # Start order: the services others call first; the gateway last. Stop order is the reverse.
@@ -73,8 +73,8 @@ class Mesh:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
         for name, address in self.addresses.items():
-            env[f"MIXIP_{name.upper()}_ADDRESS"] = address
-            env[f"MIXIP_{name.upper()}_LISTEN"] = address
+            env[variable(name, "ADDRESS")] = address
+            env[variable(name, "LISTEN")] = address
         if self.tls_dir is not None:
             env["MIXIP_TLS_DIR"] = str(self.tls_dir)
         env.update(self.extra_env)
@@ -130,7 +130,7 @@ class Mesh:
                     f"{name} exited with code {process.returncode} during start-up: "
                     f"{self.log_tail(name)}"
                 )
-            if _serving(self.addresses[name], self.credentials(name)):
+            if serving(self.addresses[name], self.credentials(name)):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -169,7 +169,7 @@ class Mesh:
             self.mesh_file.unlink()
 
 
-def _serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
+def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
     channel = (
         grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
     )

@@ -19,7 +19,7 @@ from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2
 from mixip.runtime.config import ConfigError
 from mixip.runtime.errors import error_details
-from mixip.runtime.tls import init_certs
+from mixip.runtime.tls import channel_credentials, init_certs
 
 
 def ensure_dev_account(conn: Connection) -> str:
@@ -77,6 +77,21 @@ def certs_init(args, conn: Connection, out: Output) -> int:
     return 0
 
 
+def health(args, conn: Connection, out: Output) -> int:
+    """Exit 0 when the service at ADDRESS reports SERVING (container health checks)."""
+    from mixip.cli.launcher import serving
+    from mixip.runtime.config import Env
+
+    tls_dir = None if args.plaintext else Env().optional("MIXIP_TLS_DIR")
+    credentials = channel_credentials(Path(tls_dir), "operator") if tls_dir else None
+    ok = serving(args.address, credentials)
+    out.result(
+        {"address": args.address, "serving": ok},
+        f"{args.address}: {'SERVING' if ok else 'not serving'}",
+    )
+    return 0 if ok else 1
+
+
 def demo(args, conn: Connection, out: Output) -> int:
     from mixip.cli.demo import run_demo
 
@@ -126,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(run=certs_init)
+    p = sub.add_parser("health", parents=[common], help="is a service SERVING? (exit code)")
+    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS (the gateway's client port); default: mutual TLS when MIXIP_TLS_DIR is set",
+    )
+    p.set_defaults(run=health)
     p = sub.add_parser("demo", parents=[common], help="the scripted scenario, start to end")
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)

