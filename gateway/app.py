@@ -130,9 +130,9 @@ class GatewayApp(ServiceApp):
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
 
     def start(self) -> None:
-        swept = self.gateway.sweep_abandoned()
+        swept = self.gateway.sweep_orphans()
         if swept:
-            logs.log(logger, "abandoned uploads removed", count=swept)
+            logs.log(logger, "orphaned media objects removed", count=swept)
 
     def close(self) -> None:
         for channel in self.channels.values():

@@ -2,8 +2,9 @@
 
 The gateway decides nothing about faces or consent: it authenticates, stores media
 encrypted, and calls the services in the order the privacy promises need:
-- an upload's results are returned only after their audit events are recorded; if the audit
-  service cannot record them, the upload fails cleanly (UNAVAILABLE) and nothing is kept;
+- an upload's results are returned (and kept) only after their audit events are recorded; if
+  the audit service cannot record them, the upload fails cleanly (UNAVAILABLE) and nothing is
+  kept;
 - an erasure deletes face vectors first (the face stops matching), then the consent ledger,
   then the audit salt, then our own references; each step is idempotent, so repeating the
   call after a failure finishes the job.
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from google.protobuf import json_format
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from gateway.storage import MediaStore, StorageError
 from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
@@ -31,16 +33,16 @@ from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.retention.v1 import retention_pb2_grpc
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import Aborted, InvalidArgument, NotFound
+from mixip.runtime.errors import InvalidArgument, NotFound
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.times import Clock, iso, to_timestamp
 
 logger = logging.getLogger("mixip.gateway")
 
 EXPORT_SCHEMA = "mixip.talent-export/1"
-READY, PENDING = "READY", "PENDING"
-# A PENDING upload older than this was abandoned by a crashed gateway: the janitor removes it.
-ABANDONED_AFTER = timedelta(minutes=10)
+# An unreferenced stored object older than this was left by a crash mid-upload (no upload
+# takes this long: UploadMedia's deadline is 15 minutes).
+ORPHANED_AFTER = timedelta(hours=1)
 
 
 @dataclass
@@ -123,57 +125,56 @@ class Gateway:
     def upload(
         self, account_id: str, key_id: str, header: UploadHeader, data: bytes
     ) -> StoredMedia:
+        """Store encrypted → match → record audit events → keep the results, in that order.
+
+        Nothing refers to the stored object until the last step commits, so a failure (or a
+        crash) at any point leaves at most an unreferenced object, deleted here or by the
+        start-up sweep; a retry with the same request id redoes the work, and the audit
+        service's idempotency keys keep it from recording the events twice."""
         try:
             sniffed = sniff(data)
         except MediaError as exc:
             raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
         media_id = media_id_for(account_id, header.request_id)
-        replay = self._replay(account_id, media_id)
-        if replay is not None:
-            return replay
+        earlier = self._stored(account_id, media_id)
+        if earlier is not None:
+            return earlier
         storage_key = self.media_store.put(account_id, data)
-        media = MediaRow(
-            media_id=media_id,
-            account_id=account_id,
-            project_id=header.project_id,
-            filename=header.filename,
-            content_type=sniffed.content_type,
-            kind=common_pb2.MEDIA_KIND_IMAGE
-            if sniffed.kind == "image"
-            else common_pb2.MEDIA_KIND_VIDEO,
-            size_bytes=len(data),
-            storage_key=storage_key,
-            status=PENDING,
-            created_at=self.clock(),
-            request_id=header.request_id or None,
-        )
         try:
-            with self.db.write() as session:
-                session.add(media)
             matched = self.peers.matcher.MatchMedia(
                 matcher_pb2.MatchMediaRequest(
                     account_id=account_id, project_id=header.project_id, media=data
                 )
             )
+            media = MediaRow(
+                media_id=media_id,
+                account_id=account_id,
+                project_id=header.project_id,
+                filename=header.filename,
+                content_type=matched.content_type or sniffed.content_type,
+                kind=matched.kind,
+                size_bytes=len(data),
+                storage_key=storage_key,
+                engine=matched.engine,
+                duration_seconds=matched.duration_seconds,
+                created_at=self.clock(),
+                request_id=header.request_id or None,
+            )
             self._record_audit(account_id, key_id, media, matched.faces)
             faces = [_face_row(account_id, media_id, f) for f in matched.faces]
             with self.db.write() as session:
+                session.add(media)
+                session.flush()
                 session.add_all(faces)
-                session.execute(
-                    update(MediaRow)
-                    .where(MediaRow.media_id == media_id)
-                    .values(
-                        status=READY,
-                        engine=matched.engine,
-                        duration_seconds=matched.duration_seconds,
-                        content_type=matched.content_type or sniffed.content_type,
-                    )
-                )
+        except IntegrityError:  # a concurrent retry of the same request stored it first
+            self.media_store.delete(account_id, storage_key)
+            earlier = self._stored(account_id, media_id)
+            if earlier is None:
+                raise
+            return earlier
         except BaseException:
-            self._discard(media)
+            self.media_store.delete(account_id, storage_key)
             raise
-        media.status, media.engine = READY, matched.engine
-        media.duration_seconds = matched.duration_seconds
         logs.log(
             logger,
             "media matched",
@@ -184,19 +185,12 @@ class Gateway:
         )
         return StoredMedia(media, faces)
 
-    def _replay(self, account_id: str, media_id: str) -> StoredMedia | None:
-        """A retried upload (same request id): its stored results, or a clean slate if an
-        earlier attempt was abandoned half-way."""
+    def _stored(self, account_id: str, media_id: str) -> StoredMedia | None:
         with self.db.read() as session:
             media = session.get(MediaRow, media_id)
             if media is None or media.account_id != account_id:
                 return None
-            if media.status == READY:
-                return StoredMedia(media, self._faces(session, media_id))
-        if self.clock() - media.created_at < ABANDONED_AFTER:
-            raise Aborted("an upload with this request_id is still in progress; retry later")
-        self._discard(media)
-        return None
+            return StoredMedia(media, self._faces(session, media_id))
 
     def _record_audit(self, account_id: str, key_id: str, media: MediaRow, faces) -> None:
         if not faces:
@@ -224,34 +218,25 @@ class Gateway:
                 )
             )
 
-    def _discard(self, media: MediaRow) -> None:
-        """Removes an upload that will not complete: its object, its row, its results."""
-        try:
-            self.media_store.delete(media.account_id, media.storage_key)
-        finally:
-            with self.db.write() as session:
-                session.execute(delete(MediaFaceRow).where(MediaFaceRow.media_id == media.media_id))
-                session.execute(delete(MediaRow).where(MediaRow.media_id == media.media_id))
-
-    def sweep_abandoned(self) -> int:
-        """Deletes uploads a crashed gateway left PENDING (run at start-up)."""
-        cutoff = self.clock() - ABANDONED_AFTER
-        with self.db.read() as session:
-            abandoned = list(
-                session.scalars(
-                    select(MediaRow).where(MediaRow.status == PENDING, MediaRow.created_at < cutoff)
+    def sweep_orphans(self) -> int:
+        """Deletes stored objects no media refers to, left by a crash mid-upload (run at
+        start-up; only objects older than any upload can take)."""
+        deleted = 0
+        for account_id, key in self.media_store.stale_keys(self.clock() - ORPHANED_AFTER):
+            with self.db.read() as session:
+                referenced = session.scalar(
+                    select(MediaRow.media_id).where(MediaRow.storage_key == key)
                 )
-            )
-        for media in abandoned:
-            self._discard(media)
-        return len(abandoned)
+            if referenced is None:
+                self.media_store.delete(account_id, key)
+                deleted += 1
+        return deleted
 
     def results(self, account_id: str, media_id: str) -> StoredMedia:
-        with self.db.read() as session:
-            media = session.get(MediaRow, media_id)
-            if media is None or media.account_id != account_id or media.status != READY:
-                raise NotFound("no such media")
-            return StoredMedia(media, self._faces(session, media_id))
+        stored = self._stored(account_id, media_id)
+        if stored is None:
+            raise NotFound("no such media")
+        return stored
 
     @staticmethod
     def _faces(session, media_id: str) -> list[MediaFaceRow]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +38,10 @@ class MediaStore(Protocol):
 
     def delete(self, account_id: str, key: str) -> None:
         """Idempotent."""
+        ...
+
+    def stale_keys(self, before: datetime) -> Iterator[tuple[str, str]]:
+        """(account id or "", key) of every object last written before `before`."""
         ...
 
 
@@ -94,6 +100,11 @@ class LocalEncryptedStore:
     def delete(self, account_id: str, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def stale_keys(self, before: datetime) -> Iterator[tuple[str, str]]:
+        for path in self.root.glob("??/*"):
+            if len(path.name) == 32 and path.stat().st_mtime < before.timestamp():
+                yield "", path.name  # the file name does not say whose it is, by design
+
 
 class S3Store:
     """S3 with SSE-KMS; the boto3 client is passed in, never created here."""
@@ -130,3 +141,13 @@ class S3Store:
 
     def delete(self, account_id: str, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self._key(account_id, key))
+
+    def stale_keys(self, before: datetime) -> Iterator[tuple[str, str]]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                account_id, _, key = item["Key"].removeprefix(self.prefix).partition("/")
+                if key and item["LastModified"] < before:
+                    yield account_id, key

@@ -59,9 +59,7 @@ class MediaRow(Base):
     content_type: Mapped[str] = mapped_column(String(64))
     kind: Mapped[int] = mapped_column(SmallInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    storage_key: Mapped[str] = mapped_column(String(64))
-    # PENDING while matched and audited; READY once its results are stored.
-    status: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(String(64), index=True)
     engine: Mapped[str] = mapped_column(String(16), default="")
     duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from mixip.runtime.db import database_url as explicit_driver
 from mixip.runtime.server import RunningServer, ServiceApp, start_server
@@ -17,7 +18,8 @@ from tests.support.databases import BACKENDS, PG_ADMIN_URL, fresh_schema_url
 def pytest_generate_tests(metafunc):
     # Every test that takes `backend` runs once per database; PostgreSQL joins when configured
     # (CI always configures it), so nothing is skipped.
-    if "backend" in metafunc.fixturenames:
+    chosen = any("backend" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and not chosen:
         metafunc.parametrize("backend", BACKENDS)
 
 
@@ -31,7 +33,10 @@ def pg_test_database():
     if not PG_ADMIN_URL:
         yield None
         return
-    admin = create_engine(explicit_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    # No pool: a test restarts the server, and the final DROP must not reuse a dead connection.
+    admin = create_engine(
+        explicit_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
     name = f"mixip_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))

@@ -79,11 +79,6 @@ class Unavailable(MeshError):
     default_reason = "UNAVAILABLE"
 
 
-class Aborted(MeshError):
-    code = grpc.StatusCode.ABORTED
-    default_reason = "ABORTED"
-
-
 class Internal(MeshError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"

@@ -22,15 +22,19 @@ SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_na
 MATCHER_SERVICE = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
 
 
-def matcher_deleter(channel: grpc.Channel) -> Deliver:
-    """Delivers an owed deletion as matcher.DeleteTalentFaces (idempotent by its key)."""
+def matcher_deleter(channel: grpc.Channel, timeout_seconds: float = 5.0) -> Deliver:
+    """Delivers an owed deletion as matcher.DeleteTalentFaces (idempotent by its key). It waits
+    for the channel to be ready (up to the timeout) rather than failing fast, so a matcher that
+    just came back is reached on this attempt, not after the channel's reconnect backoff."""
     stub = matcher_pb2_grpc.MatcherServiceStub(channel)
 
     def deliver(account_id: str, talent_id: str, key: str) -> int:
         reply = stub.DeleteTalentFaces(
             matcher_pb2.DeleteTalentFacesRequest(
                 account_id=account_id, talent_id=talent_id, request_id=key
-            )
+            ),
+            timeout=timeout_seconds,
+            wait_for_ready=True,
         )
         return reply.deleted_count
 

@@ -15,70 +15,17 @@ from sqlalchemy import func, select
 
 from gateway.store import MediaFaceRow, MediaRow
 from mixip.common.v1 import common_pb2 as common
-from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb
-from mixip.runtime.times import to_timestamp
 from tests.support import faces
+from tests.support.gateway_calls import (
+    CHUNK,
+    enroll,
+    group_photo,
+    upload,
+    upload_requests,
+)
 from tests.support.status import expect_error, expect_invalid
-
-PROJECT = "film-1"
-CHUNK = 64 * 1024
-
-
-def upload_requests(data: bytes, project=PROJECT, request_id="", chunk=CHUNK, filename="a.jpg"):
-    yield pb.UploadMediaRequest(
-        header=pb.UploadHeader(project_id=project, filename=filename, request_id=request_id)
-    )
-    for start in range(0, len(data), chunk):
-        yield pb.UploadMediaRequest(chunk=data[start : start + chunk])
-
-
-def upload(gw, meta, data, **kwargs) -> pb.UploadMediaResponse:
-    return gw.stub.UploadMedia(upload_requests(data, **kwargs), metadata=meta)
-
-
-def consent(gw, meta, clock, talent, scope, decision=cpb.CONSENT_DECISION_GRANTED, project=""):
-    return gw.stub.RecordConsent(
-        pb.RecordConsentRequest(
-            talent_id=talent,
-            scope=scope,
-            project_id=project,
-            decision=decision,
-            evidence=cpb.Evidence(
-                method="signed-release",
-                policy_version="v3",
-                actor="staff-1",
-                captured_at=to_timestamp(clock()),
-            ),
-        ),
-        metadata=meta,
-    )
-
-
-def enroll(gw, meta, talent, image, chunk=CHUNK):
-    data = faces.encode(image, ".png")
-
-    def requests():
-        yield pb.EnrollTalentRequest(header=pb.EnrollHeader(talent_id=talent))
-        for start in range(0, len(data), chunk):
-            yield pb.EnrollTalentRequest(chunk=data[start : start + chunk])
-
-    return gw.stub.EnrollTalent(requests(), metadata=meta)
-
-
-@pytest.fixture
-def studio(gateway, clock):
-    """An account whose astronaut is enrolled with consent for film-1."""
-    account, meta = gateway.new_account("studio")
-    consent(gateway, meta, clock, "astronaut", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
-    consent(gateway, meta, clock, "astronaut", cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
-    enroll(gateway, meta, "astronaut", faces.astronaut())
-    return account, meta
-
-
-def group_photo() -> bytes:
-    return faces.encode(faces.composite(faces.astronaut(), faces.grace_hopper()), ".jpg")
 
 
 def media_rows(gw) -> tuple[int, int]:

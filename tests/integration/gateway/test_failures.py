@@ -1,0 +1,104 @@
+"""Failure guarantees with in-process servers: nothing lost, nothing duplicated."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from gateway.service import ORPHANED_AFTER
+from mixip.consent.v1 import consent_pb2 as cpb
+from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.matcher.v1 import matcher_pb2
+from tests.support.gateway_calls import consent, group_photo, upload
+from tests.support.status import expect_error
+
+
+def _handle(gateway, name):
+    return {
+        "matcher": gateway.mesh.matcher,
+        "consent": gateway.mesh.consent,
+        "audit": gateway.audit,
+    }[name]
+
+
+@pytest.mark.parametrize("down", ["matcher", "consent", "audit"])
+def test_an_erasure_interrupted_at_any_step_completes_when_repeated(gateway, studio, serve, down):
+    account, meta = studio
+    upload(gateway, meta, group_photo())
+    handle = _handle(gateway, down)
+    handle.running.stop(0)
+    expect_error(
+        grpc.StatusCode.UNAVAILABLE,
+        gateway.stub.EraseTalent,
+        pb.EraseTalentRequest(talent_id="astronaut"),
+        metadata=meta,
+    )
+    serve(handle.app, listen=handle.address)  # the service comes back on its address
+
+    receipt = gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
+    assert [s.name for s in receipt.steps] == [
+        "matcher.delete_faces",
+        "consent.erase_ledger",
+        "audit.shred_salt",
+        "gateway.scrub_results",
+    ]
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        gateway.stub.ExportTalentData,
+        pb.ExportTalentDataRequest(talent_id="astronaut"),
+        metadata=meta,
+    )
+    assert gateway.mesh.matcher.app.matcher.stats(account)[0] == 0
+    assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
+
+
+def test_a_revocation_while_the_matcher_is_down_is_delivered_when_it_returns(
+    gateway, studio, serve, clock
+):
+    account, meta = studio
+    matcher = gateway.mesh.matcher
+    matcher.running.stop(0)
+    consent(
+        gateway,
+        meta,
+        clock,
+        "astronaut",
+        cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING,
+        decision=cpb.CONSENT_DECISION_REVOKED,
+    )
+    outbox = gateway.mesh.consent.app.outbox
+    assert outbox.run_once() == 0 and outbox.pending() == 1  # owed, not lost
+
+    serve(matcher.app, listen=matcher.address)
+    clock.advance(minutes=1)
+    assert outbox.run_once() == 1 and outbox.pending() == 0
+    assert matcher.app.matcher.stats(account)[0] == 0
+    assert outbox.run_once() == 0  # exactly once in effect: nothing left to send
+    faces_after = matcher.stub.ListTalentFaces(
+        matcher_pb2.ListTalentFacesRequest(account_id=account, talent_id="astronaut")
+    )
+    assert list(faces_after.faces) == []
+
+
+def test_an_orphaned_object_left_by_a_crash_is_swept_at_start_up(gateway, studio, tmp_path, clock):
+    account, meta = studio
+    clock.now = datetime.now(UTC)  # compared with the files' own (real) modification times
+    kept = upload(gateway, meta, group_photo())
+    orphan = gateway.app.gateway.media_store.put(account, b"\xff\xd8\xff half an upload")
+    files = {p.name: p for p in (tmp_path / "media").rglob("*") if p.is_file()}
+    assert set(files) >= {orphan}
+    old = time.time() - ORPHANED_AFTER.total_seconds() - 60
+    for path in files.values():
+        os.utime(path, (old, old))
+    clock.advance(seconds=1)
+    assert gateway.app.gateway.sweep_orphans() == 1
+    remaining = [p.name for p in (tmp_path / "media").rglob("*") if p.is_file()]
+    assert orphan not in remaining and len(remaining) == 1
+    again = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=kept.media_id), metadata=meta
+    )
+    assert again.media.media_id == kept.media_id
