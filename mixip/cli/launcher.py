@@ -89,20 +89,10 @@ class Mesh:
         for name in self.services:
             port = self.gateway_port if name == "gateway" and self.gateway_port else free_port()
             self.addresses[name] = f"127.0.0.1:{port}"
-        env = self.environment()
         for name in self.services:
-            log = open(self.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", MODULES[name]],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches `mixip up`, which stops them in order
-            )
-            log.close()
+            self._spawn(name)
         try:
-            self._wait_ready(ready_timeout)
+            self._wait_ready(self.services, ready_timeout)
         except BaseException:
             self.stop()
             raise
@@ -119,9 +109,27 @@ class Mesh:
             )
         )
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _spawn(self, name: str) -> None:
+        with open(self.data_dir / "logs" / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", MODULES[name]],
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches `mixip up`, which stops them in order
+            )
+
+    def restart(self, name: str, ready_timeout: float = 60.0) -> None:
+        """Starts service `name` again on its address (after it stopped or was killed)."""
+        if self.processes[name].poll() is None:
+            raise CliError(f"{name} is still running")
+        self._spawn(name)
+        self._wait_ready([name], ready_timeout)
+
+    def _wait_ready(self, names: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(self.services)
+        pending = list(names)
         while pending:
             name = pending[0]
             process = self.processes[name]
