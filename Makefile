@@ -19,10 +19,15 @@ demo: $(STAMPS)/gen
 test: $(STAMPS)/gen
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# buf breaking compares the contracts with the commit that introduced them: every change
+# since must be backward compatible (FILE rules).
+BUF := npx --yes @bufbuild/buf@1.75.0
 lint: $(STAMPS)/gen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	npx --yes @bufbuild/buf@1.75.0 lint
+	$(BUF) lint
+	base=$$(git log --diff-filter=A --format=%H -- buf.yaml 2>/dev/null | tail -n 1); \
+	if [ -n "$$base" ]; then $(BUF) breaking --against ".git#ref=$$base"; fi
 
 bench: $(STAMPS)/gen
 	$(PY) -m bench
