@@ -140,6 +140,15 @@ def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
     gone = mixip(data_dir, "export", "collins")
     assert gone.returncode == 1 and "not found" in gone.stderr
 
+    status = ok_json(data_dir, "retention", "status")
+    assert {j["job"] for j in status["jobs"]} == {"purge", "reconcile"}
+    run = ok_json(data_dir, "retention", "run", "--job", "reconcile")
+    assert run["outcome"] == "succeeded"
+    # five processes logged the whole flow: not one line names the talent
+    logs = list((data_dir / "logs").glob("*.log"))
+    assert len(logs) == 5
+    assert all("collins" not in log.read_text() for log in logs)
+
 
 def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):
     data_dir, _, _ = running_mesh

@@ -4,6 +4,7 @@ reply, export, erasure, tenant isolation, limits and dropped streams."""
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import threading
 
@@ -15,11 +16,14 @@ from sqlalchemy import func, select
 
 from gateway.store import MediaFaceRow, MediaRow
 from mixip.common.v1 import common_pb2 as common
+from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb
 from tests.support import faces
 from tests.support.gateway_calls import (
     CHUNK,
+    PROJECT,
+    consent,
     enroll,
     group_photo,
     upload,
@@ -282,3 +286,35 @@ def test_the_admin_creates_accounts_and_keys(gateway):
         admin_pb2.CreateApiKeyRequest(account_id="acct_nope"),
         metadata=meta,
     )
+
+
+def test_no_talent_id_reaches_any_log_line(gateway, clock, caplog):
+    """Every service in this process logs through the root logger: none may name a talent."""
+    talent = "talent-zq9x-unique"
+    with caplog.at_level(logging.DEBUG):
+        _, meta = gateway.new_account()
+        consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+        consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
+        enroll(gateway, meta, talent, faces.astronaut())
+        upload(gateway, meta, group_photo())
+        gateway.stub.ExportTalentData(pb.ExportTalentDataRequest(talent_id=talent), metadata=meta)
+        consent(
+            gateway,
+            meta,
+            clock,
+            talent,
+            cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING,
+            decision=cpb.CONSENT_DECISION_REVOKED,
+        )
+        gateway.mesh.consent.app.outbox.run_once()
+        gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
+        expect_invalid(
+            gateway.stub.RecordConsent,
+            pb.RecordConsentRequest(talent_id=talent, scope=99),
+            metadata=meta,
+            fields={"scope"},
+        )
+    assert len(caplog.records) > 20  # the flow did log
+    for record in caplog.records:
+        line = caplog.handler.format(record) + repr(getattr(record, "fields", {}))
+        assert talent not in line, line
