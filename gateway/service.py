@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.storage import MediaStore, StorageError
+from gateway.storage import MediaStore
 from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
@@ -247,13 +247,6 @@ class Gateway:
                 .order_by(MediaFaceRow.face_index)
             )
         )
-
-    def media_bytes(self, account_id: str, media_id: str) -> bytes:
-        media = self.results(account_id, media_id).media
-        try:
-            return self.media_store.get(account_id, media.storage_key)
-        except StorageError as exc:
-            raise NotFound("no such media") from exc
 
     # -- data-subject rights ------------------------------------------------------------------
 

@@ -144,15 +144,20 @@ def audit_service(database_url, tmp_path, serve, clock, channels):
 
 @pytest.fixture
 def aws_credentials(monkeypatch):
-    """Fake AWS credentials so no test can reach a real account (moto and Stubber need some)."""
+    """Fake AWS credentials, and no developer profile or config file leaking in, so no test can
+    reach a real account (moto and Stubber still need some credentials)."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
         "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": "eu-west-1",
         "AWS_REGION": "eu-west-1",
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
     }.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 @pytest.fixture

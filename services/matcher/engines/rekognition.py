@@ -35,6 +35,7 @@ from services.matcher.engines.base import (
     EnrolledFace,
     UnusableFace,
 )
+from services.matcher.imaging import encode_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def _resize(image: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
 
 
 def _encode_jpeg(image: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-    if not ok:
-        raise EngineError("image could not be encoded as JPEG")
-    return buffer.tobytes()
+    try:
+        return encode_jpeg(image, _JPEG_QUALITY)
+    except ValueError as exc:
+        raise EngineError("image could not be encoded as JPEG") from exc
