@@ -52,8 +52,10 @@ class Authenticator:
     # -- checking callers ---------------------------------------------------------------------
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
-        header = dict(context.invocation_metadata()).get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        headers = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        if len(headers) > 1:
+            raise Unauthenticated("send exactly one authorization header")
+        scheme, _, token = (headers[0] if headers else "").partition(" ")
         match = _KEY.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
         if match is None:
             raise Unauthenticated("missing or malformed API key (authorization: Bearer <key>)")

@@ -34,9 +34,6 @@ def _stream(requests: Iterator, header_type: str) -> tuple[object, Iterator[byte
     return first.header, chunks()
 
 
-def _request_id(checks: Checks, value: str) -> str:
-    checks.text("request_id", value, max_length=128, required=False)
-    return value
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -57,7 +54,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             max_length=128,
             required=False,
         )
-        _request_id(checks, header.request_id)
+        checks.text("header.request_id", header.request_id, max_length=128, required=False)
         checks.done()
         data = self.gateway.receive(chunks)
         stored = self.gateway.upload(
@@ -111,7 +108,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         header, chunks = _stream(request_iterator, "enrollment")
         checks = Checks()
         checks.identifier("header.talent_id", header.talent_id)
-        _request_id(checks, header.request_id)
+        checks.text("header.request_id", header.request_id, max_length=128, required=False)
         checks.done()
         image = self.gateway.receive(chunks)
         reply = self.peers.matcher.EnrollTalentFace(
@@ -179,7 +176,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = self.auth.account(context)
         checks = Checks()
         checks.identifier("talent_id", request.talent_id)
-        _request_id(checks, request.request_id)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
         checks.done()
         receipt_id, steps = self.gateway.erase(
             caller.account_id, request.talent_id, request.request_id
@@ -206,7 +203,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.auth.admin(context)
         checks = Checks()
         checks.text("name", request.name, max_length=128)
-        _request_id(checks, request.request_id)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
         checks.done()
         account, token, key_id = self.auth.create_account(request.name, request.request_id)
         return admin_pb2.CreateAccountResponse(
@@ -235,6 +232,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def RunRetentionJob(self, request, context):
         self.auth.admin(context)
+        checks = Checks()
+        checks.enum("job", request.job, retention_pb2.RetentionJob)
+        checks.done()
         reply = self.peers.retention.RunNow(retention_pb2.RunNowRequest(job=request.job))
         return admin_pb2.RunRetentionJobResponse(report=reply.report)
 

@@ -8,6 +8,10 @@ import json
 from typing import Any
 
 from mixip.runtime.errors import InvalidArgument
+from mixip.runtime.validation import ID_PATTERN
+
+MAX_TOKEN_LENGTH = 1024
+_MAX_POSITION = 2**63 - 1  # a BIGINT
 
 
 def _fingerprint(filters: dict[str, Any]) -> str:
@@ -20,20 +24,39 @@ def encode_page_token(position: Any, filters: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
+def _plausible(position: Any) -> bool:
+    """Positions we issue: a sequence number, an identifier, or a list of identifiers. Anything
+    else was forged and must not reach a query."""
+    if isinstance(position, bool):
+        return False
+    if isinstance(position, int):
+        return 0 <= position <= _MAX_POSITION
+    if isinstance(position, str):
+        return ID_PATTERN.fullmatch(position) is not None
+    if isinstance(position, list):
+        return 0 < len(position) <= 4 and all(
+            isinstance(p, str) and ID_PATTERN.fullmatch(p) for p in position
+        )
+    return False
+
+
 def decode_page_token(
     token: str, filters: dict[str, Any], *, kind: type = int, field_name: str = "page_token"
 ) -> Any:
     """The position stored in `token` (of type `kind`), or None for the first page."""
     if not token:
         return None
+    refused = InvalidArgument.one(field_name, "not a token this service issued")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise refused
     try:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
         position, fingerprint = payload["p"], payload["f"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument.one(field_name, "not a token this service issued") from exc
-    if not isinstance(position, kind) or isinstance(position, bool):
-        raise InvalidArgument.one(field_name, "not a token this service issued")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise refused from exc
+    if not isinstance(position, kind) or not _plausible(position):
+        raise refused
     if fingerprint != _fingerprint(filters):
         raise InvalidArgument.one(
             field_name, "the filters changed since this token was issued; start from the first page"

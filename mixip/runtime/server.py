@@ -25,7 +25,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mixip.runtime import logs
 from mixip.runtime.config import ConfigError, Env, ServerConfig
-from mixip.runtime.errors import Internal, MeshError, Unavailable, to_grpc_status
+from mixip.runtime.errors import (
+    Internal,
+    InvalidArgument,
+    MeshError,
+    Unavailable,
+    to_grpc_status,
+)
 
 logger = logging.getLogger("mixip.server")
 
@@ -64,16 +70,22 @@ class MeshInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith("/grpc."):
             return handler  # health and reflection stay untouched
+        # Requests are parsed inside the wrapper (gRPC would otherwise answer bytes that do not
+        # parse with a bare INTERNAL before any interceptor code runs).
+        parse = handler.request_deserializer
         if handler.unary_unary:
+            behavior = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap(lambda raw, context: behavior(_parsed(parse, raw), context), method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
+            behavior = handler.stream_unary
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap(
+                    lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
+                    method,
+                ),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -125,6 +137,15 @@ class MeshInterceptor(grpc.ServerInterceptor):
             context.abort_with_status(to_grpc_status(failure, self.domain))
 
         return wrapped
+
+
+def _parsed(parse, raw: bytes):
+    try:
+        return parse(raw)
+    except Exception as exc:  # protobuf's DecodeError, or invalid UTF-8 in a string field
+        raise InvalidArgument.one(
+            "request", "not a valid message of this RPC's request type", reason="MALFORMED_REQUEST"
+        ) from exc
 
 
 def _code_name(context: grpc.ServicerContext) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -20,6 +21,20 @@ MAX_PAGE_SIZE = 1000
 # Earliest and latest timestamps we accept (protobuf allows years 1-9999).
 _MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+# Characters that only hide or reorder text: C0/C1 controls, bidi embeddings, overrides and
+# isolates, surrogates, private use, and the non-characters U+FFFE/U+FFFF.
+_BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+
+
+def _unprintable(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        unicodedata.category(ch) in ("Cc", "Cs", "Co")
+        or code in _BIDI_CONTROLS
+        or (code & 0xFFFE) == 0xFFFE
+    )
 
 
 class Checks:
@@ -41,14 +56,13 @@ class Checks:
         return value
 
     def text(self, field_name: str, value: str, *, max_length: int, required: bool = True) -> str:
-        if not value.strip():
-            if required:
-                self.fail(field_name, "required")
-            return value
-        if len(value) > max_length:
+        """Free text (names, evidence, idempotency keys): bounded, printable."""
+        if required and not value.strip():
+            self.fail(field_name, "required")
+        elif len(value) > max_length:
             self.fail(field_name, f"at most {max_length} characters")
-        elif any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            self.fail(field_name, "must not contain control characters")
+        elif any(_unprintable(ch) for ch in value):
+            self.fail(field_name, "must not contain control, bidi-override or non-characters")
         return value
 
     def enum(self, field_name: str, value: int, enum_type, *, allowed: Iterable[int] = ()) -> int:
