@@ -75,6 +75,10 @@ def open_channel(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.per_rpc_retry_buffer_size", 1024 * 1024),
+        # A restarted peer is back within seconds: reconnect soon (gRPC's default backoff
+        # grows to two minutes, which would strand a channel long after the peer returned).
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
     if credentials is None:
         channel = grpc.insecure_channel(address, options=options)

@@ -189,25 +189,6 @@ def test_export_then_erase_then_nothing_links(gateway, studio, tmp_path):
     assert replay.receipt_id == receipt.receipt_id
 
 
-def test_an_interrupted_erasure_completes_when_repeated(gateway, studio, serve):
-    _, meta = studio
-    upload(gateway, meta, group_photo())
-    gateway.audit.running.stop(0)  # the audit service goes down mid-way
-    expect_error(
-        grpc.StatusCode.UNAVAILABLE,
-        gateway.stub.EraseTalent,
-        pb.EraseTalentRequest(talent_id="astronaut"),
-        metadata=meta,
-    )
-    # vectors and ledger are gone already; the salt is not
-    assert gateway.mesh.matcher.app.matcher.stats(studio[0])[0] == 0
-    revived = serve(gateway.audit.app, listen=gateway.audit.address)
-    assert revived.port == gateway.audit.running.port
-    receipt = gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
-    steps = {s.name: s.count for s in receipt.steps}
-    assert steps["audit.shred_salt"] == 1 and steps["matcher.delete_faces"] == 0
-
-
 def test_an_upload_over_the_limit_is_refused_and_nothing_is_stored(gateway, studio, tmp_path):
     _, meta = studio
     too_big = b"\xff\xd8\xff" + b"\x00" * (8 * 1024 * 1024)
