@@ -56,6 +56,7 @@ class RetentionApp(ServiceApp):
         return [SERVICE_NAME]
 
     def start(self) -> None:
+        self.service.close_interrupted_runs()
         if self.settings.scheduler_enabled:
             self.scheduler.start()
 

@@ -85,7 +85,23 @@ class RetentionService:
             talents_checked=0,
             vectors_deleted=0,
             tick=tick,
+            replica_id=self.settings.replica_id,
         )
+
+    def close_interrupted_runs(self) -> int:
+        """Marks this replica's runs still RUNNING as FAILED: the process that ran them is gone
+        (called at start-up, before the scheduler can start new ones)."""
+        with self.db.write() as session:
+            interrupted = session.scalars(
+                select(RunRow).where(
+                    RunRow.replica_id == self.settings.replica_id,
+                    RunRow.outcome == Outcome.RUNNING.value,
+                )
+            ).all()
+            for run in interrupted:
+                run.outcome, run.finished_at = Outcome.FAILED.value, self.clock()
+                run.error = "interrupted: the replica stopped before the run finished"
+        return len(interrupted)
 
     def _execute(self, run: RunRow) -> RunRow:
         """Runs the job and records how it ended; a failure is a FAILED run, not an error."""

@@ -41,6 +41,7 @@ class RunRow(Base):
     vectors_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(String(MAX_ERROR_LENGTH))
     tick: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    replica_id: Mapped[str] = mapped_column(String(128))
 
     __table_args__ = (Index("ix_retention_runs_job", "job", "seq"),)
 

@@ -24,8 +24,8 @@ from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.retention.v1 import retention_pb2 as pb
 from mixip.runtime.times import to_timestamp
-from services.retention.domain import Job
-from services.retention.store import Base, TickRow
+from services.retention.domain import Job, Trigger
+from services.retention.store import Base, RunRow, TickRow
 from tests.support.status import expect_invalid
 
 ACCOUNT = "acct-a"
@@ -485,3 +485,18 @@ def test_list_runs_reports_every_bad_field(retention_service):
     expect_invalid(
         retention_service.stub.ListRuns, pb.ListRunsRequest(page_size=-1), fields={"page_size"}
     )
+
+
+def test_a_run_left_running_by_a_crash_is_closed_as_failed_on_restart(
+    retention_factory, retention_peers, clock
+):
+    first = retention_factory(**retention_peers)
+    other = retention_factory(**retention_peers, env={"MIXIP_RETENTION_REPLICA_ID": "b"})
+    with first.app.db.write() as session:  # as if each replica died mid-run
+        for service in (first.app.service, other.app.service):
+            session.add(service._new_run(Job.PURGE, Trigger.SCHEDULE, clock(), tick=None))
+    restarted = retention_factory(**retention_peers)  # replica-a comes back
+    with restarted.app.db.read() as session:
+        runs = {r.replica_id: r for r in session.scalars(select(RunRow))}
+    assert runs["replica-a"].outcome == "failed" and "interrupted" in runs["replica-a"].error
+    assert runs["b"].outcome == "running"  # another replica's run is not ours to close
