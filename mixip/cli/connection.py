@@ -1,6 +1,6 @@
 """How the command line reaches the gateway: its address from --gateway or mesh.json, the
-account's key from MIXIP_API_KEY or the data directory's dev key, the admin key from the
-data directory."""
+account's key from MIXIP_API_KEY or the data directory's dev key, the admin key from
+MIXIP_ADMIN_KEY or the data directory."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ class Connection:
         raise CliError(f"no API key: set MIXIP_API_KEY, or run `mixip up` (it writes {path})")
 
     def admin_key(self) -> str:
+        key = os.environ.get("MIXIP_ADMIN_KEY", "").strip()
+        if key:
+            return key
         path = self.data_dir / ADMIN_KEY_FILE
         if not path.exists():
             raise CliError(f"no admin credential at {path}: the gateway creates it at first start")

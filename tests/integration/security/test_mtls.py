@@ -129,3 +129,40 @@ def test_the_rules_cover_every_internal_rpc_and_name_known_callers():
             assert callers and callers <= set(IDENTITIES) - {"operator"}
     assert acl.allowed_callers("/mixip.audit.v1.AuditService/PurgeExpired") == {"retention"}
     assert acl.allowed_callers("/mixip.audit.v1.AuditService/ShredTalentSalt") == {"gateway"}
+
+
+def test_the_gateway_port_can_use_server_tls_from_configuration(gateway, certs, serve):
+    """Clients authenticate with API keys; the certificate only encrypts and identifies."""
+    from gateway.app import ADMIN_SERVICE, client_credentials
+    from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc
+    from mixip.runtime.config import ConfigError, Env
+
+    env = Env(
+        {
+            "MIXIP_GATEWAY_TLS_CERT": str(certs / "gateway.pem"),
+            "MIXIP_GATEWAY_TLS_KEY": str(certs / "gateway.key"),
+        }
+    )
+    running = serve(gateway.app, credentials=client_credentials(env))
+    address = f"127.0.0.1:{running.port}"
+    secure = open_channel(
+        address,
+        [ADMIN_SERVICE],
+        timeout_seconds=5,
+        credentials=grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes()),
+    )
+    listed = admin_pb2_grpc.AdminServiceStub(secure).ListAccounts(
+        admin_pb2.ListAccountsRequest(), metadata=gateway.admin_metadata()
+    )
+    assert list(listed.accounts) == []
+    plain = admin_pb2_grpc.AdminServiceStub(
+        open_channel(address, [ADMIN_SERVICE], timeout_seconds=3)
+    )
+    expect_error(
+        grpc.StatusCode.UNAVAILABLE,
+        plain.ListAccounts,
+        admin_pb2.ListAccountsRequest(),
+        metadata=gateway.admin_metadata(),
+    )
+    with pytest.raises(ConfigError, match="both"):
+        client_credentials(Env({"MIXIP_GATEWAY_TLS_CERT": str(certs / "gateway.pem")}))
