@@ -34,8 +34,6 @@ def _stream(requests: Iterator, header_type: str) -> tuple[object, Iterator[byte
     return first.header, chunks()
 
 
-
-
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, gateway: Gateway, auth: Authenticator) -> None:
         self.gateway = gateway
