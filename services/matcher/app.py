@@ -5,7 +5,7 @@ MIXIP_MATCHER_MODEL_DIR, MIXIP_MATCHER_POSSIBLE_THRESHOLD, MIXIP_MATCHER_CLEARED
 MIXIP_MATCHER_AMBIGUITY_MARGIN, MIXIP_MATCHER_MAX_MEDIA_BYTES, MIXIP_MATCHER_MAX_PIXELS,
 MIXIP_MATCHER_MAX_VIDEO_SECONDS, MIXIP_MATCHER_VIDEO_SAMPLE_HZ, MIXIP_MATCHER_MIN_FACE_PIXELS,
 MIXIP_MATCHER_ENROLL_MIN_SCORE, MIXIP_MATCHER_DETECT_MAX_SIDE, MIXIP_MATCHER_TOP_K,
-MIXIP_MATCHER_INFERENCE_THREADS, MIXIP_MATCHER_REKOGNITION_PREFIX.
+MIXIP_MATCHER_INFERENCE_THREADS, MIXIP_MATCHER_REKOGNITION_PREFIX, MIXIP_MATCHER_ANN_MIN_FACES.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from services.matcher.consent_client import ConsentClient
 from services.matcher.engines.base import FaceEngine
-from services.matcher.index import CollectionIndexes
+from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.labels import Thresholds
 from services.matcher.service import Limits, Matcher
 from services.matcher.servicer import MatcherServicer
@@ -50,6 +50,8 @@ class MatcherSettings:
     limits: Limits = field(default_factory=Limits)
     detect_max_side: int = 1280
     workers: int = 2
+    # Collections this large are searched with the approximate index (0: always exact).
+    ann_min_faces: int = 50_000
     rekognition_prefix: str = "mixip-"
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
@@ -87,6 +89,7 @@ class MatcherSettings:
             limits=limits,
             detect_max_side=env.int(p + "DETECT_MAX_SIDE", 1280, minimum=160),
             workers=env.int(p + "INFERENCE_THREADS", os.cpu_count() or 2, minimum=1),
+            ann_min_faces=env.int(p + "ANN_MIN_FACES", 50_000, minimum=0),
             rekognition_prefix=env.str(p + "REKOGNITION_PREFIX", "mixip-"),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
@@ -136,7 +139,7 @@ class MatcherApp(ServiceApp):
         db.create_tables()
         self.db = db
         self.consent_channel = consent_channel
-        self.indexes = CollectionIndexes(db)
+        self.indexes = CollectionIndexes(db, sized_index_factory(settings.ann_min_faces))
         self.matcher = Matcher(
             db,
             engine_factory(settings, self.indexes),

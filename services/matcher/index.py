@@ -4,22 +4,35 @@ Each account's vectors are loaded into one contiguous float32 matrix and searche
 vectorised top-k. An index is tagged with the account's collection version; every lookup
 reads that version (one primary-key query), so an enrollment or a deletion on any replica is
 seen by every replica on its next match, and a restarted replica rebuilds on first use.
-`index_factory` is the seam for an approximate index on large collections.
+
+`index_factory` chooses the index by collection size (`sized_index_factory`): exact below
+`MIXIP_MATCHER_ANN_MIN_FACES`, an approximate HNSW graph (services/matcher/ann.py) at or above.
+An approximate index is updated in place rather than rebuilt: every version bump records, in
+the same transaction, which faces it added and removed (`matcher_collection_changes`); versions
+are handed out one at a time under the collection row's lock, so a snapshot that sees version V
+sees every change up to V. On a version change the replica reads, in one snapshot, the version
+and the changes since its own, fetches the vectors of the faces added (and still there), and
+applies the difference (deleted faces are erased from memory). The index then holds exactly the
+snapshot's faces, as a rebuild would, whichever replica made the changes; if any version's
+changes are missing (pruned, or the index is older than the log) it is rebuilt instead.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import select
 
 from mixip.runtime.db import Database
 from services.matcher.engines.base import Candidate, VectorIndex
-from services.matcher.store import CollectionRow, FaceRow
+from services.matcher.store import CollectionChangeRow, CollectionRow, FaceRow
 
+logger = logging.getLogger("mixip.matcher.index")
 VECTOR_DTYPE = np.dtype("<f4")
 
 
@@ -50,6 +63,50 @@ class ExactIndex:
 
 
 IndexFactory = Callable[[np.ndarray, Sequence[str], Sequence[str]], VectorIndex]
+# Above this many new faces at once, an approximate index is rebuilt rather than updated.
+_MAX_INCREMENTAL_ADDS = 10_000
+_IN_CHUNK = 500  # ids per IN (...) when fetching new faces' vectors
+
+
+class UpdatableIndex(VectorIndex, Protocol):
+    """An index that can follow the database in place (the approximate one)."""
+
+    @property
+    def face_ids(self) -> set[str]: ...
+
+    def apply(
+        self,
+        vectors: np.ndarray,
+        talent_ids: Sequence[str],
+        face_ids: Sequence[str],
+        removed_face_ids: Sequence[str],
+    ) -> None: ...
+
+    def needs_rebuild(self) -> bool: ...
+
+
+class SizedIndexFactory:
+    """Exact search below `ann_min_faces` faces, the HNSW index at or above (0: always exact)."""
+
+    def __init__(self, ann_min_faces: int) -> None:
+        self.ann_min_faces = ann_min_faces
+
+    def is_approximate(self, faces: int) -> bool:
+        """True when a collection this large gets the approximate index (slow to build)."""
+        return bool(self.ann_min_faces) and faces >= self.ann_min_faces
+
+    def __call__(
+        self, vectors: np.ndarray, talent_ids: Sequence[str], face_ids: Sequence[str]
+    ) -> VectorIndex:
+        if self.is_approximate(len(face_ids)):
+            from services.matcher.ann import HnswIndex  # faiss loads only where it is used
+
+            return HnswIndex(vectors, talent_ids, face_ids)
+        return ExactIndex(vectors, talent_ids, face_ids)
+
+
+def sized_index_factory(ann_min_faces: int) -> SizedIndexFactory:
+    return SizedIndexFactory(ann_min_faces)
 
 
 @dataclass(frozen=True)
@@ -63,46 +120,144 @@ class CollectionIndexes:
         self.db = db
         self.index_factory = index_factory
         self._cache: dict[str, _Cached] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._building: dict[str, threading.Thread] = {}
 
     def for_account(self, account_id: str) -> VectorIndex:
         with self.db.read() as session:
-            version = (
-                session.scalar(
-                    select(CollectionRow.version).where(CollectionRow.account_id == account_id)
-                )
-                or 0
-            )
+            version = _version(session, account_id)
         cached = self._cache.get(account_id)
         if cached is not None and cached.version == version:
             return cached.index
-        with self._lock:  # one rebuild at a time; others wait and reuse it
+        # One refresh at a time per account (others wait and reuse it); other accounts go on.
+        with self._lock_of(account_id):
             cached = self._cache.get(account_id)
             if cached is None or cached.version != version:
-                cached = self._build(account_id)
+                cached = self._refresh(account_id, cached)
                 self._cache[account_id] = cached
         return cached.index
+
+    def _lock_of(self, account_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(account_id, threading.Lock())
+
+    def _refresh(self, account_id: str, cached: _Cached | None) -> _Cached:
+        index = cached.index if cached is not None else None
+        if index is not None and hasattr(index, "apply") and not index.needs_rebuild():
+            updated = self._update(account_id, cached)
+            if updated is not None and not index.needs_rebuild():
+                return updated
+        # First use, an exact index (cheap to build), or an approximate one with too many
+        # deleted slots: rebuilt from one snapshot, exact or approximate by its size now.
+        return self._build(account_id)
 
     def _build(self, account_id: str) -> _Cached:
         """Version and vectors from one snapshot, so the tag never claims more than it holds."""
         with self.db.read(snapshot=True) as session:
-            version = (
-                session.scalar(
-                    select(CollectionRow.version).where(CollectionRow.account_id == account_id)
-                )
-                or 0
-            )
+            version = _version(session, account_id)
             rows = session.execute(
                 select(FaceRow.face_id, FaceRow.talent_id, FaceRow.vector)
                 .where(FaceRow.account_id == account_id, FaceRow.vector.is_not(None))
                 .order_by(FaceRow.face_id)
             ).all()
-        vectors = (
-            np.frombuffer(b"".join(r.vector for r in rows), dtype=VECTOR_DTYPE).reshape(
-                len(rows), -1
+        vectors, talents, faces = _columns(rows)
+        is_approximate = getattr(self.index_factory, "is_approximate", None)
+        if is_approximate is not None and is_approximate(len(faces)):
+            # A graph of a million faces takes minutes to build: longer than a match may wait.
+            # Matches are served exactly meanwhile; the graph then takes over and catches up
+            # with the changes made during its build from the change log.
+            self._build_in_background(account_id, version, vectors, talents, faces)
+            return _Cached(version, ExactIndex(vectors, talents, faces))
+        return _Cached(version, self.index_factory(vectors, talents, faces))
+
+    def _build_in_background(self, account_id: str, version: int, *columns) -> None:
+        with self._locks_lock:
+            if account_id in self._building:
+                return
+            thread = threading.Thread(
+                target=self._background_build,
+                args=(account_id, version, *columns),
+                name="matcher-index-build",
+                daemon=True,
             )
-            if rows
-            else np.zeros((0, 128), dtype=np.float32)
-        )
-        index = self.index_factory(vectors, [r.talent_id for r in rows], [r.face_id for r in rows])
+            self._building[account_id] = thread
+        thread.start()
+
+    def _background_build(self, account_id: str, version: int, *columns) -> None:
+        try:
+            index = self.index_factory(*columns)
+            with self._lock_of(account_id):
+                cached = self._cache.get(account_id)
+                if cached is not None and not hasattr(cached.index, "apply"):
+                    # Tagged with its snapshot's version: the next match applies what changed.
+                    self._cache[account_id] = _Cached(version, index)
+        except Exception:
+            logger.error("index build failed", exc_info=True)
+        finally:
+            with self._locks_lock:
+                self._building.pop(account_id, None)
+
+    def wait_for_builds(self, timeout: float | None = None) -> None:
+        """Waits for background builds started so far (tests, benchmarks, shutdown)."""
+        with self._locks_lock:
+            threads = list(self._building.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def _update(self, account_id: str, cached: _Cached) -> _Cached | None:
+        """The index brought to the database's current snapshot in place, from the changes
+        recorded since its version; None when they are incomplete (pruned, or older than the
+        change log) or too many, and a rebuild is due."""
+        index: UpdatableIndex = cached.index
+        with self.db.read(snapshot=True) as session:
+            version = _version(session, account_id)
+            changes = session.execute(
+                select(
+                    CollectionChangeRow.version,
+                    CollectionChangeRow.face_id,
+                    CollectionChangeRow.added,
+                )
+                .where(
+                    CollectionChangeRow.account_id == account_id,
+                    CollectionChangeRow.version > cached.version,
+                    CollectionChangeRow.version <= version,
+                )
+                .order_by(CollectionChangeRow.version)
+            ).all()
+            if len({c.version for c in changes}) != version - cached.version:
+                return None  # a version without its changes: rebuild from the snapshot
+            latest = {c.face_id: c.added for c in changes}  # a face's last change wins
+            present = index.face_ids
+            added = sorted(f for f, is_added in latest.items() if is_added and f not in present)
+            if len(added) > _MAX_INCREMENTAL_ADDS:
+                return None
+            rows = []
+            for start in range(0, len(added), _IN_CHUNK):
+                rows += session.execute(
+                    select(FaceRow.face_id, FaceRow.talent_id, FaceRow.vector)
+                    .where(FaceRow.face_id.in_(added[start : start + _IN_CHUNK]))
+                    .where(FaceRow.vector.is_not(None))
+                    .order_by(FaceRow.face_id)
+                ).all()
+        removed = sorted(f for f, is_added in latest.items() if not is_added and f in present)
+        vectors, talents, faces = _columns(rows)
+        index.apply(vectors, talents, faces, removed)
         return _Cached(version, index)
+
+
+def _version(session, account_id: str) -> int:
+    return (
+        session.scalar(select(CollectionRow.version).where(CollectionRow.account_id == account_id))
+        or 0
+    )
+
+
+def _columns(rows) -> tuple[np.ndarray, list[str], list[str]]:
+    """(contiguous float32 matrix, talent ids, face ids) of (face_id, talent_id, vector) rows."""
+    if not rows:
+        return np.zeros((0, 128), dtype=np.float32), [], []
+    vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=VECTOR_DTYPE).reshape(
+        len(rows), -1
+    )
+    return vectors, [r.talent_id for r in rows], [r.face_id for r in rows]

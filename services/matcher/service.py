@@ -162,7 +162,7 @@ class Matcher:
         try:
             with self.db.write() as session:
                 session.add(row)
-                bump_version(session, account_id)
+                bump_version(session, account_id, added=[row.face_id])
         except IntegrityError:
             self.engine.delete(account_id, [enrolled.face_id])
             earlier = self._by_request(account_id, request_id) if request_id else None
@@ -355,7 +355,7 @@ class Matcher:
         self.engine.delete(account_id, face_ids)
         with self.db.write() as session:
             deleted = session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids))).rowcount
-            bump_version(session, account_id)
+            bump_version(session, account_id, removed=face_ids)
         logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
         return deleted
 

@@ -3,9 +3,22 @@ metadata only: enrollment images are never stored."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime, insert_ignoring_conflicts
@@ -50,7 +63,31 @@ class CollectionRow(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
 
-def bump_version(session: Session, account_id: str) -> None:
+class CollectionChangeRow(Base):
+    """Which faces a version added or removed (written with the version bump), so a replica's
+    approximate index can catch up by applying the changes since its own version instead of
+    rebuilding. Face ids only: no talent id, no vector. The last `CHANGES_KEPT` versions of an
+    account are kept; a replica further behind rebuilds."""
+
+    __tablename__ = "matcher_collection_changes"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    face_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    added: Mapped[bool] = mapped_column(Boolean)
+
+
+CHANGES_KEPT = 100_000
+
+
+def bump_version(
+    session: Session,
+    account_id: str,
+    *,
+    added: Sequence[str] = (),
+    removed: Sequence[str] = (),
+) -> int:
+    """The account's next collection version, recording which faces it added and removed."""
     insert_ignoring_conflicts(
         session, CollectionRow.__table__, [{"account_id": account_id, "version": 0}], ["account_id"]
     )
@@ -59,3 +96,22 @@ def bump_version(session: Session, account_id: str) -> None:
         .where(CollectionRow.account_id == account_id)
         .values(version=CollectionRow.version + 1)
     )
+    # The UPDATE holds the row's lock until commit: versions are handed out one at a time, so
+    # a snapshot that sees version V sees the changes of every version up to V.
+    version = session.scalar(
+        select(CollectionRow.version).where(CollectionRow.account_id == account_id)
+    )
+    changes = [
+        {"account_id": account_id, "version": version, "face_id": face_id, "added": is_added}
+        for face_ids, is_added in ((added, True), (removed, False))
+        for face_id in face_ids
+    ]
+    if changes:
+        session.execute(insert(CollectionChangeRow.__table__), changes)
+    session.execute(
+        delete(CollectionChangeRow).where(
+            CollectionChangeRow.account_id == account_id,
+            CollectionChangeRow.version <= version - CHANGES_KEPT,
+        )
+    )
+    return version
