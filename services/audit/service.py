@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
@@ -85,9 +85,11 @@ class AuditLog:
                 if event.idempotency_key not in stored:
                     stored.add(event.idempotency_key)
                     fresh.append(event)
-            salts = self.vault.salts(
-                session, account_id, [e.talent_id for e in fresh if e.talent_id], create=True
-            )
+            talents = {e.talent_id for e in fresh if e.talent_id}
+            # Most talents were seen before: read their salts, create only the missing ones.
+            salts = self.vault.salts(session, account_id, talents, create=False)
+            if len(salts) < len(talents):
+                salts |= self.vault.salts(session, account_id, talents - set(salts), create=True)
             recorded_at = max(self.clock(), as_utc(head.last_recorded_at))
             sequence, prev = head.last_sequence, head.last_hash
             rows = []
@@ -115,7 +117,8 @@ class AuditLog:
                 digest = chain_hash(prev, content)
                 rows.append(_row(content, prev, digest))
                 prev = digest
-            session.add_all(rows)
+            if rows:  # one multi-row INSERT, without the ORM's per-object bookkeeping
+                session.execute(insert(EventRow.__table__), rows)
             head.last_sequence, head.last_hash = sequence, prev
             head.last_recorded_at = recorded_at
         duplicates = len(events) - len(fresh)
@@ -129,6 +132,11 @@ class AuditLog:
         return len(fresh), duplicates
 
     def _locked_head(self, session: Session, account_id: str) -> ChainHead:
+        """The account's chain head, locked for this transaction (made on the first append)."""
+        locked = select(ChainHead).where(ChainHead.account_id == account_id).with_for_update()
+        head = session.scalars(locked).one_or_none()
+        if head is not None:
+            return head
         insert_ignoring_conflicts(
             session,
             ChainHead.__table__,
@@ -142,9 +150,7 @@ class AuditLog:
             ],
             ["account_id"],
         )
-        return session.scalars(
-            select(ChainHead).where(ChainHead.account_id == account_id).with_for_update()
-        ).one()
+        return session.scalars(locked).one()
 
     # -- list ---------------------------------------------------------------------------------
 
@@ -237,26 +243,24 @@ class AuditLog:
         """Deletes up to `batch_size` of the oldest events recorded before `cutoff`, moving each
         touched chain's checkpoint to the last deleted event. Returns (purged, done, checkpoints).
 
-        `recorded_at` never decreases along a chain, so expired events are a prefix of it."""
+        `recorded_at` never decreases along a chain, so expired events are a prefix of it, and
+        the oldest `batch_size` expired events (in the order of the expiry index: recorded_at,
+        account, sequence) are a prefix of each chain they touch. Finding them reads
+        `batch_size` index entries, whatever the size of the log: a purge batch costs the same
+        at the start and at the end of a long purge, and concurrent appends (which touch other
+        rows: the chain head and new events) never wait for it on PostgreSQL."""
         purged = checkpoints = 0
         with self.db.write() as session:
-            accounts = session.scalars(
-                select(EventRow.account_id)
+            oldest = session.execute(
+                select(EventRow.account_id, EventRow.sequence)
                 .where(EventRow.recorded_at < cutoff)
-                .group_by(EventRow.account_id)
-                .order_by(EventRow.account_id)
+                .order_by(EventRow.recorded_at, EventRow.account_id, EventRow.sequence)
+                .limit(batch_size)
             ).all()
-            for account_id in accounts:
-                if purged >= batch_size:
-                    break
-                expired = (
-                    select(EventRow.sequence)
-                    .where(EventRow.account_id == account_id, EventRow.recorded_at < cutoff)
-                    .order_by(EventRow.sequence)
-                    .limit(batch_size - purged)
-                    .subquery()
-                )
-                through = session.scalar(select(func.max(expired.c.sequence)))
+            through_of: dict[str, int] = {}
+            for account_id, sequence in oldest:
+                through_of[account_id] = max(sequence, through_of.get(account_id, 0))
+            for account_id, through in sorted(through_of.items()):
                 through_hash = session.get(EventRow, (account_id, through)).event_hash
                 deleted = session.execute(
                     delete(EventRow).where(
@@ -311,21 +315,21 @@ def _content(row: EventRow) -> EventContent:
     )
 
 
-def _row(content: EventContent, prev_hash: str, event_hash: str) -> EventRow:
-    return EventRow(
-        account_id=content.account_id,
-        sequence=content.sequence,
-        idempotency_key=content.idempotency_key,
-        project_id=content.project_id,
-        media_id=content.media_id,
-        face_index=content.face_index,
-        label=content.label,
-        reason=content.reason,
-        similarity=content.similarity,
-        talent_hash=content.talent_hash,
-        actor=content.actor,
-        occurred_at=content.occurred_at,
-        recorded_at=content.recorded_at,
-        prev_hash=prev_hash,
-        event_hash=event_hash,
-    )
+def _row(content: EventContent, prev_hash: str, event_hash: str) -> dict:
+    return {
+        "account_id": content.account_id,
+        "sequence": content.sequence,
+        "idempotency_key": content.idempotency_key,
+        "project_id": content.project_id,
+        "media_id": content.media_id,
+        "face_index": content.face_index,
+        "label": content.label,
+        "reason": content.reason,
+        "similarity": content.similarity,
+        "talent_hash": content.talent_hash,
+        "actor": content.actor,
+        "occurred_at": content.occurred_at,
+        "recorded_at": content.recorded_at,
+        "prev_hash": prev_hash,
+        "event_hash": event_hash,
+    }

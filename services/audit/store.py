@@ -46,7 +46,8 @@ class EventRow(Base):
     __table_args__ = (
         Index("ix_audit_events_key", "account_id", "idempotency_key", unique=True),
         Index("ix_audit_events_talent", "account_id", "talent_hash", "sequence"),
-        Index("ix_audit_events_recorded", "recorded_at"),
+        # Purge reads the oldest expired events in this order (a bounded range scan).
+        Index("ix_audit_events_expiry", "recorded_at", "account_id", "sequence"),
     )
 
 
