@@ -1,0 +1,284 @@
+"""Figure 4, the audit log on PostgreSQL: append throughput by batch size, ShredTalentSalt with a
+small against a large history, and PurgeExpired of a large expired history while writers
+append. Runs `AuditLog` (what the audit servicer calls) in-process on a scratch database that is
+created and dropped here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, insert, select, text
+
+from bench.stats import ratio, summary
+from mixip.common.v1 import common_pb2
+from mixip.runtime.db import Database, database_url, insert_ignoring_conflicts
+from mixip.runtime.keys import LocalKeyWrapper
+from mixip.runtime.times import utcnow
+from services.audit.domain import GENESIS_HASH, talent_hash
+from services.audit.service import AuditLog, NewEvent
+from services.audit.store import Base, ChainHead, SaltRow
+from services.audit.vault import SaltVault
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PURGE_BATCH = 10_000  # the retention service's default MIXIP_RETENTION_PURGE_BATCH
+SHRED_GOAL = 1.2
+METHOD = (
+    "PostgreSQL scratch database (created and dropped by the bench), AuditLog in-process (the "
+    "servicer's use cases, no gRPC). Append: one writer, one account, back to back for {window} "
+    "s per batch size (events per RecordMatchEvents call: 1, 10, 100, 1000; half the events "
+    "name one of 200 talents, so salts are looked up or created), plus 4 writers on 4 accounts "
+    "with 10-event batches. Shred: one account holding {large:,} events of talent L and {small:,} "
+    "of talent S (history inserted with INSERT ... SELECT generate_series, carrying each "
+    "talent's real salted hash); ShredTalentSalt of L and of S alternated {reps} times, the "
+    "destroyed salt row re-inserted (still sealed) between runs so every run shreds the same "
+    "state; ratio = p50(L) / p50(S). Purge: PurgeExpired(cutoff = now - 12 months, batch "
+    "{batch:,}) called until done over {expired:,} expired events, while one writer appends "
+    "10-event batches alternately to a live account and to the purged account; append latency "
+    "p50/p99 during the purge against the same writer for {window} s just before it. Not "
+    "stalled = p99 during <= max(2 x idle p99, idle p99 + 20 ms)."
+)
+
+
+def _events(count: int, offset: int, now: datetime) -> list[NewEvent]:
+    events = []
+    for i in range(offset, offset + count):
+        talent = f"talent-{i % 200:03d}" if i % 2 == 0 else ""
+        events.append(
+            NewEvent(
+                idempotency_key=uuid.uuid4().hex,
+                project_id="bench-film",
+                media_id=f"med-{i // 10}",
+                face_index=i % 10,
+                label=common_pb2.FACE_LABEL_CLEARED if talent else common_pb2.FACE_LABEL_UNKNOWN,
+                reason=common_pb2.LABEL_REASON_CONSENTED_MATCH
+                if talent
+                else common_pb2.LABEL_REASON_NO_MATCH,
+                similarity=0.8 if talent else 0.1,
+                talent_id=talent,
+                actor="key_bench",
+                occurred_at=now,
+            )
+        )
+    return events
+
+
+def _append(log: AuditLog, window: float) -> dict:
+    by_batch = {}
+    for batch in (1, 10, 100, 1000):
+        account = f"append-{batch}"
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < window:
+            log.record(account, _events(batch, done, utcnow()))
+            done += batch
+        by_batch[str(batch)] = {
+            "events_per_s": round(done / (time.perf_counter() - started), 1),
+            "calls_per_s": round(done / batch / (time.perf_counter() - started), 1),
+        }
+    totals = [0] * 4
+    stop = threading.Event()
+
+    def writer(slot: int) -> None:
+        while not stop.is_set():
+            log.record(f"concurrent-{slot}", _events(10, totals[slot], utcnow()))
+            totals[slot] += 10
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    stop.wait(window)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    concurrent = sum(totals) / (time.perf_counter() - started)
+    best = max(v["events_per_s"] for v in by_batch.values())
+    return {
+        "by_batch": by_batch,
+        "events_per_s": best,
+        "concurrent_4_accounts_batch_10_events_per_s": round(concurrent, 1),
+    }
+
+
+def _history(db: Database, vault: SaltVault, account: str, sizes: dict[str, int]) -> datetime:
+    """`sizes[talent]` expired events per talent, with their real salted hashes."""
+    old = utcnow() - timedelta(days=400)
+    with db.write() as session:
+        salts = vault.salts(session, account, list(sizes), create=True)
+        first = 1
+        for talent, count in sizes.items():
+            session.execute(
+                text(
+                    "INSERT INTO audit_events (account_id, sequence, idempotency_key, project_id,"
+                    " media_id, face_index, label, reason, similarity, talent_hash, actor,"
+                    " occurred_at, recorded_at, prev_hash, event_hash)"
+                    " SELECT :account, g, 'hist-' || g, 'bench-film', 'med-' || (g / 10),"
+                    " g % 10, :label, :reason, 0.8, :hash, 'key_bench', :old, :old,"
+                    " repeat('0', 64), md5(g::text) || md5(g::text)"
+                    " FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) g"
+                ),
+                {
+                    "account": account,
+                    "label": common_pb2.FACE_LABEL_CLEARED,
+                    "reason": common_pb2.LABEL_REASON_CONSENTED_MATCH,
+                    "hash": talent_hash(salts[talent], talent),
+                    "old": old,
+                    "first": first,
+                    "last": first + count - 1,
+                },
+            )
+            first += count
+        session.execute(
+            insert(ChainHead).values(
+                account_id=account,
+                last_sequence=first - 1,
+                last_hash=GENESIS_HASH,
+                last_recorded_at=old,
+            )
+        )
+    with db.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+            text("VACUUM ANALYZE audit_events")
+        )
+    return old
+
+
+def _shred(log: AuditLog, db: Database, account: str, sizes: dict[str, int], reps: int) -> dict:
+    with db.read() as session:
+        saved = {
+            row.lookup: {c.name: getattr(row, c.name) for c in SaltRow.__table__.columns}
+            for row in session.scalars(select(SaltRow).where(SaltRow.account_id == account))
+        }
+    times: dict[str, list[float]] = {talent: [] for talent in sizes}
+    order = list(sizes)
+    for rep in range(reps):
+        for talent in order if rep % 2 == 0 else reversed(order):
+            started = time.perf_counter()
+            destroyed, _ = log.shred(account, talent)
+            times[talent].append(time.perf_counter() - started)
+            if not destroyed:
+                raise RuntimeError("the salt was not there to shred")
+            with db.write() as session:  # the same sealed salt back: the same state again
+                insert_ignoring_conflicts(
+                    session, SaltRow.__table__, list(saved.values()), ["lookup"]
+                )
+    large, small = order
+    large_ms, small_ms = summary(times[large], digits=3), summary(times[small], digits=3)
+    shred_ratio = ratio(large_ms["p50"], small_ms["p50"])
+    return {
+        "large_events": sizes[large],
+        "small_events": sizes[small],
+        "large_ms": large_ms,
+        "small_ms": small_ms,
+        "ratio": shred_ratio,
+        "met": shred_ratio <= SHRED_GOAL,
+    }
+
+
+def _writer(log: AuditLog, accounts: list[str], stop: threading.Event, out: list[float]) -> None:
+    i = 0
+    while not stop.is_set():
+        events = _events(10, i, utcnow())
+        started = time.perf_counter()
+        log.record(accounts[i % len(accounts)], events)
+        out.append(time.perf_counter() - started)
+        i += 1
+
+
+def _purge(log: AuditLog, account: str, expired: int, window: float) -> dict:
+    accounts = ["live", account]
+    idle: list[float] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_writer, args=(log, accounts, stop, idle))
+    thread.start()
+    time.sleep(window)
+    stop.set()
+    thread.join()
+    during: list[float] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_writer, args=(log, accounts, stop, during))
+    thread.start()
+    cutoff = utcnow() - timedelta(days=365)
+    purged, calls, started = 0, 0, time.perf_counter()
+    try:
+        while True:
+            count, done, _ = log.purge(cutoff, PURGE_BATCH)
+            purged, calls = purged + count, calls + 1
+            if done:
+                break
+    finally:
+        seconds = time.perf_counter() - started
+        stop.set()
+        thread.join()
+    if purged != expired:
+        raise RuntimeError(f"purged {purged} events, expected {expired}")
+    idle_ms, during_ms = summary(idle), summary(during)
+    return {
+        "events": purged,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(purged / seconds, 1),
+        "calls": calls,
+        "batch": PURGE_BATCH,
+        "append_p50_ms_idle": idle_ms["p50"],
+        "append_p99_ms_idle": idle_ms["p99"],
+        "append_p50_ms_during": during_ms["p50"],
+        "append_p99_ms_during": during_ms["p99"],
+        "append_max_ms_during": round(max(during) * 1000, 1),
+        "appends_during": len(during),
+        "met": during_ms["p99"] <= max(2 * idle_ms["p99"], idle_ms["p99"] + 20),
+    }
+
+
+def run(smoke: bool) -> dict:
+    window = 1.0 if smoke else 6.0
+    sizes = {"talent-large": 10_000 if smoke else 1_000_000, "talent-small": 1_000}
+    reps = 6 if smoke else 40
+    admin_url = database_url(
+        os.environ.get("MIXIP_BENCH_DATABASE_URL")
+        or os.environ.get("MIXIP_TEST_DATABASE_URL")
+        or DEFAULT_ADMIN_URL
+    )
+    name = f"mixip_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    keys = Path(tempfile.mkdtemp(prefix="mixip-bench-audit-"))
+    db = None
+    try:
+        db = Database(admin_url.set(database=name).render_as_string(False), Base.metadata)
+        db.create_tables()
+        vault = SaltVault(db, LocalKeyWrapper(keys / "audit-kek.key"), utcnow)
+        log = AuditLog(db, vault, utcnow)
+        append = _append(log, window)
+        print(f"  audit append: {append}", flush=True)
+        _history(db, vault, "history", sizes)
+        shred = _shred(log, db, "history", sizes, reps)
+        print(f"  audit shred: {shred}", flush=True)
+        purge = _purge(log, "history", sum(sizes.values()), window)
+    finally:
+        if db is not None:
+            db.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        shutil.rmtree(keys, ignore_errors=True)
+    return {
+        "method": METHOD.format(
+            window=window,
+            large=sizes["talent-large"],
+            small=sizes["talent-small"],
+            reps=reps,
+            batch=PURGE_BATCH,
+            expired=sum(sizes.values()),
+        ),
+        "goal": f"shred ratio <= {SHRED_GOAL}; purge does not stall concurrent appends",
+        "append": append,
+        "shred": shred,
+        "purge": purge,
+    }

@@ -1,0 +1,200 @@
+"""The Markdown table of a run, and the list of figures a complete run must hold."""
+
+from __future__ import annotations
+
+# Dotted paths into results["figures"] that every complete run (smoke or full) writes.
+REQUIRED = (
+    "overhead.photo_1080p_1face.ratio_p50",
+    "overhead.photo_1080p_1face.ratio_p99",
+    "overhead.group_4k_10faces.ratio_p50",
+    "overhead.group_4k_10faces.ratio_p99",
+    "throughput.raw_best.images_per_s",
+    "throughput.mesh.1.images_per_s",
+    "throughput.mesh.2.images_per_s",
+    "throughput.mesh.4.images_per_s",
+    "throughput.mesh.8.images_per_s",
+    "throughput.ratio_best",
+    "search.largest.ann_p50_ms",
+    "search.largest.recall_at_1",
+    "search.largest.ann_bytes_per_face",
+    "audit.append.events_per_s",
+    "audit.shred.ratio",
+    "audit.purge.seconds",
+    "audit.purge.append_p99_ms_during",
+    "video.end_to_end.realtime_factor",
+    "video.by_rate",
+    "startup.seconds.p50",
+)
+
+
+def lookup(figures: dict, path: str):
+    node = figures
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def missing(results: dict) -> list[str]:
+    return [path for path in REQUIRED if lookup(results.get("figures", {}), path) is None]
+
+
+def _met(flag) -> str:
+    return "—" if flag is None else ("yes" if flag else "**no**")
+
+
+def markdown(results: dict) -> str:
+    f = results["figures"]
+    run = results["run"]
+    rows: list[tuple[str, str, str, str]] = []  # figure, result, goal, met
+    if "overhead" in f:
+        for name, label in (
+            ("photo_1080p_1face", "1080p, 1 face"),
+            ("group_4k_10faces", "4K, 10 faces"),
+        ):
+            o = f["overhead"][name]
+            rows.append(
+                (
+                    f"Mesh overhead, {label}: UploadMedia / raw engine",
+                    f"p50 {o['mesh_ms']['p50']:.0f} / {o['raw_ms']['p50']:.0f} ms = "
+                    f"**{o['ratio_p50']:.2f}x**; p99 {o['mesh_ms']['p99']:.0f} / "
+                    f"{o['raw_ms']['p99']:.0f} ms = {o['ratio_p99']:.2f}x",
+                    "p50 ratio ≤ 1.25",
+                    _met(o["met"]),
+                )
+            )
+    if "throughput" in f:
+        t = f["throughput"]
+        mesh = ", ".join(
+            f"{c}: {v['images_per_s']:.2f} ({v['cores_busy']:.1f} cores)"
+            for c, v in t["mesh"].items()
+        )
+        raw = ", ".join(
+            f"{c}: {v['images_per_s']:.2f} ({v['cores_busy']:.1f} cores)"
+            for c, v in t["raw"].items()
+        )
+        rows.append(
+            (
+                "Throughput, 1080p images/s by clients (mesh) / threads (raw)",
+                f"mesh {mesh}; raw {raw}; best mesh / best raw = **{t['ratio_best']:.2f}**",
+                "≥ 0.8 of raw",
+                _met(t["met"]),
+            )
+        )
+    if "search" in f:
+        s = f["search"]
+        largest = max(s["sizes"], key=int)
+        for size, v in s["sizes"].items():
+            rows.append(
+                (
+                    f"Search top-5, {int(size):,} faces: exact / {s['ann_kind']}",
+                    f"p50 {v['exact_p50_ms']:.3f} / **{v['ann_p50_ms']:.3f} ms**, "
+                    f"recall@1 **{v['recall_at_1']:.3f}** (random queries "
+                    f"{v['recall_at_1_random']:.3f}); memory {v['exact_bytes_per_face']:.0f} / "
+                    f"{v['ann_bytes_per_face']:.0f} B/face; build {v['ann_build_s']:.1f} s",
+                    "p50 ≤ 2 ms, recall@1 ≥ 0.99" if size == largest else "—",
+                    _met(v.get("met")),
+                )
+            )
+        sweep = s["sizes"][largest].get("by_ef_search")
+        if sweep:
+            rows.append(
+                (
+                    f"HNSW efSearch sweep, {int(largest):,} faces: recall@1 / p50",
+                    ", ".join(
+                        f"{ef}: {v['recall_at_1']:.3f} / {v['p50_ms']:.2f} ms"
+                        for ef, v in sweep.items()
+                    ),
+                    "—",
+                    "—",
+                )
+            )
+        if "updates" in s:
+            u = s["updates"]
+            rows.append(
+                (
+                    f"Index refresh after 1 enrollment / 1 deletion, {u['faces']:,} faces",
+                    f"incremental {u['incremental_add_ms']:.1f} ms (first after the build; then "
+                    f"{', '.join(f'{v:.1f}' for v in u.get('incremental_add_ms_next', []))} ms)"
+                    f" / {u['incremental_remove_ms']:.1f} ms against a full rebuild of "
+                    f"{u['full_rebuild_s']:.1f} s; first match after an enrollment on another "
+                    f"replica at {u['refresh']['faces']:,} faces: "
+                    f"{u['refresh']['refresh_after_enrollment_s'] * 1000:.0f} ms",
+                    "no full rebuild",
+                    "—",
+                )
+            )
+    if "audit" in f:
+        a = f["audit"]
+        per_batch = ", ".join(
+            f"{b}: {v['events_per_s']:,.0f}" for b, v in a["append"]["by_batch"].items()
+        )
+        rows.append(
+            (
+                "Audit append on PostgreSQL, events/s by batch size",
+                f"{per_batch}; best **{a['append']['events_per_s']:,.0f} events/s**",
+                "—",
+                "—",
+            )
+        )
+        sh = a["shred"]
+        rows.append(
+            (
+                f"ShredTalentSalt, {sh['large_events']:,} / {sh['small_events']:,} events",
+                f"p50 {sh['large_ms']['p50']:.2f} / {sh['small_ms']['p50']:.2f} ms = "
+                f"**{sh['ratio']:.2f}x**",
+                "ratio ≤ 1.2",
+                _met(sh["met"]),
+            )
+        )
+        p = a["purge"]
+        rows.append(
+            (
+                f"PurgeExpired of {p['events']:,} expired events",
+                f"**{p['seconds']:.1f} s** ({p['events_per_s']:,.0f} events/s); concurrent "
+                f"appends p50/p99 {p['append_p50_ms_during']:.1f}/"
+                f"**{p['append_p99_ms_during']:.1f} ms** (idle {p['append_p50_ms_idle']:.1f}/"
+                f"{p['append_p99_ms_idle']:.1f} ms), longest {p['append_max_ms_during']:.0f} ms",
+                "writers not stalled",
+                _met(p["met"]),
+            )
+        )
+    if "video" in f:
+        v = f["video"]
+        e = v["end_to_end"]
+        rows.append(
+            (
+                f"Video 720p, {e['video_seconds']:.0f} s at {e['rate_hz']:g} Hz, end to end",
+                f"**{e['realtime_factor']:.1f}x real time** "
+                f"({e['wall_seconds']['p50']:.1f} s wall; the matcher alone, alternated: "
+                f"{e['in_process_realtime_factor']:.1f}x, so the mesh costs "
+                f"{e['mesh_cost_ratio']:.2f}x)",
+                "≥ 5x real time",
+                _met(e["met"]),
+            )
+        )
+        rates = ", ".join(f"{r} Hz: {x['realtime_factor']:.1f}x" for r, x in v["by_rate"].items())
+        rows.append(("Video by sampling rate (matcher in-process)", rates, "—", "—"))
+    if "startup" in f:
+        st = f["startup"]
+        rows.append(
+            (
+                "Start-up: `mixip up` until all five services SERVING",
+                f"p50 **{st['seconds']['p50']:.1f} s** (n={st['seconds']['n']}); slowest "
+                f"service {st['slowest_service']}",
+                "—",
+                "—",
+            )
+        )
+    lines = [
+        f"Run of {run['started_at']} ({'smoke sizes' if run['smoke'] else 'full sizes'}), "
+        f"{run['host'].get('cpus')} cores, load average {run['load_average_at_start']} at start, "
+        f"{run.get('duration_seconds', 0):.0f} s.",
+        "",
+        "| Figure | Result | Goal | Met |",
+        "|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+        "",
+    ]
+    return "\n".join(lines)
