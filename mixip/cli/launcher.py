@@ -202,11 +202,17 @@ def _pid_alive(document: dict) -> bool:
     return True
 
 
-def run_until_signalled(mesh: Mesh) -> int:
-    """Holds the mesh up until Ctrl-C/SIGTERM (exit 0) or a service dies (exit 1)."""
+def stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C/SIGTERM; installed before the mesh starts, so a signal during
+    start-up still stops every service instead of killing the launcher and orphaning them."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def run_until_signalled(mesh: Mesh, stop: threading.Event) -> int:
+    """Holds the mesh up until `stop` is set (exit 0) or a service dies (exit 1)."""
     died = mesh.watch(stop)
     mesh.stop()
     if died:

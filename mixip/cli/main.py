@@ -14,7 +14,7 @@ import grpc
 
 from mixip.cli import commands
 from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
-from mixip.cli.launcher import Mesh, run_until_signalled
+from mixip.cli.launcher import Mesh, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2
 from mixip.runtime.config import ConfigError
@@ -44,6 +44,7 @@ def start_mesh(data_dir: Path, gateway_port: int = 0, *, tls: bool = True) -> Me
 
 
 def up(args, conn: Connection, out: Output) -> int:
+    stop = stop_on_signals()
     out.note(f"starting the mesh in {conn.data_dir} ...")
     mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure)
     document = {
@@ -59,7 +60,7 @@ def up(args, conn: Connection, out: Output) -> int:
     lines += [f"  {name:10} {address}" for name, address in mesh.addresses.items()]
     lines.append("Ctrl-C stops it.")
     out.result(document, lines)
-    return run_until_signalled(mesh)
+    return run_until_signalled(mesh, stop)
 
 
 def certs_init(args, conn: Connection, out: Output) -> int:
