@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database
+from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.times import Clock
 from services.consent.domain import ConsentKey, NewRecord, needs_face_deletion, state_of
 from services.consent.store import OutboxRow, RecordRow, TombstoneRow
@@ -26,6 +27,22 @@ class Erasure:
     outbox_rows_deleted: int
     tombstone_id: str
     erased_at: datetime
+
+
+def _replayed(earlier: RecordRow, new: NewRecord) -> RecordRow:
+    """The earlier record of a retried request; a different record under the same request id
+    is refused rather than silently dropped."""
+    same = (earlier.talent_id, earlier.scope, earlier.project_id, earlier.decision) == (
+        new.key.talent_id,
+        new.key.scope,
+        new.key.project_id,
+        new.decision,
+    )
+    if not same:
+        raise InvalidArgument.one(
+            "request_id", "already used for a different record", reason="REQUEST_ID_REUSED"
+        )
+    return earlier
 
 
 class ConsentLedger:
@@ -42,7 +59,7 @@ class ConsentLedger:
         if new.request_id:
             earlier = self._by_request(account_id, new.request_id)
             if earlier is not None:
-                return earlier, True
+                return _replayed(earlier, new), True
         now = self.clock()
         row = RecordRow(
             record_id=uuid.uuid4().hex,
@@ -77,7 +94,7 @@ class ConsentLedger:
             earlier = self._by_request(account_id, new.request_id) if new.request_id else None
             if earlier is None:
                 raise
-            return earlier, True
+            return _replayed(earlier, new), True
         logs.log(
             logger,
             "consent recorded",

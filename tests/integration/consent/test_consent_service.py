@@ -299,3 +299,22 @@ def test_bad_checks_are_refused(consent_service):
         pb.ListConsentRecordsRequest(account_id=ACCOUNT, page_size=-1),
         fields={"page_size"},
     )
+
+
+def test_a_request_id_reused_for_a_different_record_is_refused(consent_service, clock):
+    stub = consent_service.stub
+    consent(stub, clock, "t-alice", BIO, GRANT, request_id="req-1")
+    details = expect_invalid(
+        stub.RecordConsent,
+        pb.RecordConsentRequest(
+            account_id=ACCOUNT,
+            talent_id="t-bob",
+            scope=BIO,
+            decision=REVOKE,
+            evidence=evidence(clock),
+            request_id="req-1",
+        ),
+        fields={"request_id"},
+    )
+    assert details.reason == "REQUEST_ID_REUSED"
+    assert count(consent_service, RecordRow) == 1 and count(consent_service, OutboxRow) == 0
