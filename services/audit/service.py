@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.errors import FailedPrecondition
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
     GENESIS_HASH,
@@ -40,6 +41,36 @@ class NewEvent:
     talent_id: str  # "" when the face matched no talent
     actor: str
     occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What a repeated idempotency key must match (similarities compared as stored)."""
+
+    project_id: str
+    media_id: str
+    face_index: int
+    label: int
+    reason: int
+    similarity: float
+    talent_hash: bytes | None
+
+
+def _recorded(event: NewEvent, salts: dict[str, bytes]) -> _Recorded:
+    hashed = None
+    if event.talent_id:
+        salt = salts.get(event.talent_id)
+        # no salt: the talent was erased since; nothing stored can match this event
+        hashed = talent_hash(salt, event.talent_id) if salt else b"erased"
+    return _Recorded(
+        event.project_id,
+        event.media_id,
+        event.face_index,
+        event.label,
+        event.reason,
+        event.similarity,
+        hashed,
+    )
 
 
 @dataclass(frozen=True)
@@ -73,23 +104,39 @@ class AuditLog:
         with self.db.write() as session:
             head = self._locked_head(session, account_id)
             keys = [e.idempotency_key for e in events]
-            stored = set(
-                session.scalars(
-                    select(EventRow.idempotency_key).where(
-                        EventRow.account_id == account_id, EventRow.idempotency_key.in_(keys)
-                    )
+            stored = {
+                row.idempotency_key: _Recorded(*row[1:])
+                for row in session.execute(
+                    select(
+                        EventRow.idempotency_key,
+                        EventRow.project_id,
+                        EventRow.media_id,
+                        EventRow.face_index,
+                        EventRow.label,
+                        EventRow.reason,
+                        EventRow.similarity,
+                        EventRow.talent_hash,
+                    ).where(EventRow.account_id == account_id, EventRow.idempotency_key.in_(keys))
                 )
-            )
+            }
             fresh: list[NewEvent] = []
+            repeated: list[NewEvent] = []
             for event in events:
-                if event.idempotency_key not in stored:
-                    stored.add(event.idempotency_key)
+                if event.idempotency_key in stored:
+                    repeated.append(event)
+                else:
+                    stored[event.idempotency_key] = None  # recorded below
                     fresh.append(event)
-            talents = {e.talent_id for e in fresh if e.talent_id}
-            # Most talents were seen before: read their salts, create only the missing ones.
+            talents = {e.talent_id for e in events if e.talent_id}
+            # Most talents were seen before: read their salts, create only the missing ones
+            # (and only for events about to be recorded).
             salts = self.vault.salts(session, account_id, talents, create=False)
-            if len(salts) < len(talents):
-                salts |= self.vault.salts(session, account_id, talents - set(salts), create=True)
+            missing = {e.talent_id for e in fresh if e.talent_id} - set(salts)
+            if missing:
+                salts |= self.vault.salts(session, account_id, missing, create=True)
+            first_of = {e.idempotency_key: e for e in fresh}
+            for event in repeated:
+                self._check_repeat(event, stored[event.idempotency_key], first_of, salts)
             recorded_at = max(self.clock(), as_utc(head.last_recorded_at))
             sequence, prev = head.last_sequence, head.last_hash
             rows = []
@@ -130,6 +177,25 @@ class AuditLog:
             duplicates=duplicates,
         )
         return len(fresh), duplicates
+
+    def _check_repeat(
+        self,
+        event: NewEvent,
+        recorded: _Recorded | None,
+        first_of: dict[str, NewEvent],
+        salts: dict[str, bytes],
+    ) -> None:
+        """A retry must say what the first call said: a reused key with other content (labels
+        that changed between attempts, a talent erased meanwhile) is refused, so no caller can
+        act on results whose events differ from the ones recorded."""
+        if recorded is None:  # the same key twice in this batch
+            recorded = _recorded(first_of[event.idempotency_key], salts)
+        if recorded != _recorded(event, salts):
+            raise FailedPrecondition(
+                f"idempotency key {event.idempotency_key!r} was recorded with other content; "
+                "a retry must repeat the first call (use a new key for a new result)",
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
 
     def _locked_head(self, session: Session, account_id: str) -> ChainHead:
         """The account's chain head, locked for this transaction (made on the first append)."""

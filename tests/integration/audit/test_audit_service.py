@@ -17,7 +17,7 @@ from mixip.runtime.keys import LocalKeyWrapper
 from mixip.runtime.times import to_timestamp
 from services.audit.app import AuditApp
 from services.audit.store import Base, EventRow, SaltRow
-from tests.support.status import expect_invalid
+from tests.support.status import expect_error, expect_invalid
 
 ACCOUNT = "acct-a"
 
@@ -343,3 +343,29 @@ def test_the_vault_survives_a_restart_with_the_same_key(audit_service, clock, tm
     with replica.db.read() as session:
         assert replica.log.vault.salts(session, ACCOUNT, ["t-ada"], create=False)
     replica.close()
+
+
+def test_a_reused_key_with_other_content_is_refused_and_nothing_is_written(audit_service, clock):
+    """A retry must repeat the first call: labels that changed in between are not recorded
+    under the old key (and so can never be returned without their events)."""
+    stub = audit_service.stub
+    record(stub, clock, ["m:0"], talent="t-ada")
+    changed = event("m:0", clock, talent="t-bob")
+    also_new = event("m:1", clock, talent="t-ada")
+    details = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        stub.RecordMatchEvents,
+        audit_pb2.RecordMatchEventsRequest(account_id=ACCOUNT, events=[also_new, changed]),
+    )
+    assert details.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert _count_rows(audit_service) == 1  # the whole batch was refused
+    same = record(stub, clock, ["m:0"], talent="t-ada")
+    assert (same.recorded_count, same.duplicate_count) == (0, 1)
+
+
+def test_a_retry_about_an_erased_talent_is_refused(audit_service, clock):
+    stub = audit_service.stub
+    record(stub, clock, ["m:0"], talent="t-ada")
+    stub.ShredTalentSalt(audit_pb2.ShredTalentSaltRequest(account_id=ACCOUNT, talent_id="t-ada"))
+    expect_error(grpc.StatusCode.FAILED_PRECONDITION, record, stub, clock, ["m:0"], talent="t-ada")
+    assert list_all(stub, talent_id="t-ada") == []  # and no new salt was made for it
