@@ -166,8 +166,9 @@ class Gateway:
                 created_at=self.clock(),
                 request_id=header.request_id or None,
             )
-            self._record_audit(account_id, key_id, media, matched.faces)
-            faces = [_face_row(account_id, media_id, f) for f in matched.faces]
+            results = self._still_consented(account_id, matched.faces)
+            self._record_audit(account_id, key_id, media, results)
+            faces = [_face_row(account_id, media_id, f) for f in results]
             with self.db.write() as session:
                 session.add(media)
                 session.flush()
@@ -197,6 +198,47 @@ class Gateway:
             if media is None or media.account_id != account_id:
                 return None
             return StoredMedia(media, self._faces(session, media_id))
+
+    def _still_consented(self, account_id: str, faces) -> list[common_pb2.FaceResult]:
+        """The results, minus talents whose biometric consent ended while the media was being
+        matched (a video can take minutes): an erasure that finished meanwhile must not be
+        undone by this upload's audit events and stored results linking the talent again."""
+        talents = sorted({f.talent_id for f in faces if f.talent_id})
+        if not talents:
+            return list(faces)
+        reply = self.peers.consent.BatchCheckConsent(
+            consent_pb2.BatchCheckConsentRequest(
+                account_id=account_id,
+                queries=[
+                    consent_pb2.ConsentQuery(
+                        talent_id=t, scope=consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+                    )
+                    for t in talents
+                ],
+            )
+        )
+        ended = {
+            a.query.talent_id: a.state
+            for a in reply.answers
+            if a.state != consent_pb2.CONSENT_STATE_ACTIVE
+        }
+        results = []
+        for face in faces:
+            if face.talent_id in ended:
+                erased = ended[face.talent_id] == consent_pb2.CONSENT_STATE_ABSENT
+                face = common_pb2.FaceResult(
+                    face_index=face.face_index,
+                    box=face.box,
+                    label=common_pb2.FACE_LABEL_UNKNOWN,
+                    reason=common_pb2.LABEL_REASON_TALENT_ERASED
+                    if erased
+                    else common_pb2.LABEL_REASON_NO_MATCH,
+                    ranges=face.ranges,
+                    best_frame_seconds=face.best_frame_seconds,
+                    detection_score=face.detection_score,
+                )
+            results.append(face)
+        return results
 
     def _record_audit(self, account_id: str, key_id: str, media: MediaRow, faces) -> None:
         if not faces:
@@ -316,16 +358,10 @@ class Gateway:
     def erase(
         self, account_id: str, talent_id: str, request_id: str
     ) -> tuple[str, list[ErasureStep]]:
-        if request_id:
-            with self.db.read() as session:
-                earlier = session.scalars(
-                    select(ErasureReceiptRow).where(
-                        ErasureReceiptRow.account_id == account_id,
-                        ErasureReceiptRow.request_id == request_id,
-                    )
-                ).one_or_none()
-            if earlier is not None:
-                return earlier.receipt_id, _steps_from_json(earlier.steps)
+        """Runs every step, every time (each is idempotent), and returns what this call did. A
+        retry with the same request id gets the first call's receipt id; the receipt holds no
+        talent id, so it cannot tell which talent a request id named: the steps always run for
+        the talent asked for."""
         steps = []
         deleted = self.peers.matcher.DeleteTalentFaces(
             matcher_pb2.DeleteTalentFacesRequest(
@@ -358,16 +394,27 @@ class Gateway:
                 )
             ).rowcount
             steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
-            receipt_id = f"rcpt_{secrets.token_hex(12)}"
-            session.add(
-                ErasureReceiptRow(
-                    receipt_id=receipt_id,
-                    account_id=account_id,
-                    completed_at=self.clock(),
-                    steps=_steps_to_json(steps),
-                    request_id=request_id or None,
-                )
+            earlier = (
+                session.scalars(
+                    select(ErasureReceiptRow.receipt_id).where(
+                        ErasureReceiptRow.account_id == account_id,
+                        ErasureReceiptRow.request_id == request_id,
+                    )
+                ).one_or_none()
+                if request_id
+                else None
             )
+            receipt_id = earlier or f"rcpt_{secrets.token_hex(12)}"
+            if earlier is None:
+                session.add(
+                    ErasureReceiptRow(
+                        receipt_id=receipt_id,
+                        account_id=account_id,
+                        completed_at=self.clock(),
+                        steps=_steps_to_json(steps),
+                        request_id=request_id or None,
+                    )
+                )
         logs.log(
             logger,
             "talent erased",
@@ -432,10 +479,3 @@ def _steps_to_json(steps: list[ErasureStep]) -> str:
     return json.dumps(
         [{"name": s.name, "count": s.count, "completed_at": iso(s.completed_at)} for s in steps]
     )
-
-
-def _steps_from_json(text: str) -> list[ErasureStep]:
-    return [
-        ErasureStep(s["name"], s["count"], datetime.fromisoformat(s["completed_at"]))
-        for s in json.loads(text)
-    ]

@@ -10,10 +10,12 @@ import grpc
 import pytest
 
 from gateway.service import ORPHANED_AFTER
+from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.matcher.v1 import matcher_pb2
-from tests.support.gateway_calls import consent, group_photo, upload
+from tests.support import faces
+from tests.support.gateway_calls import consent, enroll, group_photo, upload
 from tests.support.status import expect_error
 
 
@@ -109,3 +111,52 @@ def test_an_orphaned_object_left_by_a_crash_is_swept_at_start_up(gateway, studio
         pb.GetMediaResultsRequest(media_id=kept.media_id), metadata=meta
     )
     assert again.media.media_id == kept.media_id
+
+
+def test_an_erasure_during_matching_is_not_undone_by_the_upload(gateway, studio, monkeypatch):
+    """The erasure completes while the matcher works on an upload showing the talent: the
+    upload must not record events or results that link the talent again."""
+    _, meta = studio
+    matcher = gateway.mesh.matcher.app.matcher
+    match = matcher.match
+
+    def match_then_erase(*args):
+        outcome = match(*args)  # the talent was still enrolled and consented here
+        gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
+        return outcome
+
+    monkeypatch.setattr(matcher, "match", match_then_erase)
+    reply = upload(gateway, meta, group_photo())
+    assert all(f.talent_id == "" for f in reply.faces)
+    assert common_pb2.LABEL_REASON_TALENT_ERASED in {f.reason for f in reply.faces}
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        gateway.stub.ExportTalentData,
+        pb.ExportTalentDataRequest(talent_id="astronaut"),
+        metadata=meta,
+    )
+    linked = gateway.stub.ListAuditEvents(
+        pb.ListAuditEventsRequest(talent_id="astronaut"), metadata=meta
+    )
+    assert list(linked.events) == []
+    assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
+
+
+def test_a_request_id_reused_for_another_talent_still_erases_that_talent(gateway, studio, clock):
+    _, meta = studio
+    consent(gateway, meta, clock, "hopper", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+    enroll(gateway, meta, "hopper", faces.grace_hopper())
+    first = gateway.stub.EraseTalent(
+        pb.EraseTalentRequest(talent_id="astronaut", request_id="erase-x"), metadata=meta
+    )
+    second = gateway.stub.EraseTalent(
+        pb.EraseTalentRequest(talent_id="hopper", request_id="erase-x"), metadata=meta
+    )
+    assert second.receipt_id == first.receipt_id
+    assert {s.name: s.count for s in second.steps}["matcher.delete_faces"] == 1
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        gateway.stub.ExportTalentData,
+        pb.ExportTalentDataRequest(talent_id="hopper"),
+        metadata=meta,
+    )
