@@ -8,6 +8,7 @@ reconnected to without restarting the service.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -118,6 +119,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def serialize(session: Session, name: str) -> None:
+    """Makes this transaction wait for any other holding lock `name` until it ends (a
+    transaction-scoped advisory lock on PostgreSQL; SQLite write transactions are serial)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def insert_ignoring_conflicts(

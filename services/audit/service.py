@@ -10,7 +10,7 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.errors import FailedPrecondition
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
@@ -26,6 +26,7 @@ from services.audit.store import ChainHead, Checkpoint, EventRow
 from services.audit.vault import SaltVault
 
 logger = logging.getLogger("mixip.audit")
+PURGE_LOCK = "mixip.audit.purge"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -314,9 +315,12 @@ class AuditLog:
         account, sequence) are a prefix of each chain they touch. Finding them reads
         `batch_size` index entries, whatever the size of the log: a purge batch costs the same
         at the start and at the end of a long purge, and concurrent appends (which touch other
-        rows: the chain head and new events) never wait for it on PostgreSQL."""
+        rows: the chain head and new events) never wait for it on PostgreSQL. Purges wait for
+        each other (a manual run may overlap a scheduled one), so checkpoints only ever move
+        forward."""
         purged = checkpoints = 0
         with self.db.write() as session:
+            serialize(session, PURGE_LOCK)
             oldest = session.execute(
                 select(EventRow.account_id, EventRow.sequence)
                 .where(EventRow.recorded_at < cutoff)

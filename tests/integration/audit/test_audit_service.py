@@ -369,3 +369,35 @@ def test_a_retry_about_an_erased_talent_is_refused(audit_service, clock):
     stub.ShredTalentSalt(audit_pb2.ShredTalentSaltRequest(account_id=ACCOUNT, talent_id="t-ada"))
     expect_error(grpc.StatusCode.FAILED_PRECONDITION, record, stub, clock, ["m:0"], talent="t-ada")
     assert list_all(stub, talent_id="t-ada") == []  # and no new salt was made for it
+
+
+def test_concurrent_purges_never_move_a_checkpoint_backwards(audit_service, clock):
+    """A manual purge may overlap a scheduled one, on two replicas: the log must still verify."""
+    stub = audit_service.stub
+    for account in ("acct-a", "acct-b"):
+        record(stub, clock, [f"{account}-{i}" for i in range(20)], account=account)
+    clock.advance(days=400)
+    record(stub, clock, ["fresh"])
+    cutoff = to_timestamp(clock() - timedelta(days=365))
+    totals, errors = [], []
+
+    def purger() -> None:
+        try:
+            while True:
+                reply = stub.PurgeExpired(
+                    audit_pb2.PurgeExpiredRequest(cutoff=cutoff, batch_size=3)
+                )
+                totals.append(reply.purged_count)
+                if reply.done:
+                    return
+        except grpc.RpcError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=purger) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sum(totals) == 40
+    verdict = stub.VerifyLog(audit_pb2.VerifyLogRequest())
+    assert verdict.ok and verdict.events_checked == 1
