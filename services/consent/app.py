@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import grpc
 
@@ -12,7 +13,7 @@ from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
-from mixip.runtime.times import Clock, utcnow
+from mixip.runtime.times import Clock, to_timestamp, utcnow
 from services.consent.outbox import Deliver, OutboxDispatcher
 from services.consent.service import ConsentLedger
 from services.consent.servicer import ConsentServicer
@@ -28,10 +29,13 @@ def matcher_deleter(channel: grpc.Channel, timeout_seconds: float = 5.0) -> Deli
     just came back is reached on this attempt, not after the channel's reconnect backoff."""
     stub = matcher_pb2_grpc.MatcherServiceStub(channel)
 
-    def deliver(account_id: str, talent_id: str, key: str) -> int:
+    def deliver(account_id: str, talent_id: str, key: str, revoked_at: datetime) -> int:
         reply = stub.DeleteTalentFaces(
             matcher_pb2.DeleteTalentFacesRequest(
-                account_id=account_id, talent_id=talent_id, request_id=key
+                account_id=account_id,
+                talent_id=talent_id,
+                request_id=key,
+                enrolled_before=to_timestamp(revoked_at),
             ),
             timeout=timeout_seconds,
             wait_for_ready=True,

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 from sqlalchemy import func, or_, select, update
@@ -23,8 +23,10 @@ from services.consent.store import OutboxRow
 
 logger = logging.getLogger("mixip.consent.outbox")
 
-# deliver(account_id, talent_id, idempotency key) -> faces deleted; raises on failure.
-Deliver = Callable[[str, str, str], int]
+# deliver(account_id, talent_id, idempotency key, revoked at) -> faces deleted; raises on
+# failure. Only faces enrolled before the revocation go: a late delivery must spare a face
+# enrolled after consent was granted again.
+Deliver = Callable[[str, str, str, datetime], int]
 
 
 class OutboxDispatcher:
@@ -87,7 +89,7 @@ class OutboxDispatcher:
         acknowledged = 0
         for row in self._claim_due():
             try:
-                deleted = self.deliver(row.account_id, row.talent_id, row.outbox_id)
+                deleted = self.deliver(row.account_id, row.talent_id, row.outbox_id, row.created_at)
             except Exception as exc:  # any failure: the row stays owed and is retried
                 code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
                 self._retry_later(row, code)

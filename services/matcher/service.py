@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -340,16 +341,18 @@ class Matcher:
 
     # -- deletion and listings ----------------------------------------------------------------
 
-    def delete_talent(self, account_id: str, talent_id: str) -> int:
-        """Deletes every face of the talent, from the engine first (idempotent both ways)."""
+    def delete_talent(
+        self, account_id: str, talent_id: str, *, enrolled_before: datetime | None = None
+    ) -> int:
+        """Deletes the talent's faces (those enrolled at or before `enrolled_before`, if
+        given), from the engine first (idempotent both ways)."""
+        query = select(FaceRow.face_id).where(
+            FaceRow.account_id == account_id, FaceRow.talent_id == talent_id
+        )
+        if enrolled_before is not None:
+            query = query.where(FaceRow.created_at <= enrolled_before)
         with self.db.read() as session:
-            face_ids = list(
-                session.scalars(
-                    select(FaceRow.face_id).where(
-                        FaceRow.account_id == account_id, FaceRow.talent_id == talent_id
-                    )
-                )
-            )
+            face_ids = list(session.scalars(query))
         if not face_ids:
             return 0
         self.engine.delete(account_id, face_ids)

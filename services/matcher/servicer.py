@@ -104,8 +104,16 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
         checks.text("request_id", request.request_id, max_length=128, required=False)
+        before = checks.timestamp(
+            "enrolled_before",
+            request.enrolled_before,
+            request.HasField("enrolled_before"),
+            required=False,
+        )
         checks.done()
-        deleted = self.matcher.delete_talent(request.account_id, request.talent_id)
+        deleted = self.matcher.delete_talent(
+            request.account_id, request.talent_id, enrolled_before=before
+        )
         return matcher_pb2.DeleteTalentFacesResponse(deleted_count=deleted)
 
     def ListTalentFaces(self, request, context):

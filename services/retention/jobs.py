@@ -81,9 +81,10 @@ def purge(
             raise PurgeStalled
 
 
-def reconcile(peers: Peers, tally: Tally) -> None:
+def reconcile(peers: Peers, tally: Tally, started_at: datetime) -> None:
     """Deletes the face vectors of every enrolled talent whose biometric consent is not ACTIVE
-    (revoked, or absent because the talent was erased).
+    (revoked, or absent because the talent was erased), enrolled before the run started (a
+    face enrolled during the run came with consent granted after this run read it).
 
     The whole listing is read before anything is deleted, so deletions cannot shift the pages
     still to be read, whatever the matcher's page tokens are made of."""
@@ -92,7 +93,9 @@ def reconcile(peers: Peers, tally: Tally) -> None:
             lacking = without_biometric_consent(peers.consent, account_id, batch)
             tally.talents_checked += len(batch)
             for talent_id in lacking:
-                tally.vectors_deleted += delete_faces(peers.matcher, account_id, talent_id)
+                tally.vectors_deleted += delete_faces(
+                    peers.matcher, account_id, talent_id, started_at
+                )
 
 
 def enrolled_talents(matcher: matcher_pb2_grpc.MatcherServiceStub) -> dict[str, list[str]]:
@@ -138,13 +141,19 @@ def without_biometric_consent(
 
 
 def delete_faces(
-    matcher: matcher_pb2_grpc.MatcherServiceStub, account_id: str, talent_id: str
+    matcher: matcher_pb2_grpc.MatcherServiceStub,
+    account_id: str,
+    talent_id: str,
+    enrolled_before: datetime,
 ) -> int:
     reply = _call(
         "matcher.DeleteTalentFaces",
         matcher.DeleteTalentFaces,
         matcher_pb2.DeleteTalentFacesRequest(
-            account_id=account_id, talent_id=talent_id, request_id=uuid.uuid4().hex
+            account_id=account_id,
+            talent_id=talent_id,
+            request_id=uuid.uuid4().hex,
+            enrolled_before=to_timestamp(enrolled_before),
         ),
     )
     return reply.deleted_count

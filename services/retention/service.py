@@ -126,7 +126,7 @@ class RetentionService:
         if run.job == Job.PURGE:
             purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)
         else:
-            reconcile(self.peers, tally)
+            reconcile(self.peers, tally, run.started_at)
 
     def _log(self, run: RunRow) -> None:
         logs.log(

@@ -160,3 +160,35 @@ def test_a_request_id_reused_for_another_talent_still_erases_that_talent(gateway
         pb.ExportTalentDataRequest(talent_id="hopper"),
         metadata=meta,
     )
+
+
+def test_a_late_revocation_spares_a_face_enrolled_after_consent_returned(
+    gateway, studio, serve, clock
+):
+    _, meta = studio  # the astronaut's first face, enrolled with consent
+    matcher = gateway.mesh.matcher
+    outbox = gateway.mesh.consent.app.outbox
+    matcher.running.stop(0)
+    clock.advance(minutes=1)
+    consent(
+        gateway,
+        meta,
+        clock,
+        "astronaut",
+        cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING,
+        decision=cpb.CONSENT_DECISION_REVOKED,
+    )
+    assert outbox.run_once() == 0  # the matcher is down: the deletion is owed
+    serve(matcher.app, listen=matcher.address)
+    grpc.channel_ready_future(gateway.app.channels["matcher"]).result(timeout=15)
+    clock.advance(minutes=1)
+    consent(gateway, meta, clock, "astronaut", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+    again = enroll(gateway, meta, "astronaut", faces.scaled(faces.astronaut(), 0.8))
+
+    grpc.channel_ready_future(gateway.mesh.consent.app.matcher_channel).result(timeout=15)
+    clock.advance(minutes=5)
+    assert outbox.run_once() == 1  # the old revocation arrives late
+    left = gateway.stub.ListTalentFaces(
+        pb.ListTalentFacesRequest(talent_id="astronaut"), metadata=meta
+    ).faces
+    assert [f.face_id for f in left] == [again.face.face_id]
