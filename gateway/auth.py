@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from gateway.store import AccountRow, ApiKeyRow
 from mixip.runtime import logs
@@ -86,7 +86,8 @@ class Authenticator:
 
     def ensure_admin_key(self, path: Path, configured: str | None) -> str:
         """The admin credential: the configured one, or the one in `path`, created (mode 0600)
-        at the first start. Its hash is (re)registered so a fresh database accepts it."""
+        at the first start. Its hash is (re)registered so a fresh database accepts it, and any
+        other admin credential is revoked (rotation)."""
         token = configured or (path.read_text().strip() if path.exists() else "")
         if not token:
             token = _new_key()[2]
@@ -99,6 +100,16 @@ class Authenticator:
             raise ValueError(f"the admin credential in {path} is not a mixip key")
         key_id, secret = match.groups()
         with self.db.write() as session:
+            # One admin credential at a time: configuring a new one revokes the old.
+            session.execute(
+                update(ApiKeyRow)
+                .where(
+                    ApiKeyRow.is_admin.is_(True),
+                    ApiKeyRow.key_id != key_id,
+                    ApiKeyRow.revoked_at.is_(None),
+                )
+                .values(revoked_at=self.clock())
+            )
             if session.get(ApiKeyRow, key_id) is None:
                 session.add(
                     ApiKeyRow(

@@ -299,3 +299,22 @@ def test_no_talent_id_reaches_any_log_line(gateway, clock, caplog):
     for record in caplog.records:
         line = caplog.handler.format(record) + repr(getattr(record, "fields", {}))
         assert talent not in line, line
+
+
+def test_configuring_a_new_admin_key_revokes_the_old_one(gateway, clock, tmp_path):
+    from gateway.auth import Authenticator
+
+    old_meta = gateway.admin_metadata()
+    new_key = Authenticator(gateway.app.db, clock).ensure_admin_key(
+        tmp_path / "unused.key", "mixip_00112233445566ff_" + "B" * 43
+    )
+    expect_error(
+        grpc.StatusCode.UNAUTHENTICATED,
+        gateway.admin.ListAccounts,
+        admin_pb2.ListAccountsRequest(),
+        metadata=old_meta,
+    )
+    listed = gateway.admin.ListAccounts(
+        admin_pb2.ListAccountsRequest(), metadata=(("authorization", f"Bearer {new_key}"),)
+    )
+    assert list(listed.accounts) == []
