@@ -4,6 +4,9 @@ Each internal service checks the calling service's certificate identity (its com
 verified by mutual TLS) against this table for every RPC. A caller not listed gets
 PERMISSION_DENIED and leaves a warning line in the callee's log. The gateway's client-facing
 API is not in this table: its callers are authenticated by API key.
+
+Each caller gets exactly what it calls, nothing more; the read-only operational RPCs that no
+service calls are open to `operator` (the certificate of `mixip certs init` for people).
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
     "mixip.audit.v1.AuditService": {
         "RecordMatchEvents": frozenset({"gateway"}),
         "ListEvents": frozenset({"gateway"}),
-        "VerifyLog": frozenset({"gateway", "retention"}),
+        "VerifyLog": frozenset({"gateway"}),
         "ShredTalentSalt": frozenset({"gateway"}),
         "PurgeExpired": frozenset({"retention"}),
     },
     "mixip.consent.v1.ConsentService": {
         "RecordConsent": frozenset({"gateway"}),
-        "CheckConsent": frozenset({"gateway", "matcher"}),
+        "CheckConsent": frozenset({"matcher"}),
         "BatchCheckConsent": frozenset({"gateway", "matcher", "retention"}),
         "ListConsentRecords": frozenset({"gateway"}),
         "EraseTalentConsent": frozenset({"gateway"}),
@@ -36,16 +39,16 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
     "mixip.matcher.v1.MatcherService": {
         "EnrollTalentFace": frozenset({"gateway"}),
         "MatchMedia": frozenset({"gateway"}),
-        "DetectFaces": frozenset({"gateway"}),
+        "DetectFaces": frozenset({"operator"}),
         "DeleteTalentFaces": frozenset({"gateway", "consent", "retention"}),
         "ListTalentFaces": frozenset({"gateway"}),
-        "GetCollectionStats": frozenset({"gateway", "retention"}),
+        "GetCollectionStats": frozenset({"operator"}),
         "ListEnrolledTalents": frozenset({"retention"}),
     },
     "mixip.retention.v1.RetentionService": {
         "RunNow": frozenset({"gateway"}),
         "GetStatus": frozenset({"gateway"}),
-        "ListRuns": frozenset({"gateway"}),
+        "ListRuns": frozenset({"operator"}),
     },
 }
 

@@ -132,7 +132,7 @@ def test_the_rules_cover_every_internal_rpc_and_name_known_callers():
         rules = acl.RULES[descriptor.full_name]
         assert set(rules) == {m.name for m in descriptor.methods}, service
         for callers in rules.values():
-            assert callers and callers <= set(IDENTITIES) - {"operator"}
+            assert callers and callers <= set(IDENTITIES)
     assert acl.allowed_callers("/mixip.audit.v1.AuditService/PurgeExpired") == {"retention"}
     assert acl.allowed_callers("/mixip.audit.v1.AuditService/ShredTalentSalt") == {"gateway"}
 
