@@ -5,12 +5,15 @@ MIXIP_MATCHER_MODEL_DIR, MIXIP_MATCHER_POSSIBLE_THRESHOLD, MIXIP_MATCHER_CLEARED
 MIXIP_MATCHER_AMBIGUITY_MARGIN, MIXIP_MATCHER_MAX_MEDIA_BYTES, MIXIP_MATCHER_MAX_PIXELS,
 MIXIP_MATCHER_MAX_VIDEO_SECONDS, MIXIP_MATCHER_VIDEO_SAMPLE_HZ, MIXIP_MATCHER_MIN_FACE_PIXELS,
 MIXIP_MATCHER_ENROLL_MIN_SCORE, MIXIP_MATCHER_DETECT_MAX_SIDE, MIXIP_MATCHER_TOP_K,
-MIXIP_MATCHER_INFERENCE_THREADS, MIXIP_MATCHER_REKOGNITION_PREFIX, MIXIP_MATCHER_ANN_MIN_FACES.
+MIXIP_MATCHER_INFERENCE_THREADS, MIXIP_MATCHER_REKOGNITION_PREFIX, MIXIP_MATCHER_ANN_MIN_FACES,
+MIXIP_MATCHER_INDEX_SWEEP_SECONDS.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from services.matcher.service import Limits, Matcher
 from services.matcher.servicer import MatcherServicer
 from services.matcher.store import Base
 
+logger = logging.getLogger("mixip.matcher")
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
 CONSENT_SERVICE = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 
@@ -52,6 +56,8 @@ class MatcherSettings:
     workers: int = 2
     # Collections this large are searched with the approximate index (0: always exact).
     ann_min_faces: int = 50_000
+    # How often cached indexes catch up with deletions made on other replicas.
+    index_sweep_seconds: float = 30.0
     rekognition_prefix: str = "mixip-"
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
@@ -90,6 +96,7 @@ class MatcherSettings:
             detect_max_side=env.int(p + "DETECT_MAX_SIDE", 1280, minimum=160),
             workers=env.int(p + "INFERENCE_THREADS", os.cpu_count() or 2, minimum=1),
             ann_min_faces=env.int(p + "ANN_MIN_FACES", 50_000, minimum=0),
+            index_sweep_seconds=env.float(p + "INDEX_SWEEP_SECONDS", 30.0, minimum=0.1),
             rekognition_prefix=env.str(p + "REKOGNITION_PREFIX", "mixip-"),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
@@ -140,6 +147,9 @@ class MatcherApp(ServiceApp):
         self.db = db
         self.consent_channel = consent_channel
         self.indexes = CollectionIndexes(db, sized_index_factory(settings.ann_min_faces))
+        self.index_sweep_seconds = settings.index_sweep_seconds
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.matcher = Matcher(
             db,
             engine_factory(settings, self.indexes),
@@ -157,8 +167,23 @@ class MatcherApp(ServiceApp):
 
     def start(self) -> None:
         self.matcher.warm_up()
+        if self._sweeper is None or not self._sweeper.is_alive():  # once, even if restarted
+            self._sweeper = threading.Thread(
+                target=self._sweep, name="matcher-index-sweep", daemon=True
+            )
+            self._sweeper.start()
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.index_sweep_seconds):
+            try:
+                self.indexes.refresh_stale()
+            except Exception:  # the database may be down: try again next time
+                logger.warning("index sweep failed", exc_info=True)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         self.matcher.close()
         self.consent_channel.close()
         self.db.dispose()

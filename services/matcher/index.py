@@ -138,6 +138,26 @@ class CollectionIndexes:
                 self._cache[account_id] = cached
         return cached.index
 
+    def refresh_stale(self) -> int:
+        """Brings every cached index to its account's current version (the matcher runs this
+        periodically), so faces deleted on another replica leave this replica's memory within
+        one sweep, not only at that account's next match here. Returns how many changed."""
+        accounts = list(self._cache)
+        if not accounts:
+            return 0
+        with self.db.read() as session:
+            versions = dict(
+                session.execute(
+                    select(CollectionRow.account_id, CollectionRow.version).where(
+                        CollectionRow.account_id.in_(accounts)
+                    )
+                ).all()
+            )
+        stale = [a for a in accounts if self._cache[a].version != versions.get(a, 0)]
+        for account_id in stale:
+            self.for_account(account_id)
+        return len(stale)
+
     def _lock_of(self, account_id: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(account_id, threading.Lock())

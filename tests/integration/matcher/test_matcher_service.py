@@ -362,3 +362,19 @@ def test_enrolled_talents_are_listed_for_reconciliation(mesh, clock):
         ("acct-b", "astronaut", 1),
         ("acct-b", "hopper", 1),
     ]
+
+
+def test_a_deletion_on_another_replica_leaves_this_replicas_memory_within_a_sweep(
+    enrolled, matcher_factory, clock
+):
+    grant_usage(enrolled, clock, "astronaut")
+    other = matcher_factory(enrolled.consent.address)
+    match(enrolled, faces.encode(faces.astronaut(), ".jpg"))  # replica one caches the vector
+    indexes = enrolled.matcher.app.indexes
+    assert indexes.for_account(ACCOUNT).size == 1
+    other.stub.DeleteTalentFaces(
+        pb.DeleteTalentFacesRequest(account_id=ACCOUNT, talent_id="astronaut")
+    )
+    assert indexes.refresh_stale() == 1  # what the matcher's periodic sweep runs
+    assert indexes._cache[ACCOUNT].index.size == 0
+    assert indexes.refresh_stale() == 0
