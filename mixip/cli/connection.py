@@ -41,7 +41,17 @@ class Connection:
             ) from None
 
     def channel(self) -> grpc.Channel:
-        return open_channel(self.address(), GATEWAY_SERVICES, timeout_seconds=30)
+        """Plaintext (loopback, `mixip up`), or TLS trusting MIXIP_GATEWAY_CA's certificate."""
+        ca = os.environ.get("MIXIP_GATEWAY_CA", "").strip()
+        credentials = None
+        if ca:
+            try:
+                credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+            except OSError as exc:
+                raise CliError(f"MIXIP_GATEWAY_CA: cannot read {ca} ({exc.strerror})") from None
+        return open_channel(
+            self.address(), GATEWAY_SERVICES, timeout_seconds=30, credentials=credentials
+        )
 
     def api_key(self) -> str:
         key = os.environ.get("MIXIP_API_KEY", "").strip()

@@ -84,7 +84,7 @@ def health(args, conn: Connection, out: Output) -> int:
     from mixip.runtime.config import Env
 
     tls_dir = None if args.plaintext else Env().optional("MIXIP_TLS_DIR")
-    credentials = channel_credentials(Path(tls_dir), "operator") if tls_dir else None
+    credentials = channel_credentials(Path(tls_dir), args.identity) if tls_dir else None
     ok = serving(args.address, credentials)
     out.result(
         {"address": args.address, "serving": ok},
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=certs_init)
     p = sub.add_parser("health", parents=[common], help="is a service SERVING? (exit code)")
     p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument(
+        "--as",
+        dest="identity",
+        default="operator",
+        help="certificate to present from MIXIP_TLS_DIR (default operator)",
+    )
     p.add_argument(
         "--plaintext",
         action="store_true",

@@ -231,6 +231,12 @@ def start_server(
     return RunningServer(server, port, health_servicer)
 
 
+def _loopback(listen: str) -> bool:
+    """Whether `host:port` is reachable from this machine only (plaintext is fine there)."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict]]) -> int:
     """Runs service `name` as a process until SIGTERM/SIGINT. `build` returns the app and the
     keyword arguments of `start_server` beyond the common ones (credentials, authorize); by
@@ -251,6 +257,16 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
                 "credentials": tls.server_credentials(config.tls_dir, name),
                 "authorize": acl.authorize,
             }
+        if (
+            not extra.get("credentials")
+            and not _loopback(config.listen)
+            and not env.bool("MIXIP_ALLOW_PLAINTEXT", False)
+        ):
+            raise ConfigError(
+                f"refusing to listen on {config.listen} without TLS: set MIXIP_TLS_DIR (or, "
+                "for the gateway, MIXIP_GATEWAY_TLS_CERT/KEY); MIXIP_ALLOW_PLAINTEXT=true only "
+                "behind a proxy that terminates TLS"
+            )
         running = start_server(
             app,
             listen=config.listen,

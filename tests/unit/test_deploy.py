@@ -35,16 +35,18 @@ def _variables_read_by_the_code() -> set[str]:
     return names
 
 
-def test_every_service_runs_its_module_with_its_own_database():
-    databases = set(
-        re.findall(r"CREATE DATABASE (\w+);", (ROOT / "deploy/postgres-init.sql").read_text())
-    )
-    assert databases == set(SERVICES)
+def test_every_service_runs_its_module_with_its_own_role_and_database():
+    init = (ROOT / "deploy/postgres-init.sh").read_text()
+    [listed] = re.findall(r"for service in ([a-z ]+); do", init)
+    assert set(listed.split()) == set(SERVICES)
+    assert "CREATE DATABASE $service OWNER $service" in init
     for name in SERVICES:
         service = COMPOSE["services"][name]
         assert service["command"] == ["python", "-m", MODULES[name]]
         url = _env(name)[f"MIXIP_{name.upper()}_DATABASE_URL"]
-        assert url.startswith("postgresql://") and url.endswith(f"@postgres:5432/{name}")
+        assert url.startswith(f"postgresql://{name}:") and url.endswith(f"@postgres:5432/{name}")
+        password = f"MIXIP_{name.upper()}_DB_PASSWORD"
+        assert password in url and password in COMPOSE["services"]["postgres"]["environment"]
         assert service["healthcheck"]["test"][:2] == ["CMD", "mixip"]
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
 
@@ -62,14 +64,21 @@ def test_listen_ports_and_peer_addresses_agree():
     assert published == ["gateway"]
 
 
-def test_the_mesh_runs_over_mutual_tls():
+def test_the_mesh_runs_over_mutual_tls_and_each_service_holds_only_its_own_key():
+    certs = COMPOSE["services"]["certs"]
+    assert "certs init /ca" in " ".join(certs["command"])
     for name in SERVICES:
+        service = COMPOSE["services"][name]
         assert _env(name)["MIXIP_TLS_DIR"] == "/certs"
-        assert "certs:/certs:ro" in COMPOSE["services"][name]["volumes"]
-        assert COMPOSE["services"][name]["depends_on"]["certs"]["condition"] == (
-            "service_completed_successfully"
-        )
-    assert "certs init /certs" in " ".join(COMPOSE["services"]["certs"]["command"])
+        mounted = [v for v in service["volumes"] if v.startswith("certs")]
+        assert mounted == [f"certs-{name}:/certs:ro"]  # never the CA's key, never another's
+        assert f"certs-{name}:/out/{name}" in certs["volumes"]
+        assert service["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+        assert service["healthcheck"]["test"][3:5] == ["--as", name]
+    assert [v for v in certs["volumes"] if v.startswith("certs-ca")] == ["certs-ca:/ca"]
+    gateway = _env("gateway")  # the published port speaks TLS
+    assert gateway["MIXIP_GATEWAY_TLS_CERT"] == "/certs/gateway.pem"
+    assert gateway["MIXIP_GATEWAY_TLS_KEY"] == "/certs/gateway.key"
 
 
 def test_every_variable_in_compose_is_one_the_code_reads():

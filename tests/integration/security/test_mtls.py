@@ -169,3 +169,23 @@ def test_the_gateway_port_can_use_server_tls_from_configuration(gateway, certs, 
     )
     with pytest.raises(ConfigError, match="both"):
         client_credentials(Env({"MIXIP_GATEWAY_TLS_CERT": str(certs / "gateway.pem")}))
+
+
+def test_a_service_refuses_to_listen_beyond_loopback_without_tls(tmp_path):
+    """Without TLS there is no caller identity, so no caller rules: only loopback is safe."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MIXIP_DATA_DIR": str(tmp_path), "MIXIP_AUDIT_LISTEN": "0.0.0.0:0"}
+    env.pop("MIXIP_TLS_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.audit"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0:0 without TLS" in result.stderr
+    assert "Traceback" not in result.stderr
