@@ -431,9 +431,10 @@ def request_fields(draw, valid: dict, wild: dict) -> dict:
 
 
 @pytest.fixture
-def replayed() -> set:
-    """Idempotency keys used so far by a property (a repeated key returns the first result)."""
-    return set()
+def replayed() -> dict:
+    """Idempotency keys used so far by a property, with what they were first used for (a repeat
+    returns the first result; a reuse for something else is refused)."""
+    return {}
 
 
 # -- GatewayService ---------------------------------------------------------------------------
@@ -561,6 +562,8 @@ def test_record_consent(harness, replayed, fields):
         project = BAD if project_id else GOOD  # BIOMETRIC_PROCESSING covers every project
     else:
         project = GOOD  # the scope is wrong already
+    content = (request.talent_id, scope, project_id, request.decision)
+    first = replayed.get(request.request_id) if request.request_id else None
     allowed = expected(
         id_verdict(request.talent_id),
         enum_verdict(scope, cpb.ConsentScope),
@@ -568,13 +571,16 @@ def test_record_consent(harness, replayed, fields):
         enum_verdict(request.decision, cpb.ConsentDecision),
         _evidence_verdict(fields["evidence"]),
         text_verdict(request.request_id, 128, required=False),
+        # a key already used for another record is refused (it would drop this one)
+        BAD if first is not None and first != content else GOOD,
         ok={OK},
     )
 
     def recorded(reply):
-        if request.request_id in replayed:
+        if first is not None:
             return  # the first record with this key comes back
-        replayed.add(request.request_id or None)
+        if request.request_id:
+            replayed[request.request_id] = content
         record = reply.record
         assert (record.talent_id, record.scope, record.project_id, record.decision) == (
             request.talent_id,
