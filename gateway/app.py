@@ -1,6 +1,6 @@
 """Composition root of the gateway: configuration → database, keys, media store, peers.
 
-Settings (README, "Configuration"): MIXIP_GATEWAY_STORAGE (local | s3), MIXIP_GATEWAY_MEDIA_DIR,
+Settings (docs/configuration.md): MIXIP_GATEWAY_STORAGE (local | s3), MIXIP_GATEWAY_MEDIA_DIR,
 MIXIP_GATEWAY_KEK_FILE, MIXIP_GATEWAY_S3_BUCKET, MIXIP_GATEWAY_S3_KMS_KEY_ID,
 MIXIP_GATEWAY_S3_PREFIX, MIXIP_GATEWAY_MAX_UPLOAD_BYTES, MIXIP_GATEWAY_MAX_CHUNK_BYTES,
 MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY (server TLS on the client-facing port),

@@ -87,9 +87,9 @@ def accounts_create(args, conn: Connection, out: Output) -> int:
 def consent_record(args, conn: Connection, out: Output) -> int:
     scope = SCOPES[args.scope]
     if scope == SCOPES["usage"] and not args.project:
-        raise CliError("--scope usage needs --project P")
+        raise CliError("--scope usage needs --project P", exit_code=2)
     if scope == SCOPES["biometric"] and args.project:
-        raise CliError("--project applies to --scope usage only")
+        raise CliError("--project applies to --scope usage only", exit_code=2)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
         if args.action == "grant"
@@ -287,7 +287,7 @@ def audit_list(args, conn: Connection, out: Output) -> int:
         try:
             parsed = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
         except ValueError:
-            raise CliError(f"--since {args.since!r} is not an ISO 8601 time") from None
+            raise CliError(f"--since {args.since!r} is not an ISO 8601 time", exit_code=2) from None
         since = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
     events, token = [], ""

@@ -48,7 +48,9 @@ class Connection:
             try:
                 credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
             except OSError as exc:
-                raise CliError(f"MIXIP_GATEWAY_CA: cannot read {ca} ({exc.strerror})") from None
+                raise CliError(
+                    f"MIXIP_GATEWAY_CA: cannot read {ca} ({exc.strerror})", exit_code=2
+                ) from None
         return open_channel(
             self.address(), GATEWAY_SERVICES, timeout_seconds=30, credentials=credentials
         )

@@ -17,6 +17,7 @@ from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
 from mixip.cli.launcher import Mesh, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2
+from mixip.runtime import logs
 from mixip.runtime.config import ConfigError
 from mixip.runtime.errors import error_details
 from mixip.runtime.tls import channel_credentials, init_certs
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(args.json)
     conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway)
     try:
+        logs.settings()  # a bad log setting is a configuration error, for every command
         return args.run(args, conn, out)
     except CliError as exc:
         print(f"mixip: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Configuration from `MIXIP_*` environment variables, with the embedded defaults.
 
-Every variable is listed in the README's configuration table. A bad value is a start-up error
+Every variable is listed in docs/configuration.md. A bad value is a start-up error
 naming the variable, never a traceback.
 """
 

@@ -14,6 +14,8 @@ import time
 import traceback
 from contextvars import ContextVar
 
+from mixip.runtime.config import ConfigError
+
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 
 
@@ -55,13 +57,28 @@ def _quote(value) -> str:
     return text
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def settings(level: str | None = None) -> tuple[str, bool]:
+    """The log level and whether to write JSON, from MIXIP_LOG_LEVEL and MIXIP_LOG_FORMAT."""
+    name = (level or os.environ.get("MIXIP_LOG_LEVEL", "INFO")).upper()
+    if name not in LEVELS:
+        raise ConfigError(f"MIXIP_LOG_LEVEL must be one of {', '.join(LEVELS)}, not {name!r}")
+    form = os.environ.get("MIXIP_LOG_FORMAT", "kv")
+    if form not in ("kv", "json"):
+        raise ConfigError(f"MIXIP_LOG_FORMAT must be kv or json, not {form!r}")
+    return name, form == "json"
+
+
 def configure(level: str | None = None) -> None:
     """Installs the structured formatter on the root logger (idempotent)."""
+    name, as_json = settings(level)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(os.environ.get("MIXIP_LOG_FORMAT", "kv") == "json"))
+    handler.setFormatter(_Formatter(as_json))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("MIXIP_LOG_LEVEL", "INFO")).upper())
+    root.setLevel(name)
 
 
 def log(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields) -> None:

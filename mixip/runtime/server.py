@@ -242,12 +242,12 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
     keyword arguments of `start_server` beyond the common ones (credentials, authorize); by
     default, with MIXIP_TLS_DIR set, the service requires mutual TLS and checks its callers
     against `mixip.runtime.acl`."""
-    logs.configure()
     env = Env()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # before start-up, so it drains too
         signal.signal(signum, lambda *_: stop.set())
     try:
+        logs.configure()
         config = ServerConfig.load(name, env)
         app, extra = build(config, env)
         if config.tls_dir is not None and "credentials" not in extra:

@@ -5,7 +5,7 @@ matrix product); at or above it, with `HnswIndex`: inner product on L2-normalise
 vectors (= cosine, the engine's scale), so similarities and labels are unchanged.
 
 Why faiss (faiss-cpu) rather than usearch or hnswlib: measured on this project's machine (see
-the README, "Performance") its HNSW built 2x faster than usearch's and searched 2-3x faster at
+docs/performance.md) its HNSW built 2x faster than usearch's and searched 2-3x faster at
 equal recall; it is maintained by Meta with prebuilt wheels for every platform we run; and it
 offers ID selectors, which keep deletions exact without rebuilding. hnswlib has had no release
 since 2023.

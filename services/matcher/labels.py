@@ -1,5 +1,5 @@
 """The label rules (pure): from a face's candidates and the talents' consents to an advisory
-label with its reason. See the README, "Labels"."""
+label with its reason. See docs/design.md, "Labels"."""
 
 from __future__ import annotations
 

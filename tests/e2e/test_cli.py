@@ -164,9 +164,9 @@ def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):
     ("args", "code", "message"),
     [
         (("match", "/no/such/file.jpg", "--project", "p1"), 1, "cannot read /no/such/file.jpg"),
-        (("consent", "grant", "t", "--scope", "usage"), 1, "--scope usage needs --project"),
+        (("consent", "grant", "t", "--scope", "usage"), 2, "--scope usage needs --project"),
         (("consent", "grant", "bad id!", "--scope", "biometric"), 1, "invalid argument"),
-        (("audit", "list", "--since", "yesterday"), 1, "is not an ISO 8601 time"),
+        (("audit", "list", "--since", "yesterday"), 2, "is not an ISO 8601 time"),
         (("enroll", "nobody", "{image}"), 1, "biometric processing consent"),
     ],
 )
@@ -194,6 +194,17 @@ def test_without_a_mesh_the_cli_says_so(tmp_path):
     assert result.returncode == 1 and "mixip up" in result.stderr
     usage = mixip(tmp_path, "consent", "grant", "t", "--scope", "forever")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_a_bad_log_level_is_a_one_line_configuration_error(tmp_path):
+    env = {**os.environ, "MIXIP_LOG_LEVEL": "verbose", "MIXIP_DATA_DIR": str(tmp_path)}
+    cli = mixip(tmp_path, "audit", "verify", env=env)
+    service = subprocess.run(
+        [sys.executable, "-m", "services.audit"], capture_output=True, text=True, env=env
+    )
+    for result in (cli, service):
+        assert result.returncode == 2 and "MIXIP_LOG_LEVEL" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_up_stops_every_process_on_sigterm(running_mesh):
