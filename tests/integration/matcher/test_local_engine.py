@@ -299,3 +299,14 @@ def test_a_missing_model_file_is_named(tmp_path, packaged_models):
 
     with pytest.raises(ModelError, match=re.escape(str(tmp_path / RECOGNIZER_FILE))):
         locate_models(tmp_path)
+
+
+def test_one_batched_pass_describes_each_face_as_sface_alone_does(engine):
+    image = faces.composite(faces.astronaut(), faces.grace_hopper())
+    found = engine.detect(image)
+    assert len(found) == 2
+    recognizer = cv2.FaceRecognizerSF.create(str(local.locate_models(None)[1]), "")
+    for face, vector in zip(found, engine.describe(image, found), strict=True):
+        crop = recognizer.alignCrop(image, np.asarray(face.raw, np.float32).reshape(1, -1))
+        alone = recognizer.feature(crop).reshape(-1)
+        assert np.allclose(vector, alone / np.linalg.norm(alone), atol=1e-5)
