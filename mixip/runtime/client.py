@@ -14,6 +14,7 @@ import grpc
 
 from mixip.runtime.config import Env, ServerConfig, service_address
 from mixip.runtime.logs import REQUEST_ID
+from mixip.runtime.telemetry import traced
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 LONG_CALLS = {
@@ -86,7 +87,7 @@ def open_channel(
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         channel = grpc.secure_channel(address, credentials, options=options)
-    return grpc.intercept_channel(channel, _RequestIdPropagation())
+    return grpc.intercept_channel(traced(channel), _RequestIdPropagation())
 
 
 def peer_channel(config: ServerConfig, env: Env, target: str, service: str) -> grpc.Channel:

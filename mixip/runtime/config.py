@@ -86,7 +86,7 @@ def data_dir(env: Env) -> Path:
 
 
 # Read for every service NAME as MIXIP_<NAME>_<SETTING>.
-PER_SERVICE_SETTINGS = ("ADDRESS", "LISTEN", "DATABASE_URL", "WORKERS")
+PER_SERVICE_SETTINGS = ("ADDRESS", "LISTEN", "DATABASE_URL", "WORKERS", "METRICS_LISTEN")
 
 
 def variable(name: str, setting: str) -> str:
@@ -110,6 +110,7 @@ class ServerConfig:
     max_message_bytes: int
     workers: int
     grace_seconds: float
+    metrics_listen: str  # "host:port" of the Prometheus endpoint; "" for none
 
     @classmethod
     def load(cls, name: str, env: Env | None = None) -> ServerConfig:
@@ -127,4 +128,5 @@ class ServerConfig:
             max_message_bytes=env.int("MIXIP_MAX_MESSAGE_BYTES", 80 * MiB, minimum=4 * MiB),
             workers=env.int(variable(name, "WORKERS"), 16, minimum=1),
             grace_seconds=env.float("MIXIP_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0.0),
+            metrics_listen=env.str(variable(name, "METRICS_LISTEN"), ""),
         )

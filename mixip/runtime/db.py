@@ -87,7 +87,14 @@ def create_db_engine(url: str) -> Engine:
             connection.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16, pool_recycle=1800)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=8,
+        max_overflow=16,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},  # an unreachable server fails, not hangs
+    )
 
 
 class Database:
@@ -127,6 +134,15 @@ class Database:
             bind = self.engine.execution_options(isolation_level="REPEATABLE READ")
         with Session(bind) as session:
             yield session
+
+    def ping(self) -> bool:
+        """Whether the database answers now (for health)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

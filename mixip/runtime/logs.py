@@ -15,6 +15,7 @@ import traceback
 from contextvars import ContextVar
 
 from mixip.runtime.config import ConfigError
+from mixip.runtime.telemetry import current_trace_id
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 
@@ -36,6 +37,9 @@ class _Formatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id:
             fields["request_id"] = request_id
+        trace_id = current_trace_id()
+        if trace_id:
+            fields["trace_id"] = trace_id
         fields.update(getattr(record, "fields", {}))
         if record.exc_info and record.exc_info[0] is not None:
             # The exception's type and where it was raised, never its message: messages of

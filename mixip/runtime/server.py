@@ -16,14 +16,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from mixip.runtime import logs
+from mixip.runtime import logs, telemetry
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
     Internal,
@@ -32,6 +32,7 @@ from mixip.runtime.errors import (
     Unavailable,
     to_grpc_status,
 )
+from mixip.runtime.telemetry import RpcMetrics
 
 logger = logging.getLogger("mixip.server")
 
@@ -53,6 +54,12 @@ class ServiceApp:
 
     def start(self) -> None:
         """Starts background work (dispatchers, schedulers) once the server is up."""
+
+    def ready(self) -> bool:
+        """Whether the service can do its work now (health answers NOT_SERVING otherwise):
+        by default, whether its database answers."""
+        db = getattr(self, "db", None)
+        return db is None or db.ping()
 
     def close(self) -> None:
         """Stops background work and releases resources."""
@@ -76,7 +83,11 @@ class MeshInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             behavior = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(lambda raw, context: behavior(_parsed(parse, raw), context), method),
+                self._wrap(
+                    lambda raw, context: behavior(_parsed(parse, raw), context),
+                    method,
+                    RpcMetrics(method, "unary"),
+                ),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
@@ -85,13 +96,15 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 self._wrap(
                     lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
                     method,
+                    RpcMetrics(method, "client_stream"),
                 ),
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap(self, behavior, method: str):
+    def _wrap(self, behavior, method: str, metrics: RpcMetrics):
         def wrapped(request, context: grpc.ServicerContext):
+            metrics.started()
             incoming = dict(context.invocation_metadata()).get(REQUEST_ID_HEADER, "")
             request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
             token = logs.REQUEST_ID.set(request_id)
@@ -124,12 +137,14 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 failure = Internal(f"internal error (request id {request_id})")
             finally:
                 code = failure.code.name if failure else _code_name(context)
+                seconds = time.perf_counter() - started
+                metrics.handled(code, seconds)
                 logs.log(
                     logger,
                     "rpc",
                     method=method,
                     code=code,
-                    ms=round((time.perf_counter() - started) * 1000, 1),
+                    ms=round(seconds * 1000, 1),
                     **({"caller": caller} if caller else {}),
                     **({"reason": failure.reason} if failure else {}),
                 )
@@ -187,8 +202,38 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    names: list[str]
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def watch(self, app: ServiceApp, every_seconds: float) -> None:
+        """Health follows `app.ready()`: SERVING now if ready, then re-checked every
+        `every_seconds` (NOT_SERVING while the database is unreachable, SERVING again after)."""
+        self._set(app.ready())
+        threading.Thread(
+            target=self._probe, args=(app, every_seconds), name="health-probe", daemon=True
+        ).start()
+
+    def _probe(self, app: ServiceApp, every_seconds: float) -> None:
+        serving = None
+        while not self._stopping.wait(every_seconds):
+            ready = app.ready()
+            if ready != serving:
+                self._set(ready)
+                serving = ready
+
+    def _set(self, ready: bool) -> None:
+        if self._stopping.is_set():
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.names:
+            self.health.set(name, status)
 
     def stop(self, grace: float = 1.0) -> None:
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 
@@ -201,11 +246,13 @@ def start_server(
     workers: int = 16,
     credentials: grpc.ServerCredentials | None = None,
     authorize: Authorizer | None = None,
+    health_probe_seconds: float = 2.0,
 ) -> RunningServer:
     """Builds, binds and starts a server for `app`; `listen` may use port 0 (see `.port`)."""
+    telemetry.configure_tracing(app.name)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{app.name}-rpc"),
-        interceptors=[MeshInterceptor(f"{app.name}.mixip", authorize)],
+        interceptors=[telemetry.server_tracing(), MeshInterceptor(f"{app.name}.mixip", authorize)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -225,10 +272,10 @@ def start_server(
     if port == 0:
         raise ConfigError(f"cannot listen on {listen} (address in use or invalid)")
     server.start()
-    for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server, port, health_servicer, ["", *names])
+    running.watch(app, health_probe_seconds)
     app.start()
-    return RunningServer(server, port, health_servicer)
+    return running
 
 
 def _loopback(listen: str) -> bool:
@@ -277,7 +324,15 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
     except ConfigError as exc:
         print(f"mixip {name}: {exc}", file=sys.stderr)
         return 2
-    logs.log(logger, "serving", service=name, port=running.port, tls=bool(extra.get("credentials")))
+    metrics_port = telemetry.serve_metrics(config.metrics_listen) if config.metrics_listen else 0
+    logs.log(
+        logger,
+        "serving",
+        service=name,
+        port=running.port,
+        tls=bool(extra.get("credentials")),
+        **({"metrics_port": metrics_port} if metrics_port else {}),
+    )
     stop.wait()
     logs.log(logger, "stopping", service=name)
     running.stop(config.grace_seconds)

@@ -9,6 +9,7 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.runtime import telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
@@ -17,7 +18,7 @@ from mixip.runtime.times import Clock, to_timestamp, utcnow
 from services.consent.outbox import Deliver, OutboxDispatcher
 from services.consent.service import ConsentLedger
 from services.consent.servicer import ConsentServicer
-from services.consent.store import Base
+from services.consent.store import Base, outbox_backlog
 
 SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 MATCHER_SERVICE = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -66,6 +67,21 @@ class ConsentApp(ServiceApp):
         )
         self.dispatch = dispatch
         self.ledger = ConsentLedger(db, clock, on_outbox_write=self.outbox.wake)
+        telemetry.gauge(
+            "mixip_consent_outbox_backlog",
+            "Biometric revocations whose face deletion the matcher has not acknowledged yet.",
+            lambda: [({}, self._backlog()[0])],
+        )
+        telemetry.gauge(
+            "mixip_consent_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered revocation (0 when none is pending).",
+            lambda: [({}, self._backlog()[1])],
+        )
+
+    def _backlog(self) -> tuple[int, float]:
+        with self.db.read() as session:
+            count, oldest = outbox_backlog(session)
+        return count, (self.clock() - oldest).total_seconds() if oldest else 0.0
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         consent_pb2_grpc.add_ConsentServiceServicer_to_server(

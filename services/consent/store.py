@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, SmallInteger, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import BigInteger, Index, Integer, SmallInteger, String, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
+from mixip.runtime.times import as_utc
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Sequence = BigInteger().with_variant(Integer, "sqlite")
@@ -82,3 +83,11 @@ class TombstoneRow(Base):
     __table_args__ = (
         Index("ix_consent_tombstone_request", "account_id", "request_id", unique=True),
     )
+
+
+def outbox_backlog(session: Session) -> tuple[int, datetime | None]:
+    """Undelivered revocations: how many, and when the oldest was written (for metrics)."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(OutboxRow.created_at)).where(OutboxRow.delivered_at.is_(None))
+    ).one()
+    return int(count), as_utc(oldest) if oldest is not None else None

@@ -22,6 +22,7 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.runtime import telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
@@ -33,7 +34,7 @@ from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.labels import Thresholds
 from services.matcher.service import Limits, Matcher
 from services.matcher.servicer import MatcherServicer
-from services.matcher.store import Base
+from services.matcher.store import Base, faces_per_account
 
 logger = logging.getLogger("mixip.matcher")
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -160,6 +161,17 @@ class MatcherApp(ServiceApp):
             clock,
             workers=settings.workers,
         )
+
+        telemetry.gauge(
+            "mixip_matcher_collection_faces",
+            "Faces enrolled in each account's collection.",
+            self._faces,
+            labels=("account_id",),
+        )
+
+    def _faces(self) -> list[tuple[dict[str, str], float]]:
+        with self.db.read() as session:
+            return [({"account_id": a}, n) for a, n in faces_per_account(session)]
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         matcher_pb2_grpc.add_MatcherServiceServicer_to_server(MatcherServicer(self.matcher), server)

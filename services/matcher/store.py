@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     delete,
+    func,
     insert,
     select,
     update,
@@ -115,3 +116,11 @@ def bump_version(
         )
     )
     return version
+
+
+def faces_per_account(session: Session) -> list[tuple[str, int]]:
+    """How many faces each account's collection holds (for metrics)."""
+    rows = session.execute(
+        select(FaceRow.account_id, func.count()).group_by(FaceRow.account_id)
+    ).all()
+    return [(account_id, int(count)) for account_id, count in rows]

@@ -10,17 +10,19 @@ from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
+from mixip.runtime import telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
+from services.retention.domain import Job
 from services.retention.jobs import Peers
 from services.retention.scheduler import RetentionScheduler
 from services.retention.service import RetentionService
 from services.retention.servicer import RetentionServicer
 from services.retention.settings import RetentionSettings
-from services.retention.store import Base
+from services.retention.store import Base, RunRow, last_succeeded
 
 SERVICE_NAME = retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].full_name
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
@@ -48,6 +50,22 @@ class RetentionApp(ServiceApp):
             db, settings, Peers.over(audit_channel, matcher_channel, consent_channel), clock
         )
         self.scheduler = RetentionScheduler(db.engine, settings, self.service.run_scheduled)
+        telemetry.gauge(
+            "mixip_retention_last_success_timestamp_seconds",
+            "When each job last finished successfully (Unix time).",
+            lambda: [({"job": job}, run.finished_at.timestamp()) for job, run in self._last()],
+            labels=("job",),
+        )
+        telemetry.gauge(
+            "mixip_retention_last_purge_rows_deleted",
+            "Audit events the last successful purge deleted.",
+            lambda: [({}, run.events_purged) for job, run in self._last() if job == "purge"],
+        )
+
+    def _last(self) -> list[tuple[str, RunRow]]:
+        with self.db.read() as session:
+            runs = [(job.value, last_succeeded(session, job.value)) for job in Job]
+        return [(job, run) for job, run in runs if run is not None and run.finished_at]
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         retention_pb2_grpc.add_RetentionServiceServicer_to_server(

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import BigInteger, Index, Integer, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
+from services.retention.domain import Outcome
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Sequence = BigInteger().with_variant(Integer, "sqlite")
@@ -57,3 +58,13 @@ class TickRow(Base):
     run_id: Mapped[str] = mapped_column(String(32))
     replica_id: Mapped[str] = mapped_column(String(128))
     claimed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def last_succeeded(session: Session, job: str) -> RunRow | None:
+    """The latest run of `job` that succeeded (for metrics)."""
+    return session.scalars(
+        select(RunRow)
+        .where(RunRow.job == job, RunRow.outcome == Outcome.SUCCEEDED.value)
+        .order_by(RunRow.seq.desc())
+        .limit(1)
+    ).one_or_none()
