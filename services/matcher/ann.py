@@ -153,8 +153,9 @@ class QuantizedIndex:
         """Adds faces and deletes others in place (see the module's docstring)."""
         with self._lock:
             if len(removed_face_ids):
-                found, slots = self._find(removed_face_ids)
-                self._remove(np.unique(slots[found]))
+                found, slots, positions = self._find(removed_face_ids)
+                slots, first = np.unique(slots[found], return_index=True)
+                self._remove(slots, positions[found][first])
             if len(face_ids):
                 self._add(np.ascontiguousarray(vectors, dtype=np.float32), talent_ids, face_ids)
 
@@ -232,29 +233,32 @@ class QuantizedIndex:
             new[: self.size] = old[: self.size]
             setattr(self, name, new)
 
-    def _find(self, face_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, slots) of these faces, by binary search over the sorted slots."""
+    def _find(self, face_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found mask, slots, positions in the sorted slots) of these faces, by binary
+        search."""
         keys = np.array([face.encode() for face in face_ids], dtype=bytes)
         if self.size == 0 or not len(keys):
-            return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
+            nowhere = np.zeros(len(keys), dtype=np.int64)
+            return np.zeros(len(keys), dtype=bool), nowhere, nowhere
         faces = self._faces[: self.size]
-        positions = np.searchsorted(faces, keys, sorter=self._order)
-        slots = self._order[np.minimum(positions, self.size - 1)].astype(np.int64)
-        return (positions < self.size) & (faces[slots] == keys), slots
+        positions = np.minimum(np.searchsorted(faces, keys, sorter=self._order), self.size - 1)
+        slots = self._order[positions].astype(np.int64)
+        return faces[slots] == keys, slots, positions
 
-    def _remove(self, slots: np.ndarray) -> None:
-        """Deletes these slots (unique): the last faces move into the holes, and every slot
-        past the new end is zeroed (codes, int8 vectors, scales, ids)."""
+    def _remove(self, slots: np.ndarray, positions: np.ndarray) -> None:
+        """Deletes these slots (unique; `positions`: theirs in the sorted slots): the last
+        faces move into the holes, and every slot past the new end is zeroed (codes, int8
+        vectors, scales, ids). O(deleted) moves, plus one copy of the sorted slots."""
         if not len(slots):
             return
         size, kept = self.size, self.size - len(slots)
-        dead = np.zeros(size, dtype=bool)
-        dead[slots] = True
+        dead_tail = np.zeros(size - kept, dtype=bool)
+        dead_tail[slots[slots >= kept] - kept] = True
         holes = slots[slots < kept]
-        movers = kept + np.flatnonzero(~dead[kept:])
-        remap = np.arange(size, dtype=np.int32)
-        remap[movers] = holes
-        self._order = remap[self._order[~dead[self._order]]]
+        movers = kept + np.flatnonzero(~dead_tail)
+        moving = np.searchsorted(self._faces[:size], self._faces[movers], sorter=self._order)
+        self._order[moving] = holes  # face ids are unique: each mover's own position
+        self._order = np.delete(self._order, positions)
         for array in (self._int8, self._scale, self._faces, self._talents):
             array[holes] = array[movers]
             array[kept:size] = np.zeros(1, dtype=array.dtype)

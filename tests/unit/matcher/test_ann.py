@@ -129,6 +129,31 @@ def test_updates_in_place_equal_a_rebuild(collection):
     assert index.search(newcomers[7:8], 1)[0][0].face_id == new_faces[7]
 
 
+def test_rounds_of_random_adds_and_deletions_keep_every_face_itself(collection):
+    rng, vectors, talents, faces = collection
+    index = QuantizedIndex(vectors[:300], talents[:300], faces[:300])
+    present = dict.fromkeys(range(300))
+    unused = list(range(300, 1000))
+    for _ in range(8):
+        gone = [int(i) for i in rng.choice(list(present), 40, replace=False)]
+        new = [unused.pop() for _ in range(25)]
+        index.apply(
+            vectors[new],
+            [talents[i] for i in new],
+            [faces[i] for i in new],
+            [faces[i] for i in gone],
+        )
+        for i in gone:
+            del present[i]
+        present.update(dict.fromkeys(new))
+    rows = sorted(present)
+    assert index.face_ids == {faces[i] for i in rows} and index.size == len(rows)
+    found = index.search(vectors[rows], 1)
+    assert [(c[0].face_id, c[0].talent_id) for c in found] == [(faces[i], talents[i]) for i in rows]
+    assert min(c[0].similarity for c in found) > 0.999
+    assert not np.any(index._int8[index.size :]) and set(index._faces[index.size :]) <= {b""}
+
+
 def test_a_rebuild_is_due_once_many_faces_changed(collection):
     _, vectors, talents, faces = collection
     index = QuantizedIndex(vectors[:100], talents[:100], faces[:100])
