@@ -117,7 +117,9 @@ class QuantizedIndex:
             for query, slots in zip(rotated, candidates, strict=True):
                 slots = slots[slots >= 0]
                 scores = (self._int8[slots].astype(np.float32) @ query) * self._scale[slots]
-                best = np.argpartition(-scores, k - 1)[:k] if len(slots) > k else np.arange(k)
+                best = (
+                    np.argpartition(-scores, k - 1)[:k] if len(slots) > k else np.arange(len(slots))
+                )
                 best = best[np.argsort(-scores[best])]
                 results.append(
                     [
