@@ -56,7 +56,7 @@ class MatcherSettings:
     detect_max_side: int = 1280
     workers: int = 2
     # Collections this large are searched with the approximate index (0: always exact).
-    ann_min_faces: int = 50_000
+    ann_min_faces: int = 20_000
     # How often cached indexes catch up with deletions made on other replicas.
     index_sweep_seconds: float = 30.0
     rekognition_prefix: str = "mixip-"
@@ -96,7 +96,7 @@ class MatcherSettings:
             limits=limits,
             detect_max_side=env.int(p + "DETECT_MAX_SIDE", 1280, minimum=160),
             workers=env.int(p + "INFERENCE_THREADS", os.cpu_count() or 2, minimum=1),
-            ann_min_faces=env.int(p + "ANN_MIN_FACES", 50_000, minimum=0),
+            ann_min_faces=env.int(p + "ANN_MIN_FACES", 20_000, minimum=0),
             index_sweep_seconds=env.float(p + "INDEX_SWEEP_SECONDS", 30.0, minimum=0.1),
             rekognition_prefix=env.str(p + "REKOGNITION_PREFIX", "mixip-"),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),

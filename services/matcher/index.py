@@ -6,7 +6,7 @@ reads that version (one primary-key query), so an enrollment or a deletion on an
 seen by every replica on its next match, and a restarted replica rebuilds on first use.
 
 `index_factory` chooses the index by collection size (`sized_index_factory`): exact below
-`MIXIP_MATCHER_ANN_MIN_FACES`, an approximate HNSW graph (services/matcher/ann.py) at or above.
+`MIXIP_MATCHER_ANN_MIN_FACES`, an approximate index (services/matcher/ann.py) at or above.
 An approximate index is updated in place rather than rebuilt: every version bump records, in
 the same transaction, which faces it added and removed (`matcher_collection_changes`); versions
 are handed out one at a time under the collection row's lock, so a snapshot that sees version V
@@ -74,6 +74,8 @@ class UpdatableIndex(VectorIndex, Protocol):
     @property
     def face_ids(self) -> set[str]: ...
 
+    def contains(self, face_ids: Sequence[str]) -> list[bool]: ...
+
     def apply(
         self,
         vectors: np.ndarray,
@@ -86,7 +88,8 @@ class UpdatableIndex(VectorIndex, Protocol):
 
 
 class SizedIndexFactory:
-    """Exact search below `ann_min_faces` faces, the HNSW index at or above (0: always exact)."""
+    """Exact search below `ann_min_faces` faces, the quantized index at or above (0: always
+    exact)."""
 
     def __init__(self, ann_min_faces: int) -> None:
         self.ann_min_faces = ann_min_faces
@@ -99,9 +102,9 @@ class SizedIndexFactory:
         self, vectors: np.ndarray, talent_ids: Sequence[str], face_ids: Sequence[str]
     ) -> VectorIndex:
         if self.is_approximate(len(face_ids)):
-            from services.matcher.ann import HnswIndex  # faiss loads only where it is used
+            from services.matcher.ann import QuantizedIndex  # faiss loads only where it is used
 
-            return HnswIndex(vectors, talent_ids, face_ids)
+            return QuantizedIndex(vectors, talent_ids, face_ids)
         return ExactIndex(vectors, talent_ids, face_ids)
 
 
@@ -184,9 +187,9 @@ class CollectionIndexes:
         vectors, talents, faces = _columns(rows)
         is_approximate = getattr(self.index_factory, "is_approximate", None)
         if is_approximate is not None and is_approximate(len(faces)):
-            # A graph of a million faces takes minutes to build: longer than a match may wait.
-            # Matches are served exactly meanwhile; the graph then takes over and catches up
-            # with the changes made during its build from the change log.
+            # A million faces take seconds to encode: longer than a match may wait. Matches
+            # are served exactly meanwhile; the index then takes over and catches up with the
+            # changes made during its build from the change log.
             self._build_in_background(account_id, version, vectors, talents, faces)
             return _Cached(version, ExactIndex(vectors, talents, faces))
         return _Cached(version, self.index_factory(vectors, talents, faces))
@@ -248,8 +251,8 @@ class CollectionIndexes:
             if len({c.version for c in changes}) != version - cached.version:
                 return None  # a version without its changes: rebuild from the snapshot
             latest = {c.face_id: c.added for c in changes}  # a face's last change wins
-            present = index.face_ids
-            added = sorted(f for f, is_added in latest.items() if is_added and f not in present)
+            present = dict(zip(latest, index.contains(list(latest)), strict=True))
+            added = sorted(f for f, is_added in latest.items() if is_added and not present[f])
             if len(added) > _MAX_INCREMENTAL_ADDS:
                 return None
             rows = []
@@ -260,7 +263,7 @@ class CollectionIndexes:
                     .where(FaceRow.vector.is_not(None))
                     .order_by(FaceRow.face_id)
                 ).all()
-        removed = sorted(f for f, is_added in latest.items() if not is_added and f in present)
+        removed = sorted(f for f, is_added in latest.items() if not is_added and present[f])
         vectors, talents, faces = _columns(rows)
         index.apply(vectors, talents, faces, removed)
         return _Cached(version, index)

@@ -70,9 +70,9 @@ def test_the_index_kind_switches_at_the_configured_size(db):
     enroll(db, 49, rng)
     assert indexes.for_account(ACCOUNT).kind == "exact"
     enroll(db, 1, rng)
-    # The graph is built in the background; matches are served exactly meanwhile.
+    # The approximate index is built in the background; matches are served exactly meanwhile.
     assert indexes.for_account(ACCOUNT).kind == "exact"
-    assert settled(indexes).kind == "hnsw"
+    assert settled(indexes).kind == "quantized"
     assert indexes.for_account(ACCOUNT).size == 50
     assert CollectionIndexes(db, sized_index_factory(0)).for_account(ACCOUNT).kind == "exact"
 
@@ -83,7 +83,7 @@ def test_enrollments_and_deletions_on_another_replica_update_the_index_in_place(
     replica_b = CollectionIndexes(db, sized_index_factory(10))
     faces = enroll(db, 40, rng)
     index = settled(replica_a)
-    assert index.kind == "hnsw"
+    assert index.kind == "quantized"
 
     # replica B's writes: a new talent, and a deletion (consent revoked)
     ((new_face, new_vector),) = enroll(db, 1, rng, talent="newcomer")
@@ -106,7 +106,7 @@ def test_many_deletions_rebuild_the_index(db):
     first = settled(indexes)
     delete_faces(db, [f for f, _ in faces[:20]])
     rebuilt = settled(indexes)
-    assert rebuilt is not first and rebuilt.kind == "hnsw" and rebuilt.size == 20
+    assert rebuilt is not first and rebuilt.kind == "quantized" and rebuilt.size == 20
     delete_faces(db, [f for f, _ in faces[20:35]])
     assert indexes.for_account(ACCOUNT).kind == "exact"  # 5 faces: below the threshold again
 
@@ -132,6 +132,6 @@ def test_changes_made_during_a_background_build_are_applied_when_it_takes_over(d
     ((new_face, new_vector),) = enroll(db, 1, rng, talent="newcomer")
     delete_faces(db, [faces[0][0]])
     index = settled(indexes)
-    assert index.kind == "hnsw" and index.size == 30
+    assert index.kind == "quantized" and index.size == 30
     assert new_face in index.face_ids and faces[0][0] not in index.face_ids
     assert index.search(new_vector[None, :], 1)[0][0].face_id == new_face
