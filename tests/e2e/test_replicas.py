@@ -77,3 +77,12 @@ def test_enroll_through_one_gateway_match_through_the_other_on_both_matchers(mes
     assert _served(mesh, "gateway-2", "UploadMedia") == 6
     per_matcher = [_served(mesh, m, MATCH) for m in ("matcher", "matcher-2")]
     assert sum(per_matcher) == 6 and min(per_matcher) >= 1, per_matcher
+
+
+def test_a_bad_replicas_option_is_one_line_and_exit_2_and_starts_nothing(tmp_path, capsys):
+    from mixip.cli.main import main
+
+    assert main(["--data-dir", str(tmp_path / "d"), "up", "--replicas", "matcher=two"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixip: --replicas: 'matcher=two'")
+    assert not (tmp_path / "d").exists()

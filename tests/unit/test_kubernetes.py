@@ -4,6 +4,7 @@ each Deployment's hardening, and the NetworkPolicies against the caller-rule tab
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from mixip.runtime.acl import RULES
-from mixip.runtime.config import DEFAULT_PORTS, SERVICES
+from mixip.runtime.config import DEFAULT_PORTS, PER_SERVICE_SETTINGS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy/kubernetes"
@@ -178,3 +179,19 @@ def test_network_policies_equal_the_caller_rules():
         env = {e["name"] for e in _container(base[("Deployment", name)])["env"]}
         peers = {s for s in SERVICES if f"MIXIP_{s.upper()}_ADDRESS" in env}
         assert peers == set(callees)  # it is given exactly the addresses it may reach
+
+
+def test_every_variable_the_manifests_set_is_one_the_code_reads():
+    code = "".join(
+        path.read_text()
+        for folder in ("mixip", "services", "gateway")
+        for path in (ROOT / folder).rglob("*.py")
+    )
+    known = set(re.findall(r"MIXIP_[A-Z0-9_]+", code))
+    known |= {f"MIXIP_{s.upper()}_{k}" for s in SERVICES for k in PER_SERVICE_SETTINGS}
+    containers = [_container(d) for (kind, _), d in _base().items() if kind == "Deployment"]
+    containers += _base()[("Job", "mixip-migrate")]["spec"]["template"]["spec"]["containers"]
+    used = {e["name"] for c in containers for e in c["env"]}
+    assert {v for v in used if v.startswith("MIXIP_")} - known == set()
+    assert used - {v for v in used if v.startswith("MIXIP_")} == {"AWS_REGION"}
+    assert "AWS_REGION" in code
