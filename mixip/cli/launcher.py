@@ -212,33 +212,10 @@ class Mesh:
         say: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Until `stop` is set: an instance that exited is started again on its address after
-        FIRST_BACKOFF seconds, doubling with each crash in a row up to MAX_BACKOFF (an instance
-        up for STABLE_SECONDS starts over); `say` tells each exit and each restart."""
-        crashes: dict[str, int] = {}
-        due: dict[str, float] = {}
-        started = {name: clock() for name in self.processes}
+        """Restarts what exits (see `Supervisor`), checking every 0.1 s until `stop` is set."""
+        supervisor = Supervisor(self, say, clock())
         while not stop.wait(0.1):
-            now = clock()
-            for name, process in list(self.processes.items()):
-                if process.poll() is None:
-                    if now - started[name] >= STABLE_SECONDS:
-                        crashes[name] = 0
-                    continue
-                if name not in due:
-                    count = crashes.get(name, 0)
-                    crashes[name] = count + 1
-                    delay = min(FIRST_BACKOFF * 2**count, MAX_BACKOFF)
-                    due[name] = now + delay
-                    say(
-                        f"{name} exited with code {process.returncode} ({self.log_tail(name)}); "
-                        f"restarting it in {delay:g} s (crash {count + 1} in a row)"
-                    )
-                elif now >= due[name]:
-                    del due[name]
-                    self._spawn(name)
-                    started[name] = now
-                    say(f"{name} restarted (pid {self.processes[name].pid})")
+            supervisor.tick(clock())
 
     def stop(self, grace: float = 15.0) -> None:
         order = [i for s in reversed(START_ORDER) for i in self.instances(s)]
@@ -256,6 +233,42 @@ class Mesh:
             and json.loads(self.mesh_file.read_text()).get("pid") == os.getpid()
         ):
             self.mesh_file.unlink()
+
+
+class Supervisor:
+    """An instance that exited is started again on its address after FIRST_BACKOFF seconds,
+    doubling with each crash in a row up to MAX_BACKOFF (an instance up for STABLE_SECONDS
+    starts over); `say` tells each exit and each restart. `tick(now)` does one pass, so tests
+    drive it with their own clock."""
+
+    def __init__(self, mesh: Mesh, say: Callable[[str], None], now: float) -> None:
+        self.mesh = mesh
+        self.say = say
+        self.crashes: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+        self.started = dict.fromkeys(mesh.processes, now)
+
+    def tick(self, now: float) -> None:
+        for name, process in list(self.mesh.processes.items()):
+            if process.poll() is None:
+                if now - self.started[name] >= STABLE_SECONDS:
+                    self.crashes[name] = 0
+                continue
+            if name not in self.due:
+                count = self.crashes.get(name, 0)
+                self.crashes[name] = count + 1
+                delay = min(FIRST_BACKOFF * 2**count, MAX_BACKOFF)
+                self.due[name] = now + delay
+                self.say(
+                    f"{name} exited with code {process.returncode} "
+                    f"({self.mesh.log_tail(name)}); restarting it in {delay:g} s "
+                    f"(crash {count + 1} in a row)"
+                )
+            elif now >= self.due[name]:
+                del self.due[name]
+                self.mesh._spawn(name)
+                self.started[name] = now
+                self.say(f"{name} restarted (pid {self.mesh.processes[name].pid})")
 
 
 def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
