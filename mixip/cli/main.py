@@ -14,7 +14,7 @@ import grpc
 
 from mixip.cli import commands
 from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
-from mixip.cli.launcher import Mesh, run_until_signalled, stop_on_signals
+from mixip.cli.launcher import Mesh, parse_replicas, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2
 from mixip.runtime import logs
@@ -36,8 +36,10 @@ def ensure_dev_account(conn: Connection) -> str:
     return str(key_file)
 
 
-def start_mesh(data_dir: Path, gateway_port: int = 0, *, tls: bool = True) -> Mesh:
-    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls)
+def start_mesh(
+    data_dir: Path, gateway_port: int = 0, *, tls: bool = True, replicas: dict | None = None
+) -> Mesh:
+    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls, replicas=replicas or {})
     mesh.start()
     if "gateway" in mesh.addresses:
         ensure_dev_account(Connection(data_dir, mesh.addresses["gateway"]))
@@ -45,13 +47,15 @@ def start_mesh(data_dir: Path, gateway_port: int = 0, *, tls: bool = True) -> Me
 
 
 def up(args, conn: Connection, out: Output) -> int:
+    replicas = parse_replicas(args.replicas)
     stop = stop_on_signals()
     out.note(f"starting the mesh in {conn.data_dir} ...")
-    mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure)
+    mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure, replicas=replicas)
     document = {
         "event": "ready",
         "data_dir": str(conn.data_dir),
         "services": mesh.addresses,
+        "instances": mesh.listen,
         "mutual_tls": mesh.tls,
     }
     lines = [
@@ -59,7 +63,7 @@ def up(args, conn: Connection, out: Output) -> int:
         f"mutual TLS {'on' if mesh.tls else 'OFF'}):"
     ]
     lines += [f"  {name:10} {address}" for name, address in mesh.addresses.items()]
-    lines.append("Ctrl-C stops it.")
+    lines.append("A service that exits is restarted (said here); Ctrl-C stops them all.")
     out.result(document, lines)
     return run_until_signalled(mesh, stop)
 
@@ -134,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="plaintext between services (debugging only; default is mutual TLS)",
+    )
+    p.add_argument(
+        "--replicas",
+        default="",
+        metavar="SERVICE=N,...",
+        help="run N instances of a service, balanced round_robin (e.g. matcher=2,gateway=2)",
     )
     p.set_defaults(run=up)
     certs = sub.add_parser("certs", help="certificates for mutual TLS").add_subparsers(

