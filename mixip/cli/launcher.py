@@ -95,6 +95,8 @@ class Mesh:
     # service -> the target reaching all its instances; instance -> its own address
     addresses: dict[str, str] = field(default_factory=dict)
     listen: dict[str, str] = field(default_factory=dict)
+    # instance -> where it serves Prometheus metrics
+    metrics: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def instances(self, name: str) -> list[str]:
@@ -122,6 +124,7 @@ class Mesh:
             env[variable(name, "LISTEN")] = self.listen.get(name, address)
         if instance is not None:
             env[variable(service_of(instance), "LISTEN")] = self.listen[instance]
+            env[variable(service_of(instance), "METRICS_LISTEN")] = self.metrics[instance]
             if instance != service_of(instance):  # replicas keep their own job-store rows
                 env["MIXIP_RETENTION_REPLICA_ID"] = instance
         if self.tls_dir is not None:
@@ -139,6 +142,7 @@ class Mesh:
             for instance in self.instances(name):
                 fixed = instance == "gateway" and self.gateway_port
                 self.listen[instance] = f"127.0.0.1:{self.gateway_port if fixed else free_port()}"
+                self.metrics[instance] = f"127.0.0.1:{free_port()}"
             self.addresses[name] = target([self.listen[i] for i in self.instances(name)])
         extra = [i for name in self.services for i in self.instances(name)[1:]]
         try:
@@ -156,6 +160,7 @@ class Mesh:
                     "data_dir": str(self.data_dir),
                     "services": self.addresses,
                     "instances": self.listen,
+                    "metrics": self.metrics,
                     "tls_dir": str(self.tls_dir) if self.tls_dir else None,
                     "started_at": time.time(),
                 },

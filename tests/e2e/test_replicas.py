@@ -1,11 +1,15 @@
 """Replicas behind one name (`mixip up --replicas matcher=2,gateway=2`, real processes): a face
 enrolled through one gateway replica is matched through the other, and both matcher replicas
-serve matches. Which replica served an RPC is read from its own log (`logs/matcher.log`,
-`logs/matcher-2.log`): every served RPC leaves one `event=rpc method=...` line there."""
+serve matches. Which replica served an RPC is read from its own Prometheus endpoint (listed in
+`mesh.json` under "metrics"): `grpc_server_handled_total` by method."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mixip.cli.connection import Connection
 from mixip.cli.launcher import Mesh, parse_replicas, target
@@ -17,8 +21,6 @@ from mixip.runtime.times import utcnow
 from tests.support import faces
 from tests.support.databases import fresh_schema_url
 from tests.support.gateway_calls import consent, enroll, upload_requests
-
-MATCH = "method=/mixip.matcher.v1.MatcherService/MatchMedia"
 
 
 def test_replicas_are_parsed_and_bad_specs_are_usage_errors():
@@ -49,9 +51,19 @@ def _stub(mesh: Mesh, instance: str):
     return type("Calls", (), {"stub": stub})(), meta
 
 
-def _served(mesh: Mesh, instance: str, marker: str) -> int:
-    log = (mesh.data_dir / "logs" / f"{instance}.log").read_text()
-    return sum(1 for line in log.splitlines() if "event=rpc" in line and marker in line)
+def _served(mesh: Mesh, instance: str, method: str) -> int:
+    """How many `method` calls the instance answered OK, from its own metrics endpoint."""
+    metrics = json.loads(mesh.mesh_file.read_text())["metrics"][instance]
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "grpc_server_handled_total"
+        and sample.labels["grpc_method"] == method
+        and sample.labels["grpc_code"] == "OK"
+    )
 
 
 @pytest.mark.slow
@@ -75,7 +87,7 @@ def test_enroll_through_one_gateway_match_through_the_other_on_both_matchers(mes
     assert _served(mesh, "gateway", "EnrollTalent") == 1
     assert _served(mesh, "gateway-2", "EnrollTalent") == 0
     assert _served(mesh, "gateway-2", "UploadMedia") == 6
-    per_matcher = [_served(mesh, m, MATCH) for m in ("matcher", "matcher-2")]
+    per_matcher = [_served(mesh, m, "MatchMedia") for m in ("matcher", "matcher-2")]
     assert sum(per_matcher) == 6 and min(per_matcher) >= 1, per_matcher
 
 
