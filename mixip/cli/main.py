@@ -31,7 +31,13 @@ def ensure_dev_account(conn: Connection) -> str:
             admin_pb2.CreateAccountRequest(name="dev", request_id="mixip-up-dev-account"),
             metadata=meta,
         )
-        write_secret(key_file, reply.api_key)
+        token = reply.api_key
+        if not token:  # a replay mints no key: the first one was lost with its file
+            token = stub.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(account_id=reply.account.account_id),
+                metadata=meta,
+            ).api_key
+        write_secret(key_file, token)
     return str(key_file)
 
 
@@ -45,6 +51,13 @@ def start_mesh(data_dir: Path, gateway_port: int = 0, *, tls: bool = True) -> Me
 
 def up(args, conn: Connection, out: Output) -> int:
     stop = stop_on_signals()
+    if args.insecure:
+        print(
+            "mixip: WARNING: --insecure: the services talk plaintext and accept any local "
+            "caller without a certificate (development only; never on a shared machine)",
+            file=sys.stderr,
+            flush=True,
+        )
     out.note(f"starting the mesh in {conn.data_dir} ...")
     mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure)
     document = {
@@ -52,6 +65,7 @@ def up(args, conn: Connection, out: Output) -> int:
         "data_dir": str(conn.data_dir),
         "services": mesh.addresses,
         "mutual_tls": mesh.tls,
+        "insecure": not mesh.tls,
     }
     lines = [
         f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}; "
@@ -118,6 +132,13 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="HOST:PORT",
         help="gateway address (default: from DATA_DIR/mesh.json)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="development only: `up` runs the services plaintext on loopback (any local "
+        "caller accepted); other commands may talk plaintext to a non-loopback gateway",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,11 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", parents=[common], help="run the whole mesh on this machine")
     p.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: free)")
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plaintext between services (debugging only; default is mutual TLS)",
-    )
     p.set_defaults(run=up)
     certs = sub.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
         dest="action", required=True
@@ -160,13 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)
     commands.add_commands(sub, common)
+    commands.add_rights_and_key_commands(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args.json)
-    conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway)
+    conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway, args.insecure)
     try:
         return args.run(args, conn, out)
     except CliError as exc:
