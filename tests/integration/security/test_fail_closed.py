@@ -260,13 +260,11 @@ def test_a_streaming_rpc_is_authorized_before_its_behaviour_runs(echo):
 
 def test_an_error_raised_while_streaming_is_mapped_to_its_status(echo, caplog):
     _, channel, _ = echo
-    received = []
-    with (
-        caplog.at_level(logging.INFO, logger="mixip.server"),
-        pytest.raises(grpc.RpcError) as caught,
-    ):
-        for message in _method(channel, "unary_stream", "Count")(b"5", timeout=5):
-            received.append(message)
+    with caplog.at_level(logging.INFO, logger="mixip.server"):
+        responses = _method(channel, "unary_stream", "Count")(b"5", timeout=5)
+        received = [next(responses), next(responses)]
+        with pytest.raises(grpc.RpcError) as caught:
+            next(responses)
     details = error_details(caught.value)
     assert received == [b"0", b"1"]
     assert (details.code, details.reason, details.domain) == (
