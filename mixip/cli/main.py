@@ -37,6 +37,10 @@ def ensure_dev_account(conn: Connection) -> str:
                 admin_pb2.CreateApiKeyRequest(account_id=reply.account.account_id),
                 metadata=meta,
             ).api_key
+            if reply.api_key_id:  # nobody holds the lost key any more: no reason to keep it
+                stub.RevokeApiKey(
+                    admin_pb2.RevokeApiKeyRequest(api_key_id=reply.api_key_id), metadata=meta
+                )
         write_secret(key_file, token)
     return str(key_file)
 

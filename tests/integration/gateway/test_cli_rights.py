@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -115,3 +116,32 @@ def test_the_cli_refuses_plaintext_to_a_remote_gateway(tmp_path, monkeypatch, ca
     assert code == 2 and "refusing plaintext to 10.20.30.40:50051" in err and "--insecure" in err
     assert is_loopback("127.0.0.1:1") and is_loopback("localhost:5") and is_loopback("[::1]:5")
     assert not is_loopback("gateway.example.com:443") and not is_loopback("10.0.0.1:1")
+
+
+def test_a_lost_dev_key_is_replaced_and_revoked_never_duplicated(gateway, monkeypatch, tmp_path):
+    """`mixip up`'s dev account is created with a fixed request id: after its key file is lost
+    the replay mints no key, so a new one is made and the lost one revoked."""
+    from mixip.cli.connection import Connection
+    from mixip.cli.main import ensure_dev_account
+    from mixip.gateway.v1 import admin_pb2
+
+    monkeypatch.setenv("MIXIP_ADMIN_KEY", gateway.app.admin_key)
+    conn = Connection(tmp_path / "data", gateway.address)
+    (tmp_path / "data").mkdir()
+    key_file = Path(ensure_dev_account(conn))
+    first = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file.unlink()
+    second = Path(ensure_dev_account(conn)).read_text().strip()
+    assert second.startswith("mixip_") and second != first
+    accounts = gateway.admin.ListAccounts(
+        admin_pb2.ListAccountsRequest(), metadata=gateway.admin_metadata()
+    ).accounts
+    dev = [a for a in accounts if a.name == "dev"]
+    assert len(dev) == 1
+    keys = gateway.admin.ListApiKeys(
+        admin_pb2.ListApiKeysRequest(account_id=dev[0].account_id),
+        metadata=gateway.admin_metadata(),
+    ).api_keys
+    live = [k.api_key_id for k in keys if not k.HasField("revoked_at")]
+    assert live == [second.split("_")[1]] and len(keys) == 2
