@@ -54,6 +54,8 @@ class Authenticator:
     # -- checking callers ---------------------------------------------------------------------
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
+        """The key's owner. The key's row is read on every call, never cached, so a key revoked
+        through any replica is refused by every replica from its next call on."""
         headers = [v for k, v in context.invocation_metadata() if k == "authorization"]
         if len(headers) > 1:
             raise Unauthenticated("send exactly one authorization header")
