@@ -94,6 +94,7 @@ def peers_from(channels: dict[str, grpc.Channel]) -> Peers:
 
 class GatewayApp(ServiceApp):
     name = "gateway"
+    client_facing = True  # callers present API keys, not certificates
 
     def __init__(
         self,

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import grpc
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from gateway.store import AccountRow, ApiKeyRow
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import NotFound, PermissionDenied, Unauthenticated
+from mixip.runtime.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
+from mixip.runtime.idempotency import require_same
 from mixip.runtime.times import Clock
 
 logger = logging.getLogger("mixip.gateway.auth")
@@ -52,6 +54,8 @@ class Authenticator:
     # -- checking callers ---------------------------------------------------------------------
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
+        """The key's owner. The key's row is read on every call, never cached, so a key revoked
+        through any replica is refused by every replica from its next call on."""
         headers = [v for k, v in context.invocation_metadata() if k == "authorization"]
         if len(headers) > 1:
             raise Unauthenticated("send exactly one authorization header")
@@ -123,15 +127,16 @@ class Authenticator:
         return token
 
     def create_account(self, name: str, request_id: str) -> tuple[AccountRow, str, str]:
-        """A new account and its first key; a replayed request id returns the account with a
-        fresh key (keys are shown once and never stored in clear)."""
-        with self.db.write() as session:
-            account = None
-            if request_id:
-                account = session.scalars(
-                    select(AccountRow).where(AccountRow.request_id == request_id)
-                ).one_or_none()
-            if account is None:
+        """A new account and its first key: (account, key, key id). The request id is the
+        idempotency key: a replay returns the account and its first key's id but no key (""),
+        so a replay never leaves a second live key; the same request id with another name is
+        refused. Names are display names, not unique: no request id, a new account."""
+        if request_id:
+            earlier = self._account_by_request(name, request_id)
+            if earlier is not None:
+                return earlier
+        try:
+            with self.db.write() as session:
                 account = AccountRow(
                     account_id=f"acct_{secrets.token_hex(8)}",
                     name=name,
@@ -140,9 +145,31 @@ class Authenticator:
                 )
                 session.add(account)
                 session.flush()
-            key_id, token = self._add_key(session, account.account_id)
+                key_id, token = self._add_key(session, account.account_id)
+        except IntegrityError:  # a concurrent replay created it first
+            earlier = self._account_by_request(name, request_id) if request_id else None
+            if earlier is None:
+                raise
+            return earlier
         logs.log(logger, "account created", account=account.account_id, key=key_id)
         return account, token, key_id
+
+    def _account_by_request(self, name: str, request_id: str) -> tuple[AccountRow, str, str] | None:
+        with self.db.read() as session:
+            account = session.scalars(
+                select(AccountRow).where(AccountRow.request_id == request_id)
+            ).one_or_none()
+            if account is None:
+                return None
+            require_same(account.name, name)
+            first_key = session.scalar(
+                select(ApiKeyRow.key_id)
+                .where(ApiKeyRow.account_id == account.account_id)
+                .order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
+                .limit(1)
+            )
+        logs.log(logger, "account creation replayed", account=account.account_id)
+        return account, "", first_key or ""
 
     def create_key(self, account_id: str) -> tuple[str, str]:
         with self.db.write() as session:
@@ -164,6 +191,43 @@ class Authenticator:
             )
         )
         return key_id, token
+
+    def list_keys(
+        self, account_id: str, page_size: int, after: str
+    ) -> tuple[list[ApiKeyRow], str | None]:
+        """An account's keys by id (NOT_FOUND for an unknown account)."""
+        with self.db.read() as session:
+            if session.get(AccountRow, account_id) is None:
+                raise NotFound("no such account")
+            rows = list(
+                session.scalars(
+                    select(ApiKeyRow)
+                    .where(ApiKeyRow.account_id == account_id, ApiKeyRow.key_id > after)
+                    .order_by(ApiKeyRow.key_id)
+                    .limit(page_size + 1)
+                )
+            )
+        if len(rows) > page_size:
+            return rows[:page_size], rows[page_size - 1].key_id
+        return rows, None
+
+    def revoke_key(self, key_id: str) -> ApiKeyRow:
+        """Revokes an account's key (idempotent: the first revocation time stays). Every
+        replica checks the key's row on every call, so it is refused from the next call on."""
+        with self.db.write() as session:
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound("no such API key")
+            if row.is_admin:
+                raise FailedPrecondition(
+                    "the admin credential is rotated by configuration (MIXIP_GATEWAY_ADMIN_KEY "
+                    "or the admin key file), not revoked",
+                    reason="ADMIN_KEY_NOT_REVOCABLE",
+                )
+            if row.revoked_at is None:
+                row.revoked_at = self.clock()
+        logs.log(logger, "api key revoked", account=row.account_id, key=key_id)
+        return row
 
     def list_accounts(self, page_size: int, after: str) -> tuple[list[AccountRow], str | None]:
         with self.db.read() as session:

@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.storage import MediaStore
-from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
+from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow, UploadDigestRow
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
@@ -34,6 +34,7 @@ from mixip.retention.v1 import retention_pb2_grpc
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import InvalidArgument, NotFound
+from mixip.runtime.idempotency import content_digest, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.times import Clock, iso, to_timestamp
 
@@ -137,7 +138,8 @@ class Gateway:
         except MediaError as exc:
             raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
         media_id = media_id_for(account_id, header.request_id)
-        earlier = self._stored(account_id, media_id)
+        digest = content_digest(header.project_id, data)
+        earlier = self._replayed(account_id, media_id, digest)
         if earlier is not None:
             return earlier
         matching = self.peers.matcher.MatchMedia.future(
@@ -173,9 +175,11 @@ class Gateway:
                 session.add(media)
                 session.flush()
                 session.add_all(faces)
+                if header.request_id:
+                    session.add(UploadDigestRow(media_id=media_id, digest=digest))
         except IntegrityError:  # a concurrent retry of the same request stored it first
             self.media_store.delete(account_id, storage_key)
-            earlier = self._stored(account_id, media_id)
+            earlier = self._replayed(account_id, media_id, digest)
             if earlier is None:
                 raise
             return earlier
@@ -191,6 +195,19 @@ class Gateway:
             kind=sniffed.kind,
         )
         return StoredMedia(media, faces)
+
+    def _replayed(self, account_id: str, media_id: str, digest: str) -> StoredMedia | None:
+        """The stored upload of a retried request id; refused (IDEMPOTENCY_KEY_REUSED) when
+        the first upload under that id had other content."""
+        earlier = self._stored(account_id, media_id)
+        if earlier is None:
+            return None
+        with self.db.read() as session:
+            first = session.scalar(
+                select(UploadDigestRow.digest).where(UploadDigestRow.media_id == media_id)
+            )
+        require_same(first or digest, digest, "header.request_id")
+        return earlier
 
     def _stored(self, account_id: str, media_id: str) -> StoredMedia | None:
         with self.db.read() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -13,10 +14,13 @@ from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
+from mixip.runtime import logs
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.paging import decode_page_token, encode_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
+
+logger = logging.getLogger("mixip.gateway")
 
 
 def _stream(requests: Iterator, header_type: str) -> tuple[object, Iterator[bytes]]:
@@ -191,6 +195,31 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             completed_at=to_timestamp(steps[-1].completed_at),
         )
 
+    def DeleteTalentFace(self, request, context):
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("talent_id", request.talent_id)
+        checks.identifier("face_id", request.face_id)
+        checks.done()
+        reply = self.peers.matcher.DeleteTalentFace(
+            matcher_pb2.DeleteTalentFaceRequest(
+                account_id=caller.account_id,
+                talent_id=request.talent_id,
+                face_id=request.face_id,
+            )
+        )
+        # The correction's record: who (key), what (face), when (the line's time); the talent
+        # id stays out of logs (docs/rights.md).
+        logs.log(
+            logger,
+            "talent face deleted",
+            account=caller.account_id,
+            key=caller.key_id,
+            face=request.face_id,
+            collection_version=reply.collection_version,
+        )
+        return gateway_pb2.DeleteTalentFaceResponse(face=reply.face)
+
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, gateway: Gateway, auth: Authenticator) -> None:
@@ -215,6 +244,29 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         checks.done()
         token, key_id = self.auth.create_key(request.account_id)
         return admin_pb2.CreateApiKeyResponse(api_key=token, api_key_id=key_id)
+
+    def ListApiKeys(self, request, context):
+        self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"a": request.account_id}
+        after = decode_page_token(request.page_token, filters, kind=str) or ""
+        rows, next_after = self.auth.list_keys(request.account_id, page_size, after)
+        return admin_pb2.ListApiKeysResponse(
+            api_keys=[_api_key(r) for r in rows],
+            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+        )
+
+    def RevokeApiKey(self, request, context):
+        self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("api_key_id", request.api_key_id)
+        checks.done()
+        return admin_pb2.RevokeApiKeyResponse(
+            api_key=_api_key(self.auth.revoke_key(request.api_key_id))
+        )
 
     def ListAccounts(self, request, context):
         self.auth.admin(context)
@@ -241,6 +293,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.GetRetentionStatusResponse(
             status=self.peers.retention.GetStatus(retention_pb2.GetStatusRequest())
         )
+
+
+def _api_key(row) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        api_key_id=row.key_id,
+        account_id=row.account_id or "",
+        prefix=f"mixip_{row.key_id}_",
+        created_at=to_timestamp(row.created_at),
+        revoked_at=to_timestamp(row.revoked_at) if row.revoked_at else None,
+    )
 
 
 def _account(row) -> admin_pb2.Account:

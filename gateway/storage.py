@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from mixip.runtime.files import private_dir
 from mixip.runtime.keys import KeyWrapper, SealError, open_sealed, seal
 
 _MAGIC = b"MXM1"
@@ -54,7 +55,7 @@ class LocalEncryptedStore:
         self.root = root
         self.wrapper = wrapper
         self.description = f"encrypted directory {root} (KEK: {wrapper.description})"
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(root)
 
     def _path(self, key: str) -> Path:
         if len(key) != 32 or not all(c in "0123456789abcdef" for c in key):

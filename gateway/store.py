@@ -68,6 +68,19 @@ class MediaRow(Base):
     __table_args__ = (Index("ix_gateway_media_request", "account_id", "request_id", unique=True),)
 
 
+class UploadDigestRow(Base):
+    """The content digest (project and media bytes) of an upload made with a request id, so a
+    reused request id with other content is refused instead of answered with the first
+    upload's results (mixip.runtime.idempotency). Deleted with its media."""
+
+    __tablename__ = "gateway_upload_digests"
+
+    media_id: Mapped[str] = mapped_column(
+        ForeignKey("gateway_media.media_id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(64))
+
+
 class MediaFaceRow(Base):
     """One face result of a stored media, as returned to the client."""
 

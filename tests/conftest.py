@@ -85,6 +85,9 @@ def serve():
 
     def start(app: ServiceApp, **kwargs) -> RunningServer:
         kwargs.setdefault("listen", "127.0.0.1:0")
+        # Internal services in tests talk plaintext on loopback: the explicit development flag
+        # (without it, or with mutual TLS, they refuse callers without a certificate).
+        kwargs.setdefault("insecure_dev", True)
         running = start_server(app, **kwargs)
         started.append((running, app))
         return running

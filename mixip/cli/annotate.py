@@ -1,5 +1,6 @@
 """Annotated images for people: each face boxed and labelled (green cleared, amber possible,
-red unknown); for a video, a contact sheet with one tile per face track."""
+red unknown); for a video, a contact sheet with one tile per face track. Every image ends with
+a legend saying the labels are advisory: a person decides."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 # BGR
 COLOURS = {"cleared": (60, 180, 60), "possible": (0, 170, 255), "unknown": (50, 50, 220)}
 TILE = 220
+LEGEND = "Labels are advisory: a person decides whether media is cleared for use."
 
 
 def _caption(face: dict) -> str:
@@ -94,7 +96,48 @@ def _tile(frame: np.ndarray, face: dict) -> np.ndarray:
     return tile
 
 
+def _wrapped(text: str, width: int, scale: float) -> list[str]:
+    """`text` in lines that fit `width` pixels at `scale`."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        fits = cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width
+        if lines and fits:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def with_legend(image: np.ndarray) -> np.ndarray:
+    """The image with a dark strip below it: the colour key and the advisory notice."""
+    width = image.shape[1]
+    scale = max(0.4, min(1.0, width / 1400))
+    line = round(26 * scale) + 8
+    notice = _wrapped(LEGEND, width - 12, scale)
+    strip = np.full((line * (1 + len(notice)) + 8, width, 3), 32, np.uint8)
+    x = 6
+    for name, colour in COLOURS.items():
+        cv2.rectangle(strip, (x, 6), (x + line - 10, line - 4), colour, -1)
+        x += line - 4
+        cv2.putText(strip, name, (x, line - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (235,) * 3, 1)
+        x += cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] + 12
+    for row, text in enumerate(notice, start=2):
+        cv2.putText(
+            strip,
+            text,
+            (6, row * line - 6),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return np.vstack([image, strip])
+
+
 def _write(out: Path, image: np.ndarray) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    image = with_legend(image)
     if not cv2.imwrite(str(out), image):
         raise ValueError(f"cannot write {out} (use a .png or .jpg name)")

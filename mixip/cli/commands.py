@@ -19,9 +19,11 @@ from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
 from mixip.retention.v1 import retention_pb2
+from mixip.runtime.files import write_private
 from mixip.runtime.times import to_timestamp, utcnow
 
 CHUNK = 1024 * 1024
+ADVISORY = "labels are advisory: a person decides whether media is cleared for use"
 SCOPES = {
     "biometric": consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING,
     "usage": consent_pb2.CONSENT_SCOPE_FACE_USAGE,
@@ -70,7 +72,11 @@ def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
 
 def accounts_create(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
-    reply = stub.CreateAccount(admin_pb2.CreateAccountRequest(name=args.name), metadata=meta)
+    # A key per invocation: the channel's retries then cannot mint a second account or key.
+    reply = stub.CreateAccount(
+        admin_pb2.CreateAccountRequest(name=args.name, request_id=uuid.uuid4().hex),
+        metadata=meta,
+    )
     out.result(
         {"account_id": reply.account.account_id, "api_key": reply.api_key},
         [
@@ -211,6 +217,8 @@ def match(args, conn: Connection, out: Output) -> int:
             f"  [{i}] {face['label'].upper():8} {face['talent_id'] or '-':24} "
             f"similarity {face['similarity']:.3f} ({face['reason']}){where}"
         )
+    if faces:
+        lines.append(ADVISORY)
     if args.annotate:
         lines.append(f"annotated image: {args.annotate}")
         document["annotated"] = args.annotate
@@ -235,6 +243,8 @@ def _annotate(target: Path, data: bytes, faces: list[dict], video: bool) -> None
 
 
 def export(args, conn: Connection, out: Output) -> int:
+    if args.output and Path(args.output).exists() and not args.force:
+        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
     stub, meta = conn.gateway()
     with out.progress(f"exporting {args.talent}"):
         reply = stub.ExportTalentData(
@@ -242,7 +252,7 @@ def export(args, conn: Connection, out: Output) -> int:
         )
     document = json.loads(reply.document_json)
     if args.output:
-        Path(args.output).write_text(reply.document_json + "\n")
+        _write_export(Path(args.output), reply.document_json + "\n", force=args.force)
         counts = {k: len(v) for k, v in document.items() if isinstance(v, list)}
         out.result(
             {"talent_id": args.talent, "written": args.output, "counts": counts},
@@ -251,6 +261,17 @@ def export(args, conn: Connection, out: Output) -> int:
     else:
         out.result(document, reply.document_json)
     return 0
+
+
+def _write_export(path: Path, text: str, *, force: bool) -> None:
+    """The export holds personal data: written 0600, never over an existing file unless
+    --force (checked before the export is requested, and again atomically on creation)."""
+    try:
+        write_private(path, text, exclusive=not force)
+    except FileExistsError:
+        raise CliError(f"{path} exists; pass --force to overwrite it", exit_code=2) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}", exit_code=2) from None
 
 
 def erase(args, conn: Connection, out: Output) -> int:
@@ -450,7 +471,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser("export", parents=[common], help="export a talent's data (JSON)")
     p.add_argument("talent")
-    p.add_argument("-o", "--output", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     p.set_defaults(run=export)
 
     p = sub.add_parser("erase", parents=[common], help="erase a talent")
@@ -476,3 +498,131 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(run=retention_run)
     p = retention.add_parser("status", parents=[common], help="schedule and last runs")
     p.set_defaults(run=retention_status)
+
+
+# -- faces (correction) and API keys: added for issue 9 ---------------------------------------
+
+
+def _face_record_json(face) -> dict:
+    return {
+        "face_id": face.face_id,
+        "talent_id": face.talent_id,
+        "box": [face.box.x, face.box.y, face.box.width, face.box.height],
+        "detection_score": round(face.detection_score, 4),
+        "engine": face.engine,
+        "model": face.model,
+        "created_at": face.created_at.ToJsonString(),
+    }
+
+
+def faces_list(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    faces, token = [], ""
+    while True:
+        page = stub.ListTalentFaces(
+            gateway_pb2.ListTalentFacesRequest(
+                talent_id=args.talent, page_size=1000, page_token=token
+            ),
+            metadata=meta,
+        )
+        faces += [_face_record_json(f) for f in page.faces]
+        token = page.next_page_token
+        if not token:
+            break
+    lines = [f"{args.talent}: {len(faces)} enrolled face(s)"] + [
+        f"  {f['face_id']}  enrolled {f['created_at']}  box {f['box']}  ({f['engine']})"
+        for f in faces
+    ]
+    out.result({"talent_id": args.talent, "faces": faces}, lines)
+    return 0
+
+
+def faces_delete(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    reply = stub.DeleteTalentFace(
+        gateway_pb2.DeleteTalentFaceRequest(talent_id=args.talent, face_id=args.face_id),
+        metadata=meta,
+    )
+    out.result(
+        {"talent_id": args.talent, "deleted": _face_record_json(reply.face)},
+        f"deleted face {reply.face.face_id} of {args.talent} (it no longer matches)",
+    )
+    return 0
+
+
+def _key_json(key: admin_pb2.ApiKey) -> dict:
+    return {
+        "api_key_id": key.api_key_id,
+        "account_id": key.account_id,
+        "prefix": key.prefix,
+        "created_at": key.created_at.ToJsonString(),
+        "revoked_at": key.revoked_at.ToJsonString() if key.HasField("revoked_at") else None,
+    }
+
+
+def keys_list(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    keys, token = [], ""
+    while True:
+        page = stub.ListApiKeys(
+            admin_pb2.ListApiKeysRequest(account_id=args.account, page_size=1000, page_token=token),
+            metadata=meta,
+        )
+        keys += [_key_json(k) for k in page.api_keys]
+        token = page.next_page_token
+        if not token:
+            break
+    lines = [f"{args.account}: {len(keys)} key(s)"] + [
+        f"  {k['api_key_id']}  {k['prefix']}...  created {k['created_at']}  "
+        + (f"revoked {k['revoked_at']}" if k["revoked_at"] else "live")
+        for k in keys
+    ]
+    out.result({"account_id": args.account, "api_keys": keys}, lines)
+    return 0
+
+
+def keys_create(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    reply = stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(account_id=args.account), metadata=meta)
+    out.result(
+        {"account_id": args.account, "api_key_id": reply.api_key_id, "api_key": reply.api_key},
+        [f"key {reply.api_key_id} for {args.account}", f"api key (shown once): {reply.api_key}"],
+    )
+    return 0
+
+
+def keys_revoke(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    reply = stub.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(api_key_id=args.key_id), metadata=meta)
+    key = _key_json(reply.api_key)
+    out.result(key, f"revoked key {key['api_key_id']} (at {key['revoked_at']})")
+    return 0
+
+
+def add_rights_and_key_commands(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    """`mixip faces list|delete` and `mixip keys list|create|revoke`."""
+    faces = sub.add_parser("faces", help="a talent's enrolled faces").add_subparsers(
+        dest="action", required=True
+    )
+    p = faces.add_parser("list", parents=[common], help="list a talent's enrolled faces")
+    p.add_argument("talent")
+    p.set_defaults(run=faces_list)
+    p = faces.add_parser("delete", parents=[common], help="delete one enrolled face")
+    p.add_argument("talent")
+    p.add_argument("face_id", metavar="FACE_ID")
+    p.set_defaults(run=faces_delete)
+
+    keys = sub.add_parser("keys", help="an account's API keys (admin)").add_subparsers(
+        dest="action", required=True
+    )
+    p = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    p.add_argument("account")
+    p.set_defaults(run=keys_list)
+    p = keys.add_parser("create", parents=[common], help="create a key (shown once)")
+    p.add_argument("account")
+    p.set_defaults(run=keys_create)
+    p = keys.add_parser("revoke", parents=[common], help="revoke a key at once")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(run=keys_revoke)

@@ -14,6 +14,7 @@ import grpc
 from mixip.cli.output import CliError
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.client import open_channel
+from mixip.runtime.files import write_private
 
 DEV_KEY_FILE = "dev-api-key"
 ADMIN_KEY_FILE = "gateway-admin.key"
@@ -27,6 +28,8 @@ GATEWAY_SERVICES = [
 class Connection:
     data_dir: Path
     gateway_address: str | None = None
+    # --insecure: plaintext to a gateway beyond loopback (API keys would travel in clear).
+    insecure: bool = False
 
     def address(self) -> str:
         if self.gateway_address:
@@ -41,8 +44,10 @@ class Connection:
             ) from None
 
     def channel(self) -> grpc.Channel:
-        """Plaintext (loopback, `mixip up`), or TLS trusting MIXIP_GATEWAY_CA's certificate."""
+        """TLS trusting MIXIP_GATEWAY_CA's certificate, or plaintext to a loopback gateway
+        (`mixip up`); plaintext beyond loopback only with --insecure (keys travel in clear)."""
         ca = os.environ.get("MIXIP_GATEWAY_CA", "").strip()
+        address = self.address()
         credentials = None
         if ca:
             try:
@@ -51,9 +56,13 @@ class Connection:
                 raise CliError(
                     f"MIXIP_GATEWAY_CA: cannot read {ca} ({exc.strerror})", exit_code=2
                 ) from None
-        return open_channel(
-            self.address(), GATEWAY_SERVICES, timeout_seconds=30, credentials=credentials
-        )
+        elif not is_loopback(address) and not self.insecure:
+            raise CliError(
+                f"refusing plaintext to {address}: API keys would travel in clear; set "
+                "MIXIP_GATEWAY_CA to the gateway's CA certificate (TLS), or pass --insecure",
+                exit_code=2,
+            )
+        return open_channel(address, GATEWAY_SERVICES, timeout_seconds=30, credentials=credentials)
 
     def api_key(self) -> str:
         key = os.environ.get("MIXIP_API_KEY", "").strip()
@@ -80,12 +89,18 @@ class Connection:
         return admin_pb2_grpc.AdminServiceStub(self.channel()), _bearer(self.admin_key())
 
 
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine (127.0.0.0/8, ::1, localhost)."""
+    host = address.rsplit(":", 1)[0].strip("[]").lower()
+    if host.startswith("ipv4:"):
+        host = host[5:]
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _bearer(key: str) -> tuple:
     return (("authorization", f"Bearer {key}"),)
 
 
 def write_secret(path: Path, text: str) -> None:
     """A credential file only its owner can read."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text + "\n")
+    write_private(path, text + "\n")

@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.cli.output import CliError
 from mixip.runtime.config import SERVICES, variable
+from mixip.runtime.files import open_private, private_dir, write_private
 from mixip.runtime.tls import channel_credentials, init_certs
 
 # Start order: the services others call first; the gateway last. Stop order is the reverse.
@@ -129,13 +130,16 @@ class Mesh:
                 env["MIXIP_RETENTION_REPLICA_ID"] = instance
         if self.tls_dir is not None:
             env["MIXIP_TLS_DIR"] = str(self.tls_dir)
+        else:  # `mixip up --insecure`: the explicit development flag (loopback only)
+            env["MIXIP_INSECURE_DEV"] = "true"
         env.update(self.extra_env)
         return env
 
     def start(self, ready_timeout: float = 120.0) -> None:
         if self.mesh_file.exists() and _pid_alive(json.loads(self.mesh_file.read_text())):
             raise CliError(f"a mesh is already running on {self.data_dir} (see {self.mesh_file})")
-        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # databases, keys, logs and media live here: owner only
+        private_dir(self.data_dir / "logs")
         if self.tls_dir is not None and not (self.tls_dir / "ca.pem").exists():
             init_certs(self.tls_dir)
         for name in self.services:
@@ -153,7 +157,8 @@ class Mesh:
         except BaseException:
             self.stop()
             raise
-        self.mesh_file.write_text(
+        write_private(
+            self.mesh_file,
             json.dumps(
                 {
                     "pid": os.getpid(),
@@ -165,11 +170,12 @@ class Mesh:
                     "started_at": time.time(),
                 },
                 indent=2,
-            )
+            ),
         )
 
     def _spawn(self, name: str) -> None:
-        with open(self.data_dir / "logs" / f"{name}.log", "ab") as log:
+        log_fd = open_private(self.data_dir / "logs" / f"{name}.log", append=True)
+        with os.fdopen(log_fd, "ab") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", MODULES[service_of(name)]],
                 env=self.environment(name),

@@ -32,7 +32,17 @@ def ensure_dev_account(conn: Connection) -> str:
             admin_pb2.CreateAccountRequest(name="dev", request_id="mixip-up-dev-account"),
             metadata=meta,
         )
-        write_secret(key_file, reply.api_key)
+        token = reply.api_key
+        if not token:  # a replay mints no key: the first one was lost with its file
+            token = stub.CreateApiKey(
+                admin_pb2.CreateApiKeyRequest(account_id=reply.account.account_id),
+                metadata=meta,
+            ).api_key
+            if reply.api_key_id:  # nobody holds the lost key any more: no reason to keep it
+                stub.RevokeApiKey(
+                    admin_pb2.RevokeApiKeyRequest(api_key_id=reply.api_key_id), metadata=meta
+                )
+        write_secret(key_file, token)
     return str(key_file)
 
 
@@ -49,6 +59,13 @@ def start_mesh(
 def up(args, conn: Connection, out: Output) -> int:
     replicas = parse_replicas(args.replicas)
     stop = stop_on_signals()
+    if args.insecure:
+        print(
+            "mixip: WARNING: --insecure: the services talk plaintext and accept any local "
+            "caller without a certificate (development only; never on a shared machine)",
+            file=sys.stderr,
+            flush=True,
+        )
     out.note(f"starting the mesh in {conn.data_dir} ...")
     mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure, replicas=replicas)
     document = {
@@ -57,6 +74,7 @@ def up(args, conn: Connection, out: Output) -> int:
         "services": mesh.addresses,
         "instances": mesh.listen,
         "mutual_tls": mesh.tls,
+        "insecure": not mesh.tls,
     }
     lines = [
         f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}; "
@@ -123,6 +141,13 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="HOST:PORT",
         help="gateway address (default: from DATA_DIR/mesh.json)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="development only: `up` runs the services plaintext on loopback (any local "
+        "caller accepted); other commands may talk plaintext to a non-loopback gateway",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,11 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", parents=[common], help="run the whole mesh on this machine")
     p.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: free)")
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plaintext between services (debugging only; default is mutual TLS)",
-    )
     p.add_argument(
         "--replicas",
         default="",
@@ -171,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)
     commands.add_commands(sub, common)
+    commands.add_rights_and_key_commands(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args.json)
-    conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway)
+    conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway, args.insecure)
     try:
         logs.settings()  # a bad log setting is a configuration error, for every command
         return args.run(args, conn, out)

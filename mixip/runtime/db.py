@@ -31,6 +31,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from mixip.runtime.files import private_dir, touch_private
+
 _SQLITE_BEGIN = "mixip_sqlite_begin"
 
 
@@ -66,7 +68,12 @@ def create_db_engine(url: str) -> Engine:
     parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # The file is made 0600 in a 0700 directory before SQLite opens it; SQLite gives its
+            # -wal and -shm files the database file's mode.
+            path = Path(parsed.database)
+            if not path.parent.exists():
+                private_dir(path.parent)
+            touch_private(path)
         engine = create_engine(
             parsed, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )

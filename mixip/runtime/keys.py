@@ -16,6 +16,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mixip.runtime.files import private_dir
+
 NONCE_BYTES = 12
 
 
@@ -56,7 +58,8 @@ class LocalKeyWrapper:
 
     @staticmethod
     def _load_or_create(path: Path) -> bytes:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.parent.exists():
+            private_dir(path.parent)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:

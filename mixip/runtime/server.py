@@ -8,7 +8,9 @@ health NOT_SERVING first, then `server.stop(grace)`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -47,6 +49,9 @@ class ServiceApp:
     """What a service hands to the bootstrap: its servicers, and background work if any."""
 
     name: str = ""
+    # False for the mesh's internal services: they serve only callers identified by mutual TLS
+    # (mixip.runtime.acl). True for the gateway, whose clients present API keys instead.
+    client_facing: bool = False
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         """Adds the servicers; returns the full names of the services added."""
@@ -66,7 +71,10 @@ class ServiceApp:
 
 
 class MeshInterceptor(grpc.ServerInterceptor):
-    """Request id, structured log line, caller authorization and error mapping for every RPC."""
+    """Request id, structured log line, caller authorization and error mapping for every RPC.
+
+    It wraps all four kinds of RPC (unary or streaming requests and responses) and fails
+    closed: a handler of any other shape is answered UNIMPLEMENTED, never served unchecked."""
 
     def __init__(self, domain: str, authorize: Authorizer | None = None) -> None:
         self.domain = domain
@@ -80,78 +88,151 @@ class MeshInterceptor(grpc.ServerInterceptor):
         # Requests are parsed inside the wrapper (gRPC would otherwise answer bytes that do not
         # parse with a bare INTERNAL before any interceptor code runs).
         parse = handler.request_deserializer
+        serialize = handler.response_serializer
         if handler.unary_unary:
             behavior = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(
                     lambda raw, context: behavior(_parsed(parse, raw), context),
-                    method,
                     RpcMetrics(method, "unary"),
                 ),
-                response_serializer=handler.response_serializer,
+                response_serializer=serialize,
             )
         if handler.stream_unary:
             behavior = handler.stream_unary
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap(
                     lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
-                    method,
                     RpcMetrics(method, "client_stream"),
                 ),
-                response_serializer=handler.response_serializer,
+                response_serializer=serialize,
             )
-        return handler
+        if handler.unary_stream:
+            behavior = handler.unary_stream
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_streaming(
+                    lambda raw, context: behavior(_parsed(parse, raw), context),
+                    RpcMetrics(method, "server_stream"),
+                ),
+                response_serializer=serialize,
+            )
+        if handler.stream_stream:
+            behavior = handler.stream_stream
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_streaming(
+                    lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
+                    RpcMetrics(method, "bidi_stream"),
+                ),
+                response_serializer=serialize,
+            )
+        return grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
 
-    def _wrap(self, behavior, method: str, metrics: RpcMetrics):
+    def _wrap(self, behavior, metrics: RpcMetrics):
         def wrapped(request, context: grpc.ServicerContext):
-            metrics.started()
-            incoming = dict(context.invocation_metadata()).get(REQUEST_ID_HEADER, "")
-            request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
-            token = logs.REQUEST_ID.set(request_id)
-            started = time.perf_counter()
-            caller = ""
-            failure: MeshError | None = None
+            call = _Call(self, metrics, context)
             try:
-                if self.authorize is not None:
-                    caller = self.authorize(method, context)
+                call.authorize()
                 return behavior(request, context)
-            except MeshError as exc:
-                failure = exc
-            except grpc.RpcError as exc:  # a call to another service failed
-                failure = _dependency_failure(exc)
-                if failure is None:
-                    _passthrough(context, exc)
-            except (OperationalError, DBAPIError) as exc:
-                if isinstance(exc, OperationalError) or exc.connection_invalidated:
-                    logger.warning("database unavailable", exc_info=True)
-                    failure = Unavailable(
-                        "database unavailable; retry", reason="DATABASE_UNAVAILABLE"
-                    )
-                else:
-                    logger.error("database error", exc_info=True)
-                    failure = Internal(f"internal error (request id {request_id})")
-            except Exception:
-                if _aborted(context):
-                    raise
-                logger.error("unhandled error", exc_info=True)
-                failure = Internal(f"internal error (request id {request_id})")
+            except Exception as exc:
+                call.failed(exc)
             finally:
-                code = failure.code.name if failure else _code_name(context)
-                seconds = time.perf_counter() - started
-                metrics.handled(code, seconds)
-                logs.log(
-                    logger,
-                    "rpc",
-                    method=method,
-                    code=code,
-                    ms=round(seconds * 1000, 1),
-                    **({"caller": caller} if caller else {}),
-                    **({"reason": failure.reason} if failure else {}),
-                )
-                logs.REQUEST_ID.reset(token)
-            context.abort_with_status(to_grpc_status(failure, self.domain))
+                call.end()
+            context.abort_with_status(to_grpc_status(call.failure, self.domain))
 
         return wrapped
+
+    def _wrap_streaming(self, behavior, metrics: RpcMetrics):
+        """The same checks for an RPC that streams its responses: authorization before the
+        first response, and an error raised while streaming mapped like any other."""
+
+        def wrapped(request, context: grpc.ServicerContext):
+            call = _Call(self, metrics, context)
+            try:
+                call.authorize()
+                yield from behavior(request, context)
+            except GeneratorExit:  # the client went away: nothing to answer
+                raise
+            except Exception as exc:
+                call.failed(exc)
+            finally:
+                call.end()
+            if call.failure is not None:
+                context.abort_with_status(to_grpc_status(call.failure, self.domain))
+
+        return wrapped
+
+
+class _Call:
+    """One RPC as the interceptor sees it: its request id, caller, failure and log line."""
+
+    def __init__(self, interceptor: MeshInterceptor, metrics: RpcMetrics, context) -> None:
+        self.interceptor, self.method, self.context = interceptor, metrics.method, context
+        self.metrics = metrics
+        metrics.started()
+        incoming = dict(context.invocation_metadata()).get(REQUEST_ID_HEADER, "")
+        self.request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+        self.token = logs.REQUEST_ID.set(self.request_id)
+        self.started = time.perf_counter()
+        self.caller = ""
+        self.failure: MeshError | None = None
+
+    def authorize(self) -> None:
+        if self.interceptor.authorize is not None:
+            self.caller = self.interceptor.authorize(self.method, self.context)
+
+    def failed(self, exc: Exception) -> None:
+        """Maps `exc` to the status to answer; re-raises when the servicer already aborted
+        (or a dependency's own status is passed through)."""
+        context, request_id = self.context, self.request_id
+        if isinstance(exc, MeshError):
+            self.failure = exc
+        elif isinstance(exc, grpc.RpcError):  # a call to another service failed
+            self.failure = _dependency_failure(exc)
+            if self.failure is None:
+                _passthrough(context, exc)
+        elif isinstance(exc, (OperationalError, DBAPIError)):
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                logger.warning("database unavailable", exc_info=exc)
+                self.failure = Unavailable(
+                    "database unavailable; retry", reason="DATABASE_UNAVAILABLE"
+                )
+            else:
+                logger.error("database error", exc_info=exc)
+                self.failure = Internal(f"internal error (request id {request_id})")
+        else:
+            if _aborted(context):
+                raise exc
+            logger.error("unhandled error", exc_info=exc)
+            self.failure = Internal(f"internal error (request id {request_id})")
+
+    def end(self) -> None:
+        failure = self.failure
+        code = failure.code.name if failure else _code_name(self.context)
+        seconds = time.perf_counter() - self.started
+        self.metrics.handled(code, seconds)
+        logs.log(
+            logger,
+            "rpc",
+            method=self.method,
+            code=code,
+            ms=round(seconds * 1000, 1),
+            **({"caller": self.caller} if self.caller else {}),
+            **({"reason": failure.reason} if failure else {}),
+        )
+        # A streaming RPC resumed in another context has nothing to restore there.
+        with contextlib.suppress(ValueError):
+            logs.REQUEST_ID.reset(self.token)
+
+
+def _refuse_unknown_kind(method: str):
+    def refuse(request, context: grpc.ServicerContext):
+        logger.error("rpc kind not wrapped", extra={"fields": {"method": method}})
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{method}: this kind of RPC is not served (the mesh interceptor does not wrap it)",
+        )
+
+    return refuse
 
 
 def _parsed(parse, raw: bytes):
@@ -258,8 +339,25 @@ def start_server(
     credentials: grpc.ServerCredentials | None = None,
     authorize: Authorizer | None = None,
     health_probe_seconds: float = 2.0,
+    insecure_dev: bool = False,
 ) -> RunningServer:
-    """Builds, binds and starts a server for `app`; `listen` may use port 0 (see `.port`)."""
+    """Builds, binds and starts a server for `app`; `listen` may use port 0 (see `.port`).
+
+    An internal service (not `app.client_facing`) fails closed: unless `authorize` is given,
+    every call needs a caller identified by mutual TLS and allowed by `mixip.runtime.acl`, so
+    a plaintext port refuses every call (UNAUTHENTICATED). Only `insecure_dev`, the explicit
+    development flag, serves plaintext callers, and only on a loopback address."""
+    if not app.client_facing and authorize is None:
+        from mixip.runtime import acl
+
+        authorize = acl.authorize
+        if credentials is None and insecure_dev:
+            if not _loopback(listen):
+                raise ConfigError(
+                    f"the insecure development mode serves plaintext on loopback only, not "
+                    f"on {listen}: use mutual TLS (MIXIP_TLS_DIR)"
+                )
+            authorize = acl.development
     telemetry.configure_tracing(app.name)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{app.name}-rpc"),
@@ -301,6 +399,7 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
     keyword arguments of `start_server` beyond the common ones (credentials, authorize); by
     default, with MIXIP_TLS_DIR set, the service requires mutual TLS and checks its callers
     against `mixip.runtime.acl`."""
+    os.umask(0o077)  # every file this service creates (databases, logs, keys, media): 0600
     env = Env()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # before start-up, so it drains too
@@ -308,6 +407,7 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
     try:
         logs.configure()
         config = ServerConfig.load(name, env)
+        insecure_dev = env.bool("MIXIP_INSECURE_DEV", False)
         app, extra = build(config, env)
         if config.tls_dir is not None and "credentials" not in extra:
             from mixip.runtime import acl, tls
@@ -316,6 +416,12 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
                 "credentials": tls.server_credentials(config.tls_dir, name),
                 "authorize": acl.authorize,
             }
+        if not app.client_facing and not extra.get("credentials") and not insecure_dev:
+            raise ConfigError(
+                f"refusing to serve {name} without mutual TLS: set MIXIP_TLS_DIR (see `mixip "
+                "certs init`); for development on loopback only, MIXIP_INSECURE_DEV=true "
+                "(`mixip up --insecure`) accepts any local caller"
+            )
         if (
             not extra.get("credentials")
             and not _loopback(config.listen)
@@ -326,11 +432,19 @@ def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict
                 "for the gateway, MIXIP_GATEWAY_TLS_CERT/KEY); MIXIP_ALLOW_PLAINTEXT=true only "
                 "behind a proxy that terminates TLS"
             )
+        if insecure_dev and not extra.get("credentials"):
+            logs.log(
+                logger,
+                "INSECURE development mode: plaintext, any local caller accepted",
+                level=logging.WARNING,
+                service=name,
+            )
         running = start_server(
             app,
             listen=config.listen,
             max_message_bytes=config.max_message_bytes,
             workers=config.workers,
+            insecure_dev=insecure_dev,
             **extra,
         )
     except ConfigError as exc:

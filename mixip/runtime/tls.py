@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mixip.runtime.config import SERVICES, ConfigError
+from mixip.runtime.files import private_dir
 
 IDENTITIES = (*SERVICES, "operator")
 CA_NAME = "ca"
@@ -30,6 +31,7 @@ CA_NAME = "ca"
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # an existing file keeps its mode through O_TRUNC otherwise
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.chmod(path, mode)
@@ -47,7 +49,7 @@ def init_certs(
     directory: Path, *, days: int = 825, names: tuple[str, ...] = IDENTITIES
 ) -> list[Path]:
     """Creates the CA and one certificate per identity; returns the files written."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Mix-IP private CA")])

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, serialize
-from mixip.runtime.errors import FailedPrecondition
+from mixip.runtime.idempotency import require_same
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
     GENESIS_HASH,
@@ -190,12 +190,7 @@ class AuditLog:
         act on results whose events differ from the ones recorded."""
         if recorded is None:  # the same key twice in this batch
             recorded = _recorded(first_of[event.idempotency_key], salts)
-        if recorded != _recorded(event, salts):
-            raise FailedPrecondition(
-                f"idempotency key {event.idempotency_key!r} was recorded with other content; "
-                "a retry must repeat the first call (use a new key for a new result)",
-                reason="IDEMPOTENCY_KEY_REUSED",
-            )
+        require_same(recorded, _recorded(event, salts), "idempotency_key", event.idempotency_key)
 
     def _locked_head(self, session: Session, account_id: str) -> ChainHead:
         """The account's chain head, locked for this transaction (made on the first append)."""

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import InvalidArgument
+from mixip.runtime.idempotency import require_same
 from mixip.runtime.times import Clock
 from services.consent.domain import ConsentKey, NewRecord, needs_face_deletion, state_of
 from services.consent.store import OutboxRow, RecordRow, TombstoneRow
@@ -32,16 +32,10 @@ class Erasure:
 def _replayed(earlier: RecordRow, new: NewRecord) -> RecordRow:
     """The earlier record of a retried request; a different record under the same request id
     is refused rather than silently dropped."""
-    same = (earlier.talent_id, earlier.scope, earlier.project_id, earlier.decision) == (
-        new.key.talent_id,
-        new.key.scope,
-        new.key.project_id,
-        new.decision,
+    require_same(
+        (earlier.talent_id, earlier.scope, earlier.project_id, earlier.decision),
+        (new.key.talent_id, new.key.scope, new.key.project_id, new.decision),
     )
-    if not same:
-        raise InvalidArgument.one(
-            "request_id", "already used for a different record", reason="REQUEST_ID_REUSED"
-        )
     return earlier
 
 

@@ -23,14 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import FailedPrecondition, InvalidArgument
+from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from mixip.runtime.idempotency import content_digest, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
 from mixip.runtime.times import Clock
 from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
 from services.matcher.imaging import decode_image
 from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
 from services.matcher.labels import Label, Thresholds, label_face, talents_to_check
-from services.matcher.store import FaceRow, bump_version
+from services.matcher.store import CollectionRow, FaceRequestRow, FaceRow, bump_version
 from services.matcher.video import Video, link_tracks, open_video
 
 logger = logging.getLogger("mixip.matcher")
@@ -130,11 +131,10 @@ class Matcher:
     # -- enrollment ---------------------------------------------------------------------------
 
     def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> FaceRow:
+        digest = content_digest(talent_id, data)
         if request_id:
-            earlier = self._by_request(account_id, request_id)
+            earlier = self._by_request(account_id, request_id, talent_id, digest)
             if earlier is not None:
-                if earlier.talent_id != talent_id:
-                    raise InvalidArgument.one("request_id", "already used for another talent")
                 return earlier
         image, _ = self._decode(data, "image")
         # No face is even looked for without consent to process the talent's biometrics.
@@ -163,10 +163,15 @@ class Matcher:
         try:
             with self.db.write() as session:
                 session.add(row)
+                if request_id:
+                    session.flush()
+                    session.add(FaceRequestRow(face_id=row.face_id, digest=digest))
                 bump_version(session, account_id, added=[row.face_id])
         except IntegrityError:
             self.engine.delete(account_id, [enrolled.face_id])
-            earlier = self._by_request(account_id, request_id) if request_id else None
+            earlier = (
+                self._by_request(account_id, request_id, talent_id, digest) if request_id else None
+            )
             if earlier is None:
                 raise
             return earlier
@@ -186,13 +191,25 @@ class Matcher:
         )
         return row
 
-    def _by_request(self, account_id: str, request_id: str) -> FaceRow | None:
+    def _by_request(
+        self, account_id: str, request_id: str, talent_id: str, digest: str
+    ) -> FaceRow | None:
+        """The face enrolled earlier under `request_id`; refused if that enrollment had other
+        content (talent or image)."""
         with self.db.read() as session:
-            return session.scalars(
-                select(FaceRow).where(
-                    FaceRow.account_id == account_id, FaceRow.request_id == request_id
-                )
+            found = session.execute(
+                select(FaceRow, FaceRequestRow.digest)
+                .outerjoin(FaceRequestRow, FaceRequestRow.face_id == FaceRow.face_id)
+                .where(FaceRow.account_id == account_id, FaceRow.request_id == request_id)
             ).one_or_none()
+        if found is None:
+            return None
+        earlier, earlier_digest = found
+        if earlier_digest is None:  # enrolled before digests were kept: the talent must match
+            require_same(earlier.talent_id, talent_id)
+        else:
+            require_same(earlier_digest, digest)
+        return earlier
 
     def _require_biometric_consent(self, account_id: str, talent_id: str) -> None:
         if not self.consent.biometric_active(account_id, talent_id):
@@ -361,6 +378,45 @@ class Matcher:
             bump_version(session, account_id, removed=face_ids)
         logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
         return deleted
+
+    def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[FaceRow, int]:
+        """Deletes one face of a talent (a correction), from the engine first, then from the
+        database with a collection version bump in the same transaction, so every replica drops
+        it from memory before its next match. Returns the face as it was and the version.
+        Logged with the face id, never the talent id."""
+        with self.db.read() as session:
+            row = session.scalars(
+                select(FaceRow).where(
+                    FaceRow.face_id == face_id,
+                    FaceRow.account_id == account_id,
+                    FaceRow.talent_id == talent_id,
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound("the talent has no such face", reason="FACE_NOT_FOUND")
+        self.engine.delete(account_id, [face_id])
+        with self.db.write() as session:
+            deleted = session.execute(
+                delete(FaceRow).where(
+                    FaceRow.face_id == face_id,
+                    FaceRow.account_id == account_id,
+                    FaceRow.talent_id == talent_id,
+                )
+            ).rowcount
+            if deleted:
+                version = bump_version(session, account_id, removed=[face_id])
+            else:  # a concurrent deletion won, and bumped the version itself
+                version = session.scalar(
+                    select(CollectionRow.version).where(CollectionRow.account_id == account_id)
+                )
+        logs.log(
+            logger,
+            "talent face deleted",
+            account=account_id,
+            face=face_id,
+            collection_version=version,
+        )
+        return row, version
 
     def list_faces(
         self, account_id: str, talent_id: str, page_size: int, after: str

@@ -116,6 +116,18 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
         return matcher_pb2.DeleteTalentFacesResponse(deleted_count=deleted)
 
+    @_engine_errors
+    def DeleteTalentFace(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("talent_id", request.talent_id)
+        checks.identifier("face_id", request.face_id)
+        checks.done()
+        row, version = self.matcher.delete_face(
+            request.account_id, request.talent_id, request.face_id
+        )
+        return matcher_pb2.DeleteTalentFaceResponse(face=_face(row), collection_version=version)
+
     def ListTalentFaces(self, request, context):
         checks = Checks()
         checks.identifier("account_id", request.account_id)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -52,6 +53,19 @@ class FaceRow(Base):
         Index("ix_matcher_faces_talent", "account_id", "talent_id"),
         Index("ix_matcher_faces_request", "account_id", "request_id", unique=True),
     )
+
+
+class FaceRequestRow(Base):
+    """The content digest of the enrollment that created a face under an idempotency key, so a
+    reused key with another image or talent is refused (mixip.runtime.idempotency). A digest,
+    never the image; deleted with its face."""
+
+    __tablename__ = "matcher_face_requests"
+
+    face_id: Mapped[str] = mapped_column(
+        ForeignKey("matcher_faces.face_id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(64))
 
 
 class CollectionRow(Base):

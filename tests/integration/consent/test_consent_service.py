@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from mixip.consent.v1 import consent_pb2 as pb
 from mixip.runtime.times import to_timestamp
 from services.consent.store import Base, OutboxRow, RecordRow, TombstoneRow
-from tests.support.status import expect_invalid
+from tests.support.status import expect_error, expect_invalid
 
 ACCOUNT = "acct-a"
 BIO = pb.CONSENT_SCOPE_BIOMETRIC_PROCESSING
@@ -304,7 +304,8 @@ def test_bad_checks_are_refused(consent_service):
 def test_a_request_id_reused_for_a_different_record_is_refused(consent_service, clock):
     stub = consent_service.stub
     consent(stub, clock, "t-alice", BIO, GRANT, request_id="req-1")
-    details = expect_invalid(
+    details = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
         stub.RecordConsent,
         pb.RecordConsentRequest(
             account_id=ACCOUNT,
@@ -314,7 +315,6 @@ def test_a_request_id_reused_for_a_different_record_is_refused(consent_service, 
             evidence=evidence(clock),
             request_id="req-1",
         ),
-        fields={"request_id"},
     )
-    assert details.reason == "REQUEST_ID_REUSED"
+    assert details.reason == "IDEMPOTENCY_KEY_REUSED"
     assert count(consent_service, RecordRow) == 1 and count(consent_service, OutboxRow) == 0

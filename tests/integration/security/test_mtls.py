@@ -177,7 +177,12 @@ def test_a_service_refuses_to_listen_beyond_loopback_without_tls(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "MIXIP_DATA_DIR": str(tmp_path), "MIXIP_AUDIT_LISTEN": "0.0.0.0:0"}
+    env = {
+        **os.environ,
+        "MIXIP_DATA_DIR": str(tmp_path),
+        "MIXIP_AUDIT_LISTEN": "0.0.0.0:0",
+        "MIXIP_INSECURE_DEV": "true",  # even the development flag: plaintext stays on loopback
+    }
     env.pop("MIXIP_TLS_DIR", None)
     result = subprocess.run(
         [sys.executable, "-m", "services.audit"],
