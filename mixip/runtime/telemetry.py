@@ -50,6 +50,7 @@ class RpcMetrics:
     """The three conventional series of one RPC, labelled once."""
 
     def __init__(self, full_method: str, grpc_type: str) -> None:
+        self.method = full_method
         service, _, method = full_method.lstrip("/").partition("/")
         self._labels = (grpc_type, service, method)
         self._handled: dict[str, Any] = {}
