@@ -76,7 +76,9 @@ def create_db_engine(url: str) -> Engine:
             connection.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16, pool_recycle=1800)
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_size=8, max_overflow=16, pool_recycle=1800
+    )
 
 
 class Database:
