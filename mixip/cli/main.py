@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from mixip.cli import commands
+from mixip.cli import commands, db
 from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
 from mixip.cli.launcher import Mesh, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)
     commands.add_commands(sub, common)
+    db.add_commands(sub, common)
     return parser
 
 
