@@ -4,6 +4,7 @@ each revision once, and a database filled by the services keeps every row throug
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import MetaData, create_engine, select, text
 from sqlalchemy.pool import NullPool
 
+from gateway.store import MediaFaceRow, MediaRow
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.retention.v1 import retention_pb2 as rpb
@@ -204,3 +206,73 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
     )
     assert sorted(f.talent_id for f in results.media.faces) == ["", "astronaut"]
     assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
+
+
+# A second gateway revision that makes SQLite copy gateway_media, the table gateway_media_faces
+# references with ON DELETE CASCADE.
+COPYING_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "copies_media"
+down_revision = {first!r}
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("gateway_media") as batch_op:
+        batch_op.alter_column("filename", type_=sa.String(300), existing_nullable=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("gateway_media") as batch_op:
+        batch_op.alter_column("filename", type_=sa.String(255), existing_nullable=False)
+"""
+
+
+def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
+    database_url, tmp_path, monkeypatch, clock
+):
+    first = migrations.revisions("gateway")[0]
+    versions = tmp_path / "gateway-migrations"
+    shutil.copytree(
+        migrations.versions_dir("gateway"), versions, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (versions / "copies_media.py").write_text(COPYING_REVISION.format(first=first))
+    monkeypatch.setattr(migrations, "versions_dir", lambda service: versions)
+    url = database_url("gateway")  # at the first revision
+    db = Database(url, migrations.metadata("gateway"))
+    with db.write() as session:
+        session.add(
+            MediaRow(
+                media_id="m1",
+                account_id="a1",
+                project_id=PROJECT,
+                filename="a.jpg",
+                content_type="image/jpeg",
+                kind=1,
+                size_bytes=10,
+                storage_key="k1",
+                created_at=clock(),
+            )
+        )
+        session.flush()
+        session.add_all(
+            MediaFaceRow(
+                media_id="m1",
+                account_id="a1",
+                face_index=i,
+                label=1,
+                reason=1,
+                similarity=0.9,
+                box="0,0,1,1",
+                detection_score=0.9,
+            )
+            for i in range(2)
+        )
+    before = tables(url, "gateway")
+
+    assert migrations.upgrade(url, "gateway") == ["copies_media"]
+    assert kept(before, tables(url, "gateway")) == []
+    migrations.downgrade(url, "gateway", first)
+    assert kept(before, tables(url, "gateway")) == []
+    db.dispose()
