@@ -33,6 +33,9 @@ from mixip.runtime import logs
 from mixip.runtime.db import _SQLITE_BEGIN, UtcDateTime, create_db_engine
 
 logger = logging.getLogger("mixip.migrations")
+# Alembic's own INFO lines (dialect, DDL mode, each step) would repeat at every start what the
+# one "schema upgraded" line says.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # The module holding each service's models (its declarative `Base`); revisions sit beside it.
 MODELS = {

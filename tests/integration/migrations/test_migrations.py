@@ -10,7 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import MetaData, create_engine, select, text
+from sqlalchemy import MetaData, create_engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from gateway.store import MediaFaceRow, MediaRow
@@ -213,7 +214,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "copies_media"
-down_revision = {first!r}
+down_revision = {head!r}
 
 
 def upgrade() -> None:
@@ -227,16 +228,21 @@ def downgrade() -> None:
 """
 
 
+def with_revision_after_head(tmp_path, monkeypatch, service: str, source: str) -> None:
+    """The service's history plus one revision `source` (its {head} filled in) after head."""
+    versions = tmp_path / f"{service}-migrations"
+    shutil.copytree(
+        migrations.versions_dir(service), versions, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (versions / "extra.py").write_text(source.format(head=migrations.revisions(service)[-1]))
+    monkeypatch.setattr(migrations, "versions_dir", lambda _: versions)
+
+
 def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
     database_url, tmp_path, monkeypatch, clock
 ):
     first = migrations.revisions("gateway")[0]
-    versions = tmp_path / "gateway-migrations"
-    shutil.copytree(
-        migrations.versions_dir("gateway"), versions, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (versions / "copies_media.py").write_text(COPYING_REVISION.format(first=first))
-    monkeypatch.setattr(migrations, "versions_dir", lambda service: versions)
+    with_revision_after_head(tmp_path, monkeypatch, "gateway", COPYING_REVISION)
     url = database_url("gateway")  # at the first revision
     db = Database(url, migrations.metadata("gateway"))
     with db.write() as session:
@@ -269,8 +275,44 @@ def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
         )
     before = tables(url, "gateway")
 
-    assert migrations.upgrade(url, "gateway") == ["copies_media"]
+    assert migrations.upgrade(url, "gateway")[-1:] == ["copies_media"]
     assert kept(before, tables(url, "gateway")) == []
     migrations.downgrade(url, "gateway", first)
     assert kept(before, tables(url, "gateway")) == []
     db.dispose()
+
+
+FAILING_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "fails_half_way"
+down_revision = {head!r}
+
+
+def upgrade() -> None:
+    op.create_table("audit_half_way", sa.Column("id", sa.Integer, primary_key=True))
+    op.execute("INSERT INTO audit_half_way (id) VALUES (1)")
+    op.execute("INSERT INTO audit_half_way (id) VALUES (1)")  # a duplicate key: it fails here
+
+
+def downgrade() -> None:
+    op.drop_table("audit_half_way")
+"""
+
+
+def test_a_revision_failing_half_way_leaves_the_database_as_it_was(
+    database_url, tmp_path, monkeypatch
+):
+    url = database_url("audit")
+    assert migrations.upgrade(url, "audit") == migrations.revisions("audit")[1:]
+    head = migrations.revisions("audit")[-1]
+    with_revision_after_head(tmp_path, monkeypatch, "audit", FAILING_REVISION)
+    with pytest.raises(IntegrityError):
+        migrations.upgrade(url, "audit")
+    engine = create_db_engine(url)
+    with engine.connect() as connection:
+        assert "audit_half_way" not in inspect(connection).get_table_names()
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    engine.dispose()
+    assert version == [(head,)]
