@@ -27,7 +27,7 @@ from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
-from mixip.runtime import logs
+from mixip.runtime import logs, migrations
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
@@ -104,7 +104,7 @@ class GatewayApp(ServiceApp):
         settings: GatewaySettings,
         clock: Clock = utcnow,
     ) -> None:
-        db.create_tables()
+        migrations.upgrade(db.url, self.name)
         self.db = db
         self.channels = channels
         self.auth = Authenticator(db, clock)

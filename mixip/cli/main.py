@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from mixip.cli import commands
+from mixip.cli import commands, db
 from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
 from mixip.cli.launcher import Mesh, parse_replicas, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=demo)
     commands.add_commands(sub, common)
     commands.add_rights_and_key_commands(sub, common)
+    db.add_commands(sub, common)
     return parser
 
 

@@ -95,7 +95,7 @@ def create_db_engine(url: str) -> Engine:
 
         return engine
     return create_engine(
-        url,
+        parsed,
         pool_pre_ping=True,
         pool_size=8,
         max_overflow=16,
@@ -119,7 +119,8 @@ class Database:
         self.metadata = metadata
 
     def create_tables(self) -> None:
-        """Creates missing tables; on PostgreSQL under an advisory lock so replicas don't race."""
+        """Creates missing tables (scratch databases: benchmarks, tests of one store). Services
+        migrate their schema instead (mixip.runtime.migrations)."""
         with self.engine.begin() as connection:
             if self.dialect == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(4242001)"))

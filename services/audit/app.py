@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from mixip.runtime import migrations
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import KeyWrapper, KmsKeyWrapper, LocalKeyWrapper
@@ -55,7 +56,7 @@ class AuditApp(ServiceApp):
     name = "audit"
 
     def __init__(self, db: Database, wrapper: KeyWrapper, clock: Clock = utcnow) -> None:
-        db.create_tables()
+        migrations.upgrade(db.url, self.name)
         self.db = db
         self.log = AuditLog(db, SaltVault(db, wrapper, clock), clock)
         self.clock = clock

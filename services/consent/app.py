@@ -9,7 +9,7 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
-from mixip.runtime import telemetry
+from mixip.runtime import migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
@@ -58,7 +58,7 @@ class ConsentApp(ServiceApp):
         dispatch: bool = True,
         poll_seconds: float = 2.0,
     ) -> None:
-        db.create_tables()
+        migrations.upgrade(db.url, self.name)
         self.db = db
         self.clock = clock
         self.matcher_channel = matcher_channel

@@ -22,7 +22,7 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
-from mixip.runtime import telemetry
+from mixip.runtime import migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
@@ -144,7 +144,7 @@ class MatcherApp(ServiceApp):
         *,
         engine_factory: Callable[[MatcherSettings, CollectionIndexes], FaceEngine] = create_engine,
     ) -> None:
-        db.create_tables()
+        migrations.upgrade(db.url, self.name)
         self.db = db
         self.consent_channel = consent_channel
         self.indexes = CollectionIndexes(db, sized_index_factory(settings.ann_min_faces))

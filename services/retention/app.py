@@ -10,7 +10,7 @@ from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
-from mixip.runtime import telemetry
+from mixip.runtime import migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
@@ -42,7 +42,7 @@ class RetentionApp(ServiceApp):
         consent_channel: grpc.Channel,
         clock: Clock = utcnow,
     ) -> None:
-        db.create_tables()
+        migrations.upgrade(db.url, self.name)
         self.db = db
         self.settings = settings
         self.channels = (audit_channel, matcher_channel, consent_channel)
