@@ -197,7 +197,9 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
             assert migrations.upgrade(url, service, revision) == [revision]
             assert kept(at_first, tables(url, service)) == [], (service, revision)
         assert migrations.upgrade(url, service) == []
-        assert kept(at_head, tables(url, service)) == [], service
+        # Rows of tables that a later revision creates go with that revision's downgrade.
+        older = {name: rows for name, rows in at_head.items() if name in at_first}
+        assert kept(older, tables(url, service)) == [], service
 
     # The services still read what they wrote.
     results = gateway.stub.GetMediaResults(
