@@ -53,6 +53,8 @@ class Mesh:
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[str] = field(default_factory=available_services)
     addresses: dict[str, str] = field(default_factory=dict)
+    # Ports that are not services of their own (the gateway's internal port).
+    internal_addresses: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -72,7 +74,7 @@ class Mesh:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
-        for name, address in self.addresses.items():
+        for name, address in (self.addresses | self.internal_addresses).items():
             env[variable(name, "ADDRESS")] = address
             env[variable(name, "LISTEN")] = address
         if self.tls_dir is not None:
@@ -89,6 +91,8 @@ class Mesh:
         for name in self.services:
             port = self.gateway_port if name == "gateway" and self.gateway_port else free_port()
             self.addresses[name] = f"127.0.0.1:{port}"
+        if "gateway" in self.services:  # its internal port, which the retention service calls
+            self.internal_addresses["gateway_internal"] = f"127.0.0.1:{free_port()}"
         for name in self.services:
             self._spawn(name)
         try:

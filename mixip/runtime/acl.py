@@ -3,7 +3,8 @@
 Each internal service checks the calling service's certificate identity (its common name,
 verified by mutual TLS) against this table for every RPC. A caller not listed gets
 PERMISSION_DENIED and leaves a warning line in the callee's log. The gateway's client-facing
-API is not in this table: its callers are authenticated by API key.
+API is not in this table: its callers are authenticated by API key; its internal API
+(GatewayInternalService, on its own port) is.
 
 Each caller gets exactly what it calls, nothing more; the read-only operational RPCs that no
 service calls are open to `operator` (the certificate of `mixip certs init` for people).
@@ -44,6 +45,9 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "ListTalentFaces": frozenset({"gateway"}),
         "GetCollectionStats": frozenset({"operator"}),
         "ListEnrolledTalents": frozenset({"retention"}),
+    },
+    "mixip.gateway.v1.GatewayInternalService": {
+        "PurgeExpiredMedia": frozenset({"retention"}),
     },
     "mixip.retention.v1.RetentionService": {
         "RunNow": frozenset({"gateway"}),
