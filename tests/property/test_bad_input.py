@@ -1051,6 +1051,10 @@ def _valid_requests(harness) -> dict:
             admin_pb2.RunRetentionJobRequest(job=retention_pb2.RETENTION_JOB_PURGE),
         ),
         "GetRetentionStatus": (a.GetRetentionStatus, admin_pb2.GetRetentionStatusRequest()),
+        "SetAccountRetention": (
+            a.SetAccountRetention,
+            admin_pb2.SetAccountRetentionRequest(account_id=harness.account_id, retention_days=30),
+        ),
     }
 
 
@@ -1094,6 +1098,7 @@ def test_every_rpc_has_a_property():
         "CreateApiKey",
         "ListAccounts",
         "RunRetentionJob",
+        "SetAccountRetention",  # test_bad_input_copies.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
