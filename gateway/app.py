@@ -24,7 +24,6 @@ from gateway.auth import Authenticator
 from gateway.retention import (
     DEFAULT_RETENTION_DAYS,
     MAX_RETENTION_DAYS,
-    MIN_RETENTION_DAYS,
     MediaRetention,
 )
 from gateway.service import Gateway, Peers
@@ -85,7 +84,7 @@ class GatewaySettings:
             max_chunk_bytes=env.int("MIXIP_GATEWAY_MAX_CHUNK_BYTES", 4 * MiB, minimum=1024),
             admin_key_file=config.data_dir / "gateway-admin.key",
             admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
-            media_retention_days=max(days, MIN_RETENTION_DAYS),
+            media_retention_days=days,
             internal_listen=env.str(variable("gateway_internal", "LISTEN"), "127.0.0.1:50056"),
         )
 

@@ -1,4 +1,8 @@
-"""Composition root of the retention service: configuration → database, peers, scheduler."""
+"""Composition root of the retention service: configuration → database, peers, scheduler.
+
+Peers: audit, matcher and consent at MIXIP_<SERVICE>_ADDRESS, and the gateway's internal port at
+MIXIP_GATEWAY_INTERNAL_ADDRESS (default 127.0.0.1:50056), where the purge deletes expired media.
+"""
 
 from __future__ import annotations
 
