@@ -222,6 +222,7 @@ class Recording:
         self.description = store.description
         self.fail_deletes = 0
         self.dangling: list[str] = []
+        self.before_delete = None  # a hook run once, at the first deletion
 
     def put(self, account_id, data):
         return self.inner.put(account_id, data)
@@ -233,6 +234,9 @@ class Recording:
         return self.inner.stale_keys(before)
 
     def delete(self, account_id, key):
+        hook, self.before_delete = self.before_delete, None
+        if hook is not None:
+            hook()
         with self.db.read() as session:
             if session.scalar(select(MediaRow.media_id).where(MediaRow.storage_key == key)):
                 self.dangling.append(key)
@@ -314,6 +318,34 @@ def test_expired_media_and_their_objects_go_from_the_store_in_bounded_batches(ga
     assert env.listing() == {recent} and count(env.db, MediaRow) == 1
     assert env.store.dangling == []  # every object went after its row
     assert not any(TALENT in v for v in every_value(env.db, MediaRow))
+
+
+def test_a_second_purge_between_the_first_ones_rows_and_objects_deletes_nothing_twice(
+    gateway_purge, clock
+):
+    """Two purges (two retention replicas, or a drill during the daily run), interleaved at the
+    step boundary: the second runs whole after the first deleted its rows and before it deleted
+    the first object."""
+    env = gateway_purge
+    keys = {stored_media(env, "acct-a", clock()) for _ in range(3)}
+    stub = internal_pb2_grpc.GatewayInternalServiceStub(
+        open_channel(f"127.0.0.1:{env.internal.port}", [INTERNAL_SERVICE], timeout_seconds=30)
+    )
+    request = internal_pb2.PurgeExpiredMediaRequest(
+        as_of=to_timestamp(clock() + timedelta(days=366))
+    )
+    second = []
+    env.store.before_delete = lambda: second.append(stub.PurgeExpiredMedia(request))
+
+    first = stub.PurgeExpiredMedia(request)
+
+    assert first.media_deleted == first.faces_deleted == 3 and first.objects_deleted == 3
+    [inner] = second
+    assert (inner.media_deleted, inner.objects_deleted, inner.orphans_deleted) == (0, 0, 0)
+    assert inner.done  # the objects still there are too fresh to be taken for orphans
+    assert keys and env.listing() == set()
+    assert env.store.dangling == []
+    assert stub.PurgeExpiredMedia(request).done
 
 
 def test_a_purge_stopped_between_rows_and_objects_leaves_an_orphan_the_next_purge_sweeps(
