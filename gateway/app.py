@@ -5,6 +5,9 @@ MIXIP_GATEWAY_KEK_FILE, MIXIP_GATEWAY_S3_BUCKET, MIXIP_GATEWAY_S3_KMS_KEY_ID,
 MIXIP_GATEWAY_S3_PREFIX, MIXIP_GATEWAY_MAX_UPLOAD_BYTES, MIXIP_GATEWAY_MAX_CHUNK_BYTES,
 MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY (server TLS on the client-facing port),
 MIXIP_GATEWAY_ADMIN_KEY (else the key file <data dir>/gateway-admin.key, made at first start),
+MIXIP_GATEWAY_MEDIA_RETENTION_DAYS (365: how long stored media and their results are kept for
+accounts without their own period, 1-3650), MIXIP_GATEWAY_INTERNAL_LISTEN (127.0.0.1:50056: the
+internal port, mutual TLS with caller rules when MIXIP_TLS_DIR is set, loopback only otherwise),
 and the four MIXIP_<SERVICE>_ADDRESS.
 """
 
@@ -18,27 +21,40 @@ from pathlib import Path
 import grpc
 
 from gateway.auth import Authenticator
+from gateway.retention import (
+    DEFAULT_RETENTION_DAYS,
+    MAX_RETENTION_DAYS,
+    MediaRetention,
+)
 from gateway.service import Gateway, Peers
-from gateway.servicer import AdminServicer, GatewayServicer
+from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
 from gateway.storage import LocalEncryptedStore, MediaStore, S3Store
 from gateway.store import Base
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
-from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    internal_pb2,
+    internal_pb2_grpc,
+)
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
 from mixip.runtime import logs, migrations
 from mixip.runtime.client import peer_channel
-from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.config import ConfigError, Env, ServerConfig, variable
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper
-from mixip.runtime.server import ServiceApp
+from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, _loopback, start_server
 from mixip.runtime.times import Clock, utcnow
 
 logger = logging.getLogger("mixip.gateway")
 MiB = 1024 * 1024
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+INTERNAL_SERVICE = internal_pb2.DESCRIPTOR.services_by_name["GatewayInternalService"].full_name
 PEER_SERVICES = {
     "matcher": matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name,
     "consent": consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
@@ -53,14 +69,23 @@ class GatewaySettings:
     max_chunk_bytes: int = 4 * MiB
     admin_key_file: Path = Path("var/gateway-admin.key")
     admin_key: str | None = None
+    media_retention_days: int = DEFAULT_RETENTION_DAYS
+    internal_listen: str = "127.0.0.1:0"
 
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> GatewaySettings:
+        days = env.int("MIXIP_GATEWAY_MEDIA_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=1)
+        if days > MAX_RETENTION_DAYS:
+            raise ConfigError(
+                f"MIXIP_GATEWAY_MEDIA_RETENTION_DAYS={days} must be at most {MAX_RETENTION_DAYS}"
+            )
         return cls(
             max_upload_bytes=env.int("MIXIP_GATEWAY_MAX_UPLOAD_BYTES", 64 * MiB, minimum=1),
             max_chunk_bytes=env.int("MIXIP_GATEWAY_MAX_CHUNK_BYTES", 4 * MiB, minimum=1024),
             admin_key_file=config.data_dir / "gateway-admin.key",
             admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
+            media_retention_days=days,
+            internal_listen=env.str(variable("gateway_internal", "LISTEN"), "127.0.0.1:50056"),
         )
 
 
@@ -92,6 +117,21 @@ def peers_from(channels: dict[str, grpc.Channel]) -> Peers:
     )
 
 
+class InternalApp(ServiceApp):
+    """The gateway's internal API, served by its own server on the internal port."""
+
+    name = "gateway"
+
+    def __init__(self, retention: MediaRetention) -> None:
+        self.retention = retention
+
+    def register(self, server: grpc.Server) -> Sequence[str]:
+        internal_pb2_grpc.add_GatewayInternalServiceServicer_to_server(
+            GatewayInternalServicer(self.retention), server
+        )
+        return [INTERNAL_SERVICE]
+
+
 class GatewayApp(ServiceApp):
     name = "gateway"
     client_facing = True  # callers present API keys, not certificates
@@ -103,6 +143,10 @@ class GatewayApp(ServiceApp):
         media_store: MediaStore,
         settings: GatewaySettings,
         clock: Clock = utcnow,
+        *,
+        internal_credentials: grpc.ServerCredentials | None = None,
+        internal_authorize: Authorizer | None = None,
+        internal_insecure_dev: bool = False,
     ) -> None:
         migrations.upgrade(db.url, self.name)
         self.db = db
@@ -120,13 +164,25 @@ class GatewayApp(ServiceApp):
             max_upload_bytes=settings.max_upload_bytes,
             max_chunk_bytes=settings.max_chunk_bytes,
         )
+        self.retention = MediaRetention(
+            db,
+            media_store,
+            clock,
+            self.gateway.sweep_orphans,
+            default_days=settings.media_retention_days,
+        )
+        self.internal_listen = settings.internal_listen
+        self.internal_credentials = internal_credentials
+        self.internal_authorize = internal_authorize
+        self.internal_insecure_dev = internal_insecure_dev
+        self.internal: RunningServer | None = None
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(self.gateway, self.auth), server
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.gateway, self.auth), server
+            AdminServicer(self.gateway, self.auth, self.retention), server
         )
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
 
@@ -134,8 +190,18 @@ class GatewayApp(ServiceApp):
         swept = self.gateway.sweep_orphans()
         if swept:
             logs.log(logger, "orphaned media objects removed", count=swept)
+        self.internal = start_server(
+            InternalApp(self.retention),
+            listen=self.internal_listen,
+            credentials=self.internal_credentials,
+            authorize=self.internal_authorize,
+            insecure_dev=self.internal_insecure_dev,
+        )
+        logs.log(logger, "internal port serving", port=self.internal.port)
 
     def close(self) -> None:
+        if self.internal is not None:
+            self.internal.stop(0)
         for channel in self.channels.values():
             channel.close()
         self.db.dispose()
@@ -160,10 +226,32 @@ def build(config: ServerConfig, env: Env) -> tuple[GatewayApp, dict]:
     channels = {
         name: peer_channel(config, env, name, service) for name, service in PEER_SERVICES.items()
     }
+    settings = GatewaySettings.load(config, env)
     app = GatewayApp(
         Database(config.database_url, Base.metadata),
         channels,
         media_store_from(config, env),
-        GatewaySettings.load(config, env),
+        settings,
+        **internal_security(config, env, settings.internal_listen),
     )
     return app, {"credentials": client_credentials(env), "authorize": None}
+
+
+def internal_security(config: ServerConfig, env: Env, listen: str) -> dict:
+    """The internal port speaks mutual TLS and checks callers against the caller rules when
+    MIXIP_TLS_DIR is set. Without it, it fails closed like every internal service: it starts
+    only in the explicit development mode (MIXIP_INSECURE_DEV), on loopback."""
+    if config.tls_dir is None:
+        if not _loopback(listen) or not env.bool("MIXIP_INSECURE_DEV", False):
+            raise ConfigError(
+                f"refusing the gateway's internal port on {listen} without MIXIP_TLS_DIR "
+                "(mutual TLS identifies its callers); for development on loopback only, "
+                "MIXIP_INSECURE_DEV=true"
+            )
+        return {"internal_insecure_dev": True}
+    from mixip.runtime import acl, tls
+
+    return {
+        "internal_credentials": tls.server_credentials(config.tls_dir, "gateway"),
+        "internal_authorize": acl.authorize,
+    }

@@ -283,11 +283,14 @@ class Gateway:
                 )
             )
 
-    def sweep_orphans(self) -> int:
-        """Deletes stored objects no media refers to, left by a crash mid-upload (run at
-        start-up; only objects older than any upload can take)."""
+    def sweep_orphans(self, limit: int | None = None) -> int:
+        """Deletes stored objects no media refers to, left by a crash mid-upload or mid-purge
+        (run at start-up and by the retention purge; only objects older than any upload can
+        take), at most `limit` of them."""
         deleted = 0
         for account_id, key in self.media_store.stale_keys(self.clock() - ORPHANED_AFTER):
+            if limit is not None and deleted >= limit:
+                break
             with self.db.read() as session:
                 referenced = session.scalar(
                     select(MediaRow.media_id).where(MediaRow.storage_key == key)

@@ -8,10 +8,18 @@ import uuid
 from collections.abc import Iterator
 
 from gateway.auth import Authenticator
+from gateway.retention import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, MediaRetention
 from gateway.service import Gateway, StoredMedia, UploadHeader, face_result
 from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
-from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    internal_pb2,
+    internal_pb2_grpc,
+)
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime import logs
@@ -222,9 +230,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, gateway: Gateway, auth: Authenticator) -> None:
+    def __init__(self, gateway: Gateway, auth: Authenticator, retention: MediaRetention) -> None:
         self.auth = auth
         self.peers = gateway.peers
+        self.retention = retention
+        self.clock = gateway.clock
 
     def CreateAccount(self, request, context):
         self.auth.admin(context)
@@ -281,17 +291,74 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     def RunRetentionJob(self, request, context):
-        self.auth.admin(context)
+        admin = self.auth.admin(context)
         checks = Checks()
         checks.enum("job", request.job, retention_pb2.RetentionJob)
+        drill = request.HasField("as_of")
+        checks.drill_time("as_of", request.as_of, drill, self.clock())
+        if drill and request.job not in (0, retention_pb2.RETENTION_JOB_PURGE):
+            checks.fail("as_of", "only the purge job runs as of a later date")
         checks.done()
-        reply = self.peers.retention.RunNow(retention_pb2.RunNowRequest(job=request.job))
+        reply = self.peers.retention.RunNow(
+            retention_pb2.RunNowRequest(
+                job=request.job,
+                as_of=request.as_of if drill else None,
+                requested_by=admin.key_id,
+            )
+        )
         return admin_pb2.RunRetentionJobResponse(report=reply.report)
 
     def GetRetentionStatus(self, request, context):
         self.auth.admin(context)
         return admin_pb2.GetRetentionStatusResponse(
             status=self.peers.retention.GetStatus(retention_pb2.GetStatusRequest())
+        )
+
+    def SetAccountRetention(self, request, context):
+        admin = self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        if not MIN_RETENTION_DAYS <= request.retention_days <= MAX_RETENTION_DAYS:
+            checks.fail(
+                "retention_days", f"must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS}"
+            )
+        checks.done()
+        row = self.retention.set_account_retention(
+            request.account_id, request.retention_days, admin.key_id
+        )
+        return admin_pb2.SetAccountRetentionResponse(
+            account_id=row.account_id,
+            retention_days=row.retention_days,
+            updated_at=to_timestamp(row.updated_at),
+        )
+
+
+class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
+    """The internal port's API; callers are checked by the caller rules, not API keys."""
+
+    DEFAULT_BATCH = 1000
+    MAX_BATCH = 10_000
+
+    def __init__(self, retention: MediaRetention) -> None:
+        self.retention = retention
+
+    def PurgeExpiredMedia(self, request, context):
+        checks = Checks()
+        as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
+        batch = request.batch_size or self.DEFAULT_BATCH
+        if not 1 <= batch <= self.MAX_BATCH:
+            checks.fail(
+                "batch_size",
+                f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
+            )
+        checks.done()
+        done = self.retention.purge_expired(as_of, batch)
+        return internal_pb2.PurgeExpiredMediaResponse(
+            media_deleted=done.media_deleted,
+            faces_deleted=done.faces_deleted,
+            objects_deleted=done.objects_deleted,
+            orphans_deleted=done.orphans_deleted,
+            done=done.done,
         )
 
 

@@ -115,3 +115,17 @@ class ErasureReceiptRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (Index("ix_gateway_receipt_request", "account_id", "request_id", unique=True),)
+
+
+class AccountRetentionRow(Base):
+    """An account's own retention period for stored media and their results (absent: the
+    gateway's default, MIXIP_GATEWAY_MEDIA_RETENTION_DAYS)."""
+
+    __tablename__ = "gateway_account_retention"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("gateway_accounts.account_id"), primary_key=True
+    )
+    retention_days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_by: Mapped[str] = mapped_column(String(32))  # the admin key id

@@ -278,6 +278,7 @@ def retention_factory(database_url, serve, clock, channels):
     from services.retention.app import (
         AUDIT_SERVICE,
         CONSENT_SERVICE,
+        GATEWAY_INTERNAL_SERVICE,
         MATCHER_SERVICE,
         SERVICE_NAME,
         RetentionApp,
@@ -287,7 +288,15 @@ def retention_factory(database_url, serve, clock, channels):
 
     url = database_url("retention")
 
-    def make(*, audit: str, matcher: str, consent: str, env: dict | None = None, listener=None):
+    def make(
+        *,
+        audit: str,
+        matcher: str,
+        consent: str,
+        env: dict | None = None,
+        listener=None,
+        gateway: str | None = None,  # the gateway's internal address: the purge reaches it
+    ):
         defaults = {"MIXIP_RETENTION_REPLICA_ID": "replica-a", "MIXIP_RETENTION_SCHEDULER": "0"}
         app = RetentionApp(
             Database(url, Base.metadata),
@@ -296,6 +305,9 @@ def retention_factory(database_url, serve, clock, channels):
             open_channel(matcher, [MATCHER_SERVICE], timeout_seconds=10),
             open_channel(consent, [CONSENT_SERVICE], timeout_seconds=10),
             clock,
+            gateway_channel=open_channel(gateway, [GATEWAY_INTERNAL_SERVICE], timeout_seconds=30)
+            if gateway
+            else None,
         )
         if listener is not None:
             app.scheduler.apscheduler.add_listener(listener)
@@ -391,6 +403,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service)
             admin_key_file=tmp_path / "gateway-admin.key",
         ),
         clock,
+        internal_insecure_dev=True,
     )
     running = serve(app)
     channel = open_channel(

@@ -87,6 +87,23 @@ def accounts_create(args, conn: Connection, out: Output) -> int:
     return 0
 
 
+def accounts_retention(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    reply = stub.SetAccountRetention(
+        admin_pb2.SetAccountRetentionRequest(account_id=args.account, retention_days=args.days),
+        metadata=meta,
+    )
+    out.result(
+        {
+            "account_id": reply.account_id,
+            "retention_days": reply.retention_days,
+            "updated_at": reply.updated_at.ToJsonString(),
+        },
+        f"account {reply.account_id}: stored media and results kept {reply.retention_days} days",
+    )
+    return 0
+
+
 # -- consent ----------------------------------------------------------------------------------
 
 
@@ -385,21 +402,41 @@ def _report_json(report: retention_pb2.RunReport) -> dict:
         "events_purged": report.events_purged,
         "talents_checked": report.talents_checked,
         "vectors_deleted": report.vectors_deleted,
+        "as_of": when(report.as_of),
+        "requested_by": report.requested_by or None,
+        "media_purged": report.media_purged,
+        "media_objects_deleted": report.media_objects_deleted,
         "error": report.error or None,
     }
 
 
+def _as_of(value: str | None) -> Timestamp | None:
+    """--as-of: an ISO 8601 time (UTC unless it says otherwise); a bad one exits 2."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--as-of {value!r} is not an ISO 8601 time", exit_code=2) from None
+    return to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+
+
 def retention_run(args, conn: Connection, out: Output) -> int:
+    as_of = _as_of(args.as_of)
+    if as_of is not None and args.job != "purge":
+        raise CliError("--as-of applies to --job purge only", exit_code=2)
     stub, meta = conn.admin()
     with out.progress(f"running {args.job}"):
         reply = stub.RunRetentionJob(
-            admin_pb2.RunRetentionJobRequest(job=JOBS[args.job]), metadata=meta
+            admin_pb2.RunRetentionJobRequest(job=JOBS[args.job], as_of=as_of), metadata=meta
         )
     report = _report_json(reply.report)
     out.result(
         report,
         f"{report['job']}: {report['outcome']} — {report['events_purged']} "
-        f"events purged, {report['vectors_deleted']} vectors deleted"
+        f"events purged, {report['media_purged']} media purged, "
+        f"{report['vectors_deleted']} vectors deleted"
+        + (f" (as of {report['as_of']})" if as_of is not None else "")
         + (f" ({report['error']})" if report["error"] else ""),
     )
     return 0 if report["outcome"] == "succeeded" else 1
@@ -441,6 +478,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     create = accounts.add_parser("create", parents=[common], help="create an account and key")
     create.add_argument("name")
     create.set_defaults(run=accounts_create)
+    keep = accounts.add_parser(
+        "retention", parents=[common], help="how long an account's media and results are kept"
+    )
+    keep.add_argument("account")
+    keep.add_argument("--days", type=int, required=True, help="1-3650 (default period: 365)")
+    keep.set_defaults(run=accounts_retention)
 
     consent = sub.add_parser("consent", help="record or show consent").add_subparsers(
         dest="action", required=True
@@ -495,6 +538,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p = retention.add_parser("run", parents=[common], help="run a retention job now")
     p.add_argument("--job", choices=sorted(JOBS), default="purge")
+    p.add_argument(
+        "--as-of",
+        metavar="ISO8601",
+        help="purge only: a drill, run as if at this later time (recorded with the run)",
+    )
     p.set_defaults(run=retention_run)
     p = retention.add_parser("status", parents=[common], help="schedule and last runs")
     p.set_defaults(run=retention_status)

@@ -98,6 +98,10 @@ class Mesh:
     listen: dict[str, str] = field(default_factory=dict)
     # instance -> where it serves Prometheus metrics
     metrics: dict[str, str] = field(default_factory=dict)
+    # Ports that are not services of their own (the gateway's internal port): name -> target,
+    # and each gateway instance's own internal listen address.
+    internal_addresses: dict[str, str] = field(default_factory=dict)
+    internal_listen: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def instances(self, name: str) -> list[str]:
@@ -120,12 +124,14 @@ class Mesh:
     def environment(self, instance: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
-        for name, address in self.addresses.items():
+        for name, address in (self.addresses | self.internal_addresses).items():
             env[variable(name, "ADDRESS")] = address
             env[variable(name, "LISTEN")] = self.listen.get(name, address)
         if instance is not None:
             env[variable(service_of(instance), "LISTEN")] = self.listen[instance]
             env[variable(service_of(instance), "METRICS_LISTEN")] = self.metrics[instance]
+            if instance in self.internal_listen:
+                env[variable("gateway_internal", "LISTEN")] = self.internal_listen[instance]
             if instance != service_of(instance):  # replicas keep their own job-store rows
                 env["MIXIP_RETENTION_REPLICA_ID"] = instance
         if self.tls_dir is not None:
@@ -148,6 +154,12 @@ class Mesh:
                 self.listen[instance] = f"127.0.0.1:{self.gateway_port if fixed else free_port()}"
                 self.metrics[instance] = f"127.0.0.1:{free_port()}"
             self.addresses[name] = target([self.listen[i] for i in self.instances(name)])
+        if "gateway" in self.services:  # its internal port, which the retention service calls
+            for instance in self.instances("gateway"):
+                self.internal_listen[instance] = f"127.0.0.1:{free_port()}"
+            self.internal_addresses["gateway_internal"] = target(
+                [self.internal_listen[i] for i in self.instances("gateway")]
+            )
         extra = [i for name in self.services for i in self.instances(name)[1:]]
         try:
             for batch in (self.services, extra):

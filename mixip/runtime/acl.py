@@ -6,7 +6,8 @@ PERMISSION_DENIED and leaves a warning line in the callee's log; a caller withou
 certificate (a plaintext port) gets UNAUTHENTICATED: internal services fail closed. The one
 exception is `development` (MIXIP_INSECURE_DEV, `mixip up --insecure`): plaintext on loopback,
 any local caller, and still only the RPCs listed here. The gateway's client-facing API is not in
-this table: its callers are authenticated by API key.
+this table: its callers are authenticated by API key; its internal API (GatewayInternalService,
+on its own port) is.
 
 Each caller gets exactly what it calls, nothing more; the read-only operational RPCs that no
 service calls are open to `operator` (the certificate of `mixip certs init` for people).
@@ -48,6 +49,9 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "GetCollectionStats": frozenset({"operator"}),
         "ListEnrolledTalents": frozenset({"retention"}),
         "DeleteTalentFace": frozenset({"gateway"}),
+    },
+    "mixip.gateway.v1.GatewayInternalService": {
+        "PurgeExpiredMedia": frozenset({"retention"}),
     },
     "mixip.retention.v1.RetentionService": {
         "RunNow": frozenset({"gateway"}),

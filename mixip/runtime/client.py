@@ -35,6 +35,7 @@ LONG_CALLS = {
     ("mixip.gateway.v1.GatewayService", "VerifyAuditLog"): 600.0,
     ("mixip.gateway.v1.GatewayService", "EraseTalent"): 120.0,
     ("mixip.gateway.v1.AdminService", "RunRetentionJob"): 3600.0,
+    ("mixip.gateway.v1.GatewayInternalService", "PurgeExpiredMedia"): 600.0,
 }
 RETRY_POLICY = {
     "maxAttempts": 5,

@@ -19,6 +19,9 @@ DEFAULT_PORTS = {
     "consent": 50053,
     "audit": 50054,
     "retention": 50055,
+    # The gateway's internal (mutual-TLS, caller-ruled) port: MIXIP_GATEWAY_INTERNAL_LISTEN and,
+    # for its callers, MIXIP_GATEWAY_INTERNAL_ADDRESS. Not a service of its own.
+    "gateway_internal": 50056,
 }
 MiB = 1024 * 1024
 
@@ -110,7 +113,7 @@ class ServerConfig:
     max_message_bytes: int
     workers: int
     grace_seconds: float
-    metrics_listen: str  # "host:port" of the Prometheus endpoint; "" for none
+    metrics_listen: str = ""  # "host:port" of the Prometheus endpoint; "" for none
 
     @classmethod
     def load(cls, name: str, env: Env | None = None) -> ServerConfig:

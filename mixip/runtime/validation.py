@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -21,6 +21,10 @@ MAX_PAGE_SIZE = 1000
 # Earliest and latest timestamps we accept (protobuf allows years 1-9999).
 _MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+# A drill's "as of" time: not before now (less this slack, for clocks a little apart), and not
+# absurdly far ahead.
+DRILL_SLACK = timedelta(minutes=5)
+DRILL_HORIZON = timedelta(days=36525)  # 100 years
 
 
 # Characters that only hide or reorder text: C0/C1 controls, bidi embeddings, overrides and
@@ -110,6 +114,20 @@ class Checks:
             return None
         if not _MIN_TIME <= value <= _MAX_TIME:
             self.fail(field_name, "must be between 1970 and 9999")
+            return None
+        return value
+
+    def drill_time(self, field_name: str, message, present: bool, now: datetime) -> datetime | None:
+        """An optional "as of" time of a retention drill: unset (None), or a time at or after
+        `now` and at most 100 years ahead."""
+        value = self.timestamp(field_name, message, present, required=False)
+        if value is None:
+            return None
+        if value < now - DRILL_SLACK:
+            self.fail(field_name, "must not be in the past (a drill runs at a later date)")
+            return None
+        if value > now + DRILL_HORIZON:
+            self.fail(field_name, "must be at most 100 years ahead")
             return None
         return value
 

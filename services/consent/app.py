@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -9,7 +10,7 @@ import grpc
 
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
-from mixip.runtime import migrations, telemetry
+from mixip.runtime import logs, migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
@@ -19,6 +20,8 @@ from services.consent.outbox import Deliver, OutboxDispatcher
 from services.consent.service import ConsentLedger
 from services.consent.servicer import ConsentServicer
 from services.consent.store import Base, outbox_backlog
+
+logger = logging.getLogger("mixip.consent")
 
 SERVICE_NAME = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
 MATCHER_SERVICE = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -90,6 +93,9 @@ class ConsentApp(ServiceApp):
         return [SERVICE_NAME]
 
     def start(self) -> None:
+        compacted = self.outbox.compact_delivered()
+        if compacted:
+            logs.log(logger, "delivered outbox rows compacted into counts", count=compacted)
         if self.dispatch:
             self.outbox.start()
 

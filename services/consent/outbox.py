@@ -1,6 +1,8 @@
 """Delivers owed face deletions to the matcher until each is acknowledged.
 
 Rows persist in the consent database, so a revocation survives restarts of either service.
+A delivered row is deleted in the transaction that counts it (per account and day, without the
+talent id): the outbox keeps talent ids only while a deletion is owed.
 Several replicas may run dispatchers: a row is claimed with a short lease by a conditional
 UPDATE, so one dispatcher works on it at a time (and `DeleteTalentFaces` is idempotent anyway).
 """
@@ -14,12 +16,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import grpc
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database
+from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.times import Clock
-from services.consent.store import OutboxRow
+from services.consent.store import DeliveryCountRow, OutboxRow
 
 logger = logging.getLogger("mixip.consent.outbox")
 
@@ -135,18 +138,12 @@ class OutboxDispatcher:
         return claimed
 
     def _acknowledge(self, row: OutboxRow, deleted: int) -> None:
+        """The row goes and its count stays, in one transaction (if an erasure deleted the row
+        meanwhile, there is nothing left to count)."""
+        now = self.clock()
         with self.db.write() as session:
-            session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id == row.id)
-                .values(
-                    delivered_at=self.clock(),
-                    faces_deleted=deleted,
-                    lease_until=None,
-                    attempts=OutboxRow.attempts + 1,
-                    last_error=None,
-                )
-            )
+            if session.execute(delete(OutboxRow).where(OutboxRow.id == row.id)).rowcount:
+                count_deliveries(session, row.account_id, now, 1, deleted)
         logs.log(
             logger,
             "face deletion delivered",
@@ -154,6 +151,24 @@ class OutboxDispatcher:
             outbox=row.outbox_id,
             faces_deleted=deleted,
         )
+
+    def compact_delivered(self) -> int:
+        """Turns rows marked delivered (by versions that kept them) into counts; returns how
+        many went. Run at start-up."""
+        with self.db.write() as session:
+            rows = session.execute(
+                select(
+                    OutboxRow.id,
+                    OutboxRow.account_id,
+                    OutboxRow.delivered_at,
+                    OutboxRow.faces_deleted,
+                ).where(OutboxRow.delivered_at.is_not(None))
+            ).all()
+            for _, account_id, delivered_at, faces in rows:
+                count_deliveries(session, account_id, delivered_at, 1, faces or 0)
+            if rows:
+                session.execute(delete(OutboxRow).where(OutboxRow.id.in_([r[0] for r in rows])))
+        return len(rows)
 
     def _retry_later(self, row: OutboxRow, code: str) -> None:
         attempts = row.attempts + 1
@@ -180,3 +195,24 @@ class OutboxDispatcher:
             code=code,
             retry_in_s=round(delay, 2),
         )
+
+
+def count_deliveries(
+    session: Session, account_id: str, when: datetime, deliveries: int, faces: int
+) -> None:
+    """Adds to the account's counter of the day (UTC) of `when`."""
+    day = when.date()
+    insert_ignoring_conflicts(
+        session,
+        DeliveryCountRow.__table__,
+        [{"account_id": account_id, "day": day, "deliveries": 0, "faces_deleted": 0}],
+        ["account_id", "day"],
+    )
+    session.execute(
+        update(DeliveryCountRow)
+        .where(DeliveryCountRow.account_id == account_id, DeliveryCountRow.day == day)
+        .values(
+            deliveries=DeliveryCountRow.deliveries + deliveries,
+            faces_deleted=DeliveryCountRow.faces_deleted + faces,
+        )
+    )

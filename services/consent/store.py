@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Index, Integer, SmallInteger, String, func, select
+from sqlalchemy import BigInteger, Date, Index, Integer, SmallInteger, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
@@ -45,7 +45,8 @@ class RecordRow(Base):
 
 
 class OutboxRow(Base):
-    """A face deletion owed to the matcher, written in the revocation's own transaction."""
+    """A face deletion owed to the matcher, written in the revocation's own transaction, and
+    deleted once delivered (what is left is a count in `DeliveryCountRow`)."""
 
     __tablename__ = "consent_outbox"
 
@@ -83,6 +84,18 @@ class TombstoneRow(Base):
     __table_args__ = (
         Index("ix_consent_tombstone_request", "account_id", "request_id", unique=True),
     )
+
+
+class DeliveryCountRow(Base):
+    """What is kept of delivered face deletions: how many, per account and day (UTC) of
+    delivery. No talent id: the outbox row that named the talent is deleted on delivery."""
+
+    __tablename__ = "consent_outbox_delivery_counts"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    deliveries: Mapped[int] = mapped_column(BigInteger, default=0)
+    faces_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 def outbox_backlog(session: Session) -> tuple[int, datetime | None]:

@@ -1,4 +1,8 @@
-"""Composition root of the retention service: configuration → database, peers, scheduler."""
+"""Composition root of the retention service: configuration → database, peers, scheduler.
+
+Peers: audit, matcher and consent at MIXIP_<SERVICE>_ADDRESS, and the gateway's internal port at
+MIXIP_GATEWAY_INTERNAL_ADDRESS (default 127.0.0.1:50056), where the purge deletes expired media.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import grpc
 
 from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
+from mixip.gateway.v1 import internal_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
 from mixip.runtime import migrations, telemetry
@@ -28,6 +33,9 @@ SERVICE_NAME = retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].ful
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 MATCHER_SERVICE = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
 CONSENT_SERVICE = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+GATEWAY_INTERNAL_SERVICE = internal_pb2.DESCRIPTOR.services_by_name[
+    "GatewayInternalService"
+].full_name
 
 
 class RetentionApp(ServiceApp):
@@ -41,13 +49,19 @@ class RetentionApp(ServiceApp):
         matcher_channel: grpc.Channel,
         consent_channel: grpc.Channel,
         clock: Clock = utcnow,
+        gateway_channel: grpc.Channel | None = None,
     ) -> None:
         migrations.upgrade(db.url, self.name)
         self.db = db
         self.settings = settings
-        self.channels = (audit_channel, matcher_channel, consent_channel)
+        self.channels = tuple(
+            c for c in (audit_channel, matcher_channel, consent_channel, gateway_channel) if c
+        )
         self.service = RetentionService(
-            db, settings, Peers.over(audit_channel, matcher_channel, consent_channel), clock
+            db,
+            settings,
+            Peers.over(audit_channel, matcher_channel, consent_channel, gateway_channel),
+            clock,
         )
         self.scheduler = RetentionScheduler(db.engine, settings, self.service.run_scheduled)
         telemetry.gauge(
@@ -97,5 +111,6 @@ def build(config: ServerConfig, env: Env) -> tuple[RetentionApp, dict]:
         channel("audit", AUDIT_SERVICE),
         channel("matcher", MATCHER_SERVICE),
         channel("consent", CONSENT_SERVICE),
+        gateway_channel=channel("gateway_internal", GATEWAY_INTERNAL_SERVICE),
     )
     return app, {}

@@ -39,6 +39,8 @@ class Tally:
     events_purged: int = 0
     talents_checked: int = 0
     vectors_deleted: int = 0
+    media_purged: int = 0
+    media_objects_deleted: int = 0
 
 
 # A five-field cron has no year, so whatever it matches recurs within the 400-year Gregorian

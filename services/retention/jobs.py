@@ -1,5 +1,6 @@
-"""What the two jobs do, through the peers' generated stubs: purge asks audit, reconcile asks
-the matcher what is enrolled and consent whether it may stay.
+"""What the two jobs do, through the peers' generated stubs: purge asks audit to delete expired
+events and the gateway to delete expired stored media (results and objects), reconcile asks the
+matcher what is enrolled and consent whether it may stay.
 
 Both are idempotent (a repeated purge finds nothing older than the cutoff; a repeated deletion
 deletes nothing), which is why manual runs need no lock. Talent ids pass through memory only:
@@ -18,12 +19,15 @@ import grpc
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.gateway.v1 import internal_pb2, internal_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime.times import to_timestamp
 from services.retention.domain import Tally
 
 LIST_PAGE_SIZE = 1000  # the largest page ListEnrolledTalents serves
 MAX_CONSENT_QUERIES = 1000  # BatchCheckConsent's limit per call
+# Stored media deleted per PurgeExpiredMedia call: each deletes an object, so a call stays short.
+MEDIA_BATCH = 100
 
 
 class PeerFailure(Exception):
@@ -49,13 +53,23 @@ class Peers:
     audit: audit_pb2_grpc.AuditServiceStub
     matcher: matcher_pb2_grpc.MatcherServiceStub
     consent: consent_pb2_grpc.ConsentServiceStub
+    # The gateway's internal API; None only for a retention service run without a gateway
+    # (tests of the other jobs), whose purge then leaves stored media alone.
+    gateway: internal_pb2_grpc.GatewayInternalServiceStub | None = None
 
     @classmethod
-    def over(cls, audit: grpc.Channel, matcher: grpc.Channel, consent: grpc.Channel) -> Peers:
+    def over(
+        cls,
+        audit: grpc.Channel,
+        matcher: grpc.Channel,
+        consent: grpc.Channel,
+        gateway: grpc.Channel | None = None,
+    ) -> Peers:
         return cls(
             audit_pb2_grpc.AuditServiceStub(audit),
             matcher_pb2_grpc.MatcherServiceStub(matcher),
             consent_pb2_grpc.ConsentServiceStub(consent),
+            internal_pb2_grpc.GatewayInternalServiceStub(gateway) if gateway else None,
         )
 
 
@@ -78,6 +92,24 @@ def purge(
         if reply.done:
             return
         if reply.purged_count == 0:
+            raise PurgeStalled
+
+
+def purge_media(
+    gateway: internal_pb2_grpc.GatewayInternalServiceStub, as_of: datetime, tally: Tally
+) -> None:
+    """Asks the gateway to delete stored media past their account's retention period at
+    `as_of` (rows, results, objects), then orphaned objects, a batch per call, until done."""
+    request = internal_pb2.PurgeExpiredMediaRequest(
+        as_of=to_timestamp(as_of), batch_size=MEDIA_BATCH
+    )
+    while True:
+        reply = _call("gateway.PurgeExpiredMedia", gateway.PurgeExpiredMedia, request)
+        tally.media_purged += reply.media_deleted
+        tally.media_objects_deleted += reply.objects_deleted + reply.orphans_deleted
+        if reply.done:
+            return
+        if not (reply.media_deleted or reply.objects_deleted or reply.orphans_deleted):
             raise PurgeStalled
 
 

@@ -16,9 +16,9 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.times import Clock, iso
 from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
-from services.retention.jobs import Peers, one_line, purge, reconcile
+from services.retention.jobs import Peers, one_line, purge, purge_media, reconcile
 from services.retention.settings import RetentionSettings
-from services.retention.store import MAX_ERROR_LENGTH, RunRow, TickRow
+from services.retention.store import MAX_ERROR_LENGTH, RunDetailRow, RunRow, TickRow
 
 logger = logging.getLogger("mixip.retention")
 
@@ -34,9 +34,12 @@ class RetentionService:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def run_now(self, job: Job) -> RunRow:
-        """An operator's run, not tick-locked: both jobs are idempotent."""
-        run = self._new_run(job, Trigger.MANUAL, self.clock(), tick=None)
+    def run_now(self, job: Job, *, as_of: datetime | None = None, requested_by: str = "") -> RunRow:
+        """An operator's run, not tick-locked: both jobs are idempotent. A purge `as_of` a
+        later date is a drill: it deletes what would have expired by then. The run's record
+        keeps `as_of` and who asked."""
+        run = self._new_run(job, Trigger.MANUAL, self.clock(), tick=None, as_of=as_of)
+        run.details.requested_by = requested_by or None
         with self.db.write() as session:
             session.add(run)
         return self._execute(run)
@@ -66,16 +69,31 @@ class RetentionService:
             )
             if not claimed:  # nothing runs, so nothing is purged before any cutoff
                 run.outcome, run.finished_at, run.cutoff = Outcome.SKIPPED.value, now, None
+                run.details.as_of = None
             session.add(run)
         if not claimed:
             self._log(run)
             return run
         return self._execute(run)
 
-    def _new_run(self, job: Job, trigger: Trigger, now: datetime, tick: datetime | None) -> RunRow:
-        cutoff = now - timedelta(days=self.settings.retention_days) if job is Job.PURGE else None
+    def _new_run(
+        self,
+        job: Job,
+        trigger: Trigger,
+        now: datetime,
+        tick: datetime | None,
+        as_of: datetime | None = None,
+    ) -> RunRow:
+        as_of = (as_of or now) if job is Job.PURGE else None
+        # A drill more than a period ahead would cut off in the future, which audit refuses
+        # (events are being recorded): now is as late as a cutoff goes, and all it can delete.
+        cutoff = min(as_of - timedelta(days=self.settings.retention_days), now) if as_of else None
+        run_id = uuid.uuid4().hex
         return RunRow(
-            run_id=uuid.uuid4().hex,
+            details=RunDetailRow(
+                run_id=run_id, as_of=as_of, media_purged=0, media_objects_deleted=0
+            ),
+            run_id=run_id,
             job=job.value,
             trigger=trigger.value,
             outcome=Outcome.RUNNING.value,
@@ -118,15 +136,28 @@ class RetentionService:
             run.events_purged = tally.events_purged
             run.talents_checked = tally.talents_checked
             run.vectors_deleted = tally.vectors_deleted
+            run.details.media_purged = tally.media_purged
+            run.details.media_objects_deleted = tally.media_objects_deleted
             run.error = error
         self._log(run)
         return run
 
     def _work(self, run: RunRow, tally: Tally) -> None:
-        if run.job == Job.PURGE:
-            purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)
-        else:
+        if run.job != Job.PURGE:
             reconcile(self.peers, tally, run.started_at)
+            return
+        # Each copy's purge runs even if another's failed; the run fails with the first error.
+        steps = [lambda: purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)]
+        if self.peers.gateway is not None:
+            steps.append(lambda: purge_media(self.peers.gateway, run.details.as_of, tally))
+        failures = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # the next copy's purge still runs
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def _log(self, run: RunRow) -> None:
         logs.log(
@@ -141,6 +172,7 @@ class RetentionService:
             events_purged=run.events_purged,
             talents_checked=run.talents_checked,
             vectors_deleted=run.vectors_deleted,
+            **_details(run),
             **({"error": run.error} if run.error else {}),
         )
 
@@ -171,3 +203,17 @@ class RetentionService:
         if len(rows) > page_size:
             return rows[:page_size], rows[page_size - 1].seq
         return rows, None
+
+
+def _details(run: RunRow) -> dict:
+    """The run's details for its log line (only what is set)."""
+    details = run.details
+    if details is None:
+        return {}
+    fields = {"requested_by": details.requested_by, "as_of": iso(details.as_of)}
+    if run.job == Job.PURGE:
+        fields |= {
+            "media_purged": details.media_purged,
+            "media_objects_deleted": details.media_objects_deleted,
+        }
+    return {k: v for k, v in fields.items() if v is not None}

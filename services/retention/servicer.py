@@ -45,8 +45,15 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
     def RunNow(self, request, context):
         checks = Checks()
         checks.enum("job", request.job, retention_pb2.RetentionJob)
+        drill = request.HasField("as_of")
+        as_of = checks.drill_time("as_of", request.as_of, drill, self.service.clock())
+        if drill and request.job not in (0, retention_pb2.RETENTION_JOB_PURGE):
+            checks.fail("as_of", "only the purge job runs as of a later date")
+        checks.text("requested_by", request.requested_by, max_length=64, required=False)
         checks.done()
-        run = self.service.run_now(JOBS[request.job])
+        run = self.service.run_now(
+            JOBS[request.job], as_of=as_of, requested_by=request.requested_by
+        )
         return retention_pb2.RunNowResponse(report=_report(run))
 
     def GetStatus(self, request, context):
@@ -80,6 +87,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
 
 
 def _report(row: RunRow) -> retention_pb2.RunReport:
+    details = row.details
     return retention_pb2.RunReport(
         run_id=row.run_id,
         job=_JOB_VALUES[Job(row.job)],
@@ -92,4 +100,8 @@ def _report(row: RunRow) -> retention_pb2.RunReport:
         talents_checked=row.talents_checked,
         vectors_deleted=row.vectors_deleted,
         error=row.error or "",
+        as_of=to_timestamp(details.as_of) if details else None,
+        requested_by=(details.requested_by or "") if details else "",
+        media_purged=details.media_purged if details else 0,
+        media_objects_deleted=details.media_objects_deleted if details else 0,
     )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from mixip.runtime.db import UtcDateTime
 from services.retention.domain import Outcome
@@ -43,8 +43,23 @@ class RunRow(Base):
     error: Mapped[str | None] = mapped_column(String(MAX_ERROR_LENGTH))
     tick: Mapped[datetime | None] = mapped_column(UtcDateTime)
     replica_id: Mapped[str] = mapped_column(String(128))
+    details: Mapped[RunDetailRow | None] = relationship(lazy="joined")
 
     __table_args__ = (Index("ix_retention_runs_job", "job", "seq"),)
+
+
+class RunDetailRow(Base):
+    """More of a run (a table of its own, so databases made before it need no migration): the
+    time a purge ran as of, who asked for a manual run, and what the gateway's purge deleted.
+    Counts and an admin key id only; no talent id."""
+
+    __tablename__ = "retention_run_details"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("retention_runs.run_id"), primary_key=True)
+    as_of: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    media_purged: Mapped[int] = mapped_column(BigInteger, default=0)
+    media_objects_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TickRow(Base):

@@ -160,6 +160,28 @@ def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):
     assert cv2.imread(str(sheet)).shape[1] >= 2 * 200
 
 
+def test_a_purge_drill_reaches_the_gateways_internal_port_and_is_recorded(running_mesh):
+    """Retention calls the gateway's internal port over mutual TLS (caller rules on): a drill a
+    year and a day ahead deletes every stored media; an account's period is set by the CLI."""
+    from datetime import UTC, datetime, timedelta
+
+    data_dir, _, _ = running_mesh
+    account = ok_json(data_dir, "accounts", "create", "brief-studio")["account_id"]
+    kept = ok_json(data_dir, "accounts", "retention", account, "--days", "30")
+    assert kept["retention_days"] == 30 and kept["account_id"] == account
+
+    as_of = (datetime.now(UTC) + timedelta(days=366)).isoformat()
+    drill = ok_json(data_dir, "retention", "run", "--job", "purge", "--as-of", as_of)
+
+    assert drill["outcome"] == "succeeded" and drill["media_purged"] >= 1
+    assert drill["media_objects_deleted"] >= drill["media_purged"]
+    assert drill["as_of"] is not None and drill["requested_by"]
+    media = data_dir / "media"
+    assert not [p for p in media.rglob("*") if p.is_file()]
+    again = ok_json(data_dir, "retention", "run", "--job", "purge", "--as-of", as_of)
+    assert again["media_purged"] == 0
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -167,6 +189,8 @@ def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):
         (("consent", "grant", "t", "--scope", "usage"), 2, "--scope usage needs --project"),
         (("consent", "grant", "bad id!", "--scope", "biometric"), 1, "invalid argument"),
         (("audit", "list", "--since", "yesterday"), 2, "is not an ISO 8601 time"),
+        (("retention", "run", "--as-of", "yesterday"), 2, "is not an ISO 8601 time"),
+        (("retention", "run", "--as-of", "2020-01-01T00:00:00Z"), 1, "must not be in the past"),
         (("enroll", "nobody", "{image}"), 1, "biometric processing consent"),
     ],
 )

@@ -1071,6 +1071,10 @@ def _valid_requests(harness) -> dict:
             a.RevokeApiKey,
             admin_pb2.RevokeApiKeyRequest(api_key_id="0123456789abcdef"),
         ),
+        "SetAccountRetention": (
+            a.SetAccountRetention,
+            admin_pb2.SetAccountRetentionRequest(account_id=harness.account_id, retention_days=30),
+        ),
     }
 
 
@@ -1115,6 +1119,7 @@ def test_every_rpc_has_a_property():
         "ListAccounts",
         "RunRetentionJob",
         *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
+        "SetAccountRetention",  # test_bad_input_copies.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)

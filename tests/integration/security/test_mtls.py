@@ -10,6 +10,7 @@ from cryptography import x509
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.consent.v1 import consent_pb2
+from mixip.gateway.v1 import internal_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime import acl
@@ -127,6 +128,7 @@ def test_the_rules_cover_every_internal_rpc_and_name_known_callers():
         (consent_pb2, "ConsentService"),
         (matcher_pb2, "MatcherService"),
         (retention_pb2, "RetentionService"),
+        (internal_pb2, "GatewayInternalService"),
     ):
         descriptor = module.DESCRIPTOR.services_by_name[service]
         rules = acl.RULES[descriptor.full_name]
