@@ -65,7 +65,11 @@ class MediaRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     request_id: Mapped[str | None] = mapped_column(String(128))
 
-    __table_args__ = (Index("ix_gateway_media_request", "account_id", "request_id", unique=True),)
+    __table_args__ = (
+        Index("ix_gateway_media_request", "account_id", "request_id", unique=True),
+        # The retention purge reads the oldest media first.
+        Index("ix_gateway_media_created", "created_at", "media_id"),
+    )
 
 
 class UploadDigestRow(Base):
