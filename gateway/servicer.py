@@ -242,6 +242,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             status=self.peers.retention.GetStatus(retention_pb2.GetStatusRequest())
         )
 
+    def GetVaultStatus(self, request, context):
+        self.auth.admin(context)
+        reply = self.peers.audit.GetVaultStatus(audit_pb2.GetVaultStatusRequest())
+        return admin_pb2.GetVaultStatusResponse(
+            key_version=reply.key_version, rotated_at=reply.rotated_at
+        )
+
 
 def _account(row) -> admin_pb2.Account:
     return admin_pb2.Account(

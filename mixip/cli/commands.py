@@ -29,6 +29,7 @@ SCOPES = {
 JOBS = {
     "purge": retention_pb2.RETENTION_JOB_PURGE,
     "reconcile": retention_pb2.RETENTION_JOB_RECONCILE,
+    "rotate-vault": retention_pb2.RETENTION_JOB_ROTATE_VAULT,
 }
 
 
@@ -348,6 +349,17 @@ def audit_verify(args, conn: Connection, out: Output) -> int:
     return 0 if reply.ok else 3
 
 
+def audit_vault_status(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    reply = stub.GetVaultStatus(admin_pb2.GetVaultStatusRequest(), metadata=meta)
+    document = {"key_version": reply.key_version, "rotated_at": reply.rotated_at.ToJsonString()}
+    out.result(
+        document,
+        f"audit vault: key version {reply.key_version}, made {document['rotated_at']}",
+    )
+    return 0
+
+
 # -- retention --------------------------------------------------------------------------------
 
 
@@ -467,6 +479,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(run=audit_list)
     p = audit.add_parser("verify", parents=[common], help="verify the hash chain")
     p.set_defaults(run=audit_verify)
+    p = audit.add_parser(
+        "vault-status", parents=[common], help="the salt vault's key version (admin)"
+    )
+    p.set_defaults(run=audit_vault_status)
 
     retention = sub.add_parser("retention", help="retention jobs (admin)").add_subparsers(
         dest="action", required=True

@@ -16,7 +16,7 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.times import Clock, iso
 from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
-from services.retention.jobs import Peers, one_line, purge, reconcile
+from services.retention.jobs import Peers, one_line, purge, reconcile, rotate_vault
 from services.retention.settings import RetentionSettings
 from services.retention.store import MAX_ERROR_LENGTH, RunRow, TickRow
 
@@ -125,6 +125,8 @@ class RetentionService:
     def _work(self, run: RunRow, tally: Tally) -> None:
         if run.job == Job.PURGE:
             purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)
+        elif run.job == Job.ROTATE_VAULT:
+            rotate_vault(self.peers.audit)
         else:
             reconcile(self.peers, tally, run.started_at)
 
