@@ -3,8 +3,9 @@ the matcher what is enrolled and consent whether it may stay.
 
 Both are idempotent (a repeated purge finds nothing older than the cutoff; a repeated deletion
 deletes nothing), which is why manual runs need no lock. rotate-vault is not idempotent but
-harmless to repeat (one more key version), and audit runs rotations one at a time. Talent ids pass through memory only:
-they are never logged, and a failure names the call and its status code, never a message.
+harmless to repeat (one more key version), and audit runs rotations one at a time. Talent ids
+pass through memory only: they are never logged, and a failure names the call and its status
+code, never a message.
 """
 
 from __future__ import annotations
