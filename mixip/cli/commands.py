@@ -363,13 +363,18 @@ def audit_vault_status(args, conn: Connection, out: Output) -> int:
 # -- retention --------------------------------------------------------------------------------
 
 
+def _job_name(job: int) -> str:
+    """The job as `--job` names it (rotate-vault, not rotate_vault)."""
+    return _enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
+
+
 def _report_json(report: retention_pb2.RunReport) -> dict:
     def when(ts: Timestamp) -> str | None:
         return ts.ToJsonString() if ts.seconds or ts.nanos else None
 
     return {
         "run_id": report.run_id,
-        "job": _enum_name(retention_pb2.RetentionJob, report.job, "RETENTION_JOB_"),
+        "job": _job_name(report.job),
         "outcome": _enum_name(retention_pb2.RunOutcome, report.outcome, "RUN_OUTCOME_"),
         "started_at": when(report.started_at),
         "finished_at": when(report.finished_at),
@@ -403,7 +408,7 @@ def retention_status(args, conn: Connection, out: Output) -> int:
     for job in status.jobs:
         jobs.append(
             {
-                "job": _enum_name(retention_pb2.RetentionJob, job.job, "RETENTION_JOB_"),
+                "job": _job_name(job.job),
                 "schedule": job.schedule,
                 "next_run_time": job.next_run_time.ToJsonString()
                 if job.HasField("next_run_time")

@@ -141,7 +141,7 @@ def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
     assert gone.returncode == 1 and "not found" in gone.stderr
 
     status = ok_json(data_dir, "retention", "status")
-    assert {j["job"] for j in status["jobs"]} == {"purge", "reconcile"}
+    assert {j["job"] for j in status["jobs"]} == {"purge", "reconcile", "rotate-vault"}
     run = ok_json(data_dir, "retention", "run", "--job", "reconcile")
     assert run["outcome"] == "succeeded"
     # five processes logged the whole flow: not one line names the talent
@@ -194,6 +194,21 @@ def test_without_a_mesh_the_cli_says_so(tmp_path):
     assert result.returncode == 1 and "mixip up" in result.stderr
     usage = mixip(tmp_path, "consent", "grant", "t", "--scope", "forever")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+def test_the_vault_rotates_from_the_cli_and_only_its_current_key_file_remains(running_mesh):
+    data_dir, _, _ = running_mesh
+    before = ok_json(data_dir, "audit", "vault-status")
+    assert set(before) == {"key_version", "rotated_at"} and before["key_version"] >= 1
+    run = ok_json(data_dir, "retention", "run", "--job", "rotate-vault")
+    assert (run["job"], run["outcome"]) == ("rotate-vault", "succeeded"), run["error"]
+    after = ok_json(data_dir, "audit", "vault-status")
+    assert after["key_version"] == before["key_version"] + 1
+    assert after["rotated_at"] >= before["rotated_at"]
+    keys = sorted(p.name for p in (data_dir / "keys").glob("audit-kek*"))
+    assert keys == [f"audit-kek.v{after['key_version']}.key"]
+    text = mixip(data_dir, "audit", "vault-status")
+    assert text.returncode == 0 and f"key version {after['key_version']}" in text.stdout
 
 
 def test_up_stops_every_process_on_sigterm(running_mesh):

@@ -1051,6 +1051,7 @@ def _valid_requests(harness) -> dict:
             admin_pb2.RunRetentionJobRequest(job=retention_pb2.RETENTION_JOB_PURGE),
         ),
         "GetRetentionStatus": (a.GetRetentionStatus, admin_pb2.GetRetentionStatusRequest()),
+        "GetVaultStatus": (a.GetVaultStatus, admin_pb2.GetVaultStatusRequest()),
     }
 
 
@@ -1096,6 +1097,7 @@ def test_every_rpc_has_a_property():
         "RunRetentionJob",
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
+    credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 
 
