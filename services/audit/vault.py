@@ -65,7 +65,8 @@ _RESEAL_BATCH = 1000
 logger = logging.getLogger("mixip.audit")
 
 Step = Callable[[str], None]
-"""Called at each step boundary of a rotation ("kek-created", "committed", "destroyed"):
+"""Called at each step boundary of a rotation ("kek-created", "resealed" (just before the
+commit), "committed", "destroyed"):
 tests stop a rotation there, as a crash would."""
 
 
@@ -372,6 +373,8 @@ class SaltVault:
             state.wrapped_lookup_key = wrapper.wrap(new.lookup, _LOOKUP_CONTEXT)
             state.retired_kek_ref = retired
             session.execute(delete(VaultKey).where(VaultKey.name == MASTER_KEY_NAME))
+            session.flush()
+            self._step("resealed")
         self._keys = new
         self._step("committed")
         self.ring.destroy(retired)

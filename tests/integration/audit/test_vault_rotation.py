@@ -311,3 +311,75 @@ def test_salts_from_before_activity_tracking_wait_for_their_accounts_last_event(
     assert reply.vault_entries_deleted == 2
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(SaltRow)) == 0
+
+
+# -- rotations and writers ----------------------------------------------------------------------
+
+
+def _blocked_on_a_lock(db: Database) -> bool:
+    with db.engine.connect() as connection:
+        return bool(
+            connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).scalar()
+        )
+
+
+@pytest.mark.parametrize("step", ["kek-created", "resealed"])
+def test_a_salt_made_while_a_rotation_runs_is_sealed_under_the_new_version(
+    audit_service, clock, tmp_path, backend, step
+):
+    """A rotation paused inside its transaction (before or after re-sealing) while an event
+    about a new talent is recorded: the recorder waits for the rotation, so its salt is not
+    sealed under the version being retired (whose key file goes right after)."""
+    import threading
+
+    from services.audit.service import NewEvent
+
+    stub = audit_service.stub
+    record(stub, clock, "t-ada", "m1:0")
+    paused, resume = threading.Event(), threading.Event()
+
+    def pause_at(name: str) -> None:
+        if name == step:
+            paused.set()
+            assert resume.wait(60)
+
+    rotating = AuditApp(
+        Database(audit_service.app.db.url, Base.metadata),
+        LocalKeyWrapper(tmp_path / "keys" / "audit-kek.key"),
+        clock,
+        step=pause_at,
+    )
+    rotation = threading.Thread(target=rotating.log.rotate_vault)
+    rotation.start()
+    assert paused.wait(60)
+    recorder_done = threading.Event()
+
+    def record_new_talent() -> None:
+        audit_service.app.log.record(
+            ACCOUNT, [NewEvent("m2:0", "p", "m2", 0, 1, 1, 0.9, "t-new", "key", clock())]
+        )
+        recorder_done.set()
+
+    recorder = threading.Thread(target=record_new_talent)
+    recorder.start()
+    try:
+        if backend == "postgresql":  # observably waiting for the rotation's lock, not done
+            for _ in range(600):
+                if _blocked_on_a_lock(audit_service.app.db) or recorder_done.is_set():
+                    break
+                threading.Event().wait(0.05)
+            assert not recorder_done.is_set() and _blocked_on_a_lock(audit_service.app.db)
+    finally:
+        resume.set()
+    rotation.join(60)
+    recorder.join(60)
+    assert recorder_done.is_set()
+    assert rotating.log.vault_status().key_version == 2
+    assert (linked(stub, "t-ada"), linked(stub, "t-new")) == (1, 1)
+    with audit_service.app.db.read() as session:
+        blobs = list(session.scalars(select(SaltRow.sealed_salt)))
+    assert [int.from_bytes(blob[:4], "big") for blob in blobs] == [2, 2]
+    rotating.close()
