@@ -137,14 +137,15 @@ class SaltVault:
                 )
                 state = self._locked_state(session, exclusive=True)
             try:
-                self._finish_retirement(session, state)
-                swept = self.ring.sweep(keep=state.kek_ref)
                 keys = self._unwrap(state)
             except SealError as exc:
                 raise ConfigError(
                     f"audit vault: cannot open key version {state.version} with"
                     f" {self.ring.description} ({exc}); is this the key the vault was made with?"
                 ) from exc
+            # only once this ring is proven to hold the current KEK may it delete the others
+            self._finish_retirement(session, state)
+            swept = self.ring.sweep(keep=state.kek_ref)
         if swept:
             logs.log(logger, "stale vault keys removed", count=len(swept))
         return keys
@@ -358,9 +359,9 @@ class SaltVault:
         now = self.clock()
         with self.db.write() as session:
             state = self._locked_state(session, exclusive=True)
+            old = self._unwrap(state)
             self._finish_retirement(session, state)
             self.ring.sweep(keep=state.kek_ref)
-            old = self._unwrap(state)
             version = state.version + 1
             ref = self.ring.create(version)
             self._step("kek-created")

@@ -229,6 +229,23 @@ def test_a_missing_key_file_stops_the_start_with_a_configuration_error(
         )
 
 
+def test_a_restored_backup_older_than_a_rotation_does_not_open_and_deletes_no_key(
+    audit_service, clock, tmp_path, backend, pg_test_database
+):
+    """The price of shredding that reaches backups, and the guard that keeps a mistaken
+    restore from destroying the live key: nothing is deleted before the vault opens."""
+    record(audit_service.stub, clock, "t-ada", "m1:0")
+    audit_service.stub.RotateVault(audit_pb2.RotateVaultRequest())
+    copy = backup(audit_service.app.db, backend, tmp_path, pg_test_database)
+    audit_service.stub.RotateVault(audit_pb2.RotateVaultRequest())
+    keys = tmp_path / "keys"
+    with pytest.raises(ConfigError, match="cannot open key version 2"):
+        AuditApp(copy, LocalKeyWrapper(keys / "audit-kek.key"), clock)
+    assert "audit-kek.v3.key" in [p.name for p in keys.iterdir()]
+    assert linked(audit_service.stub, "t-ada") == 1
+    copy.dispose()
+
+
 def test_a_vault_made_before_rotation_existed_becomes_version_1(database_url, clock, tmp_path):
     """The old layout (one master secret; salts sealed without a version) keeps working, and
     its first rotation removes the master secret."""
