@@ -118,3 +118,33 @@ def test_a_rotation_schedules_the_old_kms_key_for_deletion_so_backups_stop_linki
     assert not link_in_copy(copy, app.log.vault, "t-ada", enabled_keys(client))
     assert linked(stub, "t-bob") == 1
     copy.dispose()
+
+
+def test_a_kms_rotation_stopped_after_its_commit_is_finished_at_the_next_start(
+    kms, database_url, clock
+):
+    client, first_key = kms
+    url = database_url("audit")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_commit(step: str) -> None:
+        if step == "committed":
+            raise Crash
+
+    crashing = AuditApp(
+        Database(url, Base.metadata), KmsKeyRing(client, first_key), clock, step=crash_after_commit
+    )
+    with pytest.raises(Crash):
+        crashing.log.rotate_vault()
+    crashing.close()
+    assert client.describe_key(KeyId=first_key)["KeyMetadata"]["KeyState"] == "Enabled"
+
+    restarted = AuditApp(Database(url, Base.metadata), KmsKeyRing(client, first_key), clock)
+    assert client.describe_key(KeyId=first_key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    with restarted.db.read() as session:
+        state = session.get(VaultState, 1)
+        assert (state.version, state.retired_kek_ref) == (2, None)
+    restarted.log.vault.ring.destroy(first_key)  # destroying a destroyed key is no error
+    restarted.close()
