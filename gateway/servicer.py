@@ -332,6 +332,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             updated_at=to_timestamp(row.updated_at),
         )
 
+    def GetVaultStatus(self, request, context):
+        self.auth.admin(context)
+        reply = self.peers.audit.GetVaultStatus(audit_pb2.GetVaultStatusRequest())
+        return admin_pb2.GetVaultStatusResponse(
+            key_version=reply.key_version, rotated_at=reply.rotated_at
+        )
+
 
 class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     """The internal port's API; callers are checked by the caller rules, not API keys."""

@@ -31,6 +31,7 @@ SCOPES = {
 JOBS = {
     "purge": retention_pb2.RETENTION_JOB_PURGE,
     "reconcile": retention_pb2.RETENTION_JOB_RECONCILE,
+    "rotate-vault": retention_pb2.RETENTION_JOB_ROTATE_VAULT,
 }
 
 
@@ -386,7 +387,23 @@ def audit_verify(args, conn: Connection, out: Output) -> int:
     return 0 if reply.ok else 3
 
 
+def audit_vault_status(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    reply = stub.GetVaultStatus(admin_pb2.GetVaultStatusRequest(), metadata=meta)
+    document = {"key_version": reply.key_version, "rotated_at": reply.rotated_at.ToJsonString()}
+    out.result(
+        document,
+        f"audit vault: key version {reply.key_version}, made {document['rotated_at']}",
+    )
+    return 0
+
+
 # -- retention --------------------------------------------------------------------------------
+
+
+def _job_name(job: int) -> str:
+    """The job as `--job` names it (rotate-vault, not rotate_vault)."""
+    return _enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
 
 
 def _report_json(report: retention_pb2.RunReport) -> dict:
@@ -395,7 +412,7 @@ def _report_json(report: retention_pb2.RunReport) -> dict:
 
     return {
         "run_id": report.run_id,
-        "job": _enum_name(retention_pb2.RetentionJob, report.job, "RETENTION_JOB_"),
+        "job": _job_name(report.job),
         "outcome": _enum_name(retention_pb2.RunOutcome, report.outcome, "RUN_OUTCOME_"),
         "started_at": when(report.started_at),
         "finished_at": when(report.finished_at),
@@ -449,7 +466,7 @@ def retention_status(args, conn: Connection, out: Output) -> int:
     for job in status.jobs:
         jobs.append(
             {
-                "job": _enum_name(retention_pb2.RetentionJob, job.job, "RETENTION_JOB_"),
+                "job": _job_name(job.job),
                 "schedule": job.schedule,
                 "next_run_time": job.next_run_time.ToJsonString()
                 if job.HasField("next_run_time")
@@ -532,6 +549,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(run=audit_list)
     p = audit.add_parser("verify", parents=[common], help="verify the hash chain")
     p.set_defaults(run=audit_verify)
+    p = audit.add_parser(
+        "vault-status", parents=[common], help="the salt vault's key version (admin)"
+    )
+    p.set_defaults(run=audit_vault_status)
 
     retention = sub.add_parser("retention", help="retention jobs (admin)").add_subparsers(
         dest="action", required=True

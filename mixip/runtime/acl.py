@@ -32,6 +32,8 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "VerifyLog": frozenset({"gateway"}),
         "ShredTalentSalt": frozenset({"gateway"}),
         "PurgeExpired": frozenset({"retention"}),
+        "RotateVault": frozenset({"retention"}),
+        "GetVaultStatus": frozenset({"gateway"}),
     },
     "mixip.consent.v1.ConsentService": {
         "RecordConsent": frozenset({"gateway"}),

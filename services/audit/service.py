@@ -23,7 +23,7 @@ from services.audit.domain import (
     verify_chain,
 )
 from services.audit.store import ChainHead, Checkpoint, EventRow
-from services.audit.vault import SaltVault
+from services.audit.vault import Rotation, SaltVault, VaultStatus
 
 logger = logging.getLogger("mixip.audit")
 PURGE_LOCK = "mixip.audit.purge"
@@ -166,6 +166,10 @@ class AuditLog:
                 rows.append(_row(content, prev, digest))
                 prev = digest
             bulk_insert(session, EventRow.__table__, rows)  # COPY on PostgreSQL
+            if fresh:
+                self.vault.touch(
+                    session, account_id, {e.talent_id for e in fresh if e.talent_id}, recorded_at
+                )
             head.last_sequence, head.last_hash = sequence, prev
             head.last_recorded_at = recorded_at
         duplicates = len(events) - len(fresh)
@@ -298,11 +302,21 @@ class AuditLog:
         logs.log(logger, "salt shredded", account=account_id, destroyed=destroyed)
         return destroyed, self.clock()
 
+    # -- vault --------------------------------------------------------------------------------
+
+    def rotate_vault(self) -> Rotation:
+        return self.vault.rotate()
+
+    def vault_status(self) -> VaultStatus:
+        return self.vault.status()
+
     # -- purge --------------------------------------------------------------------------------
 
-    def purge(self, cutoff: datetime, batch_size: int) -> tuple[int, bool, int]:
+    def purge(self, cutoff: datetime, batch_size: int) -> tuple[int, bool, int, int]:
         """Deletes up to `batch_size` of the oldest events recorded before `cutoff`, moving each
-        touched chain's checkpoint to the last deleted event. Returns (purged, done, checkpoints).
+        touched chain's checkpoint to the last deleted event; once none is left, deletes up to
+        `batch_size` salts whose talent's last event was among them. Returns (purged, done,
+        checkpoints, salts deleted).
 
         `recorded_at` never decreases along a chain, so expired events are a prefix of it, and
         the oldest `batch_size` expired events (in the order of the expiry index: recorded_at,
@@ -313,6 +327,7 @@ class AuditLog:
         each other (a manual run may overlap a scheduled one), so checkpoints only ever move
         forward."""
         purged = checkpoints = 0
+        salts_done = True
         with self.db.write() as session:
             serialize(session, PURGE_LOCK)
             oldest = session.execute(
@@ -337,9 +352,20 @@ class AuditLog:
             left = session.scalar(
                 select(EventRow.sequence).where(EventRow.recorded_at < cutoff).limit(1)
             )
-        done = left is None
-        logs.log(logger, "events purged", purged=purged, checkpoints=checkpoints, done=done)
-        return purged, done, checkpoints
+        salts = 0
+        if left is None:  # every expired event is gone: so are the salts only they used
+            with self.db.write() as session:
+                salts, salts_done = self.vault.purge_idle(session, cutoff, batch_size)
+        done = left is None and salts_done
+        logs.log(
+            logger,
+            "events purged",
+            purged=purged,
+            checkpoints=checkpoints,
+            salts_deleted=salts,
+            done=done,
+        )
+        return purged, done, checkpoints, salts
 
     def _move_checkpoint(
         self, session: Session, account_id: str, sequence: int, digest: str, deleted: int

@@ -97,9 +97,26 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 f"must be between 1 and {MAX_PURGE_BATCH} (0 means {DEFAULT_PURGE_BATCH})",
             )
         checks.done()
-        purged, done, checkpoints = self.log.purge(cutoff, batch)
+        purged, done, checkpoints, salts = self.log.purge(cutoff, batch)
         return audit_pb2.PurgeExpiredResponse(
-            purged_count=purged, done=done, checkpoints_written=checkpoints
+            purged_count=purged,
+            done=done,
+            checkpoints_written=checkpoints,
+            vault_entries_deleted=salts,
+        )
+
+    def RotateVault(self, request, context):
+        rotation = self.log.rotate_vault()
+        return audit_pb2.RotateVaultResponse(
+            key_version=rotation.key_version,
+            rotated_at=to_timestamp(rotation.rotated_at),
+            vault_entries_resealed=rotation.salts_resealed,
+        )
+
+    def GetVaultStatus(self, request, context):
+        status = self.log.vault_status()
+        return audit_pb2.GetVaultStatusResponse(
+            key_version=status.key_version, rotated_at=to_timestamp(status.rotated_at)
         )
 
 

@@ -94,3 +94,37 @@ class VaultKey(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     wrapped: Mapped[bytes] = mapped_column(LargeBinary(2048))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class VaultState(Base):
+    """The vault's one row (id 1): its current key version, the key-encryption key that wraps
+    it (a key file name or a KMS key ARN, never key material) and, wrapped under that KEK, the
+    sealing key of this version and the lookup key (the same in every version: salt rows are
+    found by it). Every transaction that uses salts reads it (locked against rotations on
+    PostgreSQL), so every replica notices a rotation at its next transaction.
+
+    `retired_kek_ref` names the KEK of the previous version until it has been destroyed: a
+    rotation that stops after its commit is finished by the next start or rotation."""
+
+    __tablename__ = "audit_vault_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kek_ref: Mapped[str] = mapped_column(String(2048))
+    wrapped_sealing_key: Mapped[bytes] = mapped_column(LargeBinary(2048))
+    wrapped_lookup_key: Mapped[bytes] = mapped_column(LargeBinary(2048))
+    rotated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    retired_kek_ref: Mapped[str | None] = mapped_column(String(2048))
+
+
+class SaltActivity(Base):
+    """When a salt last had an event recorded (by the same lookup key as its salt row), so the
+    purge can delete salts that no remaining event refers to, without knowing any talent."""
+
+    __tablename__ = "audit_salt_activity"
+
+    lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    last_event_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_audit_salt_activity_last", "last_event_at"),)

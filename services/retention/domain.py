@@ -17,6 +17,7 @@ class Job(StrEnum):
 
     PURGE = "purge"
     RECONCILE = "reconcile"
+    ROTATE_VAULT = "rotate-vault"
 
 
 class Trigger(StrEnum):

@@ -3,8 +3,10 @@ events and the gateway to delete expired stored media (results and objects), rec
 matcher what is enrolled and consent whether it may stay.
 
 Both are idempotent (a repeated purge finds nothing older than the cutoff; a repeated deletion
-deletes nothing), which is why manual runs need no lock. Talent ids pass through memory only:
-they are never logged, and a failure names the call and its status code, never a message.
+deletes nothing), which is why manual runs need no lock. rotate-vault is not idempotent but
+harmless to repeat (one more key version), and audit runs rotations one at a time. Talent ids
+pass through memory only: they are never logged, and a failure names the call and its status
+code, never a message.
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ def purge_media(
             return
         if not (reply.media_deleted or reply.objects_deleted or reply.orphans_deleted):
             raise PurgeStalled
+
+
+def rotate_vault(audit: audit_pb2_grpc.AuditServiceStub) -> int:
+    """Rotates the audit vault's keys (one audit call); returns the new key version."""
+    reply = _call("audit.RotateVault", audit.RotateVault, audit_pb2.RotateVaultRequest())
+    return reply.key_version
 
 
 def reconcile(peers: Peers, tally: Tally, started_at: datetime) -> None:

@@ -16,7 +16,7 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.times import Clock, iso
 from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
-from services.retention.jobs import Peers, one_line, purge, purge_media, reconcile
+from services.retention.jobs import Peers, one_line, purge, purge_media, reconcile, rotate_vault
 from services.retention.settings import RetentionSettings
 from services.retention.store import MAX_ERROR_LENGTH, RunDetailRow, RunRow, TickRow
 
@@ -143,6 +143,9 @@ class RetentionService:
         return run
 
     def _work(self, run: RunRow, tally: Tally) -> None:
+        if run.job == Job.ROTATE_VAULT:
+            rotate_vault(self.peers.audit)
+            return
         if run.job != Job.PURGE:
             reconcile(self.peers, tally, run.started_at)
             return

@@ -17,6 +17,7 @@ from services.retention.store import RunRow
 JOBS = {
     retention_pb2.RETENTION_JOB_PURGE: Job.PURGE,
     retention_pb2.RETENTION_JOB_RECONCILE: Job.RECONCILE,
+    retention_pb2.RETENTION_JOB_ROTATE_VAULT: Job.ROTATE_VAULT,
 }
 _JOB_VALUES = {job: value for value, job in JOBS.items()}
 _TRIGGERS = {

@@ -7,6 +7,9 @@
   numbers them from Monday where crontab starts at Sunday, so numbers would be misread.
 - `MIXIP_RETENTION_RECONCILE_CRON` ("30 3 * * *"): when the reconciliation of face vectors with
   biometric consent runs; same format.
+- `MIXIP_RETENTION_ROTATE_VAULT_CRON` ("0 4 * * sun"): when the audit vault's keys are rotated
+  (weekly by default: a backup taken before a shred stays linkable until the next rotation);
+  same format.
 - `MIXIP_RETENTION_TIMEZONE` ("UTC"): the IANA zone both cron expressions are read in, e.g.
   "Europe/Paris" (a 3 a.m. schedule then follows daylight saving time).
 - `MIXIP_RETENTION_PURGE_BATCH` (10000): events deleted per audit `PurgeExpired` call (1-100000),
@@ -49,6 +52,7 @@ class RetentionSettings:
     misfire_grace_seconds: int
     replica_id: str
     scheduler_enabled: bool
+    rotate_vault_cron: str = "0 4 * * sun"
 
     @classmethod
     def load(cls, env: Env | None = None) -> RetentionSettings:
@@ -65,9 +69,12 @@ class RetentionSettings:
             ),
             replica_id=_replica_id(env),
             scheduler_enabled=env.bool("MIXIP_RETENTION_SCHEDULER", True),
+            rotate_vault_cron=_cron(env, "MIXIP_RETENTION_ROTATE_VAULT_CRON", "0 4 * * sun", zone),
         )
 
     def cron(self, job: Job) -> str:
+        if job is Job.ROTATE_VAULT:
+            return self.rotate_vault_cron
         return self.purge_cron if job is Job.PURGE else self.reconcile_cron
 
     def trigger(self, job: Job) -> CronTrigger:

@@ -141,7 +141,7 @@ def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
     assert gone.returncode == 1 and "not found" in gone.stderr
 
     status = ok_json(data_dir, "retention", "status")
-    assert {j["job"] for j in status["jobs"]} == {"purge", "reconcile"}
+    assert {j["job"] for j in status["jobs"]} == {"purge", "reconcile", "rotate-vault"}
     run = ok_json(data_dir, "retention", "run", "--job", "reconcile")
     assert run["outcome"] == "succeeded"
     # five processes logged the whole flow: not one line names the talent
@@ -229,6 +229,21 @@ def test_a_bad_log_level_is_a_one_line_configuration_error(tmp_path):
     for result in (cli, service):
         assert result.returncode == 2 and "MIXIP_LOG_LEVEL" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_the_vault_rotates_from_the_cli_and_only_its_current_key_file_remains(running_mesh):
+    data_dir, _, _ = running_mesh
+    before = ok_json(data_dir, "audit", "vault-status")
+    assert set(before) == {"key_version", "rotated_at"} and before["key_version"] >= 1
+    run = ok_json(data_dir, "retention", "run", "--job", "rotate-vault")
+    assert (run["job"], run["outcome"]) == ("rotate-vault", "succeeded"), run["error"]
+    after = ok_json(data_dir, "audit", "vault-status")
+    assert after["key_version"] == before["key_version"] + 1
+    assert after["rotated_at"] >= before["rotated_at"]
+    keys = sorted(p.name for p in (data_dir / "keys").glob("audit-kek*"))
+    assert keys == [f"audit-kek.v{after['key_version']}.key"]
+    text = mixip(data_dir, "audit", "vault-status")
+    assert text.returncode == 0 and f"key version {after['key_version']}" in text.stdout
 
 
 def test_up_stops_every_process_on_sigterm(running_mesh):

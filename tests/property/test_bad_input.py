@@ -1075,6 +1075,7 @@ def _valid_requests(harness) -> dict:
             a.SetAccountRetention,
             admin_pb2.SetAccountRetentionRequest(account_id=harness.account_id, retention_days=30),
         ),
+        "GetVaultStatus": (a.GetVaultStatus, admin_pb2.GetVaultStatusRequest()),
     }
 
 
@@ -1122,6 +1123,7 @@ def test_every_rpc_has_a_property():
         "SetAccountRetention",  # test_bad_input_copies.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
+    credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 
 

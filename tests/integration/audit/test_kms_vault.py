@@ -7,13 +7,19 @@ import pytest
 from moto import mock_aws
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
-from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
-from mixip.runtime.keys import KmsKeyWrapper
+from mixip.runtime.keys import KMS_PURPOSE, KMS_PURPOSE_TAG, KmsKeyRing, KmsKeyWrapper
 from mixip.runtime.times import to_timestamp
 from services.audit.app import SERVICE_NAME, AuditApp, build
-from services.audit.store import Base, VaultKey
-from services.audit.vault import MASTER_KEY_NAME
+from services.audit.store import Base, VaultState
+from tests.integration.audit.test_vault_rotation import (
+    ACCOUNT,
+    backup,
+    link_in_copy,
+    linked,
+    record,
+)
 
 
 @pytest.fixture
@@ -48,16 +54,14 @@ def test_salts_are_wrapped_by_kms_and_survive_a_restart(kms, database_url, serve
         )
     )
     with app.db.read() as session:
-        assert session.get(VaultKey, MASTER_KEY_NAME).wrapped.startswith(b"K1")
+        state = session.get(VaultState, 1)
+        assert state.wrapped_sealing_key.startswith(b"K1")
+        assert state.wrapped_lookup_key.startswith(b"K1")
 
     restarted = AuditApp(Database(url, Base.metadata), KmsKeyWrapper(client, key_id), clock)
     with restarted.db.read() as session:
         assert restarted.log.vault.salts(session, "acct", ["t-ada"], create=False)
     restarted.close()
-
-    other_key = client.create_key()["KeyMetadata"]["KeyId"]
-    with pytest.raises(ConfigError, match="cannot unwrap its master secret with AWS KMS key"):
-        AuditApp(Database(url, Base.metadata), KmsKeyWrapper(client, other_key), clock)
 
 
 def test_configuration_selects_kms(kms, tmp_path, monkeypatch):
@@ -71,6 +75,76 @@ def test_configuration_selects_kms(kms, tmp_path, monkeypatch):
     )
     app, _ = build(ServerConfig.load("audit", env), env)
     with app.db.read() as session:
-        assert session.get(VaultKey, MASTER_KEY_NAME).wrapped.startswith(b"K1")
+        assert session.get(VaultState, 1).kek_ref == key_id
     assert not (tmp_path / "keys" / "audit-kek.key").exists()
     app.close()
+
+
+def enabled_keys(client) -> list[KmsKeyWrapper]:
+    """A wrapper per KMS key that can still decrypt (KMS refuses keys pending deletion)."""
+    wrappers = []
+    for key in client.list_keys()["Keys"]:
+        metadata = client.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
+        if metadata["KeyState"] == "Enabled":
+            wrappers.append(KmsKeyWrapper(client, metadata["Arn"]))
+    return wrappers
+
+
+def test_a_rotation_schedules_the_old_kms_key_for_deletion_so_backups_stop_linking(
+    kms, database_url, serve, channels, clock, backend, tmp_path, pg_test_database
+):
+    client, first_key = kms
+    ring = KmsKeyRing(client, first_key, deletion_window_days=9)
+    app = AuditApp(Database(database_url("audit"), Base.metadata), ring, clock)
+    running = serve(app)
+    stub = audit_pb2_grpc.AuditServiceStub(channels(f"127.0.0.1:{running.port}", SERVICE_NAME))
+    record(stub, clock, "t-ada", "m1:0")
+    record(stub, clock, "t-bob", "m2:0")
+    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    stub.ShredTalentSalt(audit_pb2.ShredTalentSaltRequest(account_id=ACCOUNT, talent_id="t-ada"))
+    assert link_in_copy(copy, app.log.vault, "t-ada", enabled_keys(client))
+
+    stub.RotateVault(audit_pb2.RotateVaultRequest())
+
+    old = client.describe_key(KeyId=first_key)["KeyMetadata"]
+    assert old["KeyState"] == "PendingDeletion"
+    with app.db.read() as session:
+        current = session.get(VaultState, 1).kek_ref
+    assert [w.key_id for w in enabled_keys(client)] == [current]
+    tags = client.list_resource_tags(KeyId=current)["Tags"]
+    assert {"TagKey": KMS_PURPOSE_TAG, "TagValue": KMS_PURPOSE} in tags
+    # moto still decrypts with a key pending deletion (AWS KMS refuses: KMSInvalidStateException),
+    # so the copy is tried with every key that can still decrypt, and the live vault's own keys
+    assert not link_in_copy(copy, app.log.vault, "t-ada", enabled_keys(client))
+    assert linked(stub, "t-bob") == 1
+    copy.dispose()
+
+
+def test_a_kms_rotation_stopped_after_its_commit_is_finished_at_the_next_start(
+    kms, database_url, clock
+):
+    client, first_key = kms
+    url = database_url("audit")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_commit(step: str) -> None:
+        if step == "committed":
+            raise Crash
+
+    crashing = AuditApp(
+        Database(url, Base.metadata), KmsKeyRing(client, first_key), clock, step=crash_after_commit
+    )
+    with pytest.raises(Crash):
+        crashing.log.rotate_vault()
+    crashing.close()
+    assert client.describe_key(KeyId=first_key)["KeyMetadata"]["KeyState"] == "Enabled"
+
+    restarted = AuditApp(Database(url, Base.metadata), KmsKeyRing(client, first_key), clock)
+    assert client.describe_key(KeyId=first_key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    with restarted.db.read() as session:
+        state = session.get(VaultState, 1)
+        assert (state.version, state.retired_kek_ref) == (2, None)
+    restarted.log.vault.ring.destroy(first_key)  # destroying a destroyed key is no error
+    restarted.close()
