@@ -11,6 +11,7 @@ from sqlalchemy import func, insert, select
 
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime.config import ConfigError
+from mixip.runtime import migrations
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper, SealError
 from mixip.runtime.times import to_timestamp
@@ -63,7 +64,7 @@ def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Data
             source.close()
         return Database(f"sqlite:///{target}", Base.metadata)
     copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
-    copy.create_tables()
+    migrations.upgrade(copy.url, "audit")  # the schema at the same revision, as a dump holds it
     with db.read() as source, copy.write() as target:
         for table in Base.metadata.sorted_tables:
             rows = [dict(row) for row in source.execute(select(table)).mappings()]
@@ -257,7 +258,7 @@ def test_a_vault_made_before_rotation_existed_becomes_version_1(database_url, cl
 
     url, kek = database_url("audit"), LocalKeyWrapper(tmp_path / "keys" / "audit-kek.key")
     db = Database(url, Base.metadata)
-    db.create_tables()
+    migrations.upgrade(url, "audit", migrations.revisions("audit")[0])  # before rotation existed
     master, salt = os.urandom(32), os.urandom(32)
     lookup_key = _derive(master, b"mixip audit: salt lookup")
     lookup = _Keys(1, b"", lookup_key)
