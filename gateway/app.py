@@ -5,12 +5,14 @@ MIXIP_GATEWAY_KEK_FILE, MIXIP_GATEWAY_S3_BUCKET, MIXIP_GATEWAY_S3_KMS_KEY_ID,
 MIXIP_GATEWAY_S3_PREFIX, MIXIP_GATEWAY_MAX_UPLOAD_BYTES, MIXIP_GATEWAY_MAX_CHUNK_BYTES,
 MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY (server TLS on the client-facing port),
 MIXIP_GATEWAY_ADMIN_KEY (else the key file <data dir>/gateway-admin.key, made at first start),
-and the four MIXIP_<SERVICE>_ADDRESS.
+MIXIP_GATEWAY_ERASURE_RESUME_SECONDS (300: how often abandoned erasures are finished; 0 only at
+start-up), and the four MIXIP_<SERVICE>_ADDRESS.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,8 @@ class GatewaySettings:
     max_chunk_bytes: int = 4 * MiB
     admin_key_file: Path = Path("var/gateway-admin.key")
     admin_key: str | None = None
+    # How often abandoned erasure intents are finished (they also are at start-up); 0: only then.
+    erasure_resume_seconds: float = 300.0
 
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> GatewaySettings:
@@ -61,6 +65,9 @@ class GatewaySettings:
             max_chunk_bytes=env.int("MIXIP_GATEWAY_MAX_CHUNK_BYTES", 4 * MiB, minimum=1024),
             admin_key_file=config.data_dir / "gateway-admin.key",
             admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
+            erasure_resume_seconds=env.float(
+                "MIXIP_GATEWAY_ERASURE_RESUME_SECONDS", 300.0, minimum=0.0
+            ),
         )
 
 
@@ -119,6 +126,9 @@ class GatewayApp(ServiceApp):
             max_upload_bytes=settings.max_upload_bytes,
             max_chunk_bytes=settings.max_chunk_bytes,
         )
+        self.resume_seconds = settings.erasure_resume_seconds
+        self._stopping = threading.Event()
+        self._resumer: threading.Thread | None = None
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
@@ -133,8 +143,37 @@ class GatewayApp(ServiceApp):
         swept = self.gateway.sweep_orphans()
         if swept:
             logs.log(logger, "orphaned media objects removed", count=swept)
+        self._resumer = threading.Thread(
+            target=self._resume_erasures, name="gateway-erasure-resumer", daemon=True
+        )
+        self._resumer.start()
+
+    def _resume_erasures(self) -> None:
+        """Finishes abandoned erasures at start-up (retrying until the peers answer: they may
+        start after the gateway), then every `resume_seconds`."""
+        retry = 2.0
+        while not self._stopping.is_set():
+            try:
+                self.gateway.erasures.resume()
+            except Exception as exc:  # a peer down: the intents wait for the next attempt
+                logs.log(
+                    logger,
+                    "erasure resumption failed",
+                    level=logging.WARNING,
+                    error=type(exc).__name__,
+                )
+                self._stopping.wait(retry)
+                retry = min(retry * 2, max(self.resume_seconds, 2.0))
+                continue
+            retry = 2.0
+            if not self.resume_seconds:
+                return
+            self._stopping.wait(self.resume_seconds)
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._resumer is not None:
+            self._resumer.join(timeout=30)
         for channel in self.channels.values():
             channel.close()
         self.db.dispose()

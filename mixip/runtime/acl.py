@@ -28,6 +28,7 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "VerifyLog": frozenset({"gateway"}),
         "ShredTalentSalt": frozenset({"gateway"}),
         "PurgeExpired": frozenset({"retention"}),
+        "LiftShredMarker": frozenset({"gateway"}),
     },
     "mixip.consent.v1.ConsentService": {
         "RecordConsent": frozenset({"gateway"}),

@@ -63,6 +63,11 @@ class SaltVault:
         message = f"{account_id}\x00{talent_id}".encode()
         return hmac.new(self._lookup_key, message, hashlib.sha256).digest()
 
+    def lookup(self, account_id: str, talent_id: str) -> bytes:
+        """The talent's key in the vault (a keyed hash: no talent id, no salt), which other
+        tables keyed by talent use too (shred markers)."""
+        return self._lookup(account_id, talent_id)
+
     def salts(
         self, session: Session, account_id: str, talent_ids: Iterable[str], *, create: bool
     ) -> dict[str, bytes]:
