@@ -228,3 +228,31 @@ def test_a_biometric_consent_after_the_erasure_starts_a_new_unlinked_life(gatewa
         pb.ListAuditEventsRequest(talent_id=TALENT), metadata=meta
     )
     assert [e.media_id for e in linked.events] == [after.media_id]  # nothing from before
+
+
+def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, serve, tmp_path):
+    from gateway.app import GatewayApp, GatewaySettings
+
+    account, meta = _talent_account(gateway, clock, "studio")
+    gateway.mesh.matcher.running.stop(0)
+    expect_error(
+        grpc.StatusCode.UNAVAILABLE,
+        gateway.stub.EraseTalent,
+        pb.EraseTalentRequest(talent_id=TALENT),
+        metadata=meta,
+    )
+    matcher = gateway.mesh.matcher
+    serve(matcher.app, listen=matcher.address)
+    grpc.channel_ready_future(gateway.app.channels["matcher"]).result(timeout=15)
+
+    restarted = GatewayApp(  # another replica (or this one restarted) on the same database
+        gateway.app.db,
+        gateway.app.channels,
+        gateway.app.gateway.media_store,
+        GatewaySettings(admin_key_file=tmp_path / "gateway-admin.key", erasure_resume_seconds=0),
+        clock,
+    )
+    restarted.start()
+    restarted._resumer.join(60)  # with no period, it stops after its start-up pass
+    assert not restarted._resumer.is_alive()
+    assert_no_link_left(gateway, account, meta)
