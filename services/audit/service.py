@@ -338,9 +338,9 @@ class AuditLog:
     def lift_marker(self, account_id: str, talent_id: str) -> bool:
         """Lifts the talent's shred marker (a biometric consent was recorded after the
         erasure): its next events get a new salt, unlinked to anything before. True when
-        there was a marker."""
+        there was a marker. An append racing the lift is recorded unlinkable or with the new
+        salt, either being right for an event recorded as the new life begins."""
         with self.db.write() as session:
-            self._locked_head(session, account_id)
             lifted = session.execute(
                 delete(ShredMarkerRow).where(
                     ShredMarkerRow.lookup == self.vault.lookup(account_id, talent_id)
