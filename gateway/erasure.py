@@ -12,7 +12,8 @@
    RecordConsent lifts the marker).
 5. The gateway's stored results are scrubbed and the intent completed in one transaction under
    the fence lock, which an upload's commit takes too: a commit either precedes the scrub (and
-   is scrubbed) or sees the intent (and stores UNKNOWN / TALENT_ERASED, no talent id).
+   is scrubbed) or sees the intent, open or completed since the upload started (and stores
+   UNKNOWN / TALENT_ERASED, no talent id).
 
 A completed intent keeps no talent id in clear; its `talent_key` (an HMAC) fences uploads that
 started before the erasure for `FENCE_WINDOW`, then it is cleared too (docs/erasure.md).
@@ -92,7 +93,7 @@ class ErasureFence:
         self, session: Session, account_id: str, talents: Iterable[str], since: datetime
     ) -> set[str]:
         """The talents an upload that started at `since` must not link: an erasure of them is
-        in progress, or began since the upload did."""
+        in progress, or completed since the upload started (its match may predate it)."""
         keys = {self.talent_key(account_id, t): t for t in set(talents) if t}
         if not keys:
             return set()
@@ -100,7 +101,10 @@ class ErasureFence:
             select(ErasureIntentRow.talent_key).where(
                 ErasureIntentRow.account_id == account_id,
                 ErasureIntentRow.talent_key.in_(list(keys)),
-                or_(ErasureIntentRow.completed_at.is_(None), ErasureIntentRow.created_at >= since),
+                or_(
+                    ErasureIntentRow.completed_at.is_(None),
+                    ErasureIntentRow.completed_at >= since,
+                ),
             )
         )
         return {keys[k] for k in found}

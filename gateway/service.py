@@ -179,6 +179,7 @@ class Gateway:
                 request_id=header.request_id or None,
             )
             results = self._still_consented(account_id, matched.faces)
+            self.checkpoint("upload.consented")
             with self.db.read() as session:  # no event about a talent being erased
                 results = self._fenced_out(session, account_id, results, started)
             self.checkpoint("upload.rechecked")
@@ -261,7 +262,7 @@ class Gateway:
     def _fenced_out(
         self, session: Session, account_id: str, faces: list, started: datetime
     ) -> list[common_pb2.FaceResult]:
-        """The results, with talents whose erasure is in progress or began since the upload
+        """The results, with talents whose erasure is in progress or completed since the upload
         started made UNKNOWN / TALENT_ERASED (no talent id)."""
         fenced = self.fence.fenced(session, account_id, {f.talent_id for f in faces}, started)
         return [

@@ -17,8 +17,11 @@ class Pause:
         self._reached = threading.Event()
         self._released = threading.Event()
 
+        self.hit = False
+
     def reached(self) -> None:
-        """Waits until a thread stops here."""
+        """Waits until a thread stops here (or the call it was armed for ended first: see
+        Outcome's `signals`; `hit` tells which)."""
         assert self._reached.wait(TIMEOUT), f"nothing reached {self.name}"
 
     def release(self) -> None:
@@ -45,6 +48,7 @@ class Checkpoints:
             self.passed.append(name)
             pause = self._armed.pop(name, None)
         if pause is not None:
+            pause.hit = True
             pause._reached.set()
             assert pause._released.wait(TIMEOUT), f"{name} was never released"
 
@@ -52,9 +56,12 @@ class Checkpoints:
 class Outcome:
     """A call run on its own thread: its result or the exception it raised."""
 
-    def __init__(self, call: Callable[[], Any]) -> None:
+    def __init__(self, call: Callable[[], Any], signals: Pause | None = None) -> None:
+        """`signals`: a pause armed for this call, marked reached if the call ends without
+        passing it (e.g. refused before that step), so the test never waits for nothing."""
         self.result: Any = None
         self.error: BaseException | None = None
+        self._signals = signals
         self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
         self._thread.start()
 
@@ -63,6 +70,9 @@ class Outcome:
             self.result = call()
         except BaseException as exc:  # reported to the test by join()
             self.error = exc
+        finally:
+            if self._signals is not None:
+                self._signals._reached.set()
 
     def join(self) -> Outcome:
         self._thread.join(TIMEOUT)

@@ -7,6 +7,8 @@ the erasure finishes. Whatever the interleaving, no link to the talent is left."
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 import pytest
 from sqlalchemy import func, select
@@ -24,10 +26,20 @@ from tests.support.gateway_calls import PROJECT, consent, enroll, group_photo, u
 from tests.support.status import expect_error
 
 TALENT = "astronaut"
-UPLOAD_POINTS = ["upload.started", "upload.matched", "upload.rechecked", "upload.audited"]
+UPLOAD_POINTS = [
+    "upload.started",
+    "upload.matched",
+    "upload.consented",
+    "upload.rechecked",
+    "upload.audited",
+]
 ENROLL_POINTS = ["enroll.consented", "enroll.embedded", "enroll.inserted", "enroll.rechecked"]
-# Where the erasure waits while the paused writers finish; None: it runs to the end first.
-ERASE_GAPS = ["erase.intent", "erase.consent", "erase.matcher", "erase.audit", None]
+ERASE_POINTS = ["erase.intent", "erase.consent", "erase.matcher", "erase.audit"]
+
+
+def _writer_pairs() -> list[tuple[str, str]]:
+    """Each upload boundary with an enrollment boundary (every one of both is used)."""
+    return list(zip(UPLOAD_POINTS, itertools.cycle(ENROLL_POINTS), strict=False))
 
 
 @pytest.fixture
@@ -81,62 +93,124 @@ def assert_no_link_left(gateway, account: str, meta) -> None:
     assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
 
 
-def test_no_interleaving_of_an_upload_and_an_enrollment_with_an_erasure_leaves_a_link(
-    gateway, clock, hooks
-):
-    cases = [
-        (gap, upload_at, enroll_at)
-        for gap in ERASE_GAPS
-        for upload_at, enroll_at in zip(UPLOAD_POINTS, ENROLL_POINTS, strict=True)
-    ]
-    photo = group_photo()
-    second_face = faces.scaled(faces.astronaut(), 0.9)
-    for n, (gap, upload_at, enroll_at) in enumerate(cases):
-        case = f"erasure paused at {gap}, upload at {upload_at}, enrollment at {enroll_at}"
-        account, meta = _talent_account(gateway, clock, f"studio-{n}")
-        upload_paused, enroll_paused = hooks.pause_at(upload_at), hooks.pause_at(enroll_at)
-        uploading = Outcome(lambda meta=meta: upload(gateway, meta, photo))
-        upload_paused.reached()
-        enrolling = Outcome(lambda meta=meta: enroll(gateway, meta, TALENT, second_face))
-        enroll_paused.reached()
+class Interleaving:
+    """One case: an upload and an enrollment of the talent, and its erasure, each on its own
+    thread, paused and released in the order the test says. The clock moves between actions,
+    so every step has its own time (as in production)."""
 
-        erase_paused = hooks.pause_at(gap) if gap else None
-        erasing = Outcome(
-            lambda meta=meta: gateway.stub.EraseTalent(
-                pb.EraseTalentRequest(talent_id=TALENT), metadata=meta
-            )
-        )
-        if erase_paused:
-            erase_paused.reached()
+    def __init__(self, gateway, clock, hooks: Checkpoints, name: str) -> None:
+        self.gateway, self.clock, self.hooks, self.name = gateway, clock, hooks, name
+        self.account, self.meta = _talent_account(gateway, clock, name)
+
+    def _tick(self) -> None:
+        self.clock.advance(seconds=1)
+
+    def start_writers(self, upload_at: str | None, enroll_at: str | None) -> None:
+        """Starts the upload and the enrollment, each paused at its point (None: runs on)."""
+        gw, meta = self.gateway, self.meta
+        self._tick()
+        self.upload_pause = self.hooks.pause_at(upload_at) if upload_at else None
+        self.uploading = Outcome(lambda: upload(gw, meta, group_photo()), self.upload_pause)
+        if self.upload_pause:
+            self.upload_pause.reached()
         else:
-            erasing.join()
-        enroll_paused.release()
-        enrolling.join()
-        upload_paused.release()
-        uploading.join()
-        if erase_paused:
-            erase_paused.release()
-            erasing.join()
+            self.uploading.join()
+        self._tick()
+        self.enroll_pause = self.hooks.pause_at(enroll_at) if enroll_at else None
+        second_face = faces.scaled(faces.astronaut(), 0.9)
+        self.enrolling = Outcome(lambda: enroll(gw, meta, TALENT, second_face), self.enroll_pause)
+        if self.enroll_pause:
+            self.enroll_pause.reached()
+        else:
+            self.enrolling.join()
 
-        assert erasing.error is None, case
-        assert uploading.error is None, case
-        if enrolling.error is not None:  # refused by its post-insert consent check
-            assert enrolling.error.code() == grpc.StatusCode.FAILED_PRECONDITION, case
-        reply = uploading.result
-        assert all(f.talent_id == "" for f in reply.faces), case
-        assert all(f.label == common_pb2.FACE_LABEL_UNKNOWN for f in reply.faces), case
-        # The match saw the talent unless it ran after consent was erased (then: NO_MATCH).
-        saw_talent = upload_at != "upload.started" or gap == "erase.intent"
-        stored = gateway.stub.GetMediaResults(
-            pb.GetMediaResultsRequest(media_id=reply.media_id), metadata=meta
+    def finish_writers(self) -> None:
+        self._tick()
+        if self.enroll_pause:
+            self.enroll_pause.release()
+        self.enrolling.join()
+        self._tick()
+        if self.upload_pause:
+            self.upload_pause.release()
+        self.uploading.join()
+
+    def start_erasure(self, pause_at: str | None) -> None:
+        """Starts the erasure, paused at `pause_at` (None: it runs to the end here)."""
+        self._tick()
+        self.erase_pause = self.hooks.pause_at(pause_at) if pause_at else None
+        self.erasing = Outcome(
+            lambda: self.gateway.stub.EraseTalent(
+                pb.EraseTalentRequest(talent_id=TALENT), metadata=self.meta
+            ),
+            self.erase_pause,
+        )
+        if self.erase_pause:
+            self.erase_pause.reached()
+        else:
+            self.erasing.join()
+
+    def finish_erasure(self) -> None:
+        self._tick()
+        if self.erase_pause:
+            self.erase_pause.release()
+        self.erasing.join()
+
+    def check(self, *, saw_talent: bool) -> None:
+        assert self.erasing.error is None, self.erasing.error
+        assert self.uploading.error is None, self.uploading.error
+        if self.enrolling.error is not None:  # refused by a consent check
+            assert self.enrolling.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        reply = self.uploading.result
+        assert all(f.talent_id == "" for f in reply.faces)
+        assert all(f.label == common_pb2.FACE_LABEL_UNKNOWN for f in reply.faces)
+        stored = self.gateway.stub.GetMediaResults(
+            pb.GetMediaResultsRequest(media_id=reply.media_id), metadata=self.meta
         ).media.faces
         erased = [f for f in stored if f.reason == common_pb2.LABEL_REASON_TALENT_ERASED]
-        assert len(erased) == (1 if saw_talent else 0), case
+        assert len(erased) == (1 if saw_talent else 0)
         assert all(f.label == common_pb2.FACE_LABEL_UNKNOWN and not f.talent_id for f in stored)
+        assert_no_link_left(self.gateway, self.account, self.meta)
+
+
+def _run(cases, play) -> None:
+    for n, case in enumerate(cases):
         try:
-            assert_no_link_left(gateway, account, meta)
+            play(n, *case)
         except AssertionError as exc:
             raise AssertionError(f"{case}: {exc}") from exc
+
+
+def test_an_erasure_in_any_gap_of_an_upload_and_an_enrollment_leaves_no_link(gateway, clock, hooks):
+    """Writers first: paused at a boundary, the erasure runs to one of its own boundaries (or
+    to the end), the writers finish inside that gap, then the erasure finishes."""
+
+    def play(n, erase_at, upload_at, enroll_at):
+        case = Interleaving(gateway, clock, hooks, f"writers-first-{n}")
+        case.start_writers(upload_at, enroll_at)
+        case.start_erasure(erase_at)
+        case.finish_writers()
+        case.finish_erasure()
+        # the match saw the talent unless it ran after consent was erased (then: NO_MATCH)
+        case.check(saw_talent=upload_at != "upload.started" or erase_at == "erase.intent")
+
+    _run([(e, u, k) for e in [*ERASE_POINTS, None] for u, k in _writer_pairs()], play)
+
+
+def test_an_upload_and_an_enrollment_in_any_gap_of_an_erasure_leave_no_link(gateway, clock, hooks):
+    """Erasure first: paused at a boundary, the writers start and run to one of their own
+    boundaries (or to the end), the erasure finishes, then the writers finish."""
+
+    def play(n, erase_at, upload_at, enroll_at):
+        case = Interleaving(gateway, clock, hooks, f"erasure-first-{n}")
+        case.start_erasure(erase_at)
+        case.start_writers(upload_at, enroll_at)
+        case.finish_erasure()
+        case.finish_writers()
+        # only before the consent step may the match still see the talent
+        case.check(saw_talent=erase_at == "erase.intent" and upload_at != "upload.started")
+
+    pairs = [*_writer_pairs(), (None, None)]
+    _run([(e, u, k) for e in ERASE_POINTS for u, k in pairs], play)
 
 
 def test_an_erasure_abandoned_after_a_failed_step_is_finished_by_the_resumer(gateway, clock, serve):
