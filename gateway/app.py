@@ -8,12 +8,14 @@ MIXIP_GATEWAY_ADMIN_KEY (else the key file <data dir>/gateway-admin.key, made at
 MIXIP_GATEWAY_MEDIA_RETENTION_DAYS (365: how long stored media and their results are kept for
 accounts without their own period, 1-3650), MIXIP_GATEWAY_INTERNAL_LISTEN (127.0.0.1:50056: the
 internal port, mutual TLS with caller rules when MIXIP_TLS_DIR is set, loopback only otherwise),
-and the four MIXIP_<SERVICE>_ADDRESS.
+MIXIP_GATEWAY_ERASURE_RESUME_SECONDS (300: how often abandoned erasures are finished; 0 only at
+start-up), and the four MIXIP_<SERVICE>_ADDRESS.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,8 @@ class GatewaySettings:
     admin_key: str | None = None
     media_retention_days: int = DEFAULT_RETENTION_DAYS
     internal_listen: str = "127.0.0.1:0"
+    # How often abandoned erasure intents are finished (they also are at start-up); 0: only then.
+    erasure_resume_seconds: float = 300.0
 
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> GatewaySettings:
@@ -86,6 +90,9 @@ class GatewaySettings:
             admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
             media_retention_days=days,
             internal_listen=env.str(variable("gateway_internal", "LISTEN"), "127.0.0.1:50056"),
+            erasure_resume_seconds=env.float(
+                "MIXIP_GATEWAY_ERASURE_RESUME_SECONDS", 300.0, minimum=0.0
+            ),
         )
 
 
@@ -176,6 +183,9 @@ class GatewayApp(ServiceApp):
         self.internal_authorize = internal_authorize
         self.internal_insecure_dev = internal_insecure_dev
         self.internal: RunningServer | None = None
+        self.resume_seconds = settings.erasure_resume_seconds
+        self._stopping = threading.Event()
+        self._resumer: threading.Thread | None = None
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
@@ -198,8 +208,37 @@ class GatewayApp(ServiceApp):
             insecure_dev=self.internal_insecure_dev,
         )
         logs.log(logger, "internal port serving", port=self.internal.port)
+        self._resumer = threading.Thread(
+            target=self._resume_erasures, name="gateway-erasure-resumer", daemon=True
+        )
+        self._resumer.start()
+
+    def _resume_erasures(self) -> None:
+        """Finishes abandoned erasures at start-up (retrying until the peers answer: they may
+        start after the gateway), then every `resume_seconds`."""
+        retry = 2.0
+        while not self._stopping.is_set():
+            try:
+                self.gateway.erasures.resume()
+            except Exception as exc:  # a peer down: the intents wait for the next attempt
+                logs.log(
+                    logger,
+                    "erasure resumption failed",
+                    level=logging.WARNING,
+                    error=type(exc).__name__,
+                )
+                self._stopping.wait(retry)
+                retry = min(retry * 2, max(self.resume_seconds, 2.0))
+                continue
+            retry = 2.0
+            if not self.resume_seconds:
+                return
+            self._stopping.wait(self.resume_seconds)
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._resumer is not None:
+            self._resumer.join(timeout=30)
         if self.internal is not None:
             self.internal.stop(0)
         for channel in self.channels.values():

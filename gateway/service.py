@@ -5,15 +5,14 @@ encrypted, and calls the services in the order the privacy promises need:
 - an upload's results are returned (and kept) only after their audit events are recorded; if
   the audit service cannot record them, the upload fails cleanly (UNAVAILABLE) and nothing is
   kept;
-- an erasure deletes face vectors first (the face stops matching), then the consent ledger,
-  then the audit salt, then our own references; each step is idempotent, so repeating the
-  call after a failure finishes the job.
+- an erasure is a fence (gateway/erasure.py): journaled first, consent erased before the face
+  vectors, the audit salt and our own references; an upload commits its results only if no
+  erasure of its talents began meanwhile, checked in the transaction that stores them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Callable, Iterator
@@ -21,11 +20,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from google.protobuf import json_format
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from gateway.erasure import (
+    FENCE_WINDOW,
+    Checkpoint,
+    ErasureFence,
+    ErasurePeers,
+    Erasures,
+    ErasureStep,
+    no_checkpoint,
+)
 from gateway.storage import MediaStore
-from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow, UploadDigestRow
+from gateway.store import MediaFaceRow, MediaRow, UploadDigestRow
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
@@ -33,7 +42,7 @@ from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.retention.v1 import retention_pb2_grpc
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import InvalidArgument, NotFound
+from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mixip.runtime.idempotency import content_digest, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.times import Clock, iso, to_timestamp
@@ -69,13 +78,6 @@ class StoredMedia:
     faces: list[MediaFaceRow]
 
 
-@dataclass(frozen=True)
-class ErasureStep:
-    name: str
-    count: int
-    completed_at: datetime
-
-
 def media_id_for(account_id: str, request_id: str) -> str:
     """Deterministic for a retried request (so audit idempotency keys repeat), random otherwise."""
     if request_id:
@@ -101,6 +103,13 @@ class Gateway:
         self.clock = clock
         self.max_upload_bytes = max_upload_bytes
         self.max_chunk_bytes = max_chunk_bytes
+        self.fence = ErasureFence(db, clock)
+        self.erasures = Erasures(
+            db, ErasurePeers(peers.matcher, peers.consent, peers.audit), self.fence, clock
+        )
+        # Tests pause uploads and erasures at their step boundaries through this hook.
+        self.checkpoint: Checkpoint = no_checkpoint
+        self.erasures.checkpoint = lambda name: self.checkpoint(name)
 
     # -- upload -------------------------------------------------------------------------------
 
@@ -142,6 +151,8 @@ class Gateway:
         earlier = self._replayed(account_id, media_id, digest)
         if earlier is not None:
             return earlier
+        started = self.clock()
+        self.checkpoint("upload.started")
         matching = self.peers.matcher.MatchMedia.future(
             matcher_pb2.MatchMediaRequest(
                 account_id=account_id, project_id=header.project_id, media=data
@@ -154,6 +165,7 @@ class Gateway:
             raise
         try:
             matched = matching.result()
+            self.checkpoint("upload.matched")
             media = MediaRow(
                 media_id=media_id,
                 account_id=account_id,
@@ -169,9 +181,21 @@ class Gateway:
                 request_id=header.request_id or None,
             )
             results = self._still_consented(account_id, matched.faces)
+            self.checkpoint("upload.consented")
+            with self.db.read() as session:  # no event about a talent being erased
+                results = self._fenced_out(session, account_id, results, started)
+            self.checkpoint("upload.rechecked")
             self._record_audit(account_id, key_id, media, results)
-            faces = [_face_row(account_id, media_id, f) for f in results]
+            self.checkpoint("upload.audited")
             with self.db.write() as session:
+                # The fence: an erasure's intent and its scrub take this lock too, so either
+                # the erasure began before this commit (and it is seen here) or its scrub runs
+                # after it (and scrubs these rows).
+                self.fence.lock(session, account_id)
+                if self.clock() - started > FENCE_WINDOW:
+                    raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
+                results = self._fenced_out(session, account_id, results, started)
+                faces = [_face_row(account_id, media_id, f) for f in results]
                 session.add(media)
                 session.flush()
                 session.add_all(faces)
@@ -243,19 +267,25 @@ class Gateway:
         for face in faces:
             if face.talent_id in ended:
                 erased = ended[face.talent_id] == consent_pb2.CONSENT_STATE_ABSENT
-                face = common_pb2.FaceResult(
-                    face_index=face.face_index,
-                    box=face.box,
-                    label=common_pb2.FACE_LABEL_UNKNOWN,
-                    reason=common_pb2.LABEL_REASON_TALENT_ERASED
+                face = _unknown(
+                    face,
+                    common_pb2.LABEL_REASON_TALENT_ERASED
                     if erased
                     else common_pb2.LABEL_REASON_NO_MATCH,
-                    ranges=face.ranges,
-                    best_frame_seconds=face.best_frame_seconds,
-                    detection_score=face.detection_score,
                 )
             results.append(face)
         return results
+
+    def _fenced_out(
+        self, session: Session, account_id: str, faces: list, started: datetime
+    ) -> list[common_pb2.FaceResult]:
+        """The results, with talents whose erasure is in progress or completed since the upload
+        started made UNKNOWN / TALENT_ERASED (no talent id)."""
+        fenced = self.fence.fenced(session, account_id, {f.talent_id for f in faces}, started)
+        return [
+            _unknown(f, common_pb2.LABEL_REASON_TALENT_ERASED) if f.talent_id in fenced else f
+            for f in faces
+        ]
 
     def _record_audit(self, account_id: str, key_id: str, media: MediaRow, faces) -> None:
         if not faces:
@@ -318,6 +348,30 @@ class Gateway:
 
     # -- data-subject rights ------------------------------------------------------------------
 
+    def record_consent(
+        self, request: consent_pb2.RecordConsentRequest
+    ) -> consent_pb2.RecordConsentResponse:
+        """Records a consent, refused while an erasure of the talent is in progress (it would
+        survive the erasure). A biometric grant starts the talent's new life after an erasure:
+        it lifts the audit's shred marker, after the record is stored (a failed lift leaves
+        events unlinkable, the safe side; the caller's retry lifts it)."""
+        if self.fence.in_progress(request.account_id, request.talent_id):
+            raise FailedPrecondition(
+                "an erasure of this talent is in progress; retry when it has completed",
+                reason="ERASURE_IN_PROGRESS",
+            )
+        reply = self.peers.consent.RecordConsent(request)
+        if (
+            request.scope == consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+            and request.decision == consent_pb2.CONSENT_DECISION_GRANTED
+        ):
+            self.peers.audit.LiftShredMarker(
+                audit_pb2.LiftShredMarkerRequest(
+                    account_id=request.account_id, talent_id=request.talent_id
+                )
+            )
+        return reply
+
     def export(self, account_id: str, talent_id: str) -> dict:
         """Everything the mesh holds about the talent, linked while links exist."""
         consents = _all_pages(
@@ -378,71 +432,21 @@ class Gateway:
     def erase(
         self, account_id: str, talent_id: str, request_id: str
     ) -> tuple[str, list[ErasureStep]]:
-        """Runs every step, every time (each is idempotent), and returns what this call did. A
-        retry with the same request id gets the first call's receipt id; the receipt holds no
-        talent id, so it cannot tell which talent a request id named: the steps always run for
-        the talent asked for."""
-        steps = []
-        deleted = self.peers.matcher.DeleteTalentFaces(
-            matcher_pb2.DeleteTalentFacesRequest(
-                account_id=account_id, talent_id=talent_id, request_id=request_id
-            )
-        )
-        steps.append(ErasureStep("matcher.delete_faces", deleted.deleted_count, self.clock()))
-        erased = self.peers.consent.EraseTalentConsent(
-            consent_pb2.EraseTalentConsentRequest(account_id=account_id, talent_id=talent_id)
-        )
-        steps.append(
-            ErasureStep(
-                "consent.erase_ledger",
-                erased.records_deleted + erased.outbox_rows_deleted,
-                self.clock(),
-            )
-        )
-        shredded = self.peers.audit.ShredTalentSalt(
-            audit_pb2.ShredTalentSaltRequest(account_id=account_id, talent_id=talent_id)
-        )
-        steps.append(ErasureStep("audit.shred_salt", int(shredded.salt_destroyed), self.clock()))
-        with self.db.write() as session:
-            scrubbed = session.execute(
-                update(MediaFaceRow)
-                .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
-                .values(
-                    talent_id=None,
-                    label=common_pb2.FACE_LABEL_UNKNOWN,
-                    reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-                )
-            ).rowcount
-            steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
-            earlier = (
-                session.scalars(
-                    select(ErasureReceiptRow.receipt_id).where(
-                        ErasureReceiptRow.account_id == account_id,
-                        ErasureReceiptRow.request_id == request_id,
-                    )
-                ).one_or_none()
-                if request_id
-                else None
-            )
-            receipt_id = earlier or f"rcpt_{secrets.token_hex(12)}"
-            if earlier is None:
-                session.add(
-                    ErasureReceiptRow(
-                        receipt_id=receipt_id,
-                        account_id=account_id,
-                        completed_at=self.clock(),
-                        steps=_steps_to_json(steps),
-                        request_id=request_id or None,
-                    )
-                )
-        logs.log(
-            logger,
-            "talent erased",
-            account=account_id,
-            receipt=receipt_id,
-            **{s.name.replace(".", "_"): s.count for s in steps},
-        )
-        return receipt_id, steps
+        """See gateway/erasure.py: journaled, fenced, resumed if abandoned."""
+        return self.erasures.erase(account_id, talent_id, request_id)
+
+
+def _unknown(face: common_pb2.FaceResult, reason: int) -> common_pb2.FaceResult:
+    """The face as an UNKNOWN result, without its talent."""
+    return common_pb2.FaceResult(
+        face_index=face.face_index,
+        box=face.box,
+        label=common_pb2.FACE_LABEL_UNKNOWN,
+        reason=reason,
+        ranges=face.ranges,
+        best_frame_seconds=face.best_frame_seconds,
+        detection_score=face.detection_score,
+    )
 
 
 def _face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> MediaFaceRow:
@@ -493,9 +497,3 @@ def _all_pages(call: Callable[[str], object], field: str) -> list:
 
 def _json(message) -> dict:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
-def _steps_to_json(steps: list[ErasureStep]) -> str:
-    return json.dumps(
-        [{"name": s.name, "count": s.count, "completed_at": iso(s.completed_at)} for s in steps]
-    )

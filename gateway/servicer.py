@@ -85,7 +85,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     def RecordConsent(self, request, context):
         caller = self.auth.account(context)
-        reply = self.peers.consent.RecordConsent(
+        reply = self.gateway.record_consent(
             consent_pb2.RecordConsentRequest(
                 account_id=caller.account_id,
                 talent_id=request.talent_id,

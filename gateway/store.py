@@ -133,3 +133,39 @@ class AccountRetentionRow(Base):
     retention_days: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_by: Mapped[str] = mapped_column(String(32))  # the admin key id
+
+
+class ErasureIntentRow(Base):
+    """An erasure, journaled before its first step so that it finishes even if its caller
+    stops retrying (the resumer runs the steps of every intent not completed).
+
+    The talent id is kept in clear only while the erasure is in progress (the resumer needs
+    it). `talent_key` (HMAC of account and talent under the gateway's fence key) lets an upload
+    that started before the erasure refuse the talent at commit; it is cleared `FENCE_WINDOW`
+    after completion, once no upload that started before the erasure can still commit."""
+
+    __tablename__ = "gateway_erasure_intents"
+
+    intent_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    talent_id: Mapped[str | None] = mapped_column(String(128))  # NULL once completed
+    talent_key: Mapped[bytes | None] = mapped_column(LargeBinary(32))  # NULL after the window
+    receipt_id: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_gateway_intents_fence", "account_id", "talent_key"),
+        Index("ix_gateway_intents_open", "completed_at"),
+    )
+
+
+class GatewaySecretRow(Base):
+    """A secret of the gateway made at first start (the erasure fence's HMAC key)."""
+
+    __tablename__ = "gateway_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -34,6 +34,7 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "PurgeExpired": frozenset({"retention"}),
         "RotateVault": frozenset({"retention"}),
         "GetVaultStatus": frozenset({"gateway"}),
+        "LiftShredMarker": frozenset({"gateway"}),
     },
     "mixip.consent.v1.ConsentService": {
         "RecordConsent": frozenset({"gateway"}),

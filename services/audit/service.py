@@ -22,7 +22,7 @@ from services.audit.domain import (
     talent_hash,
     verify_chain,
 )
-from services.audit.store import ChainHead, Checkpoint, EventRow
+from services.audit.store import ChainHead, Checkpoint, EventRow, ShredMarkerRow
 from services.audit.vault import Rotation, SaltVault, VaultStatus
 
 logger = logging.getLogger("mixip.audit")
@@ -57,9 +57,9 @@ class _Recorded:
     talent_hash: bytes | None
 
 
-def _recorded(event: NewEvent, salts: dict[str, bytes]) -> _Recorded:
+def _recorded(event: NewEvent, salts: dict[str, bytes], shredded: set[str]) -> _Recorded:
     hashed = None
-    if event.talent_id:
+    if event.talent_id and event.talent_id not in shredded:
         salt = salts.get(event.talent_id)
         # no salt: the talent was erased since; nothing stored can match this event
         hashed = talent_hash(salt, event.talent_id) if salt else b"erased"
@@ -129,15 +129,18 @@ class AuditLog:
                     stored[event.idempotency_key] = None  # recorded below
                     fresh.append(event)
             talents = {e.talent_id for e in events if e.talent_id}
+            # An erased talent (shred marker) gets no salt and no hash: its events are recorded
+            # unlinkable. The chain head locked above serializes this with ShredTalentSalt.
+            shredded = self._shredded(session, account_id, talents)
             # Most talents were seen before: read their salts, create only the missing ones
             # (and only for events about to be recorded).
-            salts = self.vault.salts(session, account_id, talents, create=False)
-            missing = {e.talent_id for e in fresh if e.talent_id} - set(salts)
+            salts = self.vault.salts(session, account_id, talents - shredded, create=False)
+            missing = {e.talent_id for e in fresh if e.talent_id} - set(salts) - shredded
             if missing:
                 salts |= self.vault.salts(session, account_id, missing, create=True)
             first_of = {e.idempotency_key: e for e in fresh}
             for event in repeated:
-                self._check_repeat(event, stored[event.idempotency_key], first_of, salts)
+                self._check_repeat(event, stored[event.idempotency_key], first_of, salts, shredded)
             recorded_at = max(self.clock(), as_utc(head.last_recorded_at))
             sequence, prev = head.last_sequence, head.last_hash
             rows = []
@@ -155,7 +158,7 @@ class AuditLog:
                     similarity=event.similarity,
                     talent_hash=(
                         talent_hash(salts[event.talent_id], event.talent_id)
-                        if event.talent_id
+                        if event.talent_id and event.talent_id not in shredded
                         else None
                     ),
                     actor=event.actor,
@@ -188,13 +191,26 @@ class AuditLog:
         recorded: _Recorded | None,
         first_of: dict[str, NewEvent],
         salts: dict[str, bytes],
+        shredded: set[str],
     ) -> None:
         """A retry must say what the first call said: a reused key with other content (labels
         that changed between attempts, a talent erased meanwhile) is refused, so no caller can
         act on results whose events differ from the ones recorded."""
         if recorded is None:  # the same key twice in this batch
-            recorded = _recorded(first_of[event.idempotency_key], salts)
-        require_same(recorded, _recorded(event, salts), "idempotency_key", event.idempotency_key)
+            recorded = _recorded(first_of[event.idempotency_key], salts, shredded)
+        require_same(
+            recorded, _recorded(event, salts, shredded), "idempotency_key", event.idempotency_key
+        )
+
+    def _shredded(self, session: Session, account_id: str, talents: set[str]) -> set[str]:
+        """The talents among `talents` that carry a shred marker."""
+        lookups = {self.vault.lookup(account_id, t): t for t in talents}
+        if not lookups:
+            return set()
+        marked = session.scalars(
+            select(ShredMarkerRow.lookup).where(ShredMarkerRow.lookup.in_(list(lookups)))
+        )
+        return {lookups[lookup] for lookup in marked}
 
     def _locked_head(self, session: Session, account_id: str) -> ChainHead:
         """The account's chain head, locked for this transaction (made on the first append)."""
@@ -297,10 +313,41 @@ class AuditLog:
     # -- shred --------------------------------------------------------------------------------
 
     def shred(self, account_id: str, talent_id: str) -> tuple[bool, datetime]:
+        """Destroys the salt and leaves a shred marker, in one transaction that holds the
+        account's chain head: a concurrent append either ran before (its events lose their
+        link with the salt) or runs after and sees the marker (no salt is made again)."""
+        now = self.clock()
         with self.db.write() as session:
+            self._locked_head(session, account_id)
             destroyed = self.vault.shred(session, account_id, talent_id)
+            insert_ignoring_conflicts(
+                session,
+                ShredMarkerRow.__table__,
+                [
+                    {
+                        "lookup": self.vault.lookup(account_id, talent_id),
+                        "account_id": account_id,
+                        "shredded_at": now,
+                    }
+                ],
+                ["lookup"],
+            )
         logs.log(logger, "salt shredded", account=account_id, destroyed=destroyed)
-        return destroyed, self.clock()
+        return destroyed, now
+
+    def lift_marker(self, account_id: str, talent_id: str) -> bool:
+        """Lifts the talent's shred marker (a biometric consent was recorded after the
+        erasure): its next events get a new salt, unlinked to anything before. True when
+        there was a marker. An append racing the lift is recorded unlinkable or with the new
+        salt, either being right for an event recorded as the new life begins."""
+        with self.db.write() as session:
+            lifted = session.execute(
+                delete(ShredMarkerRow).where(
+                    ShredMarkerRow.lookup == self.vault.lookup(account_id, talent_id)
+                )
+            ).rowcount
+        logs.log(logger, "shred marker lifted", account=account_id, lifted=bool(lifted))
+        return lifted > 0
 
     # -- vault --------------------------------------------------------------------------------
 

@@ -85,6 +85,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             salt_destroyed=destroyed, shredded_at=to_timestamp(when)
         )
 
+    def LiftShredMarker(self, request, context):
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("talent_id", request.talent_id)
+        checks.done()
+        lifted = self.log.lift_marker(request.account_id, request.talent_id)
+        return audit_pb2.LiftShredMarkerResponse(lifted=lifted)
+
     def PurgeExpired(self, request, context):
         checks = Checks()
         cutoff = checks.timestamp("cutoff", request.cutoff, request.HasField("cutoff"))

@@ -128,3 +128,16 @@ class SaltActivity(Base):
     last_event_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (Index("ix_audit_salt_activity_last", "last_event_at"),)
+
+
+class ShredMarkerRow(Base):
+    """A talent whose salt was shredded, by the vault's lookup HMAC of (account, talent) only: no
+    talent id, no salt. While it exists, events about the talent are recorded without a talent
+    hash and no new salt is made (an upload in flight cannot link the talent again); lifted when
+    a biometric consent is recorded after the erasure (LiftShredMarker)."""
+
+    __tablename__ = "audit_shred_markers"
+
+    lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    shredded_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -248,6 +248,11 @@ class SaltVault:
             raise VaultRotated("the vault key was rotated during this call; retry")
         return open_sealed(keys.sealing, sealed, aad)
 
+    def lookup(self, account_id: str, talent_id: str) -> bytes:
+        """The talent's key in the vault (a keyed hash: no talent id, no salt), which other
+        tables keyed by talent use too (shred markers)."""
+        return self._lookup(account_id, talent_id)
+
     def salts(
         self, session: Session, account_id: str, talent_ids: Iterable[str], *, create: bool
     ) -> dict[str, bytes]:

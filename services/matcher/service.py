@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,6 +119,8 @@ class Matcher:
         self.clock = clock
         self.workers = workers
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="matcher-inference")
+        # Tests pause an enrollment at its step boundaries through this hook (a no-op here).
+        self.checkpoint: Callable[[str], None] = lambda name: None
 
     def warm_up(self) -> None:
         """Loads the models in every worker before the first request pays for it."""
@@ -139,10 +141,12 @@ class Matcher:
         image, _ = self._decode(data, "image")
         # No face is even looked for without consent to process the talent's biometrics.
         self._require_biometric_consent(account_id, talent_id)
+        self.checkpoint("enroll.consented")
         faces = self.pool.submit(self.engine.detect, image).result()
         face = self._single_usable_face(faces)
         enrolled = self.pool.submit(self.engine.enroll, account_id, talent_id, image, face).result()
         del image  # the enrollment image is never kept
+        self.checkpoint("enroll.embedded")
         row = FaceRow(
             face_id=enrolled.face_id,
             account_id=account_id,
@@ -178,14 +182,17 @@ class Matcher:
         except Exception:
             self.engine.delete(account_id, [enrolled.face_id])
             raise
-        # Consent may have been revoked while we embedded: its deletion could have run before
-        # our insert. Check again, and undo the enrollment if so.
+        self.checkpoint("enroll.inserted")
+        # Consent may have been revoked (or the talent erased: consent is an erasure's first
+        # step) while we embedded: its deletion could have run before our insert. Check again,
+        # and undo the enrollment if so.
         if not self.consent.biometric_active(account_id, talent_id):
             self.delete_talent(account_id, talent_id)
             raise FailedPrecondition(
                 "biometric processing consent was revoked during enrollment",
                 reason="BIOMETRIC_CONSENT_REQUIRED",
             )
+        self.checkpoint("enroll.rechecked")
         logs.log(
             logger, "face enrolled", account=account_id, face=row.face_id, engine=self.engine.name
         )

@@ -134,7 +134,7 @@ def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
     assert json.loads(export_file.read_text())["talent_id"] == "collins"
 
     receipt = ok_json(data_dir, "erase", "collins")
-    assert receipt["steps"][0]["name"] == "matcher.delete_faces"
+    assert receipt["steps"][0]["name"] == "consent.erase_ledger"
     assert ok_json(data_dir, "audit", "list", "--talent", "collins")["events"] == []
     assert ok_json(data_dir, "audit", "verify")["ok"] is True
     gone = mixip(data_dir, "export", "collins")

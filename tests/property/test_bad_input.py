@@ -775,7 +775,7 @@ def test_erase_talent(harness, fields):
     request = pb.EraseTalentRequest(**fields)
 
     def receipt(reply):
-        # nobody to erase: four empty steps, and the receipt row is all that is written
+        # nobody to erase: four empty steps, and the receipt and intent rows (the marker too)
         assert reply.talent_id == request.talent_id and reply.receipt_id
         assert [s.count for s in reply.steps] == [0, 0, 0, 0]
 
@@ -787,7 +787,13 @@ def test_erase_talent(harness, fields):
             text_verdict(request.request_id, 128, required=False),
             ok={OK},
         ),
-        writes={"gateway.gateway_erasure_receipts"},
+        # the receipt, the journaled intent, and audit's shred marker (under the chain head)
+        writes={
+            "gateway.gateway_erasure_receipts",
+            "gateway.gateway_erasure_intents",
+            "audit.audit_shred_markers",
+            "audit.audit_chain_heads",
+        },
         on_ok=receipt,
         fields={"talent_id", "request_id"},
     )

@@ -127,6 +127,8 @@ def test_new_events_after_a_shred_do_not_link_to_old_ones(audit_service, clock):
     stub = audit_service.stub
     record(stub, clock, ["old"], talent="t-ada")
     stub.ShredTalentSalt(audit_pb2.ShredTalentSaltRequest(account_id=ACCOUNT, talent_id="t-ada"))
+    # a new life starts with a biometric consent after the erasure, which lifts the marker
+    stub.LiftShredMarker(audit_pb2.LiftShredMarkerRequest(account_id=ACCOUNT, talent_id="t-ada"))
     record(stub, clock, ["new"], talent="t-ada")
     assert [e.idempotency_key for e in list_all(stub, talent_id="t-ada")] == ["new"]
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from mixip.audit.v1 import audit_pb2
-from mixip.runtime.config import ConfigError
 from mixip.runtime import migrations
+from mixip.runtime.config import ConfigError
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper, SealError
 from mixip.runtime.times import to_timestamp

@@ -1,0 +1,311 @@
+"""Erasure as a fence: linearizable with every upload, enrollment and consent about the talent.
+
+1. The intent is journaled (its own row, under the account's fence lock) before any step, so
+   from that moment every upload commit refuses the talent, and a resumer finishes an intent
+   its caller abandoned (at start-up and every `resume_seconds`).
+2. Consent first: the ledger is erased, so every consent check (the matcher's post-insert
+   check of an enrollment, the gateway's re-check of an upload) refuses the talent from then.
+3. The matcher's vectors: an enrollment that passed its post-insert check inserted before
+   step 2, so this deletion sees its vector; one that had not deletes its own vector.
+4. The audit salt, shredded with a marker left in the same transaction: no new salt is made
+   for the talent until a biometric consent is recorded after the erasure (the gateway's
+   RecordConsent lifts the marker).
+5. The gateway's stored results are scrubbed and the intent completed in one transaction under
+   the fence lock, which an upload's commit takes too: a commit either precedes the scrub (and
+   is scrubbed) or sees the intent, open or completed since the upload started (and stores
+   UNKNOWN / TALENT_ERASED, no talent id).
+
+A completed intent keeps no talent id in clear; its `talent_key` (an HMAC) fences uploads that
+started before the erasure for `FENCE_WINDOW`, then it is cleared too (docs/erasure.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.store import ErasureIntentRow, ErasureReceiptRow, GatewaySecretRow, MediaFaceRow
+from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from mixip.common.v1 import common_pb2
+from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.runtime import logs
+from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
+from mixip.runtime.times import Clock, iso
+
+logger = logging.getLogger("mixip.gateway")
+
+# No upload commits later than this after it started (it fails instead), so a completed
+# erasure's fence is needed this long and no longer. Matches the orphan sweep's horizon.
+FENCE_WINDOW = timedelta(hours=1)
+FENCE_KEY_NAME = "erasure-fence-v1"
+
+# A test hook called at every step boundary of uploads and erasures (a no-op in production).
+Checkpoint = Callable[[str], None]
+
+
+def no_checkpoint(name: str) -> None:
+    """The production checkpoint: nothing pauses."""
+
+
+@dataclass(frozen=True)
+class ErasureStep:
+    name: str
+    count: int
+    completed_at: datetime
+
+
+class ErasureFence:
+    """The fence uploads and erasures meet at: a per-account lock and the intents table."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._key = self._load_key()
+
+    def _load_key(self) -> bytes:
+        """The fence's HMAC key, made on the very first start (race-safe)."""
+        with self.db.write() as session:
+            fresh = {"name": FENCE_KEY_NAME, "secret": os.urandom(32), "created_at": self.clock()}
+            insert_ignoring_conflicts(session, GatewaySecretRow.__table__, [fresh], ["name"])
+            return session.get(GatewaySecretRow, FENCE_KEY_NAME).secret
+
+    def talent_key(self, account_id: str, talent_id: str) -> bytes:
+        message = f"{account_id}\x00{talent_id}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    @staticmethod
+    def lock(session: Session, account_id: str) -> None:
+        """Serializes uploads' commits with the opening and the completion of erasures."""
+        serialize(session, f"mixip.gateway.erasure-fence:{account_id}")
+
+    def fenced(
+        self, session: Session, account_id: str, talents: Iterable[str], since: datetime
+    ) -> set[str]:
+        """The talents an upload that started at `since` must not link: an erasure of them is
+        in progress, or completed since the upload started (its match may predate it)."""
+        keys = {self.talent_key(account_id, t): t for t in set(talents) if t}
+        if not keys:
+            return set()
+        found = session.scalars(
+            select(ErasureIntentRow.talent_key).where(
+                ErasureIntentRow.account_id == account_id,
+                ErasureIntentRow.talent_key.in_(list(keys)),
+                or_(
+                    ErasureIntentRow.completed_at.is_(None),
+                    ErasureIntentRow.completed_at >= since,
+                ),
+            )
+        )
+        return {keys[k] for k in found}
+
+    def in_progress(self, account_id: str, talent_id: str) -> bool:
+        """Whether an erasure of the talent has begun and not completed."""
+        with self.db.read() as session:
+            return (
+                session.scalar(
+                    select(ErasureIntentRow.intent_id)
+                    .where(
+                        ErasureIntentRow.account_id == account_id,
+                        ErasureIntentRow.talent_key == self.talent_key(account_id, talent_id),
+                        ErasureIntentRow.completed_at.is_(None),
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
+
+
+@dataclass
+class ErasurePeers:
+    matcher: matcher_pb2_grpc.MatcherServiceStub
+    consent: consent_pb2_grpc.ConsentServiceStub
+    audit: audit_pb2_grpc.AuditServiceStub
+
+
+class Erasures:
+    def __init__(
+        self, db: Database, peers: ErasurePeers, fence: ErasureFence, clock: Clock
+    ) -> None:
+        self.db = db
+        self.peers = peers
+        self.fence = fence
+        self.clock = clock
+        self.checkpoint: Checkpoint = no_checkpoint
+
+    def erase(
+        self, account_id: str, talent_id: str, request_id: str
+    ) -> tuple[str, list[ErasureStep]]:
+        """Journals the intent, runs every step (each is idempotent), completes the intent.
+        A retry with the same request id gets the first call's receipt id; the receipt holds
+        no talent id, so it cannot tell which talent a request id named: the steps always run
+        for the talent asked for."""
+        intent = self._open(account_id, talent_id, request_id)
+        self.checkpoint("erase.intent")
+        steps = self._finish(intent)
+        return intent.receipt_id, steps
+
+    def _open(self, account_id: str, talent_id: str, request_id: str) -> ErasureIntentRow:
+        key = self.fence.talent_key(account_id, talent_id)
+        with self.db.write() as session:
+            self.fence.lock(session, account_id)
+            receipt_id = None
+            if request_id:
+                receipt_id = session.scalar(
+                    select(ErasureReceiptRow.receipt_id).where(
+                        ErasureReceiptRow.account_id == account_id,
+                        ErasureReceiptRow.request_id == request_id,
+                    )
+                )
+                open_ = session.scalars(
+                    select(ErasureIntentRow).where(
+                        ErasureIntentRow.account_id == account_id,
+                        ErasureIntentRow.request_id == request_id,
+                        ErasureIntentRow.completed_at.is_(None),
+                    )
+                ).all()
+                for intent in open_:
+                    if intent.talent_key == key:
+                        return intent  # a retry of an erasure still in progress
+                receipt_id = receipt_id or next((i.receipt_id for i in open_), None)
+            intent = ErasureIntentRow(
+                intent_id=secrets.token_hex(12),
+                account_id=account_id,
+                talent_id=talent_id,
+                talent_key=key,
+                receipt_id=receipt_id or f"rcpt_{secrets.token_hex(12)}",
+                request_id=request_id or None,
+                created_at=self.clock(),
+            )
+            session.add(intent)
+        return intent
+
+    def _finish(self, intent: ErasureIntentRow) -> list[ErasureStep]:
+        account_id, talent_id = intent.account_id, intent.talent_id
+        steps = []
+        erased = self.peers.consent.EraseTalentConsent(
+            consent_pb2.EraseTalentConsentRequest(account_id=account_id, talent_id=talent_id)
+        )
+        steps.append(
+            ErasureStep(
+                "consent.erase_ledger",
+                erased.records_deleted + erased.outbox_rows_deleted,
+                self.clock(),
+            )
+        )
+        self.checkpoint("erase.consent")
+        deleted = self.peers.matcher.DeleteTalentFaces(
+            matcher_pb2.DeleteTalentFacesRequest(
+                account_id=account_id, talent_id=talent_id, request_id=intent.intent_id
+            )
+        )
+        steps.append(ErasureStep("matcher.delete_faces", deleted.deleted_count, self.clock()))
+        self.checkpoint("erase.matcher")
+        shredded = self.peers.audit.ShredTalentSalt(
+            audit_pb2.ShredTalentSaltRequest(account_id=account_id, talent_id=talent_id)
+        )
+        steps.append(ErasureStep("audit.shred_salt", int(shredded.salt_destroyed), self.clock()))
+        self.checkpoint("erase.audit")
+        with self.db.write() as session:
+            self.fence.lock(session, account_id)
+            scrubbed = session.execute(
+                update(MediaFaceRow)
+                .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+                .values(
+                    talent_id=None,
+                    label=common_pb2.FACE_LABEL_UNKNOWN,
+                    reason=common_pb2.LABEL_REASON_TALENT_ERASED,
+                )
+            ).rowcount
+            steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
+            self._complete(session, intent, steps)
+        logs.log(
+            logger,
+            "talent erased",
+            account=account_id,
+            receipt=intent.receipt_id,
+            **{s.name.replace(".", "_"): s.count for s in steps},
+        )
+        return steps
+
+    def _complete(
+        self, session: Session, intent: ErasureIntentRow, steps: list[ErasureStep]
+    ) -> None:
+        """Completes this intent and every other open one of the talent begun before it (the
+        steps just run satisfy them all), each with its receipt; forgets the talent id."""
+        now = self.clock()
+        done = session.scalars(
+            select(ErasureIntentRow).where(
+                ErasureIntentRow.account_id == intent.account_id,
+                ErasureIntentRow.talent_key == intent.talent_key,
+                ErasureIntentRow.completed_at.is_(None),
+                ErasureIntentRow.created_at <= intent.created_at,
+            )
+        ).all()
+        for row in done:
+            row.completed_at, row.talent_id = now, None
+            if session.get(ErasureReceiptRow, row.receipt_id) is None:
+                session.add(
+                    ErasureReceiptRow(
+                        receipt_id=row.receipt_id,
+                        account_id=row.account_id,
+                        completed_at=now,
+                        steps=_steps_to_json(steps),
+                        request_id=row.request_id,
+                    )
+                )
+                session.flush()
+
+    # -- resumer ------------------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Finishes every intent left incomplete (its caller gave up, or the gateway stopped
+        mid-way) and forgets the fence keys of intents completed more than FENCE_WINDOW ago.
+        Returns the number of intents finished; a peer still down raises (the next run
+        retries)."""
+        with self.db.read() as session:
+            pending = session.scalars(
+                select(ErasureIntentRow)
+                .where(ErasureIntentRow.completed_at.is_(None))
+                .order_by(ErasureIntentRow.created_at)
+            ).all()
+        finished = 0
+        for intent in pending:
+            with self.db.read() as session:
+                still_open = session.scalar(
+                    select(ErasureIntentRow.intent_id).where(
+                        ErasureIntentRow.intent_id == intent.intent_id,
+                        ErasureIntentRow.completed_at.is_(None),
+                    )
+                )
+            if still_open:
+                self._finish(intent)
+                finished += 1
+        with self.db.write() as session:
+            forgotten = session.execute(
+                update(ErasureIntentRow)
+                .where(
+                    ErasureIntentRow.completed_at < self.clock() - FENCE_WINDOW,
+                    ErasureIntentRow.talent_key.is_not(None),
+                )
+                .values(talent_key=None)
+            ).rowcount
+        if finished or forgotten:
+            logs.log(logger, "erasures resumed", finished=finished, fences_cleared=forgotten)
+        return finished
+
+
+def _steps_to_json(steps: list[ErasureStep]) -> str:
+    return json.dumps(
+        [{"name": s.name, "count": s.count, "completed_at": iso(s.completed_at)} for s in steps]
+    )
