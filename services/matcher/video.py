@@ -188,39 +188,81 @@ def sample_and_track(
     earlier results are pending, at most `max_buffered_bytes` of them, and dropped if no face
     calls for them.
     """
-    source = video.samples(rate_hz, burst_rate_hz if burst_rate_hz > rate_hz else None)
-    pending: deque[_Slot] = deque()  # in time order
-    burst_until = -math.inf
-    in_flight = buffered = analysed = 0
-    exhausted = False
-    while True:
-        while not exhausted and in_flight < max_in_flight and buffered < max_buffered_bytes:
-            sample = next(source, None)
+    run = _Run(
+        video.samples(rate_hz, burst_rate_hz if burst_rate_hz > rate_hz else None),
+        analyse,
+        tracker,
+        burst_seconds,
+        max_in_flight,
+        max_buffered_bytes,
+    )
+    try:
+        return run.until_done()
+    finally:  # after a failure, frames not yet analysed are not worth the pool's time
+        run.cancel()
+
+
+@dataclass(eq=False)
+class _Run:
+    """One pass of `sample_and_track`."""
+
+    source: Iterator[Sample]
+    analyse: Callable[[np.ndarray], Future[Analysis]]
+    tracker: Tracker
+    burst_seconds: float
+    max_in_flight: int
+    max_buffered_bytes: int
+    pending: deque[_Slot] = field(default_factory=deque)  # in time order
+    burst_until: float = -math.inf
+    in_flight: int = 0
+    buffered: int = 0  # bytes of the burst candidates held
+    exhausted: bool = False
+
+    def until_done(self) -> int:
+        analysed = 0
+        while True:
+            self._read_ahead()
+            if not self.pending:
+                return analysed
+            slot = self.pending.popleft()
+            if slot.future is None:  # a burst candidate no new face called for
+                self.buffered -= slot.image.nbytes if slot.image is not None else 0
+                continue
+            self.in_flight -= 1
+            faces, signatures = slot.future.result()
+            analysed += 1
+            fresh = self.tracker.add(slot.t, list(zip(faces, signatures, strict=True)))
+            if any(fresh):
+                self._burst(slot.t + self.burst_seconds)
+
+    def cancel(self) -> None:
+        for slot in self.pending:
+            if slot.future is not None:
+                slot.future.cancel()
+
+    def _read_ahead(self) -> None:
+        while not self.exhausted and (
+            not self.pending
+            or (self.in_flight < self.max_in_flight and self.buffered < self.max_buffered_bytes)
+        ):
+            sample = next(self.source, None)
             if sample is None:
-                exhausted = True
-            elif sample.base or sample.t <= burst_until + _EPSILON:
-                pending.append(_Slot(sample.t, None, analyse(sample.image)))
-                in_flight += 1
+                self.exhausted = True
+            elif sample.base or sample.t <= self.burst_until + _EPSILON:
+                self.pending.append(_Slot(sample.t, None, self.analyse(sample.image)))
+                self.in_flight += 1
             else:
-                pending.append(_Slot(sample.t, sample.image, None))
-                buffered += sample.image.nbytes
-        if not pending:
-            return analysed
-        slot = pending.popleft()
-        if slot.future is None:  # a burst candidate no new face called for
-            buffered -= slot.image.nbytes if slot.image is not None else 0
-            continue
-        in_flight -= 1
-        faces, signatures = slot.future.result()
-        analysed += 1
-        fresh = tracker.add(slot.t, list(zip(faces, signatures, strict=True)))
-        if any(fresh):
-            burst_until = max(burst_until, slot.t + burst_seconds)
-            for waiting in pending:
-                if waiting.image is not None and waiting.t <= burst_until + _EPSILON:
-                    buffered -= waiting.image.nbytes
-                    waiting.future, waiting.image = analyse(waiting.image), None
-                    in_flight += 1
+                self.pending.append(_Slot(sample.t, sample.image, None))
+                self.buffered += sample.image.nbytes
+
+    def _burst(self, until: float) -> None:
+        """Analyses the burst candidates up to `until`, those held and those still to come."""
+        self.burst_until = max(self.burst_until, until)
+        for waiting in self.pending:
+            if waiting.image is not None and waiting.t <= self.burst_until + _EPSILON:
+                self.buffered -= waiting.image.nbytes
+                waiting.future, waiting.image = self.analyse(waiting.image), None
+                self.in_flight += 1
 
 
 @dataclass(eq=False)

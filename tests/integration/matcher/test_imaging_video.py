@@ -7,6 +7,7 @@ import os
 import struct
 import tempfile
 import zlib
+from concurrent.futures import Future
 from pathlib import Path
 
 import cv2
@@ -16,8 +17,9 @@ import pytest
 from mixip.runtime import pixels
 from mixip.runtime.media import MediaError, sniff
 from services.matcher import imaging
+from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.imaging import decode_image, encode_jpeg
-from services.matcher.video import Video, open_video
+from services.matcher.video import Tracker, Video, open_video, sample_and_track
 from tests.support import faces
 
 MAX_PIXELS = 40_000_000
@@ -373,3 +375,51 @@ def test_a_video_without_a_declared_duration_is_refused_at_the_limit():
         read.extend(t for t, _ in video.frames(10.0))
 
     assert read == pytest.approx([i / 10 for i in range(10)])  # nothing past the limit
+
+
+# -- denser sampling around new faces ------------------------------------------------------------
+
+
+def scripted_analysis(image: np.ndarray) -> Future:
+    """A face wherever the frame is not black (the same person each time), at once."""
+    done: Future = Future()
+    if float(image.mean()) > 10:
+        vector = np.ones(128, np.float32) / np.sqrt(128)
+        done.set_result(([DetectedFace(Box(250, 100, 120, 120), 0.9)], [vector]))
+    else:
+        done.set_result(([], []))
+    return done
+
+
+@pytest.mark.parametrize("max_buffered_bytes", [256 << 20, 1], ids=["roomy", "one-frame"])
+def test_frames_after_a_new_face_are_sampled_densely(max_buffered_bytes):
+    # On screen from 1.2 s to 2.2 s: the 2 Hz grid alone sees her at 1.5 and 2.0.
+    blank = np.zeros((360, 640, 3), np.uint8)
+    data = faces.make_video(None, [(blank, 1.2), (faces.astronaut(), 1.0), (blank, 1.8)])
+    tracker = Tracker(interval_seconds=0.5)
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        analysed = sample_and_track(
+            video,
+            scripted_analysis,
+            tracker,
+            rate_hz=2.0,
+            burst_rate_hz=6.0,
+            burst_seconds=0.5,
+            max_buffered_bytes=max_buffered_bytes,
+        )
+
+    [track] = tracker.tracks()
+    # 1.5 is new, so the 6 Hz frames up to 2.0 are analysed too (1.7 and 1.9 at 10 fps)
+    assert [o.t for o in track.observations] == pytest.approx([1.5, 1.7, 1.9, 2.0])
+    assert analysed == 8 + 2
+
+
+def test_without_new_faces_only_the_base_grid_is_analysed():
+    data = faces.make_video(None, [(np.zeros((360, 640, 3), np.uint8), 2.0)])
+    tracker = Tracker(interval_seconds=0.5)
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        analysed = sample_and_track(video, scripted_analysis, tracker, rate_hz=2.0)
+
+    assert analysed == 4 and tracker.tracks() == []
