@@ -158,10 +158,14 @@ def _probe(path: str, *, max_seconds: float, max_pixels: int) -> Video:
         if video.declared_frames is not None and video.duration_seconds > max_seconds:
             raise MediaError(_too_long(f"{video.duration_seconds:.1f}", video))
         check_pixels(width, height, max_pixels=max_pixels, what="video frame")
-        if not capture.grab():
+        ok, first = capture.read()
+        if not ok:
             raise MediaError("unsupported or corrupt video: cannot decode its first frame")
     finally:
         capture.release()
+    # Frames come out turned by the container's rotation (a phone held upright): report the
+    # size the boxes are measured in, which is the viewer's.
+    video.height, video.width = first.shape[:2]
     return video
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,6 +131,20 @@ def encode_pillow(image: np.ndarray, fmt: str, *, orientation: int = 1, quality:
     out = io.BytesIO()
     picture.save(out, fmt, **options)
     return out.getvalue()
+
+
+def filmed_upright_on_a_phone(image: np.ndarray, seconds: float) -> bytes:
+    """An MP4 as a phone held upright records it: frames stored on their side (`image` turned
+    90 degrees counter-clockwise, letterboxed in 640x360) and a track matrix in the `tkhd` box
+    that tells players to turn them 90 degrees clockwise, so the viewer sees `image` upright."""
+    stored = letterboxed(cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE), (640, 360))
+    data = make_video(None, [(stored, seconds)])
+    at = data.find(b"tkhd")
+    if at < 0 or data[at + 4] != 0:
+        raise ValueError("expected a version 0 tkhd box")
+    matrix = at + 4 + 4 + 20 + 8 + 8  # after the full-box header, times, id, duration, layer...
+    clockwise = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return data[:matrix] + clockwise + data[matrix + 36 :]
 
 
 def without_duration(webm: bytes) -> bytes:

@@ -377,6 +377,19 @@ def test_a_video_without_a_declared_duration_is_refused_at_the_limit():
     assert read == pytest.approx([i / 10 for i in range(10)])  # nothing past the limit
 
 
+def test_a_phone_video_is_decoded_upright_and_sized_as_the_viewer_sees_it():
+    data = faces.filmed_upright_on_a_phone(faces.astronaut(), 1.0)
+    upright = faces.letterboxed(faces.astronaut(), (360, 640))
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        size = (video.width, video.height)
+        [(_, first), *_] = list(video.frames(2.0))
+
+    assert size == (360, 640)  # the container's header says 640x360
+    assert first.shape == (640, 360, 3)
+    assert mean_difference(first, upright) < 12
+
+
 # -- denser sampling around new faces ------------------------------------------------------------
 
 

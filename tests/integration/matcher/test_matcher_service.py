@@ -515,3 +515,12 @@ def test_a_recording_without_a_declared_duration_is_matched(both_cleared, codec,
     assert abs(reply.duration_seconds - 2.0) < 0.01
     [face] = reply.faces
     assert (face.label, face.talent_id) == (CLEARED, "astronaut")
+
+
+def test_a_phone_video_is_matched_upright_with_boxes_in_the_viewers_frame(both_cleared):
+    reply = match(both_cleared, faces.filmed_upright_on_a_phone(faces.astronaut(), 1.0))
+
+    assert (reply.width, reply.height) == (360, 640)
+    [face] = reply.faces
+    assert (face.label, face.talent_id) == (CLEARED, "astronaut")
+    assert face.box.x + face.box.width <= 360 and face.box.height > face.box.width * 0.9
