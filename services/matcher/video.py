@@ -391,8 +391,35 @@ class Tracker:
         return fresh
 
     def tracks(self) -> list[Track]:
-        """The tracks so far, ordered by first appearance."""
-        return [self._finish(track) for track in self._tracks]
+        """The tracks so far, ordered by first appearance, fragments of one person joined."""
+        return [self._finish(group) for group in self._joined_fragments()]
+
+    def _joined_fragments(self) -> list[list[_LiveTrack]]:
+        """Tracks that never share a frame and whose mean appearances match (cosine >=
+        `similarity_min`) are one person's fragments, e.g. where a fast move and a turned head
+        started a second track: grouped, most similar pairs first."""
+        tracks = self._tracks
+        with_vectors = [i for i, track in enumerate(tracks) if track.mean is not None]
+        group = list(range(len(tracks)))
+        if len(with_vectors) > 1:
+            means = np.stack([tracks[i].mean for i in with_vectors])
+            similarity = means @ means.T
+            rows, columns = np.nonzero(np.triu(similarity >= self.similarity_min, k=1))
+            pairs = sorted(
+                zip(rows.tolist(), columns.tolist(), strict=True),
+                key=lambda rc: -similarity[rc[0], rc[1]],
+            )
+            seen = {i: {o.t for o in track.observations} for i, track in enumerate(tracks)}
+            for r, c in pairs:
+                a, b = _root(group, with_vectors[r]), _root(group, with_vectors[c])
+                if a != b and not seen[a] & seen[b]:
+                    first, second = min(a, b), max(a, b)
+                    group[second] = first
+                    seen[first] |= seen.pop(second)
+        members: dict[int, list[_LiveTrack]] = {}
+        for i, track in enumerate(tracks):  # creation order: order of first appearance
+            members.setdefault(_root(group, i), []).append(track)
+        return list(members.values())
 
     def _live_pairs(
         self, observations: Sequence[Observation], live: Sequence[bool]
@@ -444,15 +471,27 @@ class Tracker:
         track.add(observation)
         return track
 
-    def _finish(self, track: _LiveTrack) -> Track:
-        clearest = max(track.observations, key=lambda o: o.face.score * _area(o.face.box))
-        observations = tuple(track.observations)
+    def _finish(self, fragments: Sequence[_LiveTrack]) -> Track:
+        observations = tuple(sorted((o for f in fragments for o in f.observations), key=_time))
+        clearest = max(observations, key=lambda o: o.face.score * _area(o.face.box))
+        sums = [f.vector_sum for f in fragments]
+        mean = None if any(s is None for s in sums) else _normalised(np.sum(sums, axis=0))
         return Track(
             observations,
             _ranges(observations, self.interval_seconds),
             clearest,
-            None if track.mean is None else track.mean.astype(np.float32),
+            None if mean is None else mean.astype(np.float32),
         )
+
+
+def _root(group: list[int], i: int) -> int:
+    while group[i] != i:
+        i = group[i]
+    return i
+
+
+def _time(observation: Observation) -> float:
+    return observation.t
 
 
 def link_tracks(

@@ -213,3 +213,31 @@ def test_frames_out_of_order_are_refused():
 
     with pytest.raises(ValueError, match="out of time order"):
         link_tracks(frames, interval_seconds=INTERVAL)
+
+
+def test_fragments_of_one_person_that_never_share_a_frame_are_joined(people, rng):
+    # Ann jumps across the frame with her head turned (cosine 0.45 to her track: too unlike
+    # to continue it without overlap), so a second track starts and she continues in it.
+    ann = people["ann"]
+    other = unit(rng.normal(size=128))
+    other = unit(other - float(np.dot(other, ann)) * ann)  # orthogonal to her
+    turned = unit(0.45 * ann + np.sqrt(1 - 0.45**2) * other)
+    frames = [(t, [(face(100), noisy(ann, rng))]) for t in times(3)]
+    frames.append((1.5, [(face(500), turned)]))
+    frames += [(t, [(face(505), noisy(ann, rng))]) for t in times(3, start=2.0)]
+    tracker = Tracker(interval_seconds=INTERVAL)
+    fresh = [tracker.add(t, detections) for t, detections in frames]
+
+    [track] = tracker.tracks()
+
+    assert fresh[3] == [True]  # at the time, a new track
+    assert track.ranges == ((0.0, 3.0),)
+    assert [o.t for o in track.observations] == times(7)
+    assert float(np.dot(track.appearance, ann)) > 0.9
+
+
+def test_fragments_seen_in_the_same_frame_are_two_people_however_alike(people, rng):
+    twin = noisy(people["ann"], rng)
+    frames = [(t, [(face(100), noisy(people["ann"], rng)), (face(500), twin)]) for t in times(2)]
+
+    assert len(link_tracks(frames, interval_seconds=INTERVAL)) == 2
