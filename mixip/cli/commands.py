@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -226,7 +225,7 @@ def match(args, conn: Connection, out: Output) -> int:
     video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
     faces = [face_json(f, video) for f in reply.faces]
     if args.annotate:
-        _annotate(Path(args.annotate), data, faces, video)
+        _annotate(Path(args.annotate), Path(args.file), data, faces, video)
     document = {"media_id": reply.media_id, "faces": faces}
     lines = [f"media {reply.media_id}: {len(faces)} face(s)"]
     for i, face in enumerate(faces):
@@ -244,15 +243,12 @@ def match(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def _annotate(target: Path, data: bytes, faces: list[dict], video: bool) -> None:
+def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video: bool) -> None:
     try:
         if not video:
             annotate_image(data, faces, target)
             return
-        with tempfile.TemporaryDirectory() as directory:
-            copy = Path(directory) / "video"
-            copy.write_bytes(data)
-            contact_sheet(copy, faces, target)
+        contact_sheet(source, faces, target)  # the user's own file: no copy of it is made
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

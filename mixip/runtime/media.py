@@ -8,6 +8,7 @@ decoding a single pixel.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 IMAGE, VIDEO = "image", "video"
@@ -25,8 +26,18 @@ class Sniffed:
     height: int | None = None
 
 
+# ISO-BMFF brands of still HEIF images (HEVC-coded, what phones write); AVIF is not decoded.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"mif1", b"mif2"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+SUPPORTED = "JPEG, PNG, WebP, HEIC/HEIF, TIFF, BMP, MP4, MOV, WebM or MKV"
+
+
 def sniff(data: bytes) -> Sniffed:
-    """The media type from magic bytes; for images, their dimensions from the header."""
+    """The media type from magic bytes; for images, their dimensions from the header.
+
+    Image dimensions are the stored ones: an EXIF orientation or HEIF rotation may swap them
+    for the viewer, which changes nothing for a pixel-count limit.
+    """
     if not data:
         raise MediaError("empty media (0 bytes)")
     head = data[:32]
@@ -46,17 +57,137 @@ def sniff(data: bytes) -> Sniffed:
             raise MediaError("truncated WebP (shorter than its RIFF header says)")
         return Sniffed(IMAGE, "image/webp", *size)
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return Sniffed(VIDEO, "video/quicktime" if brand == b"qt  " else "video/mp4")
+        brands = _ftyp_brands(data)
+        if brands[0] in _HEIF_BRANDS and not (brands[0] == b"mif1" and _AVIF_BRANDS & set(brands)):
+            kind = "image/heic" if brands[0].startswith(b"hei") else "image/heif"
+            return Sniffed(IMAGE, kind, *_heif_size(data))
+        if _AVIF_BRANDS & set(brands):
+            raise MediaError(f"AVIF is not supported; send {SUPPORTED}")
+        return Sniffed(VIDEO, "video/quicktime" if brands[0] == b"qt  " else "video/mp4")
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
         return Sniffed(VIDEO, "video/quicktime")
     if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return Sniffed(VIDEO, "video/webm")
+        # Matroska's EBML header names its DocType; WebM is the Matroska subset browsers write.
+        matroska = _ebml_doctype(data) == b"matroska"
+        return Sniffed(VIDEO, "video/x-matroska" if matroska else "video/webm")
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return Sniffed(IMAGE, "image/tiff", *_tiff_size(data))
+    if head.startswith((b"II+\x00", b"MM\x00+")):
+        raise MediaError(f"BigTIFF is not supported; send {SUPPORTED}")
+    if head.startswith(b"BM"):
+        size = _bmp_size(data)
+        if int.from_bytes(data[2:6], "little") > len(data):
+            raise MediaError("truncated BMP (shorter than its header says)")
+        return Sniffed(IMAGE, "image/bmp", *size)
     if head.startswith((b"GIF87a", b"GIF89a")):
-        raise MediaError("GIF is not supported; send JPEG, PNG, WebP, MP4, MOV or WebM")
-    if head.startswith((b"II*\x00", b"MM\x00*", b"BM")):
-        raise MediaError("TIFF/BMP is not supported; send JPEG, PNG, WebP, MP4, MOV or WebM")
-    raise MediaError("not a supported image or video (JPEG, PNG, WebP, MP4, MOV, WebM)")
+        raise MediaError(f"GIF is not supported; send {SUPPORTED}")
+    raise MediaError(f"not a supported image or video ({SUPPORTED})")
+
+
+def _ftyp_brands(data: bytes) -> list[bytes]:
+    """The major brand, then the compatible brands, of an ISO-BMFF `ftyp` box."""
+    size = int.from_bytes(data[0:4], "big")
+    if size < 16 or size > len(data):
+        raise MediaError("truncated or corrupt ISO media header (ftyp)")
+    compatible = [data[i : i + 4] for i in range(16, size - 3, 4)]
+    return [data[8:12], *compatible]
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """`(type, body start, body end)` of the ISO-BMFF boxes in `data[start:end]`."""
+    pos = start
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        body = pos + 8
+        if size == 1:  # a 64-bit size follows the type
+            if pos + 16 > end:
+                raise MediaError("truncated or corrupt HEIF header")
+            size = int.from_bytes(data[pos + 8 : pos + 16], "big")
+            body = pos + 16
+        elif size == 0:  # to the end of the enclosing box
+            size = end - pos
+        if size < body - pos or pos + size > end:
+            raise MediaError("truncated or corrupt HEIF header")
+        yield kind, body, pos + size
+        pos += size
+
+
+def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int]:
+    for found, body, body_end in _boxes(data, start, end):
+        if found == kind:
+            return body, body_end
+    raise MediaError(f"corrupt HEIF: no {kind.decode()} box")
+
+
+def _heif_size(data: bytes) -> tuple[int, int]:
+    """The largest image extent (`ispe`) a HEIF declares: the primary image or its grid, which
+    is what the decoder will allocate."""
+    meta_start, meta_end = _child(data, 0, len(data), b"meta")
+    iprp = _child(data, meta_start + 4, meta_end, b"iprp")  # meta is a full box: skip 4
+    ipco = _child(data, *iprp, b"ipco")
+    sizes = [
+        struct.unpack(">II", data[body + 4 : body + 12])
+        for kind, body, body_end in _boxes(data, *ipco)
+        if kind == b"ispe" and body_end - body >= 12
+    ]
+    if not sizes:
+        raise MediaError("corrupt HEIF: no image size (ispe)")
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    return _checked(width, height, "HEIF")
+
+
+def _ebml_doctype(data: bytes) -> bytes | None:
+    """The DocType string of an EBML header (b"webm", b"matroska"), if it is in the first bytes."""
+    at = data.find(b"\x42\x82", 4, 64)
+    if at < 0 or at + 3 > len(data):
+        return None
+    length = data[at + 2]
+    if not length & 0x80:  # only the one-byte size form is used for a short string
+        return None
+    return data[at + 3 : at + 3 + (length & 0x7F)].rstrip(b"\x00")
+
+
+_TIFF_WIDTH, _TIFF_LENGTH = 256, 257
+_TIFF_SHORT, _TIFF_LONG = 3, 4
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """ImageWidth and ImageLength of the first image (the one decoders read), from IFD0."""
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        raise MediaError("truncated TIFF header")
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    if ifd < 8 or ifd + 2 > len(data):
+        raise MediaError("truncated or corrupt TIFF (no first directory)")
+    (entries,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    if ifd + 2 + 12 * entries > len(data):
+        raise MediaError("truncated TIFF (its first directory runs past the end)")
+    found: dict[int, int] = {}
+    for i in range(entries):
+        entry = ifd + 2 + 12 * i
+        tag, kind, count = struct.unpack(order + "HHI", data[entry : entry + 8])
+        if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and count == 1:
+            if kind == _TIFF_SHORT:
+                (found[tag],) = struct.unpack(order + "H", data[entry + 8 : entry + 10])
+            elif kind == _TIFF_LONG:
+                (found[tag],) = struct.unpack(order + "I", data[entry + 8 : entry + 12])
+    if _TIFF_WIDTH not in found or _TIFF_LENGTH not in found:
+        raise MediaError("corrupt TIFF: no image width or length")
+    return _checked(found[_TIFF_WIDTH], found[_TIFF_LENGTH], "TIFF")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 26:
+        raise MediaError("truncated BMP header")
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        width, height = struct.unpack("<HH", data[18:22])
+    elif header_size >= 40:
+        width, height = struct.unpack("<ii", data[18:26])
+    else:
+        raise MediaError("corrupt BMP header")
+    return _checked(width, abs(height), "BMP")  # a negative height means top-down rows
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

@@ -85,6 +85,12 @@ class MatcherSettings:
                 p + "MAX_VIDEO_SECONDS", defaults.max_video_seconds, minimum=0.1
             ),
             video_rate_hz=env.float(p + "VIDEO_SAMPLE_HZ", defaults.video_rate_hz, minimum=0.01),
+            video_burst_rate_hz=env.float(
+                p + "VIDEO_BURST_HZ", defaults.video_burst_rate_hz, minimum=0.01
+            ),
+            video_burst_seconds=env.float(
+                p + "VIDEO_BURST_SECONDS", defaults.video_burst_seconds, minimum=0.0
+            ),
             min_face_pixels=env.int(p + "MIN_FACE_PIXELS", defaults.min_face_pixels, minimum=1),
             enroll_min_score=env.float(p + "ENROLL_MIN_SCORE", defaults.enroll_min_score),
             top_k=env.int(p + "TOP_K", defaults.top_k, minimum=2),

@@ -7,14 +7,19 @@ gigabytes of memory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
+from mixip.runtime.pixels import decode_upright
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> tuple[np.ndarray, Sniffed]:
-    """The BGR uint8 pixels of an uploaded JPEG, PNG or WebP, and what it was sniffed as.
+    """The upright BGR uint8 pixels of an uploaded JPEG, PNG, WebP, HEIC/HEIF, TIFF or BMP, and
+    what it was sniffed as, with the width and height the viewer sees (after any EXIF or HEIF
+    rotation, so they agree with the boxes found on the pixels).
 
     Raises `MediaError` (safe to show to the caller) for anything that is not an image we
     accept, is larger than `max_pixels`, or cannot be decoded.
@@ -24,10 +29,13 @@ def decode_image(data: bytes, *, max_pixels: int) -> tuple[np.ndarray, Sniffed]:
         raise MediaError("expected an image, got a video")
     # sniff() always reads an image's size from its header (or raises).
     check_pixels(sniffed.width or 0, sniffed.height or 0, max_pixels=max_pixels, what="image")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = decode_upright(data, sniffed)
     if image is None:
         raise MediaError(f"corrupt image: cannot decode the {sniffed.content_type} data")
-    return image, sniffed
+    height, width = image.shape[:2]
+    if width * height > (sniffed.width or 0) * (sniffed.height or 0):
+        raise MediaError(f"corrupt image: the {sniffed.content_type} data is larger than declared")
+    return image, dataclasses.replace(sniffed, width=width, height=height)
 
 
 def check_pixels(width: int, height: int, *, max_pixels: int, what: str) -> None:

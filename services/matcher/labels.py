@@ -3,7 +3,7 @@ label with its reason. See docs/design.md, "Labels"."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 
 from mixip.common.v1 import common_pb2
@@ -78,3 +78,47 @@ def label_face(
 def talents_to_check(candidates: Iterable[Candidate], thresholds: Thresholds) -> set[str]:
     """The talents whose consent can change a label: those at or above the possible threshold."""
     return {c.talent_id for c in candidates if c.similarity >= thresholds.possible}
+
+
+_RANK = {UNKNOWN: 0, POSSIBLE: 1, CLEARED: 2}
+
+
+def label_track(
+    per_observation: Sequence[Iterable[Candidate]],
+    thresholds: Thresholds,
+    *,
+    biometric_active: Set[str],
+    usage_active: Set[str],
+) -> tuple[Label, int | None]:
+    """The label of one person seen in several frames, and the frame (index) that decides it.
+
+    Each frame is labelled as a photo would be. The talent the track most resembles (the
+    highest similarity named in any frame) is who it is; its best frame decides the label
+    (cleared before possible, then by similarity), so a face that clears in one good frame is
+    cleared. If another talent is named in some frame within the ambiguity margin of that
+    similarity, the track is ambiguous. With no talent named, the track is UNKNOWN with the
+    closest similarity any frame reached, and no deciding frame (None).
+    """
+    labels = [
+        label_face(c, thresholds, biometric_active=biometric_active, usage_active=usage_active)
+        for c in per_observation
+    ]
+    named = [i for i, label in enumerate(labels) if label.talent_id]
+    if not named:
+        closest = max((label.similarity for label in labels), default=0.0)
+        return Label(UNKNOWN, common_pb2.LABEL_REASON_NO_MATCH, "", closest), None
+    top = max(named, key=lambda i: labels[i].similarity)
+    talent = labels[top].talent_id
+    decisive = max(
+        (i for i in named if labels[i].talent_id == talent),
+        key=lambda i: (_RANK[labels[i].label], labels[i].similarity),
+    )
+    rival = max(
+        (labels[i].similarity for i in named if labels[i].talent_id != talent), default=None
+    )
+    if rival is not None and labels[top].similarity - rival < thresholds.margin:
+        ambiguous = Label(
+            POSSIBLE, common_pb2.LABEL_REASON_AMBIGUOUS, talent, labels[decisive].similarity
+        )
+        return ambiguous, decisive
+    return labels[decisive], decisive

@@ -30,9 +30,19 @@ from mixip.runtime.times import Clock
 from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
 from services.matcher.imaging import decode_image
 from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
-from services.matcher.labels import Label, Thresholds, label_face, talents_to_check
+from services.matcher.labels import Label, Thresholds, label_face, label_track, talents_to_check
 from services.matcher.store import CollectionRow, FaceRequestRow, FaceRow, bump_version
-from services.matcher.video import Video, link_tracks, open_video
+from services.matcher.video import (
+    DEFAULT_BURST_RATE_HZ,
+    DEFAULT_BURST_SECONDS,
+    DEFAULT_RATE_HZ,
+    Observation,
+    Track,
+    Tracker,
+    Video,
+    open_video,
+    sample_and_track,
+)
 
 logger = logging.getLogger("mixip.matcher")
 
@@ -55,7 +65,12 @@ class Limits:
     max_media_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_video_seconds: float = 600.0
-    video_rate_hz: float = 2.0
+    video_rate_hz: float = DEFAULT_RATE_HZ
+    # After a face comes on screen, sample this fast for this long (docs/video.md).
+    video_burst_rate_hz: float = DEFAULT_BURST_RATE_HZ
+    video_burst_seconds: float = DEFAULT_BURST_SECONDS
+    # Engines without vectors search each observation remotely: only a track's clearest few.
+    video_searches_per_track: int = 3
     min_face_pixels: int = 48
     enroll_min_score: float = 0.85
     top_k: int = 5
@@ -67,7 +82,8 @@ class FaceOutcome:
     detection_score: float
     label: Label
     ranges: tuple[tuple[float, float], ...] = ()
-    best_frame_seconds: float = 0.0
+    best_frame_seconds: float = 0.0  # video: the frame whose box this is (see _track_outcomes)
+    frames_seen: int = 0  # video: sampled frames the face was seen in
 
 
 @dataclass(frozen=True)
@@ -261,26 +277,27 @@ class Matcher:
                 sniffed.height,
                 [FaceOutcome(f.box, f.score, lab) for f, lab in zip(faces, labels, strict=True)],
             )
+        limits = self.limits
+        tracker = Tracker(interval_seconds=1.0 / limits.video_rate_hz)
         with self._video(data) as video:
-            frames = self._analyse_frames(video)
+            analysed = sample_and_track(
+                video,
+                lambda frame: self.pool.submit(self._analyse, frame),
+                tracker,
+                rate_hz=limits.video_rate_hz,
+                burst_rate_hz=limits.video_burst_rate_hz,
+                burst_seconds=limits.video_burst_seconds,
+                max_in_flight=2 * self.workers,
+            )
             width, height, duration = video.width, video.height, video.duration_seconds
-        interval = 1.0 / self.limits.video_rate_hz
-        tracks = link_tracks(
-            [(t, list(zip(faces, sigs, strict=True))) for t, faces, sigs in frames],
-            interval_seconds=interval,
-        )
-        labels = self._labels(account_id, project_id, [t.signature for t in tracks])
         return MatchOutcome(
             common_pb2.MEDIA_KIND_VIDEO,
             sniffed.content_type,
             width,
             height,
-            [
-                FaceOutcome(t.best.face.box, t.best.face.score, lab, t.ranges, t.best.t)
-                for t, lab in zip(tracks, labels, strict=True)
-            ],
+            self._track_outcomes(account_id, project_id, tracker.tracks()),
             duration_seconds=duration,
-            frames_sampled=len(frames),
+            frames_sampled=analysed,
         )
 
     def detect(self, data: bytes) -> DetectOutcome:
@@ -299,7 +316,7 @@ class Matcher:
             outcome = DetectOutcome(
                 common_pb2.MEDIA_KIND_VIDEO, sniffed.content_type, video.width, video.height
             )
-            for t, faces, _ in self._analyse_frames(video, describe=False):
+            for t, faces, _ in self._detect_frames(video):
                 outcome.faces.extend(Detection(f.box, f.score, t) for f in faces)
         return outcome
 
@@ -331,14 +348,13 @@ class Matcher:
         signatures = self.engine.describe(image, faces) if faces and describe else []
         return faces, signatures
 
-    def _analyse_frames(
-        self, video: Video, describe: bool = True
-    ) -> list[tuple[float, list, list]]:
-        """Sampled frames analysed on the pool, a bounded number in flight, in time order."""
+    def _detect_frames(self, video: Video) -> list[tuple[float, list, list]]:
+        """Frames at the base rate, detected on the pool, a bounded number in flight, in time
+        order (no tracking, so no denser sampling around new faces)."""
         results: list[tuple[float, list, list]] = []
         in_flight: deque[tuple[float, Future]] = deque()
         for t, frame in video.frames(self.limits.video_rate_hz):
-            in_flight.append((t, self.pool.submit(self._analyse, frame, describe)))
+            in_flight.append((t, self.pool.submit(self._analyse, frame, False)))
             if len(in_flight) >= 2 * self.workers:
                 done_t, future = in_flight.popleft()
                 results.append((done_t, *future.result()))
@@ -349,8 +365,58 @@ class Matcher:
 
     def _labels(self, account_id: str, project_id: str, signatures: Sequence[Any]) -> list[Label]:
         """Searches every face at once, asks consent once, labels each face."""
+        candidates, biometric, usage = self._search(account_id, project_id, signatures)
+        return [
+            label_face(c, self.thresholds, biometric_active=biometric, usage_active=usage)
+            for c in candidates
+        ]
+
+    def _track_outcomes(
+        self, account_id: str, project_id: str, tracks: Sequence[Track]
+    ) -> list[FaceOutcome]:
+        """Each track labelled by its best consented match over its observations (one search,
+        one consent call for them all). Its box and `best_frame_seconds` are those of the frame
+        that decided the label, or for an UNKNOWN face its clearest frame."""
+        searched = [self._searched(track) for track in tracks]
+        flat = [o.signature for observations in searched for o in observations]
+        candidates, biometric, usage = self._search(account_id, project_id, flat)
+        outcomes, start = [], 0
+        for track, observations in zip(tracks, searched, strict=True):
+            per_observation = candidates[start : start + len(observations)]
+            start += len(observations)
+            label, decisive = label_track(
+                per_observation, self.thresholds, biometric_active=biometric, usage_active=usage
+            )
+            shown = track.clearest if decisive is None else observations[decisive]
+            outcomes.append(
+                FaceOutcome(
+                    shown.face.box,
+                    shown.face.score,
+                    label,
+                    track.ranges,
+                    shown.t,
+                    frames_seen=len(track.observations),
+                )
+            )
+        return outcomes
+
+    def _searched(self, track: Track) -> Sequence[Observation]:
+        """The observations worth a search: all of them when search is a local vector lookup,
+        else the clearest few (each is a remote call)."""
+        if self.engine.has_vectors:
+            return track.observations
+        ranked = sorted(
+            track.observations, key=lambda o: -o.face.score * o.face.box.width * o.face.box.height
+        )
+        return ranked[: self.limits.video_searches_per_track]
+
+    def _search(
+        self, account_id: str, project_id: str, signatures: Sequence[Any]
+    ) -> tuple[list[list[Candidate]], set[str], set[str]]:
+        """Candidates per signature, and the consents (biometric, face usage for the project)
+        of the talents among them whose consent can change a label."""
         if not signatures:
-            return []
+            return [], set(), set()
         candidates: list[list[Candidate]] = self.engine.search(
             account_id, signatures, self.limits.top_k
         )
@@ -358,10 +424,7 @@ class Matcher:
         biometric, usage = (
             self.consent.active_sets(account_id, talents, project_id) if talents else (set(), set())
         )
-        return [
-            label_face(c, self.thresholds, biometric_active=biometric, usage_active=usage)
-            for c in candidates
-        ]
+        return candidates, biometric, usage
 
     # -- deletion and listings ----------------------------------------------------------------
 

@@ -1,21 +1,21 @@
 """Videos: sampling frames within our limits, and linking per-frame faces into tracks.
 
-A video is matched by sampling a few frames per second, detecting faces in each, and linking
-the detections of one person across frames into a `Track`; each track is then searched once
-(with its mean vector or best crop) and reported with the time ranges it is on screen.
+A video is decoded from memory (an anonymous memfd, never a file on disk), sampled a few times
+a second and more densely for a while after a face comes on screen, and each sampled frame's
+faces are linked into `Track`s by appearance (their vectors) as well as position. See
+docs/video.md.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,82 +25,124 @@ from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.imaging import check_pixels
 
 DEFAULT_RATE_HZ = 2.0
-_SUFFIXES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm"}
+# After a face comes on screen, frames are sampled at this rate for this long, so anyone on
+# screen for 1 s is seen in at least 3 frames at the default rate (docs/video.md).
+DEFAULT_BURST_RATE_HZ = 6.0
+DEFAULT_BURST_SECONDS = 0.5
+# Decoded frames held ahead of the analysis (burst candidates waiting for a decision).
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 _EPSILON = 1e-9  # float slack when comparing frame times
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One decoded frame: `base` if on the regular sampling grid, else a burst candidate."""
+
+    t: float
+    image: np.ndarray
+    base: bool
+
+
+@dataclass(eq=False)
 class Video:
     """An opened video; valid only inside `open_video`'s `with` block."""
 
-    path: Path  # the private temporary copy
+    path: str  # /proc/self/fd/N of the in-memory copy
     fps: float
-    frame_count: int
+    # The frame count the container declares; None when it declares no duration (WebM or
+    # MKV written live), in which case frames are counted while sampling, within the limit.
+    declared_frames: int | None
     width: int
     height: int
     max_seconds: float
+    frames_counted: int = field(default=0)  # frames seen by the last sampling that reached the end
+
+    @property
+    def frame_count(self) -> int:
+        return self.declared_frames if self.declared_frames is not None else self.frames_counted
 
     @property
     def duration_seconds(self) -> float:
         return self.frame_count / self.fps
 
     def frames(self, rate_hz: float = DEFAULT_RATE_HZ) -> Iterator[tuple[float, np.ndarray]]:
-        """`(time in seconds, BGR frame)` about `rate_hz` times per second, from the start.
+        """`(time in seconds, BGR frame)` about `rate_hz` times per second, from the start."""
+        for sample in self.samples(rate_hz):
+            yield sample.t, sample.image
+
+    def samples(self, rate_hz: float, burst_rate_hz: float | None = None) -> Iterator[Sample]:
+        """Frames on the `rate_hz` grid (`base`), and, with `burst_rate_hz`, the frames between
+        them on that denser grid (burst candidates), in time order from the start.
 
         Skipped frames are only grabbed (demuxed and decoded, not converted to BGR), and no
-        frame at or past `max_seconds` is read even if the container understated its length.
+        frame at or past `max_seconds` is read even if the container understated its length;
+        a video that declared no length and runs past the limit is refused (`MediaError`).
         Each call reads the video again from the start.
         """
-        if rate_hz <= 0:
-            raise ValueError(f"rate_hz must be positive, got {rate_hz}")
+        if rate_hz <= 0 or (burst_rate_hz is not None and burst_rate_hz <= 0):
+            raise ValueError(f"sampling rates must be positive, got {rate_hz}, {burst_rate_hz}")
         capture = _capture(self.path)
         try:
-            next_sample = 0.0
+            next_base = next_burst = 0.0
             for index in count():
                 t = index / self.fps
-                if t >= self.max_seconds or not capture.grab():
+                if t >= self.max_seconds:
+                    if self.declared_frames is None and capture.grab():
+                        raise MediaError(_too_long(f"over {self.max_seconds:.1f}", self))
                     return
-                if t + _EPSILON < next_sample:
+                if not capture.grab():
+                    self.frames_counted = index
+                    return
+                base = t + _EPSILON >= next_base
+                burst = burst_rate_hz is not None and t + _EPSILON >= next_burst
+                if not (base or burst):
                     continue
-                ok, frame = capture.retrieve()
+                ok, image = capture.retrieve()
                 if not ok:
                     return
-                yield t, frame
-                next_sample = (math.floor(t * rate_hz + _EPSILON) + 1) / rate_hz
+                if base:
+                    next_base = (math.floor(t * rate_hz + _EPSILON) + 1) / rate_hz
+                if burst_rate_hz is not None:
+                    next_burst = (math.floor(t * burst_rate_hz + _EPSILON) + 1) / burst_rate_hz
+                yield Sample(t, image, base)
         finally:
             capture.release()
 
 
 @contextmanager
 def open_video(data: bytes, *, max_seconds: float, max_pixels: int) -> Iterator[Video]:
-    """Opens uploaded MP4/MOV/WebM bytes with FFmpeg, refusing what exceeds our limits.
+    """Opens uploaded MP4/MOV/WebM/MKV bytes with FFmpeg, refusing what exceeds our limits.
 
-    FFmpeg reads from a file, so the bytes go to a private temporary file (in a fresh 0700
-    directory) that is deleted when the block exits, whatever happens.
-    Raises `MediaError` (safe to show to the caller).
+    FFmpeg reads from a path, so the bytes go to an anonymous in-memory file (memfd) read
+    through /proc/self/fd: nothing reaches a disk, and the memory is freed when the block exits,
+    whatever happens. Raises `MediaError` (safe to show to the caller).
     """
     sniffed = sniff(data)
     if sniffed.kind != VIDEO:
         raise MediaError("expected a video, got an image")
-    directory = Path(tempfile.mkdtemp(prefix="mixip-video-"))  # mode 0700
+    fd = os.memfd_create("mixip-video", os.MFD_CLOEXEC)
     try:
-        fd, name = tempfile.mkstemp(suffix=_SUFFIXES.get(sniffed.content_type), dir=directory)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        yield _probe(Path(name), max_seconds=max_seconds, max_pixels=max_pixels)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        yield _probe(f"/proc/self/fd/{fd}", max_seconds=max_seconds, max_pixels=max_pixels)
     finally:
-        shutil.rmtree(directory)
+        os.close(fd)
 
 
-def _capture(path: Path) -> cv2.VideoCapture:
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+def _capture(path: str) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not capture.isOpened():
         capture.release()
         raise MediaError("unsupported or corrupt video: FFmpeg cannot open it")
     return capture
 
 
-def _probe(path: Path, *, max_seconds: float, max_pixels: int) -> Video:
+def _too_long(length: str, video: Video) -> str:
+    return f"video is {length} s long; the limit is {video.max_seconds:.1f} s"
+
+
+def _probe(path: str, *, max_seconds: float, max_pixels: int) -> Video:
     """The video's properties, checked against our limits before decoding more than a frame."""
     capture = _capture(path)
     try:
@@ -108,17 +150,130 @@ def _probe(path: Path, *, max_seconds: float, max_pixels: int) -> Video:
         frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if not fps > 0 or frame_count <= 0 or width <= 0 or height <= 0:
+        if not fps > 0 or width <= 0 or height <= 0:
             raise MediaError("unsupported or corrupt video: no frames, size or frame rate")
-        duration = frame_count / fps
-        if duration > max_seconds:
-            raise MediaError(f"video is {duration:.1f} s long; the limit is {max_seconds:.1f} s")
+        video = Video(
+            path, fps, frame_count if frame_count > 0 else None, width, height, max_seconds
+        )
+        if video.declared_frames is not None and video.duration_seconds > max_seconds:
+            raise MediaError(_too_long(f"{video.duration_seconds:.1f}", video))
         check_pixels(width, height, max_pixels=max_pixels, what="video frame")
-        if not capture.grab():
+        ok, first = capture.read()
+        if not ok:
             raise MediaError("unsupported or corrupt video: cannot decode its first frame")
     finally:
         capture.release()
-    return Video(path, fps, frame_count, width, height, max_seconds)
+    # Frames come out turned by the container's rotation (a phone held upright): report the
+    # size the boxes are measured in, which is the viewer's.
+    video.height, video.width = first.shape[:2]
+    return video
+
+
+Analysis = tuple[Sequence[DetectedFace], Sequence["Signature"]]
+
+
+def sample_and_track(
+    video: Video,
+    analyse: Callable[[np.ndarray], Future[Analysis]],
+    tracker: Tracker,
+    *,
+    rate_hz: float,
+    burst_rate_hz: float = DEFAULT_BURST_RATE_HZ,
+    burst_seconds: float = DEFAULT_BURST_SECONDS,
+    max_in_flight: int = 4,
+    max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+) -> int:
+    """Samples `video`, analyses frames with `analyse` (a few in flight at once) and feeds the
+    results to `tracker` in time order; returns how many frames were analysed.
+
+    Every frame on the `rate_hz` grid is analysed. When a frame shows a face that no live track
+    holds (someone new, or back after a gap), the frames on the `burst_rate_hz` grid in the
+    following `burst_seconds` are analysed too. Those candidates are decoded ahead while the
+    earlier results are pending, at most `max_buffered_bytes` of them, and dropped if no face
+    calls for them.
+    """
+    run = _Run(
+        video.samples(rate_hz, burst_rate_hz if burst_rate_hz > rate_hz else None),
+        analyse,
+        tracker,
+        burst_seconds,
+        max_in_flight,
+        max_buffered_bytes,
+    )
+    try:
+        return run.until_done()
+    finally:  # after a failure, frames not yet analysed are not worth the pool's time
+        run.cancel()
+
+
+@dataclass(eq=False)
+class _Run:
+    """One pass of `sample_and_track`."""
+
+    source: Iterator[Sample]
+    analyse: Callable[[np.ndarray], Future[Analysis]]
+    tracker: Tracker
+    burst_seconds: float
+    max_in_flight: int
+    max_buffered_bytes: int
+    pending: deque[_Slot] = field(default_factory=deque)  # in time order
+    burst_until: float = -math.inf
+    in_flight: int = 0
+    buffered: int = 0  # bytes of the burst candidates held
+    exhausted: bool = False
+
+    def until_done(self) -> int:
+        analysed = 0
+        while True:
+            self._read_ahead()
+            if not self.pending:
+                return analysed
+            slot = self.pending.popleft()
+            if slot.future is None:  # a burst candidate no new face called for
+                self.buffered -= slot.image.nbytes if slot.image is not None else 0
+                continue
+            self.in_flight -= 1
+            faces, signatures = slot.future.result()
+            analysed += 1
+            fresh = self.tracker.add(slot.t, list(zip(faces, signatures, strict=True)))
+            if any(fresh):
+                self._burst(slot.t + self.burst_seconds)
+
+    def cancel(self) -> None:
+        for slot in self.pending:
+            if slot.future is not None:
+                slot.future.cancel()
+
+    def _read_ahead(self) -> None:
+        while not self.exhausted and (
+            not self.pending
+            or (self.in_flight < self.max_in_flight and self.buffered < self.max_buffered_bytes)
+        ):
+            sample = next(self.source, None)
+            if sample is None:
+                self.exhausted = True
+            elif sample.base or sample.t <= self.burst_until + _EPSILON:
+                self.pending.append(_Slot(sample.t, None, self.analyse(sample.image)))
+                self.in_flight += 1
+            else:
+                self.pending.append(_Slot(sample.t, sample.image, None))
+                self.buffered += sample.image.nbytes
+
+    def _burst(self, until: float) -> None:
+        """Analyses the burst candidates up to `until`, those held and those still to come."""
+        self.burst_until = max(self.burst_until, until)
+        for waiting in self.pending:
+            if waiting.image is not None and waiting.t <= self.burst_until + _EPSILON:
+                self.buffered -= waiting.image.nbytes
+                waiting.future, waiting.image = self.analyse(waiting.image), None
+                self.in_flight += 1
+
+
+@dataclass(eq=False)
+class _Slot:
+    t: float
+    image: np.ndarray | None  # a decoded burst candidate awaiting a decision
+    future: Future[Analysis] | None  # submitted for analysis
 
 
 Signature = np.ndarray | bytes  # an L2-normalised vector, or opaque bytes (a face crop)
@@ -136,19 +291,23 @@ class Observation:
 
 @dataclass(frozen=True, eq=False)
 class Track:
-    """One person's detections across consecutive sampled frames."""
+    """One person's detections across sampled frames."""
 
     observations: tuple[Observation, ...]
     # On-screen time ranges `(first_t, last_t)`, merged across small sampling gaps.
     ranges: tuple[tuple[float, float], ...]
-    best: Observation  # the highest detector score x box area: the crop worth searching
-    signature: Signature  # mean vector (L2-normalised) or the best observation's bytes
+    clearest: Observation  # the highest detector score x box area
+    appearance: np.ndarray | None  # the mean vector (L2-normalised float32); None for bytes
 
 
 @dataclass(eq=False)
 class _LiveTrack:
     observations: list[Observation]
     vector_sum: np.ndarray | None  # None once any signature is not a vector
+    recent: deque[np.ndarray]  # the last few vectors
+    # Cached from the above on each add (L2-normalised; None without vectors):
+    mean: np.ndarray | None = None  # the whole track's appearance
+    recent_mean: np.ndarray | None = None  # the appearance a continuation must match
 
     @property
     def last(self) -> Observation:
@@ -156,100 +315,196 @@ class _LiveTrack:
 
     def add(self, observation: Observation) -> None:
         self.observations.append(observation)
-        if self.vector_sum is not None and isinstance(observation.signature, np.ndarray):
-            self.vector_sum = self.vector_sum + observation.signature
+        signature = observation.signature
+        if self.vector_sum is not None and isinstance(signature, np.ndarray):
+            self.vector_sum = self.vector_sum + signature
+            self.recent.append(signature.astype(np.float64))
+            self.mean = _normalised(self.vector_sum)
+            self.recent_mean = _normalised(np.sum(self.recent, axis=0))
         else:
-            self.vector_sum = None
+            self.vector_sum = self.mean = self.recent_mean = None
 
-    def mean_vector(self) -> np.ndarray | None:
-        if self.vector_sum is None:
-            return None
-        norm = float(np.linalg.norm(self.vector_sum))
-        return self.vector_sum / norm if norm > 0 else None
+
+def _normalised(vector: np.ndarray) -> np.ndarray | None:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else None
+
+
+class Tracker:
+    """Links each sampled frame's `(face, signature)` pairs into tracks, one frame at a time.
+
+    With vectors, an observation continues a live track only if it resembles the track's
+    recent appearance (the mean of its last `window` vectors): at cosine >= `appearance_min`
+    where its box overlaps the track's last box (IoU >= `iou_min`), or >= `similarity_min`
+    anywhere (a cut, a jump). So two people never share a track by position alone, and where
+    someone else appears in a track's place the track splits: the newcomer starts their own.
+    A track unseen for more than `max_gap_seconds` (default three intervals) is dormant: only
+    its own face, at cosine >= `similarity_min` to its mean or recent appearance, brings it
+    back (one track, a new time range). Without vectors (opaque crops) tracks link by box
+    overlap only and a dormant track stays closed. Pairs are taken greedily, best IoU + cosine
+    first, each track and each observation at most once per frame.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_seconds: float,
+        iou_min: float = 0.3,
+        appearance_min: float = 0.3,
+        similarity_min: float = 0.5,
+        max_gap_seconds: float | None = None,
+        window: int = 5,
+    ) -> None:
+        if interval_seconds <= 0:
+            raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
+        self.interval_seconds = interval_seconds
+        self.iou_min = iou_min
+        self.appearance_min = appearance_min
+        self.similarity_min = similarity_min
+        self.max_gap = 3 * interval_seconds if max_gap_seconds is None else max_gap_seconds
+        self.window = window
+        self._tracks: list[_LiveTrack] = []
+        self._previous_t = -math.inf
+
+    def add(self, t: float, detections: Sequence[tuple[DetectedFace, Signature]]) -> list[bool]:
+        """Links one frame's detections; for each, whether it is newly on screen (it started a
+        track or brought a dormant one back) rather than continuing a live track."""
+        if t < self._previous_t:
+            raise ValueError(f"frames out of time order: {t} after {self._previous_t}")
+        self._previous_t = t
+        observations = [Observation(t, face, signature) for face, signature in detections]
+        live = [t - track.last.t <= self.max_gap + _EPSILON for track in self._tracks]
+        pairs = self._live_pairs(observations, live) + self._dormant_pairs(observations, live)
+        fresh = [True] * len(observations)
+        used_tracks: set[int] = set()
+        used_observations: set[int] = set()
+        for _, i, j in sorted(pairs, key=lambda pair: -pair[0]):
+            if i in used_tracks or j in used_observations:
+                continue
+            self._tracks[i].add(observations[j])
+            fresh[j] = not live[i]
+            used_tracks.add(i)
+            used_observations.add(j)
+        for j, observation in enumerate(observations):
+            if j not in used_observations:
+                self._tracks.append(self._new_track(observation))
+        return fresh
+
+    def tracks(self) -> list[Track]:
+        """The tracks so far, ordered by first appearance, fragments of one person joined."""
+        return [self._finish(group) for group in self._joined_fragments()]
+
+    def _joined_fragments(self) -> list[list[_LiveTrack]]:
+        """Tracks that never share a frame and whose mean appearances match (cosine >=
+        `similarity_min`) are one person's fragments, e.g. where a fast move and a turned head
+        started a second track: grouped, most similar pairs first."""
+        tracks = self._tracks
+        with_vectors = [i for i, track in enumerate(tracks) if track.mean is not None]
+        group = list(range(len(tracks)))
+        if len(with_vectors) > 1:
+            means = np.stack([tracks[i].mean for i in with_vectors])
+            similarity = means @ means.T
+            rows, columns = np.nonzero(np.triu(similarity >= self.similarity_min, k=1))
+            pairs = sorted(
+                zip(rows.tolist(), columns.tolist(), strict=True),
+                key=lambda rc: -similarity[rc[0], rc[1]],
+            )
+            seen = {i: {o.t for o in track.observations} for i, track in enumerate(tracks)}
+            for r, c in pairs:
+                a, b = _root(group, with_vectors[r]), _root(group, with_vectors[c])
+                if a != b and not seen[a] & seen[b]:
+                    first, second = min(a, b), max(a, b)
+                    group[second] = first
+                    seen[first] |= seen.pop(second)
+        members: dict[int, list[_LiveTrack]] = {}
+        for i, track in enumerate(tracks):  # creation order: order of first appearance
+            members.setdefault(_root(group, i), []).append(track)
+        return list(members.values())
+
+    def _live_pairs(
+        self, observations: Sequence[Observation], live: Sequence[bool]
+    ) -> list[tuple[float, int, int]]:
+        """`(score, track, observation)` for each observation that may continue a live track."""
+        pairs = []
+        for i, track in enumerate(self._tracks):
+            if not live[i]:
+                continue
+            for j, observation in enumerate(observations):
+                iou = track.last.face.box.iou(observation.face.box)
+                signature = observation.signature
+                if track.recent_mean is None or not isinstance(signature, np.ndarray):
+                    if iou >= self.iou_min:
+                        pairs.append((iou, i, j))
+                    continue
+                similarity = float(np.dot(track.recent_mean, signature))
+                if similarity >= self.similarity_min or (
+                    iou >= self.iou_min and similarity >= self.appearance_min
+                ):
+                    pairs.append((iou + similarity, i, j))
+        return pairs
+
+    def _dormant_pairs(
+        self, observations: Sequence[Observation], live: Sequence[bool]
+    ) -> list[tuple[float, int, int]]:
+        """Pairs that bring a dormant track back: by appearance only (one matrix product, as a
+        long video accumulates many dormant tracks)."""
+        dormant = [
+            i for i, track in enumerate(self._tracks) if not live[i] and track.mean is not None
+        ]
+        vectors = [j for j, o in enumerate(observations) if isinstance(o.signature, np.ndarray)]
+        if not dormant or not vectors:
+            return []
+        queries = np.stack([observations[j].signature for j in vectors]).astype(np.float64)
+        means = np.stack([self._tracks[i].mean for i in dormant])
+        recents = np.stack([self._tracks[i].recent_mean for i in dormant])
+        similarity = np.maximum(means @ queries.T, recents @ queries.T)
+        rows, columns = np.nonzero(similarity >= self.similarity_min)
+        return [
+            (float(similarity[r, c]), dormant[r], vectors[c])
+            for r, c in zip(rows.tolist(), columns.tolist(), strict=True)
+        ]
+
+    def _new_track(self, observation: Observation) -> _LiveTrack:
+        signature = observation.signature
+        total = np.zeros(signature.shape) if isinstance(signature, np.ndarray) else None
+        track = _LiveTrack([], total, deque(maxlen=self.window))
+        track.add(observation)
+        return track
+
+    def _finish(self, fragments: Sequence[_LiveTrack]) -> Track:
+        observations = tuple(sorted((o for f in fragments for o in f.observations), key=_time))
+        clearest = max(observations, key=lambda o: o.face.score * _area(o.face.box))
+        sums = [f.vector_sum for f in fragments]
+        mean = None if any(s is None for s in sums) else _normalised(np.sum(sums, axis=0))
+        return Track(
+            observations,
+            _ranges(observations, self.interval_seconds),
+            clearest,
+            None if mean is None else mean.astype(np.float32),
+        )
+
+
+def _root(group: list[int], i: int) -> int:
+    while group[i] != i:
+        i = group[i]
+    return i
+
+
+def _time(observation: Observation) -> float:
+    return observation.t
 
 
 def link_tracks(
     observations_per_frame: Iterable[tuple[float, Sequence[tuple[DetectedFace, Signature]]]],
     *,
     interval_seconds: float,
-    iou_min: float = 0.3,
-    similarity_min: float = 0.5,
-    max_gap_seconds: float | None = None,
+    **options: float,
 ) -> list[Track]:
-    """Links each frame's `(face, signature)` pairs into tracks, ordered by first appearance.
-
-    Frames must come in time order, `interval_seconds` apart nominally. A detection joins the
-    live track whose last box it overlaps (IoU >= `iou_min`) or, with vectors, whose mean
-    vector it resembles (cosine >= `similarity_min`); pairs are taken greedily by IoU + cosine
-    so two people crossing keep their own tracks. A track unseen for more than
-    `max_gap_seconds` (default three intervals) is closed.
-    """
-    if interval_seconds <= 0:
-        raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
-    max_gap = 3 * interval_seconds if max_gap_seconds is None else max_gap_seconds
-    tracks: list[_LiveTrack] = []
-    live: list[_LiveTrack] = []
-    previous_t = -math.inf
+    """All frames through one `Tracker` (same options); the tracks by first appearance."""
+    tracker = Tracker(interval_seconds=interval_seconds, **options)  # type: ignore[arg-type]
     for t, detections in observations_per_frame:
-        if t < previous_t:
-            raise ValueError(f"frames out of time order: {t} after {previous_t}")
-        previous_t = t
-        live = [track for track in live if t - track.last.t <= max_gap + _EPSILON]
-        observations = [Observation(t, face, signature) for face, signature in detections]
-        unmatched = _assign(live, observations, iou_min=iou_min, similarity_min=similarity_min)
-        for observation in unmatched:
-            track = _new_track(observation)
-            tracks.append(track)
-            live.append(track)
-    # Frames come in time order, so creation order is order of first appearance.
-    return [_finish(track, interval_seconds) for track in tracks]
-
-
-def _assign(
-    tracks: Sequence[_LiveTrack],
-    observations: Sequence[Observation],
-    *,
-    iou_min: float,
-    similarity_min: float,
-) -> list[Observation]:
-    """Greedily adds observations to tracks, best combined score first; returns the rest."""
-    pairs: list[tuple[float, int, int]] = []
-    for i, track in enumerate(tracks):
-        mean = track.mean_vector()
-        for j, observation in enumerate(observations):
-            iou = track.last.face.box.iou(observation.face.box)
-            similarity = _cosine(mean, observation.signature)
-            if iou >= iou_min or (similarity is not None and similarity >= similarity_min):
-                pairs.append((iou + (similarity or 0.0), i, j))
-    used_tracks: set[int] = set()
-    used_observations: set[int] = set()
-    for _, i, j in sorted(pairs, key=lambda pair: -pair[0]):
-        if i in used_tracks or j in used_observations:
-            continue
-        tracks[i].add(observations[j])
-        used_tracks.add(i)
-        used_observations.add(j)
-    return [o for j, o in enumerate(observations) if j not in used_observations]
-
-
-def _cosine(mean: np.ndarray | None, signature: Signature) -> float | None:
-    if mean is None or not isinstance(signature, np.ndarray):
-        return None
-    return float(np.dot(mean, signature))
-
-
-def _new_track(observation: Observation) -> _LiveTrack:
-    signature = observation.signature
-    vector = signature.astype(np.float64) if isinstance(signature, np.ndarray) else None
-    return _LiveTrack([observation], vector)
-
-
-def _finish(track: _LiveTrack, interval_seconds: float) -> Track:
-    best = max(track.observations, key=lambda o: o.face.score * _area(o.face.box))
-    mean = track.mean_vector()
-    signature = best.signature if mean is None else mean.astype(np.float32)
-    observations = tuple(track.observations)
-    return Track(observations, _ranges(observations, interval_seconds), best, signature)
+        tracker.add(t, detections)
+    return tracker.tracks()
 
 
 def _area(box: Box) -> int:

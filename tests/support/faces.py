@@ -9,7 +9,9 @@ Everything returns fresh arrays, so a test may modify what it gets.
 from __future__ import annotations
 
 import functools
+import io
 import os
+import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# FFmpeg container per fourcc; VP8 in WebM is checked to work with the venv's OpenCV build.
-VIDEO_SUFFIXES = {"mp4v": ".mp4", "VP80": ".webm"}
+# FFmpeg container per fourcc; VP8/VP9 in WebM are checked to work with the venv's OpenCV build.
+VIDEO_SUFFIXES = {"mp4v": ".mp4", "VP80": ".webm", "VP90": ".webm"}
 
 
 def astronaut() -> np.ndarray:
@@ -47,6 +49,17 @@ def _grace_hopper() -> np.ndarray:
     if image is None:
         raise FileNotFoundError(f"cannot read matplotlib's sample {path}")
     return image
+
+
+def heads() -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut and Grace Hopper as square 300 px crops with the face in the same place
+    and at about the same size, so that two people can trade places exactly."""
+    astronaut_head = astronaut()[0:260, 95:355]  # face about 90x113 at (178, 63)
+    hopper_head = grace_hopper()[16:436, 58:478]  # face about 170x213 at (183, 120)
+    return tuple(  # type: ignore[return-value]
+        cv2.resize(head, (300, 300), interpolation=cv2.INTER_AREA)
+        for head in (astronaut_head, hopper_head)
+    )
 
 
 def scaled(image: np.ndarray, factor: float) -> np.ndarray:
@@ -93,6 +106,59 @@ def encode(image: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
     return encoded.tobytes()
 
 
+def encode_pillow(image: np.ndarray, fmt: str, *, orientation: int = 1, quality: int = 90) -> bytes:
+    """BGR `image` as Pillow writes `fmt` ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "HEIF" through
+    pillow-heif), so that a viewer honouring the EXIF `orientation` tag sees `image` upright:
+    the stored pixels are turned the other way (orientations 1, 3, 6 and 8)."""
+    from PIL import Image
+
+    stored = image
+    if orientation != 1:
+        undo = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_COUNTERCLOCKWISE, 8: cv2.ROTATE_90_CLOCKWISE}
+        stored = cv2.rotate(image, undo[orientation])
+    picture = Image.fromarray(cv2.cvtColor(stored, cv2.COLOR_BGR2RGB))
+    options: dict = {}
+    if fmt != "BMP":
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif.tobytes()
+    if fmt in ("JPEG", "WEBP", "HEIF"):
+        options["quality"] = quality
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    out = io.BytesIO()
+    picture.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def filmed_upright_on_a_phone(image: np.ndarray, seconds: float) -> bytes:
+    """An MP4 as a phone held upright records it: frames stored on their side (`image` turned
+    90 degrees counter-clockwise, letterboxed in 640x360) and a track matrix in the `tkhd` box
+    that tells players to turn them 90 degrees clockwise, so the viewer sees `image` upright."""
+    stored = letterboxed(cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE), (640, 360))
+    data = make_video(None, [(stored, seconds)])
+    at = data.find(b"tkhd")
+    if at < 0 or data[at + 4] != 0:
+        raise ValueError("expected a version 0 tkhd box")
+    matrix = at + 4 + 4 + 20 + 8 + 8  # after the full-box header, times, id, duration, layer...
+    clockwise = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return data[:matrix] + clockwise + data[matrix + 36 :]
+
+
+def without_duration(webm: bytes) -> bytes:
+    """The WebM/MKV with its Segment Info's Duration element blanked (an EBML Void of the same
+    size), as a live recorder (a browser's MediaRecorder, a stream dump) writes it."""
+    info = webm.find(b"\x15\x49\xa9\x66")
+    at = webm.find(b"\x44\x89", info)
+    if info < 0 or at < 0 or not webm[at + 2] & 0x80:
+        raise ValueError("no Duration element in the Segment Info")
+    total = 3 + (webm[at + 2] & 0x7F)
+    void = bytes([0xEC, 0x80 | (total - 2)]) + bytes(total - 2)
+    return webm[:at] + void + webm[at + total :]
+
+
 def letterboxed(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The image scaled to fit `size` (width, height), centred on black."""
     width, height = size
@@ -116,15 +182,18 @@ def make_video(
     fps: int = 10,
     size: tuple[int, int] = (640, 360),
     codec: str = "mp4v",
+    suffix: str | None = None,
 ) -> bytes:
     """The bytes of a video showing each image (letterboxed) for its seconds, in order.
 
-    `codec` "mp4v" writes MP4, "VP80" writes WebM. With `path` None the file is temporary.
+    `codec` "mp4v" writes MP4, "VP80"/"VP90" write WebM; `suffix` ".mkv" writes Matroska.
+    Segments may be whole frames already (`size`), e.g. two people side by side. With `path`
+    None the file is temporary.
     """
     if path is not None:
         return _write_video(path, segments, fps=fps, size=size, codec=codec)
     with tempfile.TemporaryDirectory() as directory:
-        target = Path(directory) / f"video{VIDEO_SUFFIXES[codec]}"
+        target = Path(directory) / f"video{suffix or VIDEO_SUFFIXES[codec]}"
         return _write_video(target, segments, fps=fps, size=size, codec=codec)
 
 

@@ -1,22 +1,25 @@
-"""Decoding uploads: images within pixel limits, videos sampled from a private temp file."""
+"""Decoding uploads: images within pixel limits and upright, videos sampled from memory."""
 
 from __future__ import annotations
 
 import dataclasses
-import stat
+import os
 import struct
 import tempfile
 import zlib
+from concurrent.futures import Future
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from mixip.runtime.media import MediaError
+from mixip.runtime import pixels
+from mixip.runtime.media import MediaError, sniff
 from services.matcher import imaging
+from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.imaging import decode_image, encode_jpeg
-from services.matcher.video import Video, open_video
+from services.matcher.video import Tracker, Video, open_video, sample_and_track
 from tests.support import faces
 
 MAX_PIXELS = 40_000_000
@@ -47,6 +50,8 @@ def no_decoding(monkeypatch) -> list[int]:
         raise AssertionError("decoded despite being refused")
 
     monkeypatch.setattr(imaging.cv2, "imdecode", refuse)
+    monkeypatch.setattr(pixels.cv2, "imdecode", refuse)
+    monkeypatch.setattr(pixels, "_decode_heif", lambda data: refuse(data, None))
     return calls
 
 
@@ -56,6 +61,7 @@ def temp_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "tmp"
     root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.setenv("TMPDIR", str(root))
     return root
 
 
@@ -205,18 +211,24 @@ def test_what_is_not_a_playable_video_is_refused(temp_root, data, message):
     assert list(temp_root.iterdir()) == []
 
 
-def test_the_temp_copy_is_private_and_removed_afterwards(temp_root, two_people_mp4):
+def test_a_video_is_decoded_from_memory_and_nothing_reaches_a_disk(temp_root, two_people_mp4):
     with open_video(two_people_mp4, max_seconds=10, max_pixels=MAX_PIXELS) as video:
-        assert video.path.read_bytes() == two_people_mp4
-        assert video.path.parent.parent == temp_root
-        assert stat.S_IMODE(video.path.parent.stat().st_mode) == 0o700
-        assert stat.S_IMODE(video.path.stat().st_mode) == 0o600
+        target = os.readlink(video.path)
+        sampled = [t for t, _ in video.frames(2.0)]
+        assert list(temp_root.iterdir()) == []
 
+    assert video.path.startswith("/proc/self/fd/")
+    assert target.startswith("/memfd:mixip-video")  # an anonymous file in memory
+    assert len(sampled) == 8
     assert list(temp_root.iterdir()) == []
+    assert not os.path.exists(video.path) or os.readlink(video.path) != target  # closed
 
 
-def test_the_temp_copy_is_removed_when_the_block_fails(temp_root, two_people_mp4):
+def test_the_in_memory_copy_is_closed_when_the_block_fails(two_people_mp4):
+    targets: list[str] = []
+
     def sample_then_fail(video: Video) -> None:
+        targets.append(os.readlink(video.path))
         next(video.frames())
         raise RuntimeError("boom")
 
@@ -226,14 +238,201 @@ def test_the_temp_copy_is_removed_when_the_block_fails(temp_root, two_people_mp4
     ):
         sample_then_fail(video)
 
-    assert list(temp_root.iterdir()) == []
+    assert targets[0].startswith("/memfd:mixip-video")
+    assert not os.path.exists(video.path) or os.readlink(video.path) != targets[0]
 
 
-def test_the_temp_copy_is_removed_when_a_limit_is_hit(temp_root, two_people_mp4):
+# -- the media people actually send -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "max_difference"),
+    [
+        ("HEIF", "image/heic", 4.0),
+        ("TIFF", "image/tiff", 0.0),
+        ("BMP", "image/bmp", 0.0),
+    ],
+)
+def test_phone_and_editing_suite_formats_decode_to_their_pixels(fmt, content_type, max_difference):
+    original = faces.grace_hopper()
+
+    image, sniffed = decode_image(faces.encode_pillow(original, fmt), max_pixels=MAX_PIXELS)
+
+    assert sniffed.content_type == content_type
+    assert (sniffed.width, sniffed.height) == (512, 600)
+    assert image.shape == original.shape
+    assert mean_difference(image, original) <= max_difference
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "HEIF"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_images_decode_upright_by_their_orientation(fmt, orientation):
+    upright = faces.grace_hopper()  # 512 wide, 600 high as the viewer sees it
+    data = faces.encode_pillow(upright, fmt, orientation=orientation)
+
+    image, sniffed = decode_image(data, max_pixels=MAX_PIXELS)
+
+    assert image.shape == upright.shape
+    assert (sniffed.width, sniffed.height) == (512, 600)  # the viewer's, not the stored ones
+    assert mean_difference(image, upright) < 4.0
+    stored = sniff(data)
+    if orientation != 3 and fmt != "HEIF":  # stored sideways; HEIF stores its rotation apart
+        assert (stored.width, stored.height) == (600, 512)
+
+
+def tiff_header_only(width: int, height: int) -> bytes:
+    """A little-endian TIFF whose first directory claims a size, with no pixels at all."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height)]
+    directory = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in entries
+    )
+    return b"II*\x00" + struct.pack("<I", 8) + directory + struct.pack("<I", 0)
+
+
+def bmp_header_only(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, -height, 1, 24, 0, 0, 0, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def heif_claiming(width: int, height: int) -> bytes:
+    """A real HEIC whose image extent (ispe) is rewritten to claim another size."""
+    data = faces.encode_pillow(faces.grace_hopper(), "HEIF")
+    at = data.index(b"ispe")
+    return data[: at + 8] + struct.pack(">II", width, height) + data[at + 16 :]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (tiff_header_only(30000, 30000), "image is 30000x30000"),
+        (bmp_header_only(30000, 30000), "image is 30000x30000"),
+        (heif_claiming(30000, 30000), "image is 30000x30000"),
+    ],
+    ids=["tiff", "bmp", "heif"],
+)
+def test_pixel_bombs_in_the_new_formats_are_refused_from_the_header(no_decoding, data, message):
+    with pytest.raises(MediaError, match=message):
+        decode_image(data, max_pixels=MAX_PIXELS)
+
+    assert no_decoding == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (faces.encode_pillow(faces.astronaut(), "TIFF")[:100], "truncated TIFF"),
+        (faces.encode_pillow(faces.astronaut(), "BMP")[:5000], "truncated BMP"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "corrupt HEIF"),
+        (b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif", "AVIF is not supported"),
+    ],
+    ids=["truncated-tiff", "truncated-bmp", "heif-without-meta", "avif"],
+)
+def test_broken_files_in_the_new_formats_are_refused_before_decoding(no_decoding, data, message):
+    with pytest.raises(MediaError, match=message):
+        decode_image(data, max_pixels=MAX_PIXELS)
+
+    assert no_decoding == []
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "content_type"),
+    [("VP90", ".webm", "video/webm"), ("VP80", ".mkv", "video/x-matroska")],
+)
+def test_vp9_webm_and_matroska_are_supported(codec, suffix, content_type):
+    data = faces.make_video(None, [(faces.astronaut(), 1.0)], codec=codec, suffix=suffix)
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        sampled = [t for t, _ in video.frames(2.0)]
+
+    assert sniff(data).content_type == content_type
+    assert sampled == pytest.approx([0.0, 0.5])
+
+
+@pytest.mark.parametrize(("codec", "suffix"), [("VP80", ".webm"), ("mp4v", ".mkv")])
+def test_a_video_without_a_declared_duration_is_counted_while_sampled(codec, suffix):
+    recorded = faces.make_video(None, [(faces.astronaut(), 2.0)], codec=codec, suffix=suffix)
+    live = faces.without_duration(recorded)
+
+    with open_video(live, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        assert video.declared_frames is None
+        sampled = [t for t, _ in video.frames(2.0)]
+        counted = video.frame_count
+
+    with open_video(recorded, max_seconds=10, max_pixels=MAX_PIXELS) as declared:
+        assert declared.declared_frames == 20  # the original did declare its length
+    assert sampled == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert counted == 20 and video.duration_seconds == pytest.approx(2.0)
+
+
+def test_a_video_without_a_declared_duration_is_refused_at_the_limit():
+    live = faces.without_duration(faces.make_video(None, [(faces.astronaut(), 3.0)], codec="VP80"))
+    read: list[float] = []
+
     with (
-        pytest.raises(MediaError, match="limit"),
-        open_video(two_people_mp4, max_seconds=1, max_pixels=MAX_PIXELS),
+        pytest.raises(MediaError, match=r"^video is over 1\.0 s long; the limit is 1\.0 s$"),
+        open_video(live, max_seconds=1, max_pixels=MAX_PIXELS) as video,
     ):
-        pytest.fail("opened a video over the limit")
+        read.extend(t for t, _ in video.frames(10.0))
 
-    assert list(temp_root.iterdir()) == []
+    assert read == pytest.approx([i / 10 for i in range(10)])  # nothing past the limit
+
+
+def test_a_phone_video_is_decoded_upright_and_sized_as_the_viewer_sees_it():
+    data = faces.filmed_upright_on_a_phone(faces.astronaut(), 1.0)
+    upright = faces.letterboxed(faces.astronaut(), (360, 640))
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        size = (video.width, video.height)
+        [(_, first), *_] = list(video.frames(2.0))
+
+    assert size == (360, 640)  # the container's header says 640x360
+    assert first.shape == (640, 360, 3)
+    assert mean_difference(first, upright) < 12
+
+
+# -- denser sampling around new faces ------------------------------------------------------------
+
+
+def scripted_analysis(image: np.ndarray) -> Future:
+    """A face wherever the frame is not black (the same person each time), at once."""
+    done: Future = Future()
+    if float(image.mean()) > 10:
+        vector = np.ones(128, np.float32) / np.sqrt(128)
+        done.set_result(([DetectedFace(Box(250, 100, 120, 120), 0.9)], [vector]))
+    else:
+        done.set_result(([], []))
+    return done
+
+
+@pytest.mark.parametrize("max_buffered_bytes", [256 << 20, 1], ids=["roomy", "one-frame"])
+def test_frames_after_a_new_face_are_sampled_densely(max_buffered_bytes):
+    # On screen from 1.2 s to 2.2 s: the 2 Hz grid alone sees her at 1.5 and 2.0.
+    blank = np.zeros((360, 640, 3), np.uint8)
+    data = faces.make_video(None, [(blank, 1.2), (faces.astronaut(), 1.0), (blank, 1.8)])
+    tracker = Tracker(interval_seconds=0.5)
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        analysed = sample_and_track(
+            video,
+            scripted_analysis,
+            tracker,
+            rate_hz=2.0,
+            burst_rate_hz=6.0,
+            burst_seconds=0.5,
+            max_buffered_bytes=max_buffered_bytes,
+        )
+
+    [track] = tracker.tracks()
+    # 1.5 is new, so the 6 Hz frames up to 2.0 are analysed too (1.7 and 1.9 at 10 fps)
+    assert [o.t for o in track.observations] == pytest.approx([1.5, 1.7, 1.9, 2.0])
+    assert analysed == 8 + 2
+
+
+def test_without_new_faces_only_the_base_grid_is_analysed():
+    data = faces.make_video(None, [(np.zeros((360, 640, 3), np.uint8), 2.0)])
+    tracker = Tracker(interval_seconds=0.5)
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        analysed = sample_and_track(video, scripted_analysis, tracker, rate_hz=2.0)
+
+    assert analysed == 4 and tracker.tracks() == []

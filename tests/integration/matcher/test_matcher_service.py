@@ -3,7 +3,10 @@ database: enrollment, labels, revocation, video tracks, isolation, bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import struct
+import tempfile
 import zlib
 
 import grpc
@@ -235,7 +238,8 @@ def test_a_video_with_both_people_gives_two_tracks_with_time_ranges(enrolled, cl
     video = faces.make_video(None, [(faces.astronaut(), 2.0), (faces.grace_hopper(), 2.0)])
     reply = match(enrolled, video)
     assert reply.kind == common.MEDIA_KIND_VIDEO and reply.content_type == "video/mp4"
-    assert reply.frames_sampled == 8 and abs(reply.duration_seconds - 4.0) < 0.2
+    # 8 at 2 Hz, plus 2 more after each new face (6 Hz for half a second)
+    assert reply.frames_sampled == 12 and abs(reply.duration_seconds - 4.0) < 0.2
     assert len(reply.faces) == 2
     astro, hopper = reply.faces  # ordered by first appearance
     assert (astro.label, astro.talent_id) == (CLEARED, "astronaut")
@@ -378,3 +382,145 @@ def test_a_deletion_on_another_replica_leaves_this_replicas_memory_within_a_swee
     assert indexes.refresh_stale() == 1  # what the matcher's periodic sweep runs
     assert indexes._cache[ACCOUNT].index.size == 0
     assert indexes.refresh_stale() == 0
+
+
+# -- video tracks that follow people (synthetic clips from the bundled faces) ------------------
+
+BLANK = np.zeros((360, 640, 3), np.uint8)
+
+
+@pytest.fixture
+def both_cleared(mesh, clock):
+    """The astronaut and Grace Hopper enrolled, each with consent for the project."""
+    for talent, image in (("astronaut", faces.astronaut()), ("grace-hopper", faces.grace_hopper())):
+        grant(mesh, clock, talent)
+        grant_usage(mesh, clock, talent)
+        enroll(mesh, talent, image)
+    return mesh
+
+
+def spans(face) -> list[tuple[float, float]]:
+    return [(round(r.start_seconds, 2), round(r.end_seconds, 2)) for r in face.ranges]
+
+
+def test_two_people_who_swap_places_keep_their_own_tracks_and_labels(both_cleared):
+    # Each face lands where the other was, so position alone would swap the tracks.
+    astronaut, hopper = faces.heads()
+    side_by_side, swapped = np.hstack([astronaut, hopper]), np.hstack([hopper, astronaut])
+    video = faces.make_video(None, [(side_by_side, 2.0), (swapped, 2.0)])
+
+    reply = match(both_cleared, video)
+
+    assert len(reply.faces) == 2
+    by_talent = {face.talent_id: face for face in reply.faces}
+    assert set(by_talent) == {"astronaut", "grace-hopper"}
+    for face in reply.faces:
+        assert face.label == CLEARED
+        assert spans(face) == [(0.0, 3.5)]  # one range each: never handed to the other
+    # each box is where that person was at the frame that decided the label
+    for face in reply.faces:
+        on_left = face.box.x < 320
+        assert on_left == ((face.best_frame_seconds < 2.0) == (face.talent_id == "astronaut"))
+
+
+def test_a_person_on_screen_for_one_second_is_seen_in_three_frames_and_reported(both_cleared):
+    # On screen from 1.2 s to 2.2 s: the 2 Hz grid alone sees her at 1.52 and 2.0 only.
+    video = faces.make_video(
+        None, [(BLANK, 1.2), (faces.grace_hopper(), 1.0), (BLANK, 1.0)], fps=25
+    )
+    matcher = both_cleared.matcher.app.matcher
+
+    [face] = matcher.match(ACCOUNT, PROJECT, video).faces
+    without_bursts = dataclasses.replace(matcher.limits, video_burst_rate_hz=2.0)
+    matcher.limits, limits = without_bursts, matcher.limits
+    try:
+        [sparse] = matcher.match(ACCOUNT, PROJECT, video).faces
+    finally:
+        matcher.limits = limits
+
+    assert face.frames_seen >= 3 and sparse.frames_seen == 2
+    assert (face.label.label, face.label.talent_id) == (CLEARED, "grace-hopper")
+    assert face.ranges[0][0] >= 1.2 and face.ranges[-1][1] < 2.2
+    assert 1.2 <= face.best_frame_seconds < 2.2
+
+
+def test_a_face_that_leaves_and_returns_is_one_track_with_two_ranges(both_cleared):
+    video = faces.make_video(
+        None, [(faces.astronaut(), 1.5), (BLANK, 2.0), (faces.astronaut(), 1.5)]
+    )
+
+    [face] = match(both_cleared, video).faces
+
+    assert (face.label, face.talent_id) == (CLEARED, "astronaut")
+    assert spans(face) == [(0.0, 1.0), (3.5, 4.5)]
+
+
+def test_no_file_appears_in_the_temp_dir_while_a_video_is_matched(
+    both_cleared, tmp_path, monkeypatch
+):
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.setenv("TMPDIR", str(root))
+    engine = both_cleared.matcher.app.matcher.engine
+    detect, seen = engine.detect, []
+
+    def detect_and_look(image):
+        seen.append(sorted(os.listdir(root)))
+        return detect(image)
+
+    monkeypatch.setattr(engine, "detect", detect_and_look)
+    video = faces.make_video(None, [(faces.astronaut(), 1.0)])
+
+    [face] = match(both_cleared, video).faces
+
+    assert face.talent_id == "astronaut"
+    assert len(seen) >= 2 and all(listing == [] for listing in seen)
+    assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("HEIF", "image/heic"), ("TIFF", "image/tiff"), ("BMP", "image/bmp")],
+)
+def test_heic_tiff_and_bmp_photos_are_matched(both_cleared, fmt, content_type):
+    reply = match(both_cleared, faces.encode_pillow(faces.grace_hopper(), fmt))
+
+    assert reply.content_type == content_type and (reply.width, reply.height) == (512, 600)
+    [face] = reply.faces
+    assert (face.label, face.talent_id) == (CLEARED, "grace-hopper")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "HEIF"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_boxes_are_reported_as_the_viewer_sees_the_photo(both_cleared, fmt, orientation):
+    upright = faces.composite(faces.astronaut(), faces.grace_hopper())
+    expected = match(both_cleared, faces.encode(upright, ".png"))
+
+    reply = match(both_cleared, faces.encode_pillow(upright, fmt, orientation=orientation))
+
+    assert (reply.width, reply.height) == (expected.width, expected.height)
+    assert [f.talent_id for f in reply.faces] == [f.talent_id for f in expected.faces]
+    for got, want in zip(reply.faces, expected.faces, strict=True):
+        assert abs(got.box.x - want.box.x) <= 6 and abs(got.box.y - want.box.y) <= 6
+        assert abs(got.box.width - want.box.width) <= 6
+
+
+@pytest.mark.parametrize(("codec", "suffix"), [("VP80", ".webm"), ("mp4v", ".mkv")])
+def test_a_recording_without_a_declared_duration_is_matched(both_cleared, codec, suffix):
+    recorded = faces.make_video(None, [(faces.astronaut(), 2.0)], codec=codec, suffix=suffix)
+
+    reply = match(both_cleared, faces.without_duration(recorded))
+
+    assert abs(reply.duration_seconds - 2.0) < 0.01
+    [face] = reply.faces
+    assert (face.label, face.talent_id) == (CLEARED, "astronaut")
+
+
+def test_a_phone_video_is_matched_upright_with_boxes_in_the_viewers_frame(both_cleared):
+    reply = match(both_cleared, faces.filmed_upright_on_a_phone(faces.astronaut(), 1.0))
+
+    assert (reply.width, reply.height) == (360, 640)
+    [face] = reply.faces
+    assert (face.label, face.talent_id) == (CLEARED, "astronaut")
+    assert face.box.x + face.box.width <= 360 and face.box.height > face.box.width * 0.9
