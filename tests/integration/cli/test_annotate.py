@@ -16,6 +16,7 @@ from mixip.cli.annotate import (
     annotate_image,
     caption_lines,
     contact_sheet,
+    with_legend,
 )
 from tests.support import faces
 
@@ -74,7 +75,8 @@ def test_a_small_face_gets_a_tile_with_its_whole_caption(tmp_path):
     sheet = cv2.imread(str(sheet_path))
     lines = caption_lines(video_face(box))
     band = PADDING + LINE_HEIGHT * len(lines) + PADDING
-    assert sheet.shape == (TILE + band, 2 * TILE, 3)
+    legend = with_legend(np.zeros((0, 2 * TILE, 3), np.uint8)).shape[0]  # the advisory strip
+    assert sheet.shape == (TILE + band + legend, 2 * TILE, 3)
     # the thumbnail is the enlarged crop around the face, not a speck
     assert float(np.mean(sheet[:TILE, :TILE])) > 20
     # every caption line left white text in its row of the band
@@ -99,7 +101,8 @@ def test_boxes_are_drawn_on_the_photo_as_the_viewer_sees_it(tmp_path, fmt):
     )
 
     annotated = cv2.imread(str(out))
-    assert annotated.shape == upright.shape
+    legend = with_legend(np.zeros((0, upright.shape[1], 3), np.uint8)).shape[0]
+    assert annotated.shape == (upright.shape[0] + legend, *upright.shape[1:])
     x, y, _, h = box
     edge = annotated[y + h // 2, x - 1 : x + 2].astype(int)
     assert np.abs(edge - np.array(COLOURS["cleared"])).sum(axis=1).min() < 40
