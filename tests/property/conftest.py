@@ -26,6 +26,7 @@ _REASON = re.compile(r"[A-Z][A-Z0-9_]*")
 # (rpc, backend) -> outcome (status code name or OK) -> number of cases
 _TALLY: defaultdict[tuple[str, str], Counter] = defaultdict(Counter)
 _FAILED: Counter = Counter()  # rpc -> cases that failed a check
+CASES_PER_DATABASE = 3000  # the floor the max_examples of the properties are sized for
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -44,7 +45,11 @@ def pytest_terminal_summary(terminalreporter):
         + ", ".join(f"{rpc} {sum(per_rpc[rpc].values())}" for rpc in sorted(per_rpc))
         + f", total {total}"
     )
-    write("  per database: " + ", ".join(f"{b} {n}" for b, n in sorted(per_backend.items())))
+    write(
+        "  per database: "
+        + ", ".join(f"{b} {n}" for b, n in sorted(per_backend.items()))
+        + f" (the whole suite must run at least {CASES_PER_DATABASE:,} each: issue 9)"
+    )
     width = max(map(len, per_rpc))
     for rpc in sorted(per_rpc):
         outcomes = ", ".join(f"{code} {n}" for code, n in per_rpc[rpc].most_common())

@@ -461,7 +461,7 @@ upload_headers = st.fixed_dictionaries(_UPLOAD_HEADER) | request_fields(
 )
 
 
-@_settings(70)
+@_settings(160)
 @given(header=upload_headers, stream=st.data())
 @example(header={"project_id": "film-1"}, stream=None)
 def test_upload_media(harness, header, stream):
@@ -482,7 +482,7 @@ def test_upload_media(harness, header, stream):
     )
 
 
-@_settings(40)
+@_settings(120)
 @given(media_id=ids)
 def test_get_media_results(harness, media_id):
     harness.case(
@@ -549,7 +549,7 @@ consent_requests = request_fields(
 )
 
 
-@_settings(70)
+@_settings(150)
 @given(fields=consent_requests)
 def test_record_consent(harness, replayed, fields):
     scope, project_id = fields["scope"], fields["project_id"]
@@ -611,7 +611,7 @@ PAGING_VALID = {"page_size": st.sampled_from([0, 1, 1000]), "page_token": st.jus
 PAGING_WILD = {"page_size": page_sizes, "page_token": page_tokens}
 
 
-@_settings(50)
+@_settings(150)
 @given(
     fields=request_fields(
         valid={"talent_id": st.just("") | valid_ids, **PAGING_VALID},
@@ -662,7 +662,7 @@ _ENROLL_HEADER = {
 }
 
 
-@_settings(60)
+@_settings(130)
 @given(
     header=st.fixed_dictionaries(_ENROLL_HEADER)
     | request_fields(valid=_ENROLL_HEADER, wild={"talent_id": ids, "request_id": texts}),
@@ -690,7 +690,7 @@ def test_enroll_talent(consented, header, faceless, stream):
     )
 
 
-@_settings(50)
+@_settings(150)
 @given(
     fields=request_fields(
         valid={"talent_id": st.just("t-1") | valid_ids, **PAGING_VALID},
@@ -713,7 +713,7 @@ def test_list_talent_faces(harness, fields):
     )
 
 
-@_settings(70)
+@_settings(150)
 @given(
     fields=request_fields(
         valid={
@@ -749,7 +749,7 @@ def test_list_audit_events(harness, fields):
     )
 
 
-@_settings(40)
+@_settings(120)
 @given(talent_id=ids)
 def test_export_talent_data(harness, talent_id):
     harness.case(
@@ -764,7 +764,7 @@ def test_export_talent_data(harness, talent_id):
     )
 
 
-@_settings(50)
+@_settings(130)
 @given(
     fields=request_fields(
         valid={"talent_id": st.just("t-1") | valid_ids, "request_id": st.just("") | valid_ids},
@@ -802,7 +802,7 @@ def test_erase_talent(harness, fields):
 # -- AdminService -----------------------------------------------------------------------------
 
 
-@_settings(50)
+@_settings(130)
 @given(
     fields=request_fields(
         valid={
@@ -843,7 +843,7 @@ def test_create_account(harness, replayed, fields):
     )
 
 
-@_settings(40)
+@_settings(120)
 @given(account_id=ids | st.builds("acct_{}".format, st.text("0123456789abcdef", max_size=20)))
 def test_create_api_key(harness, account_id):
     harness.case(
@@ -858,7 +858,7 @@ def test_create_api_key(harness, account_id):
     )
 
 
-@_settings(50)
+@_settings(150)
 @given(fields=request_fields(valid=PAGING_VALID, wild=PAGING_WILD))
 def test_list_accounts(harness, fields):
     request = admin_pb2.ListAccountsRequest(**fields)
@@ -956,7 +956,7 @@ positions = st.one_of(
 )
 
 
-@_settings(50)
+@_settings(120)
 @given(rpc=st.sampled_from(LIST_RPCS), position=positions)
 def test_forged_page_tokens(harness, rpc, position):
     harness.case(
@@ -1089,7 +1089,7 @@ GATEWAY_RPCS = list(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].me
 ADMIN_RPCS = list(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
 
 
-@_settings(120)
+@_settings(480)
 @given(
     rpc=st.sampled_from(GATEWAY_RPCS + ADMIN_RPCS),
     wrong_kind=st.booleans(),

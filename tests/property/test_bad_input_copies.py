@@ -48,7 +48,7 @@ def days_verdict(days: int) -> int:
 # -- SetAccountRetention ------------------------------------------------------------------------
 
 
-@_settings(60)
+@_settings(140)
 @given(
     account_id=st.one_of(st.just(HARNESS_ACCOUNT), ids),
     days=st.one_of(int32s, st.integers(-5, 4000), st.sampled_from([0, 1, 30, 3650, 3651])),
@@ -108,7 +108,7 @@ offsets = st.one_of(
 
 # A good case costs the gateway's retries towards the absent retention service (~1.5 s), so
 # the draws lean to the bad side: absolute times (mostly invalid or past) and far offsets.
-@_settings(40)
+@_settings(60)
 @given(
     job=st.one_of(st.just(retention_pb2.RETENTION_JOB_PURGE), enum_values),
     as_of=st.one_of(st.none(), timestamps, st.tuples(st.just("offset"), offsets)),

@@ -39,7 +39,7 @@ MATCHER_DELETION = {
 }
 
 
-@_settings(60)
+@_settings(140)
 @given(
     talent_id=st.just("t-1") | valid_ids | ids,
     face_id=st.just("f-1") | valid_ids | HEX_KEY_IDS | ids,
@@ -82,7 +82,7 @@ def test_delete_talent_face_of_an_enrolled_face_writes_only_the_matcher(harness,
 ACCOUNT = "<the harness's account>"
 
 
-@_settings(50)
+@_settings(140)
 @given(
     fields=request_fields(
         valid={"account_id": st.just(ACCOUNT), **PAGING_VALID},
@@ -122,7 +122,7 @@ def test_list_api_keys(harness, fields):
 ADMIN = "<the admin credential's id>"
 
 
-@_settings(50)
+@_settings(130)
 @given(api_key_id=st.just(ADMIN) | HEX_KEY_IDS | valid_ids | ids)
 def test_revoke_api_key(harness, api_key_id):
     admin_key = api_key_id == ADMIN

@@ -75,7 +75,7 @@ def _field(number: int, wire: int, payload: bytes) -> bytes:
     return key + _encode_varint(len(payload)) + payload
 
 
-@_settings(60)
+@_settings(100)
 @given(
     request=st.one_of(
         unknown_fields.map(lambda fs: b"".join(_field(*f) for f in fs)),
@@ -100,7 +100,7 @@ def test_get_vault_status_with_any_request_bytes(harness, raw_call, request):
     )
 
 
-@_settings(60)
+@_settings(100)
 @given(wrong_kind=st.booleans(), request_id_header=st.none() | printable, data=st.data())
 def test_get_vault_status_refuses_any_credential_but_the_admins(
     harness, wrong_kind, request_id_header, data

@@ -81,6 +81,31 @@ def test_the_mesh_runs_over_mutual_tls_and_each_service_holds_only_its_own_key()
     assert gateway["MIXIP_GATEWAY_TLS_KEY"] == "/certs/gateway.key"
 
 
+def test_a_one_shot_migration_upgrades_every_database_before_any_service_starts():
+    migrate = COMPOSE["services"]["migrate"]
+    assert migrate["command"] == ["mixip", "db", "upgrade"]
+    assert migrate["image"] == "mixip:latest" and migrate.get("restart", "no") == "no"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "volumes" not in migrate and "ports" not in migrate  # no certificate, no port
+    urls = {f"MIXIP_{name.upper()}_DATABASE_URL": name for name in SERVICES}
+    assert set(_env("migrate")) == set(urls)  # the databases' URLs, nothing else
+    for variable_name, name in urls.items():  # each database through its own service's role
+        assert _env("migrate")[variable_name] == _env(name)[variable_name]
+        condition = COMPOSE["services"][name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully"
+
+
+def test_every_service_serves_metrics_on_an_unpublished_port_and_may_export_traces():
+    for name in SERVICES:
+        env = _env(name)
+        assert env[f"MIXIP_{name.upper()}_METRICS_LISTEN"] == "0.0.0.0:9090"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"
+    gateway = _env("gateway")  # the internal port retention's purge calls, never published
+    internal = DEFAULT_PORTS["gateway_internal"]
+    assert gateway["MIXIP_GATEWAY_INTERNAL_LISTEN"] == f"0.0.0.0:{internal}"
+    assert _env("retention")["MIXIP_GATEWAY_INTERNAL_ADDRESS"] == f"gateway:{internal}"
+
+
 def test_every_variable_in_compose_is_one_the_code_reads():
     known = _variables_read_by_the_code()
     used = {k for name in SERVICES for k in _env(name) if k.startswith("MIXIP_")}
@@ -107,7 +132,7 @@ def test_the_image_is_the_wheel_built_in_a_first_stage_with_locked_hashed_depend
     assert "grpc_tools.protoc" not in dockerfile
     assert not re.search(r"^COPY (mixip|services|gateway|protos)", runtime, re.MULTILINE)
     assert re.search(r"^USER 10001$", runtime, re.MULTILINE)  # not root
-    for name in [*SERVICES, "certs"]:  # compose runs that image
+    for name in [*SERVICES, "certs", "migrate"]:  # compose runs that image
         assert COMPOSE["services"][name]["build"] == "."
         assert COMPOSE["services"][name]["image"] == "mixip:latest"
 

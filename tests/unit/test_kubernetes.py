@@ -40,13 +40,25 @@ def _kustomization(folder: Path) -> dict:
     return yaml.safe_load((folder / "kustomization.yaml").read_text())
 
 
+# Where each port of the caller-rule table is served: a service's own port, and the gateway's
+# internal one (GatewayInternalService), which lives in the gateway's pods.
+ENDPOINTS = {name: name for name in SERVICES} | {"gateway_internal": "gateway"}
+METRICS_PORT = 9090
+
+
+def _endpoint(full_name: str) -> str:
+    """mixip.<service>.v1.<Name>Service -> the endpoint (a key of ENDPOINTS) serving it."""
+    if full_name == "mixip.gateway.v1.GatewayInternalService":
+        return "gateway_internal"
+    return full_name.split(".")[1]
+
+
 def _callers() -> dict[str, set[str]]:
-    """service -> every identity the caller-rule table lets call one of its RPCs."""
-    callers: dict[str, set[str]] = {name: set() for name in SERVICES}
+    """endpoint -> every identity the caller-rule table lets call one of its RPCs."""
+    callers: dict[str, set[str]] = {endpoint: set() for endpoint in ENDPOINTS}
     for full_name, methods in RULES.items():
-        service = full_name.split(".")[1]  # mixip.<service>.v1.<Name>Service
         for allowed in methods.values():
-            callers[service] |= allowed
+            callers[_endpoint(full_name)] |= allowed
     return callers
 
 
@@ -161,24 +173,70 @@ def test_network_policies_equal_the_caller_rules():
         policy = base[("NetworkPolicy", name)]["spec"]
         assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
         assert policy["policyTypes"] == ["Ingress", "Egress"]
-        [ingress] = policy["ingress"]
-        assert ingress["ports"] == [{"protocol": "TCP", "port": DEFAULT_PORTS[name]}]
-        if name == "gateway":
-            assert "from" not in ingress  # the client-facing API: TLS and API keys
-        else:
-            assert {_peer(p) for p in ingress["from"]} == callers[name]
-        callees = {
-            _peer(to): rule["ports"]
+        ingress = {}
+        for rule in policy["ingress"]:
+            [port] = rule["ports"]
+            assert port["protocol"] == "TCP"
+            ingress[port["port"]] = rule
+        served = [e for e, pod in ENDPOINTS.items() if pod == name]
+        assert set(ingress) == {DEFAULT_PORTS[e] for e in served} | {METRICS_PORT}
+        for endpoint in served:
+            rule = ingress[DEFAULT_PORTS[endpoint]]
+            if endpoint == "gateway":
+                assert "from" not in rule  # the client-facing API: TLS and API keys
+            else:
+                assert {_peer(p) for p in rule["from"]} == callers[endpoint]
+        # the metrics port: Prometheus only, no mesh peer
+        assert {_peer(p) for p in ingress[METRICS_PORT]["from"]} == {"prometheus"}
+        callees = [
+            (_peer(to), rule["ports"])
             for rule in policy["egress"]
             for to in rule.get("to", [])
             if "namespaceSelector" not in to
+        ]
+        reachable = [e for e in ENDPOINTS if name in callers[e]]
+        assert sorted(callees) == sorted(
+            (ENDPOINTS[e], [{"protocol": "TCP", "port": DEFAULT_PORTS[e]}]) for e in reachable
+        )
+        env = {e["name"]: e.get("value") for e in _container(base[("Deployment", name)])["env"]}
+        given = {e for e in ENDPOINTS if f"MIXIP_{e.upper()}_ADDRESS" in env}
+        assert given == set(reachable)  # it is given exactly the addresses it may reach
+        for endpoint in given:  # by the name on the callee's certificate
+            address = env[f"MIXIP_{endpoint.upper()}_ADDRESS"]
+            assert address == f"{ENDPOINTS[endpoint]}:{DEFAULT_PORTS[endpoint]}"
+
+
+def test_the_gateway_serves_its_internal_port_behind_its_service():
+    base = _base()
+    container = _container(base[("Deployment", "gateway")])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    port = DEFAULT_PORTS["gateway_internal"]
+    assert env["MIXIP_GATEWAY_INTERNAL_LISTEN"] == f"0.0.0.0:{port}"
+    assert {"name": "internal", "containerPort": port} in container["ports"]
+    ports = base[("Service", "gateway")]["spec"]["ports"]
+    assert {"name": "internal", "port": port, "targetPort": "internal", "appProtocol": "grpc"} in (
+        ports
+    )
+
+
+def test_every_deployment_serves_prometheus_metrics_on_a_scraped_port_and_may_export_traces():
+    base = _base()
+    deployments = {name: d for (kind, name), d in base.items() if kind == "Deployment"}
+    assert set(deployments) == set(SERVICES)
+    for name, deployment in deployments.items():
+        container = _container(deployment)
+        assert {"name": "metrics", "containerPort": METRICS_PORT} in container["ports"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[f"MIXIP_{name.upper()}_METRICS_LISTEN"] == f"0.0.0.0:{METRICS_PORT}"
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(METRICS_PORT),
+            "prometheus.io/path": "/metrics",
         }
-        assert set(callees) == {s for s in SERVICES if name in callers[s]}
-        for callee, ports in callees.items():
-            assert ports == [{"protocol": "TCP", "port": DEFAULT_PORTS[callee]}]
-        env = {e["name"] for e in _container(base[("Deployment", name)])["env"]}
-        peers = {s for s in SERVICES if f"MIXIP_{s.upper()}_ADDRESS" in env}
-        assert peers == set(callees)  # it is given exactly the addresses it may reach
+        # OTLP export is optional: the standard OTEL_* variables come from one ConfigMap
+        assert container["envFrom"] == [{"configMapRef": {"name": "mixip-otel", "optional": True}}]
+    assert ("ConfigMap", "mixip-otel") in base
 
 
 def test_every_variable_the_manifests_set_is_one_the_code_reads():
