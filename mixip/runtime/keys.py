@@ -253,7 +253,12 @@ class KmsKeyRing:
         self.description = f"AWS KMS keys (first {key_id})"
 
     def initial_ref(self) -> str:
-        return self.key_id
+        """The configured key by its ARN: an alias or a bare id names it too, but only the key
+        itself can be scheduled for deletion when a rotation retires it."""
+        try:
+            return self.kms.describe_key(KeyId=self.key_id)["KeyMetadata"]["Arn"]
+        except (ClientError, BotoCoreError) as exc:
+            raise SealError(f"AWS KMS cannot describe {self.key_id}: {_aws_code(exc)}") from exc
 
     def open(self, ref: str) -> KeyWrapper:
         return KmsKeyWrapper(self.kms, ref)
@@ -273,8 +278,11 @@ class KmsKeyRing:
         return response["KeyMetadata"]["Arn"]
 
     def destroy(self, ref: str) -> None:
+        key_id = ref.split(":key/", 1)[-1]  # the key's id in its ARN (refs are ARNs or ids)
         try:
-            self.kms.schedule_key_deletion(KeyId=ref, PendingWindowInDays=self.deletion_window_days)
+            self.kms.schedule_key_deletion(
+                KeyId=key_id, PendingWindowInDays=self.deletion_window_days
+            )
         except ClientError as exc:
             # already pending deletion, or already deleted: destroyed either way
             if _aws_code(exc) not in {"KMSInvalidStateException", "NotFoundException"}:

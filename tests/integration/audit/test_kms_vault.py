@@ -65,7 +65,7 @@ def test_salts_are_wrapped_by_kms_and_survive_a_restart(kms, database_url, serve
 
 
 def test_configuration_selects_kms(kms, tmp_path, monkeypatch):
-    _, key_id = kms
+    client, key_id = kms
     env = Env(
         {
             "MIXIP_DATA_DIR": str(tmp_path),
@@ -75,9 +75,13 @@ def test_configuration_selects_kms(kms, tmp_path, monkeypatch):
     )
     app, _ = build(ServerConfig.load("audit", env), env)
     with app.db.read() as session:
-        assert session.get(VaultState, 1).kek_ref == key_id
+        assert session.get(VaultState, 1).kek_ref == arn(client, key_id)
     assert not (tmp_path / "keys" / "audit-kek.key").exists()
     app.close()
+
+
+def arn(client, key_id: str) -> str:
+    return client.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
 
 
 def enabled_keys(client) -> list[KmsKeyWrapper]:
@@ -90,11 +94,16 @@ def enabled_keys(client) -> list[KmsKeyWrapper]:
     return wrappers
 
 
+@pytest.mark.parametrize("configured", ["key id", "alias"])
 def test_a_rotation_schedules_the_old_kms_key_for_deletion_so_backups_stop_linking(
-    kms, database_url, serve, channels, clock, backend, tmp_path, pg_test_database
+    kms, database_url, serve, channels, clock, backend, tmp_path, pg_test_database, configured
 ):
     client, first_key = kms
-    ring = KmsKeyRing(client, first_key, deletion_window_days=9)
+    name = first_key
+    if configured == "alias":  # an alias cannot be scheduled for deletion: its key must be
+        name = "alias/mixip-audit-vault"
+        client.create_alias(AliasName=name, TargetKeyId=first_key)
+    ring = KmsKeyRing(client, name, deletion_window_days=9)
     app = AuditApp(Database(database_url("audit"), Base.metadata), ring, clock)
     running = serve(app)
     stub = audit_pb2_grpc.AuditServiceStub(channels(f"127.0.0.1:{running.port}", SERVICE_NAME))
