@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -289,6 +290,13 @@ def _write_export(path: Path, text: str, *, force: bool) -> None:
 
 
 def erase(args, conn: Connection, out: Output) -> int:
+    if not args.yes and sys.stdin.isatty():
+        answer = input(
+            f"Erase {args.talent}: face vectors, consent ledger and audit links, for good? "
+            "Type the talent id to confirm: "
+        )
+        if answer.strip() != args.talent:
+            raise CliError("not erased (the confirmation did not match)", exit_code=1)
     stub, meta = conn.gateway()
     reply = stub.EraseTalent(
         gateway_pb2.EraseTalentRequest(talent_id=args.talent, request_id=uuid.uuid4().hex),
@@ -532,7 +540,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(run=export)
 
     p = sub.add_parser("erase", parents=[common], help="erase a talent")
-    p.add_argument("talent")
+    p.add_argument("talent", help="the talent to erase")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
     p.set_defaults(run=erase)
 
     audit = sub.add_parser("audit", help="read or verify the audit log").add_subparsers(

@@ -93,7 +93,7 @@ def run_demo(out_dir: Path, out: Output) -> int:
         before = shown.last["faces"]
 
         say(f"\n4. erasing {TALENT}")
-        commands.erase(_args(talent=TALENT), conn, shown)
+        commands.erase(_args(talent=TALENT, yes=True), conn, shown)
         receipt = shown.last
 
         say("\n5. after erasure: the log still verifies, nothing links to the talent")

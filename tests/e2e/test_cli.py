@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ MIXIP = [sys.executable, "-m", "mixip.cli.main"]
 def mixip(data_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*MIXIP, "--data-dir", str(data_dir), *args],
+        stdin=subprocess.DEVNULL,  # never a terminal: nothing asks for confirmation
         capture_output=True,
         text=True,
         timeout=180,
@@ -244,6 +246,34 @@ def test_the_vault_rotates_from_the_cli_and_only_its_current_key_file_remains(ru
     assert keys == [f"audit-kek.v{after['key_version']}.key"]
     text = mixip(data_dir, "audit", "vault-status")
     assert text.returncode == 0 and f"key version {after['key_version']}" in text.stdout
+
+
+def _erase_on_a_terminal(data_dir: Path, talent: str, typed: str) -> tuple[int, str]:
+    """`mixip erase` with a terminal as standard input, answering `typed` to its question."""
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [*MIXIP, "--data-dir", str(data_dir), "erase", talent],
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(secondary)
+    os.write(primary, (typed + "\n").encode())
+    out, err = process.communicate(timeout=120)
+    os.close(primary)
+    return process.returncode, out + err
+
+
+def test_erase_asks_on_a_terminal_and_erases_only_when_confirmed(running_mesh, tmp_path):
+    data_dir, _, _ = running_mesh
+    ok_json(data_dir, "consent", "grant", "ask-me", "--scope", "biometric")
+    code, output = _erase_on_a_terminal(data_dir, "ask-me", "no")
+    assert code == 1 and "not erased" in output
+    assert ok_json(data_dir, "consent", "show", "ask-me")["records"]  # nothing was erased
+    code, output = _erase_on_a_terminal(data_dir, "ask-me", "ask-me")
+    assert code == 0 and "erased ask-me" in output
+    assert mixip(data_dir, "export", "ask-me").returncode == 1  # NOT_FOUND: gone
 
 
 def test_up_stops_every_process_on_sigterm(running_mesh):

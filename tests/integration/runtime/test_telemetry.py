@@ -115,6 +115,11 @@ def test_one_trace_follows_an_upload_from_the_gateway_to_audit(gateway, clock, s
     for name in chain:
         assert server_spans[name].context.trace_id == trace_id, name
         assert server_spans[name].parent is not None  # continued from the caller's traceparent
+    recorded = [
+        (span.name, dict(span.attributes or {}), [dict(e.attributes or {}) for e in span.events])
+        for span in spans.get_finished_spans()
+    ]
+    assert "astronaut" not in repr(recorded)  # no talent id in any span, attribute or event
     rpc_lines = [line for line in lines.getvalue().splitlines() if "event=rpc" in line]
     assert len(rpc_lines) >= 4
     assert all(f"trace_id={trace_id:032x}" in line for line in rpc_lines)
