@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -68,6 +69,45 @@ def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
     progress.update(1.0, "matching")
 
 
+PAGE = 1000  # the largest page every list RPC serves
+
+# The command serving each client-facing RPC (a test keeps it complete).
+RPC_COMMANDS = {
+    "UploadMedia": "match",
+    "GetMediaResults": "media show",
+    "RecordConsent": "consent grant",
+    "ListConsents": "consent show",
+    "EnrollTalent": "enroll",
+    "ListTalentFaces": "faces list",
+    "DeleteTalentFace": "faces delete",
+    "ListAuditEvents": "audit list",
+    "VerifyAuditLog": "audit verify",
+    "ExportTalentData": "export",
+    "EraseTalent": "erase",
+    "CreateAccount": "accounts create",
+    "ListAccounts": "accounts list",
+    "SetAccountRetention": "accounts retention",
+    "CreateApiKey": "keys create",
+    "ListApiKeys": "keys list",
+    "RevokeApiKey": "keys revoke",
+    "RunRetentionJob": "retention run",
+    "GetRetentionStatus": "retention status",
+    "GetVaultStatus": "audit vault-status",
+}
+
+
+def _all_pages(fetch: Callable[[str], Any], field: str) -> list[Any]:
+    """Every item of a paged list RPC: `fetch(page_token)` returns one page."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        page = fetch(token)
+        items += list(getattr(page, field))
+        token = page.next_page_token
+        if not token:
+            return items
+
+
 # -- accounts ---------------------------------------------------------------------------------
 
 
@@ -85,6 +125,24 @@ def accounts_create(args, conn: Connection, out: Output) -> int:
             f"api key (shown once): {reply.api_key}",
         ],
     )
+    return 0
+
+
+def accounts_list(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.admin()
+    accounts = [
+        {"account_id": a.account_id, "name": a.name, "created_at": a.created_at.ToJsonString()}
+        for a in _all_pages(
+            lambda token: stub.ListAccounts(
+                admin_pb2.ListAccountsRequest(page_size=PAGE, page_token=token), metadata=meta
+            ),
+            "accounts",
+        )
+    ]
+    lines = [f"{len(accounts)} account(s)"] + [
+        f"  {a['account_id']}  {a['name']}  created {a['created_at']}" for a in accounts
+    ]
+    out.result({"accounts": accounts}, lines)
     return 0
 
 
@@ -161,18 +219,18 @@ def _record_json(record: consent_pb2.ConsentRecord) -> dict:
 
 def consent_show(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
-    records, token = [], ""
-    while True:
-        page = stub.ListConsents(
-            gateway_pb2.ListConsentsRequest(
-                talent_id=args.talent, page_size=1000, page_token=token
+    records = [
+        _record_json(r)
+        for r in _all_pages(
+            lambda token: stub.ListConsents(
+                gateway_pb2.ListConsentsRequest(
+                    talent_id=args.talent, page_size=PAGE, page_token=token
+                ),
+                metadata=meta,
             ),
-            metadata=meta,
+            "records",
         )
-        records += [_record_json(r) for r in page.records]
-        token = page.next_page_token
-        if not token:
-            break
+    ]
     current: dict[str, str] = {}
     for record in records:
         key = record["scope"] + (f" {record['project_id']}" if record["project_id"] else "")
@@ -223,10 +281,29 @@ def match(args, conn: Connection, out: Output) -> int:
             )
         )
         reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+    document, lines = _media_result(reply)
+    if args.annotate:
+        video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
+        _annotate(Path(args.annotate), Path(args.file), data, document["faces"], video)
+        lines.append(f"annotated image: {args.annotate}")
+        document["annotated"] = args.annotate
+    out.result(document, lines)
+    return 0
+
+
+def media_show(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    reply = stub.GetMediaResults(
+        gateway_pb2.GetMediaResultsRequest(media_id=args.media_id), metadata=meta
+    )
+    out.result(*_media_result(reply.media))
+    return 0
+
+
+def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict, list[str]]:
+    """A media's stored or fresh results: the JSON document and the text lines."""
     video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
     faces = [face_json(f, video) for f in reply.faces]
-    if args.annotate:
-        _annotate(Path(args.annotate), Path(args.file), data, faces, video)
     document = {"media_id": reply.media_id, "faces": faces}
     lines = [f"media {reply.media_id}: {len(faces)} face(s)"]
     for i, face in enumerate(faces):
@@ -237,11 +314,7 @@ def match(args, conn: Connection, out: Output) -> int:
         )
     if faces:
         lines.append(ADVISORY)
-    if args.annotate:
-        lines.append(f"annotated image: {args.annotate}")
-        document["annotated"] = args.annotate
-    out.result(document, lines)
-    return 0
+    return document, lines
 
 
 def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video: bool) -> None:
@@ -333,22 +406,19 @@ def audit_list(args, conn: Connection, out: Output) -> int:
             raise CliError(f"--since {args.since!r} is not an ISO 8601 time", exit_code=2) from None
         since = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
-    events, token = [], ""
-    while True:
-        page = stub.ListAuditEvents(
+    events = _all_pages(
+        lambda token: stub.ListAuditEvents(
             gateway_pb2.ListAuditEventsRequest(
                 talent_id=args.talent or "",
                 project_id=args.project or "",
                 since=since,
-                page_size=1000,
+                page_size=PAGE,
                 page_token=token,
             ),
             metadata=meta,
-        )
-        events += page.events
-        token = page.next_page_token
-        if not token:
-            break
+        ),
+        "events",
+    )
     documents = [
         {
             "sequence": e.sequence,
@@ -497,12 +567,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         dest="action", required=True
     )
     create = accounts.add_parser("create", parents=[common], help="create an account and key")
-    create.add_argument("name")
+    create.add_argument("name", help="the account's display name")
     create.set_defaults(run=accounts_create)
+    listed = accounts.add_parser("list", parents=[common], help="list every account")
+    listed.set_defaults(run=accounts_list)
     keep = accounts.add_parser(
         "retention", parents=[common], help="how long an account's media and results are kept"
     )
-    keep.add_argument("account")
+    keep.add_argument("account", help="the account id")
     keep.add_argument("--days", type=int, required=True, help="1-3650 (default period: 365)")
     keep.set_defaults(run=accounts_retention)
 
@@ -511,30 +583,42 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     for action in ("grant", "revoke"):
         p = consent.add_parser(action, parents=[common], help=f"{action} a consent")
-        p.add_argument("talent")
-        p.add_argument("--scope", choices=sorted(SCOPES), required=True)
+        p.add_argument("talent", help="the talent id")
+        p.add_argument(
+            "--scope",
+            choices=sorted(SCOPES),
+            required=True,
+            help="biometric (processing at all) or usage (face usage in one --project)",
+        )
         p.add_argument("--project", help="the project (for --scope usage)")
         p.add_argument("--method", default="cli", help="how consent was captured")
         p.add_argument("--policy-version", default="1", help="version of the consent text")
         p.add_argument("--actor", default="mixip-cli", help="who captured it")
         p.set_defaults(run=consent_record)
     show = consent.add_parser("show", parents=[common], help="current consent and history")
-    show.add_argument("talent")
+    show.add_argument("talent", help="the talent id")
     show.set_defaults(run=consent_show)
 
     p = sub.add_parser("enroll", parents=[common], help="enroll a talent's face image(s)")
-    p.add_argument("talent")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("talent", help="the talent id (needs active biometric consent)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos with exactly one face each")
     p.set_defaults(run=enroll)
 
     p = sub.add_parser("match", parents=[common], help="match an image or video")
-    p.add_argument("file")
-    p.add_argument("--project", required=True)
+    p.add_argument("file", help="a photo or video")
+    p.add_argument("--project", required=True, help="the project the media belongs to")
     p.add_argument("--annotate", metavar="OUT.png", help="write an annotated image")
     p.set_defaults(run=match)
 
+    media = sub.add_parser("media", help="stored media and their results").add_subparsers(
+        dest="action", required=True
+    )
+    p = media.add_parser("show", parents=[common], help="the stored results of an upload")
+    p.add_argument("media_id", metavar="MEDIA_ID", help="the id `mixip match` printed")
+    p.set_defaults(run=media_show)
+
     p = sub.add_parser("export", parents=[common], help="export a talent's data (JSON)")
-    p.add_argument("talent")
+    p.add_argument("talent", help="the talent id")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (mode 0600)")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     p.set_defaults(run=export)
@@ -548,9 +632,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         dest="action", required=True
     )
     p = audit.add_parser("list", parents=[common], help="list audit events")
-    p.add_argument("--talent")
-    p.add_argument("--project")
-    p.add_argument("--since", metavar="ISO8601")
+    p.add_argument("--talent", help="only events linked to this talent (while linkable)")
+    p.add_argument("--project", help="only events of this project")
+    p.add_argument("--since", metavar="ISO8601", help="only events at or after this time")
     p.set_defaults(run=audit_list)
     p = audit.add_parser("verify", parents=[common], help="verify the hash chain")
     p.set_defaults(run=audit_verify)
@@ -563,7 +647,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         dest="action", required=True
     )
     p = retention.add_parser("run", parents=[common], help="run a retention job now")
-    p.add_argument("--job", choices=sorted(JOBS), default="purge")
+    p.add_argument("--job", choices=sorted(JOBS), default="purge", help="the job (default purge)")
     p.add_argument(
         "--as-of",
         metavar="ISO8601",
@@ -591,18 +675,18 @@ def _face_record_json(face) -> dict:
 
 def faces_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
-    faces, token = [], ""
-    while True:
-        page = stub.ListTalentFaces(
-            gateway_pb2.ListTalentFacesRequest(
-                talent_id=args.talent, page_size=1000, page_token=token
+    faces = [
+        _face_record_json(f)
+        for f in _all_pages(
+            lambda token: stub.ListTalentFaces(
+                gateway_pb2.ListTalentFacesRequest(
+                    talent_id=args.talent, page_size=PAGE, page_token=token
+                ),
+                metadata=meta,
             ),
-            metadata=meta,
+            "faces",
         )
-        faces += [_face_record_json(f) for f in page.faces]
-        token = page.next_page_token
-        if not token:
-            break
+    ]
     lines = [f"{args.talent}: {len(faces)} enrolled face(s)"] + [
         f"  {f['face_id']}  enrolled {f['created_at']}  box {f['box']}  ({f['engine']})"
         for f in faces
@@ -636,16 +720,18 @@ def _key_json(key: admin_pb2.ApiKey) -> dict:
 
 def keys_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
-    keys, token = [], ""
-    while True:
-        page = stub.ListApiKeys(
-            admin_pb2.ListApiKeysRequest(account_id=args.account, page_size=1000, page_token=token),
-            metadata=meta,
+    keys = [
+        _key_json(k)
+        for k in _all_pages(
+            lambda token: stub.ListApiKeys(
+                admin_pb2.ListApiKeysRequest(
+                    account_id=args.account, page_size=PAGE, page_token=token
+                ),
+                metadata=meta,
+            ),
+            "api_keys",
         )
-        keys += [_key_json(k) for k in page.api_keys]
-        token = page.next_page_token
-        if not token:
-            break
+    ]
     lines = [f"{args.account}: {len(keys)} key(s)"] + [
         f"  {k['api_key_id']}  {k['prefix']}...  created {k['created_at']}  "
         + (f"revoked {k['revoked_at']}" if k["revoked_at"] else "live")
@@ -681,22 +767,22 @@ def add_rights_and_key_commands(
         dest="action", required=True
     )
     p = faces.add_parser("list", parents=[common], help="list a talent's enrolled faces")
-    p.add_argument("talent")
+    p.add_argument("talent", help="the talent id")
     p.set_defaults(run=faces_list)
     p = faces.add_parser("delete", parents=[common], help="delete one enrolled face")
-    p.add_argument("talent")
-    p.add_argument("face_id", metavar="FACE_ID")
+    p.add_argument("talent", help="the talent id")
+    p.add_argument("face_id", metavar="FACE_ID", help="the face, as `mixip faces list` shows it")
     p.set_defaults(run=faces_delete)
 
     keys = sub.add_parser("keys", help="an account's API keys (admin)").add_subparsers(
         dest="action", required=True
     )
     p = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
-    p.add_argument("account")
+    p.add_argument("account", help="the account id")
     p.set_defaults(run=keys_list)
     p = keys.add_parser("create", parents=[common], help="create a key (shown once)")
-    p.add_argument("account")
+    p.add_argument("account", help="the account id")
     p.set_defaults(run=keys_create)
     p = keys.add_parser("revoke", parents=[common], help="revoke a key at once")
-    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id, as `mixip keys list` shows it")
     p.set_defaults(run=keys_revoke)

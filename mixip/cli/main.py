@@ -7,6 +7,7 @@ non-zero exit code (1 failure, 2 usage, 3 audit log does not verify), never a tr
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -116,6 +117,21 @@ def health(args, conn: Connection, out: Output) -> int:
     return 0 if ok else 1
 
 
+def completion(args, conn: Connection, out: Output) -> int:
+    """E.g. `eval "$(mixip completion bash)"` in ~/.bashrc."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mixip-mesh")
+    except importlib.metadata.PackageNotFoundError:  # running from a tree that is not installed
+        return "unknown"
+
+
 def demo(args, conn: Connection, out: Output) -> int:
     from mixip.cli.demo import run_demo
 
@@ -152,6 +168,9 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixip", description="Mix-IP clearance mesh")
+    parser.add_argument(
+        "--version", action="version", version=f"mixip {_version()}", help="print the version"
+    )
     _common_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, suppress=True)  # the same options, accepted after the command
@@ -170,11 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     p = certs.add_parser("init", parents=[common], help="create a private CA and certificates")
-    p.add_argument("directory")
+    p.add_argument("directory", help="where to write ca.pem and the service certificates")
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(run=certs_init)
     p = sub.add_parser("health", parents=[common], help="is a service SERVING? (exit code)")
-    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument("address", metavar="HOST:PORT", help="the service's address")
     p.add_argument(
         "--as",
         dest="identity",
@@ -187,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no TLS (the gateway's client port); default: mutual TLS when MIXIP_TLS_DIR is set",
     )
     p.set_defaults(run=health)
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete in")
+    p.set_defaults(run=completion)
+
     p = sub.add_parser("demo", parents=[common], help="the scripted scenario, start to end")
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)
