@@ -109,21 +109,20 @@ class ErasureFence:
         )
         return {keys[k] for k in found}
 
-    def in_progress(self, account_id: str, talent_id: str) -> bool:
+    def in_progress(self, session: Session, account_id: str, talent_id: str) -> bool:
         """Whether an erasure of the talent has begun and not completed."""
-        with self.db.read() as session:
-            return (
-                session.scalar(
-                    select(ErasureIntentRow.intent_id)
-                    .where(
-                        ErasureIntentRow.account_id == account_id,
-                        ErasureIntentRow.talent_key == self.talent_key(account_id, talent_id),
-                        ErasureIntentRow.completed_at.is_(None),
-                    )
-                    .limit(1)
+        return (
+            session.scalar(
+                select(ErasureIntentRow.intent_id)
+                .where(
+                    ErasureIntentRow.account_id == account_id,
+                    ErasureIntentRow.talent_key == self.talent_key(account_id, talent_id),
+                    ErasureIntentRow.completed_at.is_(None),
                 )
-                is not None
+                .limit(1)
             )
+            is not None
+        )
 
 
 @dataclass

@@ -355,21 +355,26 @@ class Gateway:
         survive the erasure). A biometric grant starts the talent's new life after an erasure:
         it lifts the audit's shred marker, after the record is stored (a failed lift leaves
         events unlinkable, the safe side; the caller's retry lifts it)."""
-        if self.fence.in_progress(request.account_id, request.talent_id):
-            raise FailedPrecondition(
-                "an erasure of this talent is in progress; retry when it has completed",
-                reason="ERASURE_IN_PROGRESS",
-            )
-        reply = self.peers.consent.RecordConsent(request)
-        if (
-            request.scope == consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
-            and request.decision == consent_pb2.CONSENT_DECISION_GRANTED
-        ):
-            self.peers.audit.LiftShredMarker(
-                audit_pb2.LiftShredMarkerRequest(
-                    account_id=request.account_id, talent_id=request.talent_id
+        # Under the fence lock, which an erasure's opening takes too: a consent write either
+        # completes before the erasure begins (and is erased with the rest) or sees its intent.
+        with self.db.write() as session:
+            self.fence.lock(session, request.account_id)
+            if self.fence.in_progress(session, request.account_id, request.talent_id):
+                raise FailedPrecondition(
+                    "an erasure of this talent is in progress; retry when it has completed",
+                    reason="ERASURE_IN_PROGRESS",
                 )
-            )
+            self.checkpoint("consent.checked")
+            reply = self.peers.consent.RecordConsent(request)
+            if (
+                request.scope == consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+                and request.decision == consent_pb2.CONSENT_DECISION_GRANTED
+            ):
+                self.peers.audit.LiftShredMarker(
+                    audit_pb2.LiftShredMarkerRequest(
+                        account_id=request.account_id, talent_id=request.talent_id
+                    )
+                )
         return reply
 
     def export(self, account_id: str, talent_id: str) -> dict:

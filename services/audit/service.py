@@ -169,10 +169,9 @@ class AuditLog:
                 rows.append(_row(content, prev, digest))
                 prev = digest
             bulk_insert(session, EventRow.__table__, rows)  # COPY on PostgreSQL
-            if fresh:
-                self.vault.touch(
-                    session, account_id, {e.talent_id for e in fresh if e.talent_id}, recorded_at
-                )
+            linked = {e.talent_id for e in fresh if e.talent_id} - shredded
+            if linked:  # an erased talent's events leave no trace keyed by the talent
+                self.vault.touch(session, account_id, linked, recorded_at)
             head.last_sequence, head.last_hash = sequence, prev
             head.last_recorded_at = recorded_at
         duplicates = len(events) - len(fresh)

@@ -202,7 +202,12 @@ class Matcher:
         # Consent may have been revoked (or the talent erased: consent is an erasure's first
         # step) while we embedded: its deletion could have run before our insert. Check again,
         # and undo the enrollment if so.
-        if not self.consent.biometric_active(account_id, talent_id):
+        try:
+            active = self.consent.biometric_active(account_id, talent_id)
+        except BaseException:  # unknown: fail closed, as if revoked (the caller may retry)
+            self.delete_talent(account_id, talent_id)
+            raise
+        if not active:
             self.delete_talent(account_id, talent_id)
             raise FailedPrecondition(
                 "biometric processing consent was revoked during enrollment",

@@ -93,7 +93,7 @@ def purge(
         tally.events_purged += reply.purged_count
         if reply.done:
             return
-        if reply.purged_count == 0:
+        if not (reply.purged_count or reply.vault_entries_deleted):  # salts go after events
             raise PurgeStalled
 
 

@@ -74,6 +74,12 @@ class Outcome:
             if self._signals is not None:
                 self._signals._reached.set()
 
+    def finishes_within(self, seconds: float) -> bool:
+        """Whether the call ends within `seconds` (to show that it waits on a lock: a call
+        that must not finish yet is given time it would need, and must still be running)."""
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
     def join(self) -> Outcome:
         self._thread.join(TIMEOUT)
         assert not self._thread.is_alive(), "the call did not finish"
