@@ -138,14 +138,14 @@ class AuditLog:
         vault: SaltVault,
         clock: Clock,
         *,
-        purge_step: Callable[[str], None] = lambda step: None,
+        step: Callable[[str], None] | None = None,
     ) -> None:
-        """`purge_step` is called at a purge's step boundaries ("checkpointed": checkpoints
-        committed, expired partitions not dropped yet), so tests can interleave there."""
+        """`step` is called at a purge's step boundary ("checkpointed": checkpoints committed,
+        expired partitions not dropped yet), so tests can interleave there."""
         self.db = db
         self.vault = vault
         self.clock = clock
-        self.purge_step = purge_step
+        self._step = step or (lambda name: None)
         self.partitions_ahead()
 
     # -- partitions (PostgreSQL) ----------------------------------------------------------------
@@ -479,7 +479,7 @@ class AuditLog:
                 select(EventRow.sequence).where(EventRow.recorded_at < cutoff).limit(1)
             )
         if self.db.dialect != "postgresql":
-            self.purge_step("checkpointed")  # checkpoints and deletes in one transaction
+            self._step("checkpointed")  # checkpoints and deletes in one transaction
         salts = 0
         if left is None:  # every expired event is gone: so are the salts only they used
             with self.db.write() as session:
@@ -502,7 +502,7 @@ class AuditLog:
         1. In one transaction, without blocking appends: per account, the first and last event
            recorded before the end of the last expired month (one statement, so one snapshot,
            with the chain heads), and each checkpoint moved forward to that last event.
-        2. `purge_step("checkpointed")`. A chain verifies meanwhile: verification starts after
+        2. `step("checkpointed")`. A chain verifies meanwhile: verification starts after
            the checkpoint, and the events at or before it are the ones about to go.
         3. In another transaction, holding audit_events exclusively (appends wait: each drop is
            a catalog change of a few milliseconds; the lock is waited for at most
@@ -527,7 +527,7 @@ class AuditLog:
                 self._move_checkpoint(session, span.account_id, span.last, span.last_hash, 0)
             session.flush()
             generation = self._purge_generation(connection)
-        self.purge_step("checkpointed")
+        self._step("checkpointed")
         for _ in range(DROP_ATTEMPTS):
             try:
                 with self.db.write() as session:
