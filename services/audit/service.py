@@ -29,6 +29,7 @@ from services.audit.store import (
     Checkpoint,
     EventRow,
     ShredMarkerRow,
+    detached_partitions,
     ensure_month_partition,
     month_of,
     month_partitions,
@@ -140,8 +141,9 @@ class AuditLog:
         *,
         step: Callable[[str], None] | None = None,
     ) -> None:
-        """`step` is called at a purge's step boundary ("checkpointed": checkpoints committed,
-        expired partitions not dropped yet), so tests can interleave there."""
+        """`step` is called at a purge's step boundaries ("checkpointed": checkpoints committed,
+        expired partitions not detached yet; "detached": detached, not dropped yet), so tests
+        can interleave there."""
         self.db = db
         self.vault = vault
         self.clock = clock
@@ -508,12 +510,17 @@ class AuditLog:
            a catalog change of a few milliseconds; the lock is waited for at most
            DROP_LOCK_TIMEOUT_MS at a time, so appends never queue behind a long reader): check
            that no event before that end was appended since step 1 (accounts whose head moved
-           are probed again), delete the default partition's events before it, then DETACH and
-           DROP each expired partition. DETACH ... CONCURRENTLY would not block appends, but
-           PostgreSQL refuses it on a table with a default partition.
+           are probed again), delete the default partition's events before it, and DETACH each
+           expired partition. DETACH ... CONCURRENTLY would not block appends, but PostgreSQL
+           refuses it on a table with a default partition.
+        4. DROP the detached tables, in a transaction that does not lock audit_events: freeing
+           their files at commit is most of a purge's time. A purge that stops before this step
+           leaves them detached (their events no longer in audit_events); the next one drops
+           them.
         If step 3 cannot run (the lock stayed busy, an event was appended before the end, another
         purge ran in between), nothing is dropped and the caller's row-by-row batches carry on,
         which is always correct; the next purge drops the partitions."""
+        self._drop_detached()  # left by a purge that stopped after its detach
         with self.db.write() as session:
             serialize(session, PURGE_LOCK)
             connection = session.connection()
@@ -552,11 +559,12 @@ class AuditLog:
                         connection.execute(
                             text(f"ALTER TABLE audit_events DETACH PARTITION {name}")
                         )
-                        connection.execute(text(f"DROP TABLE {name}"))
                     for span in ranges:
                         session.get(Checkpoint, span.account_id).purged_total += (
                             span.last - span.first + 1
                         )
+                self._step("detached")
+                self._drop_detached()
                 purged = sum(span.last - span.first + 1 for span in ranges)
                 logs.log(
                     logger,
@@ -604,6 +612,16 @@ class AuditLog:
             if last is not None and (checkpoint is None or last > checkpoint.through_sequence):
                 return False
         return True
+
+    def _drop_detached(self) -> None:
+        """Drops the month tables a purge detached. Outside the detach's transaction: freeing a
+        large table's files at commit takes a while, and audit_events is not locked meanwhile
+        (nothing else uses a detached table)."""
+        with self.db.write() as session:
+            serialize(session, PURGE_LOCK)
+            connection = session.connection()
+            for name in detached_partitions(connection):
+                connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
     @staticmethod
     def _purge_generation(connection: Connection) -> tuple:

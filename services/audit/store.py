@@ -116,6 +116,19 @@ def month_partitions(connection: Connection) -> dict[datetime, str]:
     return {month: name for name in names if (month := partition_month(name)) is not None}
 
 
+def detached_partitions(connection: Connection) -> list[str]:
+    """Month tables of this schema that are no partition any more: detached by a purge that
+    has yet to drop them (PostgreSQL)."""
+    names = connection.scalars(
+        text(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND NOT relispartition"
+            " AND relnamespace = current_schema()::regnamespace"
+            " AND relname LIKE 'audit\\_events\\_%'"
+        )
+    )
+    return sorted(name for name in names if partition_month(name) is not None)
+
+
 def ensure_month_partition(connection: Connection, month: datetime) -> bool:
     """Makes the partition of `month` unless it exists; True when it was made. Rows of that
     month that waited in the default partition move into it (PostgreSQL refuses a partition

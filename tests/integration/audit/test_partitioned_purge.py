@@ -17,6 +17,7 @@ from services.audit.domain import GENESIS_HASH, EventContent, chain_hash
 from services.audit.service import AuditLog, NewEvent
 from services.audit.store import Base, ChainHead, Checkpoint, EventRow
 from services.audit.vault import SaltVault
+from tests.support.databases import PG_ADMIN_URL
 
 JAN = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 FEB = datetime(2026, 2, 10, 9, 0, tzinfo=UTC)
@@ -210,6 +211,42 @@ def test_appends_between_a_purges_checkpoints_and_its_drop_are_kept(audit_log, c
     assert verdict.ok and verdict.chains_checked == 3 and verdict.events_checked == 5
     if backend == "postgresql":
         assert "audit_events_2026_02" not in partitions(log)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"] if PG_ADMIN_URL else [])
+def test_a_purge_that_stops_after_its_detach_leaves_a_table_the_next_one_drops(
+    audit_log, clock, backend
+):
+    class Stopped(Exception):
+        pass
+
+    def step(name: str) -> None:
+        if name == "detached" and not stopped:
+            stopped.append(name)
+            raise Stopped
+
+    stopped: list[str] = []
+    clock.now = JAN
+    log = audit_log(step=step)
+    fill_months(log, clock)
+    with pytest.raises(Stopped):
+        log.purge(CUTOFF, 100)
+    with log.db.read() as session:
+        # January and February are out of audit_events, their tables still there
+        assert session.scalar(text("SELECT to_regclass('audit_events_2026_01')")) is not None
+        assert (
+            session.scalar(
+                select(func.min(EventRow.sequence)).where(EventRow.account_id == "acct-b")
+            )
+            == 7
+        )
+    assert "audit_events_2026_01" not in partitions(log)
+    assert log.verify().ok
+    assert sum(purge_all(log, CUTOFF, batch=100)) == 7  # March's expired events: a 4, b 3
+    with log.db.read() as session:
+        assert session.scalar(text("SELECT to_regclass('audit_events_2026_01')")) is None
+        assert session.scalar(text("SELECT to_regclass('audit_events_2026_02')")) is None
+    assert log.verify().ok
 
 
 def test_events_waiting_in_the_default_partition_move_into_their_month(audit_log, clock, backend):
