@@ -218,7 +218,7 @@ def _purge(log: AuditLog, account: str, expired: int, window: float) -> dict:
     purged, calls, started = 0, 0, time.perf_counter()
     try:
         while True:
-            count, done, _, _ = log.purge(cutoff, PURGE_BATCH)
+            count, done, *_ = log.purge(cutoff, PURGE_BATCH)
             purged, calls = purged + count, calls + 1
             if done:
                 break
