@@ -29,6 +29,8 @@ from services.audit.vault import SaltVault
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PURGE_BATCH = 10_000  # the retention service's default MIXIP_RETENTION_PURGE_BATCH
 SHRED_GOAL = 1.2
+PURGE_GOAL_S = 1.0  # issue 13: 10^6 expired events purged in at most 1 s...
+PURGE_P99_GOAL = 1.5  # ...with concurrent appends' p99 at most 1.5x their idle p99
 METHOD = (
     "PostgreSQL scratch database (created and dropped by the bench), AuditLog in-process (the "
     "servicer's use cases, no gRPC). Append: one writer, one account, back to back for {window} "
@@ -38,11 +40,14 @@ METHOD = (
     "of talent S (history inserted with INSERT ... SELECT generate_series, carrying each "
     "talent's real salted hash); ShredTalentSalt of L and of S alternated {reps} times, the "
     "destroyed salt row re-inserted (still sealed) between runs so every run shreds the same "
-    "state; ratio = p50(L) / p50(S). Purge: PurgeExpired(cutoff = now - 12 months, batch "
-    "{batch:,}) called until done over {expired:,} expired events, while one writer appends "
-    "10-event batches alternately to a live account and to the purged account; append latency "
-    "p50/p99 during the purge against the same writer for {window} s just before it. Not "
-    "stalled = p99 during <= max(2 x idle p99, idle p99 + 20 ms)."
+    "state; ratio = p50(L) / p50(S). Purge: audit_events partitioned by month; the history "
+    "month's partition made as the service makes each month's ahead, then VACUUM ANALYZE and "
+    "a CHECKPOINT (a year-old month is on disk); PurgeExpired(cutoff = now "
+    "- 12 months, batch {batch:,}) called until done over {expired:,} expired events (one "
+    "month: its partition is dropped), while one writer appends 10-event batches alternately "
+    "to a live account and to the purged account; append latency p50/p99 during the purge "
+    "against the same writer for {window} s just before it. Goal: <= {goal_s:g} s and p99 "
+    "during <= {goal_p99:g} x idle p99."
 )
 
 
@@ -106,9 +111,12 @@ def _append(log: AuditLog, window: float) -> dict:
     }
 
 
-def _history(db: Database, vault: SaltVault, account: str, sizes: dict[str, int]) -> datetime:
-    """`sizes[talent]` expired events per talent, with their real salted hashes."""
+def _history(log: AuditLog, account: str, sizes: dict[str, int]) -> datetime:
+    """`sizes[talent]` expired events per talent, with their real salted hashes, in the
+    partition of their month (which the service made ahead back then)."""
+    db, vault = log.db, log.vault
     old = utcnow() - timedelta(days=400)
+    log.partitions_for(old)
     with db.write() as session:
         salts = vault.salts(session, account, list(sizes), create=True)
         first = 1
@@ -143,9 +151,11 @@ def _history(db: Database, vault: SaltVault, account: str, sizes: dict[str, int]
             )
         )
     with db.engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-            text("VACUUM ANALYZE audit_events")
-        )
+        settled = connection.execution_options(isolation_level="AUTOCOMMIT")
+        settled.execute(text("VACUUM ANALYZE audit_events"))
+        # Expired events were written a year ago: their pages are on disk, not dirty in memory
+        # (freeing dirty pages makes dropping their partition several times slower).
+        settled.execute(text("CHECKPOINT"))
     return old
 
 
@@ -231,7 +241,9 @@ def _purge(log: AuditLog, account: str, expired: int, window: float) -> dict:
         "append_p99_ms_during": during_ms["p99"],
         "append_max_ms_during": round(max(during) * 1000, 1),
         "appends_during": len(during),
-        "met": during_ms["p99"] <= max(2 * idle_ms["p99"], idle_ms["p99"] + 20),
+        "goal": f"<= {PURGE_GOAL_S:g} s; p99 during <= {PURGE_P99_GOAL:g}x idle",
+        "p99_ratio": round(during_ms["p99"] / idle_ms["p99"], 2),
+        "met": seconds <= PURGE_GOAL_S and during_ms["p99"] <= PURGE_P99_GOAL * idle_ms["p99"],
     }
 
 
@@ -257,7 +269,7 @@ def run(smoke: bool) -> dict:
         log = AuditLog(db, vault, utcnow)
         append = _append(log, window)
         print(f"  audit append: {append}", flush=True)
-        _history(db, vault, "history", sizes)
+        _history(log, "history", sizes)
         shred = _shred(log, db, "history", sizes, reps)
         print(f"  audit shred: {shred}", flush=True)
         purge = _purge(log, "history", sum(sizes.values()), window)
@@ -276,8 +288,13 @@ def run(smoke: bool) -> dict:
             reps=reps,
             batch=PURGE_BATCH,
             expired=sum(sizes.values()),
+            goal_s=PURGE_GOAL_S,
+            goal_p99=PURGE_P99_GOAL,
         ),
-        "goal": f"shred ratio <= {SHRED_GOAL}; purge does not stall concurrent appends",
+        "goal": (
+            f"shred ratio <= {SHRED_GOAL}; purge <= {PURGE_GOAL_S:g} s with concurrent appends' "
+            f"p99 <= {PURGE_P99_GOAL:g}x idle"
+        ),
         "append": append,
         "shred": shred,
         "purge": purge,

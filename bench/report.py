@@ -161,7 +161,7 @@ def markdown(results: dict) -> str:
                 f"appends p50/p99 {p['append_p50_ms_during']:.1f}/"
                 f"**{p['append_p99_ms_during']:.1f} ms** (idle {p['append_p50_ms_idle']:.1f}/"
                 f"{p['append_p99_ms_idle']:.1f} ms), longest {p['append_max_ms_during']:.0f} ms",
-                "writers not stalled",
+                p.get("goal", "writers not stalled"),
                 _met(p["met"]),
             )
         )

@@ -46,8 +46,9 @@ MODELS = {
     "retention": "services.retention.store",
 }
 # Tables in a service's database that its models do not own: each retention replica's
-# APScheduler job store (services/retention/domain.py, job_store_table).
-NOT_OURS = {"retention": "retention_jobs_"}
+# APScheduler job store (services/retention/domain.py, job_store_table), and the audit log's
+# monthly partitions on PostgreSQL (made and dropped by the service: services/audit/store.py).
+NOT_OURS = {"retention": "retention_jobs_", "audit": "audit_events_"}
 # pg_advisory_xact_lock key taken by every upgrade (advisory locks are per database).
 LOCK_KEY = 4242001
 ENVIRONMENT = Path(__file__).with_name("alembic")
@@ -89,6 +90,7 @@ def configure(context: EnvironmentContext) -> None:
         target_metadata=metadata(service),
         render_as_batch=True,  # SQLite alters tables by copying them
         include_name=_include_name(service),
+        include_object=_include_object(connection.dialect.name),
         render_item=_render_item,
         on_version_apply=cfg.attributes.get("on_version_apply", ()),
     )
@@ -155,7 +157,11 @@ def drift(url: str, service: str) -> list:
     with locked(url) as connection:
         context = MigrationContext.configure(
             connection,
-            opts={"include_name": _include_name(service), "render_as_batch": True},
+            opts={
+                "include_name": _include_name(service),
+                "include_object": _include_object(connection.dialect.name),
+                "render_as_batch": True,
+            },
         )
         return compare_metadata(context, metadata(service))
 
@@ -172,6 +178,19 @@ def _include_name(service: str) -> Callable[..., bool]:
 
     def include(name, type_, parent_names) -> bool:
         return not (type_ == "table" and prefix and name and name.startswith(prefix))
+
+    return include
+
+
+def _include_object(dialect: str) -> Callable[..., bool]:
+    """An index or constraint of the models made on one database only (`ddl_if(dialect=...)`:
+    the audit log's keys differ on partitioned PostgreSQL) is compared on that database only."""
+
+    def include(obj, name, type_, reflected, compare_to) -> bool:
+        rule = getattr(obj, "_ddl_if", None)
+        if reflected or rule is None or rule.dialect is None:
+            return True
+        return dialect in ((rule.dialect,) if isinstance(rule.dialect, str) else rule.dialect)
 
     return include
 

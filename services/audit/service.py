@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import Connection, and_, delete, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
@@ -22,12 +24,39 @@ from services.audit.domain import (
     talent_hash,
     verify_chain,
 )
-from services.audit.store import ChainHead, Checkpoint, EventRow, ShredMarkerRow
+from services.audit.store import (
+    ChainHead,
+    Checkpoint,
+    EventRow,
+    ShredMarkerRow,
+    detached_partitions,
+    ensure_month_partition,
+    month_of,
+    month_partitions,
+    next_month,
+)
 from services.audit.vault import Rotation, SaltVault, VaultStatus
 
 logger = logging.getLogger("mixip.audit")
 PURGE_LOCK = "mixip.audit.purge"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Dropping expired partitions locks audit_events against appends for a moment: it waits at
+# most this long for the lock (appends queue behind a waiting lock), then tries again.
+DROP_LOCK_TIMEOUT_MS = 50
+DROP_ATTEMPTS = 5
+# Per account: the first and last event recorded before :upper, and the chain head and the
+# checkpoint, all in one statement (one snapshot). Each probe is one index descent per
+# partition below :upper (partitions are pruned on the literal bound).
+_EXPIRED_RANGES = text(
+    "SELECT h.account_id, h.last_sequence, c.through_sequence, first.sequence, last.sequence,"
+    " last.event_hash FROM audit_chain_heads h"
+    " LEFT JOIN audit_checkpoints c ON c.account_id = h.account_id"
+    " LEFT JOIN LATERAL (SELECT e.sequence FROM audit_events e WHERE e.account_id ="
+    " h.account_id AND e.recorded_at < :upper ORDER BY e.sequence LIMIT 1) first ON true"
+    " LEFT JOIN LATERAL (SELECT e.sequence, e.event_hash FROM audit_events e WHERE"
+    " e.account_id = h.account_id AND e.recorded_at < :upper ORDER BY e.sequence DESC"
+    " LIMIT 1) last ON true"
+)
 
 
 @dataclass(frozen=True)
@@ -92,11 +121,56 @@ class LogVerdict:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class _Expired:
+    """One account's events in the partitions a purge drops: sequences first..last."""
+
+    account_id: str
+    head_sequence: int
+    first: int
+    last: int
+    last_hash: str
+
+
 class AuditLog:
-    def __init__(self, db: Database, vault: SaltVault, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        vault: SaltVault,
+        clock: Clock,
+        *,
+        step: Callable[[str], None] | None = None,
+    ) -> None:
+        """`step` is called at a purge's step boundaries ("checkpointed": checkpoints committed,
+        expired partitions not detached yet; "detached": detached, not dropped yet), so tests
+        can interleave there."""
         self.db = db
         self.vault = vault
         self.clock = clock
+        self._step = step or (lambda name: None)
+        self.partitions_ahead()
+
+    # -- partitions (PostgreSQL) ----------------------------------------------------------------
+
+    def partitions_ahead(self) -> list[str]:
+        """Makes the partitions of the current and the next month unless they exist (at start
+        and at every purge); returns the ones made. A no-op on SQLite."""
+        if self.db.dialect != "postgresql":
+            return []
+        return self.partitions_for(self.clock())
+
+    def partitions_for(self, at: datetime) -> list[str]:
+        """Makes the partitions of the month of `at` and the next one (PostgreSQL)."""
+        made = []
+        with self.db.write() as session:
+            serialize(session, PURGE_LOCK)  # partition changes wait for each other
+            connection = session.connection()
+            for month in (month_of(at), next_month(month_of(at))):
+                if ensure_month_partition(connection, month):
+                    made.append(month.strftime("%Y-%m"))
+        if made:
+            logs.log(logger, "partitions made", months=",".join(made))
+        return made
 
     # -- record -------------------------------------------------------------------------------
 
@@ -294,16 +368,18 @@ class AuditLog:
 
     def _verify_one(self, session: Session, head: ChainHead) -> ChainVerdict:
         checkpoint = session.get(Checkpoint, head.account_id)
+        start = checkpoint.through_sequence if checkpoint else 0
         rows = session.execute(
             select(EventRow)
-            .where(EventRow.account_id == head.account_id)
+            # events at or before the checkpoint are being purged (partitions not dropped yet)
+            .where(EventRow.account_id == head.account_id, EventRow.sequence > start)
             .order_by(EventRow.sequence)
             .execution_options(yield_per=2000)
         ).scalars()
         links = (StoredLink(_content(row), row.prev_hash, row.event_hash) for row in rows)
         return verify_chain(
             links,
-            start_sequence=checkpoint.through_sequence if checkpoint else 0,
+            start_sequence=start,
             start_hash=checkpoint.through_hash if checkpoint else GENESIS_HASH,
             head_sequence=head.last_sequence,
             head_hash=head.last_hash,
@@ -359,20 +435,25 @@ class AuditLog:
     # -- purge --------------------------------------------------------------------------------
 
     def purge(self, cutoff: datetime, batch_size: int) -> tuple[int, bool, int, int]:
-        """Deletes up to `batch_size` of the oldest events recorded before `cutoff`, moving each
-        touched chain's checkpoint to the last deleted event; once none is left, deletes up to
-        `batch_size` salts whose talent's last event was among them. Returns (purged, done,
-        checkpoints, salts deleted).
+        """Purges events recorded before `cutoff`; returns (purged, done, checkpoints, salts
+        deleted). Each account's expired events are a prefix of its chain (`recorded_at` never
+        decreases along a chain), so a purge moves the chain's checkpoint to the last purged
+        event and the rest still verifies. Checkpoints only move forward: purges wait for each
+        other (a manual run may overlap a scheduled one).
 
-        `recorded_at` never decreases along a chain, so expired events are a prefix of it, and
-        the oldest `batch_size` expired events (in the order of the expiry index: recorded_at,
-        account, sequence) are a prefix of each chain they touch. Finding them reads
-        `batch_size` index entries, whatever the size of the log: a purge batch costs the same
-        at the start and at the end of a long purge, and concurrent appends (which touch other
-        rows: the chain head and new events) never wait for it on PostgreSQL. Purges wait for
-        each other (a manual run may overlap a scheduled one), so checkpoints only ever move
-        forward."""
+        On PostgreSQL, whole expired months go first (`_drop_expired_months`): checkpoints
+        committed, then the months' partitions detached and dropped, whatever their size. Then,
+        as on SQLite, up to `batch_size` of the oldest events still expired (the boundary
+        month's, the default partition's) are deleted row by row, in the order of the expiry
+        index (recorded_at, account, sequence): finding them reads `batch_size` index entries,
+        so a batch costs the same at the start and at the end of a long purge, and concurrent
+        appends (which touch other rows: the chain head and new events) never wait for it on
+        PostgreSQL. Once no expired event is left, up to `batch_size` salts whose talent's last
+        event was among them are deleted."""
         purged = checkpoints = 0
+        if self.db.dialect == "postgresql":
+            self.partitions_ahead()
+            purged, checkpoints = self._drop_expired_months(cutoff)
         salts_done = True
         with self.db.write() as session:
             serialize(session, PURGE_LOCK)
@@ -398,6 +479,8 @@ class AuditLog:
             left = session.scalar(
                 select(EventRow.sequence).where(EventRow.recorded_at < cutoff).limit(1)
             )
+        if self.db.dialect != "postgresql":
+            self._step("checkpointed")  # checkpoints and deletes in one transaction
         salts = 0
         if left is None:  # every expired event is gone: so are the salts only they used
             with self.db.write() as session:
@@ -413,9 +496,146 @@ class AuditLog:
         )
         return purged, done, checkpoints, salts
 
+    def _drop_expired_months(self, cutoff: datetime) -> tuple[int, int]:
+        """Drops the partitions of months that ended by `cutoff` (PostgreSQL); returns (events
+        purged, checkpoints moved).
+
+        1. In one transaction, without blocking appends: per account, the first and last event
+           recorded before the end of the last expired month (one statement, so one snapshot,
+           with the chain heads), and each checkpoint moved forward to that last event.
+        2. `step("checkpointed")`. A chain verifies meanwhile: verification starts after
+           the checkpoint, and the events at or before it are the ones about to go.
+        3. In another transaction, holding audit_events exclusively (appends wait: each drop is
+           a catalog change of a few milliseconds; the lock is waited for at most
+           DROP_LOCK_TIMEOUT_MS at a time, so appends never queue behind a long reader): check
+           that no event before that end was appended since step 1 (accounts whose head moved
+           are probed again), delete the default partition's events before it, and DETACH each
+           expired partition. DETACH ... CONCURRENTLY would not block appends, but PostgreSQL
+           refuses it on a table with a default partition.
+        4. DROP the detached tables, in a transaction that does not lock audit_events: freeing
+           their files at commit is most of a purge's time. A purge that stops before this step
+           leaves them detached (their events no longer in audit_events); the next one drops
+           them.
+        If step 3 cannot run (the lock stayed busy, an event was appended before the end, another
+        purge ran in between), nothing is dropped and the caller's row-by-row batches carry on,
+        which is always correct; the next purge drops the partitions."""
+        self._drop_detached()  # left by a purge that stopped after its detach
+        with self.db.write() as session:
+            serialize(session, PURGE_LOCK)
+            connection = session.connection()
+            months = month_partitions(connection)
+            expired = sorted(month for month in months if next_month(month) <= cutoff)
+            if not expired:
+                return 0, 0
+            upper = next_month(expired[-1])
+            ranges, heads = self._expired_ranges(connection, upper)
+            for span in ranges:
+                self._move_checkpoint(session, span.account_id, span.last, span.last_hash, 0)
+            session.flush()
+            generation = self._purge_generation(connection)
+        self._step("checkpointed")
+        for _ in range(DROP_ATTEMPTS):
+            try:
+                with self.db.write() as session:
+                    serialize(session, PURGE_LOCK)
+                    connection = session.connection()
+                    connection.execute(text(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT_MS}ms'"))
+                    connection.execute(text("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE"))
+                    present = month_partitions(connection)
+                    names = [present[month] for month in expired if month in present]
+                    if not names or self._purge_generation(connection) != generation:
+                        reason = "already dropped" if not names else "another purge ran"
+                        logs.log(logger, "partition drop skipped", reason=reason)
+                        return 0, 0
+                    if not self._covered(connection, session, upper, heads):
+                        logs.log(logger, "partition drop postponed", reason="late append")
+                        return 0, 0
+                    connection.execute(
+                        text("DELETE FROM audit_events_default WHERE recorded_at < :upper"),
+                        {"upper": upper},
+                    )
+                    for name in names:
+                        connection.execute(
+                            text(f"ALTER TABLE audit_events DETACH PARTITION {name}")
+                        )
+                    for span in ranges:
+                        session.get(Checkpoint, span.account_id).purged_total += (
+                            span.last - span.first + 1
+                        )
+                self._step("detached")
+                self._drop_detached()
+                purged = sum(span.last - span.first + 1 for span in ranges)
+                logs.log(
+                    logger,
+                    "partitions dropped",
+                    months=",".join(month.strftime("%Y-%m") for month in expired),
+                    purged=purged,
+                )
+                return purged, len(ranges)
+            except OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
+                    raise
+        logs.log(logger, "partition drop postponed", reason="audit_events busy")
+        return 0, 0
+
+    def _expired_ranges(
+        self, connection: Connection, upper: datetime
+    ) -> tuple[list[_Expired], dict[str, int]]:
+        """Each account's events before `upper` (first and last sequence, last hash), and every
+        chain head's sequence, read in one snapshot."""
+        ranges, heads = [], {}
+        for account_id, head, _, first, last, last_hash in connection.execute(
+            _EXPIRED_RANGES, {"upper": upper}
+        ):
+            heads[account_id] = head
+            if last is not None:
+                ranges.append(_Expired(account_id, head, first, last, last_hash))
+        return ranges, heads
+
+    def _covered(
+        self, connection: Connection, session: Session, upper: datetime, heads: dict[str, int]
+    ) -> bool:
+        """Whether every event before `upper` is at or before its chain's checkpoint, for the
+        chains appended to since `heads` were read (the others did not change)."""
+        now = connection.execute(select(ChainHead.account_id, ChainHead.last_sequence)).all()
+        for account_id, sequence in now:
+            if heads.get(account_id) == sequence:
+                continue
+            last = connection.scalar(
+                select(EventRow.sequence)
+                .where(EventRow.account_id == account_id, EventRow.recorded_at < upper)
+                .order_by(EventRow.sequence.desc())
+                .limit(1)
+            )
+            checkpoint = session.get(Checkpoint, account_id)
+            if last is not None and (checkpoint is None or last > checkpoint.through_sequence):
+                return False
+        return True
+
+    def _drop_detached(self) -> None:
+        """Drops the month tables a purge detached. Outside the detach's transaction: freeing a
+        large table's files at commit takes a while, and audit_events is not locked meanwhile
+        (nothing else uses a detached table)."""
+        with self.db.write() as session:
+            serialize(session, PURGE_LOCK)
+            connection = session.connection()
+            for name in detached_partitions(connection):
+                connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+
+    @staticmethod
+    def _purge_generation(connection: Connection) -> tuple:
+        """Changes whenever a purge deletes events (another purge between two steps of one)."""
+        return tuple(
+            connection.execute(
+                text("SELECT count(*), coalesce(sum(purged_total), 0) FROM audit_checkpoints")
+            ).one()
+        )
+
     def _move_checkpoint(
         self, session: Session, account_id: str, sequence: int, digest: str, deleted: int
     ) -> None:
+        """Moves the account's checkpoint forward to `sequence` (never back: a purge may delete
+        events a dropped partition's checkpoint already passed) and counts `deleted`."""
         checkpoint = session.get(Checkpoint, account_id)
         if checkpoint is None:
             session.add(
@@ -428,7 +648,8 @@ class AuditLog:
                 )
             )
         else:
-            checkpoint.through_sequence, checkpoint.through_hash = sequence, digest
+            if sequence > checkpoint.through_sequence:
+                checkpoint.through_sequence, checkpoint.through_hash = sequence, digest
             checkpoint.purged_total += deleted
             checkpoint.updated_at = self.clock()
 

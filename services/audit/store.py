@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
+    Connection,
     Double,
     Index,
     Integer,
     LargeBinary,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
+    event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -23,12 +28,22 @@ class Base(DeclarativeBase):
 
 
 class EventRow(Base):
-    """One match result. The talent appears only as HMAC(salt, talent id), never in clear."""
+    """One match result. The talent appears only as HMAC(salt, talent id), never in clear.
+
+    On PostgreSQL the table is partitioned by month of `recorded_at` (RANGE; one partition per
+    month, `audit_events_YYYY_MM`, and `audit_events_default` for any instant no month
+    partition covers, so an append never fails): a purge drops whole expired months instead of
+    deleting their rows. A key of a partitioned table must hold the partition key, so there the
+    primary key is (account_id, sequence, recorded_at) and the idempotency key's index is
+    unique on (account_id, idempotency_key, recorded_at). Both stay unique without it, as on
+    SQLite, by the one writer: `AuditLog.record` holds the account's chain head row lock, reads
+    the batch's keys from every partition and inserts only the absent ones with the next
+    sequences; appends to one account are serial, and keys and sequences are per account."""
 
     __tablename__ = "audit_events"
 
-    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128))
+    sequence: Mapped[int] = mapped_column(BigInteger)
     idempotency_key: Mapped[str] = mapped_column(String(200))
     project_id: Mapped[str] = mapped_column(String(128))
     media_id: Mapped[str] = mapped_column(String(128))
@@ -44,11 +59,109 @@ class EventRow(Base):
     event_hash: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (
-        Index("ix_audit_events_key", "account_id", "idempotency_key", unique=True),
+        # PostgreSQL's primary key (with recorded_at) is added after CREATE TABLE, below.
+        PrimaryKeyConstraint("account_id", "sequence").ddl_if(dialect="sqlite"),
+        Index("ix_audit_events_key", "account_id", "idempotency_key", unique=True).ddl_if(
+            dialect="sqlite"
+        ),
+        Index(
+            "ix_audit_events_key_at", "account_id", "idempotency_key", "recorded_at", unique=True
+        ).ddl_if(dialect="postgresql"),
         Index("ix_audit_events_talent", "account_id", "talent_hash", "sequence"),
         # Purge reads the oldest expired events in this order (a bounded range scan).
         Index("ix_audit_events_expiry", "recorded_at", "account_id", "sequence"),
+        {"postgresql_partition_by": "RANGE (recorded_at)"},
     )
+
+
+PARTITION_PREFIX = "audit_events_"  # every partition's name (migrations ignore them)
+DEFAULT_PARTITION = "audit_events_default"
+
+for _ddl in (
+    "ALTER TABLE audit_events ADD PRIMARY KEY (account_id, sequence, recorded_at)",
+    f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF audit_events DEFAULT",
+):
+    event.listen(EventRow.__table__, "after_create", DDL(_ddl).execute_if(dialect="postgresql"))
+
+
+def month_of(at: datetime) -> datetime:
+    """The first instant (UTC) of the month holding `at`."""
+    return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(month: datetime) -> datetime:
+    return month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
+
+
+def partition_name(month: datetime) -> str:
+    return f"{PARTITION_PREFIX}{month:%Y_%m}"
+
+
+def partition_month(name: str) -> datetime | None:
+    """The month a partition holds, from its name (None for the default partition)."""
+    try:
+        return datetime.strptime(name.removeprefix(PARTITION_PREFIX), "%Y_%m").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def month_partitions(connection: Connection) -> dict[datetime, str]:
+    """The month partitions of audit_events (PostgreSQL), by the month each holds."""
+    names = connection.scalars(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'audit_events'::regclass"
+        )
+    )
+    return {month: name for name in names if (month := partition_month(name)) is not None}
+
+
+def detached_partitions(connection: Connection) -> list[str]:
+    """Month tables of this schema that are no partition any more: detached by a purge that
+    has yet to drop them (PostgreSQL)."""
+    names = connection.scalars(
+        text(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND NOT relispartition"
+            " AND relnamespace = current_schema()::regnamespace"
+            " AND relname LIKE 'audit\\_events\\_%'"
+        )
+    )
+    return sorted(name for name in names if partition_month(name) is not None)
+
+
+def ensure_month_partition(connection: Connection, month: datetime) -> bool:
+    """Makes the partition of `month` unless it exists; True when it was made. Rows of that
+    month that waited in the default partition move into it (PostgreSQL refuses a partition
+    whose rows the default partition holds). The caller serializes partition changes."""
+    name = partition_name(month)
+    if connection.scalar(text("SELECT to_regclass(:name)"), {"name": name}) is not None:
+        return False
+    lo, hi = month, next_month(month)
+    bounds = f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"  # DDL takes no parameters
+    waiting = {"lo": lo, "hi": hi}
+    if connection.scalar(
+        text(
+            "SELECT 1 FROM audit_events_default WHERE recorded_at >= :lo AND recorded_at < :hi"
+            " LIMIT 1"
+        ),
+        waiting,
+    ):
+        connection.execute(
+            text(
+                f"CREATE TABLE {name} (LIKE audit_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+        )
+        moved = "DELETE FROM audit_events_default WHERE recorded_at >= :lo AND recorded_at < :hi"
+        move = f"WITH moved AS ({moved} RETURNING *) INSERT INTO {name} SELECT * FROM moved"  # noqa: S608
+        connection.execute(text(move), waiting)
+        connection.execute(
+            text(f"ALTER TABLE audit_events ATTACH PARTITION {name} FOR VALUES {bounds}")
+        )
+    else:
+        connection.execute(
+            text(f"CREATE TABLE {name} PARTITION OF audit_events FOR VALUES {bounds}")
+        )
+    return True
 
 
 class ChainHead(Base):

@@ -189,7 +189,16 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
         history = migrations.revisions(service)
         at_head = tables(url, service)
         empty = [name for name, rows in at_head.items() if not rows]
-        assert empty == (["retention_ticks"] if service == "retention" else []), service
+        # Tables the fill leaves empty: the test's consent service does not dispatch (no
+        # delivery counts), the vault keeps its keys in audit_vault_state now, no account has
+        # its own retention.
+        left_empty = {
+            "gateway": ["gateway_account_retention"],
+            "retention": ["retention_ticks"],
+            "consent": ["consent_outbox_delivery_counts"],
+            "audit": ["audit_vault_keys"],
+        }
+        assert empty == left_empty.get(service, []), service
         for revision in reversed(history[:-1]):  # back to the first revision, step by step
             migrations.downgrade(url, service, revision)
         at_first = tables(url, service)
