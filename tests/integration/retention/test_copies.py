@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, select
 
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
 from gateway.retention import MediaRetention
-from gateway.service import Gateway
+from gateway.service import Gateway, Peers
 from gateway.storage import LocalEncryptedStore, S3Store
 from gateway.store import Base as GatewayBase
 from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
@@ -253,7 +253,8 @@ def gateway_purge(media_store, database_url, serve, clock, retention_factory, re
     db = Database(database_url("gateway"), GatewayBase.metadata)
     db.create_tables()
     store = Recording(media_store.store, db)
-    gateway = Gateway(db, None, store, clock, max_upload_bytes=1 << 20, max_chunk_bytes=1 << 16)
+    nobody = Peers(matcher=None, consent=None, audit=None, retention=None)  # only sweeps here
+    gateway = Gateway(db, nobody, store, clock, max_upload_bytes=1 << 20, max_chunk_bytes=1 << 16)
     retention = MediaRetention(db, store, clock, gateway.sweep_orphans)
     internal = serve(InternalApp(retention))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
