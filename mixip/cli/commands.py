@@ -19,6 +19,7 @@ from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.files import write_private
+from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import to_timestamp, utcnow
 
 CHUNK = 1024 * 1024
@@ -164,7 +165,7 @@ def consent_show(args, conn: Connection, out: Output) -> int:
     while True:
         page = stub.ListConsents(
             gateway_pb2.ListConsentsRequest(
-                talent_id=args.talent, page_size=1000, page_token=token
+                talent_id=args.talent, page_size=MAX_BATCH, page_token=token
             ),
             metadata=meta,
         )
@@ -332,7 +333,7 @@ def audit_list(args, conn: Connection, out: Output) -> int:
                 talent_id=args.talent or "",
                 project_id=args.project or "",
                 since=since,
-                page_size=1000,
+                page_size=MAX_BATCH,
                 page_token=token,
             ),
             metadata=meta,
@@ -586,7 +587,7 @@ def faces_list(args, conn: Connection, out: Output) -> int:
     while True:
         page = stub.ListTalentFaces(
             gateway_pb2.ListTalentFacesRequest(
-                talent_id=args.talent, page_size=1000, page_token=token
+                talent_id=args.talent, page_size=MAX_BATCH, page_token=token
             ),
             metadata=meta,
         )
@@ -630,7 +631,9 @@ def keys_list(args, conn: Connection, out: Output) -> int:
     keys, token = [], ""
     while True:
         page = stub.ListApiKeys(
-            admin_pb2.ListApiKeysRequest(account_id=args.account, page_size=1000, page_token=token),
+            admin_pb2.ListApiKeysRequest(
+                account_id=args.account, page_size=MAX_BATCH, page_token=token
+            ),
             metadata=meta,
         )
         keys += [_key_json(k) for k in page.api_keys]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import grpc
 
 from mixip.runtime.config import Env, ServerConfig, service_address
+from mixip.runtime.limits import MAX_MESSAGE_BYTES
 from mixip.runtime.logs import REQUEST_ID
 from mixip.runtime.telemetry import traced
 
@@ -81,7 +82,7 @@ def open_channel(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    max_message_bytes: int = 80 * 1024 * 1024,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     server_name: str | None = None,
 ) -> grpc.Channel:
     """A channel to `address` for full service names such as "mixip.audit.v1.AuditService"."""

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixip.runtime.limits import MAX_MESSAGE_BYTES, MiB
+
 SERVICES = ("gateway", "matcher", "consent", "audit", "retention")
 # Listen ports when a service runs alone; `mixip up` picks free ports and writes mesh.json.
 DEFAULT_PORTS = {
@@ -23,7 +25,6 @@ DEFAULT_PORTS = {
     # for its callers, MIXIP_GATEWAY_INTERNAL_ADDRESS. Not a service of its own.
     "gateway_internal": 50056,
 }
-MiB = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -128,7 +129,9 @@ class ServerConfig:
                 variable(name, "DATABASE_URL"), f"sqlite:///{root / (name + '.db')}"
             ),
             tls_dir=Path(tls).expanduser().resolve() if tls else None,
-            max_message_bytes=env.int("MIXIP_MAX_MESSAGE_BYTES", 80 * MiB, minimum=4 * MiB),
+            max_message_bytes=env.int(
+                "MIXIP_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES, minimum=4 * MiB
+            ),
             workers=env.int(variable(name, "WORKERS"), 16, minimum=1),
             grace_seconds=env.float("MIXIP_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0.0),
             metrics_listen=env.str(variable(name, "METRICS_LISTEN"), ""),

@@ -34,6 +34,7 @@ from mixip.runtime.errors import (
     Unavailable,
     to_grpc_status,
 )
+from mixip.runtime.limits import MAX_MESSAGE_BYTES
 from mixip.runtime.telemetry import RpcMetrics
 
 logger = logging.getLogger("mixip.server")
@@ -334,7 +335,7 @@ def start_server(
     app: ServiceApp,
     *,
     listen: str = "127.0.0.1:0",
-    max_message_bytes: int = 80 * 1024 * 1024,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     workers: int = 16,
     credentials: grpc.ServerCredentials | None = None,
     authorize: Authorizer | None = None,

@@ -10,14 +10,13 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.runtime.errors import FieldViolation, InvalidArgument
+from mixip.runtime.limits import DEFAULT_PAGE_SIZE, MAX_BATCH
 
 # Identifiers chosen by callers (accounts, talents, projects, media): the character set AWS
 # Rekognition accepts in ExternalImageId (so a talent id can be stored there unchanged), no
 # spaces or path separators, at most 128 characters.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : - (starting with a letter or digit)"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 # Earliest and latest timestamps we accept (protobuf allows years 1-9999).
 _MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 12, 31, tzinfo=UTC)
@@ -82,9 +81,9 @@ class Checks:
     def page_size(self, field_name: str, value: int) -> int:
         if value == 0:
             return DEFAULT_PAGE_SIZE
-        if not 1 <= value <= MAX_PAGE_SIZE:
+        if not 1 <= value <= MAX_BATCH:
             self.fail(
-                field_name, f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+                field_name, f"must be between 1 and {MAX_BATCH} (0 means {DEFAULT_PAGE_SIZE})"
             )
             return DEFAULT_PAGE_SIZE
         return value

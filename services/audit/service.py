@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from mixip.runtime import logs
 from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, serialize
 from mixip.runtime.idempotency import require_same
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
     GENESIS_HASH,
@@ -261,12 +262,10 @@ class AuditLog:
                     select(EventRow)
                     .where(and_(*conditions))
                     .order_by(EventRow.sequence)
-                    .limit(page_size + 1)
+                    .limit(fetch_limit(page_size))
                 )
             )
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].sequence
-        return rows, None
+        return page_of(rows, page_size, lambda event: event.sequence)
 
     # -- verify -------------------------------------------------------------------------------
 

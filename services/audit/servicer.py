@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
 from services.audit.service import AuditLog, EventFilter, NewEvent
 from services.audit.store import EventRow
 
-MAX_EVENTS_PER_CALL = 1000
 MAX_PURGE_BATCH = 100_000
 DEFAULT_PURGE_BATCH = 10_000
 # A cutoff in the future would purge events as they are written: refuse it (small clock skew ok).
@@ -28,9 +28,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def RecordMatchEvents(self, request, context):
         checks = Checks()
         checks.identifier("account_id", request.account_id)
-        checks.count("events", request.events, minimum=1, maximum=MAX_EVENTS_PER_CALL)
+        checks.count("events", request.events, minimum=1, maximum=MAX_BATCH)
         events = []
-        for i, event in enumerate(request.events[:MAX_EVENTS_PER_CALL]):
+        for i, event in enumerate(request.events[:MAX_BATCH]):
             events.append(_new_event(checks, f"events[{i}]", event))
         checks.done()
         recorded, duplicates = self.log.record(request.account_id, events)
@@ -57,7 +57,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         rows, next_after = self.log.list_events(where, page_size, after)
         return audit_pb2.ListEventsResponse(
             events=[_event(row) for row in rows],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+            next_page_token=next_page_token(next_after, filters),
         )
 
     def VerifyLog(self, request, context):

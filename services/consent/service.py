@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.idempotency import require_same
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
 from services.consent.domain import ConsentKey, NewRecord, needs_face_deletion, state_of
 from services.consent.store import OutboxRow, RecordRow, TombstoneRow
@@ -144,10 +145,9 @@ class ConsentLedger:
             )
             if talent_id:
                 query = query.where(RecordRow.talent_id == talent_id)
-            rows = list(session.scalars(query.order_by(RecordRow.sequence).limit(page_size + 1)))
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].sequence
-        return rows, None
+            order = query.order_by(RecordRow.sequence).limit(fetch_limit(page_size))
+            rows = list(session.scalars(order))
+        return page_of(rows, page_size, lambda record: record.sequence)
 
     def erase(self, account_id: str, talent_id: str, request_id: str) -> Erasure:
         """Deletes the talent's records and outbox rows; leaves a PII-free tombstone when

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
 from services.consent.domain import BIOMETRIC, FACE_USAGE, ConsentKey, Evidence, NewRecord
 from services.consent.service import ConsentLedger
 from services.consent.store import RecordRow
 
-MAX_BATCH_QUERIES = 1000
 _FUTURE_SKEW = timedelta(minutes=5)
 
 
@@ -62,10 +62,10 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     def BatchCheckConsent(self, request, context):
         checks = Checks()
         checks.identifier("account_id", request.account_id)
-        checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH_QUERIES)
+        checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH)
         keys = [
             _key(checks, f"queries[{i}].", q.talent_id, q.scope, q.project_id)
-            for i, q in enumerate(request.queries[:MAX_BATCH_QUERIES])
+            for i, q in enumerate(request.queries[:MAX_BATCH])
         ]
         checks.done()
         answers = self.ledger.check(request.account_id, keys)
@@ -89,7 +89,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         )
         return consent_pb2.ListConsentRecordsResponse(
             records=[_record(r) for r in rows],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+            next_page_token=next_page_token(next_after, filters),
         )
 
     def EraseTalentConsent(self, request, context):

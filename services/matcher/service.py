@@ -26,6 +26,7 @@ from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import content_digest, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
 from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
 from services.matcher.imaging import decode_image
@@ -501,12 +502,10 @@ class Matcher:
                         FaceRow.face_id > after,
                     )
                     .order_by(FaceRow.face_id)
-                    .limit(page_size + 1)
+                    .limit(fetch_limit(page_size))
                 )
             )
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].face_id
-        return rows, None
+        return page_of(rows, page_size, lambda face: face.face_id)
 
     def stats(self, account_id: str) -> tuple[int, int, str]:
         with self.db.read() as session:
@@ -529,13 +528,9 @@ class Matcher:
                 query = query.where(FaceRow.account_id == account_id)
             if after is not None:
                 query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_id) > tuple_(*after))
+            order = query.order_by(FaceRow.account_id, FaceRow.talent_id)
             rows = [
-                tuple(r)
-                for r in session.execute(
-                    query.order_by(FaceRow.account_id, FaceRow.talent_id).limit(page_size + 1)
-                )
+                (str(account), str(talent), int(count))
+                for account, talent, count in session.execute(order.limit(fetch_limit(page_size)))
             ]
-        if len(rows) > page_size:
-            last = rows[page_size - 1]
-            return rows[:page_size], (last[0], last[1])
-        return rows, None
+        return page_of(rows, page_size, lambda row: (row[0], row[1]))

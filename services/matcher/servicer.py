@@ -8,7 +8,7 @@ from functools import wraps
 from mixip.common.v1 import common_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime.errors import Internal, InvalidArgument, Unavailable
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 from services.matcher.engines.base import Box, EngineError, EngineUnavailable, UnusableFace
@@ -141,7 +141,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
         return matcher_pb2.ListTalentFacesResponse(
             faces=[_face(r) for r in rows],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+            next_page_token=next_page_token(next_after, filters),
         )
 
     def GetCollectionStats(self, request, context):
@@ -175,7 +175,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
                 matcher_pb2.EnrolledTalent(account_id=a, talent_id=t, face_count=n)
                 for a, t, n in rows
             ],
-            next_page_token=encode_page_token(list(next_after), filters) if next_after else "",
+            next_page_token=next_page_token(list(next_after) if next_after else None, filters),
         )
 
 

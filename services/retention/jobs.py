@@ -23,11 +23,10 @@ from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.gateway.v1 import internal_pb2, internal_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import to_timestamp
 from services.retention.domain import Tally
 
-LIST_PAGE_SIZE = 1000  # the largest page ListEnrolledTalents serves
-MAX_CONSENT_QUERIES = 1000  # BatchCheckConsent's limit per call
 # Stored media deleted per PurgeExpiredMedia call: each deletes an object, so a call stays short.
 MEDIA_BATCH = 100
 
@@ -129,7 +128,7 @@ def reconcile(peers: Peers, tally: Tally, started_at: datetime) -> None:
     The whole listing is read before anything is deleted, so deletions cannot shift the pages
     still to be read, whatever the matcher's page tokens are made of."""
     for account_id, talents in enrolled_talents(peers.matcher).items():
-        for batch in _chunks(talents, MAX_CONSENT_QUERIES):
+        for batch in _chunks(talents, MAX_BATCH):
             lacking = without_biometric_consent(peers.consent, account_id, batch)
             tally.talents_checked += len(batch)
             for talent_id in lacking:
@@ -146,7 +145,7 @@ def enrolled_talents(matcher: matcher_pb2_grpc.MatcherServiceStub) -> dict[str, 
         page = _call(
             "matcher.ListEnrolledTalents",
             matcher.ListEnrolledTalents,
-            matcher_pb2.ListEnrolledTalentsRequest(page_size=LIST_PAGE_SIZE, page_token=token),
+            matcher_pb2.ListEnrolledTalentsRequest(page_size=MAX_BATCH, page_token=token),
         )
         for talent in page.talents:
             by_account.setdefault(talent.account_id, []).append(talent.talent_id)
@@ -158,7 +157,7 @@ def enrolled_talents(matcher: matcher_pb2_grpc.MatcherServiceStub) -> dict[str, 
 def without_biometric_consent(
     consent: consent_pb2_grpc.ConsentServiceStub, account_id: str, talent_ids: Sequence[str]
 ) -> list[str]:
-    """The talents among `talent_ids` (at most MAX_CONSENT_QUERIES) whose biometric processing
+    """The talents among `talent_ids` (at most MAX_BATCH) whose biometric processing
     consent is not ACTIVE."""
     reply = _call(
         "consent.BatchCheckConsent",

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, iso
 from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
 from services.retention.jobs import Peers, one_line, purge, purge_media, reconcile, rotate_vault
@@ -202,10 +203,9 @@ class RetentionService:
         if before_seq is not None:
             query = query.where(RunRow.seq < before_seq)
         with self.db.read() as session:
-            rows = list(session.scalars(query.order_by(RunRow.seq.desc()).limit(page_size + 1)))
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].seq
-        return rows, None
+            order = query.order_by(RunRow.seq.desc()).limit(fetch_limit(page_size))
+            rows = list(session.scalars(order))
+        return page_of(rows, page_size, lambda run: run.seq)
 
 
 def _details(run: RunRow) -> dict:

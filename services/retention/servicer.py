@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 from services.retention.domain import Job, Outcome, Trigger
@@ -83,7 +83,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
         rows, next_before = self.service.list_runs(JOBS.get(request.job), page_size, before)
         return retention_pb2.ListRunsResponse(
             runs=[_report(row) for row in rows],
-            next_page_token=encode_page_token(next_before, filters) if next_before else "",
+            next_page_token=next_page_token(next_before, filters),
         )
 
 
