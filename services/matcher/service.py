@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select, tuple_
@@ -32,6 +32,7 @@ from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngi
 from services.matcher.imaging import decode_image
 from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
 from services.matcher.labels import Label, Thresholds, label_face, label_track, talents_to_check
+from services.matcher.peers import ConsentPort
 from services.matcher.store import CollectionRow, FaceRequestRow, FaceRow, bump_version
 from services.matcher.video import (
     DEFAULT_BURST_RATE_HZ,
@@ -48,19 +49,6 @@ from services.matcher.video import (
 logger = logging.getLogger("mixip.matcher")
 
 
-class ConsentPort(Protocol):
-    """What the matcher asks the consent service."""
-
-    def biometric_active(self, account_id: str, talent_id: str) -> bool: ...
-
-    def active_sets(
-        self, account_id: str, talent_ids: set[str], project_id: str
-    ) -> tuple[set[str], set[str]]:
-        """(talents with biometric consent, talents with face-usage consent for the project),
-        in one batched call."""
-        ...
-
-
 @dataclass(frozen=True)
 class Limits:
     max_media_bytes: int = 64 * 1024 * 1024
@@ -75,6 +63,34 @@ class Limits:
     min_face_pixels: int = 48
     enroll_min_score: float = 0.85
     top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Face:
+    """An enrolled face as the matcher reports it (never its vector)."""
+
+    face_id: str
+    account_id: str
+    talent_id: str
+    box: Box
+    detection_score: float
+    engine: str
+    model: str
+    created_at: datetime
+
+
+def _face(row: FaceRow) -> Face:
+    box = Box(row.box_x, row.box_y, row.box_width, row.box_height)
+    return Face(
+        row.face_id,
+        row.account_id,
+        row.talent_id,
+        box,
+        row.detection_score,
+        row.engine,
+        row.model,
+        row.created_at,
+    )
 
 
 @dataclass(frozen=True)
@@ -149,12 +165,12 @@ class Matcher:
 
     # -- enrollment ---------------------------------------------------------------------------
 
-    def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> FaceRow:
+    def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> Face:
         digest = content_digest(talent_id, data)
         if request_id:
             earlier = self._by_request(account_id, request_id, talent_id, digest)
             if earlier is not None:
-                return earlier
+                return _face(earlier)
         image, _ = self._decode(data, "image")
         # No face is even looked for without consent to process the talent's biometrics.
         self._require_biometric_consent(account_id, talent_id)
@@ -195,7 +211,7 @@ class Matcher:
             )
             if earlier is None:
                 raise
-            return earlier
+            return _face(earlier)
         except Exception:
             self.engine.delete(account_id, [enrolled.face_id])
             raise
@@ -213,7 +229,7 @@ class Matcher:
         logs.log(
             logger, "face enrolled", account=account_id, face=row.face_id, engine=self.engine.name
         )
-        return row
+        return _face(row)
 
     def _by_request(
         self, account_id: str, request_id: str, talent_id: str, digest: str
@@ -450,7 +466,7 @@ class Matcher:
         logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
         return deleted
 
-    def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[FaceRow, int]:
+    def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[Face, int]:
         """Deletes one face of a talent (a correction), from the engine first, then from the
         database with a collection version bump in the same transaction, so every replica drops
         it from memory before its next match. Returns the face as it was and the version.
@@ -487,11 +503,11 @@ class Matcher:
             face=face_id,
             collection_version=version,
         )
-        return row, version
+        return _face(row), version
 
     def list_faces(
         self, account_id: str, talent_id: str, page_size: int, after: str
-    ) -> tuple[list[FaceRow], str | None]:
+    ) -> tuple[list[Face], str | None]:
         with self.db.read() as session:
             rows = list(
                 session.scalars(
@@ -505,7 +521,8 @@ class Matcher:
                     .limit(fetch_limit(page_size))
                 )
             )
-        return page_of(rows, page_size, lambda face: face.face_id)
+        page, position = page_of(rows, page_size, lambda face: face.face_id)
+        return [_face(row) for row in page], position
 
     def stats(self, account_id: str) -> tuple[int, int, str]:
         with self.db.read() as session:

@@ -12,8 +12,7 @@ from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 from services.matcher.engines.base import Box, EngineError, EngineUnavailable, UnusableFace
-from services.matcher.service import FaceOutcome, Matcher
-from services.matcher.store import FaceRow
+from services.matcher.service import Face, FaceOutcome, Matcher
 
 
 def _engine_errors(method: Callable) -> Callable:
@@ -55,10 +54,10 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.text("request_id", request.request_id, max_length=128, required=False)
         self._media(checks, "image", request.image)
         checks.done()
-        row = self.matcher.enroll(
+        face = self.matcher.enroll(
             request.account_id, request.talent_id, request.image, request.request_id
         )
-        return matcher_pb2.EnrollTalentFaceResponse(face=_face(row))
+        return matcher_pb2.EnrollTalentFaceResponse(face=_face(face))
 
     @_engine_errors
     def MatchMedia(self, request, context):
@@ -123,10 +122,10 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.identifier("talent_id", request.talent_id)
         checks.identifier("face_id", request.face_id)
         checks.done()
-        row, version = self.matcher.delete_face(
+        face, version = self.matcher.delete_face(
             request.account_id, request.talent_id, request.face_id
         )
-        return matcher_pb2.DeleteTalentFaceResponse(face=_face(row), collection_version=version)
+        return matcher_pb2.DeleteTalentFaceResponse(face=_face(face), collection_version=version)
 
     def ListTalentFaces(self, request, context):
         checks = Checks()
@@ -136,11 +135,11 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.done()
         filters = {"a": request.account_id, "t": request.talent_id}
         after = decode_page_token(request.page_token, filters, kind=str) or ""
-        rows, next_after = self.matcher.list_faces(
+        faces, next_after = self.matcher.list_faces(
             request.account_id, request.talent_id, page_size, after
         )
         return matcher_pb2.ListTalentFacesResponse(
-            faces=[_face(r) for r in rows],
+            faces=[_face(f) for f in faces],
             next_page_token=next_page_token(next_after, filters),
         )
 
@@ -197,16 +196,15 @@ def _result(index: int, face: FaceOutcome) -> common_pb2.FaceResult:
     )
 
 
-def _face(row: FaceRow) -> matcher_pb2.FaceRecord:
+def _face(face: Face) -> matcher_pb2.FaceRecord:
+    box = face.box
     return matcher_pb2.FaceRecord(
-        face_id=row.face_id,
-        account_id=row.account_id,
-        talent_id=row.talent_id,
-        box=common_pb2.BoundingBox(
-            x=row.box_x, y=row.box_y, width=row.box_width, height=row.box_height
-        ),
-        detection_score=row.detection_score,
-        engine=row.engine,
-        model=row.model,
-        created_at=to_timestamp(row.created_at),
+        face_id=face.face_id,
+        account_id=face.account_id,
+        talent_id=face.talent_id,
+        box=common_pb2.BoundingBox(x=box.x, y=box.y, width=box.width, height=box.height),
+        detection_score=face.detection_score,
+        engine=face.engine,
+        model=face.model,
+        created_at=to_timestamp(face.created_at),
     )
