@@ -16,6 +16,7 @@ from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
     GENESIS_HASH,
+    ChainedEvent,
     ChainVerdict,
     EventContent,
     StoredLink,
@@ -238,7 +239,7 @@ class AuditLog:
 
     def list_events(
         self, where: EventFilter, page_size: int, after_sequence: int
-    ) -> tuple[list[EventRow], int | None]:
+    ) -> tuple[list[ChainedEvent], int | None]:
         """A page of events oldest first, and the sequence to continue after (None at the end).
         A talent filter matches nothing once the talent's salt is gone."""
         with self.db.read() as session:
@@ -265,7 +266,10 @@ class AuditLog:
                     .limit(fetch_limit(page_size))
                 )
             )
-        return page_of(rows, page_size, lambda event: event.sequence)
+        page, position = page_of(rows, page_size, lambda event: event.sequence)
+        return [
+            ChainedEvent(_content(row), row.prev_hash, row.event_hash) for row in page
+        ], position
 
     # -- verify -------------------------------------------------------------------------------
 

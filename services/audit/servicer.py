@@ -11,8 +11,8 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
+from services.audit.domain import ChainedEvent
 from services.audit.service import AuditLog, EventFilter, NewEvent
-from services.audit.store import EventRow
 
 MAX_PURGE_BATCH = 100_000
 DEFAULT_PURGE_BATCH = 10_000
@@ -54,9 +54,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             "s": since.isoformat() if since else "",
         }
         after = decode_page_token(request.page_token, filters) or 0
-        rows, next_after = self.log.list_events(where, page_size, after)
+        events, next_after = self.log.list_events(where, page_size, after)
         return audit_pb2.ListEventsResponse(
-            events=[_event(row) for row in rows],
+            events=[_event(event) for event in events],
             next_page_token=next_page_token(next_after, filters),
         )
 
@@ -168,21 +168,22 @@ def _new_event(checks: Checks, at: str, event) -> NewEvent:
     )
 
 
-def _event(row: EventRow) -> audit_pb2.AuditEvent:
+def _event(event: ChainedEvent) -> audit_pb2.AuditEvent:
+    content = event.content
     return audit_pb2.AuditEvent(
-        sequence=row.sequence,
-        account_id=row.account_id,
-        project_id=row.project_id,
-        media_id=row.media_id,
-        face_index=row.face_index,
-        label=row.label,
-        reason=row.reason,
-        similarity=row.similarity,
-        talent_linked=row.talent_hash is not None,
-        actor=row.actor,
-        occurred_at=to_timestamp(row.occurred_at),
-        recorded_at=to_timestamp(row.recorded_at),
-        event_hash=row.event_hash,
-        prev_hash=row.prev_hash,
-        idempotency_key=row.idempotency_key,
+        sequence=content.sequence,
+        account_id=content.account_id,
+        project_id=content.project_id,
+        media_id=content.media_id,
+        face_index=content.face_index,
+        label=content.label,
+        reason=content.reason,
+        similarity=content.similarity,
+        talent_linked=content.talent_hash is not None,
+        actor=content.actor,
+        occurred_at=to_timestamp(content.occurred_at),
+        recorded_at=to_timestamp(content.recorded_at),
+        event_hash=event.event_hash,
+        prev_hash=event.prev_hash,
+        idempotency_key=content.idempotency_key,
     )

@@ -9,9 +9,15 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
-from services.consent.domain import BIOMETRIC, FACE_USAGE, ConsentKey, Evidence, NewRecord
+from services.consent.domain import (
+    BIOMETRIC,
+    FACE_USAGE,
+    ConsentKey,
+    Evidence,
+    NewRecord,
+    Record,
+)
 from services.consent.service import ConsentLedger
-from services.consent.store import RecordRow
 
 _FUTURE_SKEW = timedelta(minutes=5)
 
@@ -117,20 +123,21 @@ def _key(checks: Checks, at: str, talent_id: str, scope: int, project_id: str) -
     return ConsentKey(talent_id, scope, project_id if scope == FACE_USAGE else "")
 
 
-def _record(row: RecordRow) -> consent_pb2.ConsentRecord:
+def _record(record: Record) -> consent_pb2.ConsentRecord:
+    evidence = record.evidence
     return consent_pb2.ConsentRecord(
-        record_id=row.record_id,
-        account_id=row.account_id,
-        talent_id=row.talent_id,
-        scope=row.scope,
-        project_id=row.project_id,
-        decision=row.decision,
+        record_id=record.record_id,
+        account_id=record.account_id,
+        talent_id=record.key.talent_id,
+        scope=record.key.scope,
+        project_id=record.key.project_id,
+        decision=record.decision,
         evidence=consent_pb2.Evidence(
-            method=row.method,
-            policy_version=row.policy_version,
-            actor=row.actor,
-            captured_at=to_timestamp(row.captured_at),
+            method=evidence.method,
+            policy_version=evidence.policy_version,
+            actor=evidence.actor,
+            captured_at=to_timestamp(evidence.captured_at),
         ),
-        recorded_at=to_timestamp(row.recorded_at),
-        sequence=row.sequence,
+        recorded_at=to_timestamp(record.recorded_at),
+        sequence=record.sequence,
     )
