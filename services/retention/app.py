@@ -22,7 +22,7 @@ from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from services.retention.domain import Job
-from services.retention.jobs import Peers
+from services.retention.peers import connect
 from services.retention.scheduler import RetentionScheduler
 from services.retention.service import RetentionService
 from services.retention.servicer import RetentionServicer
@@ -60,7 +60,7 @@ class RetentionApp(ServiceApp):
         self.service = RetentionService(
             db,
             settings,
-            Peers.over(audit_channel, matcher_channel, consent_channel, gateway_channel),
+            connect(audit_channel, matcher_channel, consent_channel, gateway_channel),
             clock,
         )
         self.scheduler = RetentionScheduler(db.engine, settings, self.service.run_scheduled)

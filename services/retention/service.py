@@ -16,8 +16,9 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, iso
-from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
-from services.retention.jobs import Peers, one_line, purge, purge_media, reconcile, rotate_vault
+from services.retention.domain import Job, Outcome, Run, Tally, Trigger, latest_fire_time
+from services.retention.jobs import one_line, purge, purge_media, reconcile
+from services.retention.peers import Peers
 from services.retention.settings import RetentionSettings
 from services.retention.store import MAX_ERROR_LENGTH, RunDetailRow, RunRow, TickRow
 
@@ -35,7 +36,7 @@ class RetentionService:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def run_now(self, job: Job, *, as_of: datetime | None = None, requested_by: str = "") -> RunRow:
+    def run_now(self, job: Job, *, as_of: datetime | None = None, requested_by: str = "") -> Run:
         """An operator's run, not tick-locked: both jobs are idempotent. A purge `as_of` a
         later date is a drill: it deletes what would have expired by then. The run's record
         keeps `as_of` and who asked."""
@@ -43,9 +44,9 @@ class RetentionService:
         run.details.requested_by = requested_by or None
         with self.db.write() as session:
             session.add(run)
-        return self._execute(run)
+        return _run(self._execute(run))
 
-    def run_scheduled(self, job: Job) -> RunRow:
+    def run_scheduled(self, job: Job) -> Run:
         """A scheduler's run. Every replica's scheduler fires it; only the replica that claims
         the tick runs it, the others record a SKIPPED run. The tick comes from the schedule, not
         from when the scheduler fired, so a run fired late inside the misfire grace (a replica
@@ -74,8 +75,8 @@ class RetentionService:
             session.add(run)
         if not claimed:
             self._log(run)
-            return run
-        return self._execute(run)
+            return _run(run)
+        return _run(self._execute(run))
 
     def _new_run(
         self,
@@ -145,7 +146,7 @@ class RetentionService:
 
     def _work(self, run: RunRow, tally: Tally) -> None:
         if run.job == Job.ROTATE_VAULT:
-            rotate_vault(self.peers.audit)
+            self.peers.audit.rotate_vault()
             return
         if run.job != Job.PURGE:
             reconcile(self.peers, tally, run.started_at)
@@ -182,20 +183,21 @@ class RetentionService:
 
     # -- history ------------------------------------------------------------------------------
 
-    def last_run(self, job: Job) -> RunRow | None:
+    def last_run(self, job: Job) -> Run | None:
         """The job's latest run that actually ran (a SKIPPED record is another replica's
         shadow of a run, and would hide its outcome)."""
         with self.db.read() as session:
-            return session.scalars(
+            row = session.scalars(
                 select(RunRow)
                 .where(RunRow.job == job.value, RunRow.outcome != Outcome.SKIPPED.value)
                 .order_by(RunRow.seq.desc())
                 .limit(1)
             ).one_or_none()
+        return _run(row) if row else None
 
     def list_runs(
         self, job: Job | None, page_size: int, before_seq: int | None
-    ) -> tuple[list[RunRow], int | None]:
+    ) -> tuple[list[Run], int | None]:
         """A page of runs newest first, and the position to continue before (None at the end)."""
         query = select(RunRow)
         if job is not None:
@@ -205,7 +207,30 @@ class RetentionService:
         with self.db.read() as session:
             order = query.order_by(RunRow.seq.desc()).limit(fetch_limit(page_size))
             rows = list(session.scalars(order))
-        return page_of(rows, page_size, lambda run: run.seq)
+        page, position = page_of(rows, page_size, lambda run: run.seq)
+        return [_run(row) for row in page], position
+
+
+def _run(row: RunRow) -> Run:
+    details = row.details
+    return Run(
+        run_id=row.run_id,
+        job=Job(row.job),
+        trigger=Trigger(row.trigger),
+        outcome=Outcome(row.outcome),
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        cutoff=row.cutoff,
+        events_purged=row.events_purged,
+        talents_checked=row.talents_checked,
+        vectors_deleted=row.vectors_deleted,
+        error=row.error,
+        tick=row.tick,
+        as_of=details.as_of if details else None,
+        requested_by=(details.requested_by or "") if details else "",
+        media_purged=details.media_purged if details else 0,
+        media_objects_deleted=details.media_objects_deleted if details else 0,
+    )
 
 
 def _details(run: RunRow) -> dict:
