@@ -109,27 +109,52 @@ def accounts_retention(args, conn: Connection, out: Output) -> int:
 
 
 def consent_record(args, conn: Connection, out: Output) -> int:
-    scope = SCOPES[args.scope]
-    if scope == SCOPES["usage"] and not args.project:
+    return record_consent(
+        conn,
+        out,
+        action=args.action,
+        talent=args.talent,
+        scope=args.scope,
+        project=args.project,
+        method=args.method,
+        policy_version=args.policy_version,
+        actor=args.actor,
+    )
+
+
+def record_consent(
+    conn: Connection,
+    out: Output,
+    *,
+    action: str,
+    talent: str,
+    scope: str,
+    project: str | None,
+    method: str,
+    policy_version: str,
+    actor: str,
+) -> int:
+    scope = SCOPES[scope]
+    if scope == SCOPES["usage"] and not project:
         raise CliError("--scope usage needs --project P", exit_code=2)
-    if scope == SCOPES["biometric"] and args.project:
+    if scope == SCOPES["biometric"] and project:
         raise CliError("--project applies to --scope usage only", exit_code=2)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
-        if args.action == "grant"
+        if action == "grant"
         else consent_pb2.CONSENT_DECISION_REVOKED
     )
     stub, meta = conn.gateway()
     reply = stub.RecordConsent(
         gateway_pb2.RecordConsentRequest(
-            talent_id=args.talent,
+            talent_id=talent,
             scope=scope,
-            project_id=args.project or "",
+            project_id=project or "",
             decision=decision,
             evidence=consent_pb2.Evidence(
-                method=args.method,
-                policy_version=args.policy_version,
-                actor=args.actor,
+                method=method,
+                policy_version=policy_version,
+                actor=actor,
                 captured_at=to_timestamp(utcnow()),
             ),
             request_id=uuid.uuid4().hex,
@@ -137,10 +162,8 @@ def consent_record(args, conn: Connection, out: Output) -> int:
         metadata=meta,
     )
     record = _record_json(reply.record)
-    what = f"face usage ({args.project})" if args.project else "biometric processing"
-    out.result(
-        record, f"{args.action}ed {what} consent for {args.talent} (record {record['record_id']})"
-    )
+    what = f"face usage ({project})" if project else "biometric processing"
+    out.result(record, f"{action}ed {what} consent for {talent} (record {record['record_id']})")
     return 0
 
 
@@ -194,39 +217,49 @@ def consent_show(args, conn: Connection, out: Output) -> int:
 
 
 def enroll(args, conn: Connection, out: Output) -> int:
+    return enroll_images(conn, out, talent=args.talent, images=args.images)
+
+
+def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[str]) -> int:
     stub, meta = conn.gateway()
     enrolled = []
-    for image in args.images:
+    for image in images:
         data = _read(image)
         with out.progress(f"enrolling {Path(image).name}") as progress:
             header = gateway_pb2.EnrollTalentRequest(
-                header=gateway_pb2.EnrollHeader(talent_id=args.talent, request_id=uuid.uuid4().hex)
+                header=gateway_pb2.EnrollHeader(talent_id=talent, request_id=uuid.uuid4().hex)
             )
             reply = stub.EnrollTalent(_chunks(header, data, progress), metadata=meta)
         enrolled.append({"image": image, "face_id": reply.face.face_id})
     out.result(
-        {"talent_id": args.talent, "faces": enrolled},
+        {"talent_id": talent, "faces": enrolled},
         [f"enrolled {e['image']} as face {e['face_id']}" for e in enrolled],
     )
     return 0
 
 
 def match(args, conn: Connection, out: Output) -> int:
-    data = _read(args.file)
+    return match_file(conn, out, file=args.file, project=args.project, annotate=args.annotate)
+
+
+def match_file(
+    conn: Connection, out: Output, *, file: str, project: str, annotate: str | None = None
+) -> int:
+    data = _read(file)
     stub, meta = conn.gateway()
-    with out.progress(f"uploading {Path(args.file).name}") as progress:
+    with out.progress(f"uploading {Path(file).name}") as progress:
         header = gateway_pb2.UploadMediaRequest(
             header=gateway_pb2.UploadHeader(
-                project_id=args.project,
-                filename=Path(args.file).name[:255],
+                project_id=project,
+                filename=Path(file).name[:255],
                 request_id=uuid.uuid4().hex,
             )
         )
         reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
     video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
     faces = [face_json(f, video) for f in reply.faces]
-    if args.annotate:
-        _annotate(Path(args.annotate), Path(args.file), data, faces, video)
+    if annotate:
+        _annotate(Path(annotate), Path(file), data, faces, video)
     document = {"media_id": reply.media_id, "faces": faces}
     lines = [f"media {reply.media_id}: {len(faces)} face(s)"]
     for i, face in enumerate(faces):
@@ -237,9 +270,9 @@ def match(args, conn: Connection, out: Output) -> int:
         )
     if faces:
         lines.append(ADVISORY)
-    if args.annotate:
-        lines.append(f"annotated image: {args.annotate}")
-        document["annotated"] = args.annotate
+    if annotate:
+        lines.append(f"annotated image: {annotate}")
+        document["annotated"] = annotate
     out.result(document, lines)
     return 0
 
@@ -258,20 +291,26 @@ def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video:
 
 
 def export(args, conn: Connection, out: Output) -> int:
-    if args.output and Path(args.output).exists() and not args.force:
-        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
+    return export_talent(conn, out, talent=args.talent, output=args.output, force=args.force)
+
+
+def export_talent(
+    conn: Connection, out: Output, *, talent: str, output: str | None = None, force: bool = False
+) -> int:
+    if output and Path(output).exists() and not force:
+        raise CliError(f"{output} exists; pass --force to overwrite it", exit_code=2)
     stub, meta = conn.gateway()
-    with out.progress(f"exporting {args.talent}"):
+    with out.progress(f"exporting {talent}"):
         reply = stub.ExportTalentData(
-            gateway_pb2.ExportTalentDataRequest(talent_id=args.talent), metadata=meta
+            gateway_pb2.ExportTalentDataRequest(talent_id=talent), metadata=meta
         )
     document = json.loads(reply.document_json)
-    if args.output:
-        _write_export(Path(args.output), reply.document_json + "\n", force=args.force)
+    if output:
+        _write_export(Path(output), reply.document_json + "\n", force=force)
         counts = {k: len(v) for k, v in document.items() if isinstance(v, list)}
         out.result(
-            {"talent_id": args.talent, "written": args.output, "counts": counts},
-            f"wrote {args.output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+            {"talent_id": talent, "written": output, "counts": counts},
+            f"wrote {output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
         )
     else:
         out.result(document, reply.document_json)
@@ -290,9 +329,13 @@ def _write_export(path: Path, text: str, *, force: bool) -> None:
 
 
 def erase(args, conn: Connection, out: Output) -> int:
+    return erase_talent(conn, out, talent=args.talent)
+
+
+def erase_talent(conn: Connection, out: Output, *, talent: str) -> int:
     stub, meta = conn.gateway()
     reply = stub.EraseTalent(
-        gateway_pb2.EraseTalentRequest(talent_id=args.talent, request_id=uuid.uuid4().hex),
+        gateway_pb2.EraseTalentRequest(talent_id=talent, request_id=uuid.uuid4().hex),
         metadata=meta,
     )
     steps = [
@@ -318,20 +361,31 @@ def erase(args, conn: Connection, out: Output) -> int:
 
 
 def audit_list(args, conn: Connection, out: Output) -> int:
+    return list_audit_events(conn, out, talent=args.talent, project=args.project, since=args.since)
+
+
+def list_audit_events(
+    conn: Connection,
+    out: Output,
+    *,
+    talent: str | None = None,
+    project: str | None = None,
+    since: str | None = None,
+) -> int:
     since = None
-    if args.since:
+    if since:
         try:
-            parsed = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
-            raise CliError(f"--since {args.since!r} is not an ISO 8601 time", exit_code=2) from None
+            raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
         since = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
     events, token = [], ""
     while True:
         page = stub.ListAuditEvents(
             gateway_pb2.ListAuditEventsRequest(
-                talent_id=args.talent or "",
-                project_id=args.project or "",
+                talent_id=talent or "",
+                project_id=project or "",
                 since=since,
                 page_size=MAX_BATCH,
                 page_token=token,
@@ -367,6 +421,10 @@ def audit_list(args, conn: Connection, out: Output) -> int:
 
 
 def audit_verify(args, conn: Connection, out: Output) -> int:
+    return verify_audit_log(conn, out)
+
+
+def verify_audit_log(conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.VerifyAuditLog(gateway_pb2.VerifyAuditLogRequest(), metadata=meta)
     document = {

@@ -7,6 +7,7 @@ naming the variable, never a traceback.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,19 @@ class Env:
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
         return value
+
+
+# The gateway's admin key, kept in the data directory (0600) when MIXIP_GATEWAY_ADMIN_KEY is unset.
+ADMIN_KEY_FILE = "gateway-admin.key"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for services that must know each other's address
+    before they start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def data_dir(env: Env) -> Path:
