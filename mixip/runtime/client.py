@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -127,7 +128,9 @@ def peer_channel(config: ServerConfig, env: Env, target: str, service: str) -> g
 
 
 class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, details: grpc.ClientCallDetails, metadata) -> None:
+    def __init__(
+        self, details: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> None:
         self.method = details.method
         self.timeout = details.timeout
         self.metadata = metadata
@@ -139,15 +142,22 @@ class _CallDetails(grpc.ClientCallDetails):
 class _RequestIdPropagation(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
     """Passes the current request id on, so one id follows a request through the mesh."""
 
-    def _details(self, details):
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         request_id = REQUEST_ID.get()
         if not request_id:
             return details
-        metadata = [*(details.metadata or []), ("x-request-id", request_id)]
+        metadata = (*(details.metadata or ()), ("x-request-id", request_id))
         return _CallDetails(details, metadata)
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
         return continuation(self._details(client_call_details), request)
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    def intercept_stream_unary(
+        self,
+        continuation: Any,
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
         return continuation(self._details(client_call_details), request_iterator)

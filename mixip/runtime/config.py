@@ -6,6 +6,7 @@ naming the variable, never a traceback.
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 from collections.abc import Mapping
@@ -41,11 +42,13 @@ class Env:
     def str(self, name: str, default: str) -> str:
         return self.environ.get(name, default).strip() or default
 
-    def optional(self, name: str) -> str | None:
+    def optional(self, name: builtins.str) -> builtins.str | None:
         value = self.environ.get(name, "").strip()
         return value or None
 
-    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, minimum: builtins.int = 0
+    ) -> builtins.int:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
@@ -57,7 +60,7 @@ class Env:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float | None = None) -> float:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
@@ -69,7 +72,7 @@ class Env:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         raw = self.environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -79,7 +82,9 @@ class Env:
             return False
         raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         value = self.str(name, default).lower()
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")

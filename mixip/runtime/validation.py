@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -68,7 +69,10 @@ class Checks:
             self.fail(field_name, "must not contain control, bidi-override or non-characters")
         return value
 
-    def enum(self, field_name: str, value: int, enum_type, *, allowed: Iterable[int] = ()) -> int:
+    def enum(
+        self, field_name: str, value: int, enum_type: Any, *, allowed: Iterable[int] = ()
+    ) -> int:
+        """`enum_type`: a generated enum (its `values()` and `Name()`)."""
         allowed = set(allowed) or {v for v in enum_type.values() if v != 0}
         if value not in allowed:
             names = ", ".join(sorted(enum_type.Name(v) for v in allowed))
@@ -88,21 +92,21 @@ class Checks:
             return DEFAULT_PAGE_SIZE
         return value
 
-    def count(self, field_name: str, items, *, minimum: int, maximum: int) -> None:
+    def count(self, field_name: str, items: Sized, *, minimum: int, maximum: int) -> None:
         if not minimum <= len(items) <= maximum:
             self.fail(
                 field_name, f"must hold between {minimum} and {maximum} items, got {len(items)}"
             )
 
     def timestamp(
-        self, field_name: str, message, present: bool, *, required: bool = True
+        self, field_name: str, message: Timestamp, present: bool, *, required: bool = True
     ) -> datetime | None:
         """A google.protobuf.Timestamp field as an aware UTC datetime."""
         if not present:
             if required:
                 self.fail(field_name, "required")
             return None
-        ts: Timestamp = message
+        ts = message
         if not 0 <= ts.nanos < 1_000_000_000:
             self.fail(field_name, "nanos must be in [0, 1e9)")
             return None
@@ -116,7 +120,9 @@ class Checks:
             return None
         return value
 
-    def drill_time(self, field_name: str, message, present: bool, now: datetime) -> datetime | None:
+    def drill_time(
+        self, field_name: str, message: Timestamp, present: bool, now: datetime
+    ) -> datetime | None:
         """An optional "as of" time of a retention drill: unset (None), or a time at or after
         `now` and at most 100 years ahead."""
         value = self.timestamp(field_name, message, present, required=False)

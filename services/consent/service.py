@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database
+from mixip.runtime.db import Database, rowcount
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
@@ -185,16 +185,20 @@ class ConsentLedger:
                         earlier.tombstone_id,
                         earlier.erased_at,
                     )
-            records = session.execute(
-                delete(RecordRow).where(
-                    RecordRow.account_id == account_id, RecordRow.talent_id == talent_id
+            records = rowcount(
+                session.execute(
+                    delete(RecordRow).where(
+                        RecordRow.account_id == account_id, RecordRow.talent_id == talent_id
+                    )
                 )
-            ).rowcount
-            outbox = session.execute(
-                delete(OutboxRow).where(
-                    OutboxRow.account_id == account_id, OutboxRow.talent_id == talent_id
+            )
+            outbox = rowcount(
+                session.execute(
+                    delete(OutboxRow).where(
+                        OutboxRow.account_id == account_id, OutboxRow.talent_id == talent_id
+                    )
                 )
-            ).rowcount
+            )
             now = self.clock()
             tombstone_id = ""
             if records or outbox:

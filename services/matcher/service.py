@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
-from mixip.runtime.db import Database
+from mixip.runtime.db import Database, rowcount
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import content_digest, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
@@ -290,8 +290,8 @@ class Matcher:
             return MatchOutcome(
                 common_pb2.MEDIA_KIND_IMAGE,
                 sniffed.content_type,
-                sniffed.width,
-                sniffed.height,
+                sniffed.width or 0,  # set for every decoded image
+                sniffed.height or 0,
                 [FaceOutcome(f.box, f.score, lab) for f, lab in zip(faces, labels, strict=True)],
             )
         limits = self.limits
@@ -325,8 +325,8 @@ class Matcher:
             return DetectOutcome(
                 common_pb2.MEDIA_KIND_IMAGE,
                 sniffed.content_type,
-                sniffed.width,
-                sniffed.height,
+                sniffed.width or 0,  # set for every decoded image
+                sniffed.height or 0,
                 [Detection(f.box, f.score) for f in faces],
             )
         with self._video(data) as video:
@@ -360,16 +360,18 @@ class Matcher:
         except MediaError as exc:
             raise InvalidArgument.one("media", str(exc), reason="BAD_MEDIA") from exc
 
-    def _analyse(self, image: np.ndarray, describe: bool = True) -> tuple[list, list]:
+    def _analyse(
+        self, image: np.ndarray, describe: bool = True
+    ) -> tuple[list[DetectedFace], list[Any]]:
         faces = self.engine.detect(image)
         signatures = self.engine.describe(image, faces) if faces and describe else []
         return faces, signatures
 
-    def _detect_frames(self, video: Video) -> list[tuple[float, list, list]]:
+    def _detect_frames(self, video: Video) -> list[tuple[float, list[DetectedFace], list[Any]]]:
         """Frames at the base rate, detected on the pool, a bounded number in flight, in time
         order (no tracking, so no denser sampling around new faces)."""
-        results: list[tuple[float, list, list]] = []
-        in_flight: deque[tuple[float, Future]] = deque()
+        results: list[tuple[float, list[DetectedFace], list[Any]]] = []
+        in_flight: deque[tuple[float, Future[tuple[list[DetectedFace], list[Any]]]]] = deque()
         for t, frame in video.frames(self.limits.video_rate_hz):
             in_flight.append((t, self.pool.submit(self._analyse, frame, False)))
             if len(in_flight) >= 2 * self.workers:
@@ -461,7 +463,9 @@ class Matcher:
             return 0
         self.engine.delete(account_id, face_ids)
         with self.db.write() as session:
-            deleted = session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids))).rowcount
+            deleted = rowcount(
+                session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids)))
+            )
             bump_version(session, account_id, removed=face_ids)
         logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
         return deleted
@@ -483,19 +487,21 @@ class Matcher:
             raise NotFound("the talent has no such face", reason="FACE_NOT_FOUND")
         self.engine.delete(account_id, [face_id])
         with self.db.write() as session:
-            deleted = session.execute(
-                delete(FaceRow).where(
-                    FaceRow.face_id == face_id,
-                    FaceRow.account_id == account_id,
-                    FaceRow.talent_id == talent_id,
+            deleted = rowcount(
+                session.execute(
+                    delete(FaceRow).where(
+                        FaceRow.face_id == face_id,
+                        FaceRow.account_id == account_id,
+                        FaceRow.talent_id == talent_id,
+                    )
                 )
-            ).rowcount
+            )
             if deleted:
                 version = bump_version(session, account_id, removed=[face_id])
             else:  # a concurrent deletion won, and bumped the version itself
-                version = session.scalar(
+                version = session.scalars(
                     select(CollectionRow.version).where(CollectionRow.account_id == account_id)
-                )
+                ).one()
         logs.log(
             logger,
             "talent face deleted",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -41,7 +42,7 @@ class RetentionService:
         later date is a drill: it deletes what would have expired by then. The run's record
         keeps `as_of` and who asked."""
         run = self._new_run(job, Trigger.MANUAL, self.clock(), tick=None, as_of=as_of)
-        run.details.requested_by = requested_by or None
+        _detail(run).requested_by = requested_by or None
         with self.db.write() as session:
             session.add(run)
         return _run(self._execute(run))
@@ -71,7 +72,7 @@ class RetentionService:
             )
             if not claimed:  # nothing runs, so nothing is purged before any cutoff
                 run.outcome, run.finished_at, run.cutoff = Outcome.SKIPPED.value, now, None
-                run.details.as_of = None
+                _detail(run).as_of = None
             session.add(run)
         if not claimed:
             self._log(run)
@@ -138,8 +139,8 @@ class RetentionService:
             run.events_purged = tally.events_purged
             run.talents_checked = tally.talents_checked
             run.vectors_deleted = tally.vectors_deleted
-            run.details.media_purged = tally.media_purged
-            run.details.media_objects_deleted = tally.media_objects_deleted
+            _detail(run).media_purged = tally.media_purged
+            _detail(run).media_objects_deleted = tally.media_objects_deleted
             run.error = error
         self._log(run)
         return run
@@ -152,9 +153,13 @@ class RetentionService:
             reconcile(self.peers, tally, run.started_at)
             return
         # Each copy's purge runs even if another's failed; the run fails with the first error.
-        steps = [lambda: purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)]
-        if self.peers.gateway is not None:
-            steps.append(lambda: purge_media(self.peers.gateway, run.details.as_of, tally))
+        cutoff, as_of, gateway = run.cutoff, _detail(run).as_of, self.peers.gateway
+        assert cutoff is not None and as_of is not None  # a purge has both (_new_run)
+        steps: list[Callable[[], None]] = [
+            lambda: purge(self.peers.audit, cutoff, self.settings.purge_batch, tally)
+        ]
+        if gateway is not None:
+            steps.append(lambda: purge_media(gateway, as_of, tally))
         failures = []
         for step in steps:
             try:
@@ -233,12 +238,18 @@ def _run(row: RunRow) -> Run:
     )
 
 
-def _details(run: RunRow) -> dict:
+def _detail(run: RunRow) -> RunDetailRow:
+    """The details of a run this replica is making (every new run has them)."""
+    assert run.details is not None
+    return run.details
+
+
+def _details(run: RunRow) -> dict[str, object]:
     """The run's details for its log line (only what is set)."""
     details = run.details
     if details is None:
         return {}
-    fields = {"requested_by": details.requested_by, "as_of": iso(details.as_of)}
+    fields: dict[str, object] = {"requested_by": details.requested_by, "as_of": iso(details.as_of)}
     if run.job == Job.PURGE:
         fields |= {
             "media_purged": details.media_purged,
