@@ -146,7 +146,7 @@ def _tile(frame: np.ndarray, face: dict) -> np.ndarray:
     return tile
 
 
-def _wrapped(text: str, width: int, scale: float) -> list[str]:
+def _legend_lines(text: str, width: int, scale: float) -> list[str]:
     """`text` in lines that fit `width` pixels at `scale`."""
     lines: list[str] = []
     for word in text.split():
@@ -164,7 +164,7 @@ def with_legend(image: np.ndarray) -> np.ndarray:
     width = image.shape[1]
     scale = max(0.4, min(1.0, width / 1400))
     line = round(26 * scale) + 8
-    notice = _wrapped(LEGEND, width - 12, scale)
+    notice = _legend_lines(LEGEND, width - 12, scale)
     strip = np.full((line * (1 + len(notice)) + 8, width, 3), 32, np.uint8)
     x = 6
     for name, colour in COLOURS.items():

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -39,8 +40,8 @@ def _enum_name(enum, value: int, prefix: str) -> str:
     return enum.Name(value).removeprefix(prefix).lower()
 
 
-def face_json(face: common_pb2.FaceResult, video: bool) -> dict:
-    document = {
+def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "label": _enum_name(common_pb2.FaceLabel, face.label, "FACE_LABEL_"),
         "talent_id": face.talent_id or None,
         "similarity": round(face.similarity, 4),
@@ -134,10 +135,10 @@ def record_consent(
     policy_version: str,
     actor: str,
 ) -> int:
-    scope = SCOPES[scope]
-    if scope == SCOPES["usage"] and not project:
+    scope_value = SCOPES[scope]
+    if scope_value == SCOPES["usage"] and not project:
         raise CliError("--scope usage needs --project P", exit_code=2)
-    if scope == SCOPES["biometric"] and project:
+    if scope_value == SCOPES["biometric"] and project:
         raise CliError("--project applies to --scope usage only", exit_code=2)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
@@ -148,7 +149,7 @@ def record_consent(
     reply = stub.RecordConsent(
         gateway_pb2.RecordConsentRequest(
             talent_id=talent,
-            scope=scope,
+            scope=scope_value,
             project_id=project or "",
             decision=decision,
             evidence=consent_pb2.Evidence(
@@ -380,7 +381,8 @@ def list_audit_events(
             raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
         since = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
-    events, token = [], ""
+    events: list[Any] = []
+    token = ""
     while True:
         page = stub.ListAuditEvents(
             gateway_pb2.ListAuditEventsRequest(
@@ -517,7 +519,7 @@ def retention_run(args, conn: Connection, out: Output) -> int:
 def retention_status(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     status = stub.GetRetentionStatus(admin_pb2.GetRetentionStatusRequest(), metadata=meta).status
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for job in status.jobs:
         jobs.append(
             {

@@ -36,7 +36,8 @@ def bundled_faces() -> tuple[Path, Path]:
         ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
     ):
         spec = importlib.util.find_spec(package)
-        path = Path(spec.submodule_search_locations[0]) / relative if spec else None
+        places = spec.submodule_search_locations if spec else None
+        path = Path(places[0]) / relative if places else None
         if path is None or not path.exists():
             raise CliError(f"the demo needs {package}'s sample data ({relative}): run `make demo`")
         found.append(path)
@@ -44,7 +45,12 @@ def bundled_faces() -> tuple[Path, Path]:
 
 
 def group_image(first: Path, second: Path, target: Path, height: int = 600) -> None:
-    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in (first, second)]
+    images = []
+    for path in (first, second):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise CliError(f"cannot read {path}")
+        images.append(image)
     resized = [cv2.resize(i, (round(i.shape[1] * height / i.shape[0]), height)) for i in images]
     cv2.imwrite(str(target), np.hstack(resized))
 

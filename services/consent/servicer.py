@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import grpc
+
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import decode_page_token, next_page_token
@@ -27,7 +29,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self.ledger = ledger
         self.clock = clock
 
-    def RecordConsent(self, request, context):
+    def RecordConsent(
+        self, request: consent_pb2.RecordConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.RecordConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         key = _key(checks, "", request.talent_id, request.scope, request.project_id)
@@ -55,17 +59,22 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             checks.fail("evidence.captured_at", "must not be in the future")
         return Evidence(e.method, e.policy_version, e.actor, captured or self.clock())
 
-    def CheckConsent(self, request, context):
+    def CheckConsent(
+        self, request: consent_pb2.CheckConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.CheckConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         key = _key(checks, "", request.talent_id, request.scope, request.project_id)
         checks.done()
         [(state, latest)] = self.ledger.check(request.account_id, [key])
         return consent_pb2.CheckConsentResponse(
-            state=state, latest=_record(latest) if latest else None
+            state=consent_pb2.ConsentState.ValueType(state),
+            latest=_record(latest) if latest else None,
         )
 
-    def BatchCheckConsent(self, request, context):
+    def BatchCheckConsent(
+        self, request: consent_pb2.BatchCheckConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.BatchCheckConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH)
@@ -77,12 +86,16 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         answers = self.ledger.check(request.account_id, keys)
         return consent_pb2.BatchCheckConsentResponse(
             answers=[
-                consent_pb2.ConsentAnswer(query=query, state=state)
+                consent_pb2.ConsentAnswer(
+                    query=query, state=consent_pb2.ConsentState.ValueType(state)
+                )
                 for query, (state, _) in zip(request.queries, answers, strict=True)
             ]
         )
 
-    def ListConsentRecords(self, request, context):
+    def ListConsentRecords(
+        self, request: consent_pb2.ListConsentRecordsRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.ListConsentRecordsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id, required=False)
@@ -98,7 +111,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             next_page_token=next_page_token(next_after, filters),
         )
 
-    def EraseTalentConsent(self, request, context):
+    def EraseTalentConsent(
+        self, request: consent_pb2.EraseTalentConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.EraseTalentConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -129,9 +144,9 @@ def _record(record: Record) -> consent_pb2.ConsentRecord:
         record_id=record.record_id,
         account_id=record.account_id,
         talent_id=record.key.talent_id,
-        scope=record.key.scope,
+        scope=consent_pb2.ConsentScope.ValueType(record.key.scope),
         project_id=record.key.project_id,
-        decision=record.decision,
+        decision=consent_pb2.ConsentDecision.ValueType(record.decision),
         evidence=consent_pb2.Evidence(
             method=evidence.method,
             policy_version=evidence.policy_version,

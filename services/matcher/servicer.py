@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 
+import grpc
+
 from mixip.common.v1 import common_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime.errors import Internal, InvalidArgument, Unavailable
@@ -47,7 +49,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             )
 
     @_engine_errors
-    def EnrollTalentFace(self, request, context):
+    def EnrollTalentFace(
+        self, request: matcher_pb2.EnrollTalentFaceRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.EnrollTalentFaceResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -60,7 +64,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         return matcher_pb2.EnrollTalentFaceResponse(face=_face(face))
 
     @_engine_errors
-    def MatchMedia(self, request, context):
+    def MatchMedia(
+        self, request: matcher_pb2.MatchMediaRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.MatchMediaResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("project_id", request.project_id)
@@ -68,7 +74,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.done()
         outcome = self.matcher.match(request.account_id, request.project_id, request.media)
         return matcher_pb2.MatchMediaResponse(
-            kind=outcome.kind,
+            kind=common_pb2.MediaKind.ValueType(outcome.kind),
             faces=[_result(i, face) for i, face in enumerate(outcome.faces)],
             engine=self.matcher.engine.name,
             width=outcome.width,
@@ -79,13 +85,15 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
 
     @_engine_errors
-    def DetectFaces(self, request, context):
+    def DetectFaces(
+        self, request: matcher_pb2.DetectFacesRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.DetectFacesResponse:
         checks = Checks()
         self._media(checks, "media", request.media)
         checks.done()
         outcome = self.matcher.detect(request.media)
         return matcher_pb2.DetectFacesResponse(
-            kind=outcome.kind,
+            kind=common_pb2.MediaKind.ValueType(outcome.kind),
             faces=[
                 matcher_pb2.DetectedFace(
                     box=_box(d.box), detection_score=d.score, frame_seconds=d.frame_seconds
@@ -98,7 +106,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
 
     @_engine_errors
-    def DeleteTalentFaces(self, request, context):
+    def DeleteTalentFaces(
+        self, request: matcher_pb2.DeleteTalentFacesRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.DeleteTalentFacesResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -116,7 +126,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         return matcher_pb2.DeleteTalentFacesResponse(deleted_count=deleted)
 
     @_engine_errors
-    def DeleteTalentFace(self, request, context):
+    def DeleteTalentFace(
+        self, request: matcher_pb2.DeleteTalentFaceRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.DeleteTalentFaceResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -127,7 +139,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
         return matcher_pb2.DeleteTalentFaceResponse(face=_face(face), collection_version=version)
 
-    def ListTalentFaces(self, request, context):
+    def ListTalentFaces(
+        self, request: matcher_pb2.ListTalentFacesRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.ListTalentFacesResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -143,7 +157,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             next_page_token=next_page_token(next_after, filters),
         )
 
-    def GetCollectionStats(self, request, context):
+    def GetCollectionStats(
+        self, request: matcher_pb2.GetCollectionStatsRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.GetCollectionStatsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.done()
@@ -155,7 +171,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             search_index=index,
         )
 
-    def ListEnrolledTalents(self, request, context):
+    def ListEnrolledTalents(
+        self, request: matcher_pb2.ListEnrolledTalentsRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.ListEnrolledTalentsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id, required=False)
         page_size = checks.page_size("page_size", request.page_size)
@@ -186,8 +204,8 @@ def _result(index: int, face: FaceOutcome) -> common_pb2.FaceResult:
     return common_pb2.FaceResult(
         face_index=index,
         box=_box(face.box),
-        label=face.label.label,
-        reason=face.label.reason,
+        label=common_pb2.FaceLabel.ValueType(face.label.label),
+        reason=common_pb2.LabelReason.ValueType(face.label.reason),
         similarity=face.label.similarity,
         talent_id=face.label.talent_id,
         ranges=[common_pb2.TimeRange(start_seconds=a, end_seconds=b) for a, b in face.ranges],

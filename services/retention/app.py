@@ -67,7 +67,11 @@ class RetentionApp(ServiceApp):
         telemetry.gauge(
             "mixip_retention_last_success_timestamp_seconds",
             "When each job last finished successfully (Unix time).",
-            lambda: [({"job": job}, run.finished_at.timestamp()) for job, run in self._last()],
+            lambda: [
+                ({"job": job}, run.finished_at.timestamp())
+                for job, run in self._last()
+                if run.finished_at
+            ],
             labels=("job",),
         )
         telemetry.gauge(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+import grpc
+
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
 from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
@@ -42,7 +44,9 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
         self.settings = settings
         self.next_run_time = next_run_time
 
-    def RunNow(self, request, context):
+    def RunNow(
+        self, request: retention_pb2.RunNowRequest, context: grpc.ServicerContext
+    ) -> retention_pb2.RunNowResponse:
         checks = Checks()
         checks.enum("job", request.job, retention_pb2.RetentionJob)
         drill = request.HasField("as_of")
@@ -56,7 +60,9 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
         )
         return retention_pb2.RunNowResponse(report=_report(run))
 
-    def GetStatus(self, request, context):
+    def GetStatus(
+        self, request: retention_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> retention_pb2.GetStatusResponse:
         return retention_pb2.GetStatusResponse(
             jobs=[self._status(job) for job in Job],
             retention_days=self.settings.retention_days,
@@ -71,7 +77,9 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
             schedule=self.settings.schedule(job),
         )
 
-    def ListRuns(self, request, context):
+    def ListRuns(
+        self, request: retention_pb2.ListRunsRequest, context: grpc.ServicerContext
+    ) -> retention_pb2.ListRunsResponse:
         checks = Checks()
         if request.job:  # optional filter: unset means every job
             checks.enum("job", request.job, retention_pb2.RetentionJob)
