@@ -373,13 +373,13 @@ def list_audit_events(
     project: str | None = None,
     since: str | None = None,
 ) -> int:
-    since = None
+    since_time = None
     if since:
         try:
             parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
-        since = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+        since_time = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
     events: list[Any] = []
     token = ""
@@ -388,7 +388,7 @@ def list_audit_events(
             gateway_pb2.ListAuditEventsRequest(
                 talent_id=talent or "",
                 project_id=project or "",
-                since=since,
+                since=since_time,
                 page_size=MAX_BATCH,
                 page_token=token,
             ),
