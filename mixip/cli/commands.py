@@ -21,6 +21,7 @@ from mixip.gateway.v1 import admin_pb2, gateway_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp, utcnow
 
 CHUNK = 1024 * 1024
@@ -185,18 +186,15 @@ def _record_json(record: consent_pb2.ConsentRecord) -> dict:
 
 def consent_show(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
-    records, token = [], ""
-    while True:
-        page = stub.ListConsents(
+    pages = every_page(
+        lambda token: stub.ListConsents(
             gateway_pb2.ListConsentsRequest(
                 talent_id=args.talent, page_size=MAX_BATCH, page_token=token
             ),
             metadata=meta,
         )
-        records += [_record_json(r) for r in page.records]
-        token = page.next_page_token
-        if not token:
-            break
+    )
+    records = [_record_json(r) for page in pages for r in page.records]
     current: dict[str, str] = {}
     for record in records:
         key = record["scope"] + (f" {record['project_id']}" if record["project_id"] else "")
@@ -381,10 +379,8 @@ def list_audit_events(
             raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
         since_time = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
-    events: list[Any] = []
-    token = ""
-    while True:
-        page = stub.ListAuditEvents(
+    pages = every_page(
+        lambda token: stub.ListAuditEvents(
             gateway_pb2.ListAuditEventsRequest(
                 talent_id=talent or "",
                 project_id=project or "",
@@ -394,10 +390,8 @@ def list_audit_events(
             ),
             metadata=meta,
         )
-        events += page.events
-        token = page.next_page_token
-        if not token:
-            break
+    )
+    events = [e for page in pages for e in page.events]
     documents = [
         {
             "sequence": e.sequence,
@@ -643,18 +637,15 @@ def _face_record_json(face) -> dict:
 
 def faces_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
-    faces, token = [], ""
-    while True:
-        page = stub.ListTalentFaces(
+    pages = every_page(
+        lambda token: stub.ListTalentFaces(
             gateway_pb2.ListTalentFacesRequest(
                 talent_id=args.talent, page_size=MAX_BATCH, page_token=token
             ),
             metadata=meta,
         )
-        faces += [_face_record_json(f) for f in page.faces]
-        token = page.next_page_token
-        if not token:
-            break
+    )
+    faces = [_face_record_json(f) for page in pages for f in page.faces]
     lines = [f"{args.talent}: {len(faces)} enrolled face(s)"] + [
         f"  {f['face_id']}  enrolled {f['created_at']}  box {f['box']}  ({f['engine']})"
         for f in faces
@@ -688,18 +679,15 @@ def _key_json(key: admin_pb2.ApiKey) -> dict:
 
 def keys_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
-    keys, token = [], ""
-    while True:
-        page = stub.ListApiKeys(
+    pages = every_page(
+        lambda token: stub.ListApiKeys(
             admin_pb2.ListApiKeysRequest(
                 account_id=args.account, page_size=MAX_BATCH, page_token=token
             ),
             metadata=meta,
         )
-        keys += [_key_json(k) for k in page.api_keys]
-        token = page.next_page_token
-        if not token:
-            break
+    )
+    keys = [_key_json(k) for page in pages for k in page.api_keys]
     lines = [f"{args.account}: {len(keys)} key(s)"] + [
         f"  {k['api_key_id']}  {k['prefix']}...  created {k['created_at']}  "
         + (f"revoked {k['revoked_at']}" if k["revoked_at"] else "live")

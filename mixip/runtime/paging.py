@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.validation import ID_PATTERN
@@ -14,6 +14,16 @@ from mixip.runtime.validation import ID_PATTERN
 MAX_TOKEN_LENGTH = 1024
 T = TypeVar("T")
 P = TypeVar("P")
+
+
+class Page(Protocol):
+    """A List response: its items and where the next page starts (empty at the end)."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+R = TypeVar("R", bound=Page)
 _MAX_POSITION = 2**63 - 1  # a BIGINT
 
 
@@ -86,3 +96,15 @@ def page_of(
 def next_page_token(position: Any, filters: dict[str, Any]) -> str:
     """The `next_page_token` of a page that ended at `position`: empty at the end (None)."""
     return encode_page_token(position, filters) if position else ""
+
+
+def every_page(fetch: Callable[[str], R]) -> Iterator[R]:
+    """Every page of a List call, for a caller that wants the whole listing: `fetch(page_token)`
+    from the first page ("") until a page's `next_page_token` is empty."""
+    token = ""
+    while True:
+        page = fetch(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return

@@ -21,6 +21,7 @@ from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.gateway.v1 import internal_pb2, internal_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp
 
 
@@ -114,18 +115,17 @@ class MatcherClient:
 
     def enrolled_talents(self) -> dict[str, list[str]]:
         by_account: dict[str, list[str]] = {}
-        token = ""
-        while True:
-            page = _call(
+        pages = every_page(
+            lambda token: _call(
                 "matcher.ListEnrolledTalents",
                 self.stub.ListEnrolledTalents,
                 matcher_pb2.ListEnrolledTalentsRequest(page_size=MAX_BATCH, page_token=token),
             )
+        )
+        for page in pages:
             for talent in page.talents:
                 by_account.setdefault(talent.account_id, []).append(talent.talent_id)
-            token = page.next_page_token
-            if not token:
-                return by_account
+        return by_account
 
     def delete_faces(self, account_id: str, talent_id: str, enrolled_before: datetime) -> int:
         reply = _call(
