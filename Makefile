@@ -22,12 +22,15 @@ demo: $(STAMPS)/gen
 test: $(STAMPS)/gen
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# mypy: strict on mixip/runtime and services/*/service.py, the generated stubs' types
+# everywhere else ([tool.mypy] in pyproject.toml).
 # buf breaking compares the contracts with the commit that introduced them: every change
 # since must be backward compatible (FILE rules).
 BUF := npx --yes @bufbuild/buf@1.75.0
 lint: $(STAMPS)/gen
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(PY) -m mixip.runtime.migrations check
 	$(BUF) lint
 	base=$$(git log --diff-filter=A --format=%H -- buf.yaml 2>/dev/null | tail -n 1); \
@@ -78,7 +81,9 @@ wheels: $(STAMPS)/venv
 # Generated code is built, never edited nor committed (.gitignore).
 $(STAMPS)/gen: $(STAMPS)/venv $(PROTOS)
 	rm -rf $(GEN_DIRS)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
 	@touch $@
 
 clean:

@@ -13,10 +13,10 @@ from bench.mesh import RunningMesh
 from bench.stats import summary
 from mixip.runtime.db import Database
 from mixip.runtime.times import utcnow
-from services.matcher.app import DEFAULT_THRESHOLDS
 from services.matcher.engines.local import LocalEngine
 from services.matcher.index import CollectionIndexes
 from services.matcher.service import Limits, Matcher
+from services.matcher.settings import DEFAULT_THRESHOLDS
 from services.matcher.store import Base
 from services.matcher.video import DEFAULT_BURST_RATE_HZ, DEFAULT_BURST_SECONDS, DEFAULT_RATE_HZ
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from mixip.runtime.config import ADMIN_KEY_FILE, free_port
 from mixip.runtime.db import database_url as explicit_driver
 from mixip.runtime.server import RunningServer, ServiceApp, start_server
 from tests.support.databases import BACKENDS, PG_ADMIN_URL, fresh_schema_url
@@ -213,15 +214,6 @@ def consent_service(consent_factory, matcher_double):
     return consent_factory(matcher_double.address)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (for peers that must know each other's address)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Mesh:
     """Consent and matcher wired to each other (the consent outbox reaches the real matcher)."""
 
@@ -235,7 +227,8 @@ def matcher_factory(database_url, serve, clock, channels):
     from mixip.matcher.v1 import matcher_pb2_grpc
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database
-    from services.matcher.app import CONSENT_SERVICE, SERVICE_NAME, MatcherApp, MatcherSettings
+    from services.matcher.app import CONSENT_SERVICE, SERVICE_NAME, MatcherApp
+    from services.matcher.settings import MatcherSettings
     from services.matcher.store import Base
 
     url = database_url("matcher")
@@ -400,7 +393,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service)
         GatewaySettings(
             max_upload_bytes=8 * 1024 * 1024,
             max_chunk_bytes=256 * 1024,
-            admin_key_file=tmp_path / "gateway-admin.key",
+            admin_key_file=tmp_path / ADMIN_KEY_FILE,
         ),
         clock,
         internal_insecure_dev=True,

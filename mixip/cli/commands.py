@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.files import write_private
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp, utcnow
 
 CHUNK = 1024 * 1024
@@ -40,8 +42,8 @@ def _enum_name(enum, value: int, prefix: str) -> str:
     return enum.Name(value).removeprefix(prefix).lower()
 
 
-def face_json(face: common_pb2.FaceResult, video: bool) -> dict:
-    document = {
+def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "label": _enum_name(common_pb2.FaceLabel, face.label, "FACE_LABEL_"),
         "talent_id": face.talent_id or None,
         "similarity": round(face.similarity, 4),
@@ -69,7 +71,8 @@ def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
     progress.update(1.0, "matching")
 
 
-PAGE = 1000  # the largest page every list RPC serves
+# -- accounts ---------------------------------------------------------------------------------
+
 
 # The command serving each client-facing RPC (a test keeps it complete).
 RPC_COMMANDS = {
@@ -96,21 +99,6 @@ RPC_COMMANDS = {
 }
 
 
-def _all_pages(fetch: Callable[[str], Any], field: str) -> list[Any]:
-    """Every item of a paged list RPC: `fetch(page_token)` returns one page."""
-    items: list[Any] = []
-    token = ""
-    while True:
-        page = fetch(token)
-        items += list(getattr(page, field))
-        token = page.next_page_token
-        if not token:
-            return items
-
-
-# -- accounts ---------------------------------------------------------------------------------
-
-
 def accounts_create(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     # A key per invocation: the channel's retries then cannot mint a second account or key.
@@ -130,14 +118,15 @@ def accounts_create(args, conn: Connection, out: Output) -> int:
 
 def accounts_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
+    pages = every_page(
+        lambda token: stub.ListAccounts(
+            admin_pb2.ListAccountsRequest(page_size=MAX_BATCH, page_token=token), metadata=meta
+        )
+    )
     accounts = [
         {"account_id": a.account_id, "name": a.name, "created_at": a.created_at.ToJsonString()}
-        for a in _all_pages(
-            lambda token: stub.ListAccounts(
-                admin_pb2.ListAccountsRequest(page_size=PAGE, page_token=token), metadata=meta
-            ),
-            "accounts",
-        )
+        for page in pages
+        for a in page.accounts
     ]
     lines = [f"{len(accounts)} account(s)"] + [
         f"  {a['account_id']}  {a['name']}  created {a['created_at']}" for a in accounts
@@ -167,27 +156,52 @@ def accounts_retention(args, conn: Connection, out: Output) -> int:
 
 
 def consent_record(args, conn: Connection, out: Output) -> int:
-    scope = SCOPES[args.scope]
-    if scope == SCOPES["usage"] and not args.project:
+    return record_consent(
+        conn,
+        out,
+        action=args.action,
+        talent=args.talent,
+        scope=args.scope,
+        project=args.project,
+        method=args.method,
+        policy_version=args.policy_version,
+        actor=args.actor,
+    )
+
+
+def record_consent(
+    conn: Connection,
+    out: Output,
+    *,
+    action: str,
+    talent: str,
+    scope: str,
+    project: str | None,
+    method: str,
+    policy_version: str,
+    actor: str,
+) -> int:
+    scope_value = SCOPES[scope]
+    if scope_value == SCOPES["usage"] and not project:
         raise CliError("--scope usage needs --project P", exit_code=2)
-    if scope == SCOPES["biometric"] and args.project:
+    if scope_value == SCOPES["biometric"] and project:
         raise CliError("--project applies to --scope usage only", exit_code=2)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
-        if args.action == "grant"
+        if action == "grant"
         else consent_pb2.CONSENT_DECISION_REVOKED
     )
     stub, meta = conn.gateway()
     reply = stub.RecordConsent(
         gateway_pb2.RecordConsentRequest(
-            talent_id=args.talent,
-            scope=scope,
-            project_id=args.project or "",
+            talent_id=talent,
+            scope=scope_value,
+            project_id=project or "",
             decision=decision,
             evidence=consent_pb2.Evidence(
-                method=args.method,
-                policy_version=args.policy_version,
-                actor=args.actor,
+                method=method,
+                policy_version=policy_version,
+                actor=actor,
                 captured_at=to_timestamp(utcnow()),
             ),
             request_id=uuid.uuid4().hex,
@@ -195,10 +209,8 @@ def consent_record(args, conn: Connection, out: Output) -> int:
         metadata=meta,
     )
     record = _record_json(reply.record)
-    what = f"face usage ({args.project})" if args.project else "biometric processing"
-    out.result(
-        record, f"{args.action}ed {what} consent for {args.talent} (record {record['record_id']})"
-    )
+    what = f"face usage ({project})" if project else "biometric processing"
+    out.result(record, f"{action}ed {what} consent for {talent} (record {record['record_id']})")
     return 0
 
 
@@ -219,18 +231,15 @@ def _record_json(record: consent_pb2.ConsentRecord) -> dict:
 
 def consent_show(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
-    records = [
-        _record_json(r)
-        for r in _all_pages(
-            lambda token: stub.ListConsents(
-                gateway_pb2.ListConsentsRequest(
-                    talent_id=args.talent, page_size=PAGE, page_token=token
-                ),
-                metadata=meta,
+    pages = every_page(
+        lambda token: stub.ListConsents(
+            gateway_pb2.ListConsentsRequest(
+                talent_id=args.talent, page_size=MAX_BATCH, page_token=token
             ),
-            "records",
+            metadata=meta,
         )
-    ]
+    )
+    records = [_record_json(r) for page in pages for r in page.records]
     current: dict[str, str] = {}
     for record in records:
         key = record["scope"] + (f" {record['project_id']}" if record["project_id"] else "")
@@ -252,41 +261,51 @@ def consent_show(args, conn: Connection, out: Output) -> int:
 
 
 def enroll(args, conn: Connection, out: Output) -> int:
+    return enroll_images(conn, out, talent=args.talent, images=args.images)
+
+
+def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[str]) -> int:
     stub, meta = conn.gateway()
     enrolled = []
-    for image in args.images:
+    for image in images:
         data = _read(image)
         with out.progress(f"enrolling {Path(image).name}") as progress:
             header = gateway_pb2.EnrollTalentRequest(
-                header=gateway_pb2.EnrollHeader(talent_id=args.talent, request_id=uuid.uuid4().hex)
+                header=gateway_pb2.EnrollHeader(talent_id=talent, request_id=uuid.uuid4().hex)
             )
             reply = stub.EnrollTalent(_chunks(header, data, progress), metadata=meta)
         enrolled.append({"image": image, "face_id": reply.face.face_id})
     out.result(
-        {"talent_id": args.talent, "faces": enrolled},
+        {"talent_id": talent, "faces": enrolled},
         [f"enrolled {e['image']} as face {e['face_id']}" for e in enrolled],
     )
     return 0
 
 
 def match(args, conn: Connection, out: Output) -> int:
-    data = _read(args.file)
+    return match_file(conn, out, file=args.file, project=args.project, annotate=args.annotate)
+
+
+def match_file(
+    conn: Connection, out: Output, *, file: str, project: str, annotate: str | None = None
+) -> int:
+    data = _read(file)
     stub, meta = conn.gateway()
-    with out.progress(f"uploading {Path(args.file).name}") as progress:
+    with out.progress(f"uploading {Path(file).name}") as progress:
         header = gateway_pb2.UploadMediaRequest(
             header=gateway_pb2.UploadHeader(
-                project_id=args.project,
-                filename=Path(args.file).name[:255],
+                project_id=project,
+                filename=Path(file).name[:255],
                 request_id=uuid.uuid4().hex,
             )
         )
         reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
     document, lines = _media_result(reply)
-    if args.annotate:
+    if annotate:
         video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
-        _annotate(Path(args.annotate), Path(args.file), data, document["faces"], video)
-        lines.append(f"annotated image: {args.annotate}")
-        document["annotated"] = args.annotate
+        _annotate(Path(annotate), Path(file), data, document["faces"], video)
+        lines.append(f"annotated image: {annotate}")
+        document["annotated"] = annotate
     out.result(document, lines)
     return 0
 
@@ -300,11 +319,11 @@ def media_show(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict, list[str]]:
+def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict[str, Any], list[str]]:
     """A media's stored or fresh results: the JSON document and the text lines."""
     video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
     faces = [face_json(f, video) for f in reply.faces]
-    document = {"media_id": reply.media_id, "faces": faces}
+    document: dict[str, Any] = {"media_id": reply.media_id, "faces": faces}
     lines = [f"media {reply.media_id}: {len(faces)} face(s)"]
     for i, face in enumerate(faces):
         where = " at " + ", ".join(f"{a:.1f}-{b:.1f}s" for a, b in face["ranges"]) if video else ""
@@ -331,20 +350,26 @@ def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video:
 
 
 def export(args, conn: Connection, out: Output) -> int:
-    if args.output and Path(args.output).exists() and not args.force:
-        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
+    return export_talent(conn, out, talent=args.talent, output=args.output, force=args.force)
+
+
+def export_talent(
+    conn: Connection, out: Output, *, talent: str, output: str | None = None, force: bool = False
+) -> int:
+    if output and Path(output).exists() and not force:
+        raise CliError(f"{output} exists; pass --force to overwrite it", exit_code=2)
     stub, meta = conn.gateway()
-    with out.progress(f"exporting {args.talent}"):
+    with out.progress(f"exporting {talent}"):
         reply = stub.ExportTalentData(
-            gateway_pb2.ExportTalentDataRequest(talent_id=args.talent), metadata=meta
+            gateway_pb2.ExportTalentDataRequest(talent_id=talent), metadata=meta
         )
     document = json.loads(reply.document_json)
-    if args.output:
-        _write_export(Path(args.output), reply.document_json + "\n", force=args.force)
+    if output:
+        _write_export(Path(output), reply.document_json + "\n", force=force)
         counts = {k: len(v) for k, v in document.items() if isinstance(v, list)}
         out.result(
-            {"talent_id": args.talent, "written": args.output, "counts": counts},
-            f"wrote {args.output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+            {"talent_id": talent, "written": output, "counts": counts},
+            f"wrote {output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
         )
     else:
         out.result(document, reply.document_json)
@@ -370,9 +395,13 @@ def erase(args, conn: Connection, out: Output) -> int:
         )
         if answer.strip() != args.talent:
             raise CliError("not erased (the confirmation did not match)", exit_code=1)
+    return erase_talent(conn, out, talent=args.talent)
+
+
+def erase_talent(conn: Connection, out: Output, *, talent: str) -> int:
     stub, meta = conn.gateway()
     reply = stub.EraseTalent(
-        gateway_pb2.EraseTalentRequest(talent_id=args.talent, request_id=uuid.uuid4().hex),
+        gateway_pb2.EraseTalentRequest(talent_id=talent, request_id=uuid.uuid4().hex),
         metadata=meta,
     )
     steps = [
@@ -398,27 +427,38 @@ def erase(args, conn: Connection, out: Output) -> int:
 
 
 def audit_list(args, conn: Connection, out: Output) -> int:
-    since = None
-    if args.since:
+    return list_audit_events(conn, out, talent=args.talent, project=args.project, since=args.since)
+
+
+def list_audit_events(
+    conn: Connection,
+    out: Output,
+    *,
+    talent: str | None = None,
+    project: str | None = None,
+    since: str | None = None,
+) -> int:
+    since_time = None
+    if since:
         try:
-            parsed = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
-            raise CliError(f"--since {args.since!r} is not an ISO 8601 time", exit_code=2) from None
-        since = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+            raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
+        since_time = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
     stub, meta = conn.gateway()
-    events = _all_pages(
+    pages = every_page(
         lambda token: stub.ListAuditEvents(
             gateway_pb2.ListAuditEventsRequest(
-                talent_id=args.talent or "",
-                project_id=args.project or "",
-                since=since,
-                page_size=PAGE,
+                talent_id=talent or "",
+                project_id=project or "",
+                since=since_time,
+                page_size=MAX_BATCH,
                 page_token=token,
             ),
             metadata=meta,
-        ),
-        "events",
+        )
     )
+    events = [e for page in pages for e in page.events]
     documents = [
         {
             "sequence": e.sequence,
@@ -444,6 +484,10 @@ def audit_list(args, conn: Connection, out: Output) -> int:
 
 
 def audit_verify(args, conn: Connection, out: Output) -> int:
+    return verify_audit_log(conn, out)
+
+
+def verify_audit_log(conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.VerifyAuditLog(gateway_pb2.VerifyAuditLogRequest(), metadata=meta)
     document = {
@@ -536,7 +580,7 @@ def retention_run(args, conn: Connection, out: Output) -> int:
 def retention_status(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     status = stub.GetRetentionStatus(admin_pb2.GetRetentionStatusRequest(), metadata=meta).status
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for job in status.jobs:
         jobs.append(
             {
@@ -675,18 +719,15 @@ def _face_record_json(face) -> dict:
 
 def faces_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
-    faces = [
-        _face_record_json(f)
-        for f in _all_pages(
-            lambda token: stub.ListTalentFaces(
-                gateway_pb2.ListTalentFacesRequest(
-                    talent_id=args.talent, page_size=PAGE, page_token=token
-                ),
-                metadata=meta,
+    pages = every_page(
+        lambda token: stub.ListTalentFaces(
+            gateway_pb2.ListTalentFacesRequest(
+                talent_id=args.talent, page_size=MAX_BATCH, page_token=token
             ),
-            "faces",
+            metadata=meta,
         )
-    ]
+    )
+    faces = [_face_record_json(f) for page in pages for f in page.faces]
     lines = [f"{args.talent}: {len(faces)} enrolled face(s)"] + [
         f"  {f['face_id']}  enrolled {f['created_at']}  box {f['box']}  ({f['engine']})"
         for f in faces
@@ -720,18 +761,15 @@ def _key_json(key: admin_pb2.ApiKey) -> dict:
 
 def keys_list(args, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
-    keys = [
-        _key_json(k)
-        for k in _all_pages(
-            lambda token: stub.ListApiKeys(
-                admin_pb2.ListApiKeysRequest(
-                    account_id=args.account, page_size=PAGE, page_token=token
-                ),
-                metadata=meta,
+    pages = every_page(
+        lambda token: stub.ListApiKeys(
+            admin_pb2.ListApiKeysRequest(
+                account_id=args.account, page_size=MAX_BATCH, page_token=token
             ),
-            "api_keys",
+            metadata=meta,
         )
-    ]
+    )
+    keys = [_key_json(k) for page in pages for k in page.api_keys]
     lines = [f"{args.account}: {len(keys)} key(s)"] + [
         f"  {k['api_key_id']}  {k['prefix']}...  created {k['created_at']}  "
         + (f"revoked {k['revoked_at']}" if k["revoked_at"] else "live")

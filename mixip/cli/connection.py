@@ -14,10 +14,10 @@ import grpc
 from mixip.cli.output import CliError
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.client import open_channel
+from mixip.runtime.config import ADMIN_KEY_FILE
 from mixip.runtime.files import write_private
 
 DEV_KEY_FILE = "dev-api-key"
-ADMIN_KEY_FILE = "gateway-admin.key"
 GATEWAY_SERVICES = [
     gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,

@@ -9,7 +9,6 @@ any more, and stops the mesh.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import numpy as np
 
 from mixip.cli import commands
 from mixip.cli.connection import Connection
-from mixip.cli.main import start_mesh
+from mixip.cli.dev_mesh import start_mesh
 from mixip.cli.output import Capture, CliError, Output
 from mixip.runtime.errors import error_details
 
@@ -37,7 +36,8 @@ def bundled_faces() -> tuple[Path, Path]:
         ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
     ):
         spec = importlib.util.find_spec(package)
-        path = Path(spec.submodule_search_locations[0]) / relative if spec else None
+        places = spec.submodule_search_locations if spec else None
+        path = Path(places[0]) / relative if places else None
         if path is None or not path.exists():
             raise CliError(f"the demo needs {package}'s sample data ({relative}): run `make demo`")
         found.append(path)
@@ -45,13 +45,14 @@ def bundled_faces() -> tuple[Path, Path]:
 
 
 def group_image(first: Path, second: Path, target: Path, height: int = 600) -> None:
-    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in (first, second)]
+    images = []
+    for path in (first, second):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise CliError(f"cannot read {path}")
+        images.append(image)
     resized = [cv2.resize(i, (round(i.shape[1] * height / i.shape[0]), height)) for i in images]
     cv2.imwrite(str(target), np.hstack(resized))
-
-
-def _args(**values) -> argparse.Namespace:
-    return argparse.Namespace(**values)
 
 
 def run_demo(out_dir: Path, out: Output) -> int:
@@ -71,42 +72,38 @@ def run_demo(out_dir: Path, out: Output) -> int:
 
         say(f"\n2. consent and enrollment of {TALENT} (the astronaut photo)")
         for scope, project in (("biometric", None), ("usage", PROJECT)):
-            commands.consent_record(
-                _args(
-                    action="grant",
-                    talent=TALENT,
-                    scope=scope,
-                    project=project,
-                    method="demo-release",
-                    policy_version="2026-11",
-                    actor="demo",
-                ),
+            commands.record_consent(
                 conn,
                 shown,
+                action="grant",
+                talent=TALENT,
+                scope=scope,
+                project=project,
+                method="demo-release",
+                policy_version="2026-11",
+                actor="demo",
             )
-        commands.enroll(_args(talent=TALENT, images=[str(astronaut)]), conn, shown)
+        commands.enroll_images(conn, shown, talent=TALENT, images=[str(astronaut)])
 
         say(f"\n3. matching a group photo (astronaut + Grace Hopper) for project {PROJECT}")
-        commands.match(
-            _args(file=str(group), project=PROJECT, annotate=str(annotated)), conn, shown
-        )
+        commands.match_file(conn, shown, file=str(group), project=PROJECT, annotate=str(annotated))
         before = shown.last["faces"]
 
         say(f"\n4. erasing {TALENT}")
-        commands.erase(_args(talent=TALENT, yes=True), conn, shown)
+        commands.erase_talent(conn, shown, talent=TALENT)
         receipt = shown.last
 
         say("\n5. after erasure: the log still verifies, nothing links to the talent")
-        commands.audit_verify(_args(), conn, shown)
+        commands.verify_audit_log(conn, shown)
         verified = shown.last
-        commands.audit_list(_args(talent=TALENT, project=None, since=None), conn, shown)
+        commands.list_audit_events(conn, shown, talent=TALENT)
         linked = len(shown.last["events"])
         try:
-            commands.export(_args(talent=TALENT, output=None), conn, shown)
+            commands.export_talent(conn, shown, talent=TALENT)
             raise CliError("the export still found data after erasure")
         except grpc.RpcError as exc:
             say(f"export of {TALENT}: {error_details(exc).one_line()}")
-        commands.match(_args(file=str(group), project=PROJECT, annotate=None), conn, shown)
+        commands.match_file(conn, shown, file=str(group), project=PROJECT)
         after = shown.last["faces"]
         say(f"\nthe annotated image is {annotated}")
     finally:

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.cli.output import CliError
-from mixip.runtime.config import SERVICES, variable
+from mixip.runtime.config import SERVICES, free_port, variable
 from mixip.runtime.files import open_private, private_dir, write_private
 from mixip.runtime.tls import channel_credentials, init_certs
 
@@ -77,12 +76,6 @@ def parse_replicas(spec: str) -> dict[str, int]:
 def available_services() -> list[str]:
     """The services this checkout has (each runs as `python -m <module>`)."""
     return [s for s in START_ORDER if importlib.util.find_spec(f"{MODULES[s]}.__main__")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

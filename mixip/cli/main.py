@@ -14,47 +14,15 @@ from pathlib import Path
 import grpc
 
 from mixip.cli import commands, db
-from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
-from mixip.cli.launcher import Mesh, parse_replicas, run_until_signalled, stop_on_signals
+from mixip.cli.connection import Connection
+from mixip.cli.demo import run_demo
+from mixip.cli.dev_mesh import start_mesh
+from mixip.cli.launcher import parse_replicas, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
-from mixip.gateway.v1 import admin_pb2
 from mixip.runtime import logs
 from mixip.runtime.config import ConfigError
 from mixip.runtime.errors import error_details
 from mixip.runtime.tls import channel_credentials, init_certs
-
-
-def ensure_dev_account(conn: Connection) -> str:
-    """The `dev` account of a fresh data directory, its key kept in the directory (0600)."""
-    key_file = conn.data_dir / DEV_KEY_FILE
-    if not key_file.exists():
-        stub, meta = conn.admin()
-        reply = stub.CreateAccount(
-            admin_pb2.CreateAccountRequest(name="dev", request_id="mixip-up-dev-account"),
-            metadata=meta,
-        )
-        token = reply.api_key
-        if not token:  # a replay mints no key: the first one was lost with its file
-            token = stub.CreateApiKey(
-                admin_pb2.CreateApiKeyRequest(account_id=reply.account.account_id),
-                metadata=meta,
-            ).api_key
-            if reply.api_key_id:  # nobody holds the lost key any more: no reason to keep it
-                stub.RevokeApiKey(
-                    admin_pb2.RevokeApiKeyRequest(api_key_id=reply.api_key_id), metadata=meta
-                )
-        write_secret(key_file, token)
-    return str(key_file)
-
-
-def start_mesh(
-    data_dir: Path, gateway_port: int = 0, *, tls: bool = True, replicas: dict | None = None
-) -> Mesh:
-    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls, replicas=replicas or {})
-    mesh.start()
-    if "gateway" in mesh.addresses:
-        ensure_dev_account(Connection(data_dir, mesh.addresses["gateway"]))
-    return mesh
 
 
 def up(args, conn: Connection, out: Output) -> int:
@@ -133,8 +101,6 @@ def _version() -> str:
 
 
 def demo(args, conn: Connection, out: Output) -> int:
-    from mixip.cli.demo import run_demo
-
     return run_demo(Path(args.out), out)
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
 from mixip.runtime.config import Env, ServerConfig, service_address
+from mixip.runtime.limits import MAX_MESSAGE_BYTES
 from mixip.runtime.logs import REQUEST_ID
 from mixip.runtime.telemetry import traced
 
@@ -81,7 +83,7 @@ def open_channel(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    max_message_bytes: int = 80 * 1024 * 1024,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     server_name: str | None = None,
 ) -> grpc.Channel:
     """A channel to `address` for full service names such as "mixip.audit.v1.AuditService"."""
@@ -126,7 +128,9 @@ def peer_channel(config: ServerConfig, env: Env, target: str, service: str) -> g
 
 
 class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, details: grpc.ClientCallDetails, metadata) -> None:
+    def __init__(
+        self, details: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> None:
         self.method = details.method
         self.timeout = details.timeout
         self.metadata = metadata
@@ -138,15 +142,22 @@ class _CallDetails(grpc.ClientCallDetails):
 class _RequestIdPropagation(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
     """Passes the current request id on, so one id follows a request through the mesh."""
 
-    def _details(self, details):
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         request_id = REQUEST_ID.get()
         if not request_id:
             return details
-        metadata = [*(details.metadata or []), ("x-request-id", request_id)]
+        metadata = (*(details.metadata or ()), ("x-request-id", request_id))
         return _CallDetails(details, metadata)
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
         return continuation(self._details(client_call_details), request)
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    def intercept_stream_unary(
+        self,
+        continuation: Any,
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
         return continuation(self._details(client_call_details), request_iterator)

@@ -6,10 +6,14 @@ naming the variable, never a traceback.
 
 from __future__ import annotations
 
+import builtins
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from mixip.runtime.limits import MAX_MESSAGE_BYTES, MiB
 
 SERVICES = ("gateway", "matcher", "consent", "audit", "retention")
 # Listen ports when a service runs alone; `mixip up` picks free ports and writes mesh.json.
@@ -23,7 +27,6 @@ DEFAULT_PORTS = {
     # for its callers, MIXIP_GATEWAY_INTERNAL_ADDRESS. Not a service of its own.
     "gateway_internal": 50056,
 }
-MiB = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -39,11 +42,13 @@ class Env:
     def str(self, name: str, default: str) -> str:
         return self.environ.get(name, default).strip() or default
 
-    def optional(self, name: str) -> str | None:
+    def optional(self, name: builtins.str) -> builtins.str | None:
         value = self.environ.get(name, "").strip()
         return value or None
 
-    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, minimum: builtins.int = 0
+    ) -> builtins.int:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
@@ -55,7 +60,7 @@ class Env:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float | None = None) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float | None = None) -> float:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
@@ -67,7 +72,7 @@ class Env:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         raw = self.environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -77,11 +82,26 @@ class Env:
             return False
         raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         value = self.str(name, default).lower()
         if value not in choices:
             raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
         return value
+
+
+# The gateway's admin key, kept in the data directory (0600) when MIXIP_GATEWAY_ADMIN_KEY is unset.
+ADMIN_KEY_FILE = "gateway-admin.key"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for services that must know each other's address
+    before they start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def data_dir(env: Env) -> Path:
@@ -128,7 +148,9 @@ class ServerConfig:
                 variable(name, "DATABASE_URL"), f"sqlite:///{root / (name + '.db')}"
             ),
             tls_dir=Path(tls).expanduser().resolve() if tls else None,
-            max_message_bytes=env.int("MIXIP_MAX_MESSAGE_BYTES", 80 * MiB, minimum=4 * MiB),
+            max_message_bytes=env.int(
+                "MIXIP_MAX_MESSAGE_BYTES", MAX_MESSAGE_BYTES, minimum=4 * MiB
+            ),
             workers=env.int(variable(name, "WORKERS"), 16, minimum=1),
             grace_seconds=env.float("MIXIP_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0.0),
             metrics_listen=env.str(variable(name, "METRICS_LISTEN"), ""),

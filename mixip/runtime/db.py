@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     DateTime,
@@ -28,34 +28,35 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, Dialect, Result, make_url
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import FromClause
 
 from mixip.runtime.files import private_dir, touch_private
 
 _SQLITE_BEGIN = "mixip_sqlite_begin"
 
 
-class UtcDateTime(TypeDecorator):
+class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in and out, on every backend (SQLite keeps no time zone)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: pass an aware UTC datetime")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def database_url(url: str):
+def database_url(url: str) -> URL:
     """The URL with an explicit driver: plain postgresql:// means psycopg2 (our dependency;
     SQLAlchemy 2.1 would pick psycopg 3)."""
     parsed = make_url(url)
@@ -79,7 +80,7 @@ def create_db_engine(url: str) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record) -> None:
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # Let SQLAlchemy's begin event below issue BEGIN, not the driver.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -89,7 +90,7 @@ def create_db_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(connection) -> None:
+        def _on_begin(connection: Connection) -> None:
             mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
             connection.exec_driver_sql(f"BEGIN {mode}")
 
@@ -165,11 +166,15 @@ def serialize(session: Session, name: str) -> None:
 
 
 def insert_ignoring_conflicts(
-    session: Session, table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str]
+    session: Session,
+    table: FromClause,
+    rows: Sequence[dict[str, Any]],
+    conflict_columns: Sequence[str],
 ) -> int:
     """INSERT ... ON CONFLICT DO NOTHING; returns how many rows were inserted."""
     if not rows:
         return 0
+    assert isinstance(table, Table)  # a model's __table__
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
@@ -177,14 +182,20 @@ def insert_ignoring_conflicts(
         .values(list(rows))
         .on_conflict_do_nothing(index_elements=list(conflict_columns))
     )
-    return session.execute(statement).rowcount
+    return rowcount(session.execute(statement))
 
 
-def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an INSERT, UPDATE or DELETE touched."""
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def bulk_insert(session: Session, table: FromClause, rows: Sequence[dict[str, Any]]) -> None:
     """Inserts many rows at once: COPY on PostgreSQL (2-3x a multi-row INSERT at a thousand
     rows), one multi-row INSERT elsewhere. Every row has every column of `table`."""
     if not rows:
         return
+    assert isinstance(table, Table)  # a model's __table__
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         session.execute(table.insert(), list(rows))
@@ -196,7 +207,9 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         buffer.write("\n")
     buffer.seek(0)
     quoted = ", ".join(f'"{name}"' for name in columns)
-    cursor = connection.connection.dbapi_connection.cursor()
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a checked-out connection
+    cursor = dbapi_connection.cursor()
     try:
         cursor.copy_expert(f'COPY "{table.name}" ({quoted}) FROM STDIN', buffer)
     finally:

@@ -8,9 +8,11 @@ Clients (the CLI, other services, tests) read the details back with `error_detai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Self
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -50,7 +52,7 @@ class InvalidArgument(MeshError):
         super().__init__(message, reason=reason)
 
     @classmethod
-    def one(cls, field_name: str, description: str, *, reason: str | None = None):
+    def one(cls, field_name: str, description: str, *, reason: str | None = None) -> Self:
         return cls([FieldViolation(field_name, description)], reason=reason)
 
 
@@ -103,10 +105,11 @@ def to_grpc_status(error: MeshError, domain: str) -> grpc.Status:
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name), message=error.message, details=details
     )
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
 
 
-def _pack(message) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

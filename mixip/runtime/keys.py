@@ -11,7 +11,7 @@ import base64
 import os
 import re
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
@@ -85,7 +85,7 @@ class LocalKeyWrapper:
 class KmsKeyWrapper:
     """KEK in AWS KMS; the client is passed in (boto3 `kms`), never created here."""
 
-    def __init__(self, kms_client, key_id: str) -> None:
+    def __init__(self, kms_client: Any, key_id: str) -> None:
         self.kms = kms_client
         self.key_id = key_id
         self.description = f"AWS KMS key {key_id}"
@@ -101,7 +101,7 @@ class KmsKeyWrapper:
             )
         except (ClientError, BotoCoreError) as exc:
             raise SealError(f"AWS KMS refused to encrypt: {_aws_code(exc)}") from exc
-        return b"K1" + response["CiphertextBlob"]
+        return b"K1" + bytes(response["CiphertextBlob"])
 
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
         if not wrapped.startswith(b"K1"):
@@ -114,12 +114,12 @@ class KmsKeyWrapper:
             )
         except (ClientError, BotoCoreError) as exc:
             raise SealError(f"AWS KMS refused to decrypt: {_aws_code(exc)}") from exc
-        return response["Plaintext"]
+        return bytes(response["Plaintext"])
 
 
 def _aws_code(exc: Exception) -> str:
     if isinstance(exc, ClientError):
-        return exc.response.get("Error", {}).get("Code", "error")
+        return str(exc.response.get("Error", {}).get("Code", "error"))
     return type(exc).__name__
 
 
@@ -244,7 +244,7 @@ class KmsKeyRing:
     (7-30, AWS's limits). KMS keeps a key pending deletion until the window ends; it refuses to
     use it meanwhile, and an administrator can cancel the deletion (see docs/vault.md)."""
 
-    def __init__(self, kms_client, key_id: str, *, deletion_window_days: int = 7) -> None:
+    def __init__(self, kms_client: Any, key_id: str, *, deletion_window_days: int = 7) -> None:
         if not 7 <= deletion_window_days <= 30:
             raise ValueError("the KMS deletion window is 7-30 days")
         self.kms = kms_client
@@ -275,7 +275,7 @@ class KmsKeyRing:
             )
         except (ClientError, BotoCoreError) as exc:
             raise SealError(f"AWS KMS refused to create a key: {_aws_code(exc)}") from exc
-        return response["KeyMetadata"]["Arn"]
+        return str(response["KeyMetadata"]["Arn"])
 
     def destroy(self, ref: str) -> None:
         key_id = ref.split(":key/", 1)[-1]  # the key's id in its ARN (refs are ARNs or ids)

@@ -21,7 +21,7 @@ REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 
 
 class _Formatter(logging.Formatter):
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def __init__(self, as_json: bool) -> None:
         super().__init__()
@@ -54,7 +54,7 @@ class _Formatter(logging.Formatter):
         return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
 
 
-def _quote(value) -> str:
+def _quote(value: object) -> str:
     text = str(value)
     if not text or any(ch in text for ch in ' ="'):
         return json.dumps(text)
@@ -85,5 +85,5 @@ def configure(level: str | None = None) -> None:
     root.setLevel(name)
 
 
-def log(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields) -> None:
+def log(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: object) -> None:
     logger.log(level, event, extra={"fields": fields})

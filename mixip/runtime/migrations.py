@@ -20,13 +20,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Connection, MetaData, inspect, text
 
 from mixip.runtime import logs
@@ -55,14 +57,17 @@ ENVIRONMENT = Path(__file__).with_name("alembic")
 
 
 def metadata(service: str) -> MetaData:
-    return importlib.import_module(MODELS[service]).Base.metadata
+    found: MetaData = importlib.import_module(MODELS[service]).Base.metadata
+    return found
 
 
 def versions_dir(service: str) -> Path:
-    return Path(importlib.import_module(MODELS[service]).__file__).with_name("migrations")
+    module_file = importlib.import_module(MODELS[service]).__file__
+    assert module_file is not None  # a module of ours, loaded from a file
+    return Path(module_file).with_name("migrations")
 
 
-def config(service: str, connection: Connection | None = None, **attributes) -> Config:
+def config(service: str, connection: Connection | None = None, **attributes: Any) -> Config:
     """Alembic's configuration for `service`, in code (no alembic.ini to ship or find)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(ENVIRONMENT))
@@ -108,7 +113,9 @@ def locked(url: str) -> Iterator[Connection]:
         with engine.connect() as connection:
             if engine.dialect.name == "sqlite":
                 # Outside any transaction, where SQLite honours it (the pool is ours alone).
-                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+                driver = connection.connection.driver_connection
+                assert driver is not None  # a checked-out connection
+                driver.execute("PRAGMA foreign_keys=OFF")
                 connection = connection.execution_options(**{_SQLITE_BEGIN: "EXCLUSIVE"})
             with connection.begin():
                 if engine.dialect.name == "postgresql":
@@ -131,7 +138,7 @@ def upgrade(url: str, service: str, target: str = "head") -> list[str]:
     first revision, which is that schema."""
     applied: list[str] = []
 
-    def record(*, step, **_) -> None:
+    def record(*, step: Any, **_: Any) -> None:
         if not step.is_stamp:
             applied.append(step.up_revision_id)
 
@@ -152,7 +159,7 @@ def downgrade(url: str, service: str, target: str) -> None:
         command.downgrade(config(service, connection), target)
 
 
-def drift(url: str, service: str) -> list:
+def drift(url: str, service: str) -> list[Any]:
     """What autogenerate would change for the database to match the models (empty: none)."""
     with locked(url) as connection:
         context = MigrationContext.configure(
@@ -163,7 +170,8 @@ def drift(url: str, service: str) -> list:
                 "render_as_batch": True,
             },
         )
-        return compare_metadata(context, metadata(service))
+        differences: list[Any] = compare_metadata(context, metadata(service))
+        return differences
 
 
 def _made_before_migrations(connection: Connection, service: str) -> bool:
@@ -176,7 +184,7 @@ def _made_before_migrations(connection: Connection, service: str) -> bool:
 def _include_name(service: str) -> Callable[..., bool]:
     prefix = NOT_OURS.get(service)
 
-    def include(name, type_, parent_names) -> bool:
+    def include(name: str | None, type_: str, parent_names: Any) -> bool:
         return not (type_ == "table" and prefix and name and name.startswith(prefix))
 
     return include
@@ -195,7 +203,7 @@ def _include_object(dialect: str) -> Callable[..., bool]:
     return include
 
 
-def _render_item(type_: str, obj, autogen_context) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Our own column types render as an import of their module, so revisions load."""
     if type_ == "type" and isinstance(obj, UtcDateTime):
         autogen_context.imports.add("from mixip.runtime.db import UtcDateTime")
@@ -241,6 +249,7 @@ def revision(service: str, message: str) -> str:
         }.items():
             cfg.set_section_option("post_write_hooks", key, value)
         script = command.revision(cfg, message=message, autogenerate=True)
+    assert isinstance(script, Script)  # one revision, one script
     return script.path
 
 

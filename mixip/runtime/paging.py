@@ -5,12 +5,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.validation import ID_PATTERN
 
 MAX_TOKEN_LENGTH = 1024
+T = TypeVar("T")
+P = TypeVar("P")
+
+
+class Page(Protocol):
+    """A List response: its items and where the next page starts (empty at the end)."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+R = TypeVar("R", bound=Page)
 _MAX_POSITION = 2**63 - 1  # a BIGINT
 
 
@@ -62,3 +75,36 @@ def decode_page_token(
             field_name, "the filters changed since this token was issued; start from the first page"
         )
     return position
+
+
+def fetch_limit(page_size: int) -> int:
+    """How many rows a page query fetches: one beyond the page, to learn whether more follow."""
+    return page_size + 1
+
+
+def page_of(
+    rows: Sequence[T], page_size: int, position: Callable[[T], P]
+) -> tuple[list[T], P | None]:
+    """The page among `rows` (fetched with `fetch_limit(page_size)`), and the position of its last
+    row when more rows follow (None at the end)."""
+    if len(rows) > page_size:
+        page = list(rows[:page_size])
+        return page, position(page[-1])
+    return list(rows), None
+
+
+def next_page_token(position: Any, filters: dict[str, Any]) -> str:
+    """The `next_page_token` of a page that ended at `position`: empty at the end (None)."""
+    return encode_page_token(position, filters) if position else ""
+
+
+def every_page(fetch: Callable[[str], R]) -> Iterator[R]:
+    """Every page of a List call, for a caller that wants the whole listing: `fetch(page_token)`
+    from the first page ("") until a page's `next_page_token` is empty."""
+    token = ""
+    while True:
+        page = fetch(token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return

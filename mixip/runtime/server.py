@@ -16,9 +16,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +35,7 @@ from mixip.runtime.errors import (
     Unavailable,
     to_grpc_status,
 )
+from mixip.runtime.limits import MAX_MESSAGE_BYTES
 from mixip.runtime.telemetry import RpcMetrics
 
 logger = logging.getLogger("mixip.server")
@@ -43,6 +45,8 @@ REQUEST_ID_HEADER = "x-request-id"
 # Authorizer: given the full method name and the call context, raises PermissionDenied (or
 # returns the caller's identity for the log line).
 Authorizer = Callable[[str, grpc.ServicerContext], str]
+# A unary RPC's behaviour: (request, context) -> response.
+Handler = Callable[[Any, grpc.ServicerContext], Any]
 
 
 class ServiceApp:
@@ -80,7 +84,9 @@ class MeshInterceptor(grpc.ServerInterceptor):
         self.domain = domain
         self.authorize = authorize
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith("/grpc."):
@@ -127,8 +133,8 @@ class MeshInterceptor(grpc.ServerInterceptor):
             )
         return grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
 
-    def _wrap(self, behavior, metrics: RpcMetrics):
-        def wrapped(request, context: grpc.ServicerContext):
+    def _wrap(self, behavior: Handler, metrics: RpcMetrics) -> Handler:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             call = _Call(self, metrics, context)
             try:
                 call.authorize()
@@ -137,15 +143,18 @@ class MeshInterceptor(grpc.ServerInterceptor):
                 call.failed(exc)
             finally:
                 call.end()
+            assert call.failure is not None  # failed() either set it or raised
             context.abort_with_status(to_grpc_status(call.failure, self.domain))
 
         return wrapped
 
-    def _wrap_streaming(self, behavior, metrics: RpcMetrics):
+    def _wrap_streaming(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], metrics: RpcMetrics
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         """The same checks for an RPC that streams its responses: authorization before the
         first response, and an error raised while streaming mapped like any other."""
 
-        def wrapped(request, context: grpc.ServicerContext):
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = _Call(self, metrics, context)
             try:
                 call.authorize()
@@ -165,11 +174,14 @@ class MeshInterceptor(grpc.ServerInterceptor):
 class _Call:
     """One RPC as the interceptor sees it: its request id, caller, failure and log line."""
 
-    def __init__(self, interceptor: MeshInterceptor, metrics: RpcMetrics, context) -> None:
+    def __init__(
+        self, interceptor: MeshInterceptor, metrics: RpcMetrics, context: grpc.ServicerContext
+    ) -> None:
         self.interceptor, self.method, self.context = interceptor, metrics.method, context
         self.metrics = metrics
         metrics.started()
-        incoming = dict(context.invocation_metadata()).get(REQUEST_ID_HEADER, "")
+        sent = dict(context.invocation_metadata()).get(REQUEST_ID_HEADER, "")
+        incoming = sent if isinstance(sent, str) else ""
         self.request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
         self.token = logs.REQUEST_ID.set(self.request_id)
         self.started = time.perf_counter()
@@ -210,22 +222,21 @@ class _Call:
         code = failure.code.name if failure else _code_name(self.context)
         seconds = time.perf_counter() - self.started
         self.metrics.handled(code, seconds)
+        fields: dict[str, Any] = {}
+        if self.caller:
+            fields["caller"] = self.caller
+        if failure:
+            fields["reason"] = failure.reason
         logs.log(
-            logger,
-            "rpc",
-            method=self.method,
-            code=code,
-            ms=round(seconds * 1000, 1),
-            **({"caller": self.caller} if self.caller else {}),
-            **({"reason": failure.reason} if failure else {}),
+            logger, "rpc", method=self.method, code=code, ms=round(seconds * 1000, 1), **fields
         )
         # A streaming RPC resumed in another context has nothing to restore there.
         with contextlib.suppress(ValueError):
             logs.REQUEST_ID.reset(self.token)
 
 
-def _refuse_unknown_kind(method: str):
-    def refuse(request, context: grpc.ServicerContext):
+def _refuse_unknown_kind(method: str) -> Handler:
+    def refuse(request: Any, context: grpc.ServicerContext) -> None:
         logger.error("rpc kind not wrapped", extra={"fields": {"method": method}})
         context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
@@ -235,7 +246,7 @@ def _refuse_unknown_kind(method: str):
     return refuse
 
 
-def _parsed(parse, raw: bytes):
+def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
     try:
         return parse(raw)
     except Exception as exc:  # protobuf's DecodeError, or invalid UTF-8 in a string field
@@ -334,7 +345,7 @@ def start_server(
     app: ServiceApp,
     *,
     listen: str = "127.0.0.1:0",
-    max_message_bytes: int = 80 * 1024 * 1024,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     workers: int = 16,
     credentials: grpc.ServerCredentials | None = None,
     authorize: Authorizer | None = None,
@@ -394,7 +405,9 @@ def _loopback(listen: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def serve(name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict]]) -> int:
+def serve(
+    name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict[str, Any]]]
+) -> int:
     """Runs service `name` as a process until SIGTERM/SIGINT. `build` returns the app and the
     keyword arguments of `start_server` beyond the common ones (credentials, authorize); by
     default, with MIXIP_TLS_DIR set, the service requires mutual TLS and checks its callers

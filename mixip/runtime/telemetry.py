@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from opentelemetry import trace
@@ -138,12 +138,14 @@ def configure_tracing(service: str) -> None:
 def server_tracing() -> grpc.ServerInterceptor:
     """The server interceptor that continues the caller's trace (outermost, so every log line
     of the call carries its trace id)."""
-    return server_interceptor()
+    interceptor = server_interceptor()  # type: ignore[no-untyped-call]
+    return cast(grpc.ServerInterceptor, interceptor)
 
 
 def traced(channel: grpc.Channel) -> grpc.Channel:
     """`channel`, sending the current trace context (W3C traceparent) with every call."""
-    return intercept_channel(channel, client_interceptor())
+    interceptor = client_interceptor()  # type: ignore[no-untyped-call]
+    return cast(grpc.Channel, intercept_channel(channel, interceptor))  # type: ignore[no-untyped-call]
 
 
 def current_trace_id() -> str:

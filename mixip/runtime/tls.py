@@ -15,6 +15,7 @@ import datetime as dt
 import ipaddress
 import os
 from pathlib import Path
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -146,5 +147,5 @@ def channel_credentials(directory: Path, name: str) -> grpc.ChannelCredentials:
 
 def caller_identity(context: grpc.ServicerContext) -> str | None:
     """The common name of the verified client certificate, or None on a plaintext port."""
-    names = context.auth_context().get("x509_common_name") or []
+    names = cast(list[bytes], context.auth_context().get("x509_common_name") or [])
     return names[0].decode() if names else None

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.runtime.errors import FieldViolation, InvalidArgument
+from mixip.runtime.limits import DEFAULT_PAGE_SIZE, MAX_BATCH
 
 # Identifiers chosen by callers (accounts, talents, projects, media): the character set AWS
 # Rekognition accepts in ExternalImageId (so a talent id can be stored there unchanged), no
 # spaces or path separators, at most 128 characters.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : - (starting with a letter or digit)"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 # Earliest and latest timestamps we accept (protobuf allows years 1-9999).
 _MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_TIME = datetime(9999, 12, 31, tzinfo=UTC)
@@ -69,7 +69,10 @@ class Checks:
             self.fail(field_name, "must not contain control, bidi-override or non-characters")
         return value
 
-    def enum(self, field_name: str, value: int, enum_type, *, allowed: Iterable[int] = ()) -> int:
+    def enum(
+        self, field_name: str, value: int, enum_type: Any, *, allowed: Iterable[int] = ()
+    ) -> int:
+        """`enum_type`: a generated enum (its `values()` and `Name()`)."""
         allowed = set(allowed) or {v for v in enum_type.values() if v != 0}
         if value not in allowed:
             names = ", ".join(sorted(enum_type.Name(v) for v in allowed))
@@ -82,28 +85,28 @@ class Checks:
     def page_size(self, field_name: str, value: int) -> int:
         if value == 0:
             return DEFAULT_PAGE_SIZE
-        if not 1 <= value <= MAX_PAGE_SIZE:
+        if not 1 <= value <= MAX_BATCH:
             self.fail(
-                field_name, f"must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+                field_name, f"must be between 1 and {MAX_BATCH} (0 means {DEFAULT_PAGE_SIZE})"
             )
             return DEFAULT_PAGE_SIZE
         return value
 
-    def count(self, field_name: str, items, *, minimum: int, maximum: int) -> None:
+    def count(self, field_name: str, items: Sized, *, minimum: int, maximum: int) -> None:
         if not minimum <= len(items) <= maximum:
             self.fail(
                 field_name, f"must hold between {minimum} and {maximum} items, got {len(items)}"
             )
 
     def timestamp(
-        self, field_name: str, message, present: bool, *, required: bool = True
+        self, field_name: str, message: Timestamp, present: bool, *, required: bool = True
     ) -> datetime | None:
         """A google.protobuf.Timestamp field as an aware UTC datetime."""
         if not present:
             if required:
                 self.fail(field_name, "required")
             return None
-        ts: Timestamp = message
+        ts = message
         if not 0 <= ts.nanos < 1_000_000_000:
             self.fail(field_name, "nanos must be in [0, 1e9)")
             return None
@@ -117,7 +120,9 @@ class Checks:
             return None
         return value
 
-    def drill_time(self, field_name: str, message, present: bool, now: datetime) -> datetime | None:
+    def drill_time(
+        self, field_name: str, message: Timestamp, present: bool, now: datetime
+    ) -> datetime | None:
         """An optional "as of" time of a retention drill: unset (None), or a time at or after
         `now` and at most 100 years ahead."""
         value = self.timestamp(field_name, message, present, required=False)

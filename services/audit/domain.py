@@ -56,6 +56,15 @@ class EventContent:
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class ChainedEvent:
+    """A recorded event: its content and its link in the account's hash chain."""
+
+    content: EventContent
+    prev_hash: str
+    event_hash: str
+
+
 def _instant(value: datetime) -> str:
     return as_utc(value).isoformat(timespec="microseconds")
 

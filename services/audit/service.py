@@ -6,17 +6,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, and_, delete, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, serialize
+from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, rowcount, serialize
 from mixip.runtime.idempotency import require_same
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
     GENESIS_HASH,
+    ChainedEvent,
     ChainVerdict,
     EventContent,
     StoredLink,
@@ -179,7 +182,7 @@ class AuditLog:
         with self.db.write() as session:
             head = self._locked_head(session, account_id)
             keys = [e.idempotency_key for e in events]
-            stored = {
+            stored: dict[str, _Recorded | None] = {
                 row.idempotency_key: _Recorded(*row[1:])
                 for row in session.execute(
                     select(
@@ -310,7 +313,7 @@ class AuditLog:
 
     def list_events(
         self, where: EventFilter, page_size: int, after_sequence: int
-    ) -> tuple[list[EventRow], int | None]:
+    ) -> tuple[list[ChainedEvent], int | None]:
         """A page of events oldest first, and the sequence to continue after (None at the end).
         A talent filter matches nothing once the talent's salt is gone."""
         with self.db.read() as session:
@@ -334,12 +337,13 @@ class AuditLog:
                     select(EventRow)
                     .where(and_(*conditions))
                     .order_by(EventRow.sequence)
-                    .limit(page_size + 1)
+                    .limit(fetch_limit(page_size))
                 )
             )
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].sequence
-        return rows, None
+        page, position = page_of(rows, page_size, lambda event: event.sequence)
+        return [
+            ChainedEvent(_content(row), row.prev_hash, row.event_hash) for row in page
+        ], position
 
     # -- verify -------------------------------------------------------------------------------
 
@@ -416,11 +420,13 @@ class AuditLog:
         there was a marker. An append racing the lift is recorded unlinkable or with the new
         salt, either being right for an event recorded as the new life begins."""
         with self.db.write() as session:
-            lifted = session.execute(
-                delete(ShredMarkerRow).where(
-                    ShredMarkerRow.lookup == self.vault.lookup(account_id, talent_id)
+            lifted = rowcount(
+                session.execute(
+                    delete(ShredMarkerRow).where(
+                        ShredMarkerRow.lookup == self.vault.lookup(account_id, talent_id)
+                    )
                 )
-            ).rowcount
+            )
         logs.log(logger, "shred marker lifted", account=account_id, lifted=bool(lifted))
         return lifted > 0
 
@@ -467,12 +473,14 @@ class AuditLog:
             for account_id, sequence in oldest:
                 through_of[account_id] = max(sequence, through_of.get(account_id, 0))
             for account_id, through in sorted(through_of.items()):
-                through_hash = session.get(EventRow, (account_id, through)).event_hash
-                deleted = session.execute(
-                    delete(EventRow).where(
-                        EventRow.account_id == account_id, EventRow.sequence <= through
+                through_hash = session.get_one(EventRow, (account_id, through)).event_hash
+                deleted = rowcount(
+                    session.execute(
+                        delete(EventRow).where(
+                            EventRow.account_id == account_id, EventRow.sequence <= through
+                        )
                     )
-                ).rowcount
+                )
                 self._move_checkpoint(session, account_id, through, through_hash, deleted)
                 purged += deleted
                 checkpoints += 1
@@ -672,7 +680,7 @@ def _content(row: EventRow) -> EventContent:
     )
 
 
-def _row(content: EventContent, prev_hash: str, event_hash: str) -> dict:
+def _row(content: EventContent, prev_hash: str, event_hash: str) -> dict[str, Any]:
     return {
         "account_id": content.account_id,
         "sequence": content.sequence,

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
+import grpc
+
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
+from services.audit.domain import ChainedEvent
 from services.audit.service import AuditLog, EventFilter, NewEvent
-from services.audit.store import EventRow
 
-MAX_EVENTS_PER_CALL = 1000
 MAX_PURGE_BATCH = 100_000
 DEFAULT_PURGE_BATCH = 10_000
 # A cutoff in the future would purge events as they are written: refuse it (small clock skew ok).
@@ -25,20 +27,26 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self.log = log
         self.clock = clock
 
-    def RecordMatchEvents(self, request, context):
+    def RecordMatchEvents(
+        self, request: audit_pb2.RecordMatchEventsRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.RecordMatchEventsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
-        checks.count("events", request.events, minimum=1, maximum=MAX_EVENTS_PER_CALL)
+        checks.count("events", request.events, minimum=1, maximum=MAX_BATCH)
         events = []
-        for i, event in enumerate(request.events[:MAX_EVENTS_PER_CALL]):
-            events.append(_new_event(checks, f"events[{i}]", event))
+        for i, event in enumerate(request.events[:MAX_BATCH]):
+            new = _new_event(checks, f"events[{i}]", event)
+            if new is not None:  # else its time was bad: checks.done() refuses the call
+                events.append(new)
         checks.done()
         recorded, duplicates = self.log.record(request.account_id, events)
         return audit_pb2.RecordMatchEventsResponse(
             recorded_count=recorded, duplicate_count=duplicates
         )
 
-    def ListEvents(self, request, context):
+    def ListEvents(
+        self, request: audit_pb2.ListEventsRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.ListEventsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id, required=False)
@@ -54,13 +62,15 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             "s": since.isoformat() if since else "",
         }
         after = decode_page_token(request.page_token, filters) or 0
-        rows, next_after = self.log.list_events(where, page_size, after)
+        events, next_after = self.log.list_events(where, page_size, after)
         return audit_pb2.ListEventsResponse(
-            events=[_event(row) for row in rows],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+            events=[_event(event) for event in events],
+            next_page_token=next_page_token(next_after, filters),
         )
 
-    def VerifyLog(self, request, context):
+    def VerifyLog(
+        self, request: audit_pb2.VerifyLogRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.VerifyLogResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id, required=False)
         checks.done()
@@ -74,7 +84,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             chains_checked=verdict.chains_checked,
         )
 
-    def ShredTalentSalt(self, request, context):
+    def ShredTalentSalt(
+        self, request: audit_pb2.ShredTalentSaltRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.ShredTalentSaltResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -85,7 +97,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             salt_destroyed=destroyed, shredded_at=to_timestamp(when)
         )
 
-    def LiftShredMarker(self, request, context):
+    def LiftShredMarker(
+        self, request: audit_pb2.LiftShredMarkerRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.LiftShredMarkerResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -93,7 +107,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         lifted = self.log.lift_marker(request.account_id, request.talent_id)
         return audit_pb2.LiftShredMarkerResponse(lifted=lifted)
 
-    def PurgeExpired(self, request, context):
+    def PurgeExpired(
+        self, request: audit_pb2.PurgeExpiredRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.PurgeExpiredResponse:
         checks = Checks()
         cutoff = checks.timestamp("cutoff", request.cutoff, request.HasField("cutoff"))
         if cutoff is not None and cutoff > self.clock() + _CUTOFF_SKEW:
@@ -105,6 +121,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 f"must be between 1 and {MAX_PURGE_BATCH} (0 means {DEFAULT_PURGE_BATCH})",
             )
         checks.done()
+        assert cutoff is not None  # required: checks.done() refused its absence
         purged, done, checkpoints, salts = self.log.purge(cutoff, batch)
         return audit_pb2.PurgeExpiredResponse(
             purged_count=purged,
@@ -113,7 +130,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             vault_entries_deleted=salts,
         )
 
-    def RotateVault(self, request, context):
+    def RotateVault(
+        self, request: audit_pb2.RotateVaultRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.RotateVaultResponse:
         rotation = self.log.rotate_vault()
         return audit_pb2.RotateVaultResponse(
             key_version=rotation.key_version,
@@ -121,7 +140,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             vault_entries_resealed=rotation.salts_resealed,
         )
 
-    def GetVaultStatus(self, request, context):
+    def GetVaultStatus(
+        self, request: audit_pb2.GetVaultStatusRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetVaultStatusResponse:
         status = self.log.vault_status()
         return audit_pb2.GetVaultStatusResponse(
             key_version=status.key_version, rotated_at=to_timestamp(status.rotated_at)
@@ -135,7 +156,7 @@ _LABELS = {
 }
 
 
-def _new_event(checks: Checks, at: str, event) -> NewEvent:
+def _new_event(checks: Checks, at: str, event: audit_pb2.MatchEventInput) -> NewEvent | None:
     checks.text(f"{at}.idempotency_key", event.idempotency_key, max_length=200)
     checks.identifier(f"{at}.project_id", event.project_id)
     checks.identifier(f"{at}.media_id", event.media_id)
@@ -154,6 +175,8 @@ def _new_event(checks: Checks, at: str, event) -> NewEvent:
     occurred = checks.timestamp(
         f"{at}.occurred_at", event.occurred_at, event.HasField("occurred_at")
     )
+    if occurred is None:
+        return None
     return NewEvent(
         idempotency_key=event.idempotency_key,
         project_id=event.project_id,
@@ -168,21 +191,22 @@ def _new_event(checks: Checks, at: str, event) -> NewEvent:
     )
 
 
-def _event(row: EventRow) -> audit_pb2.AuditEvent:
+def _event(event: ChainedEvent) -> audit_pb2.AuditEvent:
+    content = event.content
     return audit_pb2.AuditEvent(
-        sequence=row.sequence,
-        account_id=row.account_id,
-        project_id=row.project_id,
-        media_id=row.media_id,
-        face_index=row.face_index,
-        label=row.label,
-        reason=row.reason,
-        similarity=row.similarity,
-        talent_linked=row.talent_hash is not None,
-        actor=row.actor,
-        occurred_at=to_timestamp(row.occurred_at),
-        recorded_at=to_timestamp(row.recorded_at),
-        event_hash=row.event_hash,
-        prev_hash=row.prev_hash,
-        idempotency_key=row.idempotency_key,
+        sequence=content.sequence,
+        account_id=content.account_id,
+        project_id=content.project_id,
+        media_id=content.media_id,
+        face_index=content.face_index,
+        label=common_pb2.FaceLabel.ValueType(content.label),
+        reason=common_pb2.LabelReason.ValueType(content.reason),
+        similarity=content.similarity,
+        talent_linked=content.talent_hash is not None,
+        actor=content.actor,
+        occurred_at=to_timestamp(content.occurred_at),
+        recorded_at=to_timestamp(content.recorded_at),
+        event_hash=event.event_hash,
+        prev_hash=event.prev_hash,
+        idempotency_key=content.idempotency_key,
     )

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
 from mixip.runtime.config import ConfigError
-from mixip.runtime.db import Database, UtcDateTime, insert_ignoring_conflicts
+from mixip.runtime.db import Database, UtcDateTime, insert_ignoring_conflicts, rowcount
 from mixip.runtime.errors import Unavailable
 from mixip.runtime.keys import (
     KeyRing,
@@ -84,7 +85,7 @@ def as_key_ring(keys: KeyRing | KeyWrapper) -> KeyRing:
         return LocalKeyRing(keys.path)
     if isinstance(keys, KmsKeyWrapper):
         return KmsKeyRing(keys.kms, keys.key_id)
-    return keys
+    return cast(KeyRing, keys)  # not one of the single-KEK wrappers: a ring
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class SaltVault:
                 insert_ignoring_conflicts(
                     session, VaultState.__table__, [self._first_state(session)], ["id"]
                 )
-                state = self._locked_state(session, exclusive=True)
+                state = self._state(session, exclusive=True)
             try:
                 keys = self._unwrap(state)
             except SealError as exc:
@@ -150,7 +151,7 @@ class SaltVault:
             logs.log(logger, "stale vault keys removed", count=len(swept))
         return keys
 
-    def _first_state(self, session: Session) -> dict:
+    def _first_state(self, session: Session) -> dict[str, Any]:
         now = self.clock()
         ref = self.ring.initial_ref()
         wrapper = self.ring.open(ref)
@@ -197,10 +198,17 @@ class SaltVault:
             query = query.with_for_update(read=True, key_share=True)
         return session.scalars(query).one_or_none()
 
+    @classmethod
+    def _state(cls, session: Session, *, exclusive: bool) -> VaultState:
+        """The locked state row, which exists once the vault is open."""
+        state = cls._locked_state(session, exclusive=exclusive)
+        assert state is not None  # made by open(), never deleted
+        return state
+
     def _current(self, session: Session) -> _Keys:
         """The keys of the key version this transaction sees, reloaded when another replica
         rotated since this one last looked."""
-        state = self._locked_state(session, exclusive=False)
+        state = self._state(session, exclusive=False)
         cached = self._keys
         if state.version == cached.version:
             return cached
@@ -286,7 +294,7 @@ class SaltVault:
         lookup = self._hmac(self._current(session), account_id, talent_id)
         session.execute(delete(SaltActivity).where(SaltActivity.lookup == lookup))
         result = session.execute(delete(SaltRow).where(SaltRow.lookup == lookup))
-        return result.rowcount > 0
+        return rowcount(result) > 0
 
     def touch(
         self, session: Session, account_id: str, talent_ids: Iterable[str], at: datetime
@@ -342,7 +350,7 @@ class SaltVault:
         batch, done = idle[:limit], len(idle) <= limit
         if not batch:
             return 0, True
-        deleted = session.execute(delete(SaltRow).where(SaltRow.lookup.in_(batch))).rowcount
+        deleted = rowcount(session.execute(delete(SaltRow).where(SaltRow.lookup.in_(batch))))
         session.execute(delete(SaltActivity).where(SaltActivity.lookup.in_(batch)))
         return deleted, done
 
@@ -350,7 +358,7 @@ class SaltVault:
 
     def status(self) -> VaultStatus:
         with self.db.read() as session:
-            state = session.get(VaultState, _STATE_ID)
+            state = session.get_one(VaultState, _STATE_ID)
             return VaultStatus(state.version, state.rotated_at)
 
     def rotate(self) -> Rotation:
@@ -363,7 +371,7 @@ class SaltVault:
         KEK until it is destroyed (the next start or rotation finishes that)."""
         now = self.clock()
         with self.db.write() as session:
-            state = self._locked_state(session, exclusive=True)
+            state = self._state(session, exclusive=True)
             old = self._unwrap(state)
             self._finish_retirement(session, state)
             self.ring.sweep(keep=state.kek_ref)
@@ -386,7 +394,7 @@ class SaltVault:
         self.ring.destroy(retired)
         self._step("destroyed")
         with self.db.write() as session:
-            state = self._locked_state(session, exclusive=True)
+            state = self._state(session, exclusive=True)
             if state.retired_kek_ref == retired:
                 state.retired_kek_ref = None
         logs.log(logger, "vault rotated", key_version=version, salts_resealed=resealed)

@@ -41,6 +41,19 @@ class NewRecord:
     request_id: str
 
 
+@dataclass(frozen=True)
+class Record:
+    """One record of a consent timeline, as the ledger keeps it."""
+
+    record_id: str
+    account_id: str
+    key: ConsentKey
+    decision: int
+    evidence: Evidence
+    recorded_at: datetime
+    sequence: int
+
+
 def state_of(latest_decision: int | None) -> int:
     """The state a timeline is in, from its latest decision (None when it has no record)."""
     if latest_decision is None:

@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.db import Database, insert_ignoring_conflicts, rowcount
 from mixip.runtime.times import Clock
 from services.consent.store import DeliveryCountRow, OutboxRow
 
@@ -104,9 +104,9 @@ class OutboxDispatcher:
     def pending(self) -> int:
         """Deletions not yet acknowledged."""
         with self.db.read() as session:
-            return session.scalar(
+            return session.scalars(
                 select(func.count()).select_from(OutboxRow).where(OutboxRow.delivered_at.is_(None))
-            )
+            ).one()
 
     def _claim_due(self) -> list[OutboxRow]:
         now = self.clock()
@@ -124,15 +124,17 @@ class OutboxDispatcher:
         claimed = []
         for row in candidates:
             with self.db.write() as session:
-                won = session.execute(
-                    update(OutboxRow)
-                    .where(
-                        OutboxRow.id == row.id,
-                        OutboxRow.delivered_at.is_(None),
-                        or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until <= now),
+                won = rowcount(
+                    session.execute(
+                        update(OutboxRow)
+                        .where(
+                            OutboxRow.id == row.id,
+                            OutboxRow.delivered_at.is_(None),
+                            or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until <= now),
+                        )
+                        .values(lease_until=now + self.lease)
                     )
-                    .values(lease_until=now + self.lease)
-                ).rowcount
+                )
             if won:
                 claimed.append(row)
         return claimed
@@ -142,7 +144,7 @@ class OutboxDispatcher:
         meanwhile, there is nothing left to count)."""
         now = self.clock()
         with self.db.write() as session:
-            if session.execute(delete(OutboxRow).where(OutboxRow.id == row.id)).rowcount:
+            if rowcount(session.execute(delete(OutboxRow).where(OutboxRow.id == row.id))):
                 count_deliveries(session, row.account_id, now, 1, deleted)
         logs.log(
             logger,
@@ -165,6 +167,7 @@ class OutboxDispatcher:
                 ).where(OutboxRow.delivered_at.is_not(None))
             ).all()
             for _, account_id, delivered_at, faces in rows:
+                assert delivered_at is not None  # selected for it
                 count_deliveries(session, account_id, delivered_at, 1, faces or 0)
             if rows:
                 session.execute(delete(OutboxRow).where(OutboxRow.id.in_([r[0] for r in rows])))

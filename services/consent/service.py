@@ -12,10 +12,18 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database
+from mixip.runtime.db import Database, rowcount
 from mixip.runtime.idempotency import require_same
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
-from services.consent.domain import ConsentKey, NewRecord, needs_face_deletion, state_of
+from services.consent.domain import (
+    ConsentKey,
+    Evidence,
+    NewRecord,
+    Record,
+    needs_face_deletion,
+    state_of,
+)
 from services.consent.store import OutboxRow, RecordRow, TombstoneRow
 
 logger = logging.getLogger("mixip.consent")
@@ -29,14 +37,26 @@ class Erasure:
     erased_at: datetime
 
 
-def _replayed(earlier: RecordRow, new: NewRecord) -> RecordRow:
+def _record(row: RecordRow) -> Record:
+    return Record(
+        record_id=row.record_id,
+        account_id=row.account_id,
+        key=ConsentKey(row.talent_id, row.scope, row.project_id),
+        decision=row.decision,
+        evidence=Evidence(row.method, row.policy_version, row.actor, row.captured_at),
+        recorded_at=row.recorded_at,
+        sequence=row.sequence,
+    )
+
+
+def _replayed(earlier: RecordRow, new: NewRecord) -> Record:
     """The earlier record of a retried request; a different record under the same request id
     is refused rather than silently dropped."""
     require_same(
         (earlier.talent_id, earlier.scope, earlier.project_id, earlier.decision),
         (new.key.talent_id, new.key.scope, new.key.project_id, new.decision),
     )
-    return earlier
+    return _record(earlier)
 
 
 class ConsentLedger:
@@ -47,7 +67,7 @@ class ConsentLedger:
         self.clock = clock
         self.on_outbox_write = on_outbox_write  # wakes the dispatcher
 
-    def record(self, account_id: str, new: NewRecord) -> tuple[RecordRow, bool]:
+    def record(self, account_id: str, new: NewRecord) -> tuple[Record, bool]:
         """Appends a record (and, for a biometric revocation, its outbox row, atomically).
         Returns (record, replayed): a repeated request id returns the first record."""
         if new.request_id:
@@ -99,7 +119,7 @@ class ConsentLedger:
         )
         if needs_face_deletion(new):
             self.on_outbox_write()
-        return row, False
+        return _record(row), False
 
     def _by_request(self, account_id: str, request_id: str) -> RecordRow | None:
         with self.db.read() as session:
@@ -109,9 +129,7 @@ class ConsentLedger:
                 )
             ).one_or_none()
 
-    def check(
-        self, account_id: str, keys: Sequence[ConsentKey]
-    ) -> list[tuple[int, RecordRow | None]]:
+    def check(self, account_id: str, keys: Sequence[ConsentKey]) -> list[tuple[int, Record | None]]:
         """For each key, its state and the latest record it comes from (None when absent)."""
         wanted = {(k.talent_id, k.scope, k.project_id) for k in keys}
         with self.db.read() as session:
@@ -132,22 +150,22 @@ class ConsentLedger:
         answers = []
         for key in keys:
             row = latest.get((key.talent_id, key.scope, key.project_id))
-            answers.append((state_of(row.decision if row else None), row))
+            answers.append((state_of(row.decision if row else None), _record(row) if row else None))
         return answers
 
     def list_records(
         self, account_id: str, talent_id: str, page_size: int, after_sequence: int
-    ) -> tuple[list[RecordRow], int | None]:
+    ) -> tuple[list[Record], int | None]:
         with self.db.read() as session:
             query = select(RecordRow).where(
                 RecordRow.account_id == account_id, RecordRow.sequence > after_sequence
             )
             if talent_id:
                 query = query.where(RecordRow.talent_id == talent_id)
-            rows = list(session.scalars(query.order_by(RecordRow.sequence).limit(page_size + 1)))
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].sequence
-        return rows, None
+            order = query.order_by(RecordRow.sequence).limit(fetch_limit(page_size))
+            rows = list(session.scalars(order))
+        page, position = page_of(rows, page_size, lambda record: record.sequence)
+        return [_record(row) for row in page], position
 
     def erase(self, account_id: str, talent_id: str, request_id: str) -> Erasure:
         """Deletes the talent's records and outbox rows; leaves a PII-free tombstone when
@@ -167,16 +185,20 @@ class ConsentLedger:
                         earlier.tombstone_id,
                         earlier.erased_at,
                     )
-            records = session.execute(
-                delete(RecordRow).where(
-                    RecordRow.account_id == account_id, RecordRow.talent_id == talent_id
+            records = rowcount(
+                session.execute(
+                    delete(RecordRow).where(
+                        RecordRow.account_id == account_id, RecordRow.talent_id == talent_id
+                    )
                 )
-            ).rowcount
-            outbox = session.execute(
-                delete(OutboxRow).where(
-                    OutboxRow.account_id == account_id, OutboxRow.talent_id == talent_id
+            )
+            outbox = rowcount(
+                session.execute(
+                    delete(OutboxRow).where(
+                        OutboxRow.account_id == account_id, OutboxRow.talent_id == talent_id
+                    )
                 )
-            ).rowcount
+            )
             now = self.clock()
             tombstone_id = ""
             if records or outbox:

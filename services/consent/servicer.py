@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import grpc
+
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
-from services.consent.domain import BIOMETRIC, FACE_USAGE, ConsentKey, Evidence, NewRecord
+from services.consent.domain import (
+    BIOMETRIC,
+    FACE_USAGE,
+    ConsentKey,
+    Evidence,
+    NewRecord,
+    Record,
+)
 from services.consent.service import ConsentLedger
-from services.consent.store import RecordRow
 
-MAX_BATCH_QUERIES = 1000
 _FUTURE_SKEW = timedelta(minutes=5)
 
 
@@ -21,7 +29,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self.ledger = ledger
         self.clock = clock
 
-    def RecordConsent(self, request, context):
+    def RecordConsent(
+        self, request: consent_pb2.RecordConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.RecordConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         key = _key(checks, "", request.talent_id, request.scope, request.project_id)
@@ -49,34 +59,43 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             checks.fail("evidence.captured_at", "must not be in the future")
         return Evidence(e.method, e.policy_version, e.actor, captured or self.clock())
 
-    def CheckConsent(self, request, context):
+    def CheckConsent(
+        self, request: consent_pb2.CheckConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.CheckConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         key = _key(checks, "", request.talent_id, request.scope, request.project_id)
         checks.done()
         [(state, latest)] = self.ledger.check(request.account_id, [key])
         return consent_pb2.CheckConsentResponse(
-            state=state, latest=_record(latest) if latest else None
+            state=consent_pb2.ConsentState.ValueType(state),
+            latest=_record(latest) if latest else None,
         )
 
-    def BatchCheckConsent(self, request, context):
+    def BatchCheckConsent(
+        self, request: consent_pb2.BatchCheckConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.BatchCheckConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
-        checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH_QUERIES)
+        checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH)
         keys = [
             _key(checks, f"queries[{i}].", q.talent_id, q.scope, q.project_id)
-            for i, q in enumerate(request.queries[:MAX_BATCH_QUERIES])
+            for i, q in enumerate(request.queries[:MAX_BATCH])
         ]
         checks.done()
         answers = self.ledger.check(request.account_id, keys)
         return consent_pb2.BatchCheckConsentResponse(
             answers=[
-                consent_pb2.ConsentAnswer(query=query, state=state)
+                consent_pb2.ConsentAnswer(
+                    query=query, state=consent_pb2.ConsentState.ValueType(state)
+                )
                 for query, (state, _) in zip(request.queries, answers, strict=True)
             ]
         )
 
-    def ListConsentRecords(self, request, context):
+    def ListConsentRecords(
+        self, request: consent_pb2.ListConsentRecordsRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.ListConsentRecordsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id, required=False)
@@ -89,10 +108,12 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         )
         return consent_pb2.ListConsentRecordsResponse(
             records=[_record(r) for r in rows],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+            next_page_token=next_page_token(next_after, filters),
         )
 
-    def EraseTalentConsent(self, request, context):
+    def EraseTalentConsent(
+        self, request: consent_pb2.EraseTalentConsentRequest, context: grpc.ServicerContext
+    ) -> consent_pb2.EraseTalentConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -117,20 +138,21 @@ def _key(checks: Checks, at: str, talent_id: str, scope: int, project_id: str) -
     return ConsentKey(talent_id, scope, project_id if scope == FACE_USAGE else "")
 
 
-def _record(row: RecordRow) -> consent_pb2.ConsentRecord:
+def _record(record: Record) -> consent_pb2.ConsentRecord:
+    evidence = record.evidence
     return consent_pb2.ConsentRecord(
-        record_id=row.record_id,
-        account_id=row.account_id,
-        talent_id=row.talent_id,
-        scope=row.scope,
-        project_id=row.project_id,
-        decision=row.decision,
+        record_id=record.record_id,
+        account_id=record.account_id,
+        talent_id=record.key.talent_id,
+        scope=consent_pb2.ConsentScope.ValueType(record.key.scope),
+        project_id=record.key.project_id,
+        decision=consent_pb2.ConsentDecision.ValueType(record.decision),
         evidence=consent_pb2.Evidence(
-            method=row.method,
-            policy_version=row.policy_version,
-            actor=row.actor,
-            captured_at=to_timestamp(row.captured_at),
+            method=evidence.method,
+            policy_version=evidence.policy_version,
+            actor=evidence.actor,
+            captured_at=to_timestamp(evidence.captured_at),
         ),
-        recorded_at=to_timestamp(row.recorded_at),
-        sequence=row.sequence,
+        recorded_at=to_timestamp(record.recorded_at),
+        sequence=record.sequence,
     )

@@ -93,7 +93,7 @@ class QuantizedIndex:
         centroids = _train_codebooks(self._training_rows(vectors, rng), rng)
         faiss.copy_array_to_vector(centroids.ravel(), self._codes.pq.centroids)
         self._codes.is_trained = True
-        self._packer = self._codes.get_CodePacker()
+        self._packer = self._codes.get_CodePacker()  # type: ignore[attr-defined]  # not in faiss's stubs
         self._int8 = np.zeros((0, self.dimension), dtype=np.int8)
         self._scale = np.zeros(0, dtype=np.float32)
         self._faces = np.zeros(0, dtype="S1")

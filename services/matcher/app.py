@@ -1,22 +1,14 @@
 """Composition root of the matcher: configuration → database, engine, index, consent client.
 
-Settings (docs/configuration.md): MIXIP_MATCHER_ENGINE (local | rekognition),
-MIXIP_MATCHER_MODEL_DIR, MIXIP_MATCHER_POSSIBLE_THRESHOLD, MIXIP_MATCHER_CLEARED_THRESHOLD,
-MIXIP_MATCHER_AMBIGUITY_MARGIN, MIXIP_MATCHER_MAX_MEDIA_BYTES, MIXIP_MATCHER_MAX_PIXELS,
-MIXIP_MATCHER_MAX_VIDEO_SECONDS, MIXIP_MATCHER_VIDEO_SAMPLE_HZ, MIXIP_MATCHER_MIN_FACE_PIXELS,
-MIXIP_MATCHER_ENROLL_MIN_SCORE, MIXIP_MATCHER_DETECT_MAX_SIDE, MIXIP_MATCHER_TOP_K,
-MIXIP_MATCHER_INFERENCE_THREADS, MIXIP_MATCHER_REKOGNITION_PREFIX, MIXIP_MATCHER_ANN_MIN_FACES,
-MIXIP_MATCHER_INDEX_SWEEP_SECONDS.
+Settings: services/matcher/settings.py (every variable, documented). Peers: consent
+(services/matcher/peers.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 
@@ -28,86 +20,17 @@ from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
-from services.matcher.consent_client import ConsentClient
 from services.matcher.engines.base import FaceEngine
 from services.matcher.index import CollectionIndexes, sized_index_factory
-from services.matcher.labels import Thresholds
-from services.matcher.service import Limits, Matcher
+from services.matcher.peers import ConsentClient
+from services.matcher.service import Matcher
 from services.matcher.servicer import MatcherServicer
+from services.matcher.settings import MatcherSettings
 from services.matcher.store import Base, faces_per_account
 
 logger = logging.getLogger("mixip.matcher")
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
 CONSENT_SERVICE = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
-
-# Defaults per engine scale: SFace cosine (OpenCV's published 0.363) or Rekognition 0-100.
-DEFAULT_THRESHOLDS = {
-    "local": Thresholds(possible=0.363, cleared=0.55, margin=0.05),
-    "rekognition": Thresholds(possible=80.0, cleared=95.0, margin=2.0),
-}
-
-
-@dataclass(frozen=True)
-class MatcherSettings:
-    engine: str = "local"
-    model_dir: Path | None = None
-    thresholds: Thresholds = DEFAULT_THRESHOLDS["local"]
-    limits: Limits = field(default_factory=Limits)
-    detect_max_side: int = 1280
-    workers: int = 2
-    # Collections this large are searched with the approximate index (0: always exact).
-    ann_min_faces: int = 20_000
-    # How often cached indexes catch up with deletions made on other replicas.
-    index_sweep_seconds: float = 30.0
-    rekognition_prefix: str = "mixip-"
-    aws_region: str | None = None
-    aws_endpoint_url: str | None = None
-
-    @classmethod
-    def load(cls, env: Env) -> MatcherSettings:
-        p = "MIXIP_MATCHER_"
-        engine = env.choice(p + "ENGINE", "local", ("local", "rekognition"))
-        base = DEFAULT_THRESHOLDS[engine]
-        model_dir = env.optional(p + "MODEL_DIR")
-        try:
-            thresholds = Thresholds(
-                possible=env.float(p + "POSSIBLE_THRESHOLD", base.possible),
-                cleared=env.float(p + "CLEARED_THRESHOLD", base.cleared),
-                margin=env.float(p + "AMBIGUITY_MARGIN", base.margin, minimum=0.0),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{p}*_THRESHOLD: {exc}") from None
-        defaults = Limits()
-        limits = Limits(
-            max_media_bytes=env.int(p + "MAX_MEDIA_BYTES", defaults.max_media_bytes, minimum=1),
-            max_pixels=env.int(p + "MAX_PIXELS", defaults.max_pixels, minimum=1),
-            max_video_seconds=env.float(
-                p + "MAX_VIDEO_SECONDS", defaults.max_video_seconds, minimum=0.1
-            ),
-            video_rate_hz=env.float(p + "VIDEO_SAMPLE_HZ", defaults.video_rate_hz, minimum=0.01),
-            video_burst_rate_hz=env.float(
-                p + "VIDEO_BURST_HZ", defaults.video_burst_rate_hz, minimum=0.01
-            ),
-            video_burst_seconds=env.float(
-                p + "VIDEO_BURST_SECONDS", defaults.video_burst_seconds, minimum=0.0
-            ),
-            min_face_pixels=env.int(p + "MIN_FACE_PIXELS", defaults.min_face_pixels, minimum=1),
-            enroll_min_score=env.float(p + "ENROLL_MIN_SCORE", defaults.enroll_min_score),
-            top_k=env.int(p + "TOP_K", defaults.top_k, minimum=2),
-        )
-        return cls(
-            engine=engine,
-            model_dir=Path(model_dir).expanduser() if model_dir else None,
-            thresholds=thresholds,
-            limits=limits,
-            detect_max_side=env.int(p + "DETECT_MAX_SIDE", 1280, minimum=160),
-            workers=env.int(p + "INFERENCE_THREADS", os.cpu_count() or 2, minimum=1),
-            ann_min_faces=env.int(p + "ANN_MIN_FACES", 20_000, minimum=0),
-            index_sweep_seconds=env.float(p + "INDEX_SWEEP_SECONDS", 30.0, minimum=0.1),
-            rekognition_prefix=env.str(p + "REKOGNITION_PREFIX", "mixip-"),
-            aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
-            aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
-        )
 
 
 def create_engine(settings: MatcherSettings, indexes: CollectionIndexes) -> FaceEngine:

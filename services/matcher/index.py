@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from sqlalchemy import select
@@ -167,10 +167,12 @@ class CollectionIndexes:
 
     def _refresh(self, account_id: str, cached: _Cached | None) -> _Cached:
         index = cached.index if cached is not None else None
-        if index is not None and hasattr(index, "apply") and not index.needs_rebuild():
-            updated = self._update(account_id, cached)
-            if updated is not None and not index.needs_rebuild():
-                return updated
+        if cached is not None and index is not None and hasattr(index, "apply"):
+            updatable = cast(UpdatableIndex, index)
+            if not updatable.needs_rebuild():
+                updated = self._update(account_id, cached)
+                if updated is not None and not updatable.needs_rebuild():
+                    return updated
         # First use, an exact index (cheap to build), or an approximate one with too many
         # deleted slots: rebuilt from one snapshot, exact or approximate by its size now.
         return self._build(account_id)
@@ -232,7 +234,7 @@ class CollectionIndexes:
         """The index brought to the database's current snapshot in place, from the changes
         recorded since its version; None when they are incomplete (pruned, or older than the
         change log) or too many, and a rebuild is due."""
-        index: UpdatableIndex = cached.index
+        index = cast(UpdatableIndex, cached.index)
         with self.db.read(snapshot=True) as session:
             version = _version(session, account_id)
             changes = session.execute(
@@ -255,7 +257,7 @@ class CollectionIndexes:
             added = sorted(f for f, is_added in latest.items() if is_added and not present[f])
             if len(added) > _MAX_INCREMENTAL_ADDS:
                 return None
-            rows = []
+            rows: list[Any] = []
             for start in range(0, len(added), _IN_CHUNK):
                 rows += session.execute(
                     select(FaceRow.face_id, FaceRow.talent_id, FaceRow.vector)

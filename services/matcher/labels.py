@@ -80,7 +80,7 @@ def talents_to_check(candidates: Iterable[Candidate], thresholds: Thresholds) ->
     return {c.talent_id for c in candidates if c.similarity >= thresholds.possible}
 
 
-_RANK = {UNKNOWN: 0, POSSIBLE: 1, CLEARED: 2}
+_RANK: dict[int, int] = {UNKNOWN: 0, POSSIBLE: 1, CLEARED: 2}
 
 
 def label_track(

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select, tuple_
@@ -22,15 +22,17 @@ from sqlalchemy.exc import IntegrityError
 
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
-from mixip.runtime.db import Database
+from mixip.runtime.db import Database, rowcount
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import content_digest, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
 from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
 from services.matcher.imaging import decode_image
 from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
 from services.matcher.labels import Label, Thresholds, label_face, label_track, talents_to_check
+from services.matcher.peers import ConsentPort
 from services.matcher.store import CollectionRow, FaceRequestRow, FaceRow, bump_version
 from services.matcher.video import (
     DEFAULT_BURST_RATE_HZ,
@@ -47,19 +49,6 @@ from services.matcher.video import (
 logger = logging.getLogger("mixip.matcher")
 
 
-class ConsentPort(Protocol):
-    """What the matcher asks the consent service."""
-
-    def biometric_active(self, account_id: str, talent_id: str) -> bool: ...
-
-    def active_sets(
-        self, account_id: str, talent_ids: set[str], project_id: str
-    ) -> tuple[set[str], set[str]]:
-        """(talents with biometric consent, talents with face-usage consent for the project),
-        in one batched call."""
-        ...
-
-
 @dataclass(frozen=True)
 class Limits:
     max_media_bytes: int = 64 * 1024 * 1024
@@ -74,6 +63,34 @@ class Limits:
     min_face_pixels: int = 48
     enroll_min_score: float = 0.85
     top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Face:
+    """An enrolled face as the matcher reports it (never its vector)."""
+
+    face_id: str
+    account_id: str
+    talent_id: str
+    box: Box
+    detection_score: float
+    engine: str
+    model: str
+    created_at: datetime
+
+
+def _face(row: FaceRow) -> Face:
+    box = Box(row.box_x, row.box_y, row.box_width, row.box_height)
+    return Face(
+        row.face_id,
+        row.account_id,
+        row.talent_id,
+        box,
+        row.detection_score,
+        row.engine,
+        row.model,
+        row.created_at,
+    )
 
 
 @dataclass(frozen=True)
@@ -148,12 +165,12 @@ class Matcher:
 
     # -- enrollment ---------------------------------------------------------------------------
 
-    def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> FaceRow:
+    def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> Face:
         digest = content_digest(talent_id, data)
         if request_id:
             earlier = self._by_request(account_id, request_id, talent_id, digest)
             if earlier is not None:
-                return earlier
+                return _face(earlier)
         image, _ = self._decode(data, "image")
         # No face is even looked for without consent to process the talent's biometrics.
         self._require_biometric_consent(account_id, talent_id)
@@ -194,7 +211,7 @@ class Matcher:
             )
             if earlier is None:
                 raise
-            return earlier
+            return _face(earlier)
         except Exception:
             self.engine.delete(account_id, [enrolled.face_id])
             raise
@@ -217,7 +234,7 @@ class Matcher:
         logs.log(
             logger, "face enrolled", account=account_id, face=row.face_id, engine=self.engine.name
         )
-        return row
+        return _face(row)
 
     def _by_request(
         self, account_id: str, request_id: str, talent_id: str, digest: str
@@ -278,8 +295,8 @@ class Matcher:
             return MatchOutcome(
                 common_pb2.MEDIA_KIND_IMAGE,
                 sniffed.content_type,
-                sniffed.width,
-                sniffed.height,
+                sniffed.width or 0,  # set for every decoded image
+                sniffed.height or 0,
                 [FaceOutcome(f.box, f.score, lab) for f, lab in zip(faces, labels, strict=True)],
             )
         limits = self.limits
@@ -313,8 +330,8 @@ class Matcher:
             return DetectOutcome(
                 common_pb2.MEDIA_KIND_IMAGE,
                 sniffed.content_type,
-                sniffed.width,
-                sniffed.height,
+                sniffed.width or 0,  # set for every decoded image
+                sniffed.height or 0,
                 [Detection(f.box, f.score) for f in faces],
             )
         with self._video(data) as video:
@@ -348,16 +365,18 @@ class Matcher:
         except MediaError as exc:
             raise InvalidArgument.one("media", str(exc), reason="BAD_MEDIA") from exc
 
-    def _analyse(self, image: np.ndarray, describe: bool = True) -> tuple[list, list]:
+    def _analyse(
+        self, image: np.ndarray, describe: bool = True
+    ) -> tuple[list[DetectedFace], list[Any]]:
         faces = self.engine.detect(image)
         signatures = self.engine.describe(image, faces) if faces and describe else []
         return faces, signatures
 
-    def _detect_frames(self, video: Video) -> list[tuple[float, list, list]]:
+    def _detect_frames(self, video: Video) -> list[tuple[float, list[DetectedFace], list[Any]]]:
         """Frames at the base rate, detected on the pool, a bounded number in flight, in time
         order (no tracking, so no denser sampling around new faces)."""
-        results: list[tuple[float, list, list]] = []
-        in_flight: deque[tuple[float, Future]] = deque()
+        results: list[tuple[float, list[DetectedFace], list[Any]]] = []
+        in_flight: deque[tuple[float, Future[tuple[list[DetectedFace], list[Any]]]]] = deque()
         for t, frame in video.frames(self.limits.video_rate_hz):
             in_flight.append((t, self.pool.submit(self._analyse, frame, False)))
             if len(in_flight) >= 2 * self.workers:
@@ -449,12 +468,14 @@ class Matcher:
             return 0
         self.engine.delete(account_id, face_ids)
         with self.db.write() as session:
-            deleted = session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids))).rowcount
+            deleted = rowcount(
+                session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids)))
+            )
             bump_version(session, account_id, removed=face_ids)
         logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
         return deleted
 
-    def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[FaceRow, int]:
+    def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[Face, int]:
         """Deletes one face of a talent (a correction), from the engine first, then from the
         database with a collection version bump in the same transaction, so every replica drops
         it from memory before its next match. Returns the face as it was and the version.
@@ -471,19 +492,21 @@ class Matcher:
             raise NotFound("the talent has no such face", reason="FACE_NOT_FOUND")
         self.engine.delete(account_id, [face_id])
         with self.db.write() as session:
-            deleted = session.execute(
-                delete(FaceRow).where(
-                    FaceRow.face_id == face_id,
-                    FaceRow.account_id == account_id,
-                    FaceRow.talent_id == talent_id,
+            deleted = rowcount(
+                session.execute(
+                    delete(FaceRow).where(
+                        FaceRow.face_id == face_id,
+                        FaceRow.account_id == account_id,
+                        FaceRow.talent_id == talent_id,
+                    )
                 )
-            ).rowcount
+            )
             if deleted:
                 version = bump_version(session, account_id, removed=[face_id])
             else:  # a concurrent deletion won, and bumped the version itself
-                version = session.scalar(
+                version = session.scalars(
                     select(CollectionRow.version).where(CollectionRow.account_id == account_id)
-                )
+                ).one()
         logs.log(
             logger,
             "talent face deleted",
@@ -491,11 +514,11 @@ class Matcher:
             face=face_id,
             collection_version=version,
         )
-        return row, version
+        return _face(row), version
 
     def list_faces(
         self, account_id: str, talent_id: str, page_size: int, after: str
-    ) -> tuple[list[FaceRow], str | None]:
+    ) -> tuple[list[Face], str | None]:
         with self.db.read() as session:
             rows = list(
                 session.scalars(
@@ -506,12 +529,11 @@ class Matcher:
                         FaceRow.face_id > after,
                     )
                     .order_by(FaceRow.face_id)
-                    .limit(page_size + 1)
+                    .limit(fetch_limit(page_size))
                 )
             )
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].face_id
-        return rows, None
+        page, position = page_of(rows, page_size, lambda face: face.face_id)
+        return [_face(row) for row in page], position
 
     def stats(self, account_id: str) -> tuple[int, int, str]:
         with self.db.read() as session:
@@ -534,13 +556,9 @@ class Matcher:
                 query = query.where(FaceRow.account_id == account_id)
             if after is not None:
                 query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_id) > tuple_(*after))
+            order = query.order_by(FaceRow.account_id, FaceRow.talent_id)
             rows = [
-                tuple(r)
-                for r in session.execute(
-                    query.order_by(FaceRow.account_id, FaceRow.talent_id).limit(page_size + 1)
-                )
+                (str(account), str(talent), int(count))
+                for account, talent, count in session.execute(order.limit(fetch_limit(page_size)))
             ]
-        if len(rows) > page_size:
-            last = rows[page_size - 1]
-            return rows[:page_size], (last[0], last[1])
-        return rows, None
+        return page_of(rows, page_size, lambda row: (row[0], row[1]))

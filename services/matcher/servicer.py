@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 
+import grpc
+
 from mixip.common.v1 import common_pb2
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime.errors import Internal, InvalidArgument, Unavailable
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 from services.matcher.engines.base import Box, EngineError, EngineUnavailable, UnusableFace
-from services.matcher.service import FaceOutcome, Matcher
-from services.matcher.store import FaceRow
+from services.matcher.service import Face, FaceOutcome, Matcher
 
 
 def _engine_errors(method: Callable) -> Callable:
@@ -48,20 +49,24 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             )
 
     @_engine_errors
-    def EnrollTalentFace(self, request, context):
+    def EnrollTalentFace(
+        self, request: matcher_pb2.EnrollTalentFaceRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.EnrollTalentFaceResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
         checks.text("request_id", request.request_id, max_length=128, required=False)
         self._media(checks, "image", request.image)
         checks.done()
-        row = self.matcher.enroll(
+        face = self.matcher.enroll(
             request.account_id, request.talent_id, request.image, request.request_id
         )
-        return matcher_pb2.EnrollTalentFaceResponse(face=_face(row))
+        return matcher_pb2.EnrollTalentFaceResponse(face=_face(face))
 
     @_engine_errors
-    def MatchMedia(self, request, context):
+    def MatchMedia(
+        self, request: matcher_pb2.MatchMediaRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.MatchMediaResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("project_id", request.project_id)
@@ -69,7 +74,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.done()
         outcome = self.matcher.match(request.account_id, request.project_id, request.media)
         return matcher_pb2.MatchMediaResponse(
-            kind=outcome.kind,
+            kind=common_pb2.MediaKind.ValueType(outcome.kind),
             faces=[_result(i, face) for i, face in enumerate(outcome.faces)],
             engine=self.matcher.engine.name,
             width=outcome.width,
@@ -80,13 +85,15 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
 
     @_engine_errors
-    def DetectFaces(self, request, context):
+    def DetectFaces(
+        self, request: matcher_pb2.DetectFacesRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.DetectFacesResponse:
         checks = Checks()
         self._media(checks, "media", request.media)
         checks.done()
         outcome = self.matcher.detect(request.media)
         return matcher_pb2.DetectFacesResponse(
-            kind=outcome.kind,
+            kind=common_pb2.MediaKind.ValueType(outcome.kind),
             faces=[
                 matcher_pb2.DetectedFace(
                     box=_box(d.box), detection_score=d.score, frame_seconds=d.frame_seconds
@@ -99,7 +106,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         )
 
     @_engine_errors
-    def DeleteTalentFaces(self, request, context):
+    def DeleteTalentFaces(
+        self, request: matcher_pb2.DeleteTalentFacesRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.DeleteTalentFacesResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -117,18 +126,22 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         return matcher_pb2.DeleteTalentFacesResponse(deleted_count=deleted)
 
     @_engine_errors
-    def DeleteTalentFace(self, request, context):
+    def DeleteTalentFace(
+        self, request: matcher_pb2.DeleteTalentFaceRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.DeleteTalentFaceResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
         checks.identifier("face_id", request.face_id)
         checks.done()
-        row, version = self.matcher.delete_face(
+        face, version = self.matcher.delete_face(
             request.account_id, request.talent_id, request.face_id
         )
-        return matcher_pb2.DeleteTalentFaceResponse(face=_face(row), collection_version=version)
+        return matcher_pb2.DeleteTalentFaceResponse(face=_face(face), collection_version=version)
 
-    def ListTalentFaces(self, request, context):
+    def ListTalentFaces(
+        self, request: matcher_pb2.ListTalentFacesRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.ListTalentFacesResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.identifier("talent_id", request.talent_id)
@@ -136,15 +149,17 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.done()
         filters = {"a": request.account_id, "t": request.talent_id}
         after = decode_page_token(request.page_token, filters, kind=str) or ""
-        rows, next_after = self.matcher.list_faces(
+        faces, next_after = self.matcher.list_faces(
             request.account_id, request.talent_id, page_size, after
         )
         return matcher_pb2.ListTalentFacesResponse(
-            faces=[_face(r) for r in rows],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
+            faces=[_face(f) for f in faces],
+            next_page_token=next_page_token(next_after, filters),
         )
 
-    def GetCollectionStats(self, request, context):
+    def GetCollectionStats(
+        self, request: matcher_pb2.GetCollectionStatsRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.GetCollectionStatsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.done()
@@ -156,7 +171,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
             search_index=index,
         )
 
-    def ListEnrolledTalents(self, request, context):
+    def ListEnrolledTalents(
+        self, request: matcher_pb2.ListEnrolledTalentsRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.ListEnrolledTalentsResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id, required=False)
         page_size = checks.page_size("page_size", request.page_size)
@@ -175,7 +192,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
                 matcher_pb2.EnrolledTalent(account_id=a, talent_id=t, face_count=n)
                 for a, t, n in rows
             ],
-            next_page_token=encode_page_token(list(next_after), filters) if next_after else "",
+            next_page_token=next_page_token(list(next_after) if next_after else None, filters),
         )
 
 
@@ -187,8 +204,8 @@ def _result(index: int, face: FaceOutcome) -> common_pb2.FaceResult:
     return common_pb2.FaceResult(
         face_index=index,
         box=_box(face.box),
-        label=face.label.label,
-        reason=face.label.reason,
+        label=common_pb2.FaceLabel.ValueType(face.label.label),
+        reason=common_pb2.LabelReason.ValueType(face.label.reason),
         similarity=face.label.similarity,
         talent_id=face.label.talent_id,
         ranges=[common_pb2.TimeRange(start_seconds=a, end_seconds=b) for a, b in face.ranges],
@@ -197,16 +214,15 @@ def _result(index: int, face: FaceOutcome) -> common_pb2.FaceResult:
     )
 
 
-def _face(row: FaceRow) -> matcher_pb2.FaceRecord:
+def _face(face: Face) -> matcher_pb2.FaceRecord:
+    box = face.box
     return matcher_pb2.FaceRecord(
-        face_id=row.face_id,
-        account_id=row.account_id,
-        talent_id=row.talent_id,
-        box=common_pb2.BoundingBox(
-            x=row.box_x, y=row.box_y, width=row.box_width, height=row.box_height
-        ),
-        detection_score=row.detection_score,
-        engine=row.engine,
-        model=row.model,
-        created_at=to_timestamp(row.created_at),
+        face_id=face.face_id,
+        account_id=face.account_id,
+        talent_id=face.talent_id,
+        box=common_pb2.BoundingBox(x=box.x, y=box.y, width=box.width, height=box.height),
+        detection_score=face.detection_score,
+        engine=face.engine,
+        model=face.model,
+        created_at=to_timestamp(face.created_at),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     delete,
     func,
     insert,
@@ -113,16 +115,16 @@ def bump_version(
     )
     # The UPDATE holds the row's lock until commit: versions are handed out one at a time, so
     # a snapshot that sees version V sees the changes of every version up to V.
-    version = session.scalar(
+    version = session.scalars(
         select(CollectionRow.version).where(CollectionRow.account_id == account_id)
-    )
+    ).one()  # the row exists: inserted above if it did not
     changes = [
         {"account_id": account_id, "version": version, "face_id": face_id, "added": is_added}
         for face_ids, is_added in ((added, True), (removed, False))
         for face_id in face_ids
     ]
     if changes:
-        session.execute(insert(CollectionChangeRow.__table__), changes)
+        session.execute(insert(cast(Table, CollectionChangeRow.__table__)), changes)
     session.execute(
         delete(CollectionChangeRow).where(
             CollectionChangeRow.account_id == account_id,

@@ -325,6 +325,12 @@ class _LiveTrack:
             self.vector_sum = self.mean = self.recent_mean = None
 
 
+def _present(vector: np.ndarray | None) -> np.ndarray:
+    """A vector the caller has already checked is there."""
+    assert vector is not None
+    return vector
+
+
 def _normalised(vector: np.ndarray) -> np.ndarray | None:
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else None
@@ -402,7 +408,7 @@ class Tracker:
         with_vectors = [i for i, track in enumerate(tracks) if track.mean is not None]
         group = list(range(len(tracks)))
         if len(with_vectors) > 1:
-            means = np.stack([tracks[i].mean for i in with_vectors])
+            means = np.stack([_present(tracks[i].mean) for i in with_vectors])
             similarity = means @ means.T
             rows, columns = np.nonzero(np.triu(similarity >= self.similarity_min, k=1))
             pairs = sorted(
@@ -455,8 +461,8 @@ class Tracker:
         if not dormant or not vectors:
             return []
         queries = np.stack([observations[j].signature for j in vectors]).astype(np.float64)
-        means = np.stack([self._tracks[i].mean for i in dormant])
-        recents = np.stack([self._tracks[i].recent_mean for i in dormant])
+        means = np.stack([_present(self._tracks[i].mean) for i in dormant])
+        recents = np.stack([_present(self._tracks[i].recent_mean) for i in dormant])
         similarity = np.maximum(means @ queries.T, recents @ queries.T)
         rows, columns = np.nonzero(similarity >= self.similarity_min)
         return [
@@ -475,7 +481,11 @@ class Tracker:
         observations = tuple(sorted((o for f in fragments for o in f.observations), key=_time))
         clearest = max(observations, key=lambda o: o.face.score * _area(o.face.box))
         sums = [f.vector_sum for f in fragments]
-        mean = None if any(s is None for s in sums) else _normalised(np.sum(sums, axis=0))
+        mean = (
+            None
+            if any(s is None for s in sums)
+            else _normalised(np.sum([_present(s) for s in sums], axis=0))
+        )
         return Track(
             observations,
             _ranges(observations, self.interval_seconds),

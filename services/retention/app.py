@@ -22,7 +22,7 @@ from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from services.retention.domain import Job
-from services.retention.jobs import Peers
+from services.retention.peers import connect
 from services.retention.scheduler import RetentionScheduler
 from services.retention.service import RetentionService
 from services.retention.servicer import RetentionServicer
@@ -60,14 +60,18 @@ class RetentionApp(ServiceApp):
         self.service = RetentionService(
             db,
             settings,
-            Peers.over(audit_channel, matcher_channel, consent_channel, gateway_channel),
+            connect(audit_channel, matcher_channel, consent_channel, gateway_channel),
             clock,
         )
         self.scheduler = RetentionScheduler(db.engine, settings, self.service.run_scheduled)
         telemetry.gauge(
             "mixip_retention_last_success_timestamp_seconds",
             "When each job last finished successfully (Unix time).",
-            lambda: [({"job": job}, run.finished_at.timestamp()) for job, run in self._last()],
+            lambda: [
+                ({"job": job}, run.finished_at.timestamp())
+                for job, run in self._last()
+                if run.finished_at
+            ],
             labels=("job",),
         )
         telemetry.gauge(

@@ -32,6 +32,28 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of a job as the history reports it."""
+
+    run_id: str
+    job: Job
+    trigger: Trigger
+    outcome: Outcome
+    started_at: datetime
+    finished_at: datetime | None
+    cutoff: datetime | None
+    events_purged: int
+    talents_checked: int
+    vectors_deleted: int
+    error: str | None
+    tick: datetime | None
+    as_of: datetime | None = None
+    requested_by: str = ""
+    media_purged: int = 0
+    media_objects_deleted: int = 0
+
+
 @dataclass
 class Tally:
     """What a run has done so far. Jobs add to it as they go, so a run that fails half-way still

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, iso
-from services.retention.domain import Job, Outcome, Tally, Trigger, latest_fire_time
-from services.retention.jobs import Peers, one_line, purge, purge_media, reconcile, rotate_vault
+from services.retention.domain import Job, Outcome, Run, Tally, Trigger, latest_fire_time
+from services.retention.jobs import one_line, purge, purge_media, reconcile
+from services.retention.peers import Peers
 from services.retention.settings import RetentionSettings
 from services.retention.store import MAX_ERROR_LENGTH, RunDetailRow, RunRow, TickRow
 
@@ -34,17 +37,17 @@ class RetentionService:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def run_now(self, job: Job, *, as_of: datetime | None = None, requested_by: str = "") -> RunRow:
+    def run_now(self, job: Job, *, as_of: datetime | None = None, requested_by: str = "") -> Run:
         """An operator's run, not tick-locked: both jobs are idempotent. A purge `as_of` a
         later date is a drill: it deletes what would have expired by then. The run's record
         keeps `as_of` and who asked."""
         run = self._new_run(job, Trigger.MANUAL, self.clock(), tick=None, as_of=as_of)
-        run.details.requested_by = requested_by or None
+        _detail(run).requested_by = requested_by or None
         with self.db.write() as session:
             session.add(run)
-        return self._execute(run)
+        return _run(self._execute(run))
 
-    def run_scheduled(self, job: Job) -> RunRow:
+    def run_scheduled(self, job: Job) -> Run:
         """A scheduler's run. Every replica's scheduler fires it; only the replica that claims
         the tick runs it, the others record a SKIPPED run. The tick comes from the schedule, not
         from when the scheduler fired, so a run fired late inside the misfire grace (a replica
@@ -69,12 +72,12 @@ class RetentionService:
             )
             if not claimed:  # nothing runs, so nothing is purged before any cutoff
                 run.outcome, run.finished_at, run.cutoff = Outcome.SKIPPED.value, now, None
-                run.details.as_of = None
+                _detail(run).as_of = None
             session.add(run)
         if not claimed:
             self._log(run)
-            return run
-        return self._execute(run)
+            return _run(run)
+        return _run(self._execute(run))
 
     def _new_run(
         self,
@@ -136,23 +139,27 @@ class RetentionService:
             run.events_purged = tally.events_purged
             run.talents_checked = tally.talents_checked
             run.vectors_deleted = tally.vectors_deleted
-            run.details.media_purged = tally.media_purged
-            run.details.media_objects_deleted = tally.media_objects_deleted
+            _detail(run).media_purged = tally.media_purged
+            _detail(run).media_objects_deleted = tally.media_objects_deleted
             run.error = error
         self._log(run)
         return run
 
     def _work(self, run: RunRow, tally: Tally) -> None:
         if run.job == Job.ROTATE_VAULT:
-            rotate_vault(self.peers.audit)
+            self.peers.audit.rotate_vault()
             return
         if run.job != Job.PURGE:
             reconcile(self.peers, tally, run.started_at)
             return
         # Each copy's purge runs even if another's failed; the run fails with the first error.
-        steps = [lambda: purge(self.peers.audit, run.cutoff, self.settings.purge_batch, tally)]
-        if self.peers.gateway is not None:
-            steps.append(lambda: purge_media(self.peers.gateway, run.details.as_of, tally))
+        cutoff, as_of, gateway = run.cutoff, _detail(run).as_of, self.peers.gateway
+        assert cutoff is not None and as_of is not None  # a purge has both (_new_run)
+        steps: list[Callable[[], None]] = [
+            lambda: purge(self.peers.audit, cutoff, self.settings.purge_batch, tally)
+        ]
+        if gateway is not None:
+            steps.append(lambda: purge_media(gateway, as_of, tally))
         failures = []
         for step in steps:
             try:
@@ -181,20 +188,21 @@ class RetentionService:
 
     # -- history ------------------------------------------------------------------------------
 
-    def last_run(self, job: Job) -> RunRow | None:
+    def last_run(self, job: Job) -> Run | None:
         """The job's latest run that actually ran (a SKIPPED record is another replica's
         shadow of a run, and would hide its outcome)."""
         with self.db.read() as session:
-            return session.scalars(
+            row = session.scalars(
                 select(RunRow)
                 .where(RunRow.job == job.value, RunRow.outcome != Outcome.SKIPPED.value)
                 .order_by(RunRow.seq.desc())
                 .limit(1)
             ).one_or_none()
+        return _run(row) if row else None
 
     def list_runs(
         self, job: Job | None, page_size: int, before_seq: int | None
-    ) -> tuple[list[RunRow], int | None]:
+    ) -> tuple[list[Run], int | None]:
         """A page of runs newest first, and the position to continue before (None at the end)."""
         query = select(RunRow)
         if job is not None:
@@ -202,18 +210,46 @@ class RetentionService:
         if before_seq is not None:
             query = query.where(RunRow.seq < before_seq)
         with self.db.read() as session:
-            rows = list(session.scalars(query.order_by(RunRow.seq.desc()).limit(page_size + 1)))
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].seq
-        return rows, None
+            order = query.order_by(RunRow.seq.desc()).limit(fetch_limit(page_size))
+            rows = list(session.scalars(order))
+        page, position = page_of(rows, page_size, lambda run: run.seq)
+        return [_run(row) for row in page], position
 
 
-def _details(run: RunRow) -> dict:
+def _run(row: RunRow) -> Run:
+    details = row.details
+    return Run(
+        run_id=row.run_id,
+        job=Job(row.job),
+        trigger=Trigger(row.trigger),
+        outcome=Outcome(row.outcome),
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        cutoff=row.cutoff,
+        events_purged=row.events_purged,
+        talents_checked=row.talents_checked,
+        vectors_deleted=row.vectors_deleted,
+        error=row.error,
+        tick=row.tick,
+        as_of=details.as_of if details else None,
+        requested_by=(details.requested_by or "") if details else "",
+        media_purged=details.media_purged if details else 0,
+        media_objects_deleted=details.media_objects_deleted if details else 0,
+    )
+
+
+def _detail(run: RunRow) -> RunDetailRow:
+    """The details of a run this replica is making (every new run has them)."""
+    assert run.details is not None
+    return run.details
+
+
+def _details(run: RunRow) -> dict[str, object]:
     """The run's details for its log line (only what is set)."""
     details = run.details
     if details is None:
         return {}
-    fields = {"requested_by": details.requested_by, "as_of": iso(details.as_of)}
+    fields: dict[str, object] = {"requested_by": details.requested_by, "as_of": iso(details.as_of)}
     if run.job == Job.PURGE:
         fields |= {
             "media_purged": details.media_purged,

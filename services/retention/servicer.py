@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+import grpc
+
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
-from services.retention.domain import Job, Outcome, Trigger
+from services.retention.domain import Job, Outcome, Run, Trigger
 from services.retention.service import RetentionService
 from services.retention.settings import RetentionSettings
-from services.retention.store import RunRow
 
 JOBS = {
     retention_pb2.RETENTION_JOB_PURGE: Job.PURGE,
@@ -43,7 +44,9 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
         self.settings = settings
         self.next_run_time = next_run_time
 
-    def RunNow(self, request, context):
+    def RunNow(
+        self, request: retention_pb2.RunNowRequest, context: grpc.ServicerContext
+    ) -> retention_pb2.RunNowResponse:
         checks = Checks()
         checks.enum("job", request.job, retention_pb2.RetentionJob)
         drill = request.HasField("as_of")
@@ -57,7 +60,9 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
         )
         return retention_pb2.RunNowResponse(report=_report(run))
 
-    def GetStatus(self, request, context):
+    def GetStatus(
+        self, request: retention_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> retention_pb2.GetStatusResponse:
         return retention_pb2.GetStatusResponse(
             jobs=[self._status(job) for job in Job],
             retention_days=self.settings.retention_days,
@@ -72,7 +77,9 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
             schedule=self.settings.schedule(job),
         )
 
-    def ListRuns(self, request, context):
+    def ListRuns(
+        self, request: retention_pb2.ListRunsRequest, context: grpc.ServicerContext
+    ) -> retention_pb2.ListRunsResponse:
         checks = Checks()
         if request.job:  # optional filter: unset means every job
             checks.enum("job", request.job, retention_pb2.RetentionJob)
@@ -80,29 +87,28 @@ class RetentionServicer(retention_pb2_grpc.RetentionServiceServicer):
         checks.done()
         filters = {"j": request.job}
         before = decode_page_token(request.page_token, filters)
-        rows, next_before = self.service.list_runs(JOBS.get(request.job), page_size, before)
+        runs, next_before = self.service.list_runs(JOBS.get(request.job), page_size, before)
         return retention_pb2.ListRunsResponse(
-            runs=[_report(row) for row in rows],
-            next_page_token=encode_page_token(next_before, filters) if next_before else "",
+            runs=[_report(run) for run in runs],
+            next_page_token=next_page_token(next_before, filters),
         )
 
 
-def _report(row: RunRow) -> retention_pb2.RunReport:
-    details = row.details
+def _report(run: Run) -> retention_pb2.RunReport:
     return retention_pb2.RunReport(
-        run_id=row.run_id,
-        job=_JOB_VALUES[Job(row.job)],
-        trigger=_TRIGGERS[Trigger(row.trigger)],
-        outcome=_OUTCOMES[Outcome(row.outcome)],
-        started_at=to_timestamp(row.started_at),
-        finished_at=to_timestamp(row.finished_at),
-        cutoff=to_timestamp(row.cutoff),
-        events_purged=row.events_purged,
-        talents_checked=row.talents_checked,
-        vectors_deleted=row.vectors_deleted,
-        error=row.error or "",
-        as_of=to_timestamp(details.as_of) if details else None,
-        requested_by=(details.requested_by or "") if details else "",
-        media_purged=details.media_purged if details else 0,
-        media_objects_deleted=details.media_objects_deleted if details else 0,
+        run_id=run.run_id,
+        job=_JOB_VALUES[run.job],
+        trigger=_TRIGGERS[run.trigger],
+        outcome=_OUTCOMES[run.outcome],
+        started_at=to_timestamp(run.started_at),
+        finished_at=to_timestamp(run.finished_at),
+        cutoff=to_timestamp(run.cutoff),
+        events_purged=run.events_purged,
+        talents_checked=run.talents_checked,
+        vectors_deleted=run.vectors_deleted,
+        error=run.error or "",
+        as_of=to_timestamp(run.as_of),
+        requested_by=run.requested_by,
+        media_purged=run.media_purged,
+        media_objects_deleted=run.media_objects_deleted,
     )

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from mixip.cli.connection import Connection
+from mixip.cli.dev_mesh import ensure_dev_account
 from mixip.cli.launcher import Mesh
-from mixip.cli.main import ensure_dev_account
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime.config import SERVICES, variable

@@ -15,6 +15,7 @@ from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.matcher.v1 import matcher_pb2
+from mixip.runtime.config import ADMIN_KEY_FILE
 from services.matcher.store import CollectionRow, FaceRow
 from tests.support import faces
 from tests.support.gateway_calls import CHUNK, PROJECT, consent, enroll, upload
@@ -158,7 +159,7 @@ def second_replica(gateway, serve, tmp_path):
             for name, service in PEER_SERVICES.items()
         },
         LocalEncryptedStore(tmp_path / "media", LocalKeyWrapper(tmp_path / "keys" / "gw.key")),
-        Settings(admin_key_file=tmp_path / "gateway-admin.key"),
+        Settings(admin_key_file=tmp_path / ADMIN_KEY_FILE),
     )
     running = serve(app)
     channel = open_channel(

@@ -19,6 +19,7 @@ from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.matcher.v1 import matcher_pb2
+from mixip.runtime.config import ADMIN_KEY_FILE
 from services.audit.store import EventRow, SaltRow, ShredMarkerRow
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
@@ -323,7 +324,7 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
         gateway.app.db,
         gateway.app.channels,
         gateway.app.gateway.media_store,
-        GatewaySettings(admin_key_file=tmp_path / "gateway-admin.key", erasure_resume_seconds=0),
+        GatewaySettings(admin_key_file=tmp_path / ADMIN_KEY_FILE, erasure_resume_seconds=0),
         clock,
     )
     restarted.start()

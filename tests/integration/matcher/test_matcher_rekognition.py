@@ -13,8 +13,8 @@ from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.matcher.v1 import matcher_pb2 as pb
 from mixip.runtime.times import to_timestamp
-from services.matcher.app import DEFAULT_THRESHOLDS, MatcherSettings
 from services.matcher.engines.rekognition import RekognitionEngine
+from services.matcher.settings import DEFAULT_THRESHOLDS, MatcherSettings
 from tests.support import faces
 
 ACCOUNT = "acct-r"

@@ -10,7 +10,8 @@ from sqlalchemy.exc import OperationalError
 
 from mixip.audit.v1 import audit_pb2
 from services.retention.domain import Tally
-from services.retention.jobs import PeerFailure, PurgeStalled, one_line, purge
+from services.retention.jobs import PurgeStalled, one_line, purge
+from services.retention.peers import AuditClient, PeerFailure
 
 CUTOFF = datetime(2025, 11, 1, tzinfo=UTC)
 
@@ -30,7 +31,7 @@ class ScriptedAudit:
 
 def test_purge_calls_until_done_and_sums_the_batches():
     audit, tally = ScriptedAudit((2, False), (2, False), (1, True)), Tally()
-    purge(audit, CUTOFF, 2, tally)
+    purge(AuditClient(audit), CUTOFF, 2, tally)
     assert tally.events_purged == 5 and audit.replies == []
     assert {(r.cutoff.ToDatetime(tzinfo=UTC), r.batch_size) for r in audit.requests} == {
         (CUTOFF, 2)
@@ -40,7 +41,7 @@ def test_purge_calls_until_done_and_sums_the_batches():
 def test_purge_stops_when_audit_makes_no_progress():
     tally = Tally()
     with pytest.raises(PurgeStalled):
-        purge(ScriptedAudit((3, False), (0, False)), CUTOFF, 3, tally)
+        purge(AuditClient(ScriptedAudit((3, False), (0, False))), CUTOFF, 3, tally)
     assert tally.events_purged == 3
 
 

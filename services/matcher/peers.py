@@ -1,18 +1,36 @@
-"""The matcher's view of the consent service, through its generated stub."""
+"""The matcher's peers: one Protocol port per peer service, and its gRPC adapter (where
+batching to the peer's limits happens). The matcher has one peer, the consent service."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import grpc
 
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.runtime.limits import MAX_BATCH
 
 _BIOMETRIC = consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
 _USAGE = consent_pb2.CONSENT_SCOPE_FACE_USAGE
 _ACTIVE = consent_pb2.CONSENT_STATE_ACTIVE
-_MAX_QUERIES = 1000  # BatchCheckConsent's limit
+
+
+class ConsentPort(Protocol):
+    """What the matcher asks the consent service."""
+
+    def biometric_active(self, account_id: str, talent_id: str) -> bool: ...
+
+    def active_sets(
+        self, account_id: str, talent_ids: set[str], project_id: str
+    ) -> tuple[set[str], set[str]]:
+        """(talents with biometric consent, talents with face-usage consent for the project),
+        in one batched call."""
+        ...
 
 
 class ConsentClient:
+    """ConsentPort over the consent service's generated stub."""
+
     def __init__(self, channel: grpc.Channel) -> None:
         self.stub = consent_pb2_grpc.ConsentServiceStub(channel)
 
@@ -35,10 +53,10 @@ class ConsentClient:
             )
         biometric: set[str] = set()
         usage: set[str] = set()
-        for start in range(0, len(queries), _MAX_QUERIES):  # one call unless > 500 candidates
+        for start in range(0, len(queries), MAX_BATCH):  # one call unless > 500 candidates
             reply = self.stub.BatchCheckConsent(
                 consent_pb2.BatchCheckConsentRequest(
-                    account_id=account_id, queries=queries[start : start + _MAX_QUERIES]
+                    account_id=account_id, queries=queries[start : start + MAX_BATCH]
                 )
             )
             for answer in reply.answers:

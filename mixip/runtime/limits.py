@@ -1,0 +1,16 @@
+"""The mesh's size limits, declared once: every servicer, client and peer adapter imports them."""
+
+from __future__ import annotations
+
+MiB = 1024 * 1024
+
+MAX_BATCH = 1000
+"""The most items one call carries or returns: a page (`page_size`), a batch of consent queries,
+a batch of audit events. Callers with more split them into calls of at most this many."""
+
+DEFAULT_PAGE_SIZE = 100
+"""The page size of a List call that leaves `page_size` at 0."""
+
+MAX_MESSAGE_BYTES = 80 * MiB
+"""The largest gRPC message a server accepts or a client sends (MIXIP_MAX_MESSAGE_BYTES
+overrides it): a 64 MiB upload plus its envelope."""
