@@ -256,7 +256,7 @@ class KmsKeyRing:
         """The configured key by its ARN: an alias or a bare id names it too, but only the key
         itself can be scheduled for deletion when a rotation retires it."""
         try:
-            return self.kms.describe_key(KeyId=self.key_id)["KeyMetadata"]["Arn"]
+            return str(self.kms.describe_key(KeyId=self.key_id)["KeyMetadata"]["Arn"])
         except (ClientError, BotoCoreError) as exc:
             raise SealError(f"AWS KMS cannot describe {self.key_id}: {_aws_code(exc)}") from exc
 

@@ -194,7 +194,7 @@ def _include_object(dialect: str) -> Callable[..., bool]:
     """An index or constraint of the models made on one database only (`ddl_if(dialect=...)`:
     the audit log's keys differ on partitioned PostgreSQL) is compared on that database only."""
 
-    def include(obj, name, type_, reflected, compare_to) -> bool:
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         rule = getattr(obj, "_ddl_if", None)
         if reflected or rule is None or rule.dialect is None:
             return True

@@ -567,9 +567,9 @@ class AuditLog:
                             text(f"ALTER TABLE audit_events DETACH PARTITION {name}")
                         )
                     for span in ranges:
-                        session.get(Checkpoint, span.account_id).purged_total += (
-                            span.last - span.first + 1
-                        )
+                        checkpoint = session.get(Checkpoint, span.account_id)
+                        assert checkpoint is not None  # written by the first step
+                        checkpoint.purged_total += span.last - span.first + 1
                 self._step("detached")
                 self._drop_detached()
                 purged = sum(span.last - span.first + 1 for span in ranges)
@@ -631,13 +631,12 @@ class AuditLog:
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
     @staticmethod
-    def _purge_generation(connection: Connection) -> tuple:
+    def _purge_generation(connection: Connection) -> tuple[int, int]:
         """Changes whenever a purge deletes events (another purge between two steps of one)."""
-        return tuple(
-            connection.execute(
-                text("SELECT count(*), coalesce(sum(purged_total), 0) FROM audit_checkpoints")
-            ).one()
-        )
+        count, total = connection.execute(
+            text("SELECT count(*), coalesce(sum(purged_total), 0) FROM audit_checkpoints")
+        ).one()
+        return int(count), int(total)
 
     def _move_checkpoint(
         self, session: Session, account_id: str, sequence: int, digest: str, deleted: int
