@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 
 from gateway.auth import Authenticator
+from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.retention import (
     DEFAULT_RETENTION_DAYS,
     MAX_RETENTION_DAYS,
@@ -30,7 +31,6 @@ from gateway.retention import (
 )
 from gateway.service import Gateway, Peers
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
-from gateway.storage import LocalEncryptedStore, MediaStore, S3Store
 from gateway.store import Base
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc

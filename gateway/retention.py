@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
-from gateway.storage import MediaStore
+from gateway.media_store import MediaStore
 from gateway.store import AccountRetentionRow, AccountRow, MediaFaceRow, MediaRow
 from mixip.runtime import logs
 from mixip.runtime.db import Database

@@ -33,7 +33,7 @@ from gateway.erasure import (
     ErasureStep,
     no_checkpoint,
 )
-from gateway.storage import MediaStore
+from gateway.media_store import MediaStore
 from gateway.store import MediaFaceRow, MediaRow, UploadDigestRow
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2

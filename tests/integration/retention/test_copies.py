@@ -21,9 +21,9 @@ from moto import mock_aws
 from sqlalchemy import func, insert, select
 
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
+from gateway.media_store import LocalEncryptedStore, S3Store
 from gateway.retention import MediaRetention
 from gateway.service import Gateway
-from gateway.storage import LocalEncryptedStore, S3Store
 from gateway.store import Base as GatewayBase
 from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
 from mixip.consent.v1 import consent_pb2 as cpb
