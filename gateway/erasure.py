@@ -4,7 +4,7 @@
    from that moment every upload commit refuses the talent, and a resumer finishes an intent
    its caller abandoned (at start-up and every `resume_seconds`).
 2. Consent first: the ledger is erased, so every consent check (the matcher's post-insert
-   check of an enrollment, the gateway's re-check of an upload) refuses the talent from then.
+   check of an enrollment, the consents a match labels with) refuses the talent from then.
 3. The matcher's vectors: an enrollment that passed its post-insert check inserted before
    step 2, so this deletion sees its vector; one that had not deletes its own vector.
 4. The audit salt, shredded with a marker left in the same transaction: no new salt is made

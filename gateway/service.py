@@ -180,10 +180,8 @@ class Gateway:
                 created_at=self.clock(),
                 request_id=header.request_id or None,
             )
-            results = self._still_consented(account_id, matched.faces)
-            self.checkpoint("upload.consented")
             with self.db.read() as session:  # no event about a talent being erased
-                results = self._fenced_out(session, account_id, results, started)
+                results = self._fenced_out(session, account_id, list(matched.faces), started)
             self.checkpoint("upload.rechecked")
             self._record_audit(account_id, key_id, media, results)
             self.checkpoint("upload.audited")
@@ -239,42 +237,6 @@ class Gateway:
             if media is None or media.account_id != account_id:
                 return None
             return StoredMedia(media, self._faces(session, media_id))
-
-    def _still_consented(self, account_id: str, faces) -> list[common_pb2.FaceResult]:
-        """The results, minus talents whose biometric consent ended while the media was being
-        matched (a video can take minutes): an erasure that finished meanwhile must not be
-        undone by this upload's audit events and stored results linking the talent again."""
-        talents = sorted({f.talent_id for f in faces if f.talent_id})
-        if not talents:
-            return list(faces)
-        reply = self.peers.consent.BatchCheckConsent(
-            consent_pb2.BatchCheckConsentRequest(
-                account_id=account_id,
-                queries=[
-                    consent_pb2.ConsentQuery(
-                        talent_id=t, scope=consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
-                    )
-                    for t in talents
-                ],
-            )
-        )
-        ended = {
-            a.query.talent_id: a.state
-            for a in reply.answers
-            if a.state != consent_pb2.CONSENT_STATE_ACTIVE
-        }
-        results = []
-        for face in faces:
-            if face.talent_id in ended:
-                erased = ended[face.talent_id] == consent_pb2.CONSENT_STATE_ABSENT
-                face = _unknown(
-                    face,
-                    common_pb2.LABEL_REASON_TALENT_ERASED
-                    if erased
-                    else common_pb2.LABEL_REASON_NO_MATCH,
-                )
-            results.append(face)
-        return results
 
     def _fenced_out(
         self, session: Session, account_id: str, faces: list, started: datetime

@@ -29,7 +29,6 @@ TALENT = "astronaut"
 UPLOAD_POINTS = [
     "upload.started",
     "upload.matched",
-    "upload.consented",
     "upload.rechecked",
     "upload.audited",
 ]
