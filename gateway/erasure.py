@@ -34,11 +34,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.peers import AuditPort, ConsentPort, MatcherPort
 from gateway.store import ErasureIntentRow, ErasureReceiptRow, GatewaySecretRow, MediaFaceRow
-from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
-from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
-from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.times import Clock, iso
@@ -126,19 +124,20 @@ class ErasureFence:
             )
 
 
-@dataclass
-class ErasurePeers:
-    matcher: matcher_pb2_grpc.MatcherServiceStub
-    consent: consent_pb2_grpc.ConsentServiceStub
-    audit: audit_pb2_grpc.AuditServiceStub
-
-
 class Erasures:
     def __init__(
-        self, db: Database, peers: ErasurePeers, fence: ErasureFence, clock: Clock
+        self,
+        db: Database,
+        matcher: MatcherPort,
+        consent: ConsentPort,
+        audit: AuditPort,
+        fence: ErasureFence,
+        clock: Clock,
     ) -> None:
         self.db = db
-        self.peers = peers
+        self.matcher = matcher
+        self.consent = consent
+        self.audit = audit
         self.fence = fence
         self.clock = clock
         self.checkpoint: Checkpoint = no_checkpoint
@@ -193,28 +192,14 @@ class Erasures:
     def _finish(self, intent: ErasureIntentRow) -> list[ErasureStep]:
         account_id, talent_id = intent.account_id, intent.talent_id
         steps = []
-        erased = self.peers.consent.EraseTalentConsent(
-            consent_pb2.EraseTalentConsentRequest(account_id=account_id, talent_id=talent_id)
-        )
-        steps.append(
-            ErasureStep(
-                "consent.erase_ledger",
-                erased.records_deleted + erased.outbox_rows_deleted,
-                self.clock(),
-            )
-        )
+        erased = self.consent.erase_talent(account_id, talent_id)
+        steps.append(ErasureStep("consent.erase_ledger", erased, self.clock()))
         self.checkpoint("erase.consent")
-        deleted = self.peers.matcher.DeleteTalentFaces(
-            matcher_pb2.DeleteTalentFacesRequest(
-                account_id=account_id, talent_id=talent_id, request_id=intent.intent_id
-            )
-        )
-        steps.append(ErasureStep("matcher.delete_faces", deleted.deleted_count, self.clock()))
+        deleted = self.matcher.delete_talent_faces(account_id, talent_id, intent.intent_id)
+        steps.append(ErasureStep("matcher.delete_faces", deleted, self.clock()))
         self.checkpoint("erase.matcher")
-        shredded = self.peers.audit.ShredTalentSalt(
-            audit_pb2.ShredTalentSaltRequest(account_id=account_id, talent_id=talent_id)
-        )
-        steps.append(ErasureStep("audit.shred_salt", int(shredded.salt_destroyed), self.clock()))
+        shredded = self.audit.shred_talent_salt(account_id, talent_id)
+        steps.append(ErasureStep("audit.shred_salt", int(shredded), self.clock()))
         self.checkpoint("erase.audit")
         with self.db.write() as session:
             self.fence.lock(session, account_id)

@@ -16,8 +16,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
 
@@ -169,3 +170,44 @@ class GatewaySecretRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     secret: Mapped[bytes] = mapped_column(LargeBinary(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+
+def media_faces(session: Session, media_id: str) -> list[MediaFaceRow]:
+    """A media's face results, in face order."""
+    return list(
+        session.scalars(
+            select(MediaFaceRow)
+            .where(MediaFaceRow.media_id == media_id)
+            .order_by(MediaFaceRow.face_index)
+        )
+    )
+
+
+def upload_digest(session: Session, media_id: str) -> str | None:
+    digest: str | None = session.scalar(
+        select(UploadDigestRow.digest).where(UploadDigestRow.media_id == media_id)
+    )
+    return digest
+
+
+def is_referenced(session: Session, storage_key: str) -> bool:
+    """Whether a media row refers to the stored object."""
+    found = session.scalar(select(MediaRow.media_id).where(MediaRow.storage_key == storage_key))
+    return found is not None
+
+
+def talent_results(
+    session: Session, account_id: str, talent_id: str
+) -> list[tuple[MediaFaceRow, str, datetime]]:
+    """(face result, project id, upload time) of every stored result naming the talent, oldest
+    upload first."""
+    rows = session.execute(
+        select(MediaFaceRow, MediaRow.project_id, MediaRow.created_at)
+        .join(MediaRow, MediaRow.media_id == MediaFaceRow.media_id)
+        .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+        .order_by(MediaRow.created_at, MediaFaceRow.face_index)
+    ).all()
+    return [(face, project_id, created_at) for face, project_id, created_at in rows]
