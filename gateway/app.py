@@ -143,7 +143,8 @@ class GatewayApp(ServiceApp):
             server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.auth, self.accounts, self.retention, self.operations), server
+            AdminServicer(self.auth, self.accounts, self.retention, self.operations, self.clock),
+            server,
         )
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
 

@@ -30,6 +30,14 @@ class Caller:
     is_admin: bool
 
 
+@dataclass(frozen=True)
+class AccountCaller:
+    """A caller with an account's key."""
+
+    key_id: str
+    account_id: str
+
+
 def digest(secret: str) -> bytes:
     """The stored verifier of a key's secret part."""
     return hashlib.sha256(secret.encode()).digest()
@@ -48,7 +56,11 @@ class Authenticator:
     def caller(self, context: grpc.ServicerContext) -> Caller:
         """The key's owner. The key's row is read on every call, never cached, so a key revoked
         through any replica is refused by every replica from its next call on."""
-        headers = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        headers = [
+            v
+            for k, v in context.invocation_metadata()
+            if k == "authorization" and isinstance(v, str)
+        ]
         if len(headers) > 1:
             raise Unauthenticated("send exactly one authorization header")
         scheme, _, token = (headers[0] if headers else "").partition(" ")
@@ -66,11 +78,11 @@ class Authenticator:
             raise Unauthenticated("unknown or revoked API key")
         return Caller(row.key_id, row.account_id, row.is_admin)
 
-    def account(self, context: grpc.ServicerContext) -> Caller:
+    def account(self, context: grpc.ServicerContext) -> AccountCaller:
         caller = self.caller(context)
         if caller.account_id is None:
             raise PermissionDenied("the admin credential has no account; use an account's key")
-        return caller
+        return AccountCaller(caller.key_id, caller.account_id)
 
     def admin(self, context: grpc.ServicerContext) -> Caller:
         caller = self.caller(context)

@@ -35,7 +35,13 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.peers import AuditPort, ConsentPort, MatcherPort
-from gateway.store import ErasureIntentRow, ErasureReceiptRow, GatewaySecretRow, MediaFaceRow
+from gateway.store import (
+    ErasureIntentRow,
+    ErasureReceiptRow,
+    GatewaySecretRow,
+    MediaFaceRow,
+    affected,
+)
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
@@ -76,7 +82,9 @@ class ErasureFence:
         with self.db.write() as session:
             fresh = {"name": FENCE_KEY_NAME, "secret": os.urandom(32), "created_at": self.clock()}
             insert_ignoring_conflicts(session, GatewaySecretRow.__table__, [fresh], ["name"])
-            return session.get(GatewaySecretRow, FENCE_KEY_NAME).secret
+            row = session.get(GatewaySecretRow, FENCE_KEY_NAME)
+            assert row is not None  # inserted just above, or by an earlier start
+            return row.secret
 
     def talent_key(self, account_id: str, talent_id: str) -> bytes:
         message = f"{account_id}\x00{talent_id}".encode()
@@ -105,7 +113,7 @@ class ErasureFence:
                 ),
             )
         )
-        return {keys[k] for k in found}
+        return {keys[k] for k in found if k is not None}
 
     def in_progress(self, account_id: str, talent_id: str) -> bool:
         """Whether an erasure of the talent has begun and not completed."""
@@ -191,6 +199,7 @@ class Erasures:
 
     def _finish(self, intent: ErasureIntentRow) -> list[ErasureStep]:
         account_id, talent_id = intent.account_id, intent.talent_id
+        assert talent_id is not None  # an open intent keeps its talent id
         steps = []
         erased = self.consent.erase_talent(account_id, talent_id)
         steps.append(ErasureStep("consent.erase_ledger", erased, self.clock()))
@@ -203,15 +212,16 @@ class Erasures:
         self.checkpoint("erase.audit")
         with self.db.write() as session:
             self.fence.lock(session, account_id)
-            scrubbed = session.execute(
+            scrubbed = affected(
+                session,
                 update(MediaFaceRow)
                 .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
                 .values(
                     talent_id=None,
                     label=common_pb2.FACE_LABEL_UNKNOWN,
                     reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-                )
-            ).rowcount
+                ),
+            )
             steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
             self._complete(session, intent, steps)
         logs.log(
@@ -277,14 +287,15 @@ class Erasures:
                 self._finish(intent)
                 finished += 1
         with self.db.write() as session:
-            forgotten = session.execute(
+            forgotten = affected(
+                session,
                 update(ErasureIntentRow)
                 .where(
                     ErasureIntentRow.completed_at < self.clock() - FENCE_WINDOW,
                     ErasureIntentRow.talent_key.is_not(None),
                 )
-                .values(talent_key=None)
-            ).rowcount
+                .values(talent_key=None),
+            )
         if finished or forgotten:
             logs.log(logger, "erasures resumed", finished=finished, fences_cleared=forgotten)
         return finished

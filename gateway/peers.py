@@ -83,7 +83,7 @@ class MatcherPort(Protocol):
 
 
 class _GrpcPendingMatch:
-    def __init__(self, future: grpc.Future) -> None:
+    def __init__(self, future: grpc.Future[matcher_pb2.MatchMediaResponse]) -> None:
         self._future = future
 
     def result(self) -> Matched:
@@ -102,7 +102,7 @@ class _GrpcPendingMatch:
 
 class MatcherClient:
     def __init__(self, channel: grpc.Channel) -> None:
-        self.stub = matcher_pb2_grpc.MatcherServiceStub(channel)
+        self.stub = _stub(matcher_pb2_grpc.MatcherServiceStub, channel)
 
     def start_match(self, account_id: str, project_id: str, media: bytes) -> PendingMatch:
         request = matcher_pb2.MatchMediaRequest(
@@ -113,7 +113,7 @@ class MatcherClient:
     def enroll_face(
         self, account_id: str, talent_id: str, image: bytes, request_id: str
     ) -> matcher_pb2.FaceRecord:
-        reply = self.stub.EnrollTalentFace(
+        reply: matcher_pb2.EnrollTalentFaceResponse = self.stub.EnrollTalentFace(
             matcher_pb2.EnrollTalentFaceRequest(
                 account_id=account_id, talent_id=talent_id, image=image, request_id=request_id
             )
@@ -197,12 +197,12 @@ class ConsentPort(Protocol):
 
 class ConsentClient:
     def __init__(self, channel: grpc.Channel) -> None:
-        self.stub = consent_pb2_grpc.ConsentServiceStub(channel)
+        self.stub = _stub(consent_pb2_grpc.ConsentServiceStub, channel)
 
     def record_consent(
         self, account_id: str, decision: ConsentDecision
     ) -> consent_pb2.ConsentRecord:
-        reply = self.stub.RecordConsent(
+        reply: consent_pb2.RecordConsentResponse = self.stub.RecordConsent(
             consent_pb2.RecordConsentRequest(
                 account_id=account_id,
                 talent_id=decision.talent_id,
@@ -288,7 +288,7 @@ class AuditPort(Protocol):
 
 class AuditClient:
     def __init__(self, channel: grpc.Channel) -> None:
-        self.stub = audit_pb2_grpc.AuditServiceStub(channel)
+        self.stub = _stub(audit_pb2_grpc.AuditServiceStub, channel)
 
     def record_match_events(
         self, account_id: str, events: Sequence[audit_pb2.MatchEventInput]
@@ -367,12 +367,12 @@ class RetentionPort(Protocol):
 
 class RetentionClient:
     def __init__(self, channel: grpc.Channel) -> None:
-        self.stub = retention_pb2_grpc.RetentionServiceStub(channel)
+        self.stub = _stub(retention_pb2_grpc.RetentionServiceStub, channel)
 
     def run_now(
         self, job: int, as_of: Timestamp | None, requested_by: str
     ) -> retention_pb2.RunReport:
-        reply = self.stub.RunNow(
+        reply: retention_pb2.RunNowResponse = self.stub.RunNow(
             retention_pb2.RunNowRequest(
                 job=job,  # type: ignore[arg-type]
                 as_of=as_of,
@@ -406,6 +406,11 @@ class Peers:
             audit=AuditClient(channels["audit"]),
             retention=RetentionClient(channels["retention"]),
         )
+
+
+def _stub(factory: Callable[[grpc.Channel], T], channel: grpc.Channel) -> T:
+    """The generated stub on `channel` (grpc_tools generates the stub classes untyped)."""
+    return factory(channel)
 
 
 def _all_pages(page: Callable[[str], Page[T]]) -> list[T]:

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 
 from gateway.media_store import MediaStore
 from gateway.settings import DEFAULT_RETENTION_DAYS
-from gateway.store import AccountRetentionRow, AccountRow, MediaFaceRow, MediaRow
+from gateway.store import AccountRetentionRow, AccountRow, MediaFaceRow, MediaRow, affected
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import NotFound
@@ -91,10 +91,8 @@ class MediaRetention:
             return PurgeBatch(orphans_deleted=orphans, done=orphans < batch_size)
         ids = [media_id for media_id, _, _ in expired]
         with self.db.write() as session:
-            faces = session.execute(
-                delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids))
-            ).rowcount
-            media = session.execute(delete(MediaRow).where(MediaRow.media_id.in_(ids))).rowcount
+            faces = affected(session, delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids)))
+            media = affected(session, delete(MediaRow).where(MediaRow.media_id.in_(ids)))
         # After the commit: until here every object was still referenced and readable.
         for _, account_id, storage_key in expired:
             self.media_store.delete(account_id, storage_key)
@@ -133,7 +131,7 @@ class MediaRetention:
                     .order_by(MediaRow.created_at, MediaRow.media_id)
                     .limit(limit - len(found))
                 ).all()
-                found += [tuple(row) for row in rows]
+                found += [(media_id, account, key) for media_id, account, key in rows]
                 if len(found) >= limit:
                     break
         return found

@@ -31,7 +31,7 @@ from mixip.gateway.v1 import (
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.paging import decode_page_token, encode_page_token
-from mixip.runtime.times import to_timestamp
+from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
 
 H = TypeVar("H", covariant=True)
@@ -258,12 +258,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         accounts: Accounts,
         retention: MediaRetention,
         operations: Operations,
+        clock: Clock,
     ) -> None:
         self.auth = auth
         self.accounts = accounts
         self.retention = retention
         self.operations = operations
-        self.clock = retention.clock
+        self.clock = clock
 
     def CreateAccount(
         self, request: admin_pb2.CreateAccountRequest, context: grpc.ServicerContext
@@ -400,6 +401,7 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
                 f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
             )
         checks.done()
+        assert as_of is not None  # required: checks.done() refused its absence
         done = self.retention.purge_expired(as_of, batch)
         return internal_pb2.PurgeExpiredMediaResponse(
             media_deleted=done.media_deleted,

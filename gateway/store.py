@@ -4,6 +4,7 @@ receipts (its own database; no other service reads it)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -18,7 +19,9 @@ from sqlalchemy import (
     Text,
     select,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Executable
 
 from mixip.runtime.db import UtcDateTime
 
@@ -173,6 +176,11 @@ class GatewaySecretRow(Base):
 
 
 # -- queries ------------------------------------------------------------------------------------
+
+
+def affected(session: Session, statement: Executable) -> int:
+    """Runs an UPDATE or DELETE; how many rows it changed."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 def media_faces(session: Session, media_id: str) -> list[MediaFaceRow]:
