@@ -23,6 +23,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql import Executable
 
+from mixip.common.v1 import common_pb2
 from mixip.runtime.db import UtcDateTime
 
 
@@ -219,3 +220,44 @@ def talent_results(
         .order_by(MediaRow.created_at, MediaFaceRow.face_index)
     ).all()
     return [(face, project_id, created_at) for face, project_id, created_at in rows]
+
+
+# -- face results: row <-> the client's FaceResult -----------------------------------------------
+
+
+def face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> MediaFaceRow:
+    """A face result as stored."""
+    b = face.box
+    return MediaFaceRow(
+        media_id=media_id,
+        face_index=face.face_index,
+        account_id=account_id,
+        label=face.label,
+        reason=face.reason,
+        similarity=face.similarity,
+        talent_id=face.talent_id or None,
+        box=f"{b.x},{b.y},{b.width},{b.height}",
+        detection_score=face.detection_score,
+        best_frame_seconds=face.best_frame_seconds,
+        ranges=";".join(f"{r.start_seconds}-{r.end_seconds}" for r in face.ranges),
+    )
+
+
+def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
+    """A stored face result as the client sees it."""
+    x, y, w, h = (int(v) for v in row.box.split(","))
+    ranges = []
+    for part in filter(None, row.ranges.split(";")):
+        start, end = part.split("-")
+        ranges.append(common_pb2.TimeRange(start_seconds=float(start), end_seconds=float(end)))
+    return common_pb2.FaceResult(
+        face_index=row.face_index,
+        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
+        label=row.label,  # type: ignore[arg-type]
+        reason=row.reason,  # type: ignore[arg-type]
+        similarity=row.similarity,
+        talent_id=row.talent_id or "",
+        ranges=ranges,
+        best_frame_seconds=row.best_frame_seconds,
+        detection_score=row.detection_score,
+    )

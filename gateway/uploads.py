@@ -31,9 +31,10 @@ from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoin
 from gateway.media_store import MediaStore
 from gateway.peers import AuditPort, MatcherPort
 from gateway.store import (
-    MediaFaceRow,
     MediaRow,
     UploadDigestRow,
+    face_result,
+    face_row,
     is_referenced,
     media_faces,
     upload_digest,
@@ -190,7 +191,7 @@ class Uploads:
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
                 results = self._fenced_out(session, account_id, results, started)
-                faces = [_face_row(account_id, media_id, f) for f in results]
+                faces = [face_row(account_id, media_id, f) for f in results]
                 session.add(media)
                 session.flush()
                 session.add_all(faces)
@@ -326,41 +327,4 @@ def _erased(face: common_pb2.FaceResult) -> common_pb2.FaceResult:
         ranges=face.ranges,
         best_frame_seconds=face.best_frame_seconds,
         detection_score=face.detection_score,
-    )
-
-
-def _face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> MediaFaceRow:
-    b = face.box
-    return MediaFaceRow(
-        media_id=media_id,
-        face_index=face.face_index,
-        account_id=account_id,
-        label=face.label,
-        reason=face.reason,
-        similarity=face.similarity,
-        talent_id=face.talent_id or None,
-        box=f"{b.x},{b.y},{b.width},{b.height}",
-        detection_score=face.detection_score,
-        best_frame_seconds=face.best_frame_seconds,
-        ranges=";".join(f"{r.start_seconds}-{r.end_seconds}" for r in face.ranges),
-    )
-
-
-def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
-    """A stored face result as the client sees it."""
-    x, y, w, h = (int(v) for v in row.box.split(","))
-    ranges = []
-    for part in filter(None, row.ranges.split(";")):
-        start, end = part.split("-")
-        ranges.append(common_pb2.TimeRange(start_seconds=float(start), end_seconds=float(end)))
-    return common_pb2.FaceResult(
-        face_index=row.face_index,
-        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        label=row.label,  # type: ignore[arg-type]
-        reason=row.reason,  # type: ignore[arg-type]
-        similarity=row.similarity,
-        talent_id=row.talent_id or "",
-        ranges=ranges,
-        best_frame_seconds=row.best_frame_seconds,
-        detection_score=row.detection_score,
     )
