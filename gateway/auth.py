@@ -1,33 +1,26 @@
-"""API keys: random, shown once, stored as the SHA-256 of their secret part.
+"""Authentication: who calls, from the API key in the `authorization` header.
 
-A key reads `mixip_<key id>_<secret>`. The key id is public (it names the key in logs and audit
-events); the secret is 256 random bits, so a plain SHA-256 is a sound verifier.
+API keys are random, shown once, stored as the SHA-256 of their secret part. A key reads
+`mixip_<key id>_<secret>`. The key id is public (it names the key in logs and audit events); the
+secret is 256 random bits, so a plain SHA-256 is a sound verifier. Keys are issued and revoked
+by gateway/accounts.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
-from gateway.store import AccountRow, ApiKeyRow
-from mixip.runtime import logs
+from gateway.store import ApiKeyRow
 from mixip.runtime.db import Database
-from mixip.runtime.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated
-from mixip.runtime.idempotency import require_same
-from mixip.runtime.times import Clock
+from mixip.runtime.errors import PermissionDenied, Unauthenticated
 
-logger = logging.getLogger("mixip.gateway.auth")
-_KEY = re.compile(r"mixip_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+KEY_FORMAT = re.compile(r"mixip_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True)
@@ -37,30 +30,41 @@ class Caller:
     is_admin: bool
 
 
-def _digest(secret: str) -> bytes:
+@dataclass(frozen=True)
+class AccountCaller:
+    """A caller with an account's key."""
+
+    key_id: str
+    account_id: str
+
+
+def digest(secret: str) -> bytes:
+    """The stored verifier of a key's secret part."""
     return hashlib.sha256(secret.encode()).digest()
 
 
-def _new_key() -> tuple[str, str, str]:
+def new_key() -> tuple[str, str, str]:
+    """(key id, secret, the key as shown once)."""
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     return key_id, secret, f"mixip_{key_id}_{secret}"
 
 
 class Authenticator:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.clock = clock
-
-    # -- checking callers ---------------------------------------------------------------------
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
         """The key's owner. The key's row is read on every call, never cached, so a key revoked
         through any replica is refused by every replica from its next call on."""
-        headers = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        headers = [
+            v
+            for k, v in context.invocation_metadata()
+            if k == "authorization" and isinstance(v, str)
+        ]
         if len(headers) > 1:
             raise Unauthenticated("send exactly one authorization header")
         scheme, _, token = (headers[0] if headers else "").partition(" ")
-        match = _KEY.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
+        match = KEY_FORMAT.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
         if match is None:
             raise Unauthenticated("missing or malformed API key (authorization: Bearer <key>)")
         key_id, secret = match.groups()
@@ -69,176 +73,19 @@ class Authenticator:
         if (
             row is None
             or row.revoked_at is not None
-            or not hmac.compare_digest(row.secret_hash, _digest(secret))
+            or not hmac.compare_digest(row.secret_hash, digest(secret))
         ):
             raise Unauthenticated("unknown or revoked API key")
         return Caller(row.key_id, row.account_id, row.is_admin)
 
-    def account(self, context: grpc.ServicerContext) -> Caller:
+    def account(self, context: grpc.ServicerContext) -> AccountCaller:
         caller = self.caller(context)
         if caller.account_id is None:
             raise PermissionDenied("the admin credential has no account; use an account's key")
-        return caller
+        return AccountCaller(caller.key_id, caller.account_id)
 
     def admin(self, context: grpc.ServicerContext) -> Caller:
         caller = self.caller(context)
         if not caller.is_admin:
             raise PermissionDenied("this call needs the admin credential")
         return caller
-
-    # -- issuing keys -------------------------------------------------------------------------
-
-    def ensure_admin_key(self, path: Path, configured: str | None) -> str:
-        """The admin credential: the configured one, or the one in `path`, created (mode 0600)
-        at the first start. Its hash is (re)registered so a fresh database accepts it, and any
-        other admin credential is revoked (rotation)."""
-        token = configured or (path.read_text().strip() if path.exists() else "")
-        if not token:
-            token = _new_key()[2]
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(token + "\n")
-        match = _KEY.fullmatch(token)
-        if match is None:
-            raise ValueError(f"the admin credential in {path} is not a mixip key")
-        key_id, secret = match.groups()
-        with self.db.write() as session:
-            # One admin credential at a time: configuring a new one revokes the old.
-            session.execute(
-                update(ApiKeyRow)
-                .where(
-                    ApiKeyRow.is_admin.is_(True),
-                    ApiKeyRow.key_id != key_id,
-                    ApiKeyRow.revoked_at.is_(None),
-                )
-                .values(revoked_at=self.clock())
-            )
-            if session.get(ApiKeyRow, key_id) is None:
-                session.add(
-                    ApiKeyRow(
-                        key_id=key_id,
-                        secret_hash=_digest(secret),
-                        account_id=None,
-                        is_admin=True,
-                        created_at=self.clock(),
-                    )
-                )
-        return token
-
-    def create_account(self, name: str, request_id: str) -> tuple[AccountRow, str, str]:
-        """A new account and its first key: (account, key, key id). The request id is the
-        idempotency key: a replay returns the account and its first key's id but no key (""),
-        so a replay never leaves a second live key; the same request id with another name is
-        refused. Names are display names, not unique: no request id, a new account."""
-        if request_id:
-            earlier = self._account_by_request(name, request_id)
-            if earlier is not None:
-                return earlier
-        try:
-            with self.db.write() as session:
-                account = AccountRow(
-                    account_id=f"acct_{secrets.token_hex(8)}",
-                    name=name,
-                    created_at=self.clock(),
-                    request_id=request_id or None,
-                )
-                session.add(account)
-                session.flush()
-                key_id, token = self._add_key(session, account.account_id)
-        except IntegrityError:  # a concurrent replay created it first
-            earlier = self._account_by_request(name, request_id) if request_id else None
-            if earlier is None:
-                raise
-            return earlier
-        logs.log(logger, "account created", account=account.account_id, key=key_id)
-        return account, token, key_id
-
-    def _account_by_request(self, name: str, request_id: str) -> tuple[AccountRow, str, str] | None:
-        with self.db.read() as session:
-            account = session.scalars(
-                select(AccountRow).where(AccountRow.request_id == request_id)
-            ).one_or_none()
-            if account is None:
-                return None
-            require_same(account.name, name)
-            first_key = session.scalar(
-                select(ApiKeyRow.key_id)
-                .where(ApiKeyRow.account_id == account.account_id)
-                .order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
-                .limit(1)
-            )
-        logs.log(logger, "account creation replayed", account=account.account_id)
-        return account, "", first_key or ""
-
-    def create_key(self, account_id: str) -> tuple[str, str]:
-        with self.db.write() as session:
-            if session.get(AccountRow, account_id) is None:
-                raise NotFound("no such account")
-            key_id, token = self._add_key(session, account_id)
-        logs.log(logger, "api key created", account=account_id, key=key_id)
-        return token, key_id
-
-    def _add_key(self, session, account_id: str) -> tuple[str, str]:
-        key_id, secret, token = _new_key()
-        session.add(
-            ApiKeyRow(
-                key_id=key_id,
-                secret_hash=_digest(secret),
-                account_id=account_id,
-                is_admin=False,
-                created_at=self.clock(),
-            )
-        )
-        return key_id, token
-
-    def list_keys(
-        self, account_id: str, page_size: int, after: str
-    ) -> tuple[list[ApiKeyRow], str | None]:
-        """An account's keys by id (NOT_FOUND for an unknown account)."""
-        with self.db.read() as session:
-            if session.get(AccountRow, account_id) is None:
-                raise NotFound("no such account")
-            rows = list(
-                session.scalars(
-                    select(ApiKeyRow)
-                    .where(ApiKeyRow.account_id == account_id, ApiKeyRow.key_id > after)
-                    .order_by(ApiKeyRow.key_id)
-                    .limit(page_size + 1)
-                )
-            )
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].key_id
-        return rows, None
-
-    def revoke_key(self, key_id: str) -> ApiKeyRow:
-        """Revokes an account's key (idempotent: the first revocation time stays). Every
-        replica checks the key's row on every call, so it is refused from the next call on."""
-        with self.db.write() as session:
-            row = session.get(ApiKeyRow, key_id)
-            if row is None:
-                raise NotFound("no such API key")
-            if row.is_admin:
-                raise FailedPrecondition(
-                    "the admin credential is rotated by configuration (MIXIP_GATEWAY_ADMIN_KEY "
-                    "or the admin key file), not revoked",
-                    reason="ADMIN_KEY_NOT_REVOCABLE",
-                )
-            if row.revoked_at is None:
-                row.revoked_at = self.clock()
-        logs.log(logger, "api key revoked", account=row.account_id, key=key_id)
-        return row
-
-    def list_accounts(self, page_size: int, after: str) -> tuple[list[AccountRow], str | None]:
-        with self.db.read() as session:
-            rows = list(
-                session.scalars(
-                    select(AccountRow)
-                    .where(AccountRow.account_id > after)
-                    .order_by(AccountRow.account_id)
-                    .limit(page_size + 1)
-                )
-            )
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size - 1].account_id
-        return rows, None

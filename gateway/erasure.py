@@ -4,7 +4,7 @@
    from that moment every upload commit refuses the talent, and a resumer finishes an intent
    its caller abandoned (at start-up and every `resume_seconds`).
 2. Consent first: the ledger is erased, so every consent check (the matcher's post-insert
-   check of an enrollment, the gateway's re-check of an upload) refuses the talent from then.
+   check of an enrollment, the consents a match labels with) refuses the talent from then.
 3. The matcher's vectors: an enrollment that passed its post-insert check inserted before
    step 2, so this deletion sees its vector; one that had not deletes its own vector.
 4. The audit salt, shredded with a marker left in the same transaction: no new salt is made
@@ -34,11 +34,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.store import ErasureIntentRow, ErasureReceiptRow, GatewaySecretRow, MediaFaceRow
-from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from gateway.peers import AuditPort, ConsentPort, MatcherPort
+from gateway.store import (
+    ErasureIntentRow,
+    ErasureReceiptRow,
+    GatewaySecretRow,
+    MediaFaceRow,
+    affected,
+)
 from mixip.common.v1 import common_pb2
-from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
-from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.times import Clock, iso
@@ -78,7 +82,9 @@ class ErasureFence:
         with self.db.write() as session:
             fresh = {"name": FENCE_KEY_NAME, "secret": os.urandom(32), "created_at": self.clock()}
             insert_ignoring_conflicts(session, GatewaySecretRow.__table__, [fresh], ["name"])
-            return session.get(GatewaySecretRow, FENCE_KEY_NAME).secret
+            row = session.get(GatewaySecretRow, FENCE_KEY_NAME)
+            assert row is not None  # inserted just above, or by an earlier start
+            return row.secret
 
     def talent_key(self, account_id: str, talent_id: str) -> bytes:
         message = f"{account_id}\x00{talent_id}".encode()
@@ -107,7 +113,7 @@ class ErasureFence:
                 ),
             )
         )
-        return {keys[k] for k in found}
+        return {keys[k] for k in found if k is not None}
 
     def in_progress(self, session: Session, account_id: str, talent_id: str) -> bool:
         """Whether an erasure of the talent has begun and not completed."""
@@ -125,19 +131,20 @@ class ErasureFence:
         )
 
 
-@dataclass
-class ErasurePeers:
-    matcher: matcher_pb2_grpc.MatcherServiceStub
-    consent: consent_pb2_grpc.ConsentServiceStub
-    audit: audit_pb2_grpc.AuditServiceStub
-
-
 class Erasures:
     def __init__(
-        self, db: Database, peers: ErasurePeers, fence: ErasureFence, clock: Clock
+        self,
+        db: Database,
+        matcher: MatcherPort,
+        consent: ConsentPort,
+        audit: AuditPort,
+        fence: ErasureFence,
+        clock: Clock,
     ) -> None:
         self.db = db
-        self.peers = peers
+        self.matcher = matcher
+        self.consent = consent
+        self.audit = audit
         self.fence = fence
         self.clock = clock
         self.checkpoint: Checkpoint = no_checkpoint
@@ -191,41 +198,29 @@ class Erasures:
 
     def _finish(self, intent: ErasureIntentRow) -> list[ErasureStep]:
         account_id, talent_id = intent.account_id, intent.talent_id
+        assert talent_id is not None  # an open intent keeps its talent id
         steps = []
-        erased = self.peers.consent.EraseTalentConsent(
-            consent_pb2.EraseTalentConsentRequest(account_id=account_id, talent_id=talent_id)
-        )
-        steps.append(
-            ErasureStep(
-                "consent.erase_ledger",
-                erased.records_deleted + erased.outbox_rows_deleted,
-                self.clock(),
-            )
-        )
+        erased = self.consent.erase_talent(account_id, talent_id)
+        steps.append(ErasureStep("consent.erase_ledger", erased, self.clock()))
         self.checkpoint("erase.consent")
-        deleted = self.peers.matcher.DeleteTalentFaces(
-            matcher_pb2.DeleteTalentFacesRequest(
-                account_id=account_id, talent_id=talent_id, request_id=intent.intent_id
-            )
-        )
-        steps.append(ErasureStep("matcher.delete_faces", deleted.deleted_count, self.clock()))
+        deleted = self.matcher.delete_talent_faces(account_id, talent_id, intent.intent_id)
+        steps.append(ErasureStep("matcher.delete_faces", deleted, self.clock()))
         self.checkpoint("erase.matcher")
-        shredded = self.peers.audit.ShredTalentSalt(
-            audit_pb2.ShredTalentSaltRequest(account_id=account_id, talent_id=talent_id)
-        )
-        steps.append(ErasureStep("audit.shred_salt", int(shredded.salt_destroyed), self.clock()))
+        shredded = self.audit.shred_talent_salt(account_id, talent_id)
+        steps.append(ErasureStep("audit.shred_salt", int(shredded), self.clock()))
         self.checkpoint("erase.audit")
         with self.db.write() as session:
             self.fence.lock(session, account_id)
-            scrubbed = session.execute(
+            scrubbed = affected(
+                session,
                 update(MediaFaceRow)
                 .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
                 .values(
                     talent_id=None,
                     label=common_pb2.FACE_LABEL_UNKNOWN,
                     reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-                )
-            ).rowcount
+                ),
+            )
             steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
             self._complete(session, intent, steps)
         logs.log(
@@ -291,14 +286,15 @@ class Erasures:
                 self._finish(intent)
                 finished += 1
         with self.db.write() as session:
-            forgotten = session.execute(
+            forgotten = affected(
+                session,
                 update(ErasureIntentRow)
                 .where(
                     ErasureIntentRow.completed_at < self.clock() - FENCE_WINDOW,
                     ErasureIntentRow.talent_key.is_not(None),
                 )
-                .values(talent_key=None)
-            ).rowcount
+                .values(talent_key=None),
+            )
         if finished or forgotten:
             logs.log(logger, "erasures resumed", finished=finished, fences_cleared=forgotten)
         return finished

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
-from gateway.storage import MediaStore
-from gateway.store import AccountRetentionRow, AccountRow, MediaFaceRow, MediaRow
+from gateway.media_store import MediaStore
+from gateway.settings import DEFAULT_RETENTION_DAYS
+from gateway.store import AccountRetentionRow, AccountRow, MediaFaceRow, MediaRow, affected
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import NotFound
@@ -28,9 +29,12 @@ from mixip.runtime.times import Clock
 
 logger = logging.getLogger("mixip.gateway.retention")
 
-DEFAULT_RETENTION_DAYS = 365
-MIN_RETENTION_DAYS = 1
-MAX_RETENTION_DAYS = 3650
+
+@dataclass(frozen=True)
+class AccountRetention:
+    account_id: str
+    retention_days: int
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -50,21 +54,21 @@ class MediaRetention:
         db: Database,
         media_store: MediaStore,
         clock: Clock,
-        sweep_orphans: Callable[[int], int],
+        sweep_orphans: Callable[[int], int],  # (limit) -> unreferenced objects deleted
         *,
         default_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
         self.db = db
         self.media_store = media_store
         self.clock = clock
-        self.sweep_orphans = sweep_orphans  # (limit) -> unreferenced objects deleted
+        self.sweep_orphans = sweep_orphans
         self.default_days = default_days
 
     # -- per-account setting ------------------------------------------------------------------
 
     def set_account_retention(
         self, account_id: str, days: int, admin_key_id: str
-    ) -> AccountRetentionRow:
+    ) -> AccountRetention:
         with self.db.write() as session:
             if session.get(AccountRow, account_id) is None:
                 raise NotFound("no such account")
@@ -73,8 +77,9 @@ class MediaRetention:
                 row = AccountRetentionRow(account_id=account_id)
                 session.add(row)
             row.retention_days, row.updated_at, row.updated_by = days, self.clock(), admin_key_id
+            saved = AccountRetention(account_id, days, row.updated_at)
         logs.log(logger, "account retention set", account=account_id, days=days, key=admin_key_id)
-        return row
+        return saved
 
     # -- purge --------------------------------------------------------------------------------
 
@@ -86,10 +91,8 @@ class MediaRetention:
             return PurgeBatch(orphans_deleted=orphans, done=orphans < batch_size)
         ids = [media_id for media_id, _, _ in expired]
         with self.db.write() as session:
-            faces = session.execute(
-                delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids))
-            ).rowcount
-            media = session.execute(delete(MediaRow).where(MediaRow.media_id.in_(ids))).rowcount
+            faces = affected(session, delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids)))
+            media = affected(session, delete(MediaRow).where(MediaRow.media_id.in_(ids)))
         # After the commit: until here every object was still referenced and readable.
         for _, account_id, storage_key in expired:
             self.media_store.delete(account_id, storage_key)
@@ -128,7 +131,7 @@ class MediaRetention:
                     .order_by(MediaRow.created_at, MediaRow.media_id)
                     .limit(limit - len(found))
                 ).all()
-                found += [tuple(row) for row in rows]
+                found += [(media_id, account, key) for media_id, account, key in rows]
                 if len(found) >= limit:
                     break
         return found

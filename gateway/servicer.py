@@ -1,17 +1,25 @@
-"""The gateway's gRPC edge: authenticate, validate, bind the account from the key, delegate."""
+"""The gateway's gRPC edge: authenticate, validate, bind the account from the key, map proto to
+domain and back, and delegate to the use-case modules (uploads, rights, erasure, accounts,
+retention, operations). No peer is called from here."""
 
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
+import grpc
+
+from gateway.accounts import Account, Accounts, ApiKey
 from gateway.auth import Authenticator
-from gateway.retention import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, MediaRetention
-from gateway.service import Gateway, StoredMedia, UploadHeader, face_result
-from mixip.audit.v1 import audit_pb2
-from mixip.consent.v1 import consent_pb2
+from gateway.erasure import Erasures
+from gateway.operations import Operations
+from gateway.peers import ConsentDecision
+from gateway.retention import MediaRetention
+from gateway.rights import Rights
+from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
+from gateway.uploads import StoredMedia, StreamLimits, UploadHeader, Uploads
 from mixip.gateway.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -20,18 +28,28 @@ from mixip.gateway.v1 import (
     internal_pb2,
     internal_pb2_grpc,
 )
-from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
-from mixip.runtime import logs
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.paging import decode_page_token, encode_page_token
-from mixip.runtime.times import to_timestamp
+from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
 
-logger = logging.getLogger("mixip.gateway")
+H = TypeVar("H", covariant=True)
 
 
-def _stream(requests: Iterator, header_type: str) -> tuple[object, Iterator[bytes]]:
+class _StreamMessage(Protocol[H]):
+    """A message of a client stream: a header first, then chunks."""
+
+    @property
+    def header(self) -> H: ...
+
+    @property
+    def chunk(self) -> bytes: ...
+
+    def WhichOneof(self, oneof_group: str) -> str | None: ...
+
+
+def _stream(requests: Iterator[_StreamMessage[H]], header_type: str) -> tuple[H, Iterator[bytes]]:
     """The header (first message) and an iterator over the chunks that follow."""
     first = next(requests, None)
     if first is None or first.WhichOneof("payload") != "header":
@@ -47,12 +65,25 @@ def _stream(requests: Iterator, header_type: str) -> tuple[object, Iterator[byte
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, gateway: Gateway, auth: Authenticator) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        auth: Authenticator,
+        limits: StreamLimits,
+        uploads: Uploads,
+        rights: Rights,
+        erasures: Erasures,
+    ) -> None:
         self.auth = auth
-        self.peers = gateway.peers
+        self.limits = limits
+        self.uploads = uploads
+        self.rights = rights
+        self.erasures = erasures
 
-    def UploadMedia(self, request_iterator, context):
+    def UploadMedia(
+        self,
+        request_iterator: Iterator[gateway_pb2.UploadMediaRequest],
+        context: grpc.ServicerContext,
+    ) -> gateway_pb2.UploadMediaResponse:
         caller = self.auth.account(context)
         header, chunks = _stream(request_iterator, "upload")
         checks = Checks()
@@ -66,8 +97,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         checks.text("header.request_id", header.request_id, max_length=128, required=False)
         checks.done()
-        data = self.gateway.receive(chunks)
-        stored = self.gateway.upload(
+        data = self.limits.receive(chunks)
+        stored = self.uploads.upload(
             caller.account_id,
             caller.key_id,
             UploadHeader(header.project_id, header.filename, header.request_id),
@@ -75,19 +106,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return _upload_response(stored)
 
-    def GetMediaResults(self, request, context):
+    def GetMediaResults(
+        self, request: gateway_pb2.GetMediaResultsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetMediaResultsResponse:
         caller = self.auth.account(context)
         checks = Checks()
         checks.identifier("media_id", request.media_id)
         checks.done()
-        stored = self.gateway.results(caller.account_id, request.media_id)
+        stored = self.uploads.results(caller.account_id, request.media_id)
         return gateway_pb2.GetMediaResultsResponse(media=_upload_response(stored))
 
-    def RecordConsent(self, request, context):
+    def RecordConsent(
+        self, request: gateway_pb2.RecordConsentRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RecordConsentResponse:
         caller = self.auth.account(context)
-        reply = self.gateway.record_consent(
-            consent_pb2.RecordConsentRequest(
-                account_id=caller.account_id,
+        record = self.rights.record_consent(
+            caller.account_id,
+            ConsentDecision(
                 talent_id=request.talent_id,
                 scope=request.scope,
                 project_id=request.project_id,
@@ -95,100 +130,99 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 evidence=request.evidence if request.HasField("evidence") else None,
                 # a key per call, so the channel's retries cannot append the record twice
                 request_id=request.request_id or uuid.uuid4().hex,
-            )
+            ),
         )
-        return gateway_pb2.RecordConsentResponse(record=reply.record)
+        return gateway_pb2.RecordConsentResponse(record=record)
 
-    def ListConsents(self, request, context):
+    def ListConsents(
+        self, request: gateway_pb2.ListConsentsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListConsentsResponse:
         caller = self.auth.account(context)
-        reply = self.peers.consent.ListConsentRecords(
-            consent_pb2.ListConsentRecordsRequest(
-                account_id=caller.account_id,
-                talent_id=request.talent_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+        page = self.rights.consents(
+            caller.account_id, request.talent_id, request.page_size, request.page_token
         )
         return gateway_pb2.ListConsentsResponse(
-            records=reply.records, next_page_token=reply.next_page_token
+            records=page.items, next_page_token=page.next_page_token
         )
 
-    def EnrollTalent(self, request_iterator, context):
+    def EnrollTalent(
+        self,
+        request_iterator: Iterator[gateway_pb2.EnrollTalentRequest],
+        context: grpc.ServicerContext,
+    ) -> gateway_pb2.EnrollTalentResponse:
         caller = self.auth.account(context)
         header, chunks = _stream(request_iterator, "enrollment")
         checks = Checks()
         checks.identifier("header.talent_id", header.talent_id)
         checks.text("header.request_id", header.request_id, max_length=128, required=False)
         checks.done()
-        image = self.gateway.receive(chunks)
-        reply = self.peers.matcher.EnrollTalentFace(
-            matcher_pb2.EnrollTalentFaceRequest(
-                account_id=caller.account_id,
-                talent_id=header.talent_id,
-                image=image,
-                request_id=header.request_id or uuid.uuid4().hex,
-            )
+        image = self.limits.receive(chunks)
+        face = self.rights.enroll(
+            caller.account_id, header.talent_id, image, header.request_id or uuid.uuid4().hex
         )
-        return gateway_pb2.EnrollTalentResponse(face=reply.face)
+        return gateway_pb2.EnrollTalentResponse(face=face)
 
-    def ListTalentFaces(self, request, context):
+    def ListTalentFaces(
+        self, request: gateway_pb2.ListTalentFacesRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListTalentFacesResponse:
         caller = self.auth.account(context)
-        reply = self.peers.matcher.ListTalentFaces(
-            matcher_pb2.ListTalentFacesRequest(
-                account_id=caller.account_id,
-                talent_id=request.talent_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+        page = self.rights.talent_faces(
+            caller.account_id, request.talent_id, request.page_size, request.page_token
         )
         return gateway_pb2.ListTalentFacesResponse(
-            faces=reply.faces, next_page_token=reply.next_page_token
+            faces=page.items, next_page_token=page.next_page_token
         )
 
-    def ListAuditEvents(self, request, context):
+    def ListAuditEvents(
+        self, request: gateway_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListAuditEventsResponse:
         caller = self.auth.account(context)
-        reply = self.peers.audit.ListEvents(
-            audit_pb2.ListEventsRequest(
-                account_id=caller.account_id,
-                talent_id=request.talent_id,
-                project_id=request.project_id,
-                since=request.since if request.HasField("since") else None,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+        page = self.rights.audit_events(
+            caller.account_id,
+            talent_id=request.talent_id,
+            project_id=request.project_id,
+            since=request.since if request.HasField("since") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
         return gateway_pb2.ListAuditEventsResponse(
-            events=reply.events, next_page_token=reply.next_page_token
+            events=page.items, next_page_token=page.next_page_token
         )
 
-    def VerifyAuditLog(self, request, context):
+    def VerifyAuditLog(
+        self, request: gateway_pb2.VerifyAuditLogRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.VerifyAuditLogResponse:
         caller = self.auth.account(context)
-        reply = self.peers.audit.VerifyLog(audit_pb2.VerifyLogRequest(account_id=caller.account_id))
+        verdict = self.rights.verify_audit_log(caller.account_id)
         return gateway_pb2.VerifyAuditLogResponse(
-            ok=reply.ok,
-            events_checked=reply.events_checked,
-            first_broken_sequence=reply.first_broken_sequence,
-            detail=reply.detail,
+            ok=verdict.ok,
+            events_checked=verdict.events_checked,
+            first_broken_sequence=verdict.first_broken_sequence,
+            detail=verdict.detail,
         )
 
-    def ExportTalentData(self, request, context):
+    def ExportTalentData(
+        self, request: gateway_pb2.ExportTalentDataRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ExportTalentDataResponse:
         caller = self.auth.account(context)
         checks = Checks()
         checks.identifier("talent_id", request.talent_id)
         checks.done()
-        document = self.gateway.export(caller.account_id, request.talent_id)
+        document = self.rights.export(caller.account_id, request.talent_id)
         return gateway_pb2.ExportTalentDataResponse(
             schema_version=document["schema_version"],
             document_json=json.dumps(document, ensure_ascii=False, indent=2),
         )
 
-    def EraseTalent(self, request, context):
+    def EraseTalent(
+        self, request: gateway_pb2.EraseTalentRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.EraseTalentResponse:
         caller = self.auth.account(context)
         checks = Checks()
         checks.identifier("talent_id", request.talent_id)
         checks.text("request_id", request.request_id, max_length=128, required=False)
         checks.done()
-        receipt_id, steps = self.gateway.erase(
+        receipt_id, steps = self.erasures.erase(
             caller.account_id, request.talent_id, request.request_id
         )
         return gateway_pb2.EraseTalentResponse(
@@ -203,59 +237,61 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             completed_at=to_timestamp(steps[-1].completed_at),
         )
 
-    def DeleteTalentFace(self, request, context):
+    def DeleteTalentFace(
+        self, request: gateway_pb2.DeleteTalentFaceRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.DeleteTalentFaceResponse:
         caller = self.auth.account(context)
         checks = Checks()
         checks.identifier("talent_id", request.talent_id)
         checks.identifier("face_id", request.face_id)
         checks.done()
-        reply = self.peers.matcher.DeleteTalentFace(
-            matcher_pb2.DeleteTalentFaceRequest(
-                account_id=caller.account_id,
-                talent_id=request.talent_id,
-                face_id=request.face_id,
-            )
+        face = self.rights.delete_face(
+            caller.account_id, caller.key_id, request.talent_id, request.face_id
         )
-        # The correction's record: who (key), what (face), when (the line's time); the talent
-        # id stays out of logs (docs/rights.md).
-        logs.log(
-            logger,
-            "talent face deleted",
-            account=caller.account_id,
-            key=caller.key_id,
-            face=request.face_id,
-            collection_version=reply.collection_version,
-        )
-        return gateway_pb2.DeleteTalentFaceResponse(face=reply.face)
+        return gateway_pb2.DeleteTalentFaceResponse(face=face)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, gateway: Gateway, auth: Authenticator, retention: MediaRetention) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        accounts: Accounts,
+        retention: MediaRetention,
+        operations: Operations,
+        clock: Clock,
+    ) -> None:
         self.auth = auth
-        self.peers = gateway.peers
+        self.accounts = accounts
         self.retention = retention
-        self.clock = gateway.clock
+        self.operations = operations
+        self.clock = clock
 
-    def CreateAccount(self, request, context):
+    def CreateAccount(
+        self, request: admin_pb2.CreateAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateAccountResponse:
         self.auth.admin(context)
         checks = Checks()
         checks.text("name", request.name, max_length=128)
         checks.text("request_id", request.request_id, max_length=128, required=False)
         checks.done()
-        account, token, key_id = self.auth.create_account(request.name, request.request_id)
+        account, token, key_id = self.accounts.create_account(request.name, request.request_id)
         return admin_pb2.CreateAccountResponse(
             account=_account(account), api_key=token, api_key_id=key_id
         )
 
-    def CreateApiKey(self, request, context):
+    def CreateApiKey(
+        self, request: admin_pb2.CreateApiKeyRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CreateApiKeyResponse:
         self.auth.admin(context)
         checks = Checks()
         checks.identifier("account_id", request.account_id)
         checks.done()
-        token, key_id = self.auth.create_key(request.account_id)
+        token, key_id = self.accounts.create_key(request.account_id)
         return admin_pb2.CreateApiKeyResponse(api_key=token, api_key_id=key_id)
 
-    def ListApiKeys(self, request, context):
+    def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListApiKeysResponse:
         self.auth.admin(context)
         checks = Checks()
         checks.identifier("account_id", request.account_id)
@@ -263,34 +299,40 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         checks.done()
         filters = {"a": request.account_id}
         after = decode_page_token(request.page_token, filters, kind=str) or ""
-        rows, next_after = self.auth.list_keys(request.account_id, page_size, after)
+        keys, next_after = self.accounts.list_keys(request.account_id, page_size, after)
         return admin_pb2.ListApiKeysResponse(
-            api_keys=[_api_key(r) for r in rows],
+            api_keys=[_api_key(k) for k in keys],
             next_page_token=encode_page_token(next_after, filters) if next_after else "",
         )
 
-    def RevokeApiKey(self, request, context):
+    def RevokeApiKey(
+        self, request: admin_pb2.RevokeApiKeyRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RevokeApiKeyResponse:
         self.auth.admin(context)
         checks = Checks()
         checks.identifier("api_key_id", request.api_key_id)
         checks.done()
         return admin_pb2.RevokeApiKeyResponse(
-            api_key=_api_key(self.auth.revoke_key(request.api_key_id))
+            api_key=_api_key(self.accounts.revoke_key(request.api_key_id))
         )
 
-    def ListAccounts(self, request, context):
+    def ListAccounts(
+        self, request: admin_pb2.ListAccountsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListAccountsResponse:
         self.auth.admin(context)
         checks = Checks()
         page_size = checks.page_size("page_size", request.page_size)
         checks.done()
         after = decode_page_token(request.page_token, {}, kind=str) or ""
-        rows, next_after = self.auth.list_accounts(page_size, after)
+        accounts, next_after = self.accounts.list_accounts(page_size, after)
         return admin_pb2.ListAccountsResponse(
-            accounts=[_account(r) for r in rows],
+            accounts=[_account(a) for a in accounts],
             next_page_token=encode_page_token(next_after, {}) if next_after else "",
         )
 
-    def RunRetentionJob(self, request, context):
+    def RunRetentionJob(
+        self, request: admin_pb2.RunRetentionJobRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.RunRetentionJobResponse:
         admin = self.auth.admin(context)
         checks = Checks()
         checks.enum("job", request.job, retention_pb2.RetentionJob)
@@ -299,22 +341,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if drill and request.job not in (0, retention_pb2.RETENTION_JOB_PURGE):
             checks.fail("as_of", "only the purge job runs as of a later date")
         checks.done()
-        reply = self.peers.retention.RunNow(
-            retention_pb2.RunNowRequest(
-                job=request.job,
-                as_of=request.as_of if drill else None,
-                requested_by=admin.key_id,
-            )
+        report = self.operations.run_retention_job(
+            request.job, request.as_of if drill else None, admin.key_id
         )
-        return admin_pb2.RunRetentionJobResponse(report=reply.report)
+        return admin_pb2.RunRetentionJobResponse(report=report)
 
-    def GetRetentionStatus(self, request, context):
+    def GetRetentionStatus(
+        self, request: admin_pb2.GetRetentionStatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetRetentionStatusResponse:
         self.auth.admin(context)
-        return admin_pb2.GetRetentionStatusResponse(
-            status=self.peers.retention.GetStatus(retention_pb2.GetStatusRequest())
-        )
+        return admin_pb2.GetRetentionStatusResponse(status=self.operations.retention_status())
 
-    def SetAccountRetention(self, request, context):
+    def SetAccountRetention(
+        self, request: admin_pb2.SetAccountRetentionRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.SetAccountRetentionResponse:
         admin = self.auth.admin(context)
         checks = Checks()
         checks.identifier("account_id", request.account_id)
@@ -323,21 +363,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "retention_days", f"must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS}"
             )
         checks.done()
-        row = self.retention.set_account_retention(
+        saved = self.retention.set_account_retention(
             request.account_id, request.retention_days, admin.key_id
         )
         return admin_pb2.SetAccountRetentionResponse(
-            account_id=row.account_id,
-            retention_days=row.retention_days,
-            updated_at=to_timestamp(row.updated_at),
+            account_id=saved.account_id,
+            retention_days=saved.retention_days,
+            updated_at=to_timestamp(saved.updated_at),
         )
 
-    def GetVaultStatus(self, request, context):
+    def GetVaultStatus(
+        self, request: admin_pb2.GetVaultStatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetVaultStatusResponse:
         self.auth.admin(context)
-        reply = self.peers.audit.GetVaultStatus(audit_pb2.GetVaultStatusRequest())
-        return admin_pb2.GetVaultStatusResponse(
-            key_version=reply.key_version, rotated_at=reply.rotated_at
-        )
+        key_version, rotated_at = self.operations.vault_status()
+        return admin_pb2.GetVaultStatusResponse(key_version=key_version, rotated_at=rotated_at)
 
 
 class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
@@ -349,7 +389,9 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     def __init__(self, retention: MediaRetention) -> None:
         self.retention = retention
 
-    def PurgeExpiredMedia(self, request, context):
+    def PurgeExpiredMedia(
+        self, request: internal_pb2.PurgeExpiredMediaRequest, context: grpc.ServicerContext
+    ) -> internal_pb2.PurgeExpiredMediaResponse:
         checks = Checks()
         as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
         batch = request.batch_size or self.DEFAULT_BATCH
@@ -359,6 +401,7 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
                 f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
             )
         checks.done()
+        assert as_of is not None  # required: checks.done() refused its absence
         done = self.retention.purge_expired(as_of, batch)
         return internal_pb2.PurgeExpiredMediaResponse(
             media_deleted=done.media_deleted,
@@ -369,19 +412,21 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
         )
 
 
-def _api_key(row) -> admin_pb2.ApiKey:
+def _api_key(key: ApiKey) -> admin_pb2.ApiKey:
     return admin_pb2.ApiKey(
-        api_key_id=row.key_id,
-        account_id=row.account_id or "",
-        prefix=f"mixip_{row.key_id}_",
-        created_at=to_timestamp(row.created_at),
-        revoked_at=to_timestamp(row.revoked_at) if row.revoked_at else None,
+        api_key_id=key.key_id,
+        account_id=key.account_id or "",
+        prefix=f"mixip_{key.key_id}_",
+        created_at=to_timestamp(key.created_at),
+        revoked_at=to_timestamp(key.revoked_at) if key.revoked_at else None,
     )
 
 
-def _account(row) -> admin_pb2.Account:
+def _account(account: Account) -> admin_pb2.Account:
     return admin_pb2.Account(
-        account_id=row.account_id, name=row.name, created_at=to_timestamp(row.created_at)
+        account_id=account.account_id,
+        name=account.name,
+        created_at=to_timestamp(account.created_at),
     )
 
 
@@ -389,10 +434,10 @@ def _upload_response(stored: StoredMedia) -> gateway_pb2.UploadMediaResponse:
     media = stored.media
     return gateway_pb2.UploadMediaResponse(
         media_id=media.media_id,
-        kind=media.kind,
+        kind=media.kind,  # type: ignore[arg-type]
         content_type=media.content_type,
         size_bytes=media.size_bytes,
-        faces=[face_result(f) for f in stored.faces],
+        faces=stored.faces,
         audit_events_recorded=len(stored.faces),
         duration_seconds=media.duration_seconds,
         engine=media.engine,

@@ -4,6 +4,7 @@ receipts (its own database; no other service reads it)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -16,9 +17,13 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Executable
 
+from mixip.common.v1 import common_pb2
 from mixip.runtime.db import UtcDateTime
 
 
@@ -169,3 +174,90 @@ class GatewaySecretRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     secret: Mapped[bytes] = mapped_column(LargeBinary(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+
+def affected(session: Session, statement: Executable) -> int:
+    """Runs an UPDATE or DELETE; how many rows it changed."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def media_faces(session: Session, media_id: str) -> list[MediaFaceRow]:
+    """A media's face results, in face order."""
+    return list(
+        session.scalars(
+            select(MediaFaceRow)
+            .where(MediaFaceRow.media_id == media_id)
+            .order_by(MediaFaceRow.face_index)
+        )
+    )
+
+
+def upload_digest(session: Session, media_id: str) -> str | None:
+    digest: str | None = session.scalar(
+        select(UploadDigestRow.digest).where(UploadDigestRow.media_id == media_id)
+    )
+    return digest
+
+
+def is_referenced(session: Session, storage_key: str) -> bool:
+    """Whether a media row refers to the stored object."""
+    found = session.scalar(select(MediaRow.media_id).where(MediaRow.storage_key == storage_key))
+    return found is not None
+
+
+def talent_results(
+    session: Session, account_id: str, talent_id: str
+) -> list[tuple[MediaFaceRow, str, datetime]]:
+    """(face result, project id, upload time) of every stored result naming the talent, oldest
+    upload first."""
+    rows = session.execute(
+        select(MediaFaceRow, MediaRow.project_id, MediaRow.created_at)
+        .join(MediaRow, MediaRow.media_id == MediaFaceRow.media_id)
+        .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+        .order_by(MediaRow.created_at, MediaFaceRow.face_index)
+    ).all()
+    return [(face, project_id, created_at) for face, project_id, created_at in rows]
+
+
+# -- face results: row <-> the client's FaceResult -----------------------------------------------
+
+
+def face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> MediaFaceRow:
+    """A face result as stored."""
+    b = face.box
+    return MediaFaceRow(
+        media_id=media_id,
+        face_index=face.face_index,
+        account_id=account_id,
+        label=face.label,
+        reason=face.reason,
+        similarity=face.similarity,
+        talent_id=face.talent_id or None,
+        box=f"{b.x},{b.y},{b.width},{b.height}",
+        detection_score=face.detection_score,
+        best_frame_seconds=face.best_frame_seconds,
+        ranges=";".join(f"{r.start_seconds}-{r.end_seconds}" for r in face.ranges),
+    )
+
+
+def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
+    """A stored face result as the client sees it."""
+    x, y, w, h = (int(v) for v in row.box.split(","))
+    ranges = []
+    for part in filter(None, row.ranges.split(";")):
+        start, end = part.split("-")
+        ranges.append(common_pb2.TimeRange(start_seconds=float(start), end_seconds=float(end)))
+    return common_pb2.FaceResult(
+        face_index=row.face_index,
+        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
+        label=row.label,  # type: ignore[arg-type]
+        reason=row.reason,  # type: ignore[arg-type]
+        similarity=row.similarity,
+        talent_id=row.talent_id or "",
+        ranges=ranges,
+        best_frame_seconds=row.best_frame_seconds,
+        detection_score=row.detection_score,
+    )

@@ -370,7 +370,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service)
         GatewayApp,
         GatewaySettings,
     )
-    from gateway.storage import LocalEncryptedStore
+    from gateway.media_store import LocalEncryptedStore
     from gateway.store import Base
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database

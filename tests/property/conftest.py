@@ -118,7 +118,7 @@ class Harness:
             connection.close()
 
     def media_objects(self) -> set[str]:
-        root = self.gateway.app.gateway.media_store.root
+        root = self.gateway.app.media_store.root
         return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
     def assert_serving(self) -> None:

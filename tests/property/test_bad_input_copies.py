@@ -121,7 +121,7 @@ offsets = st.one_of(
 @example(job=INT32_MAX, as_of=("offset", DAY))
 @example(job=INT32_MIN, as_of=None)
 def test_run_retention_job_as_of(harness, no_retry_admin, job, as_of):  # noqa: F811
-    now = harness.gateway.app.gateway.clock().timestamp()
+    now = harness.gateway.app.clock().timestamp()
     if isinstance(as_of, tuple):
         as_of = Timestamp(seconds=int(now) + as_of[1])
     verdicts = [enum_verdict(job, retention_pb2.RetentionJob)]

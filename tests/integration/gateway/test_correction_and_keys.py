@@ -139,7 +139,7 @@ def second_replica(gateway, serve, tmp_path):
     """Another gateway replica on the same database and peers."""
     from gateway.app import ADMIN_SERVICE, GATEWAY_SERVICE, PEER_SERVICES, GatewayApp
     from gateway.app import GatewaySettings as Settings
-    from gateway.storage import LocalEncryptedStore
+    from gateway.media_store import LocalEncryptedStore
     from gateway.store import Base
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database

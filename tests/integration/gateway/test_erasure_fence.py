@@ -30,7 +30,6 @@ TALENT = "astronaut"
 UPLOAD_POINTS = [
     "upload.started",
     "upload.matched",
-    "upload.consented",
     "upload.rechecked",
     "upload.audited",
 ]
@@ -46,7 +45,8 @@ def _writer_pairs() -> list[tuple[str, str]]:
 @pytest.fixture
 def hooks(gateway) -> Checkpoints:
     hooks = Checkpoints()
-    gateway.app.gateway.checkpoint = hooks
+    gateway.app.uploads.checkpoint = hooks
+    gateway.app.erasures.checkpoint = hooks
     gateway.mesh.matcher.app.matcher.checkpoint = hooks
     return hooks
 
@@ -240,8 +240,8 @@ def test_an_erasure_abandoned_after_a_failed_step_is_finished_by_the_resumer(gat
     serve(gateway.audit.app, listen=gateway.audit.address)
     grpc.channel_ready_future(gateway.app.channels["audit"]).result(timeout=15)
 
-    assert gateway.app.gateway.erasures.resume() == 1  # the caller never retried
-    assert gateway.app.gateway.erasures.resume() == 0
+    assert gateway.app.erasures.resume() == 1  # the caller never retried
+    assert gateway.app.erasures.resume() == 0
     with gateway.app.db.read() as session:
         intent = session.get(ErasureIntentRow, intent.intent_id)
         assert intent.talent_id is None and intent.completed_at is not None
@@ -258,7 +258,7 @@ def test_an_erasure_abandoned_after_a_failed_step_is_finished_by_the_resumer(gat
 def test_the_resumer_forgets_the_fence_key_after_the_window(gateway, clock):
     _, meta = _talent_account(gateway, clock, "studio")
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=TALENT), metadata=meta)
-    erasures = gateway.app.gateway.erasures
+    erasures = gateway.app.erasures
     erasures.resume()
     with gateway.app.db.read() as session:
         assert session.scalars(select(ErasureIntentRow.talent_key)).one() is not None
@@ -323,7 +323,7 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
     restarted = GatewayApp(  # another replica (or this one restarted) on the same database
         gateway.app.db,
         gateway.app.channels,
-        gateway.app.gateway.media_store,
+        gateway.app.media_store,
         GatewaySettings(admin_key_file=tmp_path / ADMIN_KEY_FILE, erasure_resume_seconds=0),
         clock,
     )

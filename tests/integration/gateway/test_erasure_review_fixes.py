@@ -26,7 +26,7 @@ def test_a_consent_write_racing_an_erasure_is_erased_with_the_rest(gateway, cloc
     _, meta = gateway.new_account("studio")
     consent(gateway, meta, clock, TALENT, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
     hooks = Checkpoints()
-    gateway.app.gateway.checkpoint = hooks
+    gateway.app.rights.checkpoint = hooks
     checked = hooks.pause_at("consent.checked")  # after the erasure check, before the write
     write = Outcome(
         lambda: consent(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from gateway.service import ORPHANED_AFTER
+from gateway.uploads import ORPHANED_AFTER
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
@@ -97,14 +97,14 @@ def test_an_orphaned_object_left_by_a_crash_is_swept_at_start_up(gateway, studio
     account, meta = studio
     clock.now = datetime.now(UTC)  # compared with the files' own (real) modification times
     kept = upload(gateway, meta, group_photo())
-    orphan = gateway.app.gateway.media_store.put(account, b"\xff\xd8\xff half an upload")
+    orphan = gateway.app.media_store.put(account, b"\xff\xd8\xff half an upload")
     files = {p.name: p for p in (tmp_path / "media").rglob("*") if p.is_file()}
     assert set(files) >= {orphan}
     old = time.time() - ORPHANED_AFTER.total_seconds() - 60
     for path in files.values():
         os.utime(path, (old, old))
     clock.advance(seconds=1)
-    assert gateway.app.gateway.sweep_orphans() == 1
+    assert gateway.app.orphans.sweep() == 1
     remaining = [p.name for p in (tmp_path / "media").rglob("*") if p.is_file()]
     assert orphan not in remaining and len(remaining) == 1
     again = gateway.stub.GetMediaResults(

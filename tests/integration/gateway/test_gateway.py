@@ -302,10 +302,10 @@ def test_no_talent_id_reaches_any_log_line(gateway, clock, caplog):
 
 
 def test_configuring_a_new_admin_key_revokes_the_old_one(gateway, clock, tmp_path):
-    from gateway.auth import Authenticator
+    from gateway.accounts import Accounts
 
     old_meta = gateway.admin_metadata()
-    new_key = Authenticator(gateway.app.db, clock).ensure_admin_key(
+    new_key = Accounts(gateway.app.db, clock).ensure_admin_key(
         tmp_path / "unused.key", "mixip_00112233445566ff_" + "B" * 43
     )
     expect_error(

@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from gateway.storage import LocalEncryptedStore, S3Store, StorageError
+from gateway.media_store import LocalEncryptedStore, S3Store, StorageError
 from mixip.runtime.keys import LocalKeyWrapper
 
 DATA = b"\xff\xd8\xff" + b"customer photo bytes " * 500

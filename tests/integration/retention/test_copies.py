@@ -21,16 +21,16 @@ from moto import mock_aws
 from sqlalchemy import func, insert, select
 
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
+from gateway.media_store import LocalEncryptedStore, S3Store
+from gateway.peers import RetentionClient
 from gateway.retention import MediaRetention
-from gateway.service import Gateway, Peers
-from gateway.storage import LocalEncryptedStore, S3Store
 from gateway.store import Base as GatewayBase
 from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
+from gateway.uploads import OrphanSweep
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2, internal_pb2, internal_pb2_grpc
 from mixip.gateway.v1 import gateway_pb2 as gpb
 from mixip.retention.v1 import retention_pb2 as pb
-from mixip.retention.v1 import retention_pb2_grpc
 from mixip.runtime import acl
 from mixip.runtime.client import open_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
@@ -73,7 +73,7 @@ def retention(gateway, retention_factory):
         consent=gateway.mesh.consent.address,
         gateway=f"127.0.0.1:{gateway.app.internal.port}",
     )
-    gateway.app.gateway.peers.retention = retention_pb2_grpc.RetentionServiceStub(handle.channel)
+    gateway.app.operations.retention = RetentionClient(handle.channel)
     return handle
 
 
@@ -89,7 +89,7 @@ def run_purge(gateway, as_of: datetime | None = None) -> pb.RunReport:
 
 
 def media_objects(gateway) -> set[str]:
-    root = gateway.app.gateway.media_store.root
+    root = gateway.app.media_store.root
     return {p.name for p in root.rglob("*") if p.is_file()}
 
 
@@ -253,9 +253,7 @@ def gateway_purge(media_store, database_url, serve, clock, retention_factory, re
     db = Database(database_url("gateway"), GatewayBase.metadata)
     db.create_tables()
     store = Recording(media_store.store, db)
-    nobody = Peers(matcher=None, consent=None, audit=None, retention=None)  # only sweeps here
-    gateway = Gateway(db, nobody, store, clock, max_upload_bytes=1 << 20, max_chunk_bytes=1 << 16)
-    retention = MediaRetention(db, store, clock, gateway.sweep_orphans)
+    retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep)
     internal = serve(InternalApp(retention))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
     handle.db, handle.store, handle.listing = db, store, media_store.listing

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, insert
 
-from gateway.storage import LocalEncryptedStore
+from gateway.media_store import LocalEncryptedStore
 from mixip.cli.connection import write_secret
 from mixip.cli.launcher import Mesh
 from mixip.runtime.db import Database

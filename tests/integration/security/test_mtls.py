@@ -142,8 +142,9 @@ def test_the_rules_cover_every_internal_rpc_and_name_known_callers():
 def test_the_gateway_port_can_use_server_tls_from_configuration(gateway, certs, serve):
     """Clients authenticate with API keys; the certificate only encrypts and identifies."""
     from gateway.app import ADMIN_SERVICE, client_credentials
+    from gateway.settings import GatewaySettings
     from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc
-    from mixip.runtime.config import ConfigError, Env
+    from mixip.runtime.config import ConfigError, Env, ServerConfig
 
     env = Env(
         {
@@ -151,7 +152,8 @@ def test_the_gateway_port_can_use_server_tls_from_configuration(gateway, certs, 
             "MIXIP_GATEWAY_TLS_KEY": str(certs / "gateway.key"),
         }
     )
-    running = serve(gateway.app, credentials=client_credentials(env))
+    settings = GatewaySettings.load(ServerConfig.load("gateway", env), env)
+    running = serve(gateway.app, credentials=client_credentials(settings))
     address = f"127.0.0.1:{running.port}"
     secure = open_channel(
         address,
@@ -169,8 +171,10 @@ def test_the_gateway_port_can_use_server_tls_from_configuration(gateway, certs, 
     expect_refused_at_handshake(
         plain.ListAccounts, admin_pb2.ListAccountsRequest(), metadata=gateway.admin_metadata()
     )
+    half = Env({"MIXIP_GATEWAY_TLS_CERT": str(certs / "gateway.pem")})
+    config = ServerConfig.load("gateway", half)
     with pytest.raises(ConfigError, match="both"):
-        client_credentials(Env({"MIXIP_GATEWAY_TLS_CERT": str(certs / "gateway.pem")}))
+        GatewaySettings.load(config, half)
 
 
 def test_a_service_refuses_to_listen_beyond_loopback_without_tls(tmp_path):

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mixip.runtime.files import private_dir
 from mixip.runtime.keys import KeyWrapper, SealError, open_sealed, seal
@@ -110,7 +110,7 @@ class LocalEncryptedStore:
 class S3Store:
     """S3 with SSE-KMS; the boto3 client is passed in, never created here."""
 
-    def __init__(self, client, bucket: str, kms_key_id: str, prefix: str = "media/") -> None:
+    def __init__(self, client: Any, bucket: str, kms_key_id: str, prefix: str = "media/") -> None:
         self.s3 = client
         self.bucket = bucket
         self.kms_key_id = kms_key_id
@@ -138,7 +138,8 @@ class S3Store:
             response = self.s3.get_object(Bucket=self.bucket, Key=self._key(account_id, key))
         except self.s3.exceptions.NoSuchKey:
             raise StorageError("no such object") from None
-        return response["Body"].read()
+        data: bytes = response["Body"].read()
+        return data
 
     def delete(self, account_id: str, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=self._key(account_id, key))

@@ -1,0 +1,424 @@
+"""The gateway's four peers: one Protocol port per peer service, and its gRPC adapter.
+
+Use-case modules depend on the Protocols only (tests may swap in a fake); `app.py` builds the
+adapters on the channels it opens. Everything about the wire lives here: building the peer's
+requests, following its pages to the end, and chunking to its limits (at most
+`MAX_EVENTS_PER_CALL` events per `RecordMatchEvents`), each done once.
+
+The peers' messages that the gateway's own API carries unchanged (consent records, face
+records, audit events, retention reports) are the shared vocabulary and pass through as they
+are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
+from mixip.common.v1 import common_pb2
+from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
+from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
+
+T = TypeVar("T")
+
+MAX_EVENTS_PER_CALL = 1000  # RecordMatchEvents' limit
+PAGE_SIZE = 1000  # the peers' largest page
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+# -- matcher ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Matched:
+    """What the matcher made of a media: its kind and the labelled faces (labels are decided
+    by the matcher alone, services/matcher/labels.py)."""
+
+    kind: int
+    content_type: str
+    engine: str
+    duration_seconds: float
+    faces: list[common_pb2.FaceResult]
+
+
+class PendingMatch(Protocol):
+    """A match running on the matcher while the gateway stores the media."""
+
+    def result(self) -> Matched: ...
+
+    def cancel(self) -> None: ...
+
+
+class MatcherPort(Protocol):
+    def start_match(self, account_id: str, project_id: str, media: bytes) -> PendingMatch: ...
+
+    def enroll_face(
+        self, account_id: str, talent_id: str, image: bytes, request_id: str
+    ) -> matcher_pb2.FaceRecord: ...
+
+    def talent_faces(
+        self, account_id: str, talent_id: str, page_size: int, page_token: str
+    ) -> Page[matcher_pb2.FaceRecord]: ...
+
+    def all_talent_faces(self, account_id: str, talent_id: str) -> list[matcher_pb2.FaceRecord]: ...
+
+    def delete_face(
+        self, account_id: str, talent_id: str, face_id: str
+    ) -> tuple[matcher_pb2.FaceRecord, int]:
+        """(the deleted face, the collection version after the deletion)."""
+        ...
+
+    def delete_talent_faces(self, account_id: str, talent_id: str, request_id: str) -> int: ...
+
+
+class _GrpcPendingMatch:
+    def __init__(self, future: grpc.Future[matcher_pb2.MatchMediaResponse]) -> None:
+        self._future = future
+
+    def result(self) -> Matched:
+        reply: matcher_pb2.MatchMediaResponse = self._future.result()
+        return Matched(
+            kind=reply.kind,
+            content_type=reply.content_type,
+            engine=reply.engine,
+            duration_seconds=reply.duration_seconds,
+            faces=list(reply.faces),
+        )
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
+class MatcherClient:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = _stub(matcher_pb2_grpc.MatcherServiceStub, channel)
+
+    def start_match(self, account_id: str, project_id: str, media: bytes) -> PendingMatch:
+        request = matcher_pb2.MatchMediaRequest(
+            account_id=account_id, project_id=project_id, media=media
+        )
+        return _GrpcPendingMatch(self.stub.MatchMedia.future(request))
+
+    def enroll_face(
+        self, account_id: str, talent_id: str, image: bytes, request_id: str
+    ) -> matcher_pb2.FaceRecord:
+        reply: matcher_pb2.EnrollTalentFaceResponse = self.stub.EnrollTalentFace(
+            matcher_pb2.EnrollTalentFaceRequest(
+                account_id=account_id, talent_id=talent_id, image=image, request_id=request_id
+            )
+        )
+        return reply.face
+
+    def talent_faces(
+        self, account_id: str, talent_id: str, page_size: int, page_token: str
+    ) -> Page[matcher_pb2.FaceRecord]:
+        reply = self.stub.ListTalentFaces(
+            matcher_pb2.ListTalentFacesRequest(
+                account_id=account_id,
+                talent_id=talent_id,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
+        return Page(list(reply.faces), reply.next_page_token)
+
+    def all_talent_faces(self, account_id: str, talent_id: str) -> list[matcher_pb2.FaceRecord]:
+        return _all_pages(lambda token: self.talent_faces(account_id, talent_id, PAGE_SIZE, token))
+
+    def delete_face(
+        self, account_id: str, talent_id: str, face_id: str
+    ) -> tuple[matcher_pb2.FaceRecord, int]:
+        reply = self.stub.DeleteTalentFace(
+            matcher_pb2.DeleteTalentFaceRequest(
+                account_id=account_id, talent_id=talent_id, face_id=face_id
+            )
+        )
+        return reply.face, reply.collection_version
+
+    def delete_talent_faces(self, account_id: str, talent_id: str, request_id: str) -> int:
+        reply = self.stub.DeleteTalentFaces(
+            matcher_pb2.DeleteTalentFacesRequest(
+                account_id=account_id, talent_id=talent_id, request_id=request_id
+            )
+        )
+        return int(reply.deleted_count)
+
+
+# -- consent ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentDecision:
+    """A consent to record for a talent of the account."""
+
+    talent_id: str
+    scope: int  # consent_pb2.ConsentScope
+    project_id: str
+    decision: int  # consent_pb2.ConsentDecision
+    evidence: consent_pb2.Evidence | None
+    request_id: str
+
+    @property
+    def is_biometric_grant(self) -> bool:
+        return (
+            self.scope == consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+            and self.decision == consent_pb2.CONSENT_DECISION_GRANTED
+        )
+
+
+class ConsentPort(Protocol):
+    def record_consent(
+        self, account_id: str, decision: ConsentDecision
+    ) -> consent_pb2.ConsentRecord: ...
+
+    def consent_records(
+        self, account_id: str, talent_id: str, page_size: int, page_token: str
+    ) -> Page[consent_pb2.ConsentRecord]: ...
+
+    def all_consent_records(
+        self, account_id: str, talent_id: str
+    ) -> list[consent_pb2.ConsentRecord]: ...
+
+    def erase_talent(self, account_id: str, talent_id: str) -> int:
+        """Erases the talent's ledger; the number of rows deleted."""
+        ...
+
+
+class ConsentClient:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = _stub(consent_pb2_grpc.ConsentServiceStub, channel)
+
+    def record_consent(
+        self, account_id: str, decision: ConsentDecision
+    ) -> consent_pb2.ConsentRecord:
+        reply: consent_pb2.RecordConsentResponse = self.stub.RecordConsent(
+            consent_pb2.RecordConsentRequest(
+                account_id=account_id,
+                talent_id=decision.talent_id,
+                scope=decision.scope,  # type: ignore[arg-type]
+                project_id=decision.project_id,
+                decision=decision.decision,  # type: ignore[arg-type]
+                evidence=decision.evidence,
+                request_id=decision.request_id,
+            )
+        )
+        return reply.record
+
+    def consent_records(
+        self, account_id: str, talent_id: str, page_size: int, page_token: str
+    ) -> Page[consent_pb2.ConsentRecord]:
+        reply = self.stub.ListConsentRecords(
+            consent_pb2.ListConsentRecordsRequest(
+                account_id=account_id,
+                talent_id=talent_id,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
+        return Page(list(reply.records), reply.next_page_token)
+
+    def all_consent_records(
+        self, account_id: str, talent_id: str
+    ) -> list[consent_pb2.ConsentRecord]:
+        return _all_pages(
+            lambda token: self.consent_records(account_id, talent_id, PAGE_SIZE, token)
+        )
+
+    def erase_talent(self, account_id: str, talent_id: str) -> int:
+        erased = self.stub.EraseTalentConsent(
+            consent_pb2.EraseTalentConsentRequest(account_id=account_id, talent_id=talent_id)
+        )
+        return int(erased.records_deleted + erased.outbox_rows_deleted)
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogVerdict:
+    ok: bool
+    events_checked: int
+    first_broken_sequence: int
+    detail: str
+
+
+class AuditPort(Protocol):
+    def record_match_events(
+        self, account_id: str, events: Sequence[audit_pb2.MatchEventInput]
+    ) -> None:
+        """Records the events, in as many calls as the audit service's limit needs."""
+        ...
+
+    def lift_shred_marker(self, account_id: str, talent_id: str) -> None: ...
+
+    def events(
+        self,
+        account_id: str,
+        *,
+        talent_id: str,
+        project_id: str,
+        since: Timestamp | None,
+        page_size: int,
+        page_token: str,
+    ) -> Page[audit_pb2.AuditEvent]: ...
+
+    def all_talent_events(self, account_id: str, talent_id: str) -> list[audit_pb2.AuditEvent]: ...
+
+    def verify_log(self, account_id: str) -> LogVerdict: ...
+
+    def shred_talent_salt(self, account_id: str, talent_id: str) -> bool:
+        """Whether a salt was destroyed."""
+        ...
+
+    def vault_status(self) -> tuple[int, Timestamp]:
+        """(the vault's key version, when it was rotated)."""
+        ...
+
+
+class AuditClient:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = _stub(audit_pb2_grpc.AuditServiceStub, channel)
+
+    def record_match_events(
+        self, account_id: str, events: Sequence[audit_pb2.MatchEventInput]
+    ) -> None:
+        for start in range(0, len(events), MAX_EVENTS_PER_CALL):
+            self.stub.RecordMatchEvents(
+                audit_pb2.RecordMatchEventsRequest(
+                    account_id=account_id, events=events[start : start + MAX_EVENTS_PER_CALL]
+                )
+            )
+
+    def lift_shred_marker(self, account_id: str, talent_id: str) -> None:
+        self.stub.LiftShredMarker(
+            audit_pb2.LiftShredMarkerRequest(account_id=account_id, talent_id=talent_id)
+        )
+
+    def events(
+        self,
+        account_id: str,
+        *,
+        talent_id: str,
+        project_id: str,
+        since: Timestamp | None,
+        page_size: int,
+        page_token: str,
+    ) -> Page[audit_pb2.AuditEvent]:
+        reply = self.stub.ListEvents(
+            audit_pb2.ListEventsRequest(
+                account_id=account_id,
+                talent_id=talent_id,
+                project_id=project_id,
+                since=since,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
+        return Page(list(reply.events), reply.next_page_token)
+
+    def all_talent_events(self, account_id: str, talent_id: str) -> list[audit_pb2.AuditEvent]:
+        return _all_pages(
+            lambda token: self.events(
+                account_id,
+                talent_id=talent_id,
+                project_id="",
+                since=None,
+                page_size=PAGE_SIZE,
+                page_token=token,
+            )
+        )
+
+    def verify_log(self, account_id: str) -> LogVerdict:
+        reply = self.stub.VerifyLog(audit_pb2.VerifyLogRequest(account_id=account_id))
+        return LogVerdict(reply.ok, reply.events_checked, reply.first_broken_sequence, reply.detail)
+
+    def shred_talent_salt(self, account_id: str, talent_id: str) -> bool:
+        reply = self.stub.ShredTalentSalt(
+            audit_pb2.ShredTalentSaltRequest(account_id=account_id, talent_id=talent_id)
+        )
+        return bool(reply.salt_destroyed)
+
+    def vault_status(self) -> tuple[int, Timestamp]:
+        reply = self.stub.GetVaultStatus(audit_pb2.GetVaultStatusRequest())
+        return reply.key_version, reply.rotated_at
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+class RetentionPort(Protocol):
+    def run_now(
+        self, job: int, as_of: Timestamp | None, requested_by: str
+    ) -> retention_pb2.RunReport: ...
+
+    def status(self) -> retention_pb2.GetStatusResponse: ...
+
+
+class RetentionClient:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = _stub(retention_pb2_grpc.RetentionServiceStub, channel)
+
+    def run_now(
+        self, job: int, as_of: Timestamp | None, requested_by: str
+    ) -> retention_pb2.RunReport:
+        reply: retention_pb2.RunNowResponse = self.stub.RunNow(
+            retention_pb2.RunNowRequest(
+                job=job,  # type: ignore[arg-type]
+                as_of=as_of,
+                requested_by=requested_by,
+            )
+        )
+        return reply.report
+
+    def status(self) -> retention_pb2.GetStatusResponse:
+        reply: retention_pb2.GetStatusResponse = self.stub.GetStatus(
+            retention_pb2.GetStatusRequest()
+        )
+        return reply
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The four ports, as the composition root hands them out."""
+
+    matcher: MatcherPort
+    consent: ConsentPort
+    audit: AuditPort
+    retention: RetentionPort
+
+    @classmethod
+    def over(cls, channels: dict[str, grpc.Channel]) -> Peers:
+        """The gRPC adapters on the channels named matcher, consent, audit and retention."""
+        return cls(
+            matcher=MatcherClient(channels["matcher"]),
+            consent=ConsentClient(channels["consent"]),
+            audit=AuditClient(channels["audit"]),
+            retention=RetentionClient(channels["retention"]),
+        )
+
+
+def _stub(factory: Callable[[grpc.Channel], T], channel: grpc.Channel) -> T:
+    """The generated stub on `channel` (grpc_tools generates the stub classes untyped)."""
+    return factory(channel)
+
+
+def _all_pages(page: Callable[[str], Page[T]]) -> list[T]:
+    items: list[T] = []
+    token = ""
+    while True:
+        current = page(token)
+        items.extend(current.items)
+        token = current.next_page_token
+        if not token:
+            return items

@@ -1,0 +1,123 @@
+"""The gateway's settings: every `MIXIP_GATEWAY_*` variable it reads, read once at start-up.
+
+A bad value is a `ConfigError` naming the variable, raised by `GatewaySettings.load` (never
+later). Besides these, the gateway reads what every service reads (`ServerConfig`: data dir,
+listen address, database URL, MIXIP_TLS_DIR, ...), MIXIP_INSECURE_DEV (its internal port
+without mutual TLS, on loopback only) and the four peers' MIXIP_<SERVICE>_ADDRESS
+(`mixip.runtime.client.peer_channel`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mixip.runtime.config import ConfigError, Env, ServerConfig, variable
+
+MiB = 1024 * 1024
+DEFAULT_RETENTION_DAYS = 365
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 3650
+ADMIN_KEY_FILE = "gateway-admin.key"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    max_upload_bytes: int = 64 * MiB
+    """MIXIP_GATEWAY_MAX_UPLOAD_BYTES (64 MiB): the largest upload or enrollment accepted."""
+
+    max_chunk_bytes: int = 4 * MiB
+    """MIXIP_GATEWAY_MAX_CHUNK_BYTES (4 MiB, at least 1024): the largest chunk of a stream."""
+
+    admin_key_file: Path = Path("var") / ADMIN_KEY_FILE
+    """<data dir>/gateway-admin.key: where the admin credential is kept when
+    MIXIP_GATEWAY_ADMIN_KEY is not set (made, mode 0600, at the first start)."""
+
+    admin_key: str | None = None
+    """MIXIP_GATEWAY_ADMIN_KEY: the admin credential; setting a new one revokes the old."""
+
+    media_retention_days: int = DEFAULT_RETENTION_DAYS
+    """MIXIP_GATEWAY_MEDIA_RETENTION_DAYS (365, 1-3650): how long stored media and their
+    results are kept for accounts without their own period."""
+
+    internal_listen: str = "127.0.0.1:0"
+    """MIXIP_GATEWAY_INTERNAL_LISTEN (127.0.0.1:50056): the internal port (mutual TLS with
+    caller rules when MIXIP_TLS_DIR is set, loopback only otherwise)."""
+
+    erasure_resume_seconds: float = 300.0
+    """MIXIP_GATEWAY_ERASURE_RESUME_SECONDS (300): how often abandoned erasures are finished
+    (they also are at start-up); 0: only at start-up."""
+
+    storage: Literal["local", "s3"] = "local"
+    """MIXIP_GATEWAY_STORAGE (local | s3): where uploaded media are stored, encrypted."""
+
+    media_dir: Path = Path("var") / "media"
+    """MIXIP_GATEWAY_MEDIA_DIR (<data dir>/media): the local store's directory."""
+
+    kek_file: Path = Path("var") / "keys" / "gateway-kek.key"
+    """MIXIP_GATEWAY_KEK_FILE (<data dir>/keys/gateway-kek.key): the local store's
+    key-encryption key."""
+
+    s3_bucket: str | None = None
+    """MIXIP_GATEWAY_S3_BUCKET: the bucket (required with MIXIP_GATEWAY_STORAGE=s3)."""
+
+    s3_kms_key_id: str | None = None
+    """MIXIP_GATEWAY_S3_KMS_KEY_ID: the KMS key of SSE-KMS (required with s3)."""
+
+    s3_prefix: str = "media/"
+    """MIXIP_GATEWAY_S3_PREFIX (media/): the object keys' prefix."""
+
+    aws_endpoint_url: str | None = None
+    """MIXIP_AWS_ENDPOINT_URL: another S3 endpoint (tests, S3-compatible stores)."""
+
+    tls_cert: Path | None = None
+    """MIXIP_GATEWAY_TLS_CERT: server TLS certificate of the client-facing port (with
+    MIXIP_GATEWAY_TLS_KEY; neither: plaintext)."""
+
+    tls_key: Path | None = None
+    """MIXIP_GATEWAY_TLS_KEY: its private key."""
+
+    @classmethod
+    def load(cls, config: ServerConfig, env: Env) -> GatewaySettings:
+        days = env.int("MIXIP_GATEWAY_MEDIA_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=1)
+        if days > MAX_RETENTION_DAYS:
+            raise ConfigError(
+                f"MIXIP_GATEWAY_MEDIA_RETENTION_DAYS={days} must be at most {MAX_RETENTION_DAYS}"
+            )
+        storage = env.choice("MIXIP_GATEWAY_STORAGE", "local", ("local", "s3"))
+        bucket = env.optional("MIXIP_GATEWAY_S3_BUCKET")
+        key_id = env.optional("MIXIP_GATEWAY_S3_KMS_KEY_ID")
+        if storage == "s3" and (not bucket or not key_id):
+            raise ConfigError(
+                "MIXIP_GATEWAY_STORAGE=s3 needs MIXIP_GATEWAY_S3_BUCKET and "
+                "MIXIP_GATEWAY_S3_KMS_KEY_ID"
+            )
+        cert, key = env.optional("MIXIP_GATEWAY_TLS_CERT"), env.optional("MIXIP_GATEWAY_TLS_KEY")
+        if bool(cert) != bool(key):
+            raise ConfigError(
+                "set both MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY, or neither"
+            )
+        root = config.data_dir
+        return cls(
+            max_upload_bytes=env.int("MIXIP_GATEWAY_MAX_UPLOAD_BYTES", 64 * MiB, minimum=1),
+            max_chunk_bytes=env.int("MIXIP_GATEWAY_MAX_CHUNK_BYTES", 4 * MiB, minimum=1024),
+            admin_key_file=root / ADMIN_KEY_FILE,
+            admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
+            media_retention_days=days,
+            internal_listen=env.str(variable("gateway_internal", "LISTEN"), "127.0.0.1:50056"),
+            erasure_resume_seconds=env.float(
+                "MIXIP_GATEWAY_ERASURE_RESUME_SECONDS", 300.0, minimum=0.0
+            ),
+            storage="s3" if storage == "s3" else "local",
+            media_dir=Path(env.str("MIXIP_GATEWAY_MEDIA_DIR", str(root / "media"))),
+            kek_file=Path(
+                env.str("MIXIP_GATEWAY_KEK_FILE", str(root / "keys" / "gateway-kek.key"))
+            ),
+            s3_bucket=bucket,
+            s3_kms_key_id=key_id,
+            s3_prefix=env.str("MIXIP_GATEWAY_S3_PREFIX", "media/"),
+            aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
+        )

@@ -1,0 +1,330 @@
+"""Uploads: store the media encrypted, have it matched, record the audit events, keep the results.
+
+The gateway decides nothing about faces or consent: the matcher labels every face
+(services/matcher/labels.py, with the consents it reads once the media is analysed); the
+gateway stores and returns those labels. Its only rewrite is the erasure fence's: a face
+naming a talent whose erasure began (or completed since the upload started) is kept as
+UNKNOWN / TALENT_ERASED with no talent id, because the erasure must not be undone by this
+upload's events and results (gateway/erasure.py).
+
+The order the privacy promises need:
+- an upload's results are returned (and kept) only after their audit events are recorded; if
+  the audit service cannot record them, the upload fails cleanly (UNAVAILABLE) and nothing is
+  kept;
+- an upload commits its results only if no erasure of its talents began meanwhile, checked in
+  the transaction that stores them (under the account's fence lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
+from gateway.media_store import MediaStore
+from gateway.peers import AuditPort, MatcherPort
+from gateway.store import (
+    MediaRow,
+    UploadDigestRow,
+    face_result,
+    face_row,
+    is_referenced,
+    media_faces,
+    upload_digest,
+)
+from mixip.audit.v1 import audit_pb2
+from mixip.common.v1 import common_pb2
+from mixip.runtime import logs
+from mixip.runtime.db import Database
+from mixip.runtime.errors import InvalidArgument, NotFound, Unavailable
+from mixip.runtime.idempotency import content_digest, require_same
+from mixip.runtime.media import MediaError, sniff
+from mixip.runtime.times import Clock, to_timestamp
+
+logger = logging.getLogger("mixip.gateway")
+
+# An unreferenced stored object older than this was left by a crash mid-upload (no upload
+# takes this long: UploadMedia's deadline is 15 minutes).
+ORPHANED_AFTER = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    project_id: str
+    filename: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Media:
+    media_id: str
+    project_id: str
+    kind: int
+    content_type: str
+    size_bytes: int
+    duration_seconds: float
+    engine: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredMedia:
+    """A stored media and its face results, as returned to the client."""
+
+    media: Media
+    faces: list[common_pb2.FaceResult]
+
+
+def media_id_for(account_id: str, request_id: str) -> str:
+    """Deterministic for a retried request (so audit idempotency keys repeat), random otherwise."""
+    if request_id:
+        digest = hashlib.sha256(f"{account_id}\x00{request_id}".encode()).hexdigest()[:24]
+        return f"med_{digest}"
+    return f"med_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What a client may stream to the gateway (an upload or an enrollment)."""
+
+    max_chunk_bytes: int
+    max_upload_bytes: int
+
+    def receive(self, chunks: Iterable[bytes]) -> bytes:
+        """The whole stream, refused as soon as it passes a limit (nothing is stored yet)."""
+        buffer = bytearray()
+        for index, chunk in enumerate(chunks):
+            if len(chunk) > self.max_chunk_bytes:
+                raise InvalidArgument.one(
+                    f"chunk[{index}]", f"at most {self.max_chunk_bytes} bytes per chunk"
+                )
+            buffer += chunk
+            if len(buffer) > self.max_upload_bytes:
+                raise InvalidArgument.one(
+                    "chunk",
+                    f"the upload exceeds the limit of {self.max_upload_bytes} bytes",
+                    reason="UPLOAD_TOO_LARGE",
+                )
+        if not buffer:
+            raise InvalidArgument.one("chunk", "no media bytes were sent", reason="EMPTY_UPLOAD")
+        return bytes(buffer)
+
+
+class Uploads:
+    def __init__(
+        self,
+        db: Database,
+        matcher: MatcherPort,
+        audit: AuditPort,
+        media_store: MediaStore,
+        fence: ErasureFence,
+        clock: Clock,
+    ) -> None:
+        self.db = db
+        self.matcher = matcher
+        self.audit = audit
+        self.media_store = media_store
+        self.fence = fence
+        self.clock = clock
+        # Tests pause uploads at their step boundaries through this hook.
+        self.checkpoint: Checkpoint = no_checkpoint
+
+    def upload(
+        self, account_id: str, key_id: str, header: UploadHeader, data: bytes
+    ) -> StoredMedia:
+        """Store encrypted and match (at once) → record audit events → keep the results.
+
+        The matcher works while the media is encrypted and stored, so the upload's latency
+        is the slower of the two, not their sum. A retry with the same request id returns
+        the first upload's results."""
+        try:
+            sniffed = sniff(data)
+        except MediaError as exc:
+            raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
+        media_id = media_id_for(account_id, header.request_id)
+        digest = content_digest(header.project_id, data)
+        earlier = self._replayed(account_id, media_id, digest)
+        if earlier is not None:
+            return earlier
+        started = self.clock()
+        self.checkpoint("upload.started")
+        matching = self.matcher.start_match(account_id, header.project_id, data)
+        try:
+            storage_key = self.media_store.put(account_id, data)
+        except BaseException:
+            matching.cancel()
+            raise
+        try:
+            matched = matching.result()
+            self.checkpoint("upload.matched")
+            media = MediaRow(
+                media_id=media_id,
+                account_id=account_id,
+                project_id=header.project_id,
+                filename=header.filename,
+                content_type=matched.content_type or sniffed.content_type,
+                kind=matched.kind,
+                size_bytes=len(data),
+                storage_key=storage_key,
+                engine=matched.engine,
+                duration_seconds=matched.duration_seconds,
+                created_at=self.clock(),
+                request_id=header.request_id or None,
+            )
+            with self.db.read() as session:  # no event about a talent being erased
+                results = self._fenced_out(session, account_id, matched.faces, started)
+            self.checkpoint("upload.rechecked")
+            self._record_audit(account_id, key_id, media, results)
+            self.checkpoint("upload.audited")
+            with self.db.write() as session:
+                # The fence: an erasure's intent and its scrub take this lock too, so either
+                # the erasure began before this commit (and it is seen here) or its scrub runs
+                # after it (and scrubs these rows).
+                self.fence.lock(session, account_id)
+                if self.clock() - started > FENCE_WINDOW:
+                    raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
+                results = self._fenced_out(session, account_id, results, started)
+                faces = [face_row(account_id, media_id, f) for f in results]
+                session.add(media)
+                session.flush()
+                session.add_all(faces)
+                if header.request_id:
+                    session.add(UploadDigestRow(media_id=media_id, digest=digest))
+                stored = StoredMedia(_media(media), [face_result(f) for f in faces])
+        except IntegrityError:  # a concurrent retry of the same request stored it first
+            self.media_store.delete(account_id, storage_key)
+            earlier = self._replayed(account_id, media_id, digest)
+            if earlier is None:
+                raise
+            return earlier
+        except BaseException:
+            self.media_store.delete(account_id, storage_key)
+            raise
+        logs.log(
+            logger,
+            "media matched",
+            account=account_id,
+            media=media_id,
+            faces=len(faces),
+            kind=sniffed.kind,
+        )
+        return stored
+
+    def results(self, account_id: str, media_id: str) -> StoredMedia:
+        stored = self._stored(account_id, media_id)
+        if stored is None:
+            raise NotFound("no such media")
+        return stored
+
+    def _replayed(self, account_id: str, media_id: str, digest: str) -> StoredMedia | None:
+        """The stored upload of a retried request id; refused (IDEMPOTENCY_KEY_REUSED) when
+        the first upload under that id had other content."""
+        earlier = self._stored(account_id, media_id)
+        if earlier is None:
+            return None
+        with self.db.read() as session:
+            first = upload_digest(session, media_id)
+        require_same(first or digest, digest, "header.request_id")
+        return earlier
+
+    def _stored(self, account_id: str, media_id: str) -> StoredMedia | None:
+        with self.db.read() as session:
+            media = session.get(MediaRow, media_id)
+            if media is None or media.account_id != account_id:
+                return None
+            return StoredMedia(
+                _media(media), [face_result(f) for f in media_faces(session, media_id)]
+            )
+
+    def _fenced_out(
+        self,
+        session: Session,
+        account_id: str,
+        faces: list[common_pb2.FaceResult],
+        started: datetime,
+    ) -> list[common_pb2.FaceResult]:
+        """The results, with talents whose erasure is in progress or completed since the upload
+        started made UNKNOWN / TALENT_ERASED (no talent id)."""
+        fenced = self.fence.fenced(session, account_id, {f.talent_id for f in faces}, started)
+        return [_erased(f) if f.talent_id in fenced else f for f in faces]
+
+    def _record_audit(
+        self, account_id: str, key_id: str, media: MediaRow, faces: list[common_pb2.FaceResult]
+    ) -> None:
+        if not faces:
+            return
+        now = to_timestamp(self.clock())
+        self.audit.record_match_events(
+            account_id,
+            [
+                audit_pb2.MatchEventInput(
+                    idempotency_key=f"{media.media_id}:{f.face_index}",
+                    project_id=media.project_id,
+                    media_id=media.media_id,
+                    face_index=f.face_index,
+                    label=f.label,
+                    reason=f.reason,
+                    similarity=f.similarity,
+                    talent_id=f.talent_id,
+                    actor=key_id,
+                    occurred_at=now,
+                )
+                for f in faces
+            ],
+        )
+
+
+class OrphanSweep:
+    """Deletes stored objects no media refers to, left by a crash mid-upload or mid-purge (run
+    at start-up and by the retention purge; only objects older than any upload can take)."""
+
+    def __init__(self, db: Database, media_store: MediaStore, clock: Clock) -> None:
+        self.db = db
+        self.media_store = media_store
+        self.clock = clock
+
+    def sweep(self, limit: int | None = None) -> int:
+        """At most `limit` objects deleted; their number."""
+        deleted = 0
+        for account_id, key in self.media_store.stale_keys(self.clock() - ORPHANED_AFTER):
+            if limit is not None and deleted >= limit:
+                break
+            with self.db.read() as session:
+                referenced = is_referenced(session, key)
+            if not referenced:
+                self.media_store.delete(account_id, key)
+                deleted += 1
+        return deleted
+
+
+def _media(row: MediaRow) -> Media:
+    return Media(
+        media_id=row.media_id,
+        project_id=row.project_id,
+        kind=row.kind,
+        content_type=row.content_type,
+        size_bytes=row.size_bytes,
+        duration_seconds=row.duration_seconds,
+        engine=row.engine,
+        created_at=row.created_at,
+    )
+
+
+def _erased(face: common_pb2.FaceResult) -> common_pb2.FaceResult:
+    """The face as an UNKNOWN / TALENT_ERASED result, without its talent."""
+    return common_pb2.FaceResult(
+        face_index=face.face_index,
+        box=face.box,
+        label=common_pb2.FACE_LABEL_UNKNOWN,
+        reason=common_pb2.LABEL_REASON_TALENT_ERASED,
+        ranges=face.ranges,
+        best_frame_seconds=face.best_frame_seconds,
+        detection_score=face.detection_score,
+    )
