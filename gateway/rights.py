@@ -164,8 +164,8 @@ def _media_result(face: MediaFaceRow, project_id: str, created_at: datetime) -> 
         "project_id": project_id,
         "uploaded_at": iso(created_at),
         "face_index": face.face_index,
-        "label": common_pb2.FaceLabel.Name(face.label),
-        "reason": common_pb2.LabelReason.Name(face.reason),
+        "label": common_pb2.FaceLabel.Name(common_pb2.FaceLabel.ValueType(face.label)),
+        "reason": common_pb2.LabelReason.Name(common_pb2.LabelReason.ValueType(face.reason)),
         "similarity": face.similarity,
     }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import grpc
 
@@ -46,7 +46,7 @@ class _StreamMessage(Protocol[H]):
     @property
     def chunk(self) -> bytes: ...
 
-    def WhichOneof(self, oneof_group: str) -> str | None: ...
+    def WhichOneof(self, oneof_group: Literal["payload"]) -> str | None: ...
 
 
 def _stream(requests: Iterator[_StreamMessage[H]], header_type: str) -> tuple[H, Iterator[bytes]]:
