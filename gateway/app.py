@@ -23,7 +23,7 @@ from gateway.retention import MediaRetention
 from gateway.rights import Rights
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
 from gateway.settings import GatewaySettings
-from gateway.store import Base
+from gateway.store import Base, open_erasures
 from gateway.uploads import OrphanSweep, StreamLimits, Uploads
 from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
@@ -37,7 +37,7 @@ from mixip.gateway.v1 import (
 )
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
-from mixip.runtime import logs, migrations
+from mixip.runtime import logs, migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
@@ -136,6 +136,15 @@ class GatewayApp(ServiceApp):
         self.resume_seconds = settings.erasure_resume_seconds
         self._stopping = threading.Event()
         self._resumer: threading.Thread | None = None
+        telemetry.gauge(
+            "mixip_gateway_erasure_intents_pending",
+            "Erasures begun and not completed (the resumer finishes them).",
+            self._open_erasures,
+        )
+
+    def _open_erasures(self) -> list[tuple[dict[str, str], float]]:
+        with self.db.read() as session:
+            return [({}, open_erasures(session))]
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mixip.runtime.config import ConfigError, Env, ServerConfig, variable
+from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig, variable
+from mixip.runtime.limits import MiB
 
-MiB = 1024 * 1024
 DEFAULT_RETENTION_DAYS = 365
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
-ADMIN_KEY_FILE = "gateway-admin.key"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    func,
     select,
 )
 from sqlalchemy.engine import CursorResult
@@ -177,6 +178,12 @@ class GatewaySecretRow(Base):
 
 
 # -- queries ------------------------------------------------------------------------------------
+
+
+def open_erasures(session: Session) -> int:
+    """Erasure intents not completed yet (for metrics)."""
+    count = session.scalar(select(func.count()).where(ErasureIntentRow.completed_at.is_(None)))
+    return int(count or 0)
 
 
 def affected(session: Session, statement: Executable) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import grpc
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
-from mixip.runtime import migrations
+from mixip.runtime import migrations, telemetry
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import KeyRing, KeyWrapper, KmsKeyRing, LocalKeyRing
@@ -50,6 +50,11 @@ class AuditApp(ServiceApp):
         self.db = db
         self.log = AuditLog(db, SaltVault(db, keys, clock, **vault_options), clock)
         self.clock = clock
+        telemetry.gauge(
+            "mixip_audit_vault_key_age_seconds",
+            "Time since the salt vault's current key version was made (rotation is weekly).",
+            lambda: [({}, (self.clock() - self.log.vault_status().rotated_at).total_seconds())],
+        )
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         audit_pb2_grpc.add_AuditServiceServicer_to_server(

@@ -262,3 +262,15 @@ def test_domain_gauges_follow_the_services_state(gateway, clock, retention_facto
         clock().timestamp()
     )
     assert _sample("mixip_retention_last_purge_rows_deleted") == 0
+
+    clock.advance(hours=5)
+    assert _sample("mixip_audit_vault_key_age_seconds") >= 5 * 3600
+
+    # An erasure whose audit step cannot run stays open: the resumer will finish it.
+    assert _sample("mixip_gateway_erasure_intents_pending") == 0
+    gateway.audit.running.stop(0)
+    with pytest.raises(grpc.RpcError):
+        gateway.stub.EraseTalent(
+            pb.EraseTalentRequest(talent_id="astronaut", request_id="erase-1"), metadata=meta
+        )
+    assert _sample("mixip_gateway_erasure_intents_pending") == 1
