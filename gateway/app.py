@@ -19,7 +19,9 @@ from gateway.erasure import ErasureFence, Erasures
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.operations import Operations
 from gateway.peers import Peers
+from gateway.projects import Projects
 from gateway.retention import MediaRetention
+from gateway.reviews import Reviews
 from gateway.rights import Rights
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
 from gateway.settings import GatewaySettings
@@ -116,7 +118,11 @@ class GatewayApp(ServiceApp):
         peers = Peers.over(channels)
         fence = ErasureFence(db, clock)
         self.limits = StreamLimits(settings.max_chunk_bytes, settings.max_upload_bytes)
-        self.uploads = Uploads(db, peers.matcher, peers.audit, media_store, fence, clock)
+        self.projects = Projects(db, clock)
+        self.uploads = Uploads(
+            db, peers.matcher, peers.audit, media_store, fence, clock, self.projects
+        )
+        self.reviews = Reviews(db, peers.audit, fence, clock)
         self.erasures = Erasures(db, peers.matcher, peers.consent, peers.audit, fence, clock)
         self.rights = Rights(db, peers.matcher, peers.consent, peers.audit, fence, clock)
         self.operations = Operations(peers.retention, peers.audit)
@@ -148,7 +154,15 @@ class GatewayApp(ServiceApp):
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(self.auth, self.limits, self.uploads, self.rights, self.erasures),
+            GatewayServicer(
+                self.auth,
+                self.limits,
+                self.uploads,
+                self.rights,
+                self.erasures,
+                self.projects,
+                self.reviews,
+            ),
             server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
