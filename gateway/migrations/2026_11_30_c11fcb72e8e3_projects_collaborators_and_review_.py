@@ -2,7 +2,8 @@
 
 Every project that media were uploaded to becomes a project row of its account (named by its id,
 created at its earliest media), so an account's existing projects are listed and shareable.
-Upload request ids become the uploader's: the unique index gains the uploader column.
+Media uploaded so far were uploaded by their owner. Upload request ids become the uploader's:
+the unique index gains the uploader column.
 
 Created 2026-11-30 03:17:38.233466
 """
@@ -94,6 +95,8 @@ def upgrade() -> None:
         " SELECT account_id, project_id, project_id, MIN(created_at) FROM gateway_media"
         " GROUP BY account_id, project_id"
     )
+    # Media uploaded so far were uploaded by their owner (NULL would read the same).
+    op.execute("UPDATE gateway_media SET uploaded_by_account_id = account_id")
 
 
 def downgrade() -> None:

@@ -10,11 +10,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import MetaData, create_engine, inspect, select, text
+from sqlalchemy import MetaData, create_engine, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from gateway.store import MediaFaceRow, MediaRow
+from mixip.common.v1.common_pb2 import REVIEW_DECISION_APPROVED_FOR_RELEASE
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.retention.v1 import retention_pb2 as rpb
@@ -22,7 +23,15 @@ from mixip.runtime import migrations
 from mixip.runtime.db import Database, create_db_engine
 from tests.support import faces
 from tests.support.databases import PG_ADMIN_URL
-from tests.support.gateway_calls import PROJECT, consent, enroll, group_photo, upload
+from tests.support.gateway_calls import (
+    PROJECT,
+    consent,
+    decide,
+    enroll,
+    group_photo,
+    invite,
+    upload,
+)
 
 SERVICES = list(migrations.MODELS)
 
@@ -159,6 +168,9 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
         consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
         enroll(gateway, meta, talent, image)
     media_id = upload(gateway, meta, group_photo(), request_id="up-1").media_id
+    crew, _ = gateway.new_account("crew")
+    invite(gateway, meta, crew, pb.PROJECT_ROLE_REVIEWER)
+    decide(gateway, meta, media_id, 0, REVIEW_DECISION_APPROVED_FOR_RELEASE)
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="hopper"), metadata=meta)
     clock.advance(days=400)  # the first photo's audit events expire: the purge checkpoints them
     upload(gateway, meta, group_photo(), request_id="up-2")
@@ -176,7 +188,7 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
         consent=gateway.mesh.consent.address,
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
-    assert report.events_purged == 2
+    assert report.events_purged == 3  # the first photo's two faces and the decision
     return meta, media_id
 
 
@@ -209,6 +221,9 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
         # Rows of tables that a later revision creates go with that revision's downgrade.
         older = {name: rows for name, rows in at_head.items() if name in at_first}
         assert kept(older, tables(url, service)) == [], service
+        if service == "gateway":  # the projects revision makes the media's projects again
+            again = tables(url, service)["gateway_projects"]
+            assert again == at_head["gateway_projects"] and again
 
     # The services still read what they wrote.
     results = gateway.stub.GetMediaResults(
@@ -257,8 +272,9 @@ def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
     url = database_url("gateway")  # at the first revision
     db = Database(url, migrations.metadata("gateway"))
     with db.write() as session:
-        session.add(
-            MediaRow(
+        # the columns of the first revision only (the model has more now)
+        session.execute(
+            insert(MediaRow).values(
                 media_id="m1",
                 account_id="a1",
                 project_id=PROJECT,
@@ -270,7 +286,6 @@ def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
                 created_at=clock(),
             )
         )
-        session.flush()
         session.add_all(
             MediaFaceRow(
                 media_id="m1",
