@@ -25,7 +25,7 @@ from gateway.store import AccountRow, MediaRow, ProjectMemberRow, ProjectRow
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
-from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from mixip.runtime.errors import FailedPrecondition, NotFound, PermissionDenied
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
 
@@ -246,13 +246,9 @@ class Projects:
         member_account_id: str,
         role: int,
     ) -> Collaborator:
-        """Invites an account to one of the caller's projects, or changes its role."""
-        if member_account_id == owner_account_id:
-            raise InvalidArgument.one("account_id", "an account cannot invite itself")
-        if role not in INVITABLE:
-            raise InvalidArgument.one(
-                "role", "one of PROJECT_ROLE_REVIEWER, PROJECT_ROLE_UPLOADER, PROJECT_ROLE_VIEWER"
-            )
+        """Invites an account to one of the caller's projects, or changes its role (the
+        servicer refused the caller itself and roles not in INVITABLE)."""
+        assert member_account_id != owner_account_id and role in INVITABLE
         self.project_scope(owner_account_id, project_id, Action.MANAGE)
         with self.db.write() as session:
             serialize(session, _id_lock(member_account_id, project_id))

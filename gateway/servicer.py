@@ -16,7 +16,7 @@ from gateway.auth import Authenticator
 from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
-from gateway.projects import Action, Collaborator, Project, Projects
+from gateway.projects import INVITABLE, Action, Collaborator, Project, Projects
 from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
@@ -302,11 +302,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             "role",
             request.role,
             gateway_pb2.ProjectRole,
-            allowed=(
-                gateway_pb2.PROJECT_ROLE_REVIEWER,
-                gateway_pb2.PROJECT_ROLE_UPLOADER,
-                gateway_pb2.PROJECT_ROLE_VIEWER,
-            ),
+            allowed=INVITABLE,
         )
         checks.done()
         collaborator = self.projects.invite(
