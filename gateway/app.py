@@ -19,6 +19,7 @@ from gateway.erasure import ErasureFence, Erasures
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.operations import Operations
 from gateway.peers import Peers
+from gateway.previews import Previews
 from gateway.retention import MediaRetention
 from gateway.rights import Rights
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
@@ -119,6 +120,7 @@ class GatewayApp(ServiceApp):
         self.uploads = Uploads(db, peers.matcher, peers.audit, media_store, fence, clock)
         self.erasures = Erasures(db, peers.matcher, peers.consent, peers.audit, fence, clock)
         self.rights = Rights(db, peers.matcher, peers.consent, peers.audit, fence, clock)
+        self.previews = Previews(db, self.uploads, media_store)
         self.operations = Operations(peers.retention, peers.audit)
         self.orphans = OrphanSweep(db, media_store, clock)
         self.retention = MediaRetention(
@@ -148,7 +150,14 @@ class GatewayApp(ServiceApp):
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(self.auth, self.limits, self.uploads, self.rights, self.erasures),
+            GatewayServicer(
+                self.auth,
+                self.limits,
+                self.uploads,
+                self.rights,
+                self.erasures,
+                self.previews,
+            ),
             server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(

@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
+from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
 from gateway.retention import MediaRetention
 from gateway.rights import Rights
 from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
@@ -72,12 +73,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         uploads: Uploads,
         rights: Rights,
         erasures: Erasures,
+        previews: Previews,
     ) -> None:
         self.auth = auth
         self.limits = limits
         self.uploads = uploads
         self.rights = rights
         self.erasures = erasures
+        self.previews = previews
 
     def UploadMedia(
         self,
@@ -115,6 +118,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         checks.done()
         stored = self.uploads.results(caller.account_id, request.media_id)
         return gateway_pb2.GetMediaResultsResponse(media=_upload_response(stored))
+
+    def GetMediaPreview(
+        self, request: gateway_pb2.GetMediaPreviewRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetMediaPreviewResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("media_id", request.media_id)
+        max_side = request.max_side or DEFAULT_MAX_SIDE
+        if not MIN_MAX_SIDE <= max_side <= MAX_MAX_SIDE:
+            checks.fail(
+                "max_side",
+                f"must be between {MIN_MAX_SIDE} and {MAX_MAX_SIDE} (0 means {DEFAULT_MAX_SIDE})",
+            )
+        checks.done()
+        preview = self.previews.preview(caller.account_id, request.media_id, max_side)
+        return gateway_pb2.GetMediaPreviewResponse(
+            image=preview.image,
+            content_type=preview.content_type,
+            width=preview.width,
+            height=preview.height,
+        )
 
     def RecordConsent(
         self, request: gateway_pb2.RecordConsentRequest, context: grpc.ServicerContext
