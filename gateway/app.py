@@ -20,7 +20,9 @@ from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.operations import Operations
 from gateway.peers import Peers
 from gateway.previews import Previews
+from gateway.projects import Projects
 from gateway.retention import MediaRetention
+from gateway.reviews import Reviews
 from gateway.rights import Rights
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
 from gateway.settings import GatewaySettings
@@ -117,7 +119,11 @@ class GatewayApp(ServiceApp):
         peers = Peers.over(channels)
         fence = ErasureFence(db, clock)
         self.limits = StreamLimits(settings.max_chunk_bytes, settings.max_upload_bytes)
-        self.uploads = Uploads(db, peers.matcher, peers.audit, media_store, fence, clock)
+        self.projects = Projects(db, clock)
+        self.uploads = Uploads(
+            db, peers.matcher, peers.audit, media_store, fence, clock, self.projects
+        )
+        self.reviews = Reviews(db, peers.audit, fence, clock)
         self.erasures = Erasures(db, peers.matcher, peers.consent, peers.audit, fence, clock)
         self.rights = Rights(db, peers.matcher, peers.consent, peers.audit, fence, clock)
         self.previews = Previews(db, self.uploads, media_store)
@@ -157,6 +163,8 @@ class GatewayApp(ServiceApp):
                 self.rights,
                 self.erasures,
                 self.previews,
+                self.projects,
+                self.reviews,
             ),
             server,
         )

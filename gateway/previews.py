@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from gateway.media_store import MediaStore, StorageError
+from gateway.projects import Scope
 from gateway.store import MediaRow
 from gateway.uploads import StoredMedia, Uploads
 from mixip.common.v1 import common_pb2
@@ -46,12 +47,12 @@ class Previews:
         self.uploads = uploads
         self.media_store = media_store
 
-    def preview(self, account_id: str, media_id: str, max_side: int) -> Preview:
-        """The media's annotated JPEG, its longest side at most `max_side` pixels."""
-        # scope: projects.media_scope(caller, media_id, Action.READ)
-        stored = self.uploads.results(account_id, media_id)
+    def preview(self, scope: Scope, max_side: int) -> Preview:
+        """The annotated JPEG of the media in the caller's scope (Projects.media_scope, READ),
+        its longest side at most `max_side` pixels."""
+        stored = self.uploads.results(scope)
         with self.db.read() as session:
-            row = session.get(MediaRow, media_id)
+            row = session.get(MediaRow, scope.media_id)
             if row is None:  # purged since the results were read
                 raise NotFound("no such media")
             owner, storage_key = row.account_id, row.storage_key
@@ -72,7 +73,13 @@ class Previews:
                 "the stored media cannot be decoded", reason="MEDIA_UNDECODABLE"
             ) from None
         picture = fit(picture, max_side)
-        logs.log(logger, "media previewed", account=account_id, media=media_id, faces=len(faces))
+        logs.log(
+            logger,
+            "media previewed",
+            account=scope.owner_account_id,
+            media=scope.media_id,
+            faces=len(faces),
+        )
         height, width = picture.shape[:2]
         return Preview(jpeg(picture), "image/jpeg", int(width), int(height))
 

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.erasure import Checkpoint, ErasureFence, no_checkpoint
 from gateway.peers import AuditPort, ConsentDecision, ConsentPort, LogVerdict, MatcherPort, Page
-from gateway.store import MediaFaceRow, talent_results
+from gateway.store import MediaFaceRow, ReviewDecisionRow, face_decisions, talent_results
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
@@ -141,7 +141,12 @@ class Rights:
         events = self.audit.all_talent_events(account_id, talent_id)
         with self.db.read() as session:
             results = [
-                _media_result(face, project_id, created_at)
+                _media_result(
+                    face,
+                    project_id,
+                    created_at,
+                    face_decisions(session, face.media_id, face.face_index),
+                )
                 for face, project_id, created_at in talent_results(session, account_id, talent_id)
             ]
         if not (consents or face_records or events or results):
@@ -158,7 +163,12 @@ class Rights:
         }
 
 
-def _media_result(face: MediaFaceRow, project_id: str, created_at: datetime) -> dict[str, Any]:
+def _media_result(
+    face: MediaFaceRow,
+    project_id: str,
+    created_at: datetime,
+    decisions: list[ReviewDecisionRow],
+) -> dict[str, Any]:
     return {
         "media_id": face.media_id,
         "project_id": project_id,
@@ -167,6 +177,16 @@ def _media_result(face: MediaFaceRow, project_id: str, created_at: datetime) -> 
         "label": common_pb2.FaceLabel.Name(common_pb2.FaceLabel.ValueType(face.label)),
         "reason": common_pb2.LabelReason.Name(common_pb2.LabelReason.ValueType(face.reason)),
         "similarity": face.similarity,
+        "review_decisions": [
+            {
+                "decision": common_pb2.ReviewDecision.Name(
+                    common_pb2.ReviewDecision.ValueType(d.decision)
+                ),
+                "note": d.note,
+                "decided_at": iso(d.decided_at),
+            }
+            for d in decisions
+        ],
     }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
 
@@ -17,10 +17,13 @@ from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
 from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
+from gateway.projects import Action, Collaborator, Project, Projects
 from gateway.retention import MediaRetention
+from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
 from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from gateway.uploads import StoredMedia, StreamLimits, UploadHeader, Uploads
+from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -31,7 +34,7 @@ from mixip.gateway.v1 import (
 )
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.errors import InvalidArgument
-from mixip.runtime.paging import decode_page_token, encode_page_token
+from mixip.runtime.paging import decode_page_token, encode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
 
@@ -74,6 +77,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         rights: Rights,
         erasures: Erasures,
         previews: Previews,
+        projects: Projects,
+        reviews: Reviews,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -81,6 +86,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.rights = rights
         self.erasures = erasures
         self.previews = previews
+        self.projects = projects
+        self.reviews = reviews
 
     def UploadMedia(
         self,
@@ -116,8 +123,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         checks = Checks()
         checks.identifier("media_id", request.media_id)
         checks.done()
-        stored = self.uploads.results(caller.account_id, request.media_id)
-        return gateway_pb2.GetMediaResultsResponse(media=_upload_response(stored))
+        scope = self.projects.media_scope(caller.account_id, request.media_id, Action.READ)
+        stored = self.uploads.results(scope)
+        return gateway_pb2.GetMediaResultsResponse(
+            media=_upload_response(stored),
+            decisions=[_decision(d) for d in self.reviews.decisions(scope.media_id)],
+        )
 
     def GetMediaPreview(
         self, request: gateway_pb2.GetMediaPreviewRequest, context: grpc.ServicerContext
@@ -132,7 +143,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 f"must be between {MIN_MAX_SIDE} and {MAX_MAX_SIDE} (0 means {DEFAULT_MAX_SIDE})",
             )
         checks.done()
-        preview = self.previews.preview(caller.account_id, request.media_id, max_side)
+        scope = self.projects.media_scope(caller.account_id, request.media_id, Action.READ)
+        preview = self.previews.preview(scope, max_side)
         return gateway_pb2.GetMediaPreviewResponse(
             image=preview.image,
             content_type=preview.content_type,
@@ -273,6 +285,137 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             caller.account_id, caller.key_id, request.talent_id, request.face_id
         )
         return gateway_pb2.DeleteTalentFaceResponse(face=face)
+
+    def CreateProject(
+        self, request: gateway_pb2.CreateProjectRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CreateProjectResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id, required=False)
+        checks.text("display_name", request.display_name, max_length=128)
+        checks.done()
+        project = self.projects.create(caller.account_id, request.project_id, request.display_name)
+        return gateway_pb2.CreateProjectResponse(project=_project(project))
+
+    def ListProjects(
+        self, request: gateway_pb2.ListProjectsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListProjectsResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters: dict[str, Any] = {}
+        after = _position(request.page_token, filters, 4, time_at=1)
+        if after is not None and after[0] not in ("0", "1"):
+            raise InvalidArgument.one("page_token", "not a token this service issued")
+        projects, last = self.projects.projects(caller.account_id, page_size, after)
+        return gateway_pb2.ListProjectsResponse(
+            projects=[_project(p) for p in projects],
+            next_page_token=next_page_token(last, filters),
+        )
+
+    def InviteCollaborator(
+        self, request: gateway_pb2.InviteCollaboratorRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.InviteCollaboratorResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        checks.identifier("account_id", request.account_id)
+        if request.account_id and request.account_id == caller.account_id:
+            checks.fail("account_id", "an account cannot invite itself")
+        checks.enum(
+            "role",
+            request.role,
+            gateway_pb2.ProjectRole,
+            allowed=(
+                gateway_pb2.PROJECT_ROLE_REVIEWER,
+                gateway_pb2.PROJECT_ROLE_UPLOADER,
+                gateway_pb2.PROJECT_ROLE_VIEWER,
+            ),
+        )
+        checks.done()
+        collaborator = self.projects.invite(
+            caller.account_id, caller.key_id, request.project_id, request.account_id, request.role
+        )
+        return gateway_pb2.InviteCollaboratorResponse(collaborator=_collaborator(collaborator))
+
+    def RemoveCollaborator(
+        self, request: gateway_pb2.RemoveCollaboratorRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RemoveCollaboratorResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        collaborator = self.projects.remove(
+            caller.account_id, caller.key_id, request.project_id, request.account_id
+        )
+        return gateway_pb2.RemoveCollaboratorResponse(collaborator=_collaborator(collaborator))
+
+    def ListCollaborators(
+        self, request: gateway_pb2.ListCollaboratorsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListCollaboratorsResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"p": request.project_id}
+        after = _position(request.page_token, filters, 2)
+        collaborators, last = self.projects.collaborators(
+            caller.account_id, request.project_id, page_size, after
+        )
+        return gateway_pb2.ListCollaboratorsResponse(
+            collaborators=[_collaborator(c) for c in collaborators],
+            next_page_token=next_page_token(last, filters),
+        )
+
+    def ListMedia(
+        self, request: gateway_pb2.ListMediaRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListMediaResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        if request.label:
+            checks.enum("label", request.label, common_pb2.FaceLabel)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"p": request.project_id, "l": request.label, "u": request.undecided}
+        after = _position(request.page_token, filters, 2)
+        scope = self.projects.project_scope(caller.account_id, request.project_id, Action.READ)
+        media, last = self.reviews.media(
+            scope,
+            caller.account_id,
+            label=request.label,
+            undecided=request.undecided,
+            page_size=page_size,
+            after=after,
+        )
+        return gateway_pb2.ListMediaResponse(
+            media=[_media_summary(m) for m in media],
+            next_page_token=next_page_token(last, filters),
+        )
+
+    def RecordReviewDecision(
+        self, request: gateway_pb2.RecordReviewDecisionRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RecordReviewDecisionResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("media_id", request.media_id)
+        if request.face_index < 0:
+            checks.fail("face_index", "must be 0 or more")
+        checks.enum("decision", request.decision, common_pb2.ReviewDecision)
+        checks.text("note", request.note, max_length=1000, required=False)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
+        checks.done()
+        scope = self.projects.media_scope(caller.account_id, request.media_id, Action.REVIEW)
+        decision = self.reviews.decide(
+            scope,
+            caller.account_id,
+            caller.key_id,
+            NewDecision(request.face_index, request.decision, request.note, request.request_id),
+        )
+        return gateway_pb2.RecordReviewDecisionResponse(decision=_decision(decision))
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -467,4 +610,67 @@ def _upload_response(stored: StoredMedia) -> gateway_pb2.UploadMediaResponse:
         engine=media.engine,
         created_at=to_timestamp(media.created_at),
         project_id=media.project_id,
+    )
+
+
+def _position(
+    token: str, filters: dict[str, Any], length: int, *, time_at: int = 0
+) -> list[str] | None:
+    """A listing's position: `length` identifiers, the one at `time_at` a time in microseconds
+    (projects.micros); None for the first page."""
+    position = decode_page_token(token, filters, kind=list)
+    if position is None:
+        return None
+    if len(position) != length or not position[time_at].isdigit():
+        raise InvalidArgument.one("page_token", "not a token this service issued")
+    return list(position)
+
+
+def _project(project: Project) -> gateway_pb2.Project:
+    return gateway_pb2.Project(
+        project_id=project.project_id,
+        display_name=project.display_name,
+        owner_account_id=project.owner_account_id,
+        role=gateway_pb2.ProjectRole.ValueType(project.role),
+        created_at=to_timestamp(project.created_at),
+    )
+
+
+def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
+    return gateway_pb2.Collaborator(
+        project_id=collaborator.project_id,
+        account_id=collaborator.account_id,
+        role=gateway_pb2.ProjectRole.ValueType(collaborator.role),
+        invited_at=to_timestamp(collaborator.invited_at),
+        invited_by_key_id=collaborator.invited_by_key_id,
+    )
+
+
+def _media_summary(media: MediaSummary) -> gateway_pb2.MediaSummary:
+    return gateway_pb2.MediaSummary(
+        media_id=media.media_id,
+        project_id=media.project_id,
+        filename=media.filename,
+        kind=common_pb2.MediaKind.ValueType(media.kind),
+        content_type=media.content_type,
+        created_at=to_timestamp(media.created_at),
+        face_count=media.face_count,
+        cleared_faces=media.cleared_faces,
+        possible_faces=media.possible_faces,
+        unknown_faces=media.unknown_faces,
+        undecided_faces=media.undecided_faces,
+        uploaded_by_account_id=media.uploaded_by_account_id,
+    )
+
+
+def _decision(decision: Decision) -> gateway_pb2.ReviewDecisionRecord:
+    return gateway_pb2.ReviewDecisionRecord(
+        decision_id=decision.decision_id,
+        media_id=decision.media_id,
+        face_index=decision.face_index,
+        decision=common_pb2.ReviewDecision.ValueType(decision.decision),
+        note=decision.note,
+        decided_by_account_id=decision.decided_by_account_id,
+        decided_by_key_id=decision.decided_by_key_id,
+        decided_at=to_timestamp(decision.decided_at),
     )

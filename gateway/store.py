@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -70,11 +71,22 @@ class MediaRow(Base):
     duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # The account that uploaded it: the owner or one of the project's uploaders (NULL for media
+    # uploaded before projects had collaborators: the owner). Request ids are the uploader's.
+    uploaded_by_account_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
-        Index("ix_gateway_media_request", "account_id", "request_id", unique=True),
+        Index(
+            "ix_gateway_media_request",
+            "account_id",
+            "uploaded_by_account_id",
+            "request_id",
+            unique=True,
+        ),
         # The retention purge reads the oldest media first.
         Index("ix_gateway_media_created", "created_at", "media_id"),
+        # ListMedia: a project's media, newest first.
+        Index("ix_gateway_media_project", "account_id", "project_id", "created_at", "media_id"),
     )
 
 
@@ -177,6 +189,67 @@ class GatewaySecretRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class ProjectRow(Base):
+    """A project, owned by one account (its id is unique within the owner's account)."""
+
+    __tablename__ = "gateway_projects"
+
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ProjectMemberRow(Base):
+    """A collaborator of a project: another account invited with a role. An account is a member
+    of at most one project per project id (and owns none with that id), so the id it names
+    resolves to one project."""
+
+    __tablename__ = "gateway_project_members"
+
+    owner_account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    member_account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[int] = mapped_column(SmallInteger)  # gateway.v1.ProjectRole
+    invited_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    invited_by_key_id: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["owner_account_id", "project_id"],
+            ["gateway_projects.account_id", "gateway_projects.project_id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_gateway_members_member", "member_account_id", "project_id", unique=True),
+    )
+
+
+class ReviewDecisionRow(Base):
+    """One review decision on a face of a media (append-only: the latest per face is current).
+    Deleted with its media."""
+
+    __tablename__ = "gateway_review_decisions"
+
+    decision_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))  # the media's owner
+    media_id: Mapped[str] = mapped_column(
+        ForeignKey("gateway_media.media_id", ondelete="CASCADE"), index=True
+    )
+    face_index: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[int] = mapped_column(SmallInteger)  # common.v1.ReviewDecision
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_by_account_id: Mapped[str] = mapped_column(String(64))
+    decided_by_key_id: Mapped[str] = mapped_column(String(32))
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # The content digest of a decision made with a request id (mixip.runtime.idempotency).
+    digest: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_gateway_decisions_request", "decided_by_account_id", "request_id", unique=True),
+    )
+
+
 # -- queries ------------------------------------------------------------------------------------
 
 
@@ -227,6 +300,20 @@ def talent_results(
         .order_by(MediaRow.created_at, MediaFaceRow.face_index)
     ).all()
     return [(face, project_id, created_at) for face, project_id, created_at in rows]
+
+
+def face_decisions(session: Session, media_id: str, face_index: int) -> list[ReviewDecisionRow]:
+    """The review decisions on one face of a media, oldest first."""
+    return list(
+        session.scalars(
+            select(ReviewDecisionRow)
+            .where(
+                ReviewDecisionRow.media_id == media_id,
+                ReviewDecisionRow.face_index == face_index,
+            )
+            .order_by(ReviewDecisionRow.decided_at, ReviewDecisionRow.decision_id)
+        )
+    )
 
 
 # -- face results: row <-> the client's FaceResult -----------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
 from gateway.media_store import MediaStore
 from gateway.peers import AuditPort, MatcherPort
+from gateway.projects import Projects, Scope
 from gateway.store import (
     MediaRow,
     UploadDigestRow,
@@ -126,6 +127,7 @@ class Uploads:
         media_store: MediaStore,
         fence: ErasureFence,
         clock: Clock,
+        projects: Projects,
     ) -> None:
         self.db = db
         self.matcher = matcher
@@ -133,24 +135,30 @@ class Uploads:
         self.media_store = media_store
         self.fence = fence
         self.clock = clock
+        self.projects = projects
         # Tests pause uploads at their step boundaries through this hook.
         self.checkpoint: Checkpoint = no_checkpoint
 
     def upload(
-        self, account_id: str, key_id: str, header: UploadHeader, data: bytes
+        self, caller_account_id: str, key_id: str, header: UploadHeader, data: bytes
     ) -> StoredMedia:
         """Store encrypted and match (at once) → record audit events → keep the results.
 
-        The matcher works while the media is encrypted and stored, so the upload's latency
-        is the slower of the two, not their sum. A retry with the same request id returns
-        the first upload's results."""
+        The media belongs to the project's owner: an uploader's media is matched against the
+        owner's talents and consents, its events join the owner's chain (the actor is the
+        uploader's key), and the owner's erasures fence it. The matcher works while the media
+        is encrypted and stored, so the upload's latency is the slower of the two, not their
+        sum. A retry with the same request id (the caller's) returns the first upload's
+        results."""
         try:
             sniffed = sniff(data)
         except MediaError as exc:
             raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
-        media_id = media_id_for(account_id, header.request_id)
+        scope = self.projects.upload_scope(caller_account_id, header.project_id)
+        account_id = scope.owner_account_id
+        media_id = media_id_for(caller_account_id, header.request_id)
         digest = content_digest(header.project_id, data)
-        earlier = self._replayed(account_id, media_id, digest)
+        earlier = self._replayed(caller_account_id, media_id, digest)
         if earlier is not None:
             return earlier
         started = self.clock()
@@ -177,6 +185,7 @@ class Uploads:
                 duration_seconds=matched.duration_seconds,
                 created_at=self.clock(),
                 request_id=header.request_id or None,
+                uploaded_by_account_id=caller_account_id,
             )
             with self.db.read() as session:  # no event about a talent being erased
                 results = self._fenced_out(session, account_id, matched.faces, started)
@@ -200,7 +209,7 @@ class Uploads:
                 stored = StoredMedia(_media(media), [face_result(f) for f in faces])
         except IntegrityError:  # a concurrent retry of the same request stored it first
             self.media_store.delete(account_id, storage_key)
-            earlier = self._replayed(account_id, media_id, digest)
+            earlier = self._replayed(caller_account_id, media_id, digest)
             if earlier is None:
                 raise
             return earlier
@@ -217,16 +226,18 @@ class Uploads:
         )
         return stored
 
-    def results(self, account_id: str, media_id: str) -> StoredMedia:
-        stored = self._stored(account_id, media_id)
+    def results(self, scope: Scope) -> StoredMedia:
+        """The stored results of a media in the caller's scope (Projects.media_scope)."""
+        owner = scope.owner_account_id
+        stored = self._stored(scope.media_id, lambda media: media.account_id == owner)
         if stored is None:
             raise NotFound("no such media")
         return stored
 
-    def _replayed(self, account_id: str, media_id: str, digest: str) -> StoredMedia | None:
+    def _replayed(self, caller_account_id: str, media_id: str, digest: str) -> StoredMedia | None:
         """The stored upload of a retried request id; refused (IDEMPOTENCY_KEY_REUSED) when
         the first upload under that id had other content."""
-        earlier = self._stored(account_id, media_id)
+        earlier = self._stored(media_id, lambda media: _uploader(media) == caller_account_id)
         if earlier is None:
             return None
         with self.db.read() as session:
@@ -234,10 +245,10 @@ class Uploads:
         require_same(first or digest, digest, "header.request_id")
         return earlier
 
-    def _stored(self, account_id: str, media_id: str) -> StoredMedia | None:
+    def _stored(self, media_id: str, visible: Callable[[MediaRow], bool]) -> StoredMedia | None:
         with self.db.read() as session:
             media = session.get(MediaRow, media_id)
-            if media is None or media.account_id != account_id:
+            if media is None or not visible(media):
                 return None
             return StoredMedia(
                 _media(media), [face_result(f) for f in media_faces(session, media_id)]
@@ -302,6 +313,12 @@ class OrphanSweep:
                 self.media_store.delete(account_id, key)
                 deleted += 1
         return deleted
+
+
+def _uploader(row: MediaRow) -> str:
+    """The account that uploaded a media (NULL, for media uploaded before collaborators, reads
+    as the owner)."""
+    return row.uploaded_by_account_id or row.account_id
 
 
 def _media(row: MediaRow) -> Media:

@@ -58,9 +58,7 @@ def draw_face(image: Pixels, face: Face, box: Sequence[int], scale: float | None
     top = max(0, y - th - base - 6)
     left = max(0, min(x, image.shape[1] - tw - 8))  # a label near the right edge stays in
     cv2.rectangle(image, (left, top), (left + tw + 8, top + th + base + 6), colour, -1)
-    cv2.putText(
-        image, text, (left + 4, top + th + 3), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA
-    )
+    cv2.putText(image, text, (left + 4, top + th + 3), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def decode_photo(data: bytes) -> Pixels:

@@ -1,0 +1,402 @@
+"""Projects and their collaborators, and the scope every project- or media-scoped call runs in.
+
+An account owns its projects; it may invite another account to one of them with a role
+(reviewer, uploader, viewer). A project id named by a caller resolves to the caller's own
+project with that id, else to the one project with that id it was invited to (an account is
+invited to at most one project per id, and never to an id it owns itself: `PROJECT_ID_TAKEN`).
+
+What is out of the caller's scope (unknown, another account's and not shared with it, or an
+uploader reading another account's upload) is NOT_FOUND, exactly like an unknown id; what is in
+scope but not open to its role is PERMISSION_DENIED (docs/projects.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, delete, or_, select
+from sqlalchemy.orm import Session
+
+from gateway.store import AccountRow, MediaRow, ProjectMemberRow, ProjectRow
+from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime import logs
+from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
+from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from mixip.runtime.paging import fetch_limit, page_of
+from mixip.runtime.times import Clock
+
+logger = logging.getLogger("mixip.gateway")
+
+OWNER = gateway_pb2.PROJECT_ROLE_OWNER
+REVIEWER = gateway_pb2.PROJECT_ROLE_REVIEWER
+UPLOADER = gateway_pb2.PROJECT_ROLE_UPLOADER
+VIEWER = gateway_pb2.PROJECT_ROLE_VIEWER
+INVITABLE = (REVIEWER, UPLOADER, VIEWER)
+
+
+class Action(enum.Enum):
+    """What a call does in a project."""
+
+    READ = "read"  # media, results, listings (an uploader: its own uploads only)
+    UPLOAD = "upload"
+    REVIEW = "review"  # review decisions
+    MANAGE = "manage"  # collaborators
+
+
+ALLOWED: dict[Action, frozenset[int]] = {
+    Action.READ: frozenset({OWNER, REVIEWER, VIEWER, UPLOADER}),
+    Action.UPLOAD: frozenset({OWNER, UPLOADER}),
+    Action.REVIEW: frozenset({OWNER, REVIEWER}),
+    Action.MANAGE: frozenset({OWNER}),
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a call runs: the project's owner (whose account holds its media, talents and audit
+    chain), the project, the caller's role in it and, for a media-scoped call, the media."""
+
+    owner_account_id: str
+    project_id: str
+    role: int
+    media_id: str = ""
+
+    @property
+    def sees_own_uploads_only(self) -> bool:
+        return self.role == UPLOADER
+
+
+@dataclass(frozen=True)
+class Project:
+    project_id: str
+    display_name: str
+    owner_account_id: str
+    role: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Collaborator:
+    project_id: str
+    account_id: str
+    role: int
+    invited_at: datetime
+    invited_by_key_id: str
+
+
+def project_id_taken() -> FailedPrecondition:
+    # Never names the other project's owner: an account learns nothing about another's projects.
+    return FailedPrecondition(
+        "that account already owns or collaborates on a project with this id; choose another id",
+        reason="PROJECT_ID_TAKEN",
+    )
+
+
+def micros(moment: datetime) -> str:
+    """A time as a page-token position (microseconds since the epoch, as digits)."""
+    return str((moment - _EPOCH) // timedelta(microseconds=1))
+
+
+def from_micros(position: str) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(position))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Projects:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- scope --------------------------------------------------------------------------------
+
+    def project_scope(self, caller_account_id: str, project_id: str, action: Action) -> Scope:
+        """The scope of a call naming `project_id`: NotFound when out of the caller's scope,
+        PermissionDenied when its role does not allow `action`."""
+        with self.db.read() as session:
+            scope = _resolve(session, caller_account_id, project_id)
+        if scope is None:
+            raise NotFound("no such project")
+        _require(scope, action)
+        return scope
+
+    def upload_scope(self, caller_account_id: str, project_id: str) -> Scope:
+        """The scope of an upload: as `project_scope`, except that an id the caller neither
+        owns nor was invited to becomes a new project of the caller's (an owner's first upload
+        creates its project)."""
+        with self.db.read() as session:
+            scope = _resolve(session, caller_account_id, project_id)
+        if scope is None:
+            self._create(caller_account_id, project_id, project_id)
+            return Scope(caller_account_id, project_id, OWNER)
+        _require(scope, Action.UPLOAD)
+        return scope
+
+    def media_scope(self, caller_account_id: str, media_id: str, action: Action) -> Scope:
+        """The scope of a call naming `media_id` (NotFound / PermissionDenied as above; an
+        uploader's scope holds only the media it uploaded)."""
+        with self.db.read() as session:
+            media = session.get(MediaRow, media_id)
+            if media is None:
+                raise NotFound("no such media")
+            role: int = OWNER
+            if media.account_id != caller_account_id:
+                member = session.get(
+                    ProjectMemberRow, (media.account_id, media.project_id, caller_account_id)
+                )
+                if member is None:
+                    raise NotFound("no such media")
+                role = member.role
+            uploader = media.uploaded_by_account_id or media.account_id
+        if role == UPLOADER and uploader != caller_account_id:
+            raise NotFound("no such media")
+        scope = Scope(media.account_id, media.project_id, role, media_id)
+        _require(scope, action)
+        return scope
+
+    # -- projects -----------------------------------------------------------------------------
+
+    def create(self, account_id: str, project_id: str, display_name: str) -> Project:
+        """Creates (or returns, when it exists) one of the caller's projects."""
+        project_id = project_id or f"prj_{secrets.token_hex(12)}"
+        self._create(account_id, project_id, display_name)
+        with self.db.read() as session:
+            row = session.get(ProjectRow, (account_id, project_id))
+            assert row is not None  # created just above, or before
+            return _project(row, OWNER)
+
+    def _create(self, account_id: str, project_id: str, display_name: str) -> None:
+        with self.db.write() as session:
+            serialize(session, _id_lock(account_id, project_id))
+            if session.get(ProjectRow, (account_id, project_id)) is not None:
+                return
+            if _membership(session, account_id, project_id) is not None:
+                raise project_id_taken()
+            created = insert_ignoring_conflicts(
+                session,
+                ProjectRow.__table__,
+                [
+                    {
+                        "account_id": account_id,
+                        "project_id": project_id,
+                        "display_name": display_name,
+                        "created_at": self.clock(),
+                    }
+                ],
+                ["account_id", "project_id"],
+            )
+        if created:
+            logs.log(logger, "project created", account=account_id, project=project_id)
+
+    def projects(
+        self, account_id: str, page_size: int, after: list[str] | None
+    ) -> tuple[list[Project], list[str] | None]:
+        """The caller's own projects, then those it was invited to, each in creation order.
+        Positions: [group ("0" own, "1" invited), created (micros), owner, project]."""
+        rows: list[tuple[str, ProjectRow, int]] = []
+        with self.db.read() as session:
+            if after is None or after[0] == "0":
+                own = select(ProjectRow).where(ProjectRow.account_id == account_id)
+                if after is not None:
+                    own = own.where(_after(ProjectRow, after))
+                for row in session.scalars(
+                    own.order_by(ProjectRow.created_at, ProjectRow.project_id).limit(
+                        fetch_limit(page_size)
+                    )
+                ):
+                    rows.append(("0", row, OWNER))
+            if len(rows) <= page_size:
+                invited = (
+                    select(ProjectRow, ProjectMemberRow.role)
+                    .join(
+                        ProjectMemberRow,
+                        and_(
+                            ProjectMemberRow.owner_account_id == ProjectRow.account_id,
+                            ProjectMemberRow.project_id == ProjectRow.project_id,
+                        ),
+                    )
+                    .where(ProjectMemberRow.member_account_id == account_id)
+                )
+                if after is not None and after[0] == "1":
+                    invited = invited.where(_after(ProjectRow, after))
+                query = invited.order_by(
+                    ProjectRow.created_at, ProjectRow.account_id, ProjectRow.project_id
+                ).limit(fetch_limit(page_size) - len(rows))
+                for row, role in session.execute(query):
+                    rows.append(("1", row, role))
+        page, last = page_of(rows, page_size, lambda r: r)
+        projects = [_project(row, role) for _, row, role in page]
+        if last is None:
+            return projects, None
+        group, row, _ = last
+        return projects, [group, micros(row.created_at), row.account_id, row.project_id]
+
+    # -- collaborators ------------------------------------------------------------------------
+
+    def invite(
+        self,
+        owner_account_id: str,
+        key_id: str,
+        project_id: str,
+        member_account_id: str,
+        role: int,
+    ) -> Collaborator:
+        """Invites an account to one of the caller's projects, or changes its role."""
+        if member_account_id == owner_account_id:
+            raise InvalidArgument.one("account_id", "an account cannot invite itself")
+        if role not in INVITABLE:
+            raise InvalidArgument.one(
+                "role", "one of PROJECT_ROLE_REVIEWER, PROJECT_ROLE_UPLOADER, PROJECT_ROLE_VIEWER"
+            )
+        self.project_scope(owner_account_id, project_id, Action.MANAGE)
+        with self.db.write() as session:
+            serialize(session, _id_lock(member_account_id, project_id))
+            if session.get(AccountRow, member_account_id) is None:
+                raise NotFound("no such account")
+            if session.get(ProjectRow, (member_account_id, project_id)) is not None:
+                raise project_id_taken()
+            current = _membership(session, member_account_id, project_id)
+            if current is not None and current.owner_account_id != owner_account_id:
+                raise project_id_taken()
+            if current is None:
+                current = ProjectMemberRow(
+                    owner_account_id=owner_account_id,
+                    project_id=project_id,
+                    member_account_id=member_account_id,
+                )
+                session.add(current)
+            current.role, current.invited_at, current.invited_by_key_id = (
+                role,
+                self.clock(),
+                key_id,
+            )
+            invited = _collaborator(current)
+        logs.log(
+            logger,
+            "collaborator invited",
+            account=owner_account_id,
+            key=key_id,
+            project=project_id,
+            member=member_account_id,
+            role=role,
+        )
+        return invited
+
+    def remove(
+        self, owner_account_id: str, key_id: str, project_id: str, member_account_id: str
+    ) -> Collaborator:
+        self.project_scope(owner_account_id, project_id, Action.MANAGE)
+        with self.db.write() as session:
+            row = session.get(ProjectMemberRow, (owner_account_id, project_id, member_account_id))
+            if row is None:
+                raise NotFound("no such collaborator")
+            removed = _collaborator(row)
+            session.execute(
+                delete(ProjectMemberRow).where(
+                    ProjectMemberRow.owner_account_id == owner_account_id,
+                    ProjectMemberRow.project_id == project_id,
+                    ProjectMemberRow.member_account_id == member_account_id,
+                )
+            )
+        logs.log(
+            logger,
+            "collaborator removed",
+            account=owner_account_id,
+            key=key_id,
+            project=project_id,
+            member=member_account_id,
+        )
+        return removed
+
+    def collaborators(
+        self, owner_account_id: str, project_id: str, page_size: int, after: list[str] | None
+    ) -> tuple[list[Collaborator], list[str] | None]:
+        """In invitation order; positions: [invited (micros), member account]."""
+        self.project_scope(owner_account_id, project_id, Action.MANAGE)
+        with self.db.read() as session:
+            query = select(ProjectMemberRow).where(
+                ProjectMemberRow.owner_account_id == owner_account_id,
+                ProjectMemberRow.project_id == project_id,
+            )
+            if after is not None:
+                moment = from_micros(after[0])
+                query = query.where(
+                    or_(
+                        ProjectMemberRow.invited_at > moment,
+                        and_(
+                            ProjectMemberRow.invited_at == moment,
+                            ProjectMemberRow.member_account_id > after[1],
+                        ),
+                    )
+                )
+            rows = list(
+                session.scalars(
+                    query.order_by(
+                        ProjectMemberRow.invited_at, ProjectMemberRow.member_account_id
+                    ).limit(fetch_limit(page_size))
+                )
+            )
+        page, last = page_of(rows, page_size, lambda r: r)
+        position = [micros(last.invited_at), last.member_account_id] if last else None
+        return [_collaborator(r) for r in page], position
+
+
+def _resolve(session: Session, caller_account_id: str, project_id: str) -> Scope | None:
+    if session.get(ProjectRow, (caller_account_id, project_id)) is not None:
+        return Scope(caller_account_id, project_id, OWNER)
+    member = _membership(session, caller_account_id, project_id)
+    if member is None:
+        return None
+    return Scope(member.owner_account_id, project_id, member.role)
+
+
+def _membership(session: Session, account_id: str, project_id: str) -> ProjectMemberRow | None:
+    """The account's invitation to a project with this id (at most one)."""
+    return session.scalars(
+        select(ProjectMemberRow).where(
+            ProjectMemberRow.member_account_id == account_id,
+            ProjectMemberRow.project_id == project_id,
+        )
+    ).first()
+
+
+def _require(scope: Scope, action: Action) -> None:
+    if scope.role not in ALLOWED[action]:
+        role = gateway_pb2.ProjectRole.Name(gateway_pb2.ProjectRole.ValueType(scope.role))
+        raise PermissionDenied(
+            f"{role} may not {action.value} in this project", reason="ROLE_NOT_ALLOWED"
+        )
+
+
+def _id_lock(account_id: str, project_id: str) -> str:
+    """Serializes what makes `project_id` name a project for `account_id` (creating it, being
+    invited to it), so the rule of one project per id and account holds under races."""
+    return f"mixip.gateway.project-id:{account_id}:{project_id}"
+
+
+def _after(table: type[ProjectRow], position: list[str]) -> ColumnElement[bool]:
+    moment = from_micros(position[1])
+    return or_(
+        table.created_at > moment,
+        and_(table.created_at == moment, table.account_id > position[2]),
+        and_(
+            table.created_at == moment,
+            table.account_id == position[2],
+            table.project_id > position[3],
+        ),
+    )
+
+
+def _project(row: ProjectRow, role: int) -> Project:
+    return Project(row.project_id, row.display_name, row.account_id, role, row.created_at)
+
+
+def _collaborator(row: ProjectMemberRow) -> Collaborator:
+    return Collaborator(
+        row.project_id, row.member_account_id, row.role, row.invited_at, row.invited_by_key_id
+    )

@@ -1,0 +1,323 @@
+"""Review: a project's media as listed for review, and the review decisions on their faces.
+
+A decision is append-only (the latest per face is the current one) and never changes a face's
+label, nor does a label change a decision. Each decision is recorded as an audit event in the
+owner's chain (kind REVIEW_DECISION), carrying the face's result at decision time, its talent
+hashed like a match event's, in the order uploads use: the event first, then the row; if the
+audit service cannot record it, the call fails (UNAVAILABLE) and nothing is kept. An event never
+names a talent whose erasure is in progress or completed since the call started (the erasure
+fence, gateway/erasure.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
+from gateway.peers import AuditPort
+from gateway.projects import Scope, from_micros, micros
+from gateway.store import MediaFaceRow, MediaRow, ReviewDecisionRow
+from mixip.audit.v1 import audit_pb2
+from mixip.common.v1 import common_pb2
+from mixip.runtime import logs
+from mixip.runtime.db import Database
+from mixip.runtime.errors import NotFound, Unavailable
+from mixip.runtime.idempotency import content_digest, require_same
+from mixip.runtime.paging import fetch_limit, page_of
+from mixip.runtime.times import Clock, to_timestamp
+
+logger = logging.getLogger("mixip.gateway")
+
+
+@dataclass(frozen=True)
+class NewDecision:
+    face_index: int
+    decision: int
+    note: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    media_id: str
+    face_index: int
+    decision: int
+    note: str
+    decided_by_account_id: str
+    decided_by_key_id: str
+    decided_at: datetime
+
+
+@dataclass(frozen=True)
+class MediaSummary:
+    media_id: str
+    project_id: str
+    filename: str
+    kind: int
+    content_type: str
+    created_at: datetime
+    uploaded_by_account_id: str
+    face_count: int = 0
+    cleared_faces: int = 0
+    possible_faces: int = 0
+    unknown_faces: int = 0
+    undecided_faces: int = 0
+
+
+def decision_id_for(account_id: str, request_id: str) -> str:
+    """Deterministic for a retried request (so its audit idempotency key repeats), random
+    otherwise."""
+    if request_id:
+        digest = hashlib.sha256(f"{account_id}\x00{request_id}".encode()).hexdigest()[:24]
+        return f"dec_{digest}"
+    return f"dec_{secrets.token_hex(12)}"
+
+
+class Reviews:
+    def __init__(self, db: Database, audit: AuditPort, fence: ErasureFence, clock: Clock) -> None:
+        self.db = db
+        self.audit = audit
+        self.fence = fence
+        self.clock = clock
+        # Tests pause a decision at its step boundaries through this hook.
+        self.checkpoint: Checkpoint = no_checkpoint
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def decide(
+        self, scope: Scope, caller_account_id: str, key_id: str, new: NewDecision
+    ) -> Decision:
+        """Records a decision on a face of the media in `scope` (Projects.media_scope with
+        REVIEW): the audit event first, then the row. A retry with the same request id (the
+        caller's) returns the first call's decision."""
+        owner, media_id = scope.owner_account_id, scope.media_id
+        decision_id = decision_id_for(caller_account_id, new.request_id)
+        digest = content_digest(media_id, str(new.face_index), str(new.decision), new.note)
+        earlier = self._replayed(caller_account_id, new.request_id, digest)
+        if earlier is not None:
+            return earlier
+        started = self.clock()
+        with self.db.read() as session:
+            face = session.get(MediaFaceRow, (media_id, new.face_index))
+            if face is None:
+                raise NotFound("no such face")
+            result = self._fenced_out(session, owner, face, started)
+        self.checkpoint("review.rechecked")
+        self.audit.record_match_events(
+            owner,
+            [
+                audit_pb2.MatchEventInput(
+                    idempotency_key=f"review:{decision_id}",
+                    project_id=scope.project_id,
+                    media_id=media_id,
+                    face_index=new.face_index,
+                    label=result.label,
+                    reason=result.reason,
+                    similarity=result.similarity,
+                    talent_id=result.talent_id,
+                    actor=key_id,
+                    occurred_at=to_timestamp(started),
+                    kind=audit_pb2.EVENT_KIND_REVIEW_DECISION,
+                    decision=new.decision,  # type: ignore[arg-type]
+                )
+            ],
+        )
+        self.checkpoint("review.audited")
+        row = ReviewDecisionRow(
+            decision_id=decision_id,
+            account_id=owner,
+            media_id=media_id,
+            face_index=new.face_index,
+            decision=new.decision,
+            note=new.note,
+            decided_by_account_id=caller_account_id,
+            decided_by_key_id=key_id,
+            decided_at=started,
+            request_id=new.request_id or None,
+            digest=digest if new.request_id else None,
+        )
+        try:
+            with self.db.write() as session:
+                # As an upload's commit: no commit later than the fence's window.
+                self.fence.lock(session, owner)
+                if self.clock() - started > FENCE_WINDOW:
+                    raise Unavailable("the decision took too long; retry", reason="EXPIRED")
+                session.add(row)
+                session.flush()
+                decided = _decision(row)
+        except IntegrityError:  # a concurrent retry stored it first, or the media was purged
+            earlier = self._replayed(caller_account_id, new.request_id, digest)
+            if earlier is None:
+                raise NotFound("no such media") from None
+            return earlier
+        logs.log(
+            logger,
+            "review decision recorded",
+            account=owner,
+            key=key_id,
+            media=media_id,
+            face=new.face_index,
+            decision=new.decision,
+        )
+        return decided
+
+    def decisions(self, media_id: str) -> list[Decision]:
+        """Every decision on the media's faces, oldest first."""
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(ReviewDecisionRow)
+                .where(ReviewDecisionRow.media_id == media_id)
+                .order_by(ReviewDecisionRow.decided_at, ReviewDecisionRow.decision_id)
+            )
+            return [_decision(r) for r in rows]
+
+    def _replayed(self, caller_account_id: str, request_id: str, digest: str) -> Decision | None:
+        if not request_id:
+            return None
+        with self.db.read() as session:
+            row = session.scalars(
+                select(ReviewDecisionRow).where(
+                    ReviewDecisionRow.decided_by_account_id == caller_account_id,
+                    ReviewDecisionRow.request_id == request_id,
+                )
+            ).first()
+        if row is None:
+            return None
+        require_same(row.digest or digest, digest)
+        return _decision(row)
+
+    def _fenced_out(
+        self, session: Session, owner: str, face: MediaFaceRow, started: datetime
+    ) -> common_pb2.FaceResult:
+        """The face's result as the event carries it: without its talent (UNKNOWN /
+        TALENT_ERASED) when an erasure of the talent is in progress or completed since the
+        call started."""
+        talent = face.talent_id or ""
+        if talent and talent in self.fence.fenced(session, owner, {talent}, started):
+            return common_pb2.FaceResult(
+                face_index=face.face_index,
+                label=common_pb2.FACE_LABEL_UNKNOWN,
+                reason=common_pb2.LABEL_REASON_TALENT_ERASED,
+            )
+        return common_pb2.FaceResult(
+            face_index=face.face_index,
+            label=face.label,  # type: ignore[arg-type]
+            reason=face.reason,  # type: ignore[arg-type]
+            similarity=face.similarity,
+            talent_id=talent,
+        )
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def media(
+        self,
+        scope: Scope,
+        caller_account_id: str,
+        *,
+        label: int,
+        undecided: bool,
+        page_size: int,
+        after: list[str] | None,
+    ) -> tuple[list[MediaSummary], list[str] | None]:
+        """A project's media (Projects.project_scope with READ), newest first; an uploader's
+        own uploads only. Positions: [created (micros), media id]."""
+        query = select(MediaRow).where(
+            MediaRow.account_id == scope.owner_account_id,
+            MediaRow.project_id == scope.project_id,
+        )
+        if scope.sees_own_uploads_only:
+            query = query.where(MediaRow.uploaded_by_account_id == caller_account_id)
+        of_media = MediaFaceRow.media_id == MediaRow.media_id
+        if label:
+            query = query.where(exists().where(of_media, MediaFaceRow.label == label))
+        if undecided:
+            query = query.where(exists().where(of_media, _undecided()))
+        if after is not None:
+            moment = from_micros(after[0])
+            query = query.where(
+                or_(
+                    MediaRow.created_at < moment,
+                    and_(MediaRow.created_at == moment, MediaRow.media_id < after[1]),
+                )
+            )
+        query = query.order_by(MediaRow.created_at.desc(), MediaRow.media_id.desc()).limit(
+            fetch_limit(page_size)
+        )
+        with self.db.read() as session:
+            rows = list(session.scalars(query))
+            page, last = page_of(rows, page_size, lambda r: r)
+            counts = _face_counts(session, [r.media_id for r in page])
+        summaries = [_summary(r, counts.get(r.media_id, {})) for r in page]
+        return summaries, [micros(last.created_at), last.media_id] if last else None
+
+
+def _undecided() -> ColumnElement[bool]:
+    """A face without any decision."""
+    return ~exists().where(
+        ReviewDecisionRow.media_id == MediaFaceRow.media_id,
+        ReviewDecisionRow.face_index == MediaFaceRow.face_index,
+    )
+
+
+def _face_counts(session: Session, media_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Per media: faces per label ("label:<n>") and undecided faces ("undecided")."""
+    counts: dict[str, dict[str, int]] = {}
+    if not media_ids:
+        return counts
+    by_label = session.execute(
+        select(MediaFaceRow.media_id, MediaFaceRow.label, func.count())
+        .where(MediaFaceRow.media_id.in_(media_ids))
+        .group_by(MediaFaceRow.media_id, MediaFaceRow.label)
+    )
+    for media_id, label, count in by_label:
+        counts.setdefault(media_id, {})[f"label:{label}"] = int(count)
+    pending = session.execute(
+        select(MediaFaceRow.media_id, func.count())
+        .where(MediaFaceRow.media_id.in_(media_ids), _undecided())
+        .group_by(MediaFaceRow.media_id)
+    )
+    for media_id, count in pending:
+        counts.setdefault(media_id, {})["undecided"] = int(count)
+    return counts
+
+
+def _summary(row: MediaRow, counts: dict[str, int]) -> MediaSummary:
+    def label(value: int) -> int:
+        return counts.get(f"label:{value}", 0)
+
+    return MediaSummary(
+        media_id=row.media_id,
+        project_id=row.project_id,
+        filename=row.filename,
+        kind=row.kind,
+        content_type=row.content_type,
+        created_at=row.created_at,
+        uploaded_by_account_id=row.uploaded_by_account_id or row.account_id,
+        face_count=sum(v for k, v in counts.items() if k.startswith("label:")),
+        cleared_faces=label(common_pb2.FACE_LABEL_CLEARED),
+        possible_faces=label(common_pb2.FACE_LABEL_POSSIBLE),
+        unknown_faces=label(common_pb2.FACE_LABEL_UNKNOWN),
+        undecided_faces=counts.get("undecided", 0),
+    )
+
+
+def _decision(row: ReviewDecisionRow) -> Decision:
+    return Decision(
+        decision_id=row.decision_id,
+        media_id=row.media_id,
+        face_index=row.face_index,
+        decision=row.decision,
+        note=row.note,
+        decided_by_account_id=row.decided_by_account_id,
+        decided_by_key_id=row.decided_by_key_id,
+        decided_at=row.decided_at,
+    )
