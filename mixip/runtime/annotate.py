@@ -24,7 +24,7 @@ from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.pixels import decode_upright
 
 Face = dict[str, Any]
-Pixels = np.ndarray[Any, np.dtype[np.uint8]]
+Pixels = np.ndarray[Any, np.dtype[Any]]
 
 # BGR
 COLOURS = {"cleared": (60, 180, 60), "possible": (0, 170, 255), "unknown": (50, 50, 220)}

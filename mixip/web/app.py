@@ -355,7 +355,7 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             return RedirectResponse("/", 303)
         status = STATUS_OF_CODE.get(code, 500) if code is not None else 500
         detail = None
-        if status == 400 and isinstance(exc, grpc.Call):
+        if status == 400 and isinstance(exc, grpc.RpcError):
             detail = error_details(exc).one_line()
         logs.log(
             logger,
@@ -462,7 +462,7 @@ async def _find_project(
         )
         for candidate in reply.projects:
             if candidate.project_id == project_id:
-                return candidate  # type: ignore[no-any-return]
+                return candidate
         token = reply.next_page_token
         if not token:
             break
