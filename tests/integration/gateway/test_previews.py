@@ -104,3 +104,31 @@ def test_a_video_is_previewed_as_a_contact_sheet_of_its_tracks(gateway, studio, 
     assert image.shape[1] == 2 * 240  # one tile per track, side by side
     first_band = image[240:250, :240].reshape(-1, 3)  # the caption band takes the label colour
     assert any(near(p, COLOURS["cleared"]) for p in first_band)
+
+
+def test_a_reviewer_sees_the_projects_previews_and_a_member_of_another_project_does_not(
+    gateway, studio
+):
+    _, owner = studio
+    reviewer_id, reviewer = gateway.new_account("reviewer")
+    outsider_id, outsider = gateway.new_account("outsider")
+    for project_id, account_id in (("film-p", reviewer_id), ("film-q", outsider_id)):
+        gateway.stub.CreateProject(
+            pb.CreateProjectRequest(project_id=project_id, display_name=project_id),
+            metadata=owner,
+        )
+        gateway.stub.InviteCollaborator(
+            pb.InviteCollaboratorRequest(
+                project_id=project_id, account_id=account_id, role=pb.PROJECT_ROLE_REVIEWER
+            ),
+            metadata=owner,
+        )
+    media = upload(gateway, owner, faces.encode(faces.astronaut()), project="film-p")
+    request = pb.GetMediaPreviewRequest(media_id=media.media_id, max_side=128)
+
+    seen = gateway.stub.GetMediaPreview(request, metadata=reviewer)
+
+    assert max(decode(seen).shape[:2]) <= 128
+    expect_error(
+        grpc.StatusCode.NOT_FOUND, gateway.stub.GetMediaPreview, request, metadata=outsider
+    )
