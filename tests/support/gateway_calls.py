@@ -54,3 +54,19 @@ def enroll(gw, meta, talent, image, chunk=CHUNK):
 
 def group_photo() -> bytes:
     return faces.encode(faces.composite(faces.astronaut(), faces.grace_hopper()), ".jpg")
+
+
+def invite(gw, meta, account_id, role, project=PROJECT) -> pb.Collaborator:
+    return gw.stub.InviteCollaborator(
+        pb.InviteCollaboratorRequest(project_id=project, account_id=account_id, role=role),
+        metadata=meta,
+    ).collaborator
+
+
+def decide(gw, meta, media_id, face_index, decision, **fields) -> pb.ReviewDecisionRecord:
+    return gw.stub.RecordReviewDecision(
+        pb.RecordReviewDecisionRequest(
+            media_id=media_id, face_index=face_index, decision=decision, **fields
+        ),
+        metadata=meta,
+    ).decision

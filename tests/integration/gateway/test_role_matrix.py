@@ -1,0 +1,446 @@
+"""The role matrix: every method of GatewayService, called on the owner's project, media or
+talent by the owner, each collaborator role, a reviewer of another project of the same owner,
+and a stranger. Project- and media-scoped calls answer by role (NOT_FOUND out of scope,
+PERMISSION_DENIED in scope but not for the role); account-bound calls always answer with the
+caller's own account's data, never the owner's (docs/projects.md).
+
+The methods come from the service descriptor: a new RPC without a row fails this test. The
+rows run in one order on one mesh per database (later rows rely on what earlier ones left:
+destructive calls come last, and within a row the owner calls last)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from mixip.common.v1 import common_pb2 as common
+from mixip.consent.v1 import consent_pb2 as cpb
+from mixip.gateway.v1 import gateway_pb2 as pb
+from tests.support import faces
+from tests.support.gateway_calls import PROJECT, consent, enroll, group_photo, invite, upload
+
+OK = grpc.StatusCode.OK
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+TAKEN = grpc.StatusCode.FAILED_PRECONDITION
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+
+CALLERS = ("reviewer", "uploader", "viewer", "other_reviewer", "stranger", "owner")
+COLLABORATORS = ("reviewer", "uploader", "viewer")
+TALENT = "astronaut"
+OTHER_PROJECT = "film-2"
+
+# Implemented on other branches (the media preview, the access log): until merged they answer
+# UNIMPLEMENTED for every caller, which is accepted for them only; once implemented, their
+# rows are checked like any other.
+PENDING = {"GetMediaPreview", "ListAccessLog"}
+
+
+@dataclass
+class World:
+    gw: Any
+    clock: Any
+    accounts: dict[str, str] = field(default_factory=dict)
+    metas: dict[str, tuple] = field(default_factory=dict)
+    media_id: str = ""  # the owner's upload
+    uploader_media_id: str = ""  # the uploader's upload in the owner's project
+    guest: str = ""  # an account the owner invites and removes
+
+
+def by_role(owner=OK, reviewer=OK, uploader=OK, viewer=OK, outsider=NOT_FOUND):
+    return {
+        "owner": owner,
+        "reviewer": reviewer,
+        "uploader": uploader,
+        "viewer": viewer,
+        "other_reviewer": outsider,
+        "stranger": outsider,
+    }
+
+
+EVERYONE_OK = by_role(outsider=OK)
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    call: Callable[[World, str], Any]
+    expect: dict[str, grpc.StatusCode]
+    # Checks an OK reply (raises AssertionError): what the caller got is its own.
+    check: Callable[[World, str, Any], None] | None = None
+
+
+def _setup(gw, clock) -> World:
+    world = World(gw, clock)
+    for name in CALLERS:
+        world.accounts[name], world.metas[name] = gw.new_account(name)
+    world.guest, _ = gw.new_account("guest")
+    owner = world.metas["owner"]
+    consent(gw, owner, clock, TALENT, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+    consent(gw, owner, clock, TALENT, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
+    enroll(gw, owner, TALENT, faces.astronaut())
+    for project in (PROJECT, OTHER_PROJECT):
+        gw.stub.CreateProject(
+            pb.CreateProjectRequest(project_id=project, display_name=project), metadata=owner
+        )
+    for role in COLLABORATORS:
+        invite(gw, owner, world.accounts[role], getattr(pb, f"PROJECT_ROLE_{role.upper()}"))
+    invite(gw, owner, world.accounts["other_reviewer"], pb.PROJECT_ROLE_REVIEWER, OTHER_PROJECT)
+    world.media_id = upload(gw, owner, group_photo()).media_id
+    clock.advance(seconds=1)
+    uploaded = upload(gw, world.metas["uploader"], faces.encode(faces.astronaut()))
+    world.uploader_media_id = uploaded.media_id
+    return world
+
+
+def _unary(method: str, request) -> Callable[[World, str], Any]:
+    def call(world: World, caller: str) -> Any:
+        return getattr(world.gw.stub, method)(request, metadata=world.metas[caller])
+
+    return call
+
+
+# -- checks of OK replies -------------------------------------------------------------------
+
+
+def _sees_the_owners_media(world: World, caller: str, reply) -> None:
+    assert reply.media.media_id == world.media_id
+    assert any(f.talent_id == TALENT for f in reply.media.faces)
+
+
+def _lists_project_media(world: World, caller: str, reply) -> None:
+    listed = {m.media_id for m in reply.media}
+    if caller == "uploader":
+        assert listed == {world.uploader_media_id}, "an uploader sees its own uploads only"
+    else:
+        assert listed == {world.media_id, world.uploader_media_id}
+
+
+def _lists_own_and_invited_projects(world: World, caller: str, reply) -> None:
+    got = {(p.project_id, p.owner_account_id, p.role) for p in reply.projects}
+    owner = world.accounts["owner"]
+    expected = {
+        "owner": {
+            (PROJECT, owner, pb.PROJECT_ROLE_OWNER),
+            (OTHER_PROJECT, owner, pb.PROJECT_ROLE_OWNER),
+        },
+        "reviewer": {(PROJECT, owner, pb.PROJECT_ROLE_REVIEWER)},
+        "uploader": {(PROJECT, owner, pb.PROJECT_ROLE_UPLOADER)},
+        "viewer": {(PROJECT, owner, pb.PROJECT_ROLE_VIEWER)},
+        "other_reviewer": {(OTHER_PROJECT, owner, pb.PROJECT_ROLE_REVIEWER)},
+        "stranger": set(),
+    }[caller]
+    assert got == expected
+
+
+def _lists_the_collaborators(world: World, caller: str, reply) -> None:
+    listed = {c.account_id for c in reply.collaborators}
+    assert {world.accounts[r] for r in COLLABORATORS} <= listed
+
+
+def _own_events_only(world: World, caller: str, reply) -> None:
+    assert all(e.account_id == world.accounts[caller] for e in reply.events)
+    if caller == "owner":
+        assert {e.media_id for e in reply.events} >= {world.media_id, world.uploader_media_id}
+    else:
+        assert list(reply.events) == [], "a collaborator's chain holds none of the owner's events"
+
+
+def _own_chain_verified(world: World, caller: str, reply) -> None:
+    assert reply.ok
+    assert (reply.events_checked > 0) == (caller == "owner")
+
+
+def _own_access_log_only(world: World, caller: str, reply) -> None:
+    assert all(e.account_id == world.accounts[caller] for e in reply.entries)
+
+
+def _own_consents_only(world: World, caller: str, reply) -> None:
+    assert all(r.account_id == world.accounts[caller] for r in reply.records)
+    assert len(reply.records) == (2 if caller == "owner" else 0)
+
+
+def _own_faces_only(world: World, caller: str, reply) -> None:
+    assert len(reply.faces) == (1 if caller == "owner" else 0)
+
+
+def _owners_export(world: World, caller: str, reply) -> None:
+    document = json.loads(reply.document_json)
+    assert caller == "owner" and document["account_id"] == world.accounts["owner"]
+
+
+def _enrolled_in_own_account(world: World, caller: str, reply) -> None:
+    assert caller == "owner"
+
+
+def _consent_in_own_account(world: World, caller: str, reply) -> None:
+    assert reply.record.account_id == world.accounts[caller]
+
+
+def _created_own_or_returned_owners(world: World, caller: str, reply) -> None:
+    owner = "owner" if caller == "owner" else caller
+    assert reply.project.owner_account_id == world.accounts[owner]
+    assert reply.project.role == pb.PROJECT_ROLE_OWNER
+
+
+def _uploaded_without_the_owners_talents(world: World, caller: str, reply) -> None:
+    if caller in ("owner", "uploader"):  # the owner's project: matched with the owner's talents
+        assert [f.talent_id for f in reply.faces] == [TALENT]
+        listed = world.gw.stub.ListMedia(
+            pb.ListMediaRequest(project_id=PROJECT), metadata=world.metas["owner"]
+        )
+        assert reply.media_id in {m.media_id for m in listed.media}
+    else:  # its own new project: none of the owner's talents is known there
+        assert [(f.label, f.talent_id) for f in reply.faces] == [(common.FACE_LABEL_UNKNOWN, "")]
+
+
+def _erased_own_talent_only(world: World, caller: str, reply) -> None:
+    steps = {s.name: s.count for s in reply.steps}
+    if caller == "owner":
+        assert steps["matcher.delete_faces"] >= 1
+        return
+    assert steps["matcher.delete_faces"] == 0 and steps["gateway.scrub_results"] == 0
+    # the owner's talent is untouched
+    world.gw.stub.ExportTalentData(
+        pb.ExportTalentDataRequest(talent_id=TALENT), metadata=world.metas["owner"]
+    )
+
+
+# -- calls that need the world -------------------------------------------------------------
+
+
+def _decide(world: World, caller: str):
+    return world.gw.stub.RecordReviewDecision(
+        pb.RecordReviewDecisionRequest(
+            media_id=world.media_id,
+            face_index=0,
+            decision=common.REVIEW_DECISION_APPROVED_FOR_RELEASE,
+        ),
+        metadata=world.metas[caller],
+    )
+
+
+def _results(world: World, caller: str):
+    return world.gw.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=world.media_id), metadata=world.metas[caller]
+    )
+
+
+def _preview(world: World, caller: str):
+    return world.gw.stub.GetMediaPreview(
+        pb.GetMediaPreviewRequest(media_id=world.media_id), metadata=world.metas[caller]
+    )
+
+
+def _invite_guest(world: World, caller: str):
+    return world.gw.stub.InviteCollaborator(
+        pb.InviteCollaboratorRequest(
+            project_id=PROJECT, account_id=world.guest, role=pb.PROJECT_ROLE_VIEWER
+        ),
+        metadata=world.metas[caller],
+    )
+
+
+def _remove_guest(world: World, caller: str):
+    if caller == "owner":
+        _invite_guest(world, "owner")  # so there is someone to remove
+    return world.gw.stub.RemoveCollaborator(
+        pb.RemoveCollaboratorRequest(project_id=PROJECT, account_id=world.guest),
+        metadata=world.metas[caller],
+    )
+
+
+def _enroll(world: World, caller: str):
+    return enroll(world.gw, world.metas[caller], TALENT, faces.scaled(faces.astronaut(), 0.9))
+
+
+def _consent(world: World, caller: str):
+    return consent(
+        world.gw, world.metas[caller], world.clock, TALENT, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+    )
+
+
+def _upload(world: World, caller: str):
+    return upload(world.gw, world.metas[caller], faces.encode(faces.astronaut()))
+
+
+def _delete_face(world: World, caller: str):
+    owner_faces = world.gw.stub.ListTalentFaces(
+        pb.ListTalentFacesRequest(talent_id=TALENT), metadata=world.metas["owner"]
+    ).faces
+    return world.gw.stub.DeleteTalentFace(
+        pb.DeleteTalentFaceRequest(talent_id=TALENT, face_id=owner_faces[-1].face_id),
+        metadata=world.metas[caller],
+    )
+
+
+ROWS = [
+    Row(
+        "ListProjects",
+        _unary("ListProjects", pb.ListProjectsRequest()),
+        EVERYONE_OK,
+        _lists_own_and_invited_projects,
+    ),
+    Row("GetMediaResults", _results, by_role(uploader=NOT_FOUND), _sees_the_owners_media),
+    Row("GetMediaPreview", _preview, by_role(uploader=NOT_FOUND)),
+    Row(
+        "ListMedia",
+        _unary("ListMedia", pb.ListMediaRequest(project_id=PROJECT)),
+        by_role(),
+        _lists_project_media,
+    ),
+    Row(
+        "ListCollaborators",
+        _unary("ListCollaborators", pb.ListCollaboratorsRequest(project_id=PROJECT)),
+        by_role(reviewer=DENIED, uploader=DENIED, viewer=DENIED),
+        _lists_the_collaborators,
+    ),
+    Row(
+        "InviteCollaborator",
+        _invite_guest,
+        by_role(reviewer=DENIED, uploader=DENIED, viewer=DENIED),
+    ),
+    Row(
+        "RemoveCollaborator",
+        _remove_guest,
+        by_role(reviewer=DENIED, uploader=DENIED, viewer=DENIED),
+    ),
+    Row("RecordReviewDecision", _decide, by_role(uploader=NOT_FOUND, viewer=DENIED)),
+    Row(
+        "ListAuditEvents",
+        _unary("ListAuditEvents", pb.ListAuditEventsRequest(project_id=PROJECT)),
+        EVERYONE_OK,
+        _own_events_only,
+    ),
+    Row(
+        "ListAuditEvents",
+        _unary("ListAuditEvents", pb.ListAuditEventsRequest(talent_id=TALENT)),
+        EVERYONE_OK,
+        _own_events_only,
+    ),
+    Row(
+        "VerifyAuditLog",
+        _unary("VerifyAuditLog", pb.VerifyAuditLogRequest()),
+        EVERYONE_OK,
+        _own_chain_verified,
+    ),
+    Row(
+        "ListAccessLog",
+        _unary("ListAccessLog", pb.ListAccessLogRequest(project_id=PROJECT)),
+        by_role(reviewer=NOT_FOUND, uploader=NOT_FOUND, viewer=NOT_FOUND),
+        _own_access_log_only,
+    ),
+    Row(
+        "ListAccessLog",
+        _unary("ListAccessLog", pb.ListAccessLogRequest()),
+        EVERYONE_OK,
+        _own_access_log_only,
+    ),
+    Row(
+        "ListConsents",
+        _unary("ListConsents", pb.ListConsentsRequest(talent_id=TALENT)),
+        EVERYONE_OK,
+        _own_consents_only,
+    ),
+    Row(
+        "ListTalentFaces",
+        _unary("ListTalentFaces", pb.ListTalentFacesRequest(talent_id=TALENT)),
+        EVERYONE_OK,
+        _own_faces_only,
+    ),
+    Row(
+        "ExportTalentData",
+        _unary("ExportTalentData", pb.ExportTalentDataRequest(talent_id=TALENT)),
+        by_role(reviewer=NOT_FOUND, uploader=NOT_FOUND, viewer=NOT_FOUND),
+        _owners_export,
+    ),
+    # no biometric consent in the collaborator's own account: the owner's does not count
+    Row(
+        "EnrollTalent",
+        _enroll,
+        by_role(reviewer=TAKEN, uploader=TAKEN, viewer=TAKEN, outsider=TAKEN),
+        _enrolled_in_own_account,
+    ),
+    Row("RecordConsent", _consent, EVERYONE_OK, _consent_in_own_account),
+    Row(
+        "CreateProject",
+        _unary("CreateProject", pb.CreateProjectRequest(project_id=PROJECT, display_name="x")),
+        by_role(reviewer=TAKEN, uploader=TAKEN, viewer=TAKEN, outsider=OK),
+        _created_own_or_returned_owners,
+    ),
+    # outsiders upload into the project of their own CreateProject made just above
+    Row(
+        "UploadMedia",
+        _upload,
+        by_role(reviewer=DENIED, viewer=DENIED, outsider=OK),
+        _uploaded_without_the_owners_talents,
+    ),
+    Row(
+        "DeleteTalentFace",
+        _delete_face,
+        by_role(reviewer=NOT_FOUND, uploader=NOT_FOUND, viewer=NOT_FOUND),
+    ),
+    Row(
+        "EraseTalent",
+        _unary("EraseTalent", pb.EraseTalentRequest(talent_id=TALENT)),
+        EVERYONE_OK,
+        _erased_own_talent_only,
+    ),
+]
+
+
+def _status(world: World, row: Row, caller: str) -> tuple[grpc.StatusCode, Any]:
+    try:
+        return OK, row.call(world, caller)
+    except grpc.RpcError as exc:
+        return exc.code(), None
+
+
+def test_every_method_answers_each_role_as_the_matrix_says(gateway, clock):
+    methods = {m.name for m in pb.DESCRIPTOR.services_by_name["GatewayService"].methods}
+    assert {row.method for row in ROWS} == methods, "every RPC needs a row in the role matrix"
+    world = _setup(gateway, clock)
+    failures: list[str] = []
+    unimplemented: dict[str, set[str]] = {}
+    for row in ROWS:
+        for caller in CALLERS:  # each reply is checked at once: later calls change the world
+            code, reply = _status(world, row, caller)
+            if code == UNIMPLEMENTED and row.method in PENDING:
+                unimplemented.setdefault(row.method, set()).add(caller)
+            elif code != row.expect[caller]:
+                expected = row.expect[caller].name
+                failures.append(f"{row.method} by {caller}: expected {expected}, got {code.name}")
+            elif code == OK and row.check is not None:
+                try:
+                    row.check(world, caller, reply)
+                except (AssertionError, grpc.RpcError) as exc:
+                    failures.append(f"{row.method} by {caller}: {exc!r}")
+    partly = [m for m, callers in unimplemented.items() if callers != set(CALLERS)]
+    failures += [f"{m} is unimplemented for some callers only" for m in partly]
+    assert not failures, "\n".join(failures)
+
+
+def test_an_uploader_may_not_review_even_its_own_upload(gateway, clock):
+    world = _setup(gateway, clock)
+    reply = world.gw.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=world.uploader_media_id),
+        metadata=world.metas["uploader"],
+    )
+    assert reply.media.media_id == world.uploader_media_id
+    try:
+        world.gw.stub.RecordReviewDecision(
+            pb.RecordReviewDecisionRequest(
+                media_id=world.uploader_media_id,
+                face_index=0,
+                decision=common.REVIEW_DECISION_BLOCKED,
+            ),
+            metadata=world.metas["uploader"],
+        )
+    except grpc.RpcError as exc:
+        assert exc.code() == DENIED
+    else:
+        raise AssertionError("an uploader recorded a review decision")
