@@ -113,6 +113,8 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
             page.click("text=Film P")
         assert thumbnail.value.status == 200
         assert thumbnail.value.headers["content-type"] == "image/jpeg"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review-project.png"), full_page=True)
         card = page.locator(".card").first.inner_text().lower()
         assert "1 cleared" in card and "1 unknown" in card and "2 undecided" in card
 
@@ -150,7 +152,6 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
         assert [(d.face_index, d.decision, d.decided_by_account_id) for d in recorded] == [
             (unknown, common.REVIEW_DECISION_BLOCKED, reviewer_id)
         ]
-        ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "review-page.png"
         page.screenshot(path=str(screenshot), full_page=True)
         print(f"review page screenshot: {screenshot}")
