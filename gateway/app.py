@@ -19,6 +19,7 @@ from gateway.erasure import ErasureFence, Erasures
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.operations import Operations
 from gateway.peers import Peers
+from gateway.previews import Previews
 from gateway.projects import Projects
 from gateway.retention import MediaRetention
 from gateway.reviews import Reviews
@@ -125,6 +126,7 @@ class GatewayApp(ServiceApp):
         self.reviews = Reviews(db, peers.audit, fence, clock)
         self.erasures = Erasures(db, peers.matcher, peers.consent, peers.audit, fence, clock)
         self.rights = Rights(db, peers.matcher, peers.consent, peers.audit, fence, clock)
+        self.previews = Previews(db, self.uploads, media_store)
         self.operations = Operations(peers.retention, peers.audit)
         self.orphans = OrphanSweep(db, media_store, clock)
         self.retention = MediaRetention(
@@ -160,6 +162,7 @@ class GatewayApp(ServiceApp):
                 self.uploads,
                 self.rights,
                 self.erasures,
+                self.previews,
                 self.projects,
                 self.reviews,
             ),

@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
+from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
 from gateway.projects import INVITABLE, Action, Collaborator, Project, Projects
 from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
@@ -75,6 +76,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         uploads: Uploads,
         rights: Rights,
         erasures: Erasures,
+        previews: Previews,
         projects: Projects,
         reviews: Reviews,
     ) -> None:
@@ -83,6 +85,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.uploads = uploads
         self.rights = rights
         self.erasures = erasures
+        self.previews = previews
         self.projects = projects
         self.reviews = reviews
 
@@ -125,6 +128,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.GetMediaResultsResponse(
             media=_upload_response(stored),
             decisions=[_decision(d) for d in self.reviews.decisions(scope.media_id)],
+        )
+
+    def GetMediaPreview(
+        self, request: gateway_pb2.GetMediaPreviewRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetMediaPreviewResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("media_id", request.media_id)
+        max_side = request.max_side or DEFAULT_MAX_SIDE
+        if not MIN_MAX_SIDE <= max_side <= MAX_MAX_SIDE:
+            checks.fail(
+                "max_side",
+                f"must be between {MIN_MAX_SIDE} and {MAX_MAX_SIDE} (0 means {DEFAULT_MAX_SIDE})",
+            )
+        checks.done()
+        scope = self.projects.media_scope(caller.account_id, request.media_id, Action.READ)
+        preview = self.previews.preview(scope, max_side)
+        return gateway_pb2.GetMediaPreviewResponse(
+            image=preview.image,
+            content_type=preview.content_type,
+            width=preview.width,
+            height=preview.height,
         )
 
     def RecordConsent(

@@ -67,7 +67,7 @@ def run_demo(out_dir: Path, out: Output) -> int:
     mesh = None
     try:
         say(f"1. starting the mesh in {data_dir} (five services, embedded defaults)")
-        mesh = start_mesh(data_dir)
+        mesh = start_mesh(data_dir, web=False)  # the scripted scenario shows no page
         conn = Connection(data_dir, mesh.addresses["gateway"])
 
         say(f"\n2. consent and enrollment of {TALENT} (the astronaut photo)")

@@ -33,9 +33,14 @@ def ensure_dev_account(conn: Connection) -> str:
 
 
 def start_mesh(
-    data_dir: Path, gateway_port: int = 0, *, tls: bool = True, replicas: dict | None = None
+    data_dir: Path,
+    gateway_port: int = 0,
+    *,
+    tls: bool = True,
+    replicas: dict | None = None,
+    web: bool = True,
 ) -> Mesh:
-    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls, replicas=replicas or {})
+    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls, replicas=replicas or {}, web=web)
     mesh.start()
     if "gateway" in mesh.addresses:
         ensure_dev_account(Connection(data_dir, mesh.addresses["gateway"]))

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ from mixip.runtime.tls import channel_credentials, init_certs
 # Start order: the services others call first; the gateway last. Stop order is the reverse.
 START_ORDER = ("audit", "consent", "matcher", "retention", "gateway")
 MODULES = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+# The review page (mixip/web): an HTTP process on loopback next to the gateway, started after
+# it and stopped before it, supervised like the services.
+WEB = "web"
+MODULES[WEB] = "mixip.web"
 # The supervisor's backoff: the first restart after FIRST_BACKOFF seconds, doubling with each
 # crash in a row up to MAX_BACKOFF; an instance up for STABLE_SECONDS starts over.
 FIRST_BACKOFF = 0.5
@@ -96,6 +101,9 @@ class Mesh:
     internal_addresses: dict[str, str] = field(default_factory=dict)
     internal_listen: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Whether to serve the review page (with the gateway); its address: "http://HOST:PORT".
+    web: bool = False
+    web_url: str | None = None
 
     def instances(self, name: str) -> list[str]:
         return [name] + [f"{name}-{i}" for i in range(2, self.replicas.get(name, 1) + 1)]
@@ -122,7 +130,8 @@ class Mesh:
             env[variable(name, "LISTEN")] = self.listen.get(name, address)
         if instance is not None:
             env[variable(service_of(instance), "LISTEN")] = self.listen[instance]
-            env[variable(service_of(instance), "METRICS_LISTEN")] = self.metrics[instance]
+            if instance in self.metrics:  # the review page serves no metrics
+                env[variable(service_of(instance), "METRICS_LISTEN")] = self.metrics[instance]
             if instance in self.internal_listen:
                 env[variable("gateway_internal", "LISTEN")] = self.internal_listen[instance]
             if instance != service_of(instance):  # replicas keep their own job-store rows
@@ -159,6 +168,8 @@ class Mesh:
                 for instance in batch:
                     self._spawn(instance)
                 self._wait_ready(batch, ready_timeout)
+            if self.web and "gateway" in self.services:
+                self._start_web(ready_timeout)
         except BaseException:
             self.stop()
             raise
@@ -172,11 +183,20 @@ class Mesh:
                     "instances": self.listen,
                     "metrics": self.metrics,
                     "tls_dir": str(self.tls_dir) if self.tls_dir else None,
+                    "web": self.web_url,
                     "started_at": time.time(),
                 },
                 indent=2,
             ),
         )
+
+    def _start_web(self, ready_timeout: float) -> None:
+        """The review page on MIXIP_WEB_LISTEN (loopback only), else a free loopback port."""
+        listen = os.environ.get(variable(WEB, "LISTEN"), "").strip()
+        self.listen[WEB] = listen or f"127.0.0.1:{free_port()}"
+        self._spawn(WEB)
+        self._wait_ready([WEB], ready_timeout)
+        self.web_url = f"http://{self.listen[WEB]}"
 
     def _spawn(self, name: str) -> None:
         log_fd = open_private(self.data_dir / "logs" / f"{name}.log", append=True)
@@ -208,7 +228,12 @@ class Mesh:
                     f"{name} exited with code {process.returncode} during start-up: "
                     f"{self.log_tail(name)}"
                 )
-            if serving(self.listen[name], self.credentials(name)):
+            up = (
+                web_serving(self.listen[name])
+                if name == WEB
+                else serving(self.listen[name], self.credentials(name))
+            )
+            if up:
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -234,7 +259,7 @@ class Mesh:
             supervisor.tick(clock())
 
     def stop(self, grace: float = 15.0) -> None:
-        order = [i for s in reversed(START_ORDER) for i in self.instances(s)]
+        order = [WEB] + [i for s in reversed(START_ORDER) for i in self.instances(s)]
         for name in [i for i in order if i in self.processes]:
             process = self.processes[name]
             if process.poll() is None:
@@ -299,6 +324,15 @@ def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def web_serving(address: str) -> bool:
+    """Whether the review page answers on `address` (its stylesheet, which needs no session)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/static/app.css", timeout=1.0) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
 
 
 def _pid_alive(document: dict) -> bool:

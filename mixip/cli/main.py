@@ -50,6 +50,9 @@ def up(args, conn: Connection, out: Output) -> int:
         f"mutual TLS {'on' if mesh.tls else 'OFF'}):"
     ]
     lines += [f"  {name:10} {address}" for name, address in mesh.addresses.items()]
+    if mesh.web_url:
+        document["web"] = mesh.web_url
+        lines.append(f"review page: {mesh.web_url} (sign in with an API key)")
     lines.append("A service that exits is restarted (said here); Ctrl-C stops them all.")
     out.result(document, lines)
     return run_until_signalled(mesh, stop)

@@ -9,6 +9,7 @@ import pty
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mixip.cli.launcher import web_serving
 from mixip.runtime.config import SERVICES
 from mixip.runtime.tls import channel_credentials
 from tests.support import faces
@@ -97,6 +99,17 @@ def test_up_serves_every_service_over_mutual_tls(running_mesh):
         with pytest.raises(grpc.RpcError):  # a plaintext client is refused at the handshake
             health(address)
     assert (data_dir / "dev-api-key").stat().st_mode & 0o077 == 0
+
+
+def test_up_serves_the_review_page_on_loopback(running_mesh):
+    data_dir, ready, _ = running_mesh
+    mesh = json.loads((data_dir / "mesh.json").read_text())
+    assert mesh["web"] == ready["web"] and ready["web"].startswith("http://127.0.0.1:")
+    address = ready["web"].removeprefix("http://")
+    with urllib.request.urlopen(f"http://{address}/", timeout=10) as reply:
+        page = reply.read().decode()
+        assert reply.status == 200 and "Sign in" in page
+        assert reply.headers["X-Frame-Options"] == "DENY"
 
 
 def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
@@ -284,6 +297,7 @@ def test_up_stops_every_process_on_sigterm(running_mesh):
     for address in ready["services"].values():
         with pytest.raises(grpc.RpcError):
             health(address)
+    assert not web_serving(ready["web"].removeprefix("http://"))  # the review page stopped too
 
 
 def test_the_demo_runs_start_to_end(tmp_path):

@@ -1043,6 +1043,7 @@ def _valid_requests(harness) -> dict:
             ],
         ),
         "GetMediaResults": (s.GetMediaResults, pb.GetMediaResultsRequest(media_id="med_1")),
+        "GetMediaPreview": (s.GetMediaPreview, pb.GetMediaPreviewRequest(media_id="med_1")),
         "RecordConsent": (s.RecordConsent, consent),
         "ListConsents": (s.ListConsents, pb.ListConsentsRequest()),
         "EnrollTalent": (
@@ -1127,6 +1128,7 @@ def test_every_rpc_has_a_property():
         "RunRetentionJob",
         *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
         "SetAccountRetention",  # test_bad_input_copies.py
+        "GetMediaPreview",  # test_bad_input_previews.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py

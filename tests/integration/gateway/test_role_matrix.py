@@ -35,10 +35,10 @@ COLLABORATORS = ("reviewer", "uploader", "viewer")
 TALENT = "astronaut"
 OTHER_PROJECT = "film-2"
 
-# Implemented on other branches (the media preview, the access log): until merged they answer
-# UNIMPLEMENTED for every caller, which is accepted for them only; once implemented, their
-# rows are checked like any other.
-PENDING = {"GetMediaPreview", "ListAccessLog"}
+# Implemented on another branch (the access log): until merged it answers
+# UNIMPLEMENTED for every caller, which is accepted for it only; once implemented, its
+# row is checked like any other.
+PENDING = {"ListAccessLog"}
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The review web page: a producer's team reviews media and records decisions in a browser."""
