@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moto import mock_aws
 from sqlalchemy import func, insert, select
 
+from gateway.access_log import AccessLog, AccessLogWriter
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
 from gateway.media_store import LocalEncryptedStore, S3Store
 from gateway.peers import RetentionClient
@@ -254,7 +255,8 @@ def gateway_purge(media_store, database_url, serve, clock, retention_factory, re
     db.create_tables()
     store = Recording(media_store.store, db)
     retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep)
-    internal = serve(InternalApp(retention))
+    access_log = AccessLog(db, AccessLogWriter(db))
+    internal = serve(InternalApp(retention, access_log))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
     handle.db, handle.store, handle.listing = db, store, media_store.listing
     handle.internal = internal
@@ -551,7 +553,7 @@ def test_only_the_retention_service_may_call_the_gateways_internal_port(
 ):
     certs = init_certs(tmp_path_factory.mktemp("tls"))[0].parent
     running = serve(
-        InternalApp(gateway.app.retention),
+        InternalApp(gateway.app.retention, gateway.app.access_log),
         credentials=server_credentials(certs, "gateway"),
         authorize=acl.authorize,
     )
