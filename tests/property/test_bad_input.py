@@ -1082,6 +1082,7 @@ def _valid_requests(harness) -> dict:
             admin_pb2.SetAccountRetentionRequest(account_id=harness.account_id, retention_days=30),
         ),
         "GetVaultStatus": (a.GetVaultStatus, admin_pb2.GetVaultStatusRequest()),
+        "ListAccessLog": (s.ListAccessLog, pb.ListAccessLogRequest()),
     }
 
 
@@ -1127,6 +1128,7 @@ def test_every_rpc_has_a_property():
         "RunRetentionJob",
         *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
         "SetAccountRetention",  # test_bad_input_copies.py
+        "ListAccessLog",  # test_bad_input_access_log.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
