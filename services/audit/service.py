@@ -191,7 +191,17 @@ class AuditLog:
             head = self._locked_head(session, account_id)
             keys = [e.idempotency_key for e in events]
             stored: dict[str, _Recorded | None] = {
-                row.idempotency_key: _Recorded(*row[1:])
+                row.idempotency_key: _Recorded(
+                    row.project_id,
+                    row.media_id,
+                    row.face_index,
+                    row.label,
+                    row.reason,
+                    row.similarity,
+                    row.talent_hash,
+                    row.kind,
+                    row.decision,
+                )
                 for row in session.execute(
                     select(
                         EventRow.idempotency_key,
