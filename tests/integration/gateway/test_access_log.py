@@ -271,3 +271,14 @@ def test_a_flush_writes_in_batches_in_order(gateway, clock):
     assert writer.flush() == 5
     mine = [row for row in stored(gateway) if row.account_id == "acct_a"]
     assert [row.media_id for row in mine] == [f"med_{n}" for n in range(5)]
+
+
+def test_what_is_queued_at_shutdown_is_written(gateway, clock):
+    writer = AccessLogWriter(gateway.app.db)
+    writer.start()
+    for n in range(3):
+        writer.add(entry(clock, n))
+    writer.close()  # stops the thread, then writes what is left
+    assert writer.waiting() == 0
+    mine = [row.media_id for row in stored(gateway) if row.account_id == "acct_a"]
+    assert mine == ["med_0", "med_1", "med_2"]
