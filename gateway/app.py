@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from gateway.access_log import AccessLog, AccessLogInterceptor, AccessLogWriter
 from gateway.accounts import Accounts
 from gateway.auth import Authenticator
 from gateway.erasure import ErasureFence, Erasures
@@ -77,12 +78,13 @@ class InternalApp(ServiceApp):
 
     name = "gateway"
 
-    def __init__(self, retention: MediaRetention) -> None:
+    def __init__(self, retention: MediaRetention, access_log: AccessLog) -> None:
         self.retention = retention
+        self.access_log = access_log
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         internal_pb2_grpc.add_GatewayInternalServiceServicer_to_server(
-            GatewayInternalServicer(self.retention), server
+            GatewayInternalServicer(self.retention, self.access_log), server
         )
         return [INTERNAL_SERVICE]
 
@@ -136,6 +138,14 @@ class GatewayApp(ServiceApp):
             self.orphans.sweep,
             default_days=settings.media_retention_days,
         )
+        # Every client-port call is logged (interceptors()); written in batches off the calls.
+        self.access_writer = AccessLogWriter(db)
+        self.access_log = AccessLog(
+            db,
+            self.access_writer,
+            retention_days=settings.access_log_retention_days,
+            owns_project=self.projects.owns,
+        )
         self.internal_listen = settings.internal_listen
         self.internal_credentials = internal_credentials
         self.internal_authorize = internal_authorize
@@ -165,6 +175,7 @@ class GatewayApp(ServiceApp):
                 self.previews,
                 self.projects,
                 self.reviews,
+                access_log=self.access_log,
             ),
             server,
         )
@@ -174,12 +185,21 @@ class GatewayApp(ServiceApp):
         )
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
 
+    def interceptors(self) -> Sequence[grpc.ServerInterceptor]:
+        """The access log, on the client port's two services (the internal port has none)."""
+        services = [
+            gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"],
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+        ]
+        return [AccessLogInterceptor(self.access_writer, self.clock, services)]
+
     def start(self) -> None:
         swept = self.orphans.sweep()
         if swept:
             logs.log(logger, "orphaned media objects removed", count=swept)
+        self.access_writer.start()
         self.internal = start_server(
-            InternalApp(self.retention),
+            InternalApp(self.retention, self.access_log),
             listen=self.internal_listen,
             credentials=self.internal_credentials,
             authorize=self.internal_authorize,
@@ -219,6 +239,7 @@ class GatewayApp(ServiceApp):
             self._resumer.join(timeout=30)
         if self.internal is not None:
             self.internal.stop(0)
+        self.access_writer.close()  # the client port has stopped: write what is queued
         for channel in self.channels.values():
             channel.close()
         self.db.dispose()

@@ -4,6 +4,10 @@ API keys are random, shown once, stored as the SHA-256 of their secret part. A k
 `mixip_<key id>_<secret>`. The key id is public (it names the key in logs and audit events); the
 secret is 256 random bits, so a plain SHA-256 is a sound verifier. Keys are issued and revoked
 by gateway/accounts.py.
+
+Each call to the client port has a `CallNote` (made by gateway/access_log.py's interceptor):
+authentication writes the caller into it, and use cases add what the request alone does not
+say (`note`); the access log records it when the call ends.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import grpc
@@ -36,6 +41,45 @@ class AccountCaller:
 
     key_id: str
     account_id: str
+
+
+@dataclass
+class CallNote:
+    """What the access log records about the current call beyond what its interceptor sees:
+    the authenticated caller, and what the servicers learn while handling it. Identifiers only:
+    never a talent id, a key's secret or any content."""
+
+    account_id: str = ""
+    api_key_id: str = ""
+    project_id: str = ""
+    media_id: str = ""
+    # The account whose data the call touched, when not the caller's own (a collaborator's
+    # call on an owner's project); the entry is then in the owner's access log too.
+    owner_account_id: str = ""
+
+
+# The note of the call this thread is handling (a gRPC handler runs in one thread), or None
+# outside a call the access log records.
+CURRENT_CALL: ContextVar[CallNote | None] = ContextVar("mixip_gateway_call_note", default=None)
+
+
+def note(
+    *,
+    project_id: str | None = None,
+    media_id: str | None = None,
+    owner_account_id: str | None = None,
+) -> None:
+    """Adds to the current call's access-log entry what the interceptor cannot see (a streamed
+    upload's project, the media it made, the project's owner). Outside such a call: nothing."""
+    current = CURRENT_CALL.get()
+    if current is None:
+        return
+    if project_id is not None:
+        current.project_id = project_id
+    if media_id is not None:
+        current.media_id = media_id
+    if owner_account_id is not None:
+        current.owner_account_id = owner_account_id
 
 
 def digest(secret: str) -> bytes:
@@ -76,6 +120,9 @@ class Authenticator:
             or not hmac.compare_digest(row.secret_hash, digest(secret))
         ):
             raise Unauthenticated("unknown or revoked API key")
+        current = CURRENT_CALL.get()
+        if current is not None:  # the access log's entry names the caller
+            current.account_id, current.api_key_id = row.account_id or "", row.key_id
         return Caller(row.key_id, row.account_id, row.is_admin)
 
     def account(self, context: grpc.ServicerContext) -> AccountCaller:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import Session
 
+from gateway.auth import note
 from gateway.store import AccountRow, MediaRow, ProjectMemberRow, ProjectRow
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
@@ -122,8 +123,14 @@ class Projects:
             scope = _resolve(session, caller_account_id, project_id)
         if scope is None:
             raise NotFound("no such project")
+        _noted(scope)
         _require(scope, action)
         return scope
+
+    def owns(self, account_id: str, project_id: str) -> bool:
+        """Whether the account owns the project (the access log's project filter)."""
+        with self.db.read() as session:
+            return session.get(ProjectRow, (account_id, project_id)) is not None
 
     def upload_scope(self, caller_account_id: str, project_id: str) -> Scope:
         """The scope of an upload: as `project_scope`, except that an id the caller neither
@@ -133,7 +140,8 @@ class Projects:
             scope = _resolve(session, caller_account_id, project_id)
         if scope is None:
             self._create(caller_account_id, project_id, project_id)
-            return Scope(caller_account_id, project_id, OWNER)
+            scope = Scope(caller_account_id, project_id, OWNER)
+        _noted(scope)
         _require(scope, Action.UPLOAD)
         return scope
 
@@ -156,6 +164,7 @@ class Projects:
         if role == UPLOADER and uploader != caller_account_id:
             raise NotFound("no such media")
         scope = Scope(media.account_id, media.project_id, role, media_id)
+        _noted(scope)
         _require(scope, action)
         return scope
 
@@ -340,6 +349,15 @@ class Projects:
         page, last = page_of(rows, page_size, lambda r: r)
         position = [micros(last.invited_at), last.member_account_id] if last else None
         return [_collaborator(r) for r in page], position
+
+
+def _noted(scope: Scope) -> None:
+    """The call's access-log entry names the project and is shown to its owner too."""
+    note(
+        project_id=scope.project_id,
+        media_id=scope.media_id or None,
+        owner_account_id=scope.owner_account_id,
+    )
 
 
 def _resolve(session: Session, caller_account_id: str, project_id: str) -> Scope | None:

@@ -11,8 +11,9 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
 
+from gateway.access_log import AccessEntry, AccessFilter, AccessLog
 from gateway.accounts import Account, Accounts, ApiKey
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, note
 from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
@@ -79,6 +80,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         previews: Previews,
         projects: Projects,
         reviews: Reviews,
+        *,
+        access_log: AccessLog,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -88,6 +91,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.previews = previews
         self.projects = projects
         self.reviews = reviews
+        self.access_log = access_log
 
     def UploadMedia(
         self,
@@ -96,6 +100,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.UploadMediaResponse:
         caller = self.auth.account(context)
         header, chunks = _stream(request_iterator, "upload")
+        note(project_id=header.project_id)  # the access log's entry (a stream's header)
         checks = Checks()
         checks.identifier("header.project_id", header.project_id)
         checks.text("header.filename", header.filename, max_length=255, required=False)
@@ -114,6 +119,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             UploadHeader(header.project_id, header.filename, header.request_id),
             data,
         )
+        note(media_id=stored.media.media_id)
         return _upload_response(stored)
 
     def GetMediaResults(
@@ -413,6 +419,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return gateway_pb2.RecordReviewDecisionResponse(decision=_decision(decision))
 
+    def ListAccessLog(
+        self, request: gateway_pb2.ListAccessLogRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListAccessLogResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        since = checks.timestamp("since", request.since, request.HasField("since"), required=False)
+        checks.identifier("project_id", request.project_id, required=False)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {
+            "a": caller.account_id,
+            "s": since.isoformat() if since else "",
+            "p": request.project_id,
+        }
+        after = decode_page_token(request.page_token, filters) or 0
+        entries, next_after = self.access_log.entries(
+            caller.account_id, AccessFilter(since, request.project_id), page_size, after
+        )
+        return gateway_pb2.ListAccessLogResponse(
+            entries=[_access_entry(entry) for entry in entries],
+            next_page_token=next_page_token(next_after, filters),
+        )
+
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
@@ -549,8 +578,9 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     DEFAULT_BATCH = 1000
     MAX_BATCH = 10_000
 
-    def __init__(self, retention: MediaRetention) -> None:
+    def __init__(self, retention: MediaRetention, access_log: AccessLog) -> None:
         self.retention = retention
+        self.access_log = access_log
 
     def PurgeExpiredMedia(
         self, request: internal_pb2.PurgeExpiredMediaRequest, context: grpc.ServicerContext
@@ -573,6 +603,22 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
             orphans_deleted=done.orphans_deleted,
             done=done.done,
         )
+
+    def PurgeAccessLog(
+        self, request: internal_pb2.PurgeAccessLogRequest, context: grpc.ServicerContext
+    ) -> internal_pb2.PurgeAccessLogResponse:
+        checks = Checks()
+        as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
+        batch = request.batch_size or self.DEFAULT_BATCH
+        if not 1 <= batch <= self.MAX_BATCH:
+            checks.fail(
+                "batch_size",
+                f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
+            )
+        checks.done()
+        assert as_of is not None  # required: checks.done() refused its absence
+        deleted, done = self.access_log.purge(as_of, batch)
+        return internal_pb2.PurgeAccessLogResponse(entries_deleted=deleted, done=done)
 
 
 def _api_key(key: ApiKey) -> admin_pb2.ApiKey:
@@ -669,4 +715,18 @@ def _decision(decision: Decision) -> gateway_pb2.ReviewDecisionRecord:
         decided_by_account_id=decision.decided_by_account_id,
         decided_by_key_id=decision.decided_by_key_id,
         decided_at=to_timestamp(decision.decided_at),
+    )
+
+
+def _access_entry(entry: AccessEntry) -> gateway_pb2.AccessLogEntry:
+    return gateway_pb2.AccessLogEntry(
+        sequence=entry.sequence,
+        account_id=entry.account_id,
+        api_key_id=entry.api_key_id,
+        peer=entry.peer,
+        rpc=entry.rpc,
+        project_id=entry.project_id,
+        media_id=entry.media_id,
+        status_code=entry.status_code,
+        occurred_at=to_timestamp(entry.occurred_at),
     )

@@ -19,6 +19,7 @@ from mixip.runtime.limits import MiB
 DEFAULT_RETENTION_DAYS = 365
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
+DEFAULT_ACCESS_LOG_RETENTION_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,26 @@ class GatewaySettings:
     tls_key: Path | None = None
     """MIXIP_GATEWAY_TLS_KEY: its private key."""
 
+    access_log_retention_days: int = DEFAULT_ACCESS_LOG_RETENTION_DAYS
+    """MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS (90, 1-3650): how long access-log entries are
+    kept (the retention service's purge deletes older ones through PurgeAccessLog)."""
+
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> GatewaySettings:
         days = env.int("MIXIP_GATEWAY_MEDIA_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=1)
         if days > MAX_RETENTION_DAYS:
             raise ConfigError(
                 f"MIXIP_GATEWAY_MEDIA_RETENTION_DAYS={days} must be at most {MAX_RETENTION_DAYS}"
+            )
+        log_days = env.int(
+            "MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS",
+            DEFAULT_ACCESS_LOG_RETENTION_DAYS,
+            minimum=MIN_RETENTION_DAYS,
+        )
+        if log_days > MAX_RETENTION_DAYS:
+            raise ConfigError(
+                f"MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS={log_days} must be at most "
+                f"{MAX_RETENTION_DAYS}"
             )
         storage = env.choice("MIXIP_GATEWAY_STORAGE", "local", ("local", "s3"))
         bucket = env.optional("MIXIP_GATEWAY_S3_BUCKET")
@@ -119,4 +134,5 @@ class GatewaySettings:
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
+            access_log_retention_days=log_days,
         )

@@ -355,3 +355,36 @@ def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
         best_frame_seconds=row.best_frame_seconds,
         detection_score=row.detection_score,
     )
+
+
+# Sequences: SQLite only auto-increments an INTEGER PRIMARY KEY.
+LogSequence = BigInteger().with_variant(Integer, "sqlite")
+
+
+class AccessLogRow(Base):
+    """One call to the gateway's client port (gateway/access_log.py): who called, from where,
+    which RPC on which project and media, and how it ended. Never a talent id, media bytes,
+    notes or a key's secret. `owner_account_id` is the tenant whose data the call touched (the
+    caller's own account unless the call worked on another account's project); the owner and
+    the caller both see the entry. Purged after MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS."""
+
+    __tablename__ = "gateway_access_log"
+
+    sequence: Mapped[int] = mapped_column(LogSequence, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(64))  # "" when not authenticated
+    owner_account_id: Mapped[str] = mapped_column(String(64))
+    api_key_id: Mapped[str] = mapped_column(String(32))
+    peer: Mapped[str] = mapped_column(String(128))
+    rpc: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(128))
+    media_id: Mapped[str] = mapped_column(String(128))
+    status_code: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        # ListAccessLog reads an account's entries in order, as caller and as owner.
+        Index("ix_gateway_access_log_account", "account_id", "sequence"),
+        Index("ix_gateway_access_log_owner", "owner_account_id", "sequence"),
+        # The purge deletes the oldest first.
+        Index("ix_gateway_access_log_time", "occurred_at", "sequence"),
+    )

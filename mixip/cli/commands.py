@@ -96,6 +96,7 @@ RPC_COMMANDS = {
     "RunRetentionJob": "retention run",
     "GetRetentionStatus": "retention status",
     "GetVaultStatus": "audit vault-status",
+    "ListAccessLog": "access-log",
 }
 
 
@@ -423,6 +424,46 @@ def erase_talent(conn: Connection, out: Output, *, talent: str) -> int:
     return 0
 
 
+# -- access log -------------------------------------------------------------------------------
+
+
+def access_log(args, conn: Connection, out: Output) -> int:
+    since = _since(args.since)
+    stub, meta = conn.gateway()
+    pages = every_page(
+        lambda token: stub.ListAccessLog(
+            gateway_pb2.ListAccessLogRequest(
+                since=since, project_id=args.project or "", page_size=MAX_BATCH, page_token=token
+            ),
+            metadata=meta,
+        )
+    )
+    documents = [
+        {
+            "sequence": e.sequence,
+            "occurred_at": e.occurred_at.ToJsonString(),
+            "account_id": e.account_id,
+            "api_key_id": e.api_key_id,
+            "peer": e.peer,
+            "rpc": e.rpc,
+            "project_id": e.project_id,
+            "media_id": e.media_id,
+            "status_code": e.status_code,
+        }
+        for page in pages
+        for e in page.entries
+    ]
+    lines = [f"{len(documents)} call(s)"] + [
+        f"  #{d['sequence']} {d['occurred_at']} {d['rpc']} {d['status_code']} "
+        f"key {d['api_key_id'] or '-'} from {d['peer']}"
+        + (f" project {d['project_id']}" if d["project_id"] else "")
+        + (f" media {d['media_id']}" if d["media_id"] else "")
+        for d in documents
+    ]
+    out.result({"entries": documents}, lines)
+    return 0
+
+
 # -- audit ------------------------------------------------------------------------------------
 
 
@@ -438,13 +479,7 @@ def list_audit_events(
     project: str | None = None,
     since: str | None = None,
 ) -> int:
-    since_time = None
-    if since:
-        try:
-            parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
-            raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
-        since_time = to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    since_time = _since(since)
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListAuditEvents(
@@ -481,6 +516,17 @@ def list_audit_events(
     ]
     out.result({"events": documents}, lines)
     return 0
+
+
+def _since(since: str | None) -> Timestamp | None:
+    """--since as a timestamp (a time without a zone is UTC); unset: None."""
+    if not since:
+        return None
+    try:
+        parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
+    return to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 def audit_verify(args, conn: Connection, out: Output) -> int:
@@ -671,6 +717,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("talent", help="the talent to erase")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
     p.set_defaults(run=erase)
+
+    p = sub.add_parser(
+        "access-log",
+        parents=[common],
+        help="the account's access log: every call by its keys and on its data",
+    )
+    p.add_argument("--project", help="only calls that named this project")
+    p.add_argument("--since", metavar="ISO8601", help="only calls at or after this time")
+    p.set_defaults(run=access_log)
 
     audit = sub.add_parser("audit", help="read or verify the audit log").add_subparsers(
         dest="action", required=True

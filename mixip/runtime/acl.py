@@ -55,6 +55,7 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
     },
     "mixip.gateway.v1.GatewayInternalService": {
         "PurgeExpiredMedia": frozenset({"retention"}),
+        "PurgeAccessLog": frozenset({"retention"}),
     },
     "mixip.retention.v1.RetentionService": {
         "RunNow": frozenset({"gateway"}),

@@ -192,7 +192,8 @@ def rowcount(result: Result[Any]) -> int:
 
 def bulk_insert(session: Session, table: FromClause, rows: Sequence[dict[str, Any]]) -> None:
     """Inserts many rows at once: COPY on PostgreSQL (2-3x a multi-row INSERT at a thousand
-    rows), one multi-row INSERT elsewhere. Every row has every column of `table`."""
+    rows), one multi-row INSERT elsewhere. Every row has the same keys: every column of
+    `table`, or all but columns the database fills (an auto-incrementing key)."""
     if not rows:
         return
     assert isinstance(table, Table)  # a model's __table__
@@ -200,7 +201,7 @@ def bulk_insert(session: Session, table: FromClause, rows: Sequence[dict[str, An
     if connection.dialect.name != "postgresql":
         session.execute(table.insert(), list(rows))
         return
-    columns = [column.name for column in table.columns]
+    columns = [column.name for column in table.columns if column.name in rows[0]]
     buffer = io.StringIO()
     for row in rows:
         buffer.write("\t".join(_copy_text(row[name]) for name in columns))

@@ -61,6 +61,11 @@ class ServiceApp:
         """Adds the servicers; returns the full names of the services added."""
         raise NotImplementedError
 
+    def interceptors(self) -> Sequence[grpc.ServerInterceptor]:
+        """The service's own interceptors, run outside the mesh interceptor (so they see the
+        status it answers); none by default."""
+        return ()
+
     def start(self) -> None:
         """Starts background work (dispatchers, schedulers) once the server is up."""
 
@@ -372,7 +377,11 @@ def start_server(
     telemetry.configure_tracing(app.name)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{app.name}-rpc"),
-        interceptors=[telemetry.server_tracing(), MeshInterceptor(f"{app.name}.mixip", authorize)],
+        interceptors=[
+            telemetry.server_tracing(),
+            *app.interceptors(),
+            MeshInterceptor(f"{app.name}.mixip", authorize),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

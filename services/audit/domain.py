@@ -12,6 +12,11 @@ from datetime import datetime
 from mixip.runtime.times import as_utc
 
 GENESIS_HASH = "0" * 64
+# The kinds of event (audit.proto's EventKind values; events recorded before kinds existed are
+# matches) and "no decision" (common.proto's REVIEW_DECISION_UNSPECIFIED).
+KIND_MATCH = 1
+KIND_REVIEW_DECISION = 2
+NO_DECISION = 0
 
 
 def talent_hash(salt: bytes, talent_id: str) -> bytes:
@@ -21,7 +26,11 @@ def talent_hash(salt: bytes, talent_id: str) -> bytes:
 
 @dataclass(frozen=True)
 class EventContent:
-    """Everything an event's hash covers (the talent only as its salted hash)."""
+    """Everything an event's hash covers (the talent only as its salted hash).
+
+    `kind` and `decision` are covered for review decisions only: a match's canonical form is
+    the one it had before kinds existed, so every chain recorded before them still verifies,
+    while a review decision's decision cannot be edited without breaking its chain."""
 
     account_id: str
     sequence: int
@@ -36,9 +45,11 @@ class EventContent:
     actor: str
     occurred_at: datetime
     recorded_at: datetime
+    kind: int = KIND_MATCH
+    decision: int = NO_DECISION
 
     def canonical(self) -> bytes:
-        fields = {
+        fields: dict[str, object] = {
             "account_id": self.account_id,
             "sequence": self.sequence,
             "idempotency_key": self.idempotency_key,
@@ -53,6 +64,8 @@ class EventContent:
             "occurred_at": _instant(self.occurred_at),
             "recorded_at": _instant(self.recorded_at),
         }
+        if self.kind != KIND_MATCH:
+            fields |= {"kind": self.kind, "decision": self.decision}
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 

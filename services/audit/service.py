@@ -19,6 +19,8 @@ from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
 from services.audit.domain import (
     GENESIS_HASH,
+    KIND_MATCH,
+    NO_DECISION,
     ChainedEvent,
     ChainVerdict,
     EventContent,
@@ -74,6 +76,8 @@ class NewEvent:
     talent_id: str  # "" when the face matched no talent
     actor: str
     occurred_at: datetime
+    kind: int = KIND_MATCH
+    decision: int = NO_DECISION  # review decisions only
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class _Recorded:
     reason: int
     similarity: float
     talent_hash: bytes | None
+    kind: int
+    decision: int
 
 
 def _recorded(event: NewEvent, salts: dict[str, bytes], shredded: set[str]) -> _Recorded:
@@ -103,6 +109,8 @@ def _recorded(event: NewEvent, salts: dict[str, bytes], shredded: set[str]) -> _
         event.reason,
         event.similarity,
         hashed,
+        event.kind,
+        event.decision,
     )
 
 
@@ -183,7 +191,17 @@ class AuditLog:
             head = self._locked_head(session, account_id)
             keys = [e.idempotency_key for e in events]
             stored: dict[str, _Recorded | None] = {
-                row.idempotency_key: _Recorded(*row[1:])
+                row.idempotency_key: _Recorded(
+                    row.project_id,
+                    row.media_id,
+                    row.face_index,
+                    row.label,
+                    row.reason,
+                    row.similarity,
+                    row.talent_hash,
+                    row.kind,
+                    row.decision,
+                )
                 for row in session.execute(
                     select(
                         EventRow.idempotency_key,
@@ -194,6 +212,8 @@ class AuditLog:
                         EventRow.reason,
                         EventRow.similarity,
                         EventRow.talent_hash,
+                        EventRow.kind,
+                        EventRow.decision,
                     ).where(EventRow.account_id == account_id, EventRow.idempotency_key.in_(keys))
                 )
             }
@@ -241,6 +261,8 @@ class AuditLog:
                     actor=event.actor,
                     occurred_at=event.occurred_at,
                     recorded_at=recorded_at,
+                    kind=event.kind,
+                    decision=event.decision,
                 )
                 digest = chain_hash(prev, content)
                 rows.append(_row(content, prev, digest))
@@ -676,6 +698,8 @@ def _content(row: EventRow) -> EventContent:
         actor=row.actor,
         occurred_at=row.occurred_at,
         recorded_at=row.recorded_at,
+        kind=row.kind,
+        decision=row.decision,
     )
 
 
@@ -696,4 +720,6 @@ def _row(content: EventContent, prev_hash: str, event_hash: str) -> dict[str, An
         "recorded_at": content.recorded_at,
         "prev_hash": prev_hash,
         "event_hash": event_hash,
+        "kind": content.kind,
+        "decision": content.decision,
     }

@@ -175,6 +175,22 @@ def _new_event(checks: Checks, at: str, event: audit_pb2.MatchEventInput) -> New
     occurred = checks.timestamp(
         f"{at}.occurred_at", event.occurred_at, event.HasField("occurred_at")
     )
+    kind = checks.enum(
+        f"{at}.kind",
+        event.kind,
+        audit_pb2.EventKind,
+        allowed=(
+            audit_pb2.EVENT_KIND_UNSPECIFIED,
+            audit_pb2.EVENT_KIND_MATCH,
+            audit_pb2.EVENT_KIND_REVIEW_DECISION,
+        ),
+    )
+    if kind == audit_pb2.EVENT_KIND_REVIEW_DECISION:
+        checks.enum(f"{at}.decision", event.decision, common_pb2.ReviewDecision)
+    elif event.decision != common_pb2.REVIEW_DECISION_UNSPECIFIED:
+        checks.fail(
+            f"{at}.decision", "must be unspecified unless kind is EVENT_KIND_REVIEW_DECISION"
+        )
     if occurred is None:
         return None
     return NewEvent(
@@ -188,6 +204,9 @@ def _new_event(checks: Checks, at: str, event: audit_pb2.MatchEventInput) -> New
         talent_id=event.talent_id,
         actor=event.actor,
         occurred_at=occurred,
+        # unspecified is a match (callers from before kinds existed send none)
+        kind=event.kind or audit_pb2.EVENT_KIND_MATCH,
+        decision=event.decision,
     )
 
 
@@ -209,4 +228,6 @@ def _event(event: ChainedEvent) -> audit_pb2.AuditEvent:
         event_hash=event.event_hash,
         prev_hash=event.prev_hash,
         idempotency_key=content.idempotency_key,
+        kind=audit_pb2.EventKind.ValueType(content.kind),
+        decision=common_pb2.ReviewDecision.ValueType(content.decision),
     )

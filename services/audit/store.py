@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mixip.runtime.db import UtcDateTime
+from services.audit.domain import KIND_MATCH, NO_DECISION
 
 
 class Base(DeclarativeBase):
@@ -28,7 +29,9 @@ class Base(DeclarativeBase):
 
 
 class EventRow(Base):
-    """One match result. The talent appears only as HMAC(salt, talent id), never in clear.
+    """One match result or review decision (`kind`; rows recorded before kinds existed read
+    as matches, `decision` NO_DECISION). The talent appears only as HMAC(salt, talent id),
+    never in clear.
 
     On PostgreSQL the table is partitioned by month of `recorded_at` (RANGE; one partition per
     month, `audit_events_YYYY_MM`, and `audit_events_default` for any instant no month
@@ -57,6 +60,8 @@ class EventRow(Base):
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
     prev_hash: Mapped[str] = mapped_column(String(64))
     event_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[int] = mapped_column(SmallInteger, server_default=text(str(KIND_MATCH)))
+    decision: Mapped[int] = mapped_column(SmallInteger, server_default=text(str(NO_DECISION)))
 
     __table_args__ = (
         # PostgreSQL's primary key (with recorded_at) is added after CREATE TABLE, below.

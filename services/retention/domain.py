@@ -64,6 +64,7 @@ class Tally:
     vectors_deleted: int = 0
     media_purged: int = 0
     media_objects_deleted: int = 0
+    access_log_purged: int = 0  # logged with the run (the run report has no field for it)
 
 
 # A five-field cron has no year, so whatever it matches recurs within the 400-year Gregorian

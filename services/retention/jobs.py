@@ -1,5 +1,6 @@
 """What the jobs do, through the peers' ports (services/retention/peers.py): purge asks audit to
-delete expired events and the gateway to delete expired stored media (results and objects),
+delete expired events and the gateway to delete expired stored media (results and objects)
+and access-log entries,
 reconcile asks the matcher what is enrolled and consent whether it may stay.
 
 Both are idempotent (a repeated purge finds nothing older than the cutoff; a repeated deletion
@@ -20,6 +21,8 @@ from services.retention.peers import AuditPort, GatewayPort, PeerFailure, Peers
 
 # Stored media deleted per PurgeExpiredMedia call: each deletes an object, so a call stays short.
 MEDIA_BATCH = 100
+# Access-log entries deleted per PurgeAccessLog call (rows only).
+ACCESS_LOG_BATCH = 1000
 
 
 class PurgeStalled(Exception):
@@ -54,6 +57,18 @@ def purge_media(gateway: GatewayPort, as_of: datetime, tally: Tally) -> None:
         if batch.done:
             return
         if not (batch.media_deleted or batch.objects_deleted):
+            raise PurgeStalled
+
+
+def purge_access_log(gateway: GatewayPort, as_of: datetime, tally: Tally) -> None:
+    """Asks the gateway to delete access-log entries past its retention period at `as_of`,
+    oldest first, a batch per call, until none is left."""
+    while True:
+        deleted, done = gateway.purge_access_log(as_of, ACCESS_LOG_BATCH)
+        tally.access_log_purged += deleted
+        if done:
+            return
+        if not deleted:
             raise PurgeStalled
 
 

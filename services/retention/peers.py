@@ -1,6 +1,7 @@
 """The retention service's peers: one Protocol port per peer service, and its gRPC adapter.
 
-Purge asks audit to delete expired events and the gateway to delete expired stored media;
+Purge asks audit to delete expired events and the gateway to delete expired stored media and
+access-log entries;
 reconcile asks the matcher what is enrolled and consent whether it may stay. Talent ids pass
 through memory only, and a failed call raises PeerFailure naming the call and its status code,
 never a message (a peer's message could quote the request).
@@ -89,6 +90,11 @@ class GatewayPort(Protocol):
     def purge_expired_media(self, as_of: datetime, batch: int) -> MediaPurge:
         """Deletes a batch of stored media past their account's retention at `as_of`, then
         orphaned objects."""
+        ...
+
+    def purge_access_log(self, as_of: datetime, batch: int) -> tuple[int, bool]:
+        """Deletes a batch of the oldest access-log entries past the access log's retention at
+        `as_of`: (entries deleted, none left)."""
         ...
 
 
@@ -181,6 +187,11 @@ class GatewayClient:
         return MediaPurge(
             reply.media_deleted, reply.objects_deleted + reply.orphans_deleted, reply.done
         )
+
+    def purge_access_log(self, as_of: datetime, batch: int) -> tuple[int, bool]:
+        request = internal_pb2.PurgeAccessLogRequest(as_of=to_timestamp(as_of), batch_size=batch)
+        reply = _call("gateway.PurgeAccessLog", self.stub.PurgeAccessLog, request)
+        return int(reply.entries_deleted), reply.done
 
 
 @dataclass(frozen=True)

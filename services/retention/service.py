@@ -18,7 +18,7 @@ from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, iso
 from services.retention.domain import Job, Outcome, Run, Tally, Trigger, latest_fire_time
-from services.retention.jobs import one_line, purge, purge_media, reconcile
+from services.retention.jobs import one_line, purge, purge_access_log, purge_media, reconcile
 from services.retention.peers import Peers
 from services.retention.settings import RetentionSettings
 from services.retention.store import MAX_ERROR_LENGTH, RunDetailRow, RunRow, TickRow
@@ -160,12 +160,16 @@ class RetentionService:
         ]
         if gateway is not None:
             steps.append(lambda: purge_media(gateway, as_of, tally))
+            # after the media, as of the same time (a drill purges the log as of its date)
+            steps.append(lambda: purge_access_log(gateway, as_of, tally))
         failures = []
         for step in steps:
             try:
                 step()
             except Exception as exc:  # the next copy's purge still runs
                 failures.append(exc)
+        if gateway is not None:
+            logs.log(logger, "access log purged", run=run.run_id, entries=tally.access_log_purged)
         if failures:
             raise failures[0]
 

@@ -1083,6 +1083,7 @@ def _valid_requests(harness) -> dict:
             admin_pb2.SetAccountRetentionRequest(account_id=harness.account_id, retention_days=30),
         ),
         "GetVaultStatus": (a.GetVaultStatus, admin_pb2.GetVaultStatusRequest()),
+        "ListAccessLog": (s.ListAccessLog, pb.ListAccessLogRequest()),
     }
 
 
@@ -1129,6 +1130,7 @@ def test_every_rpc_has_a_property():
         *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
         "SetAccountRetention",  # test_bad_input_copies.py
         "GetMediaPreview",  # test_bad_input_previews.py
+        "ListAccessLog",  # test_bad_input_access_log.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py

@@ -189,6 +189,7 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
     assert report.events_purged == 3  # the first photo's two faces and the decision
+    gateway.app.access_writer.flush()  # the calls' access-log entries are in their table
     return meta, media_id
 
 

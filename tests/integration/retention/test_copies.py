@@ -5,6 +5,7 @@ drill `as_of` a later date) and checks the copy is gone.
   (here through the whole mesh, and on the local store and S3 under moto);
 - delivered outbox rows: deleted on delivery, a per-account/day count kept;
 - erasure receipts: kept, and they hold no talent id;
+- the gateway's access log: entries older than 90 days deleted by the retention purge;
 - audit events: `test_retention_service.py::
   test_a_purge_deletes_events_older_than_the_period_and_the_log_still_verifies`.
 """
@@ -20,12 +21,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moto import mock_aws
 from sqlalchemy import func, insert, select
 
+from gateway.access_log import AccessLog, AccessLogWriter
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
 from gateway.media_store import LocalEncryptedStore, S3Store
 from gateway.peers import RetentionClient
 from gateway.retention import MediaRetention
+from gateway.store import AccessLogRow, ErasureReceiptRow, MediaFaceRow, MediaRow
 from gateway.store import Base as GatewayBase
-from gateway.store import ErasureReceiptRow, MediaFaceRow, MediaRow
 from gateway.uploads import OrphanSweep
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2, internal_pb2, internal_pb2_grpc
@@ -254,7 +256,8 @@ def gateway_purge(media_store, database_url, serve, clock, retention_factory, re
     db.create_tables()
     store = Recording(media_store.store, db)
     retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep)
-    internal = serve(InternalApp(retention))
+    access_log = AccessLog(db, AccessLogWriter(db))
+    internal = serve(InternalApp(retention, access_log))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
     handle.db, handle.store, handle.listing = db, store, media_store.listing
     handle.internal = internal
@@ -551,7 +554,7 @@ def test_only_the_retention_service_may_call_the_gateways_internal_port(
 ):
     certs = init_certs(tmp_path_factory.mktemp("tls"))[0].parent
     running = serve(
-        InternalApp(gateway.app.retention),
+        InternalApp(gateway.app.retention, gateway.app.access_log),
         credentials=server_credentials(certs, "gateway"),
         authorize=acl.authorize,
     )
@@ -592,3 +595,98 @@ def test_the_internal_port_without_tls_starts_only_in_development_mode_on_loopba
     for env, listen in ((Env({}), "127.0.0.1:50056"), (development, "0.0.0.0:50056")):
         with pytest.raises(ConfigError, match="internal port"):
             internal_security(config, env, listen)
+
+
+# -- the gateway's access log ---------------------------------------------------------------
+
+
+def access_log(gateway) -> list[AccessLogRow]:
+    gateway.app.access_writer.flush()
+    with gateway.app.db.read() as session:
+        return list(session.scalars(select(AccessLogRow).order_by(AccessLogRow.sequence)))
+
+
+def test_access_log_entries_older_than_90_days_go_and_younger_stay(gateway, retention, clock):
+    """Through the retention service's purge and the gateway's internal port: an entry goes
+    once it is more than 90 days old (MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS' default), the
+    younger ones stay, a second run deletes nothing, and a drill purges as of its date."""
+    _, meta = gateway.new_account("studio")
+    start = clock()
+    for _ in range(3):
+        gateway.stub.VerifyAuditLog(gpb.VerifyAuditLogRequest(), metadata=meta)
+    clock.advance(days=60)
+    gateway.stub.ListAuditEvents(gpb.ListAuditEventsRequest(project_id="film-1"), metadata=meta)
+    young_at = clock()
+    clock.advance(days=30)  # the first entries are exactly 90 days old: not older yet
+
+    assert run_purge(gateway).outcome == SUCCEEDED
+    assert {row.occurred_at for row in access_log(gateway)} >= {start, young_at}
+    clock.advance(days=1)
+    before = access_log(gateway)
+    report = run_purge(gateway)
+
+    assert report.outcome == SUCCEEDED
+    after = access_log(gateway)
+    cutoff = clock() - timedelta(days=90)
+    gone = {row.sequence for row in before if row.occurred_at < cutoff}
+    assert len(gone) == 4  # the account's creation and the three calls at the start
+    assert not gone & {row.sequence for row in after}
+    assert {row.sequence for row in before} - gone <= {row.sequence for row in after}
+    assert [row.rpc for row in after if row.occurred_at == young_at] == ["ListAuditEvents"]
+    assert min(row.occurred_at for row in after) >= cutoff
+
+    kept = {row.sequence for row in access_log(gateway)}
+    assert run_purge(gateway).outcome == SUCCEEDED  # a second run deletes nothing
+    assert kept <= {row.sequence for row in access_log(gateway)}
+
+    # a drill 30 days ahead: the entry made 31 days ago is then 61 days old, still kept; at 60
+    # days ahead it is 91 days old and goes, while the clock (and the entries' times) stay
+    run_purge(gateway, as_of=clock() + timedelta(days=30))
+    assert young_at in {row.occurred_at for row in access_log(gateway)}
+    run_purge(gateway, as_of=clock() + timedelta(days=60))
+    assert young_at not in {row.occurred_at for row in access_log(gateway)}
+
+
+def test_purge_access_log_refuses_a_request_without_a_time_or_with_a_huge_batch(gateway):
+    stub = internal_pb2_grpc.GatewayInternalServiceStub(
+        open_channel(
+            f"127.0.0.1:{gateway.app.internal.port}", [INTERNAL_SERVICE], timeout_seconds=10
+        )
+    )
+    expect_invalid(
+        stub.PurgeAccessLog,
+        internal_pb2.PurgeAccessLogRequest(batch_size=10_001),
+        fields={"as_of", "batch_size"},
+    )
+    expect_invalid(
+        stub.PurgeAccessLog,
+        internal_pb2.PurgeAccessLogRequest(as_of=to_timestamp(datetime.now(UTC)), batch_size=-1),
+        fields={"batch_size"},
+    )
+
+
+def test_purge_access_log_deletes_the_oldest_first_a_bounded_batch_per_call(gateway, clock):
+    """Called until done: each call deletes at most its batch, oldest first."""
+    writer = gateway.app.access_writer
+    for days_ago in (200, 150, 120, 100, 10):
+        writer.add(
+            {
+                "account_id": "acct_a",
+                "owner_account_id": "acct_a",
+                "api_key_id": "0123456789abcdef",
+                "peer": "ipv4:127.0.0.1:1",
+                "rpc": "VerifyAuditLog",
+                "project_id": "",
+                "media_id": f"med_{days_ago}",
+                "status_code": "OK",
+                "occurred_at": clock() - timedelta(days=days_ago),
+            }
+        )
+    log = gateway.app.access_log
+    assert log.purge(clock(), 3) == (3, False)  # the write-out before it made the entries land
+    assert {r.media_id for r in access_log(gateway) if r.account_id == "acct_a"} == {
+        "med_100",
+        "med_10",
+    }
+    assert log.purge(clock(), 3) == (1, True)
+    assert log.purge(clock(), 3) == (0, True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from sqlalchemy import BigInteger, Double, LargeBinary, String, select
+from sqlalchemy import BigInteger, Double, Integer, LargeBinary, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mixip.runtime.db import Database, UtcDateTime, bulk_insert
@@ -52,3 +52,27 @@ def test_every_value_reads_back_unchanged(database_url):
         got = [(r.id, r.text, r.blob, r.number, r.at) for r in stored]
     db.dispose()
     assert got == [(r["id"], r["text"], r["blob"], r["number"], at) for r in rows]
+
+
+class Numbered(Base):
+    """A table whose key the database assigns (the gateway's access log)."""
+
+    __tablename__ = "bulk_numbered"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    text: Mapped[str] = mapped_column(String(200))
+
+
+def test_rows_without_the_auto_incrementing_key_get_increasing_keys_in_order(database_url):
+    db = Database(database_url("runtime"), Base.metadata)
+    db.create_tables()
+    for batch in (["a", "b", "c"], ["d", "e"]):
+        with db.write() as session:
+            bulk_insert(session, Numbered.__table__, [{"text": t} for t in batch])
+    with db.read() as session:
+        stored = session.execute(select(Numbered.seq, Numbered.text).order_by(Numbered.seq)).all()
+    db.dispose()
+    assert [text for _, text in stored] == ["a", "b", "c", "d", "e"]
+    assert [seq for seq, _ in stored] == sorted({seq for seq, _ in stored})

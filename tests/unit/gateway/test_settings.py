@@ -67,3 +67,16 @@ def test_s3_storage_reads_its_bucket_key_and_prefix(tmp_path):
         "alias/media",
         "p/",
     )
+
+
+@pytest.mark.parametrize("value", ["0", "3651", "ninety"])
+def test_an_access_log_period_out_of_range_is_refused_naming_the_variable(tmp_path, value):
+    with pytest.raises(ConfigError, match="MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS"):
+        load(tmp_path, MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS=value)
+
+
+def test_the_access_log_is_kept_90_days_unless_set(tmp_path):
+    assert load(tmp_path).access_log_retention_days == 90
+    assert (
+        load(tmp_path, MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS="30").access_log_retention_days == 30
+    )
