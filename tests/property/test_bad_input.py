@@ -1127,6 +1127,9 @@ def test_every_rpc_has_a_property():
         "RunRetentionJob",
         *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
         "SetAccountRetention",  # test_bad_input_copies.py
+        *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
+        *("ListMedia", "RecordReviewDecision", "GetMediaPreview", "ListAccessLog"),
+        "ListProjects",  # those of issue 12: test_bad_input_review.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
