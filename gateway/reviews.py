@@ -176,7 +176,7 @@ class Reviews:
             rows = session.scalars(
                 select(ReviewDecisionRow)
                 .where(ReviewDecisionRow.media_id == media_id)
-                .order_by(ReviewDecisionRow.decided_at, ReviewDecisionRow.decision_id)
+                .order_by(ReviewDecisionRow.sequence)
             )
             return [_decision(r) for r in rows]
 

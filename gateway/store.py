@@ -33,6 +33,10 @@ class Base(DeclarativeBase):
     pass
 
 
+# Sequences: SQLite only auto-increments an INTEGER PRIMARY KEY.
+LogSequence = BigInteger().with_variant(Integer, "sqlite")
+
+
 class AccountRow(Base):
     __tablename__ = "gateway_accounts"
 
@@ -230,7 +234,9 @@ class ReviewDecisionRow(Base):
 
     __tablename__ = "gateway_review_decisions"
 
-    decision_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The order decisions were recorded in (decided_at may repeat within a clock tick).
+    sequence: Mapped[int] = mapped_column(LogSequence, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(String(32), unique=True)
     account_id: Mapped[str] = mapped_column(String(64))  # the media's owner
     media_id: Mapped[str] = mapped_column(
         ForeignKey("gateway_media.media_id", ondelete="CASCADE"), index=True
@@ -311,7 +317,7 @@ def face_decisions(session: Session, media_id: str, face_index: int) -> list[Rev
                 ReviewDecisionRow.media_id == media_id,
                 ReviewDecisionRow.face_index == face_index,
             )
-            .order_by(ReviewDecisionRow.decided_at, ReviewDecisionRow.decision_id)
+            .order_by(ReviewDecisionRow.sequence)
         )
     )
 
@@ -357,8 +363,7 @@ def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
     )
 
 
-# Sequences: SQLite only auto-increments an INTEGER PRIMARY KEY.
-LogSequence = BigInteger().with_variant(Integer, "sqlite")
+
 
 
 class AccessLogRow(Base):

@@ -51,6 +51,12 @@ def upgrade() -> None:
 
     op.create_table(
         "gateway_review_decisions",
+        sa.Column(
+            "sequence",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("decision_id", sa.String(length=32), nullable=False),
         sa.Column("account_id", sa.String(length=64), nullable=False),
         sa.Column("media_id", sa.String(length=64), nullable=False),
@@ -63,7 +69,8 @@ def upgrade() -> None:
         sa.Column("request_id", sa.String(length=128), nullable=True),
         sa.Column("digest", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(["media_id"], ["gateway_media.media_id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("decision_id"),
+        sa.PrimaryKeyConstraint("sequence"),
+        sa.UniqueConstraint("decision_id"),
     )
     with op.batch_alter_table("gateway_review_decisions", schema=None) as batch_op:
         batch_op.create_index(

@@ -96,7 +96,15 @@ RPC_COMMANDS = {
     "RunRetentionJob": "retention run",
     "GetRetentionStatus": "retention status",
     "GetVaultStatus": "audit vault-status",
-    "ListAccessLog": "access-log",
+    "CreateProject": "projects create",
+    "ListProjects": "projects list",
+    "InviteCollaborator": "projects invite",
+    "RemoveCollaborator": "projects remove",
+    "ListCollaborators": "projects collaborators",
+    "ListMedia": "media list",
+    "GetMediaPreview": "media preview",
+    "RecordReviewDecision": "review",
+    "ListAccessLog": "access-log list",
 }
 
 
@@ -316,8 +324,28 @@ def media_show(args, conn: Connection, out: Output) -> int:
     reply = stub.GetMediaResults(
         gateway_pb2.GetMediaResultsRequest(media_id=args.media_id), metadata=meta
     )
-    out.result(*_media_result(reply.media))
+    document, lines = _media_result(reply.media)
+    document["decisions"] = [decision_json(d) for d in reply.decisions]
+    latest = {d["face_index"]: d for d in document["decisions"]}  # oldest first: last wins
+    lines += [
+        f"  [{i}] decided: {d['decision']} by {d['decided_by_account_id']} at {d['decided_at']}"
+        for i, d in sorted(latest.items())
+    ]
+    out.result(document, lines)
     return 0
+
+
+def decision_json(record: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]:
+    return {
+        "decision_id": record.decision_id,
+        "media_id": record.media_id,
+        "face_index": record.face_index,
+        "decision": _enum_name(common_pb2.ReviewDecision, record.decision, "REVIEW_DECISION_"),
+        "note": record.note,
+        "decided_by_account_id": record.decided_by_account_id,
+        "decided_by_key_id": record.decided_by_key_id,
+        "decided_at": record.decided_at.ToJsonString(),
+    }
 
 
 def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict[str, Any], list[str]]:
@@ -424,46 +452,6 @@ def erase_talent(conn: Connection, out: Output, *, talent: str) -> int:
     return 0
 
 
-# -- access log -------------------------------------------------------------------------------
-
-
-def access_log(args, conn: Connection, out: Output) -> int:
-    since = _since(args.since)
-    stub, meta = conn.gateway()
-    pages = every_page(
-        lambda token: stub.ListAccessLog(
-            gateway_pb2.ListAccessLogRequest(
-                since=since, project_id=args.project or "", page_size=MAX_BATCH, page_token=token
-            ),
-            metadata=meta,
-        )
-    )
-    documents = [
-        {
-            "sequence": e.sequence,
-            "occurred_at": e.occurred_at.ToJsonString(),
-            "account_id": e.account_id,
-            "api_key_id": e.api_key_id,
-            "peer": e.peer,
-            "rpc": e.rpc,
-            "project_id": e.project_id,
-            "media_id": e.media_id,
-            "status_code": e.status_code,
-        }
-        for page in pages
-        for e in page.entries
-    ]
-    lines = [f"{len(documents)} call(s)"] + [
-        f"  #{d['sequence']} {d['occurred_at']} {d['rpc']} {d['status_code']} "
-        f"key {d['api_key_id'] or '-'} from {d['peer']}"
-        + (f" project {d['project_id']}" if d["project_id"] else "")
-        + (f" media {d['media_id']}" if d["media_id"] else "")
-        for d in documents
-    ]
-    out.result({"entries": documents}, lines)
-    return 0
-
-
 # -- audit ------------------------------------------------------------------------------------
 
 
@@ -479,7 +467,7 @@ def list_audit_events(
     project: str | None = None,
     since: str | None = None,
 ) -> int:
-    since_time = _since(since)
+    since_time = time_option(since, "--since")
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListAuditEvents(
@@ -516,17 +504,6 @@ def list_audit_events(
     ]
     out.result({"events": documents}, lines)
     return 0
-
-
-def _since(since: str | None) -> Timestamp | None:
-    """--since as a timestamp (a time without a zone is UTC); unset: None."""
-    if not since:
-        return None
-    try:
-        parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(f"--since {since!r} is not an ISO 8601 time", exit_code=2) from None
-    return to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 def audit_verify(args, conn: Connection, out: Output) -> int:
@@ -591,19 +568,19 @@ def _report_json(report: retention_pb2.RunReport) -> dict:
     }
 
 
-def _as_of(value: str | None) -> Timestamp | None:
-    """--as-of: an ISO 8601 time (UTC unless it says otherwise); a bad one exits 2."""
-    if value is None:
+def time_option(value: str | None, option: str) -> Timestamp | None:
+    """--since, --as-of: an ISO 8601 time (UTC unless it says otherwise); a bad one exits 2."""
+    if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise CliError(f"--as-of {value!r} is not an ISO 8601 time", exit_code=2) from None
+        raise CliError(f"{option} {value!r} is not an ISO 8601 time", exit_code=2) from None
     return to_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 def retention_run(args, conn: Connection, out: Output) -> int:
-    as_of = _as_of(args.as_of)
+    as_of = time_option(args.as_of, "--as-of")
     if as_of is not None and args.job != "purge":
         raise CliError("--as-of applies to --job purge only", exit_code=2)
     stub, meta = conn.admin()
@@ -651,8 +628,11 @@ def retention_status(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Registers the gateway commands on the `mixip` parser."""
+def add_commands(
+    sub: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> argparse._SubParsersAction:
+    """Registers the gateway commands on the `mixip` parser; returns `mixip media`'s subcommands
+    (mixip/cli/review.py adds to them)."""
     accounts = sub.add_parser("accounts", help="manage accounts (admin)").add_subparsers(
         dest="action", required=True
     )
@@ -718,15 +698,6 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
     p.set_defaults(run=erase)
 
-    p = sub.add_parser(
-        "access-log",
-        parents=[common],
-        help="the account's access log: every call by its keys and on its data",
-    )
-    p.add_argument("--project", help="only calls that named this project")
-    p.add_argument("--since", metavar="ISO8601", help="only calls at or after this time")
-    p.set_defaults(run=access_log)
-
     audit = sub.add_parser("audit", help="read or verify the audit log").add_subparsers(
         dest="action", required=True
     )
@@ -755,6 +726,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(run=retention_run)
     p = retention.add_parser("status", parents=[common], help="schedule and last runs")
     p.set_defaults(run=retention_status)
+    return media
 
 
 # -- faces (correction) and API keys: added for issue 9 ---------------------------------------

@@ -3,6 +3,7 @@
 Starts the mesh in a temporary data directory, records consent for one bundled public-domain
 face (scikit-image's astronaut, Eileen Collins) and enrolls it, matches a group image with both
 bundled faces (plus matplotlib's Grace Hopper), prints the labels, writes the annotated image,
+records the producer's review decision on the cleared face (and says where the review page is),
 erases the talent, shows that the audit log still verifies and that nothing links to the talent
 any more, and stops the mesh.
 """
@@ -18,8 +19,8 @@ import cv2
 import grpc
 import numpy as np
 
-from mixip.cli import commands
-from mixip.cli.connection import Connection
+from mixip.cli import commands, review
+from mixip.cli.connection import DEV_KEY_FILE, Connection
 from mixip.cli.dev_mesh import start_mesh
 from mixip.cli.output import Capture, CliError, Output
 from mixip.runtime.errors import error_details
@@ -88,12 +89,30 @@ def run_demo(out_dir: Path, out: Output) -> int:
         say(f"\n3. matching a group photo (astronaut + Grace Hopper) for project {PROJECT}")
         commands.match_file(conn, shown, file=str(group), project=PROJECT, annotate=str(annotated))
         before = shown.last["faces"]
+        media_id = shown.last["media_id"]
 
-        say(f"\n4. erasing {TALENT}")
+        say("\n4. the producer's review: the cleared face is approved for release")
+        cleared = next(i for i, f in enumerate(before) if f["label"] == "cleared")
+        review.record_review(
+            conn,
+            shown,
+            media=media_id,
+            face=cleared,
+            decision="approve",
+            note="release form on file",
+        )
+        decision = shown.last
+        say(
+            "review in a browser: run `mixip up` and open the review page it prints "
+            '(also in mesh.json under "web"), and sign in with the key in its data directory\'s '
+            f"{DEV_KEY_FILE} file"
+        )
+
+        say(f"\n5. erasing {TALENT}")
         commands.erase_talent(conn, shown, talent=TALENT)
         receipt = shown.last
 
-        say("\n5. after erasure: the log still verifies, nothing links to the talent")
+        say("\n6. after erasure: the log still verifies, nothing links to the talent")
         commands.verify_audit_log(conn, shown)
         verified = shown.last
         commands.list_audit_events(conn, shown, talent=TALENT)
@@ -108,12 +127,13 @@ def run_demo(out_dir: Path, out: Output) -> int:
         say(f"\nthe annotated image is {annotated}")
     finally:
         if mesh is not None:
-            say("\n6. stopping the mesh")
+            say("\n7. stopping the mesh")
             mesh.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     out.result(
         {
             "labels_before_erasure": before,
+            "review_decision": decision,
             "receipt": receipt,
             "audit": verified,
             "events_linked_after_erasure": linked,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from mixip.cli import commands, db
+from mixip.cli import commands, db, review
 from mixip.cli.connection import Connection
 from mixip.cli.demo import run_demo
 from mixip.cli.dev_mesh import start_mesh
@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="the scripted scenario, start to end")
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
     p.set_defaults(run=demo)
-    commands.add_commands(sub, common)
+    media = commands.add_commands(sub, common)
     commands.add_rights_and_key_commands(sub, common)
+    review.add_review_commands(sub, common, media)
     db.add_commands(sub, common)
     return parser
 

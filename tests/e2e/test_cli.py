@@ -311,6 +311,7 @@ def test_the_demo_runs_start_to_end(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     before = sorted((f["label"], f["talent_id"]) for f in summary["labels_before_erasure"])
     assert before == [("cleared", "eileen-collins"), ("unknown", None)]
+    assert summary["review_decision"]["decision"] == "approved_for_release"
     assert all(f["label"] == "unknown" for f in summary["labels_after_erasure"])
     assert summary["audit"]["ok"] and summary["events_linked_after_erasure"] == 0
     assert Path(summary["annotated"]).exists()

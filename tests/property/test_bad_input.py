@@ -1131,6 +1131,8 @@ def test_every_rpc_has_a_property():
         "SetAccountRetention",  # test_bad_input_copies.py
         "GetMediaPreview",  # test_bad_input_previews.py
         "ListAccessLog",  # test_bad_input_access_log.py
+        *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
+        *("ListMedia", "RecordReviewDecision", "ListProjects"),  # test_bad_input_review.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py

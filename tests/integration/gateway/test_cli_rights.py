@@ -145,16 +145,3 @@ def test_a_lost_dev_key_is_replaced_and_revoked_never_duplicated(gateway, monkey
     ).api_keys
     live = [k.api_key_id for k in keys if not k.HasField("revoked_at")]
     assert live == [second.split("_")[1]] and len(keys) == 2
-
-
-def test_access_log_lists_the_accounts_calls_and_filters_them(cli, studio):
-    account, _ = studio
-    cli("audit", "list", "--project", "film-1")
-    code, out, _ = cli("access-log", "--json")
-    entries = json.loads(out)["entries"]
-    assert code == 0 and {e["account_id"] for e in entries} == {account}
-    assert {"RecordConsent", "EnrollTalent", "ListAuditEvents"} <= {e["rpc"] for e in entries}
-    code, out, _ = cli("access-log", "--project", "film-1")
-    assert code == 0 and "ListAuditEvents OK" in out and "EnrollTalent" not in out
-    code, _, err = cli("access-log", "--since", "yesterday")
-    assert code == 2 and "ISO 8601" in err

@@ -166,9 +166,8 @@ def test_a_decision_is_audited_first_with_its_talent_hashed(gateway, studio):
     ).events
     [event] = [e for e in linked if e.idempotency_key.startswith("review:")]
     assert event.talent_linked and event.face_index == face and event.project_id == PROJECT
-    # Until the audit service stores kinds (the access-log branch), it answers UNSPECIFIED
-    # here; once merged it answers REVIEW_DECISION and the decision.
-    assert event.kind in (audit_pb2.EVENT_KIND_UNSPECIFIED, audit_pb2.EVENT_KIND_REVIEW_DECISION)
+    assert event.kind == audit_pb2.EVENT_KIND_REVIEW_DECISION
+    assert event.decision == made.decision
     assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
 
     # the export of the talent carries the decisions on its faces
