@@ -363,9 +363,6 @@ def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
     )
 
 
-
-
-
 class AccessLogRow(Base):
     """One call to the gateway's client port (gateway/access_log.py): who called, from where,
     which RPC on which project and media, and how it ended. Never a talent id, media bytes,

@@ -35,7 +35,6 @@ TALENT = "astronaut"
 OTHER_PROJECT = "film-2"
 
 
-
 @dataclass
 class World:
     gw: Any
