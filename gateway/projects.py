@@ -1,9 +1,12 @@
 """Projects and their collaborators, and the scope every project- or media-scoped call runs in.
 
 An account owns its projects; it may invite another account to one of them with a role
-(reviewer, uploader, viewer). A project id named by a caller resolves to the caller's own
-project with that id, else to the one project with that id it was invited to (an account is
-invited to at most one project per id, and never to an id it owns itself: `PROJECT_ID_TAKEN`).
+(reviewer, uploader, viewer). The invitation is pending until the invited account accepts it:
+until then it gives no access and changes nothing the invited account's calls resolve to, so
+nobody can draw another account's uploads into a project by inviting it. A project id named by
+a caller resolves to the caller's own project with that id, else to the one project with that
+id whose invitation it accepted (an account accepts at most one project per id, and never an id
+it owns itself: `PROJECT_ID_TAKEN`, which only ever tells the caller about its own projects).
 
 What is out of the caller's scope (unknown, another account's and not shared with it, or an
 uploader reading another account's upload) is NOT_FOUND, exactly like an unknown id; what is in
@@ -65,6 +68,7 @@ class Scope:
     project_id: str
     role: int
     media_id: str = ""
+    exists: bool = True  # False: an upload's new project, created in the upload's commit
 
     @property
     def sees_own_uploads_only(self) -> bool:
@@ -78,6 +82,7 @@ class Project:
     owner_account_id: str
     role: int
     created_at: datetime
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,13 @@ class Collaborator:
     role: int
     invited_at: datetime
     invited_by_key_id: str
+    accepted_at: datetime | None
 
 
 def project_id_taken() -> FailedPrecondition:
-    # Never names the other project's owner: an account learns nothing about another's projects.
+    # Said only to the account whose own projects hold the id (creating, or accepting).
     return FailedPrecondition(
-        "that account already owns or collaborates on a project with this id; choose another id",
+        "you already own or collaborate on a project with this id",
         reason="PROJECT_ID_TAKEN",
     )
 
@@ -134,13 +140,12 @@ class Projects:
 
     def upload_scope(self, caller_account_id: str, project_id: str) -> Scope:
         """The scope of an upload: as `project_scope`, except that an id the caller neither
-        owns nor was invited to becomes a new project of the caller's (an owner's first upload
-        creates its project)."""
+        owns nor accepted an invitation to names a new project of the caller's, created in the
+        upload's own commit (`create_in`), so a failed upload leaves no empty project."""
         with self.db.read() as session:
             scope = _resolve(session, caller_account_id, project_id)
         if scope is None:
-            self._create(caller_account_id, project_id, project_id)
-            scope = Scope(caller_account_id, project_id, OWNER)
+            scope = Scope(caller_account_id, project_id, OWNER, exists=False)
         _noted(scope)
         _require(scope, Action.UPLOAD)
         return scope
@@ -157,7 +162,7 @@ class Projects:
                 member = session.get(
                     ProjectMemberRow, (media.account_id, media.project_id, caller_account_id)
                 )
-                if member is None:
+                if member is None or member.accepted_at is None:
                     raise NotFound("no such media")
                 role = member.role
             uploader = media.uploaded_by_account_id or media.account_id
@@ -181,24 +186,31 @@ class Projects:
 
     def _create(self, account_id: str, project_id: str, display_name: str) -> None:
         with self.db.write() as session:
-            serialize(session, _id_lock(account_id, project_id))
-            if session.get(ProjectRow, (account_id, project_id)) is not None:
-                return
-            if _membership(session, account_id, project_id) is not None:
-                raise project_id_taken()
-            created = insert_ignoring_conflicts(
-                session,
-                ProjectRow.__table__,
-                [
-                    {
-                        "account_id": account_id,
-                        "project_id": project_id,
-                        "display_name": display_name,
-                        "created_at": self.clock(),
-                    }
-                ],
-                ["account_id", "project_id"],
-            )
+            self.create_in(session, account_id, project_id, display_name)
+
+    def create_in(
+        self, session: Session, account_id: str, project_id: str, display_name: str = ""
+    ) -> None:
+        """Creates the account's project in the caller's transaction, unless it exists;
+        PROJECT_ID_TAKEN when the account accepted an invitation to a project with this id."""
+        serialize(session, _id_lock(account_id, project_id))
+        if session.get(ProjectRow, (account_id, project_id)) is not None:
+            return
+        if _membership(session, account_id, project_id) is not None:
+            raise project_id_taken()
+        created = insert_ignoring_conflicts(
+            session,
+            ProjectRow.__table__,
+            [
+                {
+                    "account_id": account_id,
+                    "project_id": project_id,
+                    "display_name": display_name or project_id,
+                    "created_at": self.clock(),
+                }
+            ],
+            ["account_id", "project_id"],
+        )
         if created:
             logs.log(logger, "project created", account=account_id, project=project_id)
 
@@ -207,7 +219,7 @@ class Projects:
     ) -> tuple[list[Project], list[str] | None]:
         """The caller's own projects, then those it was invited to, each in creation order.
         Positions: [group ("0" own, "1" invited), created (micros), owner, project]."""
-        rows: list[tuple[str, ProjectRow, int]] = []
+        rows: list[tuple[str, ProjectRow, int, bool]] = []  # (group, project, role, pending)
         with self.db.read() as session:
             if after is None or after[0] == "0":
                 own = select(ProjectRow).where(ProjectRow.account_id == account_id)
@@ -218,10 +230,10 @@ class Projects:
                         fetch_limit(page_size)
                     )
                 ):
-                    rows.append(("0", row, OWNER))
+                    rows.append(("0", row, OWNER, False))
             if len(rows) <= page_size:
                 invited = (
-                    select(ProjectRow, ProjectMemberRow.role)
+                    select(ProjectRow, ProjectMemberRow.role, ProjectMemberRow.accepted_at)
                     .join(
                         ProjectMemberRow,
                         and_(
@@ -236,13 +248,13 @@ class Projects:
                 query = invited.order_by(
                     ProjectRow.created_at, ProjectRow.account_id, ProjectRow.project_id
                 ).limit(fetch_limit(page_size) - len(rows))
-                for row, role in session.execute(query):
-                    rows.append(("1", row, role))
+                for row, role, accepted_at in session.execute(query):
+                    rows.append(("1", row, role, accepted_at is None))
         page, last = page_of(rows, page_size, lambda r: r)
-        projects = [_project(row, role) for _, row, role in page]
+        projects = [_project(row, role, pending) for _, row, role, pending in page]
         if last is None:
             return projects, None
-        group, row, _ = last
+        group, row, _, _ = last
         return projects, [group, micros(row.created_at), row.account_id, row.project_id]
 
     # -- collaborators ------------------------------------------------------------------------
@@ -256,18 +268,16 @@ class Projects:
         role: int,
     ) -> Collaborator:
         """Invites an account to one of the caller's projects, or changes its role (the
-        servicer refused the caller itself and roles not in INVITABLE)."""
+        servicer refused the caller itself and roles not in INVITABLE). A new invitation is
+        pending until the account accepts it; a role change keeps an accepted one accepted."""
         assert member_account_id != owner_account_id and role in INVITABLE
         self.project_scope(owner_account_id, project_id, Action.MANAGE)
         with self.db.write() as session:
-            serialize(session, _id_lock(member_account_id, project_id))
             if session.get(AccountRow, member_account_id) is None:
                 raise NotFound("no such account")
-            if session.get(ProjectRow, (member_account_id, project_id)) is not None:
-                raise project_id_taken()
-            current = _membership(session, member_account_id, project_id)
-            if current is not None and current.owner_account_id != owner_account_id:
-                raise project_id_taken()
+            current = session.get(
+                ProjectMemberRow, (owner_account_id, project_id, member_account_id)
+            )
             if current is None:
                 current = ProjectMemberRow(
                     owner_account_id=owner_account_id,
@@ -291,6 +301,31 @@ class Projects:
             role=role,
         )
         return invited
+
+    def accept(self, member_account_id: str, owner_account_id: str, project_id: str) -> Project:
+        """Accepts the caller's invitation to another account's project (again: the same)."""
+        with self.db.write() as session:
+            serialize(session, _id_lock(member_account_id, project_id))
+            row = session.get(ProjectMemberRow, (owner_account_id, project_id, member_account_id))
+            if row is None:
+                raise NotFound("no such invitation")
+            if row.accepted_at is None:
+                if session.get(ProjectRow, (member_account_id, project_id)) is not None:
+                    raise project_id_taken()
+                if _membership(session, member_account_id, project_id) is not None:
+                    raise project_id_taken()
+                row.accepted_at = self.clock()
+            project = session.get(ProjectRow, (owner_account_id, project_id))
+            assert project is not None  # a membership is deleted with its project
+            accepted = _project(project, row.role)
+        logs.log(
+            logger,
+            "invitation accepted",
+            account=member_account_id,
+            owner=owner_account_id,
+            project=project_id,
+        )
+        return accepted
 
     def remove(
         self, owner_account_id: str, key_id: str, project_id: str, member_account_id: str
@@ -370,11 +405,12 @@ def _resolve(session: Session, caller_account_id: str, project_id: str) -> Scope
 
 
 def _membership(session: Session, account_id: str, project_id: str) -> ProjectMemberRow | None:
-    """The account's invitation to a project with this id (at most one)."""
+    """The account's accepted invitation to a project with this id (at most one)."""
     return session.scalars(
         select(ProjectMemberRow).where(
             ProjectMemberRow.member_account_id == account_id,
             ProjectMemberRow.project_id == project_id,
+            ProjectMemberRow.accepted_at.is_not(None),
         )
     ).first()
 
@@ -406,11 +442,16 @@ def _after(table: type[ProjectRow], position: list[str]) -> ColumnElement[bool]:
     )
 
 
-def _project(row: ProjectRow, role: int) -> Project:
-    return Project(row.project_id, row.display_name, row.account_id, role, row.created_at)
+def _project(row: ProjectRow, role: int, pending: bool = False) -> Project:
+    return Project(row.project_id, row.display_name, row.account_id, role, row.created_at, pending)
 
 
 def _collaborator(row: ProjectMemberRow) -> Collaborator:
     return Collaborator(
-        row.project_id, row.member_account_id, row.role, row.invited_at, row.invited_by_key_id
+        row.project_id,
+        row.member_account_id,
+        row.role,
+        row.invited_at,
+        row.invited_by_key_id,
+        row.accepted_at,
     )

@@ -341,6 +341,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return gateway_pb2.InviteCollaboratorResponse(collaborator=_collaborator(collaborator))
 
+    def AcceptInvitation(
+        self, request: gateway_pb2.AcceptInvitationRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.AcceptInvitationResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        checks.identifier("owner_account_id", request.owner_account_id)
+        checks.done()
+        project = self.projects.accept(
+            caller.account_id, request.owner_account_id, request.project_id
+        )
+        return gateway_pb2.AcceptInvitationResponse(project=_project(project))
+
     def RemoveCollaborator(
         self, request: gateway_pb2.RemoveCollaboratorRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.RemoveCollaboratorResponse:
@@ -675,6 +688,7 @@ def _project(project: Project) -> gateway_pb2.Project:
         owner_account_id=project.owner_account_id,
         role=gateway_pb2.ProjectRole.ValueType(project.role),
         created_at=to_timestamp(project.created_at),
+        pending=project.pending,
     )
 
 
@@ -685,6 +699,7 @@ def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
         role=gateway_pb2.ProjectRole.ValueType(collaborator.role),
         invited_at=to_timestamp(collaborator.invited_at),
         invited_by_key_id=collaborator.invited_by_key_id,
+        accepted_at=to_timestamp(collaborator.accepted_at),
     )
 
 

@@ -205,9 +205,10 @@ class ProjectRow(Base):
 
 
 class ProjectMemberRow(Base):
-    """A collaborator of a project: another account invited with a role. An account is a member
-    of at most one project per project id (and owns none with that id), so the id it names
-    resolves to one project."""
+    """A collaborator of a project: another account invited with a role, pending until it
+    accepts. An account has accepted at most one project per project id (and owns none with
+    that id), so the id it names resolves to one project; pending invitations count for
+    nothing."""
 
     __tablename__ = "gateway_project_members"
 
@@ -217,6 +218,7 @@ class ProjectMemberRow(Base):
     role: Mapped[int] = mapped_column(SmallInteger)  # gateway.v1.ProjectRole
     invited_at: Mapped[datetime] = mapped_column(UtcDateTime)
     invited_by_key_id: Mapped[str] = mapped_column(String(32))
+    accepted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # NULL: pending
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -224,7 +226,7 @@ class ProjectMemberRow(Base):
             ["gateway_projects.account_id", "gateway_projects.project_id"],
             ondelete="CASCADE",
         ),
-        Index("ix_gateway_members_member", "member_account_id", "project_id", unique=True),
+        Index("ix_gateway_members_member", "member_account_id", "project_id"),
     )
 
 

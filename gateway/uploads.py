@@ -45,7 +45,7 @@ from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import InvalidArgument, NotFound, Unavailable
-from mixip.runtime.idempotency import content_digest, require_same
+from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.times import Clock, to_timestamp
 
@@ -158,7 +158,7 @@ class Uploads:
         account_id = scope.owner_account_id
         media_id = media_id_for(caller_account_id, header.request_id)
         digest = content_digest(header.project_id, data)
-        earlier = self._replayed(caller_account_id, media_id, digest)
+        earlier = self._replayed(caller_account_id, scope, media_id, digest)
         if earlier is not None:
             return earlier
         started = self.clock()
@@ -201,6 +201,8 @@ class Uploads:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
                 results = self._fenced_out(session, account_id, results, started)
                 faces = [face_row(account_id, media_id, f) for f in results]
+                if not scope.exists:  # an owner's first upload to a new id creates the project
+                    self.projects.create_in(session, account_id, header.project_id)
                 session.add(media)
                 session.flush()
                 session.add_all(faces)
@@ -209,7 +211,7 @@ class Uploads:
                 stored = StoredMedia(_media(media), [face_result(f) for f in faces])
         except IntegrityError:  # a concurrent retry of the same request stored it first
             self.media_store.delete(account_id, storage_key)
-            earlier = self._replayed(caller_account_id, media_id, digest)
+            earlier = self._replayed(caller_account_id, scope, media_id, digest)
             if earlier is None:
                 raise
             return earlier
@@ -234,14 +236,25 @@ class Uploads:
             raise NotFound("no such media")
         return stored
 
-    def _replayed(self, caller_account_id: str, media_id: str, digest: str) -> StoredMedia | None:
+    def _replayed(
+        self, caller_account_id: str, scope: Scope, media_id: str, digest: str
+    ) -> StoredMedia | None:
         """The stored upload of a retried request id; refused (IDEMPOTENCY_KEY_REUSED) when
-        the first upload under that id had other content."""
+        the first upload under that id had other content, or went to a project that the id
+        does not name for the caller now (it was removed from it, say): a retry never reads
+        what is out of the caller's scope."""
         earlier = self._stored(media_id, lambda media: _uploader(media) == caller_account_id)
         if earlier is None:
             return None
         with self.db.read() as session:
             first = upload_digest(session, media_id)
+            media = session.get(MediaRow, media_id)
+        in_scope = media is not None and (media.account_id, media.project_id) == (
+            scope.owner_account_id,
+            scope.project_id,
+        )
+        if not in_scope:
+            raise key_reused("header.request_id")
         require_same(first or digest, digest, "header.request_id")
         return earlier
 

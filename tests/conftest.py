@@ -343,6 +343,7 @@ class Gateway:
         )
         self.stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self.keys: dict[str, tuple] = {}  # account id -> call metadata (new_account)
 
     @property
     def address(self) -> str:
@@ -358,7 +359,9 @@ class Gateway:
         reply = self.admin.CreateAccount(
             admin_pb2.CreateAccountRequest(name=name), metadata=self.admin_metadata()
         )
-        return reply.account.account_id, (("authorization", f"Bearer {reply.api_key}"),)
+        meta = (("authorization", f"Bearer {reply.api_key}"),)
+        self.keys[reply.account.account_id] = meta  # tests act as any account they made
+        return reply.account.account_id, meta
 
 
 @pytest.fixture

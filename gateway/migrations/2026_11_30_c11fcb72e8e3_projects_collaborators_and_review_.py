@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("role", sa.SmallInteger(), nullable=False),
         sa.Column("invited_at", UtcDateTime(), nullable=False),
         sa.Column("invited_by_key_id", sa.String(length=32), nullable=False),
+        sa.Column("accepted_at", UtcDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["owner_account_id", "project_id"],
             ["gateway_projects.account_id", "gateway_projects.project_id"],
@@ -46,7 +47,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("gateway_project_members", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_gateway_members_member", ["member_account_id", "project_id"], unique=True
+            "ix_gateway_members_member", ["member_account_id", "project_id"], unique=False
         )
 
     op.create_table(

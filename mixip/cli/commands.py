@@ -99,6 +99,7 @@ RPC_COMMANDS = {
     "CreateProject": "projects create",
     "ListProjects": "projects list",
     "InviteCollaborator": "projects invite",
+    "AcceptInvitation": "projects accept",
     "RemoveCollaborator": "projects remove",
     "ListCollaborators": "projects collaborators",
     "ListMedia": "media list",

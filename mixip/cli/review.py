@@ -52,6 +52,7 @@ def project_json(project: gateway_pb2.Project) -> dict[str, Any]:
         "display_name": project.display_name,
         "owner_account_id": project.owner_account_id,
         "role": role_name(project.role),
+        "pending": project.pending,
         "created_at": project.created_at.ToJsonString(),
     }
 
@@ -63,6 +64,9 @@ def collaborator_json(collaborator: gateway_pb2.Collaborator) -> dict[str, Any]:
         "role": role_name(collaborator.role),
         "invited_at": collaborator.invited_at.ToJsonString(),
         "invited_by_key_id": collaborator.invited_by_key_id,
+        "accepted_at": collaborator.accepted_at.ToJsonString()
+        if collaborator.HasField("accepted_at")
+        else None,
     }
 
 
@@ -91,6 +95,7 @@ def projects_list(args, conn: Connection, out: Output) -> int:
     lines = [f"{len(projects)} project(s)"] + [
         f"  {p['project_id']}  {p['display_name']}  ({p['role']}"
         + ("" if p["role"] == "owner" else f", owned by {p['owner_account_id']}")
+        + (", invitation pending: `mixip projects accept`" if p["pending"] else "")
         + ")"
         for p in projects
     ]
@@ -111,7 +116,22 @@ def invite(conn: Connection, out: Output, *, project: str, account: str, role: s
         metadata=meta,
     )
     document = collaborator_json(reply.collaborator)
-    out.result(document, f"{account} is now {role} of {project}")
+    state = "pending until it accepts" if document["accepted_at"] is None else "accepted"
+    out.result(document, f"{account} invited as {role} of {project} ({state})")
+    return 0
+
+
+def projects_accept(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    reply = stub.AcceptInvitation(
+        gateway_pb2.AcceptInvitationRequest(project_id=args.project, owner_account_id=args.owner),
+        metadata=meta,
+    )
+    document = project_json(reply.project)
+    out.result(
+        document,
+        f"you are {document['role']} of {document['project_id']} (owned by {args.owner})",
+    )
     return 0
 
 
@@ -317,6 +337,10 @@ def add_review_commands(
     p.add_argument("account", help="the account to invite")
     p.add_argument("--role", choices=sorted(ROLES), required=True, help="what it may do")
     p.set_defaults(run=projects_invite)
+    p = projects.add_parser("accept", parents=[common], help="accept an invitation to a project")
+    p.add_argument("project", help="the project you were invited to")
+    p.add_argument("--owner", required=True, help="the account that owns it (as listed)")
+    p.set_defaults(run=projects_accept)
     p = projects.add_parser("remove", parents=[common], help="remove a collaborator")
     p.add_argument("project", help="one of your projects")
     p.add_argument("account", help="the collaborator's account")

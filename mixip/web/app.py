@@ -249,7 +249,8 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
                 page_size=PROJECTS_PAGE, page_token=request.query_params.get("page_token", "")
             ),
         )
-        rows = [_project_view(p) for p in reply.projects]
+        # A pending invitation gives no access yet (`mixip projects accept` accepts it).
+        rows = [_project_view(p) for p in reply.projects if not p.pending]
         following = _link("/projects", page_token=reply.next_page_token)
         return render(request, "projects.html", session, projects=rows, next_page=following)
 
@@ -461,7 +462,7 @@ async def _find_project(
             gateway_pb2.ListProjectsRequest(page_size=1000, page_token=token),
         )
         for candidate in reply.projects:
-            if candidate.project_id == project_id:
+            if candidate.project_id == project_id and not candidate.pending:
                 return candidate
         token = reply.next_page_token
         if not token:

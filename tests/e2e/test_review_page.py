@@ -18,7 +18,7 @@ from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.web.app import SESSION_COOKIE, create_app
 from tests.support import faces
-from tests.support.gateway_calls import consent, enroll, upload
+from tests.support.gateway_calls import consent, enroll, invite, upload
 from tests.support.web import serving
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,12 +80,7 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
             pb.CreateProjectRequest(project_id=project_id, display_name=name), metadata=owner
         )
     for project_id, account_id in ((P, reviewer_id), (Q, outsider_id)):
-        gateway.stub.InviteCollaborator(
-            pb.InviteCollaboratorRequest(
-                project_id=project_id, account_id=account_id, role=pb.PROJECT_ROLE_REVIEWER
-            ),
-            metadata=owner,
-        )
+        invite(gateway, owner, account_id, pb.PROJECT_ROLE_REVIEWER, project=project_id)
     photo = faces.encode(faces.composite(faces.astronaut(), faces.grace_hopper()))
     media = upload(gateway, owner, photo, project=P, filename="set-photo.jpg")
     by_label = {f.label: f.face_index for f in media.faces}

@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb
@@ -1084,6 +1085,33 @@ def _valid_requests(harness) -> dict:
         ),
         "GetVaultStatus": (a.GetVaultStatus, admin_pb2.GetVaultStatusRequest()),
         "ListAccessLog": (s.ListAccessLog, pb.ListAccessLogRequest()),
+        "CreateProject": (s.CreateProject, pb.CreateProjectRequest(display_name="Film")),
+        "ListProjects": (s.ListProjects, pb.ListProjectsRequest()),
+        "InviteCollaborator": (
+            s.InviteCollaborator,
+            pb.InviteCollaboratorRequest(
+                project_id="film-1", account_id="acc-2", role=pb.PROJECT_ROLE_VIEWER
+            ),
+        ),
+        "AcceptInvitation": (
+            s.AcceptInvitation,
+            pb.AcceptInvitationRequest(project_id="film-1", owner_account_id="acc-2"),
+        ),
+        "RemoveCollaborator": (
+            s.RemoveCollaborator,
+            pb.RemoveCollaboratorRequest(project_id="film-1", account_id="acc-2"),
+        ),
+        "ListCollaborators": (
+            s.ListCollaborators,
+            pb.ListCollaboratorsRequest(project_id="film-1"),
+        ),
+        "ListMedia": (s.ListMedia, pb.ListMediaRequest(project_id="film-1")),
+        "RecordReviewDecision": (
+            s.RecordReviewDecision,
+            pb.RecordReviewDecisionRequest(
+                media_id="med_1", decision=common_pb2.REVIEW_DECISION_BLOCKED
+            ),
+        ),
     }
 
 
@@ -1132,7 +1160,8 @@ def test_every_rpc_has_a_property():
         "GetMediaPreview",  # test_bad_input_previews.py
         "ListAccessLog",  # test_bad_input_access_log.py
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
-        *("ListMedia", "RecordReviewDecision", "ListProjects"),  # test_bad_input_review.py
+        *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
+        # ^ test_bad_input_review.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py

@@ -228,3 +228,20 @@ def test_record_review_decision(harness, fields):
         ),
         fields={"media_id", "face_index", "decision", "note", "request_id"},
     )
+
+
+@_settings(60)
+@given(project_id=ids, owner_account_id=ids)
+def test_accept_invitation(harness, project_id, owner_account_id):
+    harness.case(
+        "AcceptInvitation",
+        _call(
+            harness.stub.AcceptInvitation,
+            pb.AcceptInvitationRequest(project_id=project_id, owner_account_id=owner_account_id),
+            harness.meta,
+        ),
+        allowed=expected(
+            id_verdict(project_id), id_verdict(owner_account_id), ok={NOT_FOUND}
+        ),  # nobody invited the harness's account
+        fields={"project_id", "owner_account_id"},
+    )

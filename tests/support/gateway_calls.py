@@ -56,11 +56,24 @@ def group_photo() -> bytes:
     return faces.encode(faces.composite(faces.astronaut(), faces.grace_hopper()), ".jpg")
 
 
-def invite(gw, meta, account_id, role, project=PROJECT) -> pb.Collaborator:
-    return gw.stub.InviteCollaborator(
+def invite(gw, meta, account_id, role, project=PROJECT, accept=True) -> pb.Collaborator:
+    """Invites the account (a `gw.new_account`) and, unless `accept=False`, has it accept."""
+    invited = gw.stub.InviteCollaborator(
         pb.InviteCollaboratorRequest(project_id=project, account_id=account_id, role=role),
         metadata=meta,
     ).collaborator
+    if accept:
+        owner = gw.stub.ListProjects(pb.ListProjectsRequest(), metadata=meta).projects
+        [owner_account] = {
+            p.owner_account_id
+            for p in owner
+            if p.project_id == project and p.role == pb.PROJECT_ROLE_OWNER
+        }
+        gw.stub.AcceptInvitation(
+            pb.AcceptInvitationRequest(project_id=project, owner_account_id=owner_account),
+            metadata=gw.keys[account_id],
+        )
+    return invited
 
 
 def decide(gw, meta, media_id, face_index, decision, **fields) -> pb.ReviewDecisionRecord:

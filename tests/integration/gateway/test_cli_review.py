@@ -47,6 +47,10 @@ def test_review_flow_projects_media_decision_preview_and_access_log(cli, gateway
     reviewer_key = reviewer_meta[0][1].removeprefix("Bearer ")
     code, out, _ = cli("projects", "invite", PROJECT, reviewer, "--role", "reviewer", "--json")
     assert code == 0 and json.loads(out)["role"] == "reviewer"
+    code, out, _ = cli("projects", "list", "--json", key=reviewer_key)
+    assert json.loads(out)["projects"][0]["pending"] is True
+    code, out, _ = cli("projects", "accept", PROJECT, "--owner", owner, "--json", key=reviewer_key)
+    assert code == 0 and json.loads(out)["pending"] is False
     code, out, _ = cli("projects", "collaborators", PROJECT, "--json")
     assert [c["account_id"] for c in json.loads(out)["collaborators"]] == [reviewer]
 

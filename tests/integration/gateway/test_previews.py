@@ -10,7 +10,7 @@ import pytest
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime.annotate import COLOURS
 from tests.support import faces
-from tests.support.gateway_calls import upload
+from tests.support.gateway_calls import invite, upload
 from tests.support.status import expect_error, expect_invalid
 
 
@@ -117,12 +117,7 @@ def test_a_reviewer_sees_the_projects_previews_and_a_member_of_another_project_d
             pb.CreateProjectRequest(project_id=project_id, display_name=project_id),
             metadata=owner,
         )
-        gateway.stub.InviteCollaborator(
-            pb.InviteCollaboratorRequest(
-                project_id=project_id, account_id=account_id, role=pb.PROJECT_ROLE_REVIEWER
-            ),
-            metadata=owner,
-        )
+        invite(gateway, owner, account_id, pb.PROJECT_ROLE_REVIEWER, project=project_id)
     media = upload(gateway, owner, faces.encode(faces.astronaut()), project="film-p")
     request = pb.GetMediaPreviewRequest(media_id=media.media_id, max_side=128)
 

@@ -203,30 +203,87 @@ def test_bad_invitations_are_refused_with_their_fields_and_write_nothing(gateway
     ).collaborators
 
 
+def _accept(gateway, meta, owner, project=PROJECT):
+    return gateway.stub.AcceptInvitation(
+        pb.AcceptInvitationRequest(project_id=project, owner_account_id=owner), metadata=meta
+    ).project
+
+
 def test_one_project_id_names_one_project_for_an_account(gateway):
     a, meta_a = gateway.new_account("a")
     b, meta_b = gateway.new_account("b")
-    c, meta_c = gateway.new_account("c")
-    for meta in (meta_a, meta_b, meta_c):
+    for meta in (meta_a, meta_b):
         create(gateway, meta, PROJECT)
-    create(gateway, meta_a, "only-a")
-    # the invitee owns a project with that id
-    taken = expect_error(grpc.StatusCode.FAILED_PRECONDITION, invite, gateway, meta_a, b, VIEWER)
+    # an invitation is never refused for what the invitee holds: the inviter learns nothing
+    invite(gateway, meta_a, b, VIEWER, accept=False)
+    # accepting it would make the id name two projects: refused, to the invitee only
+    taken = expect_error(grpc.StatusCode.FAILED_PRECONDITION, _accept, gateway, meta_b, a)
     assert taken.reason == "PROJECT_ID_TAKEN" and a not in taken.message
-    # the invitee collaborates on another account's project with that id
+    # two owners may invite one account to the same id; it accepts one of them
     d, meta_d = gateway.new_account("d")
-    invite(gateway, meta_a, d, VIEWER)
-    taken = expect_error(grpc.StatusCode.FAILED_PRECONDITION, invite, gateway, meta_b, d, VIEWER)
-    assert taken.reason == "PROJECT_ID_TAKEN" and a not in taken.message
-    # a collaborator cannot create (nor upload into a new) project with that id
+    invite(gateway, meta_a, d, VIEWER, accept=False)
+    invite(gateway, meta_b, d, REVIEWER, accept=False)
+    pending = gateway.stub.ListProjects(pb.ListProjectsRequest(), metadata=meta_d).projects
+    assert sorted((p.owner_account_id, p.pending) for p in pending) == sorted(
+        [(a, True), (b, True)]
+    )
+    assert _accept(gateway, meta_d, a).role == VIEWER
+    taken = expect_error(grpc.StatusCode.FAILED_PRECONDITION, _accept, gateway, meta_d, b)
+    assert taken.reason == "PROJECT_ID_TAKEN"
+    # a collaborator cannot create (nor upload into a new) project with an accepted id
     taken = expect_error(grpc.StatusCode.FAILED_PRECONDITION, create, gateway, meta_d, PROJECT)
     assert taken.reason == "PROJECT_ID_TAKEN" and a not in taken.message
-    invite(gateway, meta_a, d, VIEWER, project="only-a")
-    # a project id resolves to the caller's own project first: c's media are c's own
-    invite(gateway, meta_a, c, UPLOADER, project="only-a")
-    reply = upload(gateway, meta_c, faces.encode(faces.astronaut()), project=PROJECT)
+    # an unknown invitation is NOT_FOUND
+    expect_error(grpc.StatusCode.NOT_FOUND, _accept, gateway, meta_d, a, "nope")
+
+
+def test_a_pending_invitation_gives_no_access_and_captures_no_upload(gateway, studio):
+    """Nobody can draw another account's uploads into its project by inviting it: until the
+    invited account accepts, the id still names the invited account's own project."""
+    owner, meta = studio
+    create(gateway, meta, PROJECT)
+    media = upload(gateway, meta, group_photo())
+    victim, victim_meta = gateway.new_account("victim")
+    invite(gateway, meta, victim, UPLOADER, accept=False)
+    [seen] = gateway.stub.ListProjects(pb.ListProjectsRequest(), metadata=victim_meta).projects
+    assert seen.pending and seen.owner_account_id == owner
+    reply = upload(gateway, victim_meta, faces.encode(faces.astronaut()), project=PROJECT)
     with gateway.app.db.read() as session:
-        assert session.get(MediaRow, reply.media_id).account_id == c
+        assert session.get(MediaRow, reply.media_id).account_id == victim
+    assert all(f.talent_id == "" for f in reply.faces)  # not matched against the owner's talents
+    listed = gateway.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta).media
+    assert reply.media_id not in {m.media_id for m in listed}
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        gateway.stub.GetMediaResults,
+        pb.GetMediaResultsRequest(media_id=media.media_id),
+        metadata=victim_meta,
+    )
+    # the victim's own project now holds the id: accepting is refused, to the victim only
+    taken = expect_error(grpc.StatusCode.FAILED_PRECONDITION, _accept, gateway, victim_meta, owner)
+    assert taken.reason == "PROJECT_ID_TAKEN"
+
+
+def test_a_removed_uploaders_retry_reads_nothing_and_creates_nothing(gateway, studio):
+    _, meta = studio
+    create(gateway, meta, PROJECT)
+    crew, crew_meta = gateway.new_account("crew")
+    invite(gateway, meta, crew, UPLOADER)
+    upload(gateway, crew_meta, group_photo(), request_id="take-1")
+    gateway.stub.RemoveCollaborator(
+        pb.RemoveCollaboratorRequest(project_id=PROJECT, account_id=crew), metadata=meta
+    )
+    reused = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        upload,
+        gateway,
+        crew_meta,
+        group_photo(),
+        request_id="take-1",
+    )
+    assert reused.reason == "IDEMPOTENCY_KEY_REUSED"
+    own = gateway.stub.ListProjects(pb.ListProjectsRequest(), metadata=crew_meta).projects
+    assert list(own) == []  # the refused retry created no project of the crew's
 
 
 def test_an_uploaders_media_belong_to_the_owner_and_match_the_owners_talents(gateway, studio):

@@ -239,6 +239,19 @@ def _preview(world: World, caller: str):
     )
 
 
+def _accept(world: World, caller: str):
+    return world.gw.stub.AcceptInvitation(
+        pb.AcceptInvitationRequest(project_id=PROJECT, owner_account_id=world.accounts["owner"]),
+        metadata=world.metas[caller],
+    )
+
+
+def _accepted_the_owners_project(world: World, caller: str, reply) -> None:
+    project = reply.project
+    assert (project.owner_account_id, project.project_id) == (world.accounts["owner"], PROJECT)
+    assert project.role == getattr(pb, f"PROJECT_ROLE_{caller.upper()}") and not project.pending
+
+
 def _invite_guest(world: World, caller: str):
     return world.gw.stub.InviteCollaborator(
         pb.InviteCollaboratorRequest(
@@ -306,6 +319,12 @@ ROWS = [
         "InviteCollaborator",
         _invite_guest,
         by_role(reviewer=DENIED, uploader=DENIED, viewer=DENIED),
+    ),
+    Row(
+        "AcceptInvitation",  # the collaborators accepted already: again, the same project
+        _accept,
+        by_role(owner=NOT_FOUND),
+        _accepted_the_owners_project,
     ),
     Row(
         "RemoveCollaborator",
