@@ -272,6 +272,42 @@ def test_a_decision_on_an_erased_talents_face_links_no_talent(gateway, studio):
     assert [e.talent_linked for e in decisions] == [True, False]
 
 
+def test_an_erasure_blanks_the_notes_on_the_talents_faces_and_keeps_the_decisions(gateway, studio):
+    """A reviewer's note is free text that may name the talent: the erasure's scrub blanks it
+    with the face's talent id, in the same transaction; notes on other faces stay."""
+    _, meta = studio
+    media = upload(gateway, meta, group_photo())
+    other = upload(gateway, meta, group_photo())
+    face = astronaut_face(media)
+    [stranger] = [f.face_index for f in media.faces if f.face_index != face]
+    decide(gateway, meta, media.media_id, face, APPROVED, note="Buzz signed the release")
+    decide(gateway, meta, media.media_id, face, BLOCKED, note="Buzz withdrew")
+    decide(gateway, meta, media.media_id, stranger, NEEDS_FORM, note="extra, no form yet")
+    decide(gateway, meta, other.media_id, astronaut_face(other), BLOCKED)  # no note to blank
+
+    gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
+
+    shown = results(gateway, meta, media.media_id).decisions
+    assert [(d.face_index, d.decision, d.note) for d in shown] == [
+        (face, APPROVED, ""),
+        (face, BLOCKED, ""),
+        (stranger, NEEDS_FORM, "extra, no form yet"),
+    ]
+    with gateway.app.db.read() as session:
+        notes = session.execute(
+            select(ReviewDecisionRow.media_id, ReviewDecisionRow.face_index, ReviewDecisionRow.note)
+        ).all()
+    assert sorted(notes) == sorted(
+        [
+            (media.media_id, face, ""),
+            (media.media_id, face, ""),
+            (media.media_id, stranger, "extra, no form yet"),
+            (other.media_id, astronaut_face(other), ""),
+        ]
+    )
+    assert not [n for n in notes if "Buzz" in n.note]
+
+
 @pytest.mark.parametrize("erase_until", ["erase.consent", "erase.audit"])
 def test_a_decision_during_an_erasure_links_no_talent(gateway, studio, erase_until):
     """The erasure is paused with its intent open (the stored face still names the talent):
