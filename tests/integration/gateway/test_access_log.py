@@ -14,9 +14,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select
 
 from gateway.access_log import DROPPED, AccessLogWriter
-from gateway.store import AccessLogRow
+from gateway.store import AccessLogRow, Base
 from mixip.gateway.v1 import admin_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.db import Database
 from mixip.runtime.times import to_timestamp
 from tests.support.gateway_calls import PROJECT, group_photo, upload
 from tests.support.status import expect_error, expect_invalid
@@ -293,3 +294,28 @@ def test_what_is_queued_at_shutdown_is_written(gateway, clock):
     assert writer.waiting() == 0
     mine = [row.media_id for row in stored(gateway) if row.account_id == "acct_a"]
     assert mine == ["med_0", "med_1", "med_2"]
+
+
+def test_a_call_ending_after_shutdown_writes_its_own_entry(gateway, clock):
+    """The server's stop(grace) may leave handlers running past the writer's close: their
+    entries are written by the call itself, not queued where no thread writes them."""
+    writer = AccessLogWriter(gateway.app.db)
+    writer.start()
+    writer.add(entry(clock, 0))
+    writer.close()
+    writer.add(entry(clock, 1))  # a handler still ending
+    assert writer.waiting() == 0
+    mine = [row.media_id for row in stored(gateway) if row.account_id == "acct_a"]
+    assert mine == ["med_0", "med_1"]
+
+
+def test_an_entry_after_shutdown_that_cannot_be_written_is_counted_dropped(
+    gateway, clock, tmp_path
+):
+    gone = Database(f"sqlite:///{tmp_path / 'no-such-dir' / 'gateway.db'}", Base.metadata)
+    writer = AccessLogWriter(gone)
+    writer.close()
+    before = DROPPED._value.get()
+    writer.add(entry(clock, 0))
+    assert DROPPED._value.get() == before + 1 and writer.waiting() == 0
+    gone.dispose()
