@@ -1,7 +1,8 @@
 """Bad input for ListAccessLog. Same harness and oracle style as test_bad_input.py: a request
 with a BAD field must be INVALID_ARGUMENT and write nothing; a GOOD one lists only the caller's
-own entries, or is NOT_FOUND when it filters on a project the caller does not own. The access log itself records every call, refused ones too, by design: the harness
-does not watch its table (tests/property/conftest.py)."""
+own entries, or is NOT_FOUND when it filters on a project the caller does not own. The access
+log itself records every call, refused ones too, by design: the harness does not watch its
+table (tests/property/conftest.py)."""
 
 from __future__ import annotations
 
