@@ -103,15 +103,20 @@ class AccessLogWriter:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._closed = False  # set by close(): later entries are written by their caller
 
     def add(self, entry: dict[str, Any]) -> None:
-        """Queues an entry; never blocks (a full queue drops it, counted)."""
+        """Queues an entry; never blocks (a full queue drops it, counted). After `close`, a
+        call still ending (past the server's grace) writes its own entry, or counts it dropped."""
         with self._lock:
+            closed = self._closed
             full = len(self._pending) >= self.capacity
-            if not full:
+            if not (closed or full):
                 self._pending.append(entry)
             waiting = len(self._pending)
-        if full:
+        if closed:
+            self._write_alone(entry)
+        elif full:
             DROPPED.inc()
             if not self._warned:
                 self._warned = True
@@ -175,12 +180,29 @@ class AccessLogWriter:
                     waiting=self.waiting(),
                 )
 
+    def _write_alone(self, entry: dict[str, Any]) -> None:
+        """Writes one entry now (no thread is left to): on failure it is dropped, counted."""
+        try:
+            with self.db.write() as session:
+                bulk_insert(session, AccessLogRow.__table__, [entry])
+        except Exception as exc:
+            DROPPED.inc()
+            logs.log(
+                logger,
+                "access log entry lost after shutdown",
+                level=logging.WARNING,
+                error=type(exc).__name__,
+            )
+
     def close(self) -> None:
-        """Stops the thread and writes what is left (the server has stopped taking calls)."""
+        """Stops the thread and writes what is left (the server has stopped taking calls; a
+        call still ending past its grace writes its own entry, `add`)."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        with self._lock:  # an entry added before this is queued, and flushed just below
+            self._closed = True
         try:
             self.flush()
         except Exception as exc:

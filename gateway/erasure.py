@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.peers import AuditPort, ConsentPort, MatcherPort
@@ -40,6 +40,7 @@ from gateway.store import (
     ErasureReceiptRow,
     GatewaySecretRow,
     MediaFaceRow,
+    ReviewDecisionRow,
     affected,
 )
 from mixip.common.v1 import common_pb2
@@ -211,6 +212,23 @@ class Erasures:
         self.checkpoint("erase.audit")
         with self.db.write() as session:
             self.fence.lock(session, account_id)
+            # A reviewer's free-text note may name the talent: blank the notes of the decisions
+            # on the faces about to be scrubbed (the decisions stay), before their talent id goes.
+            session.execute(
+                update(ReviewDecisionRow)
+                .where(
+                    ReviewDecisionRow.account_id == account_id,
+                    ReviewDecisionRow.note != "",
+                    exists().where(
+                        MediaFaceRow.media_id == ReviewDecisionRow.media_id,
+                        MediaFaceRow.face_index == ReviewDecisionRow.face_index,
+                        MediaFaceRow.account_id == account_id,
+                        MediaFaceRow.talent_id == talent_id,
+                    ),
+                )
+                .values(note="")
+                .execution_options(synchronize_session=False)
+            )
             scrubbed = affected(
                 session,
                 update(MediaFaceRow)

@@ -18,7 +18,7 @@ from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
 from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
-from gateway.projects import INVITABLE, Action, Collaborator, Project, Projects
+from gateway.projects import INVITABLE, Action, Collaborator, Project, Projects, from_micros
 from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
@@ -676,9 +676,24 @@ def _position(
     position = decode_page_token(token, filters, kind=list)
     if position is None:
         return None
-    if len(position) != length or not position[time_at].isdigit():
+    if len(position) != length or not _a_time(position[time_at]):
         raise InvalidArgument.one("page_token", "not a token this service issued")
     return list(position)
+
+
+_MAX_MICROS_DIGITS = 18  # microseconds since 1970 to year 9999 have 15 digits; a BIGINT 19
+
+
+def _a_time(position: str) -> bool:
+    """Whether a token's time is one we could have issued: a forged one (too many digits, out of
+    the calendar's range) must be INVALID_ARGUMENT, not an overflow deep in a query."""
+    if not (position.isascii() and position.isdigit()) or len(position) > _MAX_MICROS_DIGITS:
+        return False
+    try:
+        from_micros(position)
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _project(project: Project) -> gateway_pb2.Project:

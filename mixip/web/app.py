@@ -56,6 +56,7 @@ MAX_NOTE = 1000
 # Hosts the page answers to: a page on loopback reached by another name is a DNS-rebinding
 # attempt (its cookies would not be sent, but its forms would be), so it is refused.
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
+MAX_FACE_INDEX = 2**31 - 1
 CSP = (
     "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'none'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -146,7 +147,7 @@ class Forbidden(HTTPException):
 def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starlette:
     """The page, calling the gateway over `channel`."""
     gateway = Gateway(channel)
-    sessions = sessions or Sessions()
+    sessions = sessions if sessions is not None else Sessions()  # an empty store is falsy
     templates = Jinja2Templates(
         env=jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -323,9 +324,11 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
     async def decide(request: Request) -> Response:
         session = current(request)
         form = await checked_form(request, session)
-        assert session is not None and session.signed_in
+        session = signed_in(request)  # a sign-in form's session has a valid token too
         media_id = _identifier(request.path_params["media_id"])
         face_index = int(request.path_params["face_index"])
+        if face_index > MAX_FACE_INDEX:
+            raise HTTPException(404)  # no such face: the gateway's face_index is an int32
         decision = DECISIONS.get(str(form.get("decision", "")))
         note = str(form.get("note", "")).strip()
         if decision is None:

@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 from mixip.runtime.times import Clock, utcnow
 
 IDLE = timedelta(hours=8)
-# Sessions kept at most (the oldest idle one goes first): a flood of sign-in pages cannot grow
-# the process without bound.
+# Sessions kept at most (the longest idle signed-out one goes first, a signed-in one only when
+# none is signed out): a flood of sign-in pages can neither grow the process without bound nor
+# sign anyone out.
 MAX_SESSIONS = 10_000
 
 
@@ -58,7 +59,8 @@ class Sessions:
         with self._lock:
             self._expire(now)
             if len(self._sessions) >= MAX_SESSIONS:
-                oldest = min(self._sessions.values(), key=lambda s: s.last_seen)
+                # signed-out sessions go first: a flood of sign-in pages signs no one out
+                oldest = min(self._sessions.values(), key=lambda s: (s.signed_in, s.last_seen))
                 del self._sessions[oldest.session_id]
             self._sessions[session.session_id] = session
         return session

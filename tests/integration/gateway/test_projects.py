@@ -10,6 +10,7 @@ import grpc
 from gateway.store import MediaRow
 from mixip.common.v1 import common_pb2 as common
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.paging import encode_page_token
 from tests.support import faces
 from tests.support.gateway_calls import PROJECT, group_photo, invite, upload
 from tests.support.status import expect_error, expect_invalid
@@ -332,3 +333,53 @@ def test_an_uploaders_media_belong_to_the_owner_and_match_the_owners_talents(gat
         len(gateway.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta).media)
         == 2
     )
+
+
+FORGED_TIMES = [
+    "9" * 128,  # a well-formed identifier, far past any calendar
+    "9" * 19,  # fits a BIGINT, not a datetime
+    "253402300800000000",  # 10000-01-01: one past the calendar
+    "-1",  # negative
+    "0x10",
+]
+
+
+def test_forged_page_tokens_with_impossible_times_are_invalid_not_internal(gateway):
+    """A page token is the client's to forge: one carrying the right filters and a time no
+    listing could have issued is INVALID_ARGUMENT on page_token, never an overflow."""
+    _, meta = gateway.new_account("owner")
+    create(gateway, meta, PROJECT)
+    for moment in FORGED_TIMES:
+        forged = [
+            (
+                gateway.stub.ListProjects,
+                pb.ListProjectsRequest(page_token=encode_page_token(["0", moment, "a", "b"], {})),
+            ),
+            (
+                gateway.stub.ListCollaborators,
+                pb.ListCollaboratorsRequest(
+                    project_id=PROJECT,
+                    page_token=encode_page_token([moment, "acct_x"], {"p": PROJECT}),
+                ),
+            ),
+            (
+                gateway.stub.ListMedia,
+                pb.ListMediaRequest(
+                    project_id=PROJECT,
+                    page_token=encode_page_token(
+                        [moment, "med_x"], {"p": PROJECT, "l": 0, "u": False}
+                    ),
+                ),
+            ),
+        ]
+        for call, request in forged:
+            expect_invalid(call, request, metadata=meta, fields={"page_token"})
+    # the same tokens with a time that could have been issued are accepted
+    accepted = gateway.stub.ListMedia(
+        pb.ListMediaRequest(
+            project_id=PROJECT,
+            page_token=encode_page_token(["0", "med_x"], {"p": PROJECT, "l": 0, "u": False}),
+        ),
+        metadata=meta,
+    )
+    assert list(accepted.media) == []

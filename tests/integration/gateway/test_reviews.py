@@ -140,10 +140,13 @@ def test_decisions_are_append_only_and_never_change_a_label(gateway, studio, clo
     ]
     assert list(got.media.faces) == list(media.faces)  # the labels are as the matcher gave them
 
-    # a label changed by an erasure leaves the decisions as they were
+    # a label changed by an erasure leaves the decisions as they were, but for their notes
+    # (free text that may name the talent: blanked by the erasure)
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
     after = results(gateway, meta, media.media_id)
     assert after.media.faces[face].reason == common.LABEL_REASON_TALENT_ERASED
+    for decision in got.decisions:
+        decision.note = ""
     assert list(after.decisions) == list(got.decisions)
 
 
@@ -270,6 +273,42 @@ def test_a_decision_on_an_erased_talents_face_links_no_talent(gateway, studio):
     decisions = [e for e in events if e.idempotency_key.startswith("review:")]
     # the first event's hash is unlinkable (its salt is shredded); the second carries none
     assert [e.talent_linked for e in decisions] == [True, False]
+
+
+def test_an_erasure_blanks_the_notes_on_the_talents_faces_and_keeps_the_decisions(gateway, studio):
+    """A reviewer's note is free text that may name the talent: the erasure's scrub blanks it
+    with the face's talent id, in the same transaction; notes on other faces stay."""
+    _, meta = studio
+    media = upload(gateway, meta, group_photo())
+    other = upload(gateway, meta, group_photo())
+    face = astronaut_face(media)
+    [stranger] = [f.face_index for f in media.faces if f.face_index != face]
+    decide(gateway, meta, media.media_id, face, APPROVED, note="Buzz signed the release")
+    decide(gateway, meta, media.media_id, face, BLOCKED, note="Buzz withdrew")
+    decide(gateway, meta, media.media_id, stranger, NEEDS_FORM, note="extra, no form yet")
+    decide(gateway, meta, other.media_id, astronaut_face(other), BLOCKED)  # no note to blank
+
+    gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
+
+    shown = results(gateway, meta, media.media_id).decisions
+    assert [(d.face_index, d.decision, d.note) for d in shown] == [
+        (face, APPROVED, ""),
+        (face, BLOCKED, ""),
+        (stranger, NEEDS_FORM, "extra, no form yet"),
+    ]
+    with gateway.app.db.read() as session:
+        notes = session.execute(
+            select(ReviewDecisionRow.media_id, ReviewDecisionRow.face_index, ReviewDecisionRow.note)
+        ).all()
+    assert sorted(notes) == sorted(
+        [
+            (media.media_id, face, ""),
+            (media.media_id, face, ""),
+            (media.media_id, stranger, "extra, no form yet"),
+            (other.media_id, astronaut_face(other), ""),
+        ]
+    )
+    assert not [n for n in notes if "Buzz" in n.note]
 
 
 @pytest.mark.parametrize("erase_until", ["erase.consent", "erase.audit"])

@@ -44,3 +44,21 @@ def test_the_store_is_bounded_by_dropping_the_longest_idle_session(clock, monkey
 
     assert len(store) == 3 and store.get(oldest.session_id) is None
     assert all(store.get(s.session_id) is s for s in kept)
+
+
+def test_a_flood_of_signed_out_sessions_never_evicts_a_signed_in_one(clock, monkeypatch):
+    monkeypatch.setattr(sessions_module, "MAX_SESSIONS", 3)
+    store = Sessions(clock)
+    person = store.new(api_key="mixip_key")  # the longest idle of all
+    clock.advance(minutes=1)
+    for _ in range(50):  # GET / over and over: a sign-in form's session each time
+        store.new()
+        clock.advance(seconds=1)
+
+    assert len(store) == 3 and store.get(person.session_id) is person
+    # with no signed-out session left to drop, the longest idle signed-in one goes
+    others = [store.new(api_key="k2"), store.new(api_key="k3")]
+    clock.advance(minutes=1)
+    store.new(api_key="k4")
+    assert store.get(person.session_id) is None
+    assert all(store.get(s.session_id) is s for s in others)
