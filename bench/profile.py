@@ -1,0 +1,214 @@
+"""Where the mesh's remaining overhead goes (issue 13): what the second hop of the media bytes
+costs, what a storage reference would put in series instead, and py-spy profiles of the
+gateway and the matcher processes while they serve uploads.
+
+- **Hop**: `MatchMedia` on the mesh's own matcher (mutual TLS as the gateway, the gateway's
+  certificate), once carrying the image and once carrying nothing, both refused at the first
+  field check (an empty account id) before any work: their difference is what sending the
+  bytes over the gateway→matcher hop costs (serialise, TLS, loopback, parse). Alternated, p50.
+- **Store**: `LocalEncryptedStore.put` of the same bytes (envelope encryption + fsync), the
+  step a storage reference would have to finish before the matcher could start (today it runs
+  while the matcher works), and the matcher would need the media key to read it.
+- **Profiles**: `py-spy record` (raw collapsed stacks, 100 Hz, active threads only) on the
+  gateway and the matcher for `seconds` while one client uploads the 0.3 MP and the 1080p
+  photo in turn; the top functions by self share of each process's samples, and the project's
+  own functions by inclusive share. Skipped (and
+  said so) where py-spy is not installed or may not attach.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from bench import media
+from bench.mesh import RunningMesh
+from bench.stats import summary
+from gateway.media_store import LocalEncryptedStore
+from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
+from mixip.runtime.keys import LocalKeyWrapper
+from mixip.runtime.tls import channel_credentials
+
+METHOD = __doc__.split("\n\n", 1)[1].strip()
+TOP = 12
+
+
+def run(mesh: RunningMesh, smoke: bool) -> dict:
+    images = {
+        "photo_03mp_1face": media.jpeg(media.photo_03mp()),
+        "photo_1080p_1face": media.jpeg(media.photo_1080p()),
+        "group_4k_10faces": media.jpeg(media.group_4k()),
+    }
+    calls = 6 if smoke else 60
+    result: dict = {"method": METHOD, "hop_ms": {}, "store_ms": {}}
+    stub = _matcher_stub(mesh)
+    for name, data in images.items():
+        result["hop_ms"][name] = _hop(stub, data, calls)
+        result["store_ms"][name] = _store(data, max(3, calls // 3))
+    seconds = 3.0 if smoke else 20.0
+    result["profile_seconds"] = seconds
+    result["profiles"] = _profiles(
+        mesh, [images["photo_03mp_1face"], images["photo_1080p_1face"]], seconds
+    )
+    return result
+
+
+def _matcher_stub(mesh: RunningMesh) -> matcher_pb2_grpc.MatcherServiceStub:
+    address = mesh.mesh.addresses["matcher"]
+    tls_dir = mesh.mesh.tls_dir
+    if tls_dir is None:
+        channel = grpc.insecure_channel(address)
+    else:  # the gateway's own identity: the one caller MatchMedia accepts
+        channel = grpc.secure_channel(
+            address,
+            channel_credentials(tls_dir, "gateway"),
+            options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        )
+    return matcher_pb2_grpc.MatcherServiceStub(channel)
+
+
+def _hop(stub: matcher_pb2_grpc.MatcherServiceStub, data: bytes, calls: int) -> dict:
+    """p50 of a refused MatchMedia with the bytes, without them, and their difference."""
+    with_bytes = matcher_pb2.MatchMediaRequest(account_id="", project_id="p", media=data)
+    without = matcher_pb2.MatchMediaRequest(account_id="", project_id="p", media=b"")
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for i in range(calls + 2):
+        for side in ("with", "without") if i % 2 == 0 else ("without", "with"):
+            request = with_bytes if side == "with" else without
+            started = time.perf_counter()
+            try:
+                stub.MatchMedia(request, timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+            if i >= 2:  # two warm-up rounds
+                times[side].append(time.perf_counter() - started)
+    full, empty = summary(times["with"]), summary(times["without"])
+    return {
+        "bytes": len(data),
+        "with_bytes_p50": full["p50"],
+        "without_bytes_p50": empty["p50"],
+        "bytes_p50": round(full["p50"] - empty["p50"], 2),
+    }
+
+
+def _store(data: bytes, calls: int) -> dict:
+    directory = Path(tempfile.mkdtemp(prefix="mixip-bench-store-"))
+    try:
+        store = LocalEncryptedStore(directory / "media", LocalKeyWrapper(directory / "kek.key"))
+        store.put("acct", data)  # the key file is made once
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            store.put("acct", data)
+            times.append(time.perf_counter() - started)
+        return summary(times)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _profiles(mesh: RunningMesh, images: list[bytes], seconds: float) -> dict:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return {"skipped": "py-spy is not installed (it is in the dev extra)"}
+    stop = threading.Event()
+    uploads = [0]
+
+    def load() -> None:
+        while not stop.is_set():
+            mesh.upload(images[uploads[0] % len(images)])
+            uploads[0] += 1
+
+    directory = Path(tempfile.mkdtemp(prefix="mixip-bench-spy-"))
+    recorders = {}
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        for name in ("gateway", "matcher"):
+            out = directory / f"{name}.txt"
+            recorders[name] = (
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(mesh.mesh.processes[name].pid),
+                        "--rate",
+                        "100",
+                        "--duration",
+                        str(int(seconds)),
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+                out,
+            )
+        found: dict = {}
+        for name, (process, out) in recorders.items():
+            _, errors = process.communicate(timeout=seconds + 60)
+            if process.returncode != 0 or not out.exists():
+                found[name] = {"skipped": f"py-spy could not record: {errors.strip()[-200:]}"}
+            else:
+                found[name] = _top(out.read_text())
+        found["uploads_during"] = uploads[0]
+        return found
+    finally:
+        stop.set()
+        worker.join(60)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _top(collapsed: str) -> dict:
+    """Top functions of py-spy's raw output ("frame;frame;... count" lines): inclusive share
+    (the function is anywhere on the stack) and self share (it is the innermost frame)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        raw = stack.split(";")
+        frames = [_short(f) for f in raw]
+        # inclusive: the project's own functions (the threads' and gRPC's plumbing frames
+        # would top the list at ~100% and say nothing)
+        for frame in {_short(f) for f in raw if _ours(f)}:
+            inclusive[frame] += samples
+        own[frames[-1]] += samples
+    if not total:
+        return {"samples": 0, "inclusive": [], "self": []}
+
+    def share(counter: Counter[str]) -> list[str]:
+        return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(TOP)]
+
+    return {"samples": total, "inclusive": share(inclusive), "self": share(own)}
+
+
+def _ours(frame: str) -> bool:
+    where = frame.partition(" (")[2]
+    return any(f"/{package}/" in where for package in ("gateway", "services", "mixip"))
+
+
+def _short(frame: str) -> str:
+    """`function (path/to/module.py:line)` → `function (module.py)`: one line per function."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    tail = "/".join(parts[-2:]) if parts else path
+    return f"{name} ({tail})"
