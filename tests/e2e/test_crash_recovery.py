@@ -90,9 +90,7 @@ def test_an_audit_service_killed_and_restarted_loses_nothing(mesh, client):
     stub, meta = client
     mesh.processes["audit"].kill()
     photo = faces.encode(faces.composite(faces.astronaut(), faces.grace_hopper()))
-    reply = stub.UploadMedia(
-        upload_requests(photo, project="p1", request_id="up-2"), metadata=meta
-    )
+    reply = stub.UploadMedia(upload_requests(photo, project="p1", request_id="up-2"), metadata=meta)
     assert len(reply.faces) == 2
     mesh.restart("audit")
     again = stub.UploadMedia(
