@@ -9,10 +9,11 @@ gateway and the matcher processes while they serve uploads.
 - **Store**: `LocalEncryptedStore.put` of the same bytes (envelope encryption + fsync), the
   step a storage reference would have to finish before the matcher could start (today it runs
   while the matcher works), and the matcher would need the media key to read it.
-- **Profiles**: `py-spy record` (raw collapsed stacks, 100 Hz, active threads only) on the
-  gateway and the matcher for `seconds` while one client uploads the 0.3 MP and the 1080p
-  photo in turn; the top functions by self share of each process's samples, and the project's
-  own functions by inclusive share. Skipped (and
+- **Profiles**: `py-spy record` (raw collapsed stacks, 100 Hz) on the gateway and the matcher
+  while one client uploads the 0.3 MP and the 1080p photo in turn: first on-CPU samples (top
+  functions by self share, and the project's own functions by inclusive share), then wall time
+  with `--idle` (waiting included) inside `UploadMedia` and `MatchMedia`: the share of one
+  request's time under each of the project's functions. Skipped (and
   said so) where py-spy is not installed or may not attach.
 """
 
@@ -115,6 +116,10 @@ def _store(data: bytes, calls: int) -> dict:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# Where one request's wall time goes: the handler whose subtree is read, per process.
+WALL_ROOTS = {"gateway": "GatewayServicer.UploadMedia", "matcher": "MatcherServicer.MatchMedia"}
+
+
 def _profiles(mesh: RunningMesh, images: list[bytes], seconds: float) -> dict:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -128,48 +133,74 @@ def _profiles(mesh: RunningMesh, images: list[bytes], seconds: float) -> dict:
             uploads[0] += 1
 
     directory = Path(tempfile.mkdtemp(prefix="mixip-bench-spy-"))
-    recorders = {}
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
     try:
-        for name in ("gateway", "matcher"):
-            out = directory / f"{name}.txt"
-            recorders[name] = (
-                subprocess.Popen(
-                    [
-                        spy,
-                        "record",
-                        "--pid",
-                        str(mesh.mesh.processes[name].pid),
-                        "--rate",
-                        "100",
-                        "--duration",
-                        str(int(seconds)),
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(out),
-                        "--nonblocking",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                ),
-                out,
-            )
         found: dict = {}
-        for name, (process, out) in recorders.items():
-            _, errors = process.communicate(timeout=seconds + 60)
-            if process.returncode != 0 or not out.exists():
-                found[name] = {"skipped": f"py-spy could not record: {errors.strip()[-200:]}"}
-            else:
-                found[name] = _top(out.read_text())
+        # CPU (threads on a CPU), then wall time (every thread, waiting too)
+        for mode, extra in (("cpu", []), ("wall", ["--idle"])):
+            recorded = _record(spy, mesh, directory, mode, extra, seconds)
+            for name, collapsed in recorded.items():
+                entry = found.setdefault(name, {})
+                if isinstance(collapsed, str) and mode == "cpu":
+                    entry.update(_top(collapsed))
+                elif isinstance(collapsed, str):
+                    entry["wall_in_" + WALL_ROOTS[name]] = _wall(collapsed, WALL_ROOTS[name])
+                else:
+                    entry["skipped"] = collapsed["skipped"]
         found["uploads_during"] = uploads[0]
         return found
     finally:
         stop.set()
         worker.join(60)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _record(
+    spy: str, mesh: RunningMesh, directory: Path, mode: str, extra: list[str], seconds: float
+) -> dict:
+    """py-spy's raw output per process (or why there is none), gateway and matcher at once."""
+    recorders = {}
+    for name in WALL_ROOTS:
+        out = directory / f"{name}-{mode}.txt"
+        command = [spy, "record", "--pid", str(mesh.mesh.processes[name].pid), "--rate", "100"]
+        command += ["--duration", str(int(seconds)), "--format", "raw", "--output", str(out)]
+        command += ["--nonblocking", *extra]
+        recorders[name] = (
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+            out,
+        )
+    recorded: dict = {}
+    for name, (process, out) in recorders.items():
+        _, errors = process.communicate(timeout=seconds + 60)
+        if process.returncode != 0 or not out.exists():
+            recorded[name] = {"skipped": f"py-spy could not record: {errors.strip()[-200:]}"}
+        else:
+            recorded[name] = out.read_text()
+    return recorded
+
+
+def _wall(collapsed: str, root: str) -> list[str]:
+    """The project's functions called under `root`, by share of the wall time spent in `root`
+    (waiting included): where one request's time goes."""
+    under: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        at = next((i for i, f in enumerate(frames) if f.startswith(root + " ")), None)
+        if at is None or not count.isdigit():
+            continue
+        total += int(count)
+        below = frames[at + 1 :]
+        for frame in {_short(f) for f in below if _ours(f)}:
+            under[frame] += int(count)
+        waiting = [f for f in below if f.startswith(("Condition.wait", "_MultiThreadedRendezvous"))]
+        if waiting:
+            under["(waiting on a future or a peer)"] += int(count)
+    if not total:
+        return []
+    return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in under.most_common(TOP)]
 
 
 def _top(collapsed: str) -> dict:
@@ -200,9 +231,13 @@ def _top(collapsed: str) -> dict:
     return {"samples": total, "inclusive": share(inclusive), "self": share(own)}
 
 
+# py-spy names a file by its last two path parts: these are the project's own.
+OURS = ("gateway/", "matcher/", "engines/", "runtime/", "audit/", "consent/", "retention/")
+
+
 def _ours(frame: str) -> bool:
-    where = frame.partition(" (")[2]
-    return any(f"/{package}/" in where for package in ("gateway", "services", "mixip"))
+    where = "/" + frame.partition(" (")[2]
+    return any(f"/{package}" in where for package in OURS)
 
 
 def _short(frame: str) -> str:

@@ -69,6 +69,38 @@ def markdown(results: dict) -> str:
                     _met(o["met"]),
                 )
             )
+    if "profile" in f:
+        p = f["profile"]
+        overhead = f.get("overhead", {})
+        hops = []
+        for name, hop in p["hop_ms"].items():
+            o = overhead.get(name)
+            extra = o["mesh_ms"]["p50"] - o["raw_ms"]["p50"] if o else None
+            share = f" = {100 * hop['bytes_p50'] / extra:.0f}% of its overhead" if extra else ""
+            hops.append(
+                f"{name} ({hop['bytes'] / 1000:.0f} kB): {hop['bytes_p50']:.2f} ms{share}; "
+                f"store first {p['store_ms'][name]['p50']:.2f} ms"
+            )
+        rows.append(
+            (
+                "Media bytes over the gateway→matcher hop (p50), and the encrypted store a "
+                "storage reference would put before the match",
+                "; ".join(hops),
+                "—",
+                "—",
+            )
+        )
+        for process in ("gateway", "matcher"):
+            prof = p["profiles"].get(process, {})
+            if prof.get("self"):
+                rows.append(
+                    (
+                        f"py-spy, {process}, top self time ({prof['samples']} samples)",
+                        "; ".join(line.strip() for line in prof["self"][:6]),
+                        "—",
+                        "—",
+                    )
+                )
     if "throughput" in f:
         t = f["throughput"]
         mesh = ", ".join(
