@@ -5,7 +5,8 @@ An upload makes one durable commit on its hot path: its results and its audit ev
 each) in the same transaction, under the erasure fence lock, so an event about a talent whose
 erasure began is never queued (gateway/uploads.py). The promise to the client: no results are
 returned whose audit events are not durably queued in the same commit; they are delivered
-within seconds (the deliverer is woken by every commit and polls every `poll_seconds`).
+within seconds (the deliverer is woken by every commit, lingers `linger_seconds` to batch the
+uploads of that moment, and polls every `poll_seconds`).
 
 - Delivery is at least once: `RecordMatchEvents` is idempotent per idempotency key, so a row
   delivered twice (two replicas, a crash between the call and the row's deletion) is recorded
@@ -57,6 +58,7 @@ class AuditOutbox:
         clock: Clock,
         *,
         poll_seconds: float = 1.0,
+        linger_seconds: float = 0.25,
         lease_seconds: float = 30.0,
         base_backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 30.0,
@@ -67,6 +69,7 @@ class AuditOutbox:
         self.audit = audit
         self.clock = clock
         self.poll_seconds = poll_seconds
+        self.linger_seconds = linger_seconds
         self.lease = timedelta(seconds=lease_seconds)
         self.base_backoff = base_backoff_seconds
         self.max_backoff = max_backoff_seconds
@@ -114,6 +117,10 @@ class AuditOutbox:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            # Woken by a commit, it lingers a moment so that the uploads of that moment go in
+            # one batch: one claim, one call, one deletion for all of them (per upload, the
+            # deliverer's two commits and a call cost the gateway as much CPU as the upload).
+            self._stop.wait(self.linger_seconds)
             self._wake.clear()
             try:
                 delivered = self.run_once()
