@@ -50,10 +50,14 @@ def run(mesh: RunningMesh, smoke: bool) -> dict:
     }
     calls = 6 if smoke else 60
     result: dict = {"method": METHOD, "hop_ms": {}, "store_ms": {}}
-    stub = _matcher_stub(mesh)
-    for name, data in images.items():
-        result["hop_ms"][name] = _hop(stub, data, calls)
-        result["store_ms"][name] = _store(data, max(3, calls // 3))
+    channel = _matcher_channel(mesh)
+    stub = matcher_pb2_grpc.MatcherServiceStub(channel)
+    try:
+        for name, data in images.items():
+            result["hop_ms"][name] = _hop(stub, data, calls)
+            result["store_ms"][name] = _store(data, max(3, calls // 3))
+    finally:
+        channel.close()
     seconds = 3.0 if smoke else 20.0
     result["profile_seconds"] = seconds
     result["profiles"] = _profiles(
@@ -62,7 +66,7 @@ def run(mesh: RunningMesh, smoke: bool) -> dict:
     return result
 
 
-def _matcher_stub(mesh: RunningMesh) -> matcher_pb2_grpc.MatcherServiceStub:
+def _matcher_channel(mesh: RunningMesh) -> grpc.Channel:
     address = mesh.mesh.addresses["matcher"]
     tls_dir = mesh.mesh.tls_dir
     if tls_dir is None:
@@ -73,7 +77,7 @@ def _matcher_stub(mesh: RunningMesh) -> matcher_pb2_grpc.MatcherServiceStub:
             channel_credentials(tls_dir, "gateway"),
             options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
         )
-    return matcher_pb2_grpc.MatcherServiceStub(channel)
+    return channel
 
 
 def _hop(stub: matcher_pb2_grpc.MatcherServiceStub, data: bytes, calls: int) -> dict:
