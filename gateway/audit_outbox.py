@@ -159,6 +159,7 @@ class AuditOutbox:
             last = session.scalar(
                 select(func.max(AuditOutboxRow.id)).where(AuditOutboxRow.account_id == account_id)
             )
+        self.checkpoint("outbox.draining")
         while last is not None:
             with self.db.read() as session:
                 rows = session.execute(

@@ -511,3 +511,23 @@ def test_reading_verifying_and_exporting_deliver_the_callers_queued_events_first
     )
     assert len(json.loads(exported.document_json)["audit_events"]) == 3
     assert _owed(gateway, account) == 0 and _owed(gateway, other) == 2
+
+
+def test_a_drain_delivers_what_was_queued_when_it_began(gateway, clock, hooks):
+    """Uploads that commit while a reader's drain runs are left to the deliverer: a steady
+    stream of uploads cannot keep the reader waiting."""
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    outbox.checkpoint = hooks
+    account, meta = gateway.new_account("stream")
+    first = upload(gateway, meta, group_photo())
+    began = hooks.pause_at("outbox.draining")
+    draining = Outcome(lambda: outbox.drain(account), began)
+    began.reached()
+    second = upload(gateway, meta, group_photo())
+    began.release()
+    draining.join()
+    assert draining.error is None and draining.result == len(first.faces)
+    assert _owed(gateway, account) == len(second.faces)
+    assert len(_recorded_events(gateway, account, first.media_id)) == len(first.faces)
+    assert _recorded_events(gateway, account, second.media_id) == []
