@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import report
 from bench.stats import load_average
 
-SECTIONS = ("overhead", "throughput", "search", "audit", "video", "startup")
+SECTIONS = ("overhead", "profile", "throughput", "search", "audit", "video", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {name} ==\n{figure['method']}", flush=True)
         print(json.dumps({k: v for k, v in figure.items() if k != "method"}, indent=1), flush=True)
 
-    if {"overhead", "throughput", "video"} & set(only):
-        from bench import overhead, throughput, video
+    if {"overhead", "profile", "throughput", "video"} & set(only):
+        from bench import overhead, profile, throughput, video
         from bench.mesh import RawEngine, RunningMesh
 
         raw = RawEngine()
         with RunningMesh() as mesh:  # one mesh for the three figures that drive it
             if "overhead" in only:
                 done("overhead", overhead.run(mesh, raw, args.smoke))
+            if "profile" in only:
+                done("profile", profile.run(mesh, args.smoke))
             if "throughput" in only:
                 done("throughput", throughput.run(mesh, raw, args.smoke))
             if "video" in only:

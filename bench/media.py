@@ -1,6 +1,7 @@
 """Benchmark media made from the two public-domain faces packaged with our dev dependencies
-(scikit-image's astronaut, matplotlib's Grace Hopper): a 1080p one-face photo, a 4K ten-face
-group photo and a 720p video. Deterministic, offline, made once per run."""
+(scikit-image's astronaut, matplotlib's Grace Hopper): a ~0.3 MP one-face photo (the size of
+most photos people send), a 1080p one-face photo, a 4K ten-face group photo and a 720p video.
+Deterministic, offline, made once per run."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
     left = (width - fitted.shape[1]) // 2
     background[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
     return background
+
+
+def photo_03mp() -> np.ndarray:
+    """640x480 (0.31 MP), Grace Hopper's face about 150 px wide: a small real-world photo."""
+    return _fit(grace_hopper(), 640, 480)
 
 
 def photo_1080p() -> np.ndarray:

@@ -1,5 +1,7 @@
 """Figure 1, mesh overhead: end-to-end UploadMedia through the gateway against the raw engine
-call on the same image, interleaved pair by pair (ABBA order), medians and p99."""
+call on the same image, interleaved pair by pair (ABBA order), medians and p99. Three images:
+a ~0.3 MP one-face photo (where the fixed cost per upload shows most), a 1080p one-face photo
+and a 4K ten-face group photo, each with its own goal."""
 
 from __future__ import annotations
 
@@ -18,17 +20,27 @@ METHOD = (
     "alternate order (raw-mesh, mesh-raw); {warmup} warm-up calls of each are discarded. "
     "Ratio = mesh / raw of the p50s and of the p99s."
 )
-GOAL_P50 = 1.25
+# The p50 ratio each image must stay under (issue 13: 1.15 at 1080p, 1.25 for a ~0.3 MP photo;
+# round one's 1.25 for the 4K group).
+GOALS_P50 = {"photo_03mp_1face": 1.25, "photo_1080p_1face": 1.15, "group_4k_10faces": 1.25}
 
 
 def run(mesh: RunningMesh, raw: RawEngine, smoke: bool) -> dict:
-    samples = {"photo_1080p_1face": 4 if smoke else 60, "group_4k_10faces": 2 if smoke else 30}
+    samples = {
+        "photo_03mp_1face": 4 if smoke else 80,
+        "photo_1080p_1face": 4 if smoke else 60,
+        "group_4k_10faces": 2 if smoke else 30,
+    }
     warmup = 1 if smoke else 5
     images = {
+        "photo_03mp_1face": media.jpeg(media.photo_03mp()),
         "photo_1080p_1face": media.jpeg(media.photo_1080p()),
         "group_4k_10faces": media.jpeg(media.group_4k()),
     }
-    result: dict = {"method": METHOD.format(warmup=warmup), "goal": f"p50 ratio <= {GOAL_P50}"}
+    result: dict = {
+        "method": METHOD.format(warmup=warmup),
+        "goal": ", ".join(f"{name}: p50 ratio <= {goal}" for name, goal in GOALS_P50.items()),
+    }
     for name, data in images.items():
         expected = raw.run(data)
         reply = mesh.upload(data)
@@ -57,6 +69,7 @@ def run(mesh: RunningMesh, raw: RawEngine, smoke: bool) -> dict:
             "mesh_ms": mesh_ms,
             "ratio_p50": p50,
             "ratio_p99": ratio(mesh_ms["p99"], raw_ms["p99"]),
-            "met": p50 <= GOAL_P50,
+            "goal_p50": GOALS_P50[name],
+            "met": p50 <= GOALS_P50[name],
         }
     return result

@@ -15,6 +15,7 @@ import grpc
 
 from gateway.access_log import AccessLog, AccessLogInterceptor, AccessLogWriter
 from gateway.accounts import Accounts
+from gateway.audit_outbox import AuditOutbox
 from gateway.auth import Authenticator
 from gateway.erasure import ErasureFence, Erasures
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
@@ -122,12 +123,19 @@ class GatewayApp(ServiceApp):
         fence = ErasureFence(db, clock)
         self.limits = StreamLimits(settings.max_chunk_bytes, settings.max_upload_bytes)
         self.projects = Projects(db, clock)
+        self.audit_outbox = AuditOutbox(
+            db, peers.audit, clock, poll_seconds=settings.audit_outbox_poll_seconds
+        )
         self.uploads = Uploads(
-            db, peers.matcher, peers.audit, media_store, fence, clock, self.projects
+            db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects
         )
         self.reviews = Reviews(db, peers.audit, fence, clock)
-        self.erasures = Erasures(db, peers.matcher, peers.consent, peers.audit, fence, clock)
-        self.rights = Rights(db, peers.matcher, peers.consent, peers.audit, fence, clock)
+        self.erasures = Erasures(
+            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox
+        )
+        self.rights = Rights(
+            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox
+        )
         self.previews = Previews(db, self.uploads, media_store)
         self.operations = Operations(peers.retention, peers.audit)
         self.orphans = OrphanSweep(db, media_store, clock)
@@ -158,6 +166,17 @@ class GatewayApp(ServiceApp):
             "mixip_gateway_erasure_intents_pending",
             "Erasures begun and not completed (the resumer finishes them).",
             self._open_erasures,
+        )
+
+        telemetry.gauge(
+            "mixip_gateway_audit_outbox_depth",
+            "Audit events queued by uploads and not yet delivered to the audit service.",
+            lambda: [({}, float(self.audit_outbox.backlog()[0]))],
+        )
+        telemetry.gauge(
+            "mixip_gateway_audit_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered audit event (0 when none is owed).",
+            lambda: [({}, self.audit_outbox.backlog()[1])],
         )
 
     def _open_erasures(self) -> list[tuple[dict[str, str], float]]:
@@ -210,6 +229,7 @@ class GatewayApp(ServiceApp):
             target=self._resume_erasures, name="gateway-erasure-resumer", daemon=True
         )
         self._resumer.start()
+        self.audit_outbox.start()
 
     def _resume_erasures(self) -> None:
         """Finishes abandoned erasures at start-up (retrying until the peers answer: they may
@@ -235,6 +255,7 @@ class GatewayApp(ServiceApp):
 
     def close(self) -> None:
         self._stopping.set()
+        self.audit_outbox.stop()
         if self._resumer is not None:
             self._resumer.join(timeout=30)
         if self.internal is not None:

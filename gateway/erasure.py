@@ -7,10 +7,13 @@
    check of an enrollment, the consents a match labels with) refuses the talent from then.
 3. The matcher's vectors: an enrollment that passed its post-insert check inserted before
    step 2, so this deletion sees its vector; one that had not deletes its own vector.
-4. The audit salt, shredded with a marker left in the same transaction: no new salt is made
+4. The account's queued audit events (gateway/audit_outbox.py) are delivered: those about the
+   talent were queued by uploads that committed before the intent (later ones are fenced and
+   queue none), and are hashed with the salt that step 5 destroys.
+5. The audit salt, shredded with a marker left in the same transaction: no new salt is made
    for the talent until a biometric consent is recorded after the erasure (the gateway's
    RecordConsent lifts the marker).
-5. The gateway's stored results are scrubbed and the intent completed in one transaction under
+6. The gateway's stored results are scrubbed and the intent completed in one transaction under
    the fence lock, which an upload's commit takes too: a commit either precedes the scrub (and
    is scrubbed) or sees the intent, open or completed since the upload started (and stores
    UNKNOWN / TALENT_ERASED, no talent id).
@@ -30,6 +33,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
@@ -47,6 +51,9 @@ from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.times import Clock, iso
+
+if TYPE_CHECKING:
+    from gateway.audit_outbox import AuditOutbox
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -141,6 +148,7 @@ class Erasures:
         audit: AuditPort,
         fence: ErasureFence,
         clock: Clock,
+        outbox: AuditOutbox,
     ) -> None:
         self.db = db
         self.matcher = matcher
@@ -148,6 +156,7 @@ class Erasures:
         self.audit = audit
         self.fence = fence
         self.clock = clock
+        self.outbox = outbox
         self.checkpoint: Checkpoint = no_checkpoint
 
     def erase(
@@ -207,6 +216,10 @@ class Erasures:
         deleted = self.matcher.delete_talent_faces(account_id, talent_id, intent.intent_id)
         steps.append(ErasureStep("matcher.delete_faces", deleted, self.clock()))
         self.checkpoint("erase.matcher")
+        # before the shred: the queued events are hashed with the salt that then dies
+        delivered = self.outbox.drain(account_id)
+        steps.append(ErasureStep("gateway.deliver_audit_events", delivered, self.clock()))
+        self.checkpoint("erase.delivered")
         shredded = self.audit.shred_talent_salt(account_id, talent_id)
         steps.append(ErasureStep("audit.shred_salt", int(shredded), self.clock()))
         self.checkpoint("erase.audit")

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway.audit_outbox import AuditOutbox
 from gateway.erasure import Checkpoint, ErasureFence, no_checkpoint
 from gateway.peers import AuditPort, ConsentDecision, ConsentPort, LogVerdict, MatcherPort, Page
 from gateway.store import MediaFaceRow, ReviewDecisionRow, face_decisions, talent_results
@@ -40,6 +41,7 @@ class Rights:
         audit: AuditPort,
         fence: ErasureFence,
         clock: Clock,
+        outbox: AuditOutbox,
     ) -> None:
         self.db = db
         self.matcher = matcher
@@ -47,6 +49,9 @@ class Rights:
         self.audit = audit
         self.fence = fence
         self.clock = clock
+        # Reading, verifying and exporting the audit log deliver the account's queued events
+        # first: a client reads its own writes.
+        self.outbox = outbox
         # Tests pause a consent write at its step boundary through this hook.
         self.checkpoint: Checkpoint = no_checkpoint
 
@@ -120,6 +125,7 @@ class Rights:
         page_size: int,
         page_token: str,
     ) -> Page[audit_pb2.AuditEvent]:
+        self.outbox.drain(account_id)
         return self.audit.events(
             account_id,
             talent_id=talent_id,
@@ -130,6 +136,7 @@ class Rights:
         )
 
     def verify_audit_log(self, account_id: str) -> LogVerdict:
+        self.outbox.drain(account_id)
         return self.audit.verify_log(account_id)
 
     # -- export -------------------------------------------------------------------------------
@@ -138,6 +145,7 @@ class Rights:
         """Everything the mesh holds about the talent, linked while links exist."""
         consents = self.consent.all_consent_records(account_id, talent_id)
         face_records = self.matcher.all_talent_faces(account_id, talent_id)
+        self.outbox.drain(account_id)
         events = self.audit.all_talent_events(account_id, talent_id)
         with self.db.read() as session:
             results = [

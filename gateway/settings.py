@@ -49,6 +49,10 @@ class GatewaySettings:
     """MIXIP_GATEWAY_ERASURE_RESUME_SECONDS (300): how often abandoned erasures are finished
     (they also are at start-up); 0: only at start-up."""
 
+    audit_outbox_poll_seconds: float = 1.0
+    """MIXIP_GATEWAY_AUDIT_OUTBOX_POLL_SECONDS (1, at least 0.05): how often the audit outbox's
+    deliverer looks for owed events (every upload's commit also wakes it)."""
+
     storage: Literal["local", "s3"] = "local"
     """MIXIP_GATEWAY_STORAGE (local | s3): where uploaded media are stored, encrypted."""
 
@@ -122,6 +126,9 @@ class GatewaySettings:
             internal_listen=env.str(variable("gateway_internal", "LISTEN"), "127.0.0.1:50056"),
             erasure_resume_seconds=env.float(
                 "MIXIP_GATEWAY_ERASURE_RESUME_SECONDS", 300.0, minimum=0.0
+            ),
+            audit_outbox_poll_seconds=env.float(
+                "MIXIP_GATEWAY_AUDIT_OUTBOX_POLL_SECONDS", 1.0, minimum=0.05
             ),
             storage="s3" if storage == "s3" else "local",
             media_dir=Path(env.str("MIXIP_GATEWAY_MEDIA_DIR", str(root / "media"))),

@@ -258,6 +258,33 @@ class ReviewDecisionRow(Base):
     )
 
 
+class AuditOutboxRow(Base):
+    """An audit event owed to the audit service, written in the transaction that stores the
+    upload's results (under the erasure fence lock) and deleted once the audit service has
+    recorded it (gateway/audit_outbox.py). `event` is the serialized `MatchEventInput`: it
+    names the talent in clear, so a row lives only until its delivery (seconds), and an
+    erasure delivers the account's rows before it shreds the talent's salt."""
+
+    __tablename__ = "gateway_audit_outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    account_id: Mapped[str] = mapped_column(String(64))
+    event: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A deliverer's claim (another replica skips the row until then); after a failure, the
+    # time of the next attempt.
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_gateway_audit_outbox_account", "account_id", "id"),
+        Index("ix_gateway_audit_outbox_due", "lease_until"),
+    )
+
+
 # -- queries ------------------------------------------------------------------------------------
 
 

@@ -8,11 +8,15 @@ UNKNOWN / TALENT_ERASED with no talent id, because the erasure must not be undon
 upload's events and results (gateway/erasure.py).
 
 The order the privacy promises need:
-- an upload's results are returned (and kept) only after their audit events are recorded; if
-  the audit service cannot record them, the upload fails cleanly (UNAVAILABLE) and nothing is
-  kept;
-- an upload commits its results only if no erasure of its talents began meanwhile, checked in
-  the transaction that stores them (under the account's fence lock).
+- an upload's results are returned (and kept) only with their audit events durably queued in
+  the same commit (gateway/audit_outbox.py); the events are delivered to the audit service
+  within seconds, by a background deliverer, and an upload succeeds while the audit service
+  is down (its events wait in the outbox);
+- an upload commits its results and queues its events only if no erasure of its talents began
+  meanwhile, checked in the transaction that stores them (under the account's fence lock): no
+  event about a fenced talent is ever queued.
+
+One durable commit on the hot path: results, media row and audit events together.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.audit_outbox import AuditOutbox
 from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
 from gateway.media_store import MediaStore
-from gateway.peers import AuditPort, MatcherPort
+from gateway.peers import MatcherPort
 from gateway.projects import Projects, Scope
 from gateway.store import (
     MediaRow,
@@ -123,7 +128,7 @@ class Uploads:
         self,
         db: Database,
         matcher: MatcherPort,
-        audit: AuditPort,
+        outbox: AuditOutbox,
         media_store: MediaStore,
         fence: ErasureFence,
         clock: Clock,
@@ -131,7 +136,7 @@ class Uploads:
     ) -> None:
         self.db = db
         self.matcher = matcher
-        self.audit = audit
+        self.outbox = outbox
         self.media_store = media_store
         self.fence = fence
         self.clock = clock
@@ -142,7 +147,8 @@ class Uploads:
     def upload(
         self, caller_account_id: str, key_id: str, header: UploadHeader, data: bytes
     ) -> StoredMedia:
-        """Store encrypted and match (at once) → record audit events → keep the results.
+        """Store encrypted and match (at once) → keep the results and queue their audit
+        events in one commit.
 
         The media belongs to the project's owner: an uploader's media is matched against the
         owner's talents and consents, its events join the owner's chain (the actor is the
@@ -187,19 +193,15 @@ class Uploads:
                 request_id=header.request_id or None,
                 uploaded_by_account_id=caller_account_id,
             )
-            with self.db.read() as session:  # no event about a talent being erased
-                results = self._fenced_out(session, account_id, matched.faces, started)
-            self.checkpoint("upload.rechecked")
-            self._record_audit(account_id, key_id, media, results)
-            self.checkpoint("upload.audited")
             with self.db.write() as session:
                 # The fence: an erasure's intent and its scrub take this lock too, so either
-                # the erasure began before this commit (and it is seen here) or its scrub runs
-                # after it (and scrubs these rows).
+                # the erasure began before this commit (and it is seen here: no event about
+                # the talent is queued) or its drain and scrub run after it (its queued events
+                # are delivered before the salt is shredded, its rows are scrubbed).
                 self.fence.lock(session, account_id)
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
-                results = self._fenced_out(session, account_id, results, started)
+                results = self._fenced_out(session, account_id, matched.faces, started)
                 faces = [face_row(account_id, media_id, f) for f in results]
                 if not scope.exists:  # an owner's first upload to a new id creates the project
                     self.projects.create_in(session, account_id, header.project_id)
@@ -208,7 +210,9 @@ class Uploads:
                 session.add_all(faces)
                 if header.request_id:
                     session.add(UploadDigestRow(media_id=media_id, digest=digest))
+                self.outbox.queue(session, account_id, self._audit_events(key_id, media, results))
                 stored = StoredMedia(_media(media), [face_result(f) for f in faces])
+            self.outbox.wake()
         except IntegrityError:  # a concurrent retry of the same request stored it first
             self.media_store.delete(account_id, storage_key)
             earlier = self._replayed(caller_account_id, scope, media_id, digest)
@@ -279,30 +283,25 @@ class Uploads:
         fenced = self.fence.fenced(session, account_id, {f.talent_id for f in faces}, started)
         return [_erased(f) if f.talent_id in fenced else f for f in faces]
 
-    def _record_audit(
-        self, account_id: str, key_id: str, media: MediaRow, faces: list[common_pb2.FaceResult]
-    ) -> None:
-        if not faces:
-            return
+    def _audit_events(
+        self, key_id: str, media: MediaRow, faces: list[common_pb2.FaceResult]
+    ) -> list[audit_pb2.MatchEventInput]:
         now = to_timestamp(self.clock())
-        self.audit.record_match_events(
-            account_id,
-            [
-                audit_pb2.MatchEventInput(
-                    idempotency_key=f"{media.media_id}:{f.face_index}",
-                    project_id=media.project_id,
-                    media_id=media.media_id,
-                    face_index=f.face_index,
-                    label=f.label,
-                    reason=f.reason,
-                    similarity=f.similarity,
-                    talent_id=f.talent_id,
-                    actor=key_id,
-                    occurred_at=now,
-                )
-                for f in faces
-            ],
-        )
+        return [
+            audit_pb2.MatchEventInput(
+                idempotency_key=f"{media.media_id}:{f.face_index}",
+                project_id=media.project_id,
+                media_id=media.media_id,
+                face_index=f.face_index,
+                label=f.label,
+                reason=f.reason,
+                similarity=f.similarity,
+                talent_id=f.talent_id,
+                actor=key_id,
+                occurred_at=now,
+            )
+            for f in faces
+        ]
 
 
 class OrphanSweep:

@@ -7,13 +7,13 @@ the erasure finishes. Whatever the interleaving, no link to the talent is left."
 
 from __future__ import annotations
 
-import itertools
+import json
 
 import grpc
 import pytest
 from sqlalchemy import func, select
 
-from gateway.store import ErasureIntentRow, ErasureReceiptRow, MediaFaceRow
+from gateway.store import AuditOutboxRow, ErasureIntentRow, ErasureReceiptRow, MediaFaceRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2 as cpb
@@ -27,19 +27,19 @@ from tests.support.gateway_calls import PROJECT, consent, enroll, group_photo, u
 from tests.support.status import expect_error
 
 TALENT = "astronaut"
-UPLOAD_POINTS = [
-    "upload.started",
-    "upload.matched",
-    "upload.rechecked",
-    "upload.audited",
-]
+# An upload's last boundary is before its one commit (results and queued audit events).
+UPLOAD_POINTS = ["upload.started", "upload.matched"]
 ENROLL_POINTS = ["enroll.consented", "enroll.embedded", "enroll.inserted", "enroll.rechecked"]
-ERASE_POINTS = ["erase.intent", "erase.consent", "erase.matcher", "erase.audit"]
+ERASE_POINTS = ["erase.intent", "erase.consent", "erase.matcher", "erase.delivered", "erase.audit"]
 
 
 def _writer_pairs() -> list[tuple[str, str]]:
     """Each upload boundary with an enrollment boundary (every one of both is used)."""
-    return list(zip(UPLOAD_POINTS, itertools.cycle(ENROLL_POINTS), strict=False))
+    n = max(len(UPLOAD_POINTS), len(ENROLL_POINTS))
+    return [
+        (UPLOAD_POINTS[i % len(UPLOAD_POINTS)], ENROLL_POINTS[i % len(ENROLL_POINTS)])
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -331,3 +331,203 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
     restarted._resumer.join(60)  # with no period, it stops after its start-up pass
     assert not restarted._resumer.is_alive()
     assert_no_link_left(gateway, account, meta)
+
+
+# -- the audit outbox: queued events and erasures ---------------------------------------------
+
+
+def _recorded_events(gateway, account: str, media_id: str) -> list[EventRow]:
+    with gateway.audit.app.db.read() as session:
+        return list(
+            session.scalars(
+                select(EventRow).where(
+                    EventRow.account_id == account, EventRow.media_id == media_id
+                )
+            )
+        )
+
+
+def _owed(gateway, account: str) -> int:
+    with gateway.app.db.read() as session:
+        return session.scalar(select(func.count()).where(AuditOutboxRow.account_id == account))
+
+
+def _check_delivered_before_the_shred(gateway, account: str, meta, reply) -> None:
+    """Each of the upload's events recorded once; the talent's hashed (with the salt the
+    erasure then destroyed: none is left); no link left; nothing owed."""
+    events = _recorded_events(gateway, account, reply.media_id)
+    assert sorted(e.face_index for e in events) == sorted(f.face_index for f in reply.faces)
+    assert sum(e.talent_hash is not None for e in events) == 1
+    assert_no_link_left(gateway, account, meta)  # its reads deliver what is still owed
+    assert _owed(gateway, account) == 0
+
+
+def test_an_erasure_delivers_the_queued_events_before_it_shreds_in_any_gap(gateway, clock, hooks):
+    """An upload's events wait in the outbox (the deliverer is stopped); the erasure pauses at
+    each of its boundaries and the deliverer runs a full pass inside that gap (or never): the
+    events are recorded once, hashed with the salt that then dies."""
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    for n, erase_at in enumerate([*ERASE_POINTS, None]):
+        account, meta = _talent_account(gateway, clock, f"queued-{n}")
+        reply = upload(gateway, meta, group_photo())
+        assert TALENT in {f.talent_id for f in reply.faces}
+        assert _owed(gateway, account) == len(reply.faces)
+        assert _recorded_events(gateway, account, reply.media_id) == []
+        clock.advance(seconds=1)
+        pause = hooks.pause_at(erase_at) if erase_at else None
+        erasing = Outcome(
+            lambda meta=meta: gateway.stub.EraseTalent(
+                pb.EraseTalentRequest(talent_id=TALENT), metadata=meta
+            ),
+            pause,
+        )
+        drained_by_erasure = erase_at in (None, "erase.delivered", "erase.audit")
+        if pause:
+            pause.reached()
+            clock.advance(seconds=1)
+            in_gap = outbox.run_once()  # the background deliverer, inside the gap
+            assert in_gap == (0 if drained_by_erasure else len(reply.faces))
+            pause.release()
+        erasing.join()
+        assert erasing.error is None, (erase_at, erasing.error)
+        steps = {s.name: s.count for s in erasing.result.steps}
+        delivered = steps["gateway.deliver_audit_events"]
+        assert delivered == (len(reply.faces) if drained_by_erasure else 0), erase_at
+        assert _owed(gateway, account) == 0
+        _check_delivered_before_the_shred(gateway, account, meta, reply)
+
+
+def test_a_claim_in_flight_does_not_hold_back_the_erasure(gateway, clock, hooks):
+    """The deliverer has claimed the rows and is paused before its call; the erasure delivers
+    them anyway (leases do not bind it), then shreds; the late call changes nothing."""
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    outbox.checkpoint = hooks
+    account, meta = _talent_account(gateway, clock, "in-flight")
+    reply = upload(gateway, meta, group_photo())
+    claimed = hooks.pause_at("outbox.claimed")
+    delivering = Outcome(outbox.run_once, claimed)
+    claimed.reached()
+    clock.advance(seconds=1)
+    receipt = gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=TALENT), metadata=meta)
+    steps = {s.name: s.count for s in receipt.steps}
+    assert steps["gateway.deliver_audit_events"] == len(reply.faces)
+    claimed.release()
+    delivering.join()
+    assert delivering.error is None
+    assert delivering.result == 0  # a repeat the audit service refuses: its rows are gone
+    _check_delivered_before_the_shred(gateway, account, meta, reply)
+    assert outbox.run_once() == 0
+
+
+def test_an_upload_committing_after_the_drain_queues_no_event_about_the_talent(
+    gateway, clock, hooks
+):
+    """An upload matched the talent before the erasure, and commits between the drain and the
+    shred: the fence (in the same transaction) keeps the talent out of its results and of its
+    queued events."""
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    account, meta = _talent_account(gateway, clock, "after-drain")
+    first = upload(gateway, meta, group_photo())
+    matched = hooks.pause_at("upload.matched")
+    late = Outcome(lambda: upload(gateway, meta, group_photo()), matched)
+    matched.reached()
+    clock.advance(seconds=1)
+    drained = hooks.pause_at("erase.delivered")
+    erasing = Outcome(
+        lambda: gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=TALENT), metadata=meta),
+        drained,
+    )
+    drained.reached()
+    clock.advance(seconds=1)
+    matched.release()
+    late.join()
+    try:
+        assert late.error is None
+        assert all(not f.talent_id for f in late.result.faces)
+        with gateway.app.db.read() as session:
+            queued = [
+                audit_pb2.MatchEventInput.FromString(e)
+                for e in session.scalars(
+                    select(AuditOutboxRow.event).where(AuditOutboxRow.account_id == account)
+                )
+            ]
+        assert len(queued) == len(late.result.faces) and all(not e.talent_id for e in queued)
+        assert any(e.reason == common_pb2.LABEL_REASON_TALENT_ERASED for e in queued)
+    finally:
+        drained.release()
+    erasing.join()
+    assert erasing.error is None
+    _check_delivered_before_the_shred(gateway, account, meta, first)
+    late_events = _recorded_events(gateway, account, late.result.media_id)
+    assert len(late_events) == len(late.result.faces)  # delivered by the check's reads
+    assert all(e.talent_hash is None for e in late_events)
+
+
+def test_two_deliverers_share_the_queue_and_a_double_delivery_is_recorded_once(
+    gateway, clock, hooks
+):
+    """Another replica's deliverer skips rows claimed by this one; a drain while the claim is
+    in flight delivers them twice, and the audit log holds each event once."""
+    from gateway.audit_outbox import AuditOutbox
+
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    outbox.checkpoint = hooks
+    other = AuditOutbox(gateway.app.db, outbox.audit, clock)
+    account, meta = gateway.new_account("replicas")
+    reply = upload(gateway, meta, group_photo())
+    claimed = hooks.pause_at("outbox.claimed")
+    delivering = Outcome(outbox.run_once, claimed)
+    claimed.reached()
+    assert other.run_once() == 0  # claimed by the first replica
+    assert other.drain(account) == len(reply.faces)  # a reader's drain ignores claims
+    claimed.release()
+    delivering.join()
+    assert delivering.error is None and delivering.result == len(reply.faces)
+    events = _recorded_events(gateway, account, reply.media_id)
+    assert len(events) == len(reply.faces)
+    assert _owed(gateway, account) == 0
+
+
+def test_reading_verifying_and_exporting_deliver_the_callers_queued_events_first(gateway, clock):
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    account, meta = _talent_account(gateway, clock, "reads")
+    other, other_meta = _talent_account(gateway, clock, "others")
+    upload(gateway, meta, group_photo())
+    upload(gateway, other_meta, group_photo())
+    listed = gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=meta)
+    assert len(listed.events) == 2
+    assert _owed(gateway, account) == 0 and _owed(gateway, other) == 2  # only the caller's
+    upload(gateway, meta, group_photo())
+    verdict = gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta)
+    assert verdict.ok and verdict.events_checked == 4
+    upload(gateway, meta, group_photo())
+    exported = gateway.stub.ExportTalentData(
+        pb.ExportTalentDataRequest(talent_id=TALENT), metadata=meta
+    )
+    assert len(json.loads(exported.document_json)["audit_events"]) == 3
+    assert _owed(gateway, account) == 0 and _owed(gateway, other) == 2
+
+
+def test_a_drain_delivers_what_was_queued_when_it_began(gateway, clock, hooks):
+    """Uploads that commit while a reader's drain runs are left to the deliverer: a steady
+    stream of uploads cannot keep the reader waiting."""
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    outbox.checkpoint = hooks
+    account, meta = gateway.new_account("stream")
+    first = upload(gateway, meta, group_photo())
+    began = hooks.pause_at("outbox.draining")
+    draining = Outcome(lambda: outbox.drain(account), began)
+    began.reached()
+    second = upload(gateway, meta, group_photo())
+    began.release()
+    draining.join()
+    assert draining.error is None and draining.result == len(first.faces)
+    assert _owed(gateway, account) == len(second.faces)
+    assert len(_recorded_events(gateway, account, first.media_id)) == len(first.faces)
+    assert _recorded_events(gateway, account, second.media_id) == []

@@ -1,0 +1,257 @@
+"""The audit outbox: an upload's audit events, queued in the upload's own commit and delivered
+to the audit service in batches by a background deliverer.
+
+An upload makes one durable commit on its hot path: its results and its audit events (one row
+each) in the same transaction, under the erasure fence lock, so an event about a talent whose
+erasure began is never queued (gateway/uploads.py). The promise to the client: no results are
+returned whose audit events are not durably queued in the same commit; they are delivered
+within seconds (the deliverer is woken by every commit, lingers `linger_seconds` to batch the
+uploads of that moment, and polls every `poll_seconds`).
+
+- Delivery is at least once: `RecordMatchEvents` is idempotent per idempotency key, so a row
+  delivered twice (two replicas, a crash between the call and the row's deletion) is recorded
+  once. A delivered row is deleted: the outbox keeps talent ids in clear only while an event
+  is owed (the audit log itself is the count).
+- Every gateway replica runs a deliverer: a batch is claimed with a short lease (`FOR UPDATE
+  SKIP LOCKED` on PostgreSQL; SQLite serializes the claiming writers), so replicas do not
+  deliver the same rows in the normal case.
+- `drain(account)` delivers every queued row of an account now, leases or not. An erasure
+  drains before it shreds the talent's salt (its events are hashed with the salt that then
+  dies; a claimed row still in flight elsewhere is delivered here first, and that late call
+  is then a repeat the audit service refuses or ignores, its rows being gone); reading the
+  audit log, verifying it and exporting a talent drain first, so a client reads its own
+  writes.
+- While the audit service is down uploads still succeed, the rows wait (with backoff), and the
+  gauges `mixip_gateway_audit_outbox_depth` and `mixip_gateway_audit_outbox_oldest_age_seconds`
+  say how many and for how long.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+
+import grpc
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.erasure import Checkpoint, no_checkpoint
+from gateway.peers import MAX_EVENTS_PER_CALL, AuditPort
+from gateway.store import AuditOutboxRow
+from mixip.audit.v1 import audit_pb2
+from mixip.runtime import logs
+from mixip.runtime.db import Database, rowcount
+from mixip.runtime.times import Clock
+
+logger = logging.getLogger("mixip.gateway.audit_outbox")
+
+
+class AuditOutbox:
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditPort,
+        clock: Clock,
+        *,
+        poll_seconds: float = 1.0,
+        linger_seconds: float = 0.25,
+        lease_seconds: float = 30.0,
+        base_backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 30.0,
+        batch_size: int = MAX_EVENTS_PER_CALL,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.linger_seconds = linger_seconds
+        self.lease = timedelta(seconds=lease_seconds)
+        self.base_backoff = base_backoff_seconds
+        self.max_backoff = max_backoff_seconds
+        self.batch_size = batch_size
+        self.rng = rng or random.Random()
+        # Tests pause the deliverer between its claim and its call through this hook.
+        self.checkpoint: Checkpoint = no_checkpoint
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- queueing (in the caller's transaction) -------------------------------------------------
+
+    def queue(
+        self, session: Session, account_id: str, events: Sequence[audit_pb2.MatchEventInput]
+    ) -> None:
+        """Adds the events to the caller's transaction (they are owed once it commits)."""
+        now = self.clock()
+        session.add_all(
+            AuditOutboxRow(
+                account_id=account_id,
+                event=e.SerializeToString(),
+                created_at=now,
+                attempts=0,
+            )
+            for e in events
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="gateway-audit-outbox", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            # Woken by a commit, it lingers a moment so that the uploads of that moment go in
+            # one batch: one claim, one call, one deletion for all of them (per upload, the
+            # deliverer's two commits and a call cost the gateway as much CPU as the upload).
+            self._stop.wait(self.linger_seconds)
+            self._wake.clear()
+            try:
+                delivered = self.run_once()
+            except Exception:  # the database may be down: keep the loop alive
+                logger.warning("audit outbox pass failed", exc_info=True)
+                delivered = 0
+            if delivered < self.batch_size:  # a full batch: more may be waiting
+                self._wake.wait(self.poll_seconds)
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claims one batch of due rows, delivers it (one call per account); the number of
+        events delivered."""
+        claimed = self._claim()
+        if not claimed:
+            return 0
+        self.checkpoint("outbox.claimed")
+        delivered = 0
+        for account_id, rows in _by_account(claimed).items():
+            try:
+                self._deliver(account_id, rows)
+            except Exception as exc:  # any failure: the rows stay owed and are retried
+                self._retry_later(account_id, rows, exc)
+            else:
+                delivered += len(rows)
+        return delivered
+
+    def drain(self, account_id: str) -> int:
+        """Delivers every row queued for the account when it is called, claimed elsewhere or
+        not (rows queued meanwhile are left to the deliverer, so a steady stream of uploads
+        cannot keep a reader waiting); the number delivered. Raises if the audit service cannot
+        take them (nothing is lost)."""
+        delivered = 0
+        with self.db.read() as session:
+            last = session.scalar(
+                select(func.max(AuditOutboxRow.id)).where(AuditOutboxRow.account_id == account_id)
+            )
+        self.checkpoint("outbox.draining")
+        while last is not None:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(AuditOutboxRow.id, AuditOutboxRow.event)
+                    .where(AuditOutboxRow.account_id == account_id, AuditOutboxRow.id <= last)
+                    .order_by(AuditOutboxRow.id)
+                    .limit(self.batch_size)
+                ).all()
+            if not rows:
+                return delivered
+            self._deliver(account_id, [(row.id, row.event) for row in rows])
+            delivered += len(rows)
+        return delivered
+
+    def _claim(self) -> list[tuple[str, int, bytes]]:
+        now = self.clock()
+        with self.db.write() as session:
+            rows = session.execute(
+                select(AuditOutboxRow.id, AuditOutboxRow.account_id, AuditOutboxRow.event)
+                .where(or_(AuditOutboxRow.lease_until.is_(None), AuditOutboxRow.lease_until <= now))
+                .order_by(AuditOutboxRow.id)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's writers are serial
+            ).all()
+            if rows:
+                session.execute(
+                    update(AuditOutboxRow)
+                    .where(AuditOutboxRow.id.in_([r.id for r in rows]))
+                    .values(lease_until=now + self.lease)
+                )
+        return [(r.account_id, r.id, r.event) for r in rows]
+
+    def _deliver(self, account_id: str, rows: list[tuple[int, bytes]]) -> None:
+        """Records the rows' events (idempotent), then deletes the rows."""
+        events = [audit_pb2.MatchEventInput.FromString(event) for _, event in rows]
+        self.audit.record_match_events(account_id, events)
+        with self.db.write() as session:
+            session.execute(
+                delete(AuditOutboxRow).where(AuditOutboxRow.id.in_([i for i, _ in rows]))
+            )
+
+    def _retry_later(self, account_id: str, rows: list[tuple[int, bytes]], exc: Exception) -> None:
+        code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
+        with self.db.write() as session:
+            attempts = (
+                session.scalar(
+                    select(func.max(AuditOutboxRow.attempts)).where(
+                        AuditOutboxRow.id.in_([i for i, _ in rows])
+                    )
+                )
+                or 0
+            ) + 1
+            delay = min(self.max_backoff, self.base_backoff * 2 ** (attempts - 1))
+            delay *= 0.5 + self.rng.random() / 2  # jitter: replicas spread out
+            owed = rowcount(
+                session.execute(
+                    update(AuditOutboxRow)
+                    .where(AuditOutboxRow.id.in_([i for i, _ in rows]))
+                    .values(
+                        attempts=attempts,
+                        last_error=code[:64],
+                        lease_until=self.clock() + timedelta(seconds=delay),
+                    )
+                )
+            )
+        if owed:  # rows an erasure's drain delivered meanwhile are not owed any more
+            logs.log(
+                logger,
+                "audit events not delivered; will retry",
+                level=logging.WARNING,
+                account=account_id,
+                events=owed,
+                attempts=attempts,
+                code=code,
+                retry_in_s=round(delay, 2),
+            )
+
+    # -- gauges --------------------------------------------------------------------------------
+
+    def backlog(self) -> tuple[int, float]:
+        """(events owed, age in seconds of the oldest) across accounts."""
+        with self.db.read() as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(AuditOutboxRow.created_at))
+            ).one()
+        if not count or oldest is None:
+            return 0, 0.0
+        return int(count), max(0.0, (self.clock() - oldest).total_seconds())
+
+
+def _by_account(claimed: list[tuple[str, int, bytes]]) -> dict[str, list[tuple[int, bytes]]]:
+    grouped: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+    for account_id, row_id, event in claimed:
+        grouped[account_id].append((row_id, event))
+    return grouped
