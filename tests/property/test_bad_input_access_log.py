@@ -31,7 +31,7 @@ from tests.property.test_bad_input import (
 )
 
 
-@_settings(150)
+@_settings(80)
 @given(
     fields=request_fields(
         valid={

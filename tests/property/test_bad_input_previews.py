@@ -24,7 +24,7 @@ def max_side_verdict(value: int) -> int:
     return GOOD if value == 0 or 64 <= value <= 2048 else BAD
 
 
-@_settings(120)
+@_settings(70)
 @given(media_id=ids, max_side=int32s)
 def test_get_media_preview(harness, media_id, max_side):
     harness.case(

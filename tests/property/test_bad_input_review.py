@@ -57,7 +57,7 @@ def _max_side_verdict(value: int) -> int:
     return GOOD if value == 0 or 64 <= value <= 2048 else BAD
 
 
-@_settings(90)
+@_settings(50)
 @given(
     fields=request_fields(
         valid={"project_id": st.just("") | valid_ids, "display_name": st.just("Film")},
@@ -88,7 +88,7 @@ def test_create_project(harness, fields):
     )
 
 
-@_settings(60)
+@_settings(30)
 @given(fields=request_fields(valid=PAGING_VALID, wild=PAGING_WILD))
 def test_list_projects(harness, fields):
     request = pb.ListProjectsRequest(**fields)
@@ -103,7 +103,7 @@ def test_list_projects(harness, fields):
     )
 
 
-@_settings(90)
+@_settings(50)
 @given(
     fields=request_fields(
         valid={
@@ -129,7 +129,7 @@ def test_invite_collaborator(harness, fields):
     )
 
 
-@_settings(60)
+@_settings(30)
 @given(project_id=ids, account_id=ids)
 def test_remove_collaborator(harness, project_id, account_id):
     harness.case(
@@ -144,7 +144,7 @@ def test_remove_collaborator(harness, project_id, account_id):
     )
 
 
-@_settings(60)
+@_settings(30)
 @given(
     fields=request_fields(
         valid={"project_id": valid_ids, **PAGING_VALID},
@@ -166,7 +166,7 @@ def test_list_collaborators(harness, fields):
     )
 
 
-@_settings(90)
+@_settings(50)
 @given(
     fields=request_fields(
         valid={
@@ -194,7 +194,7 @@ def test_list_media(harness, fields):
     )
 
 
-@_settings(110)
+@_settings(70)
 @given(
     fields=request_fields(
         valid={
@@ -230,7 +230,7 @@ def test_record_review_decision(harness, fields):
     )
 
 
-@_settings(60)
+@_settings(30)
 @given(project_id=ids, owner_account_id=ids)
 def test_accept_invitation(harness, project_id, owner_account_id):
     harness.case(
