@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
@@ -598,16 +599,7 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     def PurgeExpiredMedia(
         self, request: internal_pb2.PurgeExpiredMediaRequest, context: grpc.ServicerContext
     ) -> internal_pb2.PurgeExpiredMediaResponse:
-        checks = Checks()
-        as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
-        batch = request.batch_size or self.DEFAULT_BATCH
-        if not 1 <= batch <= self.MAX_BATCH:
-            checks.fail(
-                "batch_size",
-                f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
-            )
-        checks.done()
-        assert as_of is not None  # required: checks.done() refused its absence
+        as_of, batch = self._purge_request(request)
         done = self.retention.purge_expired(as_of, batch)
         return internal_pb2.PurgeExpiredMediaResponse(
             media_deleted=done.media_deleted,
@@ -620,6 +612,15 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     def PurgeAccessLog(
         self, request: internal_pb2.PurgeAccessLogRequest, context: grpc.ServicerContext
     ) -> internal_pb2.PurgeAccessLogResponse:
+        as_of, batch = self._purge_request(request)
+        deleted, done = self.access_log.purge(as_of, batch)
+        return internal_pb2.PurgeAccessLogResponse(entries_deleted=deleted, done=done)
+
+    def _purge_request(
+        self,
+        request: internal_pb2.PurgeExpiredMediaRequest | internal_pb2.PurgeAccessLogRequest,
+    ) -> tuple[datetime, int]:
+        """A purge's `as_of` (required) and batch size (0 means DEFAULT_BATCH)."""
         checks = Checks()
         as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
         batch = request.batch_size or self.DEFAULT_BATCH
@@ -630,8 +631,7 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
             )
         checks.done()
         assert as_of is not None  # required: checks.done() refused its absence
-        deleted, done = self.access_log.purge(as_of, batch)
-        return internal_pb2.PurgeAccessLogResponse(entries_deleted=deleted, done=done)
+        return as_of, batch
 
 
 def _api_key(key: ApiKey) -> admin_pb2.ApiKey:
