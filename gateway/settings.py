@@ -59,8 +59,8 @@ class GatewaySettings:
     media_dir: Path = Path("var") / "media"
     """MIXIP_GATEWAY_MEDIA_DIR (<data dir>/media): the local store's directory."""
 
-    kek_file: Path = Path("var") / "keys" / "gateway-kek.key"
-    """MIXIP_GATEWAY_KEK_FILE (<data dir>/keys/gateway-kek.key): the local store's
+    kek_file: Path = Path("var-keys") / "gateway-kek.key"
+    """MIXIP_GATEWAY_KEK_FILE (<key dir>/gateway-kek.key, see MIXIP_KEY_DIR): the local store's
     key-encryption key."""
 
     s3_bucket: str | None = None
@@ -133,7 +133,7 @@ class GatewaySettings:
             storage="s3" if storage == "s3" else "local",
             media_dir=Path(env.str("MIXIP_GATEWAY_MEDIA_DIR", str(root / "media"))),
             kek_file=Path(
-                env.str("MIXIP_GATEWAY_KEK_FILE", str(root / "keys" / "gateway-kek.key"))
+                env.str("MIXIP_GATEWAY_KEK_FILE", str(config.key_dir / "gateway-kek.key"))
             ),
             s3_bucket=bucket,
             s3_kms_key_id=key_id,

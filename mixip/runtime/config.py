@@ -108,6 +108,13 @@ def data_dir(env: Env) -> Path:
     return Path(env.str("MIXIP_DATA_DIR", "var")).expanduser().resolve()
 
 
+def key_dir(env: Env) -> Path:
+    """Where key material lives: MIXIP_KEY_DIR, default `<data dir>-keys` beside the data
+    directory (never inside it), so a copy of the data directory is not a copy of its keys."""
+    default = data_dir(env)
+    return Path(env.str("MIXIP_KEY_DIR", str(default.with_name(default.name + "-keys"))))
+
+
 # Read for every service NAME as MIXIP_<NAME>_<SETTING>.
 PER_SERVICE_SETTINGS = ("ADDRESS", "LISTEN", "DATABASE_URL", "WORKERS", "METRICS_LISTEN")
 
@@ -127,6 +134,7 @@ class ServerConfig:
 
     name: str
     data_dir: Path
+    key_dir: Path
     listen: str
     database_url: str
     tls_dir: Path | None
@@ -143,6 +151,7 @@ class ServerConfig:
         return cls(
             name=name,
             data_dir=root,
+            key_dir=key_dir(env).expanduser().resolve(),
             listen=env.str(variable(name, "LISTEN"), f"127.0.0.1:{DEFAULT_PORTS[name]}"),
             database_url=env.str(
                 variable(name, "DATABASE_URL"), f"sqlite:///{root / (name + '.db')}"

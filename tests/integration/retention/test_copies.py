@@ -583,6 +583,7 @@ def test_the_internal_port_without_tls_starts_only_in_development_mode_on_loopba
     config = ServerConfig(
         name="gateway",
         data_dir=tmp_path,
+        key_dir=tmp_path / "keys",
         listen="127.0.0.1:0",
         database_url="sqlite://",
         tls_dir=None,
