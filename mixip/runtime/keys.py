@@ -11,7 +11,7 @@ import base64
 import os
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
@@ -295,3 +295,12 @@ class KmsKeyRing:
         # through its own record of them (`retired_kek_ref`), which is what matters. A key made
         # by a rotation that crashed before its commit wrapped nothing that was ever stored.
         return []
+
+
+def as_key_ring(keys: KeyRing | KeyWrapper) -> KeyRing:
+    """A key ring from a ring or from a single-KEK wrapper (the ring's first KEK)."""
+    if isinstance(keys, LocalKeyWrapper):
+        return LocalKeyRing(keys.path)
+    if isinstance(keys, KmsKeyWrapper):
+        return KmsKeyRing(keys.kms, keys.key_id)
+    return cast(KeyRing, keys)  # not one of the single-KEK wrappers: a ring

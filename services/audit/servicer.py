@@ -137,7 +137,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         return audit_pb2.RotateVaultResponse(
             key_version=rotation.key_version,
             rotated_at=to_timestamp(rotation.rotated_at),
-            vault_entries_resealed=rotation.salts_resealed,
+            vault_entries_resealed=rotation.secrets_resealed,
         )
 
     def GetVaultStatus(

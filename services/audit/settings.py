@@ -13,8 +13,9 @@ class AuditSettings:
     """The audit service's settings (docs/configuration.md)."""
 
     kek_file: Path
-    """MIXIP_AUDIT_KEK_FILE (default <key dir>/audit-kek.key, see MIXIP_KEY_DIR): the vault's first key file;
-    rotations write versioned files next to it, so the directory must be the vault's own."""
+    """MIXIP_AUDIT_KEK_FILE (default <key dir>/audit-kek.key, see MIXIP_KEY_DIR): the vault's
+    first key file; rotations write versioned files next to it, so the directory must be the
+    vault's own."""
     kms_key_id: str | None
     """MIXIP_AUDIT_KMS_KEY_ID: use AWS KMS instead of key files; the vault's first KMS key,
     dedicated to it (the first rotation schedules its deletion)."""
@@ -28,9 +29,7 @@ class AuditSettings:
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> AuditSettings:
         return cls(
-            kek_file=Path(
-                env.str("MIXIP_AUDIT_KEK_FILE", str(config.key_dir / "audit-kek.key"))
-            ),
+            kek_file=Path(env.str("MIXIP_AUDIT_KEK_FILE", str(config.key_dir / "audit-kek.key"))),
             kms_key_id=env.optional("MIXIP_AUDIT_KMS_KEY_ID"),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),

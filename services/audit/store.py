@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mixip.runtime.db import UtcDateTime
+from mixip.runtime.vault import VaultSecretColumns, VaultStateColumns
 from services.audit.domain import KIND_MATCH, NO_DECISION
 
 
@@ -192,16 +193,13 @@ class Checkpoint(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-class SaltRow(Base):
+class SaltRow(VaultSecretColumns, Base):
     """One talent's salt, sealed under the vault key. Keyed by a keyed hash of (account, talent)
     so the vault holds no talent id in clear either. Deleting the row is crypto-shredding."""
 
     __tablename__ = "audit_salts"
 
-    lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    account_id: Mapped[str] = mapped_column(String(128), index=True)
-    sealed_salt: Mapped[bytes] = mapped_column(LargeBinary(128))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sealed_secret: Mapped[bytes] = mapped_column("sealed_salt", LargeBinary(128))
 
 
 class VaultKey(Base):
@@ -214,7 +212,7 @@ class VaultKey(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-class VaultState(Base):
+class VaultState(VaultStateColumns, Base):
     """The vault's one row (id 1): its current key version, the key-encryption key that wraps
     it (a key file name or a KMS key ARN, never key material) and, wrapped under that KEK, the
     sealing key of this version and the lookup key (the same in every version: salt rows are
@@ -225,14 +223,6 @@ class VaultState(Base):
     rotation that stops after its commit is finished by the next start or rotation."""
 
     __tablename__ = "audit_vault_state"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-    kek_ref: Mapped[str] = mapped_column(String(2048))
-    wrapped_sealing_key: Mapped[bytes] = mapped_column(LargeBinary(2048))
-    wrapped_lookup_key: Mapped[bytes] = mapped_column(LargeBinary(2048))
-    rotated_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    retired_kek_ref: Mapped[str | None] = mapped_column(String(2048))
 
 
 class SaltActivity(Base):

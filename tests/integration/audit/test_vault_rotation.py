@@ -15,10 +15,11 @@ from mixip.runtime.config import ConfigError
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper, SealError
 from mixip.runtime.times import to_timestamp
+from mixip.runtime.vault import VaultKeys
 from services.audit.app import AuditApp
 from services.audit.domain import talent_hash
 from services.audit.store import Base, EventRow, SaltActivity, SaltRow, VaultState
-from services.audit.vault import SaltVault, _Keys, _sealing_context
+from services.audit.vault import SaltVault
 from tests.support.databases import fresh_schema_url
 
 ACCOUNT = "acct"
@@ -77,23 +78,23 @@ def link_in_copy(copy: Database, vault: SaltVault, talent: str, kek_candidates) 
     """Can the talent's events in the copy be linked to it with any of `kek_candidates` (key
     wrappers) or the live vault's own keys? That is: does the copy's sealed salt open, and does
     it give the copy's events' talent hash."""
-    lookup = vault._lookup(ACCOUNT, talent)
+    lookup = vault.lookup(ACCOUNT, talent)
     with copy.read() as session:
         state = session.get(VaultState, 1)
-        blob = session.scalar(select(SaltRow.sealed_salt).where(SaltRow.lookup == lookup))
+        blob = session.scalar(select(SaltRow.sealed_secret).where(SaltRow.lookup == lookup))
         hashes = set(session.scalars(select(EventRow.talent_hash)))
     assert blob is not None, "the copy holds the salt (else the test proves nothing)"
     sealing_keys = [vault._keys.sealing]
     for wrapper in kek_candidates:
         try:
             sealing_keys.append(
-                wrapper.unwrap(state.wrapped_sealing_key, _sealing_context(state.version))
+                wrapper.unwrap(state.wrapped_sealing_key, vault._sealing_context(state.version))
             )
         except SealError:
             continue
     for sealing in sealing_keys:
         try:
-            salt = SaltVault._open(_Keys(state.version, sealing, b""), blob, lookup)
+            salt = vault._open_secret(VaultKeys(state.version, sealing, b""), blob, lookup)
         except SealError:
             continue
         if talent_hash(salt, talent) in hashes:
@@ -138,7 +139,7 @@ def test_a_backup_taken_before_a_shred_no_longer_links_after_a_rotation(
 def test_the_lookup_key_survives_rotations_and_restarts(audit_service, clock, tmp_path):
     stub, vault = audit_service.stub, audit_service.app.log.vault
     record(stub, clock, "t-ada", "m1:0")
-    before = vault._lookup(ACCOUNT, "t-ada")
+    before = vault.lookup(ACCOUNT, "t-ada")
     for _ in range(3):
         stub.RotateVault(audit_pb2.RotateVaultRequest())
     restarted = AuditApp(
@@ -146,7 +147,7 @@ def test_the_lookup_key_survives_rotations_and_restarts(audit_service, clock, tm
         LocalKeyWrapper(tmp_path / "keys" / "audit-kek.key"),
         clock,
     )
-    assert restarted.log.vault._lookup(ACCOUNT, "t-ada") == before
+    assert restarted.log.vault.lookup(ACCOUNT, "t-ada") == before
     assert restarted.log.vault_status().key_version == 4
     with restarted.db.read() as session:
         assert restarted.log.vault.salts(session, ACCOUNT, ["t-ada"], create=False)
@@ -261,7 +262,7 @@ def test_a_vault_made_before_rotation_existed_becomes_version_1(database_url, cl
     migrations.upgrade(url, "audit", migrations.revisions("audit")[0])  # before rotation existed
     master, salt = os.urandom(32), os.urandom(32)
     lookup_key = _derive(master, b"mixip audit: salt lookup")
-    lookup = _Keys(1, b"", lookup_key)
+    lookup = VaultKeys(1, b"", lookup_key)
     row = SaltVault._hmac(lookup, ACCOUNT, "t-ada")
     with db.write() as session:
         session.add(
@@ -274,7 +275,7 @@ def test_a_vault_made_before_rotation_existed_becomes_version_1(database_url, cl
                 lookup=row,
                 account_id=ACCOUNT,
                 created_at=clock(),
-                sealed_salt=seal(_derive(master, b"mixip audit: salt sealing"), salt, row),
+                sealed_secret=seal(_derive(master, b"mixip audit: salt sealing"), salt, row),
             )
         )
     app = AuditApp(db, kek, clock)
@@ -398,6 +399,6 @@ def test_a_salt_made_while_a_rotation_runs_is_sealed_under_the_new_version(
     assert rotating.log.vault_status().key_version == 2
     assert (linked(stub, "t-ada"), linked(stub, "t-new")) == (1, 1)
     with audit_service.app.db.read() as session:
-        blobs = list(session.scalars(select(SaltRow.sealed_salt)))
+        blobs = list(session.scalars(select(SaltRow.sealed_secret)))
     assert [int.from_bytes(blob[:4], "big") for blob in blobs] == [2, 2]
     rotating.close()

@@ -1,0 +1,469 @@
+"""A vault of per-talent secrets, sealed at rest under keys that rotate and are destroyed.
+
+Every service that stores something naming or describing a talent keeps it sealed under that
+talent's own secret, and finds it by a keyed hash of (account, talent): the audit service's
+salts, the matcher's face vectors, the consent ledger's talent ids, the gateway's results and
+notes. Destroying the talent's secret (erasure) makes every sealed copy unreadable, in the
+database and in its WAL, free pages, dead tuples, archives and replicas; destroying the
+key-encryption key (KEK) that wrapped the secret, at the next rotation, does the same for copies
+of the vault itself (backups taken before the erasure). See docs/vault.md and docs/erasure.md.
+
+Two keys, unwrapped from the vault's state row by the KEK it names:
+- the lookup key: HMAC(lookup key, account, talent) is a secret's primary key (and what every
+  table keyed by talent stores instead of the talent id). It never changes: nothing could
+  recompute the rows' keys without the talent ids.
+- the sealing key of the current key version: each secret is sealed under it (AES-256-GCM).
+
+Rotation (`rotate`) makes key version N+1 under a brand new KEK (a new key file, or a new KMS
+key), re-seals every live secret under it, re-wraps the lookup key, commits, and then destroys
+the KEK of version N. A destroyed secret survives in old copies only sealed under version N,
+whose sealing key survives only wrapped under the destroyed KEK: after one rotation, no copy of
+it opens. `destroy` asks for that rotation within `rotate_within` (`rotation_due`).
+
+Every transaction that uses secrets reads the state row (locked against rotations on
+PostgreSQL; SQLite write transactions are serial), so a replica that still holds version N
+notices version N+1 at its next transaction and reloads. Secrets themselves are never cached:
+a destruction takes effect on every replica at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Integer, LargeBinary, String, delete, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from mixip.runtime import logs
+from mixip.runtime.config import ConfigError
+from mixip.runtime.db import Database, UtcDateTime, insert_ignoring_conflicts, rowcount
+from mixip.runtime.errors import Unavailable
+from mixip.runtime.keys import KeyRing, SealError, open_sealed, seal
+from mixip.runtime.times import Clock
+
+_VERSION_BYTES = 4
+_STATE_ID = 1
+_RESEAL_BATCH = 1000
+logger = logging.getLogger("mixip.vault")
+
+Step = Callable[[str], None]
+"""Called at each step boundary of a rotation ("kek-created", "resealed" (just before the
+commit), "committed", "destroyed"): tests stop a rotation there, as a crash would."""
+
+
+class VaultStateColumns:
+    """The vault's one row (id 1), as a mixin for each service's own table: its current key
+    version, the KEK that wraps it (a key file name or a KMS key ARN, never key material) and,
+    wrapped under that KEK, the sealing key of this version and the lookup key (the same in
+    every version). `retired_kek_ref` names the KEK of the previous version until it has been
+    destroyed; `rotation_due_at` is when a rotation is owed (a secret was destroyed)."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kek_ref: Mapped[str] = mapped_column(String(2048))
+    wrapped_sealing_key: Mapped[bytes] = mapped_column(LargeBinary(2048))
+    wrapped_lookup_key: Mapped[bytes] = mapped_column(LargeBinary(2048))
+    rotated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    retired_kek_ref: Mapped[str | None] = mapped_column(String(2048))
+    rotation_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class VaultSecretColumns:
+    """One talent's secret, sealed under the vault's sealing key, keyed by the lookup HMAC of
+    (account, talent): the vault holds no talent id either. Deleting the row destroys it."""
+
+    lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+@dataclass(frozen=True)
+class VaultKeys:
+    version: int
+    sealing: bytes
+    lookup: bytes
+
+
+@dataclass(frozen=True)
+class VaultStatus:
+    key_version: int
+    rotated_at: datetime  # when this key version was made (first start, or its rotation)
+    rotation_due_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    key_version: int
+    rotated_at: datetime
+    secrets_resealed: int
+
+
+class VaultRotated(Unavailable):
+    """This transaction's snapshot predates a rotation whose old KEK is gone: retry."""
+
+    default_reason = "VAULT_ROTATED"
+
+
+@dataclass(frozen=True)
+class TalentKey:
+    """One talent's data key: seals and opens the fields that name or describe the talent.
+    `context` binds a ciphertext to where it is stored (table, row), so a sealed field cannot
+    be moved to another row."""
+
+    ref: bytes  # the lookup HMAC of (account, talent): what tables store instead of the id
+    key: bytes
+
+    def seal(self, plaintext: bytes, context: bytes) -> bytes:
+        return seal(self.key, plaintext, self.ref + context)
+
+    def open(self, blob: bytes, context: bytes) -> bytes:
+        return open_sealed(self.key, blob, self.ref + context)
+
+    def seal_text(self, text: str, context: bytes) -> bytes:
+        return self.seal(text.encode(), context)
+
+    def open_text(self, blob: bytes, context: bytes) -> str:
+        return self.open(blob, context).decode()
+
+
+class Vault:
+    """Per-talent secrets of one service (`name`: "audit", "matcher", ...), in its own two
+    tables (models made from the mixins above). Subclasses may adopt an older layout by
+    overriding `_first_keys` and `_open_secret`."""
+
+    def __init__(
+        self,
+        db: Database,
+        ring: KeyRing,
+        clock: Clock,
+        *,
+        name: str,
+        state_model: Any,
+        secret_model: Any,
+        rotate_within: timedelta = timedelta(hours=24),
+        step: Step | None = None,
+    ) -> None:
+        self.db = db
+        self.ring = ring
+        self.clock = clock
+        self.name = name
+        self.state_model = state_model
+        self.secret_model = secret_model
+        self.rotate_within = rotate_within
+        self._step = step or (lambda name: None)
+        self._keys = self._start()
+
+    # -- contexts -----------------------------------------------------------------------------
+
+    def _sealing_context(self, version: int) -> bytes:
+        return f"mixip/{self.name}/vault/sealing-v{version}".encode()
+
+    def _lookup_context(self) -> bytes:
+        return f"mixip/{self.name}/vault/lookup".encode()
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def _start(self) -> VaultKeys:
+        """Makes the state row on the very first start (race-safe), finishes a rotation that
+        stopped after its commit (destroys the retired KEK), removes KEKs of rotations that
+        stopped before theirs, and unwraps the current keys."""
+        with self.db.write() as session:
+            state = self._locked_state(session, exclusive=True)
+            if state is None:
+                insert_ignoring_conflicts(
+                    session, self.state_model.__table__, [self._first_state(session)], ["id"]
+                )
+                state = self._state(session, exclusive=True)
+            try:
+                keys = self._unwrap(state)
+            except SealError as exc:
+                raise ConfigError(
+                    f"{self.name} vault: cannot open key version {state.version} with"
+                    f" {self.ring.description} ({exc}); is this the key the vault was made with?"
+                ) from exc
+            # only once this ring is proven to hold the current KEK may it delete the others
+            self._finish_retirement(session, state)
+            swept = self.ring.sweep(keep=state.kek_ref)
+        if swept:
+            logs.log(logger, "stale vault keys removed", vault=self.name, count=len(swept))
+        return keys
+
+    def _first_keys(self, session: Session, ref: str) -> tuple[bytes, bytes]:
+        """(sealing key, lookup key) of version 1: fresh random keys."""
+        return os.urandom(32), os.urandom(32)
+
+    def _first_state(self, session: Session) -> dict[str, Any]:
+        ref = self.ring.initial_ref()
+        wrapper = self.ring.open(ref)
+        sealing, lookup = self._first_keys(session, ref)
+        return {
+            "id": _STATE_ID,
+            "version": 1,
+            "kek_ref": ref,
+            "wrapped_sealing_key": wrapper.wrap(sealing, self._sealing_context(1)),
+            "wrapped_lookup_key": wrapper.wrap(lookup, self._lookup_context()),
+            "rotated_at": self.clock(),
+            "retired_kek_ref": None,
+            "rotation_due_at": None,
+        }
+
+    def _finish_retirement(self, session: Session, state: Any) -> None:
+        if state.retired_kek_ref:
+            self.ring.destroy(state.retired_kek_ref)
+            state.retired_kek_ref = None
+            session.flush()
+
+    # -- the state row, per transaction -------------------------------------------------------
+
+    def _locked_state(self, session: Session, *, exclusive: bool) -> Any:
+        """The state row, locked for this transaction on PostgreSQL: shared by every user of
+        secrets (FOR KEY SHARE: they never wait for each other), exclusive for rotations and
+        purges (FOR UPDATE)."""
+        query = select(self.state_model).where(self.state_model.id == _STATE_ID)
+        if exclusive:
+            query = query.with_for_update()
+        else:
+            query = query.with_for_update(read=True, key_share=True)
+        return session.scalars(query).one_or_none()
+
+    def _state(self, session: Session, *, exclusive: bool) -> Any:
+        """The locked state row, which exists once the vault is open."""
+        state = self._locked_state(session, exclusive=exclusive)
+        assert state is not None  # made at start, never deleted
+        return state
+
+    def current(self, session: Session) -> VaultKeys:
+        """The keys of the key version this transaction sees, reloaded when another replica
+        rotated since this one last looked."""
+        state = self._state(session, exclusive=False)
+        cached = self._keys
+        if state.version == cached.version:
+            return cached
+        try:
+            keys = self._unwrap(state)
+        except SealError as exc:  # an old snapshot whose KEK was destroyed meanwhile
+            raise VaultRotated("the vault key was rotated during this call; retry") from exc
+        if keys.version > cached.version:
+            self._keys = keys
+            logs.log(logger, "vault key reloaded", vault=self.name, key_version=keys.version)
+        return keys
+
+    def _unwrap(self, state: Any) -> VaultKeys:
+        wrapper = self.ring.open(state.kek_ref)
+        return VaultKeys(
+            state.version,
+            wrapper.unwrap(state.wrapped_sealing_key, self._sealing_context(state.version)),
+            wrapper.unwrap(state.wrapped_lookup_key, self._lookup_context()),
+        )
+
+    # -- secrets ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _hmac(keys: VaultKeys, account_id: str, talent_id: str) -> bytes:
+        message = f"{account_id}\x00{talent_id}".encode()
+        return hmac.new(keys.lookup, message, hashlib.sha256).digest()
+
+    def lookup(self, account_id: str, talent_id: str) -> bytes:
+        """The talent's key in the vault (a keyed hash: no talent id, no secret), which every
+        table keyed by talent stores instead of the talent id. Stable across rotations."""
+        return self._hmac(self._keys, account_id, talent_id)
+
+    @staticmethod
+    def _seal_secret(keys: VaultKeys, secret: bytes, lookup: bytes) -> bytes:
+        version = keys.version.to_bytes(_VERSION_BYTES, "big")
+        return version + seal(keys.sealing, secret, lookup + version)
+
+    def _open_secret(self, keys: VaultKeys, blob: bytes, lookup: bytes) -> bytes:
+        prefix = blob[:_VERSION_BYTES]
+        if int.from_bytes(prefix, "big") != keys.version:
+            raise VaultRotated("the vault key was rotated during this call; retry")
+        return open_sealed(keys.sealing, blob[_VERSION_BYTES:], lookup + prefix)
+
+    def secrets(
+        self, session: Session, account_id: str, talent_ids: Iterable[str], *, create: bool
+    ) -> dict[str, bytes]:
+        """The secrets of these talents; with `create`, missing ones are made first (race-safe:
+        concurrent creators insert-or-ignore, then everyone reads the one stored secret)."""
+        talent_ids = set(talent_ids)
+        if not talent_ids:
+            return {}
+        keys = self.current(session)
+        lookups = {self._hmac(keys, account_id, t): t for t in talent_ids}
+        found = self._secrets_by_lookup(session, keys, list(lookups), account_id, create=create)
+        return {lookups[lookup]: secret for lookup, secret in found.items()}
+
+    def _secrets_by_lookup(
+        self,
+        session: Session,
+        keys: VaultKeys,
+        lookups: list[bytes],
+        account_id: str,
+        *,
+        create: bool,
+    ) -> dict[bytes, bytes]:
+        model = self.secret_model
+        if create:
+            now = self.clock()
+            column = model.sealed_secret.property.columns[0].name  # audit's is `sealed_salt`
+            rows = [
+                {
+                    "lookup": lookup,
+                    "account_id": account_id,
+                    column: self._seal_secret(keys, os.urandom(32), lookup),
+                    "created_at": now,
+                }
+                for lookup in lookups
+            ]
+            insert_ignoring_conflicts(session, model.__table__, rows, ["lookup"])
+        found = session.execute(
+            select(model.lookup, model.sealed_secret).where(model.lookup.in_(lookups))
+        )
+        return {lookup: self._open_secret(keys, sealed, lookup) for lookup, sealed in found}
+
+    def talent_keys(
+        self, session: Session, account_id: str, talent_ids: Iterable[str], *, create: bool
+    ) -> dict[str, TalentKey]:
+        """Data keys of these talents (made when missing, with `create`); a talent whose key
+        was destroyed and not made again is absent: whatever was sealed for it is gone."""
+        secrets = self.secrets(session, account_id, talent_ids, create=create)
+        return {
+            talent: TalentKey(self.lookup(account_id, talent), secret)
+            for talent, secret in secrets.items()
+        }
+
+    def account_keys(self, session: Session, account_id: str) -> dict[bytes, TalentKey]:
+        """Every live data key of one account, by lookup (to open an account's rows)."""
+        keys = self.current(session)
+        model = self.secret_model
+        found = session.execute(
+            select(model.lookup, model.sealed_secret).where(model.account_id == account_id)
+        )
+        return {
+            lookup: TalentKey(lookup, self._open_secret(keys, sealed, lookup))
+            for lookup, sealed in found
+        }
+
+    def keys_by_lookup(self, session: Session, lookups: Iterable[bytes]) -> dict[bytes, TalentKey]:
+        """Live data keys by lookup, whatever their account (to open rows of several)."""
+        keys = self.current(session)
+        model = self.secret_model
+        found = session.execute(
+            select(model.lookup, model.sealed_secret).where(model.lookup.in_(list(set(lookups))))
+        )
+        return {
+            lookup: TalentKey(lookup, self._open_secret(keys, sealed, lookup))
+            for lookup, sealed in found
+        }
+
+    def destroy(self, session: Session, account_id: str, talent_id: str) -> bool:
+        """Deletes the talent's secret (True when there was one) and asks for a rotation within
+        `rotate_within`: copies of the row elsewhere open only until that rotation completes."""
+        lookup = self._hmac(self.current(session), account_id, talent_id)
+        return self.destroy_lookup(session, lookup)
+
+    def destroy_lookup(self, session: Session, lookup: bytes) -> bool:
+        model = self.secret_model
+        deleted = rowcount(session.execute(delete(model).where(model.lookup == lookup))) > 0
+        self.owe_rotation(session)
+        return deleted
+
+    def owe_rotation(self, session: Session) -> None:
+        """Asks for a rotation within `rotate_within` (an earlier due time stays)."""
+        state = self._state(session, exclusive=False)
+        due = self.clock() + self.rotate_within
+        if state.rotation_due_at is None or state.rotation_due_at > due:
+            session.execute(
+                update(self.state_model)
+                .where(self.state_model.id == _STATE_ID)
+                .values(rotation_due_at=due)
+            )
+
+    # -- rotation -----------------------------------------------------------------------------
+
+    def status(self) -> VaultStatus:
+        with self.db.read() as session:
+            state = session.get_one(self.state_model, _STATE_ID)
+            return VaultStatus(state.version, state.rotated_at, state.rotation_due_at)
+
+    def rotation_due(self) -> bool:
+        """Whether a destroyed secret waits for the rotation that puts old copies out of reach."""
+        due = self.status().rotation_due_at
+        return due is not None and due <= self.clock()
+
+    def rotate(self) -> Rotation:
+        """Key version N+1 under a new KEK; every live secret re-sealed; the lookup key
+        re-wrapped; then the KEK of version N destroyed. One transaction holds the state row
+        exclusively, so secrets are neither read nor made meanwhile, and a concurrent rotation
+        waits.
+
+        Crash-safe at every step: before the commit, nothing stored refers to the new KEK (the
+        next start or rotation removes it); after the commit, `retired_kek_ref` names the old
+        KEK until it is destroyed (the next start or rotation finishes that)."""
+        now = self.clock()
+        with self.db.write() as session:
+            state = self._state(session, exclusive=True)
+            old = self._unwrap(state)
+            self._finish_retirement(session, state)
+            self.ring.sweep(keep=state.kek_ref)
+            version = state.version + 1
+            ref = self.ring.create(version)
+            self._step("kek-created")
+            wrapper = self.ring.open(ref)
+            new = VaultKeys(version, os.urandom(32), old.lookup)
+            resealed = self._reseal(session, old, new)
+            retired = state.kek_ref
+            state.version, state.kek_ref, state.rotated_at = version, ref, now
+            state.wrapped_sealing_key = wrapper.wrap(new.sealing, self._sealing_context(version))
+            state.wrapped_lookup_key = wrapper.wrap(new.lookup, self._lookup_context())
+            state.retired_kek_ref = retired
+            state.rotation_due_at = None
+            self._rotated(session)
+            session.flush()
+            self._step("resealed")
+        self._keys = new
+        self._step("committed")
+        self.ring.destroy(retired)
+        self._step("destroyed")
+        with self.db.write() as session:
+            state = self._state(session, exclusive=True)
+            if state.retired_kek_ref == retired:
+                state.retired_kek_ref = None
+        logs.log(logger, "vault rotated", vault=self.name, key_version=version, resealed=resealed)
+        return Rotation(version, now, resealed)
+
+    def _rotated(self, session: Session) -> None:
+        """Inside the rotation's transaction: what an older layout leaves behind goes."""
+
+    def _reseal(self, session: Session, old: VaultKeys, new: VaultKeys) -> int:
+        model = self.secret_model
+        resealed, after = 0, b""
+        while True:
+            page = session.execute(
+                select(model.lookup, model.sealed_secret)
+                .where(model.lookup > after)
+                .order_by(model.lookup)
+                .limit(_RESEAL_BATCH)
+            ).all()
+            if not page:
+                return resealed
+            session.execute(
+                update(model),
+                [
+                    {
+                        "lookup": lookup,
+                        "sealed_secret": self._seal_secret(
+                            new, self._open_secret(old, blob, lookup), lookup
+                        ),
+                    }
+                    for lookup, blob in page
+                ],
+            )
+            resealed += len(page)
+            after = page[-1][0]
