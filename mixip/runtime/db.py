@@ -87,6 +87,8 @@ def create_db_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            # Deleted content is overwritten with zeros, not left in free pages (erasure).
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -143,6 +145,23 @@ class Database:
             bind = self.engine.execution_options(isolation_level="REPEATABLE READ")
         with Session(bind) as session:
             yield session
+
+    def scrub(self, tables: Sequence[str]) -> None:
+        """Makes deleted rows of these tables leave the database's files, after an erasure
+        deleted or overwrote them: SQLite (secure_delete zeroes freed cells) copies its WAL into
+        the database and truncates the WAL; PostgreSQL vacuums the tables, so no dead tuple
+        keeps the old row versions. What stays (WAL archives, backups, replicas) holds only
+        ciphertext under keys that the erasure and the next rotation destroy (docs/erasure.md).
+        Best effort: a reader that holds an old snapshot delays the SQLite checkpoint, which
+        the next scrub or the next automatic checkpoint completes."""
+        with self.engine.connect() as connection:
+            if self.dialect == "sqlite":
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                return
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            for table in tables:
+                quoted = connection.dialect.identifier_preparer.quote(table)
+                connection.exec_driver_sql(f"VACUUM {quoted}")
 
     def ping(self) -> bool:
         """Whether the database answers now (for health)."""

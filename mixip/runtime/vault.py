@@ -32,19 +32,21 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Integer, LargeBinary, String, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mixip.runtime import logs
-from mixip.runtime.config import ConfigError
+from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database, UtcDateTime, insert_ignoring_conflicts, rowcount
 from mixip.runtime.errors import Unavailable
-from mixip.runtime.keys import KeyRing, SealError, open_sealed, seal
+from mixip.runtime.keys import KeyRing, KmsKeyRing, LocalKeyRing, SealError, open_sealed, seal
 from mixip.runtime.times import Clock
 
 _VERSION_BYTES = 4
@@ -398,6 +400,16 @@ class Vault:
         return due is not None and due <= self.clock()
 
     def rotate(self) -> Rotation:
+        """Rotates now (see `_rotate`)."""
+        rotation = self._rotate(only_if_due=False)
+        assert rotation is not None
+        return rotation
+
+    def rotate_if_due(self) -> Rotation | None:
+        """Rotates if a rotation is owed now (see `_rotate`)."""
+        return self._rotate(only_if_due=True)
+
+    def _rotate(self, *, only_if_due: bool) -> Rotation | None:
         """Key version N+1 under a new KEK; every live secret re-sealed; the lookup key
         re-wrapped; then the KEK of version N destroyed. One transaction holds the state row
         exclusively, so secrets are neither read nor made meanwhile, and a concurrent rotation
@@ -405,10 +417,15 @@ class Vault:
 
         Crash-safe at every step: before the commit, nothing stored refers to the new KEK (the
         next start or rotation removes it); after the commit, `retired_kek_ref` names the old
-        KEK until it is destroyed (the next start or rotation finishes that)."""
+        KEK until it is destroyed (the next start or rotation finishes that).
+
+        With `only_if_due`, nothing happens (None) unless a rotation is owed now: replicas that
+        notice the same due time rotate once."""
         now = self.clock()
         with self.db.write() as session:
             state = self._state(session, exclusive=True)
+            if only_if_due and (state.rotation_due_at is None or state.rotation_due_at > now):
+                return None
             old = self._unwrap(state)
             self._finish_retirement(session, state)
             self.ring.sweep(keep=state.kek_ref)
@@ -437,6 +454,10 @@ class Vault:
                 state.retired_kek_ref = None
         logs.log(logger, "vault rotated", vault=self.name, key_version=version, resealed=resealed)
         return Rotation(version, now, resealed)
+
+    def keep_rotating(self, check_seconds: float) -> RotationKeeper:
+        """Starts the thread that rotates when a rotation is owed (see `RotationKeeper`)."""
+        return RotationKeeper(self, check_seconds)
 
     def _rotated(self, session: Session) -> None:
         """Inside the rotation's transaction: what an older layout leaves behind goes."""
@@ -467,3 +488,95 @@ class Vault:
             )
             resealed += len(page)
             after = page[-1][0]
+
+
+class RotationKeeper:
+    """Rotates a vault when a destroyed secret owes a rotation (`rotation_due_at` has passed),
+    checking every `check_seconds` on a daemon thread; a failed rotation is logged and tried at
+    the next check (a rotation is crash-safe at every step). `stop()` ends the thread."""
+
+    def __init__(self, vault: Vault, check_seconds: float) -> None:
+        self.vault = vault
+        self.check_seconds = check_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{vault.name}-vault-rotation", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_seconds):
+            try:
+                self.vault.rotate_if_due()
+            except Exception as exc:  # the next check tries again
+                logs.log(
+                    logger, "vault rotation failed", vault=self.vault.name, error=type(exc).__name__
+                )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """Where a service's vault keeps its key-encryption keys (docs/configuration.md)."""
+
+    kek_file: Path
+    """MIXIP_<SERVICE>_VAULT_KEK_FILE (default <key dir>/<service>-vault.key): the first KEK
+    file; rotations write versioned files next to it (the directory must be the key dir)."""
+    kms_key_id: str | None
+    """MIXIP_<SERVICE>_VAULT_KMS_KEY_ID: AWS KMS instead of key files; the vault's first KMS
+    key, dedicated to it (the first rotation schedules its deletion)."""
+    aws_region: str | None
+    """AWS_REGION (else AWS_DEFAULT_REGION): the KMS region."""
+    aws_endpoint_url: str | None
+    """MIXIP_AWS_ENDPOINT_URL: another AWS endpoint (tests, LocalStack)."""
+    kms_deletion_days: int
+    """MIXIP_<SERVICE>_VAULT_KMS_DELETION_DAYS (default 7): retired KMS keys' pending window,
+    7-30 days."""
+    rotate_within: timedelta
+    """MIXIP_VAULT_ROTATE_WITHIN_SECONDS (default 86400): how soon after a talent's secret is
+    destroyed (erasure) the vault rotates, so backups taken before it stop opening."""
+    check_seconds: float
+    """MIXIP_VAULT_ROTATION_CHECK_SECONDS (default 60): how often a replica looks for a
+    rotation that is owed."""
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        config: ServerConfig,
+        env: Env,
+        *,
+        kek_variable: str | None = None,
+        kms_variable: str | None = None,
+        deletion_variable: str | None = None,
+    ) -> VaultSettings:
+        prefix = f"MIXIP_{name.upper()}_VAULT"
+        days = env.int(deletion_variable or f"{prefix}_KMS_DELETION_DAYS", 7, minimum=7)
+        if days > 30:
+            raise ConfigError(f"{prefix}_KMS_DELETION_DAYS={days} must be 7-30 (AWS's limits)")
+        default_kek = config.key_dir / f"{name}-vault.key"
+        return cls(
+            kek_file=Path(env.str(kek_variable or f"{prefix}_KEK_FILE", str(default_kek))),
+            kms_key_id=env.optional(kms_variable or f"{prefix}_KMS_KEY_ID"),
+            aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
+            aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
+            kms_deletion_days=days,
+            rotate_within=timedelta(
+                seconds=env.float("MIXIP_VAULT_ROTATE_WITHIN_SECONDS", 86400.0, minimum=0.0)
+            ),
+            check_seconds=env.float("MIXIP_VAULT_ROTATION_CHECK_SECONDS", 60.0, minimum=0.05),
+        )
+
+    def key_ring(self) -> KeyRing:
+        """AWS KMS when a key id is set, else local key files."""
+        if self.kms_key_id:
+            import boto3
+
+            client = boto3.client(
+                "kms", region_name=self.aws_region, endpoint_url=self.aws_endpoint_url
+            )
+            return KmsKeyRing(client, self.kms_key_id, deletion_window_days=self.kms_deletion_days)
+        return LocalKeyRing(self.kek_file)
