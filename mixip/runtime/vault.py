@@ -550,14 +550,17 @@ class VaultSettings:
         env: Env,
         *,
         kek_variable: str | None = None,
+        kek_file_name: str | None = None,
         kms_variable: str | None = None,
         deletion_variable: str | None = None,
     ) -> VaultSettings:
+        """The settings of service `name`'s vault; a service with older variable names (the
+        audit service) passes them, and its key file's name."""
         prefix = f"MIXIP_{name.upper()}_VAULT"
         days = env.int(deletion_variable or f"{prefix}_KMS_DELETION_DAYS", 7, minimum=7)
         if days > 30:
             raise ConfigError(f"{prefix}_KMS_DELETION_DAYS={days} must be 7-30 (AWS's limits)")
-        default_kek = config.key_dir / f"{name}-vault.key"
+        default_kek = config.key_dir / (kek_file_name or f"{name}-vault.key")
         return cls(
             kek_file=Path(env.str(kek_variable or f"{prefix}_KEK_FILE", str(default_kek))),
             kms_key_id=env.optional(kms_variable or f"{prefix}_KMS_KEY_ID"),

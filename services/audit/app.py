@@ -7,6 +7,7 @@ called, it calls no one).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -14,7 +15,7 @@ from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.runtime import migrations, telemetry
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
-from mixip.runtime.keys import KeyRing, KeyWrapper, KmsKeyRing, LocalKeyRing
+from mixip.runtime.keys import KeyRing, KeyWrapper
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from services.audit.service import AuditLog
@@ -26,30 +27,28 @@ from services.audit.vault import SaltVault
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 
 
-def key_ring(settings: AuditSettings) -> KeyRing:
-    """The vault's key ring: AWS KMS when a key id is set, else local key files."""
-    if settings.kms_key_id:
-        import boto3
-
-        client = boto3.client(
-            "kms", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url
-        )
-        return KmsKeyRing(
-            client, settings.kms_key_id, deletion_window_days=settings.kms_deletion_days
-        )
-    return LocalKeyRing(settings.kek_file)
-
-
 class AuditApp(ServiceApp):
     name = "audit"
 
     def __init__(
-        self, db: Database, keys: KeyRing | KeyWrapper, clock: Clock = utcnow, **vault_options
+        self,
+        db: Database,
+        keys: KeyRing | KeyWrapper,
+        clock: Clock = utcnow,
+        *,
+        rotation_check_seconds: float | None = None,
+        **vault_options: Any,
     ) -> None:
+        """`rotation_check_seconds`: how often to look for a rotation a shred owes (None: no
+        keeper; tests rotate by hand)."""
         migrations.upgrade(db.url, self.name)
         self.db = db
-        self.log = AuditLog(db, SaltVault(db, keys, clock, **vault_options), clock)
+        vault = SaltVault(db, keys, clock, **vault_options)
+        self.log = AuditLog(db, vault, clock)
         self.clock = clock
+        self.keeper = (
+            vault.keep_rotating(rotation_check_seconds) if rotation_check_seconds else None
+        )
         telemetry.gauge(
             "mixip_audit_vault_key_age_seconds",
             "Time since the salt vault's current key version was made (rotation is weekly).",
@@ -63,9 +62,17 @@ class AuditApp(ServiceApp):
         return [SERVICE_NAME]
 
     def close(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
         self.db.dispose()
 
 
 def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict]:
-    settings = AuditSettings.load(config, env)
-    return AuditApp(Database(config.database_url, Base.metadata), key_ring(settings)), {}
+    vault = AuditSettings.load(config, env).vault
+    app = AuditApp(
+        Database(config.database_url, Base.metadata),
+        vault.key_ring(),
+        rotation_check_seconds=vault.check_seconds,
+        rotate_within=vault.rotate_within,
+    )
+    return app, {}

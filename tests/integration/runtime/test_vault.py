@@ -1,0 +1,146 @@
+"""The runtime vault every service seals talent data with: data keys bound to their rows, a
+destruction that owes a rotation, and a rotation that puts copies taken before it out of reach."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.orm import DeclarativeBase
+
+from mixip.runtime.config import ConfigError
+from mixip.runtime.db import Database
+from mixip.runtime.keys import LocalKeyRing, SealError
+from mixip.runtime.vault import Vault, VaultSecretColumns, VaultStateColumns
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StateRow(VaultStateColumns, Base):
+    __tablename__ = "probe_vault_state"
+
+
+class KeyRow(VaultSecretColumns, Base):
+    __tablename__ = "probe_talent_keys"
+
+
+ACCOUNT = "acct_probe"
+
+
+def open_vault(url: str, keys, clock, **options) -> Vault:
+    db = Database(url, Base.metadata)
+    db.create_tables()
+    return Vault(
+        db,
+        LocalKeyRing(keys / "probe-vault.key"),
+        clock,
+        name="probe",
+        state_model=StateRow,
+        secret_model=KeyRow,
+        **options,
+    )
+
+
+@pytest.fixture
+def vault(database_url, tmp_path, clock):
+    vault = open_vault(database_url("probe"), tmp_path / "keys", clock)
+    yield vault
+    vault.db.dispose()
+
+
+def test_a_sealed_field_opens_only_with_its_talents_key_and_in_its_own_row(vault):
+    with vault.db.write() as session:
+        keys = vault.talent_keys(session, ACCOUNT, ["talent-a", "talent-b"], create=True)
+    blob = keys["talent-a"].seal_text("talent-a", b"faces/1")
+    assert b"talent-a" not in blob
+    assert keys["talent-a"].open_text(blob, b"faces/1") == "talent-a"
+    with pytest.raises(SealError):
+        keys["talent-a"].open(blob, b"faces/2")  # moved to another row
+    with pytest.raises(SealError):
+        keys["talent-b"].open(blob, b"faces/1")  # another talent's key
+    assert keys["talent-a"].ref == vault.lookup(ACCOUNT, "talent-a")
+
+
+def test_a_destroyed_key_is_gone_owes_a_rotation_and_a_new_life_gets_another(vault, clock):
+    with vault.db.write() as session:
+        first = vault.talent_keys(session, ACCOUNT, ["talent-a"], create=True)["talent-a"]
+    assert vault.status().rotation_due_at is None
+    with vault.db.write() as session:
+        assert vault.destroy(session, ACCOUNT, "talent-a")
+    assert vault.status().rotation_due_at == clock() + timedelta(hours=24)
+    with vault.db.read() as session:
+        assert vault.talent_keys(session, ACCOUNT, ["talent-a"], create=False) == {}
+        assert vault.account_keys(session, ACCOUNT) == {}
+    with vault.db.write() as session:
+        again = vault.talent_keys(session, ACCOUNT, ["talent-a"], create=True)["talent-a"]
+    assert again.ref == first.ref and again.key != first.key
+
+
+def test_a_rotation_happens_once_when_due_and_not_before(vault, clock):
+    with vault.db.write() as session:
+        vault.talent_keys(session, ACCOUNT, ["talent-a", "talent-b"], create=True)
+        vault.destroy(session, ACCOUNT, "talent-a")
+    assert vault.rotate_if_due() is None
+    clock.advance(hours=24)
+    rotation = vault.rotate_if_due()
+    assert rotation is not None and rotation.key_version == 2 and rotation.secrets_resealed == 1
+    assert vault.rotate_if_due() is None  # another replica noticing the same due time
+    assert vault.status().rotation_due_at is None
+
+
+def test_a_copy_taken_before_the_destruction_stops_opening_after_the_rotation(
+    database_url, tmp_path, clock
+):
+    keys = tmp_path / "keys"
+    live = open_vault(database_url("probe"), keys, clock)
+    with live.db.write() as session:
+        key = live.talent_keys(session, ACCOUNT, ["talent-a"], create=True)["talent-a"]
+    sealed = key.seal_text("talent-a", b"row")
+    copy_url = database_url("copy")
+    copy = open_vault(copy_url, keys, clock)  # the backup, with the same key directory
+    with live.db.read() as source, copy.db.write() as target:
+        for table in (StateRow.__table__, KeyRow.__table__):
+            target.execute(table.delete())
+            target.execute(
+                insert(table), [dict(r) for r in source.execute(select(table)).mappings()]
+            )
+    with live.db.write() as session:
+        live.destroy(session, ACCOUNT, "talent-a")
+    # before the rotation the copy still opens: the window the rotation closes
+    assert reopen(copy_url, keys, clock, sealed) == "talent-a"
+    live.rotate()
+    with pytest.raises(ConfigError, match="cannot open key version 1"):
+        reopen(copy_url, keys, clock, sealed)
+    assert sorted(p.name for p in keys.iterdir()) == ["probe-vault.v2.key"]
+    live.db.dispose()
+    copy.db.dispose()
+
+
+def reopen(url, keys, clock, sealed: bytes) -> str:
+    vault = open_vault(url, keys, clock)
+    try:
+        with vault.db.read() as session:
+            key = vault.talent_keys(session, ACCOUNT, ["talent-a"], create=False)["talent-a"]
+        return key.open_text(sealed, b"row")
+    finally:
+        vault.db.dispose()
+
+
+def test_the_keeper_rotates_a_vault_whose_rotation_is_owed(database_url, tmp_path, clock):
+    vault = open_vault(database_url("probe"), tmp_path / "keys", clock, rotate_within=timedelta(0))
+    with vault.db.write() as session:
+        vault.talent_keys(session, ACCOUNT, ["talent-a"], create=True)
+        vault.destroy(session, ACCOUNT, "talent-a")
+    keeper = vault.keep_rotating(0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while vault.status().key_version == 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        keeper.stop()
+    assert vault.status().key_version == 2 and vault.status().rotation_due_at is None
+    vault.db.dispose()
