@@ -150,8 +150,12 @@ class Vault:
         state_model: Any,
         secret_model: Any,
         rotate_within: timedelta = timedelta(hours=24),
+        reset_unreadable: bool = False,
         step: Step | None = None,
     ) -> None:
+        """`reset_unreadable`: when the database names a KEK that no longer exists (a backup
+        restored from before a rotation), start a new vault and drop every secret instead of
+        refusing to start: nothing sealed in that copy can be read any more either way."""
         self.db = db
         self.ring = ring
         self.clock = clock
@@ -160,6 +164,7 @@ class Vault:
         self.secret_model = secret_model
         self.rotate_within = rotate_within
         self._step = step or (lambda name: None)
+        self._reset_unreadable = reset_unreadable
         self._keys = self._start()
 
     # -- contexts -----------------------------------------------------------------------------
@@ -186,15 +191,39 @@ class Vault:
             try:
                 keys = self._unwrap(state)
             except SealError as exc:
-                raise ConfigError(
-                    f"{self.name} vault: cannot open key version {state.version} with"
-                    f" {self.ring.description} ({exc}); is this the key the vault was made with?"
-                ) from exc
+                if not self._reset_unreadable:
+                    raise ConfigError(
+                        f"{self.name} vault: cannot open key version {state.version} with"
+                        f" {self.ring.description} ({exc}); is this the key directory the"
+                        " vault was made with? A backup restored from before a rotation can no"
+                        " longer be read: set MIXIP_VAULT_RESET_UNREADABLE=true to start anyway"
+                        " without what it sealed (docs/operations.md)"
+                    ) from exc
+                keys = self._reset(session, state)
             # only once this ring is proven to hold the current KEK may it delete the others
             self._finish_retirement(session, state)
             swept = self.ring.sweep(keep=state.kek_ref)
         if swept:
             logs.log(logger, "stale vault keys removed", vault=self.name, count=len(swept))
+        return keys
+
+    def _reset(self, session: Session, state: Any) -> VaultKeys:
+        """A new key version under a new KEK, and no secret: those stored were sealed under a
+        key that is gone. Every other KEK of this ring goes too (they belong to no database
+        this directory serves any more)."""
+        self.ring.sweep(keep="")
+        version = state.version + 1
+        ref = self.ring.create(version)
+        wrapper = self.ring.open(ref)
+        keys = VaultKeys(version, os.urandom(32), os.urandom(32))
+        dropped = rowcount(session.execute(delete(self.secret_model)))
+        state.version, state.kek_ref, state.rotated_at = version, ref, self.clock()
+        state.wrapped_sealing_key = wrapper.wrap(keys.sealing, self._sealing_context(version))
+        state.wrapped_lookup_key = wrapper.wrap(keys.lookup, self._lookup_context())
+        state.retired_kek_ref, state.rotation_due_at = None, None
+        self._rotated(session)
+        session.flush()
+        logs.log(logger, "vault reset", vault=self.name, key_version=version, dropped=dropped)
         return keys
 
     def _first_keys(self, session: Session, ref: str) -> tuple[bytes, bytes]:
@@ -541,6 +570,9 @@ class VaultSettings:
     check_seconds: float
     """MIXIP_VAULT_ROTATION_CHECK_SECONDS (default 60): how often a replica looks for a
     rotation that is owed."""
+    reset_unreadable: bool = False
+    """MIXIP_VAULT_RESET_UNREADABLE (default false): start on a restored backup whose vault
+    key was destroyed by a later rotation, dropping what it sealed (else refuse to start)."""
 
     @classmethod
     def load(
@@ -571,6 +603,7 @@ class VaultSettings:
                 seconds=env.float("MIXIP_VAULT_ROTATE_WITHIN_SECONDS", 86400.0, minimum=0.0)
             ),
             check_seconds=env.float("MIXIP_VAULT_ROTATION_CHECK_SECONDS", 60.0, minimum=0.05),
+            reset_unreadable=env.bool("MIXIP_VAULT_RESET_UNREADABLE", False),
         )
 
     def key_ring(self) -> KeyRing:

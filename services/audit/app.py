@@ -74,5 +74,6 @@ def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict]:
         vault.key_ring(),
         rotation_check_seconds=vault.check_seconds,
         rotate_within=vault.rotate_within,
+        reset_unreadable=vault.reset_unreadable,
     )
     return app, {}

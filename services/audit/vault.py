@@ -48,6 +48,7 @@ class SaltVault(Vault):
         *,
         step: Step | None = None,
         rotate_within: timedelta = timedelta(hours=24),
+        reset_unreadable: bool = False,
     ) -> None:
         super().__init__(
             db,
@@ -57,6 +58,7 @@ class SaltVault(Vault):
             state_model=VaultState,
             secret_model=SaltRow,
             rotate_within=rotate_within,
+            reset_unreadable=reset_unreadable,
             step=step,
         )
 

@@ -118,6 +118,14 @@ def test_a_copy_taken_before_the_destruction_stops_opening_after_the_rotation(
     assert sorted(p.name for p in keys.iterdir()) == ["probe-vault.v2.key"]
     live.db.dispose()
     copy.db.dispose()
+    # an operator who restores it anyway gets a vault without what the copy sealed
+    restored = open_vault(copy_url, tmp_path / "restore-keys", clock, reset_unreadable=True)
+    with restored.db.read() as session:
+        assert restored.talent_keys(session, ACCOUNT, ["talent-a"], create=False) == {}
+        assert restored.account_keys(session, ACCOUNT) == {}
+    assert restored.status().key_version == 2
+    assert restored.lookup(ACCOUNT, "talent-a") != key.ref  # nothing links to the old refs
+    restored.db.dispose()
 
 
 def reopen(url, keys, clock, sealed: bytes) -> str:
