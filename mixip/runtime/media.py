@@ -2,14 +2,20 @@
 
 Used by the gateway (to refuse bad uploads before storing them) and the matcher (before
 decoding). Reading dimensions from the header lets us refuse decompression bombs without
-decoding a single pixel.
+decoding a single pixel, so each reader here reads the size the decoder will use, and refuses a
+header that two decoders could read two ways. Behind it, `cap_image_decoders` has OpenCV's
+decoders enforce the same limit themselves.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+
+from mixip.runtime.limits import MAX_PIXELS
 
 IMAGE, VIDEO = "image", "video"
 
@@ -84,6 +90,20 @@ def sniff(data: bytes) -> Sniffed:
     raise MediaError(f"not a supported image or video ({SUPPORTED})")
 
 
+def cap_image_decoders(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Has OpenCV's image decoders refuse, by themselves, an image over the pixel limit
+    (MIXIP_MATCHER_MAX_PIXELS, else `MAX_PIXELS`), before allocating it: the lock behind
+    `sniff`. OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, when cv2 is loaded, so every service
+    that decodes calls this in its `__main__`, before importing anything that imports cv2."""
+    if "cv2" in sys.modules:
+        raise RuntimeError("cap_image_decoders() must run before cv2 is imported")
+    try:
+        limit = int(environ.get("MIXIP_MATCHER_MAX_PIXELS", "").strip() or MAX_PIXELS)
+    except ValueError:  # the service's settings refuse it at start, naming the variable
+        limit = MAX_PIXELS
+    environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(max(limit, 1))
+
+
 def _ftyp_brands(data: bytes) -> list[bytes]:
     """The major brand, then the compatible brands, of an ISO-BMFF `ftyp` box."""
     size = int.from_bytes(data[0:4], "big")
@@ -153,7 +173,9 @@ _TIFF_SHORT, _TIFF_LONG = 3, 4
 
 
 def _tiff_size(data: bytes) -> tuple[int, int]:
-    """ImageWidth and ImageLength of the first image (the one decoders read), from IFD0."""
+    """ImageWidth and ImageLength of the first image, from IFD0: the only directory OpenCV's
+    decoder reads. A directory that gives either twice is refused: libtiff keeps the first, a
+    reader that kept the last would let a 100 MP image pass as 64x64 (finding #3)."""
     order = "<" if data[:2] == b"II" else ">"
     if len(data) < 8:
         raise MediaError("truncated TIFF header")
@@ -164,10 +186,16 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     if ifd + 2 + 12 * entries > len(data):
         raise MediaError("truncated TIFF (its first directory runs past the end)")
     found: dict[int, int] = {}
+    seen: set[int] = set()
     for i in range(entries):
         entry = ifd + 2 + 12 * i
         tag, kind, count = struct.unpack(order + "HHI", data[entry : entry + 8])
-        if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and count == 1:
+        if tag not in (_TIFF_WIDTH, _TIFF_LENGTH):
+            continue
+        if tag in seen:
+            raise MediaError("corrupt TIFF: its first directory gives the image size twice")
+        seen.add(tag)
+        if count == 1:
             if kind == _TIFF_SHORT:
                 (found[tag],) = struct.unpack(order + "H", data[entry + 8 : entry + 10])
             elif kind == _TIFF_LONG:

@@ -51,7 +51,7 @@ def no_decoding(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(imaging.cv2, "imdecode", refuse)
     monkeypatch.setattr(pixels.cv2, "imdecode", refuse)
-    monkeypatch.setattr(pixels, "_decode_heif", lambda data: refuse(data, None))
+    monkeypatch.setattr(pixels, "_decode_heif", lambda data, _pixels: refuse(data, None))
     return calls
 
 
