@@ -1,0 +1,111 @@
+"""Decompression bombs: small files (tens of KB) that decode to hundreds of megabytes, one per
+format the matcher accepts, built here from a few lines of code (never stored).
+
+Each builder takes the size the decoder would allocate, so a test can build a small one, decode
+it and see that the bomb is real, then send a big one and see that it is refused unread.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+_CHUNK = 1 << 20
+
+
+def _deflated(zeros: int) -> bytes:
+    """A zlib stream of `zeros` zero bytes, compressed a megabyte at a time."""
+    compressor = zlib.compressobj(9)
+    parts = [compressor.compress(bytes(min(_CHUNK, zeros - at))) for at in range(0, zeros, _CHUNK)]
+    return b"".join(parts) + compressor.flush()
+
+
+def tiff_with_duplicate_sizes(width: int, height: int, decoy: tuple[int, int] = (64, 64)) -> bytes:
+    """A deflate-compressed 8-bit grey TIFF of `width` x `height` black pixels whose first
+    directory lists ImageWidth and ImageLength twice: the real size first (what libtiff uses)
+    and `decoy` last (what a parser that keeps the last tag sees)."""
+    pixels = _deflated(width * height)
+    entries = [
+        (256, 4, 1, width),  # ImageWidth
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 8),  # Compression: deflate
+        (262, 3, 1, 1),  # PhotometricInterpretation: black is zero
+        (273, 4, 1, 0),  # StripOffsets, set below
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip: one strip
+        (279, 4, 1, len(pixels)),  # StripByteCounts
+        (256, 4, 1, decoy[0]),
+        (257, 4, 1, decoy[1]),
+    ]
+    directory_size = 2 + 12 * len(entries) + 4
+    offset = 8 + directory_size
+    entries[5] = (273, 4, 1, offset)
+    directory = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in entries
+    )
+    return b"II*\x00" + struct.pack("<I", 8) + directory + struct.pack("<I", 0) + pixels
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png(width: int, height: int) -> bytes:
+    """A 1-bit grey PNG of `width` x `height` black pixels (OpenCV decodes it to 3 bytes a
+    pixel)."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    rows = _deflated((1 + (width + 7) // 8) * height)  # filter byte 0, then the packed row
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", rows)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+class _Bits:
+    """Bits written least significant first, as WebP lossless (VP8L) reads them."""
+
+    def __init__(self) -> None:
+        self.value = self.count = 0
+
+    def put(self, value: int, bits: int) -> None:
+        self.value |= value << self.count
+        self.count += bits
+
+    def bytes(self) -> bytes:
+        return self.value.to_bytes((self.count + 7) // 8, "little")
+
+
+def webp(width: int, height: int) -> bytes:
+    """A lossless WebP of `width` x `height` black pixels in a dozen bytes: every prefix code
+    has a single symbol, so each pixel costs zero bits (decoded: 4 bytes a pixel)."""
+    bits = _Bits()
+    bits.put(0x2F, 8)  # VP8L signature
+    bits.put(width - 1, 14)
+    bits.put(height - 1, 14)
+    bits.put(0, 1)  # no alpha
+    bits.put(0, 3)  # version 0
+    bits.put(0, 1)  # no transform
+    bits.put(0, 1)  # no colour cache
+    bits.put(0, 1)  # no meta prefix codes
+    for _ in range(5):  # green, red, blue, alpha, distance: a simple code of one symbol, 0
+        bits.put(1, 1)  # simple code
+        bits.put(0, 1)  # one symbol
+        bits.put(0, 1)  # of 1 bit
+        bits.put(0, 1)  # symbol 0
+    body = bits.bytes().ljust(32, b"\x00")  # OpenCV reads at least 32 bytes of a WebP
+    chunk = b"VP8L" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def bmp(width: int, height: int) -> bytes:
+    """An 8-bit RLE-compressed BMP of `width` x `height` pixels whose data is only the
+    end-of-bitmap code (decoded: 3 bytes a pixel)."""
+    palette = bytes(4 * 256)
+    data = b"\x00\x01"  # end of bitmap: every pixel is colour 0
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    header = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+    return header + info + palette + data
