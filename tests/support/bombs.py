@@ -7,8 +7,12 @@ it and see that the bomb is real, then send a big one and see that it is refused
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+
+import numpy as np
+import pillow_heif
 
 _CHUNK = 1 << 20
 
@@ -109,3 +113,93 @@ def bmp(width: int, height: int) -> bytes:
     offset = 14 + len(info) + len(palette)
     header = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
     return header + info + palette + data
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def _full_box(kind: bytes, version: int, flags: int, body: bytes) -> bytes:
+    return _box(kind, struct.pack(">I", version << 24 | flags) + body)
+
+
+_TILE = 512
+
+
+def heic(width: int, height: int, extent: tuple[int, int] | None = None) -> bytes:
+    """A HEIC whose primary image is a `width` x `height` grid of one 512x512 HEVC tile
+    repeated (decoded: 3 bytes a pixel), in a few KB: the tile is coded once and the grid
+    refers to it once per cell (libheif takes up to 1000 cells: 10240x10240 at most).
+    `extent` makes the grid's declared size (ispe) lie; libheif notices after decoding."""
+    tile_file = io.BytesIO()
+    tile = np.zeros((_TILE, _TILE, 3), np.uint8)
+    pillow_heif.from_bytes(mode="RGB", size=(_TILE, _TILE), data=tile.tobytes()).save(tile_file)
+    coded = tile_file.getvalue()
+    properties = _child_box(coded, b"ipco")  # hvcC, colr, ispe, pixi of the tile, as encoded
+    stream = _child_box(coded, b"mdat")
+    columns, rows = -(-width // _TILE), -(-height // _TILE)
+    ftyp = _box(b"ftyp", b"heic" + bytes(4) + b"mif1heic")
+    hdlr = _full_box(b"hdlr", 0, 0, bytes(4) + b"pict" + bytes(13))
+    pitm = _full_box(b"pitm", 0, 0, struct.pack(">H", 2))
+    infe = [
+        _full_box(b"infe", 2, 1, struct.pack(">HH", 1, 0) + b"hvc1\x00"),  # hidden tile
+        _full_box(b"infe", 2, 0, struct.pack(">HH", 2, 0) + b"grid\x00"),
+    ]
+    iinf = _full_box(b"iinf", 0, 0, struct.pack(">H", 2) + b"".join(infe))
+    refs = struct.pack(">HH", 2, columns * rows) + struct.pack(">H", 1) * (columns * rows)
+    iref = _full_box(b"iref", 0, 0, _box(b"dimg", refs))
+    grid_ispe = _full_box(b"ispe", 0, 0, struct.pack(">II", *(extent or (width, height))))
+    ipco = _box(b"ipco", properties + grid_ispe)
+    count = len(_boxes_in(properties))
+    tile_props = bytes([0x81, *range(2, count + 1)])  # hvcC (essential), then the rest
+    ipma = _full_box(
+        b"ipma",
+        0,
+        0,
+        struct.pack(">IH", 2, 1)
+        + bytes([len(tile_props)])
+        + tile_props
+        + struct.pack(">H", 2)
+        + bytes([1, count + 1]),
+    )
+    iprp = _box(b"iprp", ipco + ipma)
+    grid = struct.pack(">BBBBHH", 0, 0, rows - 1, columns - 1, width, height)
+    idat = _box(b"idat", grid)
+
+    def meta(stream_at: int) -> bytes:
+        iloc = _full_box(
+            b"iloc",
+            1,
+            0,
+            bytes([0x44, 0x40])
+            + struct.pack(">H", 2)
+            + struct.pack(">HHHIHII", 1, 0, 0, stream_at, 1, 0, len(stream))
+            + struct.pack(">HHHIHII", 2, 1, 0, 0, 1, 0, len(grid)),
+        )
+        return _full_box(b"meta", 0, 0, hdlr + pitm + iloc + iinf + iref + iprp + idat)
+
+    stream_at = len(ftyp) + len(meta(0)) + 8
+    return ftyp + meta(stream_at) + _box(b"mdat", stream)
+
+
+def _boxes_in(data: bytes) -> list[tuple[bytes, bytes]]:
+    found, at = [], 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[at : at + 8])
+        found.append((kind, data[at + 8 : at + size]))
+        at += size
+    return found
+
+
+def _child_box(heif: bytes, kind: bytes) -> bytes:
+    """The body of the first `kind` box, looking inside meta (a full box) and iprp."""
+    for found, body in _boxes_in(heif):
+        if found == kind:
+            return body
+        if found in (b"meta", b"iprp"):
+            inner = body[4:] if found == b"meta" else body
+            try:
+                return _child_box(inner, kind)
+            except KeyError:
+                continue
+    raise KeyError(kind)

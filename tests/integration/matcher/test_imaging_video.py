@@ -373,6 +373,29 @@ def test_capping_the_decoders_after_opencv_has_loaded_is_a_programming_error():
     assert environ == {}
 
 
+def _with_extent(heif: bytes, old: tuple[int, int], new: tuple[int, int]) -> bytes:
+    """`heif` with its image extent (ispe) `old` rewritten to claim `new`."""
+    extent = b"ispe" + bytes(4) + struct.pack(">II", *old)
+    assert heif.count(extent) == 1
+    return heif.replace(extent, b"ispe" + bytes(4) + struct.pack(">II", *new))
+
+
+def test_a_heic_grid_larger_than_its_extent_is_sized_by_its_grid(no_decoding):
+    # libheif would decode the 10000x10000 grid, then notice that it is not 64x64.
+    liar = _with_extent(bombs.heic(10000, 10000), (10000, 10000), (64, 64))
+
+    with pytest.raises(MediaError, match="image is 10000x10000"):
+        decode_image(liar, max_pixels=MAX_PIXELS)
+
+    assert no_decoding == []
+
+
+def test_a_heic_stream_larger_than_its_extent_is_sized_by_its_sequence_header():
+    liar = _with_extent(faces.encode_pillow(faces.grace_hopper(), "HEIF"), (512, 600), (64, 64))
+
+    assert (sniff(liar).width, sniff(liar).height) == (512, 600)
+
+
 def test_a_heif_that_libheif_reads_as_larger_than_sniffed_is_refused_before_decoding(monkeypatch):
     heic = faces.encode_pillow(faces.grace_hopper(), "HEIF")  # 512x600
     decoded: list[object] = []
