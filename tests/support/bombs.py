@@ -203,3 +203,17 @@ def _child_box(heif: bytes, kind: bytes) -> bytes:
             except KeyError:
                 continue
     raise KeyError(kind)
+
+
+def webm_growing_mid_stream(width: int, height: int) -> bytes:
+    """A 3 s VP8 WebM of 64x64 black frames whose second keyframe (1.2 s in) declares `width`
+    x `height`: the container and the first frames say 64x64, and FFmpeg allocates the new
+    size when it reaches that keyframe (VP8 may change size at any keyframe)."""
+    from tests.support.faces import make_video
+
+    video = make_video(None, [(np.zeros((64, 64, 3), np.uint8), 3.0)], size=(64, 64), codec="VP80")
+    keyframes = [at for at in range(len(video)) if video.startswith(b"\x9d\x01\x2a", at)]
+    if len(keyframes) < 2:
+        raise ValueError("expected VP8 keyframes every 12 frames")
+    size = keyframes[1] + 3
+    return video[:size] + struct.pack("<HH", width, height) + video[size + 4 :]
