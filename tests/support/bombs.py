@@ -11,6 +11,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pillow_heif
 
@@ -49,6 +50,15 @@ def tiff_with_duplicate_sizes(width: int, height: int, decoy: tuple[int, int] = 
         struct.pack("<HHII", *entry) for entry in entries
     )
     return b"II*\x00" + struct.pack("<I", 8) + directory + struct.pack("<I", 0) + pixels
+
+
+def jpeg(width: int, height: int) -> bytes:
+    """A baseline JPEG of 16x16 black pixels whose frame header claims `width` x `height`:
+    libjpeg allocates the claimed size and fills in what the data does not cover (decoded: 3
+    bytes a pixel), from a file of under 1 KB."""
+    data = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    frame = data.index(b"\xff\xc0")  # SOF0: length, precision, then height and width
+    return data[: frame + 5] + struct.pack(">HH", height, width) + data[frame + 9 :]
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -48,6 +48,7 @@ BOMBS: dict[str, tuple[Callable[[int, int], bytes], str, str]] = {
         "image/heic",
         LIMIT,
     ),
+    "jpeg": (bombs.jpeg, "image/jpeg", LIMIT),
     "png": (bombs.png, "image/png", LIMIT),
     "webp": (bombs.webp, "image/webp", LIMIT),
     "bmp": (bombs.bmp, "image/bmp", LIMIT),
