@@ -1,6 +1,14 @@
 """`python -m gateway`: the client-facing gateway, configured from MIXIP_* variables."""
 
-from gateway.app import build
+from mixip.runtime.media import cap_image_decoders
 from mixip.runtime.server import serve
 
-raise SystemExit(serve("gateway", build))
+
+def main() -> int:
+    cap_image_decoders()  # previews decode photos; OpenCV reads its pixel limit on loading
+    from gateway.app import build
+
+    return serve("gateway", build)
+
+
+raise SystemExit(main())

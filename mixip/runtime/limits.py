@@ -14,3 +14,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_MESSAGE_BYTES = 80 * MiB
 """The largest gRPC message a server accepts or a client sends (MIXIP_MAX_MESSAGE_BYTES
 overrides it): a 64 MiB upload plus its envelope."""
+
+MAX_PIXELS = 40_000_000
+"""The most pixels an image or a video frame may have (MIXIP_MATCHER_MAX_PIXELS overrides it): a
+memory bound, 120 MB once decoded to BGR. Checked from the header before decoding, and enforced
+by OpenCV's image decoders themselves (`mixip.runtime.media.cap_image_decoders`)."""

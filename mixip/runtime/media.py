@@ -2,14 +2,20 @@
 
 Used by the gateway (to refuse bad uploads before storing them) and the matcher (before
 decoding). Reading dimensions from the header lets us refuse decompression bombs without
-decoding a single pixel.
+decoding a single pixel, so each reader here reads the size the decoder will use, and refuses a
+header that two decoders could read two ways. Behind it, `cap_image_decoders` has OpenCV's
+decoders enforce the same limit themselves.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+
+from mixip.runtime.limits import MAX_PIXELS
 
 IMAGE, VIDEO = "image", "video"
 
@@ -84,6 +90,20 @@ def sniff(data: bytes) -> Sniffed:
     raise MediaError(f"not a supported image or video ({SUPPORTED})")
 
 
+def cap_image_decoders(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Has OpenCV's image decoders refuse, by themselves, an image over the pixel limit
+    (MIXIP_MATCHER_MAX_PIXELS, else `MAX_PIXELS`), before allocating it: the lock behind
+    `sniff`. OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, when cv2 is loaded, so every service
+    that decodes calls this in its `__main__`, before importing anything that imports cv2."""
+    if "cv2" in sys.modules:
+        raise RuntimeError("cap_image_decoders() must run before cv2 is imported")
+    try:
+        limit = int(environ.get("MIXIP_MATCHER_MAX_PIXELS", "").strip() or MAX_PIXELS)
+    except ValueError:  # the service's settings refuse it at start, naming the variable
+        limit = MAX_PIXELS
+    environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(max(limit, 1))
+
+
 def _ftyp_brands(data: bytes) -> list[bytes]:
     """The major brand, then the compatible brands, of an ISO-BMFF `ftyp` box."""
     size = int.from_bytes(data[0:4], "big")
@@ -121,20 +141,159 @@ def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int]:
 
 
 def _heif_size(data: bytes) -> tuple[int, int]:
-    """The largest image extent (`ispe`) a HEIF declares: the primary image or its grid, which
-    is what the decoder will allocate."""
+    """The largest image a HEIF has libheif allocate: every image extent (`ispe`), every HEVC
+    sequence header's picture (`hvcC`) and every grid or overlay canvas (its item's data).
+    libheif compares a decoded image with its `ispe` only after decoding it, so a stream or a
+    grid larger than its `ispe` would be decoded first: the largest of them all is the size."""
     meta_start, meta_end = _child(data, 0, len(data), b"meta")
-    iprp = _child(data, meta_start + 4, meta_end, b"iprp")  # meta is a full box: skip 4
-    ipco = _child(data, *iprp, b"ipco")
-    sizes = [
-        struct.unpack(">II", data[body + 4 : body + 12])
-        for kind, body, body_end in _boxes(data, *ipco)
-        if kind == b"ispe" and body_end - body >= 12
-    ]
+    meta = (meta_start + 4, meta_end)  # meta is a full box: skip 4
+    ipco = _child(data, *_child(data, *meta, b"iprp"), b"ipco")
+    sizes = []
+    for kind, body, body_end in _boxes(data, *ipco):
+        if kind == b"ispe" and body_end - body >= 12:
+            sizes.append(struct.unpack(">II", data[body + 4 : body + 12]))
+        elif kind == b"hvcC":
+            sizes.extend(_hevc_sizes(data[body:body_end]))
+    sizes.extend(_canvas_sizes(data, *meta))
     if not sizes:
         raise MediaError("corrupt HEIF: no image size (ispe)")
     width, height = max(sizes, key=lambda size: size[0] * size[1])
     return _checked(width, height, "HEIF")
+
+
+class _Bits:
+    """A big-endian bit reader (HEVC's exp-Golomb codes) that refuses to run off the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def read(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            if self.at >> 3 >= len(self.data):
+                raise MediaError("corrupt HEIF: truncated HEVC sequence header")
+            value = value << 1 | self.data[self.at >> 3] >> (7 - (self.at & 7)) & 1
+            self.at += 1
+        return value
+
+    def unsigned_exp_golomb(self) -> int:
+        zeros = 0
+        while not self.read(1):
+            zeros += 1
+            if zeros > 31:
+                raise MediaError("corrupt HEIF: bad HEVC sequence header")
+        return (1 << zeros) - 1 + self.read(zeros)
+
+
+def _hevc_sizes(hvcc: bytes) -> list[tuple[int, int]]:
+    """The picture size of every sequence parameter set (NAL type 33) in an `hvcC` box."""
+    sizes = []
+    at = 23
+    for _ in range(hvcc[22] if len(hvcc) > 22 else 0):
+        if at + 3 > len(hvcc):
+            raise MediaError("corrupt HEIF: truncated HEVC configuration (hvcC)")
+        nal_type, count = hvcc[at] & 0x3F, int.from_bytes(hvcc[at + 1 : at + 3], "big")
+        at += 3
+        for _ in range(count):
+            length = int.from_bytes(hvcc[at : at + 2], "big")
+            if at + 2 + length > len(hvcc):
+                raise MediaError("corrupt HEIF: truncated HEVC configuration (hvcC)")
+            if nal_type == 33:
+                sizes.append(_sps_size(hvcc[at + 4 : at + 2 + length]))  # after the NAL header
+            at += 2 + length
+    return sizes
+
+
+def _sps_size(payload: bytes) -> tuple[int, int]:
+    """pic_width/height_in_luma_samples of an HEVC sequence parameter set (H.265 7.3.2.2)."""
+    bits = _Bits(payload.replace(b"\x00\x00\x03", b"\x00\x00"))  # emulation prevention
+    bits.read(4)  # sps_video_parameter_set_id
+    sub_layers = bits.read(3)  # sps_max_sub_layers_minus1
+    bits.read(1 + 96)  # temporal_id_nesting; general profile, tier and level
+    present = [(bits.read(1), bits.read(1)) for _ in range(sub_layers)]
+    bits.read(2 * (8 - sub_layers) if sub_layers else 0)
+    for profile, level in present:
+        bits.read(88 * profile + 8 * level)
+    bits.unsigned_exp_golomb()  # sps_seq_parameter_set_id
+    if bits.unsigned_exp_golomb() == 3:  # chroma_format_idc 4:4:4
+        bits.read(1)  # separate_colour_plane_flag
+    return bits.unsigned_exp_golomb(), bits.unsigned_exp_golomb()
+
+
+_CANVASES = (b"grid", b"iovl")  # derived images whose size is in their item's data
+
+
+def _canvas_sizes(data: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """The output size of every grid and overlay item (ISO/IEC 23008-12 6.6.2)."""
+    boxes = {kind: (body, body_end) for kind, body, body_end in _boxes(data, start, end)}
+    canvases = _item_types(data, *boxes[b"iinf"]) if b"iinf" in boxes else {}
+    canvases = {item: kind for item, kind in canvases.items() if kind in _CANVASES}
+    if not canvases:
+        return []
+    if b"iloc" not in boxes:
+        raise MediaError("corrupt HEIF: no item locations (iloc)")
+    idat = boxes.get(b"idat", (0, 0))[0]
+    where = _item_offsets(data, *boxes[b"iloc"], idat)
+    sizes = []
+    for item, kind in canvases.items():
+        if item not in where:
+            raise MediaError("corrupt HEIF: a grid or overlay without data")
+        at = where[item]
+        flags = data[at + 1] if at + 1 < len(data) else 0
+        at += 4 if kind == b"grid" else 10  # version, flags, rows and columns; or fill values
+        size = 4 if flags & 1 else 2
+        if at + 2 * size > len(data):
+            raise MediaError("corrupt HEIF: truncated grid or overlay")
+        width = int.from_bytes(data[at : at + size], "big")
+        sizes.append((width, int.from_bytes(data[at + size : at + 2 * size], "big")))
+    return sizes
+
+
+def _item_types(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    """item id -> item type, from an `iinf` box's `infe` entries (versions 2 and 3)."""
+    if start >= end:
+        raise MediaError("corrupt HEIF: empty item information (iinf)")
+    first = start + (6 if data[start] == 0 else 8)  # full box header, then the entry count
+    types = {}
+    for kind, body, body_end in _boxes(data, first, end):
+        version = data[body] if body < body_end else 0
+        if kind != b"infe" or version < 2:
+            continue
+        id_size = 2 if version == 2 else 4
+        item = int.from_bytes(data[body + 4 : body + 4 + id_size], "big")
+        types[item] = data[body + 6 + id_size : body + 10 + id_size]
+    return types
+
+
+def _item_offsets(data: bytes, start: int, end: int, idat: int) -> dict[int, int]:
+    """item id -> where its first extent starts in `data`, from an `iloc` box (versions 0-2);
+    items in another file or built from other items (construction methods 2+) are left out."""
+    at = start
+
+    def field(size: int) -> int:
+        nonlocal at
+        if at + size > end:
+            raise MediaError("corrupt HEIF: truncated item locations (iloc)")
+        value = int.from_bytes(data[at : at + size], "big")
+        at += size
+        return value
+
+    version = field(4) >> 24  # a full box: version, then flags
+    offset_size, length_size = divmod(field(1), 16)
+    base_size, index_size = divmod(field(1), 16)
+    index_size = index_size if version in (1, 2) else 0
+    offsets = {}
+    for _ in range(field(2 if version < 2 else 4)):
+        item = field(2 if version < 2 else 4)
+        method = field(2) & 0xF if version in (1, 2) else 0
+        field(2)  # data_reference_index
+        base = field(base_size)
+        extents = [
+            (field(index_size), field(offset_size), field(length_size))[1] for _ in range(field(2))
+        ]
+        if extents and method in (0, 1):
+            offsets[item] = base + extents[0] + (idat if method == 1 else 0)
+    return offsets
 
 
 def _ebml_doctype(data: bytes) -> bytes | None:
@@ -153,7 +312,9 @@ _TIFF_SHORT, _TIFF_LONG = 3, 4
 
 
 def _tiff_size(data: bytes) -> tuple[int, int]:
-    """ImageWidth and ImageLength of the first image (the one decoders read), from IFD0."""
+    """ImageWidth and ImageLength of the first image, from IFD0: the only directory OpenCV's
+    decoder reads. A directory that gives either twice is refused: libtiff keeps the first, a
+    reader that kept the last would let a 100 MP image pass as 64x64 (finding #3)."""
     order = "<" if data[:2] == b"II" else ">"
     if len(data) < 8:
         raise MediaError("truncated TIFF header")
@@ -164,10 +325,16 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     if ifd + 2 + 12 * entries > len(data):
         raise MediaError("truncated TIFF (its first directory runs past the end)")
     found: dict[int, int] = {}
+    seen: set[int] = set()
     for i in range(entries):
         entry = ifd + 2 + 12 * i
         tag, kind, count = struct.unpack(order + "HHI", data[entry : entry + 8])
-        if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and count == 1:
+        if tag not in (_TIFF_WIDTH, _TIFF_LENGTH):
+            continue
+        if tag in seen:
+            raise MediaError("corrupt TIFF: its first directory gives the image size twice")
+        seen.add(tag)
+        if count == 1:
             if kind == _TIFF_SHORT:
                 (found[tag],) = struct.unpack(order + "H", data[entry + 8 : entry + 10])
             elif kind == _TIFF_LONG:

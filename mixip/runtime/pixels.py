@@ -22,16 +22,24 @@ HEIF_TYPES = frozenset({"image/heic", "image/heif"})
 def decode_upright(data: bytes, sniffed: Sniffed) -> np.ndarray | None:
     """BGR uint8 pixels, upright; None if the data cannot be decoded."""
     if sniffed.content_type in HEIF_TYPES:
-        return _decode_heif(data)
-    # IMREAD_COLOR applies the EXIF orientation (IMREAD_IGNORE_ORIENTATION would not).
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return _decode_heif(data, (sniffed.width or 0) * (sniffed.height or 0))
+    try:
+        # IMREAD_COLOR applies the EXIF orientation (IMREAD_IGNORE_ORIENTATION would not).
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # e.g. over the decoders' own pixel limit (media.cap_image_decoders)
+        return None
 
 
-def _decode_heif(data: bytes) -> np.ndarray | None:
+def _decode_heif(data: bytes, sniffed_pixels: int) -> np.ndarray | None:
+    """libheif's pixels, if the size libheif itself reads is no larger than the one sniffed
+    (and checked against the limit): a file it reads otherwise is refused before decoding."""
     import pillow_heif  # imported on first use: most uploads are not HEIF
 
     try:
         heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)
+        width, height = heif.size
+        if width * height > sniffed_pixels:
+            return None
         pixels = np.asarray(heif)
     except (ValueError, RuntimeError, OSError, SyntaxError):
         return None

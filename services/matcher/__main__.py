@@ -7,7 +7,15 @@ import os
 # 6-12 ms with faiss loaded). Set before numpy is imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from mixip.runtime.media import cap_image_decoders
 from mixip.runtime.server import serve
-from services.matcher.app import build
 
-raise SystemExit(serve("matcher", build))
+
+def main() -> int:
+    cap_image_decoders()  # before cv2 is imported: OpenCV reads its pixel limit on loading
+    from services.matcher.app import build
+
+    return serve("matcher", build)
+
+
+raise SystemExit(main())

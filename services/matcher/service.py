@@ -25,6 +25,7 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import content_digest, require_same
+from mixip.runtime.limits import MAX_PIXELS
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
@@ -52,7 +53,7 @@ logger = logging.getLogger("mixip.matcher")
 @dataclass(frozen=True)
 class Limits:
     max_media_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
     max_video_seconds: float = 600.0
     video_rate_hz: float = DEFAULT_RATE_HZ
     # After a face comes on screen, sample this fast for this long (docs/video.md).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import zlib
 from concurrent.futures import Future
@@ -15,12 +17,12 @@ import numpy as np
 import pytest
 
 from mixip.runtime import pixels
-from mixip.runtime.media import MediaError, sniff
+from mixip.runtime.media import MediaError, cap_image_decoders, sniff
 from services.matcher import imaging
 from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.imaging import decode_image, encode_jpeg
 from services.matcher.video import Tracker, Video, open_video, sample_and_track
-from tests.support import faces
+from tests.support import bombs, faces
 
 MAX_PIXELS = 40_000_000
 SIZE = (640, 360)
@@ -51,7 +53,7 @@ def no_decoding(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(imaging.cv2, "imdecode", refuse)
     monkeypatch.setattr(pixels.cv2, "imdecode", refuse)
-    monkeypatch.setattr(pixels, "_decode_heif", lambda data: refuse(data, None))
+    monkeypatch.setattr(pixels, "_decode_heif", lambda data, _pixels: refuse(data, None))
     return calls
 
 
@@ -315,6 +317,94 @@ def test_pixel_bombs_in_the_new_formats_are_refused_from_the_header(no_decoding,
         decode_image(data, max_pixels=MAX_PIXELS)
 
     assert no_decoding == []
+
+
+@pytest.mark.parametrize("decoy", [(64, 64), (30000, 30000)], ids=["smaller", "larger"])
+def test_a_tiff_that_gives_its_size_twice_is_refused_before_decoding(no_decoding, decoy):
+    # libtiff decodes with the first size; a reader keeping the last saw the 64x64 decoy.
+    tiff = bombs.tiff_with_duplicate_sizes(96, 64, decoy=decoy)
+
+    with pytest.raises(MediaError, match="gives the image size twice"):
+        decode_image(tiff, max_pixels=MAX_PIXELS)
+
+    assert no_decoding == []
+
+
+def test_opencv_decodes_a_tiff_that_gives_its_size_twice_at_the_first_size():
+    tiff = bombs.tiff_with_duplicate_sizes(96, 64, decoy=(8, 8))
+
+    image = cv2.imdecode(np.frombuffer(tiff, np.uint8), cv2.IMREAD_COLOR)
+
+    assert image.shape == (64, 96, 3)
+
+
+_DECODE_IN_A_FRESH_PROCESS = """
+import sys
+from mixip.runtime.media import cap_image_decoders
+cap_image_decoders()
+import cv2, numpy as np
+from tests.support import bombs
+for side in (64, 96):  # 4096 and 9216 pixels
+    image = cv2.imdecode(np.frombuffer(bombs.png(side, side), np.uint8), cv2.IMREAD_COLOR)
+    print(side, image.shape[0])
+"""
+
+
+def test_opencv_itself_refuses_an_image_over_the_configured_pixel_limit():
+    env = {**os.environ, "MIXIP_MATCHER_MAX_PIXELS": "5000", "OPENCV_IO_MAX_IMAGE_PIXELS": ""}
+    run = subprocess.run(
+        [sys.executable, "-c", _DECODE_IN_A_FRESH_PROCESS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.stdout.splitlines() == ["64 64"]
+    assert "pixels <= CV_IO_MAX_IMAGE_PIXELS" in run.stderr
+
+
+def test_capping_the_decoders_after_opencv_has_loaded_is_a_programming_error():
+    environ: dict[str, str] = {}
+
+    with pytest.raises(RuntimeError, match="before cv2 is imported"):
+        cap_image_decoders(environ)  # this test process has loaded cv2 long ago
+
+    assert environ == {}
+
+
+def _with_extent(heif: bytes, old: tuple[int, int], new: tuple[int, int]) -> bytes:
+    """`heif` with its image extent (ispe) `old` rewritten to claim `new`."""
+    extent = b"ispe" + bytes(4) + struct.pack(">II", *old)
+    assert heif.count(extent) == 1
+    return heif.replace(extent, b"ispe" + bytes(4) + struct.pack(">II", *new))
+
+
+def test_a_heic_grid_larger_than_its_extent_is_sized_by_its_grid(no_decoding):
+    # libheif would decode the 10000x10000 grid, then notice that it is not 64x64.
+    liar = _with_extent(bombs.heic(10000, 10000), (10000, 10000), (64, 64))
+
+    with pytest.raises(MediaError, match="image is 10000x10000"):
+        decode_image(liar, max_pixels=MAX_PIXELS)
+
+    assert no_decoding == []
+
+
+def test_a_heic_stream_larger_than_its_extent_is_sized_by_its_sequence_header():
+    liar = _with_extent(faces.encode_pillow(faces.grace_hopper(), "HEIF"), (512, 600), (64, 64))
+
+    assert (sniff(liar).width, sniff(liar).height) == (512, 600)
+
+
+def test_a_heif_that_libheif_reads_as_larger_than_sniffed_is_refused_before_decoding(monkeypatch):
+    heic = faces.encode_pillow(faces.grace_hopper(), "HEIF")  # 512x600
+    decoded: list[object] = []
+    asarray = np.asarray  # how pixels turns a HeifFile into pixels: the decoding itself
+    monkeypatch.setattr(np, "asarray", lambda *a, **k: decoded.append(a) or asarray(*a, **k))
+    as_sniffed = dataclasses.replace(sniff(heic), width=64, height=64)
+
+    assert pixels.decode_upright(heic, as_sniffed) is None
+    assert decoded == []
 
 
 @pytest.mark.parametrize(
