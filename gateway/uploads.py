@@ -203,6 +203,8 @@ class Uploads:
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
                 results = self._fenced_out(session, account_id, matched.faces, started)
+                if any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results):
+                    media.filename = ""  # as the erasure's scrub does: a file name may name them
                 faces = [face_row(account_id, media_id, f) for f in results]
                 if not scope.exists:  # an owner's first upload to a new id creates the project
                     self.projects.create_in(session, account_id, header.project_id)
