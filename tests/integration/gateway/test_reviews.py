@@ -4,10 +4,8 @@ linking an erased talent, never changing a label, deleted with their media."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -17,13 +15,13 @@ from gateway.store import MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2 as common
 from mixip.gateway.v1 import gateway_pb2 as pb
-from mixip.web.app import SESSION_COOKIE, create_app
+from mixip.web.app import create_app
 from mixip.web.sessions import Sessions
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
 from tests.support.gateway_calls import PROJECT, decide, group_photo, invite, upload
 from tests.support.status import expect_error, expect_invalid
-from tests.support.web import serving
+from tests.support.web import page, serving
 
 APPROVED = common.REVIEW_DECISION_APPROVED_FOR_RELEASE
 BLOCKED = common.REVIEW_DECISION_BLOCKED
@@ -52,20 +50,6 @@ def astronaut_face(media: pb.UploadMediaResponse) -> int:
 
 def results(gw, meta, media_id) -> pb.GetMediaResultsResponse:
     return gw.stub.GetMediaResults(pb.GetMediaResultsRequest(media_id=media_id), metadata=meta)
-
-
-def page(base: str, session_id: str, path: str) -> str:
-    """A review page as a signed-in session gets it (200 only)."""
-    url = urlsplit(base)
-    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
-    try:
-        connection.request("GET", path, headers={"Cookie": f"{SESSION_COOKIE}={session_id}"})
-        response = connection.getresponse()
-        body = response.read().decode()
-    finally:
-        connection.close()
-    assert response.status == 200, (path, response.status)
-    return body
 
 
 def decision_rows(gw) -> int:

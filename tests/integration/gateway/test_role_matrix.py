@@ -23,6 +23,8 @@ from google.protobuf.message import Message
 from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.web.app import create_app
+from mixip.web.sessions import Sessions
 from tests.support import faces
 from tests.support.gateway_calls import (
     PROJECT,
@@ -34,6 +36,7 @@ from tests.support.gateway_calls import (
     upload,
 )
 from tests.support.status import expect_error
+from tests.support.web import page, serving
 
 OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -565,8 +568,8 @@ def _without_ids(reply: Message) -> dict[str, Any]:
 def test_an_uploader_learns_nothing_of_the_owners_collection_from_any_call(gateway, clock):
     """Finding #4: an uploader uploads a photo of the owner's enrolled, consented talent. Every
     call it can make about it answers exactly as for the same photo in a project whose owner
-    enrolled no one: a neutral label, no talent id, no similarity, no decision; while the owner
-    sees CLEARED for the same media."""
+    enrolled no one: a neutral label, no talent id, no similarity, no decision (nor does the
+    review page show one); while the owner sees CLEARED for the same media."""
     _, studio = gateway.new_account("studio")
     consent(gateway, studio, clock, TALENT, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
     consent(gateway, studio, clock, TALENT, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
@@ -624,6 +627,13 @@ def test_an_uploader_learns_nothing_of_the_owners_collection_from_any_call(gatew
         gateway.stub.ListProjects(pb.ListProjectsRequest(), metadata=crew_meta),
     ):
         assert TALENT.encode() not in reply.SerializeToString()
+    sessions = Sessions()
+    with serving(create_app(gateway.channel, sessions)) as base:
+        session_id = sessions.new(crew_meta[0][1].removeprefix("Bearer ")).session_id
+        html = page(base, session_id, f"/projects/{PROJECT}")
+        html += page(base, session_id, f"/media/{media_id}")
+    assert TALENT not in html and "no release" not in html
+    assert "not shown to uploaders" in html and "undecided" not in html
     owners = gateway.stub.GetMediaResults(
         pb.GetMediaResultsRequest(media_id=media_id), metadata=studio
     )
