@@ -44,6 +44,7 @@ from gateway.store import (
     ErasureReceiptRow,
     GatewaySecretRow,
     MediaFaceRow,
+    MediaRow,
     ReviewDecisionRow,
     affected,
 )
@@ -242,6 +243,7 @@ class Erasures:
                 .values(note="")
                 .execution_options(synchronize_session=False)
             )
+            _blank_file_names(session, account_id, talent_id)
             scrubbed = affected(
                 session,
                 update(MediaFaceRow)
@@ -329,6 +331,26 @@ class Erasures:
         if finished or forgotten:
             logs.log(logger, "erasures resumed", finished=finished, fences_cleared=forgotten)
         return finished
+
+
+def _blank_file_names(session: Session, account_id: str, talent_id: str) -> None:
+    """Blanks the file names of the media with a face matched to the talent (in the scrub,
+    before their talent ids go): a caller's file name may name the talent, and next to a face
+    marked TALENT_ERASED it would link them again. The media stay; clients show the media id."""
+    session.execute(
+        update(MediaRow)
+        .where(
+            MediaRow.account_id == account_id,
+            MediaRow.filename != "",
+            exists().where(
+                MediaFaceRow.media_id == MediaRow.media_id,
+                MediaFaceRow.account_id == account_id,
+                MediaFaceRow.talent_id == talent_id,
+            ),
+        )
+        .values(filename="")
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _steps_to_json(steps: list[ErasureStep]) -> str:

@@ -3,8 +3,10 @@
 A photo is turned upright by its EXIF orientation (the boxes the matcher reported are in the
 upright picture) and scaled to the requested size before its labels are drawn, so they stay
 readable on a thumbnail; a video gives a contact sheet, one tile per face track at the frame
-that decided its label. Every preview carries the advisory legend. Nothing is written: the
-decrypted bytes and the picture live in memory for the call only.
+that decided its label. Faces are drawn as the caller's role sees them (gateway/role_views.py:
+an uploader's preview boxes a photo's faces in grey, with no label). Every preview carries the
+advisory legend. Nothing is written: the decrypted bytes and the picture live in memory for the
+call only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ MAX_MAX_SIDE = 2048
 _LABELS = {
     common_pb2.FACE_LABEL_CLEARED: "cleared",
     common_pb2.FACE_LABEL_POSSIBLE: "possible",
+    common_pb2.FACE_LABEL_UNKNOWN: "unknown",
 }
 
 
@@ -91,7 +94,7 @@ def _is_video(stored: StoredMedia) -> bool:
 def _face(face: common_pb2.FaceResult) -> Face:
     return {
         "index": face.face_index,
-        "label": _LABELS.get(face.label, "unknown"),
+        "label": _LABELS.get(face.label, "withheld"),  # UNSPECIFIED: withheld from the role
         "talent_id": face.talent_id or None,
         "similarity": face.similarity,
         "box": [face.box.x, face.box.y, face.box.width, face.box.height],

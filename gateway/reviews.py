@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
 from gateway.peers import AuditPort
 from gateway.projects import Scope, from_micros, micros
+from gateway.role_views import view_of
 from gateway.store import MediaFaceRow, MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
@@ -170,15 +171,17 @@ class Reviews:
         )
         return decided
 
-    def decisions(self, media_id: str) -> list[Decision]:
-        """Every decision on the media's faces, oldest first."""
+    def decisions(self, scope: Scope) -> list[Decision]:
+        """Every decision on the faces of the media in `scope` (Projects.media_scope with
+        READ), oldest first, as the caller's role sees them."""
         with self.db.read() as session:
             rows = session.scalars(
                 select(ReviewDecisionRow)
-                .where(ReviewDecisionRow.media_id == media_id)
+                .where(ReviewDecisionRow.media_id == scope.media_id)
                 .order_by(ReviewDecisionRow.sequence)
             )
-            return [_decision(r) for r in rows]
+            decisions = [_decision(r) for r in rows]
+        return view_of(scope.role).decisions(decisions)
 
     def _replayed(self, caller_account_id: str, request_id: str, digest: str) -> Decision | None:
         if not request_id:
@@ -229,7 +232,10 @@ class Reviews:
         after: list[str] | None,
     ) -> tuple[list[MediaSummary], list[str] | None]:
         """A project's media (Projects.project_scope with READ), newest first; an uploader's
-        own uploads only. Positions: [created (micros), media id]."""
+        own uploads only; as the caller's role sees them, and filtered only by what it sees.
+        Positions: [created (micros), media id]."""
+        view = view_of(scope.role)
+        view.require_filters(label, undecided)
         query = select(MediaRow).where(
             MediaRow.account_id == scope.owner_account_id,
             MediaRow.project_id == scope.project_id,
@@ -256,7 +262,7 @@ class Reviews:
             rows = list(session.scalars(query))
             page, last = page_of(rows, page_size, lambda r: r)
             counts = _face_counts(session, [r.media_id for r in page])
-        summaries = [_summary(r, counts.get(r.media_id, {})) for r in page]
+        summaries = [view.summary(_summary(r, counts.get(r.media_id, {}))) for r in page]
         return summaries, [micros(last.created_at), last.media_id] if last else None
 
 

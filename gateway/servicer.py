@@ -134,7 +134,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         stored = self.uploads.results(scope)
         return gateway_pb2.GetMediaResultsResponse(
             media=_upload_response(stored),
-            decisions=[_decision(d) for d in self.reviews.decisions(scope.media_id)],
+            decisions=[_decision(d) for d in self.reviews.decisions(scope)],
         )
 
     def GetMediaPreview(

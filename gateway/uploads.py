@@ -36,6 +36,7 @@ from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoin
 from gateway.media_store import MediaStore
 from gateway.peers import MatcherPort
 from gateway.projects import Projects, Scope
+from gateway.role_views import view_of
 from gateway.store import (
     MediaRow,
     UploadDigestRow,
@@ -155,7 +156,7 @@ class Uploads:
         uploader's key), and the owner's erasures fence it. The matcher works while the media
         is encrypted and stored, so the upload's latency is the slower of the two, not their
         sum. A retry with the same request id (the caller's) returns the first upload's
-        results."""
+        results. Results are returned as the caller's role sees them (gateway/role_views.py)."""
         try:
             sniffed = sniff(data)
         except MediaError as exc:
@@ -202,6 +203,8 @@ class Uploads:
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
                 results = self._fenced_out(session, account_id, matched.faces, started)
+                if any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results):
+                    media.filename = ""  # as the erasure's scrub does: a file name may name them
                 faces = [face_row(account_id, media_id, f) for f in results]
                 if not scope.exists:  # an owner's first upload to a new id creates the project
                     self.projects.create_in(session, account_id, header.project_id)
@@ -230,15 +233,16 @@ class Uploads:
             faces=len(faces),
             kind=sniffed.kind,
         )
-        return stored
+        return view_of(scope.role).media(stored)
 
     def results(self, scope: Scope) -> StoredMedia:
-        """The stored results of a media in the caller's scope (Projects.media_scope)."""
+        """The stored results of a media in the caller's scope (Projects.media_scope), as its
+        role sees them."""
         owner = scope.owner_account_id
         stored = self._stored(scope.media_id, lambda media: media.account_id == owner)
         if stored is None:
             raise NotFound("no such media")
-        return stored
+        return view_of(scope.role).media(stored)
 
     def _replayed(
         self, caller_account_id: str, scope: Scope, media_id: str, digest: str
@@ -260,7 +264,7 @@ class Uploads:
         if not in_scope:
             raise key_reused("header.request_id")
         require_same(first or digest, digest, "header.request_id")
-        return earlier
+        return view_of(scope.role).media(earlier)
 
     def _stored(self, media_id: str, visible: Callable[[MediaRow], bool]) -> StoredMedia | None:
         with self.db.read() as session:

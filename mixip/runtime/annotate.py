@@ -8,6 +8,8 @@ decodes them (`mixip.runtime.pixels`: upright by their EXIF orientation, HEIC th
 pillow-heif), so the reported boxes land on the faces. A face is the CLI's JSON shape: a dict
 with "label" (cleared/possible/unknown), "talent_id" (or None), "similarity", "box" [x, y, w, h]
 and, for a video, "best_frame_seconds" and "ranges"; an optional "index" prefixes its caption.
+Any other label is a label withheld from the caller's role (an uploader's, gateway/role_views.py):
+the face is boxed in grey and captioned by its index only.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ Pixels = np.ndarray[Any, np.dtype[Any]]
 
 # BGR
 COLOURS = {"cleared": (60, 180, 60), "possible": (0, 170, 255), "unknown": (50, 50, 220)}
+WITHHELD = (150, 150, 150)  # a face whose label the caller's role does not see
 TILE = 240  # a contact-sheet thumbnail's side, px
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 CAPTION_SCALE = 0.5  # the same on every tile, whatever the face's size: readable at TILE
@@ -40,16 +43,26 @@ PREVIEW_LABEL_SCALE = 0.42
 
 
 def caption(face: Face) -> str:
-    """A photo's label: "[index ]label[: talent] (similarity)"."""
+    """A photo's label: "[index ]label[: talent] (similarity)"; "[index ]face" when withheld."""
     who = f": {face['talent_id']}" if face["talent_id"] else ""
     number = f"#{face['index']} " if "index" in face else ""
+    if not _labelled(face):
+        return f"{number}face"
     return f"{number}{face['label']}{who} ({face['similarity']:.2f})"
+
+
+def _labelled(face: Face) -> bool:
+    return face["label"] in COLOURS
+
+
+def _colour(face: Face) -> tuple[int, int, int]:
+    return COLOURS.get(face["label"], WITHHELD)
 
 
 def draw_face(image: Pixels, face: Face, box: Sequence[int], scale: float | None = None) -> None:
     """Boxes `face` at `box` and writes its caption above the box (inside the picture)."""
     x, y, w, h = box
-    colour = COLOURS[face["label"]]
+    colour = _colour(face)
     thickness = max(2, round(max(image.shape[:2]) / 400))
     cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
     scale = scale if scale is not None else max(0.5, max(image.shape[:2]) / 1400)
@@ -156,12 +169,16 @@ def jpeg(image: Pixels, quality: int = 85) -> bytes:
 
 def caption_lines(face: Face, width: int = TILE - 2 * PADDING) -> list[str]:
     """A tile's caption, each line fitting `width` px at CAPTION_SCALE: the label and score,
-    the talent id (wrapped, never cut mid-tile), the best frame's time and the ranges."""
+    the talent id (wrapped, never cut mid-tile), the best frame's time and the ranges (only the
+    index and the ranges when the label is withheld)."""
     number = f"#{face['index']} " if "index" in face else ""
-    lines = [f"{number}{face['label'].upper()}  {face['similarity']:.2f}"]
-    if face["talent_id"]:
-        lines += _wrapped(face["talent_id"], width, max_lines=3, separators=" ,.-_:")
-    lines.append(f"best frame {face['best_frame_seconds']:.1f} s")
+    if _labelled(face):
+        lines = [f"{number}{face['label'].upper()}  {face['similarity']:.2f}"]
+        if face["talent_id"]:
+            lines += _wrapped(face["talent_id"], width, max_lines=3, separators=" ,.-_:")
+        lines.append(f"best frame {face['best_frame_seconds']:.1f} s")
+    else:  # withheld: the best frame is the one that decided the label
+        lines = [f"{number}FACE"]
     spans = [f"{a:.1f}-{b:.1f}s" for a, b in face.get("ranges", [])]
     lines += _wrapped(", ".join(spans), width, max_lines=2, separators=",") if spans else []
     return lines
@@ -205,7 +222,7 @@ def _tile(frame: Pixels, face: Face) -> Pixels:
     thumbnail = cv2.resize(
         crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     )
-    colour = COLOURS[face["label"]]
+    colour = _colour(face)
     box = [round(v * scale) for v in (x - left, y - top, w, h)]
     cv2.rectangle(thumbnail, (box[0], box[1]), (box[0] + box[2], box[1] + box[3]), colour, 2)
     lines = caption_lines(face)

@@ -280,6 +280,8 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             "project.html",
             session,
             project=_project_view(found) if found else {"project_id": project_id},
+            # an uploader sees no labels or decisions (gateway/role_views.py): no counts, no filter
+            labelled=found is None or found.role != gateway_pb2.PROJECT_ROLE_UPLOADER,
             media=[_media_view(m) for m in reply.media],
             undecided=undecided,
             next_page=following,
@@ -512,6 +514,8 @@ def _face_view(
     label = _enum_text(common_pb2.FaceLabel, face.label, "FACE_LABEL_")
     return {
         "index": face.face_index,
+        # UNSPECIFIED: withheld from the caller's role (an uploader's), as everything below it
+        "withheld": face.label == common_pb2.FACE_LABEL_UNSPECIFIED,
         "label": label,
         "similarity": f"{face.similarity:.2f}",
         "reason": _enum_text(common_pb2.LabelReason, face.reason, "LABEL_REASON_"),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
+
+from mixip.web.app import SESSION_COOKIE
 
 
 @contextmanager
@@ -28,3 +32,18 @@ def serving(app: Starlette) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def page(base: str, session_id: str, path: str) -> str:
+    """The HTML of a page of the review page served at `base`, as the session gets it (a
+    status other than 200 fails)."""
+    url = urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Cookie": f"{SESSION_COOKIE}={session_id}"})
+        response = connection.getresponse()
+        body = response.read().decode()
+    finally:
+        connection.close()
+    assert response.status == 200, (path, response.status)
+    return body

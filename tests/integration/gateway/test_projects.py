@@ -293,8 +293,14 @@ def test_an_uploaders_media_belong_to_the_owner_and_match_the_owners_talents(gat
     uploader, uploader_meta = gateway.new_account("crew")
     invite(gateway, meta, uploader, UPLOADER)
     reply = upload(gateway, uploader_meta, group_photo(), request_id="crew-1")
-    labels = sorted((f.label, f.talent_id) for f in reply.faces)
+    owners = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=reply.media_id), metadata=meta
+    ).media.faces
+    labels = sorted((f.label, f.talent_id) for f in owners)
     assert labels == [(common.FACE_LABEL_CLEARED, "astronaut"), (common.FACE_LABEL_UNKNOWN, "")]
+    # the uploader is told the faces, never their labels (docs/projects.md)
+    assert [f.box for f in reply.faces] == [f.box for f in owners]
+    assert {(f.label, f.talent_id) for f in reply.faces} == {(common.FACE_LABEL_UNSPECIFIED, "")}
     with gateway.app.db.read() as session:
         row = session.get(MediaRow, reply.media_id)
         assert (row.account_id, row.uploaded_by_account_id) == (owner, uploader)
@@ -304,16 +310,10 @@ def test_an_uploaders_media_belong_to_the_owner_and_match_the_owners_talents(gat
     assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
     own = gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=uploader_meta)
     assert list(own.events) == []
-    # the owner reads it; a retry with the uploader's request id returns it; the owner's own
-    # use of the same request id is another upload
-    assert (
-        gateway.stub.GetMediaResults(
-            pb.GetMediaResultsRequest(media_id=reply.media_id), metadata=meta
-        ).media.faces
-        == reply.faces
-    )
+    # a retry with the uploader's request id returns it (as the uploader sees it); the
+    # owner's own use of the same request id is another upload
     again = upload(gateway, uploader_meta, group_photo(), request_id="crew-1")
-    assert again.media_id == reply.media_id
+    assert (again.media_id, again.faces) == (reply.media_id, reply.faces)
     mine = upload(gateway, meta, group_photo(), request_id="crew-1")
     assert mine.media_id != reply.media_id
     # an uploader sees only its own uploads

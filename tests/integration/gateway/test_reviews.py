@@ -11,14 +11,17 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from gateway.store import ReviewDecisionRow
+from gateway.store import MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2 as common
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.web.app import create_app
+from mixip.web.sessions import Sessions
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
-from tests.support.gateway_calls import PROJECT, decide, group_photo, upload
+from tests.support.gateway_calls import PROJECT, decide, group_photo, invite, upload
 from tests.support.status import expect_error, expect_invalid
+from tests.support.web import page, serving
 
 APPROVED = common.REVIEW_DECISION_APPROVED_FOR_RELEASE
 BLOCKED = common.REVIEW_DECISION_BLOCKED
@@ -350,3 +353,71 @@ def test_decisions_go_with_their_media_when_the_retention_purge_deletes_it(gatew
     done = gateway.app.retention.purge_expired(clock() + timedelta(days=400), 100)
     assert done.media_deleted == 1
     assert decision_rows(gateway) == 0
+
+
+NAMING = "Eileen-Collins-take-3.jpg"  # a file name that names the talent
+
+
+def test_an_erasure_blanks_the_file_names_of_the_talents_media_for_every_role(gateway, studio):
+    """Finding #5: a file name may name the talent, and next to a face marked TALENT_ERASED it
+    would link them again. The erasure's scrub blanks the file names of the media whose faces
+    matched the talent (clients show the media id); no role finds them through ListMedia,
+    GetMediaResults, the previews or the review page, and other media keep theirs."""
+    _, meta = studio
+    gateway.stub.CreateProject(
+        pb.CreateProjectRequest(project_id=PROJECT, display_name="Film"), metadata=meta
+    )
+    metas = {"owner": meta}
+    for role in ("reviewer", "viewer", "uploader"):
+        account, metas[role] = gateway.new_account(role)
+        invite(gateway, meta, account, getattr(pb, f"PROJECT_ROLE_{role.upper()}"))
+    alone = upload(gateway, metas["uploader"], faces.encode(faces.astronaut()), filename=NAMING)
+    group = upload(gateway, meta, group_photo(), filename="eileen-collins-and-grace.jpg")
+    other = upload(gateway, meta, faces.encode(faces.grace_hopper()), filename="hopper.jpg")
+
+    gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
+
+    sessions = Sessions()
+    with serving(create_app(gateway.channel, sessions)) as base:
+        for role, role_meta in metas.items():
+            session = sessions.new(role_meta[0][1].removeprefix("Bearer "))
+            listed = listing(gateway, role_meta)
+            seen: list[bytes] = [m.SerializeToString() for m in listed]
+            html = page(base, session.session_id, f"/projects/{PROJECT}")
+            for media in listed:
+                seen.append(results(gateway, role_meta, media.media_id).SerializeToString())
+                seen.append(
+                    gateway.stub.GetMediaPreview(
+                        pb.GetMediaPreviewRequest(media_id=media.media_id), metadata=role_meta
+                    ).SerializeToString()
+                )
+                html += page(base, session.session_id, f"/media/{media.media_id}")
+            assert not [b for b in seen if b"eileen" in b.lower()], role
+            assert "eileen" not in html.lower(), role
+            assert alone.media_id in html, role  # shown by its id instead
+    names = {m.media_id: m.filename for m in listing(gateway, meta)}
+    assert names == {alone.media_id: "", group.media_id: "", other.media_id: "hopper.jpg"}
+    with gateway.app.db.read() as session:
+        stored = session.scalars(select(MediaRow.filename)).all()
+    assert not [n for n in stored if "eileen" in n.lower()]
+
+
+def test_an_upload_fenced_by_an_erasure_keeps_no_file_name(gateway, studio):
+    """An upload that matched the talent before the erasure and commits after it is stored as
+    the scrub leaves the others: its faces TALENT_ERASED and its file name blank."""
+    _, meta = studio
+    hooks = Checkpoints()
+    gateway.app.uploads.checkpoint = hooks
+    matched = hooks.pause_at("upload.matched")
+    late = Outcome(lambda: upload(gateway, meta, group_photo(), filename=NAMING), matched)
+    matched.reached()
+    gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="astronaut"), metadata=meta)
+    matched.release()
+    assert late.join().error is None
+    reasons = {f.reason for f in late.result.faces}
+    assert common.LABEL_REASON_TALENT_ERASED in reasons
+    assert all(not f.talent_id for f in late.result.faces)
+    [summary] = listing(gateway, meta)
+    assert (summary.media_id, summary.filename) == (late.result.media_id, "")
+    kept = upload(gateway, meta, group_photo(), filename=NAMING)  # after: nobody to link
+    assert {m.media_id: m.filename for m in listing(gateway, meta)}[kept.media_id] == NAMING

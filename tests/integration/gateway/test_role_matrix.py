@@ -2,7 +2,8 @@
 talent by the owner, each collaborator role, a reviewer of another project of the same owner,
 and a stranger. Project- and media-scoped calls answer by role (NOT_FOUND out of scope,
 PERMISSION_DENIED in scope but not for the role); account-bound calls always answer with the
-caller's own account's data, never the owner's (docs/projects.md).
+caller's own account's data, never the owner's (docs/projects.md). What each role sees in the
+results it may read is the second table of docs/projects.md (gateway/role_views.py).
 
 The methods come from the service descriptor: a new RPC without a row fails this test. The
 rows run in one order on one mesh per database (later rows rely on what earlier ones left:
@@ -11,18 +12,31 @@ destructive calls come last, and within a row the owner calls last)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.web.app import create_app
+from mixip.web.sessions import Sessions
 from tests.support import faces
-from tests.support.gateway_calls import PROJECT, consent, enroll, group_photo, invite, upload
+from tests.support.gateway_calls import (
+    PROJECT,
+    consent,
+    decide,
+    enroll,
+    group_photo,
+    invite,
+    upload,
+)
 from tests.support.status import expect_error
+from tests.support.web import page, serving
 
 OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -192,7 +206,14 @@ def _created_own_or_returned_owners(world: World, caller: str, reply) -> None:
 
 def _uploaded_without_the_owners_talents(world: World, caller: str, reply) -> None:
     if caller in ("owner", "uploader"):  # the owner's project: matched with the owner's talents
-        assert [f.talent_id for f in reply.faces] == [TALENT]
+        owners = world.gw.stub.GetMediaResults(
+            pb.GetMediaResultsRequest(media_id=reply.media_id), metadata=world.metas["owner"]
+        )
+        assert [f.talent_id for f in owners.media.faces] == [TALENT]
+        if caller == "uploader":  # ... which an uploader is never told
+            assert [(f.label, f.talent_id, f.similarity) for f in reply.faces] == [
+                (common.FACE_LABEL_UNSPECIFIED, "", 0.0)
+            ]
         listed = world.gw.stub.ListMedia(
             pb.ListMediaRequest(project_id=PROJECT), metadata=world.metas["owner"]
         )
@@ -458,3 +479,165 @@ def test_an_uploader_may_not_review_even_its_own_upload(gateway, clock):
         ),
         metadata=world.metas["uploader"],
     )
+
+
+# -- what each role sees in results ---------------------------------------------------------
+
+SEES_MATCHES = {"owner": True, "reviewer": True, "viewer": True, "uploader": False}
+WITHHELD = (common.FACE_LABEL_UNSPECIFIED, common.LABEL_REASON_UNSPECIFIED, 0.0, "")
+
+
+def _listed(gw, meta, media_id: str) -> pb.MediaSummary:
+    listed = gw.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta).media
+    [summary] = [m for m in listed if m.media_id == media_id]
+    return summary
+
+
+def test_each_role_sees_in_results_what_its_row_of_the_table_says(gateway, clock):
+    """docs/projects.md#what-each-role-sees: the owner, a reviewer and a viewer see labels,
+    talents, similarities, per-label counts and decisions; an uploader, on its own upload, what
+    detection alone gives (the faces and their boxes), and may not filter by label or decision."""
+    world = _setup(gateway, clock)
+    owner = world.metas["owner"]
+    media_id = upload(
+        gateway, world.metas["uploader"], group_photo(), filename="take-7.jpg"
+    ).media_id
+    full = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=media_id), metadata=owner
+    )
+    [cleared] = [f.face_index for f in full.media.faces if f.talent_id == TALENT]
+    decide(gateway, owner, media_id, cleared, common.REVIEW_DECISION_BLOCKED, note="no release")
+    previews = {}
+    for caller, sees in SEES_MATCHES.items():
+        meta = world.metas[caller]
+        got = gateway.stub.GetMediaResults(
+            pb.GetMediaResultsRequest(media_id=media_id), metadata=meta
+        )
+        summary = _listed(gateway, meta, media_id)
+        # what detection gives, every role sees
+        assert [f.box for f in got.media.faces] == [f.box for f in full.media.faces], caller
+        assert (summary.face_count, summary.filename) == (2, "take-7.jpg"), caller
+        by_label = pb.ListMediaRequest(project_id=PROJECT, label=common.FACE_LABEL_CLEARED)
+        undecided = pb.ListMediaRequest(project_id=PROJECT, undecided=True)
+        if sees:
+            assert got.media.faces == full.media.faces, caller
+            assert [(d.face_index, d.note) for d in got.decisions] == [(cleared, "no release")]
+            counts = (summary.cleared_faces, summary.unknown_faces, summary.undecided_faces)
+            assert counts == (1, 1, 1), caller
+            for request in (by_label, undecided):
+                listed = gateway.stub.ListMedia(request, metadata=meta).media
+                assert media_id in {m.media_id for m in listed}, caller
+        else:
+            shown = {(f.label, f.reason, f.similarity, f.talent_id) for f in got.media.faces}
+            assert shown == {WITHHELD}
+            assert list(got.decisions) == []
+            counts = (
+                summary.cleared_faces,
+                summary.possible_faces,
+                summary.unknown_faces,
+                summary.undecided_faces,
+            )
+            assert counts == (0, 0, 0, 0)
+            for request in (by_label, undecided):
+                denied = expect_error(DENIED, gateway.stub.ListMedia, request, metadata=meta)
+                assert denied.reason == "ROLE_NOT_ALLOWED"
+        previews[caller] = gateway.stub.GetMediaPreview(
+            pb.GetMediaPreviewRequest(media_id=media_id), metadata=meta
+        ).image
+    assert previews["owner"] == previews["reviewer"] == previews["viewer"]
+    assert previews["uploader"] != previews["owner"]  # boxes without labels
+
+
+def _without_ids(reply: Message) -> dict[str, Any]:
+    """A reply as a dict without the ids and times that differ between two projects."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: strip(v)
+                for k, v in value.items()
+                if k not in ("mediaId", "projectId", "createdAt")
+            }
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(MessageToDict(reply))
+
+
+def test_an_uploader_learns_nothing_of_the_owners_collection_from_any_call(gateway, clock):
+    """Finding #4: an uploader uploads a photo of the owner's enrolled, consented talent. Every
+    call it can make about it answers exactly as for the same photo in a project whose owner
+    enrolled no one: a neutral label, no talent id, no similarity, no decision (nor does the
+    review page show one); while the owner sees CLEARED for the same media."""
+    _, studio = gateway.new_account("studio")
+    consent(gateway, studio, clock, TALENT, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+    consent(gateway, studio, clock, TALENT, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
+    enroll(gateway, studio, TALENT, faces.astronaut())
+    _, empty = gateway.new_account("empty")
+    crew, crew_meta = gateway.new_account("crew")
+    for meta, project in ((studio, PROJECT), (empty, OTHER_PROJECT)):
+        gateway.stub.CreateProject(
+            pb.CreateProjectRequest(project_id=project, display_name="Film"), metadata=meta
+        )
+        invite(gateway, meta, crew, pb.PROJECT_ROLE_UPLOADER, project)
+    photo = faces.encode(faces.astronaut())
+
+    def replies(owner, project: str) -> Iterator[Message]:
+        """Every reply the uploader gets about its upload of the photo into `project`."""
+        sent = {"project": project, "request_id": f"probe-{project}", "filename": "probe.jpg"}
+        uploaded = upload(gateway, crew_meta, photo, **sent)
+        media_id = uploaded.media_id
+        # the owner records a decision with a note: the uploader never sees it
+        decide(gateway, owner, media_id, 0, common.REVIEW_DECISION_BLOCKED, note="no release")
+        yield uploaded
+        yield upload(gateway, crew_meta, photo, **sent)  # a retry: the stored upload
+        yield gateway.stub.GetMediaResults(
+            pb.GetMediaResultsRequest(media_id=media_id), metadata=crew_meta
+        )
+        yield gateway.stub.ListMedia(pb.ListMediaRequest(project_id=project), metadata=crew_meta)
+        for side in (0, 2048):
+            yield gateway.stub.GetMediaPreview(
+                pb.GetMediaPreviewRequest(media_id=media_id, max_side=side), metadata=crew_meta
+            )
+        expect_error(
+            DENIED,
+            gateway.stub.RecordReviewDecision,
+            pb.RecordReviewDecisionRequest(
+                media_id=media_id, face_index=0, decision=common.REVIEW_DECISION_BLOCKED
+            ),
+            metadata=crew_meta,
+        )
+        for request in (
+            pb.ListMediaRequest(project_id=project, label=common.FACE_LABEL_CLEARED),
+            pb.ListMediaRequest(project_id=project, undecided=True),
+        ):
+            expect_error(DENIED, gateway.stub.ListMedia, request, metadata=crew_meta)
+
+    enrolled = list(replies(studio, PROJECT))
+    nobody = list(replies(empty, OTHER_PROJECT))
+    assert [_without_ids(r) for r in enrolled] == [_without_ids(r) for r in nobody]
+    media_id = enrolled[0].media_id
+    assert {(f.label, f.reason, f.similarity, f.talent_id) for f in enrolled[0].faces} == {WITHHELD}
+    # the account-bound calls hold nothing of the owner's either
+    for reply in (
+        *enrolled,
+        gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=crew_meta),
+        gateway.stub.ListAccessLog(pb.ListAccessLogRequest(), metadata=crew_meta),
+        gateway.stub.ListProjects(pb.ListProjectsRequest(), metadata=crew_meta),
+    ):
+        assert TALENT.encode() not in reply.SerializeToString()
+    sessions = Sessions()
+    with serving(create_app(gateway.channel, sessions)) as base:
+        session_id = sessions.new(crew_meta[0][1].removeprefix("Bearer ")).session_id
+        html = page(base, session_id, f"/projects/{PROJECT}")
+        html += page(base, session_id, f"/media/{media_id}")
+    assert TALENT not in html and "no release" not in html
+    assert "not shown to uploaders" in html and "undecided" not in html
+    owners = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=media_id), metadata=studio
+    )
+    assert [(f.label, f.talent_id) for f in owners.media.faces] == [
+        (common.FACE_LABEL_CLEARED, TALENT)
+    ]
+    assert [d.note for d in owners.decisions] == ["no release"]
