@@ -145,6 +145,7 @@ def _open(path: str, max_pixels: int) -> Iterator[tuple[InputContainer, VideoStr
         if not container.streams.video:
             raise MediaError("unsupported or corrupt video: FFmpeg cannot open it")
         stream = container.streams.video[0]
+        # FFmpeg counts each row rounded up to its memory alignment (at most 63 pixels more).
         stream.codec_context.options = {"max_pixels": str(max_pixels)}
         stream.thread_type = "AUTO"  # frame and slice threads, FFmpeg's (and OpenCV's) default
         yield container, stream
@@ -166,12 +167,17 @@ def _decoded(
             return
         try:
             frames = stream.decode(packet)
-        except av.error.ArgumentError as exc:  # EINVAL: what the decoder's pixel limit returns
-            raise MediaError(
-                f"video frame is over the limit of {max_pixels / 1e6:.1f} MP "
-                "or of an invalid size: the decoder refused it"
-            ) from exc
-        except av.FFmpegError:
+        except av.FFmpegError as exc:
+            # A frame over the limit, which the decoder would not allocate? H.264 and HEVC keep
+            # the size they refused (and fail with "invalid data" or "out of memory"), VP8 and
+            # MPEG-4 zero it and fail with EINVAL. Anything else is a corrupt packet.
+            context = stream.codec_context
+            check_pixels(context.width, context.height, max_pixels=max_pixels, what="video frame")
+            if isinstance(exc, av.error.ArgumentError):
+                raise MediaError(
+                    f"video frame is over the limit of {max_pixels / 1e6:.1f} MP "
+                    "or of an invalid size: the decoder refused it"
+                ) from exc
             continue
         for frame in frames:
             check_pixels(frame.width, frame.height, max_pixels=max_pixels, what="video frame")

@@ -507,12 +507,20 @@ def test_every_frame_decodes_to_the_pixels_opencv_s_capture_gave(clip, tmp_path)
     assert all(np.array_equal(a, b) for a, b in zip(decoded, expected, strict=True))
 
 
-def test_a_video_whose_frames_grow_mid_stream_is_refused_by_its_decoder():
-    bomb = bombs.webm_growing_mid_stream(200, 200)  # 64x64, then 200x200 from 1.2 s on
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (bombs.webm_growing_mid_stream, r"^video frame is over the limit of .* refused it$"),
+        (bombs.mp4_growing_mid_stream, r"^video frame is 200x200 \(0\.0 MP\); the limit is"),
+    ],
+    ids=["vp8-webm", "h264-mp4"],
+)
+def test_a_video_whose_frames_grow_mid_stream_is_refused_by_its_decoder(build, message):
+    bomb = build(200, 200)  # 64x64, then 200x200 from 1.2 s on
     read: list[float] = []
 
     with (
-        pytest.raises(MediaError, match=r"^video frame is over the limit of .* refused it$"),
+        pytest.raises(MediaError, match=message),
         open_video(bomb, max_seconds=10, max_pixels=100 * 100) as video,
     ):
         read.extend(t for t, _ in video.frames(10.0))
