@@ -1,6 +1,7 @@
 """Videos: sampling frames within our limits, and linking per-frame faces into tracks.
 
-A video is decoded from memory (an anonymous memfd, never a file on disk), sampled a few times
+A video is decoded from memory (an anonymous memfd, never a file on disk) by FFmpeg through PyAV,
+whose decoder refuses a frame over the pixel limit before allocating it, sampled a few times
 a second and more densely for a while after a face comes on screen, and each sampled frame's
 faces are linked into `Track`s by appearance (their vectors) as well as position. See
 docs/video.md.
@@ -17,8 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 
+import av
 import cv2
 import numpy as np
+from av.container import InputContainer
+from av.video.stream import VideoStream
 
 from mixip.runtime.media import VIDEO, MediaError, sniff
 from services.matcher.engines.base import Box, DetectedFace
@@ -55,6 +59,7 @@ class Video:
     width: int
     height: int
     max_seconds: float
+    max_pixels: int
     frames_counted: int = field(default=0)  # frames seen by the last sampling that reached the end
 
     @property
@@ -74,48 +79,46 @@ class Video:
         """Frames on the `rate_hz` grid (`base`), and, with `burst_rate_hz`, the frames between
         them on that denser grid (burst candidates), in time order from the start.
 
-        Skipped frames are only grabbed (demuxed and decoded, not converted to BGR), and no
-        frame at or past `max_seconds` is read even if the container understated its length;
-        a video that declared no length and runs past the limit is refused (`MediaError`).
-        Each call reads the video again from the start.
+        Skipped frames are only decoded (not converted to BGR), and no frame at or past
+        `max_seconds` is read even if the container understated its length; a video that
+        declared no length and runs past the limit is refused (`MediaError`), and so is a frame
+        over `max_pixels` wherever it comes (a stream may grow at a keyframe). Each call reads
+        the video again from the start.
         """
         if rate_hz <= 0 or (burst_rate_hz is not None and burst_rate_hz <= 0):
             raise ValueError(f"sampling rates must be positive, got {rate_hz}, {burst_rate_hz}")
-        capture = _capture(self.path)
-        try:
+        with _open(self.path, self.max_pixels) as (container, stream):
+            frames = _decoded(container, stream, self.max_pixels)
             next_base = next_burst = 0.0
             for index in count():
                 t = index / self.fps
                 if t >= self.max_seconds:
-                    if self.declared_frames is None and capture.grab():
+                    if self.declared_frames is None and next(frames, None) is not None:
                         raise MediaError(_too_long(f"over {self.max_seconds:.1f}", self))
                     return
-                if not capture.grab():
+                frame = next(frames, None)
+                if frame is None:
                     self.frames_counted = index
                     return
                 base = t + _EPSILON >= next_base
                 burst = burst_rate_hz is not None and t + _EPSILON >= next_burst
                 if not (base or burst):
                     continue
-                ok, image = capture.retrieve()
-                if not ok:
-                    return
                 if base:
                     next_base = (math.floor(t * rate_hz + _EPSILON) + 1) / rate_hz
                 if burst_rate_hz is not None:
                     next_burst = (math.floor(t * burst_rate_hz + _EPSILON) + 1) / burst_rate_hz
-                yield Sample(t, image, base)
-        finally:
-            capture.release()
+                yield Sample(t, _upright(frame), base)
 
 
 @contextmanager
 def open_video(data: bytes, *, max_seconds: float, max_pixels: int) -> Iterator[Video]:
     """Opens uploaded MP4/MOV/WebM/MKV bytes with FFmpeg, refusing what exceeds our limits.
 
-    FFmpeg reads from a path, so the bytes go to an anonymous in-memory file (memfd) read
-    through /proc/self/fd: nothing reaches a disk, and the memory is freed when the block exits,
-    whatever happens. Raises `MediaError` (safe to show to the caller).
+    FFmpeg reads fastest from a path (a Python file object is read through Python callbacks),
+    so the bytes go to an anonymous in-memory file (memfd) read through /proc/self/fd: nothing
+    reaches a disk, and the memory is freed when the block exits, whatever happens. Raises
+    `MediaError` (safe to show to the caller).
     """
     sniffed = sniff(data)
     if sniffed.kind != VIDEO:
@@ -130,12 +133,67 @@ def open_video(data: bytes, *, max_seconds: float, max_pixels: int) -> Iterator[
         os.close(fd)
 
 
-def _capture(path: str) -> cv2.VideoCapture:
-    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        capture.release()
-        raise MediaError("unsupported or corrupt video: FFmpeg cannot open it")
-    return capture
+@contextmanager
+def _open(path: str, max_pixels: int) -> Iterator[tuple[InputContainer, VideoStream]]:
+    """The container and its first video stream, whose decoder refuses, by itself and before
+    allocating it, a frame of more than `max_pixels` (libavcodec's own `max_pixels`)."""
+    try:
+        container = av.open(path)
+    except av.FFmpegError as exc:
+        raise MediaError("unsupported or corrupt video: FFmpeg cannot open it") from exc
+    with container:
+        if not container.streams.video:
+            raise MediaError("unsupported or corrupt video: FFmpeg cannot open it")
+        stream = container.streams.video[0]
+        # FFmpeg counts each row rounded up to its memory alignment (at most 63 pixels more).
+        stream.codec_context.options = {"max_pixels": str(max_pixels)}
+        stream.thread_type = "AUTO"  # frame and slice threads, FFmpeg's (and OpenCV's) default
+        yield container, stream
+
+
+def _decoded(
+    container: InputContainer, stream: VideoStream, max_pixels: int
+) -> Iterator[av.VideoFrame]:
+    """Every frame of `stream` in order, each checked against `max_pixels` (behind the decoder's
+    own limit). As OpenCV's FFmpeg capture did, a packet the decoder finds corrupt is skipped
+    and a container that cannot be read further ends the video."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets, None)
+        except av.FFmpegError:
+            return
+        if packet is None:
+            return
+        try:
+            frames = stream.decode(packet)
+        except av.FFmpegError as exc:
+            # A frame over the limit, which the decoder would not allocate? H.264 and HEVC keep
+            # the size they refused (and fail with "invalid data" or "out of memory"), VP8 and
+            # MPEG-4 zero it and fail with EINVAL. Anything else is a corrupt packet.
+            context = stream.codec_context
+            check_pixels(context.width, context.height, max_pixels=max_pixels, what="video frame")
+            if isinstance(exc, av.error.ArgumentError):
+                raise MediaError(
+                    f"video frame is over the limit of {max_pixels / 1e6:.1f} MP "
+                    "or of an invalid size: the decoder refused it"
+                ) from exc
+            continue
+        for frame in frames:
+            check_pixels(frame.width, frame.height, max_pixels=max_pixels, what="video frame")
+            yield frame
+
+
+# Frames are turned as players turn them: by the container's rotation (a phone held upright),
+# which FFmpeg gives counter-clockwise; mirroring is ignored, as OpenCV ignored it.
+_TURNS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as BGR pixels (as OpenCV's capture converts them), turned upright."""
+    image = frame.to_ndarray(format="bgr24")
+    turn = _TURNS.get(-frame.rotation % 360)
+    return image if turn is None else cv2.rotate(image, turn)
 
 
 def _too_long(length: str, video: Video) -> str:
@@ -144,29 +202,45 @@ def _too_long(length: str, video: Video) -> str:
 
 def _probe(path: str, *, max_seconds: float, max_pixels: int) -> Video:
     """The video's properties, checked against our limits before decoding more than a frame."""
-    capture = _capture(path)
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    with _open(path, max_pixels) as (container, stream):
+        fps = float(stream.guessed_rate or 0)
+        width, height = stream.codec_context.width, stream.codec_context.height
         if not fps > 0 or width <= 0 or height <= 0:
             raise MediaError("unsupported or corrupt video: no frames, size or frame rate")
         video = Video(
-            path, fps, frame_count if frame_count > 0 else None, width, height, max_seconds
+            path,
+            fps,
+            _declared_frames(container, stream, fps),
+            width,
+            height,
+            max_seconds,
+            max_pixels,
         )
         if video.declared_frames is not None and video.duration_seconds > max_seconds:
             raise MediaError(_too_long(f"{video.duration_seconds:.1f}", video))
         check_pixels(width, height, max_pixels=max_pixels, what="video frame")
-        ok, first = capture.read()
-        if not ok:
+        first = next(_decoded(container, stream, max_pixels), None)
+        if first is None:
             raise MediaError("unsupported or corrupt video: cannot decode its first frame")
-    finally:
-        capture.release()
-    # Frames come out turned by the container's rotation (a phone held upright): report the
-    # size the boxes are measured in, which is the viewer's.
-    video.height, video.width = first.shape[:2]
+        # Frames come out turned by the container's rotation (a phone held upright): report
+        # the size the boxes are measured in, which is the viewer's.
+        video.height, video.width = _upright(first).shape[:2]
     return video
+
+
+def _declared_frames(container: InputContainer, stream: VideoStream, fps: float) -> int | None:
+    """The frame count the container declares, or else its duration's worth (as OpenCV counts
+    them); None when it declares neither."""
+    if stream.frames > 0:
+        return stream.frames
+    if container.duration is not None and container.duration > 0:
+        seconds = container.duration / av.time_base
+    elif stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    else:
+        return None
+    frames = math.floor(seconds * fps + 0.5)
+    return frames if frames > 0 else None
 
 
 Analysis = tuple[Sequence[DetectedFace], Sequence["Signature"]]

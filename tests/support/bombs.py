@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 import pillow_heif
@@ -227,3 +229,38 @@ def webm_growing_mid_stream(width: int, height: int) -> bytes:
         raise ValueError("expected VP8 keyframes every 12 frames")
     size = keyframes[1] + 3
     return video[:size] + struct.pack("<HH", width, height) + video[size + 4 :]
+
+
+def mp4_growing_mid_stream(width: int, height: int) -> bytes:
+    """A 1.4 s H.264 MP4 (PyAV's libx264) of 64x64 black frames, then from 1.2 s of `width` x
+    `height` ones: its header and first frames say 64x64, and the larger sequence header comes
+    in-band with the keyframe at 1.2 s (H.264 may change size at any IDR frame)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as output:
+        stream = output.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        for packet in _h264(64, 64, frames=12, start=0) + _h264(width, height, frames=2, start=12):
+            packet.stream, packet.time_base = stream, Fraction(1, 10)
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def _h264(width: int, height: int, *, frames: int, start: int) -> list[av.Packet]:
+    """The packets of `frames` black frames at 10 fps from frame `start`, headers in-band."""
+    encoder = av.CodecContext.create("libx264", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base = Fraction(1, 10)
+    encoder.options = {"preset": "ultrafast", "x264-params": "repeat-headers=1"}
+    black = av.VideoFrame(width, height, "yuv420p")
+    for plane, value in zip(black.planes, (16, 128, 128), strict=True):
+        plane.update(bytes([value]) * plane.buffer_size)
+    packets: list[av.Packet] = []
+    for pts in range(frames):
+        black.pts = pts
+        packets += encoder.encode(black)
+    packets += encoder.encode(None)
+    for packet in packets:
+        packet.pts = (packet.pts or 0) + start
+        packet.dts = (packet.dts or 0) + start
+    return packets

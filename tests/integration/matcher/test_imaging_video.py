@@ -480,6 +480,55 @@ def test_a_phone_video_is_decoded_upright_and_sized_as_the_viewer_sees_it():
     assert mean_difference(first, upright) < 12
 
 
+@pytest.mark.parametrize(
+    "clip",
+    [
+        lambda: faces.make_video(None, [(faces.astronaut(), 1.0)]),
+        lambda: faces.make_video(None, [(faces.astronaut(), 1.0)], codec="VP80"),
+        lambda: faces.make_video(None, [(faces.grace_hopper(), 1.0)], codec="VP90"),
+        lambda: faces.filmed_upright_on_a_phone(faces.astronaut(), 1.0),
+    ],
+    ids=["mp4", "vp8-webm", "vp9-webm", "phone-mp4"],
+)
+def test_every_frame_decodes_to_the_pixels_opencv_s_capture_gave(clip, tmp_path):
+    # Tracking results depend on the pixels: PyAV must convert (and turn) as OpenCV did.
+    data = clip()
+    (tmp_path / "clip").write_bytes(data)
+    capture = cv2.VideoCapture(str(tmp_path / "clip"), cv2.CAP_FFMPEG)
+    expected = []
+    while (read := capture.read())[0]:
+        expected.append(read[1])
+    capture.release()
+
+    with open_video(data, max_seconds=10, max_pixels=MAX_PIXELS) as video:
+        decoded = [frame for _, frame in video.frames(100.0)]
+
+    assert len(decoded) == len(expected) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (bombs.webm_growing_mid_stream, r"^video frame is over the limit of .* refused it$"),
+        (bombs.mp4_growing_mid_stream, r"^video frame is 200x200 \(0\.0 MP\); the limit is"),
+    ],
+    ids=["vp8-webm", "h264-mp4"],
+)
+def test_a_video_whose_frames_grow_mid_stream_is_refused_by_its_decoder(build, message):
+    bomb = build(200, 200)  # 64x64, then 200x200 from 1.2 s on
+    read: list[float] = []
+
+    with (
+        pytest.raises(MediaError, match=message),
+        open_video(bomb, max_seconds=10, max_pixels=100 * 100) as video,
+    ):
+        read.extend(t for t, _ in video.frames(10.0))
+
+    assert (video.width, video.height) == (64, 64)  # all the header and first frame say
+    assert read and max(read) < 1.2  # no frame of the new size came out
+
+
 # -- denser sampling around new faces ------------------------------------------------------------
 
 
