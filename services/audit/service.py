@@ -27,7 +27,7 @@ from services.audit.domain import (
     ChainVerdict,
     EventContent,
     StoredLink,
-    chain_hash,
+    link_hash,
     talent_hash,
     verify_chain,
 )
@@ -267,9 +267,10 @@ class AuditLog:
                     kind=event.kind,
                     decision=event.decision,
                 )
-                digest = chain_hash(prev, content)
+                leaf = content.canonical()
+                digest = link_hash(prev, leaf)
                 rows.append(_row(content, prev, digest))
-                leaves.append(content.canonical())
+                leaves.append(leaf)
                 prev = digest
             bulk_insert(session, EventRow.__table__, rows)  # COPY on PostgreSQL
             StoredTree(session, account_id).append(leaves)
