@@ -271,6 +271,15 @@ def test_a_witness_cosignature_signs_the_header_the_time_and_the_checkpoint(
     assert CosignatureVerifier.from_vkey(witness.verifier().vkey) == witness.verifier()
 
 
+def test_a_witness_adds_its_cosignature_to_a_note_the_log_signed(log, witness, checkpoint):
+    opened = open_checkpoint(sign_checkpoint(checkpoint, log), log.verifier()).note
+    cosigned = sign(opened.text, [witness], keep=opened.signatures)
+    assert cosigned == sign_checkpoint(checkpoint, log, witness)
+    assert open_checkpoint(cosigned, log.verifier(), [witness.verifier()], 1).witnesses == (
+        witness.name,
+    )
+
+
 def test_a_missing_quorum_or_a_witness_key_used_as_a_log_key_is_refused(log, witness, checkpoint):
     note = sign_checkpoint(checkpoint, log)
     with pytest.raises(UnverifiedNoteError, match="0 witness cosignatures, 1 required"):
