@@ -1,9 +1,11 @@
 """The build hook of `mixip-client`: messages, gRPC stubs and mypy-protobuf type stubs generated
-from the repository's protos/ into the wheel, with a `py.typed` marker in every package."""
+from the repository's protos/ into the wheel, with a `py.typed` marker in every package; and the
+audit log's verifier, `mixip.tlog` (pure Python on `cryptography`), copied from the repository."""
 
 from __future__ import annotations
 
 import importlib.resources
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +15,7 @@ from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
 PROTOS = (Path(__file__).resolve().parent / ".." / ".." / "protos").resolve()
+TLOG = (Path(__file__).resolve().parent / ".." / ".." / "mixip" / "tlog").resolve()
 PLUGINS = {"mypy": "mypy_protobuf.main:main", "mypy_grpc": "mypy_protobuf.main:grpc"}
 
 
@@ -51,8 +54,10 @@ class BuildTypedStubs(build_py):
             ]
             if protoc.main(argv) != 0:
                 raise SystemExit(f"protoc failed: {' '.join(argv)}")
+        tlog = out / "mixip" / "tlog"
+        shutil.copytree(TLOG, tlog, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         # PEP 561: `mixip` is a namespace package, so each package carries its own marker.
-        for directory in {(out / f).parent for f in files}:
+        for directory in {(out / f).parent for f in files} | {tlog}:
             while directory != out:
                 (directory / "py.typed").touch()
                 directory = directory.parent

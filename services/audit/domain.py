@@ -84,7 +84,13 @@ def _instant(value: datetime) -> str:
 
 def chain_hash(prev_hash: str, content: EventContent) -> str:
     """Hex SHA-256 over the previous hash and the event's canonical content."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + content.canonical()).hexdigest()
+    return link_hash(prev_hash, content.canonical())
+
+
+def link_hash(prev_hash: str, canonical: bytes) -> str:
+    """`chain_hash` of an event whose canonical content is already made (an append makes it
+    once, for the chain and as the event's Merkle tree leaf)."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, r
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
+from mixip.tlog.merkle import root_hash
+from mixip.tlog.proof import ProofError, prove_consistency, prove_inclusion
 from services.audit.domain import (
     GENESIS_HASH,
     KIND_MATCH,
@@ -25,7 +27,7 @@ from services.audit.domain import (
     ChainVerdict,
     EventContent,
     StoredLink,
-    chain_hash,
+    link_hash,
     talent_hash,
     verify_chain,
 )
@@ -40,6 +42,7 @@ from services.audit.store import (
     month_partitions,
     next_month,
 )
+from services.audit.tree import StoredTree
 from services.audit.vault import Rotation, SaltVault, VaultStatus
 
 logger = logging.getLogger("mixip.audit")
@@ -240,7 +243,7 @@ class AuditLog:
                 self._check_repeat(event, stored[event.idempotency_key], first_of, salts, shredded)
             recorded_at = max(self.clock(), as_utc(head.last_recorded_at))
             sequence, prev = head.last_sequence, head.last_hash
-            rows = []
+            rows, leaves = [], []
             for event in fresh:
                 sequence += 1
                 content = EventContent(
@@ -264,10 +267,13 @@ class AuditLog:
                     kind=event.kind,
                     decision=event.decision,
                 )
-                digest = chain_hash(prev, content)
+                leaf = content.canonical()
+                digest = link_hash(prev, leaf)
                 rows.append(_row(content, prev, digest))
+                leaves.append(leaf)
                 prev = digest
             bulk_insert(session, EventRow.__table__, rows)  # COPY on PostgreSQL
+            StoredTree(session, account_id).append(leaves)
             linked = {e.talent_id for e in fresh if e.talent_id} - shredded
             if linked:  # an erased talent's events leave no trace keyed by the talent
                 self.vault.touch(session, account_id, linked, recorded_at)
@@ -366,6 +372,39 @@ class AuditLog:
         return [
             ChainedEvent(_content(row), row.prev_hash, row.event_hash) for row in page
         ], position
+
+    # -- tree (docs/audit-log.md) --------------------------------------------------------------
+
+    def tree_head(self, account_id: str) -> tuple[int, bytes]:
+        """The size and RFC 9162 root hash of the account's tree (0 and the empty root before
+        its first event)."""
+        with self.db.read(snapshot=True) as session:
+            tree = StoredTree(session, account_id)
+            size = tree.size()
+            return size, root_hash(tree, size)
+
+    def inclusion_proof(
+        self, account_id: str, sequence: int, tree_size: int
+    ) -> tuple[int, list[bytes]]:
+        """Event `sequence`'s leaf index and its inclusion proof in the tree of `tree_size`
+        leaves; ProofError if that tree does not (yet) hold it."""
+        with self.db.read(snapshot=True) as session:
+            tree = StoredTree(session, account_id)
+            size = tree.size()
+            if tree_size > size:
+                raise ProofError(f"the tree has not reached {tree_size} leaves")
+            head = session.get(ChainHead, account_id)
+            index = sequence - 1 - (head.last_sequence - size if head else 0)
+            return index, prove_inclusion(tree, index, tree_size)
+
+    def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
+        """The proof that the account's tree of `new_size` leaves extends the one of
+        `old_size`; ProofError for sizes the tree has not reached or out of order."""
+        with self.db.read(snapshot=True) as session:
+            tree = StoredTree(session, account_id)
+            if new_size > tree.size():
+                raise ProofError(f"the tree has not reached {new_size} leaves")
+            return prove_consistency(tree, old_size, new_size)
 
     # -- verify -------------------------------------------------------------------------------
 

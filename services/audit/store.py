@@ -181,6 +181,22 @@ class ChainHead(Base):
     last_recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class TreeNodeRow(Base):
+    """A stored node of an account's Merkle tree (RFC 9162, docs/audit-log.md): the hash of
+    the perfect subtree over leaves [node_index * 2**level, (node_index + 1) * 2**level).
+    Written once, in the transaction that appends its last leaf; purges delete events, never
+    nodes, so every checkpoint stays provable. Leaf i is the event of sequence
+    `last_sequence - size + 1 + i`: a log whose oldest events were purged before the tree
+    existed has a tree of the rest."""
+
+    __tablename__ = "audit_tree_nodes"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    node_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
 class Checkpoint(Base):
     """Where an account's chain starts after purges: the last purged event's sequence and hash."""
 

@@ -3,7 +3,8 @@ a copy of the tracked sources (no generated code in it: the build hooks make it)
 wheel is installed with the hash-checked runtime lock into a fresh venv outside the checkout,
 and `mixip up` run from another directory matches a photo through the CLI. The `mixip-client`
 wheel goes into a second venv without OpenCV, faiss or boto3, and mypy checks a client script
-against its type stubs (and refuses a script that misuses them)."""
+against its type stubs (and refuses a script that misuses them); an auditor's script verifies
+an audit proof file with the wheel's `mixip.tlog` alone."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from mixip.tlog.checkpoint import Checkpoint, sign_checkpoint
+from mixip.tlog.merkle import MemoryHashes
+from mixip.tlog.note import Ed25519Signer
+from mixip.tlog.proof import prove_inclusion
+from mixip.tlog.receipt import Receipt
 from tests.support import faces
 
 pytestmark = pytest.mark.slow
@@ -54,6 +60,29 @@ from mixip.gateway.v1 import gateway_pb2
 
 header = gateway_pb2.UploadHeader(project_id=5)
 count: str = gateway_pb2.UploadMediaResponse().faces[0].similarity
+"""
+
+
+AUDITOR_SCRIPT = """
+import sys
+from pathlib import Path
+
+from mixip.tlog.note import Ed25519Verifier
+from mixip.tlog.receipt import verify_receipt
+
+
+def verify(proof_file: Path, leaf_file: Path, vkey: str) -> int:
+    log = Ed25519Verifier.from_vkey(vkey)
+    signed = verify_receipt(proof_file.read_text(), leaf_file.read_bytes(), log)
+    return signed.checkpoint.size
+
+
+if __name__ == "__main__":
+    try:
+        print(verify(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))
+    except ValueError as error:
+        print(f"refused: {error}")
+        sys.exit(3)
 """
 
 
@@ -115,12 +144,19 @@ def test_the_wheels_carry_the_generated_code_and_the_client_wheel_only_stubs(whe
     } <= names
     code = {n.split("/")[0] for n in names if not n.endswith((".pyi", "py.typed"))}
     assert code == {"mixip", "mixip_client-0.1.0.dist-info"}
-    assert all("/v1/" in n or n.endswith("py.typed") for n in names if n.startswith("mixip/"))
+    tlog = {"mixip/tlog/" + m for m in ("merkle.py", "proof.py", "note.py", "checkpoint.py")}
+    assert tlog | {"mixip/tlog/receipt.py", "mixip/tlog/py.typed"} <= names
+    assert all(
+        "/v1/" in n or n.startswith("mixip/tlog/") or n.endswith("py.typed")
+        for n in names
+        if n.startswith("mixip/")
+    )
     metadata = client.read("mixip_client-0.1.0.dist-info/METADATA").decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert {r.split()[1].split(">")[0] for r in requires if "extra ==" not in r} == {
         "grpcio",
         "protobuf",
+        "cryptography",
     }
 
 
@@ -239,3 +275,31 @@ def test_a_client_script_type_checks_against_the_installed_client_wheel(client_v
     assert refused.returncode == 1, refused.stdout
     assert 'incompatible type "int"' in refused.stdout
     assert 'Incompatible types in assignment (expression has type "float"' in refused.stdout
+
+
+def test_an_auditor_verifies_a_proof_file_with_the_client_wheel_alone(client_venv, tmp_path):
+    leaves = [f"event {i}".encode() for i in range(9)]
+    tree = MemoryHashes(leaves)
+    log = Ed25519Signer("mixip.example/audit", bytes(range(32)))
+    note = sign_checkpoint(Checkpoint(log.name, 9, tree.root()), log)
+    receipt = Receipt(4, tuple(prove_inclusion(tree, 4, 9)), note)
+    (tmp_path / "event.tlog-proof").write_text(receipt.text)
+    (tmp_path / "leaf").write_bytes(leaves[4])
+    (tmp_path / "other-leaf").write_bytes(leaves[5])
+    script = tmp_path / "auditor.py"
+    script.write_text(AUDITOR_SCRIPT)
+    python, vkey = client_venv / "bin/python", log.verifier().vkey
+    where = run([python, "-c", "import mixip.tlog; print(mixip.tlog.__file__)"], cwd=tmp_path)
+    assert where.stdout.startswith(str(client_venv)), where.stdout  # the wheel's copy
+    verified = run([python, script, "event.tlog-proof", "leaf", vkey], cwd=tmp_path)
+    assert verified.stdout.strip() == "9"
+    refused = subprocess.run(
+        [str(python), str(script), "event.tlog-proof", "other-leaf", vkey],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "leaf 4 is not in the tree of 9 leaves" in refused.stdout
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental"]
+    run([*mypy, "--python-executable", python, script], cwd=tmp_path)
