@@ -161,9 +161,10 @@ def _history(log: AuditLog, account: str, sizes: dict[str, int]) -> datetime:
 
 def _shred(log: AuditLog, db: Database, account: str, sizes: dict[str, int], reps: int) -> dict:
     with db.read() as session:
+        table = SaltRow.__table__
         saved = {
-            row.lookup: {c.name: getattr(row, c.name) for c in SaltRow.__table__.columns}
-            for row in session.scalars(select(SaltRow).where(SaltRow.account_id == account))
+            row.lookup: dict(row._mapping)
+            for row in session.execute(select(table).where(table.c.account_id == account))
         }
     times: dict[str, list[float]] = {talent: [] for talent in sizes}
     order = list(sizes)
