@@ -246,11 +246,17 @@ def matcher_factory(database_url, serve, clock, channels, tmp_path):
         check_seconds=60.0,
     )
 
-    def make(consent_address: str, settings: MatcherSettings | None = None, **app_kwargs):
+    def make(
+        consent_address: str,
+        settings: MatcherSettings | None = None,
+        *,
+        database: str = url,  # another matcher database (an upgrade test's older one)
+        **app_kwargs,
+    ):
         settings = settings or MatcherSettings()
         consent_channel = open_channel(consent_address, [CONSENT_SERVICE], timeout_seconds=10)
         app = MatcherApp(
-            Database(url, Base.metadata),
+            Database(database, Base.metadata),
             consent_channel,
             settings if settings.vault else replace(settings, vault=vault),
             clock,
