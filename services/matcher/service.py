@@ -219,6 +219,7 @@ class Matcher:
                 key = self.vault.talent_keys(session, account_id, [talent_id], create=True)
                 row.talent_ref = key[talent_id].ref
                 row.sealed = seal_face(key[talent_id], row.face_id, talent_id, vector)
+                self.checkpoint("enroll.keyed")
                 session.add(row)
                 if request_id:
                     session.flush()

@@ -41,6 +41,7 @@ from tests.integration.matcher.test_matcher_service import (
     match,
 )
 from tests.support import faces
+from tests.support.checkpoints import Checkpoints, Outcome
 from tests.support.databases import fresh_schema_url
 
 BEFORE_SEALING = "23af0c4eb29c"  # the matcher's revision before faces were sealed
@@ -178,6 +179,40 @@ def test_a_revocation_delivered_by_the_outbox_destroys_the_talents_key(mesh, clo
     grant(mesh, clock, talent, decision=cpb.CONSENT_DECISION_REVOKED)
     assert mesh.consent.app.outbox.run_once() == 1
     assert talent_key(app, talent) is None
+
+
+def test_an_enrollment_sealing_under_a_key_keeps_it_from_a_concurrent_last_face_deletion(
+    mesh, clock
+):
+    """An enrollment holds its account's collection lock from before it reads the talent's key
+    until it commits; a deletion of the talent's (other) last face counts what is left only
+    after taking that lock, so it sees the new face and keeps the key it is sealed under."""
+    app, talent = mesh.matcher.app, new_talent()
+    grant(mesh, clock, talent)
+    grant_usage(mesh, clock, talent)
+    old = enroll(mesh, talent, faces.astronaut()).face
+    hooks = Checkpoints()
+    app.matcher.checkpoint = hooks
+    keyed = hooks.pause_at("enroll.keyed")
+    enrolling = Outcome(lambda: enroll(mesh, talent, faces.scaled(faces.astronaut(), 0.8)))
+    keyed.reached()  # sealed under the talent's key, not committed
+    deleting = Outcome(
+        lambda: mesh.matcher.stub.DeleteTalentFace(
+            pb.DeleteTalentFaceRequest(account_id=ACCOUNT, talent_id=talent, face_id=old.face_id)
+        )
+    )
+    assert not deleting.finishes_within(1.0)  # it waits for the enrollment's lock
+    keyed.release()
+    new = enrolling.join().result.face
+    assert deleting.join().error is None
+
+    assert talent_key(app, talent) is not None
+    listed = mesh.matcher.stub.ListTalentFaces(
+        pb.ListTalentFacesRequest(account_id=ACCOUNT, talent_id=talent)
+    )
+    assert [f.face_id for f in listed.faces] == [new.face_id]
+    [found] = match(mesh, faces.encode(faces.astronaut(), ".jpg")).faces
+    assert (found.label, found.talent_id) == (CLEARED, talent)
 
 
 def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
