@@ -187,13 +187,15 @@ class CollectionIndexes:
     def _build(self, account_id: str) -> _Cached:
         """Version and vectors from one snapshot, so the tag never claims more than it holds."""
         with self.db.read(snapshot=True) as session:
+            # The vault's state row first (see `_update`), then version and rows.
+            keys = self.vault.account_keys(session, account_id)
             version = _version(session, account_id)
             rows = session.execute(
                 select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed)
                 .where(FaceRow.account_id == account_id, FaceRow.sealed.is_not(None))
                 .order_by(FaceRow.face_id)
             ).all()
-            vectors, talents, faces = _opened(rows, self.vault.account_keys(session, account_id))
+            vectors, talents, faces = _opened(rows, keys)
         is_approximate = getattr(self.index_factory, "is_approximate", None)
         if is_approximate is not None and is_approximate(len(faces)):
             # A million faces take seconds to encode: longer than a match may wait. Matches
@@ -243,6 +245,10 @@ class CollectionIndexes:
         change log) or too many, and a rebuild is due."""
         index = cast(UpdatableIndex, cached.index)
         with self.db.read(snapshot=True) as session:
+            # The vault's state row is locked by the snapshot's first statement: a rotation
+            # that commits after the snapshot began would make locking it a serialization
+            # failure (UNAVAILABLE, retried); first, only one running at this instant can.
+            self.vault.current(session)
             version = _version(session, account_id)
             changes = session.execute(
                 select(
