@@ -18,9 +18,18 @@ import numpy as np
 
 from bench.stats import ratio, single_threaded_blas, summary
 from mixip.runtime.db import Database
+from mixip.runtime.keys import LocalKeyRing
+from mixip.runtime.vault import Vault
 from services.matcher.ann import DEFAULT_RERANK, QuantizedIndex
 from services.matcher.index import CollectionIndexes, ExactIndex, sized_index_factory
-from services.matcher.store import Base, FaceRow, bump_version
+from services.matcher.store import (
+    Base,
+    FaceRow,
+    TalentKeyRow,
+    VaultStateRow,
+    bump_version,
+    seal_face,
+)
 
 DIMENSION = 128
 K = 5
@@ -193,38 +202,52 @@ def _updates(ann: QuantizedIndex, build_s: float, rng: np.random.Generator) -> d
     }
 
 
+def _faces(vault: Vault, session, talents: list[str], vectors: np.ndarray) -> list[dict]:
+    """Face rows as the matcher stores them: talent id and vector sealed under the talent's
+    key."""
+    keys = vault.talent_keys(session, "acct", talents, create=True)
+    face_ids = [uuid.uuid4().hex for _ in talents]
+    return [
+        {
+            "face_id": face_id,
+            "account_id": "acct",
+            "talent_ref": keys[talent].ref,
+            "sealed": seal_face(keys[talent], face_id, talent, vector.tobytes()),
+            "engine": "local",
+            "model": "sface-2021dec",
+            "box_x": 0,
+            "box_y": 0,
+            "box_width": 100,
+            "box_height": 100,
+            "detection_score": 0.9,
+            "created_at": datetime.now(UTC),
+        }
+        for face_id, talent, vector in zip(face_ids, talents, vectors, strict=True)
+    ]
+
+
 def _refresh(rows: int, rng: np.random.Generator) -> dict:
-    """CollectionIndexes on SQLite: what finding the change costs at `rows` faces."""
+    """CollectionIndexes on SQLite: what finding the change costs at `rows` faces (each row
+    opened with its talent's key when the collection loads)."""
     directory = Path(tempfile.mkdtemp(prefix="mixip-bench-index-"))
     try:
         db = Database(f"sqlite:///{directory / 'matcher.db'}", Base.metadata)
         db.create_tables()
-        now = datetime.now(UTC)
+        vault = Vault(
+            db,
+            LocalKeyRing(directory / "keys" / "matcher-vault.key"),
+            lambda: datetime.now(UTC),
+            name="matcher",
+            state_model=VaultStateRow,
+            secret_model=TalentKeyRow,
+        )
         with db.write() as session:
             for start in range(0, rows, 50_000):
                 block = _vectors(min(50_000, rows - start), rng)
-                session.execute(
-                    FaceRow.__table__.insert(),
-                    [
-                        {
-                            "face_id": uuid.uuid4().hex,
-                            "account_id": "acct",
-                            "talent_id": f"talent-{(start + i) // 2:07d}",
-                            "engine": "local",
-                            "model": "sface-2021dec",
-                            "vector": vector.tobytes(),
-                            "box_x": 0,
-                            "box_y": 0,
-                            "box_width": 100,
-                            "box_height": 100,
-                            "detection_score": 0.9,
-                            "created_at": now,
-                        }
-                        for i, vector in enumerate(block)
-                    ],
-                )
+                talents = [f"talent-{(start + i) // 2:07d}" for i in range(len(block))]
+                session.execute(FaceRow.__table__.insert(), _faces(vault, session, talents, block))
             bump_version(session, "acct")  # a first build reads the rows, not the change log
-        indexes = CollectionIndexes(db, sized_index_factory(1))
+        indexes = CollectionIndexes(db, vault, sized_index_factory(1))
         started = time.perf_counter()
         indexes.for_account("acct")  # served exactly at once, the index built in the background
         served = time.perf_counter() - started
@@ -232,27 +255,10 @@ def _refresh(rows: int, rng: np.random.Generator) -> dict:
         first = time.perf_counter() - started
         if indexes.for_account("acct").kind != QuantizedIndex.kind:
             raise RuntimeError("the background build did not take over")
-        newcomer = uuid.uuid4().hex
         with db.write() as session:
-            session.execute(
-                FaceRow.__table__.insert(),
-                [
-                    {
-                        "face_id": newcomer,
-                        "account_id": "acct",
-                        "talent_id": "talent-new",
-                        "engine": "local",
-                        "model": "sface-2021dec",
-                        "vector": _vectors(1, rng)[0].tobytes(),
-                        "box_x": 0,
-                        "box_y": 0,
-                        "box_width": 100,
-                        "box_height": 100,
-                        "detection_score": 0.9,
-                        "created_at": now,
-                    }
-                ],
-            )
+            [face] = _faces(vault, session, ["talent-new"], _vectors(1, rng))
+            newcomer = face["face_id"]
+            session.execute(FaceRow.__table__.insert(), [face])
             bump_version(session, "acct", added=[newcomer])
         started = time.perf_counter()
         index = indexes.for_account("acct")

@@ -12,12 +12,14 @@ from bench import media
 from bench.mesh import RunningMesh
 from bench.stats import summary
 from mixip.runtime.db import Database
+from mixip.runtime.keys import LocalKeyRing
 from mixip.runtime.times import utcnow
+from mixip.runtime.vault import Vault
 from services.matcher.engines.local import LocalEngine
 from services.matcher.index import CollectionIndexes
 from services.matcher.service import Limits, Matcher
 from services.matcher.settings import DEFAULT_THRESHOLDS
-from services.matcher.store import Base
+from services.matcher.store import Base, TalentKeyRow, VaultStateRow
 from services.matcher.video import DEFAULT_BURST_RATE_HZ, DEFAULT_BURST_SECONDS, DEFAULT_RATE_HZ
 
 GOAL = 5.0
@@ -51,7 +53,15 @@ class _InProcess:
         self.directory = Path(tempfile.mkdtemp(prefix="mixip-bench-video-"))
         self.db = Database(f"sqlite:///{self.directory / 'matcher.db'}", Base.metadata)
         self.db.create_tables()
-        self.indexes = CollectionIndexes(self.db)
+        self.vault = Vault(
+            self.db,
+            LocalKeyRing(self.directory / "keys" / "matcher-vault.key"),
+            utcnow,
+            name="matcher",
+            state_model=VaultStateRow,
+            secret_model=TalentKeyRow,
+        )
+        self.indexes = CollectionIndexes(self.db, self.vault)
         self.engine = LocalEngine(index_for=self.indexes.for_account)
         self.matchers: dict[float, Matcher] = {}
 
@@ -60,6 +70,7 @@ class _InProcess:
         if matcher is None:
             matcher = self.matchers[rate] = Matcher(
                 self.db,
+                self.vault,
                 self.engine,
                 _AllConsent(),
                 self.indexes,

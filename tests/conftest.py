@@ -222,23 +222,43 @@ class Mesh:
 
 
 @pytest.fixture
-def matcher_factory(database_url, serve, clock, channels):
-    """Builds matchers on one database (replicas) against a consent address."""
+def matcher_factory(database_url, serve, clock, channels, tmp_path):
+    """Builds matchers on one database (replicas) against a consent address; they share one
+    vault key directory (`tmp_path / "keys"`) unless the settings name another vault."""
+    from dataclasses import replace
+
     from mixip.matcher.v1 import matcher_pb2_grpc
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database
+    from mixip.runtime.vault import VaultSettings
     from services.matcher.app import CONSENT_SERVICE, SERVICE_NAME, MatcherApp
     from services.matcher.settings import MatcherSettings
     from services.matcher.store import Base
 
     url = database_url("matcher")
+    vault = VaultSettings(
+        kek_file=tmp_path / "keys" / "matcher-vault.key",
+        kms_key_id=None,
+        aws_region=None,
+        aws_endpoint_url=None,
+        kms_deletion_days=7,
+        rotate_within=timedelta(hours=24),
+        check_seconds=60.0,
+    )
 
-    def make(consent_address: str, settings: MatcherSettings | None = None, **app_kwargs):
+    def make(
+        consent_address: str,
+        settings: MatcherSettings | None = None,
+        *,
+        database: str = url,  # another matcher database (an upgrade test's older one)
+        **app_kwargs,
+    ):
+        settings = settings or MatcherSettings()
         consent_channel = open_channel(consent_address, [CONSENT_SERVICE], timeout_seconds=10)
         app = MatcherApp(
-            Database(url, Base.metadata),
+            Database(database, Base.metadata),
             consent_channel,
-            settings or MatcherSettings(),
+            settings if settings.vault else replace(settings, vault=vault),
             clock,
             **app_kwargs,
         )

@@ -1,4 +1,5 @@
-"""Composition root of the matcher: configuration → database, engine, index, consent client.
+"""Composition root of the matcher: configuration → database, vault, engine, index, consent
+client.
 
 Settings: services/matcher/settings.py (every variable, documented). Peers: consent
 (services/matcher/peers.py).
@@ -20,13 +21,14 @@ from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
+from mixip.runtime.vault import RotationKeeper, Vault
 from services.matcher.engines.base import FaceEngine
 from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.peers import ConsentClient
 from services.matcher.service import Matcher
 from services.matcher.servicer import MatcherServicer
 from services.matcher.settings import MatcherSettings
-from services.matcher.store import Base, faces_per_account
+from services.matcher.store import Base, TalentKeyRow, VaultStateRow, faces_per_account
 
 logger = logging.getLogger("mixip.matcher")
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -73,15 +75,31 @@ class MatcherApp(ServiceApp):
         *,
         engine_factory: Callable[[MatcherSettings, CollectionIndexes], FaceEngine] = create_engine,
     ) -> None:
+        if settings.vault is None:
+            raise ConfigError("matcher: no vault settings (MatcherSettings.load sets them)")
         migrations.upgrade(db.url, self.name)
         self.db = db
         self.consent_channel = consent_channel
-        self.indexes = CollectionIndexes(db, sized_index_factory(settings.ann_min_faces))
+        self.vault = Vault(
+            db,
+            settings.vault.key_ring(),
+            clock,
+            name="matcher",
+            state_model=VaultStateRow,
+            secret_model=TalentKeyRow,
+            rotate_within=settings.vault.rotate_within,
+        )
+        self.vault_check_seconds = settings.vault.check_seconds
+        self._rotation: RotationKeeper | None = None
+        self.indexes = CollectionIndexes(
+            db, self.vault, sized_index_factory(settings.ann_min_faces)
+        )
         self.index_sweep_seconds = settings.index_sweep_seconds
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.matcher = Matcher(
             db,
+            self.vault,
             engine_factory(settings, self.indexes),
             ConsentClient(consent_channel),
             self.indexes,
@@ -90,6 +108,8 @@ class MatcherApp(ServiceApp):
             clock,
             workers=settings.workers,
         )
+        # Faces enrolled before sealing: sealed before the first request can read them.
+        self.matcher.seal_legacy_faces()
 
         telemetry.gauge(
             "mixip_matcher_collection_faces",
@@ -108,6 +128,8 @@ class MatcherApp(ServiceApp):
 
     def start(self) -> None:
         self.matcher.warm_up()
+        if self._rotation is None:
+            self._rotation = self.vault.keep_rotating(self.vault_check_seconds)
         if self._sweeper is None or not self._sweeper.is_alive():  # once, even if restarted
             self._sweeper = threading.Thread(
                 target=self._sweep, name="matcher-index-sweep", daemon=True
@@ -125,12 +147,14 @@ class MatcherApp(ServiceApp):
         self._stop.set()
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
+        if self._rotation is not None:
+            self._rotation.stop()
         self.matcher.close()
         self.consent_channel.close()
         self.db.dispose()
 
 
 def build(config: ServerConfig, env: Env) -> tuple[MatcherApp, dict]:
-    settings = MatcherSettings.load(env)
+    settings = MatcherSettings.load(env, config)
     channel = peer_channel(config, env, "consent", CONSENT_SERVICE)
     return MatcherApp(Database(config.database_url, Base.metadata), channel, settings), {}

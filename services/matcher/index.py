@@ -15,6 +15,10 @@ and the changes since its own, fetches the vectors of the faces added (and still
 applies the difference (deleted faces are erased from memory). The index then holds exactly the
 snapshot's faces, as a rebuild would, whichever replica made the changes; if any version's
 changes are missing (pruned, or the index is older than the log) it is rebuilt instead.
+
+Faces are stored sealed under their talent's data key (services/matcher/store.py): a build or
+an update opens the rows it reads once, with the account's keys read in the same snapshot, and
+matches then search plain memory. A face whose key is gone (its talent erased) is skipped.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mixip.runtime.db import Database
+from mixip.runtime.vault import TalentKey, Vault
 from services.matcher.engines.base import Candidate, VectorIndex
-from services.matcher.store import CollectionChangeRow, CollectionRow, FaceRow
+from services.matcher.store import CollectionChangeRow, CollectionRow, FaceRow, open_face
 
 logger = logging.getLogger("mixip.matcher.index")
 VECTOR_DTYPE = np.dtype("<f4")
@@ -119,8 +125,9 @@ class _Cached:
 
 
 class CollectionIndexes:
-    def __init__(self, db: Database, index_factory: IndexFactory = ExactIndex) -> None:
+    def __init__(self, db: Database, vault: Vault, index_factory: IndexFactory = ExactIndex):
         self.db = db
+        self.vault = vault
         self.index_factory = index_factory
         self._cache: dict[str, _Cached] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -180,13 +187,15 @@ class CollectionIndexes:
     def _build(self, account_id: str) -> _Cached:
         """Version and vectors from one snapshot, so the tag never claims more than it holds."""
         with self.db.read(snapshot=True) as session:
+            # The vault's state row first (see `_update`), then version and rows.
+            keys = self.vault.account_keys(session, account_id)
             version = _version(session, account_id)
             rows = session.execute(
-                select(FaceRow.face_id, FaceRow.talent_id, FaceRow.vector)
-                .where(FaceRow.account_id == account_id, FaceRow.vector.is_not(None))
+                select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed)
+                .where(FaceRow.account_id == account_id, FaceRow.sealed.is_not(None))
                 .order_by(FaceRow.face_id)
             ).all()
-        vectors, talents, faces = _columns(rows)
+            vectors, talents, faces = _opened(rows, keys)
         is_approximate = getattr(self.index_factory, "is_approximate", None)
         if is_approximate is not None and is_approximate(len(faces)):
             # A million faces take seconds to encode: longer than a match may wait. Matches
@@ -236,6 +245,10 @@ class CollectionIndexes:
         change log) or too many, and a rebuild is due."""
         index = cast(UpdatableIndex, cached.index)
         with self.db.read(snapshot=True) as session:
+            # The vault's state row is locked by the snapshot's first statement: a rotation
+            # that commits after the snapshot began would make locking it a serialization
+            # failure (UNAVAILABLE, retried); first, only one running at this instant can.
+            self.vault.current(session)
             version = _version(session, account_id)
             changes = session.execute(
                 select(
@@ -260,15 +273,18 @@ class CollectionIndexes:
             rows: list[Any] = []
             for start in range(0, len(added), _IN_CHUNK):
                 rows += session.execute(
-                    select(FaceRow.face_id, FaceRow.talent_id, FaceRow.vector)
+                    select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed)
                     .where(FaceRow.face_id.in_(added[start : start + _IN_CHUNK]))
-                    .where(FaceRow.vector.is_not(None))
+                    .where(FaceRow.sealed.is_not(None))
                     .order_by(FaceRow.face_id)
                 ).all()
+            vectors, talents, faces = _opened(rows, self._keys(session, rows))
         removed = sorted(f for f, is_added in latest.items() if not is_added and present[f])
-        vectors, talents, faces = _columns(rows)
         index.apply(vectors, talents, faces, removed)
         return _Cached(version, index)
+
+    def _keys(self, session: Session, rows: Sequence[Any]) -> dict[bytes, TalentKey]:
+        return self.vault.keys_by_lookup(session, {r.talent_ref for r in rows}) if rows else {}
 
 
 def _version(session, account_id: str) -> int:
@@ -278,11 +294,23 @@ def _version(session, account_id: str) -> int:
     )
 
 
-def _columns(rows) -> tuple[np.ndarray, list[str], list[str]]:
-    """(contiguous float32 matrix, talent ids, face ids) of (face_id, talent_id, vector) rows."""
-    if not rows:
+def _opened(
+    rows: Sequence[Any], keys: dict[bytes, TalentKey]
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """(contiguous float32 matrix, talent ids, face ids) of sealed (face_id, talent_ref, sealed)
+    rows, each opened with its talent's key; faces whose key is gone, or that hold no vector
+    (the engine keeps it), are left out."""
+    vectors, talents, faces = [], [], []
+    for row in rows:
+        key = keys.get(row.talent_ref)
+        if key is None:  # the talent was erased: whatever is left of the row is unreadable
+            continue
+        talent_id, vector = open_face(key, row.face_id, row.sealed)
+        if vector:
+            vectors.append(vector)
+            talents.append(talent_id)
+            faces.append(row.face_id)
+    if not faces:
         return np.zeros((0, 128), dtype=np.float32), [], []
-    vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=VECTOR_DTYPE).reshape(
-        len(rows), -1
-    )
-    return vectors, [r.talent_id for r in rows], [r.face_id for r in rows]
+    matrix = np.frombuffer(b"".join(vectors), dtype=VECTOR_DTYPE).reshape(len(faces), -1)
+    return matrix, talents, faces

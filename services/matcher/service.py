@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
@@ -29,12 +30,21 @@ from mixip.runtime.limits import MAX_PIXELS
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
+from mixip.runtime.vault import Vault
 from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
 from services.matcher.imaging import decode_image
 from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
 from services.matcher.labels import Label, Thresholds, label_face, label_track, talents_to_check
 from services.matcher.peers import ConsentPort
-from services.matcher.store import CollectionRow, FaceRequestRow, FaceRow, bump_version
+from services.matcher.store import (
+    CollectionRow,
+    FaceRequestRow,
+    FaceRow,
+    TalentKeyRow,
+    bump_version,
+    open_face,
+    seal_face,
+)
 from services.matcher.video import (
     DEFAULT_BURST_RATE_HZ,
     DEFAULT_BURST_SECONDS,
@@ -48,6 +58,9 @@ from services.matcher.video import (
 )
 
 logger = logging.getLogger("mixip.matcher")
+# What an erasure or a revocation rewrites: scrubbed after it (Database.scrub).
+ERASED_TABLES = ("matcher_faces", "matcher_face_requests", "matcher_talent_keys")
+_LEGACY_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -80,12 +93,12 @@ class Face:
     created_at: datetime
 
 
-def _face(row: FaceRow) -> Face:
+def _face(row: FaceRow, talent_id: str) -> Face:
     box = Box(row.box_x, row.box_y, row.box_width, row.box_height)
     return Face(
         row.face_id,
         row.account_id,
-        row.talent_id,
+        talent_id,
         box,
         row.detection_score,
         row.engine,
@@ -135,6 +148,7 @@ class Matcher:
     def __init__(
         self,
         db: Database,
+        vault: Vault,
         engine: FaceEngine,
         consent: ConsentPort,
         indexes: CollectionIndexes,
@@ -145,6 +159,7 @@ class Matcher:
         workers: int = 2,
     ) -> None:
         self.db = db
+        self.vault = vault
         self.engine = engine
         self.consent = consent
         self.indexes = indexes
@@ -171,7 +186,7 @@ class Matcher:
         if request_id:
             earlier = self._by_request(account_id, request_id, talent_id, digest)
             if earlier is not None:
-                return _face(earlier)
+                return _face(earlier, talent_id)
         image, _ = self._decode(data, "image")
         # No face is even looked for without consent to process the talent's biometrics.
         self._require_biometric_consent(account_id, talent_id)
@@ -181,15 +196,12 @@ class Matcher:
         enrolled = self.pool.submit(self.engine.enroll, account_id, talent_id, image, face).result()
         del image  # the enrollment image is never kept
         self.checkpoint("enroll.embedded")
+        vector = None if enrolled.vector is None else enrolled.vector.astype(VECTOR_DTYPE).tobytes()
         row = FaceRow(
             face_id=enrolled.face_id,
             account_id=account_id,
-            talent_id=talent_id,
             engine=self.engine.name,
             model=self.engine.model,
-            vector=None
-            if enrolled.vector is None
-            else enrolled.vector.astype(VECTOR_DTYPE).tobytes(),
             box_x=face.box.x,
             box_y=face.box.y,
             box_width=face.box.width,
@@ -200,11 +212,19 @@ class Matcher:
         )
         try:
             with self.db.write() as session:
+                # The collection row's lock first, before the talent's key is read: a deletion
+                # that destroys the key (it takes the same lock before it counts what is left)
+                # either sees this face, or has destroyed the key before it is read here, and a
+                # new one is made. No face is ever sealed under a key that is gone.
+                bump_version(session, account_id, added=[row.face_id])
+                key = self.vault.talent_keys(session, account_id, [talent_id], create=True)
+                row.talent_ref = key[talent_id].ref
+                row.sealed = seal_face(key[talent_id], row.face_id, talent_id, vector)
+                self.checkpoint("enroll.keyed")
                 session.add(row)
                 if request_id:
                     session.flush()
                     session.add(FaceRequestRow(face_id=row.face_id, digest=digest))
-                bump_version(session, account_id, added=[row.face_id])
         except IntegrityError:
             self.engine.delete(account_id, [enrolled.face_id])
             earlier = (
@@ -212,7 +232,7 @@ class Matcher:
             )
             if earlier is None:
                 raise
-            return _face(earlier)
+            return _face(earlier, talent_id)
         except Exception:
             self.engine.delete(account_id, [enrolled.face_id])
             raise
@@ -235,7 +255,7 @@ class Matcher:
         logs.log(
             logger, "face enrolled", account=account_id, face=row.face_id, engine=self.engine.name
         )
-        return _face(row)
+        return _face(row, talent_id)
 
     def _by_request(
         self, account_id: str, request_id: str, talent_id: str, digest: str
@@ -248,14 +268,21 @@ class Matcher:
                 .outerjoin(FaceRequestRow, FaceRequestRow.face_id == FaceRow.face_id)
                 .where(FaceRow.account_id == account_id, FaceRow.request_id == request_id)
             ).one_or_none()
-        if found is None:
-            return None
-        earlier, earlier_digest = found
-        if earlier_digest is None:  # enrolled before digests were kept: the talent must match
-            require_same(earlier.talent_id, talent_id)
-        else:
+            if found is None:
+                return None
+            earlier, earlier_digest = found
+            if earlier_digest is None:  # enrolled before digests were kept: the talent must match
+                require_same(self._talent_of(session, earlier), talent_id)
+        if earlier_digest is not None:
             require_same(earlier_digest, digest)
         return earlier
+
+    def _talent_of(self, session: Session, row: FaceRow) -> str | None:
+        """The talent id sealed in a face row; None when its talent's key is gone."""
+        if row.talent_ref is None or row.sealed is None:
+            return None
+        key = self.vault.keys_by_lookup(session, [row.talent_ref]).get(row.talent_ref)
+        return None if key is None else open_face(key, row.face_id, row.sealed)[0]
 
     def _require_biometric_consent(self, account_id: str, talent_id: str) -> None:
         if not self.consent.biometric_active(account_id, talent_id):
@@ -457,15 +484,18 @@ class Matcher:
         self, account_id: str, talent_id: str, *, enrolled_before: datetime | None = None
     ) -> int:
         """Deletes the talent's faces (those enrolled at or before `enrolled_before`, if
-        given), from the engine first (idempotent both ways)."""
+        given), from the engine first (idempotent both ways). When no face of the talent is
+        left, its key is destroyed in the same transaction; then the tables are scrubbed, so
+        no copy of the rows stays readable (docs/erasure.md)."""
+        ref = self.vault.lookup(account_id, talent_id)
         query = select(FaceRow.face_id).where(
-            FaceRow.account_id == account_id, FaceRow.talent_id == talent_id
+            FaceRow.account_id == account_id, FaceRow.talent_ref == ref
         )
         if enrolled_before is not None:
             query = query.where(FaceRow.created_at <= enrolled_before)
         with self.db.read() as session:
             face_ids = list(session.scalars(query))
-        if not face_ids:
+        if not face_ids:  # a key exists only while a face does: nothing to destroy either
             return 0
         self.engine.delete(account_id, face_ids)
         with self.db.write() as session:
@@ -473,41 +503,49 @@ class Matcher:
                 session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids)))
             )
             bump_version(session, account_id, removed=face_ids)
-        logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted)
+            destroyed = self._destroy_key_if_unused(session, account_id, talent_id)
+        self.db.scrub(ERASED_TABLES)
+        logs.log(logger, "talent faces deleted", account=account_id, deleted=deleted, key=destroyed)
         return deleted
+
+    def _destroy_key_if_unused(self, session: Session, account_id: str, talent_id: str) -> bool:
+        """Destroys the talent's key when none of its faces is left. Called after
+        `bump_version`, whose lock makes a concurrent enrollment of the talent either visible
+        here or wait until the key is gone (see `enroll`)."""
+        ref = self.vault.lookup(account_id, talent_id)
+        left = session.scalar(
+            select(func.count()).where(FaceRow.account_id == account_id, FaceRow.talent_ref == ref)
+        )
+        return not left and self.vault.destroy(session, account_id, talent_id)
 
     def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[Face, int]:
         """Deletes one face of a talent (a correction), from the engine first, then from the
         database with a collection version bump in the same transaction, so every replica drops
-        it from memory before its next match. Returns the face as it was and the version.
-        Logged with the face id, never the talent id."""
+        it from memory before its next match; the talent's last face takes its key with it.
+        Returns the face as it was and the version. Logged with the face id, never the talent
+        id."""
+        ref = self.vault.lookup(account_id, talent_id)
+        mine = (
+            FaceRow.face_id == face_id,
+            FaceRow.account_id == account_id,
+            FaceRow.talent_ref == ref,
+        )
         with self.db.read() as session:
-            row = session.scalars(
-                select(FaceRow).where(
-                    FaceRow.face_id == face_id,
-                    FaceRow.account_id == account_id,
-                    FaceRow.talent_id == talent_id,
-                )
-            ).one_or_none()
+            row = session.scalars(select(FaceRow).where(*mine)).one_or_none()
         if row is None:
             raise NotFound("the talent has no such face", reason="FACE_NOT_FOUND")
         self.engine.delete(account_id, [face_id])
         with self.db.write() as session:
-            deleted = rowcount(
-                session.execute(
-                    delete(FaceRow).where(
-                        FaceRow.face_id == face_id,
-                        FaceRow.account_id == account_id,
-                        FaceRow.talent_id == talent_id,
-                    )
-                )
-            )
+            deleted = rowcount(session.execute(delete(FaceRow).where(*mine)))
             if deleted:
                 version = bump_version(session, account_id, removed=[face_id])
+                self._destroy_key_if_unused(session, account_id, talent_id)
             else:  # a concurrent deletion won, and bumped the version itself
                 version = session.scalars(
                     select(CollectionRow.version).where(CollectionRow.account_id == account_id)
                 ).one()
+        if deleted:
+            self.db.scrub(ERASED_TABLES)
         logs.log(
             logger,
             "talent face deleted",
@@ -515,18 +553,19 @@ class Matcher:
             face=face_id,
             collection_version=version,
         )
-        return _face(row), version
+        return _face(row, talent_id), version
 
     def list_faces(
         self, account_id: str, talent_id: str, page_size: int, after: str
     ) -> tuple[list[Face], str | None]:
+        ref = self.vault.lookup(account_id, talent_id)
         with self.db.read() as session:
             rows = list(
                 session.scalars(
-                    select(FaceRow)
+                    _live(select(FaceRow))
                     .where(
                         FaceRow.account_id == account_id,
-                        FaceRow.talent_id == talent_id,
+                        FaceRow.talent_ref == ref,
                         FaceRow.face_id > after,
                     )
                     .order_by(FaceRow.face_id)
@@ -534,32 +573,101 @@ class Matcher:
                 )
             )
         page, position = page_of(rows, page_size, lambda face: face.face_id)
-        return [_face(row) for row in page], position
+        return [_face(row, talent_id) for row in page], position
 
     def stats(self, account_id: str) -> tuple[int, int, str]:
         with self.db.read() as session:
             faces, talents = session.execute(
-                select(func.count(), func.count(FaceRow.talent_id.distinct())).where(
-                    FaceRow.account_id == account_id
+                _live(
+                    select(func.count(), func.count(FaceRow.talent_ref.distinct())).where(
+                        FaceRow.account_id == account_id
+                    )
                 )
             ).one()
         kind = self.indexes.for_account(account_id).kind if self.engine.has_vectors else "engine"
         return faces, talents, kind
 
     def enrolled_talents(
-        self, account_id: str, page_size: int, after: tuple[str, str] | None
-    ) -> tuple[list[tuple[str, str, int]], tuple[str, str] | None]:
+        self, account_id: str, page_size: int, after: tuple[str, bytes] | None
+    ) -> tuple[list[tuple[str, str, int]], tuple[str, bytes] | None]:
+        """(account, talent, face count) per enrolled talent, in (account, talent_ref) order;
+        the position is the last row's (account, talent_ref)."""
         with self.db.read() as session:
-            query = select(FaceRow.account_id, FaceRow.talent_id, func.count()).group_by(
-                FaceRow.account_id, FaceRow.talent_id
+            query = _live(
+                select(
+                    FaceRow.account_id, FaceRow.talent_ref, func.count(), func.min(FaceRow.face_id)
+                ).group_by(FaceRow.account_id, FaceRow.talent_ref)
             )
             if account_id:
                 query = query.where(FaceRow.account_id == account_id)
             if after is not None:
-                query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_id) > tuple_(*after))
-            order = query.order_by(FaceRow.account_id, FaceRow.talent_id)
-            rows = [
-                (str(account), str(talent), int(count))
-                for account, talent, count in session.execute(order.limit(fetch_limit(page_size)))
-            ]
-        return page_of(rows, page_size, lambda row: (row[0], row[1]))
+                query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_ref) > tuple_(*after))
+            order = query.order_by(FaceRow.account_id, FaceRow.talent_ref)
+            groups = session.execute(order.limit(fetch_limit(page_size))).all()
+            page, position = page_of(groups, page_size, lambda group: (group[0], group[1]))
+            talents = self._talents_of(session, [group[3] for group in page])
+        rows = [
+            (str(account), talents[face_id], int(count))
+            for account, _, count, face_id in page
+            if face_id in talents
+        ]
+        return rows, position
+
+    def _talents_of(self, session: Session, face_ids: list[str]) -> dict[str, str]:
+        """The talent ids sealed in these faces, by face id (faces whose key is gone left out)."""
+        rows = session.execute(
+            select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed).where(
+                FaceRow.face_id.in_(face_ids)
+            )
+        ).all()
+        keys = self.vault.keys_by_lookup(session, {r.talent_ref for r in rows}) if rows else {}
+        return {
+            r.face_id: open_face(keys[r.talent_ref], r.face_id, r.sealed)[0]
+            for r in rows
+            if r.talent_ref in keys
+        }
+
+    # -- faces enrolled before sealing --------------------------------------------------------
+
+    def seal_legacy_faces(self) -> int:
+        """Seals the faces enrolled before sealing existed (clear talent id and vector, left by
+        the migration) under their talents' keys, in batches, and clears the clear columns;
+        then scrubs. Idempotent; run at start, before serving. Each batch bumps its accounts'
+        collection versions, so a replica that loaded a collection meanwhile reloads it."""
+        sealed = 0
+        while True:
+            with self.db.write() as session:
+                rows = list(
+                    session.scalars(
+                        select(FaceRow)
+                        .where(FaceRow.legacy_talent_id.is_not(None))
+                        .order_by(FaceRow.face_id)
+                        .limit(_LEGACY_BATCH)
+                    )
+                )
+                accounts: dict[str, list[FaceRow]] = {}
+                for row in rows:
+                    accounts.setdefault(row.account_id, []).append(row)
+                for account_id, account_rows in sorted(accounts.items()):
+                    bump_version(session, account_id, added=[r.face_id for r in account_rows])
+                    talents = {r.legacy_talent_id for r in account_rows if r.legacy_talent_id}
+                    keys = self.vault.talent_keys(session, account_id, talents, create=True)
+                    for row in account_rows:
+                        key = keys[str(row.legacy_talent_id)]
+                        row.talent_ref = key.ref
+                        row.sealed = seal_face(
+                            key, row.face_id, str(row.legacy_talent_id), row.legacy_vector
+                        )
+                        row.legacy_talent_id = row.legacy_vector = None
+            if not rows:
+                break
+            sealed += len(rows)
+        if sealed:
+            self.db.scrub(ERASED_TABLES)
+            logs.log(logger, "legacy faces sealed", faces=sealed)
+        return sealed
+
+
+def _live(query: Any) -> Any:
+    """Only faces whose talent's key exists: a face whose key is gone is treated as absent."""
+    return query.join(TalentKeyRow, TalentKeyRow.lookup == FaceRow.talent_ref)

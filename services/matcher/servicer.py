@@ -180,19 +180,24 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         checks.done()
         filters = {"a": request.account_id}
         position = decode_page_token(request.page_token, filters, kind=list)
-        if position is not None and not (
-            len(position) == 2 and all(isinstance(p, str) for p in position)
-        ):
-            raise InvalidArgument.one("page_token", "not a token this service issued")
-        rows, next_after = self.matcher.enrolled_talents(
-            request.account_id, page_size, tuple(position) if position else None
-        )
+        after = None
+        if position is not None:  # [account id, talent_ref in hex]
+            try:
+                account, ref = position
+                after = (account, bytes.fromhex(ref))
+            except (ValueError, TypeError) as exc:
+                raise InvalidArgument.one("page_token", "not a token this service issued") from exc
+            if not isinstance(account, str):
+                raise InvalidArgument.one("page_token", "not a token this service issued")
+        rows, next_after = self.matcher.enrolled_talents(request.account_id, page_size, after)
         return matcher_pb2.ListEnrolledTalentsResponse(
             talents=[
                 matcher_pb2.EnrolledTalent(account_id=a, talent_id=t, face_count=n)
                 for a, t, n in rows
             ],
-            next_page_token=next_page_token(list(next_after) if next_after else None, filters),
+            next_page_token=next_page_token(
+                [next_after[0], next_after[1].hex()] if next_after else None, filters
+            ),
         )
 
 

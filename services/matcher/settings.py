@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixip.runtime.config import ConfigError, Env
+from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.vault import VaultSettings
 from services.matcher.labels import Thresholds
 from services.matcher.service import Limits
 
@@ -47,9 +48,13 @@ class MatcherSettings:
     """AWS_REGION (else AWS_DEFAULT_REGION): the Rekognition region."""
     aws_endpoint_url: str | None = None
     """MIXIP_AWS_ENDPOINT_URL: another AWS endpoint (tests, LocalStack)."""
+    vault: VaultSettings | None = None
+    """MIXIP_MATCHER_VAULT_KEK_FILE, _VAULT_KMS_KEY_ID, _VAULT_KMS_DELETION_DAYS and the shared
+    MIXIP_VAULT_* variables: the vault of the talents' data keys (docs/vault.md). Always set by
+    `load`; the app refuses to start without it."""
 
     @classmethod
-    def load(cls, env: Env) -> MatcherSettings:
+    def load(cls, env: Env, config: ServerConfig) -> MatcherSettings:
         p = "MIXIP_MATCHER_"
         engine = env.choice(p + "ENGINE", "local", ("local", "rekognition"))
         base = DEFAULT_THRESHOLDS[engine]
@@ -92,4 +97,5 @@ class MatcherSettings:
             rekognition_prefix=env.str(p + "REKOGNITION_PREFIX", "mixip-"),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
+            vault=VaultSettings.load("matcher", config, env),
         )

@@ -1,5 +1,7 @@
 """The matcher's tables (its own database; no other service reads it). Face vectors and
-metadata only: enrollment images are never stored."""
+metadata only: enrollment images are never stored. A face's talent id and vector are sealed
+under the talent's data key (the matcher's vault, docs/vault.md); rows are found by
+`talent_ref`, the vault's keyed hash of (account, talent)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime, insert_ignoring_conflicts
+from mixip.runtime.vault import TalentKey, VaultSecretColumns, VaultStateColumns
 
 
 class Base(DeclarativeBase):
@@ -33,16 +36,26 @@ class Base(DeclarativeBase):
 
 
 class FaceRow(Base):
+    """One enrolled face. `sealed` holds its talent id and vector (`services.matcher.sealing`)
+    under the talent's data key: destroying the key (the talent's last face deleted) makes
+    every copy of the row unreadable. A row whose key is gone is treated as absent.
+
+    `legacy_talent_id` and `legacy_vector` are the clear columns of rows enrolled before
+    sealing; the matcher seals them at start and sets them to NULL (new rows leave them NULL).
+    """
+
     __tablename__ = "matcher_faces"
 
     face_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(128))
-    talent_id: Mapped[str] = mapped_column(String(128))
+    talent_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary(4096))
+    legacy_talent_id: Mapped[str | None] = mapped_column("talent_id", String(128))
     engine: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(32))
     # float32 little-endian, L2-normalised (local engine); NULL when the vector lives in the
     # engine's own collection (Rekognition).
-    vector: Mapped[bytes | None] = mapped_column(LargeBinary(4096))
+    legacy_vector: Mapped[bytes | None] = mapped_column("vector", LargeBinary(4096))
     box_x: Mapped[int] = mapped_column(Integer)
     box_y: Mapped[int] = mapped_column(Integer)
     box_width: Mapped[int] = mapped_column(Integer)
@@ -52,9 +65,31 @@ class FaceRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
-        Index("ix_matcher_faces_talent", "account_id", "talent_id"),
+        Index("ix_matcher_faces_talent_ref", "account_id", "talent_ref"),
         Index("ix_matcher_faces_request", "account_id", "request_id", unique=True),
     )
+
+
+_ID_LENGTH_BYTES = 2
+
+
+def _face_context(face_id: str) -> bytes:
+    return b"matcher_faces/" + face_id.encode()
+
+
+def seal_face(key: TalentKey, face_id: str, talent_id: str, vector: bytes | None) -> bytes:
+    """A face's talent id and vector (b"" when the engine keeps it), sealed under the talent's
+    key and bound to the face's row: one decryption opens both when a collection loads."""
+    talent = talent_id.encode()
+    payload = len(talent).to_bytes(_ID_LENGTH_BYTES, "big") + talent + (vector or b"")
+    return key.seal(payload, _face_context(face_id))
+
+
+def open_face(key: TalentKey, face_id: str, sealed: bytes) -> tuple[str, bytes]:
+    """(talent id, vector bytes: b"" when the engine keeps the vector) of a sealed face."""
+    payload = key.open(sealed, _face_context(face_id))
+    end = _ID_LENGTH_BYTES + int.from_bytes(payload[:_ID_LENGTH_BYTES], "big")
+    return payload[_ID_LENGTH_BYTES:end].decode(), payload[end:]
 
 
 class FaceRequestRow(Base):
@@ -92,6 +127,19 @@ class CollectionChangeRow(Base):
     version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     face_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     added: Mapped[bool] = mapped_column(Boolean)
+
+
+class VaultStateRow(VaultStateColumns, Base):
+    """The matcher vault's one row (mixip/runtime/vault.py)."""
+
+    __tablename__ = "matcher_vault_state"
+
+
+class TalentKeyRow(VaultSecretColumns, Base):
+    """One talent's data key, sealed under the vault's key; deleted when the talent's last face
+    is (erasure, revocation), which makes its sealed faces unreadable everywhere."""
+
+    __tablename__ = "matcher_talent_keys"
 
 
 CHANGES_KEPT = 100_000

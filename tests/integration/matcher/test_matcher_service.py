@@ -20,7 +20,7 @@ from mixip.matcher.v1 import matcher_pb2 as pb
 from mixip.runtime.times import to_timestamp
 from services.matcher.service import Limits
 from services.matcher.settings import MatcherSettings
-from services.matcher.store import FaceRow
+from services.matcher.store import FaceRow, open_face
 from tests.support import faces
 from tests.support.status import expect_error, expect_invalid
 
@@ -130,12 +130,18 @@ def test_variations_of_the_enrolled_face_are_cleared(enrolled, clock, variant):
     assert (face.label, face.talent_id) == (CLEARED, "astronaut")
 
 
-def test_enrollment_stores_a_vector_and_never_the_image(enrolled):
+def test_enrollment_stores_a_sealed_vector_and_never_the_image(enrolled):
     image_bytes = faces.encode(faces.astronaut(), ".png")
+    vault = enrolled.matcher.app.vault
     with enrolled.matcher.app.db.read() as session:
         [row] = session.scalars(select(FaceRow)).all()
-        assert len(row.vector) == 128 * 4
-        assert abs(np.linalg.norm(np.frombuffer(row.vector, "<f4")) - 1) < 1e-4
+        assert row.legacy_talent_id is None and row.legacy_vector is None
+        key = vault.talent_keys(session, ACCOUNT, ["astronaut"], create=False)["astronaut"]
+        assert row.talent_ref == key.ref
+        talent, vector = open_face(key, row.face_id, row.sealed)
+        assert talent == "astronaut" and len(vector) == 128 * 4
+        assert abs(np.linalg.norm(np.frombuffer(vector, "<f4")) - 1) < 1e-4
+        assert vector not in row.sealed and b"astronaut" not in row.sealed
         stored = b"".join(
             v if isinstance(v, bytes) else str(v).encode()
             for v in session.execute(FaceRow.__table__.select()).one()
@@ -360,7 +366,9 @@ def test_enrolled_talents_are_listed_for_reconciliation(mesh, clock):
         token = page.next_page_token
         if not token:
             break
-    assert seen == [
+    # by account, then by the talent's keyed hash (the matcher stores no talent id in clear)
+    assert [account for account, _, _ in seen] == ["acct-a", "acct-a", "acct-b", "acct-b"]
+    assert sorted(seen) == [
         ("acct-a", "astronaut", 1),
         ("acct-a", "hopper", 1),
         ("acct-b", "astronaut", 1),

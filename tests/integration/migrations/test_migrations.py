@@ -224,8 +224,11 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
             assert migrations.upgrade(url, service, revision) == [revision]
             assert kept(at_first, tables(url, service)) == [], (service, revision)
         assert migrations.upgrade(url, service) == []
-        # Rows of tables that a later revision creates go with that revision's downgrade.
-        older = {name: rows for name, rows in at_head.items() if name in at_first}
+        # Rows of tables that a later revision creates go with that revision's downgrade, and
+        # sealed rows with the revision that sealed them: a downgrade holds no key, so it
+        # cannot write their talent ids back in clear.
+        sealed = {"matcher": {"matcher_faces"}}.get(service, set())
+        older = {n: rows for n, rows in at_head.items() if n in at_first and n not in sealed}
         assert kept(older, tables(url, service)) == [], service
         if service == "gateway":  # the projects revision makes the media's projects again
             again = tables(url, service)["gateway_projects"]
