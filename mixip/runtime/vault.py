@@ -606,6 +606,22 @@ class VaultSettings:
             reset_unreadable=env.bool("MIXIP_VAULT_RESET_UNREADABLE", False),
         )
 
+    def open(
+        self, db: Database, clock: Clock, *, name: str, state_model: Any, secret_model: Any
+    ) -> Vault:
+        """Service `name`'s vault in its own tables, as these settings say (the composition
+        roots call this after migrating; tests may build a `Vault` themselves)."""
+        return Vault(
+            db,
+            self.key_ring(),
+            clock,
+            name=name,
+            state_model=state_model,
+            secret_model=secret_model,
+            rotate_within=self.rotate_within,
+            reset_unreadable=self.reset_unreadable,
+        )
+
     def key_ring(self) -> KeyRing:
         """AWS KMS when a key id is set, else local key files."""
         if self.kms_key_id:

@@ -21,7 +21,7 @@ from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
-from mixip.runtime.vault import RotationKeeper, Vault
+from mixip.runtime.vault import RotationKeeper
 from services.matcher.engines.base import FaceEngine
 from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.peers import ConsentClient
@@ -80,14 +80,8 @@ class MatcherApp(ServiceApp):
         migrations.upgrade(db.url, self.name)
         self.db = db
         self.consent_channel = consent_channel
-        self.vault = Vault(
-            db,
-            settings.vault.key_ring(),
-            clock,
-            name="matcher",
-            state_model=VaultStateRow,
-            secret_model=TalentKeyRow,
-            rotate_within=settings.vault.rotate_within,
+        self.vault = settings.vault.open(
+            db, clock, name="matcher", state_model=VaultStateRow, secret_model=TalentKeyRow
         )
         self.vault_check_seconds = settings.vault.check_seconds
         self._rotation: RotationKeeper | None = None
