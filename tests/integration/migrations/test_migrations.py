@@ -34,6 +34,10 @@ from tests.support.gateway_calls import (
 )
 
 SERVICES = list(migrations.MODELS)
+# Columns sealed under per-talent keys: a downgrade past the revision that made them drops them
+# (it cannot unseal what they hold into the clear column it leaves NULL), so their values do not
+# come back up.
+SEALED_COLUMNS = {"consent": {"talent_ref", "sealed_talent_id"}}
 
 
 @pytest.fixture
@@ -224,8 +228,14 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
             assert migrations.upgrade(url, service, revision) == [revision]
             assert kept(at_first, tables(url, service)) == [], (service, revision)
         assert migrations.upgrade(url, service) == []
-        # Rows of tables that a later revision creates go with that revision's downgrade.
-        older = {name: rows for name, rows in at_head.items() if name in at_first}
+        # Rows of tables that a later revision creates go with that revision's downgrade, and
+        # so do the values of sealed columns (a downgrade cannot unseal them).
+        unsealable = SEALED_COLUMNS.get(service, set())
+        older = {
+            name: {tuple((c, v) for c, v in row if c not in unsealable) for row in rows}
+            for name, rows in at_head.items()
+            if name in at_first
+        }
         assert kept(older, tables(url, service)) == [], service
         if service == "gateway":  # the projects revision makes the media's projects again
             again = tables(url, service)["gateway_projects"]
