@@ -209,6 +209,7 @@ def consent_factory(database_url, serve, clock, channels, tmp_path):
         channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
         return Handle(app, running, consent_pb2_grpc.ConsentServiceStub(channel), channel)
 
+    make.url = url  # the database every service it builds shares
     return make
 
 
