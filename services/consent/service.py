@@ -304,30 +304,43 @@ class ConsentLedger:
 
     def seal_legacy(self) -> int:
         """Seals the talent id of every row written before talent ids were sealed (and of any
-        an older replica wrote during an upgrade) and clears its clear column, in batches;
-        returns how many rows. Idempotent. Run at start-up, before the service answers: until
-        then, checks and listings do not see those rows."""
+        an older replica wrote during an upgrade) and clears its clear column, in batches in
+        primary key order; returns how many rows. Idempotent. Run at start-up, before the
+        service answers: until then, checks and listings do not see those rows."""
         sealed = 0
-        for model, row_id, context in (
-            (RecordRow, RecordRow.record_id, record_context),
-            (OutboxRow, OutboxRow.outbox_id, outbox_context),
+        for model, position, row_id, context in (
+            (RecordRow, RecordRow.sequence, RecordRow.record_id, record_context),
+            (OutboxRow, OutboxRow.id, OutboxRow.outbox_id, outbox_context),
         ):
-            while batch := self._seal_legacy_batch(model, row_id, context):
-                sealed += batch
+            after = 0
+            while batch := self._seal_legacy_batch(model, position, row_id, context, after):
+                sealed += len(batch)
+                after = batch[-1]
         if sealed:
             self.db.scrub(SCRUBBED_TABLES)
             logs.log(logger, "clear talent ids sealed", rows=sealed)
         return sealed
 
-    def _seal_legacy_batch(self, model: Any, row_id: Any, context: Callable[[str], bytes]) -> int:
+    def _seal_legacy_batch(
+        self,
+        model: Any,
+        position: Any,
+        row_id: Any,
+        context: Callable[[str], bytes],
+        after: int,
+    ) -> list[int]:
+        """Seals the next clear rows after primary key `after`; returns their primary keys."""
         with self.db.write() as session:
             rows = session.execute(
-                select(row_id, model.account_id, model.legacy_talent_id)
-                .where(model.legacy_talent_id.is_not(None))
+                select(position, row_id, model.account_id, model.legacy_talent_id)
+                .where(position > after, model.legacy_talent_id.is_not(None))
+                .order_by(position)
                 .limit(_LEGACY_BATCH)
             ).all()
+            if not rows:
+                return []
             talents: dict[str, set[str]] = defaultdict(set)
-            for _, account_id, talent_id in rows:
+            for _, _, account_id, talent_id in rows:
                 talents[account_id].add(talent_id)
             keys = {
                 (account_id, talent_id): key
@@ -336,29 +349,27 @@ class ConsentLedger:
                     session, account_id, wanted, create=True
                 ).items()
             }
-            if rows:
-                session.execute(
-                    update(model.__table__)
-                    .where(row_id == bindparam("row"))
-                    .values(
-                        {
-                            model.talent_ref: bindparam("ref"),
-                            model.sealed_talent_id: bindparam("sealed"),
-                            model.legacy_talent_id: None,
-                        }
-                    ),
-                    [
-                        _sealed_values(name, keys[(account_id, talent_id)], talent_id, context)
-                        for name, account_id, talent_id in rows
-                    ],
-                )
-        return len(rows)
-
-
-def _sealed_values(
-    name: str, key: TalentKey, talent_id: str, context: Callable[[str], bytes]
-) -> dict[str, Any]:
-    return {"row": name, "ref": key.ref, "sealed": key.seal_text(talent_id, context(name))}
+            sealed = [
+                {
+                    "at": at,
+                    "ref": keys[account_id, talent_id].ref,
+                    "sealed": keys[account_id, talent_id].seal_text(talent_id, context(name)),
+                }
+                for at, name, account_id, talent_id in rows
+            ]
+            session.execute(
+                update(model.__table__)
+                .where(position == bindparam("at"))
+                .values(
+                    {
+                        model.talent_ref: bindparam("ref"),
+                        model.sealed_talent_id: bindparam("sealed"),
+                        model.legacy_talent_id: None,
+                    }
+                ),
+                sealed,
+            )
+        return [row[0] for row in rows]
 
 
 def _sequence(row: RecordRow) -> int:

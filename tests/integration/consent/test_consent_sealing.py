@@ -22,6 +22,7 @@ from mixip.runtime.config import ConfigError
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyRing, LocalKeyWrapper, SealError
 from mixip.runtime.vault import TalentKey, Vault, VaultKeys
+from services.consent import service as service_module
 from services.consent.app import MATCHER_SERVICE, SERVICE_NAME, ConsentApp
 from services.consent.store import (
     Base,
@@ -265,8 +266,12 @@ def test_a_copy_taken_before_an_erasure_opens_nothing_once_the_vault_rotated(
     restored_stub = consent_pb2_grpc.ConsentServiceStub(
         channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
     )
+    with copy.read() as session:
+        assert len(session.scalars(select(RecordRow)).all()) == 3  # still there, unreadable
     assert state(restored_stub, talent, BIO) == pb.CONSENT_STATE_ABSENT
+    assert state(restored_stub, other, BIO) == pb.CONSENT_STATE_ABSENT
     assert listed(restored_stub) == [] and listed(restored_stub, talent) == []
+    assert restored.outbox.pending() == 1
     assert restored.outbox.run_once() == 0 and restored.outbox.pending() == 0
     assert matcher_double.deletions == []
     # a consent recorded now starts the talent's new life under a new key
@@ -287,7 +292,6 @@ def test_a_consent_recorded_after_an_erasure_gets_a_new_key(consent_service, clo
     consent(stub, clock, talent, BIO, GRANT)
     with app.db.read() as session:
         again = session.scalars(select(TalentKeyRow.sealed_secret)).one()
-    with app.db.read() as session:
         [key] = app.vault.talent_keys(session, ACCOUNT, [talent], create=False).values()
     assert again != first
     assert app.vault._open_secret(app.vault._keys, first, key.ref) != key.key
@@ -298,8 +302,9 @@ def test_a_consent_recorded_after_an_erasure_gets_a_new_key(consent_service, clo
 
 
 def test_clear_talent_ids_are_sealed_when_the_service_starts_and_still_work(
-    consent_factory, matcher_double, clock, backend
+    consent_factory, matcher_double, clock, backend, monkeypatch
 ):
+    monkeypatch.setattr(service_module, "_LEGACY_BATCH", 2)  # the records take two batches
     talent, revoked = unique_talent(), unique_talent()
     url = consent_factory.url
     migrations.upgrade(url, "consent", BEFORE_SEALING)
