@@ -47,8 +47,12 @@ class ConsentApp(ServiceApp):
         dispatch: bool = True,
         poll_seconds: float = 2.0,
         rotate_within: timedelta = timedelta(hours=24),
-        rotation_check_seconds: float = 60.0,
+        rotation_check_seconds: float | None = None,
+        reset_unreadable: bool = False,
     ) -> None:
+        """`rotation_check_seconds`: how often to look for a rotation an erasure owes (None:
+        no keeper; tests rotate by hand). `reset_unreadable`: start on a restored backup whose
+        vault key is gone, without what it sealed (`Vault`)."""
         migrations.upgrade(db.url, self.name)
         self.db = db
         self.clock = clock
@@ -61,6 +65,7 @@ class ConsentApp(ServiceApp):
             state_model=VaultStateRow,
             secret_model=TalentKeyRow,
             rotate_within=rotate_within,
+            reset_unreadable=reset_unreadable,
         )
         self.outbox = OutboxDispatcher(
             db,
@@ -73,7 +78,9 @@ class ConsentApp(ServiceApp):
         self.ledger = ConsentLedger(db, self.vault, clock, on_outbox_write=self.outbox.wake)
         # Before the service answers: until then, checks and erasures miss clear rows.
         self.ledger.seal_legacy()
-        self.rotation = self.vault.keep_rotating(rotation_check_seconds)
+        self.keeper = (
+            self.vault.keep_rotating(rotation_check_seconds) if rotation_check_seconds else None
+        )
         telemetry.gauge(
             "mixip_consent_outbox_backlog",
             "Biometric revocations whose face deletion the matcher has not acknowledged yet.",
@@ -104,7 +111,8 @@ class ConsentApp(ServiceApp):
             self.outbox.start()
 
     def close(self) -> None:
-        self.rotation.stop()
+        if self.keeper is not None:
+            self.keeper.stop()
         self.outbox.stop()
         self.matcher_channel.close()
         self.db.dispose()
@@ -120,5 +128,6 @@ def build(config: ServerConfig, env: Env) -> tuple[ConsentApp, dict]:
         poll_seconds=settings.outbox_poll_seconds,
         rotate_within=settings.vault.rotate_within,
         rotation_check_seconds=settings.vault.check_seconds,
+        reset_unreadable=settings.vault.reset_unreadable,
     )
     return app, {}

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, delete, insert, select, text
+from sqlalchemy import MetaData, insert, select, text
 from sqlalchemy.engine import make_url
 
 from mixip.consent.v1 import consent_pb2 as pb
@@ -251,17 +251,14 @@ def test_a_copy_taken_before_an_erasure_opens_nothing_once_the_vault_rotated(
     assert state(stub, other, BIO) == pb.CONSENT_STATE_ACTIVE  # the live ledger is whole
 
     # Restored into a fresh mesh, the copy's vault does not open: the service refuses to start
-    # and deletes no key file; once its vault rows are deleted, it starts, and whatever the
+    # and deletes no key file; told to start anyway, it starts a new vault, and whatever the
     # copy holds about anyone reads as absent (the outbox row is dropped, not delivered).
-    fresh_keys = LocalKeyRing(tmp_path / "restored-keys" / "consent-vault.key")
     matcher = open_channel(matcher_double.address, [MATCHER_SERVICE], timeout_seconds=2)
     with pytest.raises(ConfigError, match="cannot open key version 1"):
         ConsentApp(copy, matcher, LocalKeyRing(keys / "consent-vault.key"), clock, dispatch=False)
     assert [path.name for path in keys.iterdir()] == ["consent-vault.v2.key"]
-    with copy.write() as session:
-        session.execute(delete(TalentKeyRow))
-        session.execute(delete(VaultStateRow))
-    restored = ConsentApp(copy, matcher, fresh_keys, clock, dispatch=False)
+    fresh_keys = LocalKeyRing(tmp_path / "restored-keys" / "consent-vault.key")
+    restored = ConsentApp(copy, matcher, fresh_keys, clock, dispatch=False, reset_unreadable=True)
     running = serve(restored)
     restored_stub = consent_pb2_grpc.ConsentServiceStub(
         channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
