@@ -76,7 +76,7 @@ class ConsentApp(ServiceApp):
         )
         self.dispatch = dispatch
         self.ledger = ConsentLedger(db, self.vault, clock, on_outbox_write=self.outbox.wake)
-        # Before the service answers: until then, checks and erasures miss clear rows.
+        # Before the service answers: until then, checks and listings miss clear rows.
         self.ledger.seal_legacy()
         self.keeper = (
             self.vault.keep_rotating(rotation_check_seconds) if rotation_check_seconds else None
