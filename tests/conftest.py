@@ -180,12 +180,14 @@ def matcher_double(serve):
 
 
 @pytest.fixture
-def consent_factory(database_url, serve, clock, channels):
-    """Builds consent services on one database (replicas, restarts) against a matcher address.
-    Dispatch is driven by the test (`app.outbox.run_once()`) unless asked otherwise."""
+def consent_factory(database_url, serve, clock, channels, tmp_path):
+    """Builds consent services on one database (replicas, restarts) against a matcher address,
+    sharing one vault key directory (`tmp_path / "keys"`). Dispatch is driven by the test
+    (`app.outbox.run_once()`) unless asked otherwise."""
     from mixip.consent.v1 import consent_pb2_grpc
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database
+    from mixip.runtime.keys import LocalKeyRing
     from services.consent.app import MATCHER_SERVICE, SERVICE_NAME, ConsentApp
     from services.consent.store import Base
 
@@ -198,6 +200,7 @@ def consent_factory(database_url, serve, clock, channels):
         app = ConsentApp(
             Database(url, Base.metadata),
             matcher_channel,
+            LocalKeyRing(tmp_path / "keys" / "consent-vault.key"),
             clock,
             dispatch=dispatch,
             poll_seconds=poll_seconds,
@@ -206,6 +209,7 @@ def consent_factory(database_url, serve, clock, channels):
         channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
         return Handle(app, running, consent_pb2_grpc.ConsentServiceStub(channel), channel)
 
+    make.url = url  # the database every service it builds shares
     return make
 
 

@@ -1,4 +1,4 @@
-"""Composition root of the consent service: configuration → database, ledger, outbox.
+"""Composition root of the consent service: configuration → database, vault, ledger, outbox.
 
 Settings: services/consent/settings.py. Peers: the matcher (services/consent/peers.py).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
 import grpc
 
@@ -16,14 +17,16 @@ from mixip.runtime import logs, migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
+from mixip.runtime.keys import KeyRing
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
+from mixip.runtime.vault import Vault
 from services.consent.outbox import OutboxDispatcher
 from services.consent.peers import MatcherClient
 from services.consent.service import ConsentLedger
 from services.consent.servicer import ConsentServicer
 from services.consent.settings import ConsentSettings
-from services.consent.store import Base, outbox_backlog
+from services.consent.store import Base, TalentKeyRow, VaultStateRow, outbox_backlog
 
 logger = logging.getLogger("mixip.consent")
 
@@ -38,20 +41,46 @@ class ConsentApp(ServiceApp):
         self,
         db: Database,
         matcher_channel: grpc.Channel,
+        keys: KeyRing,
         clock: Clock = utcnow,
         *,
         dispatch: bool = True,
         poll_seconds: float = 2.0,
+        rotate_within: timedelta = timedelta(hours=24),
+        rotation_check_seconds: float | None = None,
+        reset_unreadable: bool = False,
     ) -> None:
+        """`rotation_check_seconds`: how often to look for a rotation an erasure owes (None:
+        no keeper; tests rotate by hand). `reset_unreadable`: start on a restored backup whose
+        vault key is gone, without what it sealed (`Vault`)."""
         migrations.upgrade(db.url, self.name)
         self.db = db
         self.clock = clock
         self.matcher_channel = matcher_channel
+        self.vault = Vault(
+            db,
+            keys,
+            clock,
+            name=self.name,
+            state_model=VaultStateRow,
+            secret_model=TalentKeyRow,
+            rotate_within=rotate_within,
+            reset_unreadable=reset_unreadable,
+        )
         self.outbox = OutboxDispatcher(
-            db, MatcherClient(matcher_channel).delete_talent_faces, clock, poll_seconds=poll_seconds
+            db,
+            self.vault,
+            MatcherClient(matcher_channel).delete_talent_faces,
+            clock,
+            poll_seconds=poll_seconds,
         )
         self.dispatch = dispatch
-        self.ledger = ConsentLedger(db, clock, on_outbox_write=self.outbox.wake)
+        self.ledger = ConsentLedger(db, self.vault, clock, on_outbox_write=self.outbox.wake)
+        # Before the service answers: until then, checks and listings miss clear rows.
+        self.ledger.seal_legacy()
+        self.keeper = (
+            self.vault.keep_rotating(rotation_check_seconds) if rotation_check_seconds else None
+        )
         telemetry.gauge(
             "mixip_consent_outbox_backlog",
             "Biometric revocations whose face deletion the matcher has not acknowledged yet.",
@@ -82,6 +111,8 @@ class ConsentApp(ServiceApp):
             self.outbox.start()
 
     def close(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
         self.outbox.stop()
         self.matcher_channel.close()
         self.db.dispose()
@@ -89,10 +120,14 @@ class ConsentApp(ServiceApp):
 
 def build(config: ServerConfig, env: Env) -> tuple[ConsentApp, dict]:
     channel = peer_channel(config, env, "matcher", MATCHER_SERVICE)
-    settings = ConsentSettings.load(env)
+    settings = ConsentSettings.load(config, env)
     app = ConsentApp(
         Database(config.database_url, Base.metadata),
         channel,
+        settings.vault.key_ring(),
         poll_seconds=settings.outbox_poll_seconds,
+        rotate_within=settings.vault.rotate_within,
+        rotation_check_seconds=settings.vault.check_seconds,
+        reset_unreadable=settings.vault.reset_unreadable,
     )
     return app, {}

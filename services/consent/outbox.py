@@ -2,7 +2,9 @@
 
 Rows persist in the consent database, so a revocation survives restarts of either service.
 A delivered row is deleted in the transaction that counts it (per account and day, without the
-talent id): the outbox keeps talent ids only while a deletion is owed.
+talent id): the outbox keeps talent ids (sealed under the talent's data key) only while a
+deletion is owed. A row whose key is gone (its talent was erased) has nothing left to deliver
+and is dropped.
 Several replicas may run dispatchers: a row is claimed with a short lease by a conditional
 UPDATE, so one dispatcher works on it at a time (and `DeleteTalentFaces` is idempotent anyway).
 """
@@ -22,7 +24,8 @@ from sqlalchemy.orm import Session
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, rowcount
 from mixip.runtime.times import Clock
-from services.consent.store import DeliveryCountRow, OutboxRow
+from mixip.runtime.vault import TalentKey, Vault
+from services.consent.store import DeliveryCountRow, OutboxRow, outbox_context
 
 logger = logging.getLogger("mixip.consent.outbox")
 
@@ -36,6 +39,7 @@ class OutboxDispatcher:
     def __init__(
         self,
         db: Database,
+        vault: Vault,
         deliver: Deliver,
         clock: Clock,
         *,
@@ -47,6 +51,7 @@ class OutboxDispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self.db = db
+        self.vault = vault
         self.deliver = deliver
         self.clock = clock
         self.poll_seconds = poll_seconds
@@ -90,9 +95,12 @@ class OutboxDispatcher:
     def run_once(self) -> int:
         """Tries every due row once; returns how many were acknowledged."""
         acknowledged = 0
-        for row in self._claim_due():
+        for row, talent_id in self._claim_due():
+            if talent_id is None:
+                self._drop(row)
+                continue
             try:
-                deleted = self.deliver(row.account_id, row.talent_id, row.outbox_id, row.created_at)
+                deleted = self.deliver(row.account_id, talent_id, row.outbox_id, row.created_at)
             except Exception as exc:  # any failure: the row stays owed and is retried
                 code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
                 self._retry_later(row, code)
@@ -108,13 +116,16 @@ class OutboxDispatcher:
                 select(func.count()).select_from(OutboxRow).where(OutboxRow.delivered_at.is_(None))
             ).one()
 
-    def _claim_due(self) -> list[OutboxRow]:
+    def _claim_due(self) -> list[tuple[OutboxRow, str | None]]:
+        """Claims due rows, each with its talent id opened (None when the talent's key is
+        gone). Rows written in clear by an older replica wait for the start-up sealing."""
         now = self.clock()
         with self.db.read() as session:
             candidates = session.scalars(
                 select(OutboxRow)
                 .where(
                     OutboxRow.delivered_at.is_(None),
+                    OutboxRow.talent_ref.is_not(None),
                     OutboxRow.next_attempt_at <= now,
                     or_(OutboxRow.lease_until.is_(None), OutboxRow.lease_until <= now),
                 )
@@ -137,7 +148,26 @@ class OutboxDispatcher:
                 )
             if won:
                 claimed.append(row)
-        return claimed
+        if not claimed:
+            return []
+        with self.db.read() as session:
+            keys = self.vault.keys_by_lookup(session, {row.talent_ref for row in claimed})
+        return [
+            (row, _opened(row, keys[row.talent_ref]) if row.talent_ref in keys else None)
+            for row in claimed
+        ]
+
+    def _drop(self, row: OutboxRow) -> None:
+        """A row whose talent's key is gone: the erasure that destroyed it deleted the
+        talent's faces already, and nothing could name the talent to the matcher anyway."""
+        with self.db.write() as session:
+            session.execute(delete(OutboxRow).where(OutboxRow.id == row.id))
+        logs.log(
+            logger,
+            "face deletion dropped: talent erased",
+            account=row.account_id,
+            outbox=row.outbox_id,
+        )
 
     def _acknowledge(self, row: OutboxRow, deleted: int) -> None:
         """The row goes and its count stays, in one transaction (if an erasure deleted the row
@@ -198,6 +228,10 @@ class OutboxDispatcher:
             code=code,
             retry_in_s=round(delay, 2),
         )
+
+
+def _opened(row: OutboxRow, key: TalentKey) -> str:
+    return key.open_text(row.sealed_talent_id, outbox_context(row.outbox_id))
 
 
 def count_deliveries(

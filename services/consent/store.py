@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Index, Integer, SmallInteger, String, func, select
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    func,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
 from mixip.runtime.times import as_utc
+from mixip.runtime.vault import VaultSecretColumns, VaultStateColumns
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Sequence = BigInteger().with_variant(Integer, "sqlite")
@@ -20,14 +31,22 @@ class Base(DeclarativeBase):
 
 class RecordRow(Base):
     """One ledger entry. Rows are only ever inserted, except by erasure (which deletes them all
-    for a talent and leaves a tombstone)."""
+    for a talent and leaves a tombstone).
+
+    The talent is stored as `talent_ref` (the vault's lookup HMAC of (account, talent): what
+    queries by talent filter on) and `sealed_talent_id`, sealed under the talent's data key
+    (context: the table and `record_id`). `legacy_talent_id` is the clear column of rows
+    written before sealing: NULL in new rows, and in old ones once the start-up pass sealed
+    them (`ConsentLedger.seal_legacy`); the sealed columns are NULL only until then."""
 
     __tablename__ = "consent_records"
 
     sequence: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
     record_id: Mapped[str] = mapped_column(String(32), unique=True)
     account_id: Mapped[str] = mapped_column(String(128))
-    talent_id: Mapped[str] = mapped_column(String(128))
+    legacy_talent_id: Mapped[str | None] = mapped_column("talent_id", String(128))
+    talent_ref: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=True)
+    sealed_talent_id: Mapped[bytes] = mapped_column(LargeBinary(256), nullable=True)
     scope: Mapped[int] = mapped_column(SmallInteger)
     project_id: Mapped[str] = mapped_column(String(128))
     decision: Mapped[int] = mapped_column(SmallInteger)
@@ -39,21 +58,24 @@ class RecordRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
-        Index("ix_consent_timeline", "account_id", "talent_id", "scope", "project_id", "sequence"),
+        Index("ix_consent_timeline", "account_id", "talent_ref", "scope", "project_id", "sequence"),
         Index("ix_consent_request", "account_id", "request_id", unique=True),
     )
 
 
 class OutboxRow(Base):
     """A face deletion owed to the matcher, written in the revocation's own transaction, and
-    deleted once delivered (what is left is a count in `DeliveryCountRow`)."""
+    deleted once delivered (what is left is a count in `DeliveryCountRow`). The talent is
+    stored as in `RecordRow` (context: the table and `outbox_id`)."""
 
     __tablename__ = "consent_outbox"
 
     id: Mapped[int] = mapped_column(Sequence, primary_key=True, autoincrement=True)
     outbox_id: Mapped[str] = mapped_column(String(32), unique=True)
     account_id: Mapped[str] = mapped_column(String(128))
-    talent_id: Mapped[str] = mapped_column(String(128))
+    legacy_talent_id: Mapped[str | None] = mapped_column("talent_id", String(128))
+    talent_ref: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=True)
+    sealed_talent_id: Mapped[bytes] = mapped_column(LargeBinary(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -64,7 +86,7 @@ class OutboxRow(Base):
 
     __table_args__ = (
         Index("ix_consent_outbox_due", "delivered_at", "next_attempt_at"),
-        Index("ix_consent_outbox_talent", "account_id", "talent_id"),
+        Index("ix_consent_outbox_talent", "account_id", "talent_ref"),
     )
 
 
@@ -96,6 +118,30 @@ class DeliveryCountRow(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     deliveries: Mapped[int] = mapped_column(BigInteger, default=0)
     faces_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def record_context(record_id: str) -> bytes:
+    """What a record's sealed talent id is bound to: its table and record id."""
+    return f"{RecordRow.__tablename__}/{record_id}".encode()
+
+
+def outbox_context(outbox_id: str) -> bytes:
+    """What an outbox row's sealed talent id is bound to: its table and outbox id."""
+    return f"{OutboxRow.__tablename__}/{outbox_id}".encode()
+
+
+class VaultStateRow(VaultStateColumns, Base):
+    """The consent vault's one row: its key version and the KEK that wraps its keys
+    (mixip/runtime/vault.py, docs/vault.md)."""
+
+    __tablename__ = "consent_vault_state"
+
+
+class TalentKeyRow(VaultSecretColumns, Base):
+    """One talent's data key, sealed under the vault key, by lookup HMAC of (account, talent).
+    Erasure deletes it in the transaction that deletes the talent's rows."""
+
+    __tablename__ = "consent_talent_keys"
 
 
 def outbox_backlog(session: Session) -> tuple[int, datetime | None]:

@@ -595,7 +595,8 @@ def test_record_consent(harness, replayed, fields):
         "RecordConsent",
         _call(harness.stub.RecordConsent, request, harness.meta),
         allowed=allowed,
-        writes={"consent.consent_records", "consent.consent_outbox"},
+        # the record, a revocation's outbox row, and the talent's data key (its first record)
+        writes={"consent.consent_records", "consent.consent_outbox", "consent.consent_talent_keys"},
         on_ok=recorded,
         fields={"talent_id", "scope", "project_id", "decision", "evidence", "request_id"},
     )

@@ -34,6 +34,10 @@ from tests.support.gateway_calls import (
 )
 
 SERVICES = list(migrations.MODELS)
+# Columns sealed under per-talent keys: a downgrade past the revision that made them drops them
+# (it cannot unseal what they hold into the clear column it leaves NULL), so their values do not
+# come back up.
+SEALED_COLUMNS = {"consent": {"talent_ref", "sealed_talent_id"}}
 
 
 @pytest.fixture
@@ -226,9 +230,15 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
         assert migrations.upgrade(url, service) == []
         # Rows of tables that a later revision creates go with that revision's downgrade, and
         # sealed rows with the revision that sealed them: a downgrade holds no key, so it
-        # cannot write their talent ids back in clear.
+        # cannot write their talent ids back in clear (the matcher deletes its sealed faces);
+        # the values of sealed columns go too (consent drops them).
         sealed = {"matcher": {"matcher_faces"}}.get(service, set())
-        older = {n: rows for n, rows in at_head.items() if n in at_first and n not in sealed}
+        unsealable = SEALED_COLUMNS.get(service, set())
+        older = {
+            name: {tuple((c, v) for c, v in row if c not in unsealable) for row in rows}
+            for name, rows in at_head.items()
+            if name in at_first and name not in sealed
+        }
         assert kept(older, tables(url, service)) == [], service
         if service == "gateway":  # the projects revision makes the media's projects again
             again = tables(url, service)["gateway_projects"]

@@ -1,0 +1,365 @@
+"""Talent ids sealed under per-talent keys (issue 17, finding #1): after EraseTalentConsent no
+byte of the consent database's files names the talent, a copy taken before the erasure opens
+nothing once the vault has rotated, and rows written in clear before sealing are sealed when
+the service starts."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import MetaData, insert, select, text
+from sqlalchemy.engine import make_url
+
+from mixip.consent.v1 import consent_pb2 as pb
+from mixip.consent.v1 import consent_pb2_grpc
+from mixip.runtime import migrations
+from mixip.runtime.client import open_channel
+from mixip.runtime.config import ConfigError
+from mixip.runtime.db import Database
+from mixip.runtime.keys import LocalKeyRing, LocalKeyWrapper, SealError
+from mixip.runtime.vault import TalentKey, Vault, VaultKeys
+from services.consent import service as service_module
+from services.consent.app import MATCHER_SERVICE, SERVICE_NAME, ConsentApp
+from services.consent.store import (
+    Base,
+    OutboxRow,
+    RecordRow,
+    TalentKeyRow,
+    VaultStateRow,
+    record_context,
+)
+from tests.integration.consent.test_consent_service import (
+    ACCOUNT,
+    BIO,
+    GRANT,
+    REVOKE,
+    USAGE,
+    consent,
+    state,
+)
+from tests.support.databases import fresh_schema_url
+
+# The revision before talent ids were sealed.
+BEFORE_SEALING = "b0620074e9b9"
+
+
+def unique_talent() -> str:
+    """A talent id no file holds by accident."""
+    return f"talent-{secrets.token_hex(8)}"
+
+
+def listed(stub, talent: str = "") -> list[str]:
+    reply = stub.ListConsentRecords(
+        pb.ListConsentRecordsRequest(account_id=ACCOUNT, talent_id=talent, page_size=1000)
+    )
+    return [record.talent_id for record in reply.records]
+
+
+# -- what is on disk ------------------------------------------------------------------------------
+
+
+def sqlite_files(db: Database) -> list[Path]:
+    """The database file and its -wal and -shm."""
+    path = Path(make_url(db.url).database or "")
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+
+
+def pg_relation_files(db: Database, tables: list[str]) -> list[Path]:
+    """Every file of these tables, their TOAST tables and all their indexes, after a
+    CHECKPOINT wrote the shared buffers out (root may read the server's data directory)."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("CHECKPOINT"))
+        data = Path(connection.scalar(text("SHOW data_directory")))
+        oids = [connection.scalar(text("SELECT to_regclass(:t)::oid"), {"t": t}) for t in tables]
+        relations = connection.scalars(
+            text(
+                "WITH t AS (SELECT oid FROM pg_class WHERE oid = ANY(:oids)"
+                " UNION SELECT reltoastrelid FROM pg_class WHERE oid = ANY(:oids)"
+                " AND reltoastrelid <> 0)"
+                " SELECT pg_relation_filepath(oid) FROM t"
+                " UNION SELECT pg_relation_filepath(indexrelid) FROM pg_index"
+                " WHERE indrelid IN (SELECT oid FROM t)"
+            ),
+            {"oids": oids},
+        ).all()
+    files = []
+    for relation in relations:
+        base = data / relation
+        files += [
+            p
+            for p in base.parent.iterdir()
+            if p.name == base.name or p.name.startswith((f"{base.name}.", f"{base.name}_"))
+        ]
+    assert len(files) >= 2 * len(tables), "every table and index has a file"
+    return files
+
+
+def pg_dump(db: Database) -> bytes:
+    """`pg_dump --data-only` of the test's schema."""
+    url = db.engine.url
+    schema = str(url.query["options"]).removeprefix("-csearch_path=")
+    command = ["pg_dump", "--data-only", "-h", str(url.host), "-p", str(url.port or 5432)]
+    command += ["-U", str(url.username), "-n", schema, str(url.database)]
+    return subprocess.run(command, capture_output=True, check=True).stdout
+
+
+def on_disk(db: Database, backend: str) -> bytes:
+    """Every byte the consent service's database keeps on disk for its talent tables (with the
+    schema's pg_dump on PostgreSQL)."""
+    if backend == "sqlite":
+        return b"".join(path.read_bytes() for path in sqlite_files(db))
+    tables = [RecordRow.__tablename__, OutboxRow.__tablename__, TalentKeyRow.__tablename__]
+    files = pg_relation_files(db, tables)
+    return b"".join(path.read_bytes() for path in files) + pg_dump(db)
+
+
+def app_keys(app: ConsentApp, session, talents: list[str]) -> set[str]:
+    """Which of these talents have a data key in the live vault."""
+    return set(app.vault.talent_keys(session, ACCOUNT, talents, create=False))
+
+
+def test_an_erased_talent_leaves_no_byte_in_the_consent_database_files(
+    consent_service, clock, backend
+):
+    stub, db = consent_service.stub, consent_service.app.db
+    talent, other = unique_talent(), unique_talent()
+    marker = f"req-{secrets.token_hex(8)}"  # stored in clear: shows the scan sees the rows
+    consent(stub, clock, talent, BIO, GRANT, request_id=marker)
+    consent(stub, clock, talent, USAGE, GRANT, project="film-1")
+    consent(stub, clock, talent, BIO, REVOKE)  # an outbox row
+    consent(stub, clock, other, BIO, GRANT)
+    with db.read() as session:
+        sealed = [*session.scalars(select(RecordRow.sealed_talent_id))]
+        sealed += session.scalars(select(OutboxRow.sealed_talent_id)).all()
+        sealed += session.scalars(select(TalentKeyRow.sealed_secret)).all()
+    before = on_disk(db, backend)
+    assert marker.encode() in before and all(blob in before for blob in sealed)
+    assert talent.encode() not in before  # never stored in clear in the first place
+
+    reply = stub.EraseTalentConsent(
+        pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id=talent)
+    )
+    assert (reply.records_deleted, reply.outbox_rows_deleted) == (3, 1)
+
+    after = on_disk(db, backend)
+    assert talent.encode() not in after
+    if backend == "sqlite":  # secure_delete zeroes what the rows held, and the WAL is emptied
+        assert marker.encode() not in after  # the rows left the files, not just the tables
+        erased = [blob for blob in sealed if blob not in after]
+        assert len(erased) == 5  # the talent's 3 records, its outbox row and its key
+    # (PostgreSQL's VACUUM frees the dead tuples without zeroing them: their bytes may stay in
+    # free space until overwritten, sealed under a key that no longer exists.)
+    with db.read() as session:
+        assert app_keys(consent_service.app, session, [talent, other]) == {other}
+    assert listed(stub) == [other]
+
+
+# -- copies taken before an erasure -------------------------------------------------------------
+
+
+def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
+    """A copy of the consent database as a backup would hold it: SQLite's online backup of
+    the file; on PostgreSQL every table (and sequence) copied into another schema at the same
+    revision."""
+    if backend == "sqlite":
+        target = tmp_path / "consent-backup.db"
+        source = db.engine.raw_connection()
+        try:
+            with sqlite3.connect(target) as copy:
+                source.driver_connection.backup(copy)
+        finally:
+            source.close()
+        return Database(f"sqlite:///{target}", Base.metadata)
+    copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
+    migrations.upgrade(copy.url, "consent")
+    with db.read() as source, copy.write() as target:
+        for table in Base.metadata.sorted_tables:
+            rows = [dict(row) for row in source.execute(select(table)).mappings()]
+            if rows:
+                target.execute(insert(table), rows)
+        for table, column in (("consent_records", "sequence"), ("consent_outbox", "id")):
+            # the sequences go on after the copied rows, as a dump restores them
+            last = f"SELECT coalesce(max({column}), 0) + 1 FROM {table}"  # noqa: S608
+            sequence = f"pg_get_serial_sequence('{table}', '{column}')"
+            target.execute(text(f"SELECT setval({sequence}, ({last}), false)"))
+    return copy
+
+
+def opened_in_copy(copy: Database, vault: Vault, talent: str, key_dir: Path) -> set[str]:
+    """The talent ids that the copy's records of `talent` open to, with the live vault's keys
+    or any key file of the key directory: does the copy's key row unwrap, and its records
+    open?"""
+    lookup = vault.lookup(ACCOUNT, talent)
+    with copy.read() as session:
+        copied = session.get_one(VaultStateRow, 1)
+        secret = session.scalar(
+            select(TalentKeyRow.sealed_secret).where(TalentKeyRow.lookup == lookup)
+        )
+        rows = session.execute(
+            select(RecordRow.record_id, RecordRow.sealed_talent_id).where(
+                RecordRow.talent_ref == lookup
+            )
+        ).all()
+    assert secret is not None and rows, "the copy holds them (else the test proves nothing)"
+    sealing_keys = [vault._keys.sealing]
+    for path in sorted(key_dir.iterdir()):
+        try:
+            sealing_keys.append(
+                LocalKeyWrapper(path).unwrap(
+                    copied.wrapped_sealing_key, vault._sealing_context(copied.version)
+                )
+            )
+        except SealError:
+            continue
+    opened = set()
+    for sealing in sealing_keys:
+        try:
+            key = vault._open_secret(VaultKeys(copied.version, sealing, b""), secret, lookup)
+        except SealError:
+            continue
+        talent_key = TalentKey(lookup, key)
+        opened |= {talent_key.open_text(blob, record_context(rid)) for rid, blob in rows}
+    return opened
+
+
+def test_a_copy_taken_before_an_erasure_opens_nothing_once_the_vault_rotated(
+    consent_service, matcher_double, clock, backend, tmp_path, pg_test_database, serve, channels
+):
+    stub, app = consent_service.stub, consent_service.app
+    talent, other = unique_talent(), unique_talent()
+    consent(stub, clock, talent, BIO, GRANT)
+    consent(stub, clock, talent, BIO, REVOKE)  # its face deletion waits in the outbox
+    consent(stub, clock, other, BIO, GRANT)
+    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    stub.EraseTalentConsent(pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id=talent))
+    assert state(stub, talent, BIO) == pb.CONSENT_STATE_ABSENT
+    keys = tmp_path / "keys"
+    # ... but the copy still opens with the key material the mesh holds today
+    assert opened_in_copy(copy, app.vault, talent, keys) == {talent}
+
+    # The erasure owes a rotation within 24 hours, which the vault's keeper makes.
+    assert not app.vault.rotation_due()
+    clock.advance(hours=24)
+    rotation = app.vault.rotate_if_due()
+    assert rotation is not None and rotation.key_version == 2
+    assert opened_in_copy(copy, app.vault, talent, keys) == set()
+    assert [path.name for path in keys.iterdir()] == ["consent-vault.v2.key"]
+    assert state(stub, other, BIO) == pb.CONSENT_STATE_ACTIVE  # the live ledger is whole
+
+    # Restored into a fresh mesh, the copy's vault does not open: the service refuses to start
+    # and deletes no key file; told to start anyway, it starts a new vault, and whatever the
+    # copy holds about anyone reads as absent (the outbox row is dropped, not delivered).
+    matcher = open_channel(matcher_double.address, [MATCHER_SERVICE], timeout_seconds=2)
+    with pytest.raises(ConfigError, match="cannot open key version 1"):
+        ConsentApp(copy, matcher, LocalKeyRing(keys / "consent-vault.key"), clock, dispatch=False)
+    assert [path.name for path in keys.iterdir()] == ["consent-vault.v2.key"]
+    fresh_keys = LocalKeyRing(tmp_path / "restored-keys" / "consent-vault.key")
+    restored = ConsentApp(copy, matcher, fresh_keys, clock, dispatch=False, reset_unreadable=True)
+    running = serve(restored)
+    restored_stub = consent_pb2_grpc.ConsentServiceStub(
+        channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
+    )
+    with copy.read() as session:
+        assert len(session.scalars(select(RecordRow)).all()) == 3  # still there, unreadable
+    assert state(restored_stub, talent, BIO) == pb.CONSENT_STATE_ABSENT
+    assert state(restored_stub, other, BIO) == pb.CONSENT_STATE_ABSENT
+    assert listed(restored_stub) == [] and listed(restored_stub, talent) == []
+    assert restored.outbox.pending() == 1
+    assert restored.outbox.run_once() == 0 and restored.outbox.pending() == 0
+    assert matcher_double.deletions == []
+    # a consent recorded now starts the talent's new life under a new key
+    consent(restored_stub, clock, talent, BIO, GRANT)
+    assert listed(restored_stub) == [talent]
+    assert state(restored_stub, talent, BIO) == pb.CONSENT_STATE_ACTIVE
+
+
+def test_a_consent_recorded_after_an_erasure_gets_a_new_key(consent_service, clock):
+    stub, app = consent_service.stub, consent_service.app
+    talent = unique_talent()
+    consent(stub, clock, talent, BIO, GRANT)
+    with app.db.read() as session:
+        first = session.scalars(select(TalentKeyRow.sealed_secret)).one()
+    stub.EraseTalentConsent(pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id=talent))
+    with app.db.read() as session:
+        assert session.scalars(select(TalentKeyRow)).all() == []
+    consent(stub, clock, talent, BIO, GRANT)
+    with app.db.read() as session:
+        again = session.scalars(select(TalentKeyRow.sealed_secret)).one()
+        [key] = app.vault.talent_keys(session, ACCOUNT, [talent], create=False).values()
+    assert again != first
+    assert app.vault._open_secret(app.vault._keys, first, key.ref) != key.key
+    assert listed(stub, talent) == [talent] and state(stub, talent, BIO) == pb.CONSENT_STATE_ACTIVE
+
+
+# -- upgrading a database that holds talent ids in clear ----------------------------------------
+
+
+def test_clear_talent_ids_are_sealed_when_the_service_starts_and_still_work(
+    consent_factory, matcher_double, clock, backend, monkeypatch
+):
+    monkeypatch.setattr(service_module, "_LEGACY_BATCH", 2)  # the records take two batches
+    talent, revoked = unique_talent(), unique_talent()
+    url = consent_factory.url
+    migrations.upgrade(url, "consent", BEFORE_SEALING)
+    old = Database(url, MetaData())
+    tables = MetaData()
+    with old.engine.connect() as connection:
+        tables.reflect(connection, only=["consent_records", "consent_outbox"])
+    now = clock()
+    record = {"method": "signed-release", "policy_version": "2026-10", "actor": "staff-7"}
+    record |= {"account_id": ACCOUNT, "captured_at": now, "recorded_at": now}
+    with old.write() as session:
+        session.execute(
+            insert(tables.tables["consent_records"]),
+            [
+                record
+                | {"record_id": "r1", "talent_id": talent, "scope": BIO}
+                | {"project_id": "", "decision": GRANT, "request_id": "req-1"},
+                record
+                | {"record_id": "r2", "talent_id": talent, "scope": USAGE}
+                | {"project_id": "film-1", "decision": GRANT, "request_id": None},
+                record
+                | {"record_id": "r3", "talent_id": revoked, "scope": BIO}
+                | {"project_id": "", "decision": REVOKE, "request_id": None},
+            ],
+        )
+        session.execute(
+            insert(tables.tables["consent_outbox"]).values(
+                outbox_id="o1",
+                account_id=ACCOUNT,
+                talent_id=revoked,
+                created_at=now,
+                attempts=0,
+                next_attempt_at=now,
+            )
+        )
+    old.dispose()
+
+    service = consent_factory(matcher_double.address)  # upgrades, then seals, then serves
+    stub, db = service.stub, service.app.db
+    with db.read() as session:
+        for model in (RecordRow, OutboxRow):
+            rows = session.scalars(select(model)).all()
+            assert rows and all(r.legacy_talent_id is None and r.talent_ref for r in rows)
+    if backend == "sqlite":
+        assert talent.encode() not in on_disk(db, backend)  # scrubbed out of the files too
+
+    assert state(stub, talent, BIO) == pb.CONSENT_STATE_ACTIVE
+    assert state(stub, talent, USAGE, "film-1") == pb.CONSENT_STATE_ACTIVE
+    assert state(stub, revoked, BIO) == pb.CONSENT_STATE_REVOKED
+    assert listed(stub, talent) == [talent, talent]
+    assert sorted(listed(stub)) == sorted([talent, talent, revoked])
+    again = consent(stub, clock, talent, BIO, GRANT, request_id="req-1")
+    assert again.replayed and again.record.record_id == "r1"
+    assert service.app.outbox.run_once() == 1
+    assert [(a, t) for a, t, _ in matcher_double.deletions] == [(ACCOUNT, revoked)]
+    erased = stub.EraseTalentConsent(
+        pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id=talent)
+    )
+    assert erased.records_deleted == 2 and listed(stub) == [revoked]
+    # a restart finds nothing left to seal
+    assert service.app.ledger.seal_legacy() == 0
