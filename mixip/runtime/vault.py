@@ -394,15 +394,16 @@ class Vault:
         }
 
     def destroy(self, session: Session, account_id: str, talent_id: str) -> bool:
-        """Deletes the talent's secret (True when there was one) and asks for a rotation within
-        `rotate_within`: copies of the row elsewhere open only until that rotation completes."""
+        """Deletes the talent's secret (True when there was one) and then asks for a rotation
+        within `rotate_within`: copies of the row elsewhere open only until that rotation completes."""
         lookup = self._hmac(self.current(session), account_id, talent_id)
         return self.destroy_lookup(session, lookup)
 
     def destroy_lookup(self, session: Session, lookup: bytes) -> bool:
         model = self.secret_model
         deleted = rowcount(session.execute(delete(model).where(model.lookup == lookup))) > 0
-        self.owe_rotation(session)
+        if deleted:  # nothing destroyed, nothing for old copies to keep
+            self.owe_rotation(session)
         return deleted
 
     def owe_rotation(self, session: Session) -> None:
