@@ -43,11 +43,12 @@ from mixip.gateway.v1 import (
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime import logs, migrations, telemetry
+from mixip.runtime.addresses import is_loopback
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper
-from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, _loopback, start_server
+from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, start_server
 from mixip.runtime.times import Clock, utcnow
 
 __all__ = ["GatewayApp", "GatewaySettings", "InternalApp", "build"]
@@ -298,7 +299,7 @@ def internal_security(config: ServerConfig, env: Env, listen: str) -> dict[str, 
     MIXIP_TLS_DIR is set. Without it, it fails closed like every internal service: it starts
     only in the explicit development mode (MIXIP_INSECURE_DEV), on loopback."""
     if config.tls_dir is None:
-        if not _loopback(listen) or not env.bool("MIXIP_INSECURE_DEV", False):
+        if not is_loopback(listen) or not env.bool("MIXIP_INSECURE_DEV", False):
             raise ConfigError(
                 f"refusing the gateway's internal port on {listen} without MIXIP_TLS_DIR "
                 "(mutual TLS identifies its callers); for development on loopback only, "

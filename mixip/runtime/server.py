@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mixip.runtime import logs, telemetry
+from mixip.runtime.addresses import is_loopback
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
     Internal,
@@ -368,7 +369,7 @@ def start_server(
 
         authorize = acl.authorize
         if credentials is None and insecure_dev:
-            if not _loopback(listen):
+            if not is_loopback(listen):
                 raise ConfigError(
                     f"the insecure development mode serves plaintext on loopback only, not "
                     f"on {listen}: use mutual TLS (MIXIP_TLS_DIR)"
@@ -408,12 +409,6 @@ def start_server(
     return running
 
 
-def _loopback(listen: str) -> bool:
-    """Whether `host:port` is reachable from this machine only (plaintext is fine there)."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 def serve(
     name: str, build: Callable[[ServerConfig, Env], tuple[ServiceApp, dict[str, Any]]]
 ) -> int:
@@ -446,7 +441,7 @@ def serve(
             )
         if (
             not extra.get("credentials")
-            and not _loopback(config.listen)
+            and not is_loopback(config.listen)
             and not env.bool("MIXIP_ALLOW_PLAINTEXT", False)
         ):
             raise ConfigError(

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from mixip.cli.annotate import annotate_image
-from mixip.cli.connection import is_loopback
 from mixip.cli.main import main
+from mixip.runtime.addresses import is_loopback
 from tests.support import faces
 
 
@@ -108,12 +108,17 @@ def test_the_annotated_legend_is_drawn_below_the_image(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_the_cli_refuses_plaintext_to_a_remote_gateway(tmp_path, monkeypatch, capsys, backend):
+@pytest.mark.parametrize(
+    "address", ["10.20.30.40:50051", "127.attacker.example:50051", "127.0.0.1.nip.io:1"]
+)
+def test_the_cli_refuses_plaintext_to_a_remote_gateway(
+    tmp_path, monkeypatch, capsys, backend, address
+):
     monkeypatch.setenv("MIXIP_API_KEY", "mixip_0123456789abcdef_" + "a" * 43)
     monkeypatch.delenv("MIXIP_GATEWAY_CA", raising=False)
-    code = main(["--data-dir", str(tmp_path), "--gateway", "10.20.30.40:50051", "audit", "verify"])
+    code = main(["--data-dir", str(tmp_path), "--gateway", address, "audit", "verify"])
     err = capsys.readouterr().err
-    assert code == 2 and "refusing plaintext to 10.20.30.40:50051" in err and "--insecure" in err
+    assert code == 2 and f"refusing plaintext to {address}" in err and "--insecure" in err
     assert is_loopback("127.0.0.1:1") and is_loopback("localhost:5") and is_loopback("[::1]:5")
     assert not is_loopback("gateway.example.com:443") and not is_loopback("10.0.0.1:1")
 

@@ -85,9 +85,13 @@ def test_the_development_flag_serves_plaintext_callers_on_loopback(audit_app, se
     assert reply.recorded_count == 1 and _events(audit_app) == 1
 
 
-def test_the_development_flag_is_refused_beyond_loopback(audit_app):
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:0", "127.attacker.example:0", "127.0.0.1.nip.io:0", "[::ffff:10.0.0.1]:0"]
+)
+def test_the_development_flag_is_refused_beyond_loopback(audit_app, listen):
+    """A DNS name that starts like a loopback address is not one (#9)."""
     with pytest.raises(ConfigError, match="loopback only"):
-        start_server(audit_app, listen="0.0.0.0:0", insecure_dev=True)
+        start_server(audit_app, listen=listen, insecure_dev=True)
     audit_app.close()
 
 
