@@ -17,6 +17,7 @@ from mixip.cli.annotate import annotate_image
 from mixip.cli.main import main
 from mixip.runtime.addresses import is_loopback
 from tests.support import faces
+from tests.support.umask import umask
 
 
 @pytest.fixture
@@ -95,6 +96,30 @@ def test_match_says_labels_are_advisory_in_text_and_in_the_annotated_image(cli, 
     assert "labels are advisory" in out
     image = cv2.imread(str(annotated))
     assert image.shape[0] > faces.astronaut().shape[0]  # the legend strip below the photo
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000])
+def test_every_file_the_command_line_writes_is_owner_only_under_a_permissive_umask(
+    cli, tmp_path, mask
+):
+    """An annotated image names a face (#6), an export and a preview are personal data: each
+    is written 0600 whatever the umask."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(faces.encode(faces.astronaut(), ".jpg"))
+    written = [tmp_path / "annotated.png", tmp_path / "annotated.jpg"]
+    with umask(mask):
+        for target in written:
+            code, out, _ = cli(
+                "match", str(photo), "--project", "film-1", "--annotate", str(target), "--json"
+            )
+            assert code == 0
+        media_id = json.loads(out)["media_id"]
+        written += [tmp_path / "export.json", tmp_path / "preview.jpg"]
+        assert cli("export", "astronaut", "-o", str(written[2]))[0] == 0
+        assert cli("media", "preview", media_id, "-o", str(written[3]))[0] == 0
+    for target in written:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600, target
+    assert cv2.imread(str(written[0])) is not None and cv2.imread(str(written[1])) is not None
 
 
 def test_the_annotated_legend_is_drawn_below_the_image(tmp_path):
