@@ -26,7 +26,7 @@ from services.matcher.peers import ConsentClient
 from services.matcher.service import Matcher
 from services.matcher.servicer import MatcherServicer
 from services.matcher.settings import MatcherSettings
-from services.matcher.store import Base, faces_per_account
+from services.matcher.store import Base, collection_sizes
 
 logger = logging.getLogger("mixip.matcher")
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -91,16 +91,22 @@ class MatcherApp(ServiceApp):
             workers=settings.workers,
         )
 
+        # Totals only: a series per account would publish who is a customer and, by its drop,
+        # when one of its talents was erased.
         telemetry.gauge(
-            "mixip_matcher_collection_faces",
-            "Faces enrolled in each account's collection.",
-            self._faces,
-            labels=("account_id",),
+            "mixip_matcher_enrolled_faces",
+            "Faces enrolled, over every account's collection.",
+            lambda: [({}, float(sum(self._collection_sizes())))],
+        )
+        telemetry.gauge(
+            "mixip_matcher_largest_collection_faces",
+            "Faces in the largest collection (compare with MIXIP_MATCHER_ANN_MIN_FACES).",
+            lambda: [({}, float(max(self._collection_sizes(), default=0)))],
         )
 
-    def _faces(self) -> list[tuple[dict[str, str], float]]:
+    def _collection_sizes(self) -> list[int]:
         with self.db.read() as session:
-            return [({"account_id": a}, n) for a, n in faces_per_account(session)]
+            return collection_sizes(session)
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         matcher_pb2_grpc.add_MatcherServiceServicer_to_server(MatcherServicer(self.matcher), server)
