@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -48,6 +48,7 @@ from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper
+from mixip.runtime.limits import ENVELOPE_BYTES
 from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, start_server
 from mixip.runtime.times import Clock, utcnow
 
@@ -204,6 +205,11 @@ class GatewayApp(ServiceApp):
             server,
         )
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
+
+    def request_limits(self) -> Mapping[str, int]:
+        """The two upload streams: each message one chunk (MIXIP_GATEWAY_MAX_CHUNK_BYTES)."""
+        chunk = self.limits.max_chunk_bytes + ENVELOPE_BYTES
+        return {f"/{GATEWAY_SERVICE}/{m}": chunk for m in ("UploadMedia", "EnrollTalent")}
 
     def interceptors(self) -> Sequence[grpc.ServerInterceptor]:
         """The access log, on the client port's two services (the internal port has none)."""

@@ -14,3 +14,11 @@ DEFAULT_PAGE_SIZE = 100
 MAX_MESSAGE_BYTES = 80 * MiB
 """The largest gRPC message a server accepts or a client sends (MIXIP_MAX_MESSAGE_BYTES
 overrides it): a 64 MiB upload plus its envelope."""
+
+MAX_REQUEST_BYTES = 1 * MiB
+"""The largest request a server accepts for a method that declares no limit of its own
+(MIXIP_MAX_REQUEST_BYTES overrides it), checked on the raw bytes before the request is parsed:
+parsing comes before authentication, so this bounds what a caller without a key can cost."""
+
+ENVELOPE_BYTES = 64 * 1024
+"""Room for a request's other fields around the bytes it carries (a chunk, an image, media)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
@@ -18,6 +18,7 @@ from mixip.runtime import migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
+from mixip.runtime.limits import ENVELOPE_BYTES
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from services.matcher.engines.base import FaceEngine
@@ -80,6 +81,7 @@ class MatcherApp(ServiceApp):
         self.index_sweep_seconds = settings.index_sweep_seconds
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self.max_media_bytes = settings.limits.max_media_bytes
         self.matcher = Matcher(
             db,
             engine_factory(settings, self.indexes),
@@ -107,6 +109,11 @@ class MatcherApp(ServiceApp):
     def _collection_sizes(self) -> list[int]:
         with self.db.read() as session:
             return collection_sizes(session)
+
+    def request_limits(self) -> Mapping[str, int]:
+        """The calls that carry an image or media: up to MIXIP_MATCHER_MAX_MEDIA_BYTES."""
+        carrying = ("EnrollTalentFace", "MatchMedia", "DetectFaces")
+        return {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         matcher_pb2_grpc.add_MatcherServiceServicer_to_server(MatcherServicer(self.matcher), server)
