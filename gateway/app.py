@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -43,11 +43,13 @@ from mixip.gateway.v1 import (
 from mixip.matcher.v1 import matcher_pb2
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime import logs, migrations, telemetry
+from mixip.runtime.addresses import is_loopback
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper
-from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, _loopback, start_server
+from mixip.runtime.limits import ENVELOPE_BYTES
+from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, start_server
 from mixip.runtime.times import Clock, utcnow
 
 __all__ = ["GatewayApp", "GatewaySettings", "InternalApp", "build"]
@@ -204,6 +206,11 @@ class GatewayApp(ServiceApp):
         )
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
 
+    def request_limits(self) -> Mapping[str, int]:
+        """The two upload streams: each message one chunk (MIXIP_GATEWAY_MAX_CHUNK_BYTES)."""
+        chunk = self.limits.max_chunk_bytes + ENVELOPE_BYTES
+        return {f"/{GATEWAY_SERVICE}/{m}": chunk for m in ("UploadMedia", "EnrollTalent")}
+
     def interceptors(self) -> Sequence[grpc.ServerInterceptor]:
         """The access log, on the client port's two services (the internal port has none)."""
         services = [
@@ -298,7 +305,7 @@ def internal_security(config: ServerConfig, env: Env, listen: str) -> dict[str, 
     MIXIP_TLS_DIR is set. Without it, it fails closed like every internal service: it starts
     only in the explicit development mode (MIXIP_INSECURE_DEV), on loopback."""
     if config.tls_dir is None:
-        if not _loopback(listen) or not env.bool("MIXIP_INSECURE_DEV", False):
+        if not is_loopback(listen) or not env.bool("MIXIP_INSECURE_DEV", False):
             raise ConfigError(
                 f"refusing the gateway's internal port on {listen} without MIXIP_TLS_DIR "
                 "(mutual TLS identifies its callers); for development on loopback only, "

@@ -1,5 +1,6 @@
 """The annotated image and the video contact sheet `mixip match --annotate` writes: the drawing
-is shared with the gateway's previews (`mixip.runtime.annotate`); this module writes files."""
+is shared with the gateway's previews (`mixip.runtime.annotate`); this module writes files,
+mode 0600 (a label on a face is biometric data: `mixip.runtime.files`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mixip.runtime.annotate import (
     contact_sheet_of,
     with_legend,
 )
+from mixip.runtime.files import write_private
 
 __all__ = [
     "CAPTION_SCALE",
@@ -33,18 +35,25 @@ __all__ = [
     "caption_lines",
     "contact_sheet",
     "with_legend",
+    "write_image",
 ]
 
 
 def annotate_image(data: bytes, faces: list[Face], out: Path) -> None:
-    _write(out, annotated_photo(data, faces))
+    write_image(out, annotated_photo(data, faces))
 
 
 def contact_sheet(video_path: Path, faces: list[Face], out: Path) -> None:
-    _write(out, contact_sheet_of(str(video_path), faces))
+    write_image(out, contact_sheet_of(str(video_path), faces))
 
 
-def _write(out: Path, image: Pixels) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), image):
+def write_image(out: Path, image: Pixels) -> None:
+    """Encodes `image` in the format its name says (.png, .jpg, ...) and writes it 0600."""
+    try:
+        ok, encoded = cv2.imencode(out.suffix or ".", image)
+    except cv2.error:
+        ok = False
+    if not ok:
         raise ValueError(f"cannot write {out} (use a .png or .jpg name)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_private(out, encoded.tobytes())

@@ -13,6 +13,7 @@ import grpc
 
 from mixip.cli.output import CliError
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mixip.runtime.addresses import is_loopback
 from mixip.runtime.client import open_channel
 from mixip.runtime.config import ADMIN_KEY_FILE
 from mixip.runtime.files import write_private
@@ -87,14 +88,6 @@ class Connection:
 
     def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, tuple]:
         return admin_pb2_grpc.AdminServiceStub(self.channel()), _bearer(self.admin_key())
-
-
-def is_loopback(address: str) -> bool:
-    """Whether HOST:PORT names this machine (127.0.0.0/8, ::1, localhost)."""
-    host = address.rsplit(":", 1)[0].strip("[]").lower()
-    if host.startswith("ipv4:"):
-        host = host[5:]
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _bearer(key: str) -> tuple:

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from mixip.cli import commands, review
+from mixip.cli.annotate import write_image
 from mixip.cli.connection import DEV_KEY_FILE, Connection
 from mixip.cli.dev_mesh import start_mesh
 from mixip.cli.output import Capture, CliError, Output
@@ -53,7 +54,7 @@ def group_image(first: Path, second: Path, target: Path, height: int = 600) -> N
             raise CliError(f"cannot read {path}")
         images.append(image)
     resized = [cv2.resize(i, (round(i.shape[1] * height / i.shape[0]), height)) for i in images]
-    cv2.imwrite(str(target), np.hstack(resized))
+    write_image(target, np.hstack(resized))
 
 
 def run_demo(out_dir: Path, out: Output) -> int:

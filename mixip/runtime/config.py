@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixip.runtime.limits import MAX_MESSAGE_BYTES, MiB
+from mixip.runtime.limits import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MiB
 
 SERVICES = ("gateway", "matcher", "consent", "audit", "retention")
 # Listen ports when a service runs alone; `mixip up` picks free ports and writes mesh.json.
@@ -142,6 +142,8 @@ class ServerConfig:
     workers: int
     grace_seconds: float
     metrics_listen: str = ""  # "host:port" of the Prometheus endpoint; "" for none
+    # The request limit of the methods that declare none (ServiceApp.request_limits)
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
     @classmethod
     def load(cls, name: str, env: Env | None = None) -> ServerConfig:
@@ -163,4 +165,7 @@ class ServerConfig:
             workers=env.int(variable(name, "WORKERS"), 16, minimum=1),
             grace_seconds=env.float("MIXIP_SHUTDOWN_GRACE_SECONDS", 5.0, minimum=0.0),
             metrics_listen=env.str(variable(name, "METRICS_LISTEN"), ""),
+            max_request_bytes=env.int(
+                "MIXIP_MAX_REQUEST_BYTES", MAX_REQUEST_BYTES, minimum=64 * 1024
+            ),
         )

@@ -76,6 +76,11 @@ class Unauthenticated(MeshError):
     default_reason = "UNAUTHENTICATED"
 
 
+class ResourceExhausted(MeshError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"

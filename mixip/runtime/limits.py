@@ -19,3 +19,11 @@ MAX_PIXELS = 40_000_000
 """The most pixels an image or a video frame may have (MIXIP_MATCHER_MAX_PIXELS overrides it): a
 memory bound, 120 MB once decoded to BGR. Checked from the header before decoding, and enforced
 by OpenCV's image decoders themselves (`mixip.runtime.media.cap_image_decoders`)."""
+
+MAX_REQUEST_BYTES = 1 * MiB
+"""The largest request a server accepts for a method that declares no limit of its own
+(MIXIP_MAX_REQUEST_BYTES overrides it), checked on the raw bytes before the request is parsed:
+parsing comes before authentication, so this bounds what a caller without a key can cost."""
+
+ENVELOPE_BYTES = 64 * 1024
+"""Room for a request's other fields around the bytes it carries (a chunk, an image, media)."""

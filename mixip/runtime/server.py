@@ -2,8 +2,9 @@
 
 `start_server` builds a server with health and reflection, the mesh interceptor (request id,
 one structured log line per call, caller rules, domain errors mapped to status with details) and
-message-size limits. `serve` runs a service as a process until SIGTERM/SIGINT, then drains it:
-health NOT_SERVING first, then `server.stop(grace)`.
+request-size limits per method, checked on the raw bytes before a request is parsed. `serve`
+runs a service as a process until SIGTERM/SIGINT, then drains it: health NOT_SERVING first,
+then `server.stop(grace)`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,15 +28,17 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mixip.runtime import logs, telemetry
+from mixip.runtime.addresses import is_loopback
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
     Internal,
     InvalidArgument,
     MeshError,
+    ResourceExhausted,
     Unavailable,
     to_grpc_status,
 )
-from mixip.runtime.limits import MAX_MESSAGE_BYTES
+from mixip.runtime.limits import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
 from mixip.runtime.telemetry import RpcMetrics
 
 logger = logging.getLogger("mixip.server")
@@ -61,6 +64,11 @@ class ServiceApp:
         """Adds the servicers; returns the full names of the services added."""
         raise NotImplementedError
 
+    def request_limits(self) -> Mapping[str, int]:
+        """The methods (full names) whose requests may be larger than the server's default
+        request limit (MIXIP_MAX_REQUEST_BYTES), and their limits: none by default."""
+        return {}
+
     def interceptors(self) -> Sequence[grpc.ServerInterceptor]:
         """The service's own interceptors, run outside the mesh interceptor (so they see the
         status it answers); none by default."""
@@ -80,26 +88,43 @@ class ServiceApp:
 
 
 class MeshInterceptor(grpc.ServerInterceptor):
-    """Request id, structured log line, caller authorization and error mapping for every RPC.
+    """Request id, structured log line, caller authorization, request-size limit and error
+    mapping for every RPC.
 
     It wraps all four kinds of RPC (unary or streaming requests and responses) and fails
-    closed: a handler of any other shape is answered UNIMPLEMENTED, never served unchecked."""
+    closed: a handler of any other shape is answered UNIMPLEMENTED, never served unchecked.
+    Every request's size is measured before anything parses it (`_measured`), health and
+    reflection included."""
 
-    def __init__(self, domain: str, authorize: Authorizer | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        authorize: Authorizer | None = None,
+        *,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        request_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.domain = domain
         self.authorize = authorize
+        self.max_request_bytes = max_request_bytes
+        self.request_limits = dict(request_limits or {})
 
     def intercept_service(
         self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith("/grpc."):
-            return handler  # health and reflection stay untouched
+        if handler is None:
+            return None
+        limit = self.request_limits.get(method, self.max_request_bytes)
+        if method.startswith("/grpc."):
+            return _health_or_reflection(handler, method, limit)  # no caller rules nor log line
         # Requests are parsed inside the wrapper (gRPC would otherwise answer bytes that do not
-        # parse with a bare INTERNAL before any interceptor code runs).
+        # parse with a bare INTERNAL before any interceptor code runs); gRPC's own deserializer
+        # only measures them.
         parse = handler.request_deserializer
         serialize = handler.response_serializer
+        measure = _measured(limit)
         if handler.unary_unary:
             behavior = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
@@ -107,6 +132,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                     lambda raw, context: behavior(_parsed(parse, raw), context),
                     RpcMetrics(method, "unary"),
                 ),
+                request_deserializer=measure,
                 response_serializer=serialize,
             )
         if handler.stream_unary:
@@ -116,6 +142,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                     lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
                     RpcMetrics(method, "client_stream"),
                 ),
+                request_deserializer=measure,
                 response_serializer=serialize,
             )
         if handler.unary_stream:
@@ -125,6 +152,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                     lambda raw, context: behavior(_parsed(parse, raw), context),
                     RpcMetrics(method, "server_stream"),
                 ),
+                request_deserializer=measure,
                 response_serializer=serialize,
             )
         if handler.stream_stream:
@@ -134,6 +162,7 @@ class MeshInterceptor(grpc.ServerInterceptor):
                     lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
                     RpcMetrics(method, "bidi_stream"),
                 ),
+                request_deserializer=measure,
                 response_serializer=serialize,
             )
         return grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
@@ -251,7 +280,72 @@ def _refuse_unknown_kind(method: str) -> Handler:
     return refuse
 
 
-def _parsed(parse: Callable[[bytes], Any], raw: bytes) -> Any:
+class TooLarge:
+    """What gRPC hands the handler instead of a request over its method's limit: the size only
+    (the bytes are dropped unparsed). A deserializer that raised would be answered INTERNAL."""
+
+    __slots__ = ("limit", "size")
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+
+    def error(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"request of {self.size} bytes; this method accepts at most {self.limit}",
+            reason="REQUEST_TOO_LARGE",
+        )
+
+
+def _measured(limit: int) -> Callable[[bytes], bytes | TooLarge]:
+    """The deserializer gRPC runs on a request's raw bytes: they pass on unparsed if they are
+    within `limit`, else only their size does."""
+
+    def measure(raw: bytes) -> bytes | TooLarge:
+        return raw if len(raw) <= limit else TooLarge(len(raw), limit)
+
+    return measure
+
+
+def _health_or_reflection(handler: Any, method: str, limit: int) -> Any:
+    """Health and reflection served as they are, after the same size check."""
+    parse, serialize, measure = (
+        handler.request_deserializer,
+        handler.response_serializer,
+        _measured(limit),
+    )
+
+    def admit(raw: bytes | TooLarge, context: grpc.ServicerContext) -> Any:
+        if isinstance(raw, TooLarge):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, raw.error().message)
+        return parse(raw) if parse else raw
+
+    if handler.unary_unary:
+        unary = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            lambda raw, context: unary(admit(raw, context), context),
+            request_deserializer=measure,
+            response_serializer=serialize,
+        )
+    if handler.unary_stream:
+        watch = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            lambda raw, context: watch(admit(raw, context), context),
+            request_deserializer=measure,
+            response_serializer=serialize,
+        )
+    if handler.stream_stream:
+        bidi = handler.stream_stream
+        return grpc.stream_stream_rpc_method_handler(
+            lambda raws, context: bidi((admit(r, context) for r in raws), context),
+            request_deserializer=measure,
+            response_serializer=serialize,
+        )
+    return grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
+
+
+def _parsed(parse: Callable[[bytes], Any], raw: bytes | TooLarge) -> Any:
+    if isinstance(raw, TooLarge):
+        raise raw.error()
     try:
         return parse(raw)
     except Exception as exc:  # protobuf's DecodeError, or invalid UTF-8 in a string field
@@ -351,6 +445,7 @@ def start_server(
     *,
     listen: str = "127.0.0.1:0",
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
     workers: int = 16,
     credentials: grpc.ServerCredentials | None = None,
     authorize: Authorizer | None = None,
@@ -358,6 +453,11 @@ def start_server(
     insecure_dev: bool = False,
 ) -> RunningServer:
     """Builds, binds and starts a server for `app`; `listen` may use port 0 (see `.port`).
+
+    A request is refused (RESOURCE_EXHAUSTED) before it is parsed when it is larger than its
+    method's limit: `max_request_bytes`, or the larger one `app.request_limits()` declares. gRPC
+    itself refuses anything larger than the largest of them before handing it to Python;
+    `max_message_bytes` bounds the responses sent.
 
     An internal service (not `app.client_facing`) fails closed: unless `authorize` is given,
     every call needs a caller identified by mutual TLS and allowed by `mixip.runtime.acl`, so
@@ -368,22 +468,28 @@ def start_server(
 
         authorize = acl.authorize
         if credentials is None and insecure_dev:
-            if not _loopback(listen):
+            if not is_loopback(listen):
                 raise ConfigError(
                     f"the insecure development mode serves plaintext on loopback only, not "
                     f"on {listen}: use mutual TLS (MIXIP_TLS_DIR)"
                 )
             authorize = acl.development
     telemetry.configure_tracing(app.name)
+    request_limits = app.request_limits()
+    mesh = MeshInterceptor(
+        f"{app.name}.mixip",
+        authorize,
+        max_request_bytes=max_request_bytes,
+        request_limits=request_limits,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{app.name}-rpc"),
-        interceptors=[
-            telemetry.server_tracing(),
-            *app.interceptors(),
-            MeshInterceptor(f"{app.name}.mixip", authorize),
-        ],
+        interceptors=[telemetry.server_tracing(), *app.interceptors(), mesh],
         options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
+            (
+                "grpc.max_receive_message_length",
+                max([max_request_bytes, *request_limits.values()]),
+            ),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
             *KEEPALIVE_POLICY,
@@ -406,12 +512,6 @@ def start_server(
     running.watch(app, health_probe_seconds)
     app.start()
     return running
-
-
-def _loopback(listen: str) -> bool:
-    """Whether `host:port` is reachable from this machine only (plaintext is fine there)."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def serve(
@@ -446,7 +546,7 @@ def serve(
             )
         if (
             not extra.get("credentials")
-            and not _loopback(config.listen)
+            and not is_loopback(config.listen)
             and not env.bool("MIXIP_ALLOW_PLAINTEXT", False)
         ):
             raise ConfigError(
@@ -465,6 +565,7 @@ def serve(
             app,
             listen=config.listen,
             max_message_bytes=config.max_message_bytes,
+            max_request_bytes=config.max_request_bytes,
             workers=config.workers,
             insecure_dev=insecure_dev,
             **extra,

@@ -3,7 +3,7 @@
 Metrics (prometheus-client) use the go-grpc-prometheus names, so stock gRPC dashboards work:
 `grpc_server_started_total`, `grpc_server_handled_total{grpc_code}` and the histogram
 `grpc_server_handling_seconds`, each labelled `grpc_type`, `grpc_service`, `grpc_method`. A
-service adds its own domain gauges with `gauge`. No label ever carries a talent id.
+service adds its own domain gauges with `gauge`. No label ever carries an account or talent id.
 
 Traces (OpenTelemetry): every server span continues the caller's W3C `traceparent`, and every
 channel made by `mixip.runtime.client` sends it on, so one trace follows a request from the
@@ -107,8 +107,11 @@ def gauge(
     read: Callable[[], Iterable[Sample]],
     labels: tuple[str, ...] = (),
 ) -> None:
-    """Registers a gauge read at scrape time: `read` returns (labels, value) pairs. Account ids
-    may be labels; talent ids never."""
+    """Registers a gauge read at scrape time: `read` returns (labels, value) pairs. No label
+    names an account or a talent (the metrics port has no authentication): an `*_id` label is
+    refused."""
+    if any(label.endswith("_id") for label in labels):
+        raise ValueError(f"{name}: metric labels carry no account or talent ids ({labels})")
     _GAUGES.add(name, help_text, labels, read)
 
 

@@ -6,7 +6,7 @@ called, it calls no one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from mixip.runtime import migrations, telemetry
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.db import Database
 from mixip.runtime.keys import KeyRing, KeyWrapper
+from mixip.runtime.limits import MiB
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from services.audit.service import AuditLog
@@ -54,6 +55,10 @@ class AuditApp(ServiceApp):
             "Time since the salt vault's current key version was made (rotation is weekly).",
             lambda: [({}, (self.clock() - self.log.vault_status().rotated_at).total_seconds())],
         )
+
+    def request_limits(self) -> Mapping[str, int]:
+        """A batch of MAX_BATCH events of the longest valid fields is about 1.7 MiB."""
+        return {f"/{SERVICE_NAME}/RecordMatchEvents": 4 * MiB}
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         audit_pb2_grpc.add_AuditServiceServicer_to_server(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
@@ -19,6 +19,7 @@ from mixip.runtime import migrations, telemetry
 from mixip.runtime.client import peer_channel
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database
+from mixip.runtime.limits import ENVELOPE_BYTES
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from mixip.runtime.vault import RotationKeeper
@@ -28,7 +29,7 @@ from services.matcher.peers import ConsentClient
 from services.matcher.service import Matcher
 from services.matcher.servicer import MatcherServicer
 from services.matcher.settings import MatcherSettings
-from services.matcher.store import Base, TalentKeyRow, VaultStateRow, faces_per_account
+from services.matcher.store import Base, TalentKeyRow, VaultStateRow, collection_sizes
 
 logger = logging.getLogger("mixip.matcher")
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["MatcherService"].full_name
@@ -91,6 +92,7 @@ class MatcherApp(ServiceApp):
         self.index_sweep_seconds = settings.index_sweep_seconds
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self.max_media_bytes = settings.limits.max_media_bytes
         self.matcher = Matcher(
             db,
             self.vault,
@@ -105,16 +107,27 @@ class MatcherApp(ServiceApp):
         # Faces enrolled before sealing: sealed before the first request can read them.
         self.matcher.seal_legacy_faces()
 
+        # Totals only: a series per account would publish who is a customer and, by its drop,
+        # when one of its talents was erased.
         telemetry.gauge(
-            "mixip_matcher_collection_faces",
-            "Faces enrolled in each account's collection.",
-            self._faces,
-            labels=("account_id",),
+            "mixip_matcher_enrolled_faces",
+            "Faces enrolled, over every account's collection.",
+            lambda: [({}, float(sum(self._collection_sizes())))],
+        )
+        telemetry.gauge(
+            "mixip_matcher_largest_collection_faces",
+            "Faces in the largest collection (compare with MIXIP_MATCHER_ANN_MIN_FACES).",
+            lambda: [({}, float(max(self._collection_sizes(), default=0)))],
         )
 
-    def _faces(self) -> list[tuple[dict[str, str], float]]:
+    def _collection_sizes(self) -> list[int]:
         with self.db.read() as session:
-            return [({"account_id": a}, n) for a, n in faces_per_account(session)]
+            return collection_sizes(session)
+
+    def request_limits(self) -> Mapping[str, int]:
+        """The calls that carry an image or media: up to MIXIP_MATCHER_MAX_MEDIA_BYTES."""
+        carrying = ("EnrollTalentFace", "MatchMedia", "DetectFaces")
+        return {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         matcher_pb2_grpc.add_MatcherServiceServicer_to_server(MatcherServicer(self.matcher), server)

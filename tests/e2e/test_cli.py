@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,29 @@ def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
         ["gateway", "matcher", "consent", "audit", "retention", "web"]
     )
     assert all("collins" not in log.read_text() for log in logs)
+
+
+def test_no_metrics_endpoint_names_an_account_or_a_talent(running_mesh, tmp_path):
+    """The metrics ports have no authentication (#8): after an enrollment and a match, every
+    service's endpoint is scraped, and none holds an account id or the talent's id."""
+    data_dir, _, _ = running_mesh
+    portrait = tmp_path / "hopper.png"
+    cv2.imwrite(str(portrait), faces.grace_hopper())
+    ok_json(data_dir, "consent", "grant", "metrics-talent-9", "--scope", "biometric")
+    ok_json(data_dir, "enroll", "metrics-talent-9", str(portrait))
+    ok_json(data_dir, "match", str(portrait), "--project", "p-metrics")
+    accounts = [a["account_id"] for a in ok_json(data_dir, "accounts", "list")["accounts"]]
+    endpoints = json.loads((data_dir / "mesh.json").read_text())["metrics"]
+    assert accounts and set(SERVICES) <= set(endpoints)
+    for instance, address in endpoints.items():
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert "grpc_server_handled_total" in text, instance
+        assert "metrics-talent-9" not in text, instance
+        assert not [a for a in accounts if a in text], instance
+        if instance == "matcher":  # the collection is counted, over every account
+            enrolled = re.search(r"^mixip_matcher_enrolled_faces (\S+)$", text, re.MULTILINE)
+            assert enrolled and float(enrolled[1]) >= 1
 
 
 def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):

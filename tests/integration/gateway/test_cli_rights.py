@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from mixip.cli.annotate import annotate_image
-from mixip.cli.connection import is_loopback
 from mixip.cli.main import main
+from mixip.runtime.addresses import is_loopback
 from tests.support import faces
+from tests.support.umask import umask
 
 
 @pytest.fixture
@@ -97,6 +98,30 @@ def test_match_says_labels_are_advisory_in_text_and_in_the_annotated_image(cli, 
     assert image.shape[0] > faces.astronaut().shape[0]  # the legend strip below the photo
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o000])
+def test_every_file_the_command_line_writes_is_owner_only_under_a_permissive_umask(
+    cli, tmp_path, mask
+):
+    """An annotated image names a face (#6), an export and a preview are personal data: each
+    is written 0600 whatever the umask."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(faces.encode(faces.astronaut(), ".jpg"))
+    written = [tmp_path / "annotated.png", tmp_path / "annotated.jpg"]
+    with umask(mask):
+        for target in written:
+            code, out, _ = cli(
+                "match", str(photo), "--project", "film-1", "--annotate", str(target), "--json"
+            )
+            assert code == 0
+        media_id = json.loads(out)["media_id"]
+        written += [tmp_path / "export.json", tmp_path / "preview.jpg"]
+        assert cli("export", "astronaut", "-o", str(written[2]))[0] == 0
+        assert cli("media", "preview", media_id, "-o", str(written[3]))[0] == 0
+    for target in written:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600, target
+    assert cv2.imread(str(written[0])) is not None and cv2.imread(str(written[1])) is not None
+
+
 def test_the_annotated_legend_is_drawn_below_the_image(tmp_path):
     image = np.zeros((120, 320, 3), np.uint8)
     _, data = cv2.imencode(".png", image)
@@ -108,12 +133,17 @@ def test_the_annotated_legend_is_drawn_below_the_image(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_the_cli_refuses_plaintext_to_a_remote_gateway(tmp_path, monkeypatch, capsys, backend):
+@pytest.mark.parametrize(
+    "address", ["10.20.30.40:50051", "127.attacker.example:50051", "127.0.0.1.nip.io:1"]
+)
+def test_the_cli_refuses_plaintext_to_a_remote_gateway(
+    tmp_path, monkeypatch, capsys, backend, address
+):
     monkeypatch.setenv("MIXIP_API_KEY", "mixip_0123456789abcdef_" + "a" * 43)
     monkeypatch.delenv("MIXIP_GATEWAY_CA", raising=False)
-    code = main(["--data-dir", str(tmp_path), "--gateway", "10.20.30.40:50051", "audit", "verify"])
+    code = main(["--data-dir", str(tmp_path), "--gateway", address, "audit", "verify"])
     err = capsys.readouterr().err
-    assert code == 2 and "refusing plaintext to 10.20.30.40:50051" in err and "--insecure" in err
+    assert code == 2 and f"refusing plaintext to {address}" in err and "--insecure" in err
     assert is_loopback("127.0.0.1:1") and is_loopback("localhost:5") and is_loopback("[::1]:5")
     assert not is_loopback("gateway.example.com:443") and not is_loopback("10.0.0.1:1")
 

@@ -58,7 +58,7 @@ def test_every_call_counts_in_the_conventional_grpc_series(gateway):
 
 
 def test_the_metrics_endpoint_serves_the_series_and_no_talent_id(gateway, clock):
-    _, meta = gateway.new_account()
+    account, meta = gateway.new_account()
     consent(gateway, meta, clock, "talent-secret-7", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
     enroll(gateway, meta, "talent-secret-7", faces.astronaut())
     upload(gateway, meta, group_photo())
@@ -73,6 +73,7 @@ def test_the_metrics_endpoint_serves_the_series_and_no_talent_id(gateway, clock)
         assert name in text
     assert 'grpc_method="UploadMedia"' in text
     assert "talent-secret-7" not in text
+    assert account not in text  # #8: the port has no authentication
 
 
 @pytest.fixture
@@ -243,13 +244,19 @@ def test_health_is_not_serving_while_the_database_is_unreachable(pg_test_databas
         proxy.close()
 
 
+def test_a_metric_labelled_with_an_id_is_refused():
+    with pytest.raises(ValueError, match="no account or talent ids"):
+        telemetry.gauge("mixip_test_faces", "Faces.", lambda: [], labels=("account_id",))
+
+
 def test_domain_gauges_follow_the_services_state(gateway, clock, retention_factory):
     from mixip.retention.v1 import retention_pb2
 
-    account, meta = gateway.new_account()
+    _, meta = gateway.new_account()
     consent(gateway, meta, clock, "astronaut", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
     enroll(gateway, meta, "astronaut", faces.astronaut())
-    assert _sample("mixip_matcher_collection_faces", account_id=account) == 1
+    assert _sample("mixip_matcher_enrolled_faces") >= 1
+    assert _sample("mixip_matcher_largest_collection_faces") >= 1
 
     # The test's consent service dispatches only when told: the revocation waits in its outbox.
     consent(

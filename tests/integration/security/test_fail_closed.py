@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -85,10 +86,44 @@ def test_the_development_flag_serves_plaintext_callers_on_loopback(audit_app, se
     assert reply.recorded_count == 1 and _events(audit_app) == 1
 
 
-def test_the_development_flag_is_refused_beyond_loopback(audit_app):
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:0", "127.attacker.example:0", "127.0.0.1.nip.io:0", "[::ffff:10.0.0.1]:0"]
+)
+def test_the_development_flag_is_refused_beyond_loopback(audit_app, listen):
+    """A DNS name that starts like a loopback address is not one (#9)."""
     with pytest.raises(ConfigError, match="loopback only"):
-        start_server(audit_app, listen="0.0.0.0:0", insecure_dev=True)
+        start_server(audit_app, listen=listen, insecure_dev=True)
     audit_app.close()
+
+
+def test_every_request_is_measured_against_its_methods_limit_before_it_is_parsed(
+    audit_app, serve, clock
+):
+    """#7 on an internal service: a method's own limit (a full batch of audit events) or the
+    server's default (here 64 KiB), health included; beyond the largest, gRPC refuses."""
+    running = serve(audit_app, max_request_bytes=64 * 1024)
+    channel = open_channel(f"127.0.0.1:{running.port}", [SERVICE_NAME], timeout_seconds=5)
+    stub = audit_pb2_grpc.AuditServiceStub(channel)
+    over = "a" * 70_000
+    details = expect_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        stub.VerifyLog,
+        audit_pb2.VerifyLogRequest(account_id=over),
+    )
+    assert details.reason == "REQUEST_TOO_LARGE" and "at most 65536" in details.message
+    with pytest.raises(grpc.RpcError) as refused:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=over))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    batch = [_event(clock) for _ in range(1000)]
+    for i, event in enumerate(batch):
+        event.idempotency_key = f"m:{i}:" + "k" * 120  # a full batch: about 150 KB
+    request = audit_pb2.RecordMatchEventsRequest(account_id="a", events=batch)
+    assert request.ByteSize() > 64 * 1024
+    assert stub.RecordMatchEvents(request).recorded_count == 1000
+    huge = audit_pb2.RecordMatchEventsRequest(account_id="a", events=batch * 40)
+    expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.RecordMatchEvents, huge)
+    assert _events(audit_app) == 1000
 
 
 def test_the_development_flag_gives_way_to_mutual_tls(audit_app, serve, tmp_path, clock):

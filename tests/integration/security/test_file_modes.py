@@ -10,11 +10,15 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, insert
 
 from gateway.media_store import LocalEncryptedStore
+from mixip.cli.annotate import contact_sheet
 from mixip.cli.connection import write_secret
+from mixip.cli.demo import group_image
 from mixip.cli.launcher import Mesh
 from mixip.runtime.db import Database
 from mixip.runtime.files import private_dir, write_private
 from mixip.runtime.keys import LocalKeyWrapper
+from tests.support import faces
+from tests.support.umask import umask
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # file modes: no PostgreSQL here
 
@@ -59,6 +63,29 @@ def test_rewriting_a_world_readable_secret_narrows_it(tmp_path, backend):
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
     assert mode(private_dir(loose)) == 0o700
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000])
+def test_the_command_lines_images_and_secrets_are_0600_under_a_permissive_umask(
+    tmp_path, backend, mask
+):
+    """A video's contact sheet (`match --annotate`), the demo's group photo and a key file
+    (#6); the annotated photo, exports and previews: see test_cli_rights.py."""
+    first, second = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    first.write_bytes(faces.encode(faces.astronaut()))
+    second.write_bytes(faces.encode(faces.grace_hopper()))
+    video = tmp_path / "clip.mp4"
+    faces.make_video(video, [(faces.astronaut(), 0.2)], size=(160, 120))
+    face = {"label": "unknown", "talent_id": None, "similarity": 0.1, "box": [40, 10, 40, 50]}
+    out = tmp_path / "out"
+    written = [out / "sheet.png", out / "group.jpg", out / "dev-api-key"]
+    with umask(mask):
+        contact_sheet(
+            video, [{**face, "ranges": [[0.0, 0.2]], "best_frame_seconds": 0.1}], written[0]
+        )
+        group_image(first, second, written[1], height=100)
+        write_secret(written[2], "secret")
+    assert [mode(path) for path in written] == [0o600] * 3
 
 
 def test_a_running_service_creates_only_owner_only_files(tmp_path, backend):
