@@ -395,7 +395,8 @@ class Vault:
 
     def destroy(self, session: Session, account_id: str, talent_id: str) -> bool:
         """Deletes the talent's secret (True when there was one) and then asks for a rotation
-        within `rotate_within`: copies of the row elsewhere open only until that rotation completes."""
+        within `rotate_within`: copies of the row elsewhere open only until that rotation
+        completes."""
         lookup = self._hmac(self.current(session), account_id, talent_id)
         return self.destroy_lookup(session, lookup)
 
