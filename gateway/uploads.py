@@ -36,6 +36,7 @@ from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoin
 from gateway.media_store import MediaStore
 from gateway.peers import MatcherPort
 from gateway.projects import Projects, Scope
+from gateway.seals import ACCOUNT_SUBJECT, Seals
 from gateway.store import (
     MediaRow,
     UploadDigestRow,
@@ -133,8 +134,10 @@ class Uploads:
         fence: ErasureFence,
         clock: Clock,
         projects: Projects,
+        seals: Seals,
     ) -> None:
         self.db = db
+        self.seals = seals
         self.matcher = matcher
         self.outbox = outbox
         self.media_store = media_store
@@ -202,7 +205,16 @@ class Uploads:
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
                 results = self._fenced_out(session, account_id, matched.faces, started)
-                faces = [face_row(account_id, media_id, f) for f in results]
+                # The talents' data keys (made if new) and the account's, for the events: one
+                # insert and one read in this transaction.
+                subjects = {f.talent_id for f in results if f.talent_id}
+                keys = self.seals.keys(
+                    session,
+                    account_id,
+                    subjects | {ACCOUNT_SUBJECT} if results else set(),
+                    create=True,
+                )
+                faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
                 if not scope.exists:  # an owner's first upload to a new id creates the project
                     self.projects.create_in(session, account_id, header.project_id)
                 session.add(media)
@@ -210,8 +222,19 @@ class Uploads:
                 session.add_all(faces)
                 if header.request_id:
                     session.add(UploadDigestRow(media_id=media_id, digest=digest))
-                self.outbox.queue(session, account_id, self._audit_events(key_id, media, results))
-                stored = StoredMedia(_media(media), [face_result(f) for f in faces])
+                self.outbox.queue(
+                    session,
+                    account_id,
+                    self._audit_events(key_id, media, results),
+                    keys.get(ACCOUNT_SUBJECT),
+                )
+                stored = StoredMedia(
+                    _media(media),
+                    [
+                        face_result(row, keys.get(f.talent_id))
+                        for row, f in zip(faces, results, strict=True)
+                    ],
+                )
             self.outbox.wake()
         except IntegrityError:  # a concurrent retry of the same request stored it first
             self.media_store.delete(account_id, storage_key)
@@ -267,9 +290,8 @@ class Uploads:
             media = session.get(MediaRow, media_id)
             if media is None or not visible(media):
                 return None
-            return StoredMedia(
-                _media(media), [face_result(f) for f in media_faces(session, media_id)]
-            )
+            faces = self.seals.faces(session, media_faces(session, media_id))
+            return StoredMedia(_media(media), faces)
 
     def _fenced_out(
         self,
