@@ -4,8 +4,8 @@ Created 2026-12-04 22:02:23.951217
 
 The clear columns stay (nullable): the gateway seals their rows at start-up and empties them
 (gateway/seals.py). A downgrade cannot open what is sealed (the keys are the service's): the
-sealed talent ids of results and intents, the notes and the queued audit events are lost (drain
-the outbox first: `mixip audit verify` delivers it).
+sealed talent ids of results and intents, the notes and the queued audit events are lost (let
+the audit outbox empty first: `mixip_gateway_audit_outbox_depth` at 0).
 """
 
 import sqlalchemy as sa
