@@ -21,8 +21,8 @@
    touched tables are scrubbed from the database's files (`Database.scrub`).
 
 An open intent keeps the talent id sealed under the talent's data key; a completed one keeps
-none; its `talent_key` (an HMAC) fences uploads that
-started before the erasure for `FENCE_WINDOW`, then it is cleared too (docs/erasure.md).
+none; its `talent_key` (an HMAC) fences uploads that started before the erasure for
+`FENCE_WINDOW`, then it is cleared too (docs/erasure.md).
 """
 
 from __future__ import annotations
@@ -235,7 +235,8 @@ class Erasures:
         with self.db.write() as session:
             self.fence.lock(session, account_id)
             # A reviewer's free-text note may name the talent: blank the notes of the decisions
-            # on the faces about to be scrubbed (the decisions stay), before their talent id goes.
+            # on the faces about to be scrubbed (the decisions stay), before their talent id goes,
+            # with the retry digest that hashes the note (a guessed note would match it).
             session.execute(
                 update(ReviewDecisionRow)
                 .where(
@@ -248,7 +249,7 @@ class Erasures:
                         MediaFaceRow.talent_ref == ref,
                     ),
                 )
-                .values(note_ref=None, sealed_note=None)
+                .values(note_ref=None, sealed_note=None, digest=None)
                 .execution_options(synchronize_session=False)
             )
             scrubbed = affected(

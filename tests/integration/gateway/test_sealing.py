@@ -68,7 +68,7 @@ def matched_talent(gateway, clock) -> tuple[str, tuple, str, str, str]:
     media = upload(gateway, meta, group_photo())
     [face] = [f.face_index for f in media.faces if f.talent_id == talent]
     note = f"note-{secrets.token_hex(8)} signed the release"
-    decide(gateway, meta, media.media_id, face, APPROVED, note=note)
+    decide(gateway, meta, media.media_id, face, APPROVED, note=note, request_id="review-1")
     return account, meta, talent, media.media_id, note
 
 
@@ -136,6 +136,8 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
     on_disk = database_bytes(db, backend, tmp_path)
     assert found_in(on_disk, account, media_id)  # the scan reads the rows (ids in clear)
     assert found_in(on_disk, talent, note) == []
+    with db.read() as session:
+        assert session.scalars(select(ReviewDecisionRow.digest)).one() is not None
 
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
 
@@ -147,7 +149,9 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
     )
     assert talent not in [f.talent_id for f in results.media.faces]
     assert [d.note for d in results.decisions] == [""]
-    with db.read() as session:  # the talent's key is gone; the account's stays
+    with db.read() as session:  # the talent's key is gone (the account's stays), and the digest
+        # that hashed the note for retries went with the note
+        assert session.scalars(select(ReviewDecisionRow.digest)).all() == [None]
         keys = gateway.app.vault.talent_keys(
             session, account, [talent, ACCOUNT_SUBJECT], create=False
         )
