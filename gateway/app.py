@@ -26,9 +26,10 @@ from gateway.projects import Projects
 from gateway.retention import MediaRetention
 from gateway.reviews import Reviews
 from gateway.rights import Rights
+from gateway.seals import Seals
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
 from gateway.settings import GatewaySettings
-from gateway.store import Base, open_erasures
+from gateway.store import Base, TalentKeyRow, VaultStateRow, open_erasures
 from gateway.uploads import OrphanSweep, StreamLimits, Uploads
 from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
@@ -51,6 +52,7 @@ from mixip.runtime.keys import LocalKeyWrapper
 from mixip.runtime.limits import ENVELOPE_BYTES
 from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, start_server
 from mixip.runtime.times import Clock, utcnow
+from mixip.runtime.vault import RotationKeeper, Vault
 
 __all__ = ["GatewayApp", "GatewaySettings", "InternalApp", "build"]
 
@@ -123,20 +125,33 @@ class GatewayApp(ServiceApp):
             raise ConfigError(str(exc)) from None
         peers = Peers.over(channels)
         fence = ErasureFence(db, clock)
+        self.vault = Vault(
+            db,
+            settings.vault.key_ring(),
+            clock,
+            name="gateway",
+            state_model=VaultStateRow,
+            secret_model=TalentKeyRow,
+            rotate_within=settings.vault.rotate_within,
+        )
+        seals = Seals(self.vault)
+        seals.seal_legacy(db)  # before serving: an older gateway's clear rows
+        self.vault_check_seconds = settings.vault.check_seconds
+        self.rotation: RotationKeeper | None = None
         self.limits = StreamLimits(settings.max_chunk_bytes, settings.max_upload_bytes)
         self.projects = Projects(db, clock)
         self.audit_outbox = AuditOutbox(
-            db, peers.audit, clock, poll_seconds=settings.audit_outbox_poll_seconds
+            db, peers.audit, clock, seals, poll_seconds=settings.audit_outbox_poll_seconds
         )
         self.uploads = Uploads(
-            db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects
+            db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
-        self.reviews = Reviews(db, peers.audit, fence, clock)
+        self.reviews = Reviews(db, peers.audit, fence, clock, seals)
         self.erasures = Erasures(
-            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox
+            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox, seals
         )
         self.rights = Rights(
-            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox
+            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox, seals
         )
         self.previews = Previews(db, self.uploads, media_store)
         self.operations = Operations(peers.retention, peers.audit)
@@ -237,6 +252,7 @@ class GatewayApp(ServiceApp):
         )
         self._resumer.start()
         self.audit_outbox.start()
+        self.rotation = self.vault.keep_rotating(self.vault_check_seconds)
 
     def _resume_erasures(self) -> None:
         """Finishes abandoned erasures at start-up (retrying until the peers answer: they may
@@ -262,6 +278,8 @@ class GatewayApp(ServiceApp):
 
     def close(self) -> None:
         self._stopping.set()
+        if self.rotation is not None:
+            self.rotation.stop()
         self.audit_outbox.stop()
         if self._resumer is not None:
             self._resumer.join(timeout=30)

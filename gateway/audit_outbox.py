@@ -10,8 +10,9 @@ uploads of that moment, and polls every `poll_seconds`).
 
 - Delivery is at least once: `RecordMatchEvents` is idempotent per idempotency key, so a row
   delivered twice (two replicas, a crash between the call and the row's deletion) is recorded
-  once. A delivered row is deleted: the outbox keeps talent ids in clear only while an event
-  is owed (the audit log itself is the count).
+  once. A delivered row is deleted: the outbox keeps talent ids only while an event
+  is owed (the audit log itself is the count), sealed under the account's data key
+  (gateway/seals.py): a row whose key is gone (a copy restored elsewhere) is dropped unread.
 - Every gateway replica runs a deliverer: a batch is claimed with a short lease (`FOR UPDATE
   SKIP LOCKED` on PostgreSQL; SQLite serializes the claiming writers), so replicas do not
   deliver the same rows in the normal case.
@@ -41,11 +42,13 @@ from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.peers import MAX_EVENTS_PER_CALL, AuditPort
+from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.times import Clock
+from mixip.runtime.vault import TalentKey
 
 logger = logging.getLogger("mixip.gateway.audit_outbox")
 
@@ -56,6 +59,7 @@ class AuditOutbox:
         db: Database,
         audit: AuditPort,
         clock: Clock,
+        seals: Seals,
         *,
         poll_seconds: float = 1.0,
         linger_seconds: float = 0.25,
@@ -68,6 +72,7 @@ class AuditOutbox:
         self.db = db
         self.audit = audit
         self.clock = clock
+        self.seals = seals
         self.poll_seconds = poll_seconds
         self.linger_seconds = linger_seconds
         self.lease = timedelta(seconds=lease_seconds)
@@ -84,14 +89,22 @@ class AuditOutbox:
     # -- queueing (in the caller's transaction) -------------------------------------------------
 
     def queue(
-        self, session: Session, account_id: str, events: Sequence[audit_pb2.MatchEventInput]
+        self,
+        session: Session,
+        account_id: str,
+        events: Sequence[audit_pb2.MatchEventInput],
+        key: TalentKey | None,
     ) -> None:
-        """Adds the events to the caller's transaction (they are owed once it commits)."""
+        """Adds the events, sealed under the account's data key `key` (gateway/seals.py), to the
+        caller's transaction (they are owed once it commits)."""
+        if not events:
+            return
+        assert key is not None  # the caller fetched the account's key with the events'
         now = self.clock()
         session.add_all(
             AuditOutboxRow(
                 account_id=account_id,
-                event=e.SerializeToString(),
+                sealed_event=key.seal(e.SerializeToString(), OUTBOX_CONTEXT),
                 created_at=now,
                 attempts=0,
             )
@@ -163,22 +176,22 @@ class AuditOutbox:
         while last is not None:
             with self.db.read() as session:
                 rows = session.execute(
-                    select(AuditOutboxRow.id, AuditOutboxRow.event)
+                    select(AuditOutboxRow.id, AuditOutboxRow.sealed_event)
                     .where(AuditOutboxRow.account_id == account_id, AuditOutboxRow.id <= last)
                     .order_by(AuditOutboxRow.id)
                     .limit(self.batch_size)
                 ).all()
             if not rows:
                 return delivered
-            self._deliver(account_id, [(row.id, row.event) for row in rows])
+            self._deliver(account_id, [(row.id, row.sealed_event) for row in rows])
             delivered += len(rows)
         return delivered
 
-    def _claim(self) -> list[tuple[str, int, bytes]]:
+    def _claim(self) -> list[tuple[str, int, bytes | None]]:
         now = self.clock()
         with self.db.write() as session:
             rows = session.execute(
-                select(AuditOutboxRow.id, AuditOutboxRow.account_id, AuditOutboxRow.event)
+                select(AuditOutboxRow.id, AuditOutboxRow.account_id, AuditOutboxRow.sealed_event)
                 .where(or_(AuditOutboxRow.lease_until.is_(None), AuditOutboxRow.lease_until <= now))
                 .order_by(AuditOutboxRow.id)
                 .limit(self.batch_size)
@@ -190,18 +203,28 @@ class AuditOutbox:
                     .where(AuditOutboxRow.id.in_([r.id for r in rows]))
                     .values(lease_until=now + self.lease)
                 )
-        return [(r.account_id, r.id, r.event) for r in rows]
+        return [(r.account_id, r.id, r.sealed_event) for r in rows]
 
-    def _deliver(self, account_id: str, rows: list[tuple[int, bytes]]) -> None:
+    def _deliver(self, account_id: str, rows: list[tuple[int, bytes | None]]) -> None:
         """Records the rows' events (idempotent), then deletes the rows."""
-        events = [audit_pb2.MatchEventInput.FromString(event) for _, event in rows]
-        self.audit.record_match_events(account_id, events)
+        with self.db.read() as session:
+            keys = self.seals.keys(session, account_id, [ACCOUNT_SUBJECT], create=False)
+        key = keys.get(ACCOUNT_SUBJECT)
+        events = [
+            audit_pb2.MatchEventInput.FromString(key.open(sealed, OUTBOX_CONTEXT))
+            for _, sealed in rows
+            if key is not None and sealed is not None
+        ]
+        if events:
+            self.audit.record_match_events(account_id, events)
         with self.db.write() as session:
             session.execute(
                 delete(AuditOutboxRow).where(AuditOutboxRow.id.in_([i for i, _ in rows]))
             )
 
-    def _retry_later(self, account_id: str, rows: list[tuple[int, bytes]], exc: Exception) -> None:
+    def _retry_later(
+        self, account_id: str, rows: list[tuple[int, bytes | None]], exc: Exception
+    ) -> None:
         code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
         with self.db.write() as session:
             attempts = (
@@ -250,8 +273,10 @@ class AuditOutbox:
         return int(count), max(0.0, (self.clock() - oldest).total_seconds())
 
 
-def _by_account(claimed: list[tuple[str, int, bytes]]) -> dict[str, list[tuple[int, bytes]]]:
-    grouped: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+def _by_account(
+    claimed: list[tuple[str, int, bytes | None]],
+) -> dict[str, list[tuple[int, bytes | None]]]:
+    grouped: dict[str, list[tuple[int, bytes | None]]] = defaultdict(list)
     for account_id, row_id, event in claimed:
         grouped[account_id].append((row_id, event))
     return grouped

@@ -13,13 +13,16 @@
 5. The audit salt, shredded with a marker left in the same transaction: no new salt is made
    for the talent until a biometric consent is recorded after the erasure (the gateway's
    RecordConsent lifts the marker).
-6. The gateway's stored results are scrubbed and the intent completed in one transaction under
-   the fence lock, which an upload's commit takes too: a commit either precedes the scrub (and
-   is scrubbed) or sees the intent, open or completed since the upload started (and stores
-   UNKNOWN / TALENT_ERASED, no talent id).
+6. The gateway's stored results are scrubbed, the talent's data key destroyed (every sealed
+   copy of its results, notes and intent stops opening, gateway/seals.py) and the intent
+   completed in one transaction under the fence lock, which an upload's commit takes too: a
+   commit either precedes the scrub (and is scrubbed) or sees the intent, open or completed
+   since the upload started (and stores UNKNOWN / TALENT_ERASED, no talent id). Then the
+   touched tables are scrubbed from the database's files (`Database.scrub`).
 
-A completed intent keeps no talent id in clear; its `talent_key` (an HMAC) fences uploads that
-started before the erasure for `FENCE_WINDOW`, then it is cleared too (docs/erasure.md).
+An open intent keeps the talent id sealed under the talent's data key; a completed one keeps
+none; its `talent_key` (an HMAC) fences uploads that started before the erasure for
+`FENCE_WINDOW`, then it is cleared too (docs/erasure.md).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.peers import AuditPort, ConsentPort, MatcherPort
+from gateway.seals import SEALED_TABLES, Seals, intent_context
 from gateway.store import (
     ErasureIntentRow,
     ErasureReceiptRow,
@@ -150,6 +154,7 @@ class Erasures:
         fence: ErasureFence,
         clock: Clock,
         outbox: AuditOutbox,
+        seals: Seals,
     ) -> None:
         self.db = db
         self.matcher = matcher
@@ -158,6 +163,7 @@ class Erasures:
         self.fence = fence
         self.clock = clock
         self.outbox = outbox
+        self.seals = seals
         self.checkpoint: Checkpoint = no_checkpoint
 
     def erase(
@@ -169,7 +175,7 @@ class Erasures:
         for the talent asked for."""
         intent = self._open(account_id, talent_id, request_id)
         self.checkpoint("erase.intent")
-        steps = self._finish(intent)
+        steps = self._finish(intent, talent_id)
         return intent.receipt_id, steps
 
     def _open(self, account_id: str, talent_id: str, request_id: str) -> ErasureIntentRow:
@@ -195,10 +201,13 @@ class Erasures:
                     if intent.talent_key == key:
                         return intent  # a retry of an erasure still in progress
                 receipt_id = receipt_id or next((i.receipt_id for i in open_), None)
+            intent_id = secrets.token_hex(12)
+            talent = self.seals.keys(session, account_id, [talent_id], create=True)[talent_id]
             intent = ErasureIntentRow(
-                intent_id=secrets.token_hex(12),
+                intent_id=intent_id,
                 account_id=account_id,
-                talent_id=talent_id,
+                talent_ref=talent.ref,
+                sealed_talent_id=talent.seal_text(talent_id, intent_context(intent_id)),
                 talent_key=key,
                 receipt_id=receipt_id or f"rcpt_{secrets.token_hex(12)}",
                 request_id=request_id or None,
@@ -207,9 +216,9 @@ class Erasures:
             session.add(intent)
         return intent
 
-    def _finish(self, intent: ErasureIntentRow) -> list[ErasureStep]:
-        account_id, talent_id = intent.account_id, intent.talent_id
-        assert talent_id is not None  # an open intent keeps its talent id
+    def _finish(self, intent: ErasureIntentRow, talent_id: str) -> list[ErasureStep]:
+        account_id = intent.account_id
+        ref = self.seals.ref(account_id, talent_id)
         steps = []
         erased = self.consent.erase_talent(account_id, talent_id)
         steps.append(ErasureStep("consent.erase_ledger", erased, self.clock()))
@@ -227,35 +236,42 @@ class Erasures:
         with self.db.write() as session:
             self.fence.lock(session, account_id)
             # A reviewer's free-text note may name the talent: blank the notes of the decisions
-            # on the faces about to be scrubbed (the decisions stay), before their talent id goes.
+            # on the faces about to be scrubbed (the decisions stay), before their talent id goes,
+            # with the retry digest that hashes the note (a guessed note would match it).
             session.execute(
                 update(ReviewDecisionRow)
                 .where(
                     ReviewDecisionRow.account_id == account_id,
-                    ReviewDecisionRow.note != "",
+                    ReviewDecisionRow.sealed_note.is_not(None),
                     exists().where(
                         MediaFaceRow.media_id == ReviewDecisionRow.media_id,
                         MediaFaceRow.face_index == ReviewDecisionRow.face_index,
                         MediaFaceRow.account_id == account_id,
-                        MediaFaceRow.talent_id == talent_id,
+                        MediaFaceRow.talent_ref == ref,
                     ),
                 )
-                .values(note="")
+                .values(note_ref=None, sealed_note=None, digest=None)
                 .execution_options(synchronize_session=False)
             )
-            _blank_file_names(session, account_id, talent_id)
+            _blank_file_names(session, account_id, ref)
             scrubbed = affected(
                 session,
                 update(MediaFaceRow)
-                .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+                .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_ref == ref)
                 .values(
-                    talent_id=None,
+                    talent_ref=None,
+                    sealed_talent_id=None,
                     label=common_pb2.FACE_LABEL_UNKNOWN,
                     reason=common_pb2.LABEL_REASON_TALENT_ERASED,
                 ),
             )
             steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
             self._complete(session, intent, steps)
+            # Every sealed copy (results, notes, this intent) dies with the key, unless a later
+            # erasure of the talent is still open: it needs its sealed id, and destroys the key.
+            if not self.fence.in_progress(session, account_id, talent_id):
+                self.seals.vault.destroy(session, account_id, talent_id)
+        self.db.scrub(SEALED_TABLES)
         logs.log(
             logger,
             "talent erased",
@@ -280,7 +296,7 @@ class Erasures:
             )
         ).all()
         for row in done:
-            row.completed_at, row.talent_id = now, None
+            row.completed_at, row.talent_ref, row.sealed_talent_id = now, None, None
             if session.get(ErasureReceiptRow, row.receipt_id) is None:
                 session.add(
                     ErasureReceiptRow(
@@ -316,7 +332,17 @@ class Erasures:
                     )
                 )
             if still_open:
-                self._finish(intent)
+                talent_id = self.talent_of(intent)
+                if talent_id is None:  # its key is gone: nothing of the talent opens here
+                    logs.log(
+                        logger,
+                        "erasure intent unreadable",
+                        level=logging.WARNING,
+                        account=intent.account_id,
+                        receipt=intent.receipt_id,
+                    )
+                    continue
+                self._finish(intent, talent_id)
                 finished += 1
         with self.db.write() as session:
             forgotten = affected(
@@ -332,8 +358,16 @@ class Erasures:
             logs.log(logger, "erasures resumed", finished=finished, fences_cleared=forgotten)
         return finished
 
+    def talent_of(self, intent: ErasureIntentRow) -> str | None:
+        """The open intent's talent id, opened with the talent's key (None: the key is gone)."""
+        with self.db.read() as session:
+            key = self.seals.by_ref(session, [intent.talent_ref]).get(intent.talent_ref or b"")
+        if key is None or intent.sealed_talent_id is None:
+            return None
+        return key.open_text(intent.sealed_talent_id, intent_context(intent.intent_id))
 
-def _blank_file_names(session: Session, account_id: str, talent_id: str) -> None:
+
+def _blank_file_names(session: Session, account_id: str, talent_ref: bytes) -> None:
     """Blanks the file names of the media with a face matched to the talent (in the scrub,
     before their talent ids go): a caller's file name may name the talent, and next to a face
     marked TALENT_ERASED it would link them again. The media stay; clients show the media id."""
@@ -345,7 +379,7 @@ def _blank_file_names(session: Session, account_id: str, talent_id: str) -> None
             exists().where(
                 MediaFaceRow.media_id == MediaRow.media_id,
                 MediaFaceRow.account_id == account_id,
-                MediaFaceRow.talent_id == talent_id,
+                MediaFaceRow.talent_ref == talent_ref,
             ),
         )
         .values(filename="")

@@ -25,6 +25,7 @@ from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoin
 from gateway.peers import AuditPort
 from gateway.projects import Scope, from_micros, micros
 from gateway.role_views import view_of
+from gateway.seals import Seals
 from gateway.store import MediaFaceRow, MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
@@ -84,8 +85,11 @@ def decision_id_for(account_id: str, request_id: str) -> str:
 
 
 class Reviews:
-    def __init__(self, db: Database, audit: AuditPort, fence: ErasureFence, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, audit: AuditPort, fence: ErasureFence, clock: Clock, seals: Seals
+    ) -> None:
         self.db = db
+        self.seals = seals
         self.audit = audit
         self.fence = fence
         self.clock = clock
@@ -111,7 +115,8 @@ class Reviews:
             face = session.get(MediaFaceRow, (media_id, new.face_index))
             if face is None:
                 raise NotFound("no such face")
-            result = self._fenced_out(session, owner, face, started)
+            (stored,) = self.seals.faces(session, [face])
+            result = self._fenced_out(session, owner, stored, started)
         self.checkpoint("review.rechecked")
         self.audit.record_match_events(
             owner,
@@ -139,7 +144,6 @@ class Reviews:
             media_id=media_id,
             face_index=new.face_index,
             decision=new.decision,
-            note=new.note,
             decided_by_account_id=caller_account_id,
             decided_by_key_id=key_id,
             decided_at=started,
@@ -152,9 +156,18 @@ class Reviews:
                 self.fence.lock(session, owner)
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the decision took too long; retry", reason="EXPIRED")
+                # the note sealed under the face's talent's key as the face is now (the erasure
+                # scrub takes the fence lock too), else the account's
+                face_ref = session.scalar(
+                    select(MediaFaceRow.talent_ref).where(
+                        MediaFaceRow.media_id == media_id,
+                        MediaFaceRow.face_index == new.face_index,
+                    )
+                )
+                self.seals.seal_note(session, row, new.note, face_ref)
                 session.add(row)
                 session.flush()
-                decided = _decision(row)
+                decided = _decision(row, new.note)
         except IntegrityError:  # a concurrent retry stored it first, or the media was purged
             earlier = self._replayed(caller_account_id, new.request_id, digest)
             if earlier is None:
@@ -179,8 +192,9 @@ class Reviews:
                 select(ReviewDecisionRow)
                 .where(ReviewDecisionRow.media_id == scope.media_id)
                 .order_by(ReviewDecisionRow.sequence)
-            )
-            decisions = [_decision(r) for r in rows]
+            ).all()
+            notes = self.seals.notes(session, list(rows))
+            decisions = [_decision(r, notes[r.decision_id]) for r in rows]
         return view_of(scope.role).decisions(decisions)
 
     def _replayed(self, caller_account_id: str, request_id: str, digest: str) -> Decision | None:
@@ -193,18 +207,19 @@ class Reviews:
                     ReviewDecisionRow.request_id == request_id,
                 )
             ).first()
-        if row is None:
-            return None
+            if row is None:
+                return None
+            note = self.seals.notes(session, [row])[row.decision_id]
         require_same(row.digest or digest, digest)
-        return _decision(row)
+        return _decision(row, note)
 
     def _fenced_out(
-        self, session: Session, owner: str, face: MediaFaceRow, started: datetime
+        self, session: Session, owner: str, face: common_pb2.FaceResult, started: datetime
     ) -> common_pb2.FaceResult:
         """The face's result as the event carries it: without its talent (UNKNOWN /
         TALENT_ERASED) when an erasure of the talent is in progress or completed since the
         call started."""
-        talent = face.talent_id or ""
+        talent = face.talent_id
         if talent and talent in self.fence.fenced(session, owner, {talent}, started):
             return common_pb2.FaceResult(
                 face_index=face.face_index,
@@ -213,8 +228,8 @@ class Reviews:
             )
         return common_pb2.FaceResult(
             face_index=face.face_index,
-            label=face.label,  # type: ignore[arg-type]
-            reason=face.reason,  # type: ignore[arg-type]
+            label=face.label,
+            reason=face.reason,
             similarity=face.similarity,
             talent_id=talent,
         )
@@ -316,13 +331,13 @@ def _summary(row: MediaRow, counts: dict[str, int]) -> MediaSummary:
     )
 
 
-def _decision(row: ReviewDecisionRow) -> Decision:
+def _decision(row: ReviewDecisionRow, note: str) -> Decision:
     return Decision(
         decision_id=row.decision_id,
         media_id=row.media_id,
         face_index=row.face_index,
         decision=row.decision,
-        note=row.note,
+        note=note,
         decided_by_account_id=row.decided_by_account_id,
         decided_by_key_id=row.decided_by_key_id,
         decided_at=row.decided_at,

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway.audit_outbox import AuditOutbox
 from gateway.erasure import Checkpoint, ErasureFence, no_checkpoint
 from gateway.peers import AuditPort, ConsentDecision, ConsentPort, LogVerdict, MatcherPort, Page
+from gateway.seals import Seals
 from gateway.store import MediaFaceRow, ReviewDecisionRow, face_decisions, talent_results
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
@@ -42,8 +43,10 @@ class Rights:
         fence: ErasureFence,
         clock: Clock,
         outbox: AuditOutbox,
+        seals: Seals,
     ) -> None:
         self.db = db
+        self.seals = seals
         self.matcher = matcher
         self.consent = consent
         self.audit = audit
@@ -148,15 +151,15 @@ class Rights:
         self.outbox.drain(account_id)
         events = self.audit.all_talent_events(account_id, talent_id)
         with self.db.read() as session:
-            results = [
-                _media_result(
-                    face,
-                    project_id,
-                    created_at,
-                    face_decisions(session, face.media_id, face.face_index),
-                )
-                for face, project_id, created_at in talent_results(session, account_id, talent_id)
-            ]
+            found = talent_results(session, account_id, self.seals.ref(account_id, talent_id))
+            opened = self.seals.faces(session, [face for face, _, _ in found])
+            results = []
+            for (face, project_id, created_at), result in zip(found, opened, strict=True):
+                if not result.talent_id:  # its key is gone: nothing links it to the talent
+                    continue
+                decisions = face_decisions(session, face.media_id, face.face_index)
+                notes = self.seals.notes(session, decisions)
+                results.append(_media_result(face, project_id, created_at, decisions, notes))
         if not (consents or face_records or events or results):
             raise NotFound("no data about this talent in this account")
         return {
@@ -176,6 +179,7 @@ def _media_result(
     project_id: str,
     created_at: datetime,
     decisions: list[ReviewDecisionRow],
+    notes: dict[str, str],
 ) -> dict[str, Any]:
     return {
         "media_id": face.media_id,
@@ -190,7 +194,7 @@ def _media_result(
                 "decision": common_pb2.ReviewDecision.Name(
                     common_pb2.ReviewDecision.ValueType(d.decision)
                 ),
-                "note": d.note,
+                "note": notes[d.decision_id],
                 "decided_at": iso(d.decided_at),
             }
             for d in decisions

@@ -10,16 +10,27 @@ without mutual TLS, on loopback only) and the four peers' MIXIP_<SERVICE>_ADDRES
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig, variable
 from mixip.runtime.limits import MiB
+from mixip.runtime.vault import VaultSettings
 
 DEFAULT_RETENTION_DAYS = 365
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
 DEFAULT_ACCESS_LOG_RETENTION_DAYS = 90
+DEFAULT_VAULT = VaultSettings(
+    kek_file=Path("var-keys") / "gateway-vault.key",
+    kms_key_id=None,
+    aws_region=None,
+    aws_endpoint_url=None,
+    kms_deletion_days=7,
+    rotate_within=timedelta(hours=24),
+    check_seconds=60.0,
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,10 @@ class GatewaySettings:
     """MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS (90, 1-3650): how long access-log entries are
     kept (the retention service's purge deletes older ones through PurgeAccessLog)."""
 
+    vault: VaultSettings = DEFAULT_VAULT
+    """The vault sealing what names a talent (gateway/seals.py): MIXIP_GATEWAY_VAULT_KEK_FILE
+    (<key dir>/gateway-vault.key), MIXIP_GATEWAY_VAULT_KMS_KEY_ID, ... (VaultSettings)."""
+
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> GatewaySettings:
         days = env.int("MIXIP_GATEWAY_MEDIA_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=1)
@@ -142,4 +157,5 @@ class GatewaySettings:
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
             access_log_retention_days=log_days,
+            vault=VaultSettings.load("gateway", config, env),
         )

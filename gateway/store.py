@@ -27,6 +27,7 @@ from sqlalchemy.sql import Executable
 
 from mixip.common.v1 import common_pb2
 from mixip.runtime.db import UtcDateTime
+from mixip.runtime.vault import TalentKey, VaultSecretColumns, VaultStateColumns
 
 
 class Base(DeclarativeBase):
@@ -107,8 +108,24 @@ class UploadDigestRow(Base):
     digest: Mapped[str] = mapped_column(String(64))
 
 
+class VaultStateRow(VaultStateColumns, Base):
+    """The gateway vault's one row (mixip/runtime/vault.py): its key version and wrapped keys."""
+
+    __tablename__ = "gateway_vault_state"
+
+
+class TalentKeyRow(VaultSecretColumns, Base):
+    """One talent's data key (and each account's own, under `ACCOUNT_SUBJECT`), sealed under
+    the vault's key: what the gateway stores naming a talent is sealed under it
+    (gateway/seals.py)."""
+
+    __tablename__ = "gateway_talent_keys"
+
+
 class MediaFaceRow(Base):
-    """One face result of a stored media, as returned to the client."""
+    """One face result of a stored media, as returned to the client. Its talent is stored as
+    the vault's lookup (`talent_ref`) and the id sealed under the talent's data key; a face
+    whose key is gone reads as UNKNOWN / TALENT_ERASED (gateway/seals.py)."""
 
     __tablename__ = "gateway_media_faces"
 
@@ -120,13 +137,16 @@ class MediaFaceRow(Base):
     label: Mapped[int] = mapped_column(SmallInteger)
     reason: Mapped[int] = mapped_column(SmallInteger)
     similarity: Mapped[float] = mapped_column(Float)
-    talent_id: Mapped[str | None] = mapped_column(String(128))  # NULL for UNKNOWN or erased
+    # Before sealing: the talent id in clear; NULL once sealed at start-up (gateway/seals.py).
+    legacy_talent_id: Mapped[str | None] = mapped_column("talent_id", String(128))
+    talent_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))  # NULL: UNKNOWN or erased
+    sealed_talent_id: Mapped[bytes | None] = mapped_column(LargeBinary)
     box: Mapped[str] = mapped_column(String(64))  # "x,y,w,h"
     detection_score: Mapped[float] = mapped_column(Float)
     best_frame_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     ranges: Mapped[str] = mapped_column(Text, default="")  # "s-e;s-e" (video)
 
-    __table_args__ = (Index("ix_gateway_faces_talent", "account_id", "talent_id"),)
+    __table_args__ = (Index("ix_gateway_faces_talent_ref", "account_id", "talent_ref"),)
 
 
 class ErasureReceiptRow(Base):
@@ -161,8 +181,9 @@ class ErasureIntentRow(Base):
     """An erasure, journaled before its first step so that it finishes even if its caller
     stops retrying (the resumer runs the steps of every intent not completed).
 
-    The talent id is kept in clear only while the erasure is in progress (the resumer needs
-    it). `talent_key` (HMAC of account and talent under the gateway's fence key) lets an upload
+    The talent id is kept, sealed under the talent's data key, only while the erasure is in
+    progress (the resumer needs it); the completion destroys the key. `talent_key` (HMAC of
+    account and talent under the gateway's fence key) lets an upload
     that started before the erasure refuse the talent at commit; it is cleared `FENCE_WINDOW`
     after completion, once no upload that started before the erasure can still commit."""
 
@@ -170,7 +191,10 @@ class ErasureIntentRow(Base):
 
     intent_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64))
-    talent_id: Mapped[str | None] = mapped_column(String(128))  # NULL once completed
+    # Before sealing: the talent id in clear; NULL once sealed at start-up (gateway/seals.py).
+    legacy_talent_id: Mapped[str | None] = mapped_column("talent_id", String(128))
+    talent_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))  # NULL once completed
+    sealed_talent_id: Mapped[bytes | None] = mapped_column(LargeBinary)  # NULL once completed
     talent_key: Mapped[bytes | None] = mapped_column(LargeBinary(32))  # NULL after the window
     receipt_id: Mapped[str] = mapped_column(String(32))
     request_id: Mapped[str | None] = mapped_column(String(128))
@@ -245,7 +269,12 @@ class ReviewDecisionRow(Base):
     )
     face_index: Mapped[int] = mapped_column(Integer)
     decision: Mapped[int] = mapped_column(SmallInteger)  # common.v1.ReviewDecision
-    note: Mapped[str] = mapped_column(Text, default="")
+    # Before sealing: the note in clear; NULL once sealed at start-up (gateway/seals.py).
+    legacy_note: Mapped[str | None] = mapped_column("note", Text)
+    # The note sealed under the face's talent's data key, else the account's (`note_ref`
+    # names which); NULL for no note.
+    note_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sealed_note: Mapped[bytes | None] = mapped_column(LargeBinary)
     decided_by_account_id: Mapped[str] = mapped_column(String(64))
     decided_by_key_id: Mapped[str] = mapped_column(String(32))
     decided_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -261,9 +290,10 @@ class ReviewDecisionRow(Base):
 class AuditOutboxRow(Base):
     """An audit event owed to the audit service, written in the transaction that stores the
     upload's results (under the erasure fence lock) and deleted once the audit service has
-    recorded it (gateway/audit_outbox.py). `event` is the serialized `MatchEventInput`: it
-    names the talent in clear, so a row lives only until its delivery (seconds), and an
-    erasure delivers the account's rows before it shreds the talent's salt."""
+    recorded it (gateway/audit_outbox.py). `sealed_event` is the serialized `MatchEventInput`,
+    which names the talent, sealed under the account's data key; a row lives only until its
+    delivery (seconds), and an erasure delivers the account's rows before it shreds the
+    talent's salt."""
 
     __tablename__ = "gateway_audit_outbox"
 
@@ -271,7 +301,9 @@ class AuditOutboxRow(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     account_id: Mapped[str] = mapped_column(String(64))
-    event: Mapped[bytes] = mapped_column(LargeBinary)
+    # Before sealing: the event in clear; NULL once sealed at start-up (gateway/seals.py).
+    legacy_event: Mapped[bytes | None] = mapped_column("event", LargeBinary)
+    sealed_event: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # A deliverer's claim (another replica skips the row until then); after a failure, the
@@ -324,14 +356,14 @@ def is_referenced(session: Session, storage_key: str) -> bool:
 
 
 def talent_results(
-    session: Session, account_id: str, talent_id: str
+    session: Session, account_id: str, talent_ref: bytes
 ) -> list[tuple[MediaFaceRow, str, datetime]]:
-    """(face result, project id, upload time) of every stored result naming the talent, oldest
-    upload first."""
+    """(face result, project id, upload time) of every stored result naming the talent (its
+    vault lookup `talent_ref`), oldest upload first."""
     rows = session.execute(
         select(MediaFaceRow, MediaRow.project_id, MediaRow.created_at)
         .join(MediaRow, MediaRow.media_id == MediaFaceRow.media_id)
-        .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_id == talent_id)
+        .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_ref == talent_ref)
         .order_by(MediaRow.created_at, MediaFaceRow.face_index)
     ).all()
     return [(face, project_id, created_at) for face, project_id, created_at in rows]
@@ -354,9 +386,19 @@ def face_decisions(session: Session, media_id: str, face_index: int) -> list[Rev
 # -- face results: row <-> the client's FaceResult -----------------------------------------------
 
 
-def face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> MediaFaceRow:
-    """A face result as stored."""
+def face_context(media_id: str, face_index: int) -> bytes:
+    """What a face's sealed talent id is bound to: its row."""
+    return f"gateway_media_faces/{media_id}/{face_index}".encode()
+
+
+def face_row(
+    account_id: str, media_id: str, face: common_pb2.FaceResult, key: TalentKey | None
+) -> MediaFaceRow:
+    """A face result as stored: its talent (if any) sealed under `key`, the talent's."""
     b = face.box
+    sealed = None
+    if key is not None:
+        sealed = key.seal_text(face.talent_id, face_context(media_id, face.face_index))
     return MediaFaceRow(
         media_id=media_id,
         face_index=face.face_index,
@@ -364,7 +406,8 @@ def face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> Med
         label=face.label,
         reason=face.reason,
         similarity=face.similarity,
-        talent_id=face.talent_id or None,
+        talent_ref=key.ref if key else None,
+        sealed_talent_id=sealed,
         box=f"{b.x},{b.y},{b.width},{b.height}",
         detection_score=face.detection_score,
         best_frame_seconds=face.best_frame_seconds,
@@ -372,20 +415,31 @@ def face_row(account_id: str, media_id: str, face: common_pb2.FaceResult) -> Med
     )
 
 
-def face_result(row: MediaFaceRow) -> common_pb2.FaceResult:
-    """A stored face result as the client sees it."""
+def face_result(row: MediaFaceRow, key: TalentKey | None) -> common_pb2.FaceResult:
+    """A stored face result as the client sees it, its talent opened with `key`; a face whose
+    talent's key is gone (None) as UNKNOWN / TALENT_ERASED, without the talent."""
     x, y, w, h = (int(v) for v in row.box.split(","))
     ranges = []
     for part in filter(None, row.ranges.split(";")):
         start, end = part.split("-")
         ranges.append(common_pb2.TimeRange(start_seconds=float(start), end_seconds=float(end)))
+    label, reason, similarity, talent = row.label, row.reason, row.similarity, ""
+    if row.talent_ref is not None and row.sealed_talent_id is not None:
+        if key is None:
+            label, reason, similarity = (
+                common_pb2.FACE_LABEL_UNKNOWN,
+                common_pb2.LABEL_REASON_TALENT_ERASED,
+                0.0,
+            )
+        else:
+            talent = key.open_text(row.sealed_talent_id, face_context(row.media_id, row.face_index))
     return common_pb2.FaceResult(
         face_index=row.face_index,
         box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        label=row.label,  # type: ignore[arg-type]
-        reason=row.reason,  # type: ignore[arg-type]
-        similarity=row.similarity,
-        talent_id=row.talent_id or "",
+        label=label,  # type: ignore[arg-type]
+        reason=reason,  # type: ignore[arg-type]
+        similarity=similarity,
+        talent_id=talent,
         ranges=ranges,
         best_frame_seconds=row.best_frame_seconds,
         detection_score=row.detection_score,

@@ -37,6 +37,7 @@ from gateway.media_store import MediaStore
 from gateway.peers import MatcherPort
 from gateway.projects import Projects, Scope
 from gateway.role_views import view_of
+from gateway.seals import ACCOUNT_SUBJECT, Seals
 from gateway.store import (
     MediaRow,
     UploadDigestRow,
@@ -134,8 +135,10 @@ class Uploads:
         fence: ErasureFence,
         clock: Clock,
         projects: Projects,
+        seals: Seals,
     ) -> None:
         self.db = db
+        self.seals = seals
         self.matcher = matcher
         self.outbox = outbox
         self.media_store = media_store
@@ -205,7 +208,16 @@ class Uploads:
                 results = self._fenced_out(session, account_id, matched.faces, started)
                 if any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results):
                     media.filename = ""  # as the erasure's scrub does: a file name may name them
-                faces = [face_row(account_id, media_id, f) for f in results]
+                # The talents' data keys (made if new) and the account's, for the events: one
+                # insert and one read in this transaction.
+                subjects = {f.talent_id for f in results if f.talent_id}
+                keys = self.seals.keys(
+                    session,
+                    account_id,
+                    subjects | {ACCOUNT_SUBJECT} if results else set(),
+                    create=True,
+                )
+                faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
                 if not scope.exists:  # an owner's first upload to a new id creates the project
                     self.projects.create_in(session, account_id, header.project_id)
                 session.add(media)
@@ -213,8 +225,19 @@ class Uploads:
                 session.add_all(faces)
                 if header.request_id:
                     session.add(UploadDigestRow(media_id=media_id, digest=digest))
-                self.outbox.queue(session, account_id, self._audit_events(key_id, media, results))
-                stored = StoredMedia(_media(media), [face_result(f) for f in faces])
+                self.outbox.queue(
+                    session,
+                    account_id,
+                    self._audit_events(key_id, media, results),
+                    keys.get(ACCOUNT_SUBJECT),
+                )
+                stored = StoredMedia(
+                    _media(media),
+                    [
+                        face_result(row, keys.get(f.talent_id))
+                        for row, f in zip(faces, results, strict=True)
+                    ],
+                )
             self.outbox.wake()
         except IntegrityError:  # a concurrent retry of the same request stored it first
             self.media_store.delete(account_id, storage_key)
@@ -271,9 +294,8 @@ class Uploads:
             media = session.get(MediaRow, media_id)
             if media is None or not visible(media):
                 return None
-            return StoredMedia(
-                _media(media), [face_result(f) for f in media_faces(session, media_id)]
-            )
+            faces = self.seals.faces(session, media_faces(session, media_id))
+            return StoredMedia(_media(media), faces)
 
     def _fenced_out(
         self,

@@ -402,6 +402,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service)
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database
     from mixip.runtime.keys import LocalKeyWrapper
+    from tests.support.gateway_calls import gateway_vault
 
     addresses = {
         "matcher": mesh.matcher.address,
@@ -421,6 +422,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service)
             max_upload_bytes=8 * 1024 * 1024,
             max_chunk_bytes=256 * 1024,
             admin_key_file=tmp_path / ADMIN_KEY_FILE,
+            vault=gateway_vault(tmp_path),
         ),
         clock,
         internal_insecure_dev=True,

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.settings import DEFAULT_VAULT
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime.times import to_timestamp
+from mixip.runtime.vault import VaultSettings
 from tests.support import faces
 
 PROJECT = "film-1"
 CHUNK = 64 * 1024
+
+
+def gateway_vault(tmp_path: Path) -> VaultSettings:
+    """The gateway vault's settings in a test: its KEK beside the media key, in the test's key
+    directory (the replicas of one test share it)."""
+    return replace(DEFAULT_VAULT, kek_file=tmp_path / "keys" / "gateway-vault.key")
 
 
 def upload_requests(data: bytes, project=PROJECT, request_id="", chunk=CHUNK, filename="a.jpg"):

@@ -18,7 +18,7 @@ from mixip.matcher.v1 import matcher_pb2
 from mixip.runtime.config import ADMIN_KEY_FILE
 from services.matcher.store import CollectionRow, FaceRow
 from tests.support import faces
-from tests.support.gateway_calls import CHUNK, PROJECT, consent, enroll, upload
+from tests.support.gateway_calls import CHUNK, PROJECT, consent, enroll, gateway_vault, upload
 from tests.support.status import expect_error
 
 
@@ -159,7 +159,7 @@ def second_replica(gateway, serve, tmp_path):
             for name, service in PEER_SERVICES.items()
         },
         LocalEncryptedStore(tmp_path / "media", LocalKeyWrapper(tmp_path / "keys" / "gw.key")),
-        Settings(admin_key_file=tmp_path / ADMIN_KEY_FILE),
+        Settings(admin_key_file=tmp_path / ADMIN_KEY_FILE, vault=gateway_vault(tmp_path)),
     )
     running = serve(app)
     channel = open_channel(

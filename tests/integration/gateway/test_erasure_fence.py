@@ -13,6 +13,7 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
+from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT
 from gateway.store import AuditOutboxRow, ErasureIntentRow, ErasureReceiptRow, MediaFaceRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
@@ -23,7 +24,14 @@ from mixip.runtime.config import ADMIN_KEY_FILE
 from services.audit.store import EventRow, SaltRow, ShredMarkerRow
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
-from tests.support.gateway_calls import PROJECT, consent, enroll, group_photo, upload
+from tests.support.gateway_calls import (
+    PROJECT,
+    consent,
+    enroll,
+    gateway_vault,
+    group_photo,
+    upload,
+)
 from tests.support.status import expect_error
 
 TALENT = "astronaut"
@@ -86,11 +94,14 @@ def assert_no_link_left(gateway, account: str, meta) -> None:
     assert list(listed.faces) == []
     with gateway.app.db.read() as session:
         stored = session.scalars(select(MediaFaceRow).where(MediaFaceRow.account_id == account))
-        assert all(row.talent_id is None for row in stored)
+        assert all(row.talent_ref is None and row.sealed_talent_id is None for row in stored)
         intents = session.scalars(
             select(ErasureIntentRow).where(ErasureIntentRow.account_id == account)
         ).all()
-        assert intents and all(i.completed_at and i.talent_id is None for i in intents)
+        assert intents and all(
+            i.completed_at and i.legacy_talent_id is None and i.sealed_talent_id is None
+            for i in intents
+        )
     assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
 
 
@@ -226,7 +237,8 @@ def test_an_erasure_abandoned_after_a_failed_step_is_finished_by_the_resumer(gat
     )
     with gateway.app.db.read() as session:  # journaled: the talent id is kept to finish it
         (intent,) = session.scalars(select(ErasureIntentRow)).all()
-        assert intent.talent_id == TALENT and intent.completed_at is None
+        assert intent.completed_at is None and intent.legacy_talent_id is None
+    assert gateway.app.erasures.talent_of(intent) == TALENT  # sealed under the talent's key
     # meanwhile, no consent for the talent may be recorded: it would survive the erasure
     expect_error(
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -244,7 +256,7 @@ def test_an_erasure_abandoned_after_a_failed_step_is_finished_by_the_resumer(gat
     assert gateway.app.erasures.resume() == 0
     with gateway.app.db.read() as session:
         intent = session.get(ErasureIntentRow, intent.intent_id)
-        assert intent.talent_id is None and intent.completed_at is not None
+        assert intent.sealed_talent_id is None and intent.completed_at is not None
         receipt = session.get(ErasureReceiptRow, intent.receipt_id)
         assert receipt.request_id == "erase-1" and TALENT not in receipt.steps
     assert_no_link_left(gateway, account, meta)
@@ -324,7 +336,11 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
         gateway.app.db,
         gateway.app.channels,
         gateway.app.media_store,
-        GatewaySettings(admin_key_file=tmp_path / ADMIN_KEY_FILE, erasure_resume_seconds=0),
+        GatewaySettings(
+            admin_key_file=tmp_path / ADMIN_KEY_FILE,
+            erasure_resume_seconds=0,
+            vault=gateway_vault(tmp_path),
+        ),
         clock,
     )
     restarted.start()
@@ -448,10 +464,12 @@ def test_an_upload_committing_after_the_drain_queues_no_event_about_the_talent(
         assert late.error is None
         assert all(not f.talent_id for f in late.result.faces)
         with gateway.app.db.read() as session:
+            keys = gateway.app.vault.talent_keys(session, account, [ACCOUNT_SUBJECT], create=False)
+            key = keys[ACCOUNT_SUBJECT]
             queued = [
-                audit_pb2.MatchEventInput.FromString(e)
+                audit_pb2.MatchEventInput.FromString(key.open(e, OUTBOX_CONTEXT))
                 for e in session.scalars(
-                    select(AuditOutboxRow.event).where(AuditOutboxRow.account_id == account)
+                    select(AuditOutboxRow.sealed_event).where(AuditOutboxRow.account_id == account)
                 )
             ]
         assert len(queued) == len(late.result.faces) and all(not e.talent_id for e in queued)
@@ -476,7 +494,7 @@ def test_two_deliverers_share_the_queue_and_a_double_delivery_is_recorded_once(
     outbox = gateway.app.audit_outbox
     outbox.stop()
     outbox.checkpoint = hooks
-    other = AuditOutbox(gateway.app.db, outbox.audit, clock)
+    other = AuditOutbox(gateway.app.db, outbox.audit, clock, outbox.seals)
     account, meta = gateway.new_account("replicas")
     reply = upload(gateway, meta, group_photo())
     claimed = hooks.pause_at("outbox.claimed")

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from gateway.store import MediaFaceRow, MediaRow
+from mixip.audit.v1 import audit_pb2 as apb
 from mixip.common.v1.common_pb2 import REVIEW_DECISION_APPROVED_FOR_RELEASE
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
@@ -38,6 +39,11 @@ SERVICES = list(migrations.MODELS)
 # (it cannot unseal what they hold into the clear column it leaves NULL), so their values do not
 # come back up.
 SEALED_COLUMNS = {"consent": {"talent_ref", "sealed_talent_id"}}
+
+# A revision whose downgrade cannot keep what the service sealed after it (the keys are the
+# service's, not the migration's): the walk below stops there. Its upgrade from clear rows is
+# tested with the service (tests/integration/gateway/test_sealing.py).
+SEALED_AT = {"gateway": "eaf57bb405d5"}
 
 
 @pytest.fixture
@@ -221,10 +227,11 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
             "audit": ["audit_vault_keys"],
         }
         assert empty == left_empty.get(service, []), service
-        for revision in reversed(history[:-1]):  # back to the first revision, step by step
+        floor = history.index(SEALED_AT[service]) if service in SEALED_AT else 0
+        for revision in reversed(history[floor:-1]):  # back to the first revision, step by step
             migrations.downgrade(url, service, revision)
         at_first = tables(url, service)
-        for revision in history[1:]:  # then up again, one revision at a time
+        for revision in history[floor + 1 :]:  # then up again, one revision at a time
             assert migrations.upgrade(url, service, revision) == [revision]
             assert kept(at_first, tables(url, service)) == [], (service, revision)
         assert migrations.upgrade(url, service) == []
@@ -249,7 +256,10 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
         pb.GetMediaResultsRequest(media_id=media_id), metadata=meta
     )
     assert sorted(f.talent_id for f in results.media.faces) == ["", "astronaut"]
-    assert gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta).ok
+    # The audit service's own verification: through the gateway, the gateway's queued event
+    # (its outbox is not walked below the sealing revision) would be delivered first, and the
+    # audit's vault state went with the walk of the revision that made it.
+    assert gateway.audit.stub.VerifyLog(apb.VerifyLogRequest()).ok
 
 
 # A second gateway revision that makes SQLite copy gateway_media, the table gateway_media_faces
@@ -305,18 +315,23 @@ def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
                 created_at=clock(),
             )
         )
-        session.add_all(
-            MediaFaceRow(
-                media_id="m1",
-                account_id="a1",
-                face_index=i,
-                label=1,
-                reason=1,
-                similarity=0.9,
-                box="0,0,1,1",
-                detection_score=0.9,
-            )
-            for i in range(2)
+        session.execute(
+            insert(MediaFaceRow.__table__),  # the first revision's columns only
+            [
+                {
+                    "media_id": "m1",
+                    "account_id": "a1",
+                    "face_index": i,
+                    "label": 1,
+                    "reason": 1,
+                    "similarity": 0.9,
+                    "box": "0,0,1,1",
+                    "detection_score": 0.9,
+                    "best_frame_seconds": 0.0,
+                    "ranges": "",
+                }
+                for i in range(2)
+            ],
         )
     before = tables(url, "gateway")
 

@@ -1,0 +1,330 @@
+"""What the gateway stores naming a talent is sealed (issue 17, finding #1): no talent id and no
+note in the gateway database's files or dump, before or after an erasure; a copy of the
+database taken before the erasure opens nothing of the talent once the vault rotated; an older
+gateway's clear rows are sealed at start-up."""
+
+from __future__ import annotations
+
+import glob
+import secrets
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from sqlalchemy import insert, inspect, select, text
+
+from gateway.app import GatewayApp
+from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, note_context
+from gateway.settings import GatewaySettings
+from gateway.store import (
+    AuditOutboxRow,
+    Base,
+    ErasureIntentRow,
+    MediaFaceRow,
+    ReviewDecisionRow,
+    TalentKeyRow,
+    VaultStateRow,
+    face_context,
+)
+from mixip.audit.v1 import audit_pb2
+from mixip.common.v1 import common_pb2 as common
+from mixip.consent.v1 import consent_pb2 as cpb
+from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime import migrations
+from mixip.runtime.config import ADMIN_KEY_FILE
+from mixip.runtime.db import Database
+from mixip.runtime.keys import LocalKeyWrapper, SealError
+from mixip.runtime.vault import TalentKey, Vault, VaultKeys
+from tests.support import faces
+from tests.support.databases import PG_ADMIN_URL, fresh_schema_url
+from tests.support.gateway_calls import (
+    PROJECT,
+    consent,
+    decide,
+    enroll,
+    gateway_vault,
+    group_photo,
+    upload,
+)
+
+APPROVED = common.REVIEW_DECISION_APPROVED_FOR_RELEASE
+CLEARED = common.FACE_LABEL_CLEARED
+# Tables whose live rows the old gateway could not hold (the outbox's are sealed).
+SEALED_ONLY = {"gateway_vault_state", "gateway_talent_keys", "gateway_audit_outbox"}
+# The gateway's revision before sealing: clear talent ids, notes and queued events.
+BEFORE_SEALING = "96b4df5983bf"
+
+
+def matched_talent(gateway, clock) -> tuple[str, tuple, str, str, str]:
+    """An account with a talent no test could name by accident, enrolled and matched in a
+    photo whose face carries a review decision with a distinctive note: (account, metadata,
+    talent, media id, note)."""
+    account, meta = gateway.new_account("studio")
+    talent = f"talent-{secrets.token_hex(8)}"
+    consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+    consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
+    enroll(gateway, meta, talent, faces.astronaut())
+    media = upload(gateway, meta, group_photo())
+    [face] = [f.face_index for f in media.faces if f.talent_id == talent]
+    note = f"note-{secrets.token_hex(8)} signed the release"
+    decide(gateway, meta, media.media_id, face, APPROVED, note=note, request_id="review-1")
+    return account, meta, talent, media.media_id, note
+
+
+def database_bytes(db: Database, backend: str, tmp_path: Path) -> list[tuple[str, bytes]]:
+    """Every byte of the gateway's database as it lies on disk: SQLite's database, -wal and
+    -shm files; PostgreSQL's relation files (tables, indexes, TOAST, every fork and segment)
+    of the test's schema after a CHECKPOINT, and its `pg_dump --data-only`."""
+    if backend == "sqlite":
+        path = db.engine.url.database
+        assert path
+        return [(p, Path(p).read_bytes()) for p in (path, f"{path}-wal", f"{path}-shm")]
+    with db.engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("CHECKPOINT"))
+        directory = connection.execute(text("SHOW data_directory")).scalar_one()
+        schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+        database = connection.execute(text("SELECT current_database()")).scalar_one()
+        relations = connection.execute(
+            text(
+                "WITH own AS (SELECT oid, reltoastrelid FROM pg_class"
+                " WHERE relnamespace = current_schema()::regnamespace),"
+                " toast AS (SELECT reltoastrelid AS oid FROM own WHERE reltoastrelid <> 0)"
+                " SELECT pg_relation_filepath(oid) FROM own"
+                " UNION SELECT pg_relation_filepath(oid) FROM toast"
+                " UNION SELECT pg_relation_filepath(indexrelid) FROM pg_index"
+                " WHERE indrelid IN (SELECT oid FROM toast)"
+            )
+        ).scalars()
+        files = sorted({f for r in relations if r for f in glob.glob(f"{directory}/{r}*")})
+    assert files
+    server = PG_ADMIN_URL.rsplit("/", 1)[0]
+    pg_dump = shutil.which("pg_dump")
+    assert pg_dump, "pg_dump is needed to check the dump"
+    dump = subprocess.run(
+        [pg_dump, "--data-only", f"--schema={schema}", f"{server}/{database}"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"COPY" in dump  # the dump holds the schema's rows
+    return [(f, Path(f).read_bytes()) for f in files] + [("pg_dump", dump)]
+
+
+def found_in(chunks: list[tuple[str, bytes]], *needles: str) -> list[str]:
+    return [
+        f"{needle!r} in {name}"
+        for name, data in chunks
+        for needle in needles
+        if needle.encode() in data
+    ]
+
+
+def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_erasure(
+    gateway, clock, backend, tmp_path
+):
+    account, meta, talent, media_id, note = matched_talent(gateway, clock)
+    db = gateway.app.db
+    # sealed from the first write: the results, the note and the queued events name no one
+    gateway.app.audit_outbox.stop()
+    upload(gateway, meta, group_photo())  # its audit events stay queued, sealed
+    results = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=media_id), metadata=meta
+    )
+    assert talent in [f.talent_id for f in results.media.faces]
+    assert [d.note for d in results.decisions] == [note]
+    on_disk = database_bytes(db, backend, tmp_path)
+    assert found_in(on_disk, account, media_id)  # the scan reads the rows (ids in clear)
+    assert found_in(on_disk, talent, note) == []
+    with db.read() as session:
+        assert session.scalars(select(ReviewDecisionRow.digest)).one() is not None
+
+    gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
+
+    on_disk = database_bytes(db, backend, tmp_path)
+    assert found_in(on_disk, account, media_id)
+    assert found_in(on_disk, talent, note) == []
+    results = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=media_id), metadata=meta
+    )
+    assert talent not in [f.talent_id for f in results.media.faces]
+    assert [d.note for d in results.decisions] == [""]
+    with db.read() as session:  # the talent's key is gone (the account's stays), and the digest
+        # that hashed the note for retries went with the note
+        assert session.scalars(select(ReviewDecisionRow.digest)).all() == [None]
+        keys = gateway.app.vault.talent_keys(
+            session, account, [talent, ACCOUNT_SUBJECT], create=False
+        )
+        assert list(keys) == [ACCOUNT_SUBJECT]
+    assert gateway.app.vault.status().rotation_due_at is not None  # the erasure owes one
+
+
+def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
+    """A copy of the gateway's database as a backup holds it: SQLite's online backup of the
+    file; on PostgreSQL every gateway table copied into another schema at the same revision."""
+    if backend == "sqlite":
+        target = tmp_path / "gateway-backup.db"
+        source = db.engine.raw_connection()
+        try:
+            with sqlite3.connect(target) as copy:
+                source.driver_connection.backup(copy)
+        finally:
+            source.close()
+        return Database(f"sqlite:///{target}", Base.metadata)
+    copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
+    migrations.upgrade(copy.url, "gateway")
+    with db.read() as source, copy.write() as target:
+        for table in Base.metadata.sorted_tables:
+            rows = [dict(row) for row in source.execute(select(table)).mappings()]
+            if rows:
+                target.execute(insert(table), rows)
+    return copy
+
+
+def opened_in_copy(copy: Database, vault: Vault, key_dir: Path) -> tuple[set[str], set[str]]:
+    """(talent ids, notes) of the copy's rows that open with the live vault's sealing key or
+    with any key file the mesh holds now."""
+    with copy.read() as session:
+        state = session.get_one(VaultStateRow, 1)
+        secrets_ = session.execute(select(TalentKeyRow.lookup, TalentKeyRow.sealed_secret)).all()
+        faces_ = session.scalars(select(MediaFaceRow)).all()
+        decisions = session.scalars(select(ReviewDecisionRow)).all()
+    sealing = [vault._keys.sealing]
+    for path in sorted(key_dir.iterdir()):
+        try:
+            wrapper = LocalKeyWrapper(path)
+            sealing.append(
+                wrapper.unwrap(state.wrapped_sealing_key, vault._sealing_context(state.version))
+            )
+        except SealError:
+            continue
+    keys: dict[bytes, TalentKey] = {}
+    for lookup, blob in secrets_:
+        for candidate in sealing:
+            try:
+                secret = vault._open_secret(VaultKeys(state.version, candidate, b""), blob, lookup)
+            except SealError:
+                continue
+            keys[lookup] = TalentKey(lookup, secret)
+    talents = {
+        keys[f.talent_ref].open_text(f.sealed_talent_id, face_context(f.media_id, f.face_index))
+        for f in faces_
+        if f.talent_ref in keys and f.sealed_talent_id
+    }
+    notes = {
+        keys[d.note_ref].open_text(d.sealed_note, note_context(d.decision_id))
+        for d in decisions
+        if d.note_ref in keys and d.sealed_note
+    }
+    return talents, notes
+
+
+def test_a_copy_taken_before_an_erasure_opens_nothing_of_the_talent_after_the_rotation(
+    gateway, clock, backend, tmp_path, pg_test_database
+):
+    _, meta, talent, _, note = matched_talent(gateway, clock)
+    app = gateway.app
+    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
+    # the copy still opens with the keys the gateway holds today (else the test proves nothing)
+    assert opened_in_copy(copy, app.vault, tmp_path / "keys") == ({talent}, {note})
+
+    clock.advance(days=1, seconds=1)
+    assert app.vault.rotate_if_due() is not None  # the rotation the erasure owes
+
+    assert opened_in_copy(copy, app.vault, tmp_path / "keys") == (set(), set())
+    copy.dispose()
+
+
+def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
+    gateway, clock, backend, tmp_path, database_url
+):
+    """A gateway database at the revision before sealing, with a clear talent id in a result
+    and an open erasure intent, a clear note and a clear queued event, is upgraded and sealed
+    when the gateway starts; the results, the note and the event still read."""
+    account, _, talent, media_id, note = matched_talent(gateway, clock)
+    url = database_url("gateway_old")
+    migrations.upgrade(url, "gateway", BEFORE_SEALING)
+    old, live = Database(url, Base.metadata), gateway.app.db
+    event = audit_pb2.MatchEventInput(
+        idempotency_key="legacy:0", project_id=PROJECT, media_id=media_id, talent_id=talent
+    )
+    clear = {  # what the old gateway kept in clear
+        "gateway_media_faces": lambda row: {
+            "talent_id": talent if row["label"] == CLEARED else None
+        },
+        "gateway_review_decisions": lambda row: {"note": note},
+    }
+    with live.read() as source, old.write() as target:  # the live rows, as the old gateway had
+        for table in Base.metadata.sorted_tables:
+            if table.name in SEALED_ONLY:
+                continue
+            columns = [c for c in table.columns if c.name in _old_columns(old, table.name)]
+            rows = [dict(r) for r in source.execute(select(*columns)).mappings()]
+            for row in rows:
+                row.update(clear.get(table.name, lambda _: {})(row))
+            if rows:
+                target.execute(insert(table), rows)
+        target.execute(
+            insert(AuditOutboxRow.__table__).values(
+                account_id=account, event=event.SerializeToString(), created_at=clock(), attempts=0
+            )
+        )
+        target.execute(
+            insert(ErasureIntentRow.__table__).values(
+                intent_id="legacy-intent",
+                account_id=account,
+                talent_id=talent,
+                talent_key=b"k" * 32,
+                receipt_id="rcpt_legacy",
+                created_at=clock(),
+            )
+        )
+    old.dispose()
+
+    restarted = GatewayApp(  # the new gateway starts on the old database
+        Database(url, Base.metadata),
+        gateway.app.channels,
+        gateway.app.media_store,
+        GatewaySettings(
+            admin_key_file=tmp_path / ADMIN_KEY_FILE,
+            erasure_resume_seconds=0,
+            vault=gateway_vault(tmp_path / "restarted"),
+        ),
+        clock,
+    )
+    db = restarted.db  # (not closed: it shares the live gateway's channels)
+    with db.read() as session:
+        clear = session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM gateway_media_faces WHERE talent_id IS NOT NULL)"
+                " + (SELECT count(*) FROM gateway_review_decisions WHERE note IS NOT NULL)"
+                " + (SELECT count(*) FROM gateway_audit_outbox WHERE event IS NOT NULL)"
+                " + (SELECT count(*) FROM gateway_erasure_intents WHERE talent_id IS NOT NULL)"
+            )
+        ).scalar_one()
+        (intent,) = session.scalars(
+            select(ErasureIntentRow).where(ErasureIntentRow.intent_id == "legacy-intent")
+        ).all()
+        faces_ = restarted.uploads.seals.faces(session, list(session.scalars(select(MediaFaceRow))))
+        (sealed_event,) = session.scalars(select(AuditOutboxRow.sealed_event)).all()
+        account_key = restarted.vault.talent_keys(
+            session, account, [ACCOUNT_SUBJECT], create=False
+        )[ACCOUNT_SUBJECT]
+    assert clear == 0
+    assert talent in [f.talent_id for f in faces_]
+    assert [d.note for d in restarted.reviews.decisions(media_id)] == [note]
+    assert (
+        audit_pb2.MatchEventInput.FromString(account_key.open(sealed_event, OUTBOX_CONTEXT))
+        == event
+    )
+    assert restarted.erasures.talent_of(intent) == talent
+    if backend == "sqlite":  # the scrub left no clear copy in the files
+        assert found_in(database_bytes(db, backend, tmp_path), talent, note) == []
+    assert restarted.uploads.seals.seal_legacy(db) == 0  # idempotent
+    db.dispose()
+
+
+def _old_columns(db: Database, table: str) -> set[str]:
+    with db.engine.connect() as connection:
+        return {c["name"] for c in inspect(connection).get_columns(table)}
