@@ -281,7 +281,8 @@ def test_the_vault_rotates_from_the_cli_and_only_its_current_key_file_remains(ru
     after = ok_json(data_dir, "audit", "vault-status")
     assert after["key_version"] == before["key_version"] + 1
     assert after["rotated_at"] >= before["rotated_at"]
-    keys = sorted(p.name for p in (data_dir / "keys").glob("audit-kek*"))
+    key_dir = Path(json.loads((data_dir / "mesh.json").read_text())["key_dir"])
+    keys = sorted(p.name for p in key_dir.glob("audit-kek*"))
     assert keys == [f"audit-kek.v{after['key_version']}.key"]
     text = mixip(data_dir, "audit", "vault-status")
     assert text.returncode == 0 and f"key version {after['key_version']}" in text.stdout
