@@ -47,7 +47,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.cli.output import CliError
 from mixip.runtime import statelock
-from mixip.runtime.config import ADMIN_KEY_FILE, SERVICES, Env, free_port, key_dir, variable
+from mixip.runtime.config import (
+    LEGACY_KEY_PLACES,
+    SERVICES,
+    Env,
+    free_port,
+    key_dir,
+    variable,
+)
 from mixip.runtime.files import open_private, private_dir, write_private
 from mixip.runtime.tls import channel_credentials, init_certs
 
@@ -65,9 +72,6 @@ MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
 # The lock `mixip up` holds on its data directory (each service holds its instance's).
 SUPERVISOR_LOCK = "mixip-up"
-# Where an older `mixip up` kept key material inside the data directory (a folder's files, or a
-# file) -> where it goes now, relative to the key directory.
-OLD_KEY_PLACES = {"keys": "", "tls": "tls", ADMIN_KEY_FILE: ADMIN_KEY_FILE}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -216,7 +220,7 @@ class Mesh:
     def _adopt_old_keys(self) -> None:
         """Moves key material an older `mixip up` kept in the data directory to the key
         directory, once; refuses when both places hold the same file."""
-        for old_name, new_name in OLD_KEY_PLACES.items():
+        for old_name, new_name in LEGACY_KEY_PLACES.items():
             old, new = self.data_dir / old_name, self.key_dir / new_name
             if old.is_dir():
                 moves = [(path, new / path.name) for path in sorted(old.iterdir())]

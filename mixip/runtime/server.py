@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mixip.runtime import logs, statelock, telemetry
 from mixip.runtime.addresses import is_loopback
-from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
     Internal,
     InvalidArgument,
@@ -538,6 +538,13 @@ def serve(
         if not INSTANCE_NAME.fullmatch(instance):
             raise ConfigError(f"MIXIP_INSTANCE={instance!r} must be a name like {name}-2")
         lock = statelock.acquire(config.data_dir, instance)  # held until this process ends
+        for legacy in ("keys", ADMIN_KEY_FILE):  # what it would otherwise make anew
+            if (config.data_dir / legacy).exists():
+                raise ConfigError(
+                    f"key material in {config.data_dir / legacy}: keys live in the key "
+                    f"directory now (MIXIP_KEY_DIR, here {config.key_dir}); move it there "
+                    "(`mixip up` does it once)"
+                )
         insecure_dev = env.bool("MIXIP_INSECURE_DEV", False)
         app, extra = build(config, env)
         if config.tls_dir is not None and "credentials" not in extra:
