@@ -2,14 +2,14 @@
 
 Ports are picked free at start and written with the other facts a client needs to
 `<data dir>/mesh.json`. Key material lives apart from the data, in the key directory
-(MIXIP_KEY_DIR, default `<data dir>-keys` beside it): the services' key-encryption keys and the
-mesh's TLS certificates (`<key dir>/tls`, created on first start), so a copy of the data
-directory is not a copy of its keys; key files an older `mixip up` left in `<data dir>/keys`
-and `<data dir>/tls` are moved there once. Services talk to each other over mutual TLS, and each
-checks its callers (mixip.runtime.acl); the gateway's client-facing port stays plaintext on
-loopback unless a certificate is set. Each process logs to `<data dir>/logs/<instance>.log`.
-SIGINT/SIGTERM/SIGHUP stops them all (gateway first, so no new work arrives while the others
-drain).
+(MIXIP_KEY_DIR, default `<data dir>-keys` beside it): the services' key-encryption keys, the
+gateway's admin credential and the mesh's TLS certificates (`<key dir>/tls`, created on first
+start), so a copy of the data directory is not a copy of its keys; what an older `mixip up`
+kept in the data directory (`keys/`, `tls/`, `gateway-admin.key`) is moved there once.
+Services talk to each other over mutual TLS, and each checks its callers (mixip.runtime.acl);
+the gateway's client-facing port stays plaintext on loopback unless a certificate is set. Each
+process logs to `<data dir>/logs/<instance>.log`. SIGINT/SIGTERM/SIGHUP stops them all (gateway
+first, so no new work arrives while the others drain).
 
 One mesh per data directory: `mixip up` holds the directory's `mixip-up` lock and each service
 its instance's (mixip.runtime.statelock); a second `mixip up` on a directory where either is held
@@ -19,7 +19,7 @@ with PR_SET_PDEATHSIG (SIGTERM), so a `kill -9` of the launcher stops them too.
 `replicas` runs several instances of a service (`matcher`, `matcher-2`, ...), each on its own
 port; the others reach them all through one `ipv4:127.0.0.1:p1,127.0.0.1:p2` target, balanced
 round_robin (mixip.runtime.client). The first instance of every service starts (and creates
-what is shared in the data directory, such as keys) before the extra ones.
+what its replicas share, such as keys) before the extra ones.
 
 The supervisor (`Mesh.supervise`) restarts an instance that exits, after a backoff doubling with
 each crash in a row, and says so; the rest of the mesh keeps serving meanwhile.

@@ -1,6 +1,7 @@
 """One mesh per data directory (issue 17, #10), with real processes: the services die with
 `mixip up` however it dies, SIGHUP stops it like Ctrl-C, and a second `mixip up` or a second
-process of a running service refuses to start on the same state, naming the PIDs."""
+process of a running service refuses to start on the same state, naming the PIDs. And (#2)
+`mixip up` on a data directory of an older version moves its keys out once and keeps working."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import pytest
 
 from mixip.cli.launcher import serving
 from mixip.runtime import statelock
 from mixip.runtime.config import SERVICES
+from tests.support import faces
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +174,51 @@ def test_a_second_process_of_a_running_service_is_refused_naming_the_holder(shar
         f"({shared_up.data_dir / 'run' / 'consent.lock'} is locked); stop it first"
     )
     assert _alive(holder) and statelock.holders(shared_up.data_dir)["consent"] == holder
+
+
+def _cli(data_dir: Path, *args: str) -> dict:
+    result = subprocess.run(
+        [*MIXIP, "--data-dir", str(data_dir), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_mixip_up_on_an_old_data_dir_moves_its_keys_out_once_and_opens_what_they_sealed(
+    tmp_path,
+):
+    data, keys = tmp_path / "var", tmp_path / "var-keys"
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), faces.astronaut())
+    first = Up(data)
+    try:
+        _cli(data, "consent", "grant", "old-layout", "--scope", "biometric")
+        _cli(data, "consent", "grant", "old-layout", "--scope", "usage", "--project", "p1")
+        _cli(data, "enroll", "old-layout", str(photo))
+        _cli(data, "match", str(photo), "--project", "p1")  # an audit event, its salt sealed
+        vault = _cli(data, "audit", "vault-status")
+    finally:
+        first.close()
+    (data / "keys").mkdir()  # the layout of an older `mixip up`: every key in the data dir
+    for path in keys.glob("*.key"):
+        path.rename(
+            data / path.name if path.name == "gateway-admin.key" else data / "keys" / path.name
+        )
+    (keys / "tls").rename(data / "tls")
+    keys.rmdir()
+
+    second = Up(data)
+    try:  # the moved KEK opens the vault; the moved admin credential is the CLI's
+        assert _cli(data, "audit", "vault-status") == vault
+        assert len(_cli(data, "audit", "list", "--talent", "old-layout")["events"]) == 1
+        assert _cli(data, "audit", "verify")["ok"] is True
+    finally:
+        second.close()
+    said = second.process.stderr.read()
+    for old, new in ((data / "keys", keys), (data / "tls", keys / "tls")):
+        assert f"mixip: moved the key material in {old} to {new}" in said
+    assert not {"keys", "tls", "gateway-admin.key"} & {p.name for p in data.iterdir()}
+    assert (keys / "gateway-admin.key").exists() and (keys / "tls" / "ca.key").exists()
