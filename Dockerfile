@@ -28,7 +28,8 @@ COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/mixip_mesh-*.whl \
  && rm -rf /tmp/wheels \
  && useradd --system --uid 10001 mixip \
- && mkdir -p /data/keys /data/media && chown -R mixip /data
+ && mkdir -p /data/media /keys && chown -R mixip /data /keys && chmod 0700 /keys
 USER 10001
 WORKDIR /data
-ENV MIXIP_DATA_DIR=/data
+# Keys apart from data: a backup of /data is not a backup of the keys that seal it.
+ENV MIXIP_DATA_DIR=/data MIXIP_KEY_DIR=/keys

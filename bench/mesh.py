@@ -40,8 +40,10 @@ class RunningMesh:
     """`mixip up` in a temporary data directory, with an account and two enrolled talents."""
 
     def __init__(self, extra_env: dict[str, str] | None = None) -> None:
-        self.data_dir = Path(tempfile.mkdtemp(prefix="mixip-bench-"))
-        self.mesh = Mesh(self.data_dir, extra_env=dict(extra_env or {}))
+        self.root = Path(tempfile.mkdtemp(prefix="mixip-bench-"))
+        self.data_dir = self.root / "data"
+        keys = {"MIXIP_KEY_DIR": str(self.root / "keys")}  # apart from data, removed with it
+        self.mesh = Mesh(self.data_dir, extra_env=keys | dict(extra_env or {}))
         self._local = threading.local()
 
     def __enter__(self) -> RunningMesh:
@@ -55,7 +57,7 @@ class RunningMesh:
 
     def __exit__(self, *exc) -> None:
         self.mesh.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def pids(self) -> list[int]:

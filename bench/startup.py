@@ -32,7 +32,9 @@ _TS = re.compile(r"ts=(\S+)Z .*event=serving")
 
 
 def _once() -> tuple[float, dict[str, float]]:
-    data_dir = Path(tempfile.mkdtemp(prefix="mixip-bench-up-"))
+    root = Path(tempfile.mkdtemp(prefix="mixip-bench-up-"))
+    data_dir = root / "data"
+    keys = {"MIXIP_KEY_DIR": str(root / "keys")}  # apart from data, removed with it
     launched = time.time()
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -40,6 +42,7 @@ def _once() -> tuple[float, dict[str, float]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=os.environ | keys,
     )
     try:
         line = process.stdout.readline()
@@ -66,7 +69,7 @@ def _once() -> tuple[float, dict[str, float]]:
             process.kill()
             process.wait()
         _stop_leftovers(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _stop_leftovers(data_dir: Path) -> None:

@@ -42,8 +42,8 @@ class GatewaySettings:
     """MIXIP_GATEWAY_MAX_CHUNK_BYTES (4 MiB, at least 1024): the largest chunk of a stream."""
 
     admin_key_file: Path = Path("var") / ADMIN_KEY_FILE
-    """<data dir>/gateway-admin.key: where the admin credential is kept when
-    MIXIP_GATEWAY_ADMIN_KEY is not set (made, mode 0600, at the first start)."""
+    """<key dir>/gateway-admin.key (see MIXIP_KEY_DIR): where the admin credential is kept
+    when MIXIP_GATEWAY_ADMIN_KEY is not set (made, mode 0600, at the first start)."""
 
     admin_key: str | None = None
     """MIXIP_GATEWAY_ADMIN_KEY: the admin credential; setting a new one revokes the old."""
@@ -135,7 +135,7 @@ class GatewaySettings:
         return cls(
             max_upload_bytes=env.int("MIXIP_GATEWAY_MAX_UPLOAD_BYTES", 64 * MiB, minimum=1),
             max_chunk_bytes=env.int("MIXIP_GATEWAY_MAX_CHUNK_BYTES", 4 * MiB, minimum=1024),
-            admin_key_file=root / ADMIN_KEY_FILE,
+            admin_key_file=config.key_dir / ADMIN_KEY_FILE,
             admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
             media_retention_days=days,
             internal_listen=env.str(variable("gateway_internal", "LISTEN"), "127.0.0.1:50056"),

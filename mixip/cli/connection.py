@@ -1,6 +1,6 @@
 """How the command line reaches the gateway: its address from --gateway or mesh.json, the
 account's key from MIXIP_API_KEY or the data directory's dev key, the admin key from
-MIXIP_ADMIN_KEY or the data directory."""
+MIXIP_ADMIN_KEY or the key directory (mesh.json's, else MIXIP_KEY_DIR's)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mixip.cli.output import CliError
 from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.addresses import is_loopback
 from mixip.runtime.client import open_channel
-from mixip.runtime.config import ADMIN_KEY_FILE
+from mixip.runtime.config import ADMIN_KEY_FILE, Env, key_dir
 from mixip.runtime.files import write_private
 
 DEV_KEY_FILE = "dev-api-key"
@@ -43,6 +43,14 @@ class Connection:
                 f"no running mesh found ({mesh_file} missing): start one with `mixip up`, "
                 "or pass --gateway HOST:PORT"
             ) from None
+
+    def key_dir(self) -> Path:
+        """The running mesh's key directory (mesh.json), else MIXIP_KEY_DIR's or the default
+        beside the data directory."""
+        try:
+            return Path(json.loads((self.data_dir / "mesh.json").read_text())["key_dir"])
+        except (OSError, ValueError, KeyError):
+            return key_dir(Env(os.environ | {"MIXIP_DATA_DIR": str(self.data_dir)}))
 
     def channel(self) -> grpc.Channel:
         """TLS trusting MIXIP_GATEWAY_CA's certificate, or plaintext to a loopback gateway
@@ -78,7 +86,7 @@ class Connection:
         key = os.environ.get("MIXIP_ADMIN_KEY", "").strip()
         if key:
             return key
-        path = self.data_dir / ADMIN_KEY_FILE
+        path = self.key_dir() / ADMIN_KEY_FILE
         if not path.exists():
             raise CliError(f"no admin credential at {path}: the gateway creates it at first start")
         return path.read_text().strip()

@@ -63,13 +63,14 @@ def run_demo(out_dir: Path, out: Output) -> int:
     group = out_dir / "group.jpg"
     group_image(astronaut, hopper, group)
     annotated = out_dir / "annotated.png"
-    data_dir = Path(tempfile.mkdtemp(prefix="mixip-demo-"))
+    root = Path(tempfile.mkdtemp(prefix="mixip-demo-"))
+    data_dir, key_dir = root / "data", root / "keys"  # keys apart from data, both removed after
     shown = Capture(echo=not out.as_json)  # people see each step; --json gets one summary
     say = shown.note if out.as_json else print
     mesh = None
     try:
         say(f"1. starting the mesh in {data_dir} (five services, embedded defaults)")
-        mesh = start_mesh(data_dir, web=False)  # the scripted scenario shows no page
+        mesh = start_mesh(data_dir, web=False, key_dir=key_dir)  # the scenario shows no page
         conn = Connection(data_dir, mesh.addresses["gateway"])
 
         say(f"\n2. consent and enrollment of {TALENT} (the astronaut photo)")
@@ -130,7 +131,7 @@ def run_demo(out_dir: Path, out: Output) -> int:
         if mesh is not None:
             say("\n7. stopping the mesh")
             mesh.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     out.result(
         {
             "labels_before_erasure": before,

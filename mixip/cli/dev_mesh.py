@@ -39,8 +39,17 @@ def start_mesh(
     tls: bool = True,
     replicas: dict | None = None,
     web: bool = True,
+    key_dir: Path | None = None,
 ) -> Mesh:
-    mesh = Mesh(data_dir, gateway_port=gateway_port, tls=tls, replicas=replicas or {}, web=web)
+    """A started mesh; its keys in `key_dir` if given, else as MIXIP_KEY_DIR says."""
+    mesh = Mesh(
+        data_dir,
+        gateway_port=gateway_port,
+        tls=tls,
+        replicas=replicas or {},
+        web=web,
+        extra_env={"MIXIP_KEY_DIR": str(key_dir)} if key_dir else {},
+    )
     mesh.start()
     if "gateway" in mesh.addresses:
         ensure_dev_account(Connection(data_dir, mesh.addresses["gateway"]))

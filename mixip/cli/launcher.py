@@ -1,16 +1,25 @@
 """`mixip up`: every service as its own process on loopback, with the embedded defaults.
 
 Ports are picked free at start and written with the other facts a client needs to
-`<data dir>/mesh.json`. Services talk to each other over mutual TLS with certificates from
-`<data dir>/tls` (created on first start), and each checks its callers (mixip.runtime.acl);
-the gateway's client-facing port stays plaintext on loopback unless a certificate is set.
-Each process logs to `<data dir>/logs/<instance>.log`. SIGINT/SIGTERM stops them all (gateway
+`<data dir>/mesh.json`. Key material lives apart from the data, in the key directory
+(MIXIP_KEY_DIR, default `<data dir>-keys` beside it): the services' key-encryption keys, the
+gateway's admin credential and the mesh's TLS certificates (`<key dir>/tls`, created on first
+start), so a copy of the data directory is not a copy of its keys; what an older `mixip up`
+kept in the data directory (`keys/`, `tls/`, `gateway-admin.key`) is moved there once.
+Services talk to each other over mutual TLS, and each checks its callers (mixip.runtime.acl);
+the gateway's client-facing port stays plaintext on loopback unless a certificate is set. Each
+process logs to `<data dir>/logs/<instance>.log`. SIGINT/SIGTERM/SIGHUP stops them all (gateway
 first, so no new work arrives while the others drain).
+
+One mesh per data directory: `mixip up` holds the directory's `mixip-up` lock and each service
+its instance's (mixip.runtime.statelock); a second `mixip up` on a directory where either is held
+refuses, naming the PIDs. The services die with `mixip up` however it dies: each is started
+with PR_SET_PDEATHSIG (SIGTERM), so a `kill -9` of the launcher stops them too.
 
 `replicas` runs several instances of a service (`matcher`, `matcher-2`, ...), each on its own
 port; the others reach them all through one `ipv4:127.0.0.1:p1,127.0.0.1:p2` target, balanced
 round_robin (mixip.runtime.client). The first instance of every service starts (and creates
-what is shared in the data directory, such as keys) before the extra ones.
+what its replicas share, such as keys) before the extra ones.
 
 The supervisor (`Mesh.supervise`) restarts an instance that exits, after a backoff doubling with
 each crash in a row, and says so; the rest of the mesh keeps serving meanwhile.
@@ -18,9 +27,11 @@ each crash in a row, and says so; the rest of the mesh keeps serving meanwhile.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +46,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mixip.cli.output import CliError
-from mixip.runtime.config import SERVICES, free_port, variable
+from mixip.runtime import statelock
+from mixip.runtime.config import (
+    LEGACY_KEY_PLACES,
+    SERVICES,
+    Env,
+    free_port,
+    key_dir,
+    variable,
+)
 from mixip.runtime.files import open_private, private_dir, write_private
 from mixip.runtime.tls import channel_credentials, init_certs
 
@@ -51,6 +70,9 @@ MODULES[WEB] = "mixip.web"
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
+# The lock `mixip up` holds on its data directory (each service holds its instance's).
+SUPERVISOR_LOCK = "mixip-up"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def service_of(instance: str) -> str:
@@ -83,6 +105,10 @@ def available_services() -> list[str]:
     return [s for s in START_ORDER if importlib.util.find_spec(f"{MODULES[s]}.__main__")]
 
 
+def say_on_stderr(text: str) -> None:
+    print(f"mixip: {text}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Mesh:
     data_dir: Path
@@ -104,6 +130,15 @@ class Mesh:
     # Whether to serve the review page (with the gateway); its address: "http://HOST:PORT".
     web: bool = False
     web_url: str | None = None
+    # Where key material lives: MIXIP_KEY_DIR (from extra_env or the environment), by default
+    # `<data dir>-keys` beside the data directory.
+    key_dir: Path = field(init=False)
+    say: Callable[[str], None] = say_on_stderr
+    lock: statelock.StateLock | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        env = Env(os.environ | self.extra_env | {"MIXIP_DATA_DIR": str(self.data_dir)})
+        self.key_dir = key_dir(env).expanduser().resolve()
 
     def instances(self, name: str) -> list[str]:
         return [name] + [f"{name}-{i}" for i in range(2, self.replicas.get(name, 1) + 1)]
@@ -114,7 +149,7 @@ class Mesh:
 
     @property
     def tls_dir(self) -> Path | None:
-        return self.data_dir / "tls" if self.tls else None
+        return self.key_dir / "tls" if self.tls else None
 
     def credentials(self, name: str) -> grpc.ChannelCredentials | None:
         """How the launcher itself reaches instance `name` (for health checks)."""
@@ -125,6 +160,7 @@ class Mesh:
     def environment(self, instance: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
+        env["MIXIP_KEY_DIR"] = str(self.key_dir)
         for name, address in (self.addresses | self.internal_addresses).items():
             env[variable(name, "ADDRESS")] = address
             env[variable(name, "LISTEN")] = self.listen.get(name, address)
@@ -136,6 +172,7 @@ class Mesh:
                 env[variable("gateway_internal", "LISTEN")] = self.internal_listen[instance]
             if instance != service_of(instance):  # replicas keep their own job-store rows
                 env["MIXIP_RETENTION_REPLICA_ID"] = instance
+            env["MIXIP_INSTANCE"] = instance  # which lock of the data directory it holds
         if self.tls_dir is not None:
             env["MIXIP_TLS_DIR"] = str(self.tls_dir)
         else:  # `mixip up --insecure`: the explicit development flag (loopback only)
@@ -144,9 +181,66 @@ class Mesh:
         return env
 
     def start(self, ready_timeout: float = 120.0) -> None:
-        if self.mesh_file.exists() and _pid_alive(json.loads(self.mesh_file.read_text())):
-            raise CliError(f"a mesh is already running on {self.data_dir} (see {self.mesh_file})")
-        private_dir(self.data_dir)  # databases, keys, logs and media live here: owner only
+        if self.key_dir.is_relative_to(self.data_dir.resolve()):
+            raise CliError(
+                f"MIXIP_KEY_DIR={self.key_dir} is inside the data directory {self.data_dir}: "
+                "keys must live apart from the data they seal",
+                exit_code=2,
+            )
+        private_dir(self.data_dir)  # databases, logs and media live here: owner only
+        self.lock = self._claim()
+        try:
+            private_dir(self.key_dir)  # key files and certificates: owner only
+            self._adopt_old_keys()
+            self._start(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _claim(self) -> statelock.StateLock:
+        """The data directory's `mixip-up` lock, refused (naming the PIDs) while another
+        `mixip up` or any service still runs on it."""
+        try:
+            lock = statelock.acquire(self.data_dir, SUPERVISOR_LOCK)
+        except statelock.StateInUse:
+            lock = None
+        running = statelock.holders(self.data_dir)
+        if lock is not None:
+            del running[SUPERVISOR_LOCK]  # ours
+            if not running:
+                return lock
+            lock.release()  # services of an earlier mesh still run (still stopping)
+        first = sorted(running, key=lambda name: name != SUPERVISOR_LOCK)  # mixip up, then all
+        listed = ", ".join(f"{name} pid {running[name] or '?'}" for name in first)
+        raise CliError(
+            f"a mesh already runs on {self.data_dir} ({listed}): stop it (Ctrl-C where it "
+            "runs, or kill -TERM its mixip-up pid) before starting another"
+        )
+
+    def _adopt_old_keys(self) -> None:
+        """Moves key material an older `mixip up` kept in the data directory to the key
+        directory, once; refuses when both places hold the same file."""
+        for old_name, new_name in LEGACY_KEY_PLACES.items():
+            old, new = self.data_dir / old_name, self.key_dir / new_name
+            if old.is_dir():
+                moves = [(path, new / path.name) for path in sorted(old.iterdir())]
+            else:
+                moves = [(old, new)] if old.exists() else []
+            both = [str(target) for _, target in moves if target.exists()]
+            if both:
+                raise CliError(
+                    f"{old} and {', '.join(both)} both exist: keys live in {self.key_dir} now; "
+                    f"keep the right copy there and remove {old}"
+                )
+            for path, target in moves:
+                private_dir(target.parent)
+                shutil.move(path, target)
+            if old.is_dir():
+                old.rmdir()
+            if moves:
+                self.say(f"moved the key material in {old} to {new} (keys live apart from data)")
+
+    def _start(self, ready_timeout: float) -> None:
         private_dir(self.data_dir / "logs")
         if self.tls_dir is not None and not (self.tls_dir / "ca.pem").exists():
             init_certs(self.tls_dir)
@@ -163,22 +257,19 @@ class Mesh:
                 [self.internal_listen[i] for i in self.instances("gateway")]
             )
         extra = [i for name in self.services for i in self.instances(name)[1:]]
-        try:
-            for batch in (self.services, extra):
-                for instance in batch:
-                    self._spawn(instance)
-                self._wait_ready(batch, ready_timeout)
-            if self.web and "gateway" in self.services:
-                self._start_web(ready_timeout)
-        except BaseException:
-            self.stop()
-            raise
+        for batch in (self.services, extra):
+            for instance in batch:
+                self._spawn(instance)
+            self._wait_ready(batch, ready_timeout)
+        if self.web and "gateway" in self.services:
+            self._start_web(ready_timeout)
         write_private(
             self.mesh_file,
             json.dumps(
                 {
                     "pid": os.getpid(),
                     "data_dir": str(self.data_dir),
+                    "key_dir": str(self.key_dir),
                     "services": self.addresses,
                     "instances": self.listen,
                     "metrics": self.metrics,
@@ -208,6 +299,7 @@ class Mesh:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches `mixip up`, which stops them in order
+                preexec_fn=_dies_with(os.getpid()),
             )
 
     def restart(self, name: str, ready_timeout: float = 60.0) -> None:
@@ -269,11 +361,10 @@ class Mesh:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        if (
-            self.mesh_file.exists()
-            and json.loads(self.mesh_file.read_text()).get("pid") == os.getpid()
-        ):
-            self.mesh_file.unlink()
+        if self.lock is not None:  # the mesh file and the lock are this mesh's
+            self.mesh_file.unlink(missing_ok=True)
+            self.lock.release()
+            self.lock = None
 
 
 class Supervisor:
@@ -335,28 +426,39 @@ def web_serving(address: str) -> bool:
         return False
 
 
-def _pid_alive(document: dict) -> bool:
-    pid = document.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+# prctl(2), looked up before any fork (the child only calls it). Linux only; elsewhere the
+# services outlive a launcher killed with SIGKILL (they still stop with it on any other signal).
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """What a child runs before exec: SIGTERM when `parent` dies (PR_SET_PDEATHSIG, which fires
+    when the spawning thread ends, so `mixip up` spawns from its main thread), and exit at once
+    if it died already."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 def stop_on_signals() -> threading.Event:
-    """An event set by Ctrl-C/SIGTERM; installed before the mesh starts, so a signal during
-    start-up still stops every service instead of killing the launcher and orphaning them."""
+    """An event set by Ctrl-C/SIGTERM/SIGHUP (the terminal closing under `mixip up &`);
+    installed before the mesh starts, so a signal during start-up still stops every service
+    instead of killing the launcher and orphaning them."""
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     return stop
 
 
 def run_until_signalled(mesh: Mesh, stop: threading.Event) -> int:
     """Holds the mesh up, restarting what dies (said on stderr), until `stop` is set."""
-    mesh.supervise(stop, lambda text: print(f"mixip: {text}", file=sys.stderr, flush=True))
+    mesh.supervise(stop, mesh.say)
     mesh.stop()
     return 0

@@ -115,6 +115,12 @@ def key_dir(env: Env) -> Path:
     return Path(env.str("MIXIP_KEY_DIR", str(default.with_name(default.name + "-keys"))))
 
 
+# Where key material used to live inside the data directory (a folder's files, or a file) ->
+# where it lives now, relative to the key directory. `mixip up` moves it there once; a service
+# started on a data directory that still holds key files refuses, rather than make new keys.
+LEGACY_KEY_PLACES = {"keys": "", "tls": "tls", ADMIN_KEY_FILE: ADMIN_KEY_FILE}
+
+
 # Read for every service NAME as MIXIP_<NAME>_<SETTING>.
 PER_SERVICE_SETTINGS = ("ADDRESS", "LISTEN", "DATABASE_URL", "WORKERS", "METRICS_LISTEN")
 

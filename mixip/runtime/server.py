@@ -4,7 +4,8 @@
 one structured log line per call, caller rules, domain errors mapped to status with details) and
 request-size limits per method, checked on the raw bytes before a request is parsed. `serve`
 runs a service as a process until SIGTERM/SIGINT, then drains it: health NOT_SERVING first,
-then `server.stop(grace)`.
+then `server.stop(grace)`. A process holds its instance's lock on the data directory
+(mixip.runtime.statelock) from before it touches any state until it exits.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,9 +29,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from mixip.runtime import logs, telemetry
+from mixip.runtime import logs, statelock, telemetry
 from mixip.runtime.addresses import is_loopback
-from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
     Internal,
     InvalidArgument,
@@ -44,6 +46,9 @@ from mixip.runtime.telemetry import RpcMetrics
 logger = logging.getLogger("mixip.server")
 
 REQUEST_ID_HEADER = "x-request-id"
+# MIXIP_INSTANCE: this process's name among the instances of its data directory (`matcher`,
+# `matcher-2`), which names its lock; the service's name by default.
+INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
 # Authorizer: given the full method name and the call context, raises PermissionDenied (or
 # returns the caller's identity for the log line).
@@ -529,6 +534,17 @@ def serve(
     try:
         logs.configure()
         config = ServerConfig.load(name, env)
+        instance = env.str("MIXIP_INSTANCE", name)
+        if not INSTANCE_NAME.fullmatch(instance):
+            raise ConfigError(f"MIXIP_INSTANCE={instance!r} must be a name like {name}-2")
+        lock = statelock.acquire(config.data_dir, instance)  # held until this process ends
+        for legacy in ("keys", ADMIN_KEY_FILE):  # what it would otherwise make anew
+            if (config.data_dir / legacy).exists():
+                raise ConfigError(
+                    f"key material in {config.data_dir / legacy}: keys live in the key "
+                    f"directory now (MIXIP_KEY_DIR, here {config.key_dir}); move it there "
+                    "(`mixip up` does it once)"
+                )
         insecure_dev = env.bool("MIXIP_INSECURE_DEV", False)
         app, extra = build(config, env)
         if config.tls_dir is not None and "credentials" not in extra:
@@ -573,6 +589,9 @@ def serve(
     except ConfigError as exc:
         print(f"mixip {name}: {exc}", file=sys.stderr)
         return 2
+    except statelock.StateInUse as exc:
+        print(f"mixip {name}: {exc}; stop it first", file=sys.stderr)
+        return 1
     metrics_port = telemetry.serve_metrics(config.metrics_listen) if config.metrics_listen else 0
     logs.log(
         logger,
@@ -587,4 +606,5 @@ def serve(
     running.stop(config.grace_seconds)
     app.close()
     logs.log(logger, "stopped", service=name)
+    lock.release()
     return 0

@@ -191,6 +191,31 @@ def test_no_metrics_endpoint_names_an_account_or_a_talent(running_mesh, tmp_path
             assert enrolled and float(enrolled[1]) >= 1
 
 
+def test_after_traffic_no_file_in_the_data_dir_is_key_material_and_the_key_dir_holds_it(
+    running_mesh, tmp_path
+):
+    """Issue 17, #2: a copy of the data directory is not a copy of the keys that seal it."""
+    data_dir, _, _ = running_mesh
+    portrait = tmp_path / "astronaut.png"
+    cv2.imwrite(str(portrait), faces.astronaut())
+    ok_json(data_dir, "consent", "grant", "apart", "--scope", "biometric")
+    ok_json(data_dir, "enroll", "apart", str(portrait))
+    ok_json(data_dir, "match", str(portrait), "--project", "p1")  # media sealed by the gateway
+    key_dir = Path(json.loads((data_dir / "mesh.json").read_text())["key_dir"])
+    assert not key_dir.is_relative_to(data_dir) and key_dir.stat().st_mode & 0o777 == 0o700
+    keys = {p.relative_to(key_dir).as_posix() for p in key_dir.rglob("*") if p.is_file()}
+    assert {"gateway-kek.key", "gateway-admin.key", "tls/ca.key"} <= keys, keys
+    assert any(k.startswith("audit-kek") and k.endswith(".key") for k in keys), keys
+    secrets = [p.read_bytes() for p in key_dir.rglob("*.key")]
+    data_files = [p for p in data_dir.rglob("*") if p.is_file()]
+    assert any("media" in p.relative_to(data_dir).parts for p in data_files)  # stored media
+    for path in data_files:
+        parts = path.relative_to(data_dir).parts
+        assert path.suffix != ".key" and "keys" not in parts and "tls" not in parts, path
+        content = path.read_bytes()
+        assert not any(secret in content for secret in secrets), path
+
+
 def test_a_video_match_has_ranges_and_a_contact_sheet(running_mesh, tmp_path):
     data_dir, _, _ = running_mesh
     video = tmp_path / "clip.mp4"
@@ -281,7 +306,8 @@ def test_the_vault_rotates_from_the_cli_and_only_its_current_key_file_remains(ru
     after = ok_json(data_dir, "audit", "vault-status")
     assert after["key_version"] == before["key_version"] + 1
     assert after["rotated_at"] >= before["rotated_at"]
-    keys = sorted(p.name for p in (data_dir / "keys").glob("audit-kek*"))
+    key_dir = Path(json.loads((data_dir / "mesh.json").read_text())["key_dir"])
+    keys = sorted(p.name for p in key_dir.glob("audit-kek*"))
     assert keys == [f"audit-kek.v{after['key_version']}.key"]
     text = mixip(data_dir, "audit", "vault-status")
     assert text.returncode == 0 and f"key version {after['key_version']}" in text.stdout

@@ -81,6 +81,30 @@ def test_the_mesh_runs_over_mutual_tls_and_each_service_holds_only_its_own_key()
     assert gateway["MIXIP_GATEWAY_TLS_KEY"] == "/certs/gateway.key"
 
 
+def _under(path: str, mount: str) -> bool:
+    return path == mount or path.startswith(mount.rstrip("/") + "/")
+
+
+def test_keys_live_on_a_volume_of_their_own_and_no_key_path_sits_under_a_data_volume():
+    """Issue 17, #2: a backup of the data or media volume is not a backup of the keys."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ENV MIXIP_DATA_DIR=/data MIXIP_KEY_DIR=/keys$", dockerfile, re.M)
+    for name in SERVICES:
+        env = _env(name)
+        volumes = [v.split(":") for v in COMPOSE["services"][name]["volumes"]]
+        assert env["MIXIP_KEY_DIR"] == "/keys" and [f"{name}-keys", "/keys"] in volumes
+        data_mounts = [
+            target
+            for source, target, *_ in volumes
+            if not source.endswith("-keys") and not source.startswith("certs-")
+        ]
+        key_paths = [env["MIXIP_KEY_DIR"], env["MIXIP_TLS_DIR"]]
+        key_paths += [v for k, v in env.items() if k.endswith(("_KEK_FILE", "_TLS_KEY"))]
+        for path in key_paths:
+            assert not any(_under(path, mount) for mount in data_mounts), (name, path)
+    assert _env("gateway")["MIXIP_GATEWAY_MEDIA_DIR"] == "/data/media"  # media: the data volume
+
+
 def test_a_one_shot_migration_upgrades_every_database_before_any_service_starts():
     migrate = COMPOSE["services"]["migrate"]
     assert migrate["command"] == ["mixip", "db", "upgrade"]

@@ -128,6 +128,62 @@ def test_each_deployment_is_probed_bounded_hardened_and_holds_only_its_secret(na
     assert service.get("clusterIP") == (None if name == "gateway" else "None")
 
 
+def _pods(name: str) -> list[dict]:
+    """Deployment `name`'s pod in the base and in the local overlay (the base with the overlay's
+    patch merged as kustomize merges it: volumes by name, mounts by path, env by name), each as
+    {"volumes": {name: volume}, "mounts": {path: mount}, "env": {name: value}}."""
+    deployment = _base()[("Deployment", name)]
+    container = _container(deployment)
+    base = {
+        "volumes": {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]},
+        "mounts": {m["mountPath"]: m for m in container["volumeMounts"]},
+        "env": {e["name"]: e.get("value", "") for e in container["env"]},
+    }
+    local = {key: dict(value) for key, value in base.items()}
+    for entry in _kustomization(LOCAL)["patches"]:
+        patch = yaml.safe_load(entry["patch"])
+        if (patch["kind"], patch["metadata"]["name"]) != ("Deployment", name):
+            continue
+        spec = patch["spec"]["template"]["spec"]
+        for volume in spec.get("volumes", []):
+            merged = {**local["volumes"].get(volume["name"], {}), **volume}
+            local["volumes"][volume["name"]] = {k: v for k, v in merged.items() if v is not None}
+        for patched in spec.get("containers", []):
+            local["mounts"] |= {m["mountPath"]: m for m in patched.get("volumeMounts", [])}
+            local["env"] |= {e["name"]: e.get("value", "") for e in patched.get("env", [])}
+    return [base, local]
+
+
+def _under(path: str, mount: str) -> bool:
+    return path == mount or path.startswith(mount.rstrip("/") + "/")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_no_key_path_sits_under_a_data_volume_and_keys_come_from_secrets_or_their_own_volume(
+    name,
+):
+    """Issue 17, #2: a snapshot of a data volume is not a copy of the keys that seal it."""
+    claims = {d["metadata"]["name"] for d in _docs(LOCAL / "volumes.yaml")}
+    base, local = _pods(name)
+    for pod in (base, local):
+        env = pod["env"]
+        assert env["MIXIP_KEY_DIR"] == "/keys" and env["MIXIP_DATA_DIR"] == "/data"
+        key_paths = [env["MIXIP_KEY_DIR"], env["MIXIP_TLS_DIR"]]
+        key_paths += [v for k, v in env.items() if k.endswith(("_KEK_FILE", "_TLS_KEY")) and v]
+        volume_of = {path: pod["volumes"][m["name"]] for path, m in pod["mounts"].items()}
+        data_mounts = [p for p, v in volume_of.items() if "secret" not in v and p != "/keys"]
+        for path in key_paths:
+            assert not any(_under(path, mount) for mount in data_mounts), (name, path)
+        assert "secret" in volume_of["/certs"]  # TLS keys: the service's own Secret
+        if "/keys" in volume_of:  # key files on a claim of their own, never a data volume's
+            claim = volume_of["/keys"]["persistentVolumeClaim"]["claimName"]
+            assert claim == f"{name}-keys" and claim in claims
+            others = [v.get("persistentVolumeClaim", {}) for p, v in volume_of.items()]
+            assert [c for c in others if c.get("claimName") == claim] == [{"claimName": claim}]
+    assert "/keys" not in base["mounts"]  # production: keys in KMS, none on a volume
+    assert ("/keys" in local["mounts"]) == (name in {"gateway", "audit"})  # local: key files
+
+
 def test_the_gateway_and_the_matcher_scale_with_hpas_and_retention_runs_several_replicas():
     base = _base()
     for name in ("gateway", "matcher"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import insert, inspect, select, text
 
 from gateway.app import GatewayApp
+from gateway.projects import Action
 from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, note_context
 from gateway.settings import GatewaySettings
 from gateway.store import (
@@ -313,7 +314,8 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
         )[ACCOUNT_SUBJECT]
     assert clear == 0
     assert talent in [f.talent_id for f in faces_]
-    assert [d.note for d in restarted.reviews.decisions(media_id)] == [note]
+    scope = restarted.projects.media_scope(account, media_id, Action.READ)
+    assert [d.note for d in restarted.reviews.decisions(scope)] == [note]
     assert (
         audit_pb2.MatchEventInput.FromString(account_key.open(sealed_event, OUTBOX_CONTEXT))
         == event

@@ -180,6 +180,28 @@ def test_an_internal_service_process_will_not_start_plaintext_without_the_flag(t
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_service_on_a_data_dir_that_still_holds_key_files_refuses_rather_than_make_new_keys(
+    tmp_path, backend
+):
+    """Issue 17, #2: keys moved to MIXIP_KEY_DIR; a service started alone on an old data
+    directory must not seal new data under a fresh key beside the old one."""
+    data = tmp_path / "data"
+    (data / "keys").mkdir(parents=True)
+    (data / "keys" / "audit-kek.key").write_bytes(b"k" * 32)
+    env = {**os.environ, "MIXIP_DATA_DIR": str(data), "MIXIP_INSECURE_DEV": "true"}
+    env |= {"MIXIP_AUDIT_LISTEN": "127.0.0.1:0", "MIXIP_KEY_DIR": str(tmp_path / "keys")}
+    env.pop("MIXIP_TLS_DIR", None)
+    command = [sys.executable, "-m", "services.audit"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mixip audit: key material in {data / 'keys'}: keys live in the key directory now "
+        f"(MIXIP_KEY_DIR, here {tmp_path / 'keys'}); move it there (`mixip up` does it once)"
+    )
+    assert not (tmp_path / "keys").exists() and not (data / "audit.db").exists()  # nothing made
+
+
 # -- the interceptor and RPC kinds ---------------------------------------------------------------
 
 SERVICE = "test.v1.EchoService"

@@ -89,20 +89,21 @@ def test_the_command_lines_images_and_secrets_are_0600_under_a_permissive_umask(
 
 
 def test_a_running_service_creates_only_owner_only_files(tmp_path, backend):
-    """A real `mixip up` mesh of one service: its data directory, logs, certificates' keys,
-    database and key file."""
+    """A real `mixip up` mesh of one service: its data directory (logs, database, lock) and its
+    key directory (certificates' keys, key file)."""
     data = tmp_path / "data"
     mesh = Mesh(data, services=["audit"])
     mesh.start(ready_timeout=60)
     try:
-        files = [p for p in data.rglob("*") if p.is_file()]
+        files = [p for root in (data, mesh.key_dir) for p in root.rglob("*") if p.is_file()]
         names = {p.name for p in files}
-        assert {"mesh.json", "audit.log", "audit.db", "ca.key", "audit.key"} <= names
-        assert any(p.suffix == ".key" and p.parent.name == "keys" for p in files), names
+        assert {"mesh.json", "audit.log", "audit.db", "audit.lock"} <= names
+        assert {"ca.key", "audit.key", "audit-kek.key"} <= names
         for path in files:
             expected = 0o644 if path.suffix == ".pem" else 0o600  # certificates are public
             assert mode(path) == expected, path
-        for directory in [data, *(p for p in data.rglob("*") if p.is_dir())]:
+        roots = (data, mesh.key_dir)
+        for directory in [*roots, *(p for root in roots for p in root.rglob("*") if p.is_dir())]:
             assert mode(directory) == 0o700, directory
     finally:
         mesh.stop()

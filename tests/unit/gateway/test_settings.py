@@ -17,13 +17,14 @@ def load(tmp_path: Path, **variables: str) -> GatewaySettings:
     return GatewaySettings.load(ServerConfig.load("gateway", env), env)
 
 
-def test_without_variables_data_lives_under_the_data_dir_and_keys_beside_it(tmp_path):
+def test_without_variables_data_lives_in_the_data_dir_and_keys_in_the_key_dir_beside_it(tmp_path):
     settings = load(tmp_path)
     root = tmp_path.resolve()
+    keys = root.with_name(root.name + "-keys")
     assert settings.storage == "local"
     assert settings.media_dir == root / "media"
-    assert settings.kek_file == root.with_name(root.name + "-keys") / "gateway-kek.key"
-    assert settings.admin_key_file == root / "gateway-admin.key"
+    assert settings.kek_file == keys / "gateway-kek.key"
+    assert settings.admin_key_file == keys / "gateway-admin.key"
     assert settings.internal_listen == "127.0.0.1:50056"
     assert settings.media_retention_days == 365
     assert settings.tls_cert is None and settings.tls_key is None
