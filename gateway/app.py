@@ -52,7 +52,7 @@ from mixip.runtime.keys import LocalKeyWrapper
 from mixip.runtime.limits import ENVELOPE_BYTES
 from mixip.runtime.server import Authorizer, RunningServer, ServiceApp, start_server
 from mixip.runtime.times import Clock, utcnow
-from mixip.runtime.vault import RotationKeeper, Vault
+from mixip.runtime.vault import RotationKeeper
 
 __all__ = ["GatewayApp", "GatewaySettings", "InternalApp", "build"]
 
@@ -125,14 +125,8 @@ class GatewayApp(ServiceApp):
             raise ConfigError(str(exc)) from None
         peers = Peers.over(channels)
         fence = ErasureFence(db, clock)
-        self.vault = Vault(
-            db,
-            settings.vault.key_ring(),
-            clock,
-            name="gateway",
-            state_model=VaultStateRow,
-            secret_model=TalentKeyRow,
-            rotate_within=settings.vault.rotate_within,
+        self.vault = settings.vault.open(
+            db, clock, name="gateway", state_model=VaultStateRow, secret_model=TalentKeyRow
         )
         seals = Seals(self.vault)
         seals.seal_legacy(db)  # before serving: an older gateway's clear rows
