@@ -149,6 +149,7 @@ def postgres_files(pg_test_database, schemas: list[str]) -> list[Path]:
             {"schemas": schemas},
         ).all()
     engine.dispose()
+    assert len(paths) > 10 * len(schemas), paths  # every service's tables, indexes and TOAST
     files = [
         segment
         for relative in paths
@@ -194,6 +195,7 @@ def test_after_an_erasure_no_byte_on_disk_names_or_describes_the_talent(
                 env={**os.environ, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
                 | {"PGDATABASE": pg_test_database.database},
             ).stdout
+            assert dump.count(b"COPY ") > 10  # the services' tables, with their rows
             found += holding(needles, vector, [dump_file(dump, data_dir)])
         assert found == []
     finally:
