@@ -54,6 +54,9 @@ _STATE_ID = 1
 _RESEAL_BATCH = 1000
 logger = logging.getLogger("mixip.vault")
 
+# Read for every service NAME with a vault as MIXIP_<NAME>_VAULT_<SETTING> (VaultSettings).
+VAULT_SETTINGS = ("KEK_FILE", "KMS_KEY_ID", "KMS_DELETION_DAYS")
+
 Step = Callable[[str], None]
 """Called at each step boundary of a rotation ("kek-created", "resealed" (just before the
 commit), "committed", "destroyed"): tests stop a rotation there, as a crash would."""
@@ -591,13 +594,14 @@ class VaultSettings:
         """The settings of service `name`'s vault; a service with older variable names (the
         audit service) passes them, and its key file's name."""
         prefix = f"MIXIP_{name.upper()}_VAULT"
-        days = env.int(deletion_variable or f"{prefix}_KMS_DELETION_DAYS", 7, minimum=7)
+        kek_name, kms_name, days_name = (f"{prefix}_{setting}" for setting in VAULT_SETTINGS)
+        days = env.int(deletion_variable or days_name, 7, minimum=7)
         if days > 30:
-            raise ConfigError(f"{prefix}_KMS_DELETION_DAYS={days} must be 7-30 (AWS's limits)")
+            raise ConfigError(f"{days_name}={days} must be 7-30 (AWS's limits)")
         default_kek = config.key_dir / (kek_file_name or f"{name}-vault.key")
         return cls(
-            kek_file=Path(env.str(kek_variable or f"{prefix}_KEK_FILE", str(default_kek))),
-            kms_key_id=env.optional(kms_variable or f"{prefix}_KMS_KEY_ID"),
+            kek_file=Path(env.str(kek_variable or kek_name, str(default_kek))),
+            kms_key_id=env.optional(kms_variable or kms_name),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
             kms_deletion_days=days,

@@ -13,6 +13,7 @@ import yaml
 
 from mixip.runtime.acl import RULES
 from mixip.runtime.config import DEFAULT_PORTS, PER_SERVICE_SETTINGS, SERVICES
+from mixip.runtime.vault import VAULT_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy/kubernetes"
@@ -181,7 +182,17 @@ def test_no_key_path_sits_under_a_data_volume_and_keys_come_from_secrets_or_thei
             others = [v.get("persistentVolumeClaim", {}) for p, v in volume_of.items()]
             assert [c for c in others if c.get("claimName") == claim] == [{"claimName": claim}]
     assert "/keys" not in base["mounts"]  # production: keys in KMS, none on a volume
-    assert ("/keys" in local["mounts"]) == (name in {"gateway", "audit"})  # local: key files
+    vaults = {"gateway", "audit", "matcher", "consent"}
+    assert ("/keys" in local["mounts"]) == (name in vaults)  # local: key files
+    kms = {"audit": "MIXIP_AUDIT_KMS_KEY_ID"} | {
+        s: f"MIXIP_{s.upper()}_VAULT_KMS_KEY_ID" for s in vaults - {"audit"}
+    }
+    if name in vaults:  # production: every vault's KEK in KMS (from mixip-aws); local: none
+        [entry] = [
+            e for e in _container(_base()[("Deployment", name)])["env"] if e["name"] == kms[name]
+        ]
+        assert entry["valueFrom"]["configMapKeyRef"]["name"] == "mixip-aws"
+        assert local["env"][kms[name]] == ""
 
 
 def test_the_gateway_and_the_matcher_scale_with_hpas_and_retention_runs_several_replicas():
@@ -303,6 +314,7 @@ def test_every_variable_the_manifests_set_is_one_the_code_reads():
     )
     known = set(re.findall(r"MIXIP_[A-Z0-9_]+", code))
     known |= {f"MIXIP_{s.upper()}_{k}" for s in SERVICES for k in PER_SERVICE_SETTINGS}
+    known |= {f"MIXIP_{s.upper()}_VAULT_{k}" for s in SERVICES for k in VAULT_SETTINGS}
     containers = [_container(d) for (kind, _), d in _base().items() if kind == "Deployment"]
     containers += _base()[("Job", "mixip-migrate")]["spec"]["template"]["spec"]["containers"]
     used = {e["name"] for c in containers for e in c["env"]}
