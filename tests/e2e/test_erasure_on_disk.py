@@ -21,13 +21,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from mixip.runtime.config import SERVICES
 from tests.e2e.test_cli import MIXIP, mixip, ok_json
 from tests.support import faces
 from tests.support.databases import BACKENDS, fresh_schema_url
+from tests.support.disk import relation_files, schema_dump
 
 pytestmark = pytest.mark.slow
 
@@ -133,32 +134,6 @@ def mesh_env(request, pg_test_database) -> tuple[str, dict[str, str], list[str]]
     return request.param, env, schemas
 
 
-def postgres_files(pg_test_database, schemas: list[str]) -> list[Path]:
-    """The raw files of every relation (tables, TOAST, indexes) in these schemas, after a
-    checkpoint wrote every dirty page; and a pg_dump of the schemas."""
-    engine = create_engine(pg_test_database, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text("CHECKPOINT"))
-        root = Path(connection.scalar(text("SHOW data_directory")))
-        paths = connection.scalars(
-            text(
-                "SELECT pg_relation_filepath(c.oid) FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = ANY(:schemas) AND c.relkind IN ('r', 't', 'i', 'p')"
-            ),
-            {"schemas": schemas},
-        ).all()
-    engine.dispose()
-    assert len(paths) > 10 * len(schemas), paths  # every service's tables, indexes and TOAST
-    files = [
-        segment
-        for relative in paths
-        if relative
-        for segment in (root / relative).parent.glob((root / relative).name + "*")
-    ]
-    return files
-
-
 def test_after_an_erasure_no_byte_on_disk_names_or_describes_the_talent(
     mesh_env, tmp_path_factory, pg_test_database
 ):
@@ -183,18 +158,15 @@ def test_after_an_erasure_no_byte_on_disk_names_or_describes_the_talent(
         assert ok_json(data_dir, "audit", "verify")["ok"] is True
         found = holding(needles, vector, files_under(data_dir, key_dir(data_dir)))
         if backend == "postgresql":
-            found += holding(needles, vector, postgres_files(pg_test_database, schemas))
-            dump = subprocess.run(
-                [
-                    shutil.which("pg_dump") or "pg_dump",
-                    "--data-only",
-                    *[f"--schema={s}" for s in schemas],
-                ],
-                capture_output=True,
-                check=True,
-                env={**os.environ, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
-                | {"PGDATABASE": pg_test_database.database},
-            ).stdout
+            engine = create_engine(
+                pg_test_database, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+            )
+            with engine.connect() as connection:
+                files = relation_files(connection, schemas)
+            engine.dispose()
+            assert len(files) > 10 * len(schemas)  # every service's tables, indexes and TOAST
+            found += holding(needles, vector, files)
+            dump = schema_dump(pg_test_database, schemas)
             assert dump.count(b"COPY ") > 10  # the services' tables, with their rows
             found += holding(needles, vector, [dump_file(dump, data_dir)])
         assert found == []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime import migrations
@@ -20,7 +19,7 @@ from services.audit.app import AuditApp
 from services.audit.domain import talent_hash
 from services.audit.store import Base, EventRow, SaltActivity, SaltRow, VaultState
 from services.audit.vault import SaltVault
-from tests.support.databases import fresh_schema_url
+from tests.support.disk import backup
 
 ACCOUNT = "acct"
 
@@ -50,28 +49,6 @@ def linked(stub, talent: str) -> int:
     """How many events the audit service links to the talent."""
     reply = stub.ListEvents(audit_pb2.ListEventsRequest(account_id=ACCOUNT, talent_id=talent))
     return len(reply.events)
-
-
-def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
-    """A copy of the audit database as a backup would hold it: SQLite's online backup of the
-    file; on PostgreSQL every audit table copied into another schema."""
-    if backend == "sqlite":
-        target = tmp_path / "audit-backup.db"
-        source = db.engine.raw_connection()
-        try:
-            with sqlite3.connect(target) as copy:
-                source.driver_connection.backup(copy)
-        finally:
-            source.close()
-        return Database(f"sqlite:///{target}", Base.metadata)
-    copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
-    migrations.upgrade(copy.url, "audit")  # the schema at the same revision, as a dump holds it
-    with db.read() as source, copy.write() as target:
-        for table in Base.metadata.sorted_tables:
-            rows = [dict(row) for row in source.execute(select(table)).mappings()]
-            if rows:
-                target.execute(insert(table), rows)
-    return copy
 
 
 def link_in_copy(copy: Database, vault: SaltVault, talent: str, kek_candidates) -> bool:
@@ -108,12 +85,12 @@ def key_files(directory: Path) -> list[LocalKeyWrapper]:
 
 
 def test_a_backup_taken_before_a_shred_no_longer_links_after_a_rotation(
-    audit_service, clock, backend, tmp_path, pg_test_database
+    audit_service, clock, tmp_path, pg_test_database
 ):
     stub, vault = audit_service.stub, audit_service.app.log.vault
     record(stub, clock, "t-ada", "m1:0")
     record(stub, clock, "t-bob", "m2:0")
-    copy = backup(audit_service.app.db, backend, tmp_path, pg_test_database)
+    copy = backup(audit_service.app.db, "audit", Base.metadata, tmp_path, pg_test_database)
     stub.ShredTalentSalt(audit_pb2.ShredTalentSaltRequest(account_id=ACCOUNT, talent_id="t-ada"))
     assert linked(stub, "t-ada") == 0  # the live database no longer links
     keys = tmp_path / "keys"
@@ -232,13 +209,13 @@ def test_a_missing_key_file_stops_the_start_with_a_configuration_error(
 
 
 def test_a_restored_backup_older_than_a_rotation_does_not_open_and_deletes_no_key(
-    audit_service, clock, tmp_path, backend, pg_test_database
+    audit_service, clock, tmp_path, pg_test_database
 ):
     """The price of shredding that reaches backups, and the guard that keeps a mistaken
     restore from destroying the live key: nothing is deleted before the vault opens."""
     record(audit_service.stub, clock, "t-ada", "m1:0")
     audit_service.stub.RotateVault(audit_pb2.RotateVaultRequest())
-    copy = backup(audit_service.app.db, backend, tmp_path, pg_test_database)
+    copy = backup(audit_service.app.db, "audit", Base.metadata, tmp_path, pg_test_database)
     audit_service.stub.RotateVault(audit_pb2.RotateVaultRequest())
     keys = tmp_path / "keys"
     with pytest.raises(ConfigError, match="cannot open key version 2"):

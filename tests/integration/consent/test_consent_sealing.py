@@ -6,13 +6,10 @@ the service starts."""
 from __future__ import annotations
 
 import secrets
-import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import MetaData, insert, select
 
 from mixip.consent.v1 import consent_pb2 as pb
 from mixip.consent.v1 import consent_pb2_grpc
@@ -41,10 +38,12 @@ from tests.integration.consent.test_consent_service import (
     consent,
     state,
 )
-from tests.support.databases import fresh_schema_url
+from tests.support.disk import backup, database_bytes, found_in
 
 # The revision before talent ids were sealed.
 BEFORE_SEALING = "b0620074e9b9"
+# The serial columns a restored copy goes on numbering after its rows.
+SERIALS = (("consent_records", "sequence"), ("consent_outbox", "id"))
 
 
 def unique_talent() -> str:
@@ -57,64 +56,6 @@ def listed(stub, talent: str = "") -> list[str]:
         pb.ListConsentRecordsRequest(account_id=ACCOUNT, talent_id=talent, page_size=1000)
     )
     return [record.talent_id for record in reply.records]
-
-
-# -- what is on disk ------------------------------------------------------------------------------
-
-
-def sqlite_files(db: Database) -> list[Path]:
-    """The database file and its -wal and -shm."""
-    path = Path(make_url(db.url).database or "")
-    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
-
-
-def pg_relation_files(db: Database, tables: list[str]) -> list[Path]:
-    """Every file of these tables, their TOAST tables and all their indexes, after a
-    CHECKPOINT wrote the shared buffers out (root may read the server's data directory)."""
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text("CHECKPOINT"))
-        data = Path(connection.scalar(text("SHOW data_directory")))
-        oids = [connection.scalar(text("SELECT to_regclass(:t)::oid"), {"t": t}) for t in tables]
-        relations = connection.scalars(
-            text(
-                "WITH t AS (SELECT oid FROM pg_class WHERE oid = ANY(:oids)"
-                " UNION SELECT reltoastrelid FROM pg_class WHERE oid = ANY(:oids)"
-                " AND reltoastrelid <> 0)"
-                " SELECT pg_relation_filepath(oid) FROM t"
-                " UNION SELECT pg_relation_filepath(indexrelid) FROM pg_index"
-                " WHERE indrelid IN (SELECT oid FROM t)"
-            ),
-            {"oids": oids},
-        ).all()
-    files = []
-    for relation in relations:
-        base = data / relation
-        files += [
-            p
-            for p in base.parent.iterdir()
-            if p.name == base.name or p.name.startswith((f"{base.name}.", f"{base.name}_"))
-        ]
-    assert len(files) >= 2 * len(tables), "every table and index has a file"
-    return files
-
-
-def pg_dump(db: Database) -> bytes:
-    """`pg_dump --data-only` of the test's schema."""
-    url = db.engine.url
-    schema = str(url.query["options"]).removeprefix("-csearch_path=")
-    command = ["pg_dump", "--data-only", "-h", str(url.host), "-p", str(url.port or 5432)]
-    command += ["-U", str(url.username), "-n", schema, str(url.database)]
-    return subprocess.run(command, capture_output=True, check=True).stdout
-
-
-def on_disk(db: Database, backend: str) -> bytes:
-    """Every byte the consent service's database keeps on disk for its talent tables (with the
-    schema's pg_dump on PostgreSQL)."""
-    if backend == "sqlite":
-        return b"".join(path.read_bytes() for path in sqlite_files(db))
-    tables = [RecordRow.__tablename__, OutboxRow.__tablename__, TalentKeyRow.__tablename__]
-    files = pg_relation_files(db, tables)
-    return b"".join(path.read_bytes() for path in files) + pg_dump(db)
 
 
 def app_keys(app: ConsentApp, session, talents: list[str]) -> set[str]:
@@ -136,20 +77,20 @@ def test_an_erased_talent_leaves_no_byte_in_the_consent_database_files(
         sealed = [*session.scalars(select(RecordRow.sealed_talent_id))]
         sealed += session.scalars(select(OutboxRow.sealed_talent_id)).all()
         sealed += session.scalars(select(TalentKeyRow.sealed_secret)).all()
-    before = on_disk(db, backend)
-    assert marker.encode() in before and all(blob in before for blob in sealed)
-    assert talent.encode() not in before  # never stored in clear in the first place
+    before = database_bytes(db)
+    assert found_in(before, marker) and all(found_in(before, blob) for blob in sealed)
+    assert found_in(before, talent) == []  # never stored in clear in the first place
 
     reply = stub.EraseTalentConsent(
         pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id=talent)
     )
     assert (reply.records_deleted, reply.outbox_rows_deleted) == (3, 1)
 
-    after = on_disk(db, backend)
-    assert talent.encode() not in after
+    after = database_bytes(db)
+    assert found_in(after, talent) == []
     if backend == "sqlite":  # secure_delete zeroes what the rows held, and the WAL is emptied
-        assert marker.encode() not in after  # the rows left the files, not just the tables
-        erased = [blob for blob in sealed if blob not in after]
+        assert found_in(after, marker) == []  # the rows left the files, not just the tables
+        erased = [blob for blob in sealed if not found_in(after, blob)]
         assert len(erased) == 5  # the talent's 3 records, its outbox row and its key
     # (PostgreSQL's VACUUM frees the dead tuples without zeroing them: their bytes may stay in
     # free space until overwritten, sealed under a key that no longer exists.)
@@ -159,34 +100,6 @@ def test_an_erased_talent_leaves_no_byte_in_the_consent_database_files(
 
 
 # -- copies taken before an erasure -------------------------------------------------------------
-
-
-def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
-    """A copy of the consent database as a backup would hold it: SQLite's online backup of
-    the file; on PostgreSQL every table (and sequence) copied into another schema at the same
-    revision."""
-    if backend == "sqlite":
-        target = tmp_path / "consent-backup.db"
-        source = db.engine.raw_connection()
-        try:
-            with sqlite3.connect(target) as copy:
-                source.driver_connection.backup(copy)
-        finally:
-            source.close()
-        return Database(f"sqlite:///{target}", Base.metadata)
-    copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
-    migrations.upgrade(copy.url, "consent")
-    with db.read() as source, copy.write() as target:
-        for table in Base.metadata.sorted_tables:
-            rows = [dict(row) for row in source.execute(select(table)).mappings()]
-            if rows:
-                target.execute(insert(table), rows)
-        for table, column in (("consent_records", "sequence"), ("consent_outbox", "id")):
-            # the sequences go on after the copied rows, as a dump restores them
-            last = f"SELECT coalesce(max({column}), 0) + 1 FROM {table}"  # noqa: S608
-            sequence = f"pg_get_serial_sequence('{table}', '{column}')"
-            target.execute(text(f"SELECT setval({sequence}, ({last}), false)"))
-    return copy
 
 
 def opened_in_copy(copy: Database, vault: Vault, talent: str, key_dir: Path) -> set[str]:
@@ -227,14 +140,14 @@ def opened_in_copy(copy: Database, vault: Vault, talent: str, key_dir: Path) -> 
 
 
 def test_a_copy_taken_before_an_erasure_opens_nothing_once_the_vault_rotated(
-    consent_service, matcher_double, clock, backend, tmp_path, pg_test_database, serve, channels
+    consent_service, matcher_double, clock, tmp_path, pg_test_database, serve, channels
 ):
     stub, app = consent_service.stub, consent_service.app
     talent, other = unique_talent(), unique_talent()
     consent(stub, clock, talent, BIO, GRANT)
     consent(stub, clock, talent, BIO, REVOKE)  # its face deletion waits in the outbox
     consent(stub, clock, other, BIO, GRANT)
-    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    copy = backup(app.db, "consent", Base.metadata, tmp_path, pg_test_database, sequences=SERIALS)
     stub.EraseTalentConsent(pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id=talent))
     assert state(stub, talent, BIO) == pb.CONSENT_STATE_ABSENT
     keys = tmp_path / "keys"
@@ -346,7 +259,7 @@ def test_clear_talent_ids_are_sealed_when_the_service_starts_and_still_work(
             rows = session.scalars(select(model)).all()
             assert rows and all(r.legacy_talent_id is None and r.talent_ref for r in rows)
     if backend == "sqlite":
-        assert talent.encode() not in on_disk(db, backend)  # scrubbed out of the files too
+        assert found_in(database_bytes(db), talent) == []  # scrubbed out of the files too
 
     assert state(stub, talent, BIO) == pb.CONSENT_STATE_ACTIVE
     assert state(stub, talent, USAGE, "film-1") == pb.CONSENT_STATE_ACTIVE

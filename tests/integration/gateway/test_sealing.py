@@ -5,11 +5,7 @@ gateway's clear rows are sealed at start-up."""
 
 from __future__ import annotations
 
-import glob
 import secrets
-import shutil
-import sqlite3
-import subprocess
 from pathlib import Path
 
 from sqlalchemy import insert, inspect, select, text
@@ -38,7 +34,7 @@ from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyWrapper, SealError
 from mixip.runtime.vault import TalentKey, Vault, VaultKeys
 from tests.support import faces
-from tests.support.databases import PG_ADMIN_URL, fresh_schema_url
+from tests.support.disk import backup, database_bytes, found_in
 from tests.support.gateway_calls import (
     PROJECT,
     consent,
@@ -73,56 +69,8 @@ def matched_talent(gateway, clock) -> tuple[str, tuple, str, str, str]:
     return account, meta, talent, media.media_id, note
 
 
-def database_bytes(db: Database, backend: str, tmp_path: Path) -> list[tuple[str, bytes]]:
-    """Every byte of the gateway's database as it lies on disk: SQLite's database, -wal and
-    -shm files; PostgreSQL's relation files (tables, indexes, TOAST, every fork and segment)
-    of the test's schema after a CHECKPOINT, and its `pg_dump --data-only`."""
-    if backend == "sqlite":
-        path = db.engine.url.database
-        assert path
-        return [(p, Path(p).read_bytes()) for p in (path, f"{path}-wal", f"{path}-shm")]
-    with db.engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(text("CHECKPOINT"))
-        directory = connection.execute(text("SHOW data_directory")).scalar_one()
-        schema = connection.execute(text("SELECT current_schema()")).scalar_one()
-        database = connection.execute(text("SELECT current_database()")).scalar_one()
-        relations = connection.execute(
-            text(
-                "WITH own AS (SELECT oid, reltoastrelid FROM pg_class"
-                " WHERE relnamespace = current_schema()::regnamespace),"
-                " toast AS (SELECT reltoastrelid AS oid FROM own WHERE reltoastrelid <> 0)"
-                " SELECT pg_relation_filepath(oid) FROM own"
-                " UNION SELECT pg_relation_filepath(oid) FROM toast"
-                " UNION SELECT pg_relation_filepath(indexrelid) FROM pg_index"
-                " WHERE indrelid IN (SELECT oid FROM toast)"
-            )
-        ).scalars()
-        files = sorted({f for r in relations if r for f in glob.glob(f"{directory}/{r}*")})
-    assert files
-    server = PG_ADMIN_URL.rsplit("/", 1)[0]
-    pg_dump = shutil.which("pg_dump")
-    assert pg_dump, "pg_dump is needed to check the dump"
-    dump = subprocess.run(
-        [pg_dump, "--data-only", f"--schema={schema}", f"{server}/{database}"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    assert b"COPY" in dump  # the dump holds the schema's rows
-    return [(f, Path(f).read_bytes()) for f in files] + [("pg_dump", dump)]
-
-
-def found_in(chunks: list[tuple[str, bytes]], *needles: str) -> list[str]:
-    return [
-        f"{needle!r} in {name}"
-        for name, data in chunks
-        for needle in needles
-        if needle.encode() in data
-    ]
-
-
 def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_erasure(
-    gateway, clock, backend, tmp_path
+    gateway, clock
 ):
     account, meta, talent, media_id, note = matched_talent(gateway, clock)
     db = gateway.app.db
@@ -134,7 +82,7 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
     )
     assert talent in [f.talent_id for f in results.media.faces]
     assert [d.note for d in results.decisions] == [note]
-    on_disk = database_bytes(db, backend, tmp_path)
+    on_disk = database_bytes(db)
     assert found_in(on_disk, account, media_id)  # the scan reads the rows (ids in clear)
     assert found_in(on_disk, talent, note) == []
     with db.read() as session:
@@ -142,7 +90,7 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
 
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
 
-    on_disk = database_bytes(db, backend, tmp_path)
+    on_disk = database_bytes(db)
     assert found_in(on_disk, account, media_id)
     assert found_in(on_disk, talent, note) == []
     results = gateway.stub.GetMediaResults(
@@ -158,28 +106,6 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
         )
         assert list(keys) == [ACCOUNT_SUBJECT]
     assert gateway.app.vault.status().rotation_due_at is not None  # the erasure owes one
-
-
-def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
-    """A copy of the gateway's database as a backup holds it: SQLite's online backup of the
-    file; on PostgreSQL every gateway table copied into another schema at the same revision."""
-    if backend == "sqlite":
-        target = tmp_path / "gateway-backup.db"
-        source = db.engine.raw_connection()
-        try:
-            with sqlite3.connect(target) as copy:
-                source.driver_connection.backup(copy)
-        finally:
-            source.close()
-        return Database(f"sqlite:///{target}", Base.metadata)
-    copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
-    migrations.upgrade(copy.url, "gateway")
-    with db.read() as source, copy.write() as target:
-        for table in Base.metadata.sorted_tables:
-            rows = [dict(row) for row in source.execute(select(table)).mappings()]
-            if rows:
-                target.execute(insert(table), rows)
-    return copy
 
 
 def opened_in_copy(copy: Database, vault: Vault, key_dir: Path) -> tuple[set[str], set[str]]:
@@ -221,11 +147,11 @@ def opened_in_copy(copy: Database, vault: Vault, key_dir: Path) -> tuple[set[str
 
 
 def test_a_copy_taken_before_an_erasure_opens_nothing_of_the_talent_after_the_rotation(
-    gateway, clock, backend, tmp_path, pg_test_database
+    gateway, clock, tmp_path, pg_test_database
 ):
     _, meta, talent, _, note = matched_talent(gateway, clock)
     app = gateway.app
-    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    copy = backup(app.db, "gateway", Base.metadata, tmp_path, pg_test_database)
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
     # the copy still opens with the keys the gateway holds today (else the test proves nothing)
     assert opened_in_copy(copy, app.vault, tmp_path / "keys") == ({talent}, {note})
@@ -322,7 +248,7 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
     )
     assert restarted.erasures.talent_of(intent) == talent
     if backend == "sqlite":  # the scrub left no clear copy in the files
-        assert found_in(database_bytes(db, backend, tmp_path), talent, note) == []
+        assert found_in(database_bytes(db), talent, note) == []
     assert restarted.uploads.seals.seal_legacy(db) == 0  # idempotent
     db.dispose()
 

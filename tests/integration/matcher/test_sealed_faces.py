@@ -6,14 +6,10 @@ faces enrolled before sealing are sealed at start and still match."""
 from __future__ import annotations
 
 import secrets
-import shutil
-import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select, text
-from sqlalchemy.engine import make_url
 
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.matcher.v1 import matcher_pb2 as pb
@@ -42,7 +38,7 @@ from tests.integration.matcher.test_matcher_service import (
 )
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
-from tests.support.databases import fresh_schema_url
+from tests.support.disk import backup, database_bytes, found_in
 
 BEFORE_SEALING = "23af0c4eb29c"  # the matcher's revision before faces were sealed
 
@@ -68,44 +64,6 @@ def enrolled_vector(app, talent: str) -> bytes:
     return vector
 
 
-def stored_bytes(db: Database) -> bytes:
-    """Every byte the matcher's database keeps on disk. SQLite: the database file, its -wal and
-    -shm. PostgreSQL (after a CHECKPOINT, so what the server holds in memory is on disk): every
-    file of every relation of the schema (tables, their indexes, their TOAST tables and TOAST
-    indexes, all forks and segments), and a `pg_dump --data-only` of the schema."""
-    if db.dialect == "sqlite":
-        path = Path(str(make_url(db.url).database))
-        files = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")]
-        return b"".join(f.read_bytes() for f in files if f.exists())
-    with db.engine.connect() as connection:
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(text("CHECKPOINT"))
-        schema = connection.scalar(text("SELECT current_schema()"))
-        directory = Path(connection.scalar(text("SHOW data_directory")))
-        relations = connection.scalars(
-            text(
-                "WITH ours AS (SELECT oid, reltoastrelid FROM pg_class"
-                " WHERE relnamespace = current_schema()::regnamespace)"
-                " SELECT pg_relation_filepath(oid) FROM ours"
-                " UNION SELECT pg_relation_filepath(reltoastrelid) FROM ours"
-                " WHERE reltoastrelid <> 0"
-                " UNION SELECT pg_relation_filepath(i.indexrelid) FROM pg_index i"
-                " JOIN ours ON i.indrelid = ours.reltoastrelid"
-            )
-        ).all()
-    files = [f for r in relations if r for f in directory.glob(f"{r}*") if f.is_file()]
-    assert files, "no relation file found (else the scan proves nothing)"
-    url = make_url(db.url)
-    pg_dump = shutil.which("pg_dump") or "/usr/bin/pg_dump"
-    server = ["-h", str(url.host), "-p", str(url.port or 5432), "-U", str(url.username)]
-    dump = subprocess.run(
-        [pg_dump, "--data-only", f"--schema={schema}", *server, str(url.database)],
-        check=True,
-        capture_output=True,
-    ).stdout
-    return b"".join(f.read_bytes() for f in files) + dump
-
-
 def test_after_deleting_a_talents_faces_no_byte_of_its_id_or_vector_is_left_on_disk(mesh, clock):
     app, talent = mesh.matcher.app, new_talent()
     for someone in (talent, "hopper"):
@@ -113,18 +71,17 @@ def test_after_deleting_a_talents_faces_no_byte_of_its_id_or_vector_is_left_on_d
     face = enroll(mesh, talent, faces.astronaut()).face
     enroll(mesh, "hopper", faces.grace_hopper())  # another talent's face stays
     vector = enrolled_vector(app, talent)
-    before = stored_bytes(app.db)
-    assert face.face_id.encode() in before  # the scan reads the rows (else it proves nothing)
+    before = database_bytes(app.db)
+    assert found_in(before, face.face_id)  # the scan reads the rows (else it proves nothing)
     # sealed from the start: neither was ever written in clear
-    assert talent.encode() not in before and vector[:16] not in before
+    assert found_in(before, talent, vector[:16]) == []
 
     reply = mesh.matcher.stub.DeleteTalentFaces(
         pb.DeleteTalentFacesRequest(account_id=ACCOUNT, talent_id=talent)
     )
 
     assert reply.deleted_count == 1
-    after = stored_bytes(app.db)
-    assert talent.encode() not in after and vector[:16] not in after
+    assert found_in(database_bytes(app.db), talent, vector[:16]) == []
     assert talent_key(app, talent) is None  # its key went with its last face
     assert app.vault.status().rotation_due_at is not None  # and a rotation is owed
 
@@ -215,28 +172,6 @@ def test_an_enrollment_sealing_under_a_key_keeps_it_from_a_concurrent_last_face_
     assert (found.label, found.talent_id) == (CLEARED, talent)
 
 
-def backup(db: Database, backend: str, tmp_path: Path, pg_test_database) -> Database:
-    """A copy of the matcher database as a backup would hold it: SQLite's online backup of the
-    file; on PostgreSQL every matcher table copied into another schema."""
-    if backend == "sqlite":
-        target = tmp_path / "matcher-backup.db"
-        source = db.engine.raw_connection()
-        try:
-            with sqlite3.connect(target) as copy:
-                source.driver_connection.backup(copy)
-        finally:
-            source.close()
-        return Database(f"sqlite:///{target}", Base.metadata)
-    copy = Database(fresh_schema_url(pg_test_database, "backup"), Base.metadata)
-    migrations.upgrade(copy.url, "matcher")  # the same revision, as a dump holds it
-    with db.read() as source, copy.write() as target:
-        for table in Base.metadata.sorted_tables:
-            rows = [dict(row) for row in source.execute(select(table)).mappings()]
-            if rows:
-                target.execute(insert(table), rows)
-    return copy
-
-
 def faces_in_copy(copy: Database, vault: Vault, talent: str, key_dir: Path) -> int:
     """How many of the talent's faces in the copy open, with the live vault's sealing key or
     any sealing key of the copy's version that a key file present today unwraps."""
@@ -270,12 +205,12 @@ def faces_in_copy(copy: Database, vault: Vault, talent: str, key_dir: Path) -> i
 
 
 def test_a_copy_taken_before_an_erasure_yields_no_face_of_the_talent_after_a_rotation(
-    mesh, clock, backend, tmp_path, pg_test_database
+    mesh, clock, tmp_path, pg_test_database
 ):
     app, talent = mesh.matcher.app, new_talent()
     grant(mesh, clock, talent)
     enroll(mesh, talent, faces.astronaut())
-    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    copy = backup(app.db, "matcher", Base.metadata, tmp_path, pg_test_database)
     mesh.matcher.stub.DeleteTalentFaces(
         pb.DeleteTalentFacesRequest(account_id=ACCOUNT, talent_id=talent)
     )
@@ -321,7 +256,7 @@ def test_faces_enrolled_before_sealing_are_sealed_at_start_and_still_match(
             {"account": ACCOUNT, "talent": talent, "vector": vector, "at": clock()},
         )
         session.execute(insert(CollectionRow).values(account_id=ACCOUNT, version=1))
-    assert talent.encode() in stored_bytes(legacy)  # in clear before the upgrade
+    assert found_in(database_bytes(legacy), talent)  # in clear before the upgrade
 
     upgraded = matcher_factory(mesh.consent.address, database=old)
 
@@ -329,7 +264,7 @@ def test_faces_enrolled_before_sealing_are_sealed_at_start_and_still_match(
         [row] = session.scalars(select(FaceRow)).all()
     assert (row.legacy_talent_id, row.legacy_vector) == (None, None)
     assert (row.face_id, row.talent_ref) == ("old-face", upgraded.app.vault.lookup(ACCOUNT, talent))
-    assert talent.encode() not in stored_bytes(legacy) and vector[:16] not in stored_bytes(legacy)
+    assert found_in(database_bytes(legacy), talent, vector[:16]) == []
     [found] = upgraded.stub.MatchMedia(
         pb.MatchMediaRequest(
             account_id=ACCOUNT, project_id=PROJECT, media=faces.encode(faces.astronaut(), ".jpg")
