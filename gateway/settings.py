@@ -30,6 +30,7 @@ DEFAULT_VAULT = VaultSettings(
     kms_deletion_days=7,
     rotate_within=timedelta(hours=24),
     check_seconds=60.0,
+    name="gateway",
 )
 
 

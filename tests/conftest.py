@@ -248,6 +248,7 @@ def matcher_factory(database_url, serve, clock, channels, tmp_path):
         kms_deletion_days=7,
         rotate_within=timedelta(hours=24),
         check_seconds=60.0,
+        name="matcher",
     )
 
     def make(

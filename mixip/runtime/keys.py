@@ -244,12 +244,22 @@ class KmsKeyRing:
     (7-30, AWS's limits). KMS keeps a key pending deletion until the window ends; it refuses to
     use it meanwhile, and an administrator can cancel the deletion (see docs/vault.md)."""
 
-    def __init__(self, kms_client: Any, key_id: str, *, deletion_window_days: int = 7) -> None:
+    def __init__(
+        self,
+        kms_client: Any,
+        key_id: str,
+        *,
+        deletion_window_days: int = 7,
+        purpose: str = KMS_PURPOSE,
+    ) -> None:
+        """`purpose`: the vault the keys are for (`<service>-vault`; the audit's is
+        `audit-vault`), tagged on every key a rotation creates."""
         if not 7 <= deletion_window_days <= 30:
             raise ValueError("the KMS deletion window is 7-30 days")
         self.kms = kms_client
         self.key_id = key_id
         self.deletion_window_days = deletion_window_days
+        self.purpose = purpose
         self.description = f"AWS KMS keys (first {key_id})"
 
     def initial_ref(self) -> str:
@@ -266,10 +276,10 @@ class KmsKeyRing:
     def create(self, version: int) -> str:
         try:
             response = self.kms.create_key(
-                Description=f"mixip audit vault key-encryption key, version {version}",
+                Description=f"mixip {self.purpose} key-encryption key, version {version}",
                 KeyUsage="ENCRYPT_DECRYPT",
                 Tags=[
-                    {"TagKey": KMS_PURPOSE_TAG, "TagValue": KMS_PURPOSE},
+                    {"TagKey": KMS_PURPOSE_TAG, "TagValue": self.purpose},
                     {"TagKey": "mixip:vault-version", "TagValue": str(version)},
                 ],
             )

@@ -575,6 +575,8 @@ class VaultSettings:
     check_seconds: float
     """MIXIP_VAULT_ROTATION_CHECK_SECONDS (default 60): how often a replica looks for a
     rotation that is owed."""
+    name: str = "audit"
+    """The service whose vault this is (KMS keys a rotation makes are tagged `<name>-vault`)."""
     reset_unreadable: bool = False
     """MIXIP_VAULT_RESET_UNREADABLE (default false): start on a restored backup whose vault
     key was destroyed by a later rotation, dropping what it sealed (else refuse to start)."""
@@ -609,6 +611,7 @@ class VaultSettings:
                 seconds=env.float("MIXIP_VAULT_ROTATE_WITHIN_SECONDS", 86400.0, minimum=0.0)
             ),
             check_seconds=env.float("MIXIP_VAULT_ROTATION_CHECK_SECONDS", 60.0, minimum=0.05),
+            name=name,
             reset_unreadable=env.bool("MIXIP_VAULT_RESET_UNREADABLE", False),
         )
 
