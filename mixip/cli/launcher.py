@@ -13,8 +13,9 @@ first, so no new work arrives while the others drain).
 
 One mesh per data directory: `mixip up` holds the directory's `mixip-up` lock and each service
 its instance's (mixip.runtime.statelock); a second `mixip up` on a directory where either is held
-refuses, naming the PIDs. The services die with `mixip up` however it dies: each is started
-with PR_SET_PDEATHSIG (SIGTERM), so a `kill -9` of the launcher stops them too.
+refuses, naming the PIDs. The services die with `mixip up` however it dies: each asks for
+SIGTERM at its parent's death (mixip.runtime.supervision), so a `kill -9` of the launcher stops
+them too.
 
 `replicas` runs several instances of a service (`matcher`, `matcher-2`, ...), each on its own
 port; the others reach them all through one `ipv4:127.0.0.1:p1,127.0.0.1:p2` target, balanced
@@ -27,7 +28,6 @@ each crash in a row, and says so; the rest of the mesh keeps serving meanwhile.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import os
@@ -56,6 +56,7 @@ from mixip.runtime.config import (
     variable,
 )
 from mixip.runtime.files import open_private, private_dir, write_private
+from mixip.runtime.supervision import SUPERVISOR_VARIABLE
 from mixip.runtime.tls import channel_credentials, init_certs
 
 # Start order: the services others call first; the gateway last. Stop order is the reverse.
@@ -72,7 +73,6 @@ MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
 # The lock `mixip up` holds on its data directory (each service holds its instance's).
 SUPERVISOR_LOCK = "mixip-up"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def service_of(instance: str) -> str:
@@ -160,6 +160,7 @@ class Mesh:
     def environment(self, instance: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["MIXIP_DATA_DIR"] = str(self.data_dir)
+        env[SUPERVISOR_VARIABLE] = str(os.getpid())  # each service dies with `mixip up`
         env["MIXIP_KEY_DIR"] = str(self.key_dir)
         for name, address in (self.addresses | self.internal_addresses).items():
             env[variable(name, "ADDRESS")] = address
@@ -299,7 +300,6 @@ class Mesh:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches `mixip up`, which stops them in order
-                preexec_fn=_dies_with(os.getpid()),
             )
 
     def restart(self, name: str, ready_timeout: float = 60.0) -> None:
@@ -424,27 +424,6 @@ def web_serving(address: str) -> bool:
             return bool(reply.status == 200)
     except OSError:
         return False
-
-
-# prctl(2), looked up before any fork (the child only calls it). Linux only; elsewhere the
-# services outlive a launcher killed with SIGKILL (they still stop with it on any other signal).
-_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
-
-
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """What a child runs before exec: SIGTERM when `parent` dies (PR_SET_PDEATHSIG, which fires
-    when the spawning thread ends, so `mixip up` spawns from its main thread), and exit at once
-    if it died already."""
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-
-    def in_child() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return in_child
 
 
 def stop_on_signals() -> threading.Event:

@@ -41,6 +41,7 @@ from mixip.runtime.errors import (
     to_grpc_status,
 )
 from mixip.runtime.limits import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
+from mixip.runtime.supervision import die_with_supervisor
 from mixip.runtime.telemetry import RpcMetrics
 
 logger = logging.getLogger("mixip.server")
@@ -529,6 +530,7 @@ def serve(
     os.umask(0o077)  # every file this service creates (databases, logs, keys, media): 0600
     env = Env()
     stop = threading.Event()
+    die_with_supervisor()  # `mixip up`'s services stop with it, even after a SIGKILL
     for signum in (signal.SIGTERM, signal.SIGINT):  # before start-up, so it drains too
         signal.signal(signum, lambda *_: stop.set())
     try:

@@ -16,6 +16,7 @@ from mixip.cli.connection import Connection
 from mixip.cli.output import CliError
 from mixip.runtime import logs
 from mixip.runtime.config import ConfigError, Env, data_dir
+from mixip.runtime.supervision import die_with_supervisor
 from mixip.web.app import create_app
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -38,6 +39,7 @@ def listen_address(env: Env) -> tuple[str, int]:
 
 def main() -> int:
     env = Env()
+    die_with_supervisor()  # stops with `mixip up`, even after a SIGKILL
     try:
         logs.configure()
         host, port = listen_address(env)
