@@ -789,10 +789,13 @@ def test_erase_talent(harness, fields):
             text_verdict(request.request_id, 128, required=False),
             ok={OK},
         ),
-        # the receipt, the journaled intent, and audit's shred marker (under the chain head)
+        # the receipt, the journaled intent, and audit's shred marker (under the chain head);
+        # the intent's talent id was sealed under a key the completion destroys, which owes the
+        # gateway vault a rotation
         writes={
             "gateway.gateway_erasure_receipts",
             "gateway.gateway_erasure_intents",
+            "gateway.gateway_vault_state",
             "audit.audit_shred_markers",
             "audit.audit_chain_heads",
         },

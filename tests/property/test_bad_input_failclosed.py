@@ -36,6 +36,9 @@ MATCHER_DELETION = {
     "matcher.matcher_face_requests",
     "matcher.matcher_collections",
     "matcher.matcher_collection_changes",
+    # the talent's last face takes its data key with it, which owes the vault a rotation
+    "matcher.matcher_talent_keys",
+    "matcher.matcher_vault_state",
 }
 
 

@@ -13,13 +13,8 @@ from mixip.runtime.keys import KMS_PURPOSE, KMS_PURPOSE_TAG, KmsKeyRing, KmsKeyW
 from mixip.runtime.times import to_timestamp
 from services.audit.app import SERVICE_NAME, AuditApp, build
 from services.audit.store import Base, VaultState
-from tests.integration.audit.test_vault_rotation import (
-    ACCOUNT,
-    backup,
-    link_in_copy,
-    linked,
-    record,
-)
+from tests.integration.audit.test_vault_rotation import ACCOUNT, link_in_copy, linked, record
+from tests.support.disk import backup
 
 
 @pytest.fixture
@@ -73,10 +68,11 @@ def test_configuration_selects_kms(kms, tmp_path, monkeypatch):
             "AWS_REGION": "eu-west-1",
         }
     )
-    app, _ = build(ServerConfig.load("audit", env), env)
+    config = ServerConfig.load("audit", env)
+    app, _ = build(config, env)
     with app.db.read() as session:
         assert session.get(VaultState, 1).kek_ref == arn(client, key_id)
-    assert not (tmp_path / "keys" / "audit-kek.key").exists()
+    assert config.key_dir != tmp_path and not (config.key_dir / "audit-kek.key").exists()
     app.close()
 
 
@@ -109,7 +105,7 @@ def test_a_rotation_schedules_the_old_kms_key_for_deletion_so_backups_stop_linki
     stub = audit_pb2_grpc.AuditServiceStub(channels(f"127.0.0.1:{running.port}", SERVICE_NAME))
     record(stub, clock, "t-ada", "m1:0")
     record(stub, clock, "t-bob", "m2:0")
-    copy = backup(app.db, backend, tmp_path, pg_test_database)
+    copy = backup(app.db, "audit", Base.metadata, tmp_path, pg_test_database)
     stub.ShredTalentSalt(audit_pb2.ShredTalentSaltRequest(account_id=ACCOUNT, talent_id="t-ada"))
     assert link_in_copy(copy, app.log.vault, "t-ada", enabled_keys(client))
 

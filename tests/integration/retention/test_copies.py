@@ -419,7 +419,11 @@ def test_a_delivered_face_deletion_leaves_a_count_and_no_talent_id(
     service = consent_factory(matcher_double.address)
     record(service, clock, cpb.CONSENT_DECISION_GRANTED)
     record(service, clock, cpb.CONSENT_DECISION_REVOKED)
-    assert any(TALENT in v for v in every_value(service.app.db, OutboxRow))  # owed: named
+    with service.app.db.read() as session:  # owed: it names the talent, sealed, never in clear
+        [owed] = session.scalars(select(OutboxRow)).all()
+        key = service.app.vault.talent_keys(session, "acct-a", [TALENT], create=False)[TALENT]
+    assert owed.talent_ref == key.ref
+    assert not any(TALENT in v for v in every_value(service.app.db, OutboxRow))
     clock.advance(minutes=1)
 
     assert service.app.outbox.run_once() == 1
@@ -446,7 +450,7 @@ def test_rows_kept_delivered_by_an_older_version_become_counts_at_start_up(
                 OutboxRow(
                     outbox_id=f"old-{n}",
                     account_id="acct-a",
-                    talent_id=TALENT,
+                    legacy_talent_id=TALENT,  # an older version kept it in clear
                     created_at=clock(),
                     attempts=1,
                     next_attempt_at=clock(),
