@@ -10,7 +10,6 @@ without mutual TLS, on loopback only) and the four peers' MIXIP_<SERVICE>_ADDRES
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -22,16 +21,7 @@ DEFAULT_RETENTION_DAYS = 365
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
 DEFAULT_ACCESS_LOG_RETENTION_DAYS = 90
-DEFAULT_VAULT = VaultSettings(
-    kek_file=Path("var-keys") / "gateway-vault.key",
-    kms_key_id=None,
-    aws_region=None,
-    aws_endpoint_url=None,
-    kms_deletion_days=7,
-    rotate_within=timedelta(hours=24),
-    check_seconds=60.0,
-    name="gateway",
-)
+DEFAULT_VAULT = VaultSettings(kek_file=Path("var-keys") / "gateway-vault.key", name="gateway")
 
 
 @dataclass(frozen=True)

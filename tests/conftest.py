@@ -240,16 +240,7 @@ def matcher_factory(database_url, serve, clock, channels, tmp_path):
     from services.matcher.store import Base
 
     url = database_url("matcher")
-    vault = VaultSettings(
-        kek_file=tmp_path / "keys" / "matcher-vault.key",
-        kms_key_id=None,
-        aws_region=None,
-        aws_endpoint_url=None,
-        kms_deletion_days=7,
-        rotate_within=timedelta(hours=24),
-        check_seconds=60.0,
-        name="matcher",
-    )
+    vault = VaultSettings(kek_file=tmp_path / "keys" / "matcher-vault.key", name="matcher")
 
     def make(
         consent_address: str,

@@ -559,20 +559,20 @@ class VaultSettings:
     kek_file: Path
     """MIXIP_<SERVICE>_VAULT_KEK_FILE (default <key dir>/<service>-vault.key): the first KEK
     file; rotations write versioned files next to it (the directory must be the key dir)."""
-    kms_key_id: str | None
+    kms_key_id: str | None = None
     """MIXIP_<SERVICE>_VAULT_KMS_KEY_ID: AWS KMS instead of key files; the vault's first KMS
     key, dedicated to it (the first rotation schedules its deletion)."""
-    aws_region: str | None
+    aws_region: str | None = None
     """AWS_REGION (else AWS_DEFAULT_REGION): the KMS region."""
-    aws_endpoint_url: str | None
+    aws_endpoint_url: str | None = None
     """MIXIP_AWS_ENDPOINT_URL: another AWS endpoint (tests, LocalStack)."""
-    kms_deletion_days: int
+    kms_deletion_days: int = 7
     """MIXIP_<SERVICE>_VAULT_KMS_DELETION_DAYS (default 7): retired KMS keys' pending window,
     7-30 days."""
-    rotate_within: timedelta
+    rotate_within: timedelta = timedelta(hours=24)
     """MIXIP_VAULT_ROTATE_WITHIN_SECONDS (default 86400): how soon after a talent's secret is
     destroyed (erasure) the vault rotates, so backups taken before it stop opening."""
-    check_seconds: float
+    check_seconds: float = 60.0
     """MIXIP_VAULT_ROTATION_CHECK_SECONDS (default 60): how often a replica looks for a
     rotation that is owed."""
     name: str = "audit"
