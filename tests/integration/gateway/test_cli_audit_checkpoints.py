@@ -2,7 +2,8 @@
 real gateway): a checkpoint kept from before, proofs that mixip.tlog verifies, and the three
 database writers of issue 21 — one who edits an event, one who deletes the newest events and
 rewinds every head, one who rewrites the whole log from scratch — each caught by
-`mixip audit verify --checkpoint` with exit 3."""
+`mixip audit verify --checkpoint` with exit 3, as are a tree rewound under the log's own signed
+checkpoint and a forged checkpoint."""
 
 from __future__ import annotations
 
@@ -169,3 +170,17 @@ def test_a_checkpoint_not_signed_by_the_log_is_refused(auditor, kept, tmp_path):
     forged.write_text(text.replace("\n5\n", "\n6\n", 1))
     code, out, _ = auditor("audit", "verify", "--checkpoint", str(forged), "--json")
     assert code == 3 and json.loads(out)["broken"] == "signature"
+
+
+def test_a_tree_rewound_under_its_signed_checkpoint_is_refused_and_caught(
+    auditor, kept, audit_service, studio
+):
+    account, _ = studio
+    with audit_service.app.db.write() as session:
+        session.execute(
+            delete(TreeNodeRow).where(TreeNodeRow.account_id == account, TreeNodeRow.level == 0)
+        )
+    code, out, _ = auditor("audit", "verify", "--checkpoint", str(kept), "--json")
+    verdict = json.loads(out)
+    assert code == 3 and verdict["broken"] == "tree"
+    assert "refusing to sign" in verdict["detail"]
