@@ -141,7 +141,7 @@ def audit_service(database_url, tmp_path, serve, clock, channels):
         Database(database_url("audit"), Base.metadata),
         LocalKeyWrapper(tmp_path / "keys" / "audit-kek.key"),
         clock,
-        signer=LogSigner.load_or_create(tmp_path / "keys" / KEY_FILE),
+        signer=LogSigner.load_or_create(tmp_path / "log-key" / KEY_FILE),
     )
     running = serve(app)
     channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
