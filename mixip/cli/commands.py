@@ -504,6 +504,7 @@ def list_audit_events(
             "similarity": round(e.similarity, 4),
             "talent_linked": e.talent_linked,
             "actor": e.actor,
+            "leaf": b64encode(e.leaf),
         }
         for e in events
     ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import stat
 
 import grpc
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from mixip.audit.v1 import audit_pb2
 from mixip.tlog.checkpoint import open_checkpoint
@@ -15,7 +15,7 @@ from mixip.tlog.merkle import leaf_hash
 from mixip.tlog.note import Ed25519Verifier
 from mixip.tlog.proof import verify_consistency, verify_inclusion
 from services.audit.signer import LogSigner
-from services.audit.store import TreeNodeRow
+from services.audit.store import SignedCheckpointRow, TreeNodeRow
 from tests.integration.audit.test_audit_service import ACCOUNT, list_all, record
 from tests.support.status import expect_error, expect_invalid
 
@@ -96,6 +96,22 @@ def test_an_unchanged_tree_keeps_its_signed_checkpoint(audit_service, clock):
     request = audit_pb2.GetCheckpointRequest(account_id=ACCOUNT)
     first = stub.GetCheckpoint(request).checkpoint
     assert stub.GetCheckpoint(request).checkpoint == first
+
+
+def test_the_schedule_signs_every_grown_tree_and_keeps_the_rest(audit_service, clock):
+    stub, log = audit_service.stub, audit_service.app.log
+    record(stub, clock, ["a"])
+    record(stub, clock, ["b"], account="acct-b")
+    untouched = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(account_id="acct-b"))
+    record(stub, clock, ["c"])
+    log.sign_grown()
+    with log.db.read() as session:
+        kept = {row.account_id: row for row in session.scalars(select(SignedCheckpointRow))}
+    assert {account: row.tree_size for account, row in kept.items()} == {
+        ACCOUNT: 2,
+        "acct-b": 1,
+    }
+    assert kept["acct-b"].note == untouched.checkpoint
 
 
 def test_proof_requests_outside_the_tree_are_invalid(audit_service, clock):
