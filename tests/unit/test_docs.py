@@ -67,7 +67,7 @@ def _command_examples(doc: Path) -> list[str]:
 
 
 # Values for the placeholders the parser checks the type of.
-_PLACEHOLDER_VALUES = {"N": "1", "FACE": "0"}
+_PLACEHOLDER_VALUES = {"N": "1", "FACE": "0", "EVENT_ID": "1"}
 
 
 def _argument_lists(example: str) -> list[list[str]]:
