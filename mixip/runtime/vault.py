@@ -459,6 +459,9 @@ class Vault:
         with self.db.write() as session:
             state = self._state(session, exclusive=True)
             if only_if_due and (state.rotation_due_at is None or state.rotation_due_at > now):
+                # a rotation whose old KEK could not be destroyed after its commit (KMS down)
+                # is finished here, at the next check, not only at the next start
+                self._finish_retirement(session, state)
                 return None
             old = self._unwrap(state)
             self._finish_retirement(session, state)

@@ -96,7 +96,9 @@ class SaltVault(Vault):
         """Deletes the talent's salt; True when there was one. One row, whatever the history.
         Copies of the row elsewhere stay openable until the next rotation completes, which
         this asks for within `rotate_within`."""
-        lookup = self.lookup(account_id, talent_id)
+        # the state row first (shared), as every user of salts: a rotation holding it
+        # exclusively is waited for, never deadlocked with on the salt rows
+        lookup = self._hmac(self.current(session), account_id, talent_id)
         session.execute(delete(SaltActivity).where(SaltActivity.lookup == lookup))
         return self.destroy_lookup(session, lookup)
 

@@ -152,3 +152,41 @@ def test_the_keeper_rotates_a_vault_whose_rotation_is_owed(database_url, tmp_pat
         keeper.stop()
     assert vault.status().key_version == 2 and vault.status().rotation_due_at is None
     vault.db.dispose()
+
+
+class FailingOnce(LocalKeyRing):
+    """A key ring whose first destruction fails (KMS unreachable after the commit)."""
+
+    failed = False
+
+    def destroy(self, ref: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise SealError("KMS unreachable")
+        super().destroy(ref)
+
+
+def test_a_kek_left_alive_by_a_failed_destruction_goes_at_the_next_check(
+    database_url, tmp_path, clock
+):
+    keys = tmp_path / "keys"
+    db = Database(database_url("probe"), Base.metadata)
+    db.create_tables()
+    vault = Vault(
+        db,
+        FailingOnce(keys / "probe-vault.key"),
+        clock,
+        name="probe",
+        state_model=StateRow,
+        secret_model=KeyRow,
+        rotate_within=timedelta(0),
+    )
+    with vault.db.write() as session:
+        vault.talent_keys(session, ACCOUNT, ["talent-a"], create=True)
+        vault.destroy(session, ACCOUNT, "talent-a")
+    with pytest.raises(SealError):
+        vault.rotate_if_due()  # committed, but the old KEK is still there
+    assert sorted(p.name for p in keys.iterdir()) == ["probe-vault.key", "probe-vault.v2.key"]
+    assert vault.rotate_if_due() is None  # nothing owed any more, and yet:
+    assert sorted(p.name for p in keys.iterdir()) == ["probe-vault.v2.key"]
+    db.dispose()
