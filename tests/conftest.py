@@ -89,7 +89,11 @@ def serve():
         # Internal services in tests talk plaintext on loopback: the explicit development flag
         # (without it, or with mutual TLS, they refuse callers without a certificate).
         kwargs.setdefault("insecure_dev", True)
-        running = start_server(app, **kwargs)
+        try:
+            running = start_server(app, **kwargs)
+        except BaseException:
+            app.close()
+            raise
         started.append((running, app))
         return running
 
@@ -267,11 +271,22 @@ def matcher_factory(database_url, serve, clock, channels, tmp_path):
 
 @pytest.fixture
 def mesh(matcher_factory, consent_factory) -> Mesh:
-    """Real consent + real matcher (local engine) on the test's database backend."""
-    consent_port = free_port()
-    matcher = matcher_factory(f"127.0.0.1:{consent_port}")
-    consent = consent_factory(matcher.address, port=consent_port)
-    return Mesh(consent, matcher)
+    """Real consent + real matcher (local engine) on the test's database backend.
+
+    The two know each other's address before either starts, so consent's port is picked first
+    and bound last; another socket can take it in between (a CI run saw that), so a lost port is
+    picked again with a fresh matcher."""
+    for attempt in range(5):
+        consent_port = free_port()
+        matcher = matcher_factory(f"127.0.0.1:{consent_port}")
+        try:
+            consent = consent_factory(matcher.address, port=consent_port)
+        except RuntimeError as bind_failed:
+            if "Failed to bind" not in str(bind_failed) or attempt == 4:
+                raise
+            continue
+        return Mesh(consent, matcher)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture
