@@ -137,6 +137,15 @@ class TalentKey:
     def open_text(self, blob: bytes, context: bytes) -> str:
         return self.open(blob, context).decode()
 
+    def digest(self, purpose: str, *parts: bytes) -> bytes:
+        """A keyed digest of `parts` under this key (for a row's idempotency check when the
+        request names or shows the talent): nobody can recompute it, or test a guess against
+        an old copy, once the key is destroyed."""
+        mac = hmac.new(self.key, purpose.encode(), hashlib.sha256)
+        for part in parts:
+            mac.update(len(part).to_bytes(8, "big") + part)
+        return mac.digest()
+
 
 class Vault:
     """Per-talent secrets of one service (`name`: "audit", "matcher", ...), in its own two
