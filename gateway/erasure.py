@@ -218,7 +218,8 @@ class Erasures:
 
     def _finish(self, intent: ErasureIntentRow, talent_id: str) -> list[ErasureStep]:
         account_id = intent.account_id
-        ref = self.seals.ref(account_id, talent_id)
+        ref = intent.talent_ref  # the key the intent made lives until this erasure completes
+        assert ref is not None  # cleared only by the completion
         steps = []
         erased = self.consent.erase_talent(account_id, talent_id)
         steps.append(ErasureStep("consent.erase_ledger", erased, self.clock()))

@@ -151,7 +151,8 @@ class Rights:
         self.outbox.drain(account_id)
         events = self.audit.all_talent_events(account_id, talent_id)
         with self.db.read() as session:
-            found = talent_results(session, account_id, self.seals.ref(account_id, talent_id))
+            ref = self.seals.ref(session, account_id, talent_id)
+            found = talent_results(session, account_id, ref) if ref else []
             opened = self.seals.faces(session, [face for face, _, _ in found])
             results = []
             for (face, project_id, created_at), result in zip(found, opened, strict=True):

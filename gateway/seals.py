@@ -1,7 +1,7 @@
 """What the gateway stores naming a talent, sealed under that talent's data key (its vault).
 
-- a face result's talent: `talent_ref` (the vault's lookup of account and talent, what queries
-  filter on) and the talent id sealed under the talent's key;
+- a face result's talent: `talent_ref` (an HMAC under the talent's key, `TalentKey.ref`: what
+  queries filter on) and the talent id sealed under the talent's key;
 - a review decision's note: sealed under the key of the face's talent, else the account's;
 - a queued audit event (it names the talent): sealed under the account's key;
 - an erasure intent's talent id: sealed under the talent's key, which its completion destroys.
@@ -66,11 +66,9 @@ class Seals:
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
 
-    def ref(self, account_id: str, talent_id: str) -> bytes:
-        return self.vault.lookup(account_id, talent_id)
-
-    def account_ref(self, account_id: str) -> bytes:
-        return self.vault.lookup(account_id, ACCOUNT_SUBJECT)
+    def ref(self, session: Session, account_id: str, talent_id: str) -> bytes | None:
+        """The ref the talent's rows carry (None when the talent has no live key)."""
+        return self.vault.ref(session, account_id, talent_id)
 
     def keys(
         self, session: Session, account_id: str, subjects: Iterable[str], *, create: bool
@@ -80,8 +78,7 @@ class Seals:
 
     def by_ref(self, session: Session, refs: Iterable[bytes | None]) -> dict[bytes, TalentKey]:
         """The live data keys among these refs (no query when there are none)."""
-        wanted = {r for r in refs if r is not None}
-        return self.vault.keys_by_lookup(session, wanted) if wanted else {}
+        return self.vault.keys_by_ref(session, (r for r in refs if r is not None))
 
     def faces(self, session: Session, rows: list[MediaFaceRow]) -> list[common_pb2.FaceResult]:
         """Stored face results as the client sees them (a face whose key is gone: erased)."""

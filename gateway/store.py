@@ -27,7 +27,7 @@ from sqlalchemy.sql import Executable
 
 from mixip.common.v1 import common_pb2
 from mixip.runtime.db import UtcDateTime
-from mixip.runtime.vault import TalentKey, VaultSecretColumns, VaultStateColumns
+from mixip.runtime.vault import TalentKey, TalentKeyColumns, VaultStateColumns
 
 
 class Base(DeclarativeBase):
@@ -114,7 +114,7 @@ class VaultStateRow(VaultStateColumns, Base):
     __tablename__ = "gateway_vault_state"
 
 
-class TalentKeyRow(VaultSecretColumns, Base):
+class TalentKeyRow(TalentKeyColumns, Base):
     """One talent's data key (and each account's own, under `ACCOUNT_SUBJECT`), sealed under
     the vault's key: what the gateway stores naming a talent is sealed under it
     (gateway/seals.py)."""
@@ -124,7 +124,7 @@ class TalentKeyRow(VaultSecretColumns, Base):
 
 class MediaFaceRow(Base):
     """One face result of a stored media, as returned to the client. Its talent is stored as
-    the vault's lookup (`talent_ref`) and the id sealed under the talent's data key; a face
+    its key's ref (`talent_ref`) and the id sealed under the talent's data key; a face
     whose key is gone reads as UNKNOWN / TALENT_ERASED (gateway/seals.py)."""
 
     __tablename__ = "gateway_media_faces"
@@ -359,7 +359,7 @@ def talent_results(
     session: Session, account_id: str, talent_ref: bytes
 ) -> list[tuple[MediaFaceRow, str, datetime]]:
     """(face result, project id, upload time) of every stored result naming the talent (its
-    vault lookup `talent_ref`), oldest upload first."""
+    key's ref `talent_ref`), oldest upload first."""
     rows = session.execute(
         select(MediaFaceRow, MediaRow.project_id, MediaRow.created_at)
         .join(MediaRow, MediaRow.media_id == MediaFaceRow.media_id)

@@ -26,6 +26,16 @@ class SealError(Exception):
     """A key could not be unwrapped or a ciphertext does not authenticate."""
 
 
+class KeyGone(SealError):
+    """The KEK itself no longer exists (its file was unlinked, its KMS key is deleted, pending
+    deletion or disabled): what it wrapped can never be opened again. Not raised for a key that
+    exists and does not fit (a wrong key directory) nor for a KMS that does not answer."""
+
+
+# AWS KMS's answers for a key that is gone (deleted, scheduled for deletion, disabled).
+_KMS_GONE = frozenset({"NotFoundException", "KMSInvalidStateException", "DisabledException"})
+
+
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """AES-256-GCM: nonce || ciphertext+tag, authenticated together with `aad`."""
     nonce = os.urandom(NONCE_BYTES)
@@ -113,7 +123,10 @@ class KmsKeyWrapper:
                 EncryptionContext=self._context(context),
             )
         except (ClientError, BotoCoreError) as exc:
-            raise SealError(f"AWS KMS refused to decrypt: {_aws_code(exc)}") from exc
+            gone = _aws_code(exc) in _KMS_GONE
+            raise (KeyGone if gone else SealError)(
+                f"AWS KMS refused to decrypt: {_aws_code(exc)}"
+            ) from exc
         return bytes(response["Plaintext"])
 
 
@@ -183,7 +196,7 @@ class LocalKeyRing:
     def open(self, ref: str) -> KeyWrapper:
         path = self._path(ref)
         if not path.exists():
-            raise SealError(f"key file {path} does not exist")
+            raise KeyGone(f"key file {path} does not exist")
         return LocalKeyWrapper(path)
 
     def create(self, version: int) -> str:

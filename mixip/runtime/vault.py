@@ -8,17 +8,23 @@ database and in its WAL, free pages, dead tuples, archives and replicas; destroy
 key-encryption key (KEK) that wrapped the secret, at the next rotation, does the same for copies
 of the vault itself (backups taken before the erasure). See docs/vault.md and docs/erasure.md.
 
-Two keys, unwrapped from the vault's state row by the KEK it names:
-- the lookup key: HMAC(lookup key, account, talent) is a secret's primary key (and what every
-  table keyed by talent stores instead of the talent id). It never changes: nothing could
-  recompute the rows' keys without the talent ids.
-- the sealing key of the current key version: each secret is sealed under it (AES-256-GCM).
+Two keys per key version, unwrapped from the vault's state row by the KEK it names:
+- the lookup key: HMAC(lookup key, account, talent) is a secret's primary key, how the vault
+  finds a talent's secret from the talent id;
+- the sealing key: each secret is sealed under it (AES-256-GCM), with the talent id beside it.
+
+Tables keyed by talent store the talent's row ref instead of the talent id: an HMAC under the
+talent's own secret (`TalentKey.ref`), which the secret's row also holds (`row_ref`, to open
+rows found by ref). A new life of the same talent (enrolled again after an erasure) gets a new
+secret, hence a new ref: nothing links the two.
 
 Rotation (`rotate`) makes key version N+1 under a brand new KEK (a new key file, or a new KMS
-key), re-seals every live secret under it, re-wraps the lookup key, commits, and then destroys
-the KEK of version N. A destroyed secret survives in old copies only sealed under version N,
-whose sealing key survives only wrapped under the destroyed KEK: after one rotation, no copy of
-it opens. `destroy` asks for that rotation within `rotate_within` (`rotation_due`).
+key) with a new sealing key and a new lookup key, re-seals every live secret under it (re-keying
+its lookup from the talent id sealed beside it), commits, and then destroys the KEK of version
+N. A destroyed secret survives in old copies only sealed under version N and found by a lookup
+under version N's lookup key, both wrapped under the destroyed KEK: after one rotation, no copy
+opens it, and nobody, even with the live keys, can tell which talent an old copy's rows were
+about. `destroy` asks for that rotation within `rotate_within` (`rotation_due`).
 
 Every transaction that uses secrets reads the state row (locked against rotations on
 PostgreSQL; SQLite write transactions are serial), so a replica that still holds version N
@@ -39,19 +45,28 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, String, delete, select, update
+from sqlalchemy import Integer, LargeBinary, String, bindparam, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mixip.runtime import logs
 from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.db import Database, UtcDateTime, insert_ignoring_conflicts, rowcount
 from mixip.runtime.errors import Unavailable
-from mixip.runtime.keys import KeyRing, KmsKeyRing, LocalKeyRing, SealError, open_sealed, seal
+from mixip.runtime.keys import (
+    KeyGone,
+    KeyRing,
+    KmsKeyRing,
+    LocalKeyRing,
+    SealError,
+    open_sealed,
+    seal,
+)
 from mixip.runtime.times import Clock
 
 _VERSION_BYTES = 4
 _STATE_ID = 1
 _RESEAL_BATCH = 1000
+_SECRET_BYTES = 32
 logger = logging.getLogger("mixip.vault")
 
 # Read for every service NAME with a vault as MIXIP_<NAME>_VAULT_<SETTING> (VaultSettings).
@@ -80,13 +95,21 @@ class VaultStateColumns:
 
 
 class VaultSecretColumns:
-    """One talent's secret, sealed under the vault's sealing key, keyed by the lookup HMAC of
-    (account, talent): the vault holds no talent id either. Deleting the row destroys it."""
+    """One talent's secret (and its talent id), sealed under the vault's sealing key, keyed by
+    the lookup HMAC of (account, talent): the vault holds no talent id in clear either.
+    Deleting the row destroys it."""
 
     lookup: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(128), index=True)
-    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary(128))
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary(512))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TalentKeyColumns(VaultSecretColumns):
+    """A data key's row: a secret plus the ref its talent's rows carry (`TalentKey.ref`), by
+    which `keys_by_ref` finds the key that opens them."""
+
+    row_ref: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
 
 
 @dataclass(frozen=True)
@@ -122,8 +145,12 @@ class TalentKey:
     `context` binds a ciphertext to where it is stored (table, row), so a sealed field cannot
     be moved to another row."""
 
-    ref: bytes  # the lookup HMAC of (account, talent): what tables store instead of the id
     key: bytes
+
+    @property
+    def ref(self) -> bytes:
+        """What the talent's rows store instead of the talent id (an HMAC under this key)."""
+        return row_ref(self.key)
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         return seal(self.key, plaintext, self.ref + context)
@@ -147,10 +174,17 @@ class TalentKey:
         return mac.digest()
 
 
+def row_ref(secret: bytes) -> bytes:
+    return hmac.new(secret, b"mixip/vault/row-ref", hashlib.sha256).digest()
+
+
 class Vault:
     """Per-talent secrets of one service (`name`: "audit", "matcher", ...), in its own two
     tables (models made from the mixins above). Subclasses may adopt an older layout by
-    overriding `_first_keys` and `_open_secret`."""
+    overriding `_first_keys` and `_open_secret`, and keep their lookups across rotations
+    (`rekeys_lookups = False`: the audit vault, whose salts predate sealed talent ids)."""
+
+    rekeys_lookups = True
 
     def __init__(
         self,
@@ -176,6 +210,7 @@ class Vault:
         self.secret_model = secret_model
         self.rotate_within = rotate_within
         self._step = step or (lambda name: None)
+        self._stores_row_refs = "row_ref" in secret_model.__table__.c
         self._reset_unreadable = reset_unreadable
         self._keys = self._start()
 
@@ -202,7 +237,7 @@ class Vault:
                 state = self._state(session, exclusive=True)
             try:
                 keys = self._unwrap(state)
-            except SealError as exc:
+            except KeyGone as exc:
                 if not self._reset_unreadable:
                     raise ConfigError(
                         f"{self.name} vault: cannot open key version {state.version} with"
@@ -212,6 +247,12 @@ class Vault:
                         " without what it sealed (docs/operations.md)"
                     ) from exc
                 keys = self._reset(session, state)
+            except SealError as exc:  # the key is there and does not fit: never reset
+                raise ConfigError(
+                    f"{self.name} vault: key version {state.version} does not open with"
+                    f" {self.ring.description} ({exc}); is this the key directory (or KMS key)"
+                    " the vault was made with?"
+                ) from exc
             # only once this ring is proven to hold the current KEK may it delete the others
             self._finish_retirement(session, state)
             swept = self.ring.sweep(keep=state.kek_ref)
@@ -313,15 +354,16 @@ class Vault:
         message = f"{account_id}\x00{talent_id}".encode()
         return hmac.new(keys.lookup, message, hashlib.sha256).digest()
 
-    def lookup(self, account_id: str, talent_id: str) -> bytes:
-        """The talent's key in the vault (a keyed hash: no talent id, no secret), which every
-        table keyed by talent stores instead of the talent id. Stable across rotations."""
-        return self._hmac(self._keys, account_id, talent_id)
-
-    @staticmethod
-    def _seal_secret(keys: VaultKeys, secret: bytes, lookup: bytes) -> bytes:
+    def _seal_secret(self, keys: VaultKeys, secret: bytes, lookup: bytes, talent: str) -> bytes:
+        """The secret and (in a vault that re-keys lookups) its talent id, sealed."""
         version = keys.version.to_bytes(_VERSION_BYTES, "big")
-        return version + seal(keys.sealing, secret, lookup + version)
+        plaintext = secret + (talent.encode() if self.rekeys_lookups else b"")
+        return version + seal(keys.sealing, plaintext, lookup + version)
+
+    def _open_sealed(self, keys: VaultKeys, blob: bytes, lookup: bytes) -> tuple[bytes, str]:
+        """(secret, talent id; "" when the secret was sealed without it)."""
+        plaintext = self._open_secret(keys, blob, lookup)
+        return plaintext[:_SECRET_BYTES], plaintext[_SECRET_BYTES:].decode()
 
     def _open_secret(self, keys: VaultKeys, blob: bytes, lookup: bytes) -> bytes:
         prefix = blob[:_VERSION_BYTES]
@@ -339,36 +381,29 @@ class Vault:
             return {}
         keys = self.current(session)
         lookups = {self._hmac(keys, account_id, t): t for t in talent_ids}
-        found = self._secrets_by_lookup(session, keys, list(lookups), account_id, create=create)
-        return {lookups[lookup]: secret for lookup, secret in found.items()}
-
-    def _secrets_by_lookup(
-        self,
-        session: Session,
-        keys: VaultKeys,
-        lookups: list[bytes],
-        account_id: str,
-        *,
-        create: bool,
-    ) -> dict[bytes, bytes]:
         model = self.secret_model
         if create:
             now = self.clock()
             column = model.sealed_secret.property.columns[0].name  # audit's is `sealed_salt`
-            rows = [
-                {
+            rows = []
+            for lookup, talent in lookups.items():
+                secret = os.urandom(_SECRET_BYTES)
+                row = {
                     "lookup": lookup,
                     "account_id": account_id,
-                    column: self._seal_secret(keys, os.urandom(32), lookup),
+                    column: self._seal_secret(keys, secret, lookup, talent),
                     "created_at": now,
                 }
-                for lookup in lookups
-            ]
+                if self._stores_row_refs:
+                    row["row_ref"] = row_ref(secret)
+                rows.append(row)
             insert_ignoring_conflicts(session, model.__table__, rows, ["lookup"])
         found = session.execute(
-            select(model.lookup, model.sealed_secret).where(model.lookup.in_(lookups))
+            select(model.lookup, model.sealed_secret).where(model.lookup.in_(list(lookups)))
         )
-        return {lookup: self._open_secret(keys, sealed, lookup) for lookup, sealed in found}
+        return {
+            lookups[lookup]: self._open_sealed(keys, sealed, lookup)[0] for lookup, sealed in found
+        }
 
     def talent_keys(
         self, session: Session, account_id: str, talent_ids: Iterable[str], *, create: bool
@@ -376,34 +411,36 @@ class Vault:
         """Data keys of these talents (made when missing, with `create`); a talent whose key
         was destroyed and not made again is absent: whatever was sealed for it is gone."""
         secrets = self.secrets(session, account_id, talent_ids, create=create)
-        return {
-            talent: TalentKey(self.lookup(account_id, talent), secret)
-            for talent, secret in secrets.items()
-        }
+        return {talent: TalentKey(secret) for talent, secret in secrets.items()}
+
+    def talent_lookup(self, session: Session, account_id: str, talent_id: str) -> bytes:
+        """The talent's lookup under this transaction's key version: a keyed name for the
+        talent that no row keeps (for locks that serialize work on one talent)."""
+        return self._hmac(self.current(session), account_id, talent_id)
+
+    def ref(self, session: Session, account_id: str, talent_id: str) -> bytes | None:
+        """The ref the talent's rows carry, or None when the talent has no live key (then no
+        row of theirs can be read either)."""
+        key = self.talent_keys(session, account_id, [talent_id], create=False).get(talent_id)
+        return key.ref if key else None
 
     def account_keys(self, session: Session, account_id: str) -> dict[bytes, TalentKey]:
-        """Every live data key of one account, by lookup (to open an account's rows)."""
-        keys = self.current(session)
-        model = self.secret_model
-        found = session.execute(
-            select(model.lookup, model.sealed_secret).where(model.account_id == account_id)
-        )
-        return {
-            lookup: TalentKey(lookup, self._open_secret(keys, sealed, lookup))
-            for lookup, sealed in found
-        }
+        """Every live data key of one account, by row ref (to open an account's rows)."""
+        return self._keys_where(session, self.secret_model.account_id == account_id)
 
-    def keys_by_lookup(self, session: Session, lookups: Iterable[bytes]) -> dict[bytes, TalentKey]:
-        """Live data keys by lookup, whatever their account (to open rows of several)."""
+    def keys_by_ref(self, session: Session, refs: Iterable[bytes]) -> dict[bytes, TalentKey]:
+        """Live data keys by row ref, whatever their account (to open rows of several)."""
+        wanted = list(set(refs))
+        return self._keys_where(session, self.secret_model.row_ref.in_(wanted)) if wanted else {}
+
+    def _keys_where(self, session: Session, condition: Any) -> dict[bytes, TalentKey]:
         keys = self.current(session)
         model = self.secret_model
-        found = session.execute(
-            select(model.lookup, model.sealed_secret).where(model.lookup.in_(list(set(lookups))))
+        found = session.execute(select(model.lookup, model.sealed_secret).where(condition))
+        talent_keys = (
+            TalentKey(self._open_sealed(keys, blob, lookup)[0]) for lookup, blob in found
         )
-        return {
-            lookup: TalentKey(lookup, self._open_secret(keys, sealed, lookup))
-            for lookup, sealed in found
-        }
+        return {key.ref: key for key in talent_keys}
 
     def destroy(self, session: Session, account_id: str, talent_id: str) -> bool:
         """Deletes the talent's secret (True when there was one) and then asks for a rotation
@@ -411,6 +448,12 @@ class Vault:
         completes."""
         lookup = self._hmac(self.current(session), account_id, talent_id)
         return self.destroy_lookup(session, lookup)
+
+    def destroy_ref(self, session: Session, ref: bytes) -> bool:
+        """Deletes the secret whose rows carry `ref` (see `destroy`)."""
+        model = self.secret_model
+        lookup = session.scalar(select(model.lookup).where(model.row_ref == ref))
+        return lookup is not None and self.destroy_lookup(session, lookup)
 
     def destroy_lookup(self, session: Session, lookup: bytes) -> bool:
         model = self.secret_model
@@ -453,10 +496,10 @@ class Vault:
         return self._rotate(only_if_due=True)
 
     def _rotate(self, *, only_if_due: bool) -> Rotation | None:
-        """Key version N+1 under a new KEK; every live secret re-sealed; the lookup key
-        re-wrapped; then the KEK of version N destroyed. One transaction holds the state row
-        exclusively, so secrets are neither read nor made meanwhile, and a concurrent rotation
-        waits.
+        """Key version N+1 under a new KEK; every live secret re-sealed, and re-keyed under a new
+        lookup key (`rekeys_lookups`); then the KEK of version N destroyed. One transaction
+        holds the state row exclusively, so secrets are neither read nor made meanwhile, and a
+        concurrent rotation waits.
 
         Crash-safe at every step: before the commit, nothing stored refers to the new KEK (the
         next start or rotation removes it); after the commit, `retired_kek_ref` names the old
@@ -479,7 +522,8 @@ class Vault:
             ref = self.ring.create(version)
             self._step("kek-created")
             wrapper = self.ring.open(ref)
-            new = VaultKeys(version, os.urandom(32), old.lookup)
+            lookup = os.urandom(32) if self.rekeys_lookups else old.lookup
+            new = VaultKeys(version, os.urandom(32), lookup)
             resealed = self._reseal(session, old, new)
             retired = state.kek_ref
             state.version, state.kek_ref, state.rotated_at = version, ref, now
@@ -509,31 +553,42 @@ class Vault:
         """Inside the rotation's transaction: what an older layout leaves behind goes."""
 
     def _reseal(self, session: Session, old: VaultKeys, new: VaultKeys) -> int:
+        """Every secret sealed under `new`, at its lookup under `new` (the lookups are listed
+        first: re-keyed rows move within the key order, so the table cannot be paged by it)."""
         model = self.secret_model
-        resealed, after = 0, b""
-        while True:
+        column = model.sealed_secret.property.columns[0].name
+        lookups = list(session.scalars(select(model.lookup).order_by(model.lookup)))
+        kept = 0
+        for start in range(0, len(lookups), _RESEAL_BATCH):
             page = session.execute(
-                select(model.lookup, model.sealed_secret)
-                .where(model.lookup > after)
-                .order_by(model.lookup)
-                .limit(_RESEAL_BATCH)
+                select(model.lookup, model.account_id, model.sealed_secret).where(
+                    model.lookup.in_(lookups[start : start + _RESEAL_BATCH])
+                )
             ).all()
-            if not page:
-                return resealed
-            session.execute(
-                update(model),
-                [
+            changes = []
+            for lookup, account_id, blob in page:
+                secret, talent = self._open_sealed(old, blob, lookup)
+                moved = self._hmac(new, account_id, talent) if talent else lookup
+                kept += talent == "" and self.rekeys_lookups
+                changes.append(
                     {
-                        "lookup": lookup,
-                        "sealed_secret": self._seal_secret(
-                            new, self._open_secret(old, blob, lookup), lookup
-                        ),
+                        "b_lookup": lookup,
+                        "b_moved": moved,
+                        "b_sealed": self._seal_secret(new, secret, moved, talent),
                     }
-                    for lookup, blob in page
-                ],
+                )
+            table = model.__table__
+            session.execute(
+                update(table)
+                .where(table.c.lookup == bindparam("b_lookup"))
+                .values(
+                    {table.c.lookup: bindparam("b_moved"), table.c[column]: bindparam("b_sealed")}
+                ),
+                changes,
             )
-            resealed += len(page)
-            after = page[-1][0]
+        if kept:  # sealed before talent ids were: their talents can no longer be found by id
+            logs.log(logger, "vault secrets kept at old lookups", vault=self.name, count=kept)
+        return len(lookups)
 
 
 class RotationKeeper:

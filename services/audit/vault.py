@@ -62,6 +62,13 @@ class SaltVault(Vault):
             step=step,
         )
 
+    rekeys_lookups = False  # its salts were sealed without their talent ids
+
+    def lookup(self, account_id: str, talent_id: str) -> bytes:
+        """The salt's key in the vault (a keyed hash of account and talent), the same in every
+        key version: the salt purge's activity rows and the shred markers are keyed by it."""
+        return self._hmac(self._keys, account_id, talent_id)
+
     def _first_keys(self, session: Session, ref: str) -> tuple[bytes, bytes]:
         legacy = session.get(VaultKey, MASTER_KEY_NAME)
         if legacy is None:

@@ -151,7 +151,7 @@ class OutboxDispatcher:
         if not claimed:
             return []
         with self.db.read() as session:
-            keys = self.vault.keys_by_lookup(session, {row.talent_ref for row in claimed})
+            keys = self.vault.keys_by_ref(session, {row.talent_ref for row in claimed})
         return [
             (row, _opened(row, keys[row.talent_ref]) if row.talent_ref in keys else None)
             for row in claimed

@@ -1,8 +1,9 @@
 """Consent use cases, each one unit of work: record, check, list, erase.
 
 A talent id is stored only sealed under the talent's data key (the consent vault); rows are
-found by the key's lookup HMAC (`talent_ref`). A talent whose key is gone has no consent: rows
-that still name it anywhere (a copy, a backup) do not open and are treated as absent. Erasure
+found by the ref derived from that key (`talent_ref`). A talent whose key is gone has no
+consent: rows that still name it anywhere (a copy, a backup) do not open and are treated as
+absent. Erasure
 deletes the rows and the key in one transaction, then scrubs them out of the database's files.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import bindparam, delete, false, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -70,10 +71,10 @@ def _record(row: RecordRow, talent_id: str) -> Record:
     )
 
 
-def _replayed(earlier: RecordRow, talent_ref: bytes, new: NewRecord) -> Record:
+def _replayed(earlier: RecordRow, talent_ref: bytes | None, new: NewRecord) -> Record:
     """The earlier record of a retried request; a different record under the same request id
-    is refused rather than silently dropped. Same `talent_ref`, same talent: the new request's
-    talent id is the earlier record's."""
+    is refused rather than silently dropped. Same `talent_ref` (the ref of the new request's
+    talent's live key), same talent: the new request's talent id is the earlier record's."""
     require_same(
         (earlier.talent_ref, earlier.scope, earlier.project_id, earlier.decision),
         (talent_ref, new.key.scope, new.key.project_id, new.decision),
@@ -81,10 +82,11 @@ def _replayed(earlier: RecordRow, talent_ref: bytes, new: NewRecord) -> Record:
     return _record(earlier, new.key.talent_id)
 
 
-def _hold(session: Session, talent_ref: bytes) -> None:
+def _hold(session: Session, vault: Vault, account_id: str, talent_id: str) -> None:
     """Serializes this transaction with every other recording or erasing the same talent, so
     a record never commits beside an erasure that destroys the key it was sealed under."""
-    serialize(session, "consent-talent/" + talent_ref.hex())
+    lookup = vault.talent_lookup(session, account_id, talent_id)
+    serialize(session, "consent-talent/" + lookup.hex())
 
 
 class ConsentLedger:
@@ -105,16 +107,15 @@ class ConsentLedger:
         sealed under the talent's data key (made for its first record, or its first after an
         erasure). Returns (record, replayed): a repeated request id returns the first record."""
         talent = new.key.talent_id
-        talent_ref = self.vault.lookup(account_id, talent)
         if new.request_id:
-            earlier = self._by_request(account_id, new.request_id)
-            if earlier is not None:
-                return _replayed(earlier, talent_ref, new), True
+            replay = self._replay(account_id, new)
+            if replay is not None:
+                return replay, True
         now = self.clock()
         record_id = uuid.uuid4().hex
         try:
             with self.db.write() as session:
-                _hold(session, talent_ref)
+                _hold(session, self.vault, account_id, talent)
                 key = self.vault.talent_keys(session, account_id, [talent], create=True)[talent]
                 row = RecordRow(
                     record_id=record_id,
@@ -147,10 +148,10 @@ class ConsentLedger:
                     )
         except IntegrityError:
             # A concurrent retry with the same request id won the race: return its record.
-            earlier = self._by_request(account_id, new.request_id) if new.request_id else None
-            if earlier is None:
+            replay = self._replay(account_id, new) if new.request_id else None
+            if replay is None:
                 raise
-            return _replayed(earlier, talent_ref, new), True
+            return replay, True
         logs.log(
             logger,
             "consent recorded",
@@ -163,13 +164,17 @@ class ConsentLedger:
             self.on_outbox_write()
         return _record(row, talent), False
 
-    def _by_request(self, account_id: str, request_id: str) -> RecordRow | None:
+    def _replay(self, account_id: str, new: NewRecord) -> Record | None:
+        """The record an earlier try of this request made (see `_replayed`), if any."""
         with self.db.read() as session:
-            return session.scalars(
+            earlier = session.scalars(
                 select(RecordRow).where(
-                    RecordRow.account_id == account_id, RecordRow.request_id == request_id
+                    RecordRow.account_id == account_id, RecordRow.request_id == new.request_id
                 )
             ).one_or_none()
+            if earlier is None:
+                return None
+            return _replayed(earlier, self.vault.ref(session, account_id, new.key.talent_id), new)
 
     def check(self, account_id: str, keys: Sequence[ConsentKey]) -> list[tuple[int, Record | None]]:
         """For each key, its state and the latest record it comes from (None when absent). A
@@ -222,7 +227,7 @@ class ConsentLedger:
                 query = query.where(RecordRow.talent_ref == held[talent_id].ref)
             order = query.order_by(RecordRow.sequence).limit(fetch_limit(page_size))
             rows, position = page_of(list(session.scalars(order)), page_size, _sequence)
-            keys = self.vault.keys_by_lookup(session, {row.talent_ref for row in rows})
+            keys = self.vault.keys_by_ref(session, {row.talent_ref for row in rows})
         return [
             _opened(row, keys[row.talent_ref]) for row in rows if row.talent_ref in keys
         ], position
@@ -232,7 +237,6 @@ class ConsentLedger:
         the vault a rotation, after which no older copy of them opens), then scrubs them out of
         the database's files; leaves a PII-free tombstone when something was deleted.
         Idempotent; a repeated request id returns the first result."""
-        talent_ref = self.vault.lookup(account_id, talent_id)
         with self.db.write() as session:
             if request_id:
                 earlier = session.scalars(
@@ -248,14 +252,15 @@ class ConsentLedger:
                         earlier.tombstone_id,
                         earlier.erased_at,
                     )
-            _hold(session, talent_ref)
+            _hold(session, self.vault, account_id, talent_id)
+            talent_ref = self.vault.ref(session, account_id, talent_id)
             # Rows an older replica wrote in clear during an upgrade go too (sealed at start).
             records = rowcount(
                 session.execute(
                     delete(RecordRow).where(
                         RecordRow.account_id == account_id,
                         or_(
-                            RecordRow.talent_ref == talent_ref,
+                            RecordRow.talent_ref == talent_ref if talent_ref else false(),
                             RecordRow.legacy_talent_id == talent_id,
                         ),
                     )
@@ -266,15 +271,13 @@ class ConsentLedger:
                     delete(OutboxRow).where(
                         OutboxRow.account_id == account_id,
                         or_(
-                            OutboxRow.talent_ref == talent_ref,
+                            OutboxRow.talent_ref == talent_ref if talent_ref else false(),
                             OutboxRow.legacy_talent_id == talent_id,
                         ),
                     )
                 )
             )
-            held = self.vault.talent_keys(session, account_id, [talent_id], create=False)
-            if held:
-                self.vault.destroy(session, account_id, talent_id)
+            held = talent_ref is not None and self.vault.destroy(session, account_id, talent_id)
             now = self.clock()
             tombstone_id = ""
             if records or outbox:

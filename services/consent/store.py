@@ -19,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
 from mixip.runtime.times import as_utc
-from mixip.runtime.vault import VaultSecretColumns, VaultStateColumns
+from mixip.runtime.vault import TalentKeyColumns, VaultStateColumns
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Sequence = BigInteger().with_variant(Integer, "sqlite")
@@ -33,7 +33,7 @@ class RecordRow(Base):
     """One ledger entry. Rows are only ever inserted, except by erasure (which deletes them all
     for a talent and leaves a tombstone).
 
-    The talent is stored as `talent_ref` (the vault's lookup HMAC of (account, talent): what
+    The talent is stored as `talent_ref` (an HMAC under the talent's data key, `TalentKey.ref`: what
     queries by talent filter on) and `sealed_talent_id`, sealed under the talent's data key
     (context: the table and `record_id`). `legacy_talent_id` is the clear column of rows
     written before sealing: NULL in new rows, and in old ones once the start-up pass sealed
@@ -137,7 +137,7 @@ class VaultStateRow(VaultStateColumns, Base):
     __tablename__ = "consent_vault_state"
 
 
-class TalentKeyRow(VaultSecretColumns, Base):
+class TalentKeyRow(TalentKeyColumns, Base):
     """One talent's data key, sealed under the vault key, by lookup HMAC of (account, talent).
     Erasure deletes it in the transaction that deletes the talent's rows."""
 

@@ -284,7 +284,7 @@ class CollectionIndexes:
         return _Cached(version, index)
 
     def _keys(self, session: Session, rows: Sequence[Any]) -> dict[bytes, TalentKey]:
-        return self.vault.keys_by_lookup(session, {r.talent_ref for r in rows}) if rows else {}
+        return self.vault.keys_by_ref(session, {r.talent_ref for r in rows})
 
 
 def _version(session, account_id: str) -> int:

@@ -281,7 +281,7 @@ class Matcher:
         """The talent id sealed in a face row; None when its talent's key is gone."""
         if row.talent_ref is None or row.sealed is None:
             return None
-        key = self.vault.keys_by_lookup(session, [row.talent_ref]).get(row.talent_ref)
+        key = self.vault.keys_by_ref(session, [row.talent_ref]).get(row.talent_ref)
         return None if key is None else open_face(key, row.face_id, row.sealed)[0]
 
     def _require_biometric_consent(self, account_id: str, talent_id: str) -> None:
@@ -487,14 +487,14 @@ class Matcher:
         given), from the engine first (idempotent both ways). When no face of the talent is
         left, its key is destroyed in the same transaction; then the tables are scrubbed, so
         no copy of the rows stays readable (docs/erasure.md)."""
-        ref = self.vault.lookup(account_id, talent_id)
-        query = select(FaceRow.face_id).where(
-            FaceRow.account_id == account_id, FaceRow.talent_ref == ref
-        )
-        if enrolled_before is not None:
-            query = query.where(FaceRow.created_at <= enrolled_before)
         with self.db.read() as session:
-            face_ids = list(session.scalars(query))
+            ref = self.vault.ref(session, account_id, talent_id)
+            query = select(FaceRow.face_id).where(
+                FaceRow.account_id == account_id, FaceRow.talent_ref == ref
+            )
+            if enrolled_before is not None:
+                query = query.where(FaceRow.created_at <= enrolled_before)
+            face_ids = list(session.scalars(query)) if ref else []
         if not face_ids:  # a key exists only while a face does: nothing to destroy either
             return 0
         self.engine.delete(account_id, face_ids)
@@ -512,7 +512,9 @@ class Matcher:
         """Destroys the talent's key when none of its faces is left. Called after
         `bump_version`, whose lock makes a concurrent enrollment of the talent either visible
         here or wait until the key is gone (see `enroll`)."""
-        ref = self.vault.lookup(account_id, talent_id)
+        ref = self.vault.ref(session, account_id, talent_id)
+        if ref is None:
+            return False
         left = session.scalar(
             select(func.count()).where(FaceRow.account_id == account_id, FaceRow.talent_ref == ref)
         )
@@ -524,14 +526,14 @@ class Matcher:
         it from memory before its next match; the talent's last face takes its key with it.
         Returns the face as it was and the version. Logged with the face id, never the talent
         id."""
-        ref = self.vault.lookup(account_id, talent_id)
-        mine = (
-            FaceRow.face_id == face_id,
-            FaceRow.account_id == account_id,
-            FaceRow.talent_ref == ref,
-        )
         with self.db.read() as session:
-            row = session.scalars(select(FaceRow).where(*mine)).one_or_none()
+            ref = self.vault.ref(session, account_id, talent_id)
+            mine = (
+                FaceRow.face_id == face_id,
+                FaceRow.account_id == account_id,
+                FaceRow.talent_ref == ref,
+            )
+            row = session.scalars(select(FaceRow).where(*mine)).one_or_none() if ref else None
         if row is None:
             raise NotFound("the talent has no such face", reason="FACE_NOT_FOUND")
         self.engine.delete(account_id, [face_id])
@@ -558,8 +560,10 @@ class Matcher:
     def list_faces(
         self, account_id: str, talent_id: str, page_size: int, after: str
     ) -> tuple[list[Face], str | None]:
-        ref = self.vault.lookup(account_id, talent_id)
         with self.db.read() as session:
+            ref = self.vault.ref(session, account_id, talent_id)
+            if ref is None:
+                return [], None
             rows = list(
                 session.scalars(
                     _live(select(FaceRow))
@@ -620,7 +624,7 @@ class Matcher:
                 FaceRow.face_id.in_(face_ids)
             )
         ).all()
-        keys = self.vault.keys_by_lookup(session, {r.talent_ref for r in rows}) if rows else {}
+        keys = self.vault.keys_by_ref(session, {r.talent_ref for r in rows})
         return {
             r.face_id: open_face(keys[r.talent_ref], r.face_id, r.sealed)[0]
             for r in rows
@@ -670,4 +674,4 @@ class Matcher:
 
 def _live(query: Any) -> Any:
     """Only faces whose talent's key exists: a face whose key is gone is treated as absent."""
-    return query.join(TalentKeyRow, TalentKeyRow.lookup == FaceRow.talent_ref)
+    return query.join(TalentKeyRow, TalentKeyRow.row_ref == FaceRow.talent_ref)

@@ -1,7 +1,7 @@
 """The matcher's tables (its own database; no other service reads it). Face vectors and
 metadata only: enrollment images are never stored. A face's talent id and vector are sealed
 under the talent's data key (the matcher's vault, docs/vault.md); rows are found by
-`talent_ref`, the vault's keyed hash of (account, talent)."""
+`talent_ref`, an HMAC under that key (`TalentKey.ref`)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime, insert_ignoring_conflicts
-from mixip.runtime.vault import TalentKey, VaultSecretColumns, VaultStateColumns
+from mixip.runtime.vault import TalentKey, TalentKeyColumns, VaultStateColumns
 
 
 class Base(DeclarativeBase):
@@ -135,7 +135,7 @@ class VaultStateRow(VaultStateColumns, Base):
     __tablename__ = "matcher_vault_state"
 
 
-class TalentKeyRow(VaultSecretColumns, Base):
+class TalentKeyRow(TalentKeyColumns, Base):
     """One talent's data key, sealed under the vault's key; deleted when the talent's last face
     is (erasure, revocation), which makes its sealed faces unreadable everywhere."""
 

@@ -9,12 +9,15 @@ import sqlite3
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, MetaData, insert, select, text
 from sqlalchemy.engine import URL, make_url
 
 from mixip.runtime import migrations
 from mixip.runtime.db import Database
+from mixip.runtime.keys import LocalKeyWrapper, SealError
+from mixip.runtime.vault import TalentKey, Vault, VaultKeys
 from tests.support.databases import fresh_schema_url
 
 
@@ -124,3 +127,35 @@ def backup(
             sequence = f"pg_get_serial_sequence('{table_name}', '{column}')"
             session.execute(text(f"SELECT setval({sequence}, ({last}), false)"))
     return copy
+
+
+def keys_in_copy(
+    copy: Database, vault: Vault, state_model: Any, key_model: Any, key_dir: Path
+) -> dict[bytes, TalentKey]:
+    """Every data key of a copy (a backup) that opens with what an attacker holding the copy
+    and today's key directory has: the live vault's sealing key, or a sealing key of the copy's
+    key version that some key file unwraps. By row ref, the ref the copy's rows carry. Every
+    key row is tried, not only a guessed talent's: no lookup is needed to find them."""
+    with copy.read() as session:
+        state = session.get_one(state_model, 1)
+        secrets = session.execute(select(key_model.lookup, key_model.sealed_secret)).all()
+    sealing = [vault._keys.sealing]
+    for path in sorted(key_dir.iterdir()):
+        try:
+            wrapper = LocalKeyWrapper(path)
+            sealing.append(
+                wrapper.unwrap(state.wrapped_sealing_key, vault._sealing_context(state.version))
+            )
+        except SealError:
+            continue
+    keys: dict[bytes, TalentKey] = {}
+    for lookup, blob in secrets:
+        for candidate in sealing:
+            try:
+                secret, _ = vault._open_sealed(
+                    VaultKeys(state.version, candidate, b""), blob, lookup
+                )
+            except SealError:
+                continue
+            keys[TalentKey(secret).ref] = TalentKey(secret)
+    return keys

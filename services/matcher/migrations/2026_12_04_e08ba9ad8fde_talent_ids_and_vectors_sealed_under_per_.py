@@ -25,9 +25,11 @@ def upgrade() -> None:
         "matcher_talent_keys",
         sa.Column("lookup", sa.LargeBinary(length=32), nullable=False),
         sa.Column("account_id", sa.String(length=128), nullable=False),
-        sa.Column("sealed_secret", sa.LargeBinary(length=128), nullable=False),
+        sa.Column("sealed_secret", sa.LargeBinary(length=512), nullable=False),
+        sa.Column("row_ref", sa.LargeBinary(length=32), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("lookup"),
+        sa.UniqueConstraint("row_ref"),
     )
     with op.batch_alter_table("matcher_talent_keys", schema=None) as batch_op:
         batch_op.create_index(

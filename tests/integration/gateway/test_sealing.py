@@ -31,10 +31,9 @@ from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime import migrations
 from mixip.runtime.config import ADMIN_KEY_FILE
 from mixip.runtime.db import Database
-from mixip.runtime.keys import LocalKeyWrapper, SealError
-from mixip.runtime.vault import TalentKey, Vault, VaultKeys
+from mixip.runtime.vault import Vault
 from tests.support import faces
-from tests.support.disk import backup, database_bytes, found_in
+from tests.support.disk import backup, database_bytes, found_in, keys_in_copy
 from tests.support.gateway_calls import (
     PROJECT,
     consent,
@@ -111,28 +110,10 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
 def opened_in_copy(copy: Database, vault: Vault, key_dir: Path) -> tuple[set[str], set[str]]:
     """(talent ids, notes) of the copy's rows that open with the live vault's sealing key or
     with any key file the mesh holds now."""
+    keys = keys_in_copy(copy, vault, VaultStateRow, TalentKeyRow, key_dir)
     with copy.read() as session:
-        state = session.get_one(VaultStateRow, 1)
-        secrets_ = session.execute(select(TalentKeyRow.lookup, TalentKeyRow.sealed_secret)).all()
         faces_ = session.scalars(select(MediaFaceRow)).all()
         decisions = session.scalars(select(ReviewDecisionRow)).all()
-    sealing = [vault._keys.sealing]
-    for path in sorted(key_dir.iterdir()):
-        try:
-            wrapper = LocalKeyWrapper(path)
-            sealing.append(
-                wrapper.unwrap(state.wrapped_sealing_key, vault._sealing_context(state.version))
-            )
-        except SealError:
-            continue
-    keys: dict[bytes, TalentKey] = {}
-    for lookup, blob in secrets_:
-        for candidate in sealing:
-            try:
-                secret = vault._open_secret(VaultKeys(state.version, candidate, b""), blob, lookup)
-            except SealError:
-                continue
-            keys[lookup] = TalentKey(lookup, secret)
     talents = {
         keys[f.talent_ref].open_text(f.sealed_talent_id, face_context(f.media_id, f.face_index))
         for f in faces_

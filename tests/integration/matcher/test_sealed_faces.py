@@ -16,8 +16,7 @@ from mixip.matcher.v1 import matcher_pb2 as pb
 from mixip.runtime import migrations
 from mixip.runtime.config import ConfigError
 from mixip.runtime.db import Database
-from mixip.runtime.keys import LocalKeyWrapper, SealError
-from mixip.runtime.vault import TalentKey, Vault, VaultKeys
+from mixip.runtime.vault import TalentKey, Vault
 from services.matcher.store import (
     Base,
     CollectionRow,
@@ -38,7 +37,7 @@ from tests.integration.matcher.test_matcher_service import (
 )
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
-from tests.support.disk import backup, database_bytes, found_in
+from tests.support.disk import backup, database_bytes, found_in, keys_in_copy
 
 BEFORE_SEALING = "23af0c4eb29c"  # the matcher's revision before faces were sealed
 
@@ -102,7 +101,7 @@ def test_enrollment_after_an_erasure_makes_a_new_key(mesh, clock):
 
     again = talent_key(app, talent)
     assert first is not None and again is not None
-    assert again.ref == first.ref and again.key != first.key
+    assert again.ref != first.ref and again.key != first.key  # nothing links the lives
     [found] = match(mesh, photo).faces
     assert (found.label, found.talent_id) == (CLEARED, talent)
 
@@ -175,33 +174,15 @@ def test_an_enrollment_sealing_under_a_key_keeps_it_from_a_concurrent_last_face_
 def faces_in_copy(copy: Database, vault: Vault, talent: str, key_dir: Path) -> int:
     """How many of the talent's faces in the copy open, with the live vault's sealing key or
     any sealing key of the copy's version that a key file present today unwraps."""
-    lookup = vault.lookup(ACCOUNT, talent)
+    keys = keys_in_copy(copy, vault, VaultStateRow, TalentKeyRow, key_dir)
     with copy.read() as session:
-        state = session.get_one(VaultStateRow, 1)
-        blob = session.scalar(
-            select(TalentKeyRow.sealed_secret).where(TalentKeyRow.lookup == lookup)
-        )
-        rows = session.execute(
-            select(FaceRow.face_id, FaceRow.sealed).where(FaceRow.talent_ref == lookup)
-        ).all()
-    assert blob is not None and rows, "the copy holds the key and the face (else no proof)"
-    sealing_keys = [vault._keys.sealing]
-    for path in sorted(key_dir.iterdir()):
-        try:
-            wrapper = LocalKeyWrapper(path)
-            sealing_keys.append(
-                wrapper.unwrap(state.wrapped_sealing_key, vault._sealing_context(state.version))
-            )
-        except SealError:
-            continue
-    for sealing in sealing_keys:
-        try:
-            secret = vault._open_secret(VaultKeys(state.version, sealing, b""), blob, lookup)
-        except SealError:
-            continue
-        key = TalentKey(lookup, secret)
-        return sum(open_face(key, face_id, sealed)[0] == talent for face_id, sealed in rows)
-    return 0
+        rows = session.execute(select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed)).all()
+    assert rows, "the copy holds the face (else no proof)"
+    return sum(
+        open_face(keys[ref], face_id, sealed)[0] == talent
+        for face_id, ref, sealed in rows
+        if ref in keys
+    )
 
 
 def test_a_copy_taken_before_an_erasure_yields_no_face_of_the_talent_after_a_rotation(
@@ -263,7 +244,9 @@ def test_faces_enrolled_before_sealing_are_sealed_at_start_and_still_match(
     with legacy.read() as session:
         [row] = session.scalars(select(FaceRow)).all()
     assert (row.legacy_talent_id, row.legacy_vector) == (None, None)
-    assert (row.face_id, row.talent_ref) == ("old-face", upgraded.app.vault.lookup(ACCOUNT, talent))
+    with legacy.read() as session:
+        ref = upgraded.app.vault.ref(session, ACCOUNT, talent)
+    assert (row.face_id, row.talent_ref) == ("old-face", ref)
     assert found_in(database_bytes(legacy), talent, vector[:16]) == []
     [found] = upgraded.stub.MatchMedia(
         pb.MatchMediaRequest(

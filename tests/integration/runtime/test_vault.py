@@ -13,7 +13,7 @@ from sqlalchemy.orm import DeclarativeBase
 from mixip.runtime.config import ConfigError
 from mixip.runtime.db import Database
 from mixip.runtime.keys import LocalKeyRing, SealError
-from mixip.runtime.vault import Vault, VaultSecretColumns, VaultStateColumns
+from mixip.runtime.vault import TalentKeyColumns, Vault, VaultStateColumns
 
 
 class Base(DeclarativeBase):
@@ -24,7 +24,7 @@ class StateRow(VaultStateColumns, Base):
     __tablename__ = "probe_vault_state"
 
 
-class KeyRow(VaultSecretColumns, Base):
+class KeyRow(TalentKeyColumns, Base):
     __tablename__ = "probe_talent_keys"
 
 
@@ -62,7 +62,11 @@ def test_a_sealed_field_opens_only_with_its_talents_key_and_in_its_own_row(vault
         keys["talent-a"].open(blob, b"faces/2")  # moved to another row
     with pytest.raises(SealError):
         keys["talent-b"].open(blob, b"faces/1")  # another talent's key
-    assert keys["talent-a"].ref == vault.lookup(ACCOUNT, "talent-a")
+    with vault.db.read() as session:
+        assert vault.ref(session, ACCOUNT, "talent-a") == keys["talent-a"].ref
+        assert vault.keys_by_ref(session, [keys["talent-b"].ref]) == {
+            keys["talent-b"].ref: keys["talent-b"]
+        }
 
 
 def test_a_destroyed_key_is_gone_owes_a_rotation_and_a_new_life_gets_another(vault, clock):
@@ -77,7 +81,8 @@ def test_a_destroyed_key_is_gone_owes_a_rotation_and_a_new_life_gets_another(vau
         assert vault.account_keys(session, ACCOUNT) == {}
     with vault.db.write() as session:
         again = vault.talent_keys(session, ACCOUNT, ["talent-a"], create=True)["talent-a"]
-    assert again.ref == first.ref and again.key != first.key
+    # a new life: rows of the first cannot be told apart from anyone else's by their ref
+    assert again.ref != first.ref and again.key != first.key
 
 
 def test_a_rotation_happens_once_when_due_and_not_before(vault, clock):
@@ -124,8 +129,28 @@ def test_a_copy_taken_before_the_destruction_stops_opening_after_the_rotation(
         assert restored.talent_keys(session, ACCOUNT, ["talent-a"], create=False) == {}
         assert restored.account_keys(session, ACCOUNT) == {}
     assert restored.status().key_version == 2
-    assert restored.lookup(ACCOUNT, "talent-a") != key.ref  # nothing links to the old refs
     restored.db.dispose()
+
+
+def test_after_the_rotation_even_the_live_keys_link_no_old_row_to_a_talent(vault):
+    """A copy taken before an erasure keeps the erased talent's secret row and rows carrying
+    its ref. The rotation gives every secret a new lookup (a new lookup key): the old lookup
+    is under a destroyed KEK, and a row's ref comes from the destroyed secret, so someone with
+    the copy and the live keys cannot test a talent id against either."""
+    with vault.db.write() as session:
+        keys = vault.talent_keys(session, ACCOUNT, ["talent-a", "talent-b"], create=True)
+    with vault.db.read() as session:
+        copy = {tuple(r) for r in session.execute(select(KeyRow.lookup, KeyRow.row_ref))}
+    with vault.db.write() as session:
+        vault.destroy(session, ACCOUNT, "talent-a")
+    assert vault.rotate().secrets_resealed == 1
+    with vault.db.read() as session:
+        live = {vault.talent_lookup(session, ACCOUNT, t) for t in ("talent-a", "talent-b")}
+        assert not live & {lookup for lookup, _ in copy}
+        # the live talent is found again by id, and its rows keep their ref
+        again = vault.talent_keys(session, ACCOUNT, ["talent-b"], create=False)["talent-b"]
+        assert again == keys["talent-b"]
+        assert vault.ref(session, ACCOUNT, "talent-a") is None
 
 
 def reopen(url, keys, clock, sealed: bytes) -> str:
@@ -190,3 +215,19 @@ def test_a_kek_left_alive_by_a_failed_destruction_goes_at_the_next_check(
     assert vault.rotate_if_due() is None  # nothing owed any more, and yet:
     assert sorted(p.name for p in keys.iterdir()) == ["probe-vault.v2.key"]
     db.dispose()
+
+
+def test_a_key_that_exists_and_does_not_fit_is_refused_even_when_told_to_reset(
+    database_url, tmp_path, clock
+):
+    """MIXIP_VAULT_RESET_UNREADABLE is for a KEK that is gone (a backup older than a rotation);
+    a wrong key directory holds a key of the same name that does not fit: starting would drop
+    every secret and sweep that directory's keys, so it is refused instead."""
+    url = database_url("probe")
+    open_vault(url, tmp_path / "keys", clock).db.dispose()
+    wrong = tmp_path / "other-mesh-keys"
+    open_vault(database_url("other"), wrong, clock).db.dispose()  # its own probe-vault.key
+    before = sorted((p.name, p.read_bytes()) for p in wrong.iterdir())
+    with pytest.raises(ConfigError, match="does not open with"):
+        open_vault(url, wrong, clock, reset_unreadable=True)
+    assert sorted((p.name, p.read_bytes()) for p in wrong.iterdir()) == before
