@@ -17,8 +17,8 @@ from mixip.runtime.times import utcnow
 from mixip.runtime.vault import Vault
 from services.matcher.engines.local import LocalEngine
 from services.matcher.index import CollectionIndexes
-from services.matcher.service import Limits, Matcher
-from services.matcher.settings import DEFAULT_THRESHOLDS
+from services.matcher.service import Matcher
+from services.matcher.settings import DEFAULT_THRESHOLDS, Limits
 from services.matcher.store import Base, TalentKeyRow, VaultStateRow
 from services.matcher.video import DEFAULT_BURST_RATE_HZ, DEFAULT_BURST_SECONDS, DEFAULT_RATE_HZ
 

@@ -48,7 +48,7 @@ MODELS = {
     "retention": "services.retention.store",
 }
 # Tables in a service's database that its models do not own: each retention replica's
-# APScheduler job store (services/retention/domain.py, job_store_table), and the audit log's
+# APScheduler job store (services/retention/schedule.py, job_store_table), and the audit log's
 # monthly partitions on PostgreSQL (made and dropped by the service: services/audit/store.py).
 NOT_OURS = {"retention": "retention_jobs_", "audit": "audit_events_"}
 # pg_advisory_xact_lock key taken by every upgrade (advisory locks are per database).

@@ -26,7 +26,6 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import content_digest, require_same
-from mixip.runtime.limits import MAX_PIXELS
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
@@ -36,6 +35,7 @@ from services.matcher.imaging import decode_image
 from services.matcher.index import VECTOR_DTYPE, CollectionIndexes
 from services.matcher.labels import Label, Thresholds, label_face, label_track, talents_to_check
 from services.matcher.peers import ConsentPort
+from services.matcher.settings import Limits
 from services.matcher.store import (
     CollectionRow,
     FaceRequestRow,
@@ -46,9 +46,6 @@ from services.matcher.store import (
     seal_face,
 )
 from services.matcher.video import (
-    DEFAULT_BURST_RATE_HZ,
-    DEFAULT_BURST_SECONDS,
-    DEFAULT_RATE_HZ,
     Observation,
     Track,
     Tracker,
@@ -61,22 +58,6 @@ logger = logging.getLogger("mixip.matcher")
 # What an erasure or a revocation rewrites: scrubbed after it (Database.scrub).
 ERASED_TABLES = ("matcher_faces", "matcher_face_requests", "matcher_talent_keys")
 _LEGACY_BATCH = 500
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_media_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = MAX_PIXELS
-    max_video_seconds: float = 600.0
-    video_rate_hz: float = DEFAULT_RATE_HZ
-    # After a face comes on screen, sample this fast for this long (docs/video.md).
-    video_burst_rate_hz: float = DEFAULT_BURST_RATE_HZ
-    video_burst_seconds: float = DEFAULT_BURST_SECONDS
-    # Engines without vectors search each observation remotely: only a track's clearest few.
-    video_searches_per_track: int = 3
-    min_face_pixels: int = 48
-    enroll_min_score: float = 0.85
-    top_k: int = 5
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixip.runtime.config import ConfigError, Env, ServerConfig
+from mixip.runtime.limits import MAX_PIXELS
 from mixip.runtime.vault import VaultSettings
 from services.matcher.labels import Thresholds
-from services.matcher.service import Limits
+from services.matcher.video import DEFAULT_BURST_RATE_HZ, DEFAULT_BURST_SECONDS, DEFAULT_RATE_HZ
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the matcher accepts and how densely it samples a video (MatcherSettings.limits)."""
+
+    max_media_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = MAX_PIXELS
+    max_video_seconds: float = 600.0
+    video_rate_hz: float = DEFAULT_RATE_HZ
+    # After a face comes on screen, sample this fast for this long (docs/video.md).
+    video_burst_rate_hz: float = DEFAULT_BURST_RATE_HZ
+    video_burst_seconds: float = DEFAULT_BURST_SECONDS
+    # Engines without vectors search each observation remotely: only a track's clearest few.
+    video_searches_per_track: int = 3
+    min_face_pixels: int = 48
+    enroll_min_score: float = 0.85
+    top_k: int = 5
+
 
 # Defaults per engine scale: SFace cosine (OpenCV's published 0.363) or Rekognition 0-100.
 DEFAULT_THRESHOLDS = {

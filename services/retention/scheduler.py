@@ -17,7 +17,8 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from services.retention.domain import Job, job_store_table
+from services.retention.domain import Job
+from services.retention.schedule import job_store_table
 from services.retention.settings import RetentionSettings
 
 Runner = Callable[[Job], object]

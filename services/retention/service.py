@@ -17,9 +17,10 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, iso
-from services.retention.domain import Job, Outcome, Run, Tally, Trigger, latest_fire_time
+from services.retention.domain import Job, Outcome, Run, Tally, Trigger
 from services.retention.jobs import one_line, purge, purge_access_log, purge_media, reconcile
 from services.retention.peers import Peers
+from services.retention.schedule import latest_fire_time
 from services.retention.settings import RetentionSettings
 from services.retention.store import MAX_ERROR_LENGTH, RunDetailRow, RunRow, TickRow
 

@@ -36,7 +36,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 
 from mixip.runtime.config import ConfigError, Env
-from services.retention.domain import Job, cron_trigger
+from services.retention.domain import Job
+from services.retention.schedule import cron_trigger
 
 MAX_PURGE_BATCH = 100_000  # audit's PurgeExpired limit
 MAX_REPLICA_ID_LENGTH = 128

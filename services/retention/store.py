@@ -1,7 +1,7 @@
 """The retention service's tables (its own database; no other service reads it).
 
 APScheduler's job-store tables (`retention_jobs_<replica>`) live in the same database but are
-created and owned by APScheduler, one per replica (see `domain.job_store_table`).
+created and owned by APScheduler, one per replica (see `schedule.job_store_table`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.matcher.v1 import matcher_pb2 as pb
 from mixip.runtime.times import to_timestamp
-from services.matcher.service import Limits
-from services.matcher.settings import MatcherSettings
+from services.matcher.settings import Limits, MatcherSettings
 from services.matcher.store import FaceRow, open_face
 from tests.support import faces
 from tests.support.status import expect_error, expect_invalid

@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mixip.runtime.config import ConfigError, Env
-from services.retention.domain import Job, cron_trigger, job_store_table, latest_fire_time
+from services.retention.domain import Job
+from services.retention.schedule import cron_trigger, job_store_table, latest_fire_time
 from services.retention.settings import RetentionSettings
 
 UTC_ZONE = ZoneInfo("UTC")
