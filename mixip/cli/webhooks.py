@@ -36,16 +36,17 @@ def _usage_errors(command: Command) -> Command:
 
 
 def _json(webhook: gateway_pb2.Webhook) -> dict[str, Any]:
-    def when(field: str) -> str | None:
-        return getattr(webhook, field).ToJsonString() if webhook.HasField(field) else None
-
+    disabled = webhook.HasField("disabled_at")
+    overlap = webhook.HasField("previous_secret_expires_at")
     return {
         "webhook_id": webhook.webhook_id,
         "url": webhook.url,
         "event_types": list(webhook.event_types),
         "created_at": webhook.created_at.ToJsonString(),
-        "disabled_at": when("disabled_at"),
-        "previous_secret_expires_at": when("previous_secret_expires_at"),
+        "disabled_at": webhook.disabled_at.ToJsonString() if disabled else None,
+        "previous_secret_expires_at": (
+            webhook.previous_secret_expires_at.ToJsonString() if overlap else None
+        ),
     }
 
 
