@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -31,6 +32,8 @@ from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServ
 from gateway.settings import GatewaySettings
 from gateway.store import Base, TalentKeyRow, VaultStateRow, open_erasures
 from gateway.uploads import OrphanSweep, StreamLimits, Uploads
+from gateway.webhook_delivery import WebhookDeliverer
+from gateway.webhooks import Webhooks
 from mixip.audit.v1 import audit_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import (
@@ -141,8 +144,32 @@ class GatewayApp(ServiceApp):
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
+        self.webhook_deliverer = WebhookDeliverer(
+            db,
+            clock,
+            seals,
+            timeout_seconds=settings.webhooks_timeout_seconds,
+            retention=timedelta(days=settings.webhooks_retention_days),
+            allow_private=settings.webhooks_allow_private,
+        )
+        self.webhooks = Webhooks(
+            db,
+            clock,
+            seals,
+            self.webhook_deliverer.wake,
+            allow_private=settings.webhooks_allow_private,
+            overlap=timedelta(hours=settings.webhooks_secret_overlap_hours),
+        )
         self.erasures = Erasures(
-            db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox, seals
+            db,
+            peers.matcher,
+            peers.consent,
+            peers.audit,
+            fence,
+            clock,
+            self.audit_outbox,
+            seals,
+            self.webhooks,
         )
         self.rights = Rights(
             db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox, seals
@@ -206,6 +233,7 @@ class GatewayApp(ServiceApp):
                 self.projects,
                 self.reviews,
                 access_log=self.access_log,
+                webhooks=self.webhooks,
             ),
             server,
         )
@@ -246,6 +274,7 @@ class GatewayApp(ServiceApp):
         )
         self._resumer.start()
         self.audit_outbox.start()
+        self.webhook_deliverer.start()
         self.rotation = self.vault.keep_rotating(self.vault_check_seconds)
 
     def _resume_erasures(self) -> None:
@@ -275,6 +304,7 @@ class GatewayApp(ServiceApp):
         if self.rotation is not None:
             self.rotation.stop()
         self.audit_outbox.stop()
+        self.webhook_deliverer.stop()
         if self._resumer is not None:
             self._resumer.join(timeout=30)
         if self.internal is not None:

@@ -59,6 +59,7 @@ from mixip.runtime.times import Clock, iso
 
 if TYPE_CHECKING:
     from gateway.audit_outbox import AuditOutbox
+    from gateway.webhooks import Webhooks
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -155,6 +156,7 @@ class Erasures:
         clock: Clock,
         outbox: AuditOutbox,
         seals: Seals,
+        webhooks: Webhooks,
     ) -> None:
         self.db = db
         self.matcher = matcher
@@ -164,6 +166,7 @@ class Erasures:
         self.clock = clock
         self.outbox = outbox
         self.seals = seals
+        self.webhooks = webhooks
         self.checkpoint: Checkpoint = no_checkpoint
 
     def erase(
@@ -286,7 +289,8 @@ class Erasures:
         self, session: Session, intent: ErasureIntentRow, steps: list[ErasureStep]
     ) -> None:
         """Completes this intent and every other open one of the talent begun before it (the
-        steps just run satisfy them all), each with its receipt; forgets the talent id."""
+        steps just run satisfy them all), each with its receipt and an `erasure.completed`
+        webhook event (its receipt id as `erasure_id`); forgets the talent id."""
         now = self.clock()
         done = session.scalars(
             select(ErasureIntentRow).where(
@@ -309,6 +313,9 @@ class Erasures:
                     )
                 )
                 session.flush()
+                self.webhooks.emit(
+                    session, row.account_id, "erasure.completed", {"erasure_id": row.receipt_id}
+                )
 
     # -- resumer ------------------------------------------------------------------------------
 

@@ -19,12 +19,21 @@ from gateway.erasure import Erasures
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
 from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
-from gateway.projects import INVITABLE, Action, Collaborator, Project, Projects, from_micros
+from gateway.projects import (
+    INVITABLE,
+    Action,
+    Collaborator,
+    Project,
+    Projects,
+    from_micros,
+    micros,
+)
 from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
 from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from gateway.uploads import StoredMedia, StreamLimits, UploadHeader, Uploads
+from gateway.webhooks import EVENT_TYPES, MAX_EVENT_TYPES, Webhook, Webhooks, check_url
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import (
     admin_pb2,
@@ -83,6 +92,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         reviews: Reviews,
         *,
         access_log: AccessLog,
+        webhooks: Webhooks,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -93,6 +103,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.projects = projects
         self.reviews = reviews
         self.access_log = access_log
+        self.webhooks = webhooks
 
     def UploadMedia(
         self,
@@ -455,6 +466,87 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             entries=[_access_entry(entry) for entry in entries],
             next_page_token=next_page_token(next_after, filters),
         )
+
+    # -- webhooks (gateway/webhooks.py): the caller's own account's endpoints ------------------
+
+    def AddWebhook(
+        self, request: gateway_pb2.AddWebhookRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.AddWebhookResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        check_url(checks, "url", request.url, allow_private=self.webhooks.allow_private)
+        checks.count("event_types", request.event_types, minimum=0, maximum=MAX_EVENT_TYPES)
+        for i, event_type in enumerate(request.event_types):
+            if event_type not in EVENT_TYPES:
+                checks.fail(f"event_types[{i}]", f"must be one of {', '.join(EVENT_TYPES)}")
+        checks.text("request_id", request.request_id, max_length=128, required=False)
+        checks.done()
+        webhook, secret = self.webhooks.add(
+            caller.account_id, request.url, request.event_types, request.request_id
+        )
+        return gateway_pb2.AddWebhookResponse(webhook=_webhook(webhook), secret=secret)
+
+    def ListWebhooks(
+        self, request: gateway_pb2.ListWebhooksRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListWebhooksResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"a": caller.account_id}
+        position = _position(request.page_token, filters, 2)
+        after = (from_micros(position[0]), position[1]) if position else None
+        webhooks, last = self.webhooks.list(caller.account_id, page_size, after)
+        return gateway_pb2.ListWebhooksResponse(
+            webhooks=[_webhook(w) for w in webhooks],
+            next_page_token=next_page_token(last and [micros(last[0]), last[1]], filters),
+        )
+
+    def RemoveWebhook(
+        self, request: gateway_pb2.RemoveWebhookRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RemoveWebhookResponse:
+        caller = self.auth.account(context)
+        _webhook_id(request.webhook_id)
+        webhook = self.webhooks.remove(caller.account_id, request.webhook_id)
+        return gateway_pb2.RemoveWebhookResponse(webhook=_webhook(webhook))
+
+    def TestWebhook(
+        self, request: gateway_pb2.TestWebhookRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.TestWebhookResponse:
+        caller = self.auth.account(context)
+        _webhook_id(request.webhook_id)
+        message_id = self.webhooks.test(caller.account_id, request.webhook_id)
+        return gateway_pb2.TestWebhookResponse(message_id=message_id)
+
+    def RotateWebhookSecret(
+        self, request: gateway_pb2.RotateWebhookSecretRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RotateWebhookSecretResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("webhook_id", request.webhook_id)
+        checks.text("request_id", request.request_id, max_length=128, required=False)
+        checks.done()
+        webhook, secret = self.webhooks.rotate(
+            caller.account_id, request.webhook_id, request.request_id
+        )
+        return gateway_pb2.RotateWebhookSecretResponse(webhook=_webhook(webhook), secret=secret)
+
+
+def _webhook_id(value: str) -> None:
+    checks = Checks()
+    checks.identifier("webhook_id", value)
+    checks.done()
+
+
+def _webhook(webhook: Webhook) -> gateway_pb2.Webhook:
+    return gateway_pb2.Webhook(
+        webhook_id=webhook.webhook_id,
+        url=webhook.url,
+        event_types=webhook.event_types,
+        created_at=to_timestamp(webhook.created_at),
+        disabled_at=to_timestamp(webhook.disabled_at),
+        previous_secret_expires_at=to_timestamp(webhook.previous_secret_expires_at),
+    )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

@@ -88,6 +88,22 @@ class GatewaySettings:
     """MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS (90, 1-3650): how long access-log entries are
     kept (the retention service's purge deletes older ones through PurgeAccessLog)."""
 
+    webhooks_allow_private: bool = False
+    """MIXIP_GATEWAY_WEBHOOKS_ALLOW_PRIVATE (false): development only: webhook URLs may be
+    http and reach private, loopback and link-local addresses (a receiver on this machine)."""
+
+    webhooks_timeout_seconds: float = 10.0
+    """MIXIP_GATEWAY_WEBHOOKS_TIMEOUT_SECONDS (10, 0.1-60): how long a delivery waits to connect
+    and for the answer before it counts as failed (and is retried)."""
+
+    webhooks_secret_overlap_hours: float = 24.0
+    """MIXIP_GATEWAY_WEBHOOKS_SECRET_OVERLAP_HOURS (24, 0-720): how long after a rotation
+    deliveries are signed with the previous secret too."""
+
+    webhooks_retention_days: int = 30
+    """MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS (30, 1-3650): how long finished webhook deliveries
+    (delivered, given up, or to a disabled endpoint) are kept."""
+
     vault: VaultSettings = DEFAULT_VAULT
     """The vault sealing what names a talent (gateway/seals.py): MIXIP_GATEWAY_VAULT_KEK_FILE
     (<key dir>/gateway-vault.key), MIXIP_GATEWAY_VAULT_KMS_KEY_ID, ... (VaultSettings)."""
@@ -122,6 +138,16 @@ class GatewaySettings:
             raise ConfigError(
                 "set both MIXIP_GATEWAY_TLS_CERT and MIXIP_GATEWAY_TLS_KEY, or neither"
             )
+        hook_days = env.int("MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS", 30, minimum=1)
+        hook_timeout = env.float("MIXIP_GATEWAY_WEBHOOKS_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+        overlap = env.float("MIXIP_GATEWAY_WEBHOOKS_SECRET_OVERLAP_HOURS", 24.0, minimum=0.0)
+        for name, value, most in (
+            ("MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS", hook_days, MAX_RETENTION_DAYS),
+            ("MIXIP_GATEWAY_WEBHOOKS_TIMEOUT_SECONDS", hook_timeout, 60),
+            ("MIXIP_GATEWAY_WEBHOOKS_SECRET_OVERLAP_HOURS", overlap, 720),
+        ):
+            if value > most:
+                raise ConfigError(f"{name}={value} must be at most {most}")
         root = config.data_dir
         return cls(
             max_upload_bytes=env.int("MIXIP_GATEWAY_MAX_UPLOAD_BYTES", 64 * MiB, minimum=1),
@@ -148,5 +174,9 @@ class GatewaySettings:
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
             access_log_retention_days=log_days,
+            webhooks_allow_private=env.bool("MIXIP_GATEWAY_WEBHOOKS_ALLOW_PRIVATE", False),
+            webhooks_timeout_seconds=hook_timeout,
+            webhooks_secret_overlap_hours=overlap,
+            webhooks_retention_days=hook_days,
             vault=VaultSettings.load("gateway", config, env),
         )

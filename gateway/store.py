@@ -317,6 +317,62 @@ class AuditOutboxRow(Base):
     )
 
 
+class WebhookRow(Base):
+    """An account's webhook endpoint (gateway/webhooks.py). Its signing secret, and for a while
+    after a rotation the previous one, are sealed under the account's data key; the URL is the
+    account's, not a talent's."""
+
+    __tablename__ = "gateway_webhooks"
+
+    webhook_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[str] = mapped_column(String(256))  # comma-separated; "": every type
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    sealed_previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # it answered 410 Gone
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    rotation_request_id: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_gateway_webhooks_account", "account_id", "created_at", "webhook_id"),
+        Index("ix_gateway_webhooks_request", "account_id", "request_id", unique=True),
+    )
+
+
+class WebhookDeliveryRow(Base):
+    """One event owed to (or sent to) one endpoint: the webhooks' outbox, written in the
+    transaction of the event it announces. The payload holds ids only (never a talent id).
+    `due_at` is the next attempt's time, or a deliverer's lease; a finished delivery
+    (delivered, failed after the last retry, or its endpoint disabled) has `finished_at` and is
+    purged MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS later."""
+
+    __tablename__ = "gateway_webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(LogSequence, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(32))  # the webhook-id header, every attempt
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("gateway_webhooks.webhook_id", ondelete="CASCADE")
+    )
+    account_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed | disabled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_outcome: Mapped[str | None] = mapped_column(String(64))  # "HTTP 500", "timeout", ...
+
+    __table_args__ = (
+        Index("ix_gateway_webhook_deliveries_due", "state", "due_at"),
+        Index("ix_gateway_webhook_deliveries_webhook", "webhook_id", "state"),
+        Index("ix_gateway_webhook_deliveries_finished", "finished_at"),
+    )
+
+
 # -- queries ------------------------------------------------------------------------------------
 
 

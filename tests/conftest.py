@@ -396,7 +396,13 @@ class Gateway:
 
 
 @pytest.fixture
-def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service):
+def gateway_overrides() -> dict:
+    """GatewaySettings fields a test module sets for its `gateway` (e.g. webhooks to loopback)."""
+    return {}
+
+
+@pytest.fixture
+def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service, gateway_overrides):
     from gateway.app import (
         ADMIN_SERVICE,
         GATEWAY_SERVICE,
@@ -430,6 +436,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service)
             max_chunk_bytes=256 * 1024,
             admin_key_file=tmp_path / ADMIN_KEY_FILE,
             vault=gateway_vault(tmp_path),
+            **gateway_overrides,
         ),
         clock,
         internal_insecure_dev=True,

@@ -106,6 +106,11 @@ RPC_COMMANDS = {
     "GetMediaPreview": "media preview",
     "RecordReviewDecision": "review",
     "ListAccessLog": "access-log list",
+    "AddWebhook": "webhooks add",
+    "ListWebhooks": "webhooks list",
+    "RemoveWebhook": "webhooks remove",
+    "TestWebhook": "webhooks test",
+    "RotateWebhookSecret": "webhooks rotate-secret",
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from mixip.cli import commands, db, review, witness
+from mixip.cli import commands, db, review, webhooks, witness
 from mixip.cli.connection import Connection
 from mixip.cli.demo import run_demo
 from mixip.cli.dev_mesh import start_mesh
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_rights_and_key_commands(sub, common)
     review.add_review_commands(sub, common, media)
     db.add_commands(sub, common)
+    webhooks.add_commands(sub, common)
     witness.add_commands(sub, common)
     return parser
 

@@ -1116,6 +1116,14 @@ def _valid_requests(harness) -> dict:
                 media_id="med_1", decision=common_pb2.REVIEW_DECISION_BLOCKED
             ),
         ),
+        "AddWebhook": (s.AddWebhook, pb.AddWebhookRequest(url="https://hooks.example.com/x")),
+        "ListWebhooks": (s.ListWebhooks, pb.ListWebhooksRequest()),
+        "RemoveWebhook": (s.RemoveWebhook, pb.RemoveWebhookRequest(webhook_id="wh_1")),
+        "TestWebhook": (s.TestWebhook, pb.TestWebhookRequest(webhook_id="wh_1")),
+        "RotateWebhookSecret": (
+            s.RotateWebhookSecret,
+            pb.RotateWebhookSecretRequest(webhook_id="wh_1"),
+        ),
     }
 
 
@@ -1166,6 +1174,8 @@ def test_every_rpc_has_a_property():
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
         *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
         # ^ test_bad_input_review.py
+        *("AddWebhook", "ListWebhooks", "RemoveWebhook", "TestWebhook", "RotateWebhookSecret"),
+        # ^ test_bad_input_webhooks.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py

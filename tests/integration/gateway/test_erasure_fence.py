@@ -344,9 +344,13 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
         clock,
     )
     restarted.start()
-    restarted._resumer.join(60)  # with no period, it stops after its start-up pass
-    assert not restarted._resumer.is_alive()
-    assert_no_link_left(gateway, account, meta)
+    try:
+        restarted._resumer.join(60)  # with no period, it stops after its start-up pass
+        assert not restarted._resumer.is_alive()
+        assert_no_link_left(gateway, account, meta)
+    finally:  # its workers stop with the test (its channels and database are the fixture's)
+        restarted.audit_outbox.stop()
+        restarted.webhook_deliverer.stop()
 
 
 # -- the audit outbox: queued events and erasures ---------------------------------------------

@@ -58,6 +58,7 @@ class World:
     media_id: str = ""  # the owner's upload
     uploader_media_id: str = ""  # the uploader's upload in the owner's project
     guest: str = ""  # an account the owner invites and removes
+    webhook_id: str = ""  # the owner's webhook
 
 
 def by_role(owner=OK, reviewer=OK, uploader=OK, viewer=OK, outsider=NOT_FOUND):
@@ -72,6 +73,8 @@ def by_role(owner=OK, reviewer=OK, uploader=OK, viewer=OK, outsider=NOT_FOUND):
 
 
 EVERYONE_OK = by_role(outsider=OK)
+# What is bound to the owner's account (not a project): nobody else finds it
+OWNERS_OWN = by_role(reviewer=NOT_FOUND, uploader=NOT_FOUND, viewer=NOT_FOUND)
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,29 @@ def _delete_face(world: World, caller: str):
     )
 
 
+def _add_webhook(world: World, caller: str):
+    reply = world.gw.stub.AddWebhook(
+        pb.AddWebhookRequest(url=f"https://hooks.example.com/{caller}"),
+        metadata=world.metas[caller],
+    )
+    if caller == "owner":
+        world.webhook_id = reply.webhook.webhook_id
+    return reply
+
+
+def _owners_webhook(method: str, request_type) -> Callable[[World, str], Any]:
+    def call(world: World, caller: str) -> Any:
+        request = request_type(webhook_id=world.webhook_id)
+        return getattr(world.gw.stub, method)(request, metadata=world.metas[caller])
+
+    return call
+
+
+def _own_webhooks_only(world: World, caller: str, reply) -> None:
+    urls = [w.url for w in reply.webhooks]
+    assert urls == [f"https://hooks.example.com/{caller}"], urls
+
+
 ROWS = [
     Row(
         "ListProjects",
@@ -383,6 +409,21 @@ ROWS = [
         EVERYONE_OK,
         _own_access_log_only,
     ),
+    # Webhooks are account-bound: each caller adds its own; the owner's are the owner's alone
+    Row("AddWebhook", _add_webhook, EVERYONE_OK),
+    Row(
+        "ListWebhooks",
+        _unary("ListWebhooks", pb.ListWebhooksRequest()),
+        EVERYONE_OK,
+        _own_webhooks_only,
+    ),
+    Row("TestWebhook", _owners_webhook("TestWebhook", pb.TestWebhookRequest), OWNERS_OWN),
+    Row(
+        "RotateWebhookSecret",
+        _owners_webhook("RotateWebhookSecret", pb.RotateWebhookSecretRequest),
+        OWNERS_OWN,
+    ),
+    Row("RemoveWebhook", _owners_webhook("RemoveWebhook", pb.RemoveWebhookRequest), OWNERS_OWN),
     Row(
         "ListConsents",
         _unary("ListConsents", pb.ListConsentsRequest(talent_id=TALENT)),

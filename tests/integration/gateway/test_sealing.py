@@ -163,9 +163,11 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
         },
         "gateway_review_decisions": lambda row: {"note": note},
     }
+    with old.engine.connect() as connection:
+        existed = set(inspect(connection).get_table_names())  # not the later revisions' tables
     with live.read() as source, old.write() as target:  # the live rows, as the old gateway had
         for table in Base.metadata.sorted_tables:
-            if table.name in SEALED_ONLY:
+            if table.name in SEALED_ONLY or table.name not in existed:
                 continue
             columns = [c for c in table.columns if c.name in _old_columns(old, table.name)]
             rows = [dict(r) for r in source.execute(select(*columns)).mappings()]

@@ -175,7 +175,9 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
     # The gateway's audit outbox delivers only when told (the erasure below delivers the first
     # photo's events, a drain the second's; the third photo's stay queued: an outbox row).
     gateway.app.audit_outbox.stop()
+    gateway.app.webhook_deliverer.stop()  # the erasure's webhook delivery stays owed: a row
     account, meta = gateway.new_account("studio")
+    gateway.stub.AddWebhook(pb.AddWebhookRequest(url="https://hooks.example.com/x"), metadata=meta)
     for talent, image in (("astronaut", faces.astronaut()), ("hopper", faces.grace_hopper())):
         consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
         consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)

@@ -47,6 +47,10 @@ def test_every_field_is_documented_with_the_variable_it_comes_from():
         ({"MIXIP_GATEWAY_STORAGE": "s3", "MIXIP_GATEWAY_S3_BUCKET": "b"}, "S3_KMS_KEY_ID"),
         ({"MIXIP_GATEWAY_TLS_KEY": "/k.pem"}, "MIXIP_GATEWAY_TLS_CERT"),
         ({"MIXIP_GATEWAY_ERASURE_RESUME_SECONDS": "-1"}, "MIXIP_GATEWAY_ERASURE_RESUME_SECONDS"),
+        ({"MIXIP_GATEWAY_WEBHOOKS_TIMEOUT_SECONDS": "61"}, "MIXIP_GATEWAY_WEBHOOKS_TIMEOUT"),
+        ({"MIXIP_GATEWAY_WEBHOOKS_SECRET_OVERLAP_HOURS": "-1"}, "WEBHOOKS_SECRET_OVERLAP_HOURS"),
+        ({"MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS": "0"}, "MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS"),
+        ({"MIXIP_GATEWAY_WEBHOOKS_ALLOW_PRIVATE": "maybe"}, "WEBHOOKS_ALLOW_PRIVATE"),
     ],
 )
 def test_a_bad_value_is_refused_at_start_up_naming_the_variable(tmp_path, variables, named):
