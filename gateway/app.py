@@ -182,6 +182,7 @@ class GatewayApp(ServiceApp):
             media_store,
             clock,
             self.orphans.sweep,
+            seals,
             default_days=settings.media_retention_days,
         )
         # Every client-port call is logged (interceptors()); written in batches off the calls.

@@ -14,7 +14,8 @@
    for the talent until a biometric consent is recorded after the erasure (the gateway's
    RecordConsent lifts the marker).
 6. The gateway's stored results are scrubbed, the talent's data key destroyed (every sealed
-   copy of its results, notes and intent stops opening, gateway/seals.py) and the intent
+   copy of its results, notes and intent stops opening, gateway/seals.py), so are the keys of
+   the file names of the media it was matched in, and the intent
    completed in one transaction under the fence lock, which an upload's commit takes too: a
    commit either precedes the scrub (and is scrubbed) or sees the intent, open or completed
    since the upload started (and stores UNKNOWN / TALENT_ERASED, no talent id). Then the
@@ -257,7 +258,7 @@ class Erasures:
                 .values(note_ref=None, sealed_note=None, digest=None)
                 .execution_options(synchronize_session=False)
             )
-            _blank_file_names(session, account_id, ref)
+            _blank_file_names(session, self.seals, account_id, ref)
             scrubbed = affected(
                 session,
                 update(MediaFaceRow)
@@ -375,24 +376,29 @@ class Erasures:
         return key.open_text(intent.sealed_talent_id, intent_context(intent.intent_id))
 
 
-def _blank_file_names(session: Session, account_id: str, talent_ref: bytes) -> None:
-    """Blanks the file names of the media with a face matched to the talent (in the scrub,
-    before their talent ids go): a caller's file name may name the talent, and next to a face
-    marked TALENT_ERASED it would link them again. The media stay; clients show the media id."""
+def _blank_file_names(session: Session, seals: Seals, account_id: str, talent_ref: bytes) -> None:
+    """Blanks the file names of the media with a face matched to the talent and destroys those
+    media's keys (in the scrub, before their talent ids go): a caller's file name may name the
+    talent, and next to a face marked TALENT_ERASED it would link them again; with the keys,
+    no older copy of the names opens after the rotation this owes. The media stay; clients show
+    the media id."""
+    named = (
+        MediaRow.account_id == account_id,
+        MediaRow.sealed_filename.is_not(None),
+        exists().where(
+            MediaFaceRow.media_id == MediaRow.media_id,
+            MediaFaceRow.account_id == account_id,
+            MediaFaceRow.talent_ref == talent_ref,
+        ),
+    )
+    media_ids = session.scalars(select(MediaRow.media_id).where(*named)).all()
     session.execute(
         update(MediaRow)
-        .where(
-            MediaRow.account_id == account_id,
-            MediaRow.filename != "",
-            exists().where(
-                MediaFaceRow.media_id == MediaRow.media_id,
-                MediaFaceRow.account_id == account_id,
-                MediaFaceRow.talent_ref == talent_ref,
-            ),
-        )
-        .values(filename="")
+        .where(*named)
+        .values(filename_ref=None, sealed_filename=None)
         .execution_options(synchronize_session=False)
     )
+    seals.destroy_media_keys(session, [(account_id, m) for m in media_ids], owe_rotation=True)
 
 
 def _steps_to_json(steps: list[ErasureStep]) -> str:

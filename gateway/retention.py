@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 
 from gateway.media_store import MediaStore
+from gateway.seals import Seals
 from gateway.settings import DEFAULT_RETENTION_DAYS
 from gateway.store import AccountRetentionRow, AccountRow, MediaFaceRow, MediaRow, affected
 from mixip.runtime import logs
@@ -55,10 +56,12 @@ class MediaRetention:
         media_store: MediaStore,
         clock: Clock,
         sweep_orphans: Callable[[int], int],  # (limit) -> unreferenced objects deleted
+        seals: Seals,
         *,
         default_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
         self.db = db
+        self.seals = seals
         self.media_store = media_store
         self.clock = clock
         self.sweep_orphans = sweep_orphans
@@ -93,6 +96,10 @@ class MediaRetention:
         with self.db.write() as session:
             faces = affected(session, delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids)))
             media = affected(session, delete(MediaRow).where(MediaRow.media_id.in_(ids)))
+            # their file names' keys (an expiry is no erasure: no rotation is owed for it)
+            self.seals.destroy_media_keys(
+                session, [(account, m) for m, account, _ in expired], owe_rotation=False
+            )
         # After the commit: until here every object was still referenced and readable.
         for _, account_id, storage_key in expired:
             self.media_store.delete(account_id, storage_key)

@@ -25,14 +25,14 @@ from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoin
 from gateway.peers import AuditPort
 from gateway.projects import Scope, from_micros, micros
 from gateway.role_views import view_of
-from gateway.seals import Seals
+from gateway.seals import Seals, decision_digest
 from gateway.store import MediaFaceRow, MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import NotFound, Unavailable
-from mixip.runtime.idempotency import content_digest, require_same
+from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, to_timestamp
 
@@ -106,8 +106,7 @@ class Reviews:
         caller's) returns the first call's decision."""
         owner, media_id = scope.owner_account_id, scope.media_id
         decision_id = decision_id_for(caller_account_id, new.request_id)
-        digest = content_digest(media_id, str(new.face_index), str(new.decision), new.note)
-        earlier = self._replayed(caller_account_id, new.request_id, digest)
+        earlier = self._replayed(caller_account_id, media_id, new)
         if earlier is not None:
             return earlier
         started = self.clock()
@@ -148,7 +147,6 @@ class Reviews:
             decided_by_key_id=key_id,
             decided_at=started,
             request_id=new.request_id or None,
-            digest=digest if new.request_id else None,
         )
         try:
             with self.db.write() as session:
@@ -156,20 +154,20 @@ class Reviews:
                 self.fence.lock(session, owner)
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the decision took too long; retry", reason="EXPIRED")
-                # the note sealed under the face's talent's key as the face is now (the erasure
-                # scrub takes the fence lock too), else the account's
+                # the note (and the retry digest) sealed under the face's talent's key as the
+                # face is now (the erasure scrub takes the fence lock too), else the account's
                 face_ref = session.scalar(
                     select(MediaFaceRow.talent_ref).where(
                         MediaFaceRow.media_id == media_id,
                         MediaFaceRow.face_index == new.face_index,
                     )
                 )
-                self.seals.seal_note(session, row, new.note, face_ref)
+                self.seals.seal_decision(session, row, new.note, face_ref)
                 session.add(row)
                 session.flush()
                 decided = _decision(row, new.note)
         except IntegrityError:  # a concurrent retry stored it first, or the media was purged
-            earlier = self._replayed(caller_account_id, new.request_id, digest)
+            earlier = self._replayed(caller_account_id, media_id, new)
             if earlier is None:
                 raise NotFound("no such media") from None
             return earlier
@@ -197,20 +195,26 @@ class Reviews:
             decisions = [_decision(r, notes[r.decision_id]) for r in rows]
         return view_of(scope.role).decisions(decisions)
 
-    def _replayed(self, caller_account_id: str, request_id: str, digest: str) -> Decision | None:
-        if not request_id:
+    def _replayed(self, caller_account_id: str, media_id: str, new: NewDecision) -> Decision | None:
+        """The decision recorded earlier under the request id; refused if it had other content.
+        Its digest is keyed with the row's key: a digest whose note an erasure blanked (or
+        whose key is gone) is none, and the retry is answered as it stands."""
+        if not new.request_id:
             return None
         with self.db.read() as session:
             row = session.scalars(
                 select(ReviewDecisionRow).where(
                     ReviewDecisionRow.decided_by_account_id == caller_account_id,
-                    ReviewDecisionRow.request_id == request_id,
+                    ReviewDecisionRow.request_id == new.request_id,
                 )
             ).first()
             if row is None:
                 return None
             note = self.seals.notes(session, [row])[row.decision_id]
-        require_same(row.digest or digest, digest)
+            key = self.seals.decision_key(session, row) if row.digest else None
+        if key is not None:
+            again = decision_digest(key, media_id, new.face_index, new.decision, new.note)
+            require_same(row.digest, again)
         return _decision(row, note)
 
     def _fenced_out(
@@ -277,7 +281,10 @@ class Reviews:
             rows = list(session.scalars(query))
             page, last = page_of(rows, page_size, lambda r: r)
             counts = _face_counts(session, [r.media_id for r in page])
-        summaries = [view.summary(_summary(r, counts.get(r.media_id, {}))) for r in page]
+            names = self.seals.filenames(session, page)
+        summaries = [
+            view.summary(_summary(r, names[r.media_id], counts.get(r.media_id, {}))) for r in page
+        ]
         return summaries, [micros(last.created_at), last.media_id] if last else None
 
 
@@ -311,14 +318,14 @@ def _face_counts(session: Session, media_ids: list[str]) -> dict[str, dict[str, 
     return counts
 
 
-def _summary(row: MediaRow, counts: dict[str, int]) -> MediaSummary:
+def _summary(row: MediaRow, filename: str, counts: dict[str, int]) -> MediaSummary:
     def label(value: int) -> int:
         return counts.get(f"label:{value}", 0)
 
     return MediaSummary(
         media_id=row.media_id,
         project_id=row.project_id,
-        filename=row.filename,
+        filename=filename,
         kind=row.kind,
         content_type=row.content_type,
         created_at=row.created_at,

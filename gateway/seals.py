@@ -3,14 +3,19 @@
 - a face result's talent: `talent_ref` (an HMAC under the talent's key, `TalentKey.ref`: what
   queries filter on) and the talent id sealed under the talent's key;
 - a review decision's note: sealed under the key of the face's talent, else the account's;
+  its retry digest (a request id's) is keyed with the same key (the account's when no note);
+- a media's file name (the caller's, which may name a talent): sealed under the media's own
+  key (subject `media_subject`), which an erasure of a talent matched in it destroys;
 - a queued audit event (it names the talent): sealed under the account's key;
 - an erasure intent's talent id: sealed under the talent's key, which its completion destroys.
 
-An account's own key is the vault's key of `ACCOUNT_SUBJECT`, which no talent id can be. A row
-whose key is gone (destroyed by an erasure, or a copy taken before a rotation) is read as
-absent: a face as UNKNOWN / TALENT_ERASED, a note as "", an event or an intent not at all.
-Databases sealed before this (clear columns, now `legacy_*`) are sealed at start-up
-(`seal_legacy`). See docs/erasure.md.
+An account's own key is the vault's key of `ACCOUNT_SUBJECT`, a media's that of
+`media_subject(media_id)`, which no talent id can be. A row whose key is gone (destroyed by an
+erasure, or a copy taken before a rotation) is read as absent: a face as UNKNOWN /
+TALENT_ERASED, a note or a file name as "", an event or an intent not at all, a retry digest as
+none (a retry is then compared on nothing, as after an erasure). Databases sealed before this
+(clear columns and plain digests, now `legacy_*`) are sealed at start-up (`seal_legacy`). See
+docs/erasure.md.
 """
 
 from __future__ import annotations
@@ -18,20 +23,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from gateway.store import (
     AuditOutboxRow,
     ErasureIntentRow,
     MediaFaceRow,
+    MediaRow,
     ReviewDecisionRow,
     face_context,
     face_result,
 )
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
-from mixip.runtime.db import Database
+from mixip.runtime.db import Database, rowcount
 from mixip.runtime.vault import TalentKey, Vault
 
 logger = logging.getLogger("mixip.gateway")
@@ -40,6 +46,7 @@ logger = logging.getLogger("mixip.gateway")
 # ID_PATTERN), so none can start with NUL.
 ACCOUNT_SUBJECT = "\x00account"
 SEALED_TABLES = (
+    "gateway_media",
     "gateway_media_faces",
     "gateway_review_decisions",
     "gateway_audit_outbox",
@@ -55,6 +62,37 @@ def note_context(decision_id: str) -> bytes:
 
 def intent_context(intent_id: str) -> bytes:
     return f"gateway_erasure_intents/{intent_id}".encode()
+
+
+def filename_context(media_id: str) -> bytes:
+    return f"gateway_media/{media_id}".encode()
+
+
+def media_subject(media_id: str) -> str:
+    """The vault subject of a media's own key (no talent id starts with NUL)."""
+    return f"\x00media:{media_id}"
+
+
+def seal_filename(row: MediaRow, name: str, key: TalentKey | None) -> None:
+    """Seals the media's file name under its own key (`media_subject`); none kept without a
+    key (an upload fenced by an erasure keeps no name)."""
+    row.legacy_filename = None
+    if name and key is not None:
+        row.filename_ref = key.ref
+        row.sealed_filename = key.seal_text(name, filename_context(row.media_id))
+
+
+def decision_digest(
+    key: TalentKey, media_id: str, face_index: int, decision: int, note: str
+) -> str:
+    """The retry digest of a decision with this content, keyed: nobody without the key can test
+    a guessed note against it."""
+    parts = (media_id, str(face_index), str(decision), note)
+    return key.digest("gateway_review_decisions", *(p.encode() for p in parts)).hex()
+
+
+def _digest_of(key: TalentKey, row: ReviewDecisionRow, note: str) -> str:
+    return decision_digest(key, row.media_id, row.face_index, row.decision, note)
 
 
 OUTBOX_CONTEXT = b"gateway_audit_outbox"
@@ -96,21 +134,60 @@ class Seals:
             notes[row.decision_id] = opened
         return notes
 
-    def seal_note(
+    def filenames(self, session: Session, rows: list[MediaRow]) -> dict[str, str]:
+        """The media's file names by media id ("" when none, or its key is gone): one query."""
+        keys = self.by_ref(session, (r.filename_ref for r in rows if r.sealed_filename))
+        names = {}
+        for row in rows:
+            key = keys.get(row.filename_ref) if row.filename_ref else None
+            sealed = row.sealed_filename
+            names[row.media_id] = (
+                key.open_text(sealed, filename_context(row.media_id)) if key and sealed else ""
+            )
+        return names
+
+    def destroy_media_keys(
+        self, session: Session, media: Iterable[tuple[str, str]], *, owe_rotation: bool
+    ) -> int:
+        """Destroys the keys of these media ((account id, media id)): their sealed file names
+        stop opening, here at once and, with `owe_rotation`, in every older copy after the
+        rotation it owes. How many existed."""
+        model = self.vault.secret_model
+        lookups = [self.vault.talent_lookup(session, a, media_subject(m)) for a, m in media]
+        destroyed = 0
+        for start in range(0, len(lookups), _LEGACY_BATCH):
+            batch = lookups[start : start + _LEGACY_BATCH]
+            destroyed += rowcount(session.execute(delete(model).where(model.lookup.in_(batch))))
+        if destroyed and owe_rotation:
+            self.vault.owe_rotation(session)
+        return destroyed
+
+    def seal_decision(
         self, session: Session, row: ReviewDecisionRow, note: str, talent_ref: bytes | None
     ) -> None:
         """Seals the decision's note under the key of the face's talent (`talent_ref`, when the
-        face has one and its key lives), else under the account's key."""
-        row.legacy_note = None
-        if not note:
-            return
-        key = self.by_ref(session, [talent_ref]).get(talent_ref or b"")
-        if key is None:
+        face has one and its key lives), else under the account's key; and keys its retry
+        digest (a decision with a request id) with that key, the account's when it has no
+        note."""
+        row.legacy_note = row.legacy_digest = None
+        key = self.by_ref(session, [talent_ref]).get(talent_ref or b"") if note else None
+        if key is None and (note or row.request_id):
             key = self.keys(session, row.account_id, [ACCOUNT_SUBJECT], create=True)[
                 ACCOUNT_SUBJECT
             ]
-        row.note_ref = key.ref
-        row.sealed_note = key.seal_text(note, note_context(row.decision_id))
+        if note and key is not None:
+            row.note_ref = key.ref
+            row.sealed_note = key.seal_text(note, note_context(row.decision_id))
+        row.digest = _digest_of(key, row, note) if key and row.request_id else None
+
+    def decision_key(
+        self, session: Session, row: ReviewDecisionRow, *, create: bool = False
+    ) -> TalentKey | None:
+        """The key of a decision's note and retry digest (None: gone)."""
+        if row.sealed_note is not None:
+            return self.by_ref(session, [row.note_ref]).get(row.note_ref or b"")
+        keys = self.keys(session, row.account_id, [ACCOUNT_SUBJECT], create=create)
+        return keys.get(ACCOUNT_SUBJECT)
 
     # -- start-up: sealing what an older gateway stored in clear ------------------------------
 
@@ -119,7 +196,15 @@ class Seals:
         replicas seal each row once, under the write lock), then scrubs the old copies from
         the files. The number of rows sealed."""
         sealed = 0
-        for step in (self._seal_faces, self._seal_notes, self._seal_events, self._seal_intents):
+        steps = (
+            self._seal_faces,
+            self._seal_notes,
+            self._key_digests,
+            self._seal_events,
+            self._seal_intents,
+            self._seal_filenames,
+        )
+        for step in steps:
             while True:
                 with db.write() as session:
                     done = step(session)
@@ -156,7 +241,43 @@ class Seals:
         for row in rows:
             face = session.get(MediaFaceRow, (row.media_id, row.face_index))
             talent_ref = face.talent_ref if face is not None else None
-            self.seal_note(session, row, row.legacy_note or "", talent_ref)
+            self.seal_decision(session, row, row.legacy_note or "", talent_ref)
+        return len(rows)
+
+    def _key_digests(self, session: Session) -> int:
+        """Plain retry digests of decisions whose notes an older gateway sealed: keyed again
+        from the content the row keeps (a note whose key is gone leaves no digest)."""
+        rows = session.scalars(
+            select(ReviewDecisionRow)
+            .where(ReviewDecisionRow.legacy_digest.is_not(None))
+            .limit(_LEGACY_BATCH)
+            .with_for_update()
+        ).all()
+        notes = self.notes(session, list(rows))
+        for row in rows:
+            key = self.decision_key(session, row, create=True)
+            row.legacy_digest = None
+            row.digest = _digest_of(key, row, notes[row.decision_id]) if key else None
+        return len(rows)
+
+    def _seal_filenames(self, session: Session) -> int:
+        rows = session.scalars(
+            select(MediaRow)
+            .where(MediaRow.legacy_filename.is_not(None))
+            .limit(_LEGACY_BATCH)
+            .with_for_update()
+        ).all()
+        named: dict[str, set[str]] = {}
+        for row in rows:
+            if row.legacy_filename:
+                named.setdefault(row.account_id, set()).add(media_subject(row.media_id))
+        keys = {
+            subject: key
+            for account, subjects in named.items()
+            for subject, key in self.keys(session, account, subjects, create=True).items()
+        }
+        for row in rows:
+            seal_filename(row, row.legacy_filename or "", keys.get(media_subject(row.media_id)))
         return len(rows)
 
     def _seal_events(self, session: Session) -> int:

@@ -67,7 +67,12 @@ class MediaRow(Base):
     media_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str] = mapped_column(String(64), index=True)
     project_id: Mapped[str] = mapped_column(String(128))
-    filename: Mapped[str] = mapped_column(String(255))
+    # The caller's file name (it may name a talent) sealed under the media's own data key
+    # (gateway/seals.py, `filename_ref` names it), which an erasure of a talent matched in the
+    # media destroys; NULL when none. Before sealing: the name in clear, NULL once sealed.
+    legacy_filename: Mapped[str | None] = mapped_column("filename", String(255))
+    filename_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sealed_filename: Mapped[bytes | None] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(64))
     kind: Mapped[int] = mapped_column(SmallInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -279,8 +284,11 @@ class ReviewDecisionRow(Base):
     decided_by_key_id: Mapped[str] = mapped_column(String(32))
     decided_at: Mapped[datetime] = mapped_column(UtcDateTime)
     request_id: Mapped[str | None] = mapped_column(String(128))
-    # The content digest of a decision made with a request id (mixip.runtime.idempotency).
-    digest: Mapped[str | None] = mapped_column(String(64))
+    # The retry digest of a decision made with a request id (mixip.runtime.idempotency), keyed
+    # with the note's key, else the account's (gateway/seals.py: `decision_digest`). Before
+    # keying: a plain SHA-256 (`legacy_digest`), NULL once keyed at start-up.
+    legacy_digest: Mapped[str | None] = mapped_column("digest", String(64))
+    digest: Mapped[str | None] = mapped_column("keyed_digest", String(64))
 
     __table_args__ = (
         Index("ix_gateway_decisions_request", "decided_by_account_id", "request_id", unique=True),

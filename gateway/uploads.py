@@ -37,7 +37,7 @@ from gateway.media_store import MediaStore
 from gateway.peers import MatcherPort
 from gateway.projects import Projects, Scope
 from gateway.role_views import view_of
-from gateway.seals import ACCOUNT_SUBJECT, Seals
+from gateway.seals import ACCOUNT_SUBJECT, Seals, media_subject, seal_filename
 from gateway.store import (
     MediaRow,
     UploadDigestRow,
@@ -186,7 +186,6 @@ class Uploads:
                 media_id=media_id,
                 account_id=account_id,
                 project_id=header.project_id,
-                filename=header.filename,
                 content_type=matched.content_type or sniffed.content_type,
                 kind=matched.kind,
                 size_bytes=len(data),
@@ -206,17 +205,18 @@ class Uploads:
                 if self.clock() - started > FENCE_WINDOW:
                     raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
                 results = self._fenced_out(session, account_id, matched.faces, started)
-                if any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results):
-                    media.filename = ""  # as the erasure's scrub does: a file name may name them
-                # The talents' data keys (made if new) and the account's, for the events: one
-                # insert and one read in this transaction.
+                # The talents' data keys (made if new), the account's for the events, and the
+                # media's own for its file name: one insert and one read in this transaction.
                 subjects = {f.talent_id for f in results if f.talent_id}
-                keys = self.seals.keys(
-                    session,
-                    account_id,
-                    subjects | {ACCOUNT_SUBJECT} if results else set(),
-                    create=True,
-                )
+                if results:
+                    subjects.add(ACCOUNT_SUBJECT)
+                # no name kept next to a fenced talent, as the erasure's scrub leaves none: a
+                # file name may name them
+                fenced = any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results)
+                if header.filename and not fenced:
+                    subjects.add(media_subject(media_id))
+                keys = self.seals.keys(session, account_id, subjects, create=True)
+                seal_filename(media, header.filename, keys.get(media_subject(media_id)))
                 faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
                 if not scope.exists:  # an owner's first upload to a new id creates the project
                     self.projects.create_in(session, account_id, header.project_id)

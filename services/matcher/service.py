@@ -25,7 +25,7 @@ from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from mixip.runtime.idempotency import content_digest, require_same
+from mixip.runtime.idempotency import key_reused, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
@@ -42,6 +42,7 @@ from services.matcher.store import (
     FaceRow,
     TalentKeyRow,
     bump_version,
+    enrollment_digest,
     open_face,
     seal_face,
 )
@@ -163,9 +164,8 @@ class Matcher:
     # -- enrollment ---------------------------------------------------------------------------
 
     def enroll(self, account_id: str, talent_id: str, data: bytes, request_id: str) -> Face:
-        digest = content_digest(talent_id, data)
         if request_id:
-            earlier = self._by_request(account_id, request_id, talent_id, digest)
+            earlier = self._by_request(account_id, request_id, talent_id, data)
             if earlier is not None:
                 return _face(earlier, talent_id)
         image, _ = self._decode(data, "image")
@@ -205,11 +205,12 @@ class Matcher:
                 session.add(row)
                 if request_id:
                     session.flush()
+                    digest = enrollment_digest(key[talent_id], talent_id, data)
                     session.add(FaceRequestRow(face_id=row.face_id, digest=digest))
         except IntegrityError:
             self.engine.delete(account_id, [enrolled.face_id])
             earlier = (
-                self._by_request(account_id, request_id, talent_id, digest) if request_id else None
+                self._by_request(account_id, request_id, talent_id, data) if request_id else None
             )
             if earlier is None:
                 raise
@@ -239,10 +240,10 @@ class Matcher:
         return _face(row, talent_id)
 
     def _by_request(
-        self, account_id: str, request_id: str, talent_id: str, digest: str
+        self, account_id: str, request_id: str, talent_id: str, data: bytes
     ) -> FaceRow | None:
         """The face enrolled earlier under `request_id`; refused if that enrollment had other
-        content (talent or image)."""
+        content (talent or image), or if its talent's key is gone (nothing can be compared)."""
         with self.db.read() as session:
             found = session.execute(
                 select(FaceRow, FaceRequestRow.digest)
@@ -252,18 +253,15 @@ class Matcher:
             if found is None:
                 return None
             earlier, earlier_digest = found
-            if earlier_digest is None:  # enrolled before digests were kept: the talent must match
-                require_same(self._talent_of(session, earlier), talent_id)
-        if earlier_digest is not None:
-            require_same(earlier_digest, digest)
+            ref = earlier.talent_ref
+            key = self.vault.keys_by_ref(session, [ref]).get(ref) if ref else None
+        if key is None or earlier.sealed is None:
+            raise key_reused()
+        if earlier_digest is None:  # enrolled before keyed digests: the talent must match
+            require_same(open_face(key, earlier.face_id, earlier.sealed)[0], talent_id)
+        else:
+            require_same(earlier_digest, enrollment_digest(key, talent_id, data))
         return earlier
-
-    def _talent_of(self, session: Session, row: FaceRow) -> str | None:
-        """The talent id sealed in a face row; None when its talent's key is gone."""
-        if row.talent_ref is None or row.sealed is None:
-            return None
-        key = self.vault.keys_by_ref(session, [row.talent_ref]).get(row.talent_ref)
-        return None if key is None else open_face(key, row.face_id, row.sealed)[0]
 
     def _require_biometric_consent(self, account_id: str, talent_id: str) -> None:
         if not self.consent.biometric_active(account_id, talent_id):
@@ -617,8 +615,10 @@ class Matcher:
     def seal_legacy_faces(self) -> int:
         """Seals the faces enrolled before sealing existed (clear talent id and vector, left by
         the migration) under their talents' keys, in batches, and clears the clear columns;
-        then scrubs. Idempotent; run at start, before serving. Each batch bumps its accounts'
-        collection versions, so a replica that loaded a collection meanwhile reloads it."""
+        deletes the plain enrollment digests (a retry of such an enrollment is compared on its
+        talent); then scrubs. The number of rows sealed or deleted. Idempotent; run at start,
+        before serving. Each batch bumps its accounts' collection versions, so a replica that
+        loaded a collection meanwhile reloads it."""
         sealed = 0
         while True:
             with self.db.write() as session:
@@ -647,10 +647,16 @@ class Matcher:
             if not rows:
                 break
             sealed += len(rows)
-        if sealed:
+        with self.db.write() as session:  # plain digests: no image to key them again
+            dropped = rowcount(
+                session.execute(
+                    delete(FaceRequestRow).where(FaceRequestRow.legacy_digest.is_not(None))
+                )
+            )
+        if sealed or dropped:
             self.db.scrub(ERASED_TABLES)
-            logs.log(logger, "legacy faces sealed", faces=sealed)
-        return sealed
+            logs.log(logger, "legacy faces sealed", faces=sealed, digests_dropped=dropped)
+        return sealed + dropped
 
 
 def _live(query: Any) -> Any:

@@ -95,14 +95,24 @@ def open_face(key: TalentKey, face_id: str, sealed: bytes) -> tuple[str, bytes]:
 class FaceRequestRow(Base):
     """The content digest of the enrollment that created a face under an idempotency key, so a
     reused key with another image or talent is refused (mixip.runtime.idempotency). A digest,
-    never the image; deleted with its face."""
+    never the image, keyed with the talent's data key (`enrollment_digest`): nobody without
+    the key can test a photo and a guessed talent id against it. Deleted with its face.
+
+    `legacy_digest` is the plain SHA-256 an older matcher kept: deleted at start (the image to
+    key it again is gone); such a retry is then compared on its talent only."""
 
     __tablename__ = "matcher_face_requests"
 
     face_id: Mapped[str] = mapped_column(
         ForeignKey("matcher_faces.face_id", ondelete="CASCADE"), primary_key=True
     )
-    digest: Mapped[str] = mapped_column(String(64))
+    legacy_digest: Mapped[str | None] = mapped_column("digest", String(64))
+    digest: Mapped[str | None] = mapped_column("keyed_digest", String(64))
+
+
+def enrollment_digest(key: TalentKey, talent_id: str, image: bytes) -> str:
+    """The keyed digest of an enrollment's content (talent id and image)."""
+    return key.digest("matcher_face_requests", talent_id.encode(), image).hex()
 
 
 class CollectionRow(Base):

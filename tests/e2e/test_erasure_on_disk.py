@@ -4,7 +4,9 @@ after the rotation the erasure schedules, links nothing to the talent any more (
 
 Real `mixip up` meshes (five processes): databases, WAL files, logs, media and keys are what
 they are in production. The enrolled vector is computed afresh from the same photo, as an
-attacker would, and looked for as float32 little-endian bytes."""
+attacker would, and looked for as float32 little-endian bytes; so are the plain digests an
+attacker would recompute from a photo and a guess (the enrollment's, the review note's), which
+no service may keep."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from mixip.common.v1 import common_pb2
 from mixip.runtime.config import SERVICES
+from mixip.runtime.idempotency import content_digest
 from tests.e2e.test_cli import MIXIP, mixip, ok_json
 from tests.support import faces
 from tests.support.databases import BACKENDS, fresh_schema_url
@@ -93,21 +97,30 @@ def files_under(*roots: Path) -> Iterator[Path]:
         yield from (path for path in root.rglob("*") if path.is_file())
 
 
-def holding(needles: dict[str, bytes], vector: np.ndarray, paths) -> list[tuple[str, str]]:
-    """(what, file) for every needle, and the vector, found in any of the files."""
+def holding(needles: dict[str, bytes], vector: np.ndarray | None, paths) -> list[tuple[str, str]]:
+    """(what, file) for every needle, and the vector (if given), found in any of the files."""
     found = []
     for path in paths:
         data = Path(path).read_bytes()
         found += [(name, str(path)) for name, needle in needles.items() if needle in data]
-        if holds_vector(data, vector):
+        if vector is not None and holds_vector(data, vector):
             found.append(("vector", str(path)))
     return found
 
 
-def scenario(data_dir: Path, tmp_path: Path, talent: str, note: str) -> str:
-    """Consent, enrollment, a match with the talent in a group photo and a review decision with
-    a note on the talent's face; returns the media id."""
-    portrait, group = tmp_path / "portrait.png", tmp_path / "group.jpg"
+def group_name() -> str:
+    """A file name for the group photo that names the talent as a caller's may, and that no
+    byte sequence holds by accident."""
+    return f"jane-doe-{secrets.token_hex(8)}-headshot.jpg"
+
+
+def scenario(
+    data_dir: Path, tmp_path: Path, talent: str, note: str, name: str
+) -> tuple[str, dict[str, bytes]]:
+    """Consent, enrollment, a match with the talent in a group photo (file `name`) and a review
+    decision with a note on the talent's face. Returns the media id, and the plain digests
+    (hex, as an older mesh stored them) of the enrollment and of the decision."""
+    portrait, group = tmp_path / "portrait.png", tmp_path / name
     cv2.imwrite(str(portrait), faces.astronaut())
     cv2.imwrite(str(group), faces.composite(faces.astronaut(), faces.grace_hopper()))
     ok_json(data_dir, "consent", "grant", talent, "--scope", "biometric")
@@ -116,8 +129,14 @@ def scenario(data_dir: Path, tmp_path: Path, talent: str, note: str) -> str:
     matched = ok_json(data_dir, "match", str(group), "--project", "p1")
     [index] = [i for i, f in enumerate(matched["faces"]) if f["talent_id"] == talent]
     media = matched["media_id"]
+    listed = ok_json(data_dir, "media", "list", "--project", "p1")
+    assert name in json.dumps(listed)  # the name is kept (sealed), and shown
     ok_json(data_dir, "review", media, str(index), "--decision", "approve", "--note", note)
-    return str(media)
+    approved = str(common_pb2.REVIEW_DECISION_APPROVED_FOR_RELEASE)
+    return str(media), {
+        "enrollment digest": content_digest(talent, portrait.read_bytes()).encode(),
+        "decision digest": content_digest(media, str(index), approved, note).encode(),
+    }
 
 
 @pytest.fixture(params=BACKENDS)
@@ -140,22 +159,18 @@ def test_after_an_erasure_no_byte_on_disk_names_or_describes_the_talent(
     backend, env, schemas = mesh_env
     data_dir = tmp_path_factory.mktemp("mesh")
     talent, note = f"talent-{secrets.token_hex(8)}", f"note-{secrets.token_hex(8)}"
+    name = group_name()
     vector = enrolled_vector(faces.astronaut())
-    needles = {"talent id": talent.encode(), "note": note.encode()}
+    needles = {"talent id": talent.encode(), "note": note.encode(), "file name": name.encode()}
     # the scan finds what it looks for (else an empty result proves nothing): the vector at an
     # odd offset, a little off in its last bits, and the strings
     probe = tmp_path_factory.mktemp("probe") / "probe.bin"
     nearly = (vector * np.float32(1.0001)).astype("<f4").tobytes()
-    probe.write_bytes(os.urandom(4097) + nearly + talent.encode() + note.encode())
+    probe.write_bytes(os.urandom(4097) + nearly + b"".join(needles.values()))
     assert {name for name, _ in holding(needles, vector, [probe])} == {*needles, "vector"}
     assert holding(needles, vector, [Path(faces.__file__)]) == []
 
-    process = start(data_dir, env)
-    try:
-        scenario(data_dir, tmp_path_factory.mktemp("media"), talent, note)
-        receipt = ok_json(data_dir, "erase", talent)
-        assert receipt["steps"] and all(step["completed_at"] for step in receipt["steps"])
-        assert ok_json(data_dir, "audit", "verify")["ok"] is True
+    def on_disk(needles: dict[str, bytes], vector: np.ndarray | None) -> list[tuple[str, str]]:
         found = holding(needles, vector, files_under(data_dir, key_dir(data_dir)))
         if backend == "postgresql":
             engine = create_engine(
@@ -169,7 +184,19 @@ def test_after_an_erasure_no_byte_on_disk_names_or_describes_the_talent(
             dump = schema_dump(pg_test_database, schemas)
             assert dump.count(b"COPY ") > 10  # the services' tables, with their rows
             found += holding(needles, vector, [dump_file(dump, data_dir)])
-        assert found == []
+        return found
+
+    process = start(data_dir, env)
+    try:
+        media, digests = scenario(data_dir, tmp_path_factory.mktemp("m"), talent, note, name)
+        # before the erasure too: the retry digests are keyed, nobody recomputes them from a
+        # photo and a guessed id or note (the scan does read the rows: it finds the media id)
+        assert on_disk({"media id": media.encode()}, None)
+        assert on_disk(digests, None) == []
+        receipt = ok_json(data_dir, "erase", talent)
+        assert receipt["steps"] and all(step["completed_at"] for step in receipt["steps"])
+        assert ok_json(data_dir, "audit", "verify")["ok"] is True
+        assert on_disk(needles | digests, vector) == []
     finally:
         stop(process)
 
@@ -203,9 +230,10 @@ def test_a_data_directory_copied_before_an_erasure_links_nothing_after_the_rotat
         "MIXIP_VAULT_ROTATION_CHECK_SECONDS": "0.2",
     }
     talent, note = f"talent-{secrets.token_hex(8)}", f"note-{secrets.token_hex(8)}"
+    name = group_name()
     process = start(data_dir, env)
     try:
-        media = scenario(data_dir, tmp_path, talent, note)
+        media, _ = scenario(data_dir, tmp_path, talent, note, name)
         assert len(ok_json(data_dir, "audit", "list", "--talent", talent)["events"]) >= 1
     finally:
         stop(process)
@@ -227,9 +255,11 @@ def test_a_data_directory_copied_before_an_erasure_links_nothing_after_the_rotat
     try:
         assert ok_json(data_dir, "audit", "list", "--talent", talent)["events"] == []
         assert ok_json(data_dir, "audit", "verify")["ok"] is True
+        listed = mixip(data_dir, "--json", "media", "list", "--project", "p1")
+        assert media in listed.stdout and name not in listed.stdout
         exported = mixip(data_dir, "export", talent)
         assert exported.returncode == 1 and "not found" in exported.stderr
-        matched = ok_json(data_dir, "match", str(tmp_path / "group.jpg"), "--project", "p1")
+        matched = ok_json(data_dir, "match", str(tmp_path / name), "--project", "p1")
         assert all(face["talent_id"] is None for face in matched["faces"])
         assert {face["label"] for face in matched["faces"]} == {"unknown"}
         shown = mixip(data_dir, "--json", "media", "show", media)

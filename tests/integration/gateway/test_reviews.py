@@ -11,6 +11,7 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
+from gateway.seals import media_subject
 from gateway.store import MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2 as common
@@ -187,26 +188,36 @@ def test_a_decision_is_audited_first_with_its_talent_hashed(gateway, studio):
 
 
 def test_a_retried_decision_returns_the_first_and_records_one_event(gateway, studio):
+    """Both kinds of retry digest: a note on the talent's face (keyed with the talent's key)
+    and a decision without a note (the account's key)."""
     _, meta = studio
     media = upload(gateway, meta, group_photo())
-    first = decide(gateway, meta, media.media_id, 0, APPROVED, request_id="d-1")
-    again = decide(gateway, meta, media.media_id, 0, APPROVED, request_id="d-1")
-    assert again == first
-    reused = expect_error(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        decide,
-        gateway,
-        meta,
-        media.media_id,
-        0,
-        BLOCKED,
-        request_id="d-1",
-    )
-    assert reused.reason == "IDEMPOTENCY_KEY_REUSED"
-    assert decision_rows(gateway) == 1
+    face = astronaut_face(media)
+    other = 1 - face
+    firsts = []
+    for request_id, index, note in (("d-1", face, "Buzz signed"), ("d-2", other, "")):
+        asked = {"note": note, "request_id": request_id}
+        first = decide(gateway, meta, media.media_id, index, APPROVED, **asked)
+        assert decide(gateway, meta, media.media_id, index, APPROVED, **asked) == first
+        firsts.append(first)
+        for changed in ({"decision": BLOCKED}, {"note": note + "!"}, {"index": 1 - index}):
+            request = {"index": index, "decision": APPROVED, "note": note} | changed
+            reused = expect_error(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                decide,
+                gateway,
+                meta,
+                media.media_id,
+                request["index"],
+                request["decision"],
+                note=request["note"],
+                request_id=request_id,
+            )
+            assert reused.reason == "IDEMPOTENCY_KEY_REUSED", changed
+    assert decision_rows(gateway) == 2
     events = gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=meta).events
     assert [e.idempotency_key for e in events if e.idempotency_key.startswith("review:")] == [
-        f"review:{first.decision_id}"
+        f"review:{first.decision_id}" for first in firsts
     ]
 
 
@@ -348,14 +359,26 @@ def test_a_decision_during_an_erasure_links_no_talent(gateway, studio, erase_unt
 
 
 def test_decisions_go_with_their_media_when_the_retention_purge_deletes_it(gateway, studio, clock):
-    _, meta = studio
+    account, meta = studio
     media = upload(gateway, meta, group_photo())
     decide(gateway, meta, media.media_id, 0, APPROVED)
     decide(gateway, meta, media.media_id, 1, BLOCKED)
     assert decision_rows(gateway) == 2
+    assert media_keys(gateway, account, [media.media_id]) == {media.media_id}
     done = gateway.app.retention.purge_expired(clock() + timedelta(days=400), 100)
     assert done.media_deleted == 1
     assert decision_rows(gateway) == 0
+    # and its file name's key (an expiry owes the vault no rotation: it erases no one)
+    assert media_keys(gateway, account, [media.media_id]) == set()
+    assert gateway.app.vault.status().rotation_due_at is None
+
+
+def media_keys(gateway, account: str, media_ids: list[str]) -> set[str]:
+    """The media among these whose file name's key lives."""
+    with gateway.app.db.read() as session:
+        subjects = {media_subject(m): m for m in media_ids}
+        keys = gateway.app.vault.talent_keys(session, account, subjects, create=False)
+    return {subjects[s] for s in keys}
 
 
 NAMING = "Eileen-Collins-take-3.jpg"  # a file name that names the talent
@@ -364,9 +387,10 @@ NAMING = "Eileen-Collins-take-3.jpg"  # a file name that names the talent
 def test_an_erasure_blanks_the_file_names_of_the_talents_media_for_every_role(gateway, studio):
     """Finding #5: a file name may name the talent, and next to a face marked TALENT_ERASED it
     would link them again. The erasure's scrub blanks the file names of the media whose faces
-    matched the talent (clients show the media id); no role finds them through ListMedia,
-    GetMediaResults, the previews or the review page, and other media keep theirs."""
-    _, meta = studio
+    matched the talent (clients show the media id) and destroys the keys they were sealed
+    under; no role finds them through ListMedia, GetMediaResults, the previews or the review
+    page, and other media keep theirs."""
+    owner, meta = studio
     gateway.stub.CreateProject(
         pb.CreateProjectRequest(project_id=PROJECT, display_name="Film"), metadata=meta
     )
@@ -401,8 +425,16 @@ def test_an_erasure_blanks_the_file_names_of_the_talents_media_for_every_role(ga
     names = {m.media_id: m.filename for m in listing(gateway, meta)}
     assert names == {alone.media_id: "", group.media_id: "", other.media_id: "hopper.jpg"}
     with gateway.app.db.read() as session:
-        stored = session.scalars(select(MediaRow.filename)).all()
-    assert not [n for n in stored if "eileen" in n.lower()]
+        stored = session.execute(
+            select(MediaRow.media_id, MediaRow.legacy_filename, MediaRow.sealed_filename)
+        ).all()
+    assert {m: (clear, sealed is not None) for m, clear, sealed in stored} == {
+        alone.media_id: (None, False),
+        group.media_id: (None, False),
+        other.media_id: (None, True),
+    }
+    ids = [alone.media_id, group.media_id, other.media_id]
+    assert media_keys(gateway, owner, ids) == {other.media_id}
 
 
 def test_an_upload_fenced_by_an_erasure_keeps_no_file_name(gateway, studio):
@@ -422,5 +454,6 @@ def test_an_upload_fenced_by_an_erasure_keeps_no_file_name(gateway, studio):
     assert all(not f.talent_id for f in late.result.faces)
     [summary] = listing(gateway, meta)
     assert (summary.media_id, summary.filename) == (late.result.media_id, "")
+    assert media_keys(gateway, studio[0], [late.result.media_id]) == set()  # none was made
     kept = upload(gateway, meta, group_photo(), filename=NAMING)  # after: nobody to link
     assert {m.media_id: m.filename for m in listing(gateway, meta)}[kept.media_id] == NAMING

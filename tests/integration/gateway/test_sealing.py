@@ -1,24 +1,35 @@
-"""What the gateway stores naming a talent is sealed (issue 17, finding #1): no talent id and no
-note in the gateway database's files or dump, before or after an erasure; a copy of the
-database taken before the erasure opens nothing of the talent once the vault rotated; an older
-gateway's clear rows are sealed at start-up."""
+"""What the gateway stores naming a talent is sealed (issue 17, finding #1): no talent id, no note,
+no file name and no digest anyone could recompute in the gateway database's files or dump,
+before or after an erasure; a copy of the database taken before the erasure opens nothing of
+the talent once the vault rotated; an older gateway's clear rows are sealed at start-up."""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import insert, inspect, select, text
 
 from gateway.app import GatewayApp
 from gateway.projects import Action
-from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, note_context
+from gateway.reviews import NewDecision
+from gateway.seals import (
+    ACCOUNT_SUBJECT,
+    OUTBOX_CONTEXT,
+    decision_digest,
+    filename_context,
+    media_subject,
+    note_context,
+)
 from gateway.settings import GatewaySettings
 from gateway.store import (
     AuditOutboxRow,
     Base,
     ErasureIntentRow,
     MediaFaceRow,
+    MediaRow,
     ReviewDecisionRow,
     TalentKeyRow,
     VaultStateRow,
@@ -31,6 +42,8 @@ from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime import migrations
 from mixip.runtime.config import ADMIN_KEY_FILE
 from mixip.runtime.db import Database
+from mixip.runtime.errors import FailedPrecondition
+from mixip.runtime.idempotency import content_digest
 from mixip.runtime.vault import Vault
 from tests.support import faces
 from tests.support.disk import backup, database_bytes, found_in, keys_in_copy
@@ -52,26 +65,35 @@ SEALED_ONLY = {"gateway_vault_state", "gateway_talent_keys", "gateway_audit_outb
 BEFORE_SEALING = "96b4df5983bf"
 
 
-def matched_talent(gateway, clock) -> tuple[str, tuple, str, str, str]:
+def matched_talent(gateway, clock) -> tuple[str, tuple, str, str, str, str]:
     """An account with a talent no test could name by accident, enrolled and matched in a
-    photo whose face carries a review decision with a distinctive note: (account, metadata,
-    talent, media id, note)."""
+    photo with a distinctive file name whose face carries a review decision with a distinctive
+    note: (account, metadata, talent, media id, note, file name)."""
     account, meta = gateway.new_account("studio")
     talent = f"talent-{secrets.token_hex(8)}"
     consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
     consent(gateway, meta, clock, talent, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
     enroll(gateway, meta, talent, faces.astronaut())
-    media = upload(gateway, meta, group_photo())
+    name = f"jane-doe-{secrets.token_hex(8)}-headshot.jpg"
+    media = upload(gateway, meta, group_photo(), filename=name)
     [face] = [f.face_index for f in media.faces if f.talent_id == talent]
     note = f"note-{secrets.token_hex(8)} signed the release"
     decide(gateway, meta, media.media_id, face, APPROVED, note=note, request_id="review-1")
-    return account, meta, talent, media.media_id, note
+    return account, meta, talent, media.media_id, note, name
+
+
+def plain_digest(db: Database, note: str) -> str:
+    """The unkeyed SHA-256 an older gateway kept of the decision for retries (hex, as stored):
+    anyone guessing the note could recompute it."""
+    with db.read() as session:
+        row = session.scalars(select(ReviewDecisionRow)).one()
+    return content_digest(row.media_id, str(row.face_index), str(row.decision), note)
 
 
 def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_erasure(
     gateway, clock
 ):
-    account, meta, talent, media_id, note = matched_talent(gateway, clock)
+    account, meta, talent, media_id, note, name = matched_talent(gateway, clock)
     db = gateway.app.db
     # sealed from the first write: the results, the note and the queued events name no one
     gateway.app.audit_outbox.stop()
@@ -81,17 +103,20 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
     )
     assert talent in [f.talent_id for f in results.media.faces]
     assert [d.note for d in results.decisions] == [note]
+    listed = gateway.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta).media
+    assert {m.media_id: m.filename for m in listed}[media_id] == name
     on_disk = database_bytes(db)
     assert found_in(on_disk, account, media_id)  # the scan reads the rows (ids in clear)
-    assert found_in(on_disk, talent, note) == []
-    with db.read() as session:
+    assert found_in(on_disk, talent, note, name) == []
+    with db.read() as session:  # a retry digest, keyed: not the one anybody could recompute
         assert session.scalars(select(ReviewDecisionRow.digest)).one() is not None
+    assert found_in(on_disk, plain_digest(db, note)) == []
 
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
 
     on_disk = database_bytes(db)
     assert found_in(on_disk, account, media_id)
-    assert found_in(on_disk, talent, note) == []
+    assert found_in(on_disk, talent, note, name) == []
     results = gateway.stub.GetMediaResults(
         pb.GetMediaResultsRequest(media_id=media_id), metadata=meta
     )
@@ -101,17 +126,21 @@ def test_no_talent_id_or_note_lies_in_the_gateway_database_before_or_after_an_er
         # that hashed the note for retries went with the note
         assert session.scalars(select(ReviewDecisionRow.digest)).all() == [None]
         keys = gateway.app.vault.talent_keys(
-            session, account, [talent, ACCOUNT_SUBJECT], create=False
+            session, account, [talent, ACCOUNT_SUBJECT, media_subject(media_id)], create=False
         )
-        assert list(keys) == [ACCOUNT_SUBJECT]
+        assert list(keys) == [ACCOUNT_SUBJECT]  # the file name's key went too
     assert gateway.app.vault.status().rotation_due_at is not None  # the erasure owes one
 
 
-def opened_in_copy(copy: Database, vault: Vault, key_dir: Path) -> tuple[set[str], set[str]]:
-    """(talent ids, notes) of the copy's rows that open with the live vault's sealing key or
-    with any key file the mesh holds now."""
+def opened_in_copy(
+    copy: Database, vault: Vault, key_dir: Path, guess: str
+) -> tuple[set[str], set[str], set[str], set[str]]:
+    """(talent ids, notes, file names, notes guessed) of the copy's rows that open with the
+    live vault's sealing key or with any key file the mesh holds now: "guessed" is `guess`
+    when a decision's retry digest confirms it as its note."""
     keys = keys_in_copy(copy, vault, VaultStateRow, TalentKeyRow, key_dir)
     with copy.read() as session:
+        media = session.scalars(select(MediaRow)).all()
         faces_ = session.scalars(select(MediaFaceRow)).all()
         decisions = session.scalars(select(ReviewDecisionRow)).all()
     talents = {
@@ -124,23 +153,37 @@ def opened_in_copy(copy: Database, vault: Vault, key_dir: Path) -> tuple[set[str
         for d in decisions
         if d.note_ref in keys and d.sealed_note
     }
-    return talents, notes
+    names = {
+        keys[m.filename_ref].open_text(m.sealed_filename, filename_context(m.media_id))
+        for m in media
+        if m.filename_ref in keys and m.sealed_filename
+    }
+    guessed = {
+        guess
+        for d in decisions
+        if d.note_ref in keys
+        and d.digest
+        == decision_digest(keys[d.note_ref], d.media_id, d.face_index, d.decision, guess)
+    }
+    return talents, notes, names, guessed
 
 
 def test_a_copy_taken_before_an_erasure_opens_nothing_of_the_talent_after_the_rotation(
     gateway, clock, tmp_path, pg_test_database
 ):
-    _, meta, talent, _, note = matched_talent(gateway, clock)
+    _, meta, talent, _, note, name = matched_talent(gateway, clock)
     app = gateway.app
     copy = backup(app.db, "gateway", Base.metadata, tmp_path, pg_test_database)
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id=talent), metadata=meta)
     # the copy still opens with the keys the gateway holds today (else the test proves nothing)
-    assert opened_in_copy(copy, app.vault, tmp_path / "keys") == ({talent}, {note})
+    opened = opened_in_copy(copy, app.vault, tmp_path / "keys", note)
+    assert opened == ({talent}, {note}, {name}, {note})
 
     clock.advance(days=1, seconds=1)
     assert app.vault.rotate_if_due() is not None  # the rotation the erasure owes
 
-    assert opened_in_copy(copy, app.vault, tmp_path / "keys") == (set(), set())
+    opened = opened_in_copy(copy, app.vault, tmp_path / "keys", note)
+    assert opened == (set(), set(), set(), set())
     copy.dispose()
 
 
@@ -148,9 +191,10 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
     gateway, clock, backend, tmp_path, database_url
 ):
     """A gateway database at the revision before sealing, with a clear talent id in a result
-    and an open erasure intent, a clear note and a clear queued event, is upgraded and sealed
-    when the gateway starts; the results, the note and the event still read."""
-    account, _, talent, media_id, note = matched_talent(gateway, clock)
+    and an open erasure intent, a clear note with a plain retry digest, a clear file name and
+    a clear queued event, is upgraded and sealed when the gateway starts; the results, the
+    note, the file name and the event still read, and the decision's retry still compares."""
+    account, _, talent, media_id, note, name = matched_talent(gateway, clock)
     url = database_url("gateway_old")
     migrations.upgrade(url, "gateway", BEFORE_SEALING)
     old, live = Database(url, Base.metadata), gateway.app.db
@@ -161,7 +205,13 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
         "gateway_media_faces": lambda row: {
             "talent_id": talent if row["label"] == CLEARED else None
         },
-        "gateway_review_decisions": lambda row: {"note": note},
+        "gateway_review_decisions": lambda row: {
+            "note": note,
+            "digest": content_digest(
+                row["media_id"], str(row["face_index"]), str(row["decision"]), note
+            ),
+        },
+        "gateway_media": lambda row: {"filename": name if row["media_id"] == media_id else ""},
     }
     with old.engine.connect() as connection:
         existed = set(inspect(connection).get_table_names())  # not the later revisions' tables
@@ -211,8 +261,12 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
                 " + (SELECT count(*) FROM gateway_review_decisions WHERE note IS NOT NULL)"
                 " + (SELECT count(*) FROM gateway_audit_outbox WHERE event IS NOT NULL)"
                 " + (SELECT count(*) FROM gateway_erasure_intents WHERE talent_id IS NOT NULL)"
+                " + (SELECT count(*) FROM gateway_review_decisions WHERE digest IS NOT NULL)"
+                " + (SELECT count(*) FROM gateway_media WHERE filename IS NOT NULL)"
             )
         ).scalar_one()
+        (decision,) = session.scalars(select(ReviewDecisionRow)).all()
+        names = restarted.uploads.seals.filenames(session, list(session.scalars(select(MediaRow))))
         (intent,) = session.scalars(
             select(ErasureIntentRow).where(ErasureIntentRow.intent_id == "legacy-intent")
         ).all()
@@ -225,13 +279,19 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
     assert talent in [f.talent_id for f in faces_]
     scope = restarted.projects.media_scope(account, media_id, Action.READ)
     assert [d.note for d in restarted.reviews.decisions(scope)] == [note]
+    assert names == {media_id: name}
+    retry = NewDecision(decision.face_index, decision.decision, note, "review-1")
+    review = restarted.projects.media_scope(account, media_id, Action.REVIEW)
+    assert restarted.reviews.decide(review, account, "k", retry).decision_id == decision.decision_id
+    with pytest.raises(FailedPrecondition):
+        restarted.reviews.decide(review, account, "k", replace(retry, note=note + "!"))
     assert (
         audit_pb2.MatchEventInput.FromString(account_key.open(sealed_event, OUTBOX_CONTEXT))
         == event
     )
     assert restarted.erasures.talent_of(intent) == talent
     if backend == "sqlite":  # the scrub left no clear copy in the files
-        assert found_in(database_bytes(db), talent, note) == []
+        assert found_in(database_bytes(db), talent, note, name, plain_digest(db, note)) == []
     assert restarted.uploads.seals.seal_legacy(db) == 0  # idempotent
     db.dispose()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import insert, select, text
 
@@ -16,10 +17,12 @@ from mixip.matcher.v1 import matcher_pb2 as pb
 from mixip.runtime import migrations
 from mixip.runtime.config import ConfigError
 from mixip.runtime.db import Database
+from mixip.runtime.idempotency import content_digest
 from mixip.runtime.vault import TalentKey, Vault
 from services.matcher.store import (
     Base,
     CollectionRow,
+    FaceRequestRow,
     FaceRow,
     TalentKeyRow,
     VaultStateRow,
@@ -218,11 +221,15 @@ def test_a_copy_taken_before_an_erasure_yields_no_face_of_the_talent_after_a_rot
 def test_faces_enrolled_before_sealing_are_sealed_at_start_and_still_match(
     mesh, clock, matcher_factory, database_url
 ):
+    """...and their plain enrollment digests (which a photo and a guessed talent id would
+    confirm) are deleted: a retry of such an enrollment is compared on its talent."""
     talent = new_talent()
     grant(mesh, clock, talent)
     grant_usage(mesh, clock, talent)
     enroll(mesh, talent, faces.astronaut())
     vector = enrolled_vector(mesh.matcher.app, talent)  # a real embedding for the old row
+    photo = faces.encode(faces.astronaut(), ".png")
+    plain = content_digest(talent, photo)  # as an older matcher kept it
     old = database_url("legacy_matcher")
     migrations.upgrade(old, "matcher", BEFORE_SEALING)
     legacy = Database(old, Base.metadata)
@@ -230,14 +237,18 @@ def test_faces_enrolled_before_sealing_are_sealed_at_start_and_still_match(
         session.execute(
             text(
                 "INSERT INTO matcher_faces (face_id, account_id, talent_id, engine, model,"
-                " vector, box_x, box_y, box_width, box_height, detection_score, created_at)"
-                " VALUES ('old-face', :account, :talent, 'local', 'sface-2021dec', :vector,"
-                " 1, 2, 100, 120, 0.95, :at)"
+                " vector, box_x, box_y, box_width, box_height, detection_score, created_at,"
+                " request_id) VALUES ('old-face', :account, :talent, 'local', 'sface-2021dec',"
+                " :vector, 1, 2, 100, 120, 0.95, :at, 'old-request')"
             ),
             {"account": ACCOUNT, "talent": talent, "vector": vector, "at": clock()},
         )
+        session.execute(
+            text("INSERT INTO matcher_face_requests (face_id, digest) VALUES ('old-face', :d)"),
+            {"d": plain},
+        )
         session.execute(insert(CollectionRow).values(account_id=ACCOUNT, version=1))
-    assert found_in(database_bytes(legacy), talent)  # in clear before the upgrade
+    assert found_in(database_bytes(legacy), talent, plain)  # in clear before the upgrade
 
     upgraded = matcher_factory(mesh.consent.address, database=old)
 
@@ -247,7 +258,15 @@ def test_faces_enrolled_before_sealing_are_sealed_at_start_and_still_match(
     with legacy.read() as session:
         ref = upgraded.app.vault.ref(session, ACCOUNT, talent)
     assert (row.face_id, row.talent_ref) == ("old-face", ref)
-    assert found_in(database_bytes(legacy), talent, vector[:16]) == []
+    assert found_in(database_bytes(legacy), talent, vector[:16], plain) == []
+    with legacy.read() as session:
+        assert session.scalars(select(FaceRequestRow)).all() == []
+    retry = {"account_id": ACCOUNT, "image": photo, "request_id": "old-request"}
+    again = upgraded.stub.EnrollTalentFace(pb.EnrollTalentFaceRequest(talent_id=talent, **retry))
+    assert again.face.face_id == "old-face"
+    with pytest.raises(grpc.RpcError) as refused:
+        upgraded.stub.EnrollTalentFace(pb.EnrollTalentFaceRequest(talent_id=new_talent(), **retry))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     [found] = upgraded.stub.MatchMedia(
         pb.MatchMediaRequest(
             account_id=ACCOUNT, project_id=PROJECT, media=faces.encode(faces.astronaut(), ".jpg")

@@ -36,9 +36,12 @@ from tests.support.gateway_calls import (
 
 SERVICES = list(migrations.MODELS)
 # Columns sealed under per-talent keys: a downgrade past the revision that made them drops them
-# (it cannot unseal what they hold into the clear column it leaves NULL), so their values do not
-# come back up.
-SEALED_COLUMNS = {"consent": {"talent_ref", "sealed_talent_id"}}
+# (it cannot unseal what they hold into the clear column it leaves NULL, or blank), so their
+# values do not come back up.
+SEALED_COLUMNS = {
+    "consent": {"talent_ref", "sealed_talent_id"},
+    "gateway": {"filename", "filename_ref", "sealed_filename", "keyed_digest"},
+}
 
 # A revision whose downgrade cannot keep what the service sealed after it (the keys are the
 # service's, not the migration's): the walk below stops there. Its upgrade from clear rows is
@@ -309,7 +312,7 @@ def test_a_revision_that_copies_a_table_keeps_the_rows_that_reference_it(
                 media_id="m1",
                 account_id="a1",
                 project_id=PROJECT,
-                filename="a.jpg",
+                legacy_filename="a.jpg",
                 content_type="image/jpeg",
                 kind=1,
                 size_bytes=10,

@@ -26,7 +26,15 @@ from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
 from gateway.media_store import LocalEncryptedStore, S3Store
 from gateway.peers import RetentionClient
 from gateway.retention import MediaRetention
-from gateway.store import AccessLogRow, ErasureReceiptRow, MediaFaceRow, MediaRow
+from gateway.seals import Seals
+from gateway.store import (
+    AccessLogRow,
+    ErasureReceiptRow,
+    MediaFaceRow,
+    MediaRow,
+    TalentKeyRow,
+    VaultStateRow,
+)
 from gateway.store import Base as GatewayBase
 from gateway.uploads import OrphanSweep
 from mixip.consent.v1 import consent_pb2 as cpb
@@ -43,7 +51,7 @@ from mixip.runtime.tls import channel_credentials, init_certs, server_credential
 from services.consent.store import DeliveryCountRow, OutboxRow, TombstoneRow
 from services.retention.store import RunDetailRow
 from tests.support import faces
-from tests.support.gateway_calls import consent, enroll, group_photo, upload
+from tests.support.gateway_calls import consent, enroll, gateway_vault, group_photo, upload
 from tests.support.status import expect_error, expect_invalid
 
 PURGE, RECONCILE = pb.RETENTION_JOB_PURGE, pb.RETENTION_JOB_RECONCILE
@@ -251,13 +259,18 @@ class Recording:
 
 
 @pytest.fixture
-def gateway_purge(media_store, database_url, serve, clock, retention_factory, retention_peers):
+def gateway_purge(
+    media_store, database_url, serve, clock, retention_factory, retention_peers, tmp_path
+):
     """The gateway's database, media store and internal port (a real server), and a retention
     service that reaches it."""
     db = Database(database_url("gateway"), GatewayBase.metadata)
     db.create_tables()
     store = Recording(media_store.store, db)
-    retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep)
+    vault = gateway_vault(tmp_path).open(
+        db, clock, name="gateway", state_model=VaultStateRow, secret_model=TalentKeyRow
+    )
+    retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep, Seals(vault))
     access_log = AccessLog(db, AccessLogWriter(db))
     internal = serve(InternalApp(retention, access_log))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
@@ -276,7 +289,6 @@ def stored_media(env, account: str, created_at: datetime, talent: str = TALENT) 
                 media_id=media_id,
                 account_id=account,
                 project_id="p",
-                filename="a.jpg",
                 content_type="image/jpeg",
                 kind=1,
                 size_bytes=11,
