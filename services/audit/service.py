@@ -152,6 +152,10 @@ class _Expired:
     last_hash: str
 
 
+class TreeNotReached(ProofError):
+    """A proof asked of a tree size that the account's tree has not reached."""
+
+
 class AuditLog:
     def __init__(
         self,
@@ -396,23 +400,25 @@ class AuditLog:
         self, account_id: str, sequence: int, tree_size: int
     ) -> tuple[int, list[bytes]]:
         """Event `sequence`'s leaf index and its inclusion proof in the tree of `tree_size`
-        leaves; ProofError if that tree does not (yet) hold it."""
+        leaves; TreeNotReached if the tree has not reached that size, ProofError if that tree
+        does not hold the event."""
         with self.db.read(snapshot=True) as session:
             tree = StoredTree(session, account_id)
             size = tree.size()
             if tree_size > size:
-                raise ProofError(f"the tree has not reached {tree_size} leaves")
+                raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
             head = session.get(ChainHead, account_id)
             index = sequence - 1 - (head.last_sequence - size if head else 0)
             return index, prove_inclusion(tree, index, tree_size)
 
     def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
         """The proof that the account's tree of `new_size` leaves extends the one of
-        `old_size`; ProofError for sizes the tree has not reached or out of order."""
+        `old_size`; TreeNotReached if the tree has not reached `new_size`, ProofError for sizes
+        out of order."""
         with self.db.read(snapshot=True) as session:
             tree = StoredTree(session, account_id)
             if new_size > tree.size():
-                raise ProofError(f"the tree has not reached {new_size} leaves")
+                raise TreeNotReached(f"the tree has not reached {new_size} leaves")
             return prove_consistency(tree, old_size, new_size)
 
     def _signer(self) -> LogSigner:

@@ -16,7 +16,7 @@ from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
 from mixip.tlog.proof import ProofError
 from services.audit.domain import ChainedEvent
-from services.audit.service import AuditLog, EventFilter, NewEvent
+from services.audit.service import AuditLog, EventFilter, NewEvent, TreeNotReached
 
 MAX_PURGE_BATCH = 100_000
 DEFAULT_PURGE_BATCH = 10_000
@@ -172,6 +172,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             index, hashes = self.log.inclusion_proof(
                 request.account_id, request.sequence, request.tree_size
             )
+        except TreeNotReached as exc:
+            raise InvalidArgument.one("tree_size", str(exc), reason="NOT_IN_TREE") from None
         except ProofError as exc:
             raise InvalidArgument.one("sequence", str(exc), reason="NOT_IN_TREE") from None
         return audit_pb2.GetInclusionProofResponse(
@@ -192,7 +194,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             hashes = self.log.consistency_proof(
                 request.account_id, request.from_size, request.to_size
             )
-        except ProofError as exc:
+        except TreeNotReached as exc:
             raise InvalidArgument.one("to_size", str(exc), reason="NOT_IN_TREE") from None
         return audit_pb2.GetConsistencyProofResponse(
             from_size=request.from_size, to_size=request.to_size, hashes=hashes

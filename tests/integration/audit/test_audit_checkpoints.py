@@ -127,6 +127,12 @@ def test_proof_requests_outside_the_tree_are_invalid(audit_service, clock):
         audit_pb2.GetInclusionProofRequest(account_id=ACCOUNT, sequence=3, tree_size=2),
         fields={"sequence"},
     )
+    beyond = expect_invalid(  # the event is in the tree; the tree has not reached that size
+        stub.GetInclusionProof,
+        audit_pb2.GetInclusionProofRequest(account_id=ACCOUNT, sequence=1, tree_size=3),
+        fields={"tree_size"},
+    )
+    assert [v.field for v in beyond.violations] == ["tree_size"]
     expect_invalid(
         stub.GetConsistencyProof,
         audit_pb2.GetConsistencyProofRequest(account_id=ACCOUNT, from_size=1, to_size=9),
