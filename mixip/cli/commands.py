@@ -7,6 +7,7 @@ import json
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -518,9 +519,25 @@ def list_audit_events(
 
 
 def audit_verify(args, conn: Connection, out: Output) -> int:
+    if args.key and not args.checkpoint:
+        raise CliError("--key checks checkpoints: it needs --checkpoint FILE", exit_code=2)
     if args.checkpoint:
-        return verify_against_checkpoint(conn, out, _read(args.checkpoint).decode())
+        keys = _kept_keys(args.key) if args.key else None
+        return verify_against_checkpoint(conn, out, _read(args.checkpoint), keys)
     return verify_audit_log(conn, out)
+
+
+def _kept_keys(path: str) -> KeptKeys:
+    """The verifier keys an auditor keeps in `path`, one per line (as `audit public-key` prints
+    them; several across a rotation of the log's key)."""
+    try:
+        lines = _read(path).decode().split()
+        keys = [Ed25519Verifier.from_vkey(line) for line in lines]
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise CliError(f"{path} is not a file of verifier keys: {exc}", exit_code=2) from None
+    if not keys:
+        raise CliError(f"{path} holds no verifier key", exit_code=2)
+    return KeptKeys(f"the keys kept in {path}", keys)
 
 
 def verify_audit_log(conn: Connection, out: Output) -> int:
@@ -552,6 +569,25 @@ def _log_verifier(conn: Connection) -> Ed25519Verifier:
     stub, meta = conn.gateway()
     reply = stub.GetAuditLogPublicKey(gateway_pb2.GetAuditLogPublicKeyRequest(), metadata=meta)
     return Ed25519Verifier.from_vkey(reply.verifier_key)
+
+
+@dataclass(frozen=True)
+class KeptKeys:
+    """The keys a verification trusts, and what to call them in a verdict."""
+
+    called: str
+    verifiers: list[Ed25519Verifier]
+
+    def open(self, note: str | bytes) -> Checkpoint:
+        """The checkpoint in `note` if one of the keys signed it; the last key's NoteError if
+        none did."""
+        *others, last = self.verifiers
+        for verifier in others:
+            try:
+                return open_checkpoint(note, verifier).checkpoint
+            except NoteError:
+                continue
+        return open_checkpoint(note, last).checkpoint
 
 
 def _b64(hashes: Iterable[bytes]) -> list[str]:
@@ -630,11 +666,16 @@ def _note_text(note: str) -> str:
 _UNPROVABLE = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-def verify_against_checkpoint(conn: Connection, out: Output, kept_note: str) -> int:
+def verify_against_checkpoint(
+    conn: Connection, out: Output, kept_note: str | bytes, keys: KeptKeys | None = None
+) -> int:
     """Whether the log still extends a checkpoint kept from before: its signature, the current
-    tree's consistency with it, and every event's inclusion (docs/audit-log.md)."""
+    tree's consistency with it, and every event's inclusion (docs/audit-log.md). The
+    checkpoints are checked with `keys` (the auditor's own), else with the key the log serves."""
+    if keys is None:
+        keys = KeptKeys("the log's key", [_log_verifier(conn)])
     try:
-        broken = _what_broke(conn, kept_note)
+        broken = _what_broke(conn, kept_note, keys)
     except grpc.RpcError as exc:
         if exc.code() not in _UNPROVABLE:
             raise
@@ -649,12 +690,11 @@ def verify_against_checkpoint(conn: Connection, out: Output, kept_note: str) -> 
     return 3
 
 
-def _what_broke(conn: Connection, kept_note: str) -> tuple[str, str] | None:
-    verifier = _log_verifier(conn)
+def _what_broke(conn: Connection, kept_note: str | bytes, keys: KeptKeys) -> tuple[str, str] | None:
     try:
-        kept = open_checkpoint(kept_note, verifier).checkpoint
+        kept = keys.open(kept_note)
     except NoteError as exc:
-        return "signature", f"the kept checkpoint does not verify with the log's key: {exc}"
+        return "signature", f"the kept checkpoint does not verify with {keys.called}: {exc}"
     stub, meta = conn.gateway()
     chain = stub.VerifyAuditLog(gateway_pb2.VerifyAuditLogRequest(), metadata=meta)
     if not chain.ok:
@@ -670,9 +710,12 @@ def _what_broke(conn: Connection, kept_note: str) -> tuple[str, str] | None:
         for e in page.events
     ]
     try:
-        current = open_checkpoint(_signed_checkpoint(conn), verifier).checkpoint
+        current = keys.open(_signed_checkpoint(conn))
     except NoteError as exc:
-        return "signature", f"the log's current checkpoint does not verify: {exc}"
+        return (
+            "signature",
+            f"the log's current checkpoint does not verify with {keys.called}: {exc}",
+        )
     if current.size < kept.size:
         return "consistency", (
             f"the log shrank: its tree has {current.size} events, the kept checkpoint {kept.size}"
@@ -888,6 +931,12 @@ def add_commands(
         "--checkpoint",
         metavar="FILE",
         help="also check that the log extends this kept checkpoint and holds every event",
+    )
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="check the checkpoints with the verifier keys kept in FILE (one a line), not with "
+        "the key the log serves",
     )
     p.set_defaults(run=audit_verify)
     p = audit.add_parser(

@@ -17,10 +17,11 @@ from sqlalchemy import delete, select, update
 from mixip.cli.main import main
 from mixip.tlog.checkpoint import open_checkpoint
 from mixip.tlog.merkle import leaf_hash
-from mixip.tlog.note import Ed25519Verifier
+from mixip.tlog.note import Ed25519Signer, Ed25519Verifier
 from mixip.tlog.proof import verify_consistency, verify_inclusion
 from services.audit.domain import GENESIS_HASH, link_hash
 from services.audit.service import _content
+from services.audit.signer import ORIGIN_PREFIX, LogSigner
 from services.audit.store import ChainHead, EventRow, SignedCheckpointRow, TreeNodeRow
 from tests.integration.audit.test_audit_service import record
 
@@ -185,3 +186,55 @@ def test_a_tree_rewound_under_its_signed_checkpoint_is_refused_and_caught(
     verdict = json.loads(out)
     assert code == 3 and verdict["broken"] == "tree"
     assert "refusing to sign" in verdict["detail"]
+
+
+def test_an_auditor_verifies_with_the_keys_it_keeps_not_the_one_the_log_serves(
+    auditor, kept, audit_service, studio, clock, tmp_path
+):
+    account, _ = studio
+    keys = tmp_path / "log.keys"
+    code, out, _ = auditor("audit", "public-key")
+    keys.write_text(out)
+    code, out, _ = auditor("audit", "verify", "--checkpoint", str(kept), "--key", str(keys))
+    assert (code, out) == (0, "audit log extends the kept checkpoint; every event is in it\n")
+
+    # a key of the same name that did not sign the kept checkpoint: one line, exit 3
+    other = tmp_path / "other.keys"
+    other.write_text(Ed25519Signer.generate(f"{ORIGIN_PREFIX}/{account}").verifier().vkey)
+    code, out, _ = auditor("audit", "verify", "--checkpoint", str(kept), "--key", str(other))
+    assert code == 3 and len(out.splitlines()) == 1
+    assert out.startswith(
+        f"audit log does NOT verify: the kept checkpoint does not verify with the keys kept in "
+        f"{other}"
+    )
+
+    # the log signs with another key from now on (a restart with a new key file does this):
+    # the key it serves opens its new checkpoint, the auditor's does not
+    audit_service.app.log.signer = LogSigner(Ed25519Signer.generate(ORIGIN_PREFIX))
+    record(audit_service.stub, clock, ["k5"], account=account)
+    code, out, _ = auditor(
+        "audit", "verify", "--checkpoint", str(kept), "--key", str(keys), "--json"
+    )
+    verdict = json.loads(out)
+    assert code == 3 and verdict["broken"] == "signature"
+    assert verdict["detail"].startswith("the log's current checkpoint does not verify with")
+    # (without --key, the kept checkpoint fails the key the log serves now)
+    code, out, _ = auditor("audit", "verify", "--checkpoint", str(kept), "--json")
+    verdict = json.loads(out)
+    assert code == 3 and verdict["broken"] == "signature"
+    assert verdict["detail"].startswith("the kept checkpoint does not verify with the log's key")
+    # ... until the auditor adds the new key to the ones it keeps (a rotation)
+    code, out, _ = auditor("audit", "public-key")
+    keys.write_text(keys.read_text() + out)
+    code, out, _ = auditor("audit", "verify", "--checkpoint", str(kept), "--key", str(keys))
+    assert code == 0
+
+
+def test_a_key_file_that_holds_no_key_is_a_usage_error(auditor, kept, tmp_path):
+    bad = tmp_path / "bad.keys"
+    for content in ("", "not+a+key\n", "\xff"):
+        bad.write_text(content, encoding="latin-1")
+        code, out, err = auditor("audit", "verify", "--checkpoint", str(kept), "--key", str(bad))
+        assert (code, out) == (2, "") and len(err.splitlines()) == 1 and str(bad) in err
+    code, _, err = auditor("audit", "verify", "--key", str(bad))
+    assert code == 2 and "--checkpoint" in err
