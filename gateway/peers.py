@@ -285,6 +285,20 @@ class AuditPort(Protocol):
         """(the vault's key version, when it was rotated)."""
         ...
 
+    def checkpoint(self, account_id: str) -> str:
+        """The latest signed checkpoint (C2SP note) of the account's tree."""
+        ...
+
+    def inclusion_proof(
+        self, account_id: str, sequence: int, tree_size: int
+    ) -> audit_pb2.GetInclusionProofResponse: ...
+
+    def consistency_proof(
+        self, account_id: str, from_size: int, to_size: int
+    ) -> audit_pb2.GetConsistencyProofResponse: ...
+
+    def log_public_key(self, account_id: str) -> str: ...
+
 
 class AuditClient:
     def __init__(self, channel: grpc.Channel) -> None:
@@ -352,6 +366,32 @@ class AuditClient:
     def vault_status(self) -> tuple[int, Timestamp]:
         reply = self.stub.GetVaultStatus(audit_pb2.GetVaultStatusRequest())
         return reply.key_version, reply.rotated_at
+
+    def checkpoint(self, account_id: str) -> str:
+        reply = self.stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(account_id=account_id))
+        return reply.checkpoint
+
+    def inclusion_proof(
+        self, account_id: str, sequence: int, tree_size: int
+    ) -> audit_pb2.GetInclusionProofResponse:
+        return self.stub.GetInclusionProof(
+            audit_pb2.GetInclusionProofRequest(
+                account_id=account_id, sequence=sequence, tree_size=tree_size
+            )
+        )
+
+    def consistency_proof(
+        self, account_id: str, from_size: int, to_size: int
+    ) -> audit_pb2.GetConsistencyProofResponse:
+        return self.stub.GetConsistencyProof(
+            audit_pb2.GetConsistencyProofRequest(
+                account_id=account_id, from_size=from_size, to_size=to_size
+            )
+        )
+
+    def log_public_key(self, account_id: str) -> str:
+        reply = self.stub.GetLogPublicKey(audit_pb2.GetLogPublicKeyRequest(account_id=account_id))
+        return reply.verifier_key
 
 
 # -- retention ----------------------------------------------------------------------------------

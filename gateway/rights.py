@@ -142,6 +142,11 @@ class Rights:
         self.outbox.drain(account_id)
         return self.audit.verify_log(account_id)
 
+    def audit_checkpoint(self, account_id: str) -> str:
+        """The signed checkpoint of the account's tree, queued events delivered first."""
+        self.outbox.drain(account_id)
+        return self.audit.checkpoint(account_id)
+
     # -- export -------------------------------------------------------------------------------
 
     def export(self, account_id: str, talent_id: str) -> dict[str, Any]:

@@ -255,6 +255,44 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             detail=verdict.detail,
         )
 
+    def GetAuditCheckpoint(
+        self, request: gateway_pb2.GetAuditCheckpointRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAuditCheckpointResponse:
+        caller = self.auth.account(context)
+        return gateway_pb2.GetAuditCheckpointResponse(
+            checkpoint=self.rights.audit_checkpoint(caller.account_id)
+        )
+
+    def GetAuditInclusionProof(
+        self, request: gateway_pb2.GetAuditInclusionProofRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAuditInclusionProofResponse:
+        caller = self.auth.account(context)
+        proof = self.rights.audit.inclusion_proof(
+            caller.account_id, request.sequence, request.tree_size
+        )
+        return gateway_pb2.GetAuditInclusionProofResponse(
+            leaf_index=proof.leaf_index, tree_size=proof.tree_size, hashes=proof.hashes
+        )
+
+    def GetAuditConsistencyProof(
+        self, request: gateway_pb2.GetAuditConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAuditConsistencyProofResponse:
+        caller = self.auth.account(context)
+        proof = self.rights.audit.consistency_proof(
+            caller.account_id, request.from_size, request.to_size
+        )
+        return gateway_pb2.GetAuditConsistencyProofResponse(
+            from_size=proof.from_size, to_size=proof.to_size, hashes=proof.hashes
+        )
+
+    def GetAuditLogPublicKey(
+        self, request: gateway_pb2.GetAuditLogPublicKeyRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAuditLogPublicKeyResponse:
+        caller = self.auth.account(context)
+        return gateway_pb2.GetAuditLogPublicKeyResponse(
+            verifier_key=self.rights.audit.log_public_key(caller.account_id)
+        )
+
     def ExportTalentData(
         self, request: gateway_pb2.ExportTalentDataRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.ExportTalentDataResponse:

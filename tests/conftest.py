@@ -138,12 +138,14 @@ def audit_service(database_url, tmp_path, serve, clock, channels):
     from mixip.runtime.db import Database
     from mixip.runtime.keys import LocalKeyWrapper
     from services.audit.app import SERVICE_NAME, AuditApp
+    from services.audit.signer import KEY_FILE, LogSigner
     from services.audit.store import Base
 
     app = AuditApp(
         Database(database_url("audit"), Base.metadata),
         LocalKeyWrapper(tmp_path / "keys" / "audit-kek.key"),
         clock,
+        signer=LogSigner.load_or_create(tmp_path / "log-key" / KEY_FILE),
     )
     running = serve(app)
     channel = channels(f"127.0.0.1:{running.port}", SERVICE_NAME)

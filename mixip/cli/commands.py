@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.cli.annotate import annotate_image, contact_sheet
@@ -24,6 +26,10 @@ from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp, utcnow
+from mixip.tlog.checkpoint import Checkpoint, open_checkpoint
+from mixip.tlog.merkle import leaf_hash
+from mixip.tlog.note import Ed25519Verifier, NoteError, b64encode
+from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
 
 CHUNK = 1024 * 1024
 ADVISORY = "labels are advisory: a person decides whether media is cleared for use"
@@ -85,6 +91,10 @@ RPC_COMMANDS = {
     "DeleteTalentFace": "faces delete",
     "ListAuditEvents": "audit list",
     "VerifyAuditLog": "audit verify",
+    "GetAuditCheckpoint": "audit checkpoint",
+    "GetAuditInclusionProof": "audit prove",
+    "GetAuditConsistencyProof": "audit consistency",
+    "GetAuditLogPublicKey": "audit public-key",
     "ExportTalentData": "export",
     "EraseTalent": "erase",
     "CreateAccount": "accounts create",
@@ -500,6 +510,7 @@ def list_audit_events(
             "similarity": round(e.similarity, 4),
             "talent_linked": e.talent_linked,
             "actor": e.actor,
+            "leaf": b64encode(e.leaf),
         }
         for e in events
     ]
@@ -513,7 +524,25 @@ def list_audit_events(
 
 
 def audit_verify(args, conn: Connection, out: Output) -> int:
+    if args.key and not args.checkpoint:
+        raise CliError("--key checks checkpoints: it needs --checkpoint FILE", exit_code=2)
+    if args.checkpoint:
+        keys = _kept_keys(args.key) if args.key else None
+        return verify_against_checkpoint(conn, out, _read(args.checkpoint), keys)
     return verify_audit_log(conn, out)
+
+
+def _kept_keys(path: str) -> KeptKeys:
+    """The verifier keys an auditor keeps in `path`, one per line (as `audit public-key` prints
+    them; several across a rotation of the log's key)."""
+    try:
+        lines = _read(path).decode().split()
+        keys = [Ed25519Verifier.from_vkey(line) for line in lines]
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise CliError(f"{path} is not a file of verifier keys: {exc}", exit_code=2) from None
+    if not keys:
+        raise CliError(f"{path} holds no verifier key", exit_code=2)
+    return KeptKeys(f"the keys kept in {path}", keys)
 
 
 def verify_audit_log(conn: Connection, out: Output) -> int:
@@ -532,6 +561,196 @@ def verify_audit_log(conn: Connection, out: Output) -> int:
     )
     out.result(document, text)
     return 0 if reply.ok else 3
+
+
+def _signed_checkpoint(conn: Connection) -> str:
+    stub, meta = conn.gateway()
+    return stub.GetAuditCheckpoint(
+        gateway_pb2.GetAuditCheckpointRequest(), metadata=meta
+    ).checkpoint
+
+
+def _log_verifier(conn: Connection) -> Ed25519Verifier:
+    stub, meta = conn.gateway()
+    reply = stub.GetAuditLogPublicKey(gateway_pb2.GetAuditLogPublicKeyRequest(), metadata=meta)
+    return Ed25519Verifier.from_vkey(reply.verifier_key)
+
+
+@dataclass(frozen=True)
+class KeptKeys:
+    """The keys a verification trusts, and what to call them in a verdict."""
+
+    called: str
+    verifiers: list[Ed25519Verifier]
+
+    def open(self, note: str | bytes) -> Checkpoint:
+        """The checkpoint in `note` if one of the keys signed it; the last key's NoteError if
+        none did."""
+        *others, last = self.verifiers
+        for verifier in others:
+            try:
+                return open_checkpoint(note, verifier).checkpoint
+            except NoteError:
+                continue
+        return open_checkpoint(note, last).checkpoint
+
+
+def _b64(hashes: Iterable[bytes]) -> list[str]:
+    return [b64encode(h) for h in hashes]
+
+
+def audit_checkpoint(args, conn: Connection, out: Output) -> int:
+    note = _signed_checkpoint(conn)
+    checkpoint = open_checkpoint(note, _log_verifier(conn)).checkpoint
+    document = {
+        "checkpoint": note,
+        "tree_size": checkpoint.size,
+        "root_hash": b64encode(checkpoint.root),
+    }
+    if args.output:
+        write_private(Path(args.output), note)
+        out.result(document, f"checkpoint of {checkpoint.size} events written to {args.output}")
+    else:
+        out.result(document, note.rstrip("\n"))
+    return 0
+
+
+def audit_public_key(args, conn: Connection, out: Output) -> int:
+    vkey = _log_verifier(conn).vkey
+    out.result({"verifier_key": vkey}, vkey)
+    return 0
+
+
+def audit_prove(args, conn: Connection, out: Output) -> int:
+    if args.event < 1:
+        raise CliError("EVENT_ID must be an event's sequence number (1 or more)")
+    size = open_checkpoint(_signed_checkpoint(conn), _log_verifier(conn)).checkpoint.size
+    stub, meta = conn.gateway()
+    proof = stub.GetAuditInclusionProof(
+        gateway_pb2.GetAuditInclusionProofRequest(sequence=args.event, tree_size=size),
+        metadata=meta,
+    )
+    hashes = _b64(proof.hashes)
+    document = {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size, "proof": hashes}
+    out.result(
+        document,
+        [f"event #{args.event} is leaf {proof.leaf_index} of {proof.tree_size}"]
+        + [f"  {h}" for h in hashes],
+    )
+    return 0
+
+
+def audit_consistency(args, conn: Connection, out: Output) -> int:
+    if args.start.isdigit():
+        start = int(args.start)
+    else:
+        try:
+            start = Checkpoint.parse(_note_text(_read(args.start).decode())).size
+        except (NoteError, UnicodeDecodeError):
+            raise CliError(f"{args.start} is neither a tree size nor a checkpoint") from None
+    size = open_checkpoint(_signed_checkpoint(conn), _log_verifier(conn)).checkpoint.size
+    if start > size:
+        raise CliError(f"the log's tree has {size} events, fewer than {start}")
+    stub, meta = conn.gateway()
+    proof = stub.GetAuditConsistencyProof(
+        gateway_pb2.GetAuditConsistencyProofRequest(from_size=start, to_size=size),
+        metadata=meta,
+    )
+    hashes = _b64(proof.hashes)
+    document = {"from_size": start, "to_size": size, "proof": hashes}
+    out.result(document, [f"tree of {size} events extends {start}"] + [f"  {h}" for h in hashes])
+    return 0
+
+
+def _note_text(note: str) -> str:
+    """The text of a signed note (before the blank line and its signatures)."""
+    return note.split("\n\n", 1)[0] + "\n"
+
+
+# What the log answers when it cannot sign its tree or prove it (a fork, a missing node).
+_UNPROVABLE = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def verify_against_checkpoint(
+    conn: Connection, out: Output, kept_note: str | bytes, keys: KeptKeys | None = None
+) -> int:
+    """Whether the log still extends a checkpoint kept from before: its signature, the current
+    tree's consistency with it, and every event's inclusion (docs/audit-log.md). The
+    checkpoints are checked with `keys` (the auditor's own), else with the key the log serves."""
+    if keys is None:
+        keys = KeptKeys("the log's key", [_log_verifier(conn)])
+    try:
+        broken = _what_broke(conn, kept_note, keys)
+    except grpc.RpcError as exc:
+        if exc.code() not in _UNPROVABLE:
+            raise
+        broken = ("tree", f"the log cannot prove it: {exc.details()}")
+    if broken is None:
+        out.result({"ok": True}, "audit log extends the kept checkpoint; every event is in it")
+        return 0
+    what, detail = broken
+    out.result(
+        {"ok": False, "broken": what, "detail": detail}, f"audit log does NOT verify: {detail}"
+    )
+    return 3
+
+
+def _what_broke(conn: Connection, kept_note: str | bytes, keys: KeptKeys) -> tuple[str, str] | None:
+    try:
+        kept = keys.open(kept_note)
+    except NoteError as exc:
+        return "signature", f"the kept checkpoint does not verify with {keys.called}: {exc}"
+    stub, meta = conn.gateway()
+    chain = stub.VerifyAuditLog(gateway_pb2.VerifyAuditLogRequest(), metadata=meta)
+    if not chain.ok:
+        return "chain", f"the hash chain is broken: {chain.detail}"
+    events = [
+        e
+        for page in every_page(
+            lambda token: stub.ListAuditEvents(
+                gateway_pb2.ListAuditEventsRequest(page_size=MAX_BATCH, page_token=token),
+                metadata=meta,
+            )
+        )
+        for e in page.events
+    ]
+    try:
+        current = keys.open(_signed_checkpoint(conn))
+    except NoteError as exc:
+        return (
+            "signature",
+            f"the log's current checkpoint does not verify with {keys.called}: {exc}",
+        )
+    if current.size < kept.size:
+        return "consistency", (
+            f"the log shrank: its tree has {current.size} events, the kept checkpoint {kept.size}"
+        )
+    proof = stub.GetAuditConsistencyProof(
+        gateway_pb2.GetAuditConsistencyProofRequest(from_size=kept.size, to_size=current.size),
+        metadata=meta,
+    )
+    try:
+        verify_consistency(kept.size, current.size, kept.root, current.root, proof.hashes)
+    except ProofError as exc:
+        return "consistency", f"the log's tree does not extend the kept checkpoint: {exc}"
+    for event in events:
+        included = stub.GetAuditInclusionProof(
+            gateway_pb2.GetAuditInclusionProofRequest(
+                sequence=event.sequence, tree_size=current.size
+            ),
+            metadata=meta,
+        )
+        try:
+            verify_inclusion(
+                leaf_hash(event.leaf),
+                included.leaf_index,
+                current.size,
+                included.hashes,
+                current.root,
+            )
+        except ProofError:
+            return "inclusion", f"event #{event.sequence} is not in the log's signed tree"
+    return None
 
 
 def audit_vault_status(args, conn: Connection, out: Output) -> int:
@@ -713,7 +932,41 @@ def add_commands(
     p.add_argument("--since", metavar="ISO8601", help="only events at or after this time")
     p.set_defaults(run=audit_list)
     p = audit.add_parser("verify", parents=[common], help="verify the hash chain")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="also check that the log extends this kept checkpoint and holds every event",
+    )
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help="check the checkpoints with the verifier keys kept in FILE (one a line), not with "
+        "the key the log serves",
+    )
     p.set_defaults(run=audit_verify)
+    p = audit.add_parser(
+        "checkpoint", parents=[common], help="the log's signed checkpoint (keep it)"
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE (mode 0600)")
+    p.set_defaults(run=audit_checkpoint)
+    p = audit.add_parser(
+        "public-key", parents=[common], help="the key that verifies the log's checkpoints"
+    )
+    p.set_defaults(run=audit_public_key)
+    p = audit.add_parser("prove", parents=[common], help="an event's inclusion proof")
+    p.add_argument("event", type=int, metavar="EVENT_ID", help="the event's sequence number")
+    p.set_defaults(run=audit_prove)
+    p = audit.add_parser(
+        "consistency", parents=[common], help="the proof the log extends an older tree"
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="FILE_OR_SIZE",
+        help="a kept checkpoint file, or a tree size",
+    )
+    p.set_defaults(run=audit_consistency)
     p = audit.add_parser(
         "vault-status", parents=[common], help="the salt vault's key version (admin)"
     )

@@ -35,6 +35,10 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "RotateVault": frozenset({"retention"}),
         "GetVaultStatus": frozenset({"gateway"}),
         "LiftShredMarker": frozenset({"gateway"}),
+        "GetCheckpoint": frozenset({"gateway"}),
+        "GetInclusionProof": frozenset({"gateway"}),
+        "GetConsistencyProof": frozenset({"gateway"}),
+        "GetLogPublicKey": frozenset({"gateway"}),
     },
     "mixip.consent.v1.ConsentService": {
         "RecordConsent": frozenset({"gateway"}),

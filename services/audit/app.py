@@ -19,9 +19,10 @@ from mixip.runtime.keys import KeyRing, KeyWrapper
 from mixip.runtime.limits import MiB
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
-from services.audit.service import AuditLog
+from services.audit.service import AuditLog, CheckpointKeeper
 from services.audit.servicer import AuditServicer
 from services.audit.settings import AuditSettings
+from services.audit.signer import LogSigner
 from services.audit.store import Base
 from services.audit.vault import SaltVault
 
@@ -38,17 +39,26 @@ class AuditApp(ServiceApp):
         clock: Clock = utcnow,
         *,
         rotation_check_seconds: float | None = None,
+        signer: LogSigner | None = None,
+        checkpoint_seconds: float | None = None,
         **vault_options: Any,
     ) -> None:
         """`rotation_check_seconds`: how often to look for a rotation a shred owes (None: no
-        keeper; tests rotate by hand)."""
+        keeper; tests rotate by hand). `signer`: the log's checkpoint key (None: no checkpoints);
+        `checkpoint_seconds`: how often to sign the checkpoints of grown trees (None: only on
+        demand)."""
         migrations.upgrade(db.url, self.name)
         self.db = db
         vault = SaltVault(db, keys, clock, **vault_options)
-        self.log = AuditLog(db, vault, clock)
+        self.log = AuditLog(db, vault, clock, signer=signer)
         self.clock = clock
         self.keeper = (
             vault.keep_rotating(rotation_check_seconds) if rotation_check_seconds else None
+        )
+        self.signing = (
+            CheckpointKeeper(self.log, checkpoint_seconds)
+            if signer and checkpoint_seconds
+            else None
         )
         telemetry.gauge(
             "mixip_audit_vault_key_age_seconds",
@@ -69,15 +79,20 @@ class AuditApp(ServiceApp):
     def close(self) -> None:
         if self.keeper is not None:
             self.keeper.stop()
+        if self.signing is not None:
+            self.signing.stop()
         self.db.dispose()
 
 
 def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict]:
-    vault = AuditSettings.load(config, env).vault
+    settings = AuditSettings.load(config, env)
+    vault = settings.vault
     app = AuditApp(
         Database(config.database_url, Base.metadata),
         vault.key_ring(),
         rotation_check_seconds=vault.check_seconds,
+        signer=LogSigner.load_or_create(settings.log_key_file),
+        checkpoint_seconds=settings.checkpoint_seconds,
         rotate_within=vault.rotate_within,
         reset_unreadable=vault.reset_unreadable,
     )

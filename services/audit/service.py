@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,11 +15,14 @@ from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, rowcount, serialize
+from mixip.runtime.errors import FailedPrecondition
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
+from mixip.tlog.checkpoint import Checkpoint as TreeCheckpoint
+from mixip.tlog.checkpoint import sign_checkpoint
 from mixip.tlog.merkle import root_hash
-from mixip.tlog.proof import ProofError, prove_consistency, prove_inclusion
+from mixip.tlog.proof import ProofError, prove_consistency, prove_inclusion, verify_consistency
 from services.audit.domain import (
     GENESIS_HASH,
     KIND_MATCH,
@@ -31,11 +35,13 @@ from services.audit.domain import (
     talent_hash,
     verify_chain,
 )
+from services.audit.signer import LogSigner
 from services.audit.store import (
     ChainHead,
     Checkpoint,
     EventRow,
     ShredMarkerRow,
+    SignedCheckpointRow,
     detached_partitions,
     ensure_month_partition,
     month_of,
@@ -146,6 +152,10 @@ class _Expired:
     last_hash: str
 
 
+class TreeNotReached(ProofError):
+    """A proof asked of a tree size that the account's tree has not reached."""
+
+
 class AuditLog:
     def __init__(
         self,
@@ -153,14 +163,17 @@ class AuditLog:
         vault: SaltVault,
         clock: Clock,
         *,
+        signer: LogSigner | None = None,
         step: Callable[[str], None] | None = None,
     ) -> None:
-        """`step` is called at a purge's step boundaries ("checkpointed": checkpoints committed,
+        """`signer` signs checkpoints (None: the log signs none, FAILED_PRECONDITION).
+        `step` is called at a purge's step boundaries ("checkpointed": checkpoints committed,
         expired partitions not detached yet; "detached": detached, not dropped yet), so tests
         can interleave there."""
         self.db = db
         self.vault = vault
         self.clock = clock
+        self.signer = signer
         self._step = step or (lambda name: None)
         self.partitions_ahead()
 
@@ -387,24 +400,107 @@ class AuditLog:
         self, account_id: str, sequence: int, tree_size: int
     ) -> tuple[int, list[bytes]]:
         """Event `sequence`'s leaf index and its inclusion proof in the tree of `tree_size`
-        leaves; ProofError if that tree does not (yet) hold it."""
+        leaves; TreeNotReached if the tree has not reached that size, ProofError if that tree
+        does not hold the event."""
         with self.db.read(snapshot=True) as session:
             tree = StoredTree(session, account_id)
             size = tree.size()
             if tree_size > size:
-                raise ProofError(f"the tree has not reached {tree_size} leaves")
+                raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
             head = session.get(ChainHead, account_id)
             index = sequence - 1 - (head.last_sequence - size if head else 0)
             return index, prove_inclusion(tree, index, tree_size)
 
     def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
         """The proof that the account's tree of `new_size` leaves extends the one of
-        `old_size`; ProofError for sizes the tree has not reached or out of order."""
+        `old_size`; TreeNotReached if the tree has not reached `new_size`, ProofError for sizes
+        out of order."""
         with self.db.read(snapshot=True) as session:
             tree = StoredTree(session, account_id)
             if new_size > tree.size():
-                raise ProofError(f"the tree has not reached {new_size} leaves")
+                raise TreeNotReached(f"the tree has not reached {new_size} leaves")
             return prove_consistency(tree, old_size, new_size)
+
+    def _signer(self) -> LogSigner:
+        if self.signer is None:
+            raise FailedPrecondition("this audit log has no signing key", reason="NO_LOG_KEY")
+        return self.signer
+
+    def public_key(self, account_id: str) -> str:
+        """The note verifier key of the account's checkpoints."""
+        return self._signer().vkey(account_id)
+
+    def checkpoint(self, account_id: str) -> str:
+        """The signed checkpoint (C2SP note) of the account's current tree: the one signed last
+        if the tree has not grown since, else a new one, signed only if the tree extends the
+        one signed last (FailedPrecondition INCONSISTENT_TREE, logged, otherwise)."""
+        signer = self._signer()
+        with self.db.read(snapshot=True) as session:
+            kept = session.get(SignedCheckpointRow, account_id)
+            if kept is not None and kept.tree_size == StoredTree(session, account_id).size():
+                return kept.note
+        with self.db.write() as session:
+            self._locked_head(session, account_id)  # one signer at a time, no append meanwhile
+            tree = StoredTree(session, account_id)
+            size = tree.size()
+            root = root_hash(tree, size)
+            kept = session.get(SignedCheckpointRow, account_id)
+            if kept is not None:
+                if kept.tree_size == size and kept.root_hash == root:
+                    return kept.note
+                self._check_extends(tree, account_id, kept, size, root)
+            note = sign_checkpoint(
+                TreeCheckpoint(signer.origin(account_id), size, root),
+                signer.for_account(account_id),
+            )
+            if kept is None:
+                kept = SignedCheckpointRow(account_id=account_id)
+                session.add(kept)
+            kept.tree_size, kept.root_hash, kept.note = size, root, note
+            kept.signed_at = self.clock()
+        logs.log(logger, "checkpoint signed", account=account_id, tree_size=size)
+        return note
+
+    def sign_grown(self) -> None:
+        """Signs the checkpoint of every account whose tree grew since its last one (a refused
+        one is logged by `checkpoint` and skipped)."""
+        with self.db.read() as session:
+            accounts = session.scalars(select(ChainHead.account_id)).all()
+        for account_id in accounts:
+            try:
+                self.checkpoint(account_id)
+            except FailedPrecondition:
+                continue
+
+    def _check_extends(
+        self,
+        tree: StoredTree,
+        account_id: str,
+        kept: SignedCheckpointRow,
+        size: int,
+        root: bytes,
+    ) -> None:
+        try:
+            if size < kept.tree_size:
+                raise ProofError(f"the tree shrank from {kept.tree_size} to {size} leaves")
+            proof = prove_consistency(tree, kept.tree_size, size)
+            verify_consistency(kept.tree_size, size, kept.root_hash, root, proof)
+        except (ProofError, KeyError) as exc:
+            detail = str(exc) if isinstance(exc, ProofError) else "a tree node is missing"
+            logs.log(
+                logger,
+                "checkpoint refused: the tree does not extend the last signed one",
+                level=logging.ERROR,
+                account=account_id,
+                signed_size=kept.tree_size,
+                tree_size=size,
+                detail=detail,
+            )
+            raise FailedPrecondition(
+                f"refusing to sign: the tree of {size} leaves does not extend the checkpoint "
+                f"signed at {kept.tree_size} leaves ({detail})",
+                reason="INCONSISTENT_TREE",
+            ) from None
 
     # -- verify -------------------------------------------------------------------------------
 
@@ -720,6 +816,29 @@ class AuditLog:
                 checkpoint.through_sequence, checkpoint.through_hash = sequence, digest
             checkpoint.purged_total += deleted
             checkpoint.updated_at = self.clock()
+
+
+class CheckpointKeeper:
+    """Signs grown trees' checkpoints every `seconds` on a daemon thread (a failure is logged
+    and tried again at the next tick). `stop()` ends the thread."""
+
+    def __init__(self, log: AuditLog, seconds: float) -> None:
+        self.log = log
+        self.seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.log.sign_grown()
+            except Exception as exc:  # the next tick tries again
+                logs.log(logger, "checkpoint signing failed", error=type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def _content(row: EventRow) -> EventContent:

@@ -9,12 +9,14 @@ import grpc
 
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
+from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
+from mixip.tlog.proof import ProofError
 from services.audit.domain import ChainedEvent
-from services.audit.service import AuditLog, EventFilter, NewEvent
+from services.audit.service import AuditLog, EventFilter, NewEvent, TreeNotReached
 
 MAX_PURGE_BATCH = 100_000
 DEFAULT_PURGE_BATCH = 10_000
@@ -148,6 +150,66 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             key_version=status.key_version, rotated_at=to_timestamp(status.rotated_at)
         )
 
+    def GetCheckpoint(
+        self, request: audit_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetCheckpointResponse:
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        return audit_pb2.GetCheckpointResponse(checkpoint=self.log.checkpoint(request.account_id))
+
+    def GetInclusionProof(
+        self, request: audit_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetInclusionProofResponse:
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        if request.sequence < 1:
+            checks.fail("sequence", "must be 1 or more")
+        if request.tree_size < 1:
+            checks.fail("tree_size", "must be 1 or more")
+        checks.done()
+        try:
+            index, hashes = self.log.inclusion_proof(
+                request.account_id, request.sequence, request.tree_size
+            )
+        except TreeNotReached as exc:
+            raise InvalidArgument.one("tree_size", str(exc), reason="NOT_IN_TREE") from None
+        except ProofError as exc:
+            raise InvalidArgument.one("sequence", str(exc), reason="NOT_IN_TREE") from None
+        return audit_pb2.GetInclusionProofResponse(
+            leaf_index=index, tree_size=request.tree_size, hashes=hashes
+        )
+
+    def GetConsistencyProof(
+        self, request: audit_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetConsistencyProofResponse:
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        if request.from_size < 0:
+            checks.fail("from_size", "must be 0 or more")
+        if request.to_size < request.from_size:
+            checks.fail("to_size", "must be at least from_size")
+        checks.done()
+        try:
+            hashes = self.log.consistency_proof(
+                request.account_id, request.from_size, request.to_size
+            )
+        except TreeNotReached as exc:
+            raise InvalidArgument.one("to_size", str(exc), reason="NOT_IN_TREE") from None
+        return audit_pb2.GetConsistencyProofResponse(
+            from_size=request.from_size, to_size=request.to_size, hashes=hashes
+        )
+
+    def GetLogPublicKey(
+        self, request: audit_pb2.GetLogPublicKeyRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetLogPublicKeyResponse:
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        return audit_pb2.GetLogPublicKeyResponse(
+            verifier_key=self.log.public_key(request.account_id)
+        )
+
 
 _LABELS = {
     common_pb2.FACE_LABEL_CLEARED,
@@ -230,4 +292,5 @@ def _event(event: ChainedEvent) -> audit_pb2.AuditEvent:
         idempotency_key=content.idempotency_key,
         kind=audit_pb2.EventKind.ValueType(content.kind),
         decision=common_pb2.ReviewDecision.ValueType(content.decision),
+        leaf=content.canonical(),
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mixip.runtime.config import Env, ServerConfig
 from mixip.runtime.vault import VaultSettings
+from services.audit.signer import KEY_FILE
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,12 @@ class AuditSettings:
     MIXIP_AUDIT_KMS_KEY_ID (AWS KMS instead of key files; the vault's first KMS key, dedicated
     to it), MIXIP_AUDIT_KMS_DELETION_DAYS (the pending window of retired KMS keys, 7-30 days);
     and MIXIP_VAULT_ROTATE_WITHIN_SECONDS, MIXIP_VAULT_ROTATION_CHECK_SECONDS."""
+    log_key_file: Path
+    """MIXIP_AUDIT_LOG_KEY_FILE (default <key dir>/audit-log-signer.key): the Ed25519 note key
+    that signs the checkpoints, made there (0600) on the first start."""
+    checkpoint_seconds: float
+    """MIXIP_AUDIT_CHECKPOINT_SECONDS (default 60, at least 1): how often the checkpoints of
+    accounts whose tree grew are signed (besides on demand)."""
 
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> AuditSettings:
@@ -31,4 +39,10 @@ class AuditSettings:
             kms_variable="MIXIP_AUDIT_KMS_KEY_ID",
             deletion_variable="MIXIP_AUDIT_KMS_DELETION_DAYS",
         )
-        return cls(vault=vault)
+        return cls(
+            vault=vault,
+            log_key_file=Path(
+                env.str("MIXIP_AUDIT_LOG_KEY_FILE", str(config.key_dir / KEY_FILE))
+            ).expanduser(),
+            checkpoint_seconds=env.float("MIXIP_AUDIT_CHECKPOINT_SECONDS", 60.0, minimum=1.0),
+        )

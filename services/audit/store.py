@@ -15,6 +15,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     SmallInteger,
     String,
+    Text,
     event,
     text,
 )
@@ -195,6 +196,19 @@ class TreeNodeRow(Base):
     level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     node_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class SignedCheckpointRow(Base):
+    """The latest checkpoint the log signed of an account's tree (docs/audit-log.md): the log
+    never signs one that its tree of `tree_size` leaves does not extend with `root_hash`."""
+
+    __tablename__ = "audit_signed_checkpoints"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    signed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Checkpoint(Base):

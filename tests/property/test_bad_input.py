@@ -1061,6 +1061,16 @@ def _valid_requests(harness) -> dict:
         "ListTalentFaces": (s.ListTalentFaces, pb.ListTalentFacesRequest(talent_id="t-1")),
         "ListAuditEvents": (s.ListAuditEvents, pb.ListAuditEventsRequest()),
         "VerifyAuditLog": (s.VerifyAuditLog, pb.VerifyAuditLogRequest()),
+        "GetAuditCheckpoint": (s.GetAuditCheckpoint, pb.GetAuditCheckpointRequest()),
+        "GetAuditInclusionProof": (
+            s.GetAuditInclusionProof,
+            pb.GetAuditInclusionProofRequest(sequence=1, tree_size=1),
+        ),
+        "GetAuditConsistencyProof": (
+            s.GetAuditConsistencyProof,
+            pb.GetAuditConsistencyProofRequest(from_size=0, to_size=0),
+        ),
+        "GetAuditLogPublicKey": (s.GetAuditLogPublicKey, pb.GetAuditLogPublicKeyRequest()),
         "ExportTalentData": (s.ExportTalentData, pb.ExportTalentDataRequest(talent_id="t-1")),
         "EraseTalent": (s.EraseTalent, pb.EraseTalentRequest(talent_id="t-1")),
         "CreateAccount": (a.CreateAccount, admin_pb2.CreateAccountRequest(name="x")),
@@ -1176,8 +1186,10 @@ def test_every_rpc_has_a_property():
         # ^ test_bad_input_review.py
         *("AddWebhook", "ListWebhooks", "RemoveWebhook", "TestWebhook", "RotateWebhookSecret"),
         # ^ test_bad_input_webhooks.py
+        *("GetAuditInclusionProof", "GetAuditConsistencyProof"),  # test_bad_input_audit_proofs.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
+    credentials_only |= {"GetAuditCheckpoint", "GetAuditLogPublicKey"}
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 

@@ -23,6 +23,10 @@ from google.protobuf.message import Message
 from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.tlog.checkpoint import Checkpoint, open_checkpoint
+from mixip.tlog.merkle import leaf_hash, tree_hash
+from mixip.tlog.note import Ed25519Verifier
+from mixip.tlog.proof import verify_consistency, verify_inclusion
 from mixip.web.app import create_app
 from mixip.web.sessions import Sessions
 from tests.support import faces
@@ -42,6 +46,7 @@ OK = grpc.StatusCode.OK
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 TAKEN = grpc.StatusCode.FAILED_PRECONDITION
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 CALLERS = ("reviewer", "uploader", "viewer", "other_reviewer", "stranger", "owner")
 COLLABORATORS = ("reviewer", "uploader", "viewer")
@@ -165,6 +170,77 @@ def _own_events_only(world: World, caller: str, reply) -> None:
 def _own_chain_verified(world: World, caller: str, reply) -> None:
     assert reply.ok
     assert (reply.events_checked > 0) == (caller == "owner")
+
+
+def _signed_tree(world: World, caller: str, note: str) -> Checkpoint:
+    """The checkpoint in `note`, opened with the key the gateway publishes to `caller`."""
+    key = world.gw.stub.GetAuditLogPublicKey(
+        pb.GetAuditLogPublicKeyRequest(), metadata=world.metas[caller]
+    )
+    return open_checkpoint(note, Ed25519Verifier.from_vkey(key.verifier_key)).checkpoint
+
+
+def _own_log_origin(world: World, caller: str) -> str:
+    return f"mixip.example/audit/{world.accounts[caller]}"
+
+
+def _own_leaves(world: World, caller: str) -> list[bytes]:
+    """The leaves of the caller's tree: the exact bytes of each of its audit events."""
+    events = world.gw.stub.ListAuditEvents(
+        pb.ListAuditEventsRequest(), metadata=world.metas[caller]
+    ).events
+    return [e.leaf for e in sorted(events, key=lambda e: e.sequence)]
+
+
+def _own_tree_signed(world: World, caller: str, reply) -> None:
+    """The checkpoint of the caller's own log: its origin, and the root of its own events
+    (none but the owner's hold any)."""
+    signed = _signed_tree(world, caller, reply.checkpoint)
+    leaves = _own_leaves(world, caller)
+    assert signed.origin == _own_log_origin(world, caller)
+    assert (signed.size, signed.root) == (len(leaves), tree_hash(leaves))
+    assert (signed.size > 0) == (caller == "owner")
+
+
+def _own_log_key(world: World, caller: str, reply) -> None:
+    assert Ed25519Verifier.from_vkey(reply.verifier_key).name == _own_log_origin(world, caller)
+
+
+def _owners_tree(world: World) -> Checkpoint:
+    note = world.gw.stub.GetAuditCheckpoint(
+        pb.GetAuditCheckpointRequest(), metadata=world.metas["owner"]
+    ).checkpoint
+    return _signed_tree(world, "owner", note)
+
+
+def _prove_first_event(world: World, caller: str):
+    """The inclusion proof of event #1 in a tree of the owner's size, asked of the caller's
+    own log (which has not reached that size unless it is the owner's)."""
+    return world.gw.stub.GetAuditInclusionProof(
+        pb.GetAuditInclusionProofRequest(sequence=1, tree_size=_owners_tree(world).size),
+        metadata=world.metas[caller],
+    )
+
+
+def _first_event_included(world: World, caller: str, reply) -> None:
+    signed, leaves = _owners_tree(world), _own_leaves(world, caller)
+    assert (reply.leaf_index, reply.tree_size) == (0, signed.size)
+    verify_inclusion(leaf_hash(leaves[0]), 0, signed.size, reply.hashes, signed.root)
+
+
+def _prove_extension(world: World, caller: str):
+    """The consistency proof from one event to the owner's tree size, asked of the caller's
+    own log."""
+    return world.gw.stub.GetAuditConsistencyProof(
+        pb.GetAuditConsistencyProofRequest(from_size=1, to_size=_owners_tree(world).size),
+        metadata=world.metas[caller],
+    )
+
+
+def _extends_the_first_event(world: World, caller: str, reply) -> None:
+    signed, leaves = _owners_tree(world), _own_leaves(world, caller)
+    assert (reply.from_size, reply.to_size) == (1, signed.size) and signed.size > 1
+    verify_consistency(1, signed.size, tree_hash(leaves[:1]), signed.root, reply.hashes)
 
 
 def _own_access_log_only(world: World, caller: str, reply) -> None:
@@ -396,6 +472,32 @@ ROWS = [
         _unary("VerifyAuditLog", pb.VerifyAuditLogRequest()),
         EVERYONE_OK,
         _own_chain_verified,
+    ),
+    Row(
+        "GetAuditCheckpoint",
+        _unary("GetAuditCheckpoint", pb.GetAuditCheckpointRequest()),
+        EVERYONE_OK,
+        _own_tree_signed,
+    ),
+    Row(
+        "GetAuditLogPublicKey",
+        _unary("GetAuditLogPublicKey", pb.GetAuditLogPublicKeyRequest()),
+        EVERYONE_OK,
+        _own_log_key,
+    ),
+    # account-bound too: a collaborator's own log holds none of the owner's events, so the
+    # owner's tree size is beyond it (and no proof of the owner's tree is ever given to it)
+    Row(
+        "GetAuditInclusionProof",
+        _prove_first_event,
+        by_role(reviewer=INVALID, uploader=INVALID, viewer=INVALID, outsider=INVALID),
+        _first_event_included,
+    ),
+    Row(
+        "GetAuditConsistencyProof",
+        _prove_extension,
+        by_role(reviewer=INVALID, uploader=INVALID, viewer=INVALID, outsider=INVALID),
+        _extends_the_first_event,
     ),
     Row(
         "ListAccessLog",

@@ -22,6 +22,8 @@ from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.retention.v1 import retention_pb2 as rpb
 from mixip.runtime import migrations
 from mixip.runtime.db import Database, create_db_engine
+from mixip.tlog.checkpoint import open_checkpoint
+from mixip.tlog.note import Ed25519Verifier
 from tests.support import faces
 from tests.support.databases import PG_ADMIN_URL
 from tests.support.gateway_calls import (
@@ -172,9 +174,12 @@ def test_replicas_upgrading_at_once_apply_each_revision_once(database_url, backe
     engine.dispose()
 
 
-def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
+def fill_every_service(
+    gateway, retention_factory, clock
+) -> tuple[tuple, str, apb.GetCheckpointRequest, str]:
     """Rows in every service's tables, written the way clients write them: the account's call
-    metadata and the id of its matched photo."""
+    metadata, the id of its matched photo, and the request of its log's checkpoint and the
+    checkpoint signed."""
     # The gateway's audit outbox delivers only when told (the erasure below delivers the first
     # photo's events, a drain the second's; the third photo's stay queued: an outbox row).
     gateway.app.audit_outbox.stop()
@@ -209,14 +214,18 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
     assert report.events_purged == 3  # the first photo's two faces and the decision
+    # a signed checkpoint of the tree after the purge (asked of audit itself: through the
+    # gateway, the third photo's queued events would be delivered first)
+    asked = apb.GetCheckpointRequest(account_id=account)
+    checkpoint = gateway.audit.stub.GetCheckpoint(asked).checkpoint
     gateway.app.access_writer.flush()  # the calls' access-log entries are in their table
-    return meta, media_id
+    return meta, media_id, asked, checkpoint
 
 
 def test_every_database_filled_by_the_services_keeps_every_row_through_every_revision(
     gateway, retention_factory, database_url, clock
 ):
-    meta, media_id = fill_every_service(gateway, retention_factory, clock)
+    meta, media_id, asked, checkpoint = fill_every_service(gateway, retention_factory, clock)
     assert sorted(database_url.made) == sorted(SERVICES)
     for service, url in database_url.made.items():
         history = migrations.revisions(service)
@@ -265,6 +274,17 @@ def test_every_database_filled_by_the_services_keeps_every_row_through_every_rev
     # (its outbox is not walked below the sealing revision) would be delivered first, and the
     # audit's vault state went with the walk of the revision that made it.
     assert gateway.audit.stub.VerifyLog(apb.VerifyLogRequest()).ok
+    # The signed checkpoint went with the downgrade of the revision that made its table, and
+    # the tree with its own: rebuilt by its upgrade from the events left (the three purged are
+    # not in it), the tree is signed again under the same key.
+    key = gateway.audit.stub.GetLogPublicKey(
+        apb.GetLogPublicKeyRequest(account_id=asked.account_id)
+    ).verifier_key
+    signed = [
+        open_checkpoint(note, Ed25519Verifier.from_vkey(key)).checkpoint
+        for note in (checkpoint, gateway.audit.stub.GetCheckpoint(asked).checkpoint)
+    ]
+    assert [c.size for c in signed] == [5, 2]
 
 
 # A second gateway revision that makes SQLite copy gateway_media, the table gateway_media_faces
