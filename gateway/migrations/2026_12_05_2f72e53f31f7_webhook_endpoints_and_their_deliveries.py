@@ -13,7 +13,7 @@ from alembic import op
 from mixip.runtime.db import UtcDateTime
 
 revision = "2f72e53f31f7"
-down_revision = "eaf57bb405d5"
+down_revision = "138e00d72666"
 branch_labels = None
 depends_on = None
 
