@@ -25,6 +25,7 @@ from services.audit.settings import AuditSettings
 from services.audit.signer import LogSigner
 from services.audit.store import Base
 from services.audit.vault import SaltVault
+from services.audit.witnesses import Witnessing
 
 SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 
@@ -41,6 +42,7 @@ class AuditApp(ServiceApp):
         rotation_check_seconds: float | None = None,
         signer: LogSigner | None = None,
         checkpoint_seconds: float | None = None,
+        witnessing: Witnessing | None = None,
         **vault_options: Any,
     ) -> None:
         """`rotation_check_seconds`: how often to look for a rotation a shred owes (None: no
@@ -50,7 +52,7 @@ class AuditApp(ServiceApp):
         migrations.upgrade(db.url, self.name)
         self.db = db
         vault = SaltVault(db, keys, clock, **vault_options)
-        self.log = AuditLog(db, vault, clock, signer=signer)
+        self.log = AuditLog(db, vault, clock, signer=signer, witnessing=witnessing)
         self.clock = clock
         self.keeper = (
             vault.keep_rotating(rotation_check_seconds) if rotation_check_seconds else None
@@ -93,6 +95,7 @@ def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict]:
         rotation_check_seconds=vault.check_seconds,
         signer=LogSigner.load_or_create(settings.log_key_file),
         checkpoint_seconds=settings.checkpoint_seconds,
+        witnessing=settings.witnessing,
         rotate_within=vault.rotate_within,
         reset_unreadable=vault.reset_unreadable,
     )

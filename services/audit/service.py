@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
 from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, rowcount, serialize
-from mixip.runtime.errors import FailedPrecondition
+from mixip.runtime.errors import FailedPrecondition, Unavailable
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
@@ -50,6 +50,7 @@ from services.audit.store import (
 )
 from services.audit.tree import StoredTree
 from services.audit.vault import Rotation, SaltVault, VaultStatus
+from services.audit.witnesses import Witnessing
 
 logger = logging.getLogger("mixip.audit")
 PURGE_LOCK = "mixip.audit.purge"
@@ -164,9 +165,12 @@ class AuditLog:
         clock: Clock,
         *,
         signer: LogSigner | None = None,
+        witnessing: Witnessing | None = None,
         step: Callable[[str], None] | None = None,
     ) -> None:
-        """`signer` signs checkpoints (None: the log signs none, FAILED_PRECONDITION).
+        """`signer` signs checkpoints (None: the log signs none, FAILED_PRECONDITION);
+        `witnessing`: the witnesses whose cosignatures a checkpoint needs before it is
+        published (None: published on the log's signature alone).
         `step` is called at a purge's step boundaries ("checkpointed": checkpoints committed,
         expired partitions not detached yet; "detached": detached, not dropped yet), so tests
         can interleave there."""
@@ -174,6 +178,7 @@ class AuditLog:
         self.vault = vault
         self.clock = clock
         self.signer = signer
+        self.witnessing = witnessing
         self._step = step or (lambda name: None)
         self.partitions_ahead()
 
@@ -453,13 +458,62 @@ class AuditLog:
                 TreeCheckpoint(signer.origin(account_id), size, root),
                 signer.for_account(account_id),
             )
-            if kept is None:
-                kept = SignedCheckpointRow(account_id=account_id)
-                session.add(kept)
-            kept.tree_size, kept.root_hash, kept.note = size, root, note
-            kept.signed_at = self.clock()
+            if self.witnessing is None:
+                self._publish(session, account_id, size, root, note)
+        if self.witnessing is not None:
+            kept_size = kept.tree_size if kept is not None else 0
+            note = self._witnessed(account_id, note, kept_size, size)
+            with self.db.write() as session:
+                self._locked_head(session, account_id)
+                self._publish(session, account_id, size, root, note)
         logs.log(logger, "checkpoint signed", account=account_id, tree_size=size)
         return note
+
+    def _witnessed(self, account_id: str, note: str, kept_size: int, size: int) -> str:
+        """`note` with the cosignatures of the witnesses that cosigned it, asked outside any
+        transaction (appends go on meanwhile); Unavailable WITNESS_QUORUM, logged, when fewer
+        than the quorum did: the checkpoint is not published."""
+        assert self.witnessing is not None and self.signer is not None
+
+        def prove(old: int) -> list[bytes]:
+            if not 0 < old < size:
+                return []
+            with self.db.read(snapshot=True) as session:
+                return prove_consistency(StoredTree(session, account_id), old, size)
+
+        verifier = self.signer.for_account(account_id).verifier()
+        lines, refusals = self.witnessing.cosign(note, verifier, kept_size, prove)
+        if len(lines) < self.witnessing.quorum:
+            logs.log(
+                logger,
+                "checkpoint not published: too few witness cosignatures",
+                level=logging.ERROR,
+                account=account_id,
+                tree_size=size,
+                cosigned=len(lines),
+                quorum=self.witnessing.quorum,
+                refusals="; ".join(refusals),
+            )
+            raise Unavailable(
+                f"{len(lines)} of {self.witnessing.quorum} witness cosignatures needed to "
+                f"publish the checkpoint of {size} leaves",
+                reason="WITNESS_QUORUM",
+            )
+        return note + "".join(lines)
+
+    def _publish(
+        self, session: Session, account_id: str, size: int, root: bytes, note: str
+    ) -> None:
+        """Keeps `note` as the account's published checkpoint, unless one at least as large was
+        published meanwhile (another replica)."""
+        kept = session.get(SignedCheckpointRow, account_id)
+        if kept is None:
+            kept = SignedCheckpointRow(account_id=account_id)
+            session.add(kept)
+        elif kept.tree_size > size:
+            return
+        kept.tree_size, kept.root_hash, kept.note = size, root, note
+        kept.signed_at = self.clock()
 
     def sign_grown(self) -> None:
         """Signs the checkpoint of every account whose tree grew since its last one (a refused
@@ -469,7 +523,7 @@ class AuditLog:
         for account_id in accounts:
             try:
                 self.checkpoint(account_id)
-            except FailedPrecondition:
+            except (FailedPrecondition, Unavailable):  # logged; tried again at the next pass
                 continue
 
     def _check_extends(

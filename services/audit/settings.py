@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixip.runtime.config import Env, ServerConfig
+from mixip.runtime.config import ConfigError, Env, ServerConfig
 from mixip.runtime.vault import VaultSettings
 from services.audit.signer import KEY_FILE
+from services.audit.witnesses import Witnessing
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class AuditSettings:
     checkpoint_seconds: float
     """MIXIP_AUDIT_CHECKPOINT_SECONDS (default 60, at least 1): how often the checkpoints of
     accounts whose tree grew are signed (besides on demand)."""
+    witnessing: Witnessing | None = None
+    """MIXIP_AUDIT_WITNESSES (`URL VKEY` pairs, comma-separated; default none) and
+    MIXIP_AUDIT_WITNESS_QUORUM (default 1 with witnesses): the tlog-witnesses asked to cosign
+    each checkpoint, and how many cosignatures it needs to be published."""
 
     @classmethod
     def load(cls, config: ServerConfig, env: Env) -> AuditSettings:
@@ -45,4 +50,17 @@ class AuditSettings:
                 env.str("MIXIP_AUDIT_LOG_KEY_FILE", str(config.key_dir / KEY_FILE))
             ).expanduser(),
             checkpoint_seconds=env.float("MIXIP_AUDIT_CHECKPOINT_SECONDS", 60.0, minimum=1.0),
+            witnessing=_witnessing(env),
         )
+
+
+def _witnessing(env: Env) -> Witnessing | None:
+    listed = env.str("MIXIP_AUDIT_WITNESSES", "")
+    quorum = env.optional("MIXIP_AUDIT_WITNESS_QUORUM")
+    if not listed.strip() and quorum is None:
+        return None
+    try:
+        needed = None if quorum is None else int(quorum)
+    except ValueError:
+        raise ConfigError(f"MIXIP_AUDIT_WITNESS_QUORUM={quorum!r} is not a number") from None
+    return Witnessing.parse(listed, needed)
