@@ -257,7 +257,11 @@ def gateway_purge(media_store, database_url, serve, clock, retention_factory, re
     db = Database(database_url("gateway"), GatewayBase.metadata)
     db.create_tables()
     store = Recording(media_store.store, db)
-    retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep)
+    # No upload session is ever opened here (tests/integration/gateway/test_upload_sessions.py
+    # purges them through the gateway): none to purge.
+    retention = MediaRetention(
+        db, store, clock, OrphanSweep(db, store, clock).sweep, lambda as_of, limit: 0
+    )
     access_log = AccessLog(db, AccessLogWriter(db))
     internal = serve(InternalApp(retention, access_log))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
