@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.media_store import MediaStore, PartWriter, StorageBusy
 from gateway.projects import Action, Projects
 from gateway.store import UploadSessionRow
@@ -95,6 +96,8 @@ class UploadSessions:
         self.max_session_bytes = max_session_bytes
         self.max_analysis_bytes = max_analysis_bytes
         self.idle_after = idle_after
+        # Tests stop an append after a given part through this hook.
+        self.checkpoint: Checkpoint = no_checkpoint
 
     def create(
         self, caller_account_id: str, project_id: str, filename: str, declared_size: int
@@ -138,13 +141,15 @@ class UploadSessions:
 
     def append(self, caller_account_id: str, chunks: Iterator[Chunk]) -> SessionState:
         """Appends a stream's chunks, a part at a time; refuses a chunk at another offset
-        than the end of the previous one (the first: the durable offset)."""
+        than the end of the previous one (the first: the durable offset). A stream refused at
+        its first message writes nothing."""
         first = next(chunks, None)
         if first is None or not first.session_id:
             raise InvalidArgument.one("session_id", "required (a stream names its session)")
         row = self._row(caller_account_id, first.session_id)
         if row is None:
             raise NotFound("no such upload session")
+        self._check(row, 0, first, self._durable(row))
         try:
             writer = self.media_store.writer(
                 row.account_id, row.storage_key, row.upload_id, row.declared_size
@@ -160,33 +165,39 @@ class UploadSessions:
             writer.close()
         return _state(row, durable)
 
+    def _check(self, row: UploadSessionRow, index: int, chunk: Chunk, expected: int) -> None:
+        """Refuses message `index` unless it continues the session at `expected`."""
+        if chunk.session_id != row.session_id:
+            raise InvalidArgument.one(
+                f"message[{index}].session_id", "every message names the same session"
+            )
+        if chunk.offset < 0:
+            raise InvalidArgument.one(f"message[{index}].offset", "at least 0")
+        if chunk.offset != expected:
+            raise wrong_offset(
+                self._durable(row), f"message[{index}].offset is {chunk.offset}, not {expected}"
+            )
+        if not chunk.data or len(chunk.data) > self.max_chunk_bytes:
+            raise InvalidArgument.one(
+                f"message[{index}].data", f"1 to {self.max_chunk_bytes} bytes"
+            )
+        if expected + len(chunk.data) > row.declared_size:
+            raise InvalidArgument.one(
+                f"message[{index}].data",
+                f"goes past the declared size of {row.declared_size} bytes",
+                reason="PAST_DECLARED_SIZE",
+            )
+
     def _append(
         self, row: UploadSessionRow, writer: PartWriter, first: Chunk, chunks: Iterator[Chunk]
     ) -> None:
         size = row.declared_size
-        expected = _offset(writer, size)
-        buffer = bytearray()
+        expected = _offset(writer, size)  # under the writer's lock: another stream may have
+        buffer = bytearray()  # moved it since the first message was checked
         index = 0
         chunk: Chunk | None = first
         while chunk is not None:
-            if chunk.session_id != row.session_id:
-                raise InvalidArgument.one(
-                    f"message[{index}].session_id", "every message names the same session"
-                )
-            if chunk.offset != expected:
-                raise wrong_offset(
-                    _offset(writer, size), f"message[{index}].offset is {chunk.offset}"
-                )
-            if not chunk.data or len(chunk.data) > self.max_chunk_bytes:
-                raise InvalidArgument.one(
-                    f"message[{index}].data", f"1 to {self.max_chunk_bytes} bytes"
-                )
-            if expected + len(chunk.data) > size:
-                raise InvalidArgument.one(
-                    f"message[{index}].data",
-                    f"goes past the declared size of {size} bytes",
-                    reason="PAST_DECLARED_SIZE",
-                )
+            self._check(row, index, chunk, expected)
             buffer += chunk.data
             expected += len(chunk.data)
             while len(buffer) >= writer.part_bytes or (buffer and expected == size):
@@ -194,6 +205,7 @@ class UploadSessions:
                 del buffer[: writer.part_bytes]
                 writer.write(part, last=_offset(writer, size) + len(part) == size)
                 self._touch(row.session_id)
+                self.checkpoint("session.part_written")
             chunk = next(chunks, None)
             index += 1
 
