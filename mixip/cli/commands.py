@@ -714,7 +714,7 @@ def add_commands(
         "--resumable-above",
         type=int,
         default=RESUMABLE_ABOVE,
-        metavar="BYTES",
+        metavar="N",
         help="send larger files through a resumable upload session (default 8 MiB; 0: always); "
         "rerunning an interrupted command resumes it",
     )

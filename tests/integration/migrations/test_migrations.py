@@ -204,6 +204,15 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
     assert report.events_purged == 3  # the first photo's two faces and the decision
+    # A resumable upload under way: its session, with a part of the photo in.
+    photo = group_photo()
+    session = gateway.stub.CreateUploadSession(
+        pb.CreateUploadSessionRequest(project_id=PROJECT, declared_size=len(photo)), metadata=meta
+    ).session
+    part = pb.AppendUploadChunksRequest(
+        session_id=session.session_id, offset=0, data=photo[:100_000]
+    )
+    gateway.stub.AppendUploadChunks(iter([part]), metadata=meta)
     gateway.app.access_writer.flush()  # the calls' access-log entries are in their table
     return meta, media_id
 
