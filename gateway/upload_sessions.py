@@ -253,13 +253,17 @@ class UploadSessions:
                 delete(UploadSessionRow).where(UploadSessionRow.session_id == session_id)
             )
 
-        return self.uploads.upload(
-            caller_account_id,
-            key_id,
-            UploadHeader(row.project_id, row.filename, session_id),
-            data,
-            in_store=SessionObject(row.storage_key, end_session),
-        )
+        try:
+            return self.uploads.upload(
+                caller_account_id,
+                key_id,
+                UploadHeader(row.project_id, row.filename, session_id),
+                data,
+                in_store=SessionObject(row.storage_key, end_session),
+            )
+        except InvalidArgument:  # not media the matcher takes: kept no more than UploadMedia's
+            self._discard(row)
+            raise
 
     def _read_back(self, row: UploadSessionRow) -> bytes:
         """The stored media, decrypted a part at a time (at most the analysis limit)."""

@@ -196,6 +196,33 @@ def test_sizes_past_the_limits_are_refused_and_write_nothing(gateway):
     assert offset_of(gateway, meta, session_id) == 0
 
 
+def test_an_append_message_is_bounded_by_the_chunk_limit_before_it_is_parsed(gateway):
+    _, meta = gateway.new_account()
+    session_id = create(gateway, meta, size=400 * 1024).session_id
+    big = pb.AppendUploadChunksRequest(session_id=session_id, offset=0, data=b"\0" * 400 * 1024)
+    error = expect_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        gateway.stub.AppendUploadChunks,
+        iter([big]),
+        metadata=meta,
+    )
+    assert error.reason == "REQUEST_TOO_LARGE"  # 256 KiB chunks + 64 KiB: not the 1 MiB default
+    assert offset_of(gateway, meta, session_id) == 0
+
+
+def test_a_finished_session_that_is_not_media_keeps_nothing(gateway):
+    _, meta = gateway.new_account()
+    text = b"not a photo at all " * 5000
+    session_id = create(gateway, meta, size=len(text)).session_id
+    append(gateway, meta, session_id, 0, len(text), data=text)
+    error = expect_invalid(
+        finish, gateway, meta, session_id, sha=hashlib.sha256(text).hexdigest(), fields={"chunk"}
+    )
+    assert error.reason == "BAD_MEDIA"
+    assert count(gateway, UploadSessionRow) == count(gateway, MediaRow) == 0
+    assert stored_objects(gateway) == 0
+
+
 def test_bad_and_foreign_session_ids(gateway):
     _, meta = gateway.new_account()
     _, other = gateway.new_account("other")
