@@ -140,7 +140,8 @@ class LocalEncryptedStore:
 
     def put(self, account_id: str, data: bytes) -> str:
         key, upload_id = self.begin(account_id)
-        writer = self.writer(account_id, key, upload_id, len(data))
+        writer = self._writer(account_id, key, len(data))
+        writer.sync_each = False  # one fsync at the end: nobody resumes a put
         try:
             step = writer.part_bytes
             for start in range(0, max(len(data), 1), step):
@@ -306,17 +307,23 @@ class _LocalWriter:
             end = header.length + self.parts * self.stream.sealed_segment_bytes
         handle.seek(end)
         handle.truncate()  # a segment cut by a crash is written again, whole
+        self.sync_each = True  # each part durable when `write` returns (else: at `close`)
 
     def write(self, data: bytes, last: bool) -> None:
         if self.parts >= self.stream.segment_count(self.size):
             raise StorageError("every part of this object is written")
         sealed = self.stream.seal(self.parts, data, last)
         self.handle.write(sealed)
-        _sync(self.handle)
+        if self.sync_each:
+            _sync(self.handle)
         self.parts += 1
 
     def close(self) -> None:
-        self.handle.close()  # releases the lock
+        try:
+            if not self.sync_each:
+                _sync(self.handle)
+        finally:
+            self.handle.close()  # releases the lock
 
 
 class _SegmentReader(io.RawIOBase):
@@ -363,6 +370,18 @@ class _SegmentReader(io.RawIOBase):
                 raise StorageError(f"stored object refused: {exc}") from exc
             self._cached = (index, plain)
         return self._cached[1]
+
+    def readall(self) -> bytes:
+        """The rest of the object, a whole segment at a time (not in small reads)."""
+        blocks = []
+        while self.position < self.size or (self.size == 0 and self.position == 0):
+            index, within = divmod(self.position, self.stream.segment_bytes)
+            block = self._segment(index)[within:]
+            blocks.append(block)
+            self.position += len(block)
+            if not block:
+                break
+        return b"".join(blocks)
 
     def readinto(self, buffer: Any) -> int:
         if self.position >= self.size:
