@@ -28,7 +28,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint, no_checkpoint
-from gateway.media_store import MediaStore, PartWriter, StorageBusy
+from gateway.media_store import MediaStore, PartWriter, StorageBusy, StorageError
 from gateway.projects import Action, Projects
 from gateway.store import UploadSessionRow
 from gateway.uploads import SessionObject, StoredMedia, UploadHeader, Uploads, media_id_for
@@ -319,9 +319,14 @@ class UploadSessions:
     def _durable(self, row: UploadSessionRow) -> int:
         if row.completed:
             return row.declared_size
-        return self.media_store.durable_bytes(
-            row.account_id, row.storage_key, row.upload_id, row.declared_size
-        )
+        try:
+            return self.media_store.durable_bytes(
+                row.account_id, row.storage_key, row.upload_id, row.declared_size
+            )
+        except StorageError:  # e.g. a bucket rule aborted the multipart upload
+            raise FailedPrecondition(
+                "the session's stored bytes are gone; start a new session", reason="SESSION_LOST"
+            ) from None
 
     def _touch(self, session_id: str) -> None:
         with self.db.write() as session:

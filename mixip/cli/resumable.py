@@ -125,8 +125,9 @@ def _resume(
             gateway_pb2.GetUploadSessionRequest(session_id=session_id), metadata=meta
         )
     except grpc.RpcError as exc:
-        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            return "", 0  # purged, finished, or another gateway: start again
+        lost = error_details(exc).reason == "SESSION_LOST"
+        if lost or exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            return "", 0  # purged, finished, its bytes gone, or another gateway: start again
         raise
     return session_id, reply.session.durable_offset
 

@@ -223,6 +223,22 @@ def test_a_finished_session_that_is_not_media_keeps_nothing(gateway):
     assert stored_objects(gateway) == 0
 
 
+def test_a_session_whose_parts_are_gone_says_so(gateway):
+    """A bucket rule aborting incomplete multipart uploads takes a session's parts away (the
+    local store's parts, deleted, are simply none: the session starts again at 0)."""
+    _, meta = gateway.new_account()
+    session_id = create(gateway, meta).session_id
+    append(gateway, meta, session_id, 0, 2 * PART)
+    with gateway.app.db.read() as db:
+        row = db.get(UploadSessionRow, session_id)
+    gateway.app.media_store.abort(row.account_id, row.storage_key, row.upload_id)
+    if isinstance(gateway.app.media_store, LocalEncryptedStore):
+        assert offset_of(gateway, meta, session_id) == 0
+        return
+    error = expect_error(grpc.StatusCode.FAILED_PRECONDITION, offset_of, gateway, meta, session_id)
+    assert error.reason == "SESSION_LOST"
+
+
 def test_bad_and_foreign_session_ids(gateway):
     _, meta = gateway.new_account()
     _, other = gateway.new_account("other")
