@@ -31,6 +31,7 @@ from gateway.seals import Seals
 from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
 from gateway.settings import GatewaySettings
 from gateway.store import Base, TalentKeyRow, VaultStateRow, open_erasures
+from gateway.upload_sessions import UploadSessions
 from gateway.uploads import OrphanSweep, StreamLimits, Uploads
 from gateway.webhook_delivery import WebhookDeliverer
 from gateway.webhooks import Webhooks
@@ -174,6 +175,17 @@ class GatewayApp(ServiceApp):
         self.rights = Rights(
             db, peers.matcher, peers.consent, peers.audit, fence, clock, self.audit_outbox, seals
         )
+        self.sessions = UploadSessions(
+            db,
+            media_store,
+            self.uploads,
+            self.projects,
+            clock,
+            max_chunk_bytes=settings.max_chunk_bytes,
+            max_session_bytes=settings.max_session_bytes,
+            max_analysis_bytes=settings.max_upload_bytes,
+            idle_after=timedelta(hours=settings.session_idle_hours),
+        )
         self.previews = Previews(db, self.uploads, media_store)
         self.operations = Operations(peers.retention, peers.audit)
         self.orphans = OrphanSweep(db, media_store, clock)
@@ -183,6 +195,7 @@ class GatewayApp(ServiceApp):
             clock,
             self.orphans.sweep,
             seals,
+            self.sessions.purge_abandoned,
             default_days=settings.media_retention_days,
         )
         # Every client-port call is logged (interceptors()); written in batches off the calls.
@@ -228,6 +241,7 @@ class GatewayApp(ServiceApp):
                 self.auth,
                 self.limits,
                 self.uploads,
+                self.sessions,
                 self.rights,
                 self.erasures,
                 self.previews,
@@ -245,9 +259,10 @@ class GatewayApp(ServiceApp):
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
 
     def request_limits(self) -> Mapping[str, int]:
-        """The two upload streams: each message one chunk (MIXIP_GATEWAY_MAX_CHUNK_BYTES)."""
+        """The three upload streams: each message one chunk (MIXIP_GATEWAY_MAX_CHUNK_BYTES)."""
         chunk = self.limits.max_chunk_bytes + ENVELOPE_BYTES
-        return {f"/{GATEWAY_SERVICE}/{m}": chunk for m in ("UploadMedia", "EnrollTalent")}
+        streams = ("UploadMedia", "EnrollTalent", "AppendUploadChunks")
+        return {f"/{GATEWAY_SERVICE}/{m}": chunk for m in streams}
 
     def interceptors(self) -> Sequence[grpc.ServerInterceptor]:
         """The access log, on the client port's two services (the internal port has none)."""

@@ -6,7 +6,9 @@ The retention service's purge drives the deletion through `PurgeExpiredMedia`, o
 per call. Each batch deletes the rows first, in one transaction (a media and its results go
 together), and the stored objects after the commit: a crash in between leaves unreferenced
 objects, never a row pointing at a deleted object. Once no expired media is left, the purge
-sweeps unreferenced objects older than any upload can take. Every step is idempotent, so
+purges abandoned upload sessions (gateway/upload_sessions.py: idle past their rule, 24 hours by
+default: their parts and rows), and then sweeps unreferenced objects older than any upload can
+take. Every step is idempotent, so
 concurrent purges or a retried call delete nothing twice.
 """
 
@@ -46,6 +48,7 @@ class PurgeBatch:
     faces_deleted: int = 0
     objects_deleted: int = 0
     orphans_deleted: int = 0
+    sessions_deleted: int = 0
     done: bool = False
 
 
@@ -57,6 +60,7 @@ class MediaRetention:
         clock: Clock,
         sweep_orphans: Callable[[int], int],  # (limit) -> unreferenced objects deleted
         seals: Seals,
+        purge_sessions: Callable[[datetime, int], int],  # (as of, limit) -> sessions deleted
         *,
         default_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
@@ -65,6 +69,7 @@ class MediaRetention:
         self.media_store = media_store
         self.clock = clock
         self.sweep_orphans = sweep_orphans
+        self.purge_sessions = purge_sessions
         self.default_days = default_days
 
     # -- per-account setting ------------------------------------------------------------------
@@ -87,11 +92,17 @@ class MediaRetention:
     # -- purge --------------------------------------------------------------------------------
 
     def purge_expired(self, as_of: datetime, batch_size: int) -> PurgeBatch:
-        """One batch: expired media first; once none is left, orphaned objects."""
+        """One batch: expired media first; once none is left, abandoned upload sessions; then
+        orphaned objects."""
         expired = self._expired(as_of, batch_size)
         if not expired:
+            sessions = self.purge_sessions(as_of, batch_size)
+            if sessions == batch_size:
+                return PurgeBatch(sessions_deleted=sessions)
             orphans = self.sweep_orphans(batch_size)
-            return PurgeBatch(orphans_deleted=orphans, done=orphans < batch_size)
+            return PurgeBatch(
+                sessions_deleted=sessions, orphans_deleted=orphans, done=orphans < batch_size
+            )
         ids = [media_id for media_id, _, _ in expired]
         with self.db.write() as session:
             faces = affected(session, delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids)))

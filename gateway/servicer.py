@@ -32,6 +32,14 @@ from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
 from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
+from gateway.upload_sessions import (
+    SESSION_ID,
+    SESSION_ID_RULE,
+    SHA256_PATTERN,
+    Chunk,
+    SessionState,
+    UploadSessions,
+)
 from gateway.uploads import StoredMedia, StreamLimits, UploadHeader, Uploads
 from gateway.webhooks import EVENT_TYPES, MAX_EVENT_TYPES, Webhook, Webhooks, check_url
 from mixip.common.v1 import common_pb2
@@ -79,12 +87,30 @@ def _stream(requests: Iterator[_StreamMessage[H]], header_type: str) -> tuple[H,
     return first.header, chunks()
 
 
+def _session_id(value: str, field_name: str) -> str:
+    if not SESSION_ID.fullmatch(value):
+        raise InvalidArgument.one(field_name, SESSION_ID_RULE)
+    return value
+
+
+def _session(state: SessionState) -> gateway_pb2.UploadSession:
+    return gateway_pb2.UploadSession(
+        session_id=state.session_id,
+        project_id=state.project_id,
+        declared_size=state.declared_size,
+        durable_offset=state.durable_offset,
+        created_at=to_timestamp(state.created_at),
+        last_write_at=to_timestamp(state.last_write_at),
+    )
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
         self,
         auth: Authenticator,
         limits: StreamLimits,
         uploads: Uploads,
+        sessions: UploadSessions,
         rights: Rights,
         erasures: Erasures,
         previews: Previews,
@@ -97,6 +123,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.auth = auth
         self.limits = limits
         self.uploads = uploads
+        self.sessions = sessions
         self.rights = rights
         self.erasures = erasures
         self.previews = previews
@@ -133,6 +160,65 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         note(media_id=stored.media.media_id)
         return _upload_response(stored)
+
+    # -- resumable uploads (gateway/upload_sessions.py) ------------------------------------
+
+    def CreateUploadSession(
+        self, request: gateway_pb2.CreateUploadSessionRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CreateUploadSessionResponse:
+        caller = self.auth.account(context)
+        note(project_id=request.project_id)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        checks.text("filename", request.filename, max_length=255, required=False)
+        checks.text(
+            "declared_content_type", request.declared_content_type, max_length=128, required=False
+        )
+        checks.done()
+        state = self.sessions.create(
+            caller.account_id, request.project_id, request.filename, request.declared_size
+        )
+        return gateway_pb2.CreateUploadSessionResponse(session=_session(state))
+
+    def AppendUploadChunks(
+        self,
+        request_iterator: Iterator[gateway_pb2.AppendUploadChunksRequest],
+        context: grpc.ServicerContext,
+    ) -> gateway_pb2.AppendUploadChunksResponse:
+        caller = self.auth.account(context)
+
+        def chunks() -> Iterator[Chunk]:
+            for index, message in enumerate(request_iterator):
+                if index == 0:
+                    _session_id(message.session_id, "session_id")
+                yield Chunk(message.session_id, message.offset, message.data)
+
+        state = self.sessions.append(caller.account_id, chunks())
+        return gateway_pb2.AppendUploadChunksResponse(session=_session(state))
+
+    def GetUploadSession(
+        self, request: gateway_pb2.GetUploadSessionRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetUploadSessionResponse:
+        caller = self.auth.account(context)
+        _session_id(request.session_id, "session_id")
+        state = self.sessions.state(caller.account_id, request.session_id)
+        return gateway_pb2.GetUploadSessionResponse(session=_session(state))
+
+    def FinishUploadSession(
+        self, request: gateway_pb2.FinishUploadSessionRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.FinishUploadSessionResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        if not SESSION_ID.fullmatch(request.session_id):
+            checks.fail("session_id", SESSION_ID_RULE)
+        if not SHA256_PATTERN.fullmatch(request.sha256):
+            checks.fail("sha256", "required: 64 lowercase hexadecimal digits")
+        checks.done()
+        stored = self.sessions.finish(
+            caller.account_id, caller.key_id, request.session_id, request.sha256
+        )
+        note(media_id=stored.media.media_id)
+        return gateway_pb2.FinishUploadSessionResponse(media=_upload_response(stored))
 
     def GetMediaResults(
         self, request: gateway_pb2.GetMediaResultsRequest, context: grpc.ServicerContext
@@ -736,6 +822,7 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
             faces_deleted=done.faces_deleted,
             objects_deleted=done.objects_deleted,
             orphans_deleted=done.orphans_deleted,
+            sessions_deleted=done.sessions_deleted,
             done=done.done,
         )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig, variable
-from mixip.runtime.limits import MiB
+from mixip.runtime.limits import GiB, MiB
 from mixip.runtime.vault import VaultSettings
 
 DEFAULT_RETENTION_DAYS = 365
@@ -31,6 +31,14 @@ class GatewaySettings:
 
     max_chunk_bytes: int = 4 * MiB
     """MIXIP_GATEWAY_MAX_CHUNK_BYTES (4 MiB, at least 1024): the largest chunk of a stream."""
+
+    max_session_bytes: int = 10 * GiB
+    """MIXIP_GATEWAY_MAX_SESSION_BYTES (10 GiB): the largest media a resumable upload session
+    takes (docs/jobs.md)."""
+
+    session_idle_hours: float = 24.0
+    """MIXIP_GATEWAY_SESSION_IDLE_HOURS (24, more than 0): an upload session without a byte
+    appended for this long is abandoned; the retention purge deletes it and its parts."""
 
     admin_key_file: Path = Path("var") / ADMIN_KEY_FILE
     """<key dir>/gateway-admin.key (see MIXIP_KEY_DIR): where the admin credential is kept
@@ -152,6 +160,8 @@ class GatewaySettings:
         return cls(
             max_upload_bytes=env.int("MIXIP_GATEWAY_MAX_UPLOAD_BYTES", 64 * MiB, minimum=1),
             max_chunk_bytes=env.int("MIXIP_GATEWAY_MAX_CHUNK_BYTES", 4 * MiB, minimum=1024),
+            max_session_bytes=env.int("MIXIP_GATEWAY_MAX_SESSION_BYTES", 10 * GiB, minimum=1),
+            session_idle_hours=env.float("MIXIP_GATEWAY_SESSION_IDLE_HOURS", 24.0, minimum=0.01),
             admin_key_file=config.key_dir / ADMIN_KEY_FILE,
             admin_key=env.optional("MIXIP_GATEWAY_ADMIN_KEY"),
             media_retention_days=days,

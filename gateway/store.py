@@ -113,6 +113,30 @@ class UploadDigestRow(Base):
     digest: Mapped[str] = mapped_column(String(64))
 
 
+class UploadSessionRow(Base):
+    """An open resumable upload (gateway/upload_sessions.py): where its bytes go in the media
+    store. The bytes themselves say how far it got (the store's durable parts); the row says
+    when it was last written, for the retention of abandoned sessions."""
+
+    __tablename__ = "gateway_upload_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The owner of the project (the media's account) and the account that created the session
+    # (the only one that may write or finish it).
+    account_id: Mapped[str] = mapped_column(String(64))
+    created_by_account_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str] = mapped_column(String(128))
+    filename: Mapped[str] = mapped_column(String(255))
+    declared_size: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(64), index=True)
+    # The store's id of the upload (an S3 multipart upload id; empty for the local store).
+    upload_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_write_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    # True once the store made its parts one object (finishing went that far).
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class VaultStateRow(VaultStateColumns, Base):
     """The gateway vault's one row (mixip/runtime/vault.py): its key version and wrapped keys."""
 
@@ -414,8 +438,12 @@ def upload_digest(session: Session, media_id: str) -> str | None:
 
 
 def is_referenced(session: Session, storage_key: str) -> bool:
-    """Whether a media row refers to the stored object."""
+    """Whether a media row or an upload session refers to the stored object."""
     found = session.scalar(select(MediaRow.media_id).where(MediaRow.storage_key == storage_key))
+    if found is None:
+        found = session.scalar(
+            select(UploadSessionRow.session_id).where(UploadSessionRow.storage_key == storage_key)
+        )
     return found is not None
 
 

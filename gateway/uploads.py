@@ -83,6 +83,16 @@ class Media:
 
 
 @dataclass(frozen=True)
+class SessionObject:
+    """Media already in the store (a finished upload session, gateway/upload_sessions.py): its
+    object stays with the session when the upload fails, and `commit_with` runs in the upload's
+    commit (it deletes the session)."""
+
+    storage_key: str
+    commit_with: Callable[[Session], None]
+
+
+@dataclass(frozen=True)
 class StoredMedia:
     """A stored media and its face results, as returned to the client."""
 
@@ -149,7 +159,13 @@ class Uploads:
         self.checkpoint: Checkpoint = no_checkpoint
 
     def upload(
-        self, caller_account_id: str, key_id: str, header: UploadHeader, data: bytes
+        self,
+        caller_account_id: str,
+        key_id: str,
+        header: UploadHeader,
+        data: bytes,
+        *,
+        in_store: SessionObject | None = None,
     ) -> StoredMedia:
         """Store encrypted and match (at once) → keep the results and queue their audit
         events in one commit.
@@ -159,7 +175,9 @@ class Uploads:
         uploader's key), and the owner's erasures fence it. The matcher works while the media
         is encrypted and stored, so the upload's latency is the slower of the two, not their
         sum. A retry with the same request id (the caller's) returns the first upload's
-        results. Results are returned as the caller's role sees them (gateway/role_views.py)."""
+        results. Results are returned as the caller's role sees them (gateway/role_views.py).
+        Media already `in_store` (a session's) are not stored again, and their object is never
+        deleted here (it belongs to the session until this commit)."""
         try:
             sniffed = sniff(data)
         except MediaError as exc:
@@ -174,11 +192,14 @@ class Uploads:
         started = self.clock()
         self.checkpoint("upload.started")
         matching = self.matcher.start_match(account_id, header.project_id, data)
-        try:
-            storage_key = self.media_store.put(account_id, data)
-        except BaseException:
-            matching.cancel()
-            raise
+        if in_store is None:
+            try:
+                storage_key = self.media_store.put(account_id, data)
+            except BaseException:
+                matching.cancel()
+                raise
+        else:
+            storage_key = in_store.storage_key
         try:
             matched = matching.result()
             self.checkpoint("upload.matched")
@@ -225,6 +246,8 @@ class Uploads:
                 session.add_all(faces)
                 if header.request_id:
                     session.add(UploadDigestRow(media_id=media_id, digest=digest))
+                if in_store is not None:
+                    in_store.commit_with(session)
                 self.outbox.queue(
                     session,
                     account_id,
@@ -240,13 +263,15 @@ class Uploads:
                 )
             self.outbox.wake()
         except IntegrityError:  # a concurrent retry of the same request stored it first
-            self.media_store.delete(account_id, storage_key)
+            if in_store is None:
+                self.media_store.delete(account_id, storage_key)
             earlier = self._replayed(caller_account_id, scope, media_id, digest)
             if earlier is None:
                 raise
             return earlier
         except BaseException:
-            self.media_store.delete(account_id, storage_key)
+            if in_store is None:
+                self.media_store.delete(account_id, storage_key)
             raise
         logs.log(
             logger,

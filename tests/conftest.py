@@ -404,7 +404,29 @@ def gateway_overrides() -> dict:
 
 
 @pytest.fixture
-def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service, gateway_overrides):
+def gateway_media_store(tmp_path):
+    """The `gateway` fixture's media store: the encrypted directory, with segments small enough
+    that a test's photo spans several (as a long video does). A test module may override it."""
+    from gateway.media_store import LocalEncryptedStore
+    from mixip.runtime.keys import LocalKeyWrapper
+
+    return LocalEncryptedStore(
+        tmp_path / "media", LocalKeyWrapper(tmp_path / "keys" / "gw.key"), segment_bytes=64 * 1024
+    )
+
+
+@pytest.fixture
+def gateway(
+    database_url,
+    serve,
+    clock,
+    channels,
+    tmp_path,
+    mesh,
+    audit_service,
+    gateway_overrides,
+    gateway_media_store,
+):
     from gateway.app import (
         ADMIN_SERVICE,
         GATEWAY_SERVICE,
@@ -412,11 +434,9 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service,
         GatewayApp,
         GatewaySettings,
     )
-    from gateway.media_store import LocalEncryptedStore
     from gateway.store import Base
     from mixip.runtime.client import open_channel
     from mixip.runtime.db import Database
-    from mixip.runtime.keys import LocalKeyWrapper
     from tests.support.gateway_calls import gateway_vault
 
     addresses = {
@@ -432,7 +452,7 @@ def gateway(database_url, serve, clock, channels, tmp_path, mesh, audit_service,
     app = GatewayApp(
         Database(database_url("gateway"), Base.metadata),
         peer_channels,
-        LocalEncryptedStore(tmp_path / "media", LocalKeyWrapper(tmp_path / "keys" / "gw.key")),
+        gateway_media_store,
         GatewaySettings(
             max_upload_bytes=8 * 1024 * 1024,
             max_chunk_bytes=256 * 1024,

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mixip.cli import resumable
 from mixip.cli.annotate import annotate_image, contact_sheet
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output, Progress
@@ -32,6 +33,7 @@ from mixip.tlog.note import Ed25519Verifier, NoteError, b64encode
 from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
 
 CHUNK = 1024 * 1024
+RESUMABLE_ABOVE = 8 * 1024 * 1024  # larger files go through an upload session
 ADVISORY = "labels are advisory: a person decides whether media is cleared for use"
 SCOPES = {
     "biometric": consent_pb2.CONSENT_SCOPE_BIOMETRIC_PROCESSING,
@@ -83,6 +85,10 @@ def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
 # The command serving each client-facing RPC (a test keeps it complete).
 RPC_COMMANDS = {
     "UploadMedia": "match",
+    "CreateUploadSession": "match",
+    "AppendUploadChunks": "match",
+    "GetUploadSession": "match",
+    "FinishUploadSession": "match",
     "GetMediaResults": "media show",
     "RecordConsent": "consent grant",
     "ListConsents": "consent show",
@@ -308,26 +314,51 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
 
 
 def match(args, conn: Connection, out: Output) -> int:
-    return match_file(conn, out, file=args.file, project=args.project, annotate=args.annotate)
+    return match_file(
+        conn,
+        out,
+        file=args.file,
+        project=args.project,
+        annotate=args.annotate,
+        resumable_above=args.resumable_above,
+    )
 
 
 def match_file(
-    conn: Connection, out: Output, *, file: str, project: str, annotate: str | None = None
+    conn: Connection,
+    out: Output,
+    *,
+    file: str,
+    project: str,
+    annotate: str | None = None,
+    resumable_above: int = RESUMABLE_ABOVE,
 ) -> int:
-    data = _read(file)
+    path = Path(file)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror}") from None
     stub, meta = conn.gateway()
-    with out.progress(f"uploading {Path(file).name}") as progress:
-        header = gateway_pb2.UploadMediaRequest(
-            header=gateway_pb2.UploadHeader(
-                project_id=project,
-                filename=Path(file).name[:255],
-                request_id=uuid.uuid4().hex,
+    with out.progress(f"uploading {path.name}") as progress:
+        if size > resumable_above:
+            sent = resumable.upload(stub, meta, conn.address(), path, project, progress.update)
+            reply, upload = sent.media, {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
+        else:
+            header = gateway_pb2.UploadMediaRequest(
+                header=gateway_pb2.UploadHeader(
+                    project_id=project, filename=path.name[:255], request_id=uuid.uuid4().hex
+                )
             )
-        )
-        reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+            data = _read(file)
+            reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+            upload = {"bytes": len(data), "resumed_from": 0}
     document, lines = _media_result(reply)
+    document["upload"] = upload
+    if upload["resumed_from"]:
+        lines.insert(0, f"resumed the upload at byte {upload['resumed_from']} of {size}")
     if annotate:
         video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
+        data = b"" if video else _read(file)  # a video's contact sheet reads the file itself
         _annotate(Path(annotate), Path(file), data, document["faces"], video)
         lines.append(f"annotated image: {annotate}")
         document["annotated"] = annotate
@@ -903,6 +934,14 @@ def add_commands(
     p.add_argument("file", help="a photo or video")
     p.add_argument("--project", required=True, help="the project the media belongs to")
     p.add_argument("--annotate", metavar="OUT.png", help="write an annotated image")
+    p.add_argument(
+        "--resumable-above",
+        type=int,
+        default=RESUMABLE_ABOVE,
+        metavar="N",
+        help="send larger files through a resumable upload session (default 8 MiB; 0: always); "
+        "rerunning an interrupted command resumes it",
+    )
     p.set_defaults(run=match)
 
     media = sub.add_parser("media", help="stored media and their results").add_subparsers(

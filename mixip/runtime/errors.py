@@ -29,10 +29,13 @@ class MeshError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})  # the ErrorInfo's metadata (e.g. where to resume)
 
 
 class InvalidArgument(MeshError):
@@ -94,7 +97,9 @@ class Internal(MeshError):
 def to_grpc_status(error: MeshError, domain: str) -> grpc.Status:
     """The status a servicer aborts with: code, message, ErrorInfo, and BadRequest if any."""
     details = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=domain, metadata=getattr(error, "metadata", {})
+    )
     details.append(_pack(info))
     violations = getattr(error, "violations", None)
     if violations:
@@ -129,6 +134,7 @@ class ErrorDetails:
     reason: str = ""
     domain: str = ""
     violations: list[FieldViolation] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def one_line(self) -> str:
         text = self.message or self.code.name.lower()
@@ -153,6 +159,7 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             result.reason, result.domain = info.reason, info.domain
+            result.metadata = dict(info.metadata)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 MAX_BATCH = 1000
 """The most items one call carries or returns: a page (`page_size`), a batch of consent queries,

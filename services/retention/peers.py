@@ -89,7 +89,7 @@ class GatewayPort(Protocol):
 
     def purge_expired_media(self, as_of: datetime, batch: int) -> MediaPurge:
         """Deletes a batch of stored media past their account's retention at `as_of`, then
-        orphaned objects."""
+        abandoned upload sessions, then orphaned objects."""
         ...
 
     def purge_access_log(self, as_of: datetime, batch: int) -> tuple[int, bool]:
@@ -184,9 +184,9 @@ class GatewayClient:
     def purge_expired_media(self, as_of: datetime, batch: int) -> MediaPurge:
         request = internal_pb2.PurgeExpiredMediaRequest(as_of=to_timestamp(as_of), batch_size=batch)
         reply = _call("gateway.PurgeExpiredMedia", self.stub.PurgeExpiredMedia, request)
-        return MediaPurge(
-            reply.media_deleted, reply.objects_deleted + reply.orphans_deleted, reply.done
-        )
+        # An abandoned upload session's parts are stored objects too.
+        objects = reply.objects_deleted + reply.orphans_deleted + reply.sessions_deleted
+        return MediaPurge(reply.media_deleted, objects, reply.done)
 
     def purge_access_log(self, as_of: datetime, batch: int) -> tuple[int, bool]:
         request = internal_pb2.PurgeAccessLogRequest(as_of=to_timestamp(as_of), batch_size=batch)

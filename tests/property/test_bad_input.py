@@ -1048,6 +1048,22 @@ def _valid_requests(harness) -> dict:
             ],
         ),
         "GetMediaResults": (s.GetMediaResults, pb.GetMediaResultsRequest(media_id="med_1")),
+        "CreateUploadSession": (
+            s.CreateUploadSession,
+            pb.CreateUploadSessionRequest(project_id="film-1", declared_size=10),
+        ),
+        "AppendUploadChunks": (
+            s.AppendUploadChunks,
+            [pb.AppendUploadChunksRequest(session_id=UNKNOWN_SESSION, offset=0, data=b"x")],
+        ),
+        "GetUploadSession": (
+            s.GetUploadSession,
+            pb.GetUploadSessionRequest(session_id=UNKNOWN_SESSION),
+        ),
+        "FinishUploadSession": (
+            s.FinishUploadSession,
+            pb.FinishUploadSessionRequest(session_id=UNKNOWN_SESSION, sha256="0" * 64),
+        ),
         "GetMediaPreview": (s.GetMediaPreview, pb.GetMediaPreviewRequest(media_id="med_1")),
         "RecordConsent": (s.RecordConsent, consent),
         "ListConsents": (s.ListConsents, pb.ListConsentsRequest()),
@@ -1137,6 +1153,8 @@ def _valid_requests(harness) -> dict:
     }
 
 
+UNKNOWN_SESSION = "ups_" + "0" * 32
+
 GATEWAY_RPCS = list(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].methods_by_name)
 ADMIN_RPCS = list(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods_by_name)
 
@@ -1181,6 +1199,8 @@ def test_every_rpc_has_a_property():
         "SetAccountRetention",  # test_bad_input_copies.py
         "GetMediaPreview",  # test_bad_input_previews.py
         "ListAccessLog",  # test_bad_input_access_log.py
+        *("CreateUploadSession", "AppendUploadChunks", "GetUploadSession"),
+        "FinishUploadSession",  # ^ test_bad_input_upload_sessions.py
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
         *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
         # ^ test_bad_input_review.py

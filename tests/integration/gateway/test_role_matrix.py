@@ -11,6 +11,7 @@ destructive calls come last, and within a row the owner calls last)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from gateway.store import UploadSessionRow
 from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
@@ -64,6 +66,7 @@ class World:
     uploader_media_id: str = ""  # the uploader's upload in the owner's project
     guest: str = ""  # an account the owner invites and removes
     webhook_id: str = ""  # the owner's webhook
+    session_id: str = ""  # the owner's upload session (_owners_session)
 
 
 def by_role(owner=OK, reviewer=OK, uploader=OK, viewer=OK, outsider=NOT_FOUND):
@@ -417,6 +420,71 @@ def _own_webhooks_only(world: World, caller: str, reply) -> None:
     assert urls == [f"https://hooks.example.com/{caller}"], urls
 
 
+SESSION_MEDIA = faces.encode(faces.astronaut())
+
+
+def _create_session(world: World, caller: str):
+    return world.gw.stub.CreateUploadSession(
+        pb.CreateUploadSessionRequest(project_id=PROJECT, declared_size=len(SESSION_MEDIA)),
+        metadata=world.metas[caller],
+    )
+
+
+def _owners_session(world: World) -> str:
+    if not world.session_id:
+        world.session_id = _create_session(world, "owner").session.session_id
+    return world.session_id
+
+
+def _session_in_the_projects_account(world: World, caller: str, reply) -> None:
+    """The owner's project holds an uploader's session; an outsider's goes to its own."""
+    with world.gw.app.db.read() as session:
+        row = session.get(UploadSessionRow, reply.session.session_id)
+    owner = "owner" if caller in ("owner", "uploader") else caller
+    assert (row.account_id, row.created_by_account_id) == (
+        world.accounts[owner],
+        world.accounts[caller],
+    )
+
+
+def _append(world: World, caller: str):
+    request = pb.AppendUploadChunksRequest(
+        session_id=_owners_session(world), offset=0, data=SESSION_MEDIA
+    )
+    return world.gw.stub.AppendUploadChunks(iter([request]), metadata=world.metas[caller])
+
+
+def _get_session(world: World, caller: str):
+    return world.gw.stub.GetUploadSession(
+        pb.GetUploadSessionRequest(session_id=_owners_session(world)),
+        metadata=world.metas[caller],
+    )
+
+
+def _finish(world: World, caller: str):
+    return world.gw.stub.FinishUploadSession(
+        pb.FinishUploadSessionRequest(
+            session_id=_owners_session(world),
+            sha256=hashlib.sha256(SESSION_MEDIA).hexdigest(),
+        ),
+        metadata=world.metas[caller],
+    )
+
+
+def _all_bytes_in(world: World, caller: str, reply) -> None:
+    assert reply.session.durable_offset == len(SESSION_MEDIA)
+
+
+def _finished_in_the_owners_project(world: World, caller: str, reply) -> None:
+    listed = world.gw.stub.ListMedia(
+        pb.ListMediaRequest(project_id=PROJECT), metadata=world.metas["owner"]
+    )
+    assert reply.media.media_id in {m.media_id for m in listed.media}
+
+
+# Sessions belong to the account that created them: the owner's answers NOT_FOUND to anyone else.
+ONLY_ITS_CREATOR = by_role(reviewer=NOT_FOUND, uploader=NOT_FOUND, viewer=NOT_FOUND)
+
 ROWS = [
     Row(
         "ListProjects",
@@ -565,6 +633,15 @@ ROWS = [
         by_role(reviewer=DENIED, viewer=DENIED, outsider=OK),
         _uploaded_without_the_owners_talents,
     ),
+    Row(
+        "CreateUploadSession",
+        _create_session,
+        by_role(reviewer=DENIED, viewer=DENIED, outsider=OK),
+        _session_in_the_projects_account,
+    ),
+    Row("AppendUploadChunks", _append, ONLY_ITS_CREATOR),
+    Row("GetUploadSession", _get_session, ONLY_ITS_CREATOR, _all_bytes_in),
+    Row("FinishUploadSession", _finish, ONLY_ITS_CREATOR, _finished_in_the_owners_project),
     Row(
         "DeleteTalentFace",
         _delete_face,

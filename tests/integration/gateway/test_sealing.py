@@ -220,6 +220,8 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
             if table.name in SEALED_ONLY or table.name not in existed:
                 continue
             columns = [c for c in table.columns if c.name in _old_columns(old, table.name)]
+            if not columns:
+                continue
             rows = [dict(r) for r in source.execute(select(*columns)).mappings()]
             for row in rows:
                 row.update(clear.get(table.name, lambda _: {})(row))
@@ -297,5 +299,8 @@ def test_an_older_gateways_clear_rows_are_sealed_at_start_and_still_read(
 
 
 def _old_columns(db: Database, table: str) -> set[str]:
+    """The table's columns in the older database (none for a table a later revision makes)."""
     with db.engine.connect() as connection:
+        if not inspect(connection).has_table(table):
+            return set()
         return {c["name"] for c in inspect(connection).get_columns(table)}

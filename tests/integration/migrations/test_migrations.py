@@ -214,6 +214,15 @@ def fill_every_service(
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
     assert report.events_purged == 3  # the first photo's two faces and the decision
+    # A resumable upload under way: its session, with a part of the photo in.
+    photo = group_photo()
+    session = gateway.stub.CreateUploadSession(
+        pb.CreateUploadSessionRequest(project_id=PROJECT, declared_size=len(photo)), metadata=meta
+    ).session
+    part = pb.AppendUploadChunksRequest(
+        session_id=session.session_id, offset=0, data=photo[:100_000]
+    )
+    gateway.stub.AppendUploadChunks(iter([part]), metadata=meta)
     # a signed checkpoint of the tree after the purge (asked of audit itself: through the
     # gateway, the third photo's queued events would be delivered first)
     asked = apb.GetCheckpointRequest(account_id=account)

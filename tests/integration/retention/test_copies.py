@@ -270,7 +270,16 @@ def gateway_purge(
     vault = gateway_vault(tmp_path).open(
         db, clock, name="gateway", state_model=VaultStateRow, secret_model=TalentKeyRow
     )
-    retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep, Seals(vault))
+    # No upload session is ever opened here (tests/integration/gateway/test_upload_sessions.py
+    # purges them through the gateway): none to purge.
+    retention = MediaRetention(
+        db,
+        store,
+        clock,
+        OrphanSweep(db, store, clock).sweep,
+        Seals(vault),
+        lambda as_of, limit: 0,
+    )
     access_log = AccessLog(db, AccessLogWriter(db))
     internal = serve(InternalApp(retention, access_log))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")

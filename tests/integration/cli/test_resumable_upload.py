@@ -1,0 +1,63 @@
+"""`mixip match` through a resumable upload session: a client SIGKILLed mid-upload, run again,
+sends only what the gateway does not hold durably, and forgets its session once finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+from gateway.erasure import no_checkpoint
+from tests.support.gateway_calls import PROJECT, group_photo
+
+PART = 64 * 1024  # the `gateway` fixture's segments
+
+
+class ClientKilled(Exception):
+    """Ends the append on the gateway's side where the test killed the client."""
+
+
+def test_a_killed_match_resumes_from_the_durable_offset_and_sends_only_the_rest(gateway, tmp_path):
+    _, meta = gateway.new_account()
+    photo = tmp_path / "group.jpg"
+    photo.write_bytes(group_photo())
+    size = photo.stat().st_size
+    state = tmp_path / "state"
+    command = [
+        *(sys.executable, "-m", "mixip.cli.main", "--json", "--gateway", gateway.address),
+        *("--data-dir", str(tmp_path / "var"), "match", str(photo), "--project", PROJECT),
+        *("--resumable-above", "0"),
+    ]
+    env = os.environ | {
+        "MIXIP_API_KEY": meta[0][1].removeprefix("Bearer "),
+        "XDG_STATE_HOME": str(state),
+    }
+    written: list[str] = []
+
+    def kill_after_two_parts(step: str) -> None:
+        written.append(step)
+        if len(written) == 2:  # two parts are durable: the client dies before a third
+            client.kill()
+            client.wait()
+            raise ClientKilled
+
+    gateway.app.sessions.checkpoint = kill_after_two_parts
+    client = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client.communicate(timeout=120)
+    assert client.returncode == -signal.SIGKILL
+    [saved] = list((state / "mixip" / "uploads").iterdir())
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+
+    gateway.app.sessions.checkpoint = no_checkpoint
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    assert rerun.returncode == 0, rerun.stderr
+    document = json.loads(rerun.stdout)
+    assert document["upload"] == {"bytes": size - 2 * PART, "resumed_from": 2 * PART}
+    assert len(document["faces"]) == 2
+    assert list((state / "mixip" / "uploads").iterdir()) == []  # forgotten once finished
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(again.stdout)["upload"] == {"bytes": size, "resumed_from": 0}
