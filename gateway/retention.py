@@ -6,8 +6,9 @@ The retention service's purge drives the deletion through `PurgeExpiredMedia`, o
 per call. Each batch deletes the rows first, in one transaction (a media and its results go
 together), and the stored objects after the commit: a crash in between leaves unreferenced
 objects, never a row pointing at a deleted object. Once no expired media is left, the purge
-sweeps unreferenced objects older than any upload can take. Every step is idempotent, so
-concurrent purges or a retried call delete nothing twice.
+sweeps unreferenced objects older than any upload can take, and deletes the analysis jobs
+that ended more than MIXIP_GATEWAY_JOB_RETENTION_DAYS before (gateway/jobs.py). Every step is
+idempotent, so concurrent purges or a retried call delete nothing twice.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class PurgeBatch:
     faces_deleted: int = 0
     objects_deleted: int = 0
     orphans_deleted: int = 0
+    jobs_deleted: int = 0
     done: bool = False
 
 
@@ -55,6 +57,7 @@ class MediaRetention:
         media_store: MediaStore,
         clock: Clock,
         sweep_orphans: Callable[[int], int],  # (limit) -> unreferenced objects deleted
+        purge_jobs: Callable[[datetime, int], int],  # (as of, limit) -> ended jobs deleted
         *,
         default_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
@@ -62,6 +65,7 @@ class MediaRetention:
         self.media_store = media_store
         self.clock = clock
         self.sweep_orphans = sweep_orphans
+        self.purge_jobs = purge_jobs
         self.default_days = default_days
 
     # -- per-account setting ------------------------------------------------------------------
@@ -84,11 +88,18 @@ class MediaRetention:
     # -- purge --------------------------------------------------------------------------------
 
     def purge_expired(self, as_of: datetime, batch_size: int) -> PurgeBatch:
-        """One batch: expired media first; once none is left, orphaned objects."""
+        """One batch: expired media first; once none is left, orphaned objects and ended jobs."""
         expired = self._expired(as_of, batch_size)
         if not expired:
             orphans = self.sweep_orphans(batch_size)
-            return PurgeBatch(orphans_deleted=orphans, done=orphans < batch_size)
+            jobs = self.purge_jobs(as_of, batch_size)
+            if jobs:
+                logs.log(logger, "ended jobs purged", jobs=jobs, as_of=as_of.isoformat())
+            return PurgeBatch(
+                orphans_deleted=orphans,
+                jobs_deleted=jobs,
+                done=orphans < batch_size and jobs < batch_size,
+            )
         ids = [media_id for media_id, _, _ in expired]
         with self.db.write() as session:
             faces = affected(session, delete(MediaFaceRow).where(MediaFaceRow.media_id.in_(ids)))

@@ -23,6 +23,7 @@ from sqlalchemy import func, insert, select
 
 from gateway.access_log import AccessLog, AccessLogWriter
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
+from gateway.jobs import JobPurge
 from gateway.media_store import LocalEncryptedStore, S3Store
 from gateway.peers import RetentionClient
 from gateway.retention import MediaRetention
@@ -257,7 +258,9 @@ def gateway_purge(media_store, database_url, serve, clock, retention_factory, re
     db = Database(database_url("gateway"), GatewayBase.metadata)
     db.create_tables()
     store = Recording(media_store.store, db)
-    retention = MediaRetention(db, store, clock, OrphanSweep(db, store, clock).sweep)
+    retention = MediaRetention(
+        db, store, clock, OrphanSweep(db, store, clock).sweep, JobPurge(db, 30)
+    )
     access_log = AccessLog(db, AccessLogWriter(db))
     internal = serve(InternalApp(retention, access_log))
     handle = retention_factory(**retention_peers, gateway=f"127.0.0.1:{internal.port}")
