@@ -29,8 +29,10 @@ from tests.support.gateway_calls import (
     consent,
     decide,
     enroll,
+    finished_job,
     group_photo,
     invite,
+    start_job,
     upload,
 )
 
@@ -204,6 +206,8 @@ def fill_every_service(gateway, retention_factory, clock) -> tuple[tuple, str]:
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
     assert report.events_purged == 3  # the first photo's two faces and the decision
+    job = start_job(gateway, meta, group_photo(), request_id="up-4")  # an ended job's row
+    assert finished_job(gateway, meta, job.job_id).state == pb.JOB_STATE_DONE
     gateway.app.access_writer.flush()  # the calls' access-log entries are in their table
     return meta, media_id
 
