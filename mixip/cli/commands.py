@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mixip.cli import jobs
 from mixip.cli.annotate import annotate_image, contact_sheet
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output, Progress
@@ -68,7 +69,7 @@ def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
     for start in range(0, len(data), CHUNK):
         progress.update((start + CHUNK) / max(1, len(data)))
         yield type(header_message)(chunk=data[start : start + CHUNK])
-    progress.update(1.0, "matching")
+    progress.update(1.0, "stored")
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -106,6 +107,10 @@ RPC_COMMANDS = {
     "GetMediaPreview": "media preview",
     "RecordReviewDecision": "review",
     "ListAccessLog": "access-log list",
+    "GetJob": "jobs show",
+    "WatchJob": "jobs wait",
+    "CancelJob": "jobs cancel",
+    "ListJobs": "jobs list",
 }
 
 
@@ -293,12 +298,27 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
 
 
 def match(args, conn: Connection, out: Output) -> int:
-    return match_file(conn, out, file=args.file, project=args.project, annotate=args.annotate)
+    return match_file(
+        conn,
+        out,
+        file=args.file,
+        project=args.project,
+        annotate=args.annotate,
+        no_wait=args.no_wait,
+    )
 
 
 def match_file(
-    conn: Connection, out: Output, *, file: str, project: str, annotate: str | None = None
+    conn: Connection,
+    out: Output,
+    *,
+    file: str,
+    project: str,
+    annotate: str | None = None,
+    no_wait: bool = False,
 ) -> int:
+    """Uploads the file as a job, then (unless `no_wait`) waits for it with a progress bar
+    and prints its results (docs/jobs.md)."""
     data = _read(file)
     stub, meta = conn.gateway()
     with out.progress(f"uploading {Path(file).name}") as progress:
@@ -307,10 +327,25 @@ def match_file(
                 project_id=project,
                 filename=Path(file).name[:255],
                 request_id=uuid.uuid4().hex,
+                as_job=True,
             )
         )
-        reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+        started = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+    if no_wait:
+        out.result(
+            {"job_id": started.job_id, "media_id": started.media_id},
+            [
+                f"job {started.job_id} (media {started.media_id})",
+                f"  mixip jobs wait {started.job_id}",
+            ],
+        )
+        return 0
+    jobs.ended_ok(jobs.wait(conn, out, started.job_id))
+    reply = stub.GetMediaResults(
+        gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
+    ).media
     document, lines = _media_result(reply)
+    document["job_id"] = started.job_id
     if annotate:
         video = reply.kind == common_pb2.MEDIA_KIND_VIDEO
         _annotate(Path(annotate), Path(file), data, document["faces"], video)
@@ -679,6 +714,11 @@ def add_commands(
     p.add_argument("file", help="a photo or video")
     p.add_argument("--project", required=True, help="the project the media belongs to")
     p.add_argument("--annotate", metavar="OUT.png", help="write an annotated image")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="print the job's id once the file is stored (`mixip jobs wait JOB_ID`)",
+    )
     p.set_defaults(run=match)
 
     media = sub.add_parser("media", help="stored media and their results").add_subparsers(
