@@ -314,6 +314,8 @@ class Jobs:
         claim = self._claim()
         if claim is None:
             return False
+        if isinstance(claim, Job):  # ended FAILED: its workers died on every attempt
+            return True
         started = self.clock()
         self.checkpoint("job.claimed")
         pending = claim.pending
@@ -334,7 +336,9 @@ class Jobs:
         self._ended(self._read(claim.job_id), pending.account_id)
         return True
 
-    def _claim(self) -> _Claim | None:
+    def _claim(self) -> _Claim | Job | None:
+        """The claimed job; or, for a job whose lease passed on its last attempt, the job
+        ended FAILED (`LEASE_EXPIRED`: a job that kills its workers is not run forever)."""
         now = self.clock()
         due = or_(
             and_(
@@ -352,10 +356,17 @@ class Jobs:
             ).first()
             if row is None:
                 return None
-            row.state, row.lease_owner, row.lease_until = RUNNING, self.worker_id, now + self.lease
-            row.attempts += 1
-            row.started_at = row.updated_at = now
-            row.frames_done = row.frames_total = 0
+            account_id, storage_key = row.account_id, row.storage_key
+            if row.state == RUNNING and row.attempts >= self.max_attempts:
+                _end(row, FAILED, now, error="LEASE_EXPIRED")
+                failed = _job(row, now)
+            else:
+                failed = None
+                row.state, row.lease_owner = RUNNING, self.worker_id
+                row.lease_until = now + self.lease
+                row.attempts += 1
+                row.started_at = row.updated_at = now
+                row.frames_done = row.frames_total = 0
             claim = _Claim(
                 row.job_id,
                 row.attempts,
@@ -374,6 +385,10 @@ class Jobs:
                     create_project=False,  # made when the job was queued
                 ),
             )
+        if failed is not None:
+            self.media_store.delete(account_id, storage_key)
+            self._ended(failed, account_id)
+            return failed
         logs.log(logger, "job claimed", job=claim.job_id, attempt=claim.attempts)
         self._notify()
         return claim

@@ -22,7 +22,7 @@ from tests.integration.gateway.test_erasure_fence import _talent_account, assert
 from tests.property.test_bad_input import _png_claiming
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
-from tests.support.gateway_calls import PROJECT, finished_job, start_job, upload
+from tests.support.gateway_calls import PROJECT, finished_job, invite, start_job, upload
 from tests.support.status import expect_error
 
 TALENT = "astronaut"
@@ -238,3 +238,59 @@ def test_an_upload_without_as_job_still_answers_with_its_results(gateway, studio
     _, meta = studio
     reply = upload(gateway, meta, faces.encode(faces.astronaut()))
     assert reply.job_id == "" and [f.talent_id for f in reply.faces] == [TALENT]
+
+
+def test_a_job_whose_workers_die_on_every_attempt_ends_failed_and_leaves_nothing(
+    gateway, studio, clock
+):
+    account, meta = studio
+    app = gateway.app
+    app.jobs.stop()
+    started = start_job(gateway, meta, faces.encode(faces.astronaut()))
+    dying = Jobs(app.db, app.uploads, app.media_store, app.projects, clock)
+
+    def killed(name: str) -> None:
+        if name == "job.claimed":
+            raise RuntimeError("the replica is killed holding its lease")
+
+    dying.checkpoint = killed
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            dying.run_once()
+        clock.advance(seconds=61)
+    assert dying.run_once()
+    failed = _get(gateway, meta, started.job_id)
+    assert (failed.state, failed.error, failed.attempts) == (
+        pb.JOB_STATE_FAILED,
+        "LEASE_EXPIRED",
+        3,
+    )
+    assert _rows(gateway, MediaRow, account) == 0
+    assert _stored_keys(gateway) == set()
+    assert not dying.run_once()
+
+
+def test_an_uploader_cancels_its_own_job_and_a_reviewer_may_not(gateway, studio, clock):
+    _, owner = studio
+    uploader, uploader_meta = gateway.new_account("crew")
+    reviewer, reviewer_meta = gateway.new_account("reviewer")
+    gateway.stub.CreateProject(
+        pb.CreateProjectRequest(project_id=PROJECT, display_name="Film"), metadata=owner
+    )
+    invite(gateway, owner, uploader, pb.PROJECT_ROLE_UPLOADER)
+    invite(gateway, owner, reviewer, pb.PROJECT_ROLE_REVIEWER)
+    gateway.app.jobs.stop()
+    started = start_job(gateway, uploader_meta, faces.encode(faces.astronaut()))
+    denied = expect_error(
+        grpc.StatusCode.PERMISSION_DENIED,
+        gateway.stub.CancelJob,
+        pb.CancelJobRequest(job_id=started.job_id),
+        metadata=reviewer_meta,
+    )
+    assert denied.reason == "ROLE_NOT_ALLOWED"
+    assert _get(gateway, reviewer_meta, started.job_id).state == pb.JOB_STATE_QUEUED
+    cancelled = gateway.stub.CancelJob(
+        pb.CancelJobRequest(job_id=started.job_id), metadata=uploader_meta
+    )
+    assert cancelled.job.state == pb.JOB_STATE_CANCELLED
+    assert _stored_keys(gateway) == set()
