@@ -42,7 +42,7 @@ from gateway.uploads import PendingMedia, UploadHeader, Uploads, media_id_for
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.paging import fetch_limit, page_of
@@ -109,6 +109,7 @@ class Jobs:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         watch_seconds: float = 0.5,
+        max_watches: int = 8,
         max_attempts: int = 3,
     ) -> None:
         self.db = db
@@ -119,6 +120,9 @@ class Jobs:
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_seconds = poll_seconds
         self.watch_seconds = watch_seconds
+        # A watch holds one of the server's threads while it lasts (16 by default): at most
+        # `max_watches` at once, so that watchers cannot starve the other calls.
+        self.watch_slots = threading.BoundedSemaphore(max_watches)
         self.max_attempts = max_attempts
         # This worker's lease owner id: a replica's, new at every start.
         self.worker_id = secrets.token_hex(8)
@@ -220,20 +224,29 @@ class Jobs:
     ) -> Iterator[Job]:
         """The job now, then again at each change of its progress, until it ends or the caller
         goes (`active` false). Changes made by this replica's worker are seen at once, others'
-        within `watch_seconds`."""
+        within `watch_seconds`. ResourceExhausted (`TOO_MANY_WATCHES`) while `max_watches`
+        watches run on this replica."""
         job = self.get(caller_account_id, job_id)
-        yield job
-        while job.state not in ENDED and active():
-            with self._changed:
-                self._changed.wait(self.watch_seconds)
-            with self.db.read() as session:
-                row = session.get(JobRow, job_id)
-                if row is None:  # purged meanwhile
-                    return
-                now = _job(row, self.clock())
-            if now.progress != job.progress:
-                yield now
-            job = now
+        if not self.watch_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                "too many jobs are watched on this gateway now; retry later, or poll GetJob",
+                reason="TOO_MANY_WATCHES",
+            )
+        try:
+            yield job
+            while job.state not in ENDED and active():
+                with self._changed:
+                    self._changed.wait(self.watch_seconds)
+                with self.db.read() as session:
+                    row = session.get(JobRow, job_id)
+                    if row is None:  # purged meanwhile
+                        return
+                    now = _job(row, self.clock())
+                if now.progress != job.progress:
+                    yield now
+                job = now
+        finally:
+            self.watch_slots.release()
 
     def cancel(self, caller_account_id: str, job_id: str) -> Job:
         """Ends a queued or running job CANCELLED (its starter or the owner: an uploader sees

@@ -8,6 +8,7 @@ the attempt left is there to check."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -294,3 +295,23 @@ def test_an_uploader_cancels_its_own_job_and_a_reviewer_may_not(gateway, studio,
     )
     assert cancelled.job.state == pb.JOB_STATE_CANCELLED
     assert _stored_keys(gateway) == set()
+
+
+def test_watches_beyond_the_limit_are_refused_until_one_ends(gateway, studio):
+    """A watch holds a server thread while it lasts: a replica serves a bounded number."""
+    _, meta = studio
+    gateway.app.jobs.stop()
+    gateway.app.jobs.watch_slots = threading.BoundedSemaphore(1)
+    started = start_job(gateway, meta, faces.encode(faces.astronaut()))
+    request = pb.WatchJobRequest(job_id=started.job_id)
+    first = gateway.stub.WatchJob(request, metadata=meta)
+    assert next(first).job.state == pb.JOB_STATE_QUEUED
+    refused = expect_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        lambda: list(gateway.stub.WatchJob(request, metadata=meta)),
+    )
+    assert refused.reason == "TOO_MANY_WATCHES"
+    gateway.stub.CancelJob(pb.CancelJobRequest(job_id=started.job_id), metadata=meta)
+    assert [e.job.state for e in first] == [pb.JOB_STATE_CANCELLED]  # it ended: its slot too
+    again = list(gateway.stub.WatchJob(request, metadata=meta))
+    assert [e.job.state for e in again] == [pb.JOB_STATE_CANCELLED]
