@@ -347,6 +347,9 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
     restarted._resumer.join(60)  # with no period, it stops after its start-up pass
     assert not restarted._resumer.is_alive()
     assert_no_link_left(gateway, account, meta)
+    # its polling threads (its database and channels are the fixture's, closed with it)
+    restarted.jobs.stop()
+    restarted.audit_outbox.stop()
 
 
 # -- the audit outbox: queued events and erasures ---------------------------------------------
