@@ -19,6 +19,7 @@ from gateway.accounts import Accounts
 from gateway.audit_outbox import AuditOutbox
 from gateway.auth import Authenticator
 from gateway.erasure import ErasureFence, Erasures
+from gateway.jobs import JobPurge, Jobs
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.operations import Operations
 from gateway.peers import Peers
@@ -144,6 +145,7 @@ class GatewayApp(ServiceApp):
         self.uploads = Uploads(
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
+        self.jobs = Jobs(db, self.uploads, media_store, self.projects, clock)
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
         self.webhook_deliverer = WebhookDeliverer(
             db,
@@ -196,6 +198,7 @@ class GatewayApp(ServiceApp):
             self.orphans.sweep,
             seals,
             self.sessions.purge_abandoned,
+            JobPurge(db, settings.job_retention_days),
             default_days=settings.media_retention_days,
         )
         # Every client-port call is logged (interceptors()); written in batches off the calls.
@@ -247,6 +250,7 @@ class GatewayApp(ServiceApp):
                 self.previews,
                 self.projects,
                 self.reviews,
+                self.jobs,
                 access_log=self.access_log,
                 webhooks=self.webhooks,
             ),
@@ -291,6 +295,7 @@ class GatewayApp(ServiceApp):
         self._resumer.start()
         self.audit_outbox.start()
         self.webhook_deliverer.start()
+        self.jobs.start_worker()
         self.rotation = self.vault.keep_rotating(self.vault_check_seconds)
 
     def _resume_erasures(self) -> None:
@@ -319,6 +324,7 @@ class GatewayApp(ServiceApp):
         self._stopping.set()
         if self.rotation is not None:
             self.rotation.stop()
+        self.jobs.stop()  # before the outbox: a job's commit queues events
         self.audit_outbox.stop()
         self.webhook_deliverer.stop()
         if self._resumer is not None:

@@ -50,12 +50,15 @@ class Matched:
     engine: str
     duration_seconds: float
     faces: list[common_pb2.FaceResult]
+    frames_sampled: int = 0  # video only
 
 
 class PendingMatch(Protocol):
     """A match running on the matcher while the gateway stores the media."""
 
-    def result(self) -> Matched: ...
+    def result(self, timeout: float | None = None) -> Matched:
+        """Waits for the match; TimeoutError when `timeout` seconds pass first."""
+        ...
 
     def cancel(self) -> None: ...
 
@@ -86,14 +89,18 @@ class _GrpcPendingMatch:
     def __init__(self, future: grpc.Future[matcher_pb2.MatchMediaResponse]) -> None:
         self._future = future
 
-    def result(self) -> Matched:
-        reply: matcher_pb2.MatchMediaResponse = self._future.result()
+    def result(self, timeout: float | None = None) -> Matched:
+        try:
+            reply: matcher_pb2.MatchMediaResponse = self._future.result(timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError from None
         return Matched(
             kind=reply.kind,
             content_type=reply.content_type,
             engine=reply.engine,
             duration_seconds=reply.duration_seconds,
             faces=list(reply.faces),
+            frames_sampled=reply.frames_sampled,
         )
 
     def cancel(self) -> None:

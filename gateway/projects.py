@@ -157,18 +157,41 @@ class Projects:
             media = session.get(MediaRow, media_id)
             if media is None:
                 raise NotFound("no such media")
-            role: int = OWNER
-            if media.account_id != caller_account_id:
-                member = session.get(
-                    ProjectMemberRow, (media.account_id, media.project_id, caller_account_id)
-                )
-                if member is None or member.accepted_at is None:
-                    raise NotFound("no such media")
-                role = member.role
             uploader = media.uploaded_by_account_id or media.account_id
-        if role == UPLOADER and uploader != caller_account_id:
-            raise NotFound("no such media")
-        scope = Scope(media.account_id, media.project_id, role, media_id)
+            return self.record_scope(
+                session,
+                caller_account_id,
+                (media.account_id, media.project_id, uploader),
+                action,
+                media_id=media_id,
+                what="media",
+            )
+
+    def record_scope(
+        self,
+        session: Session,
+        caller_account_id: str,
+        record: tuple[str, str, str],
+        action: Action,
+        *,
+        media_id: str = "",
+        what: str,
+    ) -> Scope:
+        """The scope of a call naming one record of a project (a media, a job): `record` is
+        (owner, project, the account that made it); an uploader's scope holds only what it
+        made. NotFound ("no such `what`") / PermissionDenied as above."""
+        owner_account_id, project_id, made_by = record
+        role: int = OWNER
+        if owner_account_id != caller_account_id:
+            member = session.get(
+                ProjectMemberRow, (owner_account_id, project_id, caller_account_id)
+            )
+            if member is None or member.accepted_at is None:
+                raise NotFound(f"no such {what}")
+            role = member.role
+        if role == UPLOADER and made_by != caller_account_id:
+            raise NotFound(f"no such {what}")
+        scope = Scope(owner_account_id, project_id, role, media_id)
         _noted(scope)
         _require(scope, action)
         return scope

@@ -7,9 +7,10 @@ per call. Each batch deletes the rows first, in one transaction (a media and its
 together), and the stored objects after the commit: a crash in between leaves unreferenced
 objects, never a row pointing at a deleted object. Once no expired media is left, the purge
 purges abandoned upload sessions (gateway/upload_sessions.py: idle past their rule, 24 hours by
-default: their parts and rows), and then sweeps unreferenced objects older than any upload can
-take. Every step is idempotent, so
-concurrent purges or a retried call delete nothing twice.
+default: their parts and rows), sweeps unreferenced objects older than any upload can take, and
+deletes the analysis jobs that ended more than MIXIP_GATEWAY_JOB_RETENTION_DAYS before
+(gateway/jobs.py). Every step is idempotent, so concurrent purges or a retried call delete
+nothing twice.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class PurgeBatch:
     objects_deleted: int = 0
     orphans_deleted: int = 0
     sessions_deleted: int = 0
+    jobs_deleted: int = 0
     done: bool = False
 
 
@@ -61,6 +63,7 @@ class MediaRetention:
         sweep_orphans: Callable[[int], int],  # (limit) -> unreferenced objects deleted
         seals: Seals,
         purge_sessions: Callable[[datetime, int], int],  # (as of, limit) -> sessions deleted
+        purge_jobs: Callable[[datetime, int], int],  # (as of, limit) -> ended jobs deleted
         *,
         default_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
@@ -70,6 +73,7 @@ class MediaRetention:
         self.clock = clock
         self.sweep_orphans = sweep_orphans
         self.purge_sessions = purge_sessions
+        self.purge_jobs = purge_jobs
         self.default_days = default_days
 
     # -- per-account setting ------------------------------------------------------------------
@@ -93,15 +97,21 @@ class MediaRetention:
 
     def purge_expired(self, as_of: datetime, batch_size: int) -> PurgeBatch:
         """One batch: expired media first; once none is left, abandoned upload sessions; then
-        orphaned objects."""
+        orphaned objects and ended jobs."""
         expired = self._expired(as_of, batch_size)
         if not expired:
             sessions = self.purge_sessions(as_of, batch_size)
             if sessions == batch_size:
                 return PurgeBatch(sessions_deleted=sessions)
             orphans = self.sweep_orphans(batch_size)
+            jobs = self.purge_jobs(as_of, batch_size)
+            if jobs:
+                logs.log(logger, "ended jobs purged", jobs=jobs, as_of=as_of.isoformat())
             return PurgeBatch(
-                sessions_deleted=sessions, orphans_deleted=orphans, done=orphans < batch_size
+                sessions_deleted=sessions,
+                orphans_deleted=orphans,
+                jobs_deleted=jobs,
+                done=orphans < batch_size and jobs < batch_size,
             )
         ids = [media_id for media_id, _, _ in expired]
         with self.db.write() as session:

@@ -16,6 +16,7 @@ from gateway.access_log import AccessEntry, AccessFilter, AccessLog
 from gateway.accounts import Account, Accounts, ApiKey
 from gateway.auth import Authenticator, note
 from gateway.erasure import Erasures
+from gateway.jobs import Job, Jobs
 from gateway.operations import Operations
 from gateway.peers import ConsentDecision
 from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
@@ -116,6 +117,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         previews: Previews,
         projects: Projects,
         reviews: Reviews,
+        jobs: Jobs,
         *,
         access_log: AccessLog,
         webhooks: Webhooks,
@@ -129,6 +131,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.previews = previews
         self.projects = projects
         self.reviews = reviews
+        self.jobs = jobs
         self.access_log = access_log
         self.webhooks = webhooks
 
@@ -152,12 +155,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         checks.text("header.request_id", header.request_id, max_length=128, required=False)
         checks.done()
         data = self.limits.receive(chunks)
-        stored = self.uploads.upload(
-            caller.account_id,
-            caller.key_id,
-            UploadHeader(header.project_id, header.filename, header.request_id),
-            data,
-        )
+        upload = UploadHeader(header.project_id, header.filename, header.request_id)
+        if header.as_job:
+            job = self.jobs.start(caller.account_id, caller.key_id, upload, data)
+            note(media_id=job.media_id)
+            return gateway_pb2.UploadMediaResponse(
+                media_id=job.media_id, project_id=job.project_id, job_id=job.job_id
+            )
+        stored = self.uploads.upload(caller.account_id, caller.key_id, upload, data)
         note(media_id=stored.media.media_id)
         return _upload_response(stored)
 
@@ -655,6 +660,49 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return gateway_pb2.RotateWebhookSecretResponse(webhook=_webhook(webhook), secret=secret)
 
+    # -- analysis jobs (docs/jobs.md) --
+
+    def GetJob(
+        self, request: gateway_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetJobResponse:
+        caller = self.auth.account(context)
+        _job_id(request.job_id)
+        return gateway_pb2.GetJobResponse(
+            job=_job(self.jobs.get(caller.account_id, request.job_id))
+        )
+
+    def WatchJob(
+        self, request: gateway_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.WatchJobResponse]:
+        caller = self.auth.account(context)
+        _job_id(request.job_id)
+        for job in self.jobs.watch(caller.account_id, request.job_id, context.is_active):
+            yield gateway_pb2.WatchJobResponse(job=_job(job))
+
+    def CancelJob(
+        self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CancelJobResponse:
+        caller = self.auth.account(context)
+        _job_id(request.job_id)
+        job = self.jobs.cancel(caller.account_id, request.job_id)
+        return gateway_pb2.CancelJobResponse(job=_job(job))
+
+    def ListJobs(
+        self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListJobsResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"p": request.project_id}
+        after = _position(request.page_token, filters, 2)
+        scope = self.projects.project_scope(caller.account_id, request.project_id, Action.READ)
+        jobs, last = self.jobs.list(scope, caller.account_id, page_size, after)
+        return gateway_pb2.ListJobsResponse(
+            jobs=[_job(j) for j in jobs], next_page_token=next_page_token(last, filters)
+        )
+
 
 def _webhook_id(value: str) -> None:
     checks = Checks()
@@ -882,6 +930,31 @@ def _upload_response(stored: StoredMedia) -> gateway_pb2.UploadMediaResponse:
         engine=media.engine,
         created_at=to_timestamp(media.created_at),
         project_id=media.project_id,
+    )
+
+
+def _job_id(job_id: str) -> None:
+    checks = Checks()
+    checks.identifier("job_id", job_id)
+    checks.done()
+
+
+def _job(job: Job) -> gateway_pb2.Job:
+    return gateway_pb2.Job(
+        job_id=job.job_id,
+        project_id=job.project_id,
+        media_id=job.media_id,
+        state=gateway_pb2.JobState.ValueType(job.state),
+        frames_done=job.frames_done,
+        frames_total=job.frames_total,
+        percent=job.percent,
+        eta_seconds=job.eta_seconds,
+        attempts=job.attempts,
+        error=job.error,
+        started_by_account_id=job.started_by_account_id,
+        created_at=to_timestamp(job.created_at),
+        started_at=to_timestamp(job.started_at) if job.started_at else None,
+        finished_at=to_timestamp(job.finished_at) if job.finished_at else None,
     )
 
 

@@ -21,6 +21,7 @@ DEFAULT_RETENTION_DAYS = 365
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 3650
 DEFAULT_ACCESS_LOG_RETENTION_DAYS = 90
+DEFAULT_JOB_RETENTION_DAYS = 30
 DEFAULT_VAULT = VaultSettings(kek_file=Path("var-keys") / "gateway-vault.key", name="gateway")
 
 
@@ -112,6 +113,10 @@ class GatewaySettings:
     """MIXIP_GATEWAY_WEBHOOKS_RETENTION_DAYS (30, 1-3650): how long finished webhook deliveries
     (delivered, given up, or to a disabled endpoint) are kept."""
 
+    job_retention_days: int = DEFAULT_JOB_RETENTION_DAYS
+    """MIXIP_GATEWAY_JOB_RETENTION_DAYS (30, 1-3650): how long ended analysis jobs are kept
+    (the media purge deletes older ones, docs/jobs.md)."""
+
     vault: VaultSettings = DEFAULT_VAULT
     """The vault sealing what names a talent (gateway/seals.py): MIXIP_GATEWAY_VAULT_KEK_FILE
     (<key dir>/gateway-vault.key), MIXIP_GATEWAY_VAULT_KMS_KEY_ID, ... (VaultSettings)."""
@@ -132,6 +137,15 @@ class GatewaySettings:
             raise ConfigError(
                 f"MIXIP_GATEWAY_ACCESS_LOG_RETENTION_DAYS={log_days} must be at most "
                 f"{MAX_RETENTION_DAYS}"
+            )
+        job_days = env.int(
+            "MIXIP_GATEWAY_JOB_RETENTION_DAYS",
+            DEFAULT_JOB_RETENTION_DAYS,
+            minimum=MIN_RETENTION_DAYS,
+        )
+        if job_days > MAX_RETENTION_DAYS:
+            raise ConfigError(
+                f"MIXIP_GATEWAY_JOB_RETENTION_DAYS={job_days} must be at most {MAX_RETENTION_DAYS}"
             )
         storage = env.choice("MIXIP_GATEWAY_STORAGE", "local", ("local", "s3"))
         bucket = env.optional("MIXIP_GATEWAY_S3_BUCKET")
@@ -188,5 +202,6 @@ class GatewaySettings:
             webhooks_timeout_seconds=hook_timeout,
             webhooks_secret_overlap_hours=overlap,
             webhooks_retention_days=hook_days,
+            job_retention_days=job_days,
             vault=VaultSettings.load("gateway", config, env),
         )

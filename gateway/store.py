@@ -405,6 +405,54 @@ class WebhookDeliveryRow(Base):
     )
 
 
+class JobRow(Base):
+    """An analysis job (gateway/jobs.py): the stored bytes of an upload made `as_job`, matched
+    by whichever gateway replica's worker holds its lease. It names no talent: its results are
+    written as the media's, in the commit that ends it DONE. The file name is kept only until
+    that commit (it goes to the media row); finished rows are purged after
+    MIXIP_GATEWAY_JOB_RETENTION_DAYS. Segments of a video (a later step) will be rows of their
+    own referring to `job_id`, each with its own lease (docs/jobs.md)."""
+
+    __tablename__ = "gateway_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64))  # the project's owner
+    project_id: Mapped[str] = mapped_column(String(128))
+    media_id: Mapped[str] = mapped_column(String(64), unique=True)
+    started_by_account_id: Mapped[str] = mapped_column(String(64))
+    started_by_key_id: Mapped[str] = mapped_column(String(32))  # the audit events' actor
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # The content digest of a job started with a request id (mixip.runtime.idempotency).
+    digest: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[int] = mapped_column(SmallInteger)  # gateway.v1.JobState
+    frames_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    frames_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(String(64), default="")
+    # The worker holding the job (a replica's random id) and until when; a worker that dies
+    # stops renewing it, and another claims the job once it has passed. While QUEUED after a
+    # failed attempt, `lease_until` is the time of the next attempt.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        # ListJobs: a project's jobs, newest first.
+        Index("ix_gateway_jobs_project", "account_id", "project_id", "created_at", "job_id"),
+        # The workers' claim: the due jobs of a state.
+        Index("ix_gateway_jobs_due", "state", "lease_until"),
+        # The retention purge: ended jobs, oldest first.
+        Index("ix_gateway_jobs_finished", "finished_at"),
+    )
+
+
 # -- queries ------------------------------------------------------------------------------------
 
 
@@ -438,11 +486,18 @@ def upload_digest(session: Session, media_id: str) -> str | None:
 
 
 def is_referenced(session: Session, storage_key: str) -> bool:
-    """Whether a media row or an upload session refers to the stored object."""
+    """Whether a media row, an upload session or a job that has not ended refers to the
+    stored object."""
     found = session.scalar(select(MediaRow.media_id).where(MediaRow.storage_key == storage_key))
     if found is None:
         found = session.scalar(
             select(UploadSessionRow.session_id).where(UploadSessionRow.storage_key == storage_key)
+        )
+    if found is None:
+        found = session.scalar(
+            select(JobRow.job_id).where(
+                JobRow.storage_key == storage_key, JobRow.finished_at.is_(None)
+            )
         )
     return found is not None
 

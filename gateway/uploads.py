@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from gateway.audit_outbox import AuditOutbox
 from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
 from gateway.media_store import MediaStore
-from gateway.peers import MatcherPort
+from gateway.peers import Matched, MatcherPort
 from gateway.projects import Projects, Scope
 from gateway.role_views import view_of
 from gateway.seals import ACCOUNT_SUBJECT, Seals, media_subject, seal_filename
@@ -90,6 +90,24 @@ class SessionObject:
 
     storage_key: str
     commit_with: Callable[[Session], None]
+
+
+@dataclass(frozen=True)
+class PendingMedia:
+    """A stored, not yet matched media: what its results' commit needs besides the match."""
+
+    media_id: str
+    account_id: str  # the project's owner
+    project_id: str
+    filename: str
+    content_type: str  # sniffed (the matcher's, when it says, wins)
+    size_bytes: int
+    storage_key: str
+    request_id: str
+    digest: str
+    uploaded_by_account_id: str
+    key_id: str  # the audit events' actor
+    create_project: bool
 
 
 @dataclass(frozen=True)
@@ -203,65 +221,22 @@ class Uploads:
         try:
             matched = matching.result()
             self.checkpoint("upload.matched")
-            media = MediaRow(
+            pending = PendingMedia(
                 media_id=media_id,
                 account_id=account_id,
                 project_id=header.project_id,
-                content_type=matched.content_type or sniffed.content_type,
-                kind=matched.kind,
+                filename=header.filename,
+                content_type=sniffed.content_type,
                 size_bytes=len(data),
                 storage_key=storage_key,
-                engine=matched.engine,
-                duration_seconds=matched.duration_seconds,
-                created_at=self.clock(),
-                request_id=header.request_id or None,
+                request_id=header.request_id,
+                digest=digest,
                 uploaded_by_account_id=caller_account_id,
+                key_id=key_id,
+                create_project=not scope.exists,
             )
-            with self.db.write() as session:
-                # The fence: an erasure's intent and its scrub take this lock too, so either
-                # the erasure began before this commit (and it is seen here: no event about
-                # the talent is queued) or its drain and scrub run after it (its queued events
-                # are delivered before the salt is shredded, its rows are scrubbed).
-                self.fence.lock(session, account_id)
-                if self.clock() - started > FENCE_WINDOW:
-                    raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
-                results = self._fenced_out(session, account_id, matched.faces, started)
-                # The talents' data keys (made if new), the account's for the events, and the
-                # media's own for its file name: one insert and one read in this transaction.
-                subjects = {f.talent_id for f in results if f.talent_id}
-                if results:
-                    subjects.add(ACCOUNT_SUBJECT)
-                # no name kept next to a fenced talent, as the erasure's scrub leaves none: a
-                # file name may name them
-                fenced = any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results)
-                if header.filename and not fenced:
-                    subjects.add(media_subject(media_id))
-                keys = self.seals.keys(session, account_id, subjects, create=True)
-                seal_filename(media, header.filename, keys.get(media_subject(media_id)))
-                faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
-                if not scope.exists:  # an owner's first upload to a new id creates the project
-                    self.projects.create_in(session, account_id, header.project_id)
-                session.add(media)
-                session.flush()
-                session.add_all(faces)
-                if header.request_id:
-                    session.add(UploadDigestRow(media_id=media_id, digest=digest))
-                if in_store is not None:
-                    in_store.commit_with(session)
-                self.outbox.queue(
-                    session,
-                    account_id,
-                    self._audit_events(key_id, media, results),
-                    keys.get(ACCOUNT_SUBJECT),
-                )
-                stored = StoredMedia(
-                    _media(media),
-                    [
-                        face_result(row, keys.get(f.talent_id))
-                        for row, f in zip(faces, results, strict=True)
-                    ],
-                )
-            self.outbox.wake()
+            within = in_store.commit_with if in_store is not None else None
+            stored = self.commit(pending, matched, started, within)
         except IntegrityError:  # a concurrent retry of the same request stored it first
             if in_store is None:
                 self.media_store.delete(account_id, storage_key)
@@ -278,10 +253,84 @@ class Uploads:
             "media matched",
             account=account_id,
             media=media_id,
-            faces=len(faces),
+            faces=len(stored.faces),
             kind=sniffed.kind,
         )
         return view_of(scope.role).media(stored)
+
+    def commit(
+        self,
+        pending: PendingMedia,
+        matched: Matched,
+        started: datetime,
+        within: Callable[[Session], None] | None = None,
+    ) -> StoredMedia:
+        """Keeps a matched media's results and queues their audit events in one commit, under
+        the erasure fence, for an upload (at once) or a job (gateway/jobs.py) whose match
+        started at `started`; `within` runs in that transaction after the fence check (a job
+        ends itself there, or raises to keep nothing). The results as stored (every role's
+        view is the caller's to apply)."""
+        account_id, media_id = pending.account_id, pending.media_id
+        media = MediaRow(
+            media_id=media_id,
+            account_id=account_id,
+            project_id=pending.project_id,
+            content_type=matched.content_type or pending.content_type,
+            kind=matched.kind,
+            size_bytes=pending.size_bytes,
+            storage_key=pending.storage_key,
+            engine=matched.engine,
+            duration_seconds=matched.duration_seconds,
+            created_at=self.clock(),
+            request_id=pending.request_id or None,
+            uploaded_by_account_id=pending.uploaded_by_account_id,
+        )
+        with self.db.write() as session:
+            # The fence: an erasure's intent and its scrub take this lock too, so either
+            # the erasure began before this commit (and it is seen here: no event about
+            # the talent is queued) or its drain and scrub run after it (its queued events
+            # are delivered before the salt is shredded, its rows are scrubbed).
+            self.fence.lock(session, account_id)
+            if self.clock() - started > FENCE_WINDOW:
+                raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
+            results = self._fenced_out(session, account_id, matched.faces, started)
+            if within is not None:
+                within(session)
+            # The talents' data keys (made if new), the account's for the events, and the
+            # media's own for its file name: one insert and one read in this transaction.
+            subjects = {f.talent_id for f in results if f.talent_id}
+            if results:
+                subjects.add(ACCOUNT_SUBJECT)
+            # no name kept next to a fenced talent, as the erasure's scrub leaves none: a file
+            # name may name them
+            fenced = any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results)
+            if pending.filename and not fenced:
+                subjects.add(media_subject(media_id))
+            keys = self.seals.keys(session, account_id, subjects, create=True)
+            seal_filename(media, pending.filename, keys.get(media_subject(media_id)))
+            faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
+            if pending.create_project:  # an owner's first upload to a new id creates it
+                self.projects.create_in(session, account_id, pending.project_id)
+            session.add(media)
+            session.flush()
+            session.add_all(faces)
+            if pending.request_id:
+                session.add(UploadDigestRow(media_id=media_id, digest=pending.digest))
+            self.outbox.queue(
+                session,
+                account_id,
+                self._audit_events(pending.key_id, media, results),
+                keys.get(ACCOUNT_SUBJECT),
+            )
+            stored = StoredMedia(
+                _media(media),
+                [
+                    face_result(row, keys.get(f.talent_id))
+                    for row, f in zip(faces, results, strict=True)
+                ],
+            )
+        self.outbox.wake()
+        return stored
 
     def results(self, scope: Scope) -> StoredMedia:
         """The stored results of a media in the caller's scope (Projects.media_scope), as its

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mixip.cli import resumable
+from mixip.cli import jobs, resumable
 from mixip.cli.annotate import annotate_image, contact_sheet
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output, Progress
@@ -76,7 +76,7 @@ def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
     for start in range(0, len(data), CHUNK):
         progress.update((start + CHUNK) / max(1, len(data)))
         yield type(header_message)(chunk=data[start : start + CHUNK])
-    progress.update(1.0, "matching")
+    progress.update(1.0, "stored")
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -127,6 +127,10 @@ RPC_COMMANDS = {
     "RemoveWebhook": "webhooks remove",
     "TestWebhook": "webhooks test",
     "RotateWebhookSecret": "webhooks rotate-secret",
+    "GetJob": "jobs show",
+    "WatchJob": "jobs wait",
+    "CancelJob": "jobs cancel",
+    "ListJobs": "jobs list",
 }
 
 
@@ -321,6 +325,7 @@ def match(args, conn: Connection, out: Output) -> int:
         project=args.project,
         annotate=args.annotate,
         resumable_above=args.resumable_above,
+        no_wait=args.no_wait,
     )
 
 
@@ -332,27 +337,50 @@ def match_file(
     project: str,
     annotate: str | None = None,
     resumable_above: int = RESUMABLE_ABOVE,
+    no_wait: bool = False,
 ) -> int:
+    """Uploads the file and prints its results (docs/jobs.md). Above `resumable_above` bytes
+    through a resumable session (a rerun resumes it), analysed before the session finishes;
+    else as a job, waited for with a progress bar unless `no_wait`."""
     path = Path(file)
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise CliError(f"cannot read {file}: {exc.strerror}") from None
     stub, meta = conn.gateway()
-    with out.progress(f"uploading {path.name}") as progress:
-        if size > resumable_above:
+    if size > resumable_above:
+        with out.progress(f"uploading {path.name}") as progress:
             sent = resumable.upload(stub, meta, conn.address(), path, project, progress.update)
-            reply, upload = sent.media, {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
-        else:
+        reply, upload = sent.media, {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
+        document, lines = _media_result(reply)
+    else:
+        data = _read(file)
+        with out.progress(f"uploading {path.name}") as progress:
             header = gateway_pb2.UploadMediaRequest(
                 header=gateway_pb2.UploadHeader(
-                    project_id=project, filename=path.name[:255], request_id=uuid.uuid4().hex
+                    project_id=project,
+                    filename=path.name[:255],
+                    request_id=uuid.uuid4().hex,
+                    as_job=True,
                 )
             )
-            data = _read(file)
-            reply = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
-            upload = {"bytes": len(data), "resumed_from": 0}
-    document, lines = _media_result(reply)
+            started = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+        upload = {"bytes": len(data), "resumed_from": 0}
+        if no_wait:
+            out.result(
+                {"job_id": started.job_id, "media_id": started.media_id, "upload": upload},
+                [
+                    f"job {started.job_id} (media {started.media_id})",
+                    f"  mixip jobs wait {started.job_id}",
+                ],
+            )
+            return 0
+        jobs.ended_ok(jobs.wait(conn, out, started.job_id))
+        reply = stub.GetMediaResults(
+            gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
+        ).media
+        document, lines = _media_result(reply)
+        document["job_id"] = started.job_id
     document["upload"] = upload
     if upload["resumed_from"]:
         lines.insert(0, f"resumed the upload at byte {upload['resumed_from']} of {size}")
@@ -941,6 +969,12 @@ def add_commands(
         metavar="N",
         help="send larger files through a resumable upload session (default 8 MiB; 0: always); "
         "rerunning an interrupted command resumes it",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="print the job's id once the file is stored (`mixip jobs wait JOB_ID`); a file "
+        "sent through a session is analysed before the command returns",
     )
     p.set_defaults(run=match)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from mixip.cli import commands, db, review, webhooks, witness
+from mixip.cli import commands, db, jobs, review, webhooks, witness
 from mixip.cli.connection import Connection
 from mixip.cli.demo import run_demo
 from mixip.cli.dev_mesh import start_mesh
@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=demo)
     media = commands.add_commands(sub, common)
     commands.add_rights_and_key_commands(sub, common)
+    jobs.add_job_commands(sub, common)
     review.add_review_commands(sub, common, media)
     db.add_commands(sub, common)
     webhooks.add_commands(sub, common)

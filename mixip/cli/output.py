@@ -62,7 +62,8 @@ class Capture(Output):
 
 
 class Progress:
-    """`label … 42% (3.1 s)` redrawn on one terminal line while long work runs."""
+    """`label [#####---------------] 25% (3.1 s)` redrawn on one terminal line while long work
+    runs (the label may carry a rate and an ETA)."""
 
     def __init__(self, label: str, *, enabled: bool) -> None:
         self.label = label
@@ -87,7 +88,10 @@ class Progress:
         spinner = "|/-\\"
         tick = 0
         while not self._stop.wait(0.2):
-            done = "" if self.fraction is None else f" {self.fraction:.0%}"
+            done = ""
+            if self.fraction is not None:
+                filled = round(20 * self.fraction)
+                done = f" [{'#' * filled}{'-' * (20 - filled)}] {self.fraction:.0%}"
             elapsed = time.monotonic() - self._started
             sys.stderr.write(f"\r{spinner[tick % 4]} {self.label}{done} ({elapsed:.1f} s)\x1b[K")
             sys.stderr.flush()

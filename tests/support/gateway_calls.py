@@ -22,9 +22,13 @@ def gateway_vault(tmp_path: Path) -> VaultSettings:
     return replace(DEFAULT_VAULT, kek_file=tmp_path / "keys" / "gateway-vault.key")
 
 
-def upload_requests(data: bytes, project=PROJECT, request_id="", chunk=CHUNK, filename="a.jpg"):
+def upload_requests(
+    data: bytes, project=PROJECT, request_id="", chunk=CHUNK, filename="a.jpg", as_job=False
+):
     yield pb.UploadMediaRequest(
-        header=pb.UploadHeader(project_id=project, filename=filename, request_id=request_id)
+        header=pb.UploadHeader(
+            project_id=project, filename=filename, request_id=request_id, as_job=as_job
+        )
     )
     for start in range(0, len(data), chunk):
         yield pb.UploadMediaRequest(chunk=data[start : start + chunk])
@@ -32,6 +36,16 @@ def upload_requests(data: bytes, project=PROJECT, request_id="", chunk=CHUNK, fi
 
 def upload(gw, meta, data, **kwargs) -> pb.UploadMediaResponse:
     return gw.stub.UploadMedia(upload_requests(data, **kwargs), metadata=meta)
+
+
+def start_job(gw, meta, data, **kwargs) -> pb.UploadMediaResponse:
+    """An upload made `as_job`: its reply names the job (and the media it will make)."""
+    return upload(gw, meta, data, as_job=True, **kwargs)
+
+
+def finished_job(gw, meta, job_id: str) -> pb.Job:
+    """The job once it ended (watched to its last event)."""
+    return list(gw.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=meta))[-1].job
 
 
 def consent(gw, meta, clock, talent, scope, decision=cpb.CONSENT_DECISION_GRANTED, project=""):

@@ -20,22 +20,6 @@ from tests.support import faces
 from tests.support.umask import umask
 
 
-@pytest.fixture
-def cli(gateway, studio, monkeypatch, tmp_path, capsys):
-    """Runs `mixip --gateway <the fixture's gateway> ARGS`; returns (exit code, stdout, stderr)."""
-    _, meta = studio
-    monkeypatch.setenv("MIXIP_API_KEY", meta[0][1].removeprefix("Bearer "))
-    monkeypatch.setenv("MIXIP_ADMIN_KEY", gateway.app.admin_key)
-    monkeypatch.delenv("MIXIP_GATEWAY_CA", raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main(["--data-dir", str(tmp_path / "cli"), "--gateway", gateway.address, *args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
 def test_faces_list_and_delete_correct_one_enrollment(cli, gateway, studio):
     from tests.support.gateway_calls import enroll
 

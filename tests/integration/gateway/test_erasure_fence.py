@@ -349,6 +349,7 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
         assert not restarted._resumer.is_alive()
         assert_no_link_left(gateway, account, meta)
     finally:  # its workers stop with the test (its channels and database are the fixture's)
+        restarted.jobs.stop()
         restarted.audit_outbox.stop()
         restarted.webhook_deliverer.stop()
 

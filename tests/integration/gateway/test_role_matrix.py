@@ -37,8 +37,10 @@ from tests.support.gateway_calls import (
     consent,
     decide,
     enroll,
+    finished_job,
     group_photo,
     invite,
+    start_job,
     upload,
 )
 from tests.support.status import expect_error
@@ -67,6 +69,9 @@ class World:
     guest: str = ""  # an account the owner invites and removes
     webhook_id: str = ""  # the owner's webhook
     session_id: str = ""  # the owner's upload session (_owners_session)
+    job_id: str = ""  # the owner's job (ended), in the owner's project
+    uploader_job_id: str = ""  # the uploader's job (ended), in the owner's project
+    job_media: set[str] = field(default_factory=set)  # the media they made
 
 
 def by_role(owner=OK, reviewer=OK, uploader=OK, viewer=OK, outsider=NOT_FOUND):
@@ -114,6 +119,12 @@ def _setup(gw, clock) -> World:
     clock.advance(seconds=1)
     uploaded = upload(gw, world.metas["uploader"], faces.encode(faces.astronaut()))
     world.uploader_media_id = uploaded.media_id
+    for name, attr in (("owner", "job_id"), ("uploader", "uploader_job_id")):
+        clock.advance(seconds=1)
+        started = start_job(gw, world.metas[name], faces.encode(faces.astronaut()))
+        assert finished_job(gw, world.metas[name], started.job_id).state == pb.JOB_STATE_DONE
+        setattr(world, attr, started.job_id)
+        world.job_media.add(started.media_id)
     return world
 
 
@@ -133,11 +144,26 @@ def _sees_the_owners_media(world: World, caller: str, reply) -> None:
 
 
 def _lists_project_media(world: World, caller: str, reply) -> None:
-    listed = {m.media_id for m in reply.media}
+    listed = {m.media_id for m in reply.media} - world.job_media
     if caller == "uploader":
         assert listed == {world.uploader_media_id}, "an uploader sees its own uploads only"
     else:
         assert listed == {world.media_id, world.uploader_media_id}
+
+
+def _the_owners_job(world: World, caller: str, reply) -> None:
+    job = reply.job if hasattr(reply, "job") else reply[-1].job  # WatchJob: its last event
+    assert (job.job_id, job.state) == (world.job_id, pb.JOB_STATE_DONE)
+    assert job.started_by_account_id == world.accounts["owner"]
+    assert TALENT.encode() not in job.SerializeToString()
+
+
+def _lists_project_jobs(world: World, caller: str, reply) -> None:
+    listed = {j.job_id for j in reply.jobs}
+    if caller == "uploader":
+        assert listed == {world.uploader_job_id}, "an uploader sees the jobs it started only"
+    else:
+        assert listed == {world.job_id, world.uploader_job_id}
 
 
 def _lists_own_and_invited_projects(world: World, caller: str, reply) -> None:
@@ -342,6 +368,16 @@ def _preview(world: World, caller: str):
     )
 
 
+def _job_call(method: str, request_type) -> Callable[[World, str], Any]:
+    def call(world: World, caller: str) -> Any:
+        reply = getattr(world.gw.stub, method)(
+            request_type(job_id=world.job_id), metadata=world.metas[caller]
+        )
+        return list(reply) if method == "WatchJob" else reply
+
+    return call
+
+
 def _accept(world: World, caller: str):
     return world.gw.stub.AcceptInvitation(
         pb.AcceptInvitationRequest(project_id=PROJECT, owner_account_id=world.accounts["owner"]),
@@ -494,6 +530,31 @@ ROWS = [
     ),
     Row("GetMediaResults", _results, by_role(uploader=NOT_FOUND), _sees_the_owners_media),
     Row("GetMediaPreview", _preview, by_role(uploader=NOT_FOUND)),
+    Row(
+        "GetJob",
+        _job_call("GetJob", pb.GetJobRequest),
+        by_role(uploader=NOT_FOUND),
+        _the_owners_job,
+    ),
+    Row(
+        "WatchJob",
+        _job_call("WatchJob", pb.WatchJobRequest),
+        by_role(uploader=NOT_FOUND),
+        _the_owners_job,
+    ),
+    Row(
+        "ListJobs",
+        _unary("ListJobs", pb.ListJobsRequest(project_id=PROJECT)),
+        by_role(),
+        _lists_project_jobs,
+    ),
+    # the job ended: cancelling it returns it as it is, to whoever may cancel it
+    Row(
+        "CancelJob",
+        _job_call("CancelJob", pb.CancelJobRequest),
+        by_role(reviewer=DENIED, viewer=DENIED, uploader=NOT_FOUND),
+        _the_owners_job,
+    ),
     Row(
         "ListMedia",
         _unary("ListMedia", pb.ListMediaRequest(project_id=PROJECT)),

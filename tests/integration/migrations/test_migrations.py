@@ -31,8 +31,10 @@ from tests.support.gateway_calls import (
     consent,
     decide,
     enroll,
+    finished_job,
     group_photo,
     invite,
+    start_job,
     upload,
 )
 
@@ -214,6 +216,8 @@ def fill_every_service(
     )
     report = retention.stub.RunNow(rpb.RunNowRequest(job=rpb.RETENTION_JOB_PURGE)).report
     assert report.events_purged == 3  # the first photo's two faces and the decision
+    job = start_job(gateway, meta, group_photo(), request_id="up-4")  # an ended job's row
+    assert finished_job(gateway, meta, job.job_id).state == pb.JOB_STATE_DONE
     # A resumable upload under way: its session, with a part of the photo in.
     photo = group_photo()
     session = gateway.stub.CreateUploadSession(

@@ -23,6 +23,7 @@ from sqlalchemy import func, insert, select
 
 from gateway.access_log import AccessLog, AccessLogWriter
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
+from gateway.jobs import JobPurge
 from gateway.media_store import LocalEncryptedStore, S3Store
 from gateway.peers import RetentionClient
 from gateway.retention import MediaRetention
@@ -279,6 +280,7 @@ def gateway_purge(
         OrphanSweep(db, store, clock).sweep,
         Seals(vault),
         lambda as_of, limit: 0,
+        JobPurge(db, 30),
     )
     access_log = AccessLog(db, AccessLogWriter(db))
     internal = serve(InternalApp(retention, access_log))

@@ -1,0 +1,143 @@
+"""`mixip jobs list|show|wait|cancel`: the analysis jobs that `mixip match` starts
+(docs/jobs.md), and the wait with a progress bar that `match` does by default."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mixip.cli.connection import Connection
+from mixip.cli.output import CliError, Output
+from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import every_page
+
+ENDED = {gateway_pb2.JOB_STATE_DONE, gateway_pb2.JOB_STATE_FAILED, gateway_pb2.JOB_STATE_CANCELLED}
+
+
+def state_name(state: int) -> str:
+    return (
+        gateway_pb2.JobState.Name(gateway_pb2.JobState.ValueType(state))
+        .removeprefix("JOB_STATE_")
+        .lower()
+    )
+
+
+def job_json(job: gateway_pb2.Job) -> dict[str, Any]:
+    def when(stamp: Timestamp) -> str | None:
+        return stamp.ToJsonString() if stamp.seconds or stamp.nanos else None
+
+    return {
+        "job_id": job.job_id,
+        "project_id": job.project_id,
+        "media_id": job.media_id,
+        "state": state_name(job.state),
+        "frames_done": job.frames_done,
+        "frames_total": job.frames_total,
+        "percent": round(job.percent, 1),
+        "eta_seconds": round(job.eta_seconds, 1),
+        "attempts": job.attempts,
+        "error": job.error,
+        "started_by_account_id": job.started_by_account_id,
+        "created_at": when(job.created_at),
+        "started_at": when(job.started_at),
+        "finished_at": when(job.finished_at),
+    }
+
+
+def _line(job: gateway_pb2.Job) -> str:
+    frames = f" {job.frames_done}/{job.frames_total} frames" if job.frames_total else ""
+    error = f" ({job.error})" if job.error else ""
+    return f"job {job.job_id}: {state_name(job.state)}{frames}{error} media {job.media_id}"
+
+
+def progress_label(job: gateway_pb2.Job, seconds: float) -> str:
+    """What the bar says: the state, frames with their rate, and the time left when known."""
+    label = f"job {job.job_id} {state_name(job.state)}"
+    if job.frames_total:
+        label += f" {job.frames_done}/{job.frames_total} frames"
+        if seconds > 0 and job.frames_done:
+            label += f", {job.frames_done / seconds:.1f} frames/s"
+    if job.eta_seconds:
+        label += f", ETA {job.eta_seconds:.0f} s"
+    return label
+
+
+def wait(conn: Connection, out: Output, job_id: str) -> gateway_pb2.Job:
+    """Watches the job to its end, with a progress bar on a terminal; the job as it ended."""
+    stub, meta = conn.gateway()
+    job: gateway_pb2.Job | None = None
+    started = time.monotonic()
+    with out.progress(f"job {job_id}") as bar:
+        for event in stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id), metadata=meta):
+            job = event.job
+            bar.update(job.percent / 100, progress_label(job, time.monotonic() - started))
+    if job is None or job.state not in ENDED:
+        raise CliError(f"the watch of job {job_id} ended before the job did; `mixip jobs wait`")
+    return job
+
+
+def ended_ok(job: gateway_pb2.Job) -> None:
+    """Refuses (exit 1) a job that did not end DONE."""
+    if job.state != gateway_pb2.JOB_STATE_DONE:
+        error = f": {job.error}" if job.error else ""
+        raise CliError(f"job {job.job_id} {state_name(job.state)}{error}")
+
+
+def jobs_list(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    pages = every_page(
+        lambda token: stub.ListJobs(
+            gateway_pb2.ListJobsRequest(
+                project_id=args.project, page_size=MAX_BATCH, page_token=token
+            ),
+            metadata=meta,
+        )
+    )
+    jobs = [j for page in pages for j in page.jobs]
+    out.result(
+        {"jobs": [job_json(j) for j in jobs]},
+        [f"{len(jobs)} job(s)"] + [f"  {_line(j)}" for j in jobs],
+    )
+    return 0
+
+
+def jobs_show(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    job = stub.GetJob(gateway_pb2.GetJobRequest(job_id=args.job_id), metadata=meta).job
+    out.result(job_json(job), _line(job))
+    return 0
+
+
+def jobs_wait(args, conn: Connection, out: Output) -> int:
+    job = wait(conn, out, args.job_id)
+    out.result(job_json(job), _line(job))
+    ended_ok(job)
+    return 0
+
+
+def jobs_cancel(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    job = stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=args.job_id), metadata=meta).job
+    out.result(job_json(job), _line(job))
+    return 0
+
+
+def add_job_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    jobs = sub.add_parser("jobs", help="analysis jobs (what `match` starts)").add_subparsers(
+        dest="action", required=True
+    )
+    p = jobs.add_parser("list", parents=[common], help="a project's jobs, newest first")
+    p.add_argument("--project", required=True, help="the project")
+    p.set_defaults(run=jobs_list)
+    for name, run, text in (
+        ("show", jobs_show, "a job's state and progress"),
+        ("wait", jobs_wait, "wait for a job to end, with a progress bar (exit 1 unless done)"),
+        ("cancel", jobs_cancel, "cancel a job: it leaves no media, result or audit event"),
+    ):
+        p = jobs.add_parser(name, parents=[common], help=text)
+        p.add_argument("job_id", metavar="JOB_ID", help="the id `mixip match --no-wait` printed")
+        p.set_defaults(run=run)
