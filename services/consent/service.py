@@ -305,7 +305,8 @@ class ConsentLedger:
                         request_id=request_id or None,
                     )
                 )
-            bump_account_version(session, account_id)  # the last lock taken, as in `record`
+            if records or outbox or held:  # the last lock taken, as in `record`
+                bump_account_version(session, account_id)
         if records or outbox or held:
             self.db.scrub(SCRUBBED_TABLES)
         logs.log(

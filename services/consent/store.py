@@ -112,9 +112,10 @@ class TombstoneRow(Base):
 
 class AccountVersionRow(Base):
     """An account's consent version: a fresh random value written in the transaction of every
-    record and erasure of the account (anything that can change a check's answer), so a caller
-    that cached answers under one version knows they still hold while it is unchanged. Random
-    rather than counted, so it never returns to an earlier value, not even after a restore.
+    record of the account and every erasure that removes something (whatever can change a
+    check's answer), so a caller that cached answers under one version knows they still hold
+    while it is unchanged. Random rather than counted, so it never returns to an earlier value,
+    not even after a restore.
     No row: the account never had a record (its version is "": nothing is cached under it;
     the revision that made this table gave every account with records a row)."""
 

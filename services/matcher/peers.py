@@ -120,12 +120,13 @@ class _Cached:
 
 class ConsentCache:
     """The answers of the most recently checked accounts, each under the consent version they
-    were read under; bounded in accounts and in answers per account. Memory only."""
+    were read under; at most `max_answers` answers in all (least recently checked accounts go
+    first). Memory only."""
 
-    def __init__(self, max_accounts: int = 1024, max_answers: int = 100_000) -> None:
-        self.max_accounts = max_accounts
+    def __init__(self, max_answers: int = 200_000) -> None:
         self.max_answers = max_answers
         self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._held = 0  # answers in all entries
         self._lock = threading.Lock()
 
     def get(self, account_id: str) -> _Cached | None:
@@ -138,12 +139,15 @@ class ConsentCache:
     def put(
         self, account_id: str, version: str, active: dict[_Question, bool]
     ) -> dict[_Question, bool]:
-        """Keeps `active` as the account's answers under `version`; a set too large, or read
-        under no version (an account that never had a record), is answered but not kept."""
+        """Keeps `active` as the account's answers under `version`; a set larger than the
+        whole cache, or read under no version (an account that never had a record), is
+        answered but not kept."""
         with self._lock:
             if version and len(active) <= self.max_answers:
+                earlier = self._entries.pop(account_id, None)
+                self._held -= len(earlier.active) if earlier else 0
+                while self._entries and self._held + len(active) > self.max_answers:
+                    self._held -= len(self._entries.popitem(last=False)[1].active)
                 self._entries[account_id] = _Cached(version, active)
-                self._entries.move_to_end(account_id)
-                while len(self._entries) > self.max_accounts:
-                    self._entries.popitem(last=False)
+                self._held += len(active)
         return active

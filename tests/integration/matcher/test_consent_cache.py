@@ -175,13 +175,21 @@ def test_the_cache_is_per_account(mesh, clock, checks):
     assert checks == [2, 2, 0]
 
 
-def test_the_cache_keeps_the_most_recent_accounts_and_no_oversized_answer_set():
-    cache = ConsentCache(max_accounts=2, max_answers=1)
-    question = ("t", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING, "")
-    for account in ("a", "b", "c"):
-        cache.put(account, "v", {question: True})
-    assert cache.get("a") is None and cache.get("c") is not None
-    cache.put("d", "v", {question: True, ("u", question[1], ""): False})
-    assert cache.get("d") is None
-    cache.put("e", "", {question: True})  # an account that never had a record
+def test_the_cache_keeps_the_most_recently_checked_accounts_within_its_bound():
+    cache = ConsentCache(max_answers=4)
+    bio = cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING
+
+    def answers(*talents):
+        return {(t, bio, ""): True for t in talents}
+
+    cache.put("a", "v", answers("t1", "t2"))
+    cache.put("b", "v", answers("t1"))
+    cache.get("a")  # checked again: "b" is now the least recent
+    cache.put("c", "v", answers("t1", "t2"))
+    assert cache.get("b") is None and cache.get("a") and cache.get("c")
+    cache.put("a", "w", answers("t3"))  # replaced, not added to
+    assert cache.get("a").active == answers("t3") and cache.get("c")
+    cache.put("d", "v", answers("t1", "t2", "t3", "t4", "t5"))  # larger than the whole cache
+    assert cache.get("d") is None and cache.get("c")
+    cache.put("e", "", answers("t1"))  # an account that never had a record
     assert cache.get("e") is None
