@@ -40,6 +40,8 @@ from services.consent.store import (
     RecordRow,
     TalentKeyRow,
     TombstoneRow,
+    account_version,
+    bump_account_version,
     outbox_context,
     record_context,
 )
@@ -101,6 +103,8 @@ class ConsentLedger:
         self.vault = vault
         self.clock = clock
         self.on_outbox_write = on_outbox_write  # wakes the dispatcher
+        # Tests pause a check at its step boundaries through this hook (a no-op here).
+        self.checkpoint: Callable[[str], None] = lambda name: None
 
     def record(self, account_id: str, new: NewRecord) -> tuple[Record, bool]:
         """Appends a record (and, for a biometric revocation, its outbox row, atomically),
@@ -133,6 +137,7 @@ class ConsentLedger:
                     request_id=new.request_id or None,
                 )
                 session.add(row)
+                bump_account_version(session, account_id)  # the last lock it takes
                 if needs_face_deletion(new):
                     outbox_id = uuid.uuid4().hex
                     session.add(
@@ -179,7 +184,18 @@ class ConsentLedger:
     def check(self, account_id: str, keys: Sequence[ConsentKey]) -> list[tuple[int, Record | None]]:
         """For each key, its state and the latest record it comes from (None when absent). A
         talent without a data key has no record."""
+        return self.versioned_check(account_id, keys)[1]
+
+    def versioned_check(
+        self, account_id: str, keys: Sequence[ConsentKey]
+    ) -> tuple[str, list[tuple[int, Record | None]]]:
+        """`check`, with the account's consent version read first in the same transaction (the
+        answers reflect every change up to it). No keys: the version alone, one row read."""
         with self.db.read() as session:
+            version = account_version(session, account_id)
+            if not keys:
+                return version, []
+            self.checkpoint("check.versioned")
             held = self.vault.talent_keys(
                 session, account_id, {k.talent_id for k in keys}, create=False
             )
@@ -208,7 +224,7 @@ class ConsentLedger:
                     _record(row, key.talent_id) if row else None,
                 )
             )
-        return answers
+        return version, answers
 
     def list_records(
         self, account_id: str, talent_id: str, page_size: int, after_sequence: int
@@ -292,6 +308,8 @@ class ConsentLedger:
                         request_id=request_id or None,
                     )
                 )
+            if records or outbox or held:  # the last lock taken, as in `record`
+                bump_account_version(session, account_id)
         if records or outbox or held:
             self.db.scrub(SCRUBBED_TABLES)
         logs.log(
@@ -352,6 +370,8 @@ class ConsentLedger:
                     session, account_id, wanted, create=True
                 ).items()
             }
+            for account_id in talents:  # checks see these rows from now on
+                bump_account_version(session, account_id)
             sealed = [
                 {
                     "at": at,

@@ -77,20 +77,24 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> consent_pb2.BatchCheckConsentResponse:
         checks = Checks()
         checks.identifier("account_id", request.account_id)
-        checks.count("queries", request.queries, minimum=1, maximum=MAX_BATCH)
+        cached = request.cached_version
+        checks.count("queries", request.queries, minimum=0 if cached else 1, maximum=MAX_BATCH)
+        checks.text("cached_version", cached, max_length=32, required=False)
         keys = [
             _key(checks, f"queries[{i}].", q.talent_id, q.scope, q.project_id)
             for i, q in enumerate(request.queries[:MAX_BATCH])
         ]
         checks.done()
-        answers = self.ledger.check(request.account_id, keys)
+        version, answers = self.ledger.versioned_check(request.account_id, keys)
         return consent_pb2.BatchCheckConsentResponse(
             answers=[
                 consent_pb2.ConsentAnswer(
                     query=query, state=consent_pb2.ConsentState.ValueType(state)
                 )
                 for query, (state, _) in zip(request.queries, answers, strict=True)
-            ]
+            ],
+            version=version,
+            unchanged=bool(cached) and cached == version,
         )
 
     def ListConsentRecords(

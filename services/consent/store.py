@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import date, datetime
 
 from sqlalchemy import (
@@ -15,6 +16,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from mixip.runtime.db import UtcDateTime
@@ -105,6 +107,42 @@ class TombstoneRow(Base):
 
     __table_args__ = (
         Index("ix_consent_tombstone_request", "account_id", "request_id", unique=True),
+    )
+
+
+class AccountVersionRow(Base):
+    """An account's consent version: a fresh random value written in the transaction of every
+    record of the account and every erasure that removes something (whatever can change a
+    check's answer), so a caller that cached answers under one version knows they still hold
+    while it is unchanged. Random rather than counted, so it never returns to an earlier value,
+    not even after a restore.
+    No row: the account never had a record (its version is "": nothing is cached under it;
+    the revision that made this table gave every account with records a row)."""
+
+    __tablename__ = "consent_account_versions"
+
+    account_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+
+
+def account_version(session: Session, account_id: str) -> str:
+    """The account's consent version. Read it before the answers it tags: they then reflect
+    at least every change up to it (a later change only makes them fresher than their tag)."""
+    version = session.scalar(
+        select(AccountVersionRow.version).where(AccountVersionRow.account_id == account_id)
+    )
+    return version or ""
+
+
+def bump_account_version(session: Session, account_id: str) -> None:
+    """Gives the account a fresh consent version, in the caller's transaction (the one whose
+    change it announces). On PostgreSQL the row lock orders concurrent changes of an account."""
+    version = secrets.token_hex(16)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(AccountVersionRow)
+        .values(account_id=account_id, version=version)
+        .on_conflict_do_update(index_elements=["account_id"], set_={"version": version})
     )
 
 

@@ -595,8 +595,14 @@ def test_record_consent(harness, replayed, fields):
         "RecordConsent",
         _call(harness.stub.RecordConsent, request, harness.meta),
         allowed=allowed,
-        # the record, a revocation's outbox row, and the talent's data key (its first record)
-        writes={"consent.consent_records", "consent.consent_outbox", "consent.consent_talent_keys"},
+        # the record, a revocation's outbox row, the talent's data key (its first record), and
+        # the account's consent version
+        writes={
+            "consent.consent_records",
+            "consent.consent_outbox",
+            "consent.consent_talent_keys",
+            "consent.consent_account_versions",
+        },
         on_ok=recorded,
         fields={"talent_id", "scope", "project_id", "decision", "evidence", "request_id"},
     )

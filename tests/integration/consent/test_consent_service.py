@@ -101,6 +101,53 @@ def test_batch_check_answers_in_query_order(consent_service, clock):
     assert [a.query.talent_id for a in reply.answers] == ["t-bob", "t-ada", "t-ada", "t-cy"]
 
 
+def version_check(stub, cached="", queries=(), account=ACCOUNT):
+    return stub.BatchCheckConsent(
+        pb.BatchCheckConsentRequest(account_id=account, queries=queries, cached_version=cached)
+    )
+
+
+def test_every_record_and_erasure_of_something_changes_the_accounts_version_nothing_else_does(
+    consent_service, clock
+):
+    stub = consent_service.stub
+    assert version_check(stub, "v").version == ""  # never a record: nothing to cache under
+    seen = []
+    for change in (
+        lambda: consent(stub, clock, "t-ada", BIO, GRANT),
+        lambda: consent(stub, clock, "t-ada", USAGE, GRANT, project="film-1"),
+        lambda: consent(stub, clock, "t-ada", BIO, REVOKE),
+        lambda: stub.EraseTalentConsent(
+            pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id="t-ada")
+        ),
+    ):
+        change()
+        version = version_check(stub, "v").version
+        state(stub, "t-ada", BIO)  # reads change nothing
+        stub.ListConsentRecords(pb.ListConsentRecordsRequest(account_id=ACCOUNT))
+        assert version_check(stub, version).unchanged
+        seen.append(version)
+    assert len(set(seen)) == len(seen) and all(len(v) == 32 for v in seen)
+    consent(stub, clock, "t-bob", BIO, GRANT, account="acct-b")  # another account's change
+    stub.EraseTalentConsent(pb.EraseTalentConsentRequest(account_id=ACCOUNT, talent_id="t-ada"))
+    assert version_check(stub, seen[-1]).unchanged  # erasing nothing changes no answer
+
+
+def test_a_check_under_an_unchanged_version_answers_only_what_it_is_asked(consent_service, clock):
+    stub = consent_service.stub
+    consent(stub, clock, "t-ada", BIO, GRANT)
+    first = version_check(stub, queries=[pb.ConsentQuery(talent_id="t-ada", scope=BIO)])
+    assert not first.unchanged  # no cached version given
+    empty = version_check(stub, first.version)
+    assert (empty.unchanged, empty.version, list(empty.answers)) == (True, first.version, [])
+    more = version_check(stub, first.version, [pb.ConsentQuery(talent_id="t-bob", scope=BIO)])
+    assert more.unchanged and [a.state for a in more.answers] == [pb.CONSENT_STATE_ABSENT]
+    consent(stub, clock, "t-ada", BIO, REVOKE)
+    stale = version_check(stub, first.version, [pb.ConsentQuery(talent_id="t-ada", scope=BIO)])
+    assert not stale.unchanged and stale.version != first.version
+    assert [a.state for a in stale.answers] == [pb.CONSENT_STATE_REVOKED]
+
+
 def test_history_is_append_only_and_paginated(consent_service, clock):
     stub = consent_service.stub
     for i in range(5):
@@ -293,6 +340,11 @@ def test_bad_checks_are_refused(consent_service):
             account_id=ACCOUNT, queries=[pb.ConsentQuery(talent_id="t", scope=USAGE)]
         ),
         fields={"queries[0].project_id"},
+    )
+    expect_invalid(
+        stub.BatchCheckConsent,
+        pb.BatchCheckConsentRequest(account_id=ACCOUNT, cached_version="v" * 33),
+        fields={"cached_version"},
     )
     expect_invalid(
         stub.ListConsentRecords,

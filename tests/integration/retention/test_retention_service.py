@@ -336,13 +336,13 @@ def test_reconcile_asks_consent_about_at_most_1000_talents_per_call(
     retention_service, consent_service, matcher_double, monkeypatch
 ):
     asked: list[int] = []
-    check = consent_service.app.ledger.check
+    check = consent_service.app.ledger.versioned_check
 
     def counting_check(account_id, keys):
         asked.append(len(keys))
         return check(account_id, keys)
 
-    monkeypatch.setattr(consent_service.app.ledger, "check", counting_check)
+    monkeypatch.setattr(consent_service.app.ledger, "versioned_check", counting_check)
     matcher_double.faces = {(ACCOUNT, f"t-{i:04d}"): 1 for i in range(1001)}
 
     report = run_now(retention_service, RECONCILE)
