@@ -212,6 +212,7 @@ class Vault:
         self._step = step or (lambda name: None)
         self._stores_row_refs = "row_ref" in secret_model.__table__.c
         self._reset_unreadable = reset_unreadable
+        self.reset_at_start = False  # set by `_reset`: this start dropped every secret
         self._keys = self._start()
 
     # -- contexts -----------------------------------------------------------------------------
@@ -270,6 +271,7 @@ class Vault:
         wrapper = self.ring.open(ref)
         keys = VaultKeys(version, os.urandom(32), os.urandom(32))
         dropped = rowcount(session.execute(delete(self.secret_model)))
+        self.reset_at_start = True
         state.version, state.kek_ref, state.rotated_at = version, ref, self.clock()
         state.wrapped_sealing_key = wrapper.wrap(keys.sealing, self._sealing_context(version))
         state.wrapped_lookup_key = wrapper.wrap(keys.lookup, self._lookup_context())

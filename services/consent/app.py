@@ -26,7 +26,13 @@ from services.consent.peers import MatcherClient
 from services.consent.service import ConsentLedger
 from services.consent.servicer import ConsentServicer
 from services.consent.settings import ConsentSettings
-from services.consent.store import Base, TalentKeyRow, VaultStateRow, outbox_backlog
+from services.consent.store import (
+    Base,
+    TalentKeyRow,
+    VaultStateRow,
+    outbox_backlog,
+    renew_account_versions,
+)
 
 logger = logging.getLogger("mixip.consent")
 
@@ -67,6 +73,9 @@ class ConsentApp(ServiceApp):
             rotate_within=rotate_within,
             reset_unreadable=reset_unreadable,
         )
+        if self.vault.reset_at_start:  # every answer cached before (a matcher's) is stale now
+            with db.write() as session:
+                renew_account_versions(session)
         self.outbox = OutboxDispatcher(
             db,
             self.vault,

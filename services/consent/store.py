@@ -146,6 +146,15 @@ def bump_account_version(session: Session, account_id: str) -> None:
     )
 
 
+def renew_account_versions(session: Session) -> int:
+    """A fresh consent version for every account (a vault reset made every answer absent:
+    nothing cached before it may still be trusted). How many accounts."""
+    accounts = session.scalars(select(AccountVersionRow.account_id)).all()
+    for account_id in accounts:
+        bump_account_version(session, account_id)
+    return len(accounts)
+
+
 class DeliveryCountRow(Base):
     """What is kept of delivered face deletions: how many, per account and day (UTC) of
     delivery. No talent id: the outbox row that named the talent is deleted on delivery."""

@@ -22,6 +22,7 @@ from mixip.runtime.vault import Vault
 from services.consent import service as service_module
 from services.consent.app import MATCHER_SERVICE, SERVICE_NAME, ConsentApp
 from services.consent.store import (
+    AccountVersionRow,
     Base,
     OutboxRow,
     RecordRow,
@@ -150,7 +151,17 @@ def test_a_copy_taken_before_an_erasure_opens_nothing_once_the_vault_rotated(
         ConsentApp(copy, matcher, LocalKeyRing(keys / "consent-vault.key"), clock, dispatch=False)
     assert [path.name for path in keys.iterdir()] == ["consent-vault.v2.key"]
     fresh_keys = LocalKeyRing(tmp_path / "restored-keys" / "consent-vault.key")
+    with copy.read() as session:
+        versions = dict(
+            session.execute(select(AccountVersionRow.account_id, AccountVersionRow.version)).all()
+        )
     restored = ConsentApp(copy, matcher, fresh_keys, clock, dispatch=False, reset_unreadable=True)
+    with copy.read() as session:  # a matcher's answers cached under the old versions are stale
+        renewed = dict(
+            session.execute(select(AccountVersionRow.account_id, AccountVersionRow.version)).all()
+        )
+    assert versions and versions.keys() == renewed.keys()
+    assert not set(versions.values()) & set(renewed.values())
     running = serve(restored)
     restored_stub = consent_pb2_grpc.ConsentServiceStub(
         channels(f"127.0.0.1:{running.port}", SERVICE_NAME)
