@@ -37,6 +37,7 @@ from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.media_store import MediaStore
 from gateway.peers import Matched, PendingMatch
 from gateway.projects import Action, Projects, Scope, from_micros, micros
+from gateway.seals import job_filename_context, media_subject
 from gateway.store import JobRow, affected
 from gateway.uploads import PendingMedia, UploadHeader, Uploads, media_id_for
 from mixip.gateway.v1 import gateway_pb2
@@ -160,7 +161,6 @@ class Jobs:
             media_id=media_id,
             started_by_account_id=caller_account_id,
             started_by_key_id=key_id,
-            filename=header.filename,
             content_type=sniffed.content_type,
             size_bytes=len(data),
             storage_key=storage_key,
@@ -178,6 +178,13 @@ class Jobs:
             with self.db.write() as session:
                 if not scope.exists:  # so that ListJobs finds the project at once
                     self.projects.create_in(session, account_id, header.project_id)
+                if header.filename:  # sealed under the media's own key, as the media row's
+                    subject = media_subject(media_id)
+                    key = self.uploads.seals.keys(session, account_id, [subject], create=True)
+                    row.filename_ref = key[subject].ref
+                    row.sealed_filename = key[subject].seal_text(
+                        header.filename, job_filename_context(job_id)
+                    )
                 session.add(row)
                 session.flush()
                 job = _job(row, now)
@@ -261,7 +268,7 @@ class Jobs:
                 raise NotFound("no such job")
             if row.state in ENDED:
                 return _job(row, now)
-            _end(row, CANCELLED, now)
+            self._end(session, row, CANCELLED, now)
             job = _job(row, now)
             account_id, storage_key = row.account_id, row.storage_key
         self.media_store.delete(account_id, storage_key)
@@ -349,6 +356,27 @@ class Jobs:
         self._ended(self._read(claim.job_id), pending.account_id)
         return True
 
+    def _filename(self, session: Session, row: JobRow) -> str:
+        """The job's file name ("" without one, or once its media's key is gone)."""
+        if row.filename_ref is None or row.sealed_filename is None:
+            return ""
+        key = self.uploads.seals.by_ref(session, [row.filename_ref]).get(row.filename_ref)
+        return key.open_text(row.sealed_filename, job_filename_context(row.job_id)) if key else ""
+
+    def _end(
+        self, session: Session, row: JobRow, state: int, now: datetime, *, error: str = ""
+    ) -> None:
+        """Ends a job in the caller's transaction: no lease, no file name (it went to the media
+        row, sealed under the same key, or nowhere: a job that made no media destroys that key,
+        and every copy of the name it sealed goes with it)."""
+        if state != DONE and row.filename_ref is not None:
+            media = [(row.account_id, row.media_id)]
+            self.uploads.seals.destroy_media_keys(session, media, owe_rotation=False)
+        row.state, row.error = state, error
+        row.filename_ref, row.sealed_filename = None, None
+        row.lease_owner, row.lease_until = None, None
+        row.finished_at = row.updated_at = now
+
     def _claim(self) -> _Claim | Job | None:
         """The claimed job; or, for a job whose lease passed on its last attempt, the job
         ended FAILED (`LEASE_EXPIRED`: a job that kills its workers is not run forever)."""
@@ -371,7 +399,7 @@ class Jobs:
                 return None
             account_id, storage_key = row.account_id, row.storage_key
             if row.state == RUNNING and row.attempts >= self.max_attempts:
-                _end(row, FAILED, now, error="LEASE_EXPIRED")
+                self._end(session, row, FAILED, now, error="LEASE_EXPIRED")
                 failed = _job(row, now)
             else:
                 failed = None
@@ -387,7 +415,7 @@ class Jobs:
                     media_id=row.media_id,
                     account_id=row.account_id,
                     project_id=row.project_id,
-                    filename=row.filename,
+                    filename=self._filename(session, row),
                     content_type=row.content_type,
                     size_bytes=row.size_bytes,
                     storage_key=row.storage_key,
@@ -438,7 +466,7 @@ class Jobs:
             raise JobLost
         frames = matched.frames_sampled or 1  # an image is one frame
         row.frames_done = row.frames_total = frames
-        _end(row, DONE, self.clock())
+        self._end(session, row, DONE, self.clock())
 
     def _failed(self, claim: _Claim, exc: Exception) -> None:
         """A failed attempt: the job is queued again after a backoff, or ends FAILED when the
@@ -452,7 +480,7 @@ class Jobs:
             if row is None or row.state != RUNNING or row.lease_owner != self.worker_id:
                 return  # cancelled, or another worker has it now
             if permanent or row.attempts >= self.max_attempts:
-                _end(row, FAILED, now, error=reason)
+                self._end(session, row, FAILED, now, error=reason)
                 job: Job | None = _job(row, now)
             else:
                 row.state, row.lease_owner, row.error = QUEUED, None, reason
@@ -522,14 +550,6 @@ class JobPurge:
 def _held(job_id: str, worker_id: str) -> tuple:
     """The job is still this worker's: running under its lease."""
     return (JobRow.job_id == job_id, JobRow.state == RUNNING, JobRow.lease_owner == worker_id)
-
-
-def _end(row: JobRow, state: int, now: datetime, *, error: str = "") -> None:
-    """Ends a job in the caller's transaction: no lease, no file name (it went to the media row
-    or nowhere)."""
-    row.state, row.error, row.filename = state, error, ""
-    row.lease_owner, row.lease_until = None, None
-    row.finished_at = row.updated_at = now
 
 
 def _job(row: JobRow, now: datetime) -> Job:

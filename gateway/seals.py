@@ -68,6 +68,10 @@ def filename_context(media_id: str) -> bytes:
     return f"gateway_media/{media_id}".encode()
 
 
+def job_filename_context(job_id: str) -> bytes:
+    return b"gateway_jobs/filename/" + job_id.encode()
+
+
 def media_subject(media_id: str) -> str:
     """The vault subject of a media's own key (no talent id starts with NUL)."""
     return f"\x00media:{media_id}"

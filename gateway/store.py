@@ -421,7 +421,9 @@ class JobRow(Base):
     media_id: Mapped[str] = mapped_column(String(64), unique=True)
     started_by_account_id: Mapped[str] = mapped_column(String(64))
     started_by_key_id: Mapped[str] = mapped_column(String(32))  # the audit events' actor
-    filename: Mapped[str] = mapped_column(String(255))
+    # The file name, sealed under the media's own key (gateway/seals.py) until the job ends.
+    filename_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sealed_filename: Mapped[bytes | None] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(64), index=True)

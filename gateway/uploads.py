@@ -308,6 +308,9 @@ class Uploads:
                 subjects.add(media_subject(media_id))
             keys = self.seals.keys(session, account_id, subjects, create=True)
             seal_filename(media, pending.filename, keys.get(media_subject(media_id)))
+            if fenced:  # a job sealed the name under the media's key: every copy goes with it
+                media_key = [(account_id, media_id)]
+                self.seals.destroy_media_keys(session, media_key, owe_rotation=True)
             faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
             if pending.create_project:  # an owner's first upload to a new id creates it
                 self.projects.create_in(session, account_id, pending.project_id)

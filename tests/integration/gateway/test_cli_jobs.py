@@ -27,7 +27,8 @@ def test_match_waits_for_its_job_and_reports_the_job_id_with_its_results(cli, tm
 def test_no_wait_prints_the_job_and_the_jobs_commands_follow_it(cli, gateway, clock, tmp_path):
     code, out, _ = cli("match", _photo(tmp_path), "--project", "film-1", "--no-wait", "--json")
     started = json.loads(out)
-    assert code == 0 and set(started) == {"job_id", "media_id"}
+    assert code == 0 and set(started) == {"job_id", "media_id", "upload"}
+    assert started["upload"]["resumed_from"] == 0 and started["upload"]["bytes"] > 0
     job_id = started["job_id"]
     code, out, _ = cli("jobs", "wait", job_id, "--json")
     waited = json.loads(out)

@@ -84,7 +84,8 @@ def test_a_job_is_watched_from_its_start_to_done_and_its_results_are_the_medias(
     listed = gateway.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta).media
     assert [(m.media_id, m.filename) for m in listed] == [(started.media_id, "take-1.jpg")]
     with gateway.app.db.read() as session:  # the job row kept no file name
-        assert session.get(JobRow, started.job_id).filename == ""
+        ended = session.get(JobRow, started.job_id)
+        assert (ended.filename_ref, ended.sealed_filename) == (None, None)
 
 
 def test_a_retried_start_returns_the_first_job_and_jobs_are_listed_newest_first(
