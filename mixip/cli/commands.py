@@ -419,6 +419,7 @@ def decision_json(record: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]:
         "note": record.note,
         "decided_by_account_id": record.decided_by_account_id,
         "decided_by_key_id": record.decided_by_key_id,
+        "decided_by_name": record.decided_by_name,
         "decided_at": record.decided_at.ToJsonString(),
     }
 

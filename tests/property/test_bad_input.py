@@ -1142,6 +1142,10 @@ def _valid_requests(harness) -> dict:
             pb.ListCollaboratorsRequest(project_id="film-1"),
         ),
         "ListMedia": (s.ListMedia, pb.ListMediaRequest(project_id="film-1")),
+        "ListClearanceReport": (
+            s.ListClearanceReport,
+            pb.ListClearanceReportRequest(project_id="film-1"),
+        ),
         "RecordReviewDecision": (
             s.RecordReviewDecision,
             pb.RecordReviewDecisionRequest(
