@@ -121,6 +121,7 @@ RPC_COMMANDS = {
     "ListMedia": "media list",
     "GetMediaPreview": "media preview",
     "RecordReviewDecision": "review",
+    "ListClearanceReport": "report",
     "ListAccessLog": "access-log list",
     "AddWebhook": "webhooks add",
     "ListWebhooks": "webhooks list",
