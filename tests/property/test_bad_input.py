@@ -1222,6 +1222,7 @@ def test_every_rpc_has_a_property():
         "FinishUploadSession",  # ^ test_bad_input_upload_sessions.py
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
         *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
+        "ListClearanceReport",
         # ^ test_bad_input_review.py
         *("AddWebhook", "ListWebhooks", "RemoveWebhook", "TestWebhook", "RotateWebhookSecret"),
         # ^ test_bad_input_webhooks.py
