@@ -15,6 +15,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -51,6 +52,12 @@ CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "pdf": "application/pdf"}
 # cell (a file name, a note) is written with a leading apostrophe.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 MAX_THUMBNAILS = 500  # beyond this many media, the PDF lists them without pictures
+# A Unicode font for file names and notes in any European script, where the system has it
+# (Debian's fonts-dejavu-core); else the PDF's built-in Helvetica (Latin-1 only).
+UNICODE_FONTS = (
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+)
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,10 @@ def to_pdf(report: Report, thumbnail: Callable[[str], bytes | None]) -> bytes:
         TableStyle,
     )
 
+    regular, bold = _fonts()
     styles = getSampleStyleSheet()
+    for name in ("BodyText", "Title", "Heading3"):
+        styles[name].fontName = bold if name != "BodyText" else regular
     small = styles["BodyText"].clone("small", fontSize=8, leading=10)
     project = report.project
     title = project.display_name or project.project_id
@@ -197,9 +207,9 @@ def to_pdf(report: Report, thumbnail: Callable[[str], bytes | None]) -> bytes:
     def page_frame(canvas: Any, document: Any) -> None:
         width, height = document.pagesize
         canvas.saveState()
-        canvas.setFont("Helvetica-Bold", 9)
+        canvas.setFont(bold, 9)
         canvas.drawString(15 * mm, height - 10 * mm, f"Clearance report: {title}")
-        canvas.setFont("Helvetica", 8)
+        canvas.setFont(regular, 8)
         canvas.drawRightString(width - 15 * mm, height - 10 * mm, f"generated {generated}")
         canvas.drawString(15 * mm, 8 * mm, ADVISORY)
         canvas.drawRightString(width - 15 * mm, 8 * mm, f"page {document.page}")
@@ -302,3 +312,16 @@ def to_pdf(report: Report, thumbnail: Callable[[str], bytes | None]) -> bytes:
     )
     document.build(story, onFirstPage=page_frame, onLaterPages=page_frame)
     return out.getvalue()
+
+
+def _fonts() -> tuple[str, str]:
+    """The regular and bold fonts' names: DejaVu Sans when the system has it, else Helvetica."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    if not all(path.exists() for path in UNICODE_FONTS):
+        return "Helvetica", "Helvetica-Bold"
+    if "MixipSans" not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont("MixipSans", str(UNICODE_FONTS[0])))
+        pdfmetrics.registerFont(TTFont("MixipSans-Bold", str(UNICODE_FONTS[1])))
+    return "MixipSans", "MixipSans-Bold"
