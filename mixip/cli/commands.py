@@ -401,10 +401,12 @@ def media_show(args, conn: Connection, out: Output) -> int:
         gateway_pb2.GetMediaResultsRequest(media_id=args.media_id), metadata=meta
     )
     document, lines = _media_result(reply.media)
+    document["filename"] = reply.filename
     document["decisions"] = [decision_json(d) for d in reply.decisions]
     latest = {d["face_index"]: d for d in document["decisions"]}  # oldest first: last wins
     lines += [
-        f"  [{i}] decided: {d['decision']} by {d['decided_by_account_id']} at {d['decided_at']}"
+        f"  [{i}] decided: {d['decision']} by {d['decided_by_name'] or d['decided_by_account_id']}"
+        f" at {d['decided_at']}" + (f": {d['note']}" if d["note"] else "")
         for i, d in sorted(latest.items())
     ]
     out.result(document, lines)
