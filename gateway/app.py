@@ -25,6 +25,7 @@ from gateway.operations import Operations
 from gateway.peers import Peers
 from gateway.previews import Previews
 from gateway.projects import Projects
+from gateway.reports import ClearanceReports
 from gateway.retention import MediaRetention
 from gateway.reviews import Reviews
 from gateway.rights import Rights
@@ -147,6 +148,7 @@ class GatewayApp(ServiceApp):
         )
         self.jobs = Jobs(db, self.uploads, media_store, self.projects, clock)
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
+        self.reports = ClearanceReports(self.projects, self.uploads, self.reviews, peers.consent)
         self.webhook_deliverer = WebhookDeliverer(
             db,
             clock,
@@ -253,6 +255,7 @@ class GatewayApp(ServiceApp):
                 self.jobs,
                 access_log=self.access_log,
                 webhooks=self.webhooks,
+                reports=self.reports,
             ),
             server,
         )

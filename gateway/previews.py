@@ -50,9 +50,10 @@ class Previews:
         self.uploads = uploads
         self.media_store = media_store
 
-    def preview(self, scope: Scope, max_side: int) -> Preview:
+    def preview(self, scope: Scope, max_side: int, *, legend: bool = True) -> Preview:
         """The annotated JPEG of the media in the caller's scope (Projects.media_scope, READ),
-        its longest side at most `max_side` pixels."""
+        its longest side at most `max_side` pixels; without the legend for a page that shows it
+        once itself."""
         stored = self.uploads.results(scope)
         with self.db.read() as session:
             row = session.get(MediaRow, scope.media_id)
@@ -68,9 +69,9 @@ class Previews:
         faces = [_face(f) for f in stored.faces]
         try:
             if _is_video(stored):
-                picture = video_contact_sheet(data, faces)
+                picture = video_contact_sheet(data, faces, legend=legend)
             else:
-                picture = preview_photo(data, faces, max_side)
+                picture = preview_photo(data, faces, max_side, legend=legend)
         except ValueError:
             raise NotFound(
                 "the stored media cannot be decoded", reason="MEDIA_UNDECODABLE"

@@ -133,6 +133,14 @@ class Projects:
         _require(scope, action)
         return scope
 
+    def project(self, scope: Scope) -> Project:
+        """The project of a scope (Projects.project_scope), with the caller's role in it."""
+        with self.db.read() as session:
+            row = session.get(ProjectRow, (scope.owner_account_id, scope.project_id))
+        if row is None:
+            raise NotFound("no such project")
+        return _project(row, scope.role)
+
     def owns(self, account_id: str, project_id: str) -> bool:
         """Whether the account owns the project (the access log's project filter)."""
         with self.db.read() as session:

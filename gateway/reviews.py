@@ -26,12 +26,12 @@ from gateway.peers import AuditPort
 from gateway.projects import Scope, from_micros, micros
 from gateway.role_views import view_of
 from gateway.seals import Seals, decision_digest
-from gateway.store import MediaFaceRow, MediaRow, ReviewDecisionRow
+from gateway.store import AccountRow, MediaFaceRow, MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import NotFound, Unavailable
+from mixip.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, to_timestamp
@@ -45,6 +45,8 @@ class NewDecision:
     decision: int
     note: str
     request_id: str
+    confirm_not_cleared: bool = False
+    """The person confirms approving a face whose label is not CLEARED."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Decision:
     decided_by_account_id: str
     decided_by_key_id: str
     decided_at: datetime
+    decided_by_name: str = ""
+    """The deciding account's name, for people to read."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class Reviews:
                 raise NotFound("no such face")
             (stored,) = self.seals.faces(session, [face])
             result = self._fenced_out(session, owner, stored, started)
+            name = _names(session, {caller_account_id}).get(caller_account_id, "")
+        _require_confirmation(new, result.label)
         self.checkpoint("review.rechecked")
         self.audit.record_match_events(
             owner,
@@ -165,7 +171,7 @@ class Reviews:
                 self.seals.seal_decision(session, row, new.note, face_ref)
                 session.add(row)
                 session.flush()
-                decided = _decision(row, new.note)
+                decided = _decision(row, new.note, name)
         except IntegrityError:  # a concurrent retry stored it first, or the media was purged
             earlier = self._replayed(caller_account_id, media_id, new)
             if earlier is None:
@@ -192,7 +198,11 @@ class Reviews:
                 .order_by(ReviewDecisionRow.sequence)
             ).all()
             notes = self.seals.notes(session, list(rows))
-            decisions = [_decision(r, notes[r.decision_id]) for r in rows]
+            names = _names(session, {r.decided_by_account_id for r in rows})
+            decisions = [
+                _decision(r, notes[r.decision_id], names.get(r.decided_by_account_id, ""))
+                for r in rows
+            ]
         return view_of(scope.role).decisions(decisions)
 
     def _replayed(self, caller_account_id: str, media_id: str, new: NewDecision) -> Decision | None:
@@ -212,10 +222,11 @@ class Reviews:
                 return None
             note = self.seals.notes(session, [row])[row.decision_id]
             key = self.seals.decision_key(session, row) if row.digest else None
+            name = _names(session, {caller_account_id}).get(caller_account_id, "")
         if key is not None:
             again = decision_digest(key, media_id, new.face_index, new.decision, new.note)
             require_same(row.digest, again)
-        return _decision(row, note)
+        return _decision(row, note, name)
 
     def _fenced_out(
         self, session: Session, owner: str, face: common_pb2.FaceResult, started: datetime
@@ -338,8 +349,36 @@ def _summary(row: MediaRow, filename: str, counts: dict[str, int]) -> MediaSumma
     )
 
 
-def _decision(row: ReviewDecisionRow, note: str) -> Decision:
+def _require_confirmation(new: NewDecision, label: int) -> None:
+    """Approving for release a face the matcher did not label CLEARED (POSSIBLE, UNKNOWN) needs
+    the person's explicit confirmation: the safe choice is never the default one."""
+    approving = new.decision == common_pb2.REVIEW_DECISION_APPROVED_FOR_RELEASE
+    if approving and label != common_pb2.FACE_LABEL_CLEARED and not new.confirm_not_cleared:
+        shown = common_pb2.FaceLabel.Name(common_pb2.FaceLabel.ValueType(label))
+        text = (
+            f"face {new.face_index} is {shown.removeprefix('FACE_LABEL_')}, not CLEARED: "
+            "confirm to approve it for release anyway"
+        )
+        error = InvalidArgument(
+            [FieldViolation("confirm_not_cleared", text)], text, reason="NOT_CLEARED_UNCONFIRMED"
+        )
+        error.metadata = {"label": shown.removeprefix("FACE_LABEL_")}
+        raise error
+
+
+def _names(session: Session, account_ids: set[str]) -> dict[str, str]:
+    """The accounts' names by id: one query."""
+    if not account_ids:
+        return {}
+    rows = session.execute(
+        select(AccountRow.account_id, AccountRow.name).where(AccountRow.account_id.in_(account_ids))
+    )
+    return {account_id: name for account_id, name in rows}
+
+
+def _decision(row: ReviewDecisionRow, note: str, name: str) -> Decision:
     return Decision(
+        decided_by_name=name,
         decision_id=row.decision_id,
         media_id=row.media_id,
         face_index=row.face_index,

@@ -29,6 +29,7 @@ from gateway.projects import (
     from_micros,
     micros,
 )
+from gateway.reports import ClearanceReports
 from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
@@ -121,6 +122,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         *,
         access_log: AccessLog,
         webhooks: Webhooks,
+        reports: ClearanceReports,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -134,6 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.jobs = jobs
         self.access_log = access_log
         self.webhooks = webhooks
+        self.reports = reports
 
     def UploadMedia(
         self,
@@ -237,6 +240,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.GetMediaResultsResponse(
             media=_upload_response(stored),
             decisions=[_decision(d) for d in self.reviews.decisions(scope)],
+            filename=self.uploads.filename(scope),
         )
 
     def GetMediaPreview(
@@ -253,7 +257,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         checks.done()
         scope = self.projects.media_scope(caller.account_id, request.media_id, Action.READ)
-        preview = self.previews.preview(scope, max_side)
+        preview = self.previews.preview(scope, max_side, legend=not request.omit_legend)
         return gateway_pb2.GetMediaPreviewResponse(
             image=preview.image,
             content_type=preview.content_type,
@@ -569,9 +573,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             scope,
             caller.account_id,
             caller.key_id,
-            NewDecision(request.face_index, request.decision, request.note, request.request_id),
+            NewDecision(
+                request.face_index,
+                request.decision,
+                request.note,
+                request.request_id,
+                confirm_not_cleared=request.confirm_not_cleared,
+            ),
         )
         return gateway_pb2.RecordReviewDecisionResponse(decision=_decision(decision))
+
+    def ListClearanceReport(
+        self, request: gateway_pb2.ListClearanceReportRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListClearanceReportResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        checks.identifier("project_id", request.project_id)
+        page_size = checks.page_size("page_size", request.page_size)
+        checks.done()
+        filters = {"p": request.project_id, "r": "report"}
+        after = _position(request.page_token, filters, 2)
+        scope = self.projects.project_scope(caller.account_id, request.project_id, Action.READ)
+        project, media, last = self.reports.page(scope, caller.account_id, page_size, after)
+        return gateway_pb2.ListClearanceReportResponse(
+            project=_project(project),
+            media=[
+                gateway_pb2.ClearanceReportMedia(
+                    media=_media_summary(m.summary),
+                    faces=[
+                        gateway_pb2.ClearanceReportFace(
+                            result=f.result,
+                            decision=_decision(f.decision) if f.decision else None,
+                            release_form=gateway_pb2.ReleaseFormStatus.ValueType(f.release_form),
+                        )
+                        for f in m.faces
+                    ],
+                )
+                for m in media
+            ],
+            next_page_token=next_page_token(last, filters),
+        )
 
     def ListAccessLog(
         self, request: gateway_pb2.ListAccessLogRequest, context: grpc.ServicerContext
@@ -1035,6 +1076,7 @@ def _decision(decision: Decision) -> gateway_pb2.ReviewDecisionRecord:
         decided_by_account_id=decision.decided_by_account_id,
         decided_by_key_id=decision.decided_by_key_id,
         decided_at=to_timestamp(decision.decided_at),
+        decided_by_name=decision.decided_by_name,
     )
 
 

@@ -344,6 +344,13 @@ class Uploads:
             raise NotFound("no such media")
         return view_of(scope.role).media(stored)
 
+    def filename(self, scope: Scope) -> str:
+        """The file name of the media in the caller's scope, opened ("" when none was given,
+        or an erasure blanked it)."""
+        with self.db.read() as session:
+            row = session.get(MediaRow, scope.media_id)
+            return self.seals.filenames(session, [row])[row.media_id] if row is not None else ""
+
     def _replayed(
         self, caller_account_id: str, scope: Scope, media_id: str, digest: str
     ) -> StoredMedia | None:

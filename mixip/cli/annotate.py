@@ -40,11 +40,17 @@ __all__ = [
 
 
 def annotate_image(data: bytes, faces: list[Face], out: Path) -> None:
-    write_image(out, annotated_photo(data, faces))
+    write_image(out, annotated_photo(data, numbered(faces)))
 
 
 def contact_sheet(video_path: Path, faces: list[Face], out: Path) -> None:
-    write_image(out, contact_sheet_of(str(video_path), faces))
+    write_image(out, contact_sheet_of(str(video_path), numbered(faces)))
+
+
+def numbered(faces: list[Face]) -> list[Face]:
+    """The faces with their numbers (their order in the results): the FACE `mixip review`
+    takes, drawn on every face."""
+    return [{"index": i} | face for i, face in enumerate(faces)]
 
 
 def write_image(out: Path, image: Pixels) -> None:

@@ -121,6 +121,7 @@ RPC_COMMANDS = {
     "ListMedia": "media list",
     "GetMediaPreview": "media preview",
     "RecordReviewDecision": "review",
+    "ListClearanceReport": "report",
     "ListAccessLog": "access-log list",
     "AddWebhook": "webhooks add",
     "ListWebhooks": "webhooks list",
@@ -400,10 +401,12 @@ def media_show(args, conn: Connection, out: Output) -> int:
         gateway_pb2.GetMediaResultsRequest(media_id=args.media_id), metadata=meta
     )
     document, lines = _media_result(reply.media)
+    document["filename"] = reply.filename
     document["decisions"] = [decision_json(d) for d in reply.decisions]
     latest = {d["face_index"]: d for d in document["decisions"]}  # oldest first: last wins
     lines += [
-        f"  [{i}] decided: {d['decision']} by {d['decided_by_account_id']} at {d['decided_at']}"
+        f"  [{i}] decided: {d['decision']} by {d['decided_by_name'] or d['decided_by_account_id']}"
+        f" at {d['decided_at']}" + (f": {d['note']}" if d["note"] else "")
         for i, d in sorted(latest.items())
     ]
     out.result(document, lines)
@@ -419,6 +422,7 @@ def decision_json(record: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]:
         "note": record.note,
         "decided_by_account_id": record.decided_by_account_id,
         "decided_by_key_id": record.decided_by_key_id,
+        "decided_by_name": record.decided_by_name,
         "decided_at": record.decided_at.ToJsonString(),
     }
 

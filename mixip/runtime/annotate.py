@@ -59,19 +59,66 @@ def _colour(face: Face) -> tuple[int, int, int]:
     return COLOURS.get(face["label"], WITHHELD)
 
 
-def draw_face(image: Pixels, face: Face, box: Sequence[int], scale: float | None = None) -> None:
-    """Boxes `face` at `box` and writes its caption above the box (inside the picture)."""
-    x, y, w, h = box
-    colour = _colour(face)
+Rect = tuple[int, int, int, int]  # left, top, right, bottom
+
+
+def draw_faces(
+    image: Pixels,
+    faces: Sequence[Face],
+    boxes: Sequence[Sequence[int]],
+    scale: float | None = None,
+) -> None:
+    """Boxes each face and writes its caption next to its box (inside the picture), where it
+    covers no other caption: above the box, else below it, else inside its top, else moved
+    down past the captions in its way. Boxes first, so no box is drawn over a caption."""
     thickness = max(2, round(max(image.shape[:2]) / 400))
-    cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
     scale = scale if scale is not None else max(0.5, max(image.shape[:2]) / 1400)
-    text = caption(face)
-    (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
-    top = max(0, y - th - base - 6)
-    left = max(0, min(x, image.shape[1] - tw - 8))  # a label near the right edge stays in
-    cv2.rectangle(image, (left, top), (left + tw + 8, top + th + base + 6), colour, -1)
-    cv2.putText(image, text, (left + 4, top + th + 3), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    for face, (x, y, w, h) in zip(faces, boxes, strict=True):
+        cv2.rectangle(image, (x, y), (x + w, y + h), _colour(face), thickness)
+    placed: list[Rect] = []
+    for face, box in zip(faces, boxes, strict=True):
+        text = caption(face)
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
+        rect = _caption_place(image.shape, box, (tw + 8, th + base + 6), placed)
+        placed.append(rect)
+        left, top, right, bottom = rect
+        cv2.rectangle(image, (left, top), (right, bottom), _colour(face), -1)
+        cv2.putText(
+            image, text, (left + 4, top + th + 3), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA
+        )
+
+
+def _caption_place(
+    shape: tuple[int, ...], box: Sequence[int], size: tuple[int, int], placed: list[Rect]
+) -> Rect:
+    """Where a caption of `size` (width, height) goes for a face at `box` (see draw_faces)."""
+    x, y, _, h = box
+    width, height = size
+    rows, columns = shape[0], shape[1]
+    left = max(0, min(x, columns - width))  # a caption near the right edge stays in
+
+    def at(top: int) -> Rect:
+        top = max(0, min(top, rows - height))
+        return (left, top, left + width, top + height)
+
+    def free(rect: Rect) -> bool:
+        return not any(_overlap(rect, other) for other in placed)
+
+    for rect in (at(y - height), at(y + h), at(y)):
+        if free(rect):
+            return rect
+    rect = at(y - height)
+    for _ in range(len(placed) + 1):  # each step moves below one caption in the way
+        blocking = [other for other in placed if _overlap(rect, other)]
+        if not blocking:
+            break
+        top = max(other[3] for other in blocking) + 1
+        rect = (left, top, left + width, top + height)
+    return rect
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def decode_photo(data: bytes) -> Pixels:
@@ -88,28 +135,30 @@ def decode_photo(data: bytes) -> Pixels:
 def annotated_photo(data: bytes, faces: Sequence[Face]) -> Pixels:
     """The photo at full size, faces boxed and labelled, with the legend."""
     image = decode_photo(data)
-    for face in faces:
-        draw_face(image, face, face["box"])
+    draw_faces(image, faces, [face["box"] for face in faces])
     return with_legend(image)
 
 
-def preview_photo(data: bytes, faces: Sequence[Face], max_side: int) -> Pixels:
+def preview_photo(
+    data: bytes, faces: Sequence[Face], max_side: int, *, legend: bool = True
+) -> Pixels:
     """The photo scaled to `max_side`, then boxed and labelled at a readable size; with the
-    legend, scaled again if the legend made it taller than `max_side`."""
+    legend (unless a page shows it once for all its pictures), scaled again if the legend made
+    it taller than `max_side`."""
     image = decode_photo(data)
     factor = min(1.0, max_side / max(image.shape[:2]))
     if factor < 1.0:
         size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     scale = max(PREVIEW_LABEL_SCALE, max(image.shape[:2]) / 1400)
-    for face in faces:
-        draw_face(image, face, [round(v * factor) for v in face["box"]], scale)
-    return fit(with_legend(image), max_side)
+    draw_faces(image, faces, [[round(v * factor) for v in face["box"]] for face in faces], scale)
+    return fit(with_legend(image) if legend else image, max_side)
 
 
-def contact_sheet_of(video_path: str, faces: Sequence[Face]) -> Pixels:
+def contact_sheet_of(video_path: str, faces: Sequence[Face], *, legend: bool = True) -> Pixels:
     """One tile per track: the frame that decided its label, cropped around the face, with a
-    caption band under it at a fixed, readable size; the legend below."""
+    caption band under it at a fixed, readable size (the face's number first); the legend
+    below (unless a page shows it once for all its pictures)."""
     capture = cv2.VideoCapture(video_path, cv2.CAP_FFMPEG)
     tiles = []
     try:
@@ -128,14 +177,15 @@ def contact_sheet_of(video_path: str, faces: Sequence[Face]) -> Pixels:
     columns = min(4, len(tiles))
     rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
     rows[-1] += [np.zeros_like(tiles[0])] * (columns - len(rows[-1]))
-    return with_legend(np.vstack([np.hstack(row) for row in rows]))
+    sheet = np.vstack([np.hstack(row) for row in rows])
+    return with_legend(sheet) if legend else sheet
 
 
-def video_contact_sheet(data: bytes, faces: Sequence[Face]) -> Pixels:
+def video_contact_sheet(data: bytes, faces: Sequence[Face], *, legend: bool = True) -> Pixels:
     """The contact sheet of a video held in memory: FFmpeg reads it through an anonymous
     in-memory file (memfd), so nothing reaches a disk (as the matcher decodes videos)."""
     with _memory_file(data) as path:
-        return contact_sheet_of(path, faces)
+        return contact_sheet_of(path, faces, legend=legend)
 
 
 @contextmanager

@@ -38,10 +38,10 @@ from starlette.types import Message as AsgiMessage
 
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from mixip.runtime import logs
+from mixip.runtime import clearance_report, logs
 from mixip.runtime.errors import error_details
 from mixip.runtime.validation import ID_PATTERN
-from mixip.web.sessions import Session, Sessions
+from mixip.web.sessions import Notice, Session, Sessions
 
 logger = logging.getLogger("mixip.web")
 
@@ -53,6 +53,8 @@ PREVIEW_SIDES = {"thumbnail": 320, "large": 1024}
 PROJECTS_PAGE = 100
 MEDIA_PAGE = 24
 MAX_NOTE = 1000
+REPORT_PAGE = 1000  # media per ListClearanceReport call
+REPORT_THUMBNAIL = 480  # px, the longest side of a picture in the report
 # Hosts the page answers to: a page on loopback reached by another name is a DNS-rebinding
 # attempt (its cookies would not be sent, but its forms would be), so it is refused.
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
@@ -72,11 +74,13 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+# The form's choices, in this order; none is preselected (the safe choice is never the default).
 DECISIONS = {
-    "approved_for_release": common_pb2.REVIEW_DECISION_APPROVED_FOR_RELEASE,
     "blocked": common_pb2.REVIEW_DECISION_BLOCKED,
     "needs_release_form": common_pb2.REVIEW_DECISION_NEEDS_RELEASE_FORM,
+    "approved_for_release": common_pb2.REVIEW_DECISION_APPROVED_FOR_RELEASE,
 }
+CONFIRM_TEXT = "I approve for release a face that is not CLEARED"
 DECISION_TEXT = {
     common_pb2.REVIEW_DECISION_APPROVED_FOR_RELEASE: "approved for release",
     common_pb2.REVIEW_DECISION_BLOCKED: "blocked",
@@ -109,11 +113,13 @@ class Gateway:
         self.stub = gateway_pb2_grpc.GatewayServiceStub(channel)
 
     async def call(self, api_key: str, method: str, request: Message) -> Any:
+        return await run_in_threadpool(self.call_now, api_key, method, request)
+
+    def call_now(self, api_key: str, method: str, request: Message) -> Any:
+        """The call, in this thread (for work that makes many calls in a worker thread)."""
         rpc = getattr(self.stub, method)
         metadata = (("authorization", f"Bearer {api_key}"),)
-        return await run_in_threadpool(
-            rpc, request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
-        )
+        return rpc(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
 
 
 class SecurityHeaders:
@@ -172,13 +178,16 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
         status: int = 200,
         **context: Any,
     ) -> Response:
-        flash = list(session.flash) if session is not None else []
+        notices = list(session.flash) if session is not None else []
         if session is not None:
             session.flash.clear()
+        faces = {face["index"] for face in context.get("faces", [])}
         context |= {
             "csrf_token": session.csrf_token if session is not None else "",
             "signed_in": session is not None and session.signed_in,
-            "flash": flash,
+            # a notice about a face is shown next to it (where the eye is), others at the top
+            "flash": [n for n in notices if n.face not in faces],
+            "face_notices": {n.face: n for n in notices if n.face in faces},
         }
         return templates.TemplateResponse(request, template, context, status_code=status)
 
@@ -301,11 +310,14 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             "media.html",
             session,
             media_id=media_id,
+            # a name an erasure blanked (or none given): the media id
+            filename=reply.filename or media_id,
             project=_project_view(found) if found else {"project_id": reply.media.project_id},
             video=video,
             faces=[_face_view(f, reply.decisions, video) for f in reply.media.faces],
             may_decide=may_decide,
             decisions=[{"value": k, "text": DECISION_TEXT[v]} for k, v in DECISIONS.items()],
+            confirm_text=CONFIRM_TEXT,
             max_note=MAX_NOTE,
             request_id=secrets.token_urlsafe(16),
         )
@@ -319,7 +331,8 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
         reply = await call(
             session,
             "GetMediaPreview",
-            gateway_pb2.GetMediaPreviewRequest(media_id=media_id, max_side=side),
+            # the page shows the legend once itself, not in every picture
+            gateway_pb2.GetMediaPreviewRequest(media_id=media_id, max_side=side, omit_legend=True),
         )
         return Response(reply.image, media_type=reply.content_type or "image/jpeg")
 
@@ -333,24 +346,94 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             raise HTTPException(404)  # no such face: the gateway's face_index is an int32
         decision = DECISIONS.get(str(form.get("decision", "")))
         note = str(form.get("note", "")).strip()
+        back = RedirectResponse(f"/media/{media_id}#face-{face_index}", 303)
         if decision is None:
-            raise HTTPException(400, "Choose a decision.")
+            session.flash.append(
+                Notice(f"Choose a decision for face #{face_index}.", face_index, error=True)
+            )
+            return back
         if len(note) > MAX_NOTE:
             raise HTTPException(400, f"The note is longer than {MAX_NOTE} characters.")
-        await call(
-            session,
-            "RecordReviewDecision",
-            gateway_pb2.RecordReviewDecisionRequest(
-                media_id=media_id,
-                face_index=face_index,
-                decision=decision,
-                note=note,
-                # one per form shown: a double submission records the decision once
-                request_id=str(form.get("request_id", ""))[:128],
-            ),
+        try:
+            await call(
+                session,
+                "RecordReviewDecision",
+                gateway_pb2.RecordReviewDecisionRequest(
+                    media_id=media_id,
+                    face_index=face_index,
+                    decision=decision,
+                    note=note,
+                    # one per form shown: a double submission records the decision once
+                    request_id=str(form.get("request_id", ""))[:128],
+                    # the gateway refuses to approve a face that is not CLEARED without it
+                    confirm_not_cleared=form.get("confirm_not_cleared") == "yes",
+                ),
+            )
+        except grpc.RpcError as exc:
+            details = error_details(exc)
+            if details.reason != "NOT_CLEARED_UNCONFIRMED":
+                raise
+            label = details.metadata.get("label", "not CLEARED")
+            session.flash.append(
+                Notice(
+                    f"Nothing recorded: face #{face_index} is {label}, not CLEARED. To approve "
+                    f"it for release anyway, tick “{CONFIRM_TEXT}” and record again.",
+                    face_index,
+                    error=True,
+                )
+            )
+            return back
+        text = DECISION_TEXT[decision]
+        session.flash.append(Notice(f"Recorded for face #{face_index}: {text}.", face_index))
+        return back
+
+    async def report(request: Request) -> Response:
+        """The project's clearance report as a download (?format=pdf or csv)."""
+        session = signed_in(request)
+        project_id = _identifier(request.path_params["project_id"])
+        fmt = request.query_params.get("format", "pdf")
+        if fmt not in clearance_report.FORMATS:
+            raise HTTPException(404)
+        api_key = session.api_key
+        assert api_key is not None
+
+        def thumbnail(media_id: str) -> bytes | None:
+            try:
+                reply = gateway.call_now(
+                    api_key,
+                    "GetMediaPreview",
+                    gateway_pb2.GetMediaPreviewRequest(
+                        media_id=media_id, max_side=REPORT_THUMBNAIL, omit_legend=True
+                    ),
+                )
+            except grpc.RpcError as exc:  # its content is gone or undecodable: no picture
+                if _code(exc) != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return None
+            return bytes(reply.image)
+
+        def build() -> bytes:
+            gathered = clearance_report.gather(
+                lambda token: gateway.call_now(
+                    api_key,
+                    "ListClearanceReport",
+                    gateway_pb2.ListClearanceReportRequest(
+                        project_id=project_id, page_size=REPORT_PAGE, page_token=token
+                    ),
+                )
+            )
+            if fmt == "csv":
+                return clearance_report.to_csv(gathered)
+            return clearance_report.to_pdf(gathered, thumbnail)
+
+        data = await run_in_threadpool(build)
+        logs.log(logger, "report downloaded", format=fmt)
+        name = clearance_report.file_name(project_id, fmt)
+        return Response(
+            data,
+            media_type=clearance_report.CONTENT_TYPES[fmt],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-        session.flash.append(f"Decision recorded for face #{face_index}.")
-        return RedirectResponse(f"/media/{media_id}#face-{face_index}", 303)
 
     async def rpc_failed(request: Request, exc: Exception) -> Response:
         code = _code(exc)
@@ -408,6 +491,7 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             Route("/sign-out", sign_out, methods=["POST"]),
             Route("/projects", projects),
             Route("/projects/{project_id}", project),
+            Route("/projects/{project_id}/report", report),
             Route("/media/{media_id}", media),
             Route("/media/{media_id}/preview", preview),
             Route("/media/{media_id}/faces/{face_index:int}/decision", decide, methods=["POST"]),
@@ -516,6 +600,8 @@ def _face_view(
         "index": face.face_index,
         # UNSPECIFIED: withheld from the caller's role (an uploader's), as everything below it
         "withheld": face.label == common_pb2.FACE_LABEL_UNSPECIFIED,
+        # approving it for release needs the person's explicit confirmation
+        "needs_confirmation": face.label != common_pb2.FACE_LABEL_CLEARED,
         "label": label,
         "similarity": f"{face.similarity:.2f}",
         "reason": _enum_text(common_pb2.LabelReason, face.reason, "LABEL_REASON_"),
@@ -532,8 +618,8 @@ def _decision_view(decision: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]
     return {
         "decision": DECISION_TEXT.get(decision.decision, "unknown"),
         "note": decision.note,
-        "by": decision.decided_by_account_id,
-        "key": decision.decided_by_key_id,
+        # the person's name; an account without one (none is refused today) by its id
+        "by": decision.decided_by_name or decision.decided_by_account_id,
         "at": _when(decision.decided_at),
     }
 

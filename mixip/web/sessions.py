@@ -24,6 +24,16 @@ IDLE = timedelta(hours=8)
 MAX_SESSIONS = 10_000
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A message shown once on the next page: next to a face (where the person just decided),
+    else at the top."""
+
+    text: str
+    face: int | None = None
+    error: bool = False
+
+
 @dataclass
 class Session:
     session_id: str
@@ -32,7 +42,7 @@ class Session:
     # None until signed in (the sign-in form's session only carries its CSRF token).
     api_key: str | None = None
     # Shown once on the next page (e.g. "decision recorded").
-    flash: list[str] = field(default_factory=list)
+    flash: list[Notice] = field(default_factory=list)
 
     @property
     def signed_in(self) -> bool:

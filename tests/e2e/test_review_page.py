@@ -1,21 +1,28 @@
 """The review page in a real browser (Debian's chromium driven by Playwright) in front of the real
 gateway and mesh: a reviewer signs in, opens a project, sees the advisory labels, records a
-decision that survives a reload; the session cookie is HttpOnly and SameSite=Strict; a POST
-without the CSRF token, or from another origin, is refused and records nothing; a reviewer of
-another project finds nothing at the media's address."""
+decision that survives a reload; no decision is preselected, and approving a face that is not
+CLEARED needs an explicit confirmation; the history names the person; the clearance report
+downloads as PDF and CSV and says what it must (and an uploader's names no talent); the session
+cookie is HttpOnly and SameSite=Strict; a POST without the CSRF token, or from another origin,
+is refused and records nothing; a reviewer of another project finds nothing at the media's
+address. Screenshots go to test-artifacts/ and /tmp/review-shots/."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
 
 from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime import clearance_report
 from mixip.web.app import SESSION_COOKIE, create_app
 from tests.support import faces
 from tests.support.gateway_calls import consent, enroll, invite, upload
@@ -32,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-gpu",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+SHOTS = Path("/tmp/review-shots")
 P, Q = "film-p", "film-q"
 
 
@@ -70,8 +78,9 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
     gateway, clock, browser, backend
 ):
     _, owner = gateway.new_account("owner")
-    reviewer_id, reviewer = gateway.new_account("reviewer-r")
+    reviewer_id, reviewer = gateway.new_account("Rita Reviewer")
     outsider_id, outsider = gateway.new_account("reviewer-s")
+    uploader_id, uploader = gateway.new_account("Uma Uploader")
     consent(gateway, owner, clock, "astronaut", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
     consent(gateway, owner, clock, "astronaut", cpb.CONSENT_SCOPE_FACE_USAGE, project=P)
     enroll(gateway, owner, "astronaut", faces.astronaut())
@@ -81,8 +90,10 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
         )
     for project_id, account_id in ((P, reviewer_id), (Q, outsider_id)):
         invite(gateway, owner, account_id, pb.PROJECT_ROLE_REVIEWER, project=project_id)
+    invite(gateway, owner, uploader_id, pb.PROJECT_ROLE_UPLOADER, project=P)
     photo = faces.encode(faces.composite(faces.astronaut(), faces.grace_hopper()))
     media = upload(gateway, owner, photo, project=P, filename="set-photo.jpg")
+    own = upload(gateway, uploader, photo, project=P, filename="uploaders-own.jpg")
     by_label = {f.label: f.face_index for f in media.faces}
     assert sorted(by_label) == [common.FACE_LABEL_CLEARED, common.FACE_LABEL_UNKNOWN]
     cleared, unknown = by_label[common.FACE_LABEL_CLEARED], by_label[common.FACE_LABEL_UNKNOWN]
@@ -109,16 +120,31 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
         assert thumbnail.value.status == 200
         assert thumbnail.value.headers["content-type"] == "image/jpeg"
         ARTIFACTS.mkdir(exist_ok=True)
+        SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-project.png"), full_page=True)
-        card = page.locator(".card").first.inner_text().lower()
+        page.screenshot(path=str(SHOTS / "project.png"), full_page=True)
+        card = page.locator(".card", has_text="set-photo.jpg").inner_text().lower()
         assert "1 cleared" in card and "1 unknown" in card and "2 undecided" in card
+        # a zero count is muted, not a full-colour badge; the legend is once on the page
+        zero = page.locator(".card", has_text="set-photo.jpg").locator(".label", has_text="0")
+        assert zero.count() == 1 and "zero" in (zero.get_attribute("class") or "")
+        assert page.locator(".legend").count() == 1
+        assert "advisory" in page.locator(".legend").inner_text()
 
         # the media: each face with its advisory label, similarity and reason
         with page.expect_response(re.compile(r"/preview\?size=large$")) as large:
             page.click("text=set-photo.jpg")
         assert large.value.status == 200
         assert page.url == base + media_page
+        assert page.inner_text("h1") == "set-photo.jpg"  # the file name, not the media id
         astronaut, stranger = page.locator(f"#face-{cleared}"), page.locator(f"#face-{unknown}")
+        # safe by default: real radio buttons with labels, none preselected
+        assert page.locator("select").count() == 0
+        assert page.locator("input[name=decision]").count() == 6
+        assert page.locator("input[name=decision]:checked").count() == 0
+        # only a face that is not CLEARED asks for the confirmation
+        assert stranger.locator("input[name=confirm_not_cleared]").count() == 1
+        assert astronaut.locator("input[name=confirm_not_cleared]").count() == 0
         assert "advisory" in astronaut.inner_text().lower()
         assert "cleared" in astronaut.inner_text().lower()
         assert "astronaut" in astronaut.inner_text()
@@ -132,24 +158,88 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
         assert headers["x-frame-options"] == "DENY"
         assert headers["cache-control"] == "no-store"
 
+        page.screenshot(path=str(SHOTS / "media.png"), full_page=True)
+
+        # no decision chosen: the browser asks for one (the radios are required), nothing sent
+        stranger.locator("button", has_text="Record decision").click()
+        assert page.url == base + media_page and decisions() == []
+
+        # approving the UNKNOWN face without the confirmation records nothing, and says so
+        # next to the face; the keyboard reaches the choices (labelled radio buttons)
+        stranger.get_by_label("approved for release").focus()
+        page.keyboard.press("Space")
+        assert stranger.get_by_label("approved for release").is_checked()
+        stranger.locator("button", has_text="Record decision").click()
+        page.wait_for_url(f"{base}{media_page}#face-{unknown}")
+        refused = stranger.locator("[role=alert]")
+        assert "Nothing recorded" in refused.inner_text() and "UNKNOWN" in refused.inner_text()
+        assert decisions() == []
+        page.screenshot(path=str(SHOTS / "refused.png"))
+
         # a decision with a note: post/redirect/get, so a reload shows it and posts nothing
-        stranger.locator("select").select_option("blocked")
+        stranger.get_by_label("blocked").check()
         stranger.locator("textarea").fill("cut this shot: no release on file")
         stranger.locator("button", has_text="Record decision").click()
         page.wait_for_url(f"{base}{media_page}#face-{unknown}")
-        assert f"Decision recorded for face #{unknown}" in page.inner_text("body")
+        confirmation = stranger.locator("[role=status]")
+        assert f"Recorded for face #{unknown}: blocked" in confirmation.inner_text()
+        # where the eye is: next to the face, inside the window (not ~800 px above it)
+        box = confirmation.bounding_box()
+        viewport = page.viewport_size
+        assert box is not None and viewport is not None
+        assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
+        page.screenshot(path=str(SHOTS / "recorded.png"))
         page.reload()
         stranger = page.locator(f"#face-{unknown}")
         assert "blocked" in stranger.locator(".decision").inner_text()
         assert "cut this shot" in stranger.inner_text()
-        assert "Decision recorded" not in page.inner_text("body")  # shown once
+        assert "Recorded for face" not in page.inner_text("body")  # shown once
+
+        # the approval with the confirmation ticked is recorded
+        stranger.get_by_label("approved for release").check()
+        stranger.get_by_label(re.compile("I approve for release a face that is not")).check()
+        stranger.locator("button", has_text="Record decision").click()
+        page.wait_for_url(f"{base}{media_page}#face-{unknown}")
         recorded = decisions()
         assert [(d.face_index, d.decision, d.decided_by_account_id) for d in recorded] == [
-            (unknown, common.REVIEW_DECISION_BLOCKED, reviewer_id)
+            (unknown, common.REVIEW_DECISION_BLOCKED, reviewer_id),
+            (unknown, common.REVIEW_DECISION_APPROVED_FOR_RELEASE, reviewer_id),
         ]
+        # the history names the person, never an account or key id
+        stranger = page.locator(f"#face-{unknown}")
+        history = stranger.locator(".history").inner_text()
+        assert history.count("Rita Reviewer") == 2
+        body = page.inner_text("body")
+        assert reviewer_id not in body and recorded[0].decided_by_key_id not in body
         screenshot = ARTIFACTS / "review-page.png"
         page.screenshot(path=str(screenshot), full_page=True)
+        page.screenshot(path=str(SHOTS / "history.png"), full_page=True)
         print(f"review page screenshot: {screenshot}")
+
+        # the clearance report, from the project page: a PDF that says what it must
+        page.goto(f"{base}/projects/{P}")
+        with page.expect_download() as pdf_download:
+            page.click("a:has-text('PDF')")
+        assert pdf_download.value.suggested_filename == f"clearance-report-{P}.pdf"
+        pdf_download.value.save_as(SHOTS / "report.pdf")
+        pdf = PdfReader(pdf_download.value.path())
+        pages = [p.extract_text() for p in pdf.pages]
+        text = "\n".join(pages)
+        for expected in ("Film P", "set-photo.jpg", "uploaders-own.jpg", "CLEARED", "UNKNOWN"):
+            assert expected in text, expected
+        assert "astronaut" in text and "Rita Reviewer" in text and "signed" in text
+        assert all("advisory" in p for p in pages), "every page says the labels are advisory"
+        assert any(pdf.pages[0].images), "the report shows the media's thumbnails"
+        with page.expect_download() as csv_download:
+            page.click("a:has-text('CSV')")
+        table = list(csv.DictReader(io.StringIO(Path(csv_download.value.path()).read_text())))
+        assert list(table[0]) == clearance_report.COLUMNS
+        mine = [r for r in table if r["file_name"] == "set-photo.jpg"]
+        assert {(r["label"], r["decision"]) for r in mine} == {
+            ("CLEARED", "none yet"),
+            ("UNKNOWN", "approved for release"),
+        }
+        assert {r["decided_by"] for r in mine} == {"", "Rita Reviewer"}
 
         # the session cookie: HttpOnly, SameSite=Strict, the whole site; no key in it
         (cookie,) = [c for c in context.cookies() if c["name"] == SESSION_COOKIE]
@@ -169,7 +259,7 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
             headers={"Origin": "http://attacker.example"},
         )
         assert elsewhere.status == 403
-        assert len(decisions()) == 1
+        assert len(decisions()) == 2
         context.close()
 
         # a reviewer of project Q: the media of P is not found, and no preview of it loads
@@ -183,4 +273,18 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
         assert "Not found" in page.inner_text("h1")
         assert page.locator("img").count() == 0 and previews == []
         assert page.request.get(base + media_page + "/preview").status == 404
+        assert page.request.get(f"{base}/projects/{P}/report?format=csv").status == 404
         other.close()
+
+        # an uploader's report: its own upload only, and no talent, label or decision in it
+        third = browser.new_context()
+        page = sign_in(third, base, key_of(uploader))
+        assert page.request.get(f"{base}/projects/{P}").status == 200
+        reply = page.request.get(f"{base}/projects/{P}/report?format=pdf")
+        assert reply.status == 200 and reply.headers["content-type"] == "application/pdf"
+        text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(reply.body())).pages)
+        assert "uploaders-own.jpg" in text and "set-photo.jpg" not in text
+        assert "astronaut" not in text and "CLEARED" not in text and "advisory" in text
+        reply = page.request.get(f"{base}/projects/{P}/report?format=csv")
+        assert own.media_id in reply.text() and "astronaut" not in reply.text()
+        third.close()

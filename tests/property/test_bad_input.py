@@ -1142,6 +1142,10 @@ def _valid_requests(harness) -> dict:
             pb.ListCollaboratorsRequest(project_id="film-1"),
         ),
         "ListMedia": (s.ListMedia, pb.ListMediaRequest(project_id="film-1")),
+        "ListClearanceReport": (
+            s.ListClearanceReport,
+            pb.ListClearanceReportRequest(project_id="film-1"),
+        ),
         "RecordReviewDecision": (
             s.RecordReviewDecision,
             pb.RecordReviewDecisionRequest(
@@ -1218,6 +1222,7 @@ def test_every_rpc_has_a_property():
         "FinishUploadSession",  # ^ test_bad_input_upload_sessions.py
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
         *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
+        "ListClearanceReport",
         # ^ test_bad_input_review.py
         *("AddWebhook", "ListWebhooks", "RemoveWebhook", "TestWebhook", "RotateWebhookSecret"),
         # ^ test_bad_input_webhooks.py

@@ -194,6 +194,28 @@ def test_list_media(harness, fields):
     )
 
 
+@_settings(50)
+@given(
+    fields=request_fields(
+        valid={"project_id": valid_ids, **PAGING_VALID},
+        wild={"project_id": ids, **PAGING_WILD},
+    )
+)
+def test_list_clearance_report(harness, fields):
+    request = pb.ListClearanceReportRequest(**fields)
+    harness.case(
+        "ListClearanceReport",
+        _call(harness.stub.ListClearanceReport, request, harness.meta),
+        allowed=expected(
+            id_verdict(request.project_id),
+            page_size_verdict(request.page_size),
+            page_token_verdict(request.page_token),
+            ok={NOT_FOUND},  # no such project
+        ),
+        fields={"project_id", "page_size", "page_token"},
+    )
+
+
 @_settings(70)
 @given(
     fields=request_fields(

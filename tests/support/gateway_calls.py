@@ -102,6 +102,9 @@ def invite(gw, meta, account_id, role, project=PROJECT, accept=True) -> pb.Colla
 
 
 def decide(gw, meta, media_id, face_index, decision, **fields) -> pb.ReviewDecisionRecord:
+    """Records a decision, confirming (unless told otherwise) an approval of a face that is not
+    CLEARED: the tests of that rule pass confirm_not_cleared=False."""
+    fields.setdefault("confirm_not_cleared", True)
     return gw.stub.RecordReviewDecision(
         pb.RecordReviewDecisionRequest(
             media_id=media_id, face_index=face_index, decision=decision, **fields

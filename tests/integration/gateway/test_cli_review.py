@@ -4,6 +4,8 @@ the access log; bad input exits 2 and records nothing."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import stat
@@ -11,8 +13,10 @@ import stat
 import cv2
 import numpy as np
 import pytest
+from pypdf import PdfReader
 
 from mixip.cli.main import main
+from mixip.runtime import clearance_report
 from tests.support.gateway_calls import group_photo, upload
 
 PROJECT = "film-1"
@@ -81,7 +85,13 @@ def test_review_flow_projects_media_decision_preview_and_access_log(cli, gateway
     decision = json.loads(out)
     assert code == 0 and decision["decision"] == "needs_release_form"
     assert decision["decided_by_account_id"] == reviewer
-    code, out, _ = cli("review", media.media_id, "0", "--decision", "approve")
+    assert decision["decided_by_name"] == "reviewer"
+    # face 0 is UNKNOWN: approving it needs --force
+    code, out, err = cli("review", media.media_id, "0", "--decision", "approve")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "UNKNOWN" in err and "--force" in err
+    assert len(json.loads(cli("media", "show", media.media_id, "--json")[1])["decisions"]) == 1
+    code, out, _ = cli("review", media.media_id, "0", "--decision", "approve", "--force")
     assert code == 0 and "approved_for_release" in out
 
     # the history: both decisions, oldest first; the label is unchanged
@@ -105,6 +115,26 @@ def test_review_flow_projects_media_decision_preview_and_access_log(cli, gateway
     assert image is not None and max(image.shape[:2]) == 320
     code, _, err = cli("media", "preview", media.media_id, "-o", str(target))
     assert code == 2 and "--force" in err
+
+    # the clearance report: CSV and PDF, written 0600, never over a file without --force
+    table = tmp_path / "report.csv"
+    code, out, _ = cli("report", PROJECT, "--format", "csv", "-o", str(table), "--json")
+    assert code == 0 and json.loads(out)["faces"] == 2
+    assert stat.S_IMODE(os.stat(table).st_mode) == 0o600
+    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    assert list(rows[0]) == clearance_report.COLUMNS
+    assert [(r["face"], r["label"], r["decision"], r["decided_by"]) for r in rows] == [
+        ("0", "UNKNOWN", "approved for release", "studio"),
+        ("1", "CLEARED", "none yet", ""),
+    ]
+    code, _, err = cli("report", PROJECT, "--format", "csv", "-o", str(table))
+    assert code == 2 and "--force" in err
+    document = tmp_path / "report.pdf"
+    code, out, _ = cli("report", PROJECT, "-o", str(document), key=reviewer_key)
+    assert code == 0 and stat.S_IMODE(os.stat(document).st_mode) == 0o600
+    pages = [p.extract_text() for p in PdfReader(document).pages]
+    assert "Film One" in pages[0] and "UNKNOWN" in pages[0]
+    assert all("advisory" in p for p in pages)
 
     # the owner's access log shows the reviewer's calls on its project, and its own
     code, out, _ = cli("access-log", "list", "--project", PROJECT, "--json")

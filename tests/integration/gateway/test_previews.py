@@ -10,7 +10,7 @@ import pytest
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime.annotate import COLOURS
 from tests.support import faces
-from tests.support.gateway_calls import invite, upload
+from tests.support.gateway_calls import group_photo, invite, upload
 from tests.support.status import expect_error, expect_invalid
 
 
@@ -73,6 +73,21 @@ def test_the_default_size_is_640_and_sizes_are_bounded(gateway, studio):
         metadata=meta,
         fields={"max_side"},
     )
+
+
+def test_a_page_that_shows_the_legend_itself_gets_a_preview_without_it(gateway, studio):
+    _, meta = studio
+    media = upload(gateway, meta, group_photo())  # wider than tall: the width is the side
+
+    def preview(**options) -> pb.GetMediaPreviewResponse:
+        return gateway.stub.GetMediaPreview(
+            pb.GetMediaPreviewRequest(media_id=media.media_id, max_side=320, **options),
+            metadata=meta,
+        )
+
+    with_legend, without = preview(), preview(omit_legend=True)
+    assert with_legend.width == without.width == 320
+    assert without.height < with_legend.height  # the strip below the picture is left out
 
 
 def test_another_accounts_media_is_not_found_like_an_unknown_one(gateway, studio):

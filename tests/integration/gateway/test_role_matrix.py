@@ -151,6 +151,18 @@ def _lists_project_media(world: World, caller: str, reply) -> None:
         assert listed == {world.media_id, world.uploader_media_id}
 
 
+def _reports_project_media(world: World, caller: str, reply) -> None:
+    listed = {m.media.media_id for m in reply.media} - world.job_media
+    faces = [f for m in reply.media for f in m.faces]
+    if caller == "uploader":  # its own uploads, and nothing that comes from the collection
+        assert listed == {world.uploader_media_id}
+        assert TALENT.encode() not in reply.SerializeToString()
+        assert all(f.result.label == 0 and f.release_form == 0 for f in faces)
+    else:
+        assert listed == {world.media_id, world.uploader_media_id}
+        assert any(f.result.talent_id == TALENT for f in faces)
+
+
 def _the_owners_job(world: World, caller: str, reply) -> None:
     job = reply.job if hasattr(reply, "job") else reply[-1].job  # WatchJob: its last event
     assert (job.job_id, job.state) == (world.job_id, pb.JOB_STATE_DONE)
@@ -351,6 +363,7 @@ def _decide(world: World, caller: str):
             media_id=world.media_id,
             face_index=0,
             decision=common.REVIEW_DECISION_APPROVED_FOR_RELEASE,
+            confirm_not_cleared=True,
         ),
         metadata=world.metas[caller],
     )
@@ -560,6 +573,12 @@ ROWS = [
         _unary("ListMedia", pb.ListMediaRequest(project_id=PROJECT)),
         by_role(),
         _lists_project_media,
+    ),
+    Row(
+        "ListClearanceReport",
+        _unary("ListClearanceReport", pb.ListClearanceReportRequest(project_id=PROJECT)),
+        by_role(),
+        _reports_project_media,
     ),
     Row(
         "ListCollaborators",
