@@ -107,6 +107,7 @@ class MatcherApp(ServiceApp):
             clock,
             workers=settings.workers,
         )
+        self.segments = VideoSegments(self.matcher, self.instance)
         # Faces enrolled before sealing: sealed before the first request can read them.
         self.matcher.seal_legacy_faces()
 
@@ -134,7 +135,7 @@ class MatcherApp(ServiceApp):
         return {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
 
     def register(self, server: grpc.Server) -> Sequence[str]:
-        servicer = MatcherServicer(self.matcher, VideoSegments(self.matcher, self.instance))
+        servicer = MatcherServicer(self.matcher, self.segments)
         matcher_pb2_grpc.add_MatcherServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 

@@ -23,7 +23,8 @@ import hmac
 import itertools
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import RawIOBase
@@ -37,7 +38,14 @@ from mixip.runtime.keys import SealError, open_sealed, seal
 from mixip.runtime.media import MediaError
 from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.service import Matcher, MatchOutcome
-from services.matcher.video import Signature, Tracker, Video, open_stream, sample_and_track
+from services.matcher.video import (
+    Analysis,
+    Signature,
+    Tracker,
+    Video,
+    open_stream,
+    sample_and_track,
+)
 
 _EPSILON = 1e-9
 _VERSION_BYTES = 4
@@ -82,6 +90,8 @@ class VideoSegments:
         self.matcher = matcher
         self.instance = instance
         self.limits = matcher.limits
+        # Tests pause a segment's analysis at its first frame through this hook (a no-op here).
+        self.checkpoint: Callable[[str], None] = lambda name: None
 
     def plan(
         self, reader: RawIOBase, segment_seconds: float, overlap_seconds: float
@@ -112,10 +122,18 @@ class VideoSegments:
     ) -> SegmentOutcome:
         limits = self.limits
         tracker = _Recording(start, interval_seconds=1.0 / limits.video_rate_hz)
+        analysing = [False]
+
+        def analyse(frame: np.ndarray) -> Future[Analysis]:
+            if not analysing[0]:  # the video is being read: the call has answered already
+                analysing[0] = True
+                self.checkpoint("segment.analysing")
+            return self.matcher.pool.submit(self.matcher._analyse, frame)
+
         with self._stream(reader) as video:
             sample_and_track(
                 video,
-                lambda frame: self.matcher.pool.submit(self.matcher._analyse, frame),
+                analyse,
                 tracker,
                 rate_hz=limits.video_rate_hz,
                 burst_rate_hz=limits.video_burst_rate_hz,
