@@ -27,6 +27,7 @@ from mixip.runtime.vault import RotationKeeper
 from services.matcher.engines.base import FaceEngine
 from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.peers import ConsentClient
+from services.matcher.ranges import BLOCK_BYTES
 from services.matcher.segments import VideoSegments
 from services.matcher.service import Matcher
 from services.matcher.servicer import MatcherServicer
@@ -132,7 +133,10 @@ class MatcherApp(ServiceApp):
         """The calls that carry an image or media: up to MIXIP_MATCHER_MAX_MEDIA_BYTES."""
         # A stitch carries a video's sealed frames: of the order of a few MiB an hour.
         carrying = ("EnrollTalentFace", "MatchMedia", "DetectFaces", "StitchVideoSegments")
-        return {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
+        limits = {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
+        for reading in ("PlanVideoSegments", "MatchVideoSegment"):  # a block of the video each
+            limits[f"/{SERVICE_NAME}/{reading}"] = BLOCK_BYTES + ENVELOPE_BYTES
+        return limits
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         servicer = MatcherServicer(self.matcher, self.segments)

@@ -5,6 +5,7 @@ appearance; sealed frames open only for the account they were sealed for."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mixip.common.v1 import common_pb2 as common
@@ -127,6 +128,18 @@ def test_segments_read_by_bounded_ranges_stitch_into_match_medias_tracks(
     assert len(stitched.faces) == 2 and len(stitched.faces[0].ranges) == 2
     for result in results:  # no vector in clear: the sealed frames are opaque
         assert b"f4" not in result.sealed_frames
+
+
+def test_a_video_larger_than_a_block_is_read_in_whole_blocks(mesh):
+    noise = np.random.default_rng(7).integers(0, 256, (6, 720, 1280, 3), dtype=np.uint8)
+    big = faces.make_video(None, [(frame, 0.1) for frame in noise], size=(1280, 720))
+    assert len(big) > 2 * BLOCK_BYTES
+    reads = Reads(big)
+
+    plan = _plan(mesh, big, reads, seconds=60.0)
+
+    assert [(p.start_seconds, round(p.end_seconds, 3)) for p in plan.segments] == [(0.0, 0.6)]
+    assert max(reads.asked) == BLOCK_BYTES  # a whole block per message, within the limit
 
 
 def test_sealed_frames_open_only_for_their_account_and_bad_headers_are_refused(mesh, clip):
