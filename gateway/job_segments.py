@@ -142,6 +142,8 @@ class Segments:
                         call.cancel()
         for future in futures:
             future.result()  # a segment that failed for good fails the attempt
+        if len(attempt.results) != len(attempt.planned):  # its rows went: the job was cancelled
+            raise SegmentsLost
         ordered = [attempt.results[i] for i in range(len(attempt.planned))]
         return self.matcher.stitch_segments(
             account_id, pending.project_id, pending.content_type, ordered

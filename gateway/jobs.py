@@ -269,7 +269,7 @@ class Jobs:
                     row = session.get(JobRow, job_id)
                     if row is None:  # purged meanwhile
                         return
-                    now = _job(row, self.clock())
+                    now = _job(row, self.clock(), segments_of(session, job_id))
                 if now.progress != job.progress:
                     yield now
                 job = now

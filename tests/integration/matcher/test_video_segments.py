@@ -126,8 +126,8 @@ def test_segments_read_by_bounded_ranges_stitch_into_match_medias_tracks(
     assert _tracks(stitched.faces) == _tracks(whole.faces)
     # The astronaut is one track with two ranges, known or not (by appearance across cuts).
     assert len(stitched.faces) == 2 and len(stitched.faces[0].ranges) == 2
-    for result in results:  # no vector in clear: the sealed frames are opaque
-        assert b"f4" not in result.sealed_frames
+    for result in results:  # no face in clear: the sealed frames are opaque
+        assert b'"f4", "' not in result.sealed_frames and result.sealed_frames[4:6] != b"[["
 
 
 def test_a_video_larger_than_a_block_is_read_in_whole_blocks(mesh):
@@ -168,3 +168,9 @@ def test_sealed_frames_open_only_for_their_account_and_bad_headers_are_refused(m
             "header.overlap_seconds",
         },
     )
+
+
+def test_a_stored_object_that_is_no_video_is_bad_media(mesh):
+    garbage = bytes(range(256)) * 64
+
+    expect_invalid(lambda: _plan(mesh, garbage, Reads(garbage)), fields={"media"})
