@@ -127,7 +127,7 @@ def test_segments_read_by_bounded_ranges_stitch_into_match_medias_tracks(
     # The astronaut is one track with two ranges, known or not (by appearance across cuts).
     assert len(stitched.faces) == 2 and len(stitched.faces[0].ranges) == 2
     for result in results:  # no face in clear: the sealed frames are opaque
-        assert b'"f4", "' not in result.sealed_frames and result.sealed_frames[4:6] != b"[["
+        assert b'"f4", "' not in result.sealed_frames
 
 
 def test_a_video_larger_than_a_block_is_read_in_whole_blocks(mesh):
