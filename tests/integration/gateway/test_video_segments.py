@@ -5,7 +5,9 @@ cancelled job leaves no segment row."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -86,7 +88,7 @@ def _results(gateway, meta, media_id: str):
     ).media
 
 
-def test_segments_over_two_replicas_give_the_tracks_of_one_whole_match(gateway, studio, clip):
+def test_segments_over_two_replicas_give_the_tracks_of_one_whole_match(gateway, studio, clip, cli):
     _, meta = studio
     whole = upload(gateway, meta, clip)  # MatchMedia: one matcher, the whole video
 
@@ -111,6 +113,12 @@ def test_segments_over_two_replicas_give_the_tracks_of_one_whole_match(gateway, 
     # One person is one track with several ranges: the astronaut before and after Hopper.
     astronaut = [f for f in results.faces if f.talent_id == "astronaut"]
     assert len(astronaut) == 1 and len(astronaut[0].ranges) == 2
+    code, out, _ = cli("jobs", "show", started.job_id, "--json")
+    assert code == 0
+    listed = json.loads(out)["segments"]
+    assert [(g["index"], g["state"], g["replica"]) for g in listed] == [
+        (s.index, "done", s.replica) for s in shown.segments
+    ]
 
 
 def test_a_replica_stopped_mid_segment_has_its_segment_redone_by_the_other(gateway, studio, clip):
@@ -137,6 +145,65 @@ def test_a_replica_stopped_mid_segment_has_its_segment_redone_by_the_other(gatew
     assert {s.replica for s in segments.segments} == {"matcher-2"}
     assert any(s.attempts == 2 for s in segments.segments)  # the one redone
     assert _tracks(_results(gateway, meta, started.media_id).faces) == _tracks(whole.faces)
+
+
+def test_a_hung_replica_loses_its_segment_once_the_lease_passes_and_its_late_answer_is_dropped(
+    gateway, studio, clip, clock
+):
+    _, meta = studio
+    whole = upload(gateway, meta, clip)
+    entered, release = threading.Event(), threading.Event()
+
+    def hang_first_segment(name: str) -> None:
+        if name == "segment.analysing" and not entered.is_set():
+            entered.set()
+            release.wait(60)
+
+    for handle in gateway.mesh.matcher.handles:
+        handle.app.segments.checkpoint = hang_first_segment
+    started = start_job(gateway, meta, clip)
+    assert entered.wait(60), "no segment reached a matcher"
+    # The other thread does every other segment; the hung one is left RUNNING.
+    assert _wait_for(lambda: len(_not_done(gateway, started.job_id)) == 1)
+    (hung,) = _not_done(gateway, started.job_id)
+    clock.advance(seconds=61)  # the hung call's lease (60 s) passes; it asks for nothing more
+    redone = _wait_for(lambda: _segment(gateway, started.job_id, hung).attempts == 2)
+    assert redone, "the segment was not claimed again"
+    release.set()  # the hung call answers late: its claim is gone
+
+    job = finished_job(gateway, meta, started.job_id)
+
+    assert job.state == pb.JOB_STATE_DONE and job.attempts == 1
+    assert _tracks(_results(gateway, meta, started.media_id).faces) == _tracks(whole.faces)
+
+
+def _segment(gateway, job_id: str, index: int) -> JobSegmentRow:
+    with gateway.app.db.read() as session:
+        row = session.get(JobSegmentRow, (job_id, index))
+        session.expunge(row)
+        return row
+
+
+def _not_done(gateway, job_id: str) -> list[int]:
+    with gateway.app.db.read() as session:
+        return list(
+            session.scalars(
+                select(JobSegmentRow.segment_index).where(
+                    JobSegmentRow.job_id == job_id, JobSegmentRow.state != pb.JOB_STATE_DONE
+                )
+            )
+        )
+
+
+def _wait_for(condition, seconds: float = 60.0) -> bool:
+    """Polls a database condition another thread makes true (bounded)."""
+    done = threading.Event()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        done.wait(0.1)
+    return False
 
 
 def test_a_job_cancelled_mid_segment_leaves_no_segment_row(gateway, studio, clip):
