@@ -19,6 +19,7 @@ from gateway.accounts import Accounts
 from gateway.audit_outbox import AuditOutbox
 from gateway.auth import Authenticator
 from gateway.erasure import ErasureFence, Erasures
+from gateway.job_segments import SegmentPlan
 from gateway.jobs import JobPurge, Jobs
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
 from gateway.operations import Operations
@@ -146,7 +147,18 @@ class GatewayApp(ServiceApp):
         self.uploads = Uploads(
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
-        self.jobs = Jobs(db, self.uploads, media_store, self.projects, clock)
+        self.jobs = Jobs(
+            db,
+            self.uploads,
+            media_store,
+            self.projects,
+            clock,
+            segments=SegmentPlan(
+                settings.segment_seconds,
+                settings.segment_overlap_seconds,
+                settings.segment_concurrency,
+            ),
+        )
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
         self.reports = ClearanceReports(self.projects, self.uploads, self.reviews, peers.consent)
         self.webhook_deliverer = WebhookDeliverer(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +34,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint, no_checkpoint
+from gateway.job_segments import (
+    Segment,
+    SegmentPlan,
+    Segments,
+    SegmentsLost,
+    delete_segments,
+    segments_of,
+)
 from gateway.media_store import MediaStore
 from gateway.peers import Matched, PendingMatch
 from gateway.projects import Action, Projects, Scope, from_micros, micros
@@ -78,6 +86,7 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    segments: tuple[Segment, ...] = ()  # a video's, once planned
 
     @property
     def progress(self) -> tuple[int, int, int, int]:
@@ -112,6 +121,7 @@ class Jobs:
         watch_seconds: float = 0.5,
         max_watches: int = 8,
         max_attempts: int = 3,
+        segments: SegmentPlan | None = None,
     ) -> None:
         self.db = db
         self.uploads = uploads
@@ -129,6 +139,17 @@ class Jobs:
         self.worker_id = secrets.token_hex(8)
         # Tests pause the worker between its steps through this hook.
         self.checkpoint: Checkpoint = no_checkpoint
+        # A video is analysed by segments over the matcher replicas (gateway/job_segments.py).
+        self.segments = Segments(
+            db,
+            uploads.matcher,
+            media_store,
+            clock,
+            segments or SegmentPlan(),
+            lease=self.lease,
+            notify=self._notify,
+            checkpoint=lambda: self.checkpoint,
+        )
         self._changed = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -224,7 +245,7 @@ class Jobs:
                 raise NotFound("no such job")
             record = (row.account_id, row.project_id, row.started_by_account_id)
             self.projects.record_scope(session, caller_account_id, record, action, what="job")
-            return _job(row, self.clock())
+            return _job(row, self.clock(), segments_of(session, job_id))
 
     def watch(
         self, caller_account_id: str, job_id: str, active: Callable[[], bool]
@@ -248,7 +269,7 @@ class Jobs:
                     row = session.get(JobRow, job_id)
                     if row is None:  # purged meanwhile
                         return
-                    now = _job(row, self.clock())
+                    now = _job(row, self.clock(), segments_of(session, job_id))
                 if now.progress != job.progress:
                     yield now
                 job = now
@@ -340,14 +361,19 @@ class Jobs:
         self.checkpoint("job.claimed")
         pending = claim.pending
         try:
-            data = self.media_store.get(pending.account_id, pending.storage_key)
-            matched = self._match(
-                claim,
-                self.uploads.matcher.start_match(pending.account_id, pending.project_id, data),
-            )
+            if pending.content_type.startswith("video/"):  # by segments, read by ranges
+                matched = self.segments.run(
+                    claim.job_id, self.worker_id, pending, lambda: self._renew(claim)
+                )
+            else:
+                data = self.media_store.get(pending.account_id, pending.storage_key)
+                matched = self._match(
+                    claim,
+                    self.uploads.matcher.start_match(pending.account_id, pending.project_id, data),
+                )
             self.checkpoint("job.matched")
             self.uploads.commit(pending, matched, started, lambda s: self._done(s, claim, matched))
-        except JobLost:
+        except (JobLost, SegmentsLost):
             logs.log(logger, "job attempt abandoned", job=claim.job_id, attempt=claim.attempts)
             return True
         except Exception as exc:  # the attempt failed: retried, or the job FAILED
@@ -372,6 +398,8 @@ class Jobs:
         if state != DONE and row.filename_ref is not None:
             media = [(row.account_id, row.media_id)]
             self.uploads.seals.destroy_media_keys(session, media, owe_rotation=False)
+        if state != DONE:  # a cancelled or failed job leaves no segment
+            delete_segments(session, [row.job_id])
         row.state, row.error = state, error
         row.filename_ref, row.sealed_filename = None, None
         row.lease_owner, row.lease_until = None, None
@@ -544,6 +572,7 @@ class JobPurge:
                 .order_by(JobRow.finished_at, JobRow.job_id)
                 .limit(limit)
             ).all()
+            delete_segments(session, list(ids))
             return affected(session, delete(JobRow).where(JobRow.job_id.in_(list(ids))))
 
 
@@ -552,9 +581,9 @@ def _held(job_id: str, worker_id: str) -> tuple:
     return (JobRow.job_id == job_id, JobRow.state == RUNNING, JobRow.lease_owner == worker_id)
 
 
-def _job(row: JobRow, now: datetime) -> Job:
+def _job(row: JobRow, now: datetime, segments: Sequence[Segment] = ()) -> Job:
     done, total = row.frames_done, row.frames_total
-    percent = 100.0 * done / total if total else (100.0 if row.state == DONE else 0.0)
+    percent = min(100.0, 100.0 * done / total) if total else (100.0 if row.state == DONE else 0.0)
     eta = 0.0
     if row.state == RUNNING and row.started_at is not None and 0 < done < total:
         eta = (now - row.started_at).total_seconds() * (total - done) / done
@@ -573,4 +602,5 @@ def _job(row: JobRow, now: datetime) -> Job:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        segments=tuple(segments),
     )

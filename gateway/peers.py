@@ -12,9 +12,10 @@ are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -63,8 +64,53 @@ class PendingMatch(Protocol):
     def cancel(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StoredVideo:
+    """A stored video a segment call reads by ranges: whose it is and how to read it."""
+
+    account_id: str
+    project_id: str
+    size_bytes: int
+    open: Callable[[], BinaryIO]  # the decrypting reader (MediaStore.open), opened per call
+
+
+class SegmentCall(Protocol):
+    """One matcher call over a stored video, answered in the calling thread by `result`."""
+
+    def result(self) -> Any:
+        """The last message (the plan, or the segment's result); the call's error otherwise."""
+        ...
+
+    def cancel(self) -> None: ...
+
+
 class MatcherPort(Protocol):
     def start_match(self, account_id: str, project_id: str, media: bytes) -> PendingMatch: ...
+
+    def plan_segments(
+        self, video: StoredVideo, segment_seconds: float, overlap_seconds: float
+    ) -> SegmentCall:
+        """`result()`: a PlanVideoSegmentsResponse (duration, segments)."""
+        ...
+
+    def match_segment(
+        self,
+        video: StoredVideo,
+        segment: matcher_pb2.PlannedSegment,
+        overlap_seconds: float,
+        on_read: Callable[[], None],
+    ) -> SegmentCall:
+        """`result()`: a SegmentResult (sealed frames, the replica); `on_read` at each range
+        the matcher asks for (it is alive)."""
+        ...
+
+    def stitch_segments(
+        self,
+        account_id: str,
+        project_id: str,
+        content_type: str,
+        segments: Sequence[matcher_pb2.SegmentResult],
+    ) -> Matched: ...
 
     def enroll_face(
         self, account_id: str, talent_id: str, image: bytes, request_id: str
@@ -107,9 +153,116 @@ class _GrpcPendingMatch:
         self._future.cancel()
 
 
+# The most one range read may ask for (the matcher asks for blocks of 1 MiB).
+MAX_READ_BYTES = 8 * 1024 * 1024
+
+
+class _ReadsCall:
+    """A bidirectional matcher call over a stored video: the header goes first, then each
+    range the matcher asks for is read from the decrypting reader and sent; the last message
+    is the answer. The matcher never holds more than its read-ahead of the video."""
+
+    def __init__(
+        self,
+        method: Any,
+        header: Any,
+        request_type: Any,
+        video: StoredVideo,
+        on_read: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._requests.put(header)
+        self._request_type = request_type
+        self._video = video
+        self._on_read = on_read
+        self._call = method(self._feed())
+
+    def _feed(self) -> Iterator[Any]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def result(self) -> Any:
+        try:
+            with self._video.open() as reader:
+                for response in self._call:
+                    if not response.HasField("read"):
+                        return response
+                    wanted = response.read
+                    if not (wanted.offset >= 0 and 0 < wanted.length <= MAX_READ_BYTES):
+                        raise ValueError(f"matcher asked for a bad range: {wanted}")
+                    reader.seek(wanted.offset)
+                    data = _read_up_to(reader, wanted.length)
+                    self._requests.put(self._request_type(data=data))
+                    self._on_read()
+            raise ConnectionError("the matcher ended the call without an answer")
+        finally:
+            self._requests.put(None)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class MatcherClient:
     def __init__(self, channel: grpc.Channel) -> None:
         self.stub = _stub(matcher_pb2_grpc.MatcherServiceStub, channel)
+
+    def plan_segments(
+        self, video: StoredVideo, segment_seconds: float, overlap_seconds: float
+    ) -> SegmentCall:
+        header = matcher_pb2.PlanVideoSegmentsHeader(
+            source=_source(video),
+            segment_seconds=segment_seconds,
+            overlap_seconds=overlap_seconds,
+        )
+        return _ReadsCall(
+            self.stub.PlanVideoSegments,
+            matcher_pb2.PlanVideoSegmentsRequest(header=header),
+            matcher_pb2.PlanVideoSegmentsRequest,
+            video,
+        )
+
+    def match_segment(
+        self,
+        video: StoredVideo,
+        segment: matcher_pb2.PlannedSegment,
+        overlap_seconds: float,
+        on_read: Callable[[], None],
+    ) -> SegmentCall:
+        header = matcher_pb2.MatchVideoSegmentHeader(
+            source=_source(video), segment=segment, overlap_seconds=overlap_seconds
+        )
+        call = _ReadsCall(
+            self.stub.MatchVideoSegment,
+            matcher_pb2.MatchVideoSegmentRequest(header=header),
+            matcher_pb2.MatchVideoSegmentRequest,
+            video,
+            on_read,
+        )
+        return _Unwrapped(call, lambda response: response.result)
+
+    def stitch_segments(
+        self,
+        account_id: str,
+        project_id: str,
+        content_type: str,
+        segments: Sequence[matcher_pb2.SegmentResult],
+    ) -> Matched:
+        reply = self.stub.StitchVideoSegments(
+            matcher_pb2.StitchVideoSegmentsRequest(
+                account_id=account_id,
+                project_id=project_id,
+                content_type=content_type,
+                segments=segments,
+            )
+        ).match
+        return Matched(
+            kind=reply.kind,
+            content_type=reply.content_type,
+            engine=reply.engine,
+            duration_seconds=reply.duration_seconds,
+            faces=list(reply.faces),
+            frames_sampled=reply.frames_sampled,
+        )
 
     def start_match(self, account_id: str, project_id: str, media: bytes) -> PendingMatch:
         request = matcher_pb2.MatchMediaRequest(
@@ -453,6 +606,37 @@ class Peers:
             audit=AuditClient(channels["audit"]),
             retention=RetentionClient(channels["retention"]),
         )
+
+
+@dataclass(frozen=True)
+class _Unwrapped:
+    """A call whose answer is one field of its last message."""
+
+    call: _ReadsCall
+    field: Callable[[Any], Any]
+
+    def result(self) -> Any:
+        return self.field(self.call.result())
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+def _read_up_to(reader: BinaryIO, length: int) -> bytes:
+    """`length` bytes, fewer only at the end."""
+    data = reader.read(length)
+    while len(data) < length:
+        more = reader.read(length - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _source(video: StoredVideo) -> matcher_pb2.VideoSource:
+    return matcher_pb2.VideoSource(
+        account_id=video.account_id, project_id=video.project_id, size_bytes=video.size_bytes
+    )
 
 
 def _stub(factory: Callable[[grpc.Channel], T], channel: grpc.Channel) -> T:

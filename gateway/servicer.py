@@ -996,6 +996,18 @@ def _job(job: Job) -> gateway_pb2.Job:
         created_at=to_timestamp(job.created_at),
         started_at=to_timestamp(job.started_at) if job.started_at else None,
         finished_at=to_timestamp(job.finished_at) if job.finished_at else None,
+        segments=[
+            gateway_pb2.JobSegment(
+                index=segment.index,
+                start_seconds=segment.start_seconds,
+                end_seconds=segment.end_seconds,
+                state=gateway_pb2.JobState.ValueType(segment.state),
+                replica=segment.replica,
+                attempts=segment.attempts,
+                frames_done=segment.frames_done,
+            )
+            for segment in job.segments
+        ],
     )
 
 

@@ -117,6 +117,18 @@ class GatewaySettings:
     """MIXIP_GATEWAY_JOB_RETENTION_DAYS (30, 1-3650): how long ended analysis jobs are kept
     (the media purge deletes older ones, docs/jobs.md)."""
 
+    segment_seconds: float = 60.0
+    """MIXIP_GATEWAY_SEGMENT_SECONDS (60, >= 0.1): a video job is cut into segments of about
+    this length (at the first keyframe after it), each analysed by one matcher call."""
+
+    segment_overlap_seconds: float = 2.0
+    """MIXIP_GATEWAY_SEGMENT_OVERLAP_SECONDS (2, >= 0): seconds a segment's analysis starts
+    before the segment, so that tracks cross the cut as a whole pass would link them."""
+
+    segment_concurrency: int = 2
+    """MIXIP_GATEWAY_SEGMENT_CONCURRENCY (2, >= 1): a video job's segments analysed at once,
+    spread round-robin over the matcher replicas the channel resolves."""
+
     vault: VaultSettings = DEFAULT_VAULT
     """The vault sealing what names a talent (gateway/seals.py): MIXIP_GATEWAY_VAULT_KEK_FILE
     (<key dir>/gateway-vault.key), MIXIP_GATEWAY_VAULT_KMS_KEY_ID, ... (VaultSettings)."""
@@ -203,5 +215,10 @@ class GatewaySettings:
             webhooks_secret_overlap_hours=overlap,
             webhooks_retention_days=hook_days,
             job_retention_days=job_days,
+            segment_seconds=env.float("MIXIP_GATEWAY_SEGMENT_SECONDS", 60.0, minimum=0.1),
+            segment_overlap_seconds=env.float(
+                "MIXIP_GATEWAY_SEGMENT_OVERLAP_SECONDS", 2.0, minimum=0.0
+            ),
+            segment_concurrency=env.int("MIXIP_GATEWAY_SEGMENT_CONCURRENCY", 2, minimum=1),
             vault=VaultSettings.load("gateway", config, env),
         )

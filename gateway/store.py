@@ -410,8 +410,8 @@ class JobRow(Base):
     by whichever gateway replica's worker holds its lease. It names no talent: its results are
     written as the media's, in the commit that ends it DONE. The file name is kept only until
     that commit (it goes to the media row); finished rows are purged after
-    MIXIP_GATEWAY_JOB_RETENTION_DAYS. Segments of a video (a later step) will be rows of their
-    own referring to `job_id`, each with its own lease (docs/jobs.md)."""
+    MIXIP_GATEWAY_JOB_RETENTION_DAYS. A video's time segments are rows of their own
+    (`JobSegmentRow`), each with its own lease."""
 
     __tablename__ = "gateway_jobs"
 
@@ -453,6 +453,29 @@ class JobRow(Base):
         # The retention purge: ended jobs, oldest first.
         Index("ix_gateway_jobs_finished", "finished_at"),
     )
+
+
+class JobSegmentRow(Base):
+    """One time segment of a video job (gateway/jobs.py, docs/jobs.md#segments), analysed by
+    one matcher call under its own lease. It holds no result: what the matcher found in it
+    stays sealed in the job worker's memory until the stitch. Kept with a DONE job (which
+    replica ran what), deleted when the job is cancelled or fails, purged with its job."""
+
+    __tablename__ = "gateway_job_segments"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    segment_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_seconds: Mapped[float] = mapped_column(Float)
+    end_seconds: Mapped[float] = mapped_column(Float)
+    frames_expected: Mapped[int] = mapped_column(BigInteger)
+    frames_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[int] = mapped_column(SmallInteger)  # gateway.v1.JobState: QUEUED, RUNNING, DONE
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The matcher replica that ran it last (its MIXIP_INSTANCE), once it answered.
+    replica: Mapped[str] = mapped_column(String(128), default="")
+    # This segment's current claim (one per matcher call) and until when it holds.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 # -- queries ------------------------------------------------------------------------------------

@@ -45,6 +45,18 @@ def job_json(job: gateway_pb2.Job) -> dict[str, Any]:
         "created_at": when(job.created_at),
         "started_at": when(job.started_at),
         "finished_at": when(job.finished_at),
+        "segments": [
+            {
+                "index": segment.index,
+                "start_seconds": round(segment.start_seconds, 3),
+                "end_seconds": round(segment.end_seconds, 3),
+                "state": state_name(segment.state),
+                "replica": segment.replica,
+                "attempts": segment.attempts,
+                "frames_done": segment.frames_done,
+            }
+            for segment in job.segments
+        ],
     }
 
 

@@ -50,6 +50,9 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
     "mixip.matcher.v1.MatcherService": {
         "EnrollTalentFace": frozenset({"gateway"}),
         "MatchMedia": frozenset({"gateway"}),
+        "PlanVideoSegments": frozenset({"gateway"}),
+        "MatchVideoSegment": frozenset({"gateway"}),
+        "StitchVideoSegments": frozenset({"gateway"}),
         "DetectFaces": frozenset({"operator"}),
         "DeleteTalentFaces": frozenset({"gateway", "consent", "retention"}),
         "ListTalentFaces": frozenset({"gateway"}),

@@ -28,6 +28,10 @@ LONG_CALLS = {
     ("mixip.matcher.v1.MatcherService", "MatchMedia"): 600.0,
     ("mixip.matcher.v1.MatcherService", "DetectFaces"): 600.0,
     ("mixip.matcher.v1.MatcherService", "EnrollTalentFace"): 60.0,
+    # A video job's segments (docs/jobs.md#segments): a plan demuxes the whole video.
+    ("mixip.matcher.v1.MatcherService", "PlanVideoSegments"): 3600.0,
+    ("mixip.matcher.v1.MatcherService", "MatchVideoSegment"): 3600.0,
+    ("mixip.matcher.v1.MatcherService", "StitchVideoSegments"): 600.0,
     ("mixip.audit.v1.AuditService", "VerifyLog"): 600.0,
     ("mixip.audit.v1.AuditService", "PurgeExpired"): 600.0,
     ("mixip.retention.v1.RetentionService", "RunNow"): 3600.0,

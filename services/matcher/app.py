@@ -8,6 +8,7 @@ Settings: services/matcher/settings.py (every variable, documented). Peers: cons
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -26,6 +27,8 @@ from mixip.runtime.vault import RotationKeeper
 from services.matcher.engines.base import FaceEngine
 from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.peers import ConsentClient
+from services.matcher.ranges import BLOCK_BYTES
+from services.matcher.segments import VideoSegments
 from services.matcher.service import Matcher
 from services.matcher.servicer import MatcherServicer
 from services.matcher.settings import MatcherSettings
@@ -93,6 +96,7 @@ class MatcherApp(ServiceApp):
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.max_media_bytes = settings.limits.max_media_bytes
+        self.instance = settings.instance or socket.gethostname()
         self.matcher = Matcher(
             db,
             self.vault,
@@ -104,6 +108,7 @@ class MatcherApp(ServiceApp):
             clock,
             workers=settings.workers,
         )
+        self.segments = VideoSegments(self.matcher, self.instance)
         # Faces enrolled before sealing: sealed before the first request can read them.
         self.matcher.seal_legacy_faces()
 
@@ -126,11 +131,16 @@ class MatcherApp(ServiceApp):
 
     def request_limits(self) -> Mapping[str, int]:
         """The calls that carry an image or media: up to MIXIP_MATCHER_MAX_MEDIA_BYTES."""
-        carrying = ("EnrollTalentFace", "MatchMedia", "DetectFaces")
-        return {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
+        # A stitch carries a video's sealed frames: of the order of a few MiB an hour.
+        carrying = ("EnrollTalentFace", "MatchMedia", "DetectFaces", "StitchVideoSegments")
+        limits = {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
+        for reading in ("PlanVideoSegments", "MatchVideoSegment"):  # a block of the video each
+            limits[f"/{SERVICE_NAME}/{reading}"] = BLOCK_BYTES + ENVELOPE_BYTES
+        return limits
 
     def register(self, server: grpc.Server) -> Sequence[str]:
-        matcher_pb2_grpc.add_MatcherServiceServicer_to_server(MatcherServicer(self.matcher), server)
+        servicer = MatcherServicer(self.matcher, self.segments)
+        matcher_pb2_grpc.add_MatcherServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
     def start(self) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
+from typing import Any, TypeVar
 
 import grpc
 
@@ -14,30 +18,185 @@ from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 from services.matcher.engines.base import Box, EngineError, EngineUnavailable, UnusableFace
-from services.matcher.service import Face, FaceOutcome, Matcher
+from services.matcher.ranges import RangeReader
+from services.matcher.segments import SegmentOutcome, VideoSegments
+from services.matcher.service import Face, FaceOutcome, Matcher, MatchOutcome
+
+
+@contextmanager
+def _engine_status() -> Iterator[None]:
+    """Engine failures as status: the caller's input, an outage, or our fault."""
+    try:
+        yield
+    except UnusableFace as exc:
+        raise InvalidArgument.one("image", str(exc), reason="UNUSABLE_FACE") from exc
+    except EngineUnavailable as exc:
+        raise Unavailable(str(exc), reason="ENGINE_UNAVAILABLE") from exc
+    except EngineError as exc:
+        raise Internal(f"face engine error: {exc}", reason="ENGINE_ERROR") from exc
 
 
 def _engine_errors(method: Callable) -> Callable:
-    """Engine failures as status: the caller's input, an outage, or our fault."""
+    """A unary method's engine failures as status (`_engine_status`)."""
 
     @wraps(method)
     def wrapper(self, request, context):
-        try:
+        with _engine_status():
             return method(self, request, context)
-        except UnusableFace as exc:
-            raise InvalidArgument.one("image", str(exc), reason="UNUSABLE_FACE") from exc
-        except EngineUnavailable as exc:
-            raise Unavailable(str(exc), reason="ENGINE_UNAVAILABLE") from exc
-        except EngineError as exc:
-            raise Internal(f"face engine error: {exc}", reason="ENGINE_ERROR") from exc
 
     return wrapper
 
 
+T = TypeVar("T")
+
+
+def _over_reads(
+    requests: Iterator[Any], size: int, work: Callable[[RangeReader], T]
+) -> Iterator[matcher_pb2.MediaRead | T]:
+    """Runs `work` on a reader of the caller's video, in a thread of its own: each range it
+    needs is yielded (a `MediaRead` for the caller) and answered by the caller's next message;
+    then its result is yielded. The reader holds a bounded read-ahead (services/matcher/ranges.py).
+    A caller that goes away ends the work (its next read fails)."""
+    asks: queue.Queue[tuple[str, Any]] = queue.Queue()
+    answers: queue.Queue[bytes | None] = queue.Queue()
+
+    def fetch(offset: int, length: int) -> bytes:
+        asks.put(("read", matcher_pb2.MediaRead(offset=offset, length=length)))
+        data = answers.get()
+        if data is None:
+            raise OSError("the caller stopped sending the video")
+        return data
+
+    def run() -> None:
+        try:
+            with _engine_status():
+                asks.put(("done", work(RangeReader(fetch, size))))
+        except BaseException as exc:  # handed to the RPC's thread, which raises it
+            asks.put(("error", exc))
+
+    threading.Thread(target=run, name="matcher-segment", daemon=True).start()
+    try:
+        while True:
+            kind, value = asks.get()
+            if kind == "error":
+                raise value
+            yield value
+            if kind == "done":
+                return
+            request = next(requests, None)
+            answers.put(None if request is None else request.data)
+    finally:
+        answers.put(None)  # a caller gone mid-read: the work's next read fails and it ends
+
+
 class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
-    def __init__(self, matcher: Matcher) -> None:
+    def __init__(self, matcher: Matcher, segments: VideoSegments) -> None:
         self.matcher = matcher
+        self.segments = segments
         self.limits = matcher.limits
+
+    def _source(self, checks: Checks, field_name: str, source: matcher_pb2.VideoSource) -> None:
+        checks.identifier(f"{field_name}.account_id", source.account_id)
+        checks.identifier(f"{field_name}.project_id", source.project_id)
+        if source.size_bytes <= 0:
+            checks.fail(f"{field_name}.size_bytes", "required: the stored video's size, > 0")
+
+    def PlanVideoSegments(
+        self, request_iterator: Iterator[matcher_pb2.PlanVideoSegmentsRequest], context: Any
+    ) -> Iterator[matcher_pb2.PlanVideoSegmentsResponse]:
+        header = next(request_iterator, matcher_pb2.PlanVideoSegmentsRequest()).header
+        checks = Checks()
+        self._source(checks, "header.source", header.source)
+        if not header.segment_seconds > 0:
+            checks.fail("header.segment_seconds", "required: seconds per segment, > 0")
+        if not header.overlap_seconds >= 0:
+            checks.fail("header.overlap_seconds", "must be 0 or more")
+        checks.done()
+        for item in _over_reads(
+            request_iterator,
+            header.source.size_bytes,
+            lambda reader: self.segments.plan(
+                reader, header.segment_seconds, header.overlap_seconds
+            ),
+        ):
+            if isinstance(item, matcher_pb2.MediaRead):
+                yield matcher_pb2.PlanVideoSegmentsResponse(read=item)
+                continue
+            duration, planned = item
+            yield matcher_pb2.PlanVideoSegmentsResponse(
+                duration_seconds=duration,
+                segments=[
+                    matcher_pb2.PlannedSegment(
+                        start_seconds=p.start, end_seconds=p.end, frames_expected=p.frames_expected
+                    )
+                    for p in planned
+                ],
+            )
+
+    def MatchVideoSegment(
+        self, request_iterator: Iterator[matcher_pb2.MatchVideoSegmentRequest], context: Any
+    ) -> Iterator[matcher_pb2.MatchVideoSegmentResponse]:
+        header = next(request_iterator, matcher_pb2.MatchVideoSegmentRequest()).header
+        segment = header.segment
+        checks = Checks()
+        self._source(checks, "header.source", header.source)
+        if not (0 <= segment.start_seconds < segment.end_seconds):
+            checks.fail("header.segment", "required: 0 <= start_seconds < end_seconds")
+        if not header.overlap_seconds >= 0:
+            checks.fail("header.overlap_seconds", "must be 0 or more")
+        checks.done()
+        for item in _over_reads(
+            request_iterator,
+            header.source.size_bytes,
+            lambda reader: self.segments.match(
+                header.source.account_id,
+                reader,
+                segment.start_seconds,
+                segment.end_seconds,
+                header.overlap_seconds,
+            ),
+        ):
+            if isinstance(item, matcher_pb2.MediaRead):
+                yield matcher_pb2.MatchVideoSegmentResponse(read=item)
+                continue
+            yield matcher_pb2.MatchVideoSegmentResponse(
+                result=matcher_pb2.SegmentResult(
+                    sealed_frames=item.sealed_frames,
+                    frames_sampled=item.frames_sampled,
+                    width=item.width,
+                    height=item.height,
+                    duration_seconds=item.duration_seconds,
+                    replica=item.replica,
+                )
+            )
+
+    @_engine_errors
+    def StitchVideoSegments(
+        self, request: matcher_pb2.StitchVideoSegmentsRequest, context: grpc.ServicerContext
+    ) -> matcher_pb2.StitchVideoSegmentsResponse:
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.identifier("project_id", request.project_id)
+        if not request.segments:
+            checks.fail("segments", "required: every segment's result, in time order")
+        checks.done()
+        outcome = self.segments.stitch(
+            request.account_id,
+            request.project_id,
+            request.content_type,
+            [
+                SegmentOutcome(
+                    s.sealed_frames,
+                    s.frames_sampled,
+                    s.width,
+                    s.height,
+                    s.duration_seconds,
+                    s.replica,
+                )
+                for s in request.segments
+            ],
+        )
+        return matcher_pb2.StitchVideoSegmentsResponse(match=self._match_response(outcome))
 
     def _media(self, checks: Checks, field_name: str, data: bytes) -> None:
         if not data:
@@ -73,6 +232,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         self._media(checks, "media", request.media)
         checks.done()
         outcome = self.matcher.match(request.account_id, request.project_id, request.media)
+        return self._match_response(outcome)
+
+    def _match_response(self, outcome: MatchOutcome) -> matcher_pb2.MatchMediaResponse:
         return matcher_pb2.MatchMediaResponse(
             kind=common_pb2.MediaKind.ValueType(outcome.kind),
             faces=[_result(i, face) for i, face in enumerate(outcome.faces)],

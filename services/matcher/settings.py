@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ class Limits:
     max_media_bytes: int = 64 * 1024 * 1024
     max_pixels: int = MAX_PIXELS
     max_video_seconds: float = 600.0
+    # A stored video analysed by segments (a gateway job): read by ranges, never whole.
+    max_job_video_seconds: float = 6 * 3600.0
     video_rate_hz: float = DEFAULT_RATE_HZ
     # After a face comes on screen, sample this fast for this long (docs/video.md).
     video_burst_rate_hz: float = DEFAULT_BURST_RATE_HZ
@@ -51,7 +54,8 @@ class MatcherSettings:
     rules' scores, on the engine's scale (defaults per engine, DEFAULT_THRESHOLDS)."""
     limits: Limits = field(default_factory=Limits)
     """MIXIP_MATCHER_MAX_MEDIA_BYTES, _MAX_PIXELS, _MAX_VIDEO_SECONDS, _VIDEO_SAMPLE_HZ,
-    _VIDEO_BURST_HZ, _VIDEO_BURST_SECONDS, _MIN_FACE_PIXELS, _ENROLL_MIN_SCORE, _TOP_K."""
+    _VIDEO_BURST_HZ, _VIDEO_BURST_SECONDS, _MAX_JOB_VIDEO_SECONDS (a stored video analysed by
+    segments; 6 h), _MIN_FACE_PIXELS, _ENROLL_MIN_SCORE, _TOP_K."""
     detect_max_side: int = 1280
     """MIXIP_MATCHER_DETECT_MAX_SIDE: images are scaled down to this side before detection."""
     workers: int = 2
@@ -68,6 +72,9 @@ class MatcherSettings:
     """AWS_REGION (else AWS_DEFAULT_REGION): the Rekognition region."""
     aws_endpoint_url: str | None = None
     """MIXIP_AWS_ENDPOINT_URL: another AWS endpoint (tests, LocalStack)."""
+    instance: str = ""
+    """MIXIP_INSTANCE (else the host name): the name a segment's result gives for the replica
+    that analysed it."""
     vault: VaultSettings | None = None
     """MIXIP_MATCHER_VAULT_KEK_FILE, _VAULT_KMS_KEY_ID, _VAULT_KMS_DELETION_DAYS and the shared
     MIXIP_VAULT_* variables: the vault of the talents' data keys (docs/vault.md). Always set by
@@ -94,6 +101,9 @@ class MatcherSettings:
             max_video_seconds=env.float(
                 p + "MAX_VIDEO_SECONDS", defaults.max_video_seconds, minimum=0.1
             ),
+            max_job_video_seconds=env.float(
+                p + "MAX_JOB_VIDEO_SECONDS", defaults.max_job_video_seconds, minimum=0.1
+            ),
             video_rate_hz=env.float(p + "VIDEO_SAMPLE_HZ", defaults.video_rate_hz, minimum=0.01),
             video_burst_rate_hz=env.float(
                 p + "VIDEO_BURST_HZ", defaults.video_burst_rate_hz, minimum=0.01
@@ -117,5 +127,6 @@ class MatcherSettings:
             rekognition_prefix=env.str(p + "REKOGNITION_PREFIX", "mixip-"),
             aws_region=env.optional("AWS_REGION") or env.optional("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.optional("MIXIP_AWS_ENDPOINT_URL"),
+            instance=env.str("MIXIP_INSTANCE", "") or socket.gethostname(),
             vault=VaultSettings.load("matcher", config, env),
         )

@@ -9,6 +9,8 @@ docs/video.md.
 
 from __future__ import annotations
 
+import io
+import itertools
 import math
 import os
 from collections import deque
@@ -17,6 +19,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
+from typing import BinaryIO
 
 import av
 import cv2
@@ -28,6 +31,7 @@ from mixip.runtime.media import VIDEO, MediaError, sniff
 from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.imaging import check_pixels
 
+Source = str | BinaryIO | io.RawIOBase  # a path, or a seekable file object
 DEFAULT_RATE_HZ = 2.0
 # After a face comes on screen, frames are sampled at this rate for this long, so anyone on
 # screen for 1 s is seen in at least 3 frames at the default rate (docs/video.md).
@@ -49,9 +53,11 @@ class Sample:
 
 @dataclass(eq=False)
 class Video:
-    """An opened video; valid only inside `open_video`'s `with` block."""
+    """An opened video; valid only inside `open_video`'s (or `open_stream`'s) `with` block."""
 
-    path: str  # /proc/self/fd/N of the in-memory copy
+    # /proc/self/fd/N of the in-memory copy, or a seekable file object read by ranges
+    # (services/matcher/ranges.py), rewound for every pass.
+    path: Source
     fps: float
     # The frame count the container declares; None when it declares no duration (WebM or
     # MKV written live), in which case frames are counted while sampling, within the limit.
@@ -75,31 +81,58 @@ class Video:
         for sample in self.samples(rate_hz):
             yield sample.t, sample.image
 
-    def samples(self, rate_hz: float, burst_rate_hz: float | None = None) -> Iterator[Sample]:
+    def samples(
+        self,
+        rate_hz: float,
+        burst_rate_hz: float | None = None,
+        *,
+        start: float = 0.0,
+        end: float = math.inf,
+    ) -> Iterator[Sample]:
         """Frames on the `rate_hz` grid (`base`), and, with `burst_rate_hz`, the frames between
-        them on that denser grid (burst candidates), in time order from the start.
+        them on that denser grid (burst candidates), in time order, from `start` (the grids
+        stay those of a pass from 0, so a segment samples the frames a whole pass samples)
+        until `end`.
 
         Skipped frames are only decoded (not converted to BGR), and no frame at or past
         `max_seconds` is read even if the container understated its length; a video that
         declared no length and runs past the limit is refused (`MediaError`), and so is a frame
         over `max_pixels` wherever it comes (a stream may grow at a keyframe). Each call reads
-        the video again from the start.
+        the video again (from the keyframe before `start`).
         """
         if rate_hz <= 0 or (burst_rate_hz is not None and burst_rate_hz <= 0):
             raise ValueError(f"sampling rates must be positive, got {rate_hz}, {burst_rate_hz}")
         with _open(self.path, self.max_pixels) as (container, stream):
+            first = 0
+            if start > 0:
+                container.seek(_pts(stream, start), stream=stream, backward=True)
             frames = _decoded(container, stream, self.max_pixels)
-            next_base = next_burst = 0.0
-            for index in count():
+            if start > 0:  # where the seek landed: the keyframe before `start`
+                landed = next(frames, None)
+                if landed is None:
+                    return
+                first = _frame_index(landed, stream, self.fps)
+                frames = itertools.chain([landed], frames)
+            next_base = math.ceil(start * rate_hz - _EPSILON) / rate_hz
+            next_burst = (
+                math.ceil(start * burst_rate_hz - _EPSILON) / burst_rate_hz
+                if burst_rate_hz is not None
+                else 0.0
+            )
+            for index in count(first):
                 t = index / self.fps
                 if t >= self.max_seconds:
                     if self.declared_frames is None and next(frames, None) is not None:
                         raise MediaError(_too_long(f"over {self.max_seconds:.1f}", self))
                     return
+                if t >= end - _EPSILON:
+                    return
                 frame = next(frames, None)
                 if frame is None:
                     self.frames_counted = index
                     return
+                if t < start - _EPSILON:
+                    continue
                 base = t + _EPSILON >= next_base
                 burst = burst_rate_hz is not None and t + _EPSILON >= next_burst
                 if not (base or burst):
@@ -109,6 +142,30 @@ class Video:
                 if burst_rate_hz is not None:
                     next_burst = (math.floor(t * burst_rate_hz + _EPSILON) + 1) / burst_rate_hz
                 yield Sample(t, _upright(frame), base)
+
+    def keyframes(self) -> list[float]:
+        """The times of the video's keyframes, in order, from its packets (demuxed, not
+        decoded): where a segment can start without decoding what comes before it."""
+        times = []
+        with _open(self.path, self.max_pixels) as (container, stream):
+            origin = stream.start_time or 0
+            for packet in container.demux(stream):
+                if packet.is_keyframe and packet.pts is not None and stream.time_base:
+                    times.append(float((packet.pts - origin) * stream.time_base))
+        return sorted(times)
+
+
+def _pts(stream: VideoStream, seconds: float) -> int:
+    """`seconds` in the stream's time base, from its first frame."""
+    base = stream.time_base
+    return (stream.start_time or 0) + (int(seconds / base) if base else 0)
+
+
+def _frame_index(frame: av.VideoFrame, stream: VideoStream, fps: float) -> int:
+    """The frame's position from the stream's first frame, by its time (after a seek)."""
+    if frame.pts is None or not stream.time_base:
+        return 0
+    return round(float((frame.pts - (stream.start_time or 0)) * stream.time_base) * fps)
 
 
 @contextmanager
@@ -133,12 +190,22 @@ def open_video(data: bytes, *, max_seconds: float, max_pixels: int) -> Iterator[
         os.close(fd)
 
 
+def open_stream(reader: BinaryIO | io.RawIOBase, *, max_seconds: float, max_pixels: int) -> Video:
+    """A stored video read through `reader` (a seekable file object, e.g. a `RangeReader`
+    over a segment call), never whole in memory nor on disk; refused as `open_video` refuses.
+    Slower to decode than a path (FFmpeg reads through Python callbacks), which a long video
+    pays for its bounded memory."""
+    return _probe(reader, max_seconds=max_seconds, max_pixels=max_pixels)
+
+
 @contextmanager
-def _open(path: str, max_pixels: int) -> Iterator[tuple[InputContainer, VideoStream]]:
+def _open(path: Source, max_pixels: int) -> Iterator[tuple[InputContainer, VideoStream]]:
     """The container and its first video stream, whose decoder refuses, by itself and before
     allocating it, a frame of more than `max_pixels` (libavcodec's own `max_pixels`)."""
+    if not isinstance(path, str):
+        path.seek(0)
     try:
-        container = av.open(path)
+        container = av.open(path, mode="r")
     except av.FFmpegError as exc:
         raise MediaError("unsupported or corrupt video: FFmpeg cannot open it") from exc
     with container:
@@ -200,7 +267,7 @@ def _too_long(length: str, video: Video) -> str:
     return f"video is {length} s long; the limit is {video.max_seconds:.1f} s"
 
 
-def _probe(path: str, *, max_seconds: float, max_pixels: int) -> Video:
+def _probe(path: Source, *, max_seconds: float, max_pixels: int) -> Video:
     """The video's properties, checked against our limits before decoding more than a frame."""
     with _open(path, max_pixels) as (container, stream):
         fps = float(stream.guessed_rate or 0)
@@ -256,6 +323,8 @@ def sample_and_track(
     burst_seconds: float = DEFAULT_BURST_SECONDS,
     max_in_flight: int = 4,
     max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+    start: float = 0.0,
+    end: float = math.inf,
 ) -> int:
     """Samples `video`, analyses frames with `analyse` (a few in flight at once) and feeds the
     results to `tracker` in time order; returns how many frames were analysed.
@@ -264,10 +333,12 @@ def sample_and_track(
     holds (someone new, or back after a gap), the frames on the `burst_rate_hz` grid in the
     following `burst_seconds` are analysed too. Those candidates are decoded ahead while the
     earlier results are pending, at most `max_buffered_bytes` of them, and dropped if no face
-    calls for them.
+    calls for them. Only the frames from `start` until `end` are sampled (a segment).
     """
     run = _Run(
-        video.samples(rate_hz, burst_rate_hz if burst_rate_hz > rate_hz else None),
+        video.samples(
+            rate_hz, burst_rate_hz if burst_rate_hz > rate_hz else None, start=start, end=end
+        ),
         analyse,
         tracker,
         burst_seconds,

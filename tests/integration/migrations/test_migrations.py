@@ -218,6 +218,9 @@ def fill_every_service(
     assert report.events_purged == 3  # the first photo's two faces and the decision
     job = start_job(gateway, meta, group_photo(), request_id="up-4")  # an ended job's row
     assert finished_job(gateway, meta, job.job_id).state == pb.JOB_STATE_DONE
+    clip = faces.make_video(None, [(faces.astronaut(), 1.0)])  # a video job's segment row
+    video_job = start_job(gateway, meta, clip, request_id="up-5")
+    assert finished_job(gateway, meta, video_job.job_id).state == pb.JOB_STATE_DONE
     # A resumable upload under way: its session, with a part of the photo in.
     photo = group_photo()
     session = gateway.stub.CreateUploadSession(

@@ -1,0 +1,176 @@
+"""A stored video read by ranges over a real matcher call (docs/jobs.md#segments): the
+matcher asks for bounded ranges only (never the whole video), plans at keyframes, and a
+video's segments stitched give MatchMedia's tracks; unknown people are joined across cuts by
+appearance; sealed frames open only for the account they were sealed for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixip.common.v1 import common_pb2 as common
+from mixip.matcher.v1 import matcher_pb2 as pb
+from services.matcher.ranges import BLOCK_BYTES, RangeReader
+from services.matcher.video import open_stream
+from tests.integration.matcher.test_matcher_service import ACCOUNT, PROJECT, enroll, grant, match
+from tests.support import faces
+from tests.support.status import expect_invalid
+
+OVERLAP = 2.0
+
+
+@pytest.fixture(scope="module")
+def clip() -> bytes:
+    """8 s: the astronaut, Grace Hopper, the astronaut again."""
+    return faces.make_video(
+        None,
+        [(faces.astronaut(), 3.0), (faces.grace_hopper(), 2.0), (faces.astronaut(), 3.0)],
+    )
+
+
+class Reads:
+    """Answers a segment call's reads from `data`, recording each range asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.asked: list[int] = []
+
+    def call(self, method, first):
+        import queue
+
+        requests: queue.Queue = queue.Queue()
+        requests.put(first)
+
+        def feed():
+            while (item := requests.get()) is not None:
+                yield item
+
+        try:
+            for response in method(feed()):
+                if not response.HasField("read"):
+                    return response
+                offset, length = response.read.offset, response.read.length
+                self.asked.append(length)
+                requests.put(type(first)(data=self.data[offset : offset + length]))
+        finally:
+            requests.put(None)
+        raise AssertionError("no answer")
+
+
+def _source(data: bytes, account: str = ACCOUNT) -> pb.VideoSource:
+    return pb.VideoSource(account_id=account, project_id=PROJECT, size_bytes=len(data))
+
+
+def _plan(mesh, data: bytes, reads: Reads, seconds: float = 2.0) -> pb.PlanVideoSegmentsResponse:
+    header = pb.PlanVideoSegmentsHeader(
+        source=_source(data), segment_seconds=seconds, overlap_seconds=OVERLAP
+    )
+    return reads.call(
+        mesh.matcher.stub.PlanVideoSegments, pb.PlanVideoSegmentsRequest(header=header)
+    )
+
+
+def _segment(mesh, data, reads, planned, account=ACCOUNT) -> pb.SegmentResult:
+    header = pb.MatchVideoSegmentHeader(
+        source=_source(data, account), segment=planned, overlap_seconds=OVERLAP
+    )
+    return reads.call(
+        mesh.matcher.stub.MatchVideoSegment, pb.MatchVideoSegmentRequest(header=header)
+    ).result
+
+
+def _tracks(faces_) -> list[tuple]:
+    return [
+        (f.label, f.talent_id, [(round(r.start_seconds, 3), round(r.end_seconds, 3)) for r in rs])
+        for f in faces_
+        for rs in [f.ranges]
+    ]
+
+
+def test_the_reader_holds_a_bounded_read_ahead_of_a_video_many_times_larger(clip):
+    reader = RangeReader(lambda o, n: clip[o : o + n], len(clip), block_bytes=4096, max_blocks=4)
+    video = open_stream(reader, max_seconds=60, max_pixels=10_000_000)
+    sampled = [s.t for s in video.samples(2.0)]
+
+    assert len(sampled) == 16 and video.keyframes()[:3] == pytest.approx([0.0, 1.2, 2.4])
+    assert len(clip) > 10 * reader.max_buffered  # never more than 4 blocks held
+    assert reader.max_buffered <= 4 * 4096 and reader.max_fetched <= 4096
+
+
+@pytest.mark.parametrize("enrolled_talent", [True, False], ids=["labelled", "unknown"])
+def test_segments_read_by_bounded_ranges_stitch_into_match_medias_tracks(
+    mesh, clock, clip, enrolled_talent
+):
+    if enrolled_talent:
+        grant(mesh, clock, "astronaut")
+        enroll(mesh, "astronaut", faces.astronaut())
+    reads = Reads(clip)
+
+    plan = _plan(mesh, clip, reads)
+    planned = list(plan.segments)
+    results = [_segment(mesh, clip, reads, p) for p in planned]
+    stitched = mesh.matcher.stub.StitchVideoSegments(
+        pb.StitchVideoSegmentsRequest(
+            account_id=ACCOUNT, project_id=PROJECT, content_type="video/mp4", segments=results
+        )
+    ).match
+
+    assert plan.duration_seconds == pytest.approx(8.0)
+    # Cut at the first keyframe (every 1.2 s) at or after each 2 s.
+    bounds = [(round(p.start_seconds, 3), round(p.end_seconds, 3)) for p in planned]
+    assert bounds == [(0.0, 2.4), (2.4, 4.8), (4.8, 7.2), (7.2, 8.0)]
+    assert max(reads.asked) <= BLOCK_BYTES  # the matcher never asks for the whole video
+    assert {r.replica for r in results} == {mesh.matcher.app.instance}
+    whole = match(mesh, clip)
+    assert stitched.kind == common.MEDIA_KIND_VIDEO
+    assert _tracks(stitched.faces) == _tracks(whole.faces)
+    # The astronaut is one track with two ranges, known or not (by appearance across cuts).
+    assert len(stitched.faces) == 2 and len(stitched.faces[0].ranges) == 2
+    for result in results:  # no face in clear: the sealed frames are opaque
+        assert b'"f4", "' not in result.sealed_frames
+
+
+def test_a_video_larger_than_a_block_is_read_in_whole_blocks(mesh):
+    noise = np.random.default_rng(7).integers(0, 256, (6, 720, 1280, 3), dtype=np.uint8)
+    big = faces.make_video(None, [(frame, 0.1) for frame in noise], size=(1280, 720))
+    assert len(big) > 2 * BLOCK_BYTES
+    reads = Reads(big)
+
+    plan = _plan(mesh, big, reads, seconds=60.0)
+
+    assert [(p.start_seconds, round(p.end_seconds, 3)) for p in plan.segments] == [(0.0, 0.6)]
+    assert max(reads.asked) == BLOCK_BYTES  # a whole block per message, within the limit
+
+
+def test_sealed_frames_open_only_for_their_account_and_bad_headers_are_refused(mesh, clip):
+    reads = Reads(clip)
+    planned = pb.PlannedSegment(start_seconds=0.0, end_seconds=2.4, frames_expected=5)
+    sealed = _segment(mesh, clip, reads, planned)
+
+    expect_invalid(
+        mesh.matcher.stub.StitchVideoSegments,
+        pb.StitchVideoSegmentsRequest(account_id="acct-b", project_id=PROJECT, segments=[sealed]),
+        fields={"segments[0].sealed_frames"},
+    )
+    bad = pb.MatchVideoSegmentHeader(
+        source=pb.VideoSource(account_id="", project_id=PROJECT, size_bytes=0),
+        segment=pb.PlannedSegment(start_seconds=3.0, end_seconds=1.0),
+        overlap_seconds=-1.0,
+    )
+    expect_invalid(
+        lambda: Reads(clip).call(
+            mesh.matcher.stub.MatchVideoSegment, pb.MatchVideoSegmentRequest(header=bad)
+        ),
+        fields={
+            "header.source.account_id",
+            "header.source.size_bytes",
+            "header.segment",
+            "header.overlap_seconds",
+        },
+    )
+
+
+def test_a_stored_object_that_is_no_video_is_bad_media(mesh):
+    garbage = bytes(range(256)) * 64
+
+    expect_invalid(lambda: _plan(mesh, garbage, Reads(garbage)), fields={"media"})
