@@ -40,12 +40,13 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint, no_checkpoint
-from gateway.peers import MAX_EVENTS_PER_CALL, AuditPort
+from gateway.peers import AuditPort
 from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, rowcount
+from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import TalentKey
 from mixip.runtime.worker import Backoff, Worker
@@ -66,7 +67,7 @@ class AuditOutbox:
         lease_seconds: float = 30.0,
         base_backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 30.0,
-        batch_size: int = MAX_EVENTS_PER_CALL,
+        batch_size: int = MAX_BATCH,
         rng: random.Random | None = None,
     ) -> None:
         self.db = db
