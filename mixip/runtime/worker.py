@@ -62,7 +62,7 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The wait before retry number `attempt` (1 for the first)."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
         return ceiling * (0.5 + rng.random() / 2)
 
 
