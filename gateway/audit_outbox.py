@@ -53,6 +53,9 @@ from mixip.runtime.worker import Backoff, Worker
 
 logger = logging.getLogger("mixip.gateway.audit_outbox")
 
+# A batch not delivered is due again after this (jittered, growing with its attempts).
+RETRY_BACKOFF = Backoff(base_seconds=0.5, max_seconds=30.0)
+
 
 class AuditOutbox:
     def __init__(
@@ -65,8 +68,7 @@ class AuditOutbox:
         poll_seconds: float = 1.0,
         linger_seconds: float = 0.25,
         lease_seconds: float = 30.0,
-        base_backoff_seconds: float = 0.5,
-        max_backoff_seconds: float = 30.0,
+        backoff: Backoff = RETRY_BACKOFF,
         batch_size: int = MAX_BATCH,
         rng: random.Random | None = None,
     ) -> None:
@@ -75,7 +77,7 @@ class AuditOutbox:
         self.clock = clock
         self.seals = seals
         self.lease = timedelta(seconds=lease_seconds)
-        self.backoff = Backoff(base_backoff_seconds, max_backoff_seconds)
+        self.backoff = backoff
         self.batch_size = batch_size
         self.rng = rng or random.Random()
         # Tests pause the deliverer between its claim and its call through this hook.

@@ -29,6 +29,9 @@ from services.consent.store import DeliveryCountRow, OutboxRow, outbox_context
 
 logger = logging.getLogger("mixip.consent.outbox")
 
+# A deletion not delivered is due again after this (jittered, growing with its attempts).
+RETRY_BACKOFF = Backoff(base_seconds=0.5, max_seconds=60.0)
+
 # deliver(account_id, talent_id, idempotency key, revoked at) -> faces deleted; raises on
 # failure. Only faces enrolled before the revocation go: a late delivery must spare a face
 # enrolled after consent was granted again.
@@ -44,8 +47,7 @@ class OutboxDispatcher:
         clock: Clock,
         *,
         poll_seconds: float = 2.0,
-        base_backoff_seconds: float = 0.5,
-        max_backoff_seconds: float = 60.0,
+        backoff: Backoff = RETRY_BACKOFF,
         lease_seconds: float = 30.0,
         batch_size: int = 50,
         rng: random.Random | None = None,
@@ -54,7 +56,7 @@ class OutboxDispatcher:
         self.vault = vault
         self.deliver = deliver
         self.clock = clock
-        self.backoff = Backoff(base_backoff_seconds, max_backoff_seconds)
+        self.backoff = backoff
         self.lease = timedelta(seconds=lease_seconds)
         self.batch_size = batch_size
         self.rng = rng or random.Random()
