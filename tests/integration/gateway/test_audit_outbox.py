@@ -140,3 +140,28 @@ def test_a_drain_delivers_what_was_queued_when_it_began(gateway, clock, hooks):
     assert _owed(gateway, account) == len(second.faces)
     assert len(_recorded_events(gateway, account, first.media_id)) == len(first.faces)
     assert _recorded_events(gateway, account, second.media_id) == []
+
+
+def test_an_uploads_commit_wakes_the_deliverer_which_delivers_without_a_reader(gateway, clock):
+    """The deliverer polls only once an hour here: what delivers the upload's events is the
+    wake of its commit (then the linger, then one pass), not a poll and not a reader's drain."""
+    outbox = gateway.app.audit_outbox
+    outbox.stop()
+    outbox.worker.poll_seconds = 3600.0
+    steps = Checkpoints()
+    outbox.worker.checkpoint = steps
+    idle = steps.pause_at("worker.waiting")
+    outbox.start()
+    idle.reached()  # the first pass found nothing; the hour's wait is next
+    delivered = steps.pause_at("worker.waiting")
+    idle.release()
+    account, meta = gateway.new_account("woken")
+    reply = upload(gateway, meta, group_photo())
+    delivered.reached()
+    try:
+        assert len(_recorded_events(gateway, account, reply.media_id)) == len(reply.faces)
+        assert _owed(gateway, account) == 0
+        assert steps.passed.count("worker.running") == 2
+    finally:
+        delivered.release()
+        outbox.stop()
