@@ -3,9 +3,10 @@
 Every recurring thing in the mesh is this loop with its own pass: the gateway's audit outbox
 (deliver a batch of queued events), the consent outbox (deliver owed face deletions), the
 gateway's access-log writer (write the queued entries), the matcher's index sweep (refresh the
-collections other replicas changed). A pass is `run_once() -> bool`: True when it found a
-full batch, so that more may be waiting and the next pass starts at once; False when the work
-is done for now, and the worker waits.
+collections other replicas changed), the vaults' rotation keepers and audit's checkpoint
+signer (a check on a timer). A pass is `run_once() -> bool`: True when more may be waiting (a
+full batch), so the next pass starts at once; False when the work is done for now, and the
+worker waits.
 
 The loop, per pass:
 1. wait: before the first pass only if `wait_first`; after a pass that said False,
@@ -27,7 +28,11 @@ Leases: a worker that must not do the same work as another replica's (the outbox
 webhook deliveries, erasure resumption) claims it inside its pass: `run_once` claims a batch
 with a short lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a conditional UPDATE elsewhere),
 works on it and releases or deletes it; a replica that dies mid-pass leaves the lease to
-expire. The worker itself holds no lease: it only decides when the next claim is made.
+expire. The worker itself holds no lease: it only decides when the next claim is made. So the
+gateway's job worker fits as it is (`run_once` claims one due job: True when it ran one), as do
+the webhook deliverer (True on a full batch; its hourly purge inside the pass) and the erasure
+resumer (`poll_seconds=resume_seconds`, or None to resume at start-up only, with
+`Backoff(2, max(resume_seconds, 2))` while the peers are not up yet).
 
 Tests drive a pass by calling the owner's `run_once` directly (no thread), or pause the thread
 at a named step through `checkpoint`: "worker.waiting" (`waiting_seconds` holds the wait it is
