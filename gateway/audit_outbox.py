@@ -45,11 +45,12 @@ from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime import logs
+from mixip.runtime.backoff import Backoff
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import TalentKey
-from mixip.runtime.worker import Backoff, Worker
+from mixip.runtime.worker import Worker
 
 logger = logging.getLogger("mixip.gateway.audit_outbox")
 

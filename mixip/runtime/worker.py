@@ -45,30 +45,14 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from mixip.runtime.backoff import Backoff
 
 logger = logging.getLogger("mixip.runtime.worker")
 
 
 def _no_checkpoint(name: str) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with "equal jitter": the n-th retry in a row waits between half of
-    and all of `min(max_seconds, base_seconds * 2**(n-1))`, so that delays grow and replicas
-    (or rows) that failed together spread out."""
-
-    base_seconds: float
-    """The first retry's ceiling."""
-    max_seconds: float
-    """No retry waits longer."""
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """The wait before retry number `attempt` (1 for the first)."""
-        ceiling = min(self.max_seconds, self.base_seconds * 2.0 ** (attempt - 1))
-        return ceiling * (0.5 + rng.random() / 2)
 
 
 class Worker:

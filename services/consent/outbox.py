@@ -21,10 +21,11 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
+from mixip.runtime.backoff import Backoff
 from mixip.runtime.db import Database, insert_ignoring_conflicts, rowcount
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import TalentKey, Vault
-from mixip.runtime.worker import Backoff, Worker
+from mixip.runtime.worker import Worker
 from services.consent.store import DeliveryCountRow, OutboxRow, outbox_context
 
 logger = logging.getLogger("mixip.consent.outbox")

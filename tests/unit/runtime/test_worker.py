@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mixip.runtime.worker import Backoff, Worker
+from mixip.runtime.backoff import Backoff
+from mixip.runtime.worker import Worker
 from tests.support.checkpoints import TIMEOUT, Checkpoints
 
 HOUR = 3600.0
