@@ -22,6 +22,7 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, NotFound
 from mixip.runtime.idempotency import require_same
+from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
 
 logger = logging.getLogger("mixip.gateway.auth")
@@ -163,12 +164,11 @@ class Accounts:
                     select(ApiKeyRow)
                     .where(ApiKeyRow.account_id == account_id, ApiKeyRow.key_id > after)
                     .order_by(ApiKeyRow.key_id)
-                    .limit(page_size + 1)
+                    .limit(fetch_limit(page_size))
                 )
             )
-        if len(rows) > page_size:
-            return [_api_key(r) for r in rows[:page_size]], rows[page_size - 1].key_id
-        return [_api_key(r) for r in rows], None
+        page, last = page_of(rows, page_size, lambda r: r.key_id)
+        return [_api_key(r) for r in page], last
 
     def revoke_key(self, key_id: str) -> ApiKey:
         """Revokes an account's key (idempotent: the first revocation time stays). Every
@@ -195,12 +195,11 @@ class Accounts:
                     select(AccountRow)
                     .where(AccountRow.account_id > after)
                     .order_by(AccountRow.account_id)
-                    .limit(page_size + 1)
+                    .limit(fetch_limit(page_size))
                 )
             )
-        if len(rows) > page_size:
-            return [_account(r) for r in rows[:page_size]], rows[page_size - 1].account_id
-        return [_account(r) for r in rows], None
+        page, last = page_of(rows, page_size, lambda r: r.account_id)
+        return [_account(r) for r in page], last
 
 
 def _account(row: AccountRow) -> Account:

@@ -55,6 +55,7 @@ from mixip.gateway.v1 import (
 )
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.errors import InvalidArgument
+from mixip.runtime.limits import DEFAULT_ROW_PURGE_BATCH, MAX_ROW_PURGE_BATCH
 from mixip.runtime.paging import decode_page_token, encode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
@@ -894,9 +895,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     """The internal port's API; callers are checked by the caller rules, not API keys."""
 
-    DEFAULT_BATCH = 1000
-    MAX_BATCH = 10_000
-
     def __init__(self, retention: MediaRetention, access_log: AccessLog) -> None:
         self.retention = retention
         self.access_log = access_log
@@ -926,14 +924,14 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
         self,
         request: internal_pb2.PurgeExpiredMediaRequest | internal_pb2.PurgeAccessLogRequest,
     ) -> tuple[datetime, int]:
-        """A purge's `as_of` (required) and batch size (0 means DEFAULT_BATCH)."""
+        """A purge's `as_of` (required) and batch size (0 means DEFAULT_ROW_PURGE_BATCH)."""
         checks = Checks()
         as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
-        batch = request.batch_size or self.DEFAULT_BATCH
-        if not 1 <= batch <= self.MAX_BATCH:
+        batch = request.batch_size or DEFAULT_ROW_PURGE_BATCH
+        if not 1 <= batch <= MAX_ROW_PURGE_BATCH:
             checks.fail(
                 "batch_size",
-                f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
+                f"must be between 1 and {MAX_ROW_PURGE_BATCH} (0 means {DEFAULT_ROW_PURGE_BATCH})",
             )
         checks.done()
         assert as_of is not None  # required: checks.done() refused its absence

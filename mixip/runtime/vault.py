@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +61,7 @@ from mixip.runtime.keys import (
     seal,
 )
 from mixip.runtime.times import Clock
+from mixip.runtime.worker import Worker
 
 _VERSION_BYTES = 4
 _STATE_ID = 1
@@ -593,32 +593,30 @@ class Vault:
         return len(lookups)
 
 
-class RotationKeeper:
+class RotationKeeper(Worker):
     """Rotates a vault when a destroyed secret owes a rotation (`rotation_due_at` has passed),
-    checking every `check_seconds` on a daemon thread; a failed rotation is logged and tried at
-    the next check (a rotation is crash-safe at every step). `stop()` ends the thread."""
+    checking every `check_seconds` on a background worker (started here); a failed rotation is
+    logged and tried at the next check (a rotation is crash-safe at every step). `stop()` ends
+    it."""
 
     def __init__(self, vault: Vault, check_seconds: float) -> None:
-        self.vault = vault
-        self.check_seconds = check_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"{vault.name}-vault-rotation", daemon=True
+        super().__init__(
+            f"{vault.name}-vault-rotation",
+            self._rotate,
+            poll_seconds=check_seconds,
+            wait_first=True,
+            on_error=self._failed,
         )
-        self._thread.start()
+        self.vault = vault
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.check_seconds):
-            try:
-                self.vault.rotate_if_due()
-            except Exception as exc:  # the next check tries again
-                logs.log(
-                    logger, "vault rotation failed", vault=self.vault.name, error=type(exc).__name__
-                )
+    def _rotate(self) -> bool:
+        self.vault.rotate_if_due()
+        return False
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def _failed(self, exc: Exception) -> None:
+        """The next check tries again."""
+        logs.log(logger, "vault rotation failed", vault=self.vault.name, error=type(exc).__name__)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from mixip.runtime.errors import FailedPrecondition, Unavailable
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
+from mixip.runtime.worker import Worker
 from mixip.tlog.checkpoint import Checkpoint as TreeCheckpoint
 from mixip.tlog.checkpoint import sign_checkpoint
 from mixip.tlog.merkle import root_hash
@@ -872,27 +872,28 @@ class AuditLog:
             checkpoint.updated_at = self.clock()
 
 
-class CheckpointKeeper:
-    """Signs grown trees' checkpoints every `seconds` on a daemon thread (a failure is logged
-    and tried again at the next tick). `stop()` ends the thread."""
+class CheckpointKeeper(Worker):
+    """Signs grown trees' checkpoints every `seconds` on a background worker (started here; a
+    failure is logged and tried again at the next tick). `stop()` ends it."""
 
     def __init__(self, log: AuditLog, seconds: float) -> None:
+        super().__init__(
+            "audit-checkpoints",
+            self._sign,
+            poll_seconds=seconds,
+            wait_first=True,
+            on_error=self._failed,
+        )
         self.log = log
-        self.seconds = seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.seconds):
-            try:
-                self.log.sign_grown()
-            except Exception as exc:  # the next tick tries again
-                logs.log(logger, "checkpoint signing failed", error=type(exc).__name__)
+    def _sign(self) -> bool:
+        self.log.sign_grown()
+        return False
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def _failed(self, exc: Exception) -> None:
+        """The next tick tries again."""
+        logs.log(logger, "checkpoint signing failed", error=type(exc).__name__)
 
 
 def _content(row: EventRow) -> EventContent:

@@ -1214,24 +1214,26 @@ def test_every_rpc_has_a_property():
         "CreateApiKey",
         "ListAccounts",
         "RunRetentionJob",
-        *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
-        "SetAccountRetention",  # test_bad_input_copies.py
-        "GetMediaPreview",  # test_bad_input_previews.py
-        "ListAccessLog",  # test_bad_input_access_log.py
+        *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),
+        # ^ test_face_deletion_and_api_keys_refuse_bad_input.py
+        "SetAccountRetention",  # test_retention_periods_refuse_bad_input.py
+        "GetMediaPreview",  # test_previews_refuse_bad_input.py
+        "ListAccessLog",  # test_access_log_refuses_bad_input.py
         *("CreateUploadSession", "AppendUploadChunks", "GetUploadSession"),
-        "FinishUploadSession",  # ^ test_bad_input_upload_sessions.py
+        "FinishUploadSession",  # ^ test_upload_sessions_refuse_bad_input.py
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
         *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
         "ListClearanceReport",
-        # ^ test_bad_input_review.py
+        # ^ test_projects_and_review_refuse_bad_input.py
         *("AddWebhook", "ListWebhooks", "RemoveWebhook", "TestWebhook", "RotateWebhookSecret"),
-        # ^ test_bad_input_webhooks.py
-        *("GetAuditInclusionProof", "GetAuditConsistencyProof"),  # test_bad_input_audit_proofs.py
-        *("GetJob", "WatchJob", "CancelJob", "ListJobs"),  # test_bad_input_jobs.py
+        # ^ test_webhooks_refuse_bad_input.py
+        *("GetAuditInclusionProof", "GetAuditConsistencyProof"),
+        # ^ test_audit_proofs_refuse_bad_input.py
+        *("GetJob", "WatchJob", "CancelJob", "ListJobs"),  # test_jobs_refuse_bad_input.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetAuditCheckpoint", "GetAuditLogPublicKey"}
-    credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
+    credentials_only |= {"GetVaultStatus"}  # test_vault_status_refuses_bad_input.py
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 
 
