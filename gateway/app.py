@@ -145,7 +145,6 @@ class GatewayApp(ServiceApp):
         self.uploads = Uploads(
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
-        self.jobs = Jobs(db, self.uploads, media_store, self.projects, clock)
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
         self.webhook_deliverer = WebhookDeliverer(
             db,
@@ -163,6 +162,7 @@ class GatewayApp(ServiceApp):
             allow_private=settings.webhooks_allow_private,
             overlap=timedelta(hours=settings.webhooks_secret_overlap_hours),
         )
+        self.jobs = Jobs(db, self.uploads, media_store, self.projects, clock, self.webhooks)
         self.erasures = Erasures(
             db,
             peers.matcher,
