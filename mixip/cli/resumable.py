@@ -75,7 +75,7 @@ def upload(
     address: str,
     path: Path,
     project: str,
-    progress: Callable[[float], None],
+    progress: Callable[[int], None],
 ) -> Sent:
     size = path.stat().st_size
     state = SessionState(address, project, path)
@@ -138,7 +138,7 @@ def _chunks(
     offset: int,
     size: int,
     counter: list[int],
-    progress: Callable[[float], None],
+    progress: Callable[[int], None],
 ) -> Iterator[gateway_pb2.AppendUploadChunksRequest]:
     with path.open("rb") as handle:
         handle.seek(offset)
@@ -151,7 +151,7 @@ def _chunks(
             )
             offset += len(data)
             counter[0] += len(data)
-            progress(offset / size)
+            progress(offset)  # the bytes durable or on their way
 
 
 def _sha256(path: Path) -> str:
