@@ -66,7 +66,7 @@ ENDED = frozenset({DONE, FAILED, CANCELLED})
 # The matcher's answers that another attempt would not change.
 PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
 # The webhook event of each end, and the state its payload names.
-END_EVENTS = {
+END_EVENTS: dict[int, tuple[str, str]] = {
     DONE: ("job.completed", "done"),
     FAILED: ("job.failed", "failed"),
     CANCELLED: ("job.cancelled", "cancelled"),

@@ -7,8 +7,6 @@ import json
 import sys
 from types import TracebackType
 
-from tqdm import tqdm
-
 
 class CliError(Exception):
     """A one-line message for the user; the command exits non-zero."""
@@ -86,6 +84,8 @@ class Progress:
         unit: str = "it",
         unit_scale: bool = False,
     ) -> None:
+        from tqdm import tqdm  # here: every command imports this module, few draw a bar
+
         self.enabled = enabled
         self.bar = tqdm(
             total=total,
@@ -115,7 +115,7 @@ class Progress:
 
     def write(self, text: str) -> None:
         """A line for people above the bar (stderr, even without a bar)."""
-        tqdm.write(text, file=sys.stderr)
+        self.bar.write(text, file=sys.stderr)
 
     def __enter__(self) -> Progress:
         return self
