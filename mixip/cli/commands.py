@@ -300,7 +300,7 @@ def match(args, conn: Connection, out: Output) -> int:
             out,
             folder=Path(args.file),
             project=args.project,
-            jobs=args.jobs,
+            concurrency=args.jobs,
             results=Path(args.results) if args.results else None,
             csv_path=Path(args.csv) if args.csv else None,
             resumable_above=args.resumable_above,

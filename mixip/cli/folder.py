@@ -26,8 +26,9 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,16 +159,18 @@ class Results:
 
     def start(self, kept: list[dict[str, Any]]) -> None:
         """Rewrites the file with the kept lines alone (atomically, mode 0600)."""
-        private_dir(self.path.parent)
         partial = self.path.with_name(self.path.name + ".partial")
-        write_private(partial, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in kept))
-        os.replace(partial, self.path)
+        text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in kept)
+        with self._writing():
+            private_dir(self.path.parent)
+            write_private(partial, text)
+            os.replace(partial, self.path)
         self.lines = {d["path"]: d for d in kept}
 
     def add(self, document: dict[str, Any]) -> None:
         """Appends a line, durable before this returns."""
         line = (json.dumps(document, ensure_ascii=False) + "\n").encode()
-        with self._lock:
+        with self._lock, self._writing():
             fd = open_private(self.path, append=True)
             try:
                 os.write(fd, line)
@@ -175,6 +178,13 @@ class Results:
             finally:
                 os.close(fd)
             self.lines[document["path"]] = document
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise CliError(f"cannot write {self.path}: {exc.strerror}") from None
 
 
 def is_done(line: dict[str, Any] | None, file: Candidate) -> bool:
@@ -191,12 +201,12 @@ def match_folder(
     *,
     folder: Path,
     project: str,
-    jobs: int,
+    concurrency: int,
     results: Path | None,
     csv_path: Path | None,
     resumable_above: int,
 ) -> int:
-    if not 1 <= jobs <= MAX_JOBS:
+    if not 1 <= concurrency <= MAX_JOBS:
         raise CliError(f"--jobs must be 1-{MAX_JOBS}", exit_code=2)
     address = conn.address()
     results_path = results or default_results(address, project, folder)
@@ -209,10 +219,11 @@ def match_folder(
     store.start([earlier[f.relative] for f in done])
     todo = [f for f in found if f not in done]
     stub, meta = conn.gateway()
+    cancel = jobs.Cancel()  # an interrupt ends the watches in flight at once
     failed = 0
     with (
         out.progress(f"{folder.name or folder}", len(found), unit="file") as bar,
-        ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mixip-match") as pool,
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mixip-match") as pool,
     ):
         bar.set(len(done))
         futures: dict[Future[dict[str, Any]], Candidate] = {
@@ -225,6 +236,7 @@ def match_folder(
                 file,
                 resumable_above,
                 _attempt(earlier.get(file.relative)),
+                cancel,
             ): file
             for file in todo
         }
@@ -239,6 +251,7 @@ def match_folder(
                 bar.advance()
         except BaseException:  # Ctrl-C: what finished is kept; nothing more starts
             pool.shutdown(wait=False, cancel_futures=True)
+            cancel()
             raise
     lines = [store.lines[f.relative] for f in found if f.relative in store.lines]
     if csv_path is not None:
@@ -277,6 +290,7 @@ def _match_one(
     file: Candidate,
     resumable_above: int,
     attempt: int,
+    cancel: jobs.Cancel,
 ) -> dict[str, Any]:
     """One file's results line; a failure is the line's `error`, never raised."""
     document: dict[str, Any] = {
@@ -295,7 +309,7 @@ def _match_one(
             request_id = request_id_for(project, document["sha256"], attempt)
             quiet = Progress("", enabled=False)
             started = start_job(stub, meta, file.path, data, project, request_id, quiet)
-            jobs.ended_ok(jobs.watch(stub, meta, started.job_id))
+            jobs.ended_ok(jobs.watch(stub, meta, started.job_id, cancel=cancel))
             media = stub.GetMediaResults(
                 gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
             ).media
@@ -347,9 +361,10 @@ def _write_csv(path: Path, lines: list[dict[str, Any]]) -> None:
                     "ranges": " ".join(f"{a:.2f}-{b:.2f}" for a, b in face.get("ranges", [])),
                 }
             )
-    fd = open_private(path)
-    with os.fdopen(fd, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
+    try:
+        with os.fdopen(open_private(path), "w", newline="") as handle:
+            writer = csv.DictWriter(handle, CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None

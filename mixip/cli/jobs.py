@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 
@@ -77,25 +79,74 @@ def wait(conn: Connection, out: Output, job_id: str) -> gateway_pb2.Job:
         return watch(stub, meta, job_id, show)
 
 
+POLL_SECONDS = 1.0  # GetJob's pace when the gateway has no watch to spare
+
+
+class Call(Protocol):
+    """A call in flight (a stream's iterator is one)."""
+
+    def cancel(self) -> bool: ...
+
+
+class Cancel:
+    """Ends the watches given to it at once, from another thread (an interrupted folder run);
+    a watch given to it afterwards ends as it starts."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._calls: set[Call] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.cancelled.set()
+            for call in self._calls:
+                call.cancel()
+
+    def adopt(self, call: Call) -> None:
+        with self._lock:
+            self._calls.add(call)
+            if self.cancelled.is_set():
+                call.cancel()
+
+    def drop(self, call: Call) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+
 def watch(
     stub: gateway_pb2_grpc.GatewayServiceStub,
     meta: tuple,
     job_id: str,
     seen: Callable[[gateway_pb2.Job], None] = lambda job: None,
+    cancel: Cancel | None = None,
 ) -> gateway_pb2.Job:
     """Watches the job to its end, telling `seen` of each change; the job as it ended. A watch
-    has the channel's deadline (30 s): a longer job is watched again, from where it is."""
+    has the channel's deadline (30 s): a longer job is watched again, from where it is. When
+    the gateway has no watch to spare (TOO_MANY_WATCHES), GetJob is polled instead."""
+    cancel = cancel or Cancel()
     job: gateway_pb2.Job | None = None
     while job is None or job.state not in ENDED:
-        request = gateway_pb2.WatchJobRequest(job_id=job_id)
+        if cancel.cancelled.is_set():
+            raise CliError(f"the watch of job {job_id} was interrupted")
+        call = stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id), metadata=meta)
+        cancel.adopt(call)
         try:
-            for event in stub.WatchJob(request, metadata=meta):
+            for event in call:
                 job = event.job
                 seen(job)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                continue
+            if error_details(exc).reason != "TOO_MANY_WATCHES" or cancel.cancelled.is_set():
                 raise
+            job = stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), metadata=meta).job
+            seen(job)
+            if job.state not in ENDED:
+                cancel.cancelled.wait(POLL_SECONDS)
             continue
+        finally:
+            cancel.drop(call)
         if job is None or job.state not in ENDED:
             raise CliError(f"the watch of job {job_id} ended before the job did; `mixip jobs wait`")
     return job

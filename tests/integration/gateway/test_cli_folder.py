@@ -134,20 +134,23 @@ def test_a_killed_folder_run_resumes_without_redoing_a_file(gateway, studio, tmp
 
 def test_a_file_that_fails_is_recorded_the_others_run_and_the_exit_is_1(cli, tmp_path):
     shoot = tmp_path / "shoot"
-    shoot.mkdir()
+    (shoot / "day-1").mkdir(parents=True)
     (shoot / "a.jpg").write_bytes(faces.encode(faces.astronaut(), ".jpg"))
     (shoot / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a photo")
+    faces.make_video(shoot / "day-1" / "take.mp4", [(faces.astronaut(), 1.0)], size=(320, 180))
     results = tmp_path / "results.jsonl"
     code, out, err = cli("match", str(shoot), "--project", PROJECT, "--results", str(results))
     assert code == 1
     assert "1 failed" in out and "broken.jpg: invalid argument" in out
     lines = {d["path"]: d for d in _lines(results)}
     assert lines["a.jpg"]["faces"][0]["talent_id"] == "astronaut"
+    [tracked] = lines["day-1/take.mp4"]["faces"]
+    assert tracked["talent_id"] == "astronaut" and tracked["ranges"]
     assert "error" in lines["broken.jpg"] and "faces" not in lines["broken.jpg"]
     assert err == ""  # no progress bar without a terminal
     code, out, _ = cli("match", str(shoot), "--project", PROJECT, "--results", str(results))
-    assert code == 1 and "1 done before" in out  # the failed file is tried again
-    assert sorted(d["path"] for d in _lines(results)) == ["a.jpg", "broken.jpg"]
+    assert code == 1 and "2 done before" in out  # the failed file is tried again
+    assert sorted(d["path"] for d in _lines(results)) == ["a.jpg", "broken.jpg", "day-1/take.mp4"]
     assert _lines(results)[-1]["attempt"] == 1
 
 
@@ -160,3 +163,19 @@ def test_folder_options_are_refused_for_one_file_and_one_file_options_for_a_fold
     assert code == 2 and "not a folder" in err
     code, _, err = cli("match", str(tmp_path), "--project", PROJECT, "--jobs", "0")
     assert code == 2 and "--jobs must be 1-16" in err
+
+
+def test_when_the_gateway_has_no_watch_to_spare_the_run_polls_its_jobs(cli, gateway, tmp_path):
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for name, image in (("a.jpg", faces.astronaut()), ("b.jpg", faces.grace_hopper())):
+        (shoot / name).write_bytes(faces.encode(image, ".jpg"))
+    gateway.app.jobs.watch_slots = threading.BoundedSemaphore(1)
+    gateway.app.jobs.watch_slots.acquire()  # every WatchJob: RESOURCE_EXHAUSTED
+    results = tmp_path / "results.jsonl"
+    code, out, err = cli(
+        "match", str(shoot), "--project", PROJECT, "--results", str(results), "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["matched"] == 2
+    assert {d["path"]: len(d["faces"]) for d in _lines(results)} == {"a.jpg": 1, "b.jpg": 1}
