@@ -68,12 +68,16 @@ class Capture(Output):
         return self.documents[-1]
 
 
+# What the bar shows while the total is unknown (a queued job, an export): the label and time.
+UNKNOWN_TOTAL = "{desc} [{elapsed}]"
+
+
 class Progress:
     """A tqdm bar on stderr (its rate and ETA are tqdm's) while long work runs, drawn only when
     stderr is a terminal and the command does not print JSON; otherwise nothing is written.
 
-    `total` is in `unit`s (bytes, frames, files), None while unknown (tqdm then counts without
-    a bar); `set` moves to an absolute position, `advance` by a step."""
+    `total` is in `unit`s (bytes, frames, files), None while unknown (the label and the time
+    alone); `set` moves to an absolute position, `advance` by a step."""
 
     def __init__(
         self,
@@ -96,25 +100,30 @@ class Progress:
             file=sys.stderr,
             leave=False,
             dynamic_ncols=True,
+            bar_format=None if total else UNKNOWN_TOTAL,
         )
 
     def set(self, done: float, total: float | None = None, label: str | None = None) -> None:
         """Moves the bar to `done` of `total` (when given), with a new label."""
+        if not self.enabled:  # a disabled tqdm keeps no label
+            return
         if total is not None and total != self.bar.total:
             self.bar.total = total
-        if label is not None:
-            self.bar.set_description_str(label, refresh=False)
+            self.bar.bar_format = None  # tqdm's bar, with its rate and ETA
+        if label is not None and label != self.bar.desc:
+            self.bar.set_description_str(label)  # redrawn now: the state may change alone
         self.bar.update(done - self.bar.n)
 
     def restart(self, total: float | None = None) -> None:
         """From zero again (its rate and ETA too), e.g. at a job's new attempt."""
+        self.bar.bar_format = None if total else UNKNOWN_TOTAL
         self.bar.reset(total)
 
     def advance(self, step: float = 1) -> None:
         self.bar.update(step)
 
     def write(self, text: str) -> None:
-        """A line for people above the bar (stderr, even without a bar)."""
+        """A line for people above the bar."""
         self.bar.write(text, file=sys.stderr)
 
     def __enter__(self) -> Progress:

@@ -38,7 +38,8 @@ def test_without_a_terminal_or_with_json_nothing_is_drawn(monkeypatch, as_json):
     screen = io.StringIO() if not as_json else Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     with Output(as_json=as_json).progress("job job_1", 10, unit="frame") as bar:
-        bar.set(5)
+        bar.set(5, 10, "job job_1 running")
+        bar.restart(10)
         bar.advance(5)
     assert screen.getvalue() == ""
 
