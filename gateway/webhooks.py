@@ -47,8 +47,8 @@ logger = logging.getLogger("mixip.gateway.webhooks")
 
 # What an endpoint may subscribe to; `webhook.test` goes only to the endpoint TestWebhook names.
 EVENT_TYPES = ("erasure.completed", "job.completed", "job.failed", "job.cancelled")
-# The keys of a payload's data that are not ids: the state a job ended in.
-STATE_KEYS = frozenset({"state"})
+# The one key of a payload's data that is not an id, and its values: the state a job ended in.
+STATES = frozenset({"done", "failed", "cancelled"})
 TEST_EVENT = "webhook.test"
 MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 8
@@ -163,8 +163,10 @@ class Webhooks:
     ) -> str:
         if event_type not in (*EVENT_TYPES, TEST_EVENT):
             raise ValueError(f"unknown webhook event type {event_type!r}")
-        if any(k == "talent_id" or not (k.endswith("_id") or k in STATE_KEYS) for k in data):
+        if any(k == "talent_id" or not k.endswith("_id") for k in data if k != "state"):
             raise ValueError("webhook payloads hold ids only, never a talent's")
+        if data.get("state", "done") not in STATES:
+            raise ValueError(f"a webhook payload's state is one of {sorted(STATES)}")
         now = self.clock()
         message_id = f"msg_{secrets.token_hex(12)}"
         payload = json.dumps(

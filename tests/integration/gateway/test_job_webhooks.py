@@ -96,6 +96,8 @@ def test_each_end_of_a_job_is_delivered_once_signed_and_thin(gateway, studio, en
     for request in receiver.requests:  # ids only: no talent, no file name, no face data
         assert b"astronaut" not in request.body and b"talent" not in request.body
         assert b"similarity" not in request.body and b"faces" not in request.body
+    with gateway.app.db.write() as session, pytest.raises(ValueError, match="state is one of"):
+        gateway.app.webhooks.emit(session, account, "job.failed", {"state": "astronaut"})
 
 
 def test_a_job_cancelled_while_its_worker_commits_is_announced_cancelled_once(
