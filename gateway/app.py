@@ -147,18 +147,6 @@ class GatewayApp(ServiceApp):
         self.uploads = Uploads(
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
-        self.jobs = Jobs(
-            db,
-            self.uploads,
-            media_store,
-            self.projects,
-            clock,
-            segments=SegmentPlan(
-                settings.segment_seconds,
-                settings.segment_overlap_seconds,
-                settings.segment_concurrency,
-            ),
-        )
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
         self.reports = ClearanceReports(self.projects, self.uploads, self.reviews, peers.consent)
         self.webhook_deliverer = WebhookDeliverer(
@@ -176,6 +164,19 @@ class GatewayApp(ServiceApp):
             self.webhook_deliverer.wake,
             allow_private=settings.webhooks_allow_private,
             overlap=timedelta(hours=settings.webhooks_secret_overlap_hours),
+        )
+        self.jobs = Jobs(
+            db,
+            self.uploads,
+            media_store,
+            self.projects,
+            clock,
+            self.webhooks,
+            segments=SegmentPlan(
+                settings.segment_seconds,
+                settings.segment_overlap_seconds,
+                settings.segment_concurrency,
+            ),
         )
         self.erasures = Erasures(
             db,

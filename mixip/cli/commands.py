@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +15,11 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mixip.cli import jobs, resumable
+from mixip.cli import folder, jobs, resumable
 from mixip.cli.annotate import annotate_image, contact_sheet
 from mixip.cli.connection import Connection
-from mixip.cli.output import CliError, Output, Progress
+from mixip.cli.media import BYTES, enum_name, face_json, start_job, upload_chunks
+from mixip.cli.output import CliError, Output
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
@@ -32,7 +33,6 @@ from mixip.tlog.merkle import leaf_hash
 from mixip.tlog.note import Ed25519Verifier, NoteError, b64encode
 from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
 
-CHUNK = 1024 * 1024
 RESUMABLE_ABOVE = 8 * 1024 * 1024  # larger files go through an upload session
 ADVISORY = "labels are advisory: a person decides whether media is cleared for use"
 SCOPES = {
@@ -46,37 +46,11 @@ JOBS = {
 }
 
 
-def _enum_name(enum, value: int, prefix: str) -> str:
-    return enum.Name(value).removeprefix(prefix).lower()
-
-
-def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "label": _enum_name(common_pb2.FaceLabel, face.label, "FACE_LABEL_"),
-        "talent_id": face.talent_id or None,
-        "similarity": round(face.similarity, 4),
-        "reason": _enum_name(common_pb2.LabelReason, face.reason, "LABEL_REASON_"),
-        "box": [face.box.x, face.box.y, face.box.width, face.box.height],
-    }
-    if video:
-        document["ranges"] = [[r.start_seconds, r.end_seconds] for r in face.ranges]
-        document["best_frame_seconds"] = face.best_frame_seconds
-    return document
-
-
 def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
-    yield header_message
-    for start in range(0, len(data), CHUNK):
-        progress.update((start + CHUNK) / max(1, len(data)))
-        yield type(header_message)(chunk=data[start : start + CHUNK])
-    progress.update(1.0, "stored")
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -254,9 +228,9 @@ def _record_json(record: consent_pb2.ConsentRecord) -> dict:
     return {
         "record_id": record.record_id,
         "talent_id": record.talent_id,
-        "scope": _enum_name(consent_pb2.ConsentScope, record.scope, "CONSENT_SCOPE_"),
+        "scope": enum_name(consent_pb2.ConsentScope, record.scope, "CONSENT_SCOPE_"),
         "project_id": record.project_id or None,
-        "decision": _enum_name(consent_pb2.ConsentDecision, record.decision, "CONSENT_DECISION_"),
+        "decision": enum_name(consent_pb2.ConsentDecision, record.decision, "CONSENT_DECISION_"),
         "method": record.evidence.method,
         "policy_version": record.evidence.policy_version,
         "actor": record.evidence.actor,
@@ -305,11 +279,11 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
     enrolled = []
     for image in images:
         data = _read(image)
-        with out.progress(f"enrolling {Path(image).name}") as progress:
+        with out.progress(f"enrolling {Path(image).name}", len(data), **BYTES) as progress:
             header = gateway_pb2.EnrollTalentRequest(
                 header=gateway_pb2.EnrollHeader(talent_id=talent, request_id=uuid.uuid4().hex)
             )
-            reply = stub.EnrollTalent(_chunks(header, data, progress), metadata=meta)
+            reply = stub.EnrollTalent(upload_chunks(header, data, progress), metadata=meta)
         enrolled.append({"image": image, "face_id": reply.face.face_id})
     out.result(
         {"talent_id": talent, "faces": enrolled},
@@ -319,6 +293,21 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
 
 
 def match(args, conn: Connection, out: Output) -> int:
+    if Path(args.file).is_dir():
+        if args.annotate or args.no_wait:
+            raise CliError("--annotate and --no-wait are for one file, not a folder", 2)
+        return folder.match_folder(
+            conn,
+            out,
+            folder=Path(args.file),
+            project=args.project,
+            concurrency=args.jobs,
+            results=Path(args.results) if args.results else None,
+            csv_path=Path(args.csv) if args.csv else None,
+            resumable_above=args.resumable_above,
+        )
+    if args.results or args.csv:
+        raise CliError("--results and --csv are for a folder (mixip match DIR)", 2)
     return match_file(
         conn,
         out,
@@ -350,22 +339,14 @@ def match_file(
         raise CliError(f"cannot read {file}: {exc.strerror}") from None
     stub, meta = conn.gateway()
     if size > resumable_above:
-        with out.progress(f"uploading {path.name}") as progress:
-            sent = resumable.upload(stub, meta, conn.address(), path, project, progress.update)
+        with out.progress(f"uploading {path.name}", size, **BYTES) as progress:
+            sent = resumable.upload(stub, meta, conn.address(), path, project, progress.set)
         reply, upload = sent.media, {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
         document, lines = _media_result(reply)
     else:
         data = _read(file)
-        with out.progress(f"uploading {path.name}") as progress:
-            header = gateway_pb2.UploadMediaRequest(
-                header=gateway_pb2.UploadHeader(
-                    project_id=project,
-                    filename=path.name[:255],
-                    request_id=uuid.uuid4().hex,
-                    as_job=True,
-                )
-            )
-            started = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+        with out.progress(f"uploading {path.name}", len(data), **BYTES) as progress:
+            started = start_job(stub, meta, path, data, project, uuid.uuid4().hex, progress)
         upload = {"bytes": len(data), "resumed_from": 0}
         if no_wait:
             out.result(
@@ -418,7 +399,7 @@ def decision_json(record: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]:
         "decision_id": record.decision_id,
         "media_id": record.media_id,
         "face_index": record.face_index,
-        "decision": _enum_name(common_pb2.ReviewDecision, record.decision, "REVIEW_DECISION_"),
+        "decision": enum_name(common_pb2.ReviewDecision, record.decision, "REVIEW_DECISION_"),
         "note": record.note,
         "decided_by_account_id": record.decided_by_account_id,
         "decided_by_key_id": record.decided_by_key_id,
@@ -568,8 +549,8 @@ def list_audit_events(
             "project_id": e.project_id,
             "media_id": e.media_id,
             "face_index": e.face_index,
-            "label": _enum_name(common_pb2.FaceLabel, e.label, "FACE_LABEL_"),
-            "reason": _enum_name(common_pb2.LabelReason, e.reason, "LABEL_REASON_"),
+            "label": enum_name(common_pb2.FaceLabel, e.label, "FACE_LABEL_"),
+            "reason": enum_name(common_pb2.LabelReason, e.reason, "LABEL_REASON_"),
             "similarity": round(e.similarity, 4),
             "talent_linked": e.talent_linked,
             "actor": e.actor,
@@ -832,7 +813,7 @@ def audit_vault_status(args, conn: Connection, out: Output) -> int:
 
 def _job_name(job: int) -> str:
     """The job as `--job` names it (rotate-vault, not rotate_vault)."""
-    return _enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
+    return enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
 
 
 def _report_json(report: retention_pb2.RunReport) -> dict:
@@ -842,7 +823,7 @@ def _report_json(report: retention_pb2.RunReport) -> dict:
     return {
         "run_id": report.run_id,
         "job": _job_name(report.job),
-        "outcome": _enum_name(retention_pb2.RunOutcome, report.outcome, "RUN_OUTCOME_"),
+        "outcome": enum_name(retention_pb2.RunOutcome, report.outcome, "RUN_OUTCOME_"),
         "started_at": when(report.started_at),
         "finished_at": when(report.finished_at),
         "events_purged": report.events_purged,
@@ -962,8 +943,14 @@ def add_commands(
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos with exactly one face each")
     p.set_defaults(run=enroll)
 
-    p = sub.add_parser("match", parents=[common], help="match an image or video")
-    p.add_argument("file", help="a photo or video")
+    p = sub.add_parser(
+        "match", parents=[common], help="match an image or video, or a folder of them"
+    )
+    p.add_argument(
+        "file",
+        metavar="PATH",
+        help="a photo or video, or a folder: every photo and video under it (docs/jobs.md)",
+    )
     p.add_argument("--project", required=True, help="the project the media belongs to")
     p.add_argument("--annotate", metavar="OUT.png", help="write an annotated image")
     p.add_argument(
@@ -980,6 +967,21 @@ def add_commands(
         help="print the job's id once the file is stored (`mixip jobs wait JOB_ID`); a file "
         "sent through a session is analysed before the command returns",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=folder.DEFAULT_JOBS,
+        metavar="N",
+        help=f"a folder: files matched at once (1-{folder.MAX_JOBS}, default "
+        f"{folder.DEFAULT_JOBS})",
+    )
+    p.add_argument(
+        "--results",
+        metavar="FILE",
+        help="a folder: the results file (JSON lines; default under $XDG_STATE_HOME/mixip/"
+        "folders/, printed); a rerun skips the files it holds",
+    )
+    p.add_argument("--csv", metavar="FILE", help="a folder: the results as CSV too")
     p.set_defaults(run=match)
 
     media = sub.add_parser("media", help="stored media and their results").add_subparsers(
