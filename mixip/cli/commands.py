@@ -16,7 +16,6 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.cli import jobs, resumable
-from mixip.cli.annotate import annotate_image, contact_sheet
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output, Progress
 from mixip.common.v1 import common_pb2
@@ -441,6 +440,8 @@ def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict[str, Any
 
 
 def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video: bool) -> None:
+    from mixip.cli.annotate import annotate_image, contact_sheet  # OpenCV: only when drawing
+
     try:
         if not video:
             annotate_image(data, faces, target)
