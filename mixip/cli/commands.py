@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mixip.cli import jobs, resumable
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output, Progress
+from mixip.cli.project_ids import require_project
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
@@ -220,6 +221,8 @@ def record_consent(
         raise CliError("--scope usage needs --project P", exit_code=2)
     if scope_value == SCOPES["biometric"] and project:
         raise CliError("--project applies to --scope usage only", exit_code=2)
+    if project and action == "grant":  # a revocation may name a project that is gone
+        require_project(conn, project)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
         if action == "grant"
@@ -346,6 +349,7 @@ def match_file(
         size = path.stat().st_size
     except OSError as exc:
         raise CliError(f"cannot read {file}: {exc.strerror}") from None
+    require_project(conn, project)  # the gateway would create an unknown id: a typo's project
     stub, meta = conn.gateway()
     if size > resumable_above:
         with out.progress(f"uploading {path.name}") as progress:
@@ -403,6 +407,7 @@ def media_show(args, conn: Connection, out: Output) -> int:
     latest = {d["face_index"]: d for d in document["decisions"]}  # oldest first: last wins
     lines += [
         f"  [{i}] decided: {d['decision']} by {d['decided_by_account_id']} at {d['decided_at']}"
+        + (f" ({d['note']})" if d["note"] else "")
         for i, d in sorted(latest.items())
     ]
     out.result(document, lines)

@@ -27,6 +27,7 @@ SUPERVISOR_LOCK = "mixip-up"  # the lock `mixip up` holds (mixip.cli.launcher)
 GATEWAY_SERVICES = ["mixip.gateway.v1.GatewayService", "mixip.gateway.v1.AdminService"]
 # How long a command waits for a `mixip up` that is still starting on its data directory.
 STARTING_MESH_WAIT_SECONDS = 180.0
+DEV_KEY_WAIT_SECONDS = 15.0
 
 
 @dataclass
@@ -104,6 +105,11 @@ class Connection:
         if key:
             return key
         path = self.data_dir / DEV_KEY_FILE
+        if not path.exists() and self._mesh_starting():
+            self.address()  # a starting `mixip up` writes the key just after mesh.json
+            deadline = time.monotonic() + DEV_KEY_WAIT_SECONDS
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
         if path.exists():
             return path.read_text().strip()
         raise CliError(f"no API key: set MIXIP_API_KEY, or run `mixip up` (it writes {path})")

@@ -16,13 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from mixip.cli import commands, db, jobs, review, webhooks, witness
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.runtime.config import ConfigError
 
 
 def up(args, conn: Connection, out: Output) -> int:
+    if args.background:
+        from mixip.cli.background import start_in_background
+
+        return start_in_background(args, conn, out)
     from mixip.cli.dev_mesh import start_mesh
     from mixip.cli.launcher import (
         DEFAULT_GATEWAY_PORT,
@@ -74,6 +77,12 @@ def up(args, conn: Connection, out: Output) -> int:
     lines.append("A service that exits is restarted (said here); Ctrl-C stops them all.")
     out.result(document, lines)
     return run_until_signalled(mesh, stop)
+
+
+def stop_mesh(args, conn: Connection, out: Output) -> int:
+    from mixip.cli.background import down
+
+    return down(args, conn, out)
 
 
 def certs_init(args, conn: Connection, out: Output) -> int:
@@ -173,6 +182,8 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mixip.cli import commands, db, jobs, review, webhooks, witness
+
     parser = argparse.ArgumentParser(prog="mixip", description="Mix-IP clearance mesh")
     parser.add_argument("--version", action=_Version, help="print the version")
     _common_options(parser, suppress=False)
@@ -199,7 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVICE=N,...",
         help="run N instances of a service, balanced round_robin (e.g. matcher=2,gateway=2)",
     )
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="start the mesh as a background process, return once it is ready (`mixip down` "
+        "stops it)",
+    )
     p.set_defaults(run=up)
+    p = sub.add_parser("down", parents=[common], help="stop the mesh `mixip up` runs")
+    p.set_defaults(run=stop_mesh)
     certs = sub.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
         dest="action", required=True
     )
@@ -244,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # without building the parser
+        print(f"mixip {_version()}")
+        return 0
     args = build_parser().parse_args(argv)
     out = Output(args.json)
     conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway, args.insecure)
