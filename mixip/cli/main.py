@@ -142,7 +142,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        parser.exit(message=f"mixip {_version()}\n")
+        print(f"mixip {_version()}")
+        parser.exit()
 
 
 def demo(args, conn: Connection, out: Output) -> int:

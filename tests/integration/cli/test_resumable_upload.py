@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from gateway.erasure import no_checkpoint
+from mixip.gateway.v1 import gateway_pb2 as gpb
 from tests.support.gateway_calls import PROJECT, group_photo
 
 PART = 64 * 1024  # the `gateway` fixture's segments
@@ -22,6 +23,9 @@ class ClientKilled(Exception):
 
 def test_a_killed_match_resumes_from_the_durable_offset_and_sends_only_the_rest(gateway, tmp_path):
     _, meta = gateway.new_account()
+    gateway.stub.CreateProject(
+        gpb.CreateProjectRequest(project_id=PROJECT, display_name="Film One"), metadata=meta
+    )
     photo = tmp_path / "group.jpg"
     photo.write_bytes(group_photo())
     size = photo.stat().st_size
