@@ -245,7 +245,8 @@ def markdown(results: dict) -> str:
                 rows.append(
                     (
                         f"CLI start-up: {label}",
-                        f"p50 **{c['p50']:.2f} s** (n={c['n']})",
+                        f"p50 **{c['p50']:.2f} s** wall, {c.get('cpu_p50', 0):.2f} s CPU "
+                        f"(n={c['n']})",
                         f"< {c['goal_seconds']:g} s",
                         _met(c["met"]),
                     )

@@ -127,9 +127,10 @@ def run_demo(out_dir: Path, out: Output) -> int:
         )
         decision = shown.last
         say(
-            "review in a browser: run `mixip up` and open the review page it prints "
-            '(also in mesh.json under "web"), and sign in with the key in its data directory\'s '
-            f"{DEV_KEY_FILE} file"
+            "review in a browser: this demo's mesh and data are removed when it ends, so its "
+            "page would be empty; the README's 'Try it' steps start `mixip up` in ./var, match "
+            "into a project there and open the page it prints (sign in with the key in "
+            f"var/{DEV_KEY_FILE})"
         )
 
         say(f"\n5. erasing {TALENT}")
