@@ -43,7 +43,7 @@ CLI_GOALS = {"version": 0.3, "help": 0.3, "projects_list": 0.5}
 CLI_COMMANDS = {
     "version": ["--version"],
     "help": ["--help"],
-    "projects_list": ["projects", "list"],
+    "projects_list": ["--data-dir", "{data_dir}", "projects", "list"],
 }
 
 
@@ -56,7 +56,12 @@ def _cli_seconds(data_dir: Path, runs: int) -> dict[str, list[tuple[float, float
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "mixip.cli.main", "--data-dir", str(data_dir), *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "mixip.cli.main",
+                    *(a.format(data_dir=data_dir) for a in args),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=True,
