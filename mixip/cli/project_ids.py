@@ -30,7 +30,7 @@ def require_project(conn: Connection, project: str) -> None:
     if project in known:
         return
     close = difflib.get_close_matches(project, known, n=3, cutoff=0.6)
-    guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ":"
     raise CliError(
         f"not found: no project {project!r}{guess} create it with "
         f'`mixip projects create {project} --name "..."` (`mixip projects list` lists yours)'

@@ -276,9 +276,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(running_mesh, tmp_path, args, 
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_a_typo_in_a_project_id_is_an_error_that_suggests_the_project_meant(
-    running_mesh, tmp_path
-):
+def test_a_typo_in_a_project_id_is_an_error_that_suggests_the_project_meant(running_mesh, tmp_path):
     data_dir, _, _ = running_mesh
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), faces.astronaut())
@@ -302,7 +300,8 @@ def test_a_text_file_named_jpg_is_refused(running_mesh, tmp_path):
     fake = tmp_path / "photo.jpg"
     fake.write_text("not a photo")
     result = mixip(data_dir, "match", str(fake), "--project", "p1")
-    assert result.returncode == 1 and "invalid argument" in result.stderr
+    assert result.returncode == 1 and "invalid argument: the file: " in result.stderr
+    assert "chunk" not in result.stderr  # the CLI's words, not the contract's field names
     assert "Traceback" not in result.stderr
 
 
