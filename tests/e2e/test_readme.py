@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from mixip.cli.connection import SUPERVISOR_LOCK
+from mixip.runtime import statelock
 from mixip.runtime.config import SERVICES
 from tests.support.databases import BACKENDS, fresh_schema_url
 
@@ -86,10 +88,13 @@ def test_the_readme_runs_as_written(backend, tmp_path, pg_test_database):
 
 
 def _stop_a_mesh_left_running(data_dir: Path) -> None:
-    """A failed block leaves the background `mixip up` running: stop it by the pid it wrote."""
+    """A failed block leaves the background `mixip up` running: stop it by the pid it wrote in
+    mesh.json, or (still starting) by the pid holding its data directory's lock."""
     try:
         pid = json.loads((data_dir / "mesh.json").read_text())["pid"]
     except (OSError, ValueError, KeyError):
+        pid = statelock.holders(data_dir).get(SUPERVISOR_LOCK) if data_dir.is_dir() else None
+    if pid is None:
         return
     try:
         os.kill(pid, signal.SIGTERM)
