@@ -29,6 +29,9 @@ REQUIRED = (
     "video.end_to_end.realtime_factor",
     "video.by_rate",
     "startup.seconds.p50",
+    "startup.cli.version.p50",
+    "startup.cli.help.p50",
+    "startup.cli.projects_list.p50",
 )
 
 
@@ -232,6 +235,22 @@ def markdown(results: dict) -> str:
                 "—",
             )
         )
+        for name, label in (
+            ("version", "`mixip --version`"),
+            ("help", "`mixip --help`"),
+            ("projects_list", "`mixip projects list` (a typical command, mesh running)"),
+        ):
+            c = st.get("cli", {}).get(name)
+            if c:
+                rows.append(
+                    (
+                        f"CLI start-up: {label}",
+                        f"p50 **{c['p50']:.2f} s** wall, {c.get('cpu_p50', 0):.2f} s CPU "
+                        f"(n={c['n']})",
+                        f"< {c['goal_seconds']:g} s",
+                        _met(c["met"]),
+                    )
+                )
     lines = [
         f"Run of {run['started_at']} ({'smoke sizes' if run['smoke'] else 'full sizes'}), "
         f"{run['host'].get('cpus')} cores, load average {run['load_average_at_start']} at start, "

@@ -16,10 +16,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.cli import folder, jobs, resumable
-from mixip.cli.annotate import annotate_image, contact_sheet
 from mixip.cli.connection import Connection
 from mixip.cli.media import BYTES, enum_name, face_json, start_job, upload_chunks
 from mixip.cli.output import CliError, Output
+from mixip.cli.project_ids import require_project
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
@@ -196,6 +196,8 @@ def record_consent(
         raise CliError("--scope usage needs --project P", exit_code=2)
     if scope_value == SCOPES["biometric"] and project:
         raise CliError("--project applies to --scope usage only", exit_code=2)
+    if project and action == "grant":  # a revocation may name a project that is gone
+        require_project(conn, project)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
         if action == "grant"
@@ -337,6 +339,7 @@ def match_file(
         size = path.stat().st_size
     except OSError as exc:
         raise CliError(f"cannot read {file}: {exc.strerror}") from None
+    require_project(conn, project)  # the gateway would create an unknown id: a typo's project
     stub, meta = conn.gateway()
     if size > resumable_above:
         with out.progress(f"uploading {path.name}", size, **BYTES) as progress:
@@ -426,6 +429,8 @@ def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict[str, Any
 
 
 def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video: bool) -> None:
+    from mixip.cli.annotate import annotate_image, contact_sheet  # OpenCV: only when drawing
+
     try:
         if not video:
             annotate_image(data, faces, target)

@@ -17,13 +17,17 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from mixip.cli.output import CliError
-from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import private_dir, write_private
+
+if TYPE_CHECKING:  # the stub comes from the caller's connection
+    from mixip.gateway.v1 import gateway_pb2_grpc
 
 CHUNK = 256 * 1024  # the gateway takes at most MIXIP_GATEWAY_MAX_CHUNK_BYTES (4 MiB) a message
 READ_BYTES = 1024 * 1024

@@ -24,6 +24,9 @@ class ClientKilled(Exception):
 
 def test_a_killed_match_resumes_from_the_durable_offset_and_sends_only_the_rest(gateway, tmp_path):
     _, meta = gateway.new_account()
+    gateway.stub.CreateProject(
+        pb.CreateProjectRequest(project_id=PROJECT, display_name="Film One"), metadata=meta
+    )
     photo = tmp_path / "group.jpg"
     photo.write_bytes(group_photo())
     size = photo.stat().st_size
