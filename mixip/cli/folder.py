@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -40,9 +40,12 @@ from mixip.cli.connection import Connection
 from mixip.cli.media import face_json, start_job
 from mixip.cli.output import CliError, Output, Progress
 from mixip.common.v1 import common_pb2
-from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import open_private, private_dir, write_private
+
+if TYPE_CHECKING:
+    from mixip.gateway.v1 import gateway_pb2_grpc
 
 DEFAULT_JOBS = 2
 MAX_JOBS = 16

@@ -6,17 +6,20 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
-from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
+
+if TYPE_CHECKING:
+    from mixip.gateway.v1 import gateway_pb2_grpc
 
 ENDED = {gateway_pb2.JOB_STATE_DONE, gateway_pb2.JOB_STATE_FAILED, gateway_pb2.JOB_STATE_CANCELLED}
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixip.cli.output import Progress
 from mixip.common.v1 import common_pb2
-from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import gateway_pb2
+
+if TYPE_CHECKING:
+    from mixip.gateway.v1 import gateway_pb2_grpc
 
 CHUNK = 1024 * 1024
 BYTES: dict[str, Any] = {"unit": "B", "unit_scale": True}  # a progress bar over bytes
