@@ -373,9 +373,9 @@ def _proofs_and_signing(log: AuditLog, account: str, size: int, proofs: int, sig
     for _ in range(proofs):
         sequence = rng.randrange(1, size + 1)
         started = time.perf_counter()
-        index, proof = log.inclusion_proof(account, sequence, size)
+        inclusion = log.inclusion_proof(account, sequence, size)
         times.append(time.perf_counter() - started)
-        made.append((sequence, index, proof))
+        made.append((sequence, inclusion.leaf_index, inclusion.hashes))
     for sequence, index, proof in made:  # each proof proves its leaf in the tree's root
         if index != sequence - 1:
             raise RuntimeError(f"event {sequence} is leaf {index}")

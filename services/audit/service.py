@@ -153,6 +153,16 @@ class _Expired:
     last_hash: str
 
 
+@dataclass(frozen=True)
+class Inclusion:
+    """An event's place in a tree: its leaf index, the inclusion proof (RFC 9162 order), and
+    its leaf bytes (empty when the event was purged: its leaf stays in the tree)."""
+
+    leaf_index: int
+    hashes: list[bytes]
+    leaf: bytes
+
+
 class TreeNotReached(ProofError):
     """A proof asked of a tree size that the account's tree has not reached."""
 
@@ -401,20 +411,25 @@ class AuditLog:
             size = tree.size()
             return size, root_hash(tree, size)
 
-    def inclusion_proof(
-        self, account_id: str, sequence: int, tree_size: int
-    ) -> tuple[int, list[bytes]]:
-        """Event `sequence`'s leaf index and its inclusion proof in the tree of `tree_size`
-        leaves; TreeNotReached if the tree has not reached that size, ProofError if that tree
-        does not hold the event."""
-        with self.db.read(snapshot=True) as session:
+    def inclusion_proof(self, account_id: str, sequence: int, tree_size: int) -> Inclusion:
+        """Event `sequence`'s leaf index, its inclusion proof in the tree of `tree_size`
+        leaves, and its leaf bytes (empty once purged); TreeNotReached if the tree has not
+        reached that size, ProofError if that tree does not hold the event."""
+        # No snapshot needed (and none paid for): nodes are written once and never change, so
+        # the nodes of a size read first are still there for the proof's read.
+        with self.db.read() as session:
             tree = StoredTree(session, account_id)
-            size = tree.size()
+            last_sequence, size = tree.head_and_size()
             if tree_size > size:
                 raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
-            head = session.get(ChainHead, account_id)
-            index = sequence - 1 - (head.last_sequence - size if head else 0)
-            return index, prove_inclusion(tree, index, tree_size)
+            index = sequence - 1 - (last_sequence - size)
+            hashes = prove_inclusion(tree, index, tree_size)
+            row = session.scalars(
+                select(EventRow).where(
+                    EventRow.account_id == account_id, EventRow.sequence == sequence
+                )
+            ).one_or_none()
+            return Inclusion(index, hashes, _content(row).canonical() if row else b"")
 
     def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
         """The proof that the account's tree of `new_size` leaves extends the one of

@@ -90,9 +90,9 @@ def test_every_event_and_every_earlier_size_is_proven_from_the_stored_nodes(audi
         heads.append(audit_log.tree_head("acct-a"))
     size, root = heads[-1]
     for sequence, leaf in canonical_leaves(audit_log, "acct-a"):
-        index, proof = audit_log.inclusion_proof("acct-a", sequence, size)
-        assert index == sequence - 1
-        verify_inclusion(leaf_hash(leaf), index, size, proof, root)
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        assert (inclusion.leaf_index, inclusion.leaf) == (sequence - 1, leaf)
+        verify_inclusion(leaf_hash(leaf), inclusion.leaf_index, size, inclusion.hashes, root)
     for old_size, old_root in heads:
         proof = audit_log.consistency_proof("acct-a", old_size, size)
         verify_consistency(old_size, size, old_root, root, proof)
@@ -125,6 +125,7 @@ def test_a_purge_deletes_events_but_keeps_the_tree_and_its_proofs(audit_log, clo
     audit_log.partitions_ahead()
     audit_log.record("acct-a", events("new", 3, clock))
     size, root = audit_log.tree_head("acct-a")
+    before = canonical_leaves(audit_log, "acct-a")
     purged, done, _, _ = audit_log.purge(JAN + timedelta(days=20), 1000)
     assert (purged, done) == (5, True)
     assert [s for s, _ in canonical_leaves(audit_log, "acct-a")] == [6, 7, 8]
@@ -132,8 +133,11 @@ def test_a_purge_deletes_events_but_keeps_the_tree_and_its_proofs(audit_log, clo
     proof = audit_log.consistency_proof("acct-a", old_size, size)
     verify_consistency(old_size, size, old_root, root, proof)
     for sequence, leaf in canonical_leaves(audit_log, "acct-a"):
-        index, proof = audit_log.inclusion_proof("acct-a", sequence, size)
-        verify_inclusion(leaf_hash(leaf), index, size, proof, root)
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        verify_inclusion(leaf_hash(leaf), inclusion.leaf_index, size, inclusion.hashes, root)
+    purged_one = audit_log.inclusion_proof("acct-a", 2, size)  # its leaf is gone, not its proof
+    assert purged_one.leaf == b""
+    verify_inclusion(leaf_hash(before[1][1]), 1, size, purged_one.hashes, root)
 
 
 def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clock):
@@ -157,8 +161,8 @@ def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clo
     size, root = audit_log.tree_head("acct-a")
     assert (size, root) == (5, tree_hash([leaf for _, leaf in remaining]))
     assert audit_log.tree_head("acct-b") == (0, EMPTY_ROOT)
-    index, proof = audit_log.inclusion_proof("acct-a", 10, size)
-    assert index == 2
-    verify_inclusion(leaf_hash(remaining[2][1]), index, size, proof, root)
+    inclusion = audit_log.inclusion_proof("acct-a", 10, size)
+    assert inclusion.leaf_index == 2
+    verify_inclusion(leaf_hash(remaining[2][1]), 2, size, inclusion.hashes, root)
     audit_log.record("acct-b", events("c", 1, clock))
     assert audit_log.tree_head("acct-b")[0] == 1
