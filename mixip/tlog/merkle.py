@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -44,9 +45,9 @@ def tree_hash(leaves: Sequence[bytes]) -> bytes:
     return node_hash(tree_hash(leaves[:k]), tree_hash(leaves[k:]))
 
 
-class NodeId(NamedTuple):
-    """A perfect subtree: the hash of leaves [index * 2**level, (index + 1) * 2**level).
-    (A named tuple: an append makes two of them per leaf.)"""
+@dataclass(frozen=True, slots=True)
+class NodeId:
+    """A perfect subtree: the hash of leaves [index * 2**level, (index + 1) * 2**level)."""
 
     level: int
     index: int

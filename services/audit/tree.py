@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session
@@ -39,7 +40,7 @@ class StoredTree:
         (`max()` would read every leaf's entry when the planner has no statistics yet)."""
         return self.session.scalar(self._size()) or 0
 
-    def _size(self) -> Select[tuple[int]]:
+    def _size(self) -> Select[Any]:
         return (
             select(TreeNodeRow.node_index + 1)
             .where(TreeNodeRow.account_id == self.account_id, TreeNodeRow.level == 0)
