@@ -2,8 +2,9 @@
 golang.org/x/mod/sumdb/note opens our signed checkpoints, sumdb/tlog checks our inclusion and
 consistency proofs (CheckRecord, CheckTree) against the tree hashes it computes from the leaves
 itself, and our receipts (C2SP tlog-proof files: their checkpoint and proof); and Go's keys,
-notes and proofs go through our parser and verifiers. The Go side is tests/support/go/tlogcheck, built here in GOPATH mode from Debian's golang-go and
-golang-golang-x-mod-dev (.ci/run installs them; without them CI fails, elsewhere this skips)."""
+notes and proofs go through our parser and verifiers. The Go side is tests/support/go/tlogcheck,
+built here in GOPATH mode from Debian's golang-go and golang-golang-x-mod-dev (.ci/run installs
+them; without them CI fails, elsewhere this skips)."""
 
 from __future__ import annotations
 
