@@ -1,10 +1,12 @@
 """Each account's Merkle tree in the audit database: appended in the events' own transaction, its
 root the RFC 9162 hash of the events' canonical bytes, proofs read from the stored nodes that
-mixip.tlog verifies, a purge that keeps every hash, and the revision that builds the tree of a
+mixip.tlog verifies, a purge that keeps every hash, an erasure that changes none (and no
+checkpoint, proof or receipt that carries the talent), and the revision that builds the tree of a
 log recorded before it."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -18,8 +20,11 @@ from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition
 from mixip.runtime.keys import LocalKeyWrapper
 from mixip.tlog.merkle import EMPTY_ROOT, leaf_hash, tree_hash
+from mixip.tlog.note import Ed25519Verifier
 from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
+from mixip.tlog.receipt import Receipt, verify_receipt
 from services.audit.service import AuditLog, EventFilter, NewEvent
+from services.audit.signer import KEY_FILE, LogSigner
 from services.audit.store import Base, TreeNodeRow
 from services.audit.vault import SaltVault
 
@@ -166,3 +171,33 @@ def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clo
     verify_inclusion(leaf_hash(remaining[2][1]), 2, size, inclusion.hashes, root)
     audit_log.record("acct-b", events("c", 1, clock))
     assert audit_log.tree_head("acct-b")[0] == 1
+
+
+def test_erasure_changes_nothing_in_the_tree_and_no_proof_carries_the_talent(
+    audit_log, clock, tmp_path
+):
+    audit_log.signer = LogSigner.load_or_create(tmp_path / "log-key" / KEY_FILE)
+    audit_log.record("acct-a", events("e", 6, clock, talent="t-ada"))
+    with audit_log.db.read() as session:
+        salt = audit_log.vault.salts(session, "acct-a", ["t-ada"], create=False)["t-ada"]
+    size, root = audit_log.tree_head("acct-a")
+    note = audit_log.checkpoint("acct-a")
+    leaves = canonical_leaves(audit_log, "acct-a")
+    receipts = []
+    for sequence, _ in leaves:
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        proof = tuple(inclusion.hashes)
+        receipts.append(Receipt(inclusion.leaf_index, proof, note, extra=inclusion.leaf).text)
+    consistency = audit_log.consistency_proof("acct-a", 2, size)
+    published = "\n".join([note, *receipts, *(h.hex() for h in consistency)]).encode()
+    published += b"".join(leaf for _, leaf in leaves)
+    for secret in (b"t-ada", salt, salt.hex().encode(), base64.b64encode(salt)):
+        assert secret not in published
+
+    assert audit_log.shred("acct-a", "t-ada")[0]
+    assert audit_log.tree_head("acct-a") == (size, root)
+    assert canonical_leaves(audit_log, "acct-a") == leaves
+    assert audit_log.checkpoint("acct-a") == note  # the same tree, the same checkpoint
+    verifier = Ed25519Verifier.from_vkey(audit_log.public_key("acct-a"))
+    for text, (_, leaf) in zip(receipts, leaves, strict=True):
+        assert verify_receipt(text, None, verifier).leaf == leaf
