@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +21,14 @@ from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
 from mixip.tlog.checkpoint import Checkpoint as TreeCheckpoint
 from mixip.tlog.checkpoint import sign_checkpoint
-from mixip.tlog.merkle import root_hash
-from mixip.tlog.proof import ProofError, prove_consistency, prove_inclusion, verify_consistency
+from mixip.tlog.merkle import HashReader, NodeId, range_nodes, root_hash
+from mixip.tlog.proof import (
+    ProofError,
+    consistency_ranges,
+    prove_consistency,
+    prove_inclusion,
+    verify_consistency,
+)
 from services.audit.domain import (
     GENESIS_HASH,
     KIND_MATCH,
@@ -419,16 +425,24 @@ class AuditLog:
         # the nodes of a size read first are still there for the proof's read.
         with self.db.read() as session:
             tree = StoredTree(session, account_id)
-            last_sequence, size = tree.head_and_size()
+            # the head, the tree's size and the event in one statement, its nodes in another
+            found = session.execute(
+                select(ChainHead.last_sequence, tree.size_query().scalar_subquery(), EventRow)
+                .outerjoin(
+                    EventRow,
+                    and_(
+                        EventRow.account_id == ChainHead.account_id,
+                        EventRow.sequence == sequence,
+                    ),
+                )
+                .where(ChainHead.account_id == account_id)
+            ).one_or_none()
+            last_sequence, size, row = found if found else (0, 0, None)
+            size = size or 0
             if tree_size > size:
                 raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
             index = sequence - 1 - (last_sequence - size)
             hashes = prove_inclusion(tree, index, tree_size)
-            row = session.scalars(
-                select(EventRow).where(
-                    EventRow.account_id == account_id, EventRow.sequence == sequence
-                )
-            ).one_or_none()
             return Inclusion(index, hashes, _content(row).canonical() if row else b"")
 
     def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
@@ -455,20 +469,28 @@ class AuditLog:
         if the tree has not grown since, else a new one, signed only if the tree extends the
         one signed last (FailedPrecondition INCONSISTENT_TREE, logged, otherwise)."""
         signer = self._signer()
-        with self.db.read(snapshot=True) as session:
-            kept = session.get(SignedCheckpointRow, account_id)
-            if kept is not None and kept.tree_size == StoredTree(session, account_id).size():
-                return kept.note
+        with self.db.read() as session:  # one statement: one snapshot
+            tree = StoredTree(session, account_id)
+            unchanged = session.scalar(
+                select(SignedCheckpointRow.note).where(
+                    SignedCheckpointRow.account_id == account_id,
+                    SignedCheckpointRow.tree_size == tree.size_query().scalar_subquery(),
+                )
+            )
+            if unchanged is not None:
+                return unchanged
         with self.db.write() as session:
             self._locked_head(session, account_id)  # one signer at a time, no append meanwhile
             tree = StoredTree(session, account_id)
             size = tree.size()
-            root = root_hash(tree, size)
             kept = session.get(SignedCheckpointRow, account_id)
+            # every node the root and the consistency proof need, in one read
+            nodes = _Prefetched(tree, size, kept.tree_size if kept is not None else 0)
+            root = root_hash(nodes, size)
             if kept is not None:
                 if kept.tree_size == size and kept.root_hash == root:
                     return kept.note
-                self._check_extends(tree, account_id, kept, size, root)
+                self._check_extends(nodes, account_id, kept, size, root)
             note = sign_checkpoint(
                 TreeCheckpoint(signer.origin(account_id), size, root),
                 signer.for_account(account_id),
@@ -543,7 +565,7 @@ class AuditLog:
 
     def _check_extends(
         self,
-        tree: StoredTree,
+        tree: HashReader,
         account_id: str,
         kept: SignedCheckpointRow,
         size: int,
@@ -885,6 +907,28 @@ class AuditLog:
                 checkpoint.through_sequence, checkpoint.through_hash = sequence, digest
             checkpoint.purged_total += deleted
             checkpoint.updated_at = self.clock()
+
+
+class _Prefetched:
+    """The nodes of a tree of `size` leaves that its root hash and the consistency proof from
+    `old_size` read, fetched in one query (a HashReader; KeyError for any other node)."""
+
+    def __init__(self, tree: StoredTree, size: int, old_size: int) -> None:
+        wanted = set(range_nodes(0, size))
+        if 0 <= old_size <= size:
+            for start, end in consistency_ranges(old_size, size):
+                wanted.update(range_nodes(start, end))
+        ids = list(wanted)
+        self.tree: StoredTree | None = None
+        try:
+            self.nodes = dict(zip(ids, tree.read_hashes(ids), strict=True))
+        except KeyError:  # a node is missing: the tree's own reads say where it matters
+            self.nodes, self.tree = {}, tree
+
+    def read_hashes(self, ids: Sequence[NodeId]) -> list[bytes]:
+        if self.tree is not None:
+            return self.tree.read_hashes(ids)
+        return [self.nodes[node] for node in ids]
 
 
 class CheckpointKeeper:

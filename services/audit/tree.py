@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from mixip.runtime.db import bulk_insert
 from mixip.tlog.merkle import NodeId, appended, leaf_hash
-from services.audit.store import ChainHead, TreeNodeRow
+from services.audit.store import TreeNodeRow
 
 
 class StoredTree:
@@ -38,26 +38,16 @@ class StoredTree:
     def size(self) -> int:
         """The number of leaves: the last leaf's index + 1, one descent of the primary key
         (`max()` would read every leaf's entry when the planner has no statistics yet)."""
-        return self.session.scalar(self._size()) or 0
+        return self.session.scalar(self.size_query()) or 0
 
-    def _size(self) -> Select[Any]:
+    def size_query(self) -> Select[Any]:
+        """The statement `size` runs (None before the first leaf), to put inside another."""
         return (
             select(TreeNodeRow.node_index + 1)
             .where(TreeNodeRow.account_id == self.account_id, TreeNodeRow.level == 0)
             .order_by(TreeNodeRow.node_index.desc())
             .limit(1)
         )
-
-    def head_and_size(self) -> tuple[int, int]:
-        """The account's chain head's sequence and the tree's size, in one statement (0, 0
-        before its first event). The tree's leaf i is then the event of sequence
-        `sequence - size + 1 + i` (the tree starts after events purged before it existed)."""
-        row = self.session.execute(
-            select(ChainHead.last_sequence, self._size().scalar_subquery()).where(
-                ChainHead.account_id == self.account_id
-            )
-        ).one_or_none()
-        return (row[0], row[1] or 0) if row else (0, 0)
 
     def append(self, leaves: Sequence[bytes]) -> None:
         """Stores the nodes that appending `leaves` (exact bytes) to the tree makes: computed in
