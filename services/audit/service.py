@@ -425,24 +425,23 @@ class AuditLog:
         # the nodes of a size read first are still there for the proof's read.
         with self.db.read() as session:
             tree = StoredTree(session, account_id)
-            # the head, the tree's size and the event in one statement, its nodes in another
+            # the head and the tree's size in one statement (joining the partitioned events
+            # here would cost more planning than a statement of their own)
             found = session.execute(
-                select(ChainHead.last_sequence, tree.size_query().scalar_subquery(), EventRow)
-                .outerjoin(
-                    EventRow,
-                    and_(
-                        EventRow.account_id == ChainHead.account_id,
-                        EventRow.sequence == sequence,
-                    ),
+                select(ChainHead.last_sequence, tree.size_query().scalar_subquery()).where(
+                    ChainHead.account_id == account_id
                 )
-                .where(ChainHead.account_id == account_id)
             ).one_or_none()
-            last_sequence, size, row = found if found else (0, 0, None)
-            size = size or 0
+            last_sequence, size = (found[0], found[1] or 0) if found else (0, 0)
             if tree_size > size:
                 raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
             index = sequence - 1 - (last_sequence - size)
             hashes = prove_inclusion(tree, index, tree_size)
+            row = session.scalars(
+                select(EventRow).where(
+                    EventRow.account_id == account_id, EventRow.sequence == sequence
+                )
+            ).one_or_none()
             return Inclusion(index, hashes, _content(row).canonical() if row else b"")
 
     def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
