@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, text
+from sqlalchemy import Connection, Row, and_, delete, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -427,7 +427,8 @@ class AuditLog:
             tree = StoredTree(session, account_id)
             # the head and the tree's size in one statement (joining the partitioned events
             # here would cost more planning than a statement of their own)
-            found = session.execute(
+            connection = session.connection()  # Core rows: no ORM entities to build
+            found = connection.execute(
                 select(ChainHead.last_sequence, tree.size_query().scalar_subquery()).where(
                     ChainHead.account_id == account_id
                 )
@@ -437,8 +438,8 @@ class AuditLog:
                 raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
             index = sequence - 1 - (last_sequence - size)
             hashes = prove_inclusion(tree, index, tree_size)
-            row = session.scalars(
-                select(EventRow).where(
+            row = connection.execute(
+                select(EventRow.__table__).where(
                     EventRow.account_id == account_id, EventRow.sequence == sequence
                 )
             ).one_or_none()
@@ -953,7 +954,7 @@ class CheckpointKeeper:
         self._thread.join(timeout=30)
 
 
-def _content(row: EventRow) -> EventContent:
+def _content(row: EventRow | Row[Any]) -> EventContent:
     return EventContent(
         account_id=row.account_id,
         sequence=row.sequence,

@@ -7,12 +7,19 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from mixip.runtime.db import bulk_insert
 from mixip.tlog.merkle import NodeId, appended, leaf_hash
 from services.audit.store import TreeNodeRow
+
+_NODES = text(
+    "SELECT n.level, n.node_index, n.hash"
+    " FROM unnest(CAST(:levels AS smallint[]), CAST(:indexes AS bigint[])) AS w(level, node_index)"
+    " JOIN audit_tree_nodes n ON n.account_id = :account AND n.level = w.level"
+    " AND n.node_index = w.node_index"
+)
 
 
 class StoredTree:
@@ -25,15 +32,28 @@ class StoredTree:
     def read_hashes(self, ids: Sequence[NodeId]) -> list[bytes]:
         if not ids:
             return []
-        wanted = [(node.level, node.index) for node in ids]
-        rows = self.session.execute(
-            select(TreeNodeRow.level, TreeNodeRow.node_index, TreeNodeRow.hash).where(
-                TreeNodeRow.account_id == self.account_id,
-                tuple_(TreeNodeRow.level, TreeNodeRow.node_index).in_(wanted),
+        connection = self.session.connection()
+        if connection.dialect.name == "postgresql":
+            # two array parameters: the same statement text (and plan) for every proof, where
+            # a tuple IN renders one pair of parameters per node on every call
+            rows = connection.execute(
+                _NODES,
+                {
+                    "account": self.account_id,
+                    "levels": [node.level for node in ids],
+                    "indexes": [node.index for node in ids],
+                },
             )
-        )
-        found = {NodeId(level, index): value for level, index, value in rows}
-        return [found[node] for node in ids]  # KeyError: a node never stored
+        else:
+            wanted = [(node.level, node.index) for node in ids]
+            rows = connection.execute(
+                select(TreeNodeRow.level, TreeNodeRow.node_index, TreeNodeRow.hash).where(
+                    TreeNodeRow.account_id == self.account_id,
+                    tuple_(TreeNodeRow.level, TreeNodeRow.node_index).in_(wanted),
+                )
+            )
+        found = {(level, index): bytes(value) for level, index, value in rows}  # bytea: a view
+        return [found[node.level, node.index] for node in ids]  # KeyError: never stored
 
     def size(self) -> int:
         """The number of leaves: the last leaf's index + 1, one descent of the primary key
