@@ -427,7 +427,7 @@ def run(smoke: bool) -> dict:
     window = 1.0 if smoke else 6.0
     sizes = {"talent-large": 10_000 if smoke else 1_000_000, "talent-small": 1_000}
     reps = 6 if smoke else 40
-    tree_rounds, big = (6, 1 << 12) if smoke else (30, 10_000_000)
+    tree_rounds, big = (6, 1 << 12) if smoke else (80, 10_000_000)
     proofs, signs = (200, 20) if smoke else (1000, 100)
     admin_url = database_url(
         os.environ.get("MIXIP_BENCH_DATABASE_URL")
