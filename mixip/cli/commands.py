@@ -1195,7 +1195,7 @@ def add_commands(
     p.add_argument(
         "--quorum",
         type=int,
-        metavar="K",
+        metavar="N",
         help="cosignatures of those witnesses required (default 1 with --witnesses)",
     )
     p.set_defaults(run=audit_verify_receipt)
