@@ -367,7 +367,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             caller.account_id, request.sequence, request.tree_size
         )
         return gateway_pb2.GetAuditInclusionProofResponse(
-            leaf_index=proof.leaf_index, tree_size=proof.tree_size, hashes=proof.hashes
+            leaf_index=proof.leaf_index,
+            tree_size=proof.tree_size,
+            hashes=proof.hashes,
+            leaf=proof.leaf,
         )
 
     def GetAuditConsistencyProof(

@@ -29,9 +29,11 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp, utcnow
 from mixip.tlog.checkpoint import Checkpoint, open_checkpoint
+from mixip.tlog.cosignature import CosignatureVerifier
 from mixip.tlog.merkle import leaf_hash
-from mixip.tlog.note import Ed25519Verifier, NoteError, b64encode
+from mixip.tlog.note import Ed25519Verifier, NoteError, b64decode, b64encode
 from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
+from mixip.tlog.receipt import Receipt, ReceiptError, verify_receipt
 
 RESUMABLE_ABOVE = 8 * 1024 * 1024  # larger files go through an upload session
 ADVISORY = "labels are advisory: a person decides whether media is cleared for use"
@@ -673,20 +675,151 @@ def audit_public_key(args, conn: Connection, out: Output) -> int:
 def audit_prove(args, conn: Connection, out: Output) -> int:
     if args.event < 1:
         raise CliError("EVENT_ID must be an event's sequence number (1 or more)")
-    size = open_checkpoint(_signed_checkpoint(conn), _log_verifier(conn)).checkpoint.size
+    if args.output and not args.receipt:
+        raise CliError("-o writes a receipt: it needs --receipt", exit_code=2)
+    note = _signed_checkpoint(conn)
+    verifier = _log_verifier(conn)
+    size = open_checkpoint(note, verifier).checkpoint.size
     stub, meta = conn.gateway()
     proof = stub.GetAuditInclusionProof(
         gateway_pb2.GetAuditInclusionProofRequest(sequence=args.event, tree_size=size),
         metadata=meta,
     )
+    if args.receipt:
+        return _write_receipt(args, out, note, verifier, proof)
     hashes = _b64(proof.hashes)
-    document = {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size, "proof": hashes}
+    document = {
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "proof": hashes,
+        "leaf": b64encode(proof.leaf) if proof.leaf else None,
+    }
     out.result(
         document,
         [f"event #{args.event} is leaf {proof.leaf_index} of {proof.tree_size}"]
         + [f"  {h}" for h in hashes],
     )
     return 0
+
+
+def _write_receipt(
+    args,
+    out: Output,
+    note: str,
+    verifier: Ed25519Verifier,
+    proof: gateway_pb2.GetAuditInclusionProofResponse,
+) -> int:
+    """The event's C2SP tlog-proof file: the published checkpoint (with its witnesses'
+    cosignatures), the proof, and the event's leaf bytes as its extra data, checked here before
+    it is handed out."""
+    if not proof.leaf:
+        raise CliError(
+            f"event #{args.event} was purged: its leaf is still in the tree, but its bytes are "
+            "gone, so no receipt can carry them"
+        )
+    text = Receipt(proof.leaf_index, tuple(proof.hashes), note, extra=proof.leaf).text
+    try:
+        verify_receipt(text, None, verifier)
+    except ReceiptError as exc:
+        raise CliError(
+            f"the log's receipt for event #{args.event} does not verify: {exc}"
+        ) from None
+    document = {
+        "sequence": args.event,
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "receipt": text,
+    }
+    if args.output:
+        write_private(Path(args.output), text)
+        out.result(
+            document,
+            f"receipt of event #{args.event} (leaf {proof.leaf_index} of {proof.tree_size}) "
+            f"written to {args.output}",
+        )
+    else:
+        out.result(document, text.rstrip("\n"))
+    return 0
+
+
+def audit_verify_receipt(args, conn: Connection, out: Output) -> int:
+    """Checks a receipt offline, with the keys the auditor keeps: the log's (one a line in
+    --key, several across a rotation) and the witnesses' (--witnesses, at least --quorum)."""
+    keys = _kept_keys(args.key)
+    witnesses = _witness_keys(args.witnesses) if args.witnesses else []
+    quorum = args.quorum if args.quorum is not None else min(1, len(witnesses))
+    if not 0 <= quorum <= len(witnesses):
+        raise CliError(
+            f"--quorum must be between 0 and the {len(witnesses)} witness key(s) given",
+            exit_code=2,
+        )
+    leaf = None
+    if args.leaf is not None:
+        try:
+            leaf = b64decode(args.leaf, "--leaf")
+        except NoteError as exc:
+            raise CliError(
+                f"{exc} (give the event's leaf as `audit list --json` prints it)", exit_code=2
+            ) from None
+    try:
+        text = _read(args.file).decode()
+    except UnicodeDecodeError:
+        text = ""  # refused below as not a proof file
+    verified, failure = None, None
+    for verifier in keys.verifiers:  # across a rotation: whichever kept key signed it
+        try:
+            verified = verify_receipt(text, leaf, verifier, witnesses, quorum)
+            break
+        except ReceiptError as exc:
+            if failure is None or exc.part != "signature":
+                failure = exc
+    if verified is None:
+        assert failure is not None
+        out.result(
+            {"ok": False, "broken": failure.part, "detail": str(failure)},
+            f"receipt does NOT verify ({failure.part}): {failure}",
+        )
+        return 3
+    checkpoint = verified.checkpoint
+    try:
+        event = json.loads(verified.leaf)
+    except ValueError:
+        event = None
+    document = {
+        "ok": True,
+        "origin": checkpoint.origin,
+        "tree_size": checkpoint.size,
+        "leaf_index": verified.index,
+        "leaf": b64encode(verified.leaf),
+        "witnesses": list(verified.signed.witnesses),
+        "event": event,
+    }
+    what = (
+        f"event #{event['sequence']}"
+        if isinstance(event, dict) and "sequence" in event
+        else "the leaf"
+    )
+    cosigned = (
+        f", cosigned by {', '.join(verified.signed.witnesses)}" if verified.signed.witnesses else ""
+    )
+    out.result(
+        document,
+        f"receipt verifies: {what} is leaf {verified.index} of the tree of {checkpoint.size} "
+        f"events signed by {checkpoint.origin}{cosigned}",
+    )
+    return 0
+
+
+def _witness_keys(path: str) -> list[CosignatureVerifier]:
+    """The witnesses' verifier keys in `path`, one a line (as `mixip witness public-key`
+    prints them)."""
+    try:
+        keys = [CosignatureVerifier.from_vkey(line) for line in _read(path).decode().split()]
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise CliError(f"{path} is not a file of witness keys: {exc}", exit_code=2) from None
+    if not keys:
+        raise CliError(f"{path} holds no witness key", exit_code=2)
+    return keys
 
 
 def audit_consistency(args, conn: Connection, out: Output) -> int:
@@ -1039,7 +1172,44 @@ def add_commands(
     p.set_defaults(run=audit_public_key)
     p = audit.add_parser("prove", parents=[common], help="an event's inclusion proof")
     p.add_argument("event", type=int, metavar="EVENT_ID", help="the event's sequence number")
+    p.add_argument(
+        "--receipt",
+        action="store_true",
+        help="the proof as one offline file (C2SP tlog-proof: the published checkpoint, the "
+        "proof, the event's leaf) that verifies with the log's public key alone",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write the receipt to FILE (mode 0600)")
     p.set_defaults(run=audit_prove)
+    p = audit.add_parser(
+        "verify-receipt",
+        parents=[common],
+        help="check a receipt offline, with the log's public key alone",
+    )
+    p.add_argument("file", metavar="FILE", help="a receipt (`audit prove --receipt -o FILE`)")
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        required=True,
+        help="the log's verifier keys kept in FILE, one a line (`audit public-key`)",
+    )
+    p.add_argument(
+        "--leaf",
+        metavar="BASE64",
+        help="the event's leaf as `audit list --json` prints it (default: the leaf the receipt "
+        "carries, which the proof then authenticates)",
+    )
+    p.add_argument(
+        "--witnesses",
+        metavar="FILE",
+        help="witnesses' verifier keys kept in FILE, one a line (`mixip witness public-key`)",
+    )
+    p.add_argument(
+        "--quorum",
+        type=int,
+        metavar="N",
+        help="cosignatures of those witnesses required (default 1 with --witnesses)",
+    )
+    p.set_defaults(run=audit_verify_receipt)
     p = audit.add_parser(
         "consistency", parents=[common], help="the proof the log extends an older tree"
     )

@@ -168,7 +168,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             checks.fail("tree_size", "must be 1 or more")
         checks.done()
         try:
-            index, hashes = self.log.inclusion_proof(
+            inclusion = self.log.inclusion_proof(
                 request.account_id, request.sequence, request.tree_size
             )
         except TreeNotReached as exc:
@@ -176,7 +176,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         except ProofError as exc:
             raise InvalidArgument.one("sequence", str(exc), reason="NOT_IN_TREE") from None
         return audit_pb2.GetInclusionProofResponse(
-            leaf_index=index, tree_size=request.tree_size, hashes=hashes
+            leaf_index=inclusion.leaf_index,
+            tree_size=request.tree_size,
+            hashes=inclusion.hashes,
+            leaf=inclusion.leaf,
         )
 
     def GetConsistencyProof(
