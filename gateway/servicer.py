@@ -13,8 +13,10 @@ from typing import Any, Literal, Protocol, TypeVar
 import grpc
 
 from gateway.access_log import AccessEntry, AccessFilter, AccessLog
-from gateway.accounts import Account, Accounts, ApiKey
+from gateway.account_export import EXPORT_SCHEMA, AccountExports
+from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Account, Accounts, ApiKey
 from gateway.auth import Authenticator, note
+from gateway.closures import Closure, Closures
 from gateway.erasure import Erasures
 from gateway.jobs import Job, Jobs
 from gateway.operations import Operations
@@ -121,8 +123,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         *,
         access_log: AccessLog,
         webhooks: Webhooks,
+        accounts: Accounts,
+        closures: Closures,
+        exports: AccountExports,
     ) -> None:
         self.auth = auth
+        self.accounts = accounts
+        self.closures = closures
+        self.exports = exports
         self.limits = limits
         self.uploads = uploads
         self.sessions = sessions
@@ -418,6 +426,55 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 for s in steps
             ],
             completed_at=to_timestamp(steps[-1].completed_at),
+        )
+
+    # -- the calling account (gateway/accounts.py, closures.py, account_export.py) ---------------
+
+    def GetAccount(
+        self, request: gateway_pb2.GetAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAccountResponse:
+        caller = self.auth.account(context)
+        return gateway_pb2.GetAccountResponse(
+            account=_profile(self.accounts.profile(caller.account_id))
+        )
+
+    def UpdateAccount(
+        self, request: gateway_pb2.UpdateAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.UpdateAccountResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        name = email = None
+        if request.HasField("name"):
+            name = request.name
+            checks.text("name", name, max_length=128)
+        if request.HasField("email"):
+            email = request.email
+            if email and (len(email) > EMAIL_MAX or not EMAIL.fullmatch(email)):
+                checks.fail("email", EMAIL_RULE)
+        if name is None and email is None:
+            checks.fail("name", "set name or email (or both)")
+        checks.done()
+        account = self.accounts.update_profile(caller.account_id, name, email)
+        return gateway_pb2.UpdateAccountResponse(account=_profile(account))
+
+    def CloseOwnAccount(
+        self, request: gateway_pb2.CloseOwnAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CloseOwnAccountResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        if request.confirm_account_id != caller.account_id:
+            checks.fail("confirm_account_id", "must be the calling account's own id")
+        checks.done()
+        closure = self.closures.close(caller.account_id, caller.key_id)
+        return gateway_pb2.CloseOwnAccountResponse(closure=_closure(closure))
+
+    def ExportOwnAccount(
+        self, request: gateway_pb2.ExportOwnAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ExportOwnAccountResponse:
+        caller = self.auth.account(context)
+        document = self.exports.export(caller.account_id)
+        return gateway_pb2.ExportOwnAccountResponse(
+            schema_version=EXPORT_SCHEMA, document_json=document
         )
 
     def DeleteTalentFace(
@@ -729,12 +786,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         retention: MediaRetention,
         operations: Operations,
         clock: Clock,
+        *,
+        closures: Closures,
+        exports: AccountExports,
     ) -> None:
         self.auth = auth
         self.accounts = accounts
         self.retention = retention
         self.operations = operations
         self.clock = clock
+        self.closures = closures
+        self.exports = exports
+
+    def CloseAccount(
+        self, request: admin_pb2.CloseAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CloseAccountResponse:
+        admin = self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        closure = self.closures.close(request.account_id, admin.key_id)
+        return admin_pb2.CloseAccountResponse(closure=_closure(closure))
+
+    def ExportAccount(
+        self, request: admin_pb2.ExportAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ExportAccountResponse:
+        self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        document = self.exports.export(request.account_id)
+        return admin_pb2.ExportAccountResponse(schema_version=EXPORT_SCHEMA, document_json=document)
 
     def CreateAccount(
         self, request: admin_pb2.CreateAccountRequest, context: grpc.ServicerContext
@@ -914,6 +996,28 @@ def _account(account: Account) -> admin_pb2.Account:
         account_id=account.account_id,
         name=account.name,
         created_at=to_timestamp(account.created_at),
+        email=account.email,
+        closed_at=to_timestamp(account.closed_at) if account.closed_at else None,
+    )
+
+
+def _profile(account: Account) -> gateway_pb2.AccountProfile:
+    return gateway_pb2.AccountProfile(
+        account_id=account.account_id,
+        name=account.name,
+        email=account.email,
+        created_at=to_timestamp(account.created_at),
+    )
+
+
+def _closure(closure: Closure) -> admin_pb2.AccountClosure:
+    return admin_pb2.AccountClosure(
+        receipt_id=closure.receipt_id,
+        account_id=closure.account_id,
+        closed_at=to_timestamp(closure.closed_at),
+        completed_at=to_timestamp(closure.completed_at) if closure.completed_at else None,
+        steps=[admin_pb2.AccountClosureStep(name=s.name, count=s.count) for s in closure.steps],
+        talents_erased=closure.talents_erased,
     )
 
 
