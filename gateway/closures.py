@@ -181,6 +181,7 @@ class Closures:
                     receipt_id=f"close_{secrets.token_hex(12)}",
                     requested_by_key_id=key_id,
                     created_at=now,
+                    talents_erased=0,
                     steps=_steps_json([ClosureStep(FENCE, revoked + ended + removed)]),
                 )
             )
@@ -219,15 +220,20 @@ class Closures:
 
     def _erase_talents(self, account_id: str) -> int:
         """Erases every talent of the account as EraseTalent does (each its own intent and
-        receipt); how many distinct talents."""
-        erased: set[str] = set()
+        receipt), counting each in the closure as its erasure completes; how many in all (those
+        of an interrupted run included)."""
         for _ in range(MAX_ROUNDS):
             talents = self._talents(account_id)
             if not talents:
-                return len(erased)
+                return self._row(account_id).talents_erased
             for talent_id in sorted(talents):
                 self.erasures.erase(account_id, talent_id, "")
-            erased |= talents
+                with self.db.write() as session:
+                    session.execute(
+                        update(AccountClosureRow)
+                        .where(AccountClosureRow.account_id == account_id)
+                        .values(talents_erased=AccountClosureRow.talents_erased + 1)
+                    )
         raise FailedPrecondition(
             "talents keep appearing while the account closes; retry", reason="CLOSURE_BUSY"
         )
@@ -246,6 +252,10 @@ class Closures:
     def _delete_data(self, account_id: str) -> None:
         with self.db.write() as session:
             self.fence.lock(session, account_id)
+            row = session.get(AccountClosureRow, account_id)
+            assert row is not None  # journaled by the fence
+            if DATA in {s.name for s in _steps(row)}:
+                return  # a concurrent call did it: its list of objects stands
             objects = _objects(session, account_id)
             own_media = select(MediaRow.media_id).where(MediaRow.account_id == account_id)
             count = sum(
@@ -273,8 +283,6 @@ class Closures:
             count += _delete_webhooks(session, account_id)
             # its own key (email, notes, events), its media's (file names), any talent's left
             count += self.seals.vault.destroy_account(session, account_id)
-            row = session.get(AccountClosureRow, account_id)
-            assert row is not None  # journaled by the fence
             row.pending_objects = json.dumps(objects)
             row.steps = _steps_json([*_steps(row), ClosureStep(DATA, count)])
 

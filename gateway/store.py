@@ -68,6 +68,9 @@ class AccountClosureRow(Base):
     requested_by_key_id: Mapped[str] = mapped_column(String(32))  # the account's or the admin's
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     pending_objects: Mapped[str | None] = mapped_column(Text)
+    # Talents erased so far (counted as each erasure completes, so a resumed closure counts
+    # each talent once).
+    talents_erased: Mapped[int] = mapped_column(Integer, default=0)
     steps: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{"name", "count", ...}]
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("requested_by_key_id", sa.String(length=32), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("pending_objects", sa.Text(), nullable=True),
+        sa.Column("talents_erased", sa.Integer(), nullable=False),
         sa.Column("steps", sa.Text(), nullable=False),
         sa.Column("completed_at", UtcDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("account_id"),

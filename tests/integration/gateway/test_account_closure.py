@@ -269,7 +269,9 @@ def test_closing_an_account_leaves_nothing_of_it_but_what_retention_lists(gatewa
 
 
 @pytest.mark.parametrize(
-    "stop_at", ["close.fenced", "close.talents", "close.delivered", "close.data"]
+    "stop_at",
+    # the closure's own boundaries, and one inside a talent's erasure (its intent left open)
+    ["close.fenced", "erase.matcher", "close.talents", "close.delivered", "close.data"],
 )
 def test_a_closure_stopped_at_any_step_boundary_resumes_to_the_same_end(
     gateway, clock, hooks, stop_at
@@ -280,9 +282,10 @@ def test_a_closure_stopped_at_any_step_boundary_resumes_to_the_same_end(
         if name == stop_at:
             raise RuntimeError(f"stopped at {name}")
 
-    gateway.app.closures.checkpoint = stop
+    gateway.app.closures.checkpoint = gateway.app.erasures.checkpoint = stop
     with pytest.raises(RuntimeError):
         gateway.app.closures.close(world.a, "test")
+    gateway.app.erasures.checkpoint = hooks
     # at once: its keys are refused and its collaborator lost its project
     expect_error(
         grpc.StatusCode.UNAUTHENTICATED,
