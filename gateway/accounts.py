@@ -229,6 +229,18 @@ class Accounts:
         with self.db.read() as session:
             return self._accounts(session, [_open_account(session, account_id)])[0]
 
+    def profiles(self, account_ids: set[str]) -> dict[str, Account]:
+        """The profiles of these accounts, by id (a closed or unknown one is absent)."""
+        if not account_ids:
+            return {}
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(AccountRow).where(
+                    AccountRow.account_id.in_(sorted(account_ids)), AccountRow.closed_at.is_(None)
+                )
+            ).all()
+            return {a.account_id: a for a in self._accounts(session, list(rows))}
+
     def update_profile(self, account_id: str, name: str | None, email: str | None) -> Account:
         """Corrects the account's display name and contact email (None: unchanged; an empty
         email removes it). The email is sealed under the account's key; the log line names the

@@ -578,8 +578,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         collaborators, last = self.projects.collaborators(
             caller.account_id, request.project_id, page_size, after
         )
+        profiles = self.accounts.profiles({c.account_id for c in collaborators})
         return gateway_pb2.ListCollaboratorsResponse(
-            collaborators=[_collaborator(c) for c in collaborators],
+            collaborators=[_collaborator(c, profiles.get(c.account_id)) for c in collaborators],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -1101,7 +1102,9 @@ def _project(project: Project) -> gateway_pb2.Project:
     )
 
 
-def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
+def _collaborator(
+    collaborator: Collaborator, profile: Account | None = None
+) -> gateway_pb2.Collaborator:
     return gateway_pb2.Collaborator(
         project_id=collaborator.project_id,
         account_id=collaborator.account_id,
@@ -1109,6 +1112,8 @@ def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
         invited_at=to_timestamp(collaborator.invited_at),
         invited_by_key_id=collaborator.invited_by_key_id,
         accepted_at=to_timestamp(collaborator.accepted_at),
+        account_name=profile.name if profile else "",
+        account_email=profile.email if profile else "",
     )
 
 

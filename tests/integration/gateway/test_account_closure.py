@@ -384,6 +384,17 @@ def test_the_profile_is_corrected_by_the_account_and_its_email_is_sealed(gateway
         row = session.get(AccountRow, account)
         assert row.sealed_email and EMAIL.encode() not in row.sealed_email
     assert found_in(database_bytes(gateway.app.db), EMAIL) == []
+    # the owner of a project it collaborates on reads its name and email there
+    _, owner_meta = gateway.new_account(OTHER_NAME)
+    project = pb.CreateProjectRequest(project_id=OTHER_PROJECT, display_name="B film")
+    gateway.stub.CreateProject(project, metadata=owner_meta)
+    invite(
+        gateway, owner_meta, account, pb.PROJECT_ROLE_VIEWER, project=OTHER_PROJECT, accept=False
+    )
+    [collaborator] = gateway.stub.ListCollaborators(
+        pb.ListCollaboratorsRequest(project_id=OTHER_PROJECT), metadata=owner_meta
+    ).collaborators
+    assert (collaborator.account_name, collaborator.account_email) == (NAME, EMAIL)
     # only the fields set change; "" removes the email
     gateway.stub.UpdateAccount(pb.UpdateAccountRequest(email=""), metadata=meta)
     shown = gateway.stub.GetAccount(pb.GetAccountRequest(), metadata=meta).account
