@@ -448,8 +448,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             name = request.name
             checks.text("name", name, max_length=128)
         if request.HasField("email"):
-            email = request.email
-            if email and (len(email) > EMAIL_MAX or not EMAIL.fullmatch(email)):
+            email = checks.text("email", request.email, max_length=EMAIL_MAX, required=False)
+            if email and not EMAIL.fullmatch(email):
                 checks.fail("email", EMAIL_RULE)
         if name is None and email is None:
             checks.fail("name", "set name or email (or both)")

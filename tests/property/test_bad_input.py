@@ -1160,6 +1160,21 @@ def _valid_requests(harness) -> dict:
         "WatchJob": (s.WatchJob, pb.WatchJobRequest(job_id="job_1")),
         "CancelJob": (s.CancelJob, pb.CancelJobRequest(job_id="job_1")),
         "ListJobs": (s.ListJobs, pb.ListJobsRequest(project_id="film-1")),
+        "GetAccount": (s.GetAccount, pb.GetAccountRequest()),
+        "UpdateAccount": (s.UpdateAccount, pb.UpdateAccountRequest(name="Studio")),
+        "CloseOwnAccount": (
+            s.CloseOwnAccount,
+            pb.CloseOwnAccountRequest(confirm_account_id=harness.account_id),
+        ),
+        "ExportOwnAccount": (s.ExportOwnAccount, pb.ExportOwnAccountRequest()),
+        "CloseAccount": (
+            a.CloseAccount,
+            admin_pb2.CloseAccountRequest(account_id=harness.account_id),
+        ),
+        "ExportAccount": (
+            a.ExportAccount,
+            admin_pb2.ExportAccountRequest(account_id=harness.account_id),
+        ),
     }
 
 
@@ -1223,10 +1238,13 @@ def test_every_rpc_has_a_property():
         # ^ test_bad_input_webhooks.py
         *("GetAuditInclusionProof", "GetAuditConsistencyProof"),  # test_bad_input_audit_proofs.py
         *("GetJob", "WatchJob", "CancelJob", "ListJobs"),  # test_bad_input_jobs.py
+        *("UpdateAccount", "CloseOwnAccount", "CloseAccount", "ExportAccount"),
+        # ^ test_bad_input_accounts.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetAuditCheckpoint", "GetAuditLogPublicKey"}
     credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
+    credentials_only |= {"GetAccount", "ExportOwnAccount"}
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 
 
