@@ -236,6 +236,11 @@ class GatewayApp(ServiceApp):
             "Erasures begun and not completed (the resumer finishes them).",
             self._open_erasures,
         )
+        telemetry.gauge(
+            "mixip_gateway_account_closures_pending",
+            "Account closures begun and not completed (the resumer finishes them).",
+            lambda: [({}, float(self.closures.pending()))],
+        )
 
         telemetry.gauge(
             "mixip_gateway_audit_outbox_depth",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.audit_outbox import AuditOutbox
@@ -338,11 +338,13 @@ class Closures:
             logs.log(logger, "account closures resumed", finished=len(pending))
         return len(pending)
 
-    def receipt(self, account_id: str) -> Closure | None:
-        """The account's closure, if one began."""
+    def pending(self) -> int:
+        """Closures begun and not completed (for metrics)."""
         with self.db.read() as session:
-            row = session.get(AccountClosureRow, account_id)
-        return _closure(row) if row is not None else None
+            count = session.scalar(
+                select(func.count()).where(AccountClosureRow.completed_at.is_(None))
+            )
+        return int(count or 0)
 
 
 def _memberships(account_id: str) -> Any:

@@ -286,6 +286,7 @@ def test_a_closure_stopped_at_any_step_boundary_resumes_to_the_same_end(
     with pytest.raises(RuntimeError):
         gateway.app.closures.close(world.a, "test")
     gateway.app.erasures.checkpoint = hooks
+    assert gateway.app.closures.pending() == 1  # the metric the resumer's work shows in
     # at once: its keys are refused and its collaborator lost its project
     expect_error(
         grpc.StatusCode.UNAUTHENTICATED,
@@ -298,6 +299,7 @@ def test_a_closure_stopped_at_any_step_boundary_resumes_to_the_same_end(
     gateway.app.closures.checkpoint = hooks
     assert gateway.app.closures.resume() == 1
     assert gateway.app.closures.resume() == 0
+    assert gateway.app.closures.pending() == 0
     closure = _close(gateway, world.a)
     assert [s.name for s in closure.steps][-1] == "media_store.delete_objects"
     assert_closed(gateway, world, closure)
