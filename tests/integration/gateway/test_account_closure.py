@@ -6,6 +6,7 @@ same end state."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -372,11 +373,15 @@ def test_bad_closures_are_refused_and_change_nothing(gateway, clock):
     assert _close(gateway, account).receipt_id == closure.receipt_id
 
 
-def test_the_profile_is_corrected_by_the_account_and_its_email_is_sealed(gateway):
+def test_the_profile_is_corrected_by_the_account_and_its_email_is_sealed(gateway, caplog):
     account, meta = gateway.new_account("studio")
-    reply = gateway.stub.UpdateAccount(
-        pb.UpdateAccountRequest(name=NAME, email=EMAIL), metadata=meta
-    ).account
+    with caplog.at_level(logging.DEBUG):
+        reply = gateway.stub.UpdateAccount(
+            pb.UpdateAccountRequest(name=NAME, email=EMAIL), metadata=meta
+        ).account
+        gateway.stub.GetAccount(pb.GetAccountRequest(), metadata=meta)
+        gateway.app.access_writer.flush()
+    assert "account profile updated" in caplog.text and EMAIL not in caplog.text
     assert (reply.account_id, reply.name, reply.email) == (account, NAME, EMAIL)
     listed = gateway.admin.ListAccounts(
         admin_pb2.ListAccountsRequest(), metadata=gateway.admin_metadata()
