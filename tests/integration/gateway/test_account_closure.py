@@ -324,6 +324,23 @@ def test_an_upload_running_while_the_account_closes_keeps_nothing(gateway, clock
     assert list(gateway.app.media_store.root.glob("??/*")) == []  # its bytes went too
 
 
+def test_a_job_matching_while_the_account_closes_keeps_nothing(gateway, clock, hooks):
+    gateway.app.jobs.checkpoint = hooks
+    account, meta = gateway.new_account(NAME)
+    _grant(gateway, meta, clock, TALENT)
+    enroll(gateway, meta, TALENT, faces.astronaut())
+    matched = hooks.pause_at("job.matched")
+    start_job(gateway, meta, group_photo(), filename=FILENAME)
+    matched.reached()  # the worker has its match, not its commit
+    closure = _close(gateway, account)
+    matched.release()
+    gateway.app.jobs.stop()  # the attempt ends: its commit found the account closed
+    assert closure.completed_at.seconds and closure.talents_erased == 1
+    assert tables_naming(gateway.app.db, account) <= KEPT
+    assert list(gateway.app.media_store.root.glob("??/*")) == []
+    assert found_in(database_bytes(gateway.app.db), FILENAME, TALENT, NAME) == []
+
+
 def test_bad_closures_are_refused_and_change_nothing(gateway, clock):
     account, meta = gateway.new_account(NAME)
     expect_error(
