@@ -203,6 +203,37 @@ def accounts_retention(args, conn: Connection, out: Output) -> int:
     return 0
 
 
+def accounts_show(args, conn: Connection, out: Output) -> int:
+    """One account as an admin reads it (ListAccounts' pages, until it is found)."""
+    stub, meta = conn.admin()
+    pages = every_page(
+        lambda token: stub.ListAccounts(
+            admin_pb2.ListAccountsRequest(page_size=MAX_BATCH, page_token=token), metadata=meta
+        )
+    )
+    found = next((a for page in pages for a in page.accounts if a.account_id == args.account), None)
+    if found is None:
+        raise CliError(f"no such account: {args.account}", exit_code=1)
+    closed = found.closed_at.ToJsonString() if found.HasField("closed_at") else None
+    out.result(
+        {
+            "account_id": found.account_id,
+            "name": found.name,
+            "email": found.email,
+            "created_at": found.created_at.ToJsonString(),
+            "closed_at": closed,
+        },
+        [
+            f"account {found.account_id}",
+            f"  name:    {found.name}",
+            f"  email:   {found.email or '-'}",
+            f"  created: {found.created_at.ToJsonString()}",
+            *([f"  closed:  {closed} (closing)"] if closed else []),
+        ],
+    )
+    return 0
+
+
 def accounts_close(args, conn: Connection, out: Output) -> int:
     _confirm_closure(args, args.account)
     stub, meta = conn.admin()
@@ -1069,6 +1100,9 @@ def add_commands(
     keep.add_argument("account", help="the account id")
     keep.add_argument("--days", type=int, required=True, help="1-3650 (default period: 365)")
     keep.set_defaults(run=accounts_retention)
+    shown = accounts.add_parser("show", parents=[common], help="one account's profile")
+    shown.add_argument("account", help="the account id")
+    shown.set_defaults(run=accounts_show)
     close = accounts.add_parser(
         "close", parents=[common], help="close an account: everything it holds is deleted"
     )

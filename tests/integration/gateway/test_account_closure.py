@@ -490,9 +490,12 @@ def test_the_account_export_holds_everything_it_owns_and_nothing_of_another(gate
 
 
 def test_closing_and_exporting_from_the_cli(gateway, cli, tmp_path, clock):
-    account, _ = gateway.new_account(NAME)
+    account, meta = gateway.new_account(NAME)
     code, out, err = cli("accounts", "close", account)
     assert code == 2 and "--yes" in err
+    gateway.stub.UpdateAccount(pb.UpdateAccountRequest(email=EMAIL), metadata=meta)
+    code, out, err = cli("accounts", "show", account)
+    assert code == 0 and NAME in out and EMAIL in out, err
     exported = tmp_path / "account.json"
     code, out, err = cli("accounts", "export", account, "-o", str(exported))
     assert code == 0, err
