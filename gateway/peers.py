@@ -124,6 +124,10 @@ class MatcherPort(Protocol):
 
     def delete_talent_faces(self, account_id: str, talent_id: str, request_id: str) -> int: ...
 
+    def enrolled_talents(self, account_id: str) -> list[str]:
+        """Every talent of the account with a face enrolled (an account's closure)."""
+        ...
+
 
 class _GrpcPendingMatch:
     def __init__(self, future: grpc.Future[matcher_pb2.MatchMediaResponse]) -> None:
@@ -307,6 +311,17 @@ class MatcherClient:
             )
         )
         return int(reply.deleted_count)
+
+    def enrolled_talents(self, account_id: str) -> list[str]:
+        def page(token: str) -> Page[str]:
+            reply = self.stub.ListEnrolledTalents(
+                matcher_pb2.ListEnrolledTalentsRequest(
+                    account_id=account_id, page_size=MAX_BATCH, page_token=token
+                )
+            )
+            return Page([t.talent_id for t in reply.talents], reply.next_page_token)
+
+        return all_items(page)
 
 
 # -- consent ------------------------------------------------------------------------------------

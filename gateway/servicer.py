@@ -13,8 +13,10 @@ from typing import Any, Literal, Protocol, TypeVar
 import grpc
 
 from gateway.access_log import AccessEntry, AccessFilter, AccessLog
-from gateway.accounts import Account, Accounts, ApiKey
+from gateway.account_export import EXPORT_SCHEMA, AccountExports
+from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Account, Accounts, ApiKey
 from gateway.auth import Authenticator, note
+from gateway.closures import Closure, Closures
 from gateway.erasure import Erasures
 from gateway.jobs import Job, Jobs
 from gateway.operations import Operations
@@ -124,8 +126,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         access_log: AccessLog,
         webhooks: Webhooks,
         reports: ClearanceReports,
+        accounts: Accounts,
+        closures: Closures,
+        exports: AccountExports,
     ) -> None:
         self.auth = auth
+        self.accounts = accounts
+        self.closures = closures
+        self.exports = exports
         self.limits = limits
         self.uploads = uploads
         self.sessions = sessions
@@ -428,6 +436,55 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             completed_at=to_timestamp(steps[-1].completed_at),
         )
 
+    # -- the calling account (gateway/accounts.py, closures.py, account_export.py) ---------------
+
+    def GetAccount(
+        self, request: gateway_pb2.GetAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAccountResponse:
+        caller = self.auth.account(context)
+        return gateway_pb2.GetAccountResponse(
+            account=_profile(self.accounts.profile(caller.account_id))
+        )
+
+    def UpdateAccount(
+        self, request: gateway_pb2.UpdateAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.UpdateAccountResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        name = email = None
+        if request.HasField("name"):
+            name = request.name
+            checks.text("name", name, max_length=128)
+        if request.HasField("email"):
+            email = checks.text("email", request.email, max_length=EMAIL_MAX, required=False)
+            if email and not EMAIL.fullmatch(email):
+                checks.fail("email", EMAIL_RULE)
+        if name is None and email is None:
+            checks.fail("name", "set name or email (or both)")
+        checks.done()
+        account = self.accounts.update_profile(caller.account_id, name, email)
+        return gateway_pb2.UpdateAccountResponse(account=_profile(account))
+
+    def CloseOwnAccount(
+        self, request: gateway_pb2.CloseOwnAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CloseOwnAccountResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        if request.confirm_account_id != caller.account_id:
+            checks.fail("confirm_account_id", "must be the calling account's own id")
+        checks.done()
+        closure = self.closures.close(caller.account_id, caller.key_id)
+        return gateway_pb2.CloseOwnAccountResponse(closure=_closure(closure))
+
+    def ExportOwnAccount(
+        self, request: gateway_pb2.ExportOwnAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ExportOwnAccountResponse:
+        caller = self.auth.account(context)
+        document = self.exports.export(caller.account_id)
+        return gateway_pb2.ExportOwnAccountResponse(
+            schema_version=EXPORT_SCHEMA, document_json=document
+        )
+
     def DeleteTalentFace(
         self, request: gateway_pb2.DeleteTalentFaceRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.DeleteTalentFaceResponse:
@@ -529,8 +586,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         collaborators, last = self.projects.collaborators(
             caller.account_id, request.project_id, page_size, after
         )
+        profiles = self.accounts.profiles({c.account_id for c in collaborators})
         return gateway_pb2.ListCollaboratorsResponse(
-            collaborators=[_collaborator(c) for c in collaborators],
+            collaborators=[_collaborator(c, profiles.get(c.account_id)) for c in collaborators],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -774,12 +832,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         retention: MediaRetention,
         operations: Operations,
         clock: Clock,
+        *,
+        closures: Closures,
+        exports: AccountExports,
     ) -> None:
         self.auth = auth
         self.accounts = accounts
         self.retention = retention
         self.operations = operations
         self.clock = clock
+        self.closures = closures
+        self.exports = exports
+
+    def CloseAccount(
+        self, request: admin_pb2.CloseAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CloseAccountResponse:
+        admin = self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        closure = self.closures.close(request.account_id, admin.key_id)
+        return admin_pb2.CloseAccountResponse(closure=_closure(closure))
+
+    def ExportAccount(
+        self, request: admin_pb2.ExportAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ExportAccountResponse:
+        self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        document = self.exports.export(request.account_id)
+        return admin_pb2.ExportAccountResponse(schema_version=EXPORT_SCHEMA, document_json=document)
 
     def CreateAccount(
         self, request: admin_pb2.CreateAccountRequest, context: grpc.ServicerContext
@@ -956,6 +1039,28 @@ def _account(account: Account) -> admin_pb2.Account:
         account_id=account.account_id,
         name=account.name,
         created_at=to_timestamp(account.created_at),
+        email=account.email,
+        closed_at=to_timestamp(account.closed_at) if account.closed_at else None,
+    )
+
+
+def _profile(account: Account) -> gateway_pb2.AccountProfile:
+    return gateway_pb2.AccountProfile(
+        account_id=account.account_id,
+        name=account.name,
+        email=account.email,
+        created_at=to_timestamp(account.created_at),
+    )
+
+
+def _closure(closure: Closure) -> admin_pb2.AccountClosure:
+    return admin_pb2.AccountClosure(
+        receipt_id=closure.receipt_id,
+        account_id=closure.account_id,
+        closed_at=to_timestamp(closure.closed_at),
+        completed_at=to_timestamp(closure.completed_at) if closure.completed_at else None,
+        steps=[admin_pb2.AccountClosureStep(name=s.name, count=s.count) for s in closure.steps],
+        talents_erased=closure.talents_erased,
     )
 
 
@@ -1051,7 +1156,9 @@ def _project(project: Project) -> gateway_pb2.Project:
     )
 
 
-def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
+def _collaborator(
+    collaborator: Collaborator, profile: Account | None = None
+) -> gateway_pb2.Collaborator:
     return gateway_pb2.Collaborator(
         project_id=collaborator.project_id,
         account_id=collaborator.account_id,
@@ -1059,6 +1166,8 @@ def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
         invited_at=to_timestamp(collaborator.invited_at),
         invited_by_key_id=collaborator.invited_by_key_id,
         accepted_at=to_timestamp(collaborator.accepted_at),
+        account_name=profile.name if profile else "",
+        account_email=profile.email if profile else "",
     )
 
 

@@ -430,6 +430,25 @@ class Vault:
         """Every live data key of one account, by row ref (to open an account's rows)."""
         return self._keys_where(session, self.secret_model.account_id == account_id)
 
+    def account_subjects(self, session: Session, account_id: str) -> list[str]:
+        """The subjects (talent ids, and a service's own subjects) of every live key of one
+        account, opened from beside their keys (a vault that re-keys lookups: "" otherwise)."""
+        keys = self.current(session)
+        model = self.secret_model
+        found = session.execute(
+            select(model.lookup, model.sealed_secret).where(model.account_id == account_id)
+        )
+        return [self._open_sealed(keys, blob, lookup)[1] for lookup, blob in found]
+
+    def destroy_account(self, session: Session, account_id: str) -> int:
+        """Deletes every key of one account (its closure) and, if there was any, asks for a
+        rotation (see `destroy`). How many."""
+        model = self.secret_model
+        deleted = rowcount(session.execute(delete(model).where(model.account_id == account_id)))
+        if deleted:
+            self.owe_rotation(session)
+        return deleted
+
     def keys_by_ref(self, session: Session, refs: Iterable[bytes]) -> dict[bytes, TalentKey]:
         """Live data keys by row ref, whatever their account (to open rows of several)."""
         wanted = list(set(refs))

@@ -1148,6 +1148,21 @@ def _valid_requests(harness) -> dict:
         "WatchJob": (s.WatchJob, pb.WatchJobRequest(job_id="job_1")),
         "CancelJob": (s.CancelJob, pb.CancelJobRequest(job_id="job_1")),
         "ListJobs": (s.ListJobs, pb.ListJobsRequest(project_id="film-1")),
+        "GetAccount": (s.GetAccount, pb.GetAccountRequest()),
+        "UpdateAccount": (s.UpdateAccount, pb.UpdateAccountRequest(name="Studio")),
+        "CloseOwnAccount": (
+            s.CloseOwnAccount,
+            pb.CloseOwnAccountRequest(confirm_account_id=harness.account_id),
+        ),
+        "ExportOwnAccount": (s.ExportOwnAccount, pb.ExportOwnAccountRequest()),
+        "CloseAccount": (
+            a.CloseAccount,
+            admin_pb2.CloseAccountRequest(account_id=harness.account_id),
+        ),
+        "ExportAccount": (
+            a.ExportAccount,
+            admin_pb2.ExportAccountRequest(account_id=harness.account_id),
+        ),
     }
 
 
@@ -1214,10 +1229,13 @@ def test_every_rpc_has_a_property():
         *("GetAuditInclusionProof", "GetAuditConsistencyProof"),
         # ^ test_audit_proofs_refuse_bad_input.py
         *("GetJob", "WatchJob", "CancelJob", "ListJobs"),  # test_jobs_refuse_bad_input.py
+        *("UpdateAccount", "CloseOwnAccount", "CloseAccount", "ExportAccount"),
+        # ^ test_accounts_refuse_bad_input.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetAuditCheckpoint", "GetAuditLogPublicKey"}
     credentials_only |= {"GetVaultStatus"}  # test_vault_status_refuses_bad_input.py
+    credentials_only |= {"GetAccount", "ExportOwnAccount"}
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 
 

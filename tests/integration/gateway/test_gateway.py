@@ -301,7 +301,7 @@ def test_configuring_a_new_admin_key_revokes_the_old_one(gateway, clock, tmp_pat
     from gateway.accounts import Accounts
 
     old_meta = gateway.admin_metadata()
-    new_key = Accounts(gateway.app.db, clock).ensure_admin_key(
+    new_key = Accounts(gateway.app.db, clock, gateway.app.accounts.seals).ensure_admin_key(
         tmp_path / "unused.key", "mixip_00112233445566ff_" + "B" * 43
     )
     expect_error(
