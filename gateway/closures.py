@@ -309,9 +309,10 @@ class Closures:
                 row.steps = _steps_json([*_steps(row), ClosureStep(OBJECTS, len(objects))])
                 row.completed_at = self.clock()
         self.db.scrub(CLOSED_TABLES)
-        # the display name was stored in clear: its table (one small row per account) is
-        # rewritten, so no dead tuple keeps it in the live files
-        self.db.rewrite([AccountRow.__tablename__])
+        # the display name and an open upload session's file name were stored in clear: their
+        # tables (small: a row per account; sessions live 24 h) are rewritten, so no dead tuple
+        # keeps them in the live files (a plain VACUUM frees the space without overwriting it)
+        self.db.rewrite([AccountRow.__tablename__, UploadSessionRow.__tablename__])
 
     def _record(self, account_id: str, step: ClosureStep) -> None:
         with self.db.write() as session:
