@@ -195,6 +195,7 @@ class GatewayApp(ServiceApp):
             db,
             media_store,
             self.uploads,
+            self.jobs,
             self.projects,
             clock,
             max_chunk_bytes=settings.max_chunk_bytes,

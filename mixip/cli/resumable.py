@@ -36,7 +36,8 @@ def state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Sent:
-    """What one run of an upload sent: the reply, the bytes sent, the offset it resumed at."""
+    """What one run of an upload sent: the reply (naming the job that analyses the media), the
+    bytes sent, the offset it resumed at."""
 
     media: gateway_pb2.UploadMediaResponse
     bytes: int
@@ -107,7 +108,9 @@ def upload(
             raise CliError("the gateway kept none of the bytes sent; run the command again")
         durable = now
     finished = stub.FinishUploadSession(
-        gateway_pb2.FinishUploadSessionRequest(session_id=session_id, sha256=_sha256(path)),
+        gateway_pb2.FinishUploadSessionRequest(
+            session_id=session_id, sha256=_sha256(path), as_job=True
+        ),
         metadata=meta,
     )
     state.clear()
