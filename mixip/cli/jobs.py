@@ -7,6 +7,7 @@ import argparse
 import time
 from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.cli.connection import Connection
@@ -79,16 +80,26 @@ def progress_label(job: gateway_pb2.Job, seconds: float) -> str:
 
 
 def wait(conn: Connection, out: Output, job_id: str) -> gateway_pb2.Job:
-    """Watches the job to its end, with a progress bar on a terminal; the job as it ended."""
+    """Watches the job to its end, with a progress bar on a terminal; the job as it ended. A
+    watch has the channel's deadline (30 s): a longer job is watched again, from where it is."""
     stub, meta = conn.gateway()
     job: gateway_pb2.Job | None = None
     started = time.monotonic()
     with out.progress(f"job {job_id}") as bar:
-        for event in stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id), metadata=meta):
-            job = event.job
-            bar.update(job.percent / 100, progress_label(job, time.monotonic() - started))
-    if job is None or job.state not in ENDED:
-        raise CliError(f"the watch of job {job_id} ended before the job did; `mixip jobs wait`")
+        while job is None or job.state not in ENDED:
+            try:
+                request = gateway_pb2.WatchJobRequest(job_id=job_id)
+                for event in stub.WatchJob(request, metadata=meta):
+                    job = event.job
+                    bar.update(job.percent / 100, progress_label(job, time.monotonic() - started))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                raise
+            if job is None or job.state not in ENDED:
+                raise CliError(
+                    f"the watch of job {job_id} ended before the job did; `mixip jobs wait`"
+                )
     return job
 
 
