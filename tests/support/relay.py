@@ -1,7 +1,8 @@
 """A loopback TCP relay that stalls a client at a known point: it passes the first `budget`
-bytes the clients send, then holds what they send next until it is opened. A test points a
-client at it to stop an upload part-way without a sleep (the client blocks in its send, as
-on a slow link), then kills the client there."""
+bytes the clients send, then holds what they send next. A test points a client at it to stop
+an upload part-way without a sleep (the client blocks in its send, as on a slow link), kills
+the client there, and cuts the held connections (their held bytes are dropped, as a broken
+link drops them); connections made after the cut pass everything."""
 
 from __future__ import annotations
 
@@ -16,18 +17,18 @@ class StallingRelay:
         self.target = (host, int(port))
         self.budget = budget
         self.sent = 0
-        self.opened = threading.Event()
+        self._cut = threading.Event()
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
 
-    def open(self) -> None:
-        """Passes everything from now on (what was held first)."""
-        self.opened.set()
+    def cut(self) -> None:
+        """Closes the held connections without passing what they hold; later ones pass all."""
+        self._cut.set()
 
     def close(self) -> None:
-        self.opened.set()
+        self._cut.set()
         self._listener.close()
 
     def _accept(self) -> None:
@@ -37,20 +38,22 @@ class StallingRelay:
                 upstream = socket.create_connection(self.target)
             except OSError:
                 return
-            for source, sink, counted in ((client, upstream, True), (upstream, client, False)):
+            counted = not self._cut.is_set()
+            for source, sink, held in ((client, upstream, counted), (upstream, client, False)):
                 threading.Thread(
-                    target=self._pipe, args=(source, sink, counted), name="relay", daemon=True
+                    target=self._pipe, args=(source, sink, held), name="relay", daemon=True
                 ).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
         try:
             while data := source.recv(64 * 1024):
-                if counted and not self.opened.is_set():
+                if counted:
                     with self._lock:
                         self.sent += len(data)
                         over = self.sent > self.budget
                     if over:
-                        self.opened.wait()
+                        self._cut.wait()
+                        return  # cut: what it held is dropped
                 sink.sendall(data)
         except OSError:
             pass
