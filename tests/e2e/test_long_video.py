@@ -14,13 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from mixip.cli.connection import Connection
 from mixip.cli.dev_mesh import ensure_dev_account
@@ -127,28 +125,6 @@ def _until(condition, seconds: float = 120.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _calls(mesh: Mesh, instance: str, method: str) -> tuple[int, int]:
-    """(started, handled) `method` calls, from the instance's own metrics endpoint."""
-    metrics = json.loads(mesh.mesh_file.read_text())["metrics"][instance]
-    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    counts = {"grpc_server_started_total": 0, "grpc_server_handled_total": 0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in counts and sample.labels.get("grpc_method") == method:
-                counts[sample.name] += int(sample.value)
-    return counts["grpc_server_started_total"], counts["grpc_server_handled_total"]
-
-
-def _busy_replica(mesh: Mesh) -> str | None:
-    """A matcher replica with a segment call in flight."""
-    for instance in ("matcher-2", "matcher"):
-        started, handled = _calls(mesh, instance, "MatchVideoSegment")
-        if started > handled:
-            return instance
-    return None
-
-
 def _first_job(stub, meta) -> str | None:
     try:
         listed = stub.ListJobs(pb.ListJobsRequest(project_id=PROJECT), metadata=meta)
@@ -211,12 +187,12 @@ def test_a_long_video_resumed_and_analysed_over_two_replicas_one_killed(
         job_id = _until(lambda: _first_job(stub, meta), what="the job")
 
         # 3. A replica is SIGKILLed while a segment runs on it.
-        def segment_running() -> bool:
+        def running_on() -> str:
             job = stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=meta).job
-            return any(s.state == pb.JOB_STATE_RUNNING for s in job.segments)
+            running = [s for s in job.segments if s.state == pb.JOB_STATE_RUNNING]
+            return next((s.replica for s in running if s.replica), "")
 
-        _until(segment_running, seconds=300, what="a running segment")
-        victim = _until(lambda: _busy_replica(mesh), seconds=60, what="a segment on a replica")
+        victim = _until(running_on, seconds=300, what="a segment running on a replica")
         mesh.processes[victim].kill()
         out, err = rerun.communicate(timeout=600)
     finally:
