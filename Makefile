@@ -22,8 +22,8 @@ demo: $(STAMPS)/gen
 test: $(STAMPS)/gen
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# mypy: strict on mixip/runtime and services/*/service.py, the generated stubs' types
-# everywhere else ([tool.mypy] in pyproject.toml).
+# mypy: strict on mixip/runtime, mixip/tlog, the services' use cases and the gateway's, the
+# generated stubs' types everywhere else ([tool.mypy] in pyproject.toml lists the strict ones).
 # buf breaking compares the contracts with the commit that introduced them: every change
 # since must be backward compatible (FILE rules).
 BUF := npx --yes @bufbuild/buf@1.75.0

@@ -26,9 +26,15 @@ REQUIRED = (
     "audit.shred.ratio",
     "audit.purge.seconds",
     "audit.purge.append_p99_ms_during",
+    "audit.tree.append.ratio",
+    "audit.tree.proof.ms.p50",
+    "audit.tree.checkpoint.ms.p50",
     "video.end_to_end.realtime_factor",
     "video.by_rate",
     "startup.seconds.p50",
+    "startup.cli.version.p50",
+    "startup.cli.help.p50",
+    "startup.cli.projects_list.p50",
 )
 
 
@@ -205,6 +211,32 @@ def markdown(results: dict) -> str:
                 _met(p["met"]),
             )
         )
+        t = a.get("tree")
+        if t:
+            ap, pr, cp = t["append"], t["proof"], t["checkpoint"]
+            rows += [
+                (
+                    f"Audit append of {ap['batch']} events with the Merkle tree / without it",
+                    f"p50 {ap['with_tree_ms']['p50']:.1f} / {ap['without_tree_ms']['p50']:.1f} ms "
+                    f"= **{ap['ratio']:.2f}x**",
+                    ap["goal"],
+                    _met(ap["met"]),
+                ),
+                (
+                    f"Inclusion proof at {pr['leaves']:,} leaves ({pr['hashes']} hashes)",
+                    f"p50 **{pr['ms']['p50']:.2f} ms**, p99 {pr['ms']['p99']:.2f} ms "
+                    f"(tree built in {t['build_seconds']:.0f} s)",
+                    pr["goal"],
+                    _met(pr["met"]),
+                ),
+                (
+                    f"Checkpoint at {cp['leaves']:,} leaves: the service's call / the signature",
+                    f"p50 **{cp['ms']['p50']:.2f} ms** (p99 {cp['ms']['p99']:.2f}); the note's "
+                    f"Ed25519 signature alone {cp['note_signature_ms']['p50']:.3f} ms",
+                    cp["goal"],
+                    _met(cp["met"]),
+                ),
+            ]
     if "video" in f:
         v = f["video"]
         e = v["end_to_end"]
@@ -232,6 +264,22 @@ def markdown(results: dict) -> str:
                 "—",
             )
         )
+        for name, label in (
+            ("version", "`mixip --version`"),
+            ("help", "`mixip --help`"),
+            ("projects_list", "`mixip projects list` (a typical command, mesh running)"),
+        ):
+            c = st.get("cli", {}).get(name)
+            if c:
+                rows.append(
+                    (
+                        f"CLI start-up: {label}",
+                        f"p50 **{c['p50']:.2f} s** wall, {c.get('cpu_p50', 0):.2f} s CPU "
+                        f"(n={c['n']})",
+                        f"< {c['goal_seconds']:g} s",
+                        _met(c["met"]),
+                    )
+                )
     lines = [
         f"Run of {run['started_at']} ({'smoke sizes' if run['smoke'] else 'full sizes'}), "
         f"{run['host'].get('cpus')} cores, load average {run['load_average_at_start']} at start, "

@@ -46,6 +46,7 @@ from mixip.runtime.errors import NotFound
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
 from mixip.runtime.validation import ID_PATTERN
+from mixip.runtime.worker import Worker
 
 logger = logging.getLogger("mixip.gateway.access_log")
 
@@ -99,9 +100,14 @@ class AccessLogWriter:
         self._pending: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()  # guards _pending
         self._writing = threading.Lock()  # one writer at a time, so a flush sees its batch land
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Every flush_seconds, or at once when a batch waits (`add` wakes it).
+        self.worker = Worker(
+            "gateway-access-log-writer",
+            self._pass,
+            poll_seconds=flush_seconds,
+            wait_first=True,
+            on_error=self._write_failed,
+        )
         self._warned = False
         self._closed = False  # set by close(): later entries are written by their caller
 
@@ -128,7 +134,7 @@ class AccessLogWriter:
                     capacity=self.capacity,
                 )
         elif waiting >= self.batch_size:
-            self._wake.set()
+            self.worker.wake()
 
     def flush(self) -> int:
         """Writes every entry queued before the call (after any batch being written by the
@@ -160,25 +166,21 @@ class AccessLogWriter:
             return len(self._pending)
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name="gateway-access-log-writer", daemon=True
-        )
-        self._thread.start()
+        self.worker.start()
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception as exc:  # the database is away: the entries wait in the queue
-                logs.log(
-                    logger,
-                    "access log write failed",
-                    level=logging.WARNING,
-                    error=type(exc).__name__,
-                    waiting=self.waiting(),
-                )
+    def _pass(self) -> bool:
+        self.flush()
+        return False  # a flush writes all that waits: the worker waits for more
+
+    def _write_failed(self, exc: Exception) -> None:
+        """The database is away: the entries wait in the queue."""
+        logs.log(
+            logger,
+            "access log write failed",
+            level=logging.WARNING,
+            error=type(exc).__name__,
+            waiting=self.waiting(),
+        )
 
     def _write_alone(self, entry: dict[str, Any]) -> None:
         """Writes one entry now (no thread is left to): on failure it is dropped, counted."""
@@ -197,10 +199,7 @@ class AccessLogWriter:
     def close(self) -> None:
         """Stops the thread and writes what is left (the server has stopped taking calls; a
         call still ending past its grace writes its own entry, `add`)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.worker.stop()
         with self._lock:  # an entry added before this is queued, and flushed just below
             self._closed = True
         try:

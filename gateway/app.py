@@ -15,9 +15,11 @@ from typing import Any
 import grpc
 
 from gateway.access_log import AccessLog, AccessLogInterceptor, AccessLogWriter
+from gateway.account_export import AccountExports
 from gateway.accounts import Accounts
 from gateway.audit_outbox import AuditOutbox
 from gateway.auth import Authenticator
+from gateway.closures import Closures
 from gateway.erasure import ErasureFence, Erasures
 from gateway.job_segments import SegmentPlan
 from gateway.jobs import JobPurge, Jobs
@@ -123,7 +125,11 @@ class GatewayApp(ServiceApp):
         self.clock = clock
         self.media_store = media_store
         self.auth = Authenticator(db)
-        self.accounts = Accounts(db, clock)
+        self.vault = settings.vault.open(
+            db, clock, name="gateway", state_model=VaultStateRow, secret_model=TalentKeyRow
+        )
+        seals = Seals(self.vault)
+        self.accounts = Accounts(db, clock, seals)
         try:
             self.admin_key = self.accounts.ensure_admin_key(
                 settings.admin_key_file, settings.admin_key
@@ -132,10 +138,6 @@ class GatewayApp(ServiceApp):
             raise ConfigError(str(exc)) from None
         peers = Peers.over(channels)
         fence = ErasureFence(db, clock)
-        self.vault = settings.vault.open(
-            db, clock, name="gateway", state_model=VaultStateRow, secret_model=TalentKeyRow
-        )
-        seals = Seals(self.vault)
         seals.seal_legacy(db)  # before serving: an older gateway's clear rows
         self.vault_check_seconds = settings.vault.check_seconds
         self.rotation: RotationKeeper | None = None
@@ -146,18 +148,6 @@ class GatewayApp(ServiceApp):
         )
         self.uploads = Uploads(
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
-        )
-        self.jobs = Jobs(
-            db,
-            self.uploads,
-            media_store,
-            self.projects,
-            clock,
-            segments=SegmentPlan(
-                settings.segment_seconds,
-                settings.segment_overlap_seconds,
-                settings.segment_concurrency,
-            ),
         )
         self.reviews = Reviews(db, peers.audit, fence, clock, seals)
         self.reports = ClearanceReports(self.projects, self.uploads, self.reviews, peers.consent)
@@ -176,6 +166,19 @@ class GatewayApp(ServiceApp):
             self.webhook_deliverer.wake,
             allow_private=settings.webhooks_allow_private,
             overlap=timedelta(hours=settings.webhooks_secret_overlap_hours),
+        )
+        self.jobs = Jobs(
+            db,
+            self.uploads,
+            media_store,
+            self.projects,
+            clock,
+            self.webhooks,
+            segments=SegmentPlan(
+                settings.segment_seconds,
+                settings.segment_overlap_seconds,
+                settings.segment_concurrency,
+            ),
         )
         self.erasures = Erasures(
             db,
@@ -224,6 +227,18 @@ class GatewayApp(ServiceApp):
             retention_days=settings.access_log_retention_days,
             owns_project=self.projects.owns,
         )
+        self.closures = Closures(
+            db,
+            clock,
+            fence,
+            seals,
+            self.erasures,
+            peers.matcher,
+            peers.consent,
+            self.audit_outbox,
+            media_store,
+        )
+        self.exports = AccountExports(db, clock, self.accounts, seals, self.access_log)
         self.internal_listen = settings.internal_listen
         self.internal_credentials = internal_credentials
         self.internal_authorize = internal_authorize
@@ -236,6 +251,11 @@ class GatewayApp(ServiceApp):
             "mixip_gateway_erasure_intents_pending",
             "Erasures begun and not completed (the resumer finishes them).",
             self._open_erasures,
+        )
+        telemetry.gauge(
+            "mixip_gateway_account_closures_pending",
+            "Account closures begun and not completed (the resumer finishes them).",
+            lambda: [({}, float(self.closures.pending()))],
         )
 
         telemetry.gauge(
@@ -269,11 +289,22 @@ class GatewayApp(ServiceApp):
                 access_log=self.access_log,
                 webhooks=self.webhooks,
                 reports=self.reports,
+                accounts=self.accounts,
+                closures=self.closures,
+                exports=self.exports,
             ),
             server,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.auth, self.accounts, self.retention, self.operations, self.clock),
+            AdminServicer(
+                self.auth,
+                self.accounts,
+                self.retention,
+                self.operations,
+                self.clock,
+                closures=self.closures,
+                exports=self.exports,
+            ),
             server,
         )
         return [GATEWAY_SERVICE, ADMIN_SERVICE]
@@ -321,6 +352,7 @@ class GatewayApp(ServiceApp):
         while not self._stopping.is_set():
             try:
                 self.erasures.resume()
+                self.closures.resume()
             except Exception as exc:  # a peer down: the intents wait for the next attempt
                 logs.log(
                     logger,

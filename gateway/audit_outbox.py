@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
@@ -41,16 +40,22 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint, no_checkpoint
-from gateway.peers import MAX_EVENTS_PER_CALL, AuditPort
+from gateway.peers import AuditPort
 from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime import logs
+from mixip.runtime.backoff import Backoff
 from mixip.runtime.db import Database, rowcount
+from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import TalentKey
+from mixip.runtime.worker import Worker
 
 logger = logging.getLogger("mixip.gateway.audit_outbox")
+
+# A batch not delivered is due again after this (jittered, growing with its attempts).
+RETRY_BACKOFF = Backoff(base_seconds=0.5, max_seconds=30.0)
 
 
 class AuditOutbox:
@@ -64,27 +69,29 @@ class AuditOutbox:
         poll_seconds: float = 1.0,
         linger_seconds: float = 0.25,
         lease_seconds: float = 30.0,
-        base_backoff_seconds: float = 0.5,
-        max_backoff_seconds: float = 30.0,
-        batch_size: int = MAX_EVENTS_PER_CALL,
+        backoff: Backoff = RETRY_BACKOFF,
+        batch_size: int = MAX_BATCH,
         rng: random.Random | None = None,
     ) -> None:
         self.db = db
         self.audit = audit
         self.clock = clock
         self.seals = seals
-        self.poll_seconds = poll_seconds
-        self.linger_seconds = linger_seconds
         self.lease = timedelta(seconds=lease_seconds)
-        self.base_backoff = base_backoff_seconds
-        self.max_backoff = max_backoff_seconds
+        self.backoff = backoff
         self.batch_size = batch_size
         self.rng = rng or random.Random()
         # Tests pause the deliverer between its claim and its call through this hook.
         self.checkpoint: Checkpoint = no_checkpoint
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Woken by a commit, it lingers a moment so that the uploads of that moment go in one
+        # batch: one claim, one call, one deletion for all of them (per upload, the
+        # deliverer's two commits and a call cost the gateway as much CPU as the upload).
+        self.worker = Worker(
+            "gateway-audit-outbox",
+            self._pass,
+            poll_seconds=poll_seconds,
+            linger_seconds=linger_seconds,
+        )
 
     # -- queueing (in the caller's transaction) -------------------------------------------------
 
@@ -111,37 +118,20 @@ class AuditOutbox:
             for e in events
         )
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    # -- lifecycle (mixip/runtime/worker.py) -----------------------------------------------------
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="gateway-audit-outbox", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.worker.wake()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.worker.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            # Woken by a commit, it lingers a moment so that the uploads of that moment go in
-            # one batch: one claim, one call, one deletion for all of them (per upload, the
-            # deliverer's two commits and a call cost the gateway as much CPU as the upload).
-            self._stop.wait(self.linger_seconds)
-            self._wake.clear()
-            try:
-                delivered = self.run_once()
-            except Exception:  # the database may be down: keep the loop alive
-                logger.warning("audit outbox pass failed", exc_info=True)
-                delivered = 0
-            if delivered < self.batch_size:  # a full batch: more may be waiting
-                self._wake.wait(self.poll_seconds)
+    def _pass(self) -> bool:
+        """One pass of the deliverer; whether it delivered a full batch (more may be waiting)."""
+        return self.run_once() >= self.batch_size
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -235,8 +225,7 @@ class AuditOutbox:
                 )
                 or 0
             ) + 1
-            delay = min(self.max_backoff, self.base_backoff * 2 ** (attempts - 1))
-            delay *= 0.5 + self.rng.random() / 2  # jitter: replicas spread out
+            delay = self.backoff.delay(attempts, self.rng)  # jittered: replicas spread out
             owed = rowcount(
                 session.execute(
                     update(AuditOutboxRow)

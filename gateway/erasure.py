@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import grpc
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -56,6 +57,7 @@ from gateway.store import (
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
+from mixip.runtime.errors import NotFound
 from mixip.runtime.times import Clock, iso
 
 if TYPE_CHECKING:
@@ -177,10 +179,50 @@ class Erasures:
         A retry with the same request id gets the first call's receipt id; the receipt holds
         no talent id, so it cannot tell which talent a request id named: the steps always run
         for the talent asked for."""
+        if not self._known(account_id, talent_id, request_id):
+            raise NotFound(
+                f"no talent {talent_id!r}: nothing about it is held (no consent, enrolled face "
+                "or match result; an erasure of it completed over an hour ago holds none either)",
+                reason="TALENT_NOT_FOUND",
+            )
         intent = self._open(account_id, talent_id, request_id)
         self.checkpoint("erase.intent")
         steps = self._finish(intent, talent_id)
         return intent.receipt_id, steps
+
+    def _known(self, account_id: str, talent_id: str, request_id: str) -> bool:
+        """Whether the erasure has something to erase, or is a retry: a typo'd talent id is
+        NOT_FOUND, not a receipt of zeros. Known: a retried request id, an erasure of the talent
+        open or completed within FENCE_WINDOW (erasing again stays idempotent), a data key
+        (its results or notes), a consent record, an enrolled face. A peer that does not
+        answer counts as known: the check never stands in an erasure's way."""
+        key = self.fence.talent_key(account_id, talent_id)
+        with self.db.read() as session:
+            retry = request_id and session.scalar(
+                select(ErasureIntentRow.intent_id)
+                .where(
+                    ErasureIntentRow.account_id == account_id,
+                    ErasureIntentRow.request_id == request_id,
+                )
+                .limit(1)
+            )
+            erased = session.scalar(
+                select(ErasureIntentRow.intent_id)
+                .where(
+                    ErasureIntentRow.account_id == account_id, ErasureIntentRow.talent_key == key
+                )
+                .limit(1)
+            )
+            keyed = self.seals.keys(session, account_id, [talent_id], create=False)
+        if retry or erased or talent_id in keyed:
+            return True
+        try:
+            return bool(
+                self.consent.consent_records(account_id, talent_id, 1, "").items
+                or self.matcher.talent_faces(account_id, talent_id, 1, "").items
+            )
+        except grpc.RpcError:
+            return True
 
     def _open(self, account_id: str, talent_id: str, request_id: str) -> ErasureIntentRow:
         key = self.fence.talent_key(account_id, talent_id)

@@ -16,7 +16,11 @@ worker matches later (docs/jobs.md).
 - Progress events carry no talent id: a job row names none.
 - Ended jobs are purged MIXIP_GATEWAY_JOB_RETENTION_DAYS after they ended (`JobPurge`, run
   by the retention service's media purge, gateway/retention.py).
-- Every end of a job (DONE, FAILED, CANCELLED) goes through `Jobs._ended`.
+- Every end of a job (DONE, FAILED, CANCELLED) is made by `Jobs._end`, in the transaction that
+  ends it, which owes the account's webhooks the event (`job.completed`, `job.failed`,
+  `job.cancelled`; ids and the state only): the event is owed exactly when the end commits, so
+  a race that ends a job once emits once (the loser's transaction rolls back with its event).
+  `Jobs._ended` tells watchers and logs, after the commit.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from gateway.projects import Action, Projects, Scope, from_micros, micros
 from gateway.seals import job_filename_context, media_subject
 from gateway.store import JobRow, affected
 from gateway.uploads import PendingMedia, UploadHeader, Uploads, media_id_for
+from gateway.webhooks import Webhooks
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
@@ -68,6 +73,12 @@ ENDED = frozenset({DONE, FAILED, CANCELLED})
 
 # The matcher's answers that another attempt would not change.
 PERMANENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+# The webhook event of each end, and the state its payload names.
+END_EVENTS: dict[int, tuple[str, str]] = {
+    DONE: ("job.completed", "done"),
+    FAILED: ("job.failed", "failed"),
+    CANCELLED: ("job.cancelled", "cancelled"),
+}
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,7 @@ class Jobs:
         media_store: MediaStore,
         projects: Projects,
         clock: Clock,
+        webhooks: Webhooks,
         *,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
@@ -146,6 +158,7 @@ class Jobs:
         self.media_store = media_store
         self.projects = projects
         self.clock = clock
+        self.webhooks = webhooks
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_seconds = poll_seconds
         self.watch_seconds = watch_seconds
@@ -463,7 +476,20 @@ class Jobs:
     ) -> None:
         """Ends a job in the caller's transaction: no lease, no file name (it went to the media
         row, sealed under the same key, or nowhere: a job that made no media destroys that key,
-        and every copy of the name it sealed goes with it)."""
+        and every copy of the name it sealed goes with it); its webhook event owed in the same
+        transaction, so it is sent (at least once) exactly when the end commits."""
+        event_type, state_name = END_EVENTS[state]
+        self.webhooks.emit(
+            session,
+            row.account_id,
+            event_type,
+            {
+                "job_id": row.job_id,
+                "media_id": row.media_id,
+                "project_id": row.project_id,
+                "state": state_name,
+            },
+        )
         if state != DONE and row.filename_ref is not None:
             media = [(row.account_id, row.media_id)]
             self.uploads.seals.destroy_media_keys(session, media, owe_rotation=False)

@@ -2,8 +2,9 @@
 
 Use-case modules depend on the Protocols only (tests may swap in a fake); `app.py` builds the
 adapters on the channels it opens. Everything about the wire lives here: building the peer's
-requests, following its pages to the end, and chunking to its limits (at most
-`MAX_EVENTS_PER_CALL` events per `RecordMatchEvents`), each done once.
+requests, following its pages to the end (`mixip.runtime.paging.all_items`, pages of the
+largest size, `MAX_BATCH`), and chunking to its limits (at most `MAX_BATCH` events per
+`RecordMatchEvents`), each done once.
 
 The peers' messages that the gateway's own API carries unchanged (consent records, face
 records, audit events, retention reports) are the shared vocabulary and pass through as they
@@ -15,7 +16,7 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Generic, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,17 +26,10 @@ from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2, consent_pb2_grpc
 from mixip.matcher.v1 import matcher_pb2, matcher_pb2_grpc
 from mixip.retention.v1 import retention_pb2, retention_pb2_grpc
+from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.paging import Page, all_items
 
 T = TypeVar("T")
-
-MAX_EVENTS_PER_CALL = 1000  # RecordMatchEvents' limit
-PAGE_SIZE = 1000  # the peers' largest page
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str
 
 
 # -- matcher ------------------------------------------------------------------------------------
@@ -131,6 +125,10 @@ class MatcherPort(Protocol):
         ...
 
     def delete_talent_faces(self, account_id: str, talent_id: str, request_id: str) -> int: ...
+
+    def enrolled_talents(self, account_id: str) -> list[str]:
+        """Every talent of the account with a face enrolled (an account's closure)."""
+        ...
 
 
 class _GrpcPendingMatch:
@@ -302,7 +300,7 @@ class MatcherClient:
         return Page(list(reply.faces), reply.next_page_token)
 
     def all_talent_faces(self, account_id: str, talent_id: str) -> list[matcher_pb2.FaceRecord]:
-        return _all_pages(lambda token: self.talent_faces(account_id, talent_id, PAGE_SIZE, token))
+        return all_items(lambda token: self.talent_faces(account_id, talent_id, MAX_BATCH, token))
 
     def delete_face(
         self, account_id: str, talent_id: str, face_id: str
@@ -321,6 +319,17 @@ class MatcherClient:
             )
         )
         return int(reply.deleted_count)
+
+    def enrolled_talents(self, account_id: str) -> list[str]:
+        def page(token: str) -> Page[str]:
+            reply = self.stub.ListEnrolledTalents(
+                matcher_pb2.ListEnrolledTalentsRequest(
+                    account_id=account_id, page_size=MAX_BATCH, page_token=token
+                )
+            )
+            return Page([t.talent_id for t in reply.talents], reply.next_page_token)
+
+        return all_items(page)
 
 
 # -- consent ------------------------------------------------------------------------------------
@@ -399,8 +408,8 @@ class ConsentClient:
     def all_consent_records(
         self, account_id: str, talent_id: str
     ) -> list[consent_pb2.ConsentRecord]:
-        return _all_pages(
-            lambda token: self.consent_records(account_id, talent_id, PAGE_SIZE, token)
+        return all_items(
+            lambda token: self.consent_records(account_id, talent_id, MAX_BATCH, token)
         )
 
     def erase_talent(self, account_id: str, talent_id: str) -> int:
@@ -475,10 +484,10 @@ class AuditClient:
     def record_match_events(
         self, account_id: str, events: Sequence[audit_pb2.MatchEventInput]
     ) -> None:
-        for start in range(0, len(events), MAX_EVENTS_PER_CALL):
+        for start in range(0, len(events), MAX_BATCH):
             self.stub.RecordMatchEvents(
                 audit_pb2.RecordMatchEventsRequest(
-                    account_id=account_id, events=events[start : start + MAX_EVENTS_PER_CALL]
+                    account_id=account_id, events=events[start : start + MAX_BATCH]
                 )
             )
 
@@ -510,13 +519,13 @@ class AuditClient:
         return Page(list(reply.events), reply.next_page_token)
 
     def all_talent_events(self, account_id: str, talent_id: str) -> list[audit_pb2.AuditEvent]:
-        return _all_pages(
+        return all_items(
             lambda token: self.events(
                 account_id,
                 talent_id=talent_id,
                 project_id="",
                 since=None,
-                page_size=PAGE_SIZE,
+                page_size=MAX_BATCH,
                 page_token=token,
             )
         )
@@ -650,14 +659,3 @@ def _source(video: StoredVideo) -> matcher_pb2.VideoSource:
 def _stub(factory: Callable[[grpc.Channel], T], channel: grpc.Channel) -> T:
     """The generated stub on `channel` (grpc_tools generates the stub classes untyped)."""
     return factory(channel)
-
-
-def _all_pages(page: Callable[[str], Page[T]]) -> list[T]:
-    items: list[T] = []
-    token = ""
-    while True:
-        current = page(token)
-        items.extend(current.items)
-        token = current.next_page_token
-        if not token:
-            return items

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.audit_outbox import AuditOutbox
 from gateway.erasure import Checkpoint, ErasureFence, no_checkpoint
-from gateway.peers import AuditPort, ConsentDecision, ConsentPort, LogVerdict, MatcherPort, Page
+from gateway.peers import AuditPort, ConsentDecision, ConsentPort, LogVerdict, MatcherPort
 from gateway.seals import Seals
 from gateway.store import MediaFaceRow, ReviewDecisionRow, face_decisions, talent_results
 from mixip.audit.v1 import audit_pb2
@@ -26,6 +26,7 @@ from mixip.matcher.v1 import matcher_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, NotFound
+from mixip.runtime.paging import Page
 from mixip.runtime.times import Clock, iso
 
 logger = logging.getLogger("mixip.gateway")

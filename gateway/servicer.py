@@ -13,8 +13,10 @@ from typing import Any, Literal, Protocol, TypeVar
 import grpc
 
 from gateway.access_log import AccessEntry, AccessFilter, AccessLog
-from gateway.accounts import Account, Accounts, ApiKey
+from gateway.account_export import EXPORT_SCHEMA, AccountExports
+from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Account, Accounts, ApiKey
 from gateway.auth import Authenticator, note
+from gateway.closures import Closure, Closures
 from gateway.erasure import Erasures
 from gateway.jobs import Job, Jobs
 from gateway.operations import Operations
@@ -55,6 +57,7 @@ from mixip.gateway.v1 import (
 )
 from mixip.retention.v1 import retention_pb2
 from mixip.runtime.errors import InvalidArgument
+from mixip.runtime.limits import DEFAULT_ROW_PURGE_BATCH, MAX_ROW_PURGE_BATCH
 from mixip.runtime.paging import decode_page_token, encode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
@@ -123,8 +126,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         access_log: AccessLog,
         webhooks: Webhooks,
         reports: ClearanceReports,
+        accounts: Accounts,
+        closures: Closures,
+        exports: AccountExports,
     ) -> None:
         self.auth = auth
+        self.accounts = accounts
+        self.closures = closures
+        self.exports = exports
         self.limits = limits
         self.uploads = uploads
         self.sessions = sessions
@@ -375,7 +384,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             caller.account_id, request.sequence, request.tree_size
         )
         return gateway_pb2.GetAuditInclusionProofResponse(
-            leaf_index=proof.leaf_index, tree_size=proof.tree_size, hashes=proof.hashes
+            leaf_index=proof.leaf_index,
+            tree_size=proof.tree_size,
+            hashes=proof.hashes,
+            leaf=proof.leaf,
         )
 
     def GetAuditConsistencyProof(
@@ -431,6 +443,55 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 for s in steps
             ],
             completed_at=to_timestamp(steps[-1].completed_at),
+        )
+
+    # -- the calling account (gateway/accounts.py, closures.py, account_export.py) ---------------
+
+    def GetAccount(
+        self, request: gateway_pb2.GetAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.GetAccountResponse:
+        caller = self.auth.account(context)
+        return gateway_pb2.GetAccountResponse(
+            account=_profile(self.accounts.profile(caller.account_id))
+        )
+
+    def UpdateAccount(
+        self, request: gateway_pb2.UpdateAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.UpdateAccountResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        name = email = None
+        if request.HasField("name"):
+            name = request.name
+            checks.text("name", name, max_length=128)
+        if request.HasField("email"):
+            email = checks.text("email", request.email, max_length=EMAIL_MAX, required=False)
+            if email and not EMAIL.fullmatch(email):
+                checks.fail("email", EMAIL_RULE)
+        if name is None and email is None:
+            checks.fail("name", "set name or email (or both)")
+        checks.done()
+        account = self.accounts.update_profile(caller.account_id, name, email)
+        return gateway_pb2.UpdateAccountResponse(account=_profile(account))
+
+    def CloseOwnAccount(
+        self, request: gateway_pb2.CloseOwnAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CloseOwnAccountResponse:
+        caller = self.auth.account(context)
+        checks = Checks()
+        if request.confirm_account_id != caller.account_id:
+            checks.fail("confirm_account_id", "must be the calling account's own id")
+        checks.done()
+        closure = self.closures.close(caller.account_id, caller.key_id)
+        return gateway_pb2.CloseOwnAccountResponse(closure=_closure(closure))
+
+    def ExportOwnAccount(
+        self, request: gateway_pb2.ExportOwnAccountRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ExportOwnAccountResponse:
+        caller = self.auth.account(context)
+        document = self.exports.export(caller.account_id)
+        return gateway_pb2.ExportOwnAccountResponse(
+            schema_version=EXPORT_SCHEMA, document_json=document
         )
 
     def DeleteTalentFace(
@@ -534,8 +595,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         collaborators, last = self.projects.collaborators(
             caller.account_id, request.project_id, page_size, after
         )
+        profiles = self.accounts.profiles({c.account_id for c in collaborators})
         return gateway_pb2.ListCollaboratorsResponse(
-            collaborators=[_collaborator(c) for c in collaborators],
+            collaborators=[_collaborator(c, profiles.get(c.account_id)) for c in collaborators],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -779,12 +841,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         retention: MediaRetention,
         operations: Operations,
         clock: Clock,
+        *,
+        closures: Closures,
+        exports: AccountExports,
     ) -> None:
         self.auth = auth
         self.accounts = accounts
         self.retention = retention
         self.operations = operations
         self.clock = clock
+        self.closures = closures
+        self.exports = exports
+
+    def CloseAccount(
+        self, request: admin_pb2.CloseAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CloseAccountResponse:
+        admin = self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        closure = self.closures.close(request.account_id, admin.key_id)
+        return admin_pb2.CloseAccountResponse(closure=_closure(closure))
+
+    def ExportAccount(
+        self, request: admin_pb2.ExportAccountRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ExportAccountResponse:
+        self.auth.admin(context)
+        checks = Checks()
+        checks.identifier("account_id", request.account_id)
+        checks.done()
+        document = self.exports.export(request.account_id)
+        return admin_pb2.ExportAccountResponse(schema_version=EXPORT_SCHEMA, document_json=document)
 
     def CreateAccount(
         self, request: admin_pb2.CreateAccountRequest, context: grpc.ServicerContext
@@ -903,9 +990,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
     """The internal port's API; callers are checked by the caller rules, not API keys."""
 
-    DEFAULT_BATCH = 1000
-    MAX_BATCH = 10_000
-
     def __init__(self, retention: MediaRetention, access_log: AccessLog) -> None:
         self.retention = retention
         self.access_log = access_log
@@ -935,14 +1019,14 @@ class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
         self,
         request: internal_pb2.PurgeExpiredMediaRequest | internal_pb2.PurgeAccessLogRequest,
     ) -> tuple[datetime, int]:
-        """A purge's `as_of` (required) and batch size (0 means DEFAULT_BATCH)."""
+        """A purge's `as_of` (required) and batch size (0 means DEFAULT_ROW_PURGE_BATCH)."""
         checks = Checks()
         as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
-        batch = request.batch_size or self.DEFAULT_BATCH
-        if not 1 <= batch <= self.MAX_BATCH:
+        batch = request.batch_size or DEFAULT_ROW_PURGE_BATCH
+        if not 1 <= batch <= MAX_ROW_PURGE_BATCH:
             checks.fail(
                 "batch_size",
-                f"must be between 1 and {self.MAX_BATCH} (0 means {self.DEFAULT_BATCH})",
+                f"must be between 1 and {MAX_ROW_PURGE_BATCH} (0 means {DEFAULT_ROW_PURGE_BATCH})",
             )
         checks.done()
         assert as_of is not None  # required: checks.done() refused its absence
@@ -964,6 +1048,28 @@ def _account(account: Account) -> admin_pb2.Account:
         account_id=account.account_id,
         name=account.name,
         created_at=to_timestamp(account.created_at),
+        email=account.email,
+        closed_at=to_timestamp(account.closed_at) if account.closed_at else None,
+    )
+
+
+def _profile(account: Account) -> gateway_pb2.AccountProfile:
+    return gateway_pb2.AccountProfile(
+        account_id=account.account_id,
+        name=account.name,
+        email=account.email,
+        created_at=to_timestamp(account.created_at),
+    )
+
+
+def _closure(closure: Closure) -> admin_pb2.AccountClosure:
+    return admin_pb2.AccountClosure(
+        receipt_id=closure.receipt_id,
+        account_id=closure.account_id,
+        closed_at=to_timestamp(closure.closed_at),
+        completed_at=to_timestamp(closure.completed_at) if closure.completed_at else None,
+        steps=[admin_pb2.AccountClosureStep(name=s.name, count=s.count) for s in closure.steps],
+        talents_erased=closure.talents_erased,
     )
 
 
@@ -1059,7 +1165,9 @@ def _project(project: Project) -> gateway_pb2.Project:
     )
 
 
-def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
+def _collaborator(
+    collaborator: Collaborator, profile: Account | None = None
+) -> gateway_pb2.Collaborator:
     return gateway_pb2.Collaborator(
         project_id=collaborator.project_id,
         account_id=collaborator.account_id,
@@ -1067,6 +1175,8 @@ def _collaborator(collaborator: Collaborator) -> gateway_pb2.Collaborator:
         invited_at=to_timestamp(collaborator.invited_at),
         invited_by_key_id=collaborator.invited_by_key_id,
         accepted_at=to_timestamp(collaborator.accepted_at),
+        account_name=profile.name if profile else "",
+        account_email=profile.email if profile else "",
     )
 
 

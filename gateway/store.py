@@ -45,6 +45,34 @@ class AccountRow(Base):
     name: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # The contact email (personal data), sealed under the account's own data key
+    # (gateway/seals.py: `ACCOUNT_SUBJECT`), which a closure destroys; NULL when none.
+    email_ref: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    sealed_email: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Set by the first step of a closure (gateway/closures.py): its keys are revoked then, and
+    # the row goes with the rest of the account when the closure completes.
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class AccountClosureRow(Base):
+    """An account's closure (gateway/closures.py), journaled in the transaction that fences the
+    account (keys revoked, collaborations ended) so a resumer finishes it; kept as its receipt
+    once completed: ids, times and counts, nothing personal (the account row is gone by then).
+    `pending_objects` lists the stored objects whose rows the closure deleted and whose bytes
+    it has still to delete (random object keys, JSON), so a crash in between loses none."""
+
+    __tablename__ = "gateway_account_closures"
+
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    receipt_id: Mapped[str] = mapped_column(String(32), unique=True)
+    requested_by_key_id: Mapped[str] = mapped_column(String(32))  # the account's or the admin's
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    pending_objects: Mapped[str | None] = mapped_column(Text)
+    # Talents erased so far (counted as each erasure completes, so a resumed closure counts
+    # each talent once).
+    talents_erased: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{"name", "count", ...}]
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class ApiKeyRow(Base):
@@ -485,6 +513,12 @@ def open_erasures(session: Session) -> int:
     """Erasure intents not completed yet (for metrics)."""
     count = session.scalar(select(func.count()).where(ErasureIntentRow.completed_at.is_(None)))
     return int(count or 0)
+
+
+def account_closed(session: Session, account_id: str) -> bool:
+    """Whether a closure of the account has begun (gateway/closures.py): nothing more is kept
+    for it."""
+    return session.get(AccountClosureRow, account_id) is not None
 
 
 def affected(session: Session, statement: Executable) -> int:

@@ -41,6 +41,7 @@ from gateway.seals import ACCOUNT_SUBJECT, Seals, media_subject, seal_filename
 from gateway.store import (
     MediaRow,
     UploadDigestRow,
+    account_closed,
     face_result,
     face_row,
     is_referenced,
@@ -51,7 +52,7 @@ from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database
-from mixip.runtime.errors import InvalidArgument, NotFound, Unavailable
+from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.times import Clock, to_timestamp
@@ -291,6 +292,8 @@ class Uploads:
             # the talent is queued) or its drain and scrub run after it (its queued events
             # are delivered before the salt is shredded, its rows are scrubbed).
             self.fence.lock(session, account_id)
+            if account_closed(session, account_id):  # closing: it keeps nothing more
+                raise FailedPrecondition("the project's account is closed", reason="ACCOUNT_CLOSED")
             if self.clock() - started > FENCE_WINDOW:
                 raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
             results = self._fenced_out(session, account_id, matched.faces, started)

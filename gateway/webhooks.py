@@ -6,7 +6,8 @@
   event is owed exactly when the work committed. One delivery row per subscribed endpoint
   (gateway_webhook_deliveries) is the outbox.
 - Payloads are thin: the event's type and time, the account id and the ids the event names
-  (`*_id` keys only; a talent id is refused). Receivers fetch details through the API.
+  (`*_id` keys only, a talent id refused; and a job's end state). Receivers fetch details
+  through the API.
 - Secrets (`whsec_` + base64 of 32 random bytes) are sealed under the account's data key and
   shown once. A rotation keeps the previous secret for `overlap`; meanwhile each delivery
   carries both signatures in `webhook-signature`, so a receiver switches without downtime.
@@ -44,9 +45,10 @@ from mixip.runtime.validation import Checks
 
 logger = logging.getLogger("mixip.gateway.webhooks")
 
-# What an endpoint may subscribe to. job.* come with jobs (issue 19); `webhook.test` goes only
-# to the endpoint TestWebhook names.
-EVENT_TYPES = ("erasure.completed", "job.completed", "job.failed")
+# What an endpoint may subscribe to; `webhook.test` goes only to the endpoint TestWebhook names.
+EVENT_TYPES = ("erasure.completed", "job.completed", "job.failed", "job.cancelled")
+# The one key of a payload's data that is not an id, and its values: the state a job ended in.
+STATES = frozenset({"done", "failed", "cancelled"})
 TEST_EVENT = "webhook.test"
 MAX_URL_LENGTH = 2048
 MAX_EVENT_TYPES = 8
@@ -147,7 +149,7 @@ class Webhooks:
     def emit(self, session: Session, account_id: str, event_type: str, data: dict[str, str]) -> str:
         """Owes the event to every live endpoint of the account subscribed to it, in the
         caller's transaction; the message id (the `webhook-id` of every attempt). `data` holds
-        ids only: `*_id` keys, never a talent's."""
+        ids only (`*_id` keys, never a talent's) and, for a job, the state it ended in."""
         return self._emit(session, account_id, event_type, data, webhook_id=None)
 
     def _emit(
@@ -161,8 +163,10 @@ class Webhooks:
     ) -> str:
         if event_type not in (*EVENT_TYPES, TEST_EVENT):
             raise ValueError(f"unknown webhook event type {event_type!r}")
-        if any(not k.endswith("_id") or k == "talent_id" for k in data):
+        if any(k == "talent_id" or not k.endswith("_id") for k in data if k != "state"):
             raise ValueError("webhook payloads hold ids only, never a talent's")
+        if data.get("state", "done") not in STATES:
+            raise ValueError(f"a webhook payload's state is one of {sorted(STATES)}")
         now = self.clock()
         message_id = f"msg_{secrets.token_hex(12)}"
         payload = json.dumps(

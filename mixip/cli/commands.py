@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +15,11 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mixip.cli import jobs, resumable
-from mixip.cli.annotate import annotate_image, contact_sheet
+from mixip.cli import folder, jobs, resumable
 from mixip.cli.connection import Connection
-from mixip.cli.output import CliError, Output, Progress
+from mixip.cli.media import BYTES, enum_name, face_json, start_job, upload_chunks
+from mixip.cli.output import CliError, Output
+from mixip.cli.project_ids import require_project
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
@@ -28,11 +29,12 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp, utcnow
 from mixip.tlog.checkpoint import Checkpoint, open_checkpoint
+from mixip.tlog.cosignature import CosignatureVerifier
 from mixip.tlog.merkle import leaf_hash
-from mixip.tlog.note import Ed25519Verifier, NoteError, b64encode
+from mixip.tlog.note import Ed25519Verifier, NoteError, b64decode, b64encode
 from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
+from mixip.tlog.receipt import Receipt, ReceiptError, verify_receipt
 
-CHUNK = 1024 * 1024
 RESUMABLE_ABOVE = 8 * 1024 * 1024  # larger files go through an upload session
 ADVISORY = "labels are advisory: a person decides whether media is cleared for use"
 SCOPES = {
@@ -46,37 +48,11 @@ JOBS = {
 }
 
 
-def _enum_name(enum, value: int, prefix: str) -> str:
-    return enum.Name(value).removeprefix(prefix).lower()
-
-
-def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "label": _enum_name(common_pb2.FaceLabel, face.label, "FACE_LABEL_"),
-        "talent_id": face.talent_id or None,
-        "similarity": round(face.similarity, 4),
-        "reason": _enum_name(common_pb2.LabelReason, face.reason, "LABEL_REASON_"),
-        "box": [face.box.x, face.box.y, face.box.width, face.box.height],
-    }
-    if video:
-        document["ranges"] = [[r.start_seconds, r.end_seconds] for r in face.ranges]
-        document["best_frame_seconds"] = face.best_frame_seconds
-    return document
-
-
 def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _chunks(header_message, data: bytes, progress: Progress) -> Iterator:
-    yield header_message
-    for start in range(0, len(data), CHUNK):
-        progress.update((start + CHUNK) / max(1, len(data)))
-        yield type(header_message)(chunk=data[start : start + CHUNK])
-    progress.update(1.0, "stored")
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -132,6 +108,12 @@ RPC_COMMANDS = {
     "WatchJob": "jobs wait",
     "CancelJob": "jobs cancel",
     "ListJobs": "jobs list",
+    "GetAccount": "account show",
+    "UpdateAccount": "account update",
+    "CloseOwnAccount": "account close",
+    "ExportOwnAccount": "account export",
+    "CloseAccount": "accounts close",
+    "ExportAccount": "accounts export",
 }
 
 
@@ -160,12 +142,22 @@ def accounts_list(args, conn: Connection, out: Output) -> int:
         )
     )
     accounts = [
-        {"account_id": a.account_id, "name": a.name, "created_at": a.created_at.ToJsonString()}
+        {
+            "account_id": a.account_id,
+            "name": a.name,
+            "email": a.email,
+            "created_at": a.created_at.ToJsonString(),
+            "closed_at": a.closed_at.ToJsonString() if a.HasField("closed_at") else None,
+        }
         for page in pages
         for a in page.accounts
     ]
     lines = [f"{len(accounts)} account(s)"] + [
-        f"  {a['account_id']}  {a['name']}  created {a['created_at']}" for a in accounts
+        f"  {a['account_id']}  {a['name']}"
+        + (f" <{a['email']}>" if a["email"] else "")
+        + f"  created {a['created_at']}"
+        + (f"  closed {a['closed_at']}" if a["closed_at"] else "")
+        for a in accounts
     ]
     out.result({"accounts": accounts}, lines)
     return 0
@@ -184,6 +176,159 @@ def accounts_retention(args, conn: Connection, out: Output) -> int:
             "updated_at": reply.updated_at.ToJsonString(),
         },
         f"account {reply.account_id}: stored media and results kept {reply.retention_days} days",
+    )
+    return 0
+
+
+def accounts_show(args, conn: Connection, out: Output) -> int:
+    """One account as an admin reads it (ListAccounts' pages, until it is found)."""
+    stub, meta = conn.admin()
+    pages = every_page(
+        lambda token: stub.ListAccounts(
+            admin_pb2.ListAccountsRequest(page_size=MAX_BATCH, page_token=token), metadata=meta
+        )
+    )
+    found = next((a for page in pages for a in page.accounts if a.account_id == args.account), None)
+    if found is None:
+        raise CliError(f"no such account: {args.account}", exit_code=1)
+    closed = found.closed_at.ToJsonString() if found.HasField("closed_at") else None
+    out.result(
+        {
+            "account_id": found.account_id,
+            "name": found.name,
+            "email": found.email,
+            "created_at": found.created_at.ToJsonString(),
+            "closed_at": closed,
+        },
+        [
+            f"account {found.account_id}",
+            f"  name:    {found.name}",
+            f"  email:   {found.email or '-'}",
+            f"  created: {found.created_at.ToJsonString()}",
+            *([f"  closed:  {closed} (closing)"] if closed else []),
+        ],
+    )
+    return 0
+
+
+def accounts_close(args, conn: Connection, out: Output) -> int:
+    _confirm_closure(args, args.account)
+    stub, meta = conn.admin()
+    with out.progress(f"closing {args.account}"):
+        reply = stub.CloseAccount(
+            admin_pb2.CloseAccountRequest(account_id=args.account), metadata=meta
+        )
+    _print_closure(out, reply.closure)
+    return 0
+
+
+def accounts_export(args, conn: Connection, out: Output) -> int:
+    if args.output and Path(args.output).exists() and not args.force:
+        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
+    stub, meta = conn.admin()
+    with out.progress(f"exporting {args.account}"):
+        reply = stub.ExportAccount(
+            admin_pb2.ExportAccountRequest(account_id=args.account), metadata=meta
+        )
+    return _account_export(out, args, reply.document_json)
+
+
+def account_show(args, conn: Connection, out: Output) -> int:
+    stub, meta = conn.gateway()
+    reply = stub.GetAccount(gateway_pb2.GetAccountRequest(), metadata=meta)
+    _print_profile(out, reply.account)
+    return 0
+
+
+def account_update(args, conn: Connection, out: Output) -> int:
+    if args.name is None and args.email is None:
+        raise CliError("give --name, --email or both", exit_code=2)
+    stub, meta = conn.gateway()
+    reply = stub.UpdateAccount(
+        gateway_pb2.UpdateAccountRequest(name=args.name, email=args.email), metadata=meta
+    )
+    _print_profile(out, reply.account)
+    return 0
+
+
+def account_close(args, conn: Connection, out: Output) -> int:
+    _confirm_closure(args, args.account)
+    stub, meta = conn.gateway()
+    with out.progress(f"closing {args.account}"):
+        reply = stub.CloseOwnAccount(
+            gateway_pb2.CloseOwnAccountRequest(confirm_account_id=args.account), metadata=meta
+        )
+    _print_closure(out, reply.closure)
+    return 0
+
+
+def account_export(args, conn: Connection, out: Output) -> int:
+    if args.output and Path(args.output).exists() and not args.force:
+        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
+    stub, meta = conn.gateway()
+    with out.progress("exporting the account"):
+        reply = stub.ExportOwnAccount(gateway_pb2.ExportOwnAccountRequest(), metadata=meta)
+    return _account_export(out, args, reply.document_json)
+
+
+def _confirm_closure(args, account: str) -> None:
+    """A closure deletes everything the account holds: --yes, or the id typed at a terminal."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"closing {account} deletes everything it holds; pass --yes", exit_code=2)
+    answer = input(
+        f"Close {account}: its keys, projects, media, results and talents go, for good? "
+        "Type the account id to confirm: "
+    )
+    if answer.strip() != account:
+        raise CliError("not closed (the confirmation did not match)", exit_code=1)
+
+
+def _print_closure(out: Output, closure: admin_pb2.AccountClosure) -> None:
+    steps = [{"name": s.name, "count": s.count} for s in closure.steps]
+    out.result(
+        {
+            "receipt_id": closure.receipt_id,
+            "account_id": closure.account_id,
+            "closed_at": closure.closed_at.ToJsonString(),
+            "completed_at": closure.completed_at.ToJsonString(),
+            "talents_erased": closure.talents_erased,
+            "steps": steps,
+        },
+        [
+            f"closed {closure.account_id} (receipt {closure.receipt_id})",
+            *(f"  {s['name']}: {s['count']}" for s in steps),
+        ],
+    )
+
+
+def _print_profile(out: Output, account: gateway_pb2.AccountProfile) -> None:
+    out.result(
+        {
+            "account_id": account.account_id,
+            "name": account.name,
+            "email": account.email,
+            "created_at": account.created_at.ToJsonString(),
+        },
+        [
+            f"account {account.account_id}",
+            f"  name:  {account.name}",
+            f"  email: {account.email or '-'}",
+        ],
+    )
+
+
+def _account_export(out: Output, args, document_json: str) -> int:
+    document = json.loads(document_json)
+    if not args.output:
+        out.result(document, document_json)
+        return 0
+    _write_export(Path(args.output), document_json + "\n", force=args.force)
+    counts = {k: len(v) for k, v in document.items() if isinstance(v, list)}
+    out.result(
+        {"account_id": document["account"]["account_id"], "written": args.output, "counts": counts},
+        f"wrote {args.output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
     )
     return 0
 
@@ -222,6 +367,8 @@ def record_consent(
         raise CliError("--scope usage needs --project P", exit_code=2)
     if scope_value == SCOPES["biometric"] and project:
         raise CliError("--project applies to --scope usage only", exit_code=2)
+    if project and action == "grant":  # a revocation may name a project that is gone
+        require_project(conn, project)
     decision = (
         consent_pb2.CONSENT_DECISION_GRANTED
         if action == "grant"
@@ -254,9 +401,9 @@ def _record_json(record: consent_pb2.ConsentRecord) -> dict:
     return {
         "record_id": record.record_id,
         "talent_id": record.talent_id,
-        "scope": _enum_name(consent_pb2.ConsentScope, record.scope, "CONSENT_SCOPE_"),
+        "scope": enum_name(consent_pb2.ConsentScope, record.scope, "CONSENT_SCOPE_"),
         "project_id": record.project_id or None,
-        "decision": _enum_name(consent_pb2.ConsentDecision, record.decision, "CONSENT_DECISION_"),
+        "decision": enum_name(consent_pb2.ConsentDecision, record.decision, "CONSENT_DECISION_"),
         "method": record.evidence.method,
         "policy_version": record.evidence.policy_version,
         "actor": record.evidence.actor,
@@ -305,11 +452,11 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
     enrolled = []
     for image in images:
         data = _read(image)
-        with out.progress(f"enrolling {Path(image).name}") as progress:
+        with out.progress(f"enrolling {Path(image).name}", len(data), **BYTES) as progress:
             header = gateway_pb2.EnrollTalentRequest(
                 header=gateway_pb2.EnrollHeader(talent_id=talent, request_id=uuid.uuid4().hex)
             )
-            reply = stub.EnrollTalent(_chunks(header, data, progress), metadata=meta)
+            reply = stub.EnrollTalent(upload_chunks(header, data, progress), metadata=meta)
         enrolled.append({"image": image, "face_id": reply.face.face_id})
     out.result(
         {"talent_id": talent, "faces": enrolled},
@@ -319,6 +466,21 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
 
 
 def match(args, conn: Connection, out: Output) -> int:
+    if Path(args.file).is_dir():
+        if args.annotate or args.no_wait:
+            raise CliError("--annotate and --no-wait are for one file, not a folder", 2)
+        return folder.match_folder(
+            conn,
+            out,
+            folder=Path(args.file),
+            project=args.project,
+            concurrency=args.jobs,
+            results=Path(args.results) if args.results else None,
+            csv_path=Path(args.csv) if args.csv else None,
+            resumable_above=args.resumable_above,
+        )
+    if args.results or args.csv:
+        raise CliError("--results and --csv are for a folder (mixip match DIR)", 2)
     return match_file(
         conn,
         out,
@@ -348,24 +510,17 @@ def match_file(
         size = path.stat().st_size
     except OSError as exc:
         raise CliError(f"cannot read {file}: {exc.strerror}") from None
+    require_project(conn, project)  # the gateway would create an unknown id: a typo's project
     stub, meta = conn.gateway()
     if size > resumable_above:
-        with out.progress(f"uploading {path.name}") as progress:
-            sent = resumable.upload(stub, meta, conn.address(), path, project, progress.update)
+        with out.progress(f"uploading {path.name}", size, **BYTES) as progress:
+            sent = resumable.upload(stub, meta, conn.address(), path, project, progress.set)
         started = sent.media
         upload = {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
     else:
         data = _read(file)
-        with out.progress(f"uploading {path.name}") as progress:
-            header = gateway_pb2.UploadMediaRequest(
-                header=gateway_pb2.UploadHeader(
-                    project_id=project,
-                    filename=path.name[:255],
-                    request_id=uuid.uuid4().hex,
-                    as_job=True,
-                )
-            )
-            started = stub.UploadMedia(_chunks(header, data, progress), metadata=meta)
+        with out.progress(f"uploading {path.name}", len(data), **BYTES) as progress:
+            started = start_job(stub, meta, path, data, project, uuid.uuid4().hex, progress)
         upload = {"bytes": len(data), "resumed_from": 0}
     if no_wait:
         out.result(
@@ -418,7 +573,7 @@ def decision_json(record: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]:
         "decision_id": record.decision_id,
         "media_id": record.media_id,
         "face_index": record.face_index,
-        "decision": _enum_name(common_pb2.ReviewDecision, record.decision, "REVIEW_DECISION_"),
+        "decision": enum_name(common_pb2.ReviewDecision, record.decision, "REVIEW_DECISION_"),
         "note": record.note,
         "decided_by_account_id": record.decided_by_account_id,
         "decided_by_key_id": record.decided_by_key_id,
@@ -445,6 +600,8 @@ def _media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict[str, Any
 
 
 def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video: bool) -> None:
+    from mixip.cli.annotate import annotate_image, contact_sheet  # OpenCV: only when drawing
+
     try:
         if not video:
             annotate_image(data, faces, target)
@@ -568,8 +725,8 @@ def list_audit_events(
             "project_id": e.project_id,
             "media_id": e.media_id,
             "face_index": e.face_index,
-            "label": _enum_name(common_pb2.FaceLabel, e.label, "FACE_LABEL_"),
-            "reason": _enum_name(common_pb2.LabelReason, e.reason, "LABEL_REASON_"),
+            "label": enum_name(common_pb2.FaceLabel, e.label, "FACE_LABEL_"),
+            "reason": enum_name(common_pb2.LabelReason, e.reason, "LABEL_REASON_"),
             "similarity": round(e.similarity, 4),
             "talent_linked": e.talent_linked,
             "actor": e.actor,
@@ -687,20 +844,151 @@ def audit_public_key(args, conn: Connection, out: Output) -> int:
 def audit_prove(args, conn: Connection, out: Output) -> int:
     if args.event < 1:
         raise CliError("EVENT_ID must be an event's sequence number (1 or more)")
-    size = open_checkpoint(_signed_checkpoint(conn), _log_verifier(conn)).checkpoint.size
+    if args.output and not args.receipt:
+        raise CliError("-o writes a receipt: it needs --receipt", exit_code=2)
+    note = _signed_checkpoint(conn)
+    verifier = _log_verifier(conn)
+    size = open_checkpoint(note, verifier).checkpoint.size
     stub, meta = conn.gateway()
     proof = stub.GetAuditInclusionProof(
         gateway_pb2.GetAuditInclusionProofRequest(sequence=args.event, tree_size=size),
         metadata=meta,
     )
+    if args.receipt:
+        return _write_receipt(args, out, note, verifier, proof)
     hashes = _b64(proof.hashes)
-    document = {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size, "proof": hashes}
+    document = {
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "proof": hashes,
+        "leaf": b64encode(proof.leaf) if proof.leaf else None,
+    }
     out.result(
         document,
         [f"event #{args.event} is leaf {proof.leaf_index} of {proof.tree_size}"]
         + [f"  {h}" for h in hashes],
     )
     return 0
+
+
+def _write_receipt(
+    args,
+    out: Output,
+    note: str,
+    verifier: Ed25519Verifier,
+    proof: gateway_pb2.GetAuditInclusionProofResponse,
+) -> int:
+    """The event's C2SP tlog-proof file: the published checkpoint (with its witnesses'
+    cosignatures), the proof, and the event's leaf bytes as its extra data, checked here before
+    it is handed out."""
+    if not proof.leaf:
+        raise CliError(
+            f"event #{args.event} was purged: its leaf is still in the tree, but its bytes are "
+            "gone, so no receipt can carry them"
+        )
+    text = Receipt(proof.leaf_index, tuple(proof.hashes), note, extra=proof.leaf).text
+    try:
+        verify_receipt(text, None, verifier)
+    except ReceiptError as exc:
+        raise CliError(
+            f"the log's receipt for event #{args.event} does not verify: {exc}"
+        ) from None
+    document = {
+        "sequence": args.event,
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "receipt": text,
+    }
+    if args.output:
+        write_private(Path(args.output), text)
+        out.result(
+            document,
+            f"receipt of event #{args.event} (leaf {proof.leaf_index} of {proof.tree_size}) "
+            f"written to {args.output}",
+        )
+    else:
+        out.result(document, text.rstrip("\n"))
+    return 0
+
+
+def audit_verify_receipt(args, conn: Connection, out: Output) -> int:
+    """Checks a receipt offline, with the keys the auditor keeps: the log's (one a line in
+    --key, several across a rotation) and the witnesses' (--witnesses, at least --quorum)."""
+    keys = _kept_keys(args.key)
+    witnesses = _witness_keys(args.witnesses) if args.witnesses else []
+    quorum = args.quorum if args.quorum is not None else min(1, len(witnesses))
+    if not 0 <= quorum <= len(witnesses):
+        raise CliError(
+            f"--quorum must be between 0 and the {len(witnesses)} witness key(s) given",
+            exit_code=2,
+        )
+    leaf = None
+    if args.leaf is not None:
+        try:
+            leaf = b64decode(args.leaf, "--leaf")
+        except NoteError as exc:
+            raise CliError(
+                f"{exc} (give the event's leaf as `audit list --json` prints it)", exit_code=2
+            ) from None
+    try:
+        text = _read(args.file).decode()
+    except UnicodeDecodeError:
+        text = ""  # refused below as not a proof file
+    verified, failure = None, None
+    for verifier in keys.verifiers:  # across a rotation: whichever kept key signed it
+        try:
+            verified = verify_receipt(text, leaf, verifier, witnesses, quorum)
+            break
+        except ReceiptError as exc:
+            if failure is None or exc.part != "signature":
+                failure = exc
+    if verified is None:
+        assert failure is not None
+        out.result(
+            {"ok": False, "broken": failure.part, "detail": str(failure)},
+            f"receipt does NOT verify ({failure.part}): {failure}",
+        )
+        return 3
+    checkpoint = verified.checkpoint
+    try:
+        event = json.loads(verified.leaf)
+    except ValueError:
+        event = None
+    document = {
+        "ok": True,
+        "origin": checkpoint.origin,
+        "tree_size": checkpoint.size,
+        "leaf_index": verified.index,
+        "leaf": b64encode(verified.leaf),
+        "witnesses": list(verified.signed.witnesses),
+        "event": event,
+    }
+    what = (
+        f"event #{event['sequence']}"
+        if isinstance(event, dict) and "sequence" in event
+        else "the leaf"
+    )
+    cosigned = (
+        f", cosigned by {', '.join(verified.signed.witnesses)}" if verified.signed.witnesses else ""
+    )
+    out.result(
+        document,
+        f"receipt verifies: {what} is leaf {verified.index} of the tree of {checkpoint.size} "
+        f"events signed by {checkpoint.origin}{cosigned}",
+    )
+    return 0
+
+
+def _witness_keys(path: str) -> list[CosignatureVerifier]:
+    """The witnesses' verifier keys in `path`, one a line (as `mixip witness public-key`
+    prints them)."""
+    try:
+        keys = [CosignatureVerifier.from_vkey(line) for line in _read(path).decode().split()]
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise CliError(f"{path} is not a file of witness keys: {exc}", exit_code=2) from None
+    if not keys:
+        raise CliError(f"{path} holds no witness key", exit_code=2)
+    return keys
 
 
 def audit_consistency(args, conn: Connection, out: Output) -> int:
@@ -832,7 +1120,7 @@ def audit_vault_status(args, conn: Connection, out: Output) -> int:
 
 def _job_name(job: int) -> str:
     """The job as `--job` names it (rotate-vault, not rotate_vault)."""
-    return _enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
+    return enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
 
 
 def _report_json(report: retention_pb2.RunReport) -> dict:
@@ -842,7 +1130,7 @@ def _report_json(report: retention_pb2.RunReport) -> dict:
     return {
         "run_id": report.run_id,
         "job": _job_name(report.job),
-        "outcome": _enum_name(retention_pb2.RunOutcome, report.outcome, "RUN_OUTCOME_"),
+        "outcome": enum_name(retention_pb2.RunOutcome, report.outcome, "RUN_OUTCOME_"),
         "started_at": when(report.started_at),
         "finished_at": when(report.finished_at),
         "events_purged": report.events_purged,
@@ -935,6 +1223,40 @@ def add_commands(
     keep.add_argument("account", help="the account id")
     keep.add_argument("--days", type=int, required=True, help="1-3650 (default period: 365)")
     keep.set_defaults(run=accounts_retention)
+    shown = accounts.add_parser("show", parents=[common], help="one account's profile")
+    shown.add_argument("account", help="the account id")
+    shown.set_defaults(run=accounts_show)
+    close = accounts.add_parser(
+        "close", parents=[common], help="close an account: everything it holds is deleted"
+    )
+    close.add_argument("account", help="the account id")
+    close.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    close.set_defaults(run=accounts_close)
+    exported = accounts.add_parser(
+        "export", parents=[common], help="an account's own data as JSON (written 0600)"
+    )
+    exported.add_argument("account", help="the account id")
+    exported.add_argument("-o", "--output", help="write to this file (default: stdout)")
+    exported.add_argument("--force", action="store_true", help="overwrite the file")
+    exported.set_defaults(run=accounts_export)
+
+    own = sub.add_parser(
+        "account", help="the calling account's own profile and data"
+    ).add_subparsers(dest="action", required=True)
+    shown = own.add_parser("show", parents=[common], help="its name and contact email")
+    shown.set_defaults(run=account_show)
+    update = own.add_parser("update", parents=[common], help="correct its name or email")
+    update.add_argument("--name", help="the display name (1-128 characters)")
+    update.add_argument("--email", help='the contact email ("" removes it)')
+    update.set_defaults(run=account_update)
+    close = own.add_parser("close", parents=[common], help="close it: everything it holds goes")
+    close.add_argument("account", help="its own id, as a confirmation")
+    close.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    close.set_defaults(run=account_close)
+    exported = own.add_parser("export", parents=[common], help="its own data as JSON (0600)")
+    exported.add_argument("-o", "--output", help="write to this file (default: stdout)")
+    exported.add_argument("--force", action="store_true", help="overwrite the file")
+    exported.set_defaults(run=account_export)
 
     consent = sub.add_parser("consent", help="record or show consent").add_subparsers(
         dest="action", required=True
@@ -962,8 +1284,14 @@ def add_commands(
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos with exactly one face each")
     p.set_defaults(run=enroll)
 
-    p = sub.add_parser("match", parents=[common], help="match an image or video")
-    p.add_argument("file", help="a photo or video")
+    p = sub.add_parser(
+        "match", parents=[common], help="match an image or video, or a folder of them"
+    )
+    p.add_argument(
+        "file",
+        metavar="PATH",
+        help="a photo or video, or a folder: every photo and video under it (docs/jobs.md)",
+    )
     p.add_argument("--project", required=True, help="the project the media belongs to")
     p.add_argument("--annotate", metavar="OUT.png", help="write an annotated image")
     p.add_argument(
@@ -980,6 +1308,21 @@ def add_commands(
         help="print the job's id once the file is stored (`mixip jobs wait JOB_ID`); a file "
         "sent through a session is analysed before the command returns",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=folder.DEFAULT_JOBS,
+        metavar="N",
+        help=f"a folder: files matched at once (1-{folder.MAX_JOBS}, default "
+        f"{folder.DEFAULT_JOBS})",
+    )
+    p.add_argument(
+        "--results",
+        metavar="FILE",
+        help="a folder: the results file (JSON lines; default under $XDG_STATE_HOME/mixip/"
+        "folders/, printed); a rerun skips the files it holds",
+    )
+    p.add_argument("--csv", metavar="FILE", help="a folder: the results as CSV too")
     p.set_defaults(run=match)
 
     media = sub.add_parser("media", help="stored media and their results").add_subparsers(
@@ -1032,7 +1375,44 @@ def add_commands(
     p.set_defaults(run=audit_public_key)
     p = audit.add_parser("prove", parents=[common], help="an event's inclusion proof")
     p.add_argument("event", type=int, metavar="EVENT_ID", help="the event's sequence number")
+    p.add_argument(
+        "--receipt",
+        action="store_true",
+        help="the proof as one offline file (C2SP tlog-proof: the published checkpoint, the "
+        "proof, the event's leaf) that verifies with the log's public key alone",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write the receipt to FILE (mode 0600)")
     p.set_defaults(run=audit_prove)
+    p = audit.add_parser(
+        "verify-receipt",
+        parents=[common],
+        help="check a receipt offline, with the log's public key alone",
+    )
+    p.add_argument("file", metavar="FILE", help="a receipt (`audit prove --receipt -o FILE`)")
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        required=True,
+        help="the log's verifier keys kept in FILE, one a line (`audit public-key`)",
+    )
+    p.add_argument(
+        "--leaf",
+        metavar="BASE64",
+        help="the event's leaf as `audit list --json` prints it (default: the leaf the receipt "
+        "carries, which the proof then authenticates)",
+    )
+    p.add_argument(
+        "--witnesses",
+        metavar="FILE",
+        help="witnesses' verifier keys kept in FILE, one a line (`mixip witness public-key`)",
+    )
+    p.add_argument(
+        "--quorum",
+        type=int,
+        metavar="N",
+        help="cosignatures of those witnesses required (default 1 with --witnesses)",
+    )
+    p.set_defaults(run=audit_verify_receipt)
     p = audit.add_parser(
         "consistency", parents=[common], help="the proof the log extends an older tree"
     )

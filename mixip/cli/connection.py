@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import TYPE_CHECKING
 
 from mixip.cli.output import CliError
-from mixip.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from mixip.runtime.addresses import is_loopback
-from mixip.runtime.client import open_channel
 from mixip.runtime.config import ADMIN_KEY_FILE, Env, key_dir
 from mixip.runtime.files import write_private
 
+if TYPE_CHECKING:  # imported when a command calls, not to parse its arguments
+    import grpc
+
+    from mixip.gateway.v1 import admin_pb2_grpc, gateway_pb2_grpc
+
 DEV_KEY_FILE = "dev-api-key"
-GATEWAY_SERVICES = [
-    gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-]
+SUPERVISOR_LOCK = "mixip-up"  # the lock `mixip up` holds (mixip.cli.launcher)
+# The services of the gateway's client port (for the channel's retry policy).
+GATEWAY_SERVICES = ["mixip.gateway.v1.GatewayService", "mixip.gateway.v1.AdminService"]
+# How long a command waits for a `mixip up` that is still starting on its data directory.
+STARTING_MESH_WAIT_SECONDS = 180.0
+DEV_KEY_WAIT_SECONDS = 15.0
 
 
 @dataclass
@@ -36,13 +41,30 @@ class Connection:
         if self.gateway_address:
             return self.gateway_address
         mesh_file = self.data_dir / "mesh.json"
-        try:
-            return json.loads(mesh_file.read_text())["services"]["gateway"]
-        except (OSError, ValueError, KeyError):
-            raise CliError(
-                f"no running mesh found ({mesh_file} missing): start one with `mixip up`, "
-                "or pass --gateway HOST:PORT"
-            ) from None
+        said = False
+        deadline = time.monotonic() + STARTING_MESH_WAIT_SECONDS
+        while True:
+            try:
+                return str(json.loads(mesh_file.read_text())["services"]["gateway"])
+            except (OSError, ValueError, KeyError):
+                pass
+            if not self._mesh_starting() or time.monotonic() > deadline:
+                raise CliError(
+                    f"no running mesh found ({mesh_file} missing): start one with `mixip up`, "
+                    "or pass --gateway HOST:PORT",
+                    exit_code=2,
+                )
+            if not said:  # `mixip up &` then a command at once: wait for it to be ready
+                print("mixip: waiting for `mixip up` to be ready ...", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(0.2)
+
+    def _mesh_starting(self) -> bool:
+        """Whether a `mixip up` holds this data directory's lock (it writes mesh.json once
+        every service is ready)."""
+        from mixip.runtime import statelock
+
+        return SUPERVISOR_LOCK in statelock.holders(self.data_dir)
 
     def key_dir(self) -> Path:
         """The running mesh's key directory (mesh.json), else MIXIP_KEY_DIR's or the default
@@ -55,6 +77,11 @@ class Connection:
     def channel(self) -> grpc.Channel:
         """TLS trusting MIXIP_GATEWAY_CA's certificate, or plaintext to a loopback gateway
         (`mixip up`); plaintext beyond loopback only with --insecure (keys travel in clear)."""
+        import grpc
+
+        from mixip.runtime.addresses import is_loopback
+        from mixip.runtime.client import open_channel
+
         ca = os.environ.get("MIXIP_GATEWAY_CA", "").strip()
         address = self.address()
         credentials = None
@@ -78,6 +105,11 @@ class Connection:
         if key:
             return key
         path = self.data_dir / DEV_KEY_FILE
+        if not path.exists() and self._mesh_starting():
+            self.address()  # a starting `mixip up` writes the key just after mesh.json
+            deadline = time.monotonic() + DEV_KEY_WAIT_SECONDS
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
         if path.exists():
             return path.read_text().strip()
         raise CliError(f"no API key: set MIXIP_API_KEY, or run `mixip up` (it writes {path})")
@@ -92,9 +124,13 @@ class Connection:
         return path.read_text().strip()
 
     def gateway(self) -> tuple[gateway_pb2_grpc.GatewayServiceStub, tuple]:
+        from mixip.gateway.v1 import gateway_pb2_grpc
+
         return gateway_pb2_grpc.GatewayServiceStub(self.channel()), _bearer(self.api_key())
 
     def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, tuple]:
+        from mixip.gateway.v1 import admin_pb2_grpc
+
         return admin_pb2_grpc.AdminServiceStub(self.channel()), _bearer(self.admin_key())
 
 

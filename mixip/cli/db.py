@@ -8,17 +8,17 @@ from __future__ import annotations
 import argparse
 import os
 
-from sqlalchemy.exc import ArgumentError, DBAPIError
-
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
-from mixip.runtime import migrations
 from mixip.runtime.config import SERVICES, ConfigError, Env, ServerConfig, variable
-from mixip.runtime.db import database_url
 
 
 def database_urls(names: list[str], env: Env) -> dict[str, str]:
     """Every service's URL, all read before any is touched: a bad one changes nothing."""
+    from sqlalchemy.exc import ArgumentError  # imported here: the rest of the CLI starts fast
+
+    from mixip.runtime.db import database_url
+
     urls = {}
     for name in names:
         url = ServerConfig.load(name, env).database_url
@@ -36,6 +36,10 @@ def database_urls(names: list[str], env: Env) -> dict[str, str]:
 
 
 def upgrade(args, conn: Connection, out: Output) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from mixip.runtime import migrations
+
     if args.service and args.service not in SERVICES:
         raise CliError(f"unknown service {args.service!r}: one of {', '.join(SERVICES)}", 2)
     names = [args.service] if args.service else list(SERVICES)

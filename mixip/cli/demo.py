@@ -57,6 +57,27 @@ def group_image(first: Path, second: Path, target: Path, height: int = 600) -> N
     write_image(target, np.hstack(resized))
 
 
+def write_samples(directory: Path, out: Output) -> int:
+    """`mixip demo --samples DIR`: the README's photos, made from the bundled ones: face.jpg
+    (the astronaut alone, to enroll) and group.jpg (her beside Grace Hopper, to match)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    astronaut, hopper = bundled_faces()
+    face, group = directory / "face.jpg", directory / "group.jpg"
+    image = cv2.imread(str(astronaut), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CliError(f"cannot read {astronaut}")
+    write_image(face, image)
+    group_image(astronaut, hopper, group)
+    out.result(
+        {"face": str(face), "group": str(group)},
+        [
+            f"wrote {face} (Eileen Collins, the astronaut: one face, to enroll)",
+            f"wrote {group} (her beside Grace Hopper: two faces, to match)",
+        ],
+    )
+    return 0
+
+
 def run_demo(out_dir: Path, out: Output) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     astronaut, hopper = bundled_faces()
@@ -73,7 +94,8 @@ def run_demo(out_dir: Path, out: Output) -> int:
         mesh = start_mesh(data_dir, web=False, key_dir=key_dir)  # the scenario shows no page
         conn = Connection(data_dir, mesh.addresses["gateway"])
 
-        say(f"\n2. consent and enrollment of {TALENT} (the astronaut photo)")
+        say(f"\n2. project {PROJECT}, consent and enrollment of {TALENT} (the astronaut photo)")
+        review.create_project(conn, shown, project=PROJECT, name="Demo film")
         for scope, project in (("biometric", None), ("usage", PROJECT)):
             commands.record_consent(
                 conn,
@@ -105,9 +127,10 @@ def run_demo(out_dir: Path, out: Output) -> int:
         )
         decision = shown.last
         say(
-            "review in a browser: run `mixip up` and open the review page it prints "
-            '(also in mesh.json under "web"), and sign in with the key in its data directory\'s '
-            f"{DEV_KEY_FILE} file"
+            "review in a browser: this demo's mesh and data are removed when it ends, so its "
+            "page would be empty; the README's 'Try it' steps start `mixip up` in ./var, match "
+            "into a project there and open the page it prints (sign in with the key in "
+            f"var/{DEV_KEY_FILE})"
         )
 
         say(f"\n5. erasing {TALENT}")

@@ -40,6 +40,7 @@ def start_mesh(
     replicas: dict | None = None,
     web: bool = True,
     key_dir: Path | None = None,
+    web_port: int = 0,
 ) -> Mesh:
     """A started mesh; its keys in `key_dir` if given, else as MIXIP_KEY_DIR says."""
     mesh = Mesh(
@@ -48,6 +49,7 @@ def start_mesh(
         tls=tls,
         replicas=replicas or {},
         web=web,
+        web_port=web_port,
         extra_env={"MIXIP_KEY_DIR": str(key_dir)} if key_dir else {},
     )
     mesh.start()

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,8 +14,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
+
+if TYPE_CHECKING:
+    from mixip.gateway.v1 import gateway_pb2_grpc
 
 ENDED = {gateway_pb2.JOB_STATE_DONE, gateway_pb2.JOB_STATE_FAILED, gateway_pb2.JOB_STATE_CANCELLED}
 
@@ -67,39 +72,98 @@ def _line(job: gateway_pb2.Job) -> str:
     return f"job {job.job_id}: {state_name(job.state)}{frames}{error} media {job.media_id}"
 
 
-def progress_label(job: gateway_pb2.Job, seconds: float) -> str:
-    """What the bar says: the state, frames with their rate, and the time left when known."""
-    label = f"job {job.job_id} {state_name(job.state)}"
-    if job.frames_total:
-        label += f" {job.frames_done}/{job.frames_total} frames"
-        if seconds > 0 and job.frames_done:
-            label += f", {job.frames_done / seconds:.1f} frames/s"
-    if job.eta_seconds:
-        label += f", ETA {job.eta_seconds:.0f} s"
-    return label
+def progress_label(job: gateway_pb2.Job) -> str:
+    """What the bar says beside its frames, rate and ETA (tqdm's): the job and its state."""
+    attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
+    return f"job {job.job_id} {state_name(job.state)}{attempt}"
 
 
 def wait(conn: Connection, out: Output, job_id: str) -> gateway_pb2.Job:
-    """Watches the job to its end, with a progress bar on a terminal; the job as it ended. A
-    watch has the channel's deadline (30 s): a longer job is watched again, from where it is."""
+    """Watches the job to its end, with a progress bar over its frames on a terminal (the
+    rate and ETA count from the start of its running attempt); the job as it ended."""
     stub, meta = conn.gateway()
+    attempt = [0]
+    with out.progress(f"job {job_id}", unit="frame") as bar:
+
+        def show(job: gateway_pb2.Job) -> None:
+            if job.state == gateway_pb2.JOB_STATE_RUNNING and job.attempts != attempt[0]:
+                attempt[0] = job.attempts  # a new attempt: the rate counts from here
+                bar.restart(job.frames_total or None)
+            bar.set(job.frames_done, job.frames_total or None, progress_label(job))
+
+        return watch(stub, meta, job_id, show)
+
+
+POLL_SECONDS = 1.0  # GetJob's pace when the gateway has no watch to spare
+
+
+class Call(Protocol):
+    """A call in flight (a stream's iterator is one)."""
+
+    def cancel(self) -> bool: ...
+
+
+class Cancel:
+    """Ends the watches given to it at once, from another thread (an interrupted folder run);
+    a watch given to it afterwards ends as it starts."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._calls: set[Call] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.cancelled.set()
+            for call in self._calls:
+                call.cancel()
+
+    def adopt(self, call: Call) -> None:
+        with self._lock:
+            self._calls.add(call)
+            if self.cancelled.is_set():
+                call.cancel()
+
+    def drop(self, call: Call) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+
+def watch(
+    stub: gateway_pb2_grpc.GatewayServiceStub,
+    meta: tuple,
+    job_id: str,
+    seen: Callable[[gateway_pb2.Job], None] = lambda job: None,
+    cancel: Cancel | None = None,
+) -> gateway_pb2.Job:
+    """Watches the job to its end, telling `seen` of each change; the job as it ended. A watch
+    has the channel's deadline (30 s): a longer job is watched again, from where it is. When
+    the gateway has no watch to spare (TOO_MANY_WATCHES), GetJob is polled instead."""
+    cancel = cancel or Cancel()
     job: gateway_pb2.Job | None = None
-    started = time.monotonic()
-    with out.progress(f"job {job_id}") as bar:
-        while job is None or job.state not in ENDED:
-            try:
-                request = gateway_pb2.WatchJobRequest(job_id=job_id)
-                for event in stub.WatchJob(request, metadata=meta):
-                    job = event.job
-                    bar.update(job.percent / 100, progress_label(job, time.monotonic() - started))
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    continue
+    while job is None or job.state not in ENDED:
+        if cancel.cancelled.is_set():
+            raise CliError(f"the watch of job {job_id} was interrupted")
+        call = stub.WatchJob(gateway_pb2.WatchJobRequest(job_id=job_id), metadata=meta)
+        cancel.adopt(call)
+        try:
+            for event in call:
+                job = event.job
+                seen(job)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                continue
+            if error_details(exc).reason != "TOO_MANY_WATCHES" or cancel.cancelled.is_set():
                 raise
-            if job is None or job.state not in ENDED:
-                raise CliError(
-                    f"the watch of job {job_id} ended before the job did; `mixip jobs wait`"
-                )
+            job = stub.GetJob(gateway_pb2.GetJobRequest(job_id=job_id), metadata=meta).job
+            seen(job)
+            if job.state not in ENDED:
+                cancel.cancelled.wait(POLL_SECONDS)
+            continue
+        finally:
+            cancel.drop(call)
+        if job is None or job.state not in ENDED:
+            raise CliError(f"the watch of job {job_id} ended before the job did; `mixip jobs wait`")
     return job
 
 

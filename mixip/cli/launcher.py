@@ -1,6 +1,8 @@
 """`mixip up`: every service as its own process on loopback, with the embedded defaults.
 
-Ports are picked free at start and written with the other facts a client needs to
+The gateway's client port and the review page keep stable defaults (`DEFAULT_GATEWAY_PORT`,
+`DEFAULT_WEB_PORT`; another free port, said on stderr, when one is taken); the internal ports
+are picked free at start; all are written with the other facts a client needs to
 `<data dir>/mesh.json`. Key material lives apart from the data, in the key directory
 (MIXIP_KEY_DIR, default `<data dir>-keys` beside it): the services' key-encryption keys, the
 gateway's admin credential and the mesh's TLS certificates (`<key dir>/tls`, created on first
@@ -33,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +48,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mixip.cli.connection import SUPERVISOR_LOCK
 from mixip.cli.output import CliError
 from mixip.runtime import statelock
 from mixip.runtime.config import (
@@ -71,8 +75,24 @@ MODULES[WEB] = "mixip.web"
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
-# The lock `mixip up` holds on its data directory (each service holds its instance's).
-SUPERVISOR_LOCK = "mixip-up"
+# The lock `mixip up` holds on its data directory (each service holds its instance's):
+# SUPERVISOR_LOCK, from mixip.cli.connection (a command waits while a mesh starts).
+# Where `mixip up` serves clients unless told otherwise (bookmarks and scripts survive restarts).
+DEFAULT_GATEWAY_PORT = 50051
+DEFAULT_WEB_PORT = 8080
+
+
+def port_or_free(port: int, what: str, say: Callable[[str], None]) -> int:
+    """`port` when nothing listens on it on loopback, else a free port (said once on stderr)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    chosen = free_port()
+    say(f"port {port} is taken: the {what} listens on 127.0.0.1:{chosen} instead")
+    return chosen
 
 
 def service_of(instance: str) -> str:
@@ -130,6 +150,8 @@ class Mesh:
     # Whether to serve the review page (with the gateway); its address: "http://HOST:PORT".
     web: bool = False
     web_url: str | None = None
+    # The review page's port (0: a free one); MIXIP_WEB_LISTEN, when set, wins.
+    web_port: int = 0
     # Where key material lives: MIXIP_KEY_DIR (from extra_env or the environment), by default
     # `<data dir>-keys` beside the data directory.
     key_dir: Path = field(init=False)
@@ -283,9 +305,10 @@ class Mesh:
         )
 
     def _start_web(self, ready_timeout: float) -> None:
-        """The review page on MIXIP_WEB_LISTEN (loopback only), else a free loopback port."""
+        """The review page on MIXIP_WEB_LISTEN (loopback only), else `web_port` on loopback (a
+        free port when 0)."""
         listen = os.environ.get(variable(WEB, "LISTEN"), "").strip()
-        self.listen[WEB] = listen or f"127.0.0.1:{free_port()}"
+        self.listen[WEB] = listen or f"127.0.0.1:{self.web_port or free_port()}"
         self._spawn(WEB)
         self._wait_ready([WEB], ready_timeout)
         self.web_url = f"http://{self.listen[WEB]}"
@@ -431,8 +454,14 @@ def stop_on_signals() -> threading.Event:
     installed before the mesh starts, so a signal during start-up still stops every service
     instead of killing the launcher and orphaning them."""
     stop = threading.Event()
+
+    def stopping(signum: int, _frame: object) -> None:
+        if not stop.is_set():  # said at once: stopping every service takes a few seconds
+            say_on_stderr(f"{signal.Signals(signum).name}: stopping the mesh ...")
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stopping)
     return stop
 
 
@@ -440,4 +469,5 @@ def run_until_signalled(mesh: Mesh, stop: threading.Event) -> int:
     """Holds the mesh up, restarting what dies (said on stderr), until `stop` is set."""
     mesh.supervise(stop, mesh.say)
     mesh.stop()
+    mesh.say("mesh stopped")
     return 0

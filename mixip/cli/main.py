@@ -1,31 +1,42 @@
 """`mixip [--data-dir DIR] [--json] [--gateway HOST:PORT] COMMAND ...`
 
 Every command prints one JSON object with --json; errors are one line on stderr and a
-non-zero exit code (1 failure, 2 usage, 3 audit log does not verify), never a traceback.
+non-zero exit code (1 failure, 2 usage or configuration, 3 audit log does not verify), never a
+traceback.
+
+Start-up stays fast (`mixip --version` and `--help` in well under 0.3 s): building the parser
+imports only the command modules, which keep what is heavy (gRPC channels, OpenCV, NumPy,
+SQLAlchemy, the services' code) inside the functions that use it;
+tests/unit/cli/test_startup.py keeps it so.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 from pathlib import Path
 
-import grpc
-
-from mixip.cli import commands, db, jobs, review, webhooks, witness
 from mixip.cli.connection import Connection
-from mixip.cli.demo import run_demo
-from mixip.cli.dev_mesh import start_mesh
-from mixip.cli.launcher import parse_replicas, run_until_signalled, stop_on_signals
 from mixip.cli.output import CliError, Output
-from mixip.runtime import logs
 from mixip.runtime.config import ConfigError
-from mixip.runtime.errors import error_details
-from mixip.runtime.tls import channel_credentials, init_certs
 
 
 def up(args, conn: Connection, out: Output) -> int:
+    if args.background:
+        from mixip.cli.background import start_in_background
+
+        return start_in_background(args, conn, out)
+    from mixip.cli.dev_mesh import start_mesh
+    from mixip.cli.launcher import (
+        DEFAULT_GATEWAY_PORT,
+        DEFAULT_WEB_PORT,
+        parse_replicas,
+        port_or_free,
+        run_until_signalled,
+        say_on_stderr,
+        stop_on_signals,
+    )
+
     replicas = parse_replicas(args.replicas)
     stop = stop_on_signals()
     if args.insecure:
@@ -35,8 +46,17 @@ def up(args, conn: Connection, out: Output) -> int:
             file=sys.stderr,
             flush=True,
         )
+    # An explicit port is used as given (0: a free one); a default falls back when taken.
+    gateway_port = args.gateway_port
+    if gateway_port is None:
+        gateway_port = port_or_free(DEFAULT_GATEWAY_PORT, "gateway", say_on_stderr)
+    web_port = args.web_port
+    if web_port is None:
+        web_port = port_or_free(DEFAULT_WEB_PORT, "review page", say_on_stderr)
     out.note(f"starting the mesh in {conn.data_dir} ...")
-    mesh = start_mesh(conn.data_dir, args.gateway_port, tls=not args.insecure, replicas=replicas)
+    mesh = start_mesh(
+        conn.data_dir, gateway_port, tls=not args.insecure, replicas=replicas, web_port=web_port
+    )
     document = {
         "event": "ready",
         "data_dir": str(conn.data_dir),
@@ -46,8 +66,9 @@ def up(args, conn: Connection, out: Output) -> int:
         "insecure": not mesh.tls,
     }
     lines = [
-        f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}; "
-        f"mutual TLS {'on' if mesh.tls else 'OFF'}):"
+        f"mesh ready (data in {conn.data_dir}; logs in {conn.data_dir / 'logs'}); "
+        "client port: plaintext on loopback; "
+        f"between services: {'mutual TLS' if mesh.tls else 'PLAINTEXT (--insecure)'}"
     ]
     lines += [f"  {name:10} {address}" for name, address in mesh.addresses.items()]
     if mesh.web_url:
@@ -58,7 +79,15 @@ def up(args, conn: Connection, out: Output) -> int:
     return run_until_signalled(mesh, stop)
 
 
+def stop_mesh(args, conn: Connection, out: Output) -> int:
+    from mixip.cli.background import down
+
+    return down(args, conn, out)
+
+
 def certs_init(args, conn: Connection, out: Output) -> int:
+    from mixip.runtime.tls import init_certs
+
     directory = Path(args.directory).expanduser().resolve()
     if (directory / "ca.pem").exists() and not args.force:
         raise CliError(f"{directory} already holds a CA; pass --force to replace every file")
@@ -77,6 +106,7 @@ def health(args, conn: Connection, out: Output) -> int:
     """Exit 0 when the service at ADDRESS reports SERVING (container health checks)."""
     from mixip.cli.launcher import serving
     from mixip.runtime.config import Env
+    from mixip.runtime.tls import channel_credentials
 
     tls_dir = None if args.plaintext else Env().optional("MIXIP_TLS_DIR")
     credentials = channel_credentials(Path(tls_dir), args.identity) if tls_dir else None
@@ -97,13 +127,30 @@ def completion(args, conn: Connection, out: Output) -> int:
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("mixip-mesh")
     except importlib.metadata.PackageNotFoundError:  # running from a tree that is not installed
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """`--version`, reading the installed version only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"mixip {_version()}")
+        parser.exit()
+
+
 def demo(args, conn: Connection, out: Output) -> int:
+    from mixip.cli.demo import run_demo, write_samples
+
+    if args.samples:
+        return write_samples(Path(args.samples), out)
     return run_demo(Path(args.out), out)
 
 
@@ -136,24 +183,43 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mixip.cli import commands, db, jobs, review, webhooks, witness
+
     parser = argparse.ArgumentParser(prog="mixip", description="Mix-IP clearance mesh")
-    parser.add_argument(
-        "--version", action="version", version=f"mixip {_version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=_Version, help="print the version")
     _common_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, suppress=True)  # the same options, accepted after the command
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", parents=[common], help="run the whole mesh on this machine")
-    p.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: free)")
+    p.add_argument(
+        "--gateway-port",
+        type=int,
+        default=None,
+        help="the gateway's client port (default 50051, another free port if taken; 0: free)",
+    )
+    p.add_argument(
+        "--web-port",
+        type=int,
+        default=None,
+        help="the review page's port (default 8080, another free port if taken; 0: free)",
+    )
     p.add_argument(
         "--replicas",
         default="",
         metavar="SERVICE=N,...",
         help="run N instances of a service, balanced round_robin (e.g. matcher=2,gateway=2)",
     )
+    p.add_argument(
+        "--background",
+        action="store_true",
+        help="start the mesh as a background process, return once it is ready (`mixip down` "
+        "stops it)",
+    )
     p.set_defaults(run=up)
+    p = sub.add_parser("down", parents=[common], help="stop the mesh `mixip up` runs")
+    p.set_defaults(run=stop_mesh)
     certs = sub.add_parser("certs", help="certificates for mutual TLS").add_subparsers(
         dest="action", required=True
     )
@@ -181,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="the scripted scenario, start to end")
     p.add_argument("--out", default="var/demo", help="where to write the demo's images")
+    p.add_argument(
+        "--samples",
+        metavar="DIR",
+        help="only write the sample photos (face.jpg: one face; group.jpg: two) to DIR and exit",
+    )
     p.set_defaults(run=demo)
     media = commands.add_commands(sub, common)
     commands.add_rights_and_key_commands(sub, common)
@@ -193,10 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:  # without building the parser
+        print(f"mixip {_version()}")
+        return 0
     args = build_parser().parse_args(argv)
     out = Output(args.json)
     conn = Connection(Path(args.data_dir).expanduser().resolve(), args.gateway, args.insecure)
     try:
+        from mixip.runtime import logs
+
         logs.settings()  # a bad log setting is a configuration error, for every command
         return args.run(args, conn, out)
     except CliError as exc:
@@ -205,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mixip: configuration: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        details = error_details(exc)
-        if details.code == grpc.StatusCode.UNAVAILABLE and not details.reason:
-            message = f"the gateway at {conn.address()} is not reachable (is `mixip up` running?)"
-        else:
-            message = details.one_line()
-        print(f"mixip: {details.code.name.lower().replace('_', ' ')}: {message}", file=sys.stderr)
+    except Exception as exc:
+        grpc = sys.modules.get("grpc")  # imported by whatever made the call, if any did
+        if grpc is None or not isinstance(exc, grpc.RpcError):
+            raise
+        from mixip.cli.errors import rpc_error_line
+
+        print(f"mixip: {rpc_error_line(exc, conn)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mixip: interrupted", file=sys.stderr)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
 from types import TracebackType
 
 
@@ -35,8 +33,17 @@ class Output:
         if not self.as_json:
             print(text, file=sys.stderr, flush=True)
 
-    def progress(self, label: str) -> Progress:
-        return Progress(label, enabled=not self.as_json and sys.stderr.isatty())
+    def progress(
+        self,
+        label: str,
+        total: float | None = None,
+        *,
+        unit: str = "it",
+        unit_scale: bool = False,
+    ) -> Progress:
+        """A progress bar, drawn only on a terminal without --json."""
+        enabled = not self.as_json and sys.stderr.isatty()
+        return Progress(label, enabled=enabled, total=total, unit=unit, unit_scale=unit_scale)
 
 
 class Capture(Output):
@@ -61,41 +68,66 @@ class Capture(Output):
         return self.documents[-1]
 
 
+# What the bar shows while the total is unknown (a queued job, an export): the label and time.
+UNKNOWN_TOTAL = "{desc} [{elapsed}]"
+
+
 class Progress:
-    """`label [#####---------------] 25% (3.1 s)` redrawn on one terminal line while long work
-    runs (the label may carry a rate and an ETA)."""
+    """A tqdm bar on stderr (its rate and ETA are tqdm's) while long work runs, drawn only when
+    stderr is a terminal and the command does not print JSON; otherwise nothing is written.
 
-    def __init__(self, label: str, *, enabled: bool) -> None:
-        self.label = label
+    `total` is in `unit`s (bytes, frames, files), None while unknown (the label and the time
+    alone); `set` moves to an absolute position, `advance` by a step."""
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        enabled: bool,
+        total: float | None = None,
+        unit: str = "it",
+        unit_scale: bool = False,
+    ) -> None:
+        from tqdm import tqdm  # here: every command imports this module, few draw a bar
+
         self.enabled = enabled
-        self.fraction: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = time.monotonic()
+        self.bar = tqdm(
+            total=total,
+            desc=label,
+            unit=unit,
+            unit_scale=unit_scale,
+            disable=not enabled,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+            bar_format=None if total else UNKNOWN_TOTAL,
+        )
 
-    def update(self, fraction: float, label: str | None = None) -> None:
-        self.fraction = max(0.0, min(1.0, fraction))
-        if label:
-            self.label = label
+    def set(self, done: float, total: float | None = None, label: str | None = None) -> None:
+        """Moves the bar to `done` of `total` (when given), with a new label."""
+        if not self.enabled:  # a disabled tqdm keeps no label
+            return
+        if total is not None and total != self.bar.total:
+            self.bar.total = total
+            self.bar.bar_format = None  # tqdm's bar, with its rate and ETA
+        if label is not None and label != self.bar.desc:
+            self.bar.set_description_str(label)  # redrawn now: the state may change alone
+        self.bar.update(done - self.bar.n)
+
+    def restart(self, total: float | None = None) -> None:
+        """From zero again (its rate and ETA too), e.g. at a job's new attempt."""
+        self.bar.bar_format = None if total else UNKNOWN_TOTAL
+        self.bar.reset(total)
+
+    def advance(self, step: float = 1) -> None:
+        self.bar.update(step)
+
+    def write(self, text: str) -> None:
+        """A line for people above the bar."""
+        self.bar.write(text, file=sys.stderr)
 
     def __enter__(self) -> Progress:
-        if self.enabled:
-            self._thread = threading.Thread(target=self._draw, daemon=True)
-            self._thread.start()
         return self
-
-    def _draw(self) -> None:
-        spinner = "|/-\\"
-        tick = 0
-        while not self._stop.wait(0.2):
-            done = ""
-            if self.fraction is not None:
-                filled = round(20 * self.fraction)
-                done = f" [{'#' * filled}{'-' * (20 - filled)}] {self.fraction:.0%}"
-            elapsed = time.monotonic() - self._started
-            sys.stderr.write(f"\r{spinner[tick % 4]} {self.label}{done} ({elapsed:.1f} s)\x1b[K")
-            sys.stderr.flush()
-            tick += 1
 
     def __exit__(
         self,
@@ -103,8 +135,4 @@ class Progress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        self.bar.close()

@@ -4,8 +4,9 @@
 session's id is kept in a small state file (mode 0600) under the CLI's state directory, keyed
 by the gateway, the project and the file (absolute path, size, modification time), so that
 rerunning the same command after a dropped connection or a killed client asks the gateway for
-the durable offset and sends only the rest. The file is deleted once the session is finished
-(or the gateway no longer knows it).
+the durable offset and sends only the rest; a session finished by a run killed before it could
+forget it gives back its media (nothing is sent again). The file is deleted once the session
+is finished (or the gateway no longer knows it).
 """
 
 from __future__ import annotations
@@ -16,16 +17,26 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from mixip.cli.output import CliError
-from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import private_dir, write_private
 
+if TYPE_CHECKING:  # the stub comes from the caller's connection
+    from mixip.gateway.v1 import gateway_pb2_grpc
+
 CHUNK = 256 * 1024  # the gateway takes at most MIXIP_GATEWAY_MAX_CHUNK_BYTES (4 MiB) a message
 READ_BYTES = 1024 * 1024
+# What a saved session that cannot be resumed (or was finished) answers.
+NOT_RESUMABLE = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 def state_dir() -> Path:
@@ -76,11 +87,17 @@ def upload(
     address: str,
     path: Path,
     project: str,
-    progress: Callable[[float], None],
+    progress: Callable[[int], None],
 ) -> Sent:
     size = path.stat().st_size
     state = SessionState(address, project, path)
-    session_id, durable = _resume(stub, meta, state.load())
+    saved = state.load()
+    session_id, durable = _resume(stub, meta, saved)
+    if not session_id and saved:
+        made = _finished(stub, meta, saved, path)
+        if made is not None:  # a run killed after the finish, before forgetting it
+            state.clear()
+            return Sent(made, 0, size)
     if not session_id:
         created = stub.CreateUploadSession(
             gateway_pb2.CreateUploadSessionRequest(
@@ -135,13 +152,31 @@ def _resume(
     return session_id, reply.session.durable_offset
 
 
+def _finished(
+    stub: gateway_pb2_grpc.GatewayServiceStub, meta: tuple, session_id: str, path: Path
+) -> gateway_pb2.UploadMediaResponse | None:
+    """The media a saved session made, if it was finished (a finish retried after success
+    returns the stored media); None when it never was (purged, lost, or another gateway's)."""
+    try:
+        return stub.FinishUploadSession(
+            gateway_pb2.FinishUploadSessionRequest(
+                session_id=session_id, sha256=_sha256(path), as_job=True
+            ),
+            metadata=meta,
+        ).media
+    except grpc.RpcError as exc:
+        if exc.code() in NOT_RESUMABLE:
+            return None
+        raise
+
+
 def _chunks(
     path: Path,
     session_id: str,
     offset: int,
     size: int,
     counter: list[int],
-    progress: Callable[[float], None],
+    progress: Callable[[int], None],
 ) -> Iterator[gateway_pb2.AppendUploadChunksRequest]:
     with path.open("rb") as handle:
         handle.seek(offset)
@@ -154,7 +189,7 @@ def _chunks(
             )
             offset += len(data)
             counter[0] += len(data)
-            progress(offset / size)
+            progress(offset)  # the bytes durable or on their way
 
 
 def _sha256(path: Path) -> str:

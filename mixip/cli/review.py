@@ -64,6 +64,8 @@ def collaborator_json(collaborator: gateway_pb2.Collaborator) -> dict[str, Any]:
     return {
         "project_id": collaborator.project_id,
         "account_id": collaborator.account_id,
+        "account_name": collaborator.account_name,
+        "account_email": collaborator.account_email,
         "role": role_name(collaborator.role),
         "invited_at": collaborator.invited_at.ToJsonString(),
         "invited_by_key_id": collaborator.invited_by_key_id,
@@ -164,7 +166,10 @@ def projects_collaborators(args, conn: Connection, out: Output) -> int:
     )
     collaborators = [collaborator_json(c) for page in pages for c in page.collaborators]
     lines = [f"{args.project}: {len(collaborators)} collaborator(s)"] + [
-        f"  {c['account_id']}  {c['role']}  invited {c['invited_at']}" for c in collaborators
+        f"  {c['account_id']}  {c['account_name']}"
+        + (f" <{c['account_email']}>" if c["account_email"] else "")
+        + f"  {c['role']}  invited {c['invited_at']}"
+        for c in collaborators
     ]
     out.result({"project_id": args.project, "collaborators": collaborators}, lines)
     return 0

@@ -136,8 +136,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "--event",
         action="append",
         metavar="TYPE",
-        help="an event type to deliver (erasure.completed, job.completed, job.failed); repeat "
-        "for several; default: every type",
+        help="an event type to deliver (erasure.completed, job.completed, job.failed, "
+        "job.cancelled); repeat for several; default: every type",
     )
     p.set_defaults(run=webhooks_add)
     p = hooks.add_parser("list", parents=[common], help="list endpoints (never their secrets)")

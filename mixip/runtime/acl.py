@@ -57,7 +57,7 @@ RULES: dict[str, dict[str, frozenset[str]]] = {
         "DeleteTalentFaces": frozenset({"gateway", "consent", "retention"}),
         "ListTalentFaces": frozenset({"gateway"}),
         "GetCollectionStats": frozenset({"operator"}),
-        "ListEnrolledTalents": frozenset({"retention"}),
+        "ListEnrolledTalents": frozenset({"gateway", "retention"}),  # gateway: closures
         "DeleteTalentFace": frozenset({"gateway"}),
     },
     "mixip.gateway.v1.GatewayInternalService": {

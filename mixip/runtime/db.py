@@ -163,6 +163,20 @@ class Database:
                 quoted = connection.dialect.identifier_preparer.quote(table)
                 connection.exec_driver_sql(f"VACUUM {quoted}")
 
+    def rewrite(self, tables: Sequence[str]) -> None:
+        """`scrub` for rows that were stored in clear (an account's display name): PostgreSQL's
+        plain VACUUM frees a dead tuple's space without overwriting its bytes, so these tables
+        are rewritten into new files (VACUUM FULL: an exclusive lock for as long as the copy
+        takes; keep it to small tables). SQLite's `secure_delete` already zeroed them."""
+        if self.dialect == "sqlite":
+            self.scrub(tables)
+            return
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            for table in tables:
+                quoted = connection.dialect.identifier_preparer.quote(table)
+                connection.exec_driver_sql(f"VACUUM FULL {quoted}")
+
     def ping(self) -> bool:
         """Whether the database answers now (for health)."""
         try:

@@ -28,3 +28,17 @@ parsing comes before authentication, so this bounds what a caller without a key 
 
 ENVELOPE_BYTES = 64 * 1024
 """Room for a request's other fields around the bytes it carries (a chunk, an image, media)."""
+
+MAX_EVENT_PURGE_BATCH = 100_000
+"""The most expired audit events one `PurgeExpired` call deletes (its `batch_size`): the audit
+servicer refuses more, retention's MIXIP_RETENTION_PURGE_BATCH may not ask for more."""
+
+DEFAULT_EVENT_PURGE_BATCH = 10_000
+"""The batch of a `PurgeExpired` call that leaves `batch_size` at 0."""
+
+MAX_ROW_PURGE_BATCH = 10_000
+"""The most rows (media, access-log entries) one purge call of the gateway's internal port
+deletes (`PurgeExpiredMedia`, `PurgeAccessLog`: their `batch_size`)."""
+
+DEFAULT_ROW_PURGE_BATCH = 1000
+"""The batch of a gateway purge call that leaves `batch_size` at 0."""

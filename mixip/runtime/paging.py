@@ -6,7 +6,8 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.validation import ID_PATTERN
@@ -16,14 +17,23 @@ T = TypeVar("T")
 P = TypeVar("P")
 
 
-class Page(Protocol):
+class PageReply(Protocol):
     """A List response: its items and where the next page starts (empty at the end)."""
 
     @property
     def next_page_token(self) -> str: ...
 
 
-R = TypeVar("R", bound=Page)
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """A page of a peer's listing as a peer adapter hands it on: the items, and the token of the
+    next page (empty at the end)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+R = TypeVar("R", bound=PageReply)
 _MAX_POSITION = 2**63 - 1  # a BIGINT
 
 
@@ -108,3 +118,9 @@ def every_page(fetch: Callable[[str], R]) -> Iterator[R]:
         token = page.next_page_token
         if not token:
             return
+
+
+def all_items(fetch: Callable[[str], Page[T]]) -> list[T]:
+    """Every item of a listing, following `fetch(page_token)` from the first page to the last
+    (`every_page`)."""
+    return [item for page in every_page(fetch) for item in page.items]

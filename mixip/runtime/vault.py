@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +61,7 @@ from mixip.runtime.keys import (
     seal,
 )
 from mixip.runtime.times import Clock
+from mixip.runtime.worker import Worker
 
 _VERSION_BYTES = 4
 _STATE_ID = 1
@@ -430,6 +430,25 @@ class Vault:
         """Every live data key of one account, by row ref (to open an account's rows)."""
         return self._keys_where(session, self.secret_model.account_id == account_id)
 
+    def account_subjects(self, session: Session, account_id: str) -> list[str]:
+        """The subjects (talent ids, and a service's own subjects) of every live key of one
+        account, opened from beside their keys (a vault that re-keys lookups: "" otherwise)."""
+        keys = self.current(session)
+        model = self.secret_model
+        found = session.execute(
+            select(model.lookup, model.sealed_secret).where(model.account_id == account_id)
+        )
+        return [self._open_sealed(keys, blob, lookup)[1] for lookup, blob in found]
+
+    def destroy_account(self, session: Session, account_id: str) -> int:
+        """Deletes every key of one account (its closure) and, if there was any, asks for a
+        rotation (see `destroy`). How many."""
+        model = self.secret_model
+        deleted = rowcount(session.execute(delete(model).where(model.account_id == account_id)))
+        if deleted:
+            self.owe_rotation(session)
+        return deleted
+
     def keys_by_ref(self, session: Session, refs: Iterable[bytes]) -> dict[bytes, TalentKey]:
         """Live data keys by row ref, whatever their account (to open rows of several)."""
         wanted = list(set(refs))
@@ -593,32 +612,30 @@ class Vault:
         return len(lookups)
 
 
-class RotationKeeper:
+class RotationKeeper(Worker):
     """Rotates a vault when a destroyed secret owes a rotation (`rotation_due_at` has passed),
-    checking every `check_seconds` on a daemon thread; a failed rotation is logged and tried at
-    the next check (a rotation is crash-safe at every step). `stop()` ends the thread."""
+    checking every `check_seconds` on a background worker (started here); a failed rotation is
+    logged and tried at the next check (a rotation is crash-safe at every step). `stop()` ends
+    it."""
 
     def __init__(self, vault: Vault, check_seconds: float) -> None:
-        self.vault = vault
-        self.check_seconds = check_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"{vault.name}-vault-rotation", daemon=True
+        super().__init__(
+            f"{vault.name}-vault-rotation",
+            self._rotate,
+            poll_seconds=check_seconds,
+            wait_first=True,
+            on_error=self._failed,
         )
-        self._thread.start()
+        self.vault = vault
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.check_seconds):
-            try:
-                self.vault.rotate_if_due()
-            except Exception as exc:  # the next check tries again
-                logs.log(
-                    logger, "vault rotation failed", vault=self.vault.name, error=type(exc).__name__
-                )
+    def _rotate(self) -> bool:
+        self.vault.rotate_if_due()
+        return False
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def _failed(self, exc: Exception) -> None:
+        """The next check tries again."""
+        logs.log(logger, "vault rotation failed", vault=self.vault.name, error=type(exc).__name__)
 
 
 @dataclass(frozen=True)

@@ -91,22 +91,40 @@ def root_hash(reader: HashReader, size: int) -> bytes:
     return fold(reader.read_hashes(range_nodes(0, size)))
 
 
+def appended(
+    reader: HashReader, size: int, leaf_hashes: Iterable[bytes]
+) -> list[tuple[int, int, bytes]]:
+    """The nodes to store when the leaves with `leaf_hashes` are appended to a tree of `size`
+    leaves, as (level, index, hash): each leaf, and each perfect subtree the new leaves
+    complete. Reads only the O(log n) perfect subtrees on the tree's right edge (its
+    frontier), once."""
+    edge = range_nodes(0, size)
+    # The frontier, largest subtree first: (level, hash) of each perfect subtree on the edge.
+    stored = reader.read_hashes(edge)
+    frontier = [(node.level, value) for node, value in zip(edge, stored, strict=True)]
+    made = []
+    index = size
+    for value in leaf_hashes:
+        level, at = 0, index
+        made.append((0, at, value))
+        while at & 1:  # a right child: its left sibling is the frontier's last subtree
+            sibling_level, left = frontier.pop()
+            assert sibling_level == level, (sibling_level, level)
+            value = node_hash(left, value)
+            level, at = level + 1, at >> 1
+            made.append((level, at, value))
+        frontier.append((level, value))
+        index += 1
+    return made
+
+
 def appended_nodes(
     reader: HashReader, size: int, leaf_hashes: Iterable[bytes]
 ) -> dict[NodeId, bytes]:
-    """The nodes to store when the leaves with `leaf_hashes` are appended to a tree of `size`
-    leaves: each leaf, and each perfect subtree the new leaves complete."""
-    edge = range_nodes(0, size)  # the perfect subtrees on the right edge, the only ones reused
-    new: dict[NodeId, bytes] = dict(zip(edge, reader.read_hashes(edge), strict=True))
-    stored: dict[NodeId, bytes] = {}
-    for offset, hashed in enumerate(leaf_hashes):
-        node, value = NodeId(0, size + offset), hashed
-        stored[node] = new[node] = value
-        while node.index % 2 == 1:
-            value = node_hash(new[NodeId(node.level, node.index - 1)], value)
-            node = NodeId(node.level + 1, node.index // 2)
-            stored[node] = new[node] = value
-    return stored
+    """`appended`'s nodes by name."""
+    return {
+        NodeId(level, index): value for level, index, value in appended(reader, size, leaf_hashes)
+    }
 
 
 class MemoryHashes:

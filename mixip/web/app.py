@@ -40,6 +40,7 @@ from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mixip.runtime import clearance_report, logs
 from mixip.runtime.errors import error_details
+from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.validation import ID_PATTERN
 from mixip.web.sessions import Notice, Session, Sessions
 
@@ -544,11 +545,11 @@ async def _find_project(
 ) -> gateway_pb2.Project | None:
     """The caller's project with this id (its name and the caller's role), if listed."""
     token = ""
-    for _ in range(10):  # at most 10 000 projects are looked through
+    for _ in range(10):  # at most 10 pages of the largest size are looked through
         reply = await call(
             session,
             "ListProjects",
-            gateway_pb2.ListProjectsRequest(page_size=1000, page_token=token),
+            gateway_pb2.ListProjectsRequest(page_size=MAX_BATCH, page_token=token),
         )
         for candidate in reply.projects:
             if candidate.project_id == project_id and not candidate.pending:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, text
+from sqlalchemy import Connection, Row, and_, delete, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -19,10 +18,17 @@ from mixip.runtime.errors import FailedPrecondition, Unavailable
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock, as_utc
+from mixip.runtime.worker import Worker
 from mixip.tlog.checkpoint import Checkpoint as TreeCheckpoint
 from mixip.tlog.checkpoint import sign_checkpoint
-from mixip.tlog.merkle import root_hash
-from mixip.tlog.proof import ProofError, prove_consistency, prove_inclusion, verify_consistency
+from mixip.tlog.merkle import HashReader, NodeId, range_nodes, root_hash
+from mixip.tlog.proof import (
+    ProofError,
+    consistency_ranges,
+    prove_consistency,
+    prove_inclusion,
+    verify_consistency,
+)
 from services.audit.domain import (
     GENESIS_HASH,
     KIND_MATCH,
@@ -151,6 +157,16 @@ class _Expired:
     first: int
     last: int
     last_hash: str
+
+
+@dataclass(frozen=True)
+class Inclusion:
+    """An event's place in a tree: its leaf index, the inclusion proof (RFC 9162 order), and
+    its leaf bytes (empty when the event was purged: its leaf stays in the tree)."""
+
+    leaf_index: int
+    hashes: list[bytes]
+    leaf: bytes
 
 
 class TreeNotReached(ProofError):
@@ -401,20 +417,33 @@ class AuditLog:
             size = tree.size()
             return size, root_hash(tree, size)
 
-    def inclusion_proof(
-        self, account_id: str, sequence: int, tree_size: int
-    ) -> tuple[int, list[bytes]]:
-        """Event `sequence`'s leaf index and its inclusion proof in the tree of `tree_size`
-        leaves; TreeNotReached if the tree has not reached that size, ProofError if that tree
-        does not hold the event."""
-        with self.db.read(snapshot=True) as session:
+    def inclusion_proof(self, account_id: str, sequence: int, tree_size: int) -> Inclusion:
+        """Event `sequence`'s leaf index, its inclusion proof in the tree of `tree_size`
+        leaves, and its leaf bytes (empty once purged); TreeNotReached if the tree has not
+        reached that size, ProofError if that tree does not hold the event."""
+        # No snapshot needed (and none paid for): nodes are written once and never change, so
+        # the nodes of a size read first are still there for the proof's read.
+        with self.db.read() as session:
             tree = StoredTree(session, account_id)
-            size = tree.size()
+            # the head and the tree's size in one statement (joining the partitioned events
+            # here would cost more planning than a statement of their own)
+            connection = session.connection()  # Core rows: no ORM entities to build
+            found = connection.execute(
+                select(ChainHead.last_sequence, tree.size_query().scalar_subquery()).where(
+                    ChainHead.account_id == account_id
+                )
+            ).one_or_none()
+            last_sequence, size = (found[0], found[1] or 0) if found else (0, 0)
             if tree_size > size:
                 raise TreeNotReached(f"the tree has not reached {tree_size} leaves")
-            head = session.get(ChainHead, account_id)
-            index = sequence - 1 - (head.last_sequence - size if head else 0)
-            return index, prove_inclusion(tree, index, tree_size)
+            index = sequence - 1 - (last_sequence - size)
+            hashes = prove_inclusion(tree, index, tree_size)
+            row = connection.execute(
+                select(EventRow.__table__).where(
+                    EventRow.account_id == account_id, EventRow.sequence == sequence
+                )
+            ).one_or_none()
+            return Inclusion(index, hashes, _content(row).canonical() if row else b"")
 
     def consistency_proof(self, account_id: str, old_size: int, new_size: int) -> list[bytes]:
         """The proof that the account's tree of `new_size` leaves extends the one of
@@ -440,20 +469,28 @@ class AuditLog:
         if the tree has not grown since, else a new one, signed only if the tree extends the
         one signed last (FailedPrecondition INCONSISTENT_TREE, logged, otherwise)."""
         signer = self._signer()
-        with self.db.read(snapshot=True) as session:
-            kept = session.get(SignedCheckpointRow, account_id)
-            if kept is not None and kept.tree_size == StoredTree(session, account_id).size():
-                return kept.note
+        with self.db.read() as session:  # one statement: one snapshot
+            tree = StoredTree(session, account_id)
+            unchanged = session.scalar(
+                select(SignedCheckpointRow.note).where(
+                    SignedCheckpointRow.account_id == account_id,
+                    SignedCheckpointRow.tree_size == tree.size_query().scalar_subquery(),
+                )
+            )
+            if unchanged is not None:
+                return unchanged
         with self.db.write() as session:
             self._locked_head(session, account_id)  # one signer at a time, no append meanwhile
             tree = StoredTree(session, account_id)
             size = tree.size()
-            root = root_hash(tree, size)
             kept = session.get(SignedCheckpointRow, account_id)
+            # every node the root and the consistency proof need, in one read
+            nodes = _Prefetched(tree, size, kept.tree_size if kept is not None else 0)
+            root = root_hash(nodes, size)
             if kept is not None:
                 if kept.tree_size == size and kept.root_hash == root:
                     return kept.note
-                self._check_extends(tree, account_id, kept, size, root)
+                self._check_extends(nodes, account_id, kept, size, root)
             note = sign_checkpoint(
                 TreeCheckpoint(signer.origin(account_id), size, root),
                 signer.for_account(account_id),
@@ -528,7 +565,7 @@ class AuditLog:
 
     def _check_extends(
         self,
-        tree: StoredTree,
+        tree: HashReader,
         account_id: str,
         kept: SignedCheckpointRow,
         size: int,
@@ -872,30 +909,53 @@ class AuditLog:
             checkpoint.updated_at = self.clock()
 
 
-class CheckpointKeeper:
-    """Signs grown trees' checkpoints every `seconds` on a daemon thread (a failure is logged
-    and tried again at the next tick). `stop()` ends the thread."""
+class _Prefetched:
+    """The nodes of a tree of `size` leaves that its root hash and the consistency proof from
+    `old_size` read, fetched in one query (a HashReader; KeyError for any other node)."""
+
+    def __init__(self, tree: StoredTree, size: int, old_size: int) -> None:
+        wanted = set(range_nodes(0, size))
+        if 0 <= old_size <= size:
+            for start, end in consistency_ranges(old_size, size):
+                wanted.update(range_nodes(start, end))
+        ids = list(wanted)
+        self.tree: StoredTree | None = None
+        try:
+            self.nodes = dict(zip(ids, tree.read_hashes(ids), strict=True))
+        except KeyError:  # a node is missing: the tree's own reads say where it matters
+            self.nodes, self.tree = {}, tree
+
+    def read_hashes(self, ids: Sequence[NodeId]) -> list[bytes]:
+        if self.tree is not None:
+            return self.tree.read_hashes(ids)
+        return [self.nodes[node] for node in ids]
+
+
+class CheckpointKeeper(Worker):
+    """Signs grown trees' checkpoints every `seconds` on a background worker (started here; a
+    failure is logged and tried again at the next tick). `stop()` ends it."""
 
     def __init__(self, log: AuditLog, seconds: float) -> None:
+        super().__init__(
+            "audit-checkpoints",
+            self._sign,
+            poll_seconds=seconds,
+            wait_first=True,
+            on_error=self._failed,
+        )
         self.log = log
-        self.seconds = seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.seconds):
-            try:
-                self.log.sign_grown()
-            except Exception as exc:  # the next tick tries again
-                logs.log(logger, "checkpoint signing failed", error=type(exc).__name__)
+    def _sign(self) -> bool:
+        self.log.sign_grown()
+        return False
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def _failed(self, exc: Exception) -> None:
+        """The next tick tries again."""
+        logs.log(logger, "checkpoint signing failed", error=type(exc).__name__)
 
 
-def _content(row: EventRow) -> EventContent:
+def _content(row: EventRow | Row[Any]) -> EventContent:
     return EventContent(
         account_id=row.account_id,
         sequence=row.sequence,

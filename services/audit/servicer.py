@@ -10,7 +10,7 @@ import grpc
 from mixip.audit.v1 import audit_pb2, audit_pb2_grpc
 from mixip.common.v1 import common_pb2
 from mixip.runtime.errors import InvalidArgument
-from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.limits import DEFAULT_EVENT_PURGE_BATCH, MAX_BATCH, MAX_EVENT_PURGE_BATCH
 from mixip.runtime.paging import decode_page_token, next_page_token
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.validation import Checks
@@ -18,8 +18,6 @@ from mixip.tlog.proof import ProofError
 from services.audit.domain import ChainedEvent
 from services.audit.service import AuditLog, EventFilter, NewEvent, TreeNotReached
 
-MAX_PURGE_BATCH = 100_000
-DEFAULT_PURGE_BATCH = 10_000
 # A cutoff in the future would purge events as they are written: refuse it (small clock skew ok).
 _CUTOFF_SKEW = timedelta(minutes=5)
 
@@ -116,11 +114,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         cutoff = checks.timestamp("cutoff", request.cutoff, request.HasField("cutoff"))
         if cutoff is not None and cutoff > self.clock() + _CUTOFF_SKEW:
             checks.fail("cutoff", "must not be in the future")
-        batch = request.batch_size or DEFAULT_PURGE_BATCH
-        if not 1 <= batch <= MAX_PURGE_BATCH:
+        batch = request.batch_size or DEFAULT_EVENT_PURGE_BATCH
+        if not 1 <= batch <= MAX_EVENT_PURGE_BATCH:
             checks.fail(
                 "batch_size",
-                f"must be between 1 and {MAX_PURGE_BATCH} (0 means {DEFAULT_PURGE_BATCH})",
+                f"must be between 1 and {MAX_EVENT_PURGE_BATCH}"
+                f" (0 means {DEFAULT_EVENT_PURGE_BATCH})",
             )
         checks.done()
         assert cutoff is not None  # required: checks.done() refused its absence
@@ -169,7 +168,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             checks.fail("tree_size", "must be 1 or more")
         checks.done()
         try:
-            index, hashes = self.log.inclusion_proof(
+            inclusion = self.log.inclusion_proof(
                 request.account_id, request.sequence, request.tree_size
             )
         except TreeNotReached as exc:
@@ -177,7 +176,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         except ProofError as exc:
             raise InvalidArgument.one("sequence", str(exc), reason="NOT_IN_TREE") from None
         return audit_pb2.GetInclusionProofResponse(
-            leaf_index=index, tree_size=request.tree_size, hashes=hashes
+            leaf_index=inclusion.leaf_index,
+            tree_size=request.tree_size,
+            hashes=inclusion.hashes,
+            leaf=inclusion.leaf,
         )
 
     def GetConsistencyProof(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -22,12 +21,17 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
+from mixip.runtime.backoff import Backoff
 from mixip.runtime.db import Database, insert_ignoring_conflicts, rowcount
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import TalentKey, Vault
+from mixip.runtime.worker import Worker
 from services.consent.store import DeliveryCountRow, OutboxRow, outbox_context
 
 logger = logging.getLogger("mixip.consent.outbox")
+
+# A deletion not delivered is due again after this (jittered, growing with its attempts).
+RETRY_BACKOFF = Backoff(base_seconds=0.5, max_seconds=60.0)
 
 # deliver(account_id, talent_id, idempotency key, revoked at) -> faces deleted; raises on
 # failure. Only faces enrolled before the revocation go: a late delivery must spare a face
@@ -44,8 +48,7 @@ class OutboxDispatcher:
         clock: Clock,
         *,
         poll_seconds: float = 2.0,
-        base_backoff_seconds: float = 0.5,
-        max_backoff_seconds: float = 60.0,
+        backoff: Backoff = RETRY_BACKOFF,
         lease_seconds: float = 30.0,
         batch_size: int = 50,
         rng: random.Random | None = None,
@@ -54,41 +57,28 @@ class OutboxDispatcher:
         self.vault = vault
         self.deliver = deliver
         self.clock = clock
-        self.poll_seconds = poll_seconds
-        self.base_backoff = base_backoff_seconds
-        self.max_backoff = max_backoff_seconds
+        self.backoff = backoff
         self.lease = timedelta(seconds=lease_seconds)
         self.batch_size = batch_size
         self.rng = rng or random.Random()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A pass that delivered something is followed by another at once (more may be due).
+        self.worker = Worker(
+            "consent-outbox",
+            lambda: self.run_once() > 0,
+            poll_seconds=poll_seconds,
+            join_seconds=10.0,
+        )
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle (mixip/runtime/worker.py) ----------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="consent-outbox", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.worker.wake()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                delivered = self.run_once()
-            except Exception:  # the database may be down: keep the loop alive
-                logger.warning("outbox pass failed", exc_info=True)
-                delivered = 0
-            if delivered == 0:
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
+        self.worker.stop()
 
     # -- one pass -----------------------------------------------------------------------------
 
@@ -205,8 +195,7 @@ class OutboxDispatcher:
 
     def _retry_later(self, row: OutboxRow, code: str) -> None:
         attempts = row.attempts + 1
-        delay = min(self.max_backoff, self.base_backoff * 2 ** (attempts - 1))
-        delay *= 0.5 + self.rng.random() / 2  # jitter: replicas and rows spread out
+        delay = self.backoff.delay(attempts, self.rng)  # jittered: replicas and rows spread out
         with self.db.write() as session:
             session.execute(
                 update(OutboxRow)

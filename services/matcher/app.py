@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
@@ -24,6 +23,7 @@ from mixip.runtime.limits import ENVELOPE_BYTES
 from mixip.runtime.server import ServiceApp
 from mixip.runtime.times import Clock, utcnow
 from mixip.runtime.vault import RotationKeeper
+from mixip.runtime.worker import Worker
 from services.matcher.engines.base import FaceEngine
 from services.matcher.index import CollectionIndexes, sized_index_factory
 from services.matcher.peers import ConsentClient
@@ -92,9 +92,14 @@ class MatcherApp(ServiceApp):
         self.indexes = CollectionIndexes(
             db, self.vault, sized_index_factory(settings.ann_min_faces)
         )
-        self.index_sweep_seconds = settings.index_sweep_seconds
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
+        # Every MIXIP_MATCHER_INDEX_SWEEP_SECONDS: the collections other replicas changed.
+        self.sweeper = Worker(
+            "matcher-index-sweep",
+            self._sweep,
+            poll_seconds=settings.index_sweep_seconds,
+            wait_first=True,
+            join_seconds=10.0,
+        )
         self.max_media_bytes = settings.limits.max_media_bytes
         self.instance = settings.instance or socket.gethostname()
         self.matcher = Matcher(
@@ -147,23 +152,14 @@ class MatcherApp(ServiceApp):
         self.matcher.warm_up()
         if self._rotation is None:
             self._rotation = self.vault.keep_rotating(self.vault_check_seconds)
-        if self._sweeper is None or not self._sweeper.is_alive():  # once, even if restarted
-            self._sweeper = threading.Thread(
-                target=self._sweep, name="matcher-index-sweep", daemon=True
-            )
-            self._sweeper.start()
+        self.sweeper.start()  # once, even if restarted
 
-    def _sweep(self) -> None:
-        while not self._stop.wait(self.index_sweep_seconds):
-            try:
-                self.indexes.refresh_stale()
-            except Exception:  # the database may be down: try again next time
-                logger.warning("index sweep failed", exc_info=True)
+    def _sweep(self) -> bool:
+        self.indexes.refresh_stale()
+        return False  # a sweep covers every stale collection: next time, the next sweep
 
     def close(self) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=10)
+        self.sweeper.stop()
         if self._rotation is not None:
             self._rotation.stop()
         self.matcher.close()

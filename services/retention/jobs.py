@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from mixip.runtime.limits import MAX_BATCH
+from mixip.runtime.limits import DEFAULT_ROW_PURGE_BATCH, MAX_BATCH
 from services.retention.domain import Tally
 from services.retention.peers import AuditPort, GatewayPort, PeerFailure, Peers
 
 # Stored media deleted per PurgeExpiredMedia call: each deletes an object, so a call stays short.
 MEDIA_BATCH = 100
-# Access-log entries deleted per PurgeAccessLog call (rows only).
-ACCESS_LOG_BATCH = 1000
+# Access-log entries deleted per PurgeAccessLog call (rows only): the gateway's default batch.
+ACCESS_LOG_BATCH = DEFAULT_ROW_PURGE_BATCH
 
 
 class PurgeStalled(Exception):

@@ -36,10 +36,10 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 
 from mixip.runtime.config import ConfigError, Env
+from mixip.runtime.limits import DEFAULT_EVENT_PURGE_BATCH, MAX_EVENT_PURGE_BATCH
 from services.retention.domain import Job
 from services.retention.schedule import cron_trigger
 
-MAX_PURGE_BATCH = 100_000  # audit's PurgeExpired limit
 MAX_REPLICA_ID_LENGTH = 128
 
 
@@ -106,9 +106,11 @@ def _cron(env: Env, name: str, default: str, zone: ZoneInfo) -> str:
 
 
 def _purge_batch(env: Env) -> int:
-    batch = env.int("MIXIP_RETENTION_PURGE_BATCH", 10_000, minimum=1)
-    if batch > MAX_PURGE_BATCH:
-        raise ConfigError(f"MIXIP_RETENTION_PURGE_BATCH={batch} must be at most {MAX_PURGE_BATCH}")
+    batch = env.int("MIXIP_RETENTION_PURGE_BATCH", DEFAULT_EVENT_PURGE_BATCH, minimum=1)
+    if batch > MAX_EVENT_PURGE_BATCH:
+        raise ConfigError(
+            f"MIXIP_RETENTION_PURGE_BATCH={batch} must be at most {MAX_EVENT_PURGE_BATCH}"
+        )
     return batch
 
 

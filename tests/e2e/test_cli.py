@@ -66,6 +66,8 @@ def running_mesh(request, tmp_path_factory, pg_test_database):
     )
     ready = json.loads(process.stdout.readline() or "{}")
     assert ready.get("event") == "ready", process.stderr.read()
+    for project in ("p1", "p-metrics"):  # projects exist once created (matching refuses others)
+        ok_json(data_dir, "projects", "create", project, "--name", project.upper())
     yield data_dir, ready, process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -151,6 +153,10 @@ def test_the_whole_flow_through_the_command_line(running_mesh, tmp_path):
 
     receipt = ok_json(data_dir, "erase", "collins")
     assert receipt["steps"][0]["name"] == "consent.erase_ledger"
+    again = ok_json(data_dir, "erase", "collins")  # erasing an erased talent stays idempotent
+    assert {s["count"] for s in again["steps"]} == {0}
+    typo = mixip(data_dir, "erase", "colins")
+    assert typo.returncode == 1 and typo.stderr.startswith("mixip: not found: no talent 'colins'")
     assert ok_json(data_dir, "audit", "list", "--talent", "collins")["events"] == []
     assert ok_json(data_dir, "audit", "verify")["ok"] is True
     gone = mixip(data_dir, "export", "collins")
@@ -270,18 +276,40 @@ def test_errors_are_one_line_with_a_non_zero_exit(running_mesh, tmp_path, args, 
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_a_typo_in_a_project_id_is_an_error_that_suggests_the_project_meant(running_mesh, tmp_path):
+    data_dir, _, _ = running_mesh
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), faces.astronaut())
+    before = ok_json(data_dir, "projects", "list")
+    for args in (
+        ("match", str(image), "--project", "p-metric"),
+        ("consent", "grant", "typo-talent", "--scope", "usage", "--project", "p-metric"),
+    ):
+        result = mixip(data_dir, *args)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip() == (
+            "mixip: not found: no project 'p-metric'; did you mean 'p-metrics'? create it with "
+            '`mixip projects create p-metric --name "..."` (`mixip projects list` lists yours)'
+        )
+    assert ok_json(data_dir, "projects", "list") == before  # nothing created
+    assert ok_json(data_dir, "consent", "show", "typo-talent")["records"] == []  # none recorded
+
+
 def test_a_text_file_named_jpg_is_refused(running_mesh, tmp_path):
     data_dir, _, _ = running_mesh
     fake = tmp_path / "photo.jpg"
     fake.write_text("not a photo")
     result = mixip(data_dir, "match", str(fake), "--project", "p1")
-    assert result.returncode == 1 and "invalid argument" in result.stderr
+    assert result.returncode == 1 and "invalid argument: the file: " in result.stderr
+    assert "chunk" not in result.stderr  # the CLI's words, not the contract's field names
     assert "Traceback" not in result.stderr
 
 
 def test_without_a_mesh_the_cli_says_so(tmp_path):
     result = mixip(tmp_path, "audit", "verify")
-    assert result.returncode == 1 and "mixip up" in result.stderr
+    assert result.returncode == 2 and "mixip up" in result.stderr  # configuration, as documented
+    down = mixip(tmp_path, "down")
+    assert down.returncode == 2 and "no running mesh found" in down.stderr
     usage = mixip(tmp_path, "consent", "grant", "t", "--scope", "forever")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
 

@@ -123,6 +123,7 @@ def scenario(
     portrait, group = tmp_path / "portrait.png", tmp_path / name
     cv2.imwrite(str(portrait), faces.astronaut())
     cv2.imwrite(str(group), faces.composite(faces.astronaut(), faces.grace_hopper()))
+    ok_json(data_dir, "projects", "create", "p1", "--name", "P1")  # again: the same project
     ok_json(data_dir, "consent", "grant", talent, "--scope", "biometric")
     ok_json(data_dir, "consent", "grant", talent, "--scope", "usage", "--project", "p1")
     ok_json(data_dir, "enroll", talent, str(portrait))

@@ -126,6 +126,9 @@ def test_a_killed_mixip_up_takes_every_service_and_the_review_page_down_within_s
 def test_sighup_stops_the_mesh_cleanly_like_ctrl_c(up):
     up.process.send_signal(signal.SIGHUP)  # the terminal of `mixip up &` closed
     assert up.process.wait(60) == 0
+    said = up.process.stderr.read().strip().splitlines()
+    # said as the signal arrives, before any service is stopped; and when all are
+    assert said[-2:] == ["mixip: SIGHUP: stopping the mesh ...", "mixip: mesh stopped"], said
     assert not any(_alive(pid) for pid in up.children)
     assert not (up.data_dir / "mesh.json").exists()
     assert statelock.holders(up.data_dir) == {}
@@ -195,6 +198,7 @@ def test_mixip_up_on_an_old_data_dir_moves_its_keys_out_once_and_opens_what_they
     cv2.imwrite(str(photo), faces.astronaut())
     first = Up(data)
     try:
+        _cli(data, "projects", "create", "p1", "--name", "P1")
         _cli(data, "consent", "grant", "old-layout", "--scope", "biometric")
         _cli(data, "consent", "grant", "old-layout", "--scope", "usage", "--project", "p1")
         _cli(data, "enroll", "old-layout", str(photo))

@@ -198,6 +198,7 @@ def test_the_installed_server_wheel_runs_the_mesh_from_another_directory(
         photo = tmp_path / "astronaut.jpg"
         photo.write_bytes(faces.encode(faces.astronaut()))
         cli = [mixip, "--data-dir", data, "--json"]
+        run([*cli, "projects", "create", "p1", "--name", "P1"], cwd=elsewhere)
         run([*cli, "consent", "grant", "astronaut", "--scope", "biometric"], cwd=elsewhere)
         run(
             [*cli, "consent", "grant", "astronaut", "--scope", "usage", "--project", "p1"],

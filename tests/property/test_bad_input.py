@@ -781,31 +781,15 @@ def test_export_talent_data(harness, talent_id):
 )
 def test_erase_talent(harness, fields):
     request = pb.EraseTalentRequest(**fields)
-
-    def receipt(reply):
-        # nobody to erase: four empty steps, and the receipt and intent rows (the marker too)
-        assert reply.talent_id == request.talent_id and reply.receipt_id
-        assert [s.count for s in reply.steps] == [0, 0, 0, 0, 0]
-
     harness.case(
         "EraseTalent",
         _call(harness.stub.EraseTalent, request, harness.meta),
+        # nobody to erase: NOT_FOUND, and nothing journaled (no receipt, intent or marker)
         allowed=expected(
             id_verdict(request.talent_id),
             text_verdict(request.request_id, 128, required=False),
-            ok={OK},
+            ok={NOT_FOUND},
         ),
-        # the receipt, the journaled intent, and audit's shred marker (under the chain head);
-        # the intent's talent id was sealed under a key the completion destroys, which owes the
-        # gateway vault a rotation
-        writes={
-            "gateway.gateway_erasure_receipts",
-            "gateway.gateway_erasure_intents",
-            "gateway.gateway_vault_state",
-            "audit.audit_shred_markers",
-            "audit.audit_chain_heads",
-        },
-        on_ok=receipt,
         fields={"talent_id", "request_id"},
     )
 
@@ -1164,6 +1148,21 @@ def _valid_requests(harness) -> dict:
         "WatchJob": (s.WatchJob, pb.WatchJobRequest(job_id="job_1")),
         "CancelJob": (s.CancelJob, pb.CancelJobRequest(job_id="job_1")),
         "ListJobs": (s.ListJobs, pb.ListJobsRequest(project_id="film-1")),
+        "GetAccount": (s.GetAccount, pb.GetAccountRequest()),
+        "UpdateAccount": (s.UpdateAccount, pb.UpdateAccountRequest(name="Studio")),
+        "CloseOwnAccount": (
+            s.CloseOwnAccount,
+            pb.CloseOwnAccountRequest(confirm_account_id=harness.account_id),
+        ),
+        "ExportOwnAccount": (s.ExportOwnAccount, pb.ExportOwnAccountRequest()),
+        "CloseAccount": (
+            a.CloseAccount,
+            admin_pb2.CloseAccountRequest(account_id=harness.account_id),
+        ),
+        "ExportAccount": (
+            a.ExportAccount,
+            admin_pb2.ExportAccountRequest(account_id=harness.account_id),
+        ),
     }
 
 
@@ -1214,24 +1213,29 @@ def test_every_rpc_has_a_property():
         "CreateApiKey",
         "ListAccounts",
         "RunRetentionJob",
-        *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),  # test_bad_input_failclosed.py
-        "SetAccountRetention",  # test_bad_input_copies.py
-        "GetMediaPreview",  # test_bad_input_previews.py
-        "ListAccessLog",  # test_bad_input_access_log.py
+        *("DeleteTalentFace", "ListApiKeys", "RevokeApiKey"),
+        # ^ test_face_deletion_and_api_keys_refuse_bad_input.py
+        "SetAccountRetention",  # test_retention_periods_refuse_bad_input.py
+        "GetMediaPreview",  # test_previews_refuse_bad_input.py
+        "ListAccessLog",  # test_access_log_refuses_bad_input.py
         *("CreateUploadSession", "AppendUploadChunks", "GetUploadSession"),
-        "FinishUploadSession",  # ^ test_bad_input_upload_sessions.py
+        "FinishUploadSession",  # ^ test_upload_sessions_refuse_bad_input.py
         *("CreateProject", "InviteCollaborator", "RemoveCollaborator", "ListCollaborators"),
         *("ListMedia", "RecordReviewDecision", "ListProjects", "AcceptInvitation"),
         "ListClearanceReport",
-        # ^ test_bad_input_review.py
+        # ^ test_projects_and_review_refuse_bad_input.py
         *("AddWebhook", "ListWebhooks", "RemoveWebhook", "TestWebhook", "RotateWebhookSecret"),
-        # ^ test_bad_input_webhooks.py
-        *("GetAuditInclusionProof", "GetAuditConsistencyProof"),  # test_bad_input_audit_proofs.py
-        *("GetJob", "WatchJob", "CancelJob", "ListJobs"),  # test_bad_input_jobs.py
+        # ^ test_webhooks_refuse_bad_input.py
+        *("GetAuditInclusionProof", "GetAuditConsistencyProof"),
+        # ^ test_audit_proofs_refuse_bad_input.py
+        *("GetJob", "WatchJob", "CancelJob", "ListJobs"),  # test_jobs_refuse_bad_input.py
+        *("UpdateAccount", "CloseOwnAccount", "CloseAccount", "ExportAccount"),
+        # ^ test_accounts_refuse_bad_input.py
     }
     credentials_only = {"VerifyAuditLog", "GetRetentionStatus"}  # requests without fields
     credentials_only |= {"GetAuditCheckpoint", "GetAuditLogPublicKey"}
-    credentials_only |= {"GetVaultStatus"}  # test_bad_input_vault.py
+    credentials_only |= {"GetVaultStatus"}  # test_vault_status_refuses_bad_input.py
+    credentials_only |= {"GetAccount", "ExportOwnAccount"}
     assert with_input | credentials_only == set(GATEWAY_RPCS + ADMIN_RPCS)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from mixip.runtime.backoff import Backoff
 from services.matcher.engines.base import (
     Box,
     Candidate,
@@ -95,7 +96,9 @@ class RekognitionEngine:
         self._client = client
         self._prefix = collection_prefix
         self._max_attempts = max_attempts
-        self._base_delay = base_delay_seconds
+        # Equal jitter: half fixed so delays grow, half random so concurrent workers spread
+        # out; the attempts bound the wait, not a cap.
+        self._backoff = Backoff(base_delay_seconds, base_delay_seconds * 2.0**max_attempts)
         self._sleep = sleep
         self._threshold = search_threshold
         self._max_image_bytes = max_image_bytes
@@ -257,7 +260,7 @@ class RekognitionEngine:
                         f"rekognition {exc.operation_name} still failing with {code} "
                         f"after {attempt} attempts"
                     ) from exc
-                delay = self._backoff(attempt)
+                delay = self._backoff.delay(attempt, self._random)
                 logger.warning(
                     "event=rekognition_retry operation=%s code=%s attempt=%d delay_s=%.3f",
                     exc.operation_name,
@@ -271,12 +274,6 @@ class RekognitionEngine:
                 raise EngineUnavailable(
                     f"rekognition {operation} unreachable: {type(exc).__name__}"
                 ) from exc
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with "equal jitter": half fixed so delays grow, half random so
-        concurrent workers spread out."""
-        ceiling = self._base_delay * 2 ** (attempt - 1)
-        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
     def _jpeg(self, image: np.ndarray) -> bytes:
         """JPEG bytes Rekognition accepts: sides of at least 80 px, at most max_image_bytes.

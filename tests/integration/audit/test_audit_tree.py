@@ -1,10 +1,12 @@
 """Each account's Merkle tree in the audit database: appended in the events' own transaction, its
 root the RFC 9162 hash of the events' canonical bytes, proofs read from the stored nodes that
-mixip.tlog verifies, a purge that keeps every hash, and the revision that builds the tree of a
+mixip.tlog verifies, a purge that keeps every hash, an erasure that changes none (and no
+checkpoint, proof or receipt that carries the talent), and the revision that builds the tree of a
 log recorded before it."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -18,8 +20,11 @@ from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition
 from mixip.runtime.keys import LocalKeyWrapper
 from mixip.tlog.merkle import EMPTY_ROOT, leaf_hash, tree_hash
+from mixip.tlog.note import Ed25519Verifier
 from mixip.tlog.proof import ProofError, verify_consistency, verify_inclusion
+from mixip.tlog.receipt import Receipt, verify_receipt
 from services.audit.service import AuditLog, EventFilter, NewEvent
+from services.audit.signer import KEY_FILE, LogSigner
 from services.audit.store import Base, TreeNodeRow
 from services.audit.vault import SaltVault
 
@@ -90,9 +95,9 @@ def test_every_event_and_every_earlier_size_is_proven_from_the_stored_nodes(audi
         heads.append(audit_log.tree_head("acct-a"))
     size, root = heads[-1]
     for sequence, leaf in canonical_leaves(audit_log, "acct-a"):
-        index, proof = audit_log.inclusion_proof("acct-a", sequence, size)
-        assert index == sequence - 1
-        verify_inclusion(leaf_hash(leaf), index, size, proof, root)
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        assert (inclusion.leaf_index, inclusion.leaf) == (sequence - 1, leaf)
+        verify_inclusion(leaf_hash(leaf), inclusion.leaf_index, size, inclusion.hashes, root)
     for old_size, old_root in heads:
         proof = audit_log.consistency_proof("acct-a", old_size, size)
         verify_consistency(old_size, size, old_root, root, proof)
@@ -125,6 +130,7 @@ def test_a_purge_deletes_events_but_keeps_the_tree_and_its_proofs(audit_log, clo
     audit_log.partitions_ahead()
     audit_log.record("acct-a", events("new", 3, clock))
     size, root = audit_log.tree_head("acct-a")
+    before = canonical_leaves(audit_log, "acct-a")
     purged, done, _, _ = audit_log.purge(JAN + timedelta(days=20), 1000)
     assert (purged, done) == (5, True)
     assert [s for s, _ in canonical_leaves(audit_log, "acct-a")] == [6, 7, 8]
@@ -132,8 +138,11 @@ def test_a_purge_deletes_events_but_keeps_the_tree_and_its_proofs(audit_log, clo
     proof = audit_log.consistency_proof("acct-a", old_size, size)
     verify_consistency(old_size, size, old_root, root, proof)
     for sequence, leaf in canonical_leaves(audit_log, "acct-a"):
-        index, proof = audit_log.inclusion_proof("acct-a", sequence, size)
-        verify_inclusion(leaf_hash(leaf), index, size, proof, root)
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        verify_inclusion(leaf_hash(leaf), inclusion.leaf_index, size, inclusion.hashes, root)
+    purged_one = audit_log.inclusion_proof("acct-a", 2, size)  # its leaf is gone, not its proof
+    assert purged_one.leaf == b""
+    verify_inclusion(leaf_hash(before[1][1]), 1, size, purged_one.hashes, root)
 
 
 def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clock):
@@ -157,8 +166,38 @@ def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clo
     size, root = audit_log.tree_head("acct-a")
     assert (size, root) == (5, tree_hash([leaf for _, leaf in remaining]))
     assert audit_log.tree_head("acct-b") == (0, EMPTY_ROOT)
-    index, proof = audit_log.inclusion_proof("acct-a", 10, size)
-    assert index == 2
-    verify_inclusion(leaf_hash(remaining[2][1]), index, size, proof, root)
+    inclusion = audit_log.inclusion_proof("acct-a", 10, size)
+    assert inclusion.leaf_index == 2
+    verify_inclusion(leaf_hash(remaining[2][1]), 2, size, inclusion.hashes, root)
     audit_log.record("acct-b", events("c", 1, clock))
     assert audit_log.tree_head("acct-b")[0] == 1
+
+
+def test_erasure_changes_nothing_in_the_tree_and_no_proof_carries_the_talent(
+    audit_log, clock, tmp_path
+):
+    audit_log.signer = LogSigner.load_or_create(tmp_path / "log-key" / KEY_FILE)
+    audit_log.record("acct-a", events("e", 6, clock, talent="t-ada"))
+    with audit_log.db.read() as session:
+        salt = audit_log.vault.salts(session, "acct-a", ["t-ada"], create=False)["t-ada"]
+    size, root = audit_log.tree_head("acct-a")
+    note = audit_log.checkpoint("acct-a")
+    leaves = canonical_leaves(audit_log, "acct-a")
+    receipts = []
+    for sequence, _ in leaves:
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        proof = tuple(inclusion.hashes)
+        receipts.append(Receipt(inclusion.leaf_index, proof, note, extra=inclusion.leaf).text)
+    consistency = audit_log.consistency_proof("acct-a", 2, size)
+    published = "\n".join([note, *receipts, *(h.hex() for h in consistency)]).encode()
+    published += b"".join(leaf for _, leaf in leaves)
+    for secret in (b"t-ada", salt, salt.hex().encode(), base64.b64encode(salt)):
+        assert secret not in published
+
+    assert audit_log.shred("acct-a", "t-ada")[0]
+    assert audit_log.tree_head("acct-a") == (size, root)
+    assert canonical_leaves(audit_log, "acct-a") == leaves
+    assert audit_log.checkpoint("acct-a") == note  # the same tree, the same checkpoint
+    verifier = Ed25519Verifier.from_vkey(audit_log.public_key("acct-a"))
+    for text, (_, leaf) in zip(receipts, leaves, strict=True):
+        assert verify_receipt(text, None, verifier).leaf == leaf

@@ -5,6 +5,7 @@ cosignature, and below the quorum nothing is published."""
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +19,7 @@ from mixip.runtime.keys import LocalKeyWrapper
 from mixip.tlog.checkpoint import open_checkpoint
 from mixip.tlog.cosignature import Cosigner
 from mixip.tlog.note import Ed25519Signer, Ed25519Verifier
+from mixip.tlog.receipt import Receipt, ReceiptError, verify_receipt
 from mixip.tlog.witness import Seen, Witness, WitnessState
 from services.audit.app import SERVICE_NAME, AuditApp
 from services.audit.signer import KEY_FILE, LogSigner
@@ -148,3 +150,32 @@ def test_a_quorum_of_one_publishes_what_one_witness_cosigned(audit, witnesses, c
     witnesses[1].state.put(f"mixip.example/audit/{ACCOUNT}", Seen(1, b"\x07" * 32))
     published = signed(stub, witnesses, quorum=1)
     assert published.witnesses == (witnesses[0].cosigner.name,)
+
+
+def test_a_receipt_carries_the_published_cosignatures_and_needs_the_quorum(audit, witnesses, clock):
+    _, stub = audit(quorum=2)
+    record(stub, clock, ["a", "b", "c", "d"])
+    published = signed(stub, witnesses, quorum=2)
+    assert published.checkpoint.size == 4
+    proof = stub.GetInclusionProof(
+        audit_pb2.GetInclusionProofRequest(
+            account_id=ACCOUNT, sequence=3, tree_size=published.checkpoint.size
+        )
+    )
+    note = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(account_id=ACCOUNT)).checkpoint
+    text = Receipt(proof.leaf_index, tuple(proof.hashes), note, extra=proof.leaf).text
+    log = Ed25519Verifier.from_vkey(
+        stub.GetLogPublicKey(audit_pb2.GetLogPublicKeyRequest(account_id=ACCOUNT)).verifier_key
+    )
+    keys = [w.cosigner.verifier() for w in witnesses]
+    verified = verify_receipt(text, None, log, keys, quorum=2)
+    assert (verified.index, verified.signed.witnesses) == (2, tuple(k.name for k in keys))
+    assert json.loads(verified.leaf)["sequence"] == 3
+    cosignatures = tuple(f"\n— {k.name} " for k in keys)
+    uncosigned = "\n".join(  # the cosignature lines cut off
+        line for line in text.split("\n") if not ("\n" + line).startswith(cosignatures)
+    )
+    assert uncosigned.count("\n— ") == 1
+    with pytest.raises(ReceiptError) as caught:
+        verify_receipt(uncosigned, None, log, keys, quorum=1)
+    assert caught.value.part == "witnesses"

@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 from gateway.erasure import no_checkpoint
+from mixip.cli import resumable
+from mixip.gateway.v1 import gateway_pb2 as pb
 from tests.support.gateway_calls import PROJECT, group_photo
 
 PART = 64 * 1024  # the `gateway` fixture's segments
@@ -22,6 +24,9 @@ class ClientKilled(Exception):
 
 def test_a_killed_match_resumes_from_the_durable_offset_and_sends_only_the_rest(gateway, tmp_path):
     _, meta = gateway.new_account()
+    gateway.stub.CreateProject(
+        pb.CreateProjectRequest(project_id=PROJECT, display_name="Film One"), metadata=meta
+    )
     photo = tmp_path / "group.jpg"
     photo.write_bytes(group_photo())
     size = photo.stat().st_size
@@ -61,3 +66,24 @@ def test_a_killed_match_resumes_from_the_durable_offset_and_sends_only_the_rest(
     assert list((state / "mixip" / "uploads").iterdir()) == []  # forgotten once finished
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(again.stdout)["upload"] == {"bytes": size, "resumed_from": 0}
+
+
+def test_a_session_finished_by_a_run_killed_before_forgetting_it_gives_back_its_media(
+    gateway, tmp_path, monkeypatch
+):
+    _, meta = gateway.new_account()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    photo = tmp_path / "group.jpg"
+    photo.write_bytes(group_photo())
+    state = resumable.SessionState(gateway.address, PROJECT, photo)
+    forget = resumable.SessionState.clear
+    monkeypatch.setattr(resumable.SessionState, "clear", lambda self: None)  # killed before
+    first = resumable.upload(gateway.stub, meta, gateway.address, photo, PROJECT, lambda _: 0)
+    assert state.load()  # the finished session is still saved
+    monkeypatch.setattr(resumable.SessionState, "clear", forget)
+    again = resumable.upload(gateway.stub, meta, gateway.address, photo, PROJECT, lambda _: 0)
+    assert again.media.media_id == first.media.media_id  # the same media: nothing sent again
+    assert (again.bytes, again.resumed_from) == (0, photo.stat().st_size)
+    assert state.load() == ""  # forgotten now
+    listed = gateway.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta)
+    assert [m.media_id for m in listed.media] == [first.media.media_id]

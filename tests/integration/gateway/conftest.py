@@ -33,4 +33,6 @@ def cli(gateway, studio, monkeypatch, tmp_path, capsys):
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
+    # The CLI matches only into a project that exists (a typo is an error, not a new project).
+    assert run("projects", "create", PROJECT, "--name", "Film One")[0] == 0
     return run

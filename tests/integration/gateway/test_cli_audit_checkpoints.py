@@ -3,19 +3,22 @@ real gateway): a checkpoint kept from before, proofs that mixip.tlog verifies, a
 database writers of issue 21 — one who edits an event, one who deletes the newest events and
 rewinds every head, one who rewrites the whole log from scratch — each caught by
 `mixip audit verify --checkpoint` with exit 3, as are a tree rewound under the log's own signed
-checkpoint and a forged checkpoint."""
+checkpoint and a forged checkpoint; and an event's receipt, checked offline with the public key
+alone, each tampering with it named."""
 
 from __future__ import annotations
 
 import base64
 import json
 import stat
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select, update
 
 from mixip.cli.main import main
 from mixip.tlog.checkpoint import open_checkpoint
+from mixip.tlog.cosignature import Cosigner
 from mixip.tlog.merkle import leaf_hash
 from mixip.tlog.note import Ed25519Signer, Ed25519Verifier
 from mixip.tlog.proof import verify_consistency, verify_inclusion
@@ -238,3 +241,85 @@ def test_a_key_file_that_holds_no_key_is_a_usage_error(auditor, kept, tmp_path):
         assert (code, out) == (2, "") and len(err.splitlines()) == 1 and str(bad) in err
     code, _, err = auditor("audit", "verify", "--key", str(bad))
     assert code == 2 and "--checkpoint" in err
+
+
+def test_a_receipt_verifies_offline_with_the_public_key_alone(
+    auditor, kept, studio, tmp_path, capsys
+):
+    keys, receipt = tmp_path / "log.keys", tmp_path / "event-3.tlog-proof"
+    code, out, _ = auditor("audit", "public-key")
+    keys.write_text(out)
+    code, out, _ = auditor("audit", "prove", "3", "--receipt", "-o", str(receipt))
+    assert code == 0 and out == f"receipt of event #3 (leaf 2 of 5) written to {receipt}\n"
+    assert stat.S_IMODE(receipt.stat().st_mode) == 0o600
+    text = receipt.read_text()
+    assert text.startswith("c2sp.org/tlog-proof@v1\nextra ")
+    assert text.endswith("\n\n" + kept.read_text())  # the published checkpoint, verbatim
+    code, out, _ = auditor("audit", "list", "--json")
+    leaves = [event["leaf"] for event in json.loads(out)["events"]]
+
+    def check(*args: str) -> tuple[int, dict]:
+        """`mixip audit verify-receipt` with no mesh to ask: the gateway is a closed port."""
+        code = main(["--gateway", "127.0.0.1:1", "--json", "audit", "verify-receipt", *args])
+        return code, json.loads(capsys.readouterr().out)
+
+    code, verdict = check(str(receipt), "--key", str(keys))
+    assert code == 0 and verdict["ok"] and verdict["leaf"] == leaves[2]
+    assert (verdict["leaf_index"], verdict["tree_size"], verdict["event"]["sequence"]) == (2, 5, 3)
+    assert verdict["event"]["account_id"] == studio[0] and verdict["witnesses"] == []
+    assert check(str(receipt), "--key", str(keys), "--leaf", leaves[2])[0] == 0
+    code, verdict = check(str(receipt), "--key", str(keys), "--leaf", leaves[3])
+    assert code == 3 and verdict["broken"] == "inclusion"
+
+    lines = text.split("\n")
+    root = kept.read_text().split("\n")[2]
+    tampered = {
+        "format": text.replace("tlog-proof@v1", "tlog-proof@v2"),
+        "inclusion": text.replace("\nindex 2\n", "\nindex 1\n"),
+        "signature": text.replace(f"\n{root}\n", f"\n{base64.b64encode(bytes(32)).decode()}\n"),
+    }
+    tampered["leaf edited"] = text.replace(lines[1], f"extra {leaves[1]}")
+    tampered["hash edited"] = text.replace(lines[3], base64.b64encode(bytes(32)).decode())
+    expected = {"leaf edited": "inclusion", "hash edited": "inclusion"}
+    for name, changed in tampered.items():
+        broken = tmp_path / "broken.tlog-proof"
+        broken.write_text(changed)
+        code, verdict = check(str(broken), "--key", str(keys))
+        assert code == 3 and verdict["ok"] is False, name
+        assert verdict["broken"] == expected.get(name, name), verdict
+
+    # another key of the log's name (a forged log): signature; kept beside the real one (a
+    # rotation): verifies
+    other = Ed25519Signer.generate(f"{ORIGIN_PREFIX}/{studio[0]}").verifier().vkey
+    forged = tmp_path / "forged.keys"
+    forged.write_text(other + "\n")
+    code, verdict = check(str(receipt), "--key", str(forged))
+    assert code == 3 and verdict["broken"] == "signature"
+    forged.write_text(other + "\n" + keys.read_text())
+    assert check(str(receipt), "--key", str(forged))[0] == 0
+    # witnesses the auditor requires but who did not cosign
+    witness = tmp_path / "witnesses.keys"
+    witness.write_text(Cosigner("w.example/w", bytes(32)).verifier().vkey + "\n")
+    code, verdict = check(str(receipt), "--key", str(keys), "--witnesses", str(witness))
+    assert code == 3 and verdict["broken"] == "witnesses"
+    code, _ = check(str(receipt), "--key", str(keys), "--witnesses", str(witness), "--quorum", "0")
+    assert code == 0
+
+
+def test_receipt_usage_errors_exit_2_in_one_line(auditor, kept, tmp_path):
+    keys = str(tmp_path / "log.keys")
+    code, out, _ = auditor("audit", "public-key")
+    Path(keys).write_text(out)
+    code, _, err = auditor("audit", "prove", "3", "-o", str(tmp_path / "x"))
+    assert code == 2 and "--receipt" in err and not (tmp_path / "x").exists()
+    code, _, err = auditor("audit", "prove", "3", "--receipt", "-o", str(tmp_path / "r"))
+    assert code == 0
+    for args in (
+        ("--leaf", "not base64!"),
+        ("--quorum", "1"),
+        ("--witnesses", keys),  # a log key is not a witness key
+    ):
+        code, out, err = auditor(
+            "audit", "verify-receipt", str(tmp_path / "r"), "--key", keys, *args
+        )
+        assert (code, out) == (2, "") and len(err.splitlines()) == 1, args

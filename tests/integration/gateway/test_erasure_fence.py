@@ -7,8 +7,6 @@ the erasure finishes. Whatever the interleaving, no link to the talent is left."
 
 from __future__ import annotations
 
-import json
-
 import grpc
 import pytest
 from sqlalchemy import func, select
@@ -487,70 +485,3 @@ def test_an_upload_committing_after_the_drain_queues_no_event_about_the_talent(
     late_events = _recorded_events(gateway, account, late.result.media_id)
     assert len(late_events) == len(late.result.faces)  # delivered by the check's reads
     assert all(e.talent_hash is None for e in late_events)
-
-
-def test_two_deliverers_share_the_queue_and_a_double_delivery_is_recorded_once(
-    gateway, clock, hooks
-):
-    """Another replica's deliverer skips rows claimed by this one; a drain while the claim is
-    in flight delivers them twice, and the audit log holds each event once."""
-    from gateway.audit_outbox import AuditOutbox
-
-    outbox = gateway.app.audit_outbox
-    outbox.stop()
-    outbox.checkpoint = hooks
-    other = AuditOutbox(gateway.app.db, outbox.audit, clock, outbox.seals)
-    account, meta = gateway.new_account("replicas")
-    reply = upload(gateway, meta, group_photo())
-    claimed = hooks.pause_at("outbox.claimed")
-    delivering = Outcome(outbox.run_once, claimed)
-    claimed.reached()
-    assert other.run_once() == 0  # claimed by the first replica
-    assert other.drain(account) == len(reply.faces)  # a reader's drain ignores claims
-    claimed.release()
-    delivering.join()
-    assert delivering.error is None and delivering.result == len(reply.faces)
-    events = _recorded_events(gateway, account, reply.media_id)
-    assert len(events) == len(reply.faces)
-    assert _owed(gateway, account) == 0
-
-
-def test_reading_verifying_and_exporting_deliver_the_callers_queued_events_first(gateway, clock):
-    outbox = gateway.app.audit_outbox
-    outbox.stop()
-    account, meta = _talent_account(gateway, clock, "reads")
-    other, other_meta = _talent_account(gateway, clock, "others")
-    upload(gateway, meta, group_photo())
-    upload(gateway, other_meta, group_photo())
-    listed = gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=meta)
-    assert len(listed.events) == 2
-    assert _owed(gateway, account) == 0 and _owed(gateway, other) == 2  # only the caller's
-    upload(gateway, meta, group_photo())
-    verdict = gateway.stub.VerifyAuditLog(pb.VerifyAuditLogRequest(), metadata=meta)
-    assert verdict.ok and verdict.events_checked == 4
-    upload(gateway, meta, group_photo())
-    exported = gateway.stub.ExportTalentData(
-        pb.ExportTalentDataRequest(talent_id=TALENT), metadata=meta
-    )
-    assert len(json.loads(exported.document_json)["audit_events"]) == 3
-    assert _owed(gateway, account) == 0 and _owed(gateway, other) == 2
-
-
-def test_a_drain_delivers_what_was_queued_when_it_began(gateway, clock, hooks):
-    """Uploads that commit while a reader's drain runs are left to the deliverer: a steady
-    stream of uploads cannot keep the reader waiting."""
-    outbox = gateway.app.audit_outbox
-    outbox.stop()
-    outbox.checkpoint = hooks
-    account, meta = gateway.new_account("stream")
-    first = upload(gateway, meta, group_photo())
-    began = hooks.pause_at("outbox.draining")
-    draining = Outcome(lambda: outbox.drain(account), began)
-    began.reached()
-    second = upload(gateway, meta, group_photo())
-    began.release()
-    draining.join()
-    assert draining.error is None and draining.result == len(first.faces)
-    assert _owed(gateway, account) == len(second.faces)
-    assert len(_recorded_events(gateway, account, first.media_id)) == len(first.faces)
-    assert _recorded_events(gateway, account, second.media_id) == []

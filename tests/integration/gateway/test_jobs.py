@@ -150,7 +150,7 @@ def test_a_worker_that_dies_mid_job_loses_its_lease_and_another_completes_it_exa
     dying = hooks.pause_at("job.matched")  # the app's worker stops here and never renews
     started = start_job(gateway, meta, faces.encode(faces.astronaut()))
     dying.reached()
-    other = Jobs(app.db, app.uploads, app.media_store, app.projects, clock)
+    other = Jobs(app.db, app.uploads, app.media_store, app.projects, clock, app.webhooks)
     assert not other.run_once(), "the lease still holds"
     clock.advance(seconds=61)  # past the dead worker's lease
     assert other.run_once()
@@ -249,7 +249,7 @@ def test_a_job_whose_workers_die_on_every_attempt_ends_failed_and_leaves_nothing
     app = gateway.app
     app.jobs.stop()
     started = start_job(gateway, meta, faces.encode(faces.astronaut()))
-    dying = Jobs(app.db, app.uploads, app.media_store, app.projects, clock)
+    dying = Jobs(app.db, app.uploads, app.media_store, app.projects, clock, app.webhooks)
 
     def killed(name: str) -> None:
         if name == "job.claimed":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.peers import MAX_EVENTS_PER_CALL, AuditClient
+from gateway.peers import AuditClient
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
+from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import to_timestamp
 
 ACCOUNT = "acct_peers"
@@ -12,7 +13,7 @@ ACCOUNT = "acct_peers"
 
 def test_match_events_beyond_the_audit_limit_are_recorded_in_several_calls(audit_service, clock):
     audit = AuditClient(audit_service.channel)
-    count = 2 * MAX_EVENTS_PER_CALL + 1
+    count = 2 * MAX_BATCH + 1
     events = [
         audit_pb2.MatchEventInput(
             idempotency_key=f"med_big:{i}",

@@ -469,6 +469,37 @@ def _own_webhooks_only(world: World, caller: str, reply) -> None:
     assert urls == [f"https://hooks.example.com/{caller}"], urls
 
 
+def _own_profile(world: World, caller: str, reply) -> None:
+    assert reply.account.account_id == world.accounts[caller]
+
+
+def _renamed_self(world: World, caller: str):
+    request = pb.UpdateAccountRequest(name=f"{caller} renamed")
+    return world.gw.stub.UpdateAccount(request, metadata=world.metas[caller])
+
+
+def _own_renamed_profile(world: World, caller: str, reply) -> None:
+    assert reply.account.account_id == world.accounts[caller]
+    assert reply.account.name == f"{caller} renamed"
+
+
+def _own_account_export(world: World, caller: str, reply) -> None:
+    document = json.loads(reply.document_json)
+    assert document["account"]["account_id"] == world.accounts[caller]
+    owns = caller == "owner"  # a collaborator's export holds no media of the owner's
+    assert (world.media_id in {m["media_id"] for m in document["media"]}) == owns
+
+
+def _close_the_owners_account(world: World, caller: str):
+    """Everyone confirms the owner's id: only the owner's own key closes it (the last row)."""
+    request = pb.CloseOwnAccountRequest(confirm_account_id=world.accounts["owner"])
+    return world.gw.stub.CloseOwnAccount(request, metadata=world.metas[caller])
+
+
+def _owner_closed(world: World, caller: str, reply) -> None:
+    assert reply.closure.account_id == world.accounts["owner"] and reply.closure.completed_at
+
+
 SESSION_MEDIA = faces.encode(faces.astronaut())
 
 
@@ -732,6 +763,22 @@ ROWS = [
         _unary("EraseTalent", pb.EraseTalentRequest(talent_id=TALENT)),
         EVERYONE_OK,
         _erased_own_talent_only,
+    ),
+    # the calling account's own profile and data (docs/accounts.md)
+    Row("GetAccount", _unary("GetAccount", pb.GetAccountRequest()), EVERYONE_OK, _own_profile),
+    Row("UpdateAccount", _renamed_self, EVERYONE_OK, _own_renamed_profile),
+    Row(
+        "ExportOwnAccount",
+        _unary("ExportOwnAccount", pb.ExportOwnAccountRequest()),
+        EVERYONE_OK,
+        _own_account_export,
+    ),
+    # last: the owner's account closes (nobody else can close it)
+    Row(
+        "CloseOwnAccount",
+        _close_the_owners_account,
+        by_role(reviewer=INVALID, uploader=INVALID, viewer=INVALID, outsider=INVALID),
+        _owner_closed,
     ),
 ]
 

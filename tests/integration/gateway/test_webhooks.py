@@ -17,8 +17,10 @@ from standardwebhooks.webhooks import Webhook as Signer
 
 from gateway.store import WebhookDeliveryRow
 from gateway.webhook_delivery import RETRY_DELAYS, WebhookDeliverer
+from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from tests.conftest import FakeClock
+from tests.support.gateway_calls import consent
 from tests.support.status import expect_error
 from tests.support.webhooks import receiving
 
@@ -40,8 +42,11 @@ def receiver():
 
 
 @pytest.fixture
-def account(gateway):
-    return gateway.new_account("studio")
+def account(gateway, clock):
+    """An account that knows the astronaut (one consent), so that erasing her is an erasure."""
+    account_id, meta = gateway.new_account("studio")
+    consent(gateway, meta, clock, "astronaut", cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
+    return account_id, meta
 
 
 def add(gateway, meta, url, *events, **fields) -> pb.AddWebhookResponse:

@@ -18,6 +18,7 @@ from gateway.store import MediaFaceRow, MediaRow
 from mixip.audit.v1 import audit_pb2 as apb
 from mixip.common.v1.common_pb2 import REVIEW_DECISION_APPROVED_FOR_RELEASE
 from mixip.consent.v1 import consent_pb2 as cpb
+from mixip.gateway.v1 import admin_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.retention.v1 import retention_pb2 as rpb
 from mixip.runtime import migrations
@@ -194,6 +195,9 @@ def fill_every_service(
         enroll(gateway, meta, talent, image)
     media_id = upload(gateway, meta, group_photo(), request_id="up-1").media_id
     crew, _ = gateway.new_account("crew")
+    gone, _ = gateway.new_account("gone")  # closed: its closure's receipt is a row
+    closing = admin_pb2.CloseAccountRequest(account_id=gone)
+    gateway.admin.CloseAccount(closing, metadata=gateway.admin_metadata())
     invite(gateway, meta, crew, pb.PROJECT_ROLE_REVIEWER)
     decide(gateway, meta, media_id, 0, REVIEW_DECISION_APPROVED_FOR_RELEASE)
     gateway.stub.EraseTalent(pb.EraseTalentRequest(talent_id="hopper"), metadata=meta)

@@ -1,9 +1,10 @@
 """mixip.tlog against Go's reference implementations, which share no code with it:
 golang.org/x/mod/sumdb/note opens our signed checkpoints, sumdb/tlog checks our inclusion and
 consistency proofs (CheckRecord, CheckTree) against the tree hashes it computes from the leaves
-itself; and Go's keys, notes and proofs go through our parser and verifiers. The Go side is
-tests/support/go/tlogcheck, built here in GOPATH mode from Debian's golang-go and
-golang-golang-x-mod-dev (.ci/run installs them; without them CI fails, elsewhere this skips)."""
+itself, and our receipts (C2SP tlog-proof files: their checkpoint and proof); and Go's keys,
+notes and proofs go through our parser and verifiers. The Go side is tests/support/go/tlogcheck,
+built here in GOPATH mode from Debian's golang-go and golang-golang-x-mod-dev (.ci/run installs
+them; without them CI fails, elsewhere this skips)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from mixip.tlog.proof import (
     verify_consistency,
     verify_inclusion,
 )
+from mixip.tlog.receipt import Receipt, ReceiptError, verify_receipt
 
 ROOT = Path(__file__).resolve().parents[3]
 PROGRAM = ROOT / "tests/support/go/tlogcheck"
@@ -126,7 +128,18 @@ def exchange(tlogcheck, keys, tree):
             if proof:
                 consistency.append((old, new, [_flip(proof[0], old + new), *proof[1:]], False))
                 consistency.append((old, new, [*proof, proof[-1]], False))
+    receipts = []
+    for index in range(SIZE):
+        proof = prove_inclusion(tree, index, SIZE)
+        text = Receipt(index, tuple(proof), notes["cosigned"][0], extra=LEAVES[index]).text
+        receipts.append((text, LEAVES[index], True))
+        receipts.append((text, LEAVES[(index + 1) % SIZE], False))  # another leaf
+        receipts.append(
+            (text.replace(f"index {index}\n", f"index {index ^ 1}\n"), LEAVES[index], False)
+        )
+        receipts.append((text.replace(f"\n{SIZE}\n", f"\n{SIZE + 1}\n"), LEAVES[index], False))
     request = {
+        "receipts": [{"text": t, "leaf": _b64([leaf])[0]} for t, leaf, _ in receipts],
         "leaves": _b64(LEAVES),
         "vkey": log.verifier().vkey,
         "notes": [note for note, _ in notes.values()],
@@ -138,9 +151,21 @@ def exchange(tlogcheck, keys, tree):
         [str(tlogcheck)], input=json.dumps(request), capture_output=True, text=True, timeout=60
     )
     assert ran.returncode == 0, ran.stderr
-    return {"notes": notes, "inclusion": inclusion, "consistency": consistency}, json.loads(
-        ran.stdout
-    )
+    sent = {"notes": notes, "inclusion": inclusion, "consistency": consistency}
+    return sent | {"receipts": receipts}, json.loads(ran.stdout)
+
+
+def test_go_checks_our_receipts_and_refuses_the_tampered_ones(exchange, keys):
+    sent, reply = exchange
+    assert len(reply["receipts"]) == len(sent["receipts"]) == 4 * SIZE
+    for (text, leaf, good), error in zip(sent["receipts"], reply["receipts"], strict=True):
+        assert (error == "") is good, (text, error)
+        verdict = None
+        try:
+            verify_receipt(text, leaf, keys[0].verifier())
+        except ReceiptError as exc:
+            verdict = exc.part
+        assert (verdict is None) is good  # ours agrees with Go's on every one
 
 
 def test_go_computes_the_same_root_at_every_nonempty_size(exchange, tree):

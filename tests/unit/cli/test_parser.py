@@ -46,8 +46,10 @@ def test_every_client_facing_rpc_has_a_command():
 
 
 def test_version_prints_the_installed_version(capsys):
-    with pytest.raises(SystemExit) as done:
-        main(["--version"])
+    assert main(["--version"]) == 0  # alone: without building the parser
+    assert capsys.readouterr().out.startswith("mixip ")
+    with pytest.raises(SystemExit) as done:  # with other options: argparse's action
+        main(["--json", "--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("mixip ")
 

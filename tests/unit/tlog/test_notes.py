@@ -21,12 +21,13 @@ from mixip.tlog.note import (
     InvalidSignatureError,
     NoteError,
     UnverifiedNoteError,
+    b64encode,
     key_id,
     open_note,
     sign,
 )
-from mixip.tlog.proof import ProofError, prove_inclusion
-from mixip.tlog.receipt import Receipt, verify_receipt
+from mixip.tlog.proof import prove_inclusion
+from mixip.tlog.receipt import Receipt, ReceiptError, verify_receipt
 
 # The signed-note spec's example (c2sp.org/signed-note).
 SPEC_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
@@ -307,16 +308,38 @@ def test_a_proof_file_round_trips_and_verifies_with_the_keys_alone(log, witness)
     assert text.startswith("c2sp.org/tlog-proof@v1\nextra Y3R4\nindex 7\n")
     assert text.endswith("\n\n" + note)
     assert Receipt.parse(text) == receipt
-    signed = verify_receipt(text, leaves[7], log.verifier(), [witness.verifier()], quorum=1)
-    assert signed.checkpoint == checkpoint
+    verified = verify_receipt(text, leaves[7], log.verifier(), [witness.verifier()], quorum=1)
+    assert (verified.checkpoint, verified.index, verified.leaf) == (checkpoint, 7, leaves[7])
+    assert verified.signed.witnesses == (witness.name,)
     without_extra = Receipt(7, receipt.proof, note).text
     assert verify_receipt(without_extra, leaves[7], log.verifier()).checkpoint.size == 11
-    with pytest.raises(ProofError):
-        verify_receipt(text, leaves[6], log.verifier())
-    with pytest.raises(ProofError):
-        verify_receipt(text.replace("index 7", "index 6"), leaves[7], log.verifier())
-    with pytest.raises(UnverifiedNoteError):
-        verify_receipt(text, leaves[7], log.verifier(), [witness.verifier()], quorum=2)
+    carried = Receipt(7, receipt.proof, note, extra=leaves[7]).text  # the mesh's receipts
+    assert verify_receipt(carried, None, log.verifier()).leaf == leaves[7]
+    broken = {
+        "leaf": lambda: verify_receipt(without_extra, None, log.verifier()),
+        "inclusion": lambda: verify_receipt(text, leaves[6], log.verifier()),
+        "signature": lambda: verify_receipt(text, leaves[7], witness.verifier()),
+        "witnesses": lambda: verify_receipt(
+            text, leaves[7], log.verifier(), [witness.verifier()], quorum=2
+        ),
+    }
+    for part, verify in broken.items():
+        with pytest.raises(ReceiptError) as caught:
+            verify()
+        assert caught.value.part == part
+    for tampered in (
+        text.replace("index 7", "index 6"),
+        carried.replace(f"extra {b64encode(leaves[7])}", f"extra {b64encode(leaves[6])}"),
+        Receipt(7, receipt.proof[:-1], note).text,
+        Receipt(7, (bytes(32), *receipt.proof[1:]), note).text,
+    ):
+        with pytest.raises(ReceiptError) as caught:
+            verify_receipt(tampered, None if "extra" in tampered else leaves[7], log.verifier())
+        assert caught.value.part == "inclusion"
+    edited = text.replace(b64encode(tree.root()), b64encode(bytes(32)))  # the checkpoint's root
+    with pytest.raises(ReceiptError) as caught:
+        verify_receipt(edited, leaves[7], log.verifier())
+    assert caught.value.part == "signature"
 
 
 @pytest.mark.parametrize(
@@ -337,8 +360,9 @@ def test_a_malformed_proof_file_is_refused(log, change):
     note = sign_checkpoint(Checkpoint(ORIGIN, 8, tree.root()), log)
     text = Receipt(7, tuple(prove_inclusion(tree, 7, 8)), note, extra=b"ctx").text
     assert verify_receipt(text, b"h", log.verifier())
-    with pytest.raises((NoteError, ProofError)):
+    with pytest.raises(ReceiptError) as caught:
         verify_receipt(change(text), b"h", log.verifier())
+    assert caught.value.part in ("format", "signature", "inclusion")
 
 
 @settings(max_examples=50, deadline=None)

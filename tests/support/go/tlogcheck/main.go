@@ -5,6 +5,8 @@
 //   - our checkpoint note, opened with our verifier key;
 //   - our inclusion and consistency proofs, each checked (CheckRecord, CheckTree) against
 //     the tree hashes Go computes from the leaves itself;
+//   - our receipts (C2SP tlog-proof files), parsed here: the checkpoint opened with our
+//     verifier key, and the proof checked (CheckRecord) for the leaf against its root;
 //   - Go's own key, a checkpoint note it signs over the same leaves, and Go's proofs for
 //     every leaf and every pair of sizes, for our verifier to accept.
 //
@@ -17,6 +19,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -34,7 +39,13 @@ type consistency struct {
 	Proof [][]byte `json:"proof"`
 }
 
+type receipt struct {
+	Text string `json:"text"`
+	Leaf []byte `json:"leaf"`
+}
+
 type request struct {
+	Receipts    []receipt     `json:"receipts"`
 	Leaves      [][]byte      `json:"leaves"`
 	Vkey        string        `json:"vkey"`
 	Notes       []string      `json:"notes"`
@@ -49,6 +60,7 @@ type opened struct {
 }
 
 type reply struct {
+	Receipts    []string      `json:"receipts"`
 	Roots       [][]byte      `json:"roots"`
 	Notes       []opened      `json:"notes"`
 	Inclusion   []string      `json:"inclusion"`
@@ -84,6 +96,58 @@ func raw(proof []tlog.Hash) [][]byte {
 		out[i] = append([]byte(nil), proof[i][:]...)
 	}
 	return out
+}
+
+var indexLine = regexp.MustCompile(`^index (0|[1-9][0-9]*)$`)
+
+// checkReceipt checks a C2SP tlog-proof file (https://c2sp.org/tlog-proof) proves leaf: the
+// format read here from the spec, the checkpoint opened by sumdb/note, the proof by sumdb/tlog.
+func checkReceipt(text string, leaf []byte, verifier note.Verifier) error {
+	head, checkpoint, found := strings.Cut(text, "\n\n")
+	lines := strings.Split(head, "\n")
+	if !found || lines[0] != "c2sp.org/tlog-proof@v1" {
+		return fmt.Errorf("not a tlog-proof")
+	}
+	lines = lines[1:]
+	if len(lines) > 0 && strings.HasPrefix(lines[0], "extra ") {
+		lines = lines[1:]
+	}
+	if len(lines) == 0 || !indexLine.MatchString(lines[0]) {
+		return fmt.Errorf("no index line")
+	}
+	index, err := strconv.ParseInt(strings.TrimPrefix(lines[0], "index "), 10, 64)
+	if err != nil {
+		return err
+	}
+	var proof tlog.RecordProof
+	for _, line := range lines[1:] {
+		h, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(h) != tlog.HashSize {
+			return fmt.Errorf("bad proof hash %q", line)
+		}
+		var hash tlog.Hash
+		copy(hash[:], h)
+		proof = append(proof, hash)
+	}
+	opened, err := note.Open([]byte(checkpoint), note.VerifierList(verifier))
+	if err != nil {
+		return err
+	}
+	body := strings.Split(opened.Text, "\n")
+	if len(body) != 4 || body[0] != verifier.Name() || body[3] != "" {
+		return fmt.Errorf("not a checkpoint of %s", verifier.Name())
+	}
+	size, err := strconv.ParseInt(body[1], 10, 64)
+	if err != nil {
+		return err
+	}
+	r, err := base64.StdEncoding.DecodeString(body[2])
+	if err != nil || len(r) != tlog.HashSize {
+		return fmt.Errorf("bad root")
+	}
+	var root tlog.Hash
+	copy(root[:], r)
+	return tlog.CheckRecord(proof, size, root, index, tlog.RecordHash(leaf))
 }
 
 func run(req request) (reply, error) {
@@ -124,6 +188,9 @@ func run(req request) (reply, error) {
 			o.Text = n.Text
 		}
 		rep.Notes = append(rep.Notes, o)
+	}
+	for _, r := range req.Receipts {
+		rep.Receipts = append(rep.Receipts, errorText(checkReceipt(r.Text, r.Leaf, verifier)))
 	}
 	for _, p := range req.Inclusion {
 		proof, err := hashes(p.Proof)

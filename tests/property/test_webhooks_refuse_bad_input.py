@@ -31,7 +31,7 @@ from tests.property.test_bad_input import (
     valid_ids,
 )
 
-EVENT_TYPES = ["erasure.completed", "job.completed", "job.failed"]
+EVENT_TYPES = ["erasure.completed", "job.completed", "job.failed", "job.cancelled"]
 GOOD_URLS = [
     "https://hooks.example.com/mixip",
     "https://hooks.example.com:8443/a/b?x=1",

@@ -1,0 +1,157 @@
+"""One background worker: a named daemon thread that runs a pass of some work, again and again.
+
+Every recurring thing in the mesh is this loop with its own pass: the gateway's audit outbox
+(deliver a batch of queued events), the consent outbox (deliver owed face deletions), the
+gateway's access-log writer (write the queued entries), the matcher's index sweep (refresh the
+collections other replicas changed), the vaults' rotation keepers and audit's checkpoint
+signer (a check on a timer). A pass is `run_once() -> bool`: True when more may be waiting (a
+full batch), so the next pass starts at once; False when the work is done for now, and the
+worker waits.
+
+The loop, per pass:
+1. wait: before the first pass only if `wait_first`; after a pass that said False,
+   `poll_seconds` or until `wake()`; after a failed pass, the `backoff` (jittered, growing
+   with the failures in a row; a wake does not cut it short) or, without one, as after False;
+2. linger `linger_seconds` (not cut short by a wake), so that the work of that moment is done
+   in one pass (the audit outbox: the uploads of one moment, one batch);
+3. the pass. A wake that arrives during it is kept: the next wait returns at once.
+A pass that raises is logged (its type and where, never its message) and the loop goes on:
+the database or a peer may be away for a while. `poll_seconds=None` makes a start-up task: the
+worker ends after its first pass that does not raise (retried with `backoff` until then).
+
+`stop()` ends the loop at its next wait (a pass in progress finishes; no new one starts) and
+joins the thread for at most `join_seconds`. What is owed when it stops is the owner's to say:
+the outboxes' rows are durable and wait for the next start; the access-log writer writes its
+queue itself after the thread has stopped.
+
+Leases: a worker that must not do the same work as another replica's (the outboxes, jobs,
+webhook deliveries, erasure resumption) claims it inside its pass: `run_once` claims a batch
+with a short lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a conditional UPDATE elsewhere),
+works on it and releases or deletes it; a replica that dies mid-pass leaves the lease to
+expire. The worker itself holds no lease: it only decides when the next claim is made. So the
+gateway's job worker fits as it is (`run_once` claims one due job: True when it ran one), as do
+the webhook deliverer (True on a full batch; its hourly purge inside the pass) and the erasure
+resumer (`poll_seconds=resume_seconds`, or None to resume at start-up only, with
+`Backoff(2, max(resume_seconds, 2))` while the peers are not up yet).
+
+Tests drive a pass by calling the owner's `run_once` directly (no thread), or pause the thread
+at a named step through `checkpoint`: "worker.waiting" (`waiting_seconds` holds the wait it is
+about to make), "worker.lingering", "worker.running" (before each pass).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+
+from mixip.runtime.backoff import Backoff
+
+logger = logging.getLogger("mixip.runtime.worker")
+
+
+def _no_checkpoint(name: str) -> None:
+    pass
+
+
+class Worker:
+    """A daemon thread named `name` that runs `run_once` (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        run_once: Callable[[], bool],
+        *,
+        poll_seconds: float | None,
+        linger_seconds: float = 0.0,
+        wait_first: bool = False,
+        backoff: Backoff | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        join_seconds: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if poll_seconds is None and backoff is None:
+            raise ValueError("a start-up task (poll_seconds=None) retries with a backoff")
+        self.name = name
+        self.run_once = run_once
+        self.poll_seconds = poll_seconds
+        self.linger_seconds = linger_seconds
+        self.wait_first = wait_first
+        self.backoff = backoff
+        self.on_error = on_error or self._log_failure
+        self.join_seconds = join_seconds
+        self.rng = rng or random.Random()
+        # Tests pause the thread at its steps through this hook (see the module docstring).
+        self.checkpoint: Callable[[str], None] = _no_checkpoint
+        self.waiting_seconds = 0.0  # the wait the thread is making (or about to make)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Starts the thread (nothing if it runs already); after a `stop`, a new one."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._wake.clear()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Ends the current wait for new work (not a linger, not a backoff); a wake during a
+        pass makes the next pass start at once."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ends the loop at its next wait and joins the thread (at most `join_seconds`)."""
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.join_seconds)
+
+    def _loop(self) -> None:
+        failures = 0
+        wait: float | None = self.poll_seconds if self.wait_first else 0.0
+        backing_off = False
+        while True:
+            if wait:
+                self.waiting_seconds = wait
+                self.checkpoint("worker.waiting")
+                (self._stop if backing_off else self._wake).wait(wait)
+            if self._stop.is_set():
+                return
+            if self.linger_seconds:
+                self.checkpoint("worker.lingering")
+                if self._stop.wait(self.linger_seconds):
+                    return
+            self._wake.clear()
+            self.checkpoint("worker.running")
+            try:
+                more = self.run_once()
+            except Exception as exc:  # the database or a peer may be away: keep the loop alive
+                self.on_error(exc)
+                failures += 1
+                backing_off = self.backoff is not None
+                wait = (
+                    self.backoff.delay(failures, self.rng)
+                    if self.backoff is not None
+                    else self.poll_seconds
+                )
+                continue
+            failures, backing_off = 0, False
+            if self.poll_seconds is None:  # a start-up task, done
+                return
+            wait = 0.0 if more else self.poll_seconds
+
+    def _log_failure(self, exc: Exception) -> None:
+        logger.warning(
+            "background pass failed",
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"fields": {"worker": self.name}},
+        )
