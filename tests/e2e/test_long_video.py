@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -90,6 +89,8 @@ def client(mesh):
     ensure_dev_account(conn)
     stub, meta = conn.gateway()
     calls = type("Calls", (), {"stub": stub})()  # what tests.support.gateway_calls expects
+    request = pb.CreateProjectRequest(project_id=PROJECT, display_name="Episode 1")
+    stub.CreateProject(request, metadata=meta)  # `mixip match` refuses an unknown project
     for talent, image in (("astronaut", faces.astronaut()), ("hopper", faces.grace_hopper())):
         consent(calls, meta, utcnow, talent, cpb.CONSENT_SCOPE_BIOMETRIC_PROCESSING)
         consent(calls, meta, utcnow, talent, cpb.CONSENT_SCOPE_FACE_USAGE, project=PROJECT)
@@ -126,12 +127,7 @@ def _until(condition, seconds: float = 120.0, what: str = "condition"):
 
 
 def _first_job(stub, meta) -> str | None:
-    try:
-        listed = stub.ListJobs(pb.ListJobsRequest(project_id=PROJECT), metadata=meta)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:  # no project before the job's
-            return None
-        raise
+    listed = stub.ListJobs(pb.ListJobsRequest(project_id=PROJECT), metadata=meta)
     return listed.jobs[0].job_id if listed.jobs else None
 
 
@@ -165,10 +161,12 @@ def test_a_long_video_resumed_and_analysed_over_two_replicas_one_killed(
     try:
         # 1. The client stalls after 2 MiB on the wire; once 1 MiB is durable, it is killed.
         first = _match(mesh, relay.address, episode, state, "--resumable-above", "0")
-        saved = _until(
-            lambda: next(iter((state / "mixip" / "uploads").glob("*.json")), None),
-            what="the CLI's session state file",
-        )
+
+        def state_file() -> Path | None:
+            assert first.poll() is None, first.communicate()[1]  # the CLI is still uploading
+            return next(iter((state / "mixip" / "uploads").glob("*.json")), None)
+
+        saved = _until(state_file, what="the CLI's session state file")
         session_id = json.loads(saved.read_text())["session_id"]
 
         def durable() -> int:
