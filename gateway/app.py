@@ -198,6 +198,7 @@ class GatewayApp(ServiceApp):
             db,
             media_store,
             self.uploads,
+            self.jobs,
             self.projects,
             clock,
             max_chunk_bytes=settings.max_chunk_bytes,

@@ -224,7 +224,7 @@ class Segments:
             if row.attempts >= self.plan.max_attempts:
                 raise SegmentFailed(row.segment_index, "SEGMENT_ATTEMPTS_SPENT")
             token = secrets.token_hex(8)
-            row.state, row.lease_owner = RUNNING, token
+            row.state, row.lease_owner, row.replica = RUNNING, token, ""  # told by the call
             row.lease_until = now + self.lease
             row.attempts += 1
             return row.segment_index, token
@@ -260,6 +260,17 @@ class Segments:
                 .where(*self._held(attempt.job_id, index, token))
                 .values(lease_until=now + self.lease),
             )
+
+    def _running_on(self, attempt: _Attempt, index: int, token: str, replica: str) -> None:
+        """Records the replica a held segment runs on (GetJob shows it while it runs)."""
+        with self.db.write() as session:
+            affected(
+                session,
+                update(JobSegmentRow)
+                .where(*self._held(attempt.job_id, index, token))
+                .values(replica=replica[:128]),
+            )
+        self.notify()
 
     def _done(
         self, attempt: _Attempt, index: int, token: str, result: matcher_pb2.SegmentResult
@@ -331,6 +342,7 @@ class Segments:
                 attempt.planned[index],
                 self.plan.overlap_seconds,
                 functools.partial(self._renew, attempt, index, token, renewed),
+                functools.partial(self._running_on, attempt, index, token),
             )
             with attempt.lock:
                 attempt.calls[token] = call

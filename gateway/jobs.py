@@ -105,6 +105,24 @@ class Job:
         return (self.state, self.frames_done, self.frames_total, self.attempts)
 
 
+@dataclass(frozen=True)
+class QueuedMedia:
+    """The stored object a job is queued for."""
+
+    content_type: str
+    size_bytes: int
+    storage_key: str
+    digest: str  # the request's content digest ("" when the request id alone names it)
+
+
+class _Replayed(Exception):
+    """A concurrent retry of the same request queued the job first."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.job_id)
+        self.job = job
+
+
 class JobLost(Exception):
     """The worker no longer holds the job: it was cancelled, or its lease passed to another."""
 
@@ -179,14 +197,67 @@ class Jobs:
         except MediaError as exc:
             raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
         scope = self.projects.upload_scope(caller_account_id, header.project_id)
-        account_id = scope.owner_account_id
-        media_id = media_id_for(caller_account_id, header.request_id)
-        job_id = "job_" + media_id.removeprefix("med_")
+        job_id = _job_id(caller_account_id, header.request_id)
         digest = content_digest(header.project_id, data)
         earlier = self._replayed(caller_account_id, scope, job_id, digest)
         if earlier is not None:
             return earlier
-        storage_key = self.media_store.put(account_id, data)
+        storage_key = self.media_store.put(scope.owner_account_id, data)
+        try:
+            return self._queue(
+                caller_account_id,
+                key_id,
+                scope,
+                header,
+                QueuedMedia(sniffed.content_type, len(data), storage_key, digest),
+            )
+        except _Replayed as replayed:
+            self.media_store.delete(scope.owner_account_id, storage_key)
+            return replayed.job
+        except BaseException:
+            self.media_store.delete(scope.owner_account_id, storage_key)
+            raise
+
+    def start_stored(
+        self,
+        caller_account_id: str,
+        key_id: str,
+        header: UploadHeader,
+        media: QueuedMedia,
+        within: Callable[[Session], None],
+    ) -> Job:
+        """Queues a job for media already in the store (a finished upload session,
+        gateway/upload_sessions.py), `within` running in the commit that queues it. The
+        object is the job's from then on (deleted when the job fails or is cancelled); if the
+        job is not queued, it stays with the session. The header's request id is the
+        session's, so the job's id is fixed by the session."""
+        scope = self.projects.upload_scope(caller_account_id, header.project_id)
+        try:
+            return self._queue(caller_account_id, key_id, scope, header, media, within)
+        except _Replayed as replayed:
+            return replayed.job
+
+    def session_job(self, caller_account_id: str, request_id: str) -> Job | None:
+        """The job a finished session queued (None if it queued none)."""
+        job_id = _job_id(caller_account_id, request_id)
+        with self.db.read() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.started_by_account_id != caller_account_id:
+                return None
+            return _job(row, self.clock())
+
+    def _queue(
+        self,
+        caller_account_id: str,
+        key_id: str,
+        scope: Scope,
+        header: UploadHeader,
+        media: QueuedMedia,
+        within: Callable[[Session], None] | None = None,
+    ) -> Job:
+        account_id = scope.owner_account_id
+        media_id = media_id_for(caller_account_id, header.request_id)
+        job_id = _job_id(caller_account_id, header.request_id)
         now = self.clock()
         row = JobRow(
             job_id=job_id,
@@ -195,11 +266,11 @@ class Jobs:
             media_id=media_id,
             started_by_account_id=caller_account_id,
             started_by_key_id=key_id,
-            content_type=sniffed.content_type,
-            size_bytes=len(data),
-            storage_key=storage_key,
+            content_type=media.content_type,
+            size_bytes=media.size_bytes,
+            storage_key=media.storage_key,
             request_id=header.request_id or None,
-            digest=digest if header.request_id else None,
+            digest=media.digest if header.request_id and media.digest else None,
             state=QUEUED,
             frames_done=0,
             frames_total=0,
@@ -221,16 +292,14 @@ class Jobs:
                     )
                 session.add(row)
                 session.flush()
+                if within is not None:
+                    within(session)
                 job = _job(row, now)
         except IntegrityError:  # a concurrent retry of the same request queued it first
-            self.media_store.delete(account_id, storage_key)
-            earlier = self._replayed(caller_account_id, scope, job_id, digest)
+            earlier = self._replayed(caller_account_id, scope, job_id, media.digest)
             if earlier is None:
                 raise
-            return earlier
-        except BaseException:
-            self.media_store.delete(account_id, storage_key)
-            raise
+            raise _Replayed(earlier) from None
         logs.log(logger, "job queued", account=account_id, job=job_id, media=media_id)
         self.wake()
         return job
@@ -600,6 +669,10 @@ class JobPurge:
             ).all()
             delete_segments(session, list(ids))
             return affected(session, delete(JobRow).where(JobRow.job_id.in_(list(ids))))
+
+
+def _job_id(caller_account_id: str, request_id: str) -> str:
+    return "job_" + media_id_for(caller_account_id, request_id).removeprefix("med_")
 
 
 def _held(job_id: str, worker_id: str) -> tuple:

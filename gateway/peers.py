@@ -93,9 +93,11 @@ class MatcherPort(Protocol):
         segment: matcher_pb2.PlannedSegment,
         overlap_seconds: float,
         on_read: Callable[[], None],
+        on_replica: Callable[[str], None] = lambda replica: None,
     ) -> SegmentCall:
         """`result()`: a SegmentResult (sealed frames, the replica); `on_read` at each range
-        the matcher asks for (it is alive)."""
+        the matcher asks for (it is alive); `on_replica` once the matcher says which replica
+        runs it."""
         ...
 
     def stitch_segments(
@@ -167,12 +169,14 @@ class _ReadsCall:
         request_type: Any,
         video: StoredVideo,
         on_read: Callable[[], None] = lambda: None,
+        on_replica: Callable[[str], None] = lambda replica: None,
     ) -> None:
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(header)
         self._request_type = request_type
         self._video = video
         self._on_read = on_read
+        self._on_replica = on_replica
         self._call = method(self._feed())
 
     def _feed(self) -> Iterator[Any]:
@@ -183,6 +187,8 @@ class _ReadsCall:
         try:
             with self._video.open() as reader:
                 for response in self._call:
+                    if getattr(response, "replica", ""):  # a segment call's first message
+                        self._on_replica(response.replica)
                     if not response.HasField("read"):
                         return response
                     wanted = response.read
@@ -225,6 +231,7 @@ class MatcherClient:
         segment: matcher_pb2.PlannedSegment,
         overlap_seconds: float,
         on_read: Callable[[], None],
+        on_replica: Callable[[str], None] = lambda replica: None,
     ) -> SegmentCall:
         header = matcher_pb2.MatchVideoSegmentHeader(
             source=_source(video), segment=segment, overlap_seconds=overlap_seconds
@@ -235,6 +242,7 @@ class MatcherClient:
             matcher_pb2.MatchVideoSegmentRequest,
             video,
             on_read,
+            on_replica,
         )
         return _Unwrapped(call, lambda response: response.result)
 

@@ -231,11 +231,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not SHA256_PATTERN.fullmatch(request.sha256):
             checks.fail("sha256", "required: 64 lowercase hexadecimal digits")
         checks.done()
-        stored = self.sessions.finish(
-            caller.account_id, caller.key_id, request.session_id, request.sha256
+        finished = self.sessions.finish(
+            caller.account_id, caller.key_id, request.session_id, request.sha256, request.as_job
         )
-        note(media_id=stored.media.media_id)
-        return gateway_pb2.FinishUploadSessionResponse(media=_upload_response(stored))
+        if isinstance(finished, Job):
+            note(media_id=finished.media_id)
+            return gateway_pb2.FinishUploadSessionResponse(
+                media=gateway_pb2.UploadMediaResponse(
+                    media_id=finished.media_id,
+                    project_id=finished.project_id,
+                    job_id=finished.job_id,
+                )
+            )
+        note(media_id=finished.media.media_id)
+        return gateway_pb2.FinishUploadSessionResponse(media=_upload_response(finished))
 
     def GetMediaResults(
         self, request: gateway_pb2.GetMediaResultsRequest, context: grpc.ServicerContext

@@ -7,9 +7,10 @@ encrypted store a part at a time, finished with the SHA-256 of the whole (docs/j
 - Memory holds one part and one chunk per stream, never the media. Finishing reads the stored
   bytes back through the decrypting reader to check the SHA-256, then hands them to the same
   commit as UploadMedia (gateway/uploads.py), which deletes the session in that commit.
-- Until jobs analyse long media (issue 19, item 2), a session larger than the synchronous
-  upload limit (MIXIP_GATEWAY_MAX_UPLOAD_BYTES) can be uploaded in full but not finished:
-  FinishUploadSession answers FAILED_PRECONDITION (ANALYSIS_NEEDS_JOB) and keeps it.
+- A session finished `as_job`, or larger than the synchronous upload limit
+  (MIXIP_GATEWAY_MAX_UPLOAD_BYTES), is analysed by a job (gateway/jobs.py): its SHA-256 is
+  checked reading the object back a block at a time, and the commit that queues the job over
+  the session's object deletes the session. A finish retried after that returns the job.
 - A session no byte was appended to for `idle_after` is abandoned: the retention purge deletes
   its row and its parts (aborting the S3 multipart upload).
 """
@@ -23,11 +24,13 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint, no_checkpoint
+from gateway.jobs import Job, Jobs, QueuedMedia
 from gateway.media_store import MediaStore, PartWriter, StorageBusy, StorageError
 from gateway.projects import Action, Projects
 from gateway.store import UploadSessionRow
@@ -36,6 +39,7 @@ from mixip.runtime import logs
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.limits import MiB
+from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.times import Clock
 
 logger = logging.getLogger("mixip.gateway")
@@ -79,6 +83,7 @@ class UploadSessions:
         db: Database,
         media_store: MediaStore,
         uploads: Uploads,
+        jobs: Jobs,
         projects: Projects,
         clock: Clock,
         *,
@@ -90,6 +95,7 @@ class UploadSessions:
         self.db = db
         self.media_store = media_store
         self.uploads = uploads
+        self.jobs = jobs
         self.projects = projects
         self.clock = clock
         self.max_chunk_bytes = max_chunk_bytes
@@ -210,43 +216,20 @@ class UploadSessions:
             index += 1
 
     def finish(
-        self, caller_account_id: str, key_id: str, session_id: str, sha256: str
-    ) -> StoredMedia:
+        self, caller_account_id: str, key_id: str, session_id: str, sha256: str, as_job: bool
+    ) -> StoredMedia | Job:
+        """The media and its results; or, `as_job` or over the synchronous limit, the job
+        queued to analyse them."""
         row = self._row(caller_account_id, session_id)
         if row is None:  # finished before (a retry), or no such session
-            return self._finished(caller_account_id, session_id)
-        if row.declared_size > self.max_analysis_bytes:
-            raise FailedPrecondition(
-                f"media over {self.max_analysis_bytes} bytes are analysed by jobs, which this "
-                "gateway does not run yet; the session is kept",
-                reason="ANALYSIS_NEEDS_JOB",
-            )
-        if not row.completed:
-            durable = self._durable(row)
-            if durable < row.declared_size:
-                raise FailedPrecondition(
-                    f"{durable} of {row.declared_size} bytes are in; append the rest first",
-                    reason="UPLOAD_INCOMPLETE",
-                    metadata={"durable_offset": str(durable)},
-                )
-            self.media_store.complete(
-                row.account_id, row.storage_key, row.upload_id, row.declared_size
-            )
-            with self.db.write() as session:
-                session.execute(
-                    update(UploadSessionRow)
-                    .where(UploadSessionRow.session_id == session_id)
-                    .values(completed=True)
-                )
-            row.completed = True
+            job = self.jobs.session_job(caller_account_id, session_id)
+            return job if job is not None else self._finished(caller_account_id, session_id)
+        self._complete(row)
+        if as_job or row.declared_size > self.max_analysis_bytes:
+            return self._queue_job(row, key_id, sha256)
         data = self._read_back(row)
         if hashlib.sha256(data).hexdigest() != sha256:
-            self._discard(row)
-            raise FailedPrecondition(
-                "the stored bytes do not have this SHA-256; the session and its bytes are "
-                "deleted (upload again)",
-                reason="SHA256_MISMATCH",
-            )
+            self._mismatch(row)
 
         def end_session(session: Session) -> None:
             session.execute(
@@ -264,6 +247,64 @@ class UploadSessions:
         except InvalidArgument:  # not media the matcher takes: kept no more than UploadMedia's
             self._discard(row)
             raise
+
+    def _queue_job(self, row: UploadSessionRow, key_id: str, sha256: str) -> Job:
+        """Checks the stored bytes' SHA-256 and type a block at a time (never whole in
+        memory), then queues their job in the commit that deletes the session."""
+        digest, head = hashlib.sha256(), b""
+        with self.media_store.open(row.account_id, row.storage_key) as handle:
+            while block := handle.read(READ_BYTES):
+                head = head or block
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            self._mismatch(row)
+        try:
+            content_type = sniff(head).content_type
+        except MediaError as exc:
+            self._discard(row)
+            raise InvalidArgument.one("session_id", str(exc), reason="BAD_MEDIA") from exc
+
+        def end_session(session: Session) -> None:
+            session.execute(
+                delete(UploadSessionRow).where(UploadSessionRow.session_id == row.session_id)
+            )
+
+        return self.jobs.start_stored(
+            row.created_by_account_id,
+            key_id,
+            UploadHeader(row.project_id, row.filename, row.session_id),
+            QueuedMedia(content_type, row.declared_size, row.storage_key, ""),
+            end_session,
+        )
+
+    def _mismatch(self, row: UploadSessionRow) -> NoReturn:
+        self._discard(row)
+        raise FailedPrecondition(
+            "the stored bytes do not have this SHA-256; the session and its bytes are "
+            "deleted (upload again)",
+            reason="SHA256_MISMATCH",
+        )
+
+    def _complete(self, row: UploadSessionRow) -> None:
+        """Completes the stored object once every byte is in (UPLOAD_INCOMPLETE before)."""
+        if not row.completed:
+            durable = self._durable(row)
+            if durable < row.declared_size:
+                raise FailedPrecondition(
+                    f"{durable} of {row.declared_size} bytes are in; append the rest first",
+                    reason="UPLOAD_INCOMPLETE",
+                    metadata={"durable_offset": str(durable)},
+                )
+            self.media_store.complete(
+                row.account_id, row.storage_key, row.upload_id, row.declared_size
+            )
+            with self.db.write() as session:
+                session.execute(
+                    update(UploadSessionRow)
+                    .where(UploadSessionRow.session_id == row.session_id)
+                    .values(completed=True)
+                )
+            row.completed = True
 
     def _read_back(self, row: UploadSessionRow) -> bytes:
         """The stored media, decrypted a part at a time (at most the analysis limit)."""

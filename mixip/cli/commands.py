@@ -502,9 +502,9 @@ def match_file(
     resumable_above: int = RESUMABLE_ABOVE,
     no_wait: bool = False,
 ) -> int:
-    """Uploads the file and prints its results (docs/jobs.md). Above `resumable_above` bytes
-    through a resumable session (a rerun resumes it), analysed before the session finishes;
-    else as a job, waited for with a progress bar unless `no_wait`."""
+    """Uploads the file and prints its results once its job is done (docs/jobs.md), waited
+    for with a progress bar unless `no_wait`. Above `resumable_above` bytes through a
+    resumable session (a rerun resumes it)."""
     path = Path(file)
     try:
         size = path.stat().st_size
@@ -515,28 +515,28 @@ def match_file(
     if size > resumable_above:
         with out.progress(f"uploading {path.name}", size, **BYTES) as progress:
             sent = resumable.upload(stub, meta, conn.address(), path, project, progress.set)
-        reply, upload = sent.media, {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
-        document, lines = _media_result(reply)
+        started = sent.media
+        upload = {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
     else:
         data = _read(file)
         with out.progress(f"uploading {path.name}", len(data), **BYTES) as progress:
             started = start_job(stub, meta, path, data, project, uuid.uuid4().hex, progress)
         upload = {"bytes": len(data), "resumed_from": 0}
-        if no_wait:
-            out.result(
-                {"job_id": started.job_id, "media_id": started.media_id, "upload": upload},
-                [
-                    f"job {started.job_id} (media {started.media_id})",
-                    f"  mixip jobs wait {started.job_id}",
-                ],
-            )
-            return 0
-        jobs.ended_ok(jobs.wait(conn, out, started.job_id))
-        reply = stub.GetMediaResults(
-            gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
-        ).media
-        document, lines = _media_result(reply)
-        document["job_id"] = started.job_id
+    if no_wait:
+        out.result(
+            {"job_id": started.job_id, "media_id": started.media_id, "upload": upload},
+            [
+                f"job {started.job_id} (media {started.media_id})",
+                f"  mixip jobs wait {started.job_id}",
+            ],
+        )
+        return 0
+    jobs.ended_ok(jobs.wait(conn, out, started.job_id))
+    reply = stub.GetMediaResults(
+        gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
+    ).media
+    document, lines = _media_result(reply)
+    document["job_id"] = started.job_id
     document["upload"] = upload
     if upload["resumed_from"]:
         lines.insert(0, f"resumed the upload at byte {upload['resumed_from']} of {size}")

@@ -303,20 +303,22 @@ def _match_one(
     }
     try:
         document["sha256"] = sha256_of(file.path)
-        if file.size > resumable_above:
+        if file.size > resumable_above:  # finished as a job (or, done before, its media)
             sent = resumable.upload(stub, meta, address, file.path, project, _ignore)
-            media, job_id = sent.media, ""
+            started = sent.media
             upload = {"bytes": sent.bytes, "resumed_from": sent.resumed_from}
         else:
             data = file.path.read_bytes()
             request_id = request_id_for(project, document["sha256"], attempt)
             quiet = Progress("", enabled=False)
             started = start_job(stub, meta, file.path, data, project, request_id, quiet)
+            upload = {"bytes": len(data), "resumed_from": 0}
+        if started.job_id:
             jobs.ended_ok(jobs.watch(stub, meta, started.job_id, cancel=cancel))
-            media = stub.GetMediaResults(
-                gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
-            ).media
-            job_id, upload = started.job_id, {"bytes": len(data), "resumed_from": 0}
+        media = stub.GetMediaResults(
+            gateway_pb2.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
+        ).media
+        job_id = started.job_id
     except CliError as exc:
         return {**document, "error": str(exc), "attempt": attempt}
     except grpc.RpcError as exc:

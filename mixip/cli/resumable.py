@@ -47,7 +47,8 @@ def state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Sent:
-    """What one run of an upload sent: the reply, the bytes sent, the offset it resumed at."""
+    """What one run of an upload sent: the reply (naming the job that analyses the media), the
+    bytes sent, the offset it resumed at."""
 
     media: gateway_pb2.UploadMediaResponse
     bytes: int
@@ -124,7 +125,9 @@ def upload(
             raise CliError("the gateway kept none of the bytes sent; run the command again")
         durable = now
     finished = stub.FinishUploadSession(
-        gateway_pb2.FinishUploadSessionRequest(session_id=session_id, sha256=_sha256(path)),
+        gateway_pb2.FinishUploadSessionRequest(
+            session_id=session_id, sha256=_sha256(path), as_job=True
+        ),
         metadata=meta,
     )
     state.clear()
@@ -156,7 +159,9 @@ def _finished(
     returns the stored media); None when it never was (purged, lost, or another gateway's)."""
     try:
         return stub.FinishUploadSession(
-            gateway_pb2.FinishUploadSessionRequest(session_id=session_id, sha256=_sha256(path)),
+            gateway_pb2.FinishUploadSessionRequest(
+                session_id=session_id, sha256=_sha256(path), as_job=True
+            ),
             metadata=meta,
         ).media
     except grpc.RpcError as exc:

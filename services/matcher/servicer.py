@@ -145,6 +145,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
         if not header.overlap_seconds >= 0:
             checks.fail("header.overlap_seconds", "must be 0 or more")
         checks.done()
+        first = True
         for item in _over_reads(
             request_iterator,
             header.source.size_bytes,
@@ -156,10 +157,12 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
                 header.overlap_seconds,
             ),
         ):
+            replica, first = (self.segments.instance if first else ""), False
             if isinstance(item, matcher_pb2.MediaRead):
-                yield matcher_pb2.MatchVideoSegmentResponse(read=item)
+                yield matcher_pb2.MatchVideoSegmentResponse(read=item, replica=replica)
                 continue
             yield matcher_pb2.MatchVideoSegmentResponse(
+                replica=replica,
                 result=matcher_pb2.SegmentResult(
                     sealed_frames=item.sealed_frames,
                     frames_sampled=item.frames_sampled,
@@ -167,7 +170,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
                     height=item.height,
                     duration_seconds=item.duration_seconds,
                     replica=item.replica,
-                )
+                ),
             )
 
     @_engine_errors

@@ -13,7 +13,7 @@ import sys
 from gateway.erasure import no_checkpoint
 from mixip.cli import resumable
 from mixip.gateway.v1 import gateway_pb2 as pb
-from tests.support.gateway_calls import PROJECT, group_photo
+from tests.support.gateway_calls import PROJECT, finished_job, group_photo
 
 PART = 64 * 1024  # the `gateway` fixture's segments
 
@@ -83,7 +83,9 @@ def test_a_session_finished_by_a_run_killed_before_forgetting_it_gives_back_its_
     monkeypatch.setattr(resumable.SessionState, "clear", forget)
     again = resumable.upload(gateway.stub, meta, gateway.address, photo, PROJECT, lambda _: 0)
     assert again.media.media_id == first.media.media_id  # the same media: nothing sent again
+    assert again.media.job_id == first.media.job_id != ""  # and the same job
     assert (again.bytes, again.resumed_from) == (0, photo.stat().st_size)
     assert state.load() == ""  # forgotten now
+    assert finished_job(gateway, meta, first.media.job_id).state == pb.JOB_STATE_DONE
     listed = gateway.stub.ListMedia(pb.ListMediaRequest(project_id=PROJECT), metadata=meta)
     assert [m.media_id for m in listed.media] == [first.media.media_id]

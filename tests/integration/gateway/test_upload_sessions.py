@@ -20,7 +20,7 @@ from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.gateway.v1 import internal_pb2, internal_pb2_grpc
 from mixip.runtime.client import open_channel
 from mixip.runtime.keys import LocalKeyWrapper
-from tests.support.gateway_calls import PROJECT, group_photo, upload
+from tests.support.gateway_calls import PROJECT, finished_job, group_photo, upload
 from tests.support.status import expect_error, expect_invalid
 
 PART = 64 * 1024
@@ -64,8 +64,8 @@ def append(gw, meta, session_id, start, end, chunk=50_000, data=PHOTO) -> pb.Upl
     return gw.stub.AppendUploadChunks(requests, metadata=meta).session
 
 
-def finish(gw, meta, session_id, sha=SHA) -> pb.UploadMediaResponse:
-    request = pb.FinishUploadSessionRequest(session_id=session_id, sha256=sha)
+def finish(gw, meta, session_id, sha=SHA, as_job=False) -> pb.UploadMediaResponse:
+    request = pb.FinishUploadSessionRequest(session_id=session_id, sha256=sha, as_job=as_job)
     return gw.stub.FinishUploadSession(request, metadata=meta).media
 
 
@@ -113,6 +113,35 @@ def test_a_session_resumes_at_the_durable_offset_and_finishes_as_an_upload_does(
         assert handle.read() == PHOTO
     # A retried finish returns the stored media.
     assert finish(gateway, meta, session.session_id).media_id == media.media_id
+
+
+def test_a_session_finished_as_a_job_hands_its_object_to_the_job(gateway):
+    _, meta = gateway.new_account()
+    wrong = create(gateway, meta).session_id
+    append(gateway, meta, wrong, 0, len(PHOTO))
+    error = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION, finish, gateway, meta, wrong, "0" * 64, True
+    )
+    assert error.reason == "SHA256_MISMATCH" and stored_objects(gateway) == 0
+    session_id = create(gateway, meta).session_id
+    append(gateway, meta, session_id, 0, len(PHOTO))
+
+    started = finish(gateway, meta, session_id, as_job=True)
+
+    assert started.job_id and started.media_id and not started.faces
+    assert count(gateway, UploadSessionRow) == 0  # ended in the commit that queued the job
+    assert finish(gateway, meta, session_id, as_job=True).job_id == started.job_id  # a retry
+    job = finished_job(gateway, meta, started.job_id)
+    assert job.state == pb.JOB_STATE_DONE and job.media_id == started.media_id
+    media = gateway.stub.GetMediaResults(
+        pb.GetMediaResultsRequest(media_id=started.media_id), metadata=meta
+    ).media
+    direct = upload(gateway, meta, PHOTO)
+    assert media.size_bytes == len(PHOTO)
+    assert [(f.label, f.talent_id) for f in media.faces] == [
+        (f.label, f.talent_id) for f in direct.faces
+    ]
+    assert stored_objects(gateway) == 2  # the session's object is the media's, not a copy
 
 
 def test_a_chunk_at_the_wrong_offset_is_refused_with_the_durable_offset(gateway):

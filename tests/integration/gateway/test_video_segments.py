@@ -166,6 +166,7 @@ def test_a_hung_replica_loses_its_segment_once_the_lease_passes_and_its_late_ans
     # The other thread does every other segment; the hung one is left RUNNING.
     assert _wait_for(lambda: len(_not_done(gateway, started.job_id)) == 1)
     (hung,) = _not_done(gateway, started.job_id)
+    assert _segment(gateway, started.job_id, hung).replica in REPLICAS  # told by the call
     clock.advance(seconds=61)  # the hung call's lease (60 s) passes; it asks for nothing more
     redone = _wait_for(lambda: _segment(gateway, started.job_id, hung).attempts == 2)
     assert redone, "the segment was not claimed again"
