@@ -474,7 +474,7 @@ class AuditLog:
         event `sequence`'s row: one statement, no transaction around it, on PostgreSQL."""
         if self.db.dialect == "postgresql":
             with self.db.autocommit() as connection:
-                found = connection.execute(
+                read = connection.execute(
                     _PROOF_READ,
                     {
                         "account": account_id,
@@ -483,9 +483,9 @@ class AuditLog:
                         "indexes": [node.index for node in ids],
                     },
                 ).one()
-            hashes = [bytes(value) for value in found.hashes]  # bytea: views
-            row = found if found.sequence is not None else None
-            return found.last_sequence or 0, found.size or 0, hashes, row
+            hashes = [bytes(value) for value in read.hashes]  # bytea: views
+            row = read if read.sequence is not None else None
+            return read.last_sequence or 0, read.size or 0, hashes, row
         with self.db.read() as session:
             tree = StoredTree(session, account_id)
             connection = session.connection()  # Core rows: no ORM entities to build
