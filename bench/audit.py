@@ -51,7 +51,7 @@ TREE_METHOD = (
     "= its 8-byte index) built in SQL level by level (INSERT ... SELECT generate_series for the "
     "leaves, each level from the one below with lead() over the node index, the primary key "
     "added after), VACUUM ANALYZE; {proofs} InclusionProof calls (AuditLog.inclusion_proof: "
-    "its snapshot, the tree size, the head, one read of the proof's nodes) at random leaves "
+    "one statement for the head, the tree size, the proof's nodes and the event) at random leaves "
     "of the whole tree, each proof verified against the root afterwards; checkpoint: "
     "AuditLog.checkpoint after each of {signs} appends of 10 events to that tree (the size, "
     "the root, the consistency proof from the last signed checkpoint, the Ed25519 note "

@@ -65,7 +65,9 @@ def database_url(url: str) -> URL:
     return parsed
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """The engine of `url`; with `autocommit` (PostgreSQL), its connections stay in autocommit
+    mode: nothing is set on them at each checkout and return."""
     parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -99,6 +101,7 @@ def create_db_engine(url: str) -> Engine:
         return engine
     return create_engine(
         parsed,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         pool_pre_ping=True,
         pool_size=8,
         max_overflow=16,
@@ -118,6 +121,11 @@ class Database:
             self.engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
             if self.dialect == "sqlite"
             else self.engine
+        )
+        # a pool of its own (connected on first use): switching a pooled connection into
+        # autocommit and back costs a statement each way
+        self._autocommit = (
+            create_db_engine(url, autocommit=True) if self.dialect == "postgresql" else None
         )
         self.metadata = metadata
 
@@ -145,6 +153,15 @@ class Database:
             bind = self.engine.execution_options(isolation_level="REPEATABLE READ")
         with Session(bind) as session:
             yield session
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection on which each statement is its own transaction (PostgreSQL only): no
+        BEGIN or ROLLBACK round trip around a read that is one statement, one snapshot."""
+        if self._autocommit is None:
+            raise ValueError("autocommit connections are PostgreSQL's only")
+        with self._autocommit.connect() as connection:
+            yield connection
 
     def scrub(self, tables: Sequence[str]) -> None:
         """Makes deleted rows of these tables leave the database's files, after an erasure
@@ -188,6 +205,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
 
 
 def serialize(session: Session, name: str) -> None:

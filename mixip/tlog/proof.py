@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mixip.tlog.merkle import (
     EMPTY_ROOT,
     HashReader,
+    NodeId,
     check_hash,
     fold,
     node_hash,
@@ -63,11 +64,21 @@ def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
     return ranges[::-1]
 
 
+def tilings(ranges: Sequence[tuple[int, int]]) -> list[list[NodeId]]:
+    """The stored nodes whose hashes make the MTH of each range (range_nodes of each)."""
+    return [range_nodes(start, end) for start, end in ranges]
+
+
+def folded(tilings: Sequence[Sequence[NodeId]], hashes: Sequence[bytes]) -> list[bytes]:
+    """The MTH of each tiling, from the hashes of all their nodes in order."""
+    stored = iter(hashes)
+    return [fold([next(stored) for _ in tiling]) for tiling in tilings]
+
+
 def _hashes(reader: HashReader, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """The MTH of each range, from one read of the stored nodes tiling them all."""
-    tilings = [range_nodes(start, end) for start, end in ranges]
-    stored = iter(reader.read_hashes([node for tiling in tilings for node in tiling]))
-    return [fold([next(stored) for _ in tiling]) for tiling in tilings]
+    nodes = tilings(ranges)
+    return folded(nodes, reader.read_hashes([node for tiling in nodes for node in tiling]))
 
 
 def prove_inclusion(reader: HashReader, index: int, size: int) -> list[bytes]:

@@ -157,7 +157,9 @@ def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clo
     migrations.upgrade(url, "audit", TREE_REVISION)
     assert {a: audit_log.tree_head(a) for a in before} == before
 
-    # A log whose oldest events were purged before the tree existed: the tree starts after them.
+    # A log whose oldest events were purged before the tree existed: the tree starts after them
+    # (and a proof made before that, whose leaf offset the log remembers, misleads no later one).
+    assert audit_log.inclusion_proof("acct-a", 10, before["acct-a"][0]).leaf_index == 9
     audit_log.purge(JAN + timedelta(days=20), 1000)
     migrations.downgrade(url, "audit", BEFORE_TREE)
     migrations.upgrade(url, "audit", TREE_REVISION)
@@ -166,9 +168,10 @@ def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clo
     size, root = audit_log.tree_head("acct-a")
     assert (size, root) == (5, tree_hash([leaf for _, leaf in remaining]))
     assert audit_log.tree_head("acct-b") == (0, EMPTY_ROOT)
-    inclusion = audit_log.inclusion_proof("acct-a", 10, size)
-    assert inclusion.leaf_index == 2
-    verify_inclusion(leaf_hash(remaining[2][1]), 2, size, inclusion.hashes, root)
+    for index, (sequence, leaf) in enumerate(remaining):
+        inclusion = audit_log.inclusion_proof("acct-a", sequence, size)
+        assert (inclusion.leaf_index, inclusion.leaf) == (index, leaf)
+        verify_inclusion(leaf_hash(leaf), index, size, inclusion.hashes, root)
     audit_log.record("acct-b", events("c", 1, clock))
     assert audit_log.tree_head("acct-b")[0] == 1
 
