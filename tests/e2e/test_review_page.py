@@ -5,7 +5,9 @@ CLEARED needs an explicit confirmation; the history names the person; the cleara
 downloads as PDF and CSV and says what it must (and an uploader's names no talent); the session
 cookie is HttpOnly and SameSite=Strict; a POST without the CSRF token, or from another origin,
 is refused and records nothing; a reviewer of another project finds nothing at the media's
-address. Screenshots go to test-artifacts/ and /tmp/review-shots/."""
+address; a person corrects their name on "Your account" (the review history follows) and
+downloads their own data as JSON holding nothing of another account.
+Screenshots go to test-artifacts/ and /tmp/review-shots/."""
 
 from __future__ import annotations
 
