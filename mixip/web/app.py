@@ -436,6 +436,76 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
+    async def account(request: Request) -> Response:
+        session = signed_in(request)
+        reply = await call(session, "GetAccount", gateway_pb2.GetAccountRequest())
+        return render_account(request, session, reply.account)
+
+    def render_account(
+        request: Request,
+        session: Session,
+        profile: gateway_pb2.AccountProfile,
+        status: int = 200,
+        errors: Mapping[str, str] | None = None,
+        entered: Mapping[str, str] | None = None,
+    ) -> Response:
+        shown = entered or {"name": profile.name, "email": profile.email}
+        return render(
+            request,
+            "account.html",
+            session,
+            status,
+            account_id=profile.account_id,
+            created=_when(profile.created_at),
+            name=shown["name"],
+            email=shown["email"],
+            errors=dict(errors or {}),
+        )
+
+    async def update_account(request: Request) -> Response:
+        session = current(request)
+        form = await checked_form(request, session)
+        session = signed_in(request)  # a sign-in form's session has a valid token too
+        entered = {key: str(form.get(key, "")).strip() for key in ("name", "email")}
+        try:
+            # both fields as the form shows them: the gateway checks both before it writes
+            await call(
+                session,
+                "UpdateAccount",
+                gateway_pb2.UpdateAccountRequest(name=entered["name"], email=entered["email"]),
+            )
+        except grpc.RpcError as exc:
+            if _code(exc) != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            details = error_details(exc)
+            errors: dict[str, str] = {}
+            for violation in details.violations:
+                field = violation.field if violation.field in entered else "name"
+                errors[field] = "; ".join(filter(None, (errors.get(field), violation.description)))
+            if not errors:
+                errors["name"] = details.one_line()
+            reply = await call(session, "GetAccount", gateway_pb2.GetAccountRequest())
+            return render_account(request, session, reply.account, 400, errors, entered)
+        logs.log(logger, "account updated")
+        session.flash.append(Notice("Saved."))
+        return RedirectResponse("/account", 303)
+
+    async def export_account(request: Request) -> Response:
+        """The account's own data (ExportOwnAccount) as a JSON download."""
+        session = signed_in(request)
+        reply = await call(session, "ExportOwnAccount", gateway_pb2.ExportOwnAccountRequest())
+        found = await call(session, "GetAccount", gateway_pb2.GetAccountRequest())
+        logs.log(logger, "account exported")
+        name = f"mixip-account-{found.account.account_id}.json"
+        return Response(
+            reply.document_json.encode(),
+            media_type="application/json",
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
     async def rpc_failed(request: Request, exc: Exception) -> Response:
         code = _code(exc)
         session = current(request)
@@ -491,6 +561,9 @@ def create_app(channel: grpc.Channel, sessions: Sessions | None = None) -> Starl
             Route("/sign-in", sign_in, methods=["POST"]),
             Route("/sign-out", sign_out, methods=["POST"]),
             Route("/projects", projects),
+            Route("/account", account),
+            Route("/account", update_account, methods=["POST"]),
+            Route("/account/export", export_account),
             Route("/projects/{project_id}", project),
             Route("/projects/{project_id}/report", report),
             Route("/media/{media_id}", media),

@@ -5,12 +5,15 @@ CLEARED needs an explicit confirmation; the history names the person; the cleara
 downloads as PDF and CSV and says what it must (and an uploader's names no talent); the session
 cookie is HttpOnly and SameSite=Strict; a POST without the CSRF token, or from another origin,
 is refused and records nothing; a reviewer of another project finds nothing at the media's
-address. Screenshots go to test-artifacts/ and /tmp/review-shots/."""
+address; a person corrects their name on "Your account" (the review history follows) and
+downloads their own data as JSON holding nothing of another account.
+Screenshots go to test-artifacts/ and /tmp/review-shots/."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -288,3 +291,72 @@ def test_a_reviewer_records_a_decision_and_a_reviewer_of_another_project_sees_no
         reply = page.request.get(f"{base}/projects/{P}/report?format=csv")
         assert own.media_id in reply.text() and "astronaut" not in reply.text()
         third.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # the page is the point here, not the database
+def test_a_person_corrects_their_name_and_downloads_their_own_data(gateway, browser, backend):
+    owner_id, owner = gateway.new_account("Olga Owner")
+    other_id, other = gateway.new_account("Otto Other")
+    for meta, project_id, name in ((owner, P, "Film P"), (other, Q, "Film Q")):
+        gateway.stub.CreateProject(
+            pb.CreateProjectRequest(project_id=project_id, display_name=name), metadata=meta
+        )
+    media = upload(gateway, owner, faces.encode(faces.astronaut()), project=P, filename="a.jpg")
+    gateway.stub.RecordReviewDecision(
+        pb.RecordReviewDecisionRequest(
+            media_id=media.media_id,
+            face_index=media.faces[0].face_index,
+            decision=common.REVIEW_DECISION_BLOCKED,
+        ),
+        metadata=owner,
+    )
+
+    def profile() -> pb.AccountProfile:
+        return gateway.stub.GetAccount(pb.GetAccountRequest(), metadata=owner).account
+
+    with serving(create_app(gateway.channel)) as base:
+        context = browser.new_context(accept_downloads=True)
+        page = sign_in(context, base, key_of(owner))
+        page.click("a:has-text('Your account')")
+        page.wait_for_url(base + "/account")
+        assert page.input_value("#name") == "Olga Owner" and page.input_value("#email") == ""
+
+        # bad input: the gateway's message next to its field, nothing changed
+        page.fill("#name", "Olga Fixed")
+        page.fill("#email", "not an email")
+        page.click("button:has-text('Save')")
+        assert '"@"' in page.locator("#email-error").inner_text()  # the gateway's rule
+        assert page.locator("#name-error").count() == 0
+        assert page.input_value("#name") == "Olga Fixed"  # what was typed stays to correct
+        assert (profile().name, profile().email) == ("Olga Owner", "")
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS / "account-refused.png"), full_page=True)
+
+        page.fill("#email", "olga@example.com")
+        page.click("button:has-text('Save')")
+        page.wait_for_url(base + "/account")
+        assert "Saved." in page.locator("[role=status]").inner_text()
+        assert page.input_value("#name") == "Olga Fixed"
+        assert (profile().name, profile().email) == ("Olga Fixed", "olga@example.com")
+        page.screenshot(path=str(SHOTS / "account.png"), full_page=True)
+
+        # the review history now names the person by the corrected name
+        page.goto(f"{base}/media/{media.media_id}")
+        assert "Olga Fixed" in page.locator(".decision").first.inner_text()
+
+        # the export: an attachment, never cached, holding this account's data only
+        page.goto(base + "/account")
+        with page.expect_download() as download:
+            page.click("a:has-text('Download my data')")
+        assert download.value.suggested_filename == f"mixip-account-{owner_id}.json"
+        document = json.loads(Path(download.value.path()).read_text())
+        assert document["account"]["account_id"] == owner_id
+        assert document["account"]["name"] == "Olga Fixed"
+        assert [p["project_id"] for p in document["projects"]] == [P]
+        text = json.dumps(document)
+        assert other_id not in text and "Otto Other" not in text and "Film Q" not in text
+        reply = page.request.get(base + "/account/export")
+        assert reply.headers["cache-control"] == "no-store"
+        assert reply.headers["content-type"].startswith("application/json")
+        context.close()
