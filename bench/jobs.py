@@ -23,6 +23,7 @@ from pathlib import Path
 
 import av
 import cv2
+import grpc
 import numpy as np
 
 from mixip.cli.connection import Connection
@@ -209,9 +210,9 @@ class _JobsMesh:
         first, what, done = None, "", None
         while done is None:
             stream = self.stub.WatchJob(
-                pb.WatchJobRequest(job_id=job_id), metadata=self.meta, timeout=600
-            )
-            for message in stream:
+                pb.WatchJobRequest(job_id=job_id), metadata=self.meta
+            )  # the channel's deadline (30 s) ends a watch: then watch again
+            for message in _until_deadline(stream):
                 job = message.job
                 now = time.monotonic() - upload_end
                 if first is None and (job.frames_done > 0 or job.state == pb.JOB_STATE_RUNNING):
@@ -222,6 +223,14 @@ class _JobsMesh:
                 elif job.state in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
                     raise RuntimeError(f"job {job_id} ended {job.state}: {job.error}")
         return {"first_progress_seconds": first, "first_progress_event": what, "done": done}
+
+
+def _until_deadline(stream):
+    try:
+        yield from stream
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
 
 
 def vm_hwm(pid: int) -> int:
