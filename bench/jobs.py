@@ -360,7 +360,7 @@ def run(smoke: bool, root: Path | None = None) -> dict:
             fps=FPS,
             gop=GOP_SECONDS,
             mb=size / 1e6,
-            short=minutes / 6,
+            short=round(minutes / 6, 3),
             big=big_path.stat().st_size // 10**6,
             rate=DEFAULT_RATE_HZ,
         ),
@@ -383,7 +383,7 @@ def run(smoke: bool, root: Path | None = None) -> dict:
         },
         "rss_growth": {
             "value": growth,
-            "goal": f"<= {g['rss_growth']:.0%} between {minutes / 6:g} and {minutes:g} minutes",
+            "goal": f"<= {g['rss_growth']:.0%} between {minutes / 6:.3g} and {minutes:g} minutes",
             "met": abs(growth) <= g["rss_growth"],
         },
         "upload_mb_per_s": {

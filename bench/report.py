@@ -291,7 +291,7 @@ def markdown(results: dict) -> str:
         labels = {
             "realtime_factor": "Long video job, 1080p, one matcher: video s / job wall s",
             "replica_wall_ratio": "Job wall, two replicas pinned to a core each / one pinned",
-            "rss_peak_bytes": "Matcher peak RSS (VmHWM) over the long job, bytes",
+            "rss_peak_bytes": "Matcher peak RSS (VmHWM) over the long job",
             "rss_growth": "Matcher peak RSS, long video / short video - 1",
             "upload_mb_per_s": "Upload by `mixip match --resumable-above 0`, MB/s",
             "resumed_fraction": "Upload killed at 50 %: bytes the resumed run sends / file",
@@ -299,10 +299,13 @@ def markdown(results: dict) -> str:
         }
         for key, label in labels.items():
             figure = j[key]
+            value = figure["value"]
+            if key == "rss_peak_bytes":
+                value = f"{value / 1024**3:.2f} GiB"
             rows.append(
                 (
                     f"{label} ({j['video_minutes']:g} min)",
-                    f"**{figure['value']}**",
+                    f"**{value}**",
                     figure["goal"],
                     _met(figure["met"]),
                 )
