@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import report
 from bench.stats import load_average
 
-SECTIONS = ("overhead", "profile", "throughput", "search", "audit", "video", "startup")
+SECTIONS = ("overhead", "profile", "throughput", "search", "audit", "video", "startup", "jobs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 done("throughput", throughput.run(mesh, raw, args.smoke))
             if "video" in only:
                 done("video", video.run(mesh, args.smoke))
-    for name in ("search", "audit", "startup"):
+    for name in ("search", "audit", "startup", "jobs"):
         if name in only:
             module = __import__(f"bench.{name}", fromlist=["run"])
             done(name, module.run(args.smoke))

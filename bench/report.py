@@ -35,6 +35,12 @@ REQUIRED = (
     "startup.cli.version.p50",
     "startup.cli.help.p50",
     "startup.cli.projects_list.p50",
+    "jobs.realtime_factor.value",
+    "jobs.replica_wall_ratio.value",
+    "jobs.rss_peak_bytes.value",
+    "jobs.rss_growth.value",
+    "jobs.upload_mb_per_s.value",
+    "jobs.first_progress_seconds.value",
 )
 
 
@@ -280,6 +286,30 @@ def markdown(results: dict) -> str:
                         _met(c["met"]),
                     )
                 )
+    if "jobs" in f:
+        j = f["jobs"]
+        labels = {
+            "realtime_factor": "Long video job, 1080p, one matcher: video s / job wall s",
+            "replica_wall_ratio": "Job wall, two replicas pinned to a core each / one pinned",
+            "rss_peak_bytes": "Matcher peak RSS (VmHWM) over the long job",
+            "rss_growth": "Matcher peak RSS, long video / short video - 1",
+            "upload_mb_per_s": "Upload by `mixip match --resumable-above 0`, MB/s",
+            "resumed_fraction": "Upload killed at 50 %: bytes the resumed run sends / file",
+            "first_progress_seconds": "Upload end to first WatchJob progress event, s",
+        }
+        for key, label in labels.items():
+            figure = j[key]
+            value = figure["value"]
+            if key == "rss_peak_bytes":
+                value = f"{value / 1024**3:.2f} GiB"
+            rows.append(
+                (
+                    f"{label} ({j['video_minutes']:g} min)",
+                    f"**{value}**",
+                    figure["goal"],
+                    _met(figure["met"]),
+                )
+            )
     lines = [
         f"Run of {run['started_at']} ({'smoke sizes' if run['smoke'] else 'full sizes'}), "
         f"{run['host'].get('cpus')} cores, load average {run['load_average_at_start']} at start, "

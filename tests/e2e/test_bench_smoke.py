@@ -38,3 +38,4 @@ def test_the_smoke_bench_writes_every_figure(tmp_path: Path):
     for heading in ("Mesh overhead", "Throughput", "Search top-5", "ShredTalentSalt", "Video"):
         assert heading in table
     assert "Start-up" in table
+    assert "Long video job" in table
