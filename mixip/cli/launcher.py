@@ -80,6 +80,14 @@ STABLE_SECONDS = 60.0
 # Where `mixip up` serves clients unless told otherwise (bookmarks and scripts survive restarts).
 DEFAULT_GATEWAY_PORT = 50051
 DEFAULT_WEB_PORT = 8080
+# A start where a service could not bind its picked port (something else took it between the
+# pick and the bind) starts again on fresh ports, up to START_ATTEMPTS times in all.
+START_ATTEMPTS = 3
+PORT_TAKEN = ("Address already in use", "Failed to bind")
+
+
+class PortRaced(CliError):
+    """A service exited at start-up because its picked port was taken meanwhile."""
 
 
 def port_or_free(port: int, what: str, say: Callable[[str], None]) -> int:
@@ -267,23 +275,23 @@ class Mesh:
         private_dir(self.data_dir / "logs")
         if self.tls_dir is not None and not (self.tls_dir / "ca.pem").exists():
             init_certs(self.tls_dir)
-        for name in self.services:
-            for instance in self.instances(name):
-                fixed = instance == "gateway" and self.gateway_port
-                self.listen[instance] = f"127.0.0.1:{self.gateway_port if fixed else free_port()}"
-                self.metrics[instance] = f"127.0.0.1:{free_port()}"
-            self.addresses[name] = target([self.listen[i] for i in self.instances(name)])
-        if "gateway" in self.services:  # its internal port, which the retention service calls
-            for instance in self.instances("gateway"):
-                self.internal_listen[instance] = f"127.0.0.1:{free_port()}"
-            self.internal_addresses["gateway_internal"] = target(
-                [self.internal_listen[i] for i in self.instances("gateway")]
-            )
-        extra = [i for name in self.services for i in self.instances(name)[1:]]
-        for batch in (self.services, extra):
-            for instance in batch:
-                self._spawn(instance)
-            self._wait_ready(batch, ready_timeout)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._pick_addresses()
+            try:
+                extra = [i for name in self.services for i in self.instances(name)[1:]]
+                for batch in (self.services, extra):
+                    for instance in batch:
+                        self._spawn(instance)
+                    self._wait_ready(batch, ready_timeout)
+                break
+            except PortRaced as raced:
+                # Something else took a picked port between the pick and the bind: start again
+                # on fresh ports (a fixed gateway port that is taken fails each time).
+                self._stop_processes()
+                self.processes.clear()
+                if attempt == START_ATTEMPTS:
+                    raise
+                self.say(f"{raced}; starting again on other ports")
         if self.web and "gateway" in self.services:
             self._start_web(ready_timeout)
         write_private(
@@ -303,6 +311,20 @@ class Mesh:
                 indent=2,
             ),
         )
+
+    def _pick_addresses(self) -> None:
+        for name in self.services:
+            for instance in self.instances(name):
+                fixed = instance == "gateway" and self.gateway_port
+                self.listen[instance] = f"127.0.0.1:{self.gateway_port if fixed else free_port()}"
+                self.metrics[instance] = f"127.0.0.1:{free_port()}"
+            self.addresses[name] = target([self.listen[i] for i in self.instances(name)])
+        if "gateway" in self.services:  # its internal port, which the retention service calls
+            for instance in self.instances("gateway"):
+                self.internal_listen[instance] = f"127.0.0.1:{free_port()}"
+            self.internal_addresses["gateway_internal"] = target(
+                [self.internal_listen[i] for i in self.instances("gateway")]
+            )
 
     def _start_web(self, ready_timeout: float) -> None:
         """The review page on MIXIP_WEB_LISTEN (loopback only), else `web_port` on loopback (a
@@ -339,10 +361,9 @@ class Mesh:
             name = pending[0]
             process = self.processes[name]
             if process.poll() is not None:
-                raise CliError(
-                    f"{name} exited with code {process.returncode} during start-up: "
-                    f"{self.log_tail(name)}"
-                )
+                tail = self.log_tail(name)
+                error = PortRaced if any(m in tail for m in PORT_TAKEN) else CliError
+                raise error(f"{name} exited with code {process.returncode} during start-up: {tail}")
             up = (
                 web_serving(self.listen[name])
                 if name == WEB
@@ -374,6 +395,13 @@ class Mesh:
             supervisor.tick(clock())
 
     def stop(self, grace: float = 15.0) -> None:
+        self._stop_processes(grace)
+        if self.lock is not None:  # the mesh file and the lock are this mesh's
+            self.mesh_file.unlink(missing_ok=True)
+            self.lock.release()
+            self.lock = None
+
+    def _stop_processes(self, grace: float = 15.0) -> None:
         order = [WEB] + [i for s in reversed(START_ORDER) for i in self.instances(s)]
         for name in [i for i in order if i in self.processes]:
             process = self.processes[name]
@@ -384,10 +412,6 @@ class Mesh:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        if self.lock is not None:  # the mesh file and the lock are this mesh's
-            self.mesh_file.unlink(missing_ok=True)
-            self.lock.release()
-            self.lock = None
 
 
 class Supervisor:

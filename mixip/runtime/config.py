@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import builtins
 import os
+import random
 import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,13 +97,52 @@ class Env:
 ADMIN_KEY_FILE = "gateway-admin.key"
 
 
+# Ports free_port() handed out in this process: never twice, so two services of one mesh are not
+# given the same port before either has bound it.
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (for services that must know each other's address
-    before they start)."""
+    before they start), never one this process handed out before.
+
+    Picked below the kernel's ephemeral range (`ip_local_port_range`, where every outgoing
+    connection takes its source port): a port the kernel hands to `bind(0)` is also one any
+    client socket may take between this pick and the service's own bind, which CI saw as
+    EADDRINUSE at start-up. The launcher still retries a start that lost such a race."""
+    low, high = _pick_range()
+    with _handing_out:
+        for _ in range(256):
+            port = random.randint(low, high)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+        while True:  # the range is crowded: whatever the kernel gives
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+
+
+def _pick_range() -> tuple[int, int]:
+    """Ports 10000 up to just below the ephemeral range (32767 with Linux's default)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 10000, max(ephemeral_low - 1, 11000)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def data_dir(env: Env) -> Path:

@@ -1,11 +1,15 @@
-"""`mixip up`'s stable ports: a default port is used when free (bookmarks survive restarts) and
-falls back to a free one, said in one line naming the taken port, when something holds it."""
+"""`mixip up`'s ports: a default port is used when free (bookmarks survive restarts) and falls
+back to a free one, said in one line naming the taken port, when something holds it; a picked
+port lost to a race before the bind starts the mesh again on fresh ports."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
-from mixip.cli.launcher import port_or_free
+from mixip.cli import launcher
+from mixip.cli.launcher import Mesh, port_or_free
+from mixip.runtime.config import free_port
 
 
 def test_a_free_default_port_is_kept_and_a_taken_one_falls_back_saying_so():
@@ -20,3 +24,38 @@ def test_a_free_default_port_is_kept_and_a_taken_one_falls_back_saying_so():
     said.clear()
     assert port_or_free(taken, "gateway", said.append) == taken  # released: the default again
     assert said == []
+
+
+def test_a_start_whose_picked_port_was_taken_meanwhile_starts_again_on_fresh_ports(
+    tmp_path, monkeypatch
+):
+    """The race CI met: a picked port taken between the pick and the service's bind. The first
+    port the launcher picks is one this test holds; the service cannot bind it, and the mesh
+    starts on fresh ports instead of failing."""
+    said: list[str] = []
+    picks: list[int] = []
+    real_free_port = launcher.free_port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+
+        def first_one_taken() -> int:
+            picks.append(taken if not picks else real_free_port())
+            return picks[-1]
+
+        monkeypatch.setattr(launcher, "free_port", first_one_taken)
+        mesh = Mesh(tmp_path / "data", services=["audit"], say=said.append)
+        mesh.start(ready_timeout=60)
+        try:
+            assert mesh.listen["audit"] != f"127.0.0.1:{taken}"
+            assert len(said) == 1 and "starting again on other ports" in said[0], said
+        finally:
+            mesh.stop()
+
+
+def test_free_ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_range():
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10000 <= port < low for port in ports)
