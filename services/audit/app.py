@@ -86,7 +86,7 @@ class AuditApp(ServiceApp):
         self.db.dispose()
 
 
-def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict]:
+def build(config: ServerConfig, env: Env) -> tuple[AuditApp, dict[str, object]]:
     settings = AuditSettings.load(config, env)
     vault = settings.vault
     app = AuditApp(

@@ -88,7 +88,7 @@ for _ddl in (
     "ALTER TABLE audit_events ADD PRIMARY KEY (account_id, sequence, recorded_at)",
     f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF audit_events DEFAULT",
 ):
-    event.listen(EventRow.__table__, "after_create", DDL(_ddl).execute_if(dialect="postgresql"))
+    event.listen(EventRow.__table__, "after_create", DDL(_ddl).execute_if(dialect="postgresql"))  # type: ignore[no-untyped-call, unused-ignore]  # DDL() is unannotated
 
 
 def month_of(at: datetime) -> datetime:

@@ -127,7 +127,7 @@ class ConsentApp(ServiceApp):
         self.db.dispose()
 
 
-def build(config: ServerConfig, env: Env) -> tuple[ConsentApp, dict]:
+def build(config: ServerConfig, env: Env) -> tuple[ConsentApp, dict[str, object]]:
     channel = peer_channel(config, env, "matcher", MATCHER_SERVICE)
     settings = ConsentSettings.load(config, env)
     app = ConsentApp(

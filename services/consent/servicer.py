@@ -44,7 +44,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         )
         return consent_pb2.RecordConsentResponse(record=_record(record), replayed=replayed)
 
-    def _evidence(self, checks: Checks, request) -> Evidence:
+    def _evidence(self, checks: Checks, request: consent_pb2.RecordConsentRequest) -> Evidence:
         if not request.HasField("evidence"):
             checks.fail("evidence", "required: method, policy_version, actor, captured_at")
             return Evidence("", "", "", self.clock())

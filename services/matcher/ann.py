@@ -143,7 +143,8 @@ class QuantizedIndex:
     def contains(self, face_ids: Sequence[str]) -> list[bool]:
         """Whether each face is in the index (a binary search each, no set of every id)."""
         with self._lock:
-            return self._find(face_ids)[0].tolist()
+            found: list[bool] = self._find(face_ids)[0].tolist()
+            return found
 
     def apply(
         self,

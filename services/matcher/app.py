@@ -167,7 +167,7 @@ class MatcherApp(ServiceApp):
         self.db.dispose()
 
 
-def build(config: ServerConfig, env: Env) -> tuple[MatcherApp, dict]:
+def build(config: ServerConfig, env: Env) -> tuple[MatcherApp, dict[str, object]]:
     settings = MatcherSettings.load(env, config)
     channel = peer_channel(config, env, "consent", CONSENT_SERVICE)
     return MatcherApp(Database(config.database_url, Base.metadata), channel, settings), {}

@@ -205,7 +205,7 @@ class CollectionIndexes:
             return _Cached(version, ExactIndex(vectors, talents, faces))
         return _Cached(version, self.index_factory(vectors, talents, faces))
 
-    def _build_in_background(self, account_id: str, version: int, *columns) -> None:
+    def _build_in_background(self, account_id: str, version: int, *columns: Any) -> None:
         with self._locks_lock:
             if account_id in self._building:
                 return
@@ -218,7 +218,7 @@ class CollectionIndexes:
             self._building[account_id] = thread
         thread.start()
 
-    def _background_build(self, account_id: str, version: int, *columns) -> None:
+    def _background_build(self, account_id: str, version: int, *columns: Any) -> None:
         try:
             index = self.index_factory(*columns)
             with self._lock_of(account_id):
@@ -287,7 +287,7 @@ class CollectionIndexes:
         return self.vault.keys_by_ref(session, {r.talent_ref for r in rows})
 
 
-def _version(session, account_id: str) -> int:
+def _version(session: Session, account_id: str) -> int:
     return (
         session.scalar(select(CollectionRow.version).where(CollectionRow.account_id == account_id))
         or 0

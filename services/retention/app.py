@@ -103,7 +103,7 @@ class RetentionApp(ServiceApp):
         self.db.dispose()
 
 
-def build(config: ServerConfig, env: Env) -> tuple[RetentionApp, dict]:
+def build(config: ServerConfig, env: Env) -> tuple[RetentionApp, dict[str, object]]:
     settings = RetentionSettings.load(env)
 
     def channel(name: str, service: str) -> grpc.Channel:

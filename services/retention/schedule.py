@@ -48,7 +48,8 @@ def latest_fire_time(trigger: CronTrigger, now: datetime) -> datetime:
     while True:
         following = trigger.get_next_fire_time(None, fire + timedelta(microseconds=1))
         if following is None or following > now:
-            return fire.astimezone(UTC)
+            fired: datetime = fire.astimezone(UTC)
+            return fired
         fire = following
 
 

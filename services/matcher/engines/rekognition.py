@@ -248,7 +248,8 @@ class RekognitionEngine:
         while True:
             attempt += 1
             try:
-                return method(**params)
+                answer: dict[str, Any] = method(**params)
+                return answer
             except ClientError as exc:
                 code = _code(exc)
                 if code in passthrough:
