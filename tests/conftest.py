@@ -13,6 +13,7 @@ from sqlalchemy.pool import NullPool
 from mixip.runtime.config import ADMIN_KEY_FILE, free_port
 from mixip.runtime.db import database_url as explicit_driver
 from mixip.runtime.server import RunningServer, ServiceApp, start_server
+from tests.support import tally
 from tests.support.databases import BACKENDS, PG_ADMIN_URL, fresh_schema_url
 
 
@@ -26,6 +27,23 @@ def pytest_generate_tests(metafunc):
 
 def pytest_report_header(config):
     return f"mixip databases: {', '.join(BACKENDS)}"
+
+
+def pytest_sessionfinish(session):
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # a pytest-xdist worker: its bad-input tally goes to the controller
+        output["bad_input_tally"] = tally.exported()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    tally.merge(getattr(node, "workeroutput", {}).get("bad_input_tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if tally.TALLY:
+        terminalreporter.write_sep("-", "bad-input property cases")
+        tally.summary(terminalreporter.write_line)
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,20 @@ class Unavailable(MeshError):
     default_reason = "UNAVAILABLE"
 
 
+class DependencyUnavailable(Unavailable):
+    """A service this call depends on stayed unreachable through this hop's own retries. The
+    status tells the caller's channel not to retry (gRPC's server pushback, a negative
+    `grpc-retry-pushback-ms`): retrying at every hop of a chain would multiply the attempts
+    (five at each of three hops: 125 calls to a service that is down, and minutes before the
+    caller hears). The caller still gets UNAVAILABLE, and may retry the whole call later."""
+
+    default_reason = "DEPENDENCY_UNAVAILABLE"
+
+
+# gRPC's server pushback: a negative delay asks the client's channel not to retry this call.
+NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
+
 class Internal(MeshError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
@@ -116,7 +130,18 @@ def to_grpc_status(error: MeshError, domain: str) -> grpc.Status:
         code=getattr(code_pb2, error.code.name), message=error.message, details=details
     )
     converted: grpc.Status = rpc_status.to_status(status)
+    if isinstance(error, DependencyUnavailable):
+        converted = _Status(
+            converted.code, converted.details, (*converted.trailing_metadata, *NO_RETRY)
+        )
     return converted
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 def _pack(message: Message) -> any_pb2.Any:

@@ -33,6 +33,7 @@ from mixip.runtime import logs, statelock, telemetry
 from mixip.runtime.addresses import is_loopback
 from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
+    DependencyUnavailable,
     Internal,
     InvalidArgument,
     MeshError,
@@ -375,9 +376,7 @@ def _dependency_failure(exc: grpc.RpcError) -> MeshError | None:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         logger.warning("dependency unavailable", extra={"fields": {"code": code.name}})
-        return Unavailable(
-            "a service this call depends on is unavailable; retry", reason="DEPENDENCY_UNAVAILABLE"
-        )
+        return DependencyUnavailable("a service this call depends on is unavailable; retry")
     if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED):
         logger.error("dependency failed", extra={"fields": {"code": code.name}})
         return Internal(f"internal error (request id {logs.REQUEST_ID.get()})")

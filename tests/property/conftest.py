@@ -1,13 +1,12 @@
 """Fixtures of the bad-input properties: a harness around the `gateway` fixture that runs one
 case (a call expected to be refused), checks the status is well formed, that nothing was
 written to any service's database or media store, and that the gateway still serves; and a
-tally of the cases run, printed at the end of the session."""
+tally of the cases run (tests/support/tally.py), printed at the end of the session."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,49 +17,11 @@ from sqlalchemy import select
 
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime.errors import error_details
+from tests.support import tally
 
 TIMEOUT_SECONDS = 60
 OK = "OK"
 _REASON = re.compile(r"[A-Z][A-Z0-9_]*")
-
-# (rpc, backend) -> outcome (status code name or OK) -> number of cases
-_TALLY: defaultdict[tuple[str, str], Counter] = defaultdict(Counter)
-_FAILED: Counter = Counter()  # rpc -> cases that failed a check
-CASES_PER_DATABASE = 3000  # the floor the max_examples of the properties are sized for
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not _TALLY:
-        return
-    per_rpc: defaultdict[str, Counter] = defaultdict(Counter)
-    per_backend: Counter = Counter()
-    for (rpc, backend), outcomes in _TALLY.items():
-        per_rpc[rpc].update(outcomes)
-        per_backend[backend] += sum(outcomes.values())
-    total = sum(per_backend.values())
-    write = terminalreporter.write_line
-    terminalreporter.write_sep("-", "bad-input property cases")
-    write(
-        "property cases run: "
-        + ", ".join(f"{rpc} {sum(per_rpc[rpc].values())}" for rpc in sorted(per_rpc))
-        + f", total {total}"
-    )
-    write(
-        "  per database: "
-        + ", ".join(f"{b} {n}" for b, n in sorted(per_backend.items()))
-        + f" (the whole suite must run at least {CASES_PER_DATABASE:,} each: issue 9)"
-    )
-    width = max(map(len, per_rpc))
-    for rpc in sorted(per_rpc):
-        outcomes = ", ".join(f"{code} {n}" for code, n in per_rpc[rpc].most_common())
-        write(f"  {rpc:<{width}} {sum(per_rpc[rpc].values()):>5}  ({outcomes})")
-    if _FAILED:
-        write(
-            f"  cases that failed a check: {sum(_FAILED.values())} ("
-            + ", ".join(f"{rpc} {n}" for rpc, n in sorted(_FAILED.items()))
-            + "); each is a test failure above"
-        )
-
 
 Snapshot = dict[str, tuple[int, str]]
 # Tables written by every call, refused ones too, by design (and in the background): the
@@ -176,10 +137,10 @@ class Harness:
             assert self.media_objects() == objects_before, f"{rpc} ({outcome}) left media objects"
             self.assert_serving()
         except AssertionError:
-            _FAILED[rpc] += 1
+            tally.FAILED[rpc] += 1
             raise
         finally:
-            _TALLY[(rpc, self.backend)][outcome] += 1  # failing cases count too
+            tally.TALLY[(rpc, self.backend)][outcome] += 1  # failing cases count too
         return outcome
 
 

@@ -193,3 +193,18 @@ def test_a_late_revocation_spares_a_face_enrolled_after_consent_returned(
         pb.ListTalentFacesRequest(talent_id="astronaut"), metadata=meta
     ).faces
     assert [f.face_id for f in left] == [again.face.face_id]
+
+
+def test_a_service_down_two_hops_away_is_retried_at_its_own_hop_only(gateway, studio):
+    """Consent down behind the matcher: the matcher retries consent (its channel's policy) and
+    answers DEPENDENCY_UNAVAILABLE with gRPC's pushback, so the gateway does not call the
+    matcher again, nor the caller the gateway: one match, not five times five."""
+    _, meta = studio
+    gateway.mesh.consent.running.stop(0)
+    checks: list[str] = []
+    gateway.mesh.matcher.app.matcher.consent.checkpoint = checks.append  # once per match
+    details = expect_error(
+        grpc.StatusCode.UNAVAILABLE, upload, gateway, meta, group_photo(), request_id="down"
+    )
+    assert details.reason == "DEPENDENCY_UNAVAILABLE"
+    assert checks == ["consent.cached"]
