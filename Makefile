@@ -19,8 +19,11 @@ UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.
 demo: $(STAMPS)/gen
 	$(BIN)/mixip demo
 
+# Two pytest-xdist workers, a file at a time (module fixtures are built once): most of the
+# suite's time is spent waiting on servers and subprocesses, not on the two cores.
+TEST_WORKERS ?= 2
 test: $(STAMPS)/gen
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # mypy: strict on mixip/runtime, mixip/tlog, the services' use cases and the gateway's, the
 # generated stubs' types everywhere else ([tool.mypy] in pyproject.toml lists the strict ones).

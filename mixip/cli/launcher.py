@@ -83,7 +83,7 @@ DEFAULT_WEB_PORT = 8080
 # A start where a service could not bind its picked port (something else took it between the
 # pick and the bind) starts again on fresh ports, up to START_ATTEMPTS times in all.
 START_ATTEMPTS = 3
-PORT_TAKEN = ("Address already in use", "Failed to bind")
+PORT_TAKEN = ("address already in use", "failed to bind")  # in its start-up output, any case
 
 
 class PortRaced(CliError):
@@ -155,6 +155,7 @@ class Mesh:
     internal_addresses: dict[str, str] = field(default_factory=dict)
     internal_listen: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    log_offsets: dict[str, int] = field(default_factory=dict)  # instance -> its log's size at spawn
     # Whether to serve the review page (with the gateway); its address: "http://HOST:PORT".
     web: bool = False
     web_url: str | None = None
@@ -285,13 +286,16 @@ class Mesh:
                     self._wait_ready(batch, ready_timeout)
                 break
             except PortRaced as raced:
-                # Something else took a picked port between the pick and the bind: start again
-                # on fresh ports (a fixed gateway port that is taken fails each time).
+                # Something else took a picked port between the pick and the bind (another
+                # `mixip up` may have probed the same default port free): start again on fresh
+                # ports, the default gateway port kept only while it is still free.
                 self._stop_processes()
                 self.processes.clear()
                 if attempt == START_ATTEMPTS:
                     raise
                 self.say(f"{raced}; starting again on other ports")
+                if self.gateway_port:
+                    self.gateway_port = port_or_free(self.gateway_port, "gateway", self.say)
         if self.web and "gateway" in self.services:
             self._start_web(ready_timeout)
         write_private(
@@ -330,13 +334,23 @@ class Mesh:
         """The review page on MIXIP_WEB_LISTEN (loopback only), else `web_port` on loopback (a
         free port when 0)."""
         listen = os.environ.get(variable(WEB, "LISTEN"), "").strip()
-        self.listen[WEB] = listen or f"127.0.0.1:{self.web_port or free_port()}"
-        self._spawn(WEB)
-        self._wait_ready([WEB], ready_timeout)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.listen[WEB] = listen or f"127.0.0.1:{self.web_port or free_port()}"
+            self._spawn(WEB)
+            try:
+                self._wait_ready([WEB], ready_timeout)
+                break
+            except PortRaced as raced:  # as in _start
+                if listen or attempt == START_ATTEMPTS:
+                    raise
+                self.say(f"{raced}; starting again on another port")
+                if self.web_port:
+                    self.web_port = port_or_free(self.web_port, "review page", self.say)
         self.web_url = f"http://{self.listen[WEB]}"
 
     def _spawn(self, name: str) -> None:
         log_fd = open_private(self.data_dir / "logs" / f"{name}.log", append=True)
+        self.log_offsets[name] = os.fstat(log_fd).st_size  # where this start's output begins
         with os.fdopen(log_fd, "ab") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", MODULES[service_of(name)]],
@@ -361,9 +375,12 @@ class Mesh:
             name = pending[0]
             process = self.processes[name]
             if process.poll() is not None:
-                tail = self.log_tail(name)
-                error = PortRaced if any(m in tail for m in PORT_TAKEN) else CliError
-                raise error(f"{name} exited with code {process.returncode} during start-up: {tail}")
+                said = self._said_since_spawn(name).lower()
+                error = PortRaced if any(m in said for m in PORT_TAKEN) else CliError
+                raise error(
+                    f"{name} exited with code {process.returncode} during start-up: "
+                    f"{self.log_tail(name)}"
+                )
             up = (
                 web_serving(self.listen[name])
                 if name == WEB
@@ -377,6 +394,12 @@ class Mesh:
                     f"{name} did not become ready in {timeout:.0f} s: {self.log_tail(name)}"
                 )
             time.sleep(0.1)
+
+    def _said_since_spawn(self, name: str) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        with path.open("rb") as log:
+            log.seek(self.log_offsets.get(name, 0))
+            return log.read().decode(errors="replace")
 
     def log_tail(self, name: str) -> str:
         path = self.data_dir / "logs" / f"{name}.log"

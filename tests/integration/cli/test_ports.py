@@ -59,3 +59,20 @@ def test_free_ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_rang
     assert len(set(ports)) == len(ports)
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert all(10000 <= port < low for port in ports)
+
+
+def test_a_review_page_port_taken_before_its_bind_falls_back_to_a_free_one(tmp_path):
+    said: list[str] = []
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        mesh = Mesh(tmp_path / "data", services=["gateway"], web=True, web_port=taken)
+        mesh.say = said.append
+        mesh.start(ready_timeout=60)
+        try:
+            assert mesh.web_url is not None and not mesh.web_url.endswith(f":{taken}")
+            assert any("starting again on another port" in line for line in said), said
+            assert any(line.startswith(f"port {taken} is taken") for line in said), said
+        finally:
+            mesh.stop()
