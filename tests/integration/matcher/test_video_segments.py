@@ -1,7 +1,8 @@
 """A stored video read by ranges over a real matcher call (docs/jobs.md#segments): the
 matcher asks for bounded ranges only (never the whole video), plans at keyframes, and a
 video's segments stitched give MatchMedia's tracks; unknown people are joined across cuts by
-appearance; sealed frames open only for the account they were sealed for."""
+appearance; sealed frames open only for the account they were sealed for; the stitch streams
+one segment per message and refuses results out of order or short of their count."""
 
 from __future__ import annotations
 
@@ -79,6 +80,19 @@ def _segment(mesh, data, reads, planned, account=ACCOUNT) -> pb.SegmentResult:
     ).result
 
 
+def _stitch(stub, results, account=ACCOUNT, count=None, header=True) -> pb.MatchMediaResponse:
+    """One streamed stitch: the header (announcing `count`, or every result), then the results."""
+    first = pb.StitchVideoSegmentsHeader(
+        account_id=account,
+        project_id=PROJECT,
+        content_type="video/mp4",
+        segment_count=len(results) if count is None else count,
+    )
+    messages = [pb.StitchVideoSegmentsRequest(header=first)] if header else []
+    messages += [pb.StitchVideoSegmentsRequest(segment=r) for r in results]
+    return stub.StitchVideoSegments(iter(messages)).match
+
+
 def _tracks(faces_) -> list[tuple]:
     return [
         (f.label, f.talent_id, [(round(r.start_seconds, 3), round(r.end_seconds, 3)) for r in rs])
@@ -109,11 +123,7 @@ def test_segments_read_by_bounded_ranges_stitch_into_match_medias_tracks(
     plan = _plan(mesh, clip, reads)
     planned = list(plan.segments)
     results = [_segment(mesh, clip, reads, p) for p in planned]
-    stitched = mesh.matcher.stub.StitchVideoSegments(
-        pb.StitchVideoSegmentsRequest(
-            account_id=ACCOUNT, project_id=PROJECT, content_type="video/mp4", segments=results
-        )
-    ).match
+    stitched = _stitch(mesh.matcher.stub, results)
 
     assert plan.duration_seconds == pytest.approx(8.0)
     # Cut at the first keyframe (every 1.2 s) at or after each 2 s.
@@ -144,13 +154,24 @@ def test_a_video_larger_than_a_block_is_read_in_whole_blocks(mesh):
 
 def test_sealed_frames_open_only_for_their_account_and_bad_headers_are_refused(mesh, clip):
     reads = Reads(clip)
-    planned = pb.PlannedSegment(start_seconds=0.0, end_seconds=2.4, frames_expected=5)
-    sealed = _segment(mesh, clip, reads, planned)
+    first, second = (
+        _segment(mesh, clip, reads, pb.PlannedSegment(start_seconds=a, end_seconds=b))
+        for a, b in [(0.0, 2.4), (2.4, 4.8)]
+    )
+    stitch = mesh.matcher.stub
 
+    expect_invalid(_stitch, stitch, [first], account="acct-b", fields={"segments[0].sealed_frames"})
+    expect_invalid(_stitch, stitch, [second, first], fields={"segments[1]"})  # out of order
+    expect_invalid(_stitch, stitch, [first, second], count=3, fields={"segments"})  # ended early
+    expect_invalid(_stitch, stitch, [first, second], count=1, fields={"segments[1]"})
+    expect_invalid(_stitch, stitch, [first], header=False, fields={"header"})
     expect_invalid(
-        mesh.matcher.stub.StitchVideoSegments,
-        pb.StitchVideoSegmentsRequest(account_id="acct-b", project_id=PROJECT, segments=[sealed]),
-        fields={"segments[0].sealed_frames"},
+        _stitch,
+        stitch,
+        [first],
+        account="",
+        count=0,
+        fields={"header.account_id", "header.segment_count"},
     )
     bad = pb.MatchVideoSegmentHeader(
         source=pb.VideoSource(account_id="", project_id=PROJECT, size_bytes=0),
