@@ -2,22 +2,31 @@
 matcher asks for bounded ranges only (never the whole video), plans at keyframes, and a
 video's segments stitched give MatchMedia's tracks; unknown people are joined across cuts by
 appearance; sealed frames open only for the account they were sealed for; the stitch streams
-one segment per message and refuses results out of order or short of their count."""
+one segment per message, so a video's results may add up to more than one message's limit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import grpc
 import numpy as np
 import pytest
 
 from mixip.common.v1 import common_pb2 as common
 from mixip.matcher.v1 import matcher_pb2 as pb
+from mixip.runtime.config import free_port
+from mixip.runtime.limits import ENVELOPE_BYTES
+from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.ranges import BLOCK_BYTES, RangeReader
+from services.matcher.segments import _frames_bytes
+from services.matcher.settings import Limits, MatcherSettings
 from services.matcher.video import open_stream
 from tests.integration.matcher.test_matcher_service import ACCOUNT, PROJECT, enroll, grant, match
 from tests.support import faces
-from tests.support.status import expect_invalid
+from tests.support.status import expect_error, expect_invalid
 
 OVERLAP = 2.0
+SMALL_MEDIA_BYTES = 64 * 1024  # the `small_messages` matcher's media limit
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +204,66 @@ def test_a_stored_object_that_is_no_video_is_bad_media(mesh):
     garbage = bytes(range(256)) * 64
 
     expect_invalid(lambda: _plan(mesh, garbage, Reads(garbage)), fields={"media"})
+
+
+@pytest.fixture
+def small_messages(matcher_factory, consent_factory):
+    """A matcher whose calls carrying media take at most 64 KiB (plus the envelope) a message."""
+    consent_port = free_port()
+    limits = replace(Limits(), max_media_bytes=SMALL_MEDIA_BYTES)
+    matcher = matcher_factory(
+        f"127.0.0.1:{consent_port}", replace(MatcherSettings(), limits=limits)
+    )
+    consent_factory(matcher.address, port=consent_port)
+    return matcher
+
+
+def test_a_stitch_larger_than_one_messages_limit_streams_through_one_segment_a_message(
+    small_messages,
+):
+    """Two minutes of three people on screen at 2 Hz, as six sealed segment results (made by
+    the matcher's own sealing, about 90 KiB each): each fits one message, together they do
+    not."""
+    limit = SMALL_MEDIA_BYTES + ENVELOPE_BYTES  # a stitch message's, as for media
+    rng = np.random.default_rng(3)
+
+    def unit(v: np.ndarray) -> np.ndarray:  # as the local engine's SFace vectors
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    people = [unit(v) for v in rng.normal(size=(3, 128))]
+    frames = [
+        (
+            k * 0.5,
+            [
+                (
+                    DetectedFace(Box(20 + 200 * p, 40, 120, 140), 0.9),
+                    unit(person + rng.normal(scale=0.05, size=128)),
+                )
+                for p, person in enumerate(people)
+            ],
+        )
+        for k in range(240)
+    ]
+    seal = small_messages.app.segments._seal
+
+    def result(part) -> pb.SegmentResult:
+        return pb.SegmentResult(
+            sealed_frames=seal(ACCOUNT, _frames_bytes(part)),
+            frames_sampled=len(part),
+            width=640,
+            height=360,
+            duration_seconds=120.0,
+        )
+
+    results = [result(frames[i : i + 40]) for i in range(0, 240, 40)]
+    sizes = [pb.StitchVideoSegmentsRequest(segment=r).ByteSize() for r in results]
+
+    stitched = _stitch(small_messages.stub, results)
+
+    assert max(sizes) < limit < sum(sizes)
+    assert stitched.frames_sampled == 240 and stitched.duration_seconds == 120.0
+    assert [[(r.start_seconds, r.end_seconds) for r in f.ranges] for f in stitched.faces] == [
+        [(0.0, 119.5)]
+    ] * 3  # one track per person, across the six segments
+    # The same frames as one segment are refused before the matcher reads them.
+    expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, _stitch, small_messages.stub, [result(frames)])
