@@ -11,10 +11,12 @@
   through), so a replica that hangs loses its segment to another thread; one that dies fails
   the call, and the segment is queued again at once for the next replica.
 - **Results** are the matcher's sealed frames, held in this worker's memory only until the
-  stitch (a job attempt that ends drops them); a segment's row records its state, attempts,
-  frames and the replica that ran it, never a result.
-- **Stitch.** Once every segment is DONE, one matcher call links their frames into tracks and
-  labels them; the job then commits as any job does (gateway/jobs.py).
+  stitch sends them (a job attempt that ends drops them); a segment's row records its state,
+  attempts, frames and the replica that ran it, never a result.
+- **Stitch.** Once every segment is DONE, one matcher call streams their results in time
+  order, one message per segment, each taken out of the attempt's results as it is sent; the
+  matcher links their frames into tracks as they come and labels them; the job then commits
+  as any job does (gateway/jobs.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import functools
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -144,9 +146,12 @@ class Segments:
             future.result()  # a segment that failed for good fails the attempt
         if len(attempt.results) != len(attempt.planned):  # its rows went: the job was cancelled
             raise SegmentsLost
-        ordered = [attempt.results[i] for i in range(len(attempt.planned))]
         return self.matcher.stitch_segments(
-            account_id, pending.project_id, pending.content_type, ordered
+            account_id,
+            pending.project_id,
+            pending.content_type,
+            len(attempt.planned),
+            _sent_once(attempt.results),
         )
 
     def _waiting(
@@ -362,6 +367,16 @@ class Segments:
             if self._done(attempt, index, token, result):
                 with attempt.lock:
                     attempt.results[index] = result
+
+
+def _sent_once(
+    results: dict[int, matcher_pb2.SegmentResult],
+) -> Iterator[matcher_pb2.SegmentResult]:
+    """The results in time order, each taken out of `results` as it is handed over: once
+    sent, a blob is held nowhere in the gateway (a stitch that fails fails the attempt, whose
+    next try analyses the segments again). The segment threads have all ended by then."""
+    for index in range(len(results)):
+        yield results.pop(index)
 
 
 class SegmentFailed(Exception):

@@ -14,7 +14,7 @@ are.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, TypeVar
 
@@ -105,8 +105,12 @@ class MatcherPort(Protocol):
         account_id: str,
         project_id: str,
         content_type: str,
-        segments: Sequence[matcher_pb2.SegmentResult],
-    ) -> Matched: ...
+        count: int,
+        segments: Iterable[matcher_pb2.SegmentResult],
+    ) -> Matched:
+        """Streams `count` segment results to the matcher, one message each in the order
+        `segments` gives them, taking each from it only once the one before has been sent."""
+        ...
 
     def enroll_face(
         self, account_id: str, talent_id: str, image: bytes, request_id: str
@@ -251,16 +255,24 @@ class MatcherClient:
         account_id: str,
         project_id: str,
         content_type: str,
-        segments: Sequence[matcher_pb2.SegmentResult],
+        count: int,
+        segments: Iterable[matcher_pb2.SegmentResult],
     ) -> Matched:
-        reply = self.stub.StitchVideoSegments(
-            matcher_pb2.StitchVideoSegmentsRequest(
-                account_id=account_id,
-                project_id=project_id,
-                content_type=content_type,
-                segments=segments,
-            )
-        ).match
+        header = matcher_pb2.StitchVideoSegmentsHeader(
+            account_id=account_id,
+            project_id=project_id,
+            content_type=content_type,
+            segment_count=count,
+        )
+
+        def requests() -> Iterator[matcher_pb2.StitchVideoSegmentsRequest]:
+            # gRPC takes the next message once the last is written (flow control), so the
+            # call holds about one segment's blob at a time, however many there are.
+            yield matcher_pb2.StitchVideoSegmentsRequest(header=header)
+            for segment in segments:
+                yield matcher_pb2.StitchVideoSegmentsRequest(segment=segment)
+
+        reply = self.stub.StitchVideoSegments(requests()).match
         return Matched(
             kind=reply.kind,
             content_type=reply.content_type,

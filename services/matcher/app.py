@@ -136,7 +136,7 @@ class MatcherApp(ServiceApp):
 
     def request_limits(self) -> Mapping[str, int]:
         """The calls that carry an image or media: up to MIXIP_MATCHER_MAX_MEDIA_BYTES."""
-        # A stitch carries a video's sealed frames: of the order of a few MiB an hour.
+        # A stitch's message carries one segment's sealed frames (its header is small).
         carrying = ("EnrollTalentFace", "MatchMedia", "DetectFaces", "StitchVideoSegments")
         limits = {f"/{SERVICE_NAME}/{m}": self.max_media_bytes + ENVELOPE_BYTES for m in carrying}
         for reading in ("PlanVideoSegments", "MatchVideoSegment"):  # a block of the video each

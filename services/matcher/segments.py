@@ -7,9 +7,11 @@
   pass would sample) to its end, and keeps the frames of its own time: their faces and
   vectors, sealed under a key derived from the matcher's vault, so no vector leaves the
   matcher in clear (the gateway holds the blob in memory until the stitch).
-- `stitch` opens every segment's frames and links them with one `Tracker`, the very linking a
-  whole pass does (a person crossing a cut, or coming back later, stays one track by
-  appearance), then labels the tracks as `Matcher.match` labels a video's.
+- `stitch` takes the segments' results one at a time, in time order (the caller streams them),
+  opens each and links its frames into one `Tracker`, the very linking a whole pass does (a
+  person crossing a cut, or coming back later, stays one track by appearance), and drops it
+  before the next; then labels the tracks as `Matcher.match` labels a video's. What it holds is
+  the tracker's state plus one segment, never every segment's frames.
 
 The video is read through a `RangeReader` (services/matcher/ranges.py): never whole in memory,
 never on disk.
@@ -23,7 +25,7 @@ import hmac
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,27 +158,58 @@ class VideoSegments:
         account_id: str,
         project_id: str,
         content_type: str,
-        segments: Sequence[SegmentOutcome],
+        count: int,
+        segments: Iterable[SegmentOutcome],
     ) -> MatchOutcome:
-        frames: list[Frame] = []
-        for index, segment in enumerate(segments):
-            frames.extend(_frames_of(self._open(account_id, segment.sealed_frames, index)))
-        frames.sort(key=lambda frame: frame[0])
+        """Links `count` segments' frames with one `Tracker`, taking the segments one at a time
+        from `segments` in time order: each blob is opened and its frames linked before the next
+        is taken, then dropped. So the stitch holds the tracker's state (every track's
+        observations, vectors included: services/matcher/video.py) and one segment's frames,
+        never every segment's. A frame two neighbouring segments both kept counts once; a frame
+        earlier than one already linked, more segments than `count` or fewer are bad input
+        naming the i-th segment `segments[i]`."""
         tracker = Tracker(interval_seconds=1.0 / self.limits.video_rate_hz)
         previous = -math.inf
-        for t, detections in frames:
-            if t > previous + _EPSILON:  # a frame two segments both kept counts once
-                tracker.add(t, detections)
-                previous = t
-        first = segments[0] if segments else None
+        width = height = sampled = index = 0
+        duration = 0.0
+        for segment in segments:  # not enumerate: it would hold the last one during the next
+            if index >= count:
+                raise InvalidArgument.one(
+                    f"segments[{index}]",
+                    f"more results than header.segment_count ({count})",
+                    reason="SEGMENT_COUNT",
+                )
+            for t, detections in _frames_of(self._open(account_id, segment.sealed_frames, index)):
+                if t < previous - _EPSILON:
+                    raise InvalidArgument.one(
+                        f"segments[{index}]",
+                        f"out of time order: a frame at {t:.3f} s after one at {previous:.3f} s "
+                        "(send the results in the plan's order)",
+                        reason="SEGMENTS_OUT_OF_ORDER",
+                    )
+                if t > previous + _EPSILON:  # a frame two segments both kept counts once
+                    tracker.add(t, detections)
+                    previous = t
+            if index == 0:  # the video's size, as the first segment saw it
+                width, height = segment.width, segment.height
+            duration = max(duration, segment.duration_seconds)
+            sampled += segment.frames_sampled
+            index += 1
+            del segment  # its blob goes before the next segment is taken
+        if index < count:
+            raise InvalidArgument.one(
+                "segments",
+                f"{index} of header.segment_count ({count}) results: the stream ended early",
+                reason="SEGMENT_COUNT",
+            )
         return MatchOutcome(
             common_pb2.MEDIA_KIND_VIDEO,
             content_type,
-            first.width if first else 0,
-            first.height if first else 0,
+            width,
+            height,
             self.matcher._track_outcomes(account_id, project_id, tracker.tracks()),
-            duration_seconds=max((s.duration_seconds for s in segments), default=0.0),
-            frames_sampled=sum(s.frames_sampled for s in segments),
+            duration_seconds=duration,
+            frames_sampled=sampled,
         )
 
     @contextmanager
@@ -206,6 +239,12 @@ class VideoSegments:
     def _open(self, account_id: str, blob: bytes, index: int) -> bytes:
         version, key = self._key()
         prefix = blob[:_VERSION_BYTES]
+        if len(blob) <= _VERSION_BYTES:
+            raise InvalidArgument.one(
+                f"segments[{index}].sealed_frames",
+                "required: the segment's result as the matcher sealed it",
+                reason="BAD_SEGMENT",
+            )
         if int.from_bytes(prefix, "big") != version:
             raise Unavailable(
                 "the matcher's vault key was rotated during the job; analyse it again",

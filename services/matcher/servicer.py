@@ -175,29 +175,24 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
 
     @_engine_errors
     def StitchVideoSegments(
-        self, request: matcher_pb2.StitchVideoSegmentsRequest, context: grpc.ServicerContext
+        self, request_iterator: Iterator[matcher_pb2.StitchVideoSegmentsRequest], context: Any
     ) -> matcher_pb2.StitchVideoSegmentsResponse:
+        first = next(request_iterator, matcher_pb2.StitchVideoSegmentsRequest())
+        header = first.header
         checks = Checks()
-        checks.identifier("account_id", request.account_id)
-        checks.identifier("project_id", request.project_id)
-        if not request.segments:
-            checks.fail("segments", "required: every segment's result, in time order")
+        if first.WhichOneof("part") != "header":
+            checks.fail("header", "required: the first message is the header")
+        checks.identifier("header.account_id", header.account_id)
+        checks.identifier("header.project_id", header.project_id)
+        if header.segment_count <= 0:
+            checks.fail("header.segment_count", "required: how many segment results follow, > 0")
         checks.done()
         outcome = self.segments.stitch(
-            request.account_id,
-            request.project_id,
-            request.content_type,
-            [
-                SegmentOutcome(
-                    s.sealed_frames,
-                    s.frames_sampled,
-                    s.width,
-                    s.height,
-                    s.duration_seconds,
-                    s.replica,
-                )
-                for s in request.segments
-            ],
+            header.account_id,
+            header.project_id,
+            header.content_type,
+            header.segment_count,
+            _segment_results(request_iterator),
         )
         return matcher_pb2.StitchVideoSegmentsResponse(match=self._match_response(outcome))
 
@@ -364,6 +359,27 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServiceServicer):
                 [next_after[0], next_after[1].hex()] if next_after else None, filters
             ),
         )
+
+
+def _segment_results(
+    requests: Iterator[matcher_pb2.StitchVideoSegmentsRequest],
+) -> Iterator[SegmentOutcome]:
+    """The stitch's segment results as they arrive, each message let go before the next is
+    read; any message but a segment is bad input naming the i-th result."""
+    index = 0
+    for request in requests:
+        if request.WhichOneof("part") != "segment":
+            raise InvalidArgument.one(
+                f"segments[{index}]", "required: a segment's result (the header comes once, first)"
+            )
+        s = request.segment
+        outcome = SegmentOutcome(
+            s.sealed_frames, s.frames_sampled, s.width, s.height, s.duration_seconds, s.replica
+        )
+        del request, s
+        yield outcome
+        del outcome
+        index += 1  # noqa: SIM113 (enumerate would hold the last message during the next read)
 
 
 def _box(box: Box) -> common_pb2.BoundingBox:

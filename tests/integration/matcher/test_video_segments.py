@@ -1,22 +1,32 @@
 """A stored video read by ranges over a real matcher call (docs/jobs.md#segments): the
 matcher asks for bounded ranges only (never the whole video), plans at keyframes, and a
 video's segments stitched give MatchMedia's tracks; unknown people are joined across cuts by
-appearance; sealed frames open only for the account they were sealed for."""
+appearance; sealed frames open only for the account they were sealed for; the stitch streams
+one segment per message, so a video's results may add up to more than one message's limit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import grpc
 import numpy as np
 import pytest
 
 from mixip.common.v1 import common_pb2 as common
 from mixip.matcher.v1 import matcher_pb2 as pb
+from mixip.runtime.config import free_port
+from mixip.runtime.limits import ENVELOPE_BYTES
+from services.matcher.engines.base import Box, DetectedFace
 from services.matcher.ranges import BLOCK_BYTES, RangeReader
+from services.matcher.segments import _frames_bytes
+from services.matcher.settings import Limits, MatcherSettings
 from services.matcher.video import open_stream
 from tests.integration.matcher.test_matcher_service import ACCOUNT, PROJECT, enroll, grant, match
 from tests.support import faces
-from tests.support.status import expect_invalid
+from tests.support.status import expect_error, expect_invalid
 
 OVERLAP = 2.0
+SMALL_MEDIA_BYTES = 64 * 1024  # the `small_messages` matcher's media limit
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,19 @@ def _segment(mesh, data, reads, planned, account=ACCOUNT) -> pb.SegmentResult:
     ).result
 
 
+def _stitch(stub, results, account=ACCOUNT, count=None, header=True) -> pb.MatchMediaResponse:
+    """One streamed stitch: the header (announcing `count`, or every result), then the results."""
+    first = pb.StitchVideoSegmentsHeader(
+        account_id=account,
+        project_id=PROJECT,
+        content_type="video/mp4",
+        segment_count=len(results) if count is None else count,
+    )
+    messages = [pb.StitchVideoSegmentsRequest(header=first)] if header else []
+    messages += [pb.StitchVideoSegmentsRequest(segment=r) for r in results]
+    return stub.StitchVideoSegments(iter(messages)).match
+
+
 def _tracks(faces_) -> list[tuple]:
     return [
         (f.label, f.talent_id, [(round(r.start_seconds, 3), round(r.end_seconds, 3)) for r in rs])
@@ -109,11 +132,7 @@ def test_segments_read_by_bounded_ranges_stitch_into_match_medias_tracks(
     plan = _plan(mesh, clip, reads)
     planned = list(plan.segments)
     results = [_segment(mesh, clip, reads, p) for p in planned]
-    stitched = mesh.matcher.stub.StitchVideoSegments(
-        pb.StitchVideoSegmentsRequest(
-            account_id=ACCOUNT, project_id=PROJECT, content_type="video/mp4", segments=results
-        )
-    ).match
+    stitched = _stitch(mesh.matcher.stub, results)
 
     assert plan.duration_seconds == pytest.approx(8.0)
     # Cut at the first keyframe (every 1.2 s) at or after each 2 s.
@@ -144,13 +163,24 @@ def test_a_video_larger_than_a_block_is_read_in_whole_blocks(mesh):
 
 def test_sealed_frames_open_only_for_their_account_and_bad_headers_are_refused(mesh, clip):
     reads = Reads(clip)
-    planned = pb.PlannedSegment(start_seconds=0.0, end_seconds=2.4, frames_expected=5)
-    sealed = _segment(mesh, clip, reads, planned)
+    first, second = (
+        _segment(mesh, clip, reads, pb.PlannedSegment(start_seconds=a, end_seconds=b))
+        for a, b in [(0.0, 2.4), (2.4, 4.8)]
+    )
+    stitch = mesh.matcher.stub
 
+    expect_invalid(_stitch, stitch, [first], account="acct-b", fields={"segments[0].sealed_frames"})
+    expect_invalid(_stitch, stitch, [second, first], fields={"segments[1]"})  # out of order
+    expect_invalid(_stitch, stitch, [first, second], count=3, fields={"segments"})  # ended early
+    expect_invalid(_stitch, stitch, [first, second], count=1, fields={"segments[1]"})
+    expect_invalid(_stitch, stitch, [first], header=False, fields={"header"})
     expect_invalid(
-        mesh.matcher.stub.StitchVideoSegments,
-        pb.StitchVideoSegmentsRequest(account_id="acct-b", project_id=PROJECT, segments=[sealed]),
-        fields={"segments[0].sealed_frames"},
+        _stitch,
+        stitch,
+        [first],
+        account="",
+        count=0,
+        fields={"header.account_id", "header.segment_count"},
     )
     bad = pb.MatchVideoSegmentHeader(
         source=pb.VideoSource(account_id="", project_id=PROJECT, size_bytes=0),
@@ -174,3 +204,66 @@ def test_a_stored_object_that_is_no_video_is_bad_media(mesh):
     garbage = bytes(range(256)) * 64
 
     expect_invalid(lambda: _plan(mesh, garbage, Reads(garbage)), fields={"media"})
+
+
+@pytest.fixture
+def small_messages(matcher_factory, consent_factory):
+    """A matcher whose calls carrying media take at most 64 KiB (plus the envelope) a message."""
+    consent_port = free_port()
+    limits = replace(Limits(), max_media_bytes=SMALL_MEDIA_BYTES)
+    matcher = matcher_factory(
+        f"127.0.0.1:{consent_port}", replace(MatcherSettings(), limits=limits)
+    )
+    consent_factory(matcher.address, port=consent_port)
+    return matcher
+
+
+def test_a_stitch_larger_than_one_messages_limit_streams_through_one_segment_a_message(
+    small_messages,
+):
+    """Two minutes of three people on screen at 2 Hz, as six sealed segment results (made by
+    the matcher's own sealing, about 90 KiB each): each fits one message, together they do
+    not."""
+    limit = SMALL_MEDIA_BYTES + ENVELOPE_BYTES  # a stitch message's, as for media
+    rng = np.random.default_rng(3)
+
+    def unit(v: np.ndarray) -> np.ndarray:  # as the local engine's SFace vectors
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    people = [unit(v) for v in rng.normal(size=(3, 128))]
+    frames = [
+        (
+            k * 0.5,
+            [
+                (
+                    DetectedFace(Box(20 + 200 * p, 40, 120, 140), 0.9),
+                    unit(person + rng.normal(scale=0.05, size=128)),
+                )
+                for p, person in enumerate(people)
+            ],
+        )
+        for k in range(240)
+    ]
+    seal = small_messages.app.segments._seal
+
+    def result(part) -> pb.SegmentResult:
+        return pb.SegmentResult(
+            sealed_frames=seal(ACCOUNT, _frames_bytes(part)),
+            frames_sampled=len(part),
+            width=640,
+            height=360,
+            duration_seconds=120.0,
+        )
+
+    results = [result(frames[i : i + 40]) for i in range(0, 240, 40)]
+    sizes = [pb.StitchVideoSegmentsRequest(segment=r).ByteSize() for r in results]
+
+    stitched = _stitch(small_messages.stub, results)
+
+    assert max(sizes) < limit < sum(sizes)
+    assert stitched.frames_sampled == 240 and stitched.duration_seconds == 120.0
+    assert [[(r.start_seconds, r.end_seconds) for r in f.ranges] for f in stitched.faces] == [
+        [(0.0, 119.5)]
+    ] * 3  # one track per person, across the six segments
+    # The same frames as one segment are refused before the matcher reads them.
+    expect_error(grpc.StatusCode.RESOURCE_EXHAUSTED, _stitch, small_messages.stub, [result(frames)])
