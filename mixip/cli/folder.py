@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mixip.cli import jobs, resumable
+from mixip.cli import resumable
+from mixip.cli.commands import jobs
 from mixip.cli.connection import Connection
 from mixip.cli.media import face_json, start_job
 from mixip.cli.output import CliError, Output, Progress

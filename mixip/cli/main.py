@@ -183,7 +183,7 @@ def _common_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mixip.cli import commands, db, jobs, review, webhooks, witness
+    from mixip.cli import commands
 
     parser = argparse.ArgumentParser(prog="mixip", description="Mix-IP clearance mesh")
     parser.add_argument("--version", action=_Version, help="print the version")
@@ -253,13 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only write the sample photos (face.jpg: one face; group.jpg: two) to DIR and exit",
     )
     p.set_defaults(run=demo)
-    media = commands.add_commands(sub, common)
-    commands.add_rights_and_key_commands(sub, common)
-    jobs.add_job_commands(sub, common)
-    review.add_review_commands(sub, common, media)
-    db.add_commands(sub, common)
-    webhooks.add_commands(sub, common)
-    witness.add_commands(sub, common)
+    commands.register(sub, common)
     return parser
 
 

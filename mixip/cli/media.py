@@ -22,6 +22,10 @@ def enum_name(enum, value: int, prefix: str) -> str:
     return enum.Name(value).removeprefix(prefix).lower()
 
 
+def dashed_name(enum, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).lower().replace("_", "-")
+
+
 def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
     document: dict[str, Any] = {
         "label": enum_name(common_pb2.FaceLabel, face.label, "FACE_LABEL_"),

@@ -213,7 +213,7 @@ def jobs_cancel(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def add_job_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser("jobs", help="analysis jobs (what `match` starts)").add_subparsers(
         dest="action", required=True
     )

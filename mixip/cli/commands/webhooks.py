@@ -126,7 +126,7 @@ def webhooks_rotate_secret(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     hooks = sub.add_parser(
         "webhooks", help="the account's webhook endpoints (signed event notifications)"
     ).add_subparsers(dest="action", required=True)

@@ -61,7 +61,7 @@ def upgrade(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def add_commands(sub, common: argparse.ArgumentParser) -> None:
+def register(sub, common: argparse.ArgumentParser) -> None:
     db = sub.add_parser("db", help="the services' databases").add_subparsers(
         dest="action", required=True
     )

@@ -92,7 +92,7 @@ def serve(args, conn, out: Output) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     witness = sub.add_parser("witness", help="a tlog-witness for audit checkpoints").add_subparsers(
         dest="action", required=True
     )
