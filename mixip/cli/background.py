@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
-from mixip.cli.connection import DEV_KEY_FILE, SUPERVISOR_LOCK, Connection
 from mixip.cli.output import CliError, Output
 from mixip.runtime import statelock
+from mixip.runtime.connection import DEV_KEY_FILE, SUPERVISOR_LOCK, Connection
 from mixip.runtime.files import open_private, private_dir
 
 READY_TIMEOUT_SECONDS = 180.0

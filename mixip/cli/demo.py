@@ -21,9 +21,9 @@ import numpy as np
 
 from mixip.cli.annotate import write_image
 from mixip.cli.commands import audit, consent, match, projects, review, talent
-from mixip.cli.connection import DEV_KEY_FILE, Connection
 from mixip.cli.dev_mesh import start_mesh
 from mixip.cli.output import Capture, CliError, Output
+from mixip.runtime.connection import DEV_KEY_FILE, Connection
 from mixip.runtime.errors import error_details
 
 TALENT, PROJECT = "eileen-collins", "demo-film"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
 from mixip.cli.launcher import Mesh
 from mixip.gateway.v1 import admin_pb2
+from mixip.runtime.connection import DEV_KEY_FILE, Connection, write_secret
 
 
 def ensure_dev_account(conn: Connection) -> str:

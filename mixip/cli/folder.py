@@ -37,11 +37,11 @@ import grpc
 
 from mixip.cli import resumable
 from mixip.cli.commands import jobs
-from mixip.cli.connection import Connection
 from mixip.cli.media import face_json, start_job
 from mixip.cli.output import CliError, Output, Progress
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import open_private, private_dir, write_private
 

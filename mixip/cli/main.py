@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.runtime.config import ConfigError
+from mixip.runtime.connection import Connection
 
 
 def up(args, conn: Connection, out: Output) -> int:

@@ -7,13 +7,10 @@ import json
 import sys
 from types import TracebackType
 
+from mixip.runtime.usererror import UserError
 
-class CliError(Exception):
-    """A one-line message for the user; the command exits non-zero."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+# The command line's name for it: `mixip: MESSAGE` on stderr, the process exits `exit_code`.
+CliError = UserError
 
 
 class Output:

@@ -6,9 +6,9 @@ import argparse
 
 from mixip.cli.arguments import time_option
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.output import Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 

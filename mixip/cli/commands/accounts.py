@@ -11,9 +11,9 @@ from pathlib import Path
 
 from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.commands.talent import write_export
-from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 

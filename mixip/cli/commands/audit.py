@@ -13,11 +13,11 @@ import grpc
 
 from mixip.cli.arguments import read_file, time_option
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import enum_name
 from mixip.cli.output import CliError, Output
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page

@@ -6,12 +6,12 @@ import argparse
 import uuid
 
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import enum_name
 from mixip.cli.output import CliError, Output
 from mixip.cli.project_ids import require_project
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 from mixip.runtime.times import to_timestamp, utcnow

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.runtime.config import SERVICES, ConfigError, Env, ServerConfig, variable
+from mixip.runtime.connection import Connection
 
 
 def database_urls(names: list[str], env: Env) -> dict[str, str]:

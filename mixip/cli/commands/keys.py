@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.output import Output
 from mixip.gateway.v1 import admin_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 

@@ -12,12 +12,12 @@ from mixip.cli.arguments import read_file
 from mixip.cli.commands import jobs
 from mixip.cli.commands.media import media_result
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import BYTES, start_job
 from mixip.cli.output import CliError, Output
 from mixip.cli.project_ids import require_project
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 
 RESUMABLE_ABOVE = 8 * 1024 * 1024  # larger files go through an upload session
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import dashed_name, enum_name, face_json
 from mixip.cli.output import CliError, Output
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page

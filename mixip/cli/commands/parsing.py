@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Callable
 from typing import TypeAlias
 
-from mixip.cli.connection import Connection
 from mixip.cli.output import Output
+from mixip.runtime.connection import Connection
 
 # What `add_subparsers` returns (generic only to the type checker).
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

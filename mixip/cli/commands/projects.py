@@ -6,10 +6,10 @@ import argparse
 from typing import Any
 
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import dashed_name
 from mixip.cli.output import Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 

@@ -9,11 +9,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mixip.cli.arguments import time_option
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import enum_name
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2
 from mixip.retention.v1 import retention_pb2
+from mixip.runtime.connection import Connection
 
 JOBS = {
     "purge": retention_pb2.RETENTION_JOB_PURGE,

@@ -11,10 +11,10 @@ import grpc
 
 from mixip.cli.commands.media import decision_json
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH

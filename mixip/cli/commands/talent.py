@@ -11,10 +11,10 @@ from pathlib import Path
 
 from mixip.cli.arguments import read_file
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.connection import Connection
 from mixip.cli.media import BYTES, upload_chunks
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page

@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from mixip.cli.connection import Connection
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
