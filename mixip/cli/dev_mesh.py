@@ -37,7 +37,7 @@ def start_mesh(
     gateway_port: int = 0,
     *,
     tls: bool = True,
-    replicas: dict | None = None,
+    replicas: dict[str, int] | None = None,
     web: bool = True,
     key_dir: Path | None = None,
     web_port: int = 0,

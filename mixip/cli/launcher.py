@@ -154,7 +154,7 @@ class Mesh:
     # and each gateway instance's own internal listen address.
     internal_addresses: dict[str, str] = field(default_factory=dict)
     internal_listen: dict[str, str] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Whether to serve the review page (with the gateway); its address: "http://HOST:PORT".
     web: bool = False
     web_url: str | None = None
@@ -461,7 +461,7 @@ def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
             )
         except grpc.RpcError:
             return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def web_serving(address: str) -> bool:

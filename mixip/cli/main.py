@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mixip.cli.output import CliError, Output
 from mixip.runtime.config import ConfigError
+
+if TYPE_CHECKING:  # the commands are imported when the parser is built, not for --version
+    from mixip.cli.commands.parsing import Command
 from mixip.runtime.connection import Connection
 
 
-def up(args, conn: Connection, out: Output) -> int:
+def up(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.background:
         from mixip.cli.background import start_in_background
 
@@ -79,13 +84,13 @@ def up(args, conn: Connection, out: Output) -> int:
     return run_until_signalled(mesh, stop)
 
 
-def stop_mesh(args, conn: Connection, out: Output) -> int:
+def stop_mesh(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     from mixip.cli.background import down
 
     return down(args, conn, out)
 
 
-def certs_init(args, conn: Connection, out: Output) -> int:
+def certs_init(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     from mixip.runtime.tls import init_certs
 
     directory = Path(args.directory).expanduser().resolve()
@@ -102,7 +107,7 @@ def certs_init(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def health(args, conn: Connection, out: Output) -> int:
+def health(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     """Exit 0 when the service at ADDRESS reports SERVING (container health checks)."""
     from mixip.cli.launcher import serving
     from mixip.runtime.config import Env
@@ -118,7 +123,7 @@ def health(args, conn: Connection, out: Output) -> int:
     return 0 if ok else 1
 
 
-def completion(args, conn: Connection, out: Output) -> int:
+def completion(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     """E.g. `eval "$(mixip completion bash)"` in ~/.bashrc."""
     import shtab
 
@@ -138,15 +143,23 @@ def _version() -> str:
 class _Version(argparse.Action):
     """`--version`, reading the installed version only when asked."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs) -> None:
+    def __init__(
+        self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any
+    ) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
         print(f"mixip {_version()}")
         parser.exit()
 
 
-def demo(args, conn: Connection, out: Output) -> int:
+def demo(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     from mixip.cli.demo import run_demo, write_samples
 
     if args.samples:
@@ -268,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         from mixip.runtime import logs
 
         logs.settings()  # a bad log setting is a configuration error, for every command
-        return args.run(args, conn, out)
+        run: Command = args.run
+        return run(args, conn, out)
     except CliError as exc:
         print(f"mixip: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -28,6 +28,8 @@ GATEWAY_SERVICES = ["mixip.gateway.v1.GatewayService", "mixip.gateway.v1.AdminSe
 # How long a command waits for a `mixip up` that is still starting on its data directory.
 STARTING_MESH_WAIT_SECONDS = 180.0
 DEV_KEY_WAIT_SECONDS = 15.0
+# A call's metadata: the key as a bearer token.
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -123,18 +125,18 @@ class Connection:
             raise UserError(f"no admin credential at {path}: the gateway creates it at first start")
         return path.read_text().strip()
 
-    def gateway(self) -> tuple[gateway_pb2_grpc.GatewayServiceStub, tuple]:
+    def gateway(self) -> tuple[gateway_pb2_grpc.GatewayServiceStub, Metadata]:
         from mixip.gateway.v1 import gateway_pb2_grpc
 
         return gateway_pb2_grpc.GatewayServiceStub(self.channel()), _bearer(self.api_key())
 
-    def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, tuple]:
+    def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, Metadata]:
         from mixip.gateway.v1 import admin_pb2_grpc
 
         return admin_pb2_grpc.AdminServiceStub(self.channel()), _bearer(self.admin_key())
 
 
-def _bearer(key: str) -> tuple:
+def _bearer(key: str) -> Metadata:
     return (("authorization", f"Bearer {key}"),)
 
 

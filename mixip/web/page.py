@@ -155,7 +155,7 @@ async def find_project(
     """The caller's project with this id (its name and the caller's role), if listed."""
     token = ""
     for _ in range(10):  # at most 10 pages of the largest size are looked through
-        reply = await call(
+        reply: gateway_pb2.ListProjectsResponse = await call(
             session,
             "ListProjects",
             gateway_pb2.ListProjectsRequest(page_size=MAX_BATCH, page_token=token),

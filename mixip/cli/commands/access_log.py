@@ -13,7 +13,7 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 
 
-def access_log_list(args, conn: Connection, out: Output) -> int:
+def access_log_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     since = time_option(args.since, "--since")
     stub, meta = conn.gateway()
     pages = every_page(

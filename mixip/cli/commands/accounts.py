@@ -18,7 +18,7 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 
 
-def accounts_create(args, conn: Connection, out: Output) -> int:
+def accounts_create(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     # A key per invocation: the channel's retries then cannot mint a second account or key.
     reply = stub.CreateAccount(
@@ -35,7 +35,7 @@ def accounts_create(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def accounts_list(args, conn: Connection, out: Output) -> int:
+def accounts_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     pages = every_page(
         lambda token: stub.ListAccounts(
@@ -64,7 +64,7 @@ def accounts_list(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def accounts_retention(args, conn: Connection, out: Output) -> int:
+def accounts_retention(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     reply = stub.SetAccountRetention(
         admin_pb2.SetAccountRetentionRequest(account_id=args.account, retention_days=args.days),
@@ -81,7 +81,7 @@ def accounts_retention(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def accounts_show(args, conn: Connection, out: Output) -> int:
+def accounts_show(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     """One account as an admin reads it (ListAccounts' pages, until it is found)."""
     stub, meta = conn.admin()
     pages = every_page(
@@ -112,7 +112,7 @@ def accounts_show(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def accounts_close(args, conn: Connection, out: Output) -> int:
+def accounts_close(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     _confirm_closure(args, args.account)
     stub, meta = conn.admin()
     with out.progress(f"closing {args.account}"):
@@ -123,7 +123,7 @@ def accounts_close(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def accounts_export(args, conn: Connection, out: Output) -> int:
+def accounts_export(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.output and Path(args.output).exists() and not args.force:
         raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
     stub, meta = conn.admin()
@@ -134,14 +134,14 @@ def accounts_export(args, conn: Connection, out: Output) -> int:
     return _account_export(out, args, reply.document_json)
 
 
-def account_show(args, conn: Connection, out: Output) -> int:
+def account_show(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.GetAccount(gateway_pb2.GetAccountRequest(), metadata=meta)
     _print_profile(out, reply.account)
     return 0
 
 
-def account_update(args, conn: Connection, out: Output) -> int:
+def account_update(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.name is None and args.email is None:
         raise CliError("give --name, --email or both", exit_code=2)
     stub, meta = conn.gateway()
@@ -152,7 +152,7 @@ def account_update(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def account_close(args, conn: Connection, out: Output) -> int:
+def account_close(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     _confirm_closure(args, args.account)
     stub, meta = conn.gateway()
     with out.progress(f"closing {args.account}"):
@@ -163,7 +163,7 @@ def account_close(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def account_export(args, conn: Connection, out: Output) -> int:
+def account_export(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.output and Path(args.output).exists() and not args.force:
         raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
     stub, meta = conn.gateway()
@@ -172,7 +172,7 @@ def account_export(args, conn: Connection, out: Output) -> int:
     return _account_export(out, args, reply.document_json)
 
 
-def _confirm_closure(args, account: str) -> None:
+def _confirm_closure(args: argparse.Namespace, account: str) -> None:
     """A closure deletes everything the account holds: --yes, or the id typed at a terminal."""
     if args.yes:
         return
@@ -220,7 +220,7 @@ def _print_profile(out: Output, account: gateway_pb2.AccountProfile) -> None:
     )
 
 
-def _account_export(out: Output, args, document_json: str) -> int:
+def _account_export(out: Output, args: argparse.Namespace, document_json: str) -> int:
     document = json.loads(document_json)
     if not args.output:
         out.result(document, document_json)

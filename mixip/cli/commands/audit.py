@@ -77,11 +77,11 @@ def list_audit_events(
     return 0
 
 
-def audit_list(args, conn: Connection, out: Output) -> int:
+def audit_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return list_audit_events(conn, out, talent=args.talent, project=args.project, since=args.since)
 
 
-def audit_verify(args, conn: Connection, out: Output) -> int:
+def audit_verify(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.key and not args.checkpoint:
         raise CliError("--key checks checkpoints: it needs --checkpoint FILE", exit_code=2)
     if args.checkpoint:
@@ -157,7 +157,7 @@ def _b64(hashes: Iterable[bytes]) -> list[str]:
     return [b64encode(h) for h in hashes]
 
 
-def audit_checkpoint(args, conn: Connection, out: Output) -> int:
+def audit_checkpoint(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     note = _signed_checkpoint(conn)
     checkpoint = open_checkpoint(note, _log_verifier(conn)).checkpoint
     document = {
@@ -173,13 +173,13 @@ def audit_checkpoint(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def audit_public_key(args, conn: Connection, out: Output) -> int:
+def audit_public_key(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     vkey = _log_verifier(conn).vkey
     out.result({"verifier_key": vkey}, vkey)
     return 0
 
 
-def audit_prove(args, conn: Connection, out: Output) -> int:
+def audit_prove(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.event < 1:
         raise CliError("EVENT_ID must be an event's sequence number (1 or more)")
     if args.output and not args.receipt:
@@ -210,7 +210,7 @@ def audit_prove(args, conn: Connection, out: Output) -> int:
 
 
 def _write_receipt(
-    args,
+    args: argparse.Namespace,
     out: Output,
     note: str,
     verifier: Ed25519Verifier,
@@ -249,7 +249,7 @@ def _write_receipt(
     return 0
 
 
-def audit_verify_receipt(args, conn: Connection, out: Output) -> int:
+def audit_verify_receipt(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     """Checks a receipt offline, with the keys the auditor keeps: the log's (one a line in
     --key, several across a rotation) and the witnesses' (--witnesses, at least --quorum)."""
     keys = _kept_keys(args.key)
@@ -329,7 +329,7 @@ def _witness_keys(path: str) -> list[CosignatureVerifier]:
     return keys
 
 
-def audit_consistency(args, conn: Connection, out: Output) -> int:
+def audit_consistency(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if args.start.isdigit():
         start = int(args.start)
     else:
@@ -442,7 +442,7 @@ def _what_broke(conn: Connection, kept_note: str | bytes, keys: KeptKeys) -> tup
     return None
 
 
-def audit_vault_status(args, conn: Connection, out: Output) -> int:
+def audit_vault_status(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     reply = stub.GetVaultStatus(admin_pb2.GetVaultStatusRequest(), metadata=meta)
     document = {"key_version": reply.key_version, "rotated_at": reply.rotated_at.ToJsonString()}

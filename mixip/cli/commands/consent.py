@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from typing import Any
 
 from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.media import enum_name
@@ -22,7 +23,7 @@ SCOPES = {
 }
 
 
-def consent_record(args, conn: Connection, out: Output) -> int:
+def consent_record(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return record_consent(
         conn,
         out,
@@ -83,7 +84,7 @@ def record_consent(
     return 0
 
 
-def _record_json(record: consent_pb2.ConsentRecord) -> dict:
+def _record_json(record: consent_pb2.ConsentRecord) -> dict[str, Any]:
     return {
         "record_id": record.record_id,
         "talent_id": record.talent_id,
@@ -98,7 +99,7 @@ def _record_json(record: consent_pb2.ConsentRecord) -> dict:
     }
 
 
-def consent_show(args, conn: Connection, out: Output) -> int:
+def consent_show(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListConsents(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.output import Output
@@ -12,7 +13,7 @@ from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 
 
-def _key_json(key: admin_pb2.ApiKey) -> dict:
+def _key_json(key: admin_pb2.ApiKey) -> dict[str, Any]:
     return {
         "api_key_id": key.api_key_id,
         "account_id": key.account_id,
@@ -22,7 +23,7 @@ def _key_json(key: admin_pb2.ApiKey) -> dict:
     }
 
 
-def keys_list(args, conn: Connection, out: Output) -> int:
+def keys_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     pages = every_page(
         lambda token: stub.ListApiKeys(
@@ -42,7 +43,7 @@ def keys_list(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def keys_create(args, conn: Connection, out: Output) -> int:
+def keys_create(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     reply = stub.CreateApiKey(admin_pb2.CreateApiKeyRequest(account_id=args.account), metadata=meta)
     out.result(
@@ -52,7 +53,7 @@ def keys_create(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def keys_revoke(args, conn: Connection, out: Output) -> int:
+def keys_revoke(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     reply = stub.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(api_key_id=args.key_id), metadata=meta)
     key = _key_json(reply.api_key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import uuid
 from pathlib import Path
+from typing import Any
 
 from mixip.cli import folder, resumable
 from mixip.cli.arguments import read_file
@@ -22,7 +23,7 @@ from mixip.runtime.connection import Connection
 RESUMABLE_ABOVE = 8 * 1024 * 1024  # larger files go through an upload session
 
 
-def match(args, conn: Connection, out: Output) -> int:
+def match(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if Path(args.file).is_dir():
         if args.annotate or args.no_wait:
             raise CliError("--annotate and --no-wait are for one file, not a folder", 2)
@@ -107,7 +108,9 @@ def match_file(
     return 0
 
 
-def _annotate(target: Path, source: Path, data: bytes, faces: list[dict], video: bool) -> None:
+def _annotate(
+    target: Path, source: Path, data: bytes, faces: list[dict[str, Any]], video: bool
+) -> None:
     from mixip.cli.annotate import annotate_image, contact_sheet  # OpenCV: only when drawing
 
     try:

@@ -42,7 +42,7 @@ def media_result(reply: gateway_pb2.UploadMediaResponse) -> tuple[dict[str, Any]
     return document, lines
 
 
-def media_show(args, conn: Connection, out: Output) -> int:
+def media_show(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.GetMediaResults(
         gateway_pb2.GetMediaResultsRequest(media_id=args.media_id), metadata=meta
@@ -74,7 +74,7 @@ def decision_json(record: gateway_pb2.ReviewDecisionRecord) -> dict[str, Any]:
     }
 
 
-def media_list(args, conn: Connection, out: Output) -> int:
+def media_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return list_media(conn, out, project=args.project, undecided=args.undecided, label=args.label)
 
 
@@ -125,7 +125,7 @@ def list_media(
     return 0
 
 
-def media_preview(args, conn: Connection, out: Output) -> int:
+def media_preview(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     target = Path(args.output)
     if target.exists() and not args.force:
         raise CliError(f"{target} exists; pass --force to overwrite it", exit_code=2)

@@ -50,7 +50,7 @@ def collaborator_json(collaborator: gateway_pb2.Collaborator) -> dict[str, Any]:
     }
 
 
-def projects_create(args, conn: Connection, out: Output) -> int:
+def projects_create(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return create_project(conn, out, project=args.project or "", name=args.name)
 
 
@@ -64,7 +64,7 @@ def create_project(conn: Connection, out: Output, *, project: str, name: str) ->
     return 0
 
 
-def projects_list(args, conn: Connection, out: Output) -> int:
+def projects_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListProjects(
@@ -83,7 +83,7 @@ def projects_list(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def projects_invite(args, conn: Connection, out: Output) -> int:
+def projects_invite(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return invite(conn, out, project=args.project, account=args.account, role=args.role)
 
 
@@ -101,7 +101,7 @@ def invite(conn: Connection, out: Output, *, project: str, account: str, role: s
     return 0
 
 
-def projects_accept(args, conn: Connection, out: Output) -> int:
+def projects_accept(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.AcceptInvitation(
         gateway_pb2.AcceptInvitationRequest(project_id=args.project, owner_account_id=args.owner),
@@ -115,7 +115,7 @@ def projects_accept(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def projects_remove(args, conn: Connection, out: Output) -> int:
+def projects_remove(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.RemoveCollaborator(
         gateway_pb2.RemoveCollaboratorRequest(project_id=args.project, account_id=args.account),
@@ -129,7 +129,7 @@ def projects_remove(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def projects_collaborators(args, conn: Connection, out: Output) -> int:
+def projects_collaborators(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListCollaborators(

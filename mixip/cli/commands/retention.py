@@ -27,7 +27,7 @@ def _job_name(job: int) -> str:
     return enum_name(retention_pb2.RetentionJob, job, "RETENTION_JOB_").replace("_", "-")
 
 
-def _report_json(report: retention_pb2.RunReport) -> dict:
+def _report_json(report: retention_pb2.RunReport) -> dict[str, Any]:
     def when(ts: Timestamp) -> str | None:
         return ts.ToJsonString() if ts.seconds or ts.nanos else None
 
@@ -48,7 +48,7 @@ def _report_json(report: retention_pb2.RunReport) -> dict:
     }
 
 
-def retention_run(args, conn: Connection, out: Output) -> int:
+def retention_run(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     as_of = time_option(args.as_of, "--as-of")
     if as_of is not None and args.job != "purge":
         raise CliError("--as-of applies to --job purge only", exit_code=2)
@@ -69,7 +69,7 @@ def retention_run(args, conn: Connection, out: Output) -> int:
     return 0 if report["outcome"] == "succeeded" else 1
 
 
-def retention_status(args, conn: Connection, out: Output) -> int:
+def retention_status(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.admin()
     status = stub.GetRetentionStatus(admin_pb2.GetRetentionStatusRequest(), metadata=meta).status
     jobs: list[dict[str, Any]] = []

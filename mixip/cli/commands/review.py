@@ -26,7 +26,7 @@ DECISIONS = {
 }
 
 
-def review(args, conn: Connection, out: Output) -> int:
+def review(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return record_review(
         conn,
         out,
@@ -83,7 +83,7 @@ def record_review(
     return 0
 
 
-def report(args, conn: Connection, out: Output) -> int:
+def report(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     from mixip.runtime import clearance_report  # only this command needs it
 
     target = Path(args.output)

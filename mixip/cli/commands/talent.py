@@ -8,19 +8,21 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from mixip.cli.arguments import read_file
 from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.media import BYTES, upload_chunks
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.matcher.v1 import matcher_pb2
 from mixip.runtime.connection import Connection
 from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 
 
-def enroll(args, conn: Connection, out: Output) -> int:
+def enroll(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return enroll_images(conn, out, talent=args.talent, images=args.images)
 
 
@@ -42,7 +44,7 @@ def enroll_images(conn: Connection, out: Output, *, talent: str, images: list[st
     return 0
 
 
-def export(args, conn: Connection, out: Output) -> int:
+def export(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     return export_talent(conn, out, talent=args.talent, output=args.output, force=args.force)
 
 
@@ -80,7 +82,7 @@ def write_export(path: Path, text: str, *, force: bool) -> None:
         raise CliError(f"cannot write {path}: {exc.strerror}", exit_code=2) from None
 
 
-def erase(args, conn: Connection, out: Output) -> int:
+def erase(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     if not args.yes and sys.stdin.isatty():
         answer = input(
             f"Erase {args.talent}: face vectors, consent ledger and audit links, for good? "
@@ -116,7 +118,7 @@ def erase_talent(conn: Connection, out: Output, *, talent: str) -> int:
     return 0
 
 
-def _face_record_json(face) -> dict:
+def _face_record_json(face: matcher_pb2.FaceRecord) -> dict[str, Any]:
     return {
         "face_id": face.face_id,
         "talent_id": face.talent_id,
@@ -128,7 +130,7 @@ def _face_record_json(face) -> dict:
     }
 
 
-def faces_list(args, conn: Connection, out: Output) -> int:
+def faces_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListTalentFaces(
@@ -147,7 +149,7 @@ def faces_list(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def faces_delete(args, conn: Connection, out: Output) -> int:
+def faces_delete(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     reply = stub.DeleteTalentFace(
         gateway_pb2.DeleteTalentFaceRequest(talent_id=args.talent, face_id=args.face_id),
