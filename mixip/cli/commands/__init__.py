@@ -71,17 +71,20 @@ RPC_COMMANDS = {
 
 
 def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    """Every command that talks to a mesh (or its databases, or a witness), in `--help`'s order."""
+    """Every command, in `--help`'s order."""
     from mixip.cli.commands import (
         access_log,
         accounts,
         audit,
+        completion,
         consent,
         db,
+        demo,
         jobs,
         keys,
         match,
         media,
+        mesh,
         projects,
         retention,
         review,
@@ -90,6 +93,9 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         witness,
     )
 
+    mesh.register(sub, common)
+    completion.register(sub, common)
+    demo.register(sub, common)
     accounts.register(sub, common)
     consent.register(sub, common)
     talent.register_enroll(sub, common)
