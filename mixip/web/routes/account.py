@@ -13,11 +13,7 @@ from starlette.routing import BaseRoute, Route
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
 from mixip.runtime.errors import error_details
-from mixip.web.page import (
-    Page,
-    rpc_code,
-    when,
-)
+from mixip.web.page import Page, rpc_code, when
 from mixip.web.sessions import Notice, Session
 
 logger = logging.getLogger("mixip.web")

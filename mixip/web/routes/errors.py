@@ -14,12 +14,10 @@ from starlette.responses import RedirectResponse, Response
 
 from mixip.runtime import logs
 from mixip.runtime.errors import error_details
-from mixip.web.page import (
-    Page,
-    rpc_code,
-)
+from mixip.web.page import Page, rpc_code
 
 logger = logging.getLogger("mixip.web")
+
 ERROR_PAGES = {
     400: ("Bad request", "The request was not accepted."),
     401: ("Signed out", "Sign in again."),

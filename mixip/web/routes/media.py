@@ -3,7 +3,6 @@ records a decision on a face."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 from typing import Any
 
@@ -16,17 +15,9 @@ from starlette.routing import BaseRoute, Route
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime.errors import error_details
-from mixip.web.page import (
-    Page,
-    enum_text,
-    find_project,
-    identifier,
-    project_view,
-    when,
-)
+from mixip.web.page import Page, enum_text, find_project, identifier, project_view, when
 from mixip.web.sessions import Notice
 
-logger = logging.getLogger("mixip.web")
 # Preview sizes the page asks the gateway for (GetMediaPreview max_side).
 PREVIEW_SIDES = {"thumbnail": 320, "large": 1024}
 MAX_NOTE = 1000

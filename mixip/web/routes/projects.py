@@ -15,17 +15,10 @@ from starlette.routing import BaseRoute, Route
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import clearance_report, logs
-from mixip.web.page import (
-    Page,
-    find_project,
-    identifier,
-    link,
-    project_view,
-    rpc_code,
-    when,
-)
+from mixip.web.page import Page, find_project, identifier, link, project_view, rpc_code, when
 
 logger = logging.getLogger("mixip.web")
+
 PROJECTS_PAGE = 100
 MEDIA_PAGE = 24
 REPORT_PAGE = 1000  # media per ListClearanceReport call

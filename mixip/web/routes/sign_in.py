@@ -11,12 +11,7 @@ from starlette.routing import BaseRoute, Route
 
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
-from mixip.web.page import (
-    SESSION_COOKIE,
-    Page,
-    rpc_code,
-    set_cookie,
-)
+from mixip.web.page import SESSION_COOKIE, Page, rpc_code, set_cookie
 
 logger = logging.getLogger("mixip.web")
 
