@@ -26,11 +26,11 @@ import cv2
 import grpc
 import numpy as np
 
-from mixip.cli.connection import Connection
 from mixip.cli.dev_mesh import ensure_dev_account
 from mixip.cli.launcher import Mesh
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.connection import Connection
 from mixip.runtime.times import utcnow
 from services.matcher.video import DEFAULT_RATE_HZ
 from tests.support import faces

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 
 from bench import media
-from mixip.cli.connection import Connection
 from mixip.cli.dev_mesh import ensure_dev_account
 from mixip.cli.launcher import Mesh
 from mixip.consent.v1 import consent_pb2
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from mixip.runtime.connection import Connection
 from mixip.runtime.times import to_timestamp, utcnow
 from services.matcher.engines.local import LocalEngine
 from services.matcher.index import ExactIndex

@@ -9,6 +9,7 @@ fails to start, it says why and exits 1. `down` stops the mesh running on the da
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -16,17 +17,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from mixip.cli.connection import DEV_KEY_FILE, SUPERVISOR_LOCK, Connection
 from mixip.cli.output import CliError, Output
 from mixip.runtime import statelock
+from mixip.runtime.connection import DEV_KEY_FILE, SUPERVISOR_LOCK, Connection
 from mixip.runtime.files import open_private, private_dir
 
 READY_TIMEOUT_SECONDS = 180.0
 STOP_TIMEOUT_SECONDS = 60.0
 
 
-def start_in_background(args, conn: Connection, out: Output) -> int:
+def start_in_background(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     private_dir(conn.data_dir)
     private_dir(conn.data_dir / "logs")
     command = [sys.executable, "-m", "mixip.cli.main", "--data-dir", str(conn.data_dir), "up"]
@@ -76,7 +78,7 @@ def start_in_background(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def down(args, conn: Connection, out: Output) -> int:
+def down(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     mesh_file = conn.data_dir / "mesh.json"
     try:
         pid = int(json.loads(mesh_file.read_text())["pid"])
@@ -94,13 +96,13 @@ def down(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def _ours(mesh_file, pid: int) -> bool:
+def _ours(mesh_file: Path, pid: int) -> bool:
     try:
         return bool(json.loads(mesh_file.read_text())["pid"] == pid)
     except (OSError, ValueError, KeyError):
         return False
 
 
-def _tail(path) -> str:
+def _tail(path: Path) -> str:
     lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
     return lines[-1] if lines else "(no output)"

@@ -19,11 +19,11 @@ import cv2
 import grpc
 import numpy as np
 
-from mixip.cli import commands, review
 from mixip.cli.annotate import write_image
-from mixip.cli.connection import DEV_KEY_FILE, Connection
+from mixip.cli.commands import audit, consent, match, projects, review, talent
 from mixip.cli.dev_mesh import start_mesh
 from mixip.cli.output import Capture, CliError, Output
+from mixip.runtime.connection import DEV_KEY_FILE, Connection
 from mixip.runtime.errors import error_details
 
 TALENT, PROJECT = "eileen-collins", "demo-film"
@@ -95,9 +95,9 @@ def run_demo(out_dir: Path, out: Output) -> int:
         conn = Connection(data_dir, mesh.addresses["gateway"])
 
         say(f"\n2. project {PROJECT}, consent and enrollment of {TALENT} (the astronaut photo)")
-        review.create_project(conn, shown, project=PROJECT, name="Demo film")
+        projects.create_project(conn, shown, project=PROJECT, name="Demo film")
         for scope, project in (("biometric", None), ("usage", PROJECT)):
-            commands.record_consent(
+            consent.record_consent(
                 conn,
                 shown,
                 action="grant",
@@ -108,10 +108,10 @@ def run_demo(out_dir: Path, out: Output) -> int:
                 policy_version="2026-11",
                 actor="demo",
             )
-        commands.enroll_images(conn, shown, talent=TALENT, images=[str(astronaut)])
+        talent.enroll_images(conn, shown, talent=TALENT, images=[str(astronaut)])
 
         say(f"\n3. matching a group photo (astronaut + Grace Hopper) for project {PROJECT}")
-        commands.match_file(conn, shown, file=str(group), project=PROJECT, annotate=str(annotated))
+        match.match_file(conn, shown, file=str(group), project=PROJECT, annotate=str(annotated))
         before = shown.last["faces"]
         media_id = shown.last["media_id"]
 
@@ -134,20 +134,20 @@ def run_demo(out_dir: Path, out: Output) -> int:
         )
 
         say(f"\n5. erasing {TALENT}")
-        commands.erase_talent(conn, shown, talent=TALENT)
+        talent.erase_talent(conn, shown, talent=TALENT)
         receipt = shown.last
 
         say("\n6. after erasure: the log still verifies, nothing links to the talent")
-        commands.verify_audit_log(conn, shown)
+        audit.verify_audit_log(conn, shown)
         verified = shown.last
-        commands.list_audit_events(conn, shown, talent=TALENT)
+        audit.list_audit_events(conn, shown, talent=TALENT)
         linked = len(shown.last["events"])
         try:
-            commands.export_talent(conn, shown, talent=TALENT)
+            talent.export_talent(conn, shown, talent=TALENT)
             raise CliError("the export still found data after erasure")
         except grpc.RpcError as exc:
             say(f"export of {TALENT}: {error_details(exc).one_line()}")
-        commands.match_file(conn, shown, file=str(group), project=PROJECT)
+        match.match_file(conn, shown, file=str(group), project=PROJECT)
         after = shown.last["faces"]
         say(f"\nthe annotated image is {annotated}")
     finally:

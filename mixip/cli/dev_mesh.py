@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixip.cli.connection import DEV_KEY_FILE, Connection, write_secret
 from mixip.cli.launcher import Mesh
 from mixip.gateway.v1 import admin_pb2
+from mixip.runtime.connection import DEV_KEY_FILE, Connection, write_secret
 
 
 def ensure_dev_account(conn: Connection) -> str:
@@ -37,7 +37,7 @@ def start_mesh(
     gateway_port: int = 0,
     *,
     tls: bool = True,
-    replicas: dict | None = None,
+    replicas: dict[str, int] | None = None,
     web: bool = True,
     key_dir: Path | None = None,
     web_port: int = 0,

@@ -10,7 +10,7 @@ import grpc
 from mixip.runtime.errors import error_details
 
 if TYPE_CHECKING:
-    from mixip.cli.connection import Connection
+    from mixip.runtime.connection import Connection
 
 # A request field (as a BadRequest names it) -> what the user typed or passed.
 FIELD_WORDS = {

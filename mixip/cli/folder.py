@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mixip.cli import jobs, resumable
-from mixip.cli.connection import Connection
+from mixip.cli import resumable
+from mixip.cli.commands import jobs
 from mixip.cli.media import face_json, start_job
 from mixip.cli.output import CliError, Output, Progress
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection, Metadata
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import open_private, private_dir, write_private
 
@@ -287,7 +288,7 @@ def _attempt(line: dict[str, Any] | None) -> int:
 
 def _match_one(
     stub: gateway_pb2_grpc.GatewayServiceStub,
-    meta: tuple,
+    meta: Metadata,
     address: str,
     project: str,
     file: Candidate,

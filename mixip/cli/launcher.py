@@ -48,7 +48,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mixip.cli.connection import SUPERVISOR_LOCK
 from mixip.cli.output import CliError
 from mixip.runtime import statelock
 from mixip.runtime.config import (
@@ -59,6 +58,7 @@ from mixip.runtime.config import (
     key_dir,
     variable,
 )
+from mixip.runtime.connection import SUPERVISOR_LOCK
 from mixip.runtime.files import open_private, private_dir, write_private
 from mixip.runtime.supervision import SUPERVISOR_VARIABLE
 from mixip.runtime.tls import channel_credentials, init_certs
@@ -76,7 +76,7 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
 # The lock `mixip up` holds on its data directory (each service holds its instance's):
-# SUPERVISOR_LOCK, from mixip.cli.connection (a command waits while a mesh starts).
+# SUPERVISOR_LOCK, from mixip.runtime.connection (a command waits while a mesh starts).
 # Where `mixip up` serves clients unless told otherwise (bookmarks and scripts survive restarts).
 DEFAULT_GATEWAY_PORT = 50051
 DEFAULT_WEB_PORT = 8080
@@ -154,7 +154,7 @@ class Mesh:
     # and each gateway instance's own internal listen address.
     internal_addresses: dict[str, str] = field(default_factory=dict)
     internal_listen: dict[str, str] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_offsets: dict[str, int] = field(default_factory=dict)  # instance -> its log's size at spawn
     # Whether to serve the review page (with the gateway); its address: "http://HOST:PORT".
     web: bool = False
@@ -484,7 +484,7 @@ def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
             )
         except grpc.RpcError:
             return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def web_serving(address: str) -> bool:

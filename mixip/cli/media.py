@@ -5,21 +5,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
 
 from mixip.cli.output import Progress
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Metadata
 
 if TYPE_CHECKING:
     from mixip.gateway.v1 import gateway_pb2_grpc
 
 CHUNK = 1024 * 1024
+M = TypeVar("M", bound=Message)
 BYTES: dict[str, Any] = {"unit": "B", "unit_scale": True}  # a progress bar over bytes
 
 
-def enum_name(enum, value: int, prefix: str) -> str:
+class EnumType(Protocol):
+    """A generated enum (`common_pb2.FaceLabel`, ...): the name of a value."""
+
+    def Name(self, number: Any, /) -> str: ...
+
+
+def enum_name(enum: EnumType, value: int, prefix: str) -> str:
     return enum.Name(value).removeprefix(prefix).lower()
+
+
+def dashed_name(enum: EnumType, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).lower().replace("_", "-")
 
 
 def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
@@ -36,7 +50,7 @@ def face_json(face: common_pb2.FaceResult, video: bool) -> dict[str, Any]:
     return document
 
 
-def upload_chunks(header_message, data: bytes, progress: Progress) -> Iterator:
+def upload_chunks(header_message: M, data: bytes, progress: Progress) -> Iterator[M]:
     """The upload stream (header, then chunks); the bar counts the bytes as they go."""
     yield header_message
     for start in range(0, len(data), CHUNK):
@@ -46,7 +60,7 @@ def upload_chunks(header_message, data: bytes, progress: Progress) -> Iterator:
 
 def start_job(
     stub: gateway_pb2_grpc.GatewayServiceStub,
-    meta: tuple,
+    meta: Metadata,
     path: Path,
     data: bytes,
     project: str,

@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 import sys
 from types import TracebackType
+from typing import Any
 
+from mixip.runtime.usererror import UserError
 
-class CliError(Exception):
-    """A one-line message for the user; the command exits non-zero."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+# The command line's name for it: `mixip: MESSAGE` on stderr, the process exits `exit_code`.
+CliError = UserError
 
 
 class Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
 
-    def result(self, document: dict, text: str | list[str]) -> None:
+    def result(self, document: dict[str, Any], text: str | list[str]) -> None:
         """The command's result: `document` as JSON, or `text` for people."""
         if self.as_json:
             print(json.dumps(document, ensure_ascii=False, default=str), flush=True)
@@ -52,9 +50,9 @@ class Capture(Output):
     def __init__(self, echo: bool) -> None:
         super().__init__(as_json=False)
         self.echo = echo
-        self.documents: list[dict] = []
+        self.documents: list[dict[str, Any]] = []
 
-    def result(self, document: dict, text: str | list[str]) -> None:
+    def result(self, document: dict[str, Any], text: str | list[str]) -> None:
         self.documents.append(document)
         if self.echo:
             super().result(document, text)
@@ -64,7 +62,7 @@ class Capture(Output):
             super().note(text)
 
     @property
-    def last(self) -> dict:
+    def last(self) -> dict[str, Any]:
         return self.documents[-1]
 
 

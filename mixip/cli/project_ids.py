@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import difflib
 
-from mixip.cli.connection import Connection
 from mixip.cli.output import CliError
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 

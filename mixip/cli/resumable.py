@@ -23,6 +23,7 @@ import grpc
 
 from mixip.cli.output import CliError
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Metadata
 from mixip.runtime.errors import error_details
 from mixip.runtime.files import private_dir, write_private
 
@@ -83,7 +84,7 @@ class SessionState:
 
 def upload(
     stub: gateway_pb2_grpc.GatewayServiceStub,
-    meta: tuple,
+    meta: Metadata,
     address: str,
     path: Path,
     project: str,
@@ -135,7 +136,7 @@ def upload(
 
 
 def _resume(
-    stub: gateway_pb2_grpc.GatewayServiceStub, meta: tuple, session_id: str
+    stub: gateway_pb2_grpc.GatewayServiceStub, meta: Metadata, session_id: str
 ) -> tuple[str, int]:
     """(the saved session and its durable offset), or ("", 0) when there is none to resume."""
     if not session_id:
@@ -153,7 +154,7 @@ def _resume(
 
 
 def _finished(
-    stub: gateway_pb2_grpc.GatewayServiceStub, meta: tuple, session_id: str, path: Path
+    stub: gateway_pb2_grpc.GatewayServiceStub, meta: Metadata, session_id: str, path: Path
 ) -> gateway_pb2.UploadMediaResponse | None:
     """The media a saved session made, if it was finished (a finish retried after success
     returns the stored media); None when it never was (purged, lost, or another gateway's)."""

@@ -12,11 +12,11 @@ import sys
 
 import uvicorn
 
-from mixip.cli.connection import Connection
-from mixip.cli.output import CliError
 from mixip.runtime import logs
 from mixip.runtime.config import ConfigError, Env, data_dir
+from mixip.runtime.connection import Connection
 from mixip.runtime.supervision import die_with_supervisor
+from mixip.runtime.usererror import UserError
 from mixip.web.app import create_app
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -45,7 +45,7 @@ def main() -> int:
         host, port = listen_address(env)
         connection = Connection(data_dir(env), env.optional("MIXIP_GATEWAY_ADDRESS"))
         channel = connection.channel()
-    except (ConfigError, CliError) as exc:
+    except (ConfigError, UserError) as exc:
         print(f"mixip-web: {exc}", file=sys.stderr)
         return 2
     logs.log(logging.getLogger("mixip.web"), "review page serving", address=f"{host}:{port}")

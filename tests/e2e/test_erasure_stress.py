@@ -10,13 +10,13 @@ import time
 import grpc
 import pytest
 
-from mixip.cli.connection import Connection
 from mixip.cli.dev_mesh import ensure_dev_account
 from mixip.cli.launcher import Mesh
 from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime.config import SERVICES, variable
+from mixip.runtime.connection import Connection
 from mixip.runtime.times import utcnow
 from tests.support import faces
 from tests.support.databases import fresh_schema_url

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixip.cli.connection import Connection
 from mixip.cli.dev_mesh import ensure_dev_account
 from mixip.cli.launcher import Mesh
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime.config import SERVICES, variable
+from mixip.runtime.connection import Connection
 from mixip.runtime.limits import MiB
 from mixip.runtime.times import utcnow
 from tests.support import faces

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mixip.cli.connection import SUPERVISOR_LOCK
 from mixip.runtime import statelock
 from mixip.runtime.config import SERVICES
+from mixip.runtime.connection import SUPERVISOR_LOCK
 from tests.support.databases import BACKENDS, fresh_schema_url
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,12 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mixip.cli.connection import Connection
 from mixip.cli.dev_mesh import ensure_dev_account
 from mixip.cli.launcher import Mesh, parse_replicas, target
 from mixip.cli.output import CliError
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.runtime.config import SERVICES, variable
+from mixip.runtime.connection import Connection
 from mixip.runtime.times import utcnow
 from tests.support import faces
 from tests.support.databases import fresh_schema_url

@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
-from mixip.cli.connection import DEV_KEY_FILE
 from mixip.cli.dev_mesh import start_mesh
 from mixip.cli.launcher import Mesh
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.gateway.v1 import gateway_pb2_grpc
+from mixip.runtime.connection import DEV_KEY_FILE
 from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MiB
 from tests.support import faces

@@ -26,7 +26,8 @@ from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.runtime import clearance_report
-from mixip.web.app import SESSION_COOKIE, create_app
+from mixip.web.app import create_app
+from mixip.web.page import SESSION_COOKIE
 from tests.support import faces
 from tests.support.gateway_calls import consent, enroll, invite, upload
 from tests.support.web import serving

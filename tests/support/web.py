@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from starlette.applications import Starlette
 
-from mixip.web.app import SESSION_COOKIE
+from mixip.web.page import SESSION_COOKIE
 
 
 @contextmanager

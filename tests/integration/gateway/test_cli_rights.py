@@ -135,9 +135,9 @@ def test_the_cli_refuses_plaintext_to_a_remote_gateway(
 def test_a_lost_dev_key_is_replaced_and_revoked_never_duplicated(gateway, monkeypatch, tmp_path):
     """`mixip up`'s dev account is created with a fixed request id: after its key file is lost
     the replay mints no key, so a new one is made and the lost one revoked."""
-    from mixip.cli.connection import Connection
     from mixip.cli.dev_mesh import ensure_dev_account
     from mixip.gateway.v1 import admin_pb2
+    from mixip.runtime.connection import Connection
 
     monkeypatch.setenv("MIXIP_ADMIN_KEY", gateway.app.admin_key)
     conn = Connection(tmp_path / "data", gateway.address)

@@ -11,9 +11,9 @@ from sqlalchemy import Column, Integer, MetaData, Table, insert
 
 from gateway.media_store import LocalEncryptedStore
 from mixip.cli.annotate import contact_sheet
-from mixip.cli.connection import write_secret
 from mixip.cli.demo import group_image
 from mixip.cli.launcher import Mesh
+from mixip.runtime.connection import write_secret
 from mixip.runtime.db import Database
 from mixip.runtime.files import private_dir, write_private
 from mixip.runtime.keys import LocalKeyWrapper

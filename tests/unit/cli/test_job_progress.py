@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mixip.cli.jobs import progress_label
+from mixip.cli.commands.jobs import progress_label
 from mixip.cli.output import Output
 from mixip.gateway.v1 import gateway_pb2 as pb
 

@@ -12,7 +12,8 @@ from urllib.parse import urlencode, urlsplit
 import grpc
 import pytest
 
-from mixip.web.app import SESSION_COOKIE, create_app
+from mixip.web.app import create_app
+from mixip.web.page import SESSION_COOKIE
 from mixip.web.sessions import Session, Sessions
 from tests.support.web import serving
 

@@ -11,7 +11,9 @@ import argparse
 import socket
 from pathlib import Path
 
+from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.output import CliError, Output
+from mixip.runtime.connection import Connection
 from mixip.runtime.files import write_private
 from mixip.tlog.cosignature import Cosigner
 from mixip.tlog.note import Ed25519Signer, Ed25519Verifier, NoteError
@@ -44,14 +46,14 @@ def _cosigner(key_file: Path, name: str | None) -> Cosigner:
     return Cosigner(signer.name, signer.seed)
 
 
-def public_key(args, conn, out: Output) -> int:
+def public_key(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     cosigner = _cosigner(Path(args.key_file), args.name)
     vkey = cosigner.verifier().vkey
     out.result({"name": cosigner.name, "vkey": vkey}, vkey)
     return 0
 
 
-def serve(args, conn, out: Output) -> int:
+def serve(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -92,7 +94,7 @@ def serve(args, conn, out: Output) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     witness = sub.add_parser("witness", help="a tlog-witness for audit checkpoints").add_subparsers(
         dest="action", required=True
     )

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from mixip.cli.connection import Connection
+from mixip.cli.commands.parsing import Command, Subparsers
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection
 from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
-
-Command = Callable[[argparse.Namespace, Connection, Output], int]
 
 
 def _usage_errors(command: Command) -> Command:
@@ -57,7 +55,7 @@ def _line(hook: dict[str, Any]) -> str:
 
 
 @_usage_errors
-def webhooks_add(args, conn: Connection, out: Output) -> int:
+def webhooks_add(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     request = gateway_pb2.AddWebhookRequest(
         url=args.url, event_types=args.event or [], request_id=uuid.uuid4().hex
@@ -75,7 +73,7 @@ def webhooks_add(args, conn: Connection, out: Output) -> int:
 
 
 @_usage_errors
-def webhooks_list(args, conn: Connection, out: Output) -> int:
+def webhooks_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListWebhooks(
@@ -88,7 +86,7 @@ def webhooks_list(args, conn: Connection, out: Output) -> int:
 
 
 @_usage_errors
-def webhooks_remove(args, conn: Connection, out: Output) -> int:
+def webhooks_remove(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     request = gateway_pb2.RemoveWebhookRequest(webhook_id=args.webhook_id)
     hook = _json(stub.RemoveWebhook(request, metadata=meta).webhook)
@@ -97,7 +95,7 @@ def webhooks_remove(args, conn: Connection, out: Output) -> int:
 
 
 @_usage_errors
-def webhooks_test(args, conn: Connection, out: Output) -> int:
+def webhooks_test(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     request = gateway_pb2.TestWebhookRequest(webhook_id=args.webhook_id)
     message_id = stub.TestWebhook(request, metadata=meta).message_id
@@ -109,7 +107,7 @@ def webhooks_test(args, conn: Connection, out: Output) -> int:
 
 
 @_usage_errors
-def webhooks_rotate_secret(args, conn: Connection, out: Output) -> int:
+def webhooks_rotate_secret(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     request = gateway_pb2.RotateWebhookSecretRequest(
         webhook_id=args.webhook_id, request_id=uuid.uuid4().hex
@@ -126,7 +124,7 @@ def webhooks_rotate_secret(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     hooks = sub.add_parser(
         "webhooks", help="the account's webhook endpoints (signed event notifications)"
     ).add_subparsers(dest="action", required=True)

@@ -1,6 +1,6 @@
-"""How the command line reaches the gateway: its address from --gateway or mesh.json, the
-account's key from MIXIP_API_KEY or the data directory's dev key, the admin key from
-MIXIP_ADMIN_KEY or the key directory (mesh.json's, else MIXIP_KEY_DIR's)."""
+"""How the command line and the review page reach the gateway: its address from --gateway or
+mesh.json, the account's key from MIXIP_API_KEY or the data directory's dev key, the admin key
+from MIXIP_ADMIN_KEY or the key directory (mesh.json's, else MIXIP_KEY_DIR's)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixip.cli.output import CliError
 from mixip.runtime.config import ADMIN_KEY_FILE, Env, key_dir
 from mixip.runtime.files import write_private
+from mixip.runtime.usererror import UserError
 
 if TYPE_CHECKING:  # imported when a command calls, not to parse its arguments
     import grpc
@@ -28,6 +28,8 @@ GATEWAY_SERVICES = ["mixip.gateway.v1.GatewayService", "mixip.gateway.v1.AdminSe
 # How long a command waits for a `mixip up` that is still starting on its data directory.
 STARTING_MESH_WAIT_SECONDS = 180.0
 DEV_KEY_WAIT_SECONDS = 15.0
+# A call's metadata: the key as a bearer token.
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Connection:
             except (OSError, ValueError, KeyError):
                 pass
             if not self._mesh_starting() or time.monotonic() > deadline:
-                raise CliError(
+                raise UserError(
                     f"no running mesh found ({mesh_file} missing): start one with `mixip up`, "
                     "or pass --gateway HOST:PORT",
                     exit_code=2,
@@ -89,11 +91,11 @@ class Connection:
             try:
                 credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
             except OSError as exc:
-                raise CliError(
+                raise UserError(
                     f"MIXIP_GATEWAY_CA: cannot read {ca} ({exc.strerror})", exit_code=2
                 ) from None
         elif not is_loopback(address) and not self.insecure:
-            raise CliError(
+            raise UserError(
                 f"refusing plaintext to {address}: API keys would travel in clear; set "
                 "MIXIP_GATEWAY_CA to the gateway's CA certificate (TLS), or pass --insecure",
                 exit_code=2,
@@ -112,7 +114,7 @@ class Connection:
                 time.sleep(0.1)
         if path.exists():
             return path.read_text().strip()
-        raise CliError(f"no API key: set MIXIP_API_KEY, or run `mixip up` (it writes {path})")
+        raise UserError(f"no API key: set MIXIP_API_KEY, or run `mixip up` (it writes {path})")
 
     def admin_key(self) -> str:
         key = os.environ.get("MIXIP_ADMIN_KEY", "").strip()
@@ -120,21 +122,21 @@ class Connection:
             return key
         path = self.key_dir() / ADMIN_KEY_FILE
         if not path.exists():
-            raise CliError(f"no admin credential at {path}: the gateway creates it at first start")
+            raise UserError(f"no admin credential at {path}: the gateway creates it at first start")
         return path.read_text().strip()
 
-    def gateway(self) -> tuple[gateway_pb2_grpc.GatewayServiceStub, tuple]:
+    def gateway(self) -> tuple[gateway_pb2_grpc.GatewayServiceStub, Metadata]:
         from mixip.gateway.v1 import gateway_pb2_grpc
 
         return gateway_pb2_grpc.GatewayServiceStub(self.channel()), _bearer(self.api_key())
 
-    def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, tuple]:
+    def admin(self) -> tuple[admin_pb2_grpc.AdminServiceStub, Metadata]:
         from mixip.gateway.v1 import admin_pb2_grpc
 
         return admin_pb2_grpc.AdminServiceStub(self.channel()), _bearer(self.admin_key())
 
 
-def _bearer(key: str) -> tuple:
+def _bearer(key: str) -> Metadata:
     return (("authorization", f"Bearer {key}"),)
 
 

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mixip.cli.connection import Connection
+from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
+from mixip.runtime.connection import Connection, Metadata
 from mixip.runtime.errors import error_details
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
@@ -131,7 +132,7 @@ class Cancel:
 
 def watch(
     stub: gateway_pb2_grpc.GatewayServiceStub,
-    meta: tuple,
+    meta: Metadata,
     job_id: str,
     seen: Callable[[gateway_pb2.Job], None] = lambda job: None,
     cancel: Cancel | None = None,
@@ -174,7 +175,7 @@ def ended_ok(job: gateway_pb2.Job) -> None:
         raise CliError(f"job {job.job_id} {state_name(job.state)}{error}")
 
 
-def jobs_list(args, conn: Connection, out: Output) -> int:
+def jobs_list(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     pages = every_page(
         lambda token: stub.ListJobs(
@@ -192,28 +193,28 @@ def jobs_list(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def jobs_show(args, conn: Connection, out: Output) -> int:
+def jobs_show(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     job = stub.GetJob(gateway_pb2.GetJobRequest(job_id=args.job_id), metadata=meta).job
     out.result(job_json(job), _line(job))
     return 0
 
 
-def jobs_wait(args, conn: Connection, out: Output) -> int:
+def jobs_wait(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     job = wait(conn, out, args.job_id)
     out.result(job_json(job), _line(job))
     ended_ok(job)
     return 0
 
 
-def jobs_cancel(args, conn: Connection, out: Output) -> int:
+def jobs_cancel(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     stub, meta = conn.gateway()
     job = stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=args.job_id), metadata=meta).job
     out.result(job_json(job), _line(job))
     return 0
 
 
-def add_job_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser("jobs", help="analysis jobs (what `match` starts)").add_subparsers(
         dest="action", required=True
     )

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from mixip.cli.connection import Connection
+from mixip.cli.commands.parsing import Subparsers
 from mixip.cli.output import CliError, Output
 from mixip.runtime.config import SERVICES, ConfigError, Env, ServerConfig, variable
+from mixip.runtime.connection import Connection
 
 
 def database_urls(names: list[str], env: Env) -> dict[str, str]:
@@ -35,7 +36,7 @@ def database_urls(names: list[str], env: Env) -> dict[str, str]:
     return urls
 
 
-def upgrade(args, conn: Connection, out: Output) -> int:
+def upgrade(args: argparse.Namespace, conn: Connection, out: Output) -> int:
     from sqlalchemy.exc import DBAPIError
 
     from mixip.runtime import migrations
@@ -61,7 +62,7 @@ def upgrade(args, conn: Connection, out: Output) -> int:
     return 0
 
 
-def add_commands(sub, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     db = sub.add_parser("db", help="the services' databases").add_subparsers(
         dest="action", required=True
     )
