@@ -24,13 +24,14 @@ from __future__ import annotations
 import functools
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.erasure import Checkpoint
@@ -164,9 +165,10 @@ class Segments:
             except SegmentsLost:
                 call.cancel()
                 raise
-            return future.result()
+            plan: matcher_pb2.PlanVideoSegmentsResponse = future.result()
+            return plan
 
-    def _renewing(self, futures: list[Future], renew: Callable[[], bool]) -> None:
+    def _renewing(self, futures: Sequence[Future[Any]], renew: Callable[[], bool]) -> None:
         """Waits for `futures` (or the first to fail), renewing the job's lease meanwhile."""
         interval = self.lease.total_seconds() / 3
         while True:
@@ -245,7 +247,7 @@ class Segments:
                 or 0
             )
 
-    def _held(self, job_id: str, index: int, token: str) -> tuple:
+    def _held(self, job_id: str, index: int, token: str) -> tuple[ColumnElement[bool], ...]:
         return (
             JobSegmentRow.job_id == job_id,
             JobSegmentRow.segment_index == index,

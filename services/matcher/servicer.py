@@ -36,11 +36,14 @@ def _engine_status() -> Iterator[None]:
         raise Internal(f"face engine error: {exc}", reason="ENGINE_ERROR") from exc
 
 
-def _engine_errors(method: Callable) -> Callable:
+Method = Callable[[Any, Any, grpc.ServicerContext], Any]
+
+
+def _engine_errors(method: Method) -> Method:
     """A unary method's engine failures as status (`_engine_status`)."""
 
     @wraps(method)
-    def wrapper(self, request, context):
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         with _engine_status():
             return method(self, request, context)
 
