@@ -14,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from gateway.access_log import AccessLog, AccessLogInterceptor, AccessLogWriter
+from gateway.access_log import AccessLog
+from gateway.access_recording import AccessLogInterceptor, AccessLogWriter
 from gateway.account_export import AccountExports
 from gateway.accounts import Accounts
 from gateway.admin_servicer import AdminServicer
