@@ -14,13 +14,16 @@ from typing import Any
 
 import grpc
 
-from gateway.access_log import AccessLog, AccessLogInterceptor, AccessLogWriter
+from gateway.access_log import AccessLog
+from gateway.access_recording import AccessLogInterceptor, AccessLogWriter
 from gateway.account_export import AccountExports
 from gateway.accounts import Accounts
+from gateway.admin_servicer import AdminServicer
 from gateway.audit_outbox import AuditOutbox
 from gateway.auth import Authenticator
 from gateway.closures import Closures
 from gateway.erasure import ErasureFence, Erasures
+from gateway.internal_servicer import GatewayInternalServicer
 from gateway.job_segments import SegmentPlan
 from gateway.jobs import JobPurge, Jobs
 from gateway.media_store import LocalEncryptedStore, MediaStore, S3Store
@@ -33,7 +36,7 @@ from gateway.retention import MediaRetention
 from gateway.reviews import Reviews
 from gateway.rights import Rights
 from gateway.seals import Seals
-from gateway.servicer import AdminServicer, GatewayInternalServicer, GatewayServicer
+from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from gateway.store import Base, TalentKeyRow, VaultStateRow, open_erasures
 from gateway.upload_sessions import UploadSessions

@@ -5,7 +5,7 @@ API keys are random, shown once, stored as the SHA-256 of their secret part. A k
 secret is 256 random bits, so a plain SHA-256 is a sound verifier. Keys are issued and revoked
 by gateway/accounts.py.
 
-Each call to the client port has a `CallNote` (made by gateway/access_log.py's interceptor):
+Each call to the client port has a `CallNote` (made by gateway/access_recording.py's interceptor):
 authentication writes the caller into it, and use cases add what the request alone does not
 say (`note`); the access log records it when the call ends.
 """

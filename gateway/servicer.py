@@ -1,25 +1,26 @@
-"""The gateway's gRPC edge: authenticate, validate, bind the account from the key, map proto to
-domain and back, and delegate to the use-case modules (uploads, rights, erasure, accounts,
-retention, operations). No peer is called from here."""
+"""The gRPC edge of `GatewayService` (the client API): authenticate, validate, bind the account
+from the key, map proto to domain and back, and delegate to the use-case modules (uploads,
+upload sessions, jobs, rights, erasure, projects, reviews, reports, accounts, webhooks, the
+access log). No peer is called from here. The gateway's other services have their own edge:
+gateway/admin_servicer.py and gateway/internal_servicer.py."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
 
 from gateway.access_log import AccessEntry, AccessFilter, AccessLog
 from gateway.account_export import EXPORT_SCHEMA, AccountExports
-from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Account, Accounts, ApiKey
+from gateway.account_messages import closure_message, profile_message
+from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Account, Accounts
 from gateway.auth import Authenticator, note
-from gateway.closures import Closure, Closures
+from gateway.closures import Closures
 from gateway.erasure import Erasures
 from gateway.jobs import Job, Jobs
-from gateway.operations import Operations
 from gateway.peers import ConsentDecision
 from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
 from gateway.projects import (
@@ -32,10 +33,8 @@ from gateway.projects import (
     micros,
 )
 from gateway.reports import ClearanceReports
-from gateway.retention import MediaRetention
 from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
 from gateway.rights import Rights
-from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from gateway.upload_sessions import (
     SESSION_ID,
     SESSION_ID_RULE,
@@ -47,19 +46,10 @@ from gateway.upload_sessions import (
 from gateway.uploads import StoredMedia, StreamLimits, UploadHeader, Uploads
 from gateway.webhooks import EVENT_TYPES, MAX_EVENT_TYPES, Webhook, Webhooks, check_url
 from mixip.common.v1 import common_pb2
-from mixip.gateway.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    internal_pb2,
-    internal_pb2_grpc,
-)
-from mixip.retention.v1 import retention_pb2
+from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.errors import InvalidArgument
-from mixip.runtime.limits import DEFAULT_ROW_PURGE_BATCH, MAX_ROW_PURGE_BATCH
-from mixip.runtime.paging import decode_page_token, encode_page_token, next_page_token
-from mixip.runtime.times import Clock, to_timestamp
+from mixip.runtime.paging import decode_page_token, next_page_token
+from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 
 H = TypeVar("H", covariant=True)
@@ -452,7 +442,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.GetAccountResponse:
         caller = self.auth.account(context)
         return gateway_pb2.GetAccountResponse(
-            account=_profile(self.accounts.profile(caller.account_id))
+            account=profile_message(self.accounts.profile(caller.account_id))
         )
 
     def UpdateAccount(
@@ -472,7 +462,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             checks.fail("name", "set name or email (or both)")
         checks.done()
         account = self.accounts.update_profile(caller.account_id, name, email)
-        return gateway_pb2.UpdateAccountResponse(account=_profile(account))
+        return gateway_pb2.UpdateAccountResponse(account=profile_message(account))
 
     def CloseOwnAccount(
         self, request: gateway_pb2.CloseOwnAccountRequest, context: grpc.ServicerContext
@@ -483,7 +473,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             checks.fail("confirm_account_id", "must be the calling account's own id")
         checks.done()
         closure = self.closures.close(caller.account_id, caller.key_id)
-        return gateway_pb2.CloseOwnAccountResponse(closure=_closure(closure))
+        return gateway_pb2.CloseOwnAccountResponse(closure=closure_message(closure))
 
     def ExportOwnAccount(
         self, request: gateway_pb2.ExportOwnAccountRequest, context: grpc.ServicerContext
@@ -830,246 +820,6 @@ def _webhook(webhook: Webhook) -> gateway_pb2.Webhook:
         created_at=to_timestamp(webhook.created_at),
         disabled_at=to_timestamp(webhook.disabled_at),
         previous_secret_expires_at=to_timestamp(webhook.previous_secret_expires_at),
-    )
-
-
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(
-        self,
-        auth: Authenticator,
-        accounts: Accounts,
-        retention: MediaRetention,
-        operations: Operations,
-        clock: Clock,
-        *,
-        closures: Closures,
-        exports: AccountExports,
-    ) -> None:
-        self.auth = auth
-        self.accounts = accounts
-        self.retention = retention
-        self.operations = operations
-        self.clock = clock
-        self.closures = closures
-        self.exports = exports
-
-    def CloseAccount(
-        self, request: admin_pb2.CloseAccountRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.CloseAccountResponse:
-        admin = self.auth.admin(context)
-        checks = Checks()
-        checks.identifier("account_id", request.account_id)
-        checks.done()
-        closure = self.closures.close(request.account_id, admin.key_id)
-        return admin_pb2.CloseAccountResponse(closure=_closure(closure))
-
-    def ExportAccount(
-        self, request: admin_pb2.ExportAccountRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.ExportAccountResponse:
-        self.auth.admin(context)
-        checks = Checks()
-        checks.identifier("account_id", request.account_id)
-        checks.done()
-        document = self.exports.export(request.account_id)
-        return admin_pb2.ExportAccountResponse(schema_version=EXPORT_SCHEMA, document_json=document)
-
-    def CreateAccount(
-        self, request: admin_pb2.CreateAccountRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.CreateAccountResponse:
-        self.auth.admin(context)
-        checks = Checks()
-        checks.text("name", request.name, max_length=128)
-        checks.text("request_id", request.request_id, max_length=128, required=False)
-        checks.done()
-        account, token, key_id = self.accounts.create_account(request.name, request.request_id)
-        return admin_pb2.CreateAccountResponse(
-            account=_account(account), api_key=token, api_key_id=key_id
-        )
-
-    def CreateApiKey(
-        self, request: admin_pb2.CreateApiKeyRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.CreateApiKeyResponse:
-        self.auth.admin(context)
-        checks = Checks()
-        checks.identifier("account_id", request.account_id)
-        checks.done()
-        token, key_id = self.accounts.create_key(request.account_id)
-        return admin_pb2.CreateApiKeyResponse(api_key=token, api_key_id=key_id)
-
-    def ListApiKeys(
-        self, request: admin_pb2.ListApiKeysRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.ListApiKeysResponse:
-        self.auth.admin(context)
-        checks = Checks()
-        checks.identifier("account_id", request.account_id)
-        page_size = checks.page_size("page_size", request.page_size)
-        checks.done()
-        filters = {"a": request.account_id}
-        after = decode_page_token(request.page_token, filters, kind=str) or ""
-        keys, next_after = self.accounts.list_keys(request.account_id, page_size, after)
-        return admin_pb2.ListApiKeysResponse(
-            api_keys=[_api_key(k) for k in keys],
-            next_page_token=encode_page_token(next_after, filters) if next_after else "",
-        )
-
-    def RevokeApiKey(
-        self, request: admin_pb2.RevokeApiKeyRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.RevokeApiKeyResponse:
-        self.auth.admin(context)
-        checks = Checks()
-        checks.identifier("api_key_id", request.api_key_id)
-        checks.done()
-        return admin_pb2.RevokeApiKeyResponse(
-            api_key=_api_key(self.accounts.revoke_key(request.api_key_id))
-        )
-
-    def ListAccounts(
-        self, request: admin_pb2.ListAccountsRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.ListAccountsResponse:
-        self.auth.admin(context)
-        checks = Checks()
-        page_size = checks.page_size("page_size", request.page_size)
-        checks.done()
-        after = decode_page_token(request.page_token, {}, kind=str) or ""
-        accounts, next_after = self.accounts.list_accounts(page_size, after)
-        return admin_pb2.ListAccountsResponse(
-            accounts=[_account(a) for a in accounts],
-            next_page_token=encode_page_token(next_after, {}) if next_after else "",
-        )
-
-    def RunRetentionJob(
-        self, request: admin_pb2.RunRetentionJobRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.RunRetentionJobResponse:
-        admin = self.auth.admin(context)
-        checks = Checks()
-        checks.enum("job", request.job, retention_pb2.RetentionJob)
-        drill = request.HasField("as_of")
-        checks.drill_time("as_of", request.as_of, drill, self.clock())
-        if drill and request.job not in (0, retention_pb2.RETENTION_JOB_PURGE):
-            checks.fail("as_of", "only the purge job runs as of a later date")
-        checks.done()
-        report = self.operations.run_retention_job(
-            request.job, request.as_of if drill else None, admin.key_id
-        )
-        return admin_pb2.RunRetentionJobResponse(report=report)
-
-    def GetRetentionStatus(
-        self, request: admin_pb2.GetRetentionStatusRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.GetRetentionStatusResponse:
-        self.auth.admin(context)
-        return admin_pb2.GetRetentionStatusResponse(status=self.operations.retention_status())
-
-    def SetAccountRetention(
-        self, request: admin_pb2.SetAccountRetentionRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.SetAccountRetentionResponse:
-        admin = self.auth.admin(context)
-        checks = Checks()
-        checks.identifier("account_id", request.account_id)
-        if not MIN_RETENTION_DAYS <= request.retention_days <= MAX_RETENTION_DAYS:
-            checks.fail(
-                "retention_days", f"must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS}"
-            )
-        checks.done()
-        saved = self.retention.set_account_retention(
-            request.account_id, request.retention_days, admin.key_id
-        )
-        return admin_pb2.SetAccountRetentionResponse(
-            account_id=saved.account_id,
-            retention_days=saved.retention_days,
-            updated_at=to_timestamp(saved.updated_at),
-        )
-
-    def GetVaultStatus(
-        self, request: admin_pb2.GetVaultStatusRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.GetVaultStatusResponse:
-        self.auth.admin(context)
-        key_version, rotated_at = self.operations.vault_status()
-        return admin_pb2.GetVaultStatusResponse(key_version=key_version, rotated_at=rotated_at)
-
-
-class GatewayInternalServicer(internal_pb2_grpc.GatewayInternalServiceServicer):
-    """The internal port's API; callers are checked by the caller rules, not API keys."""
-
-    def __init__(self, retention: MediaRetention, access_log: AccessLog) -> None:
-        self.retention = retention
-        self.access_log = access_log
-
-    def PurgeExpiredMedia(
-        self, request: internal_pb2.PurgeExpiredMediaRequest, context: grpc.ServicerContext
-    ) -> internal_pb2.PurgeExpiredMediaResponse:
-        as_of, batch = self._purge_request(request)
-        done = self.retention.purge_expired(as_of, batch)
-        return internal_pb2.PurgeExpiredMediaResponse(
-            media_deleted=done.media_deleted,
-            faces_deleted=done.faces_deleted,
-            objects_deleted=done.objects_deleted,
-            orphans_deleted=done.orphans_deleted,
-            sessions_deleted=done.sessions_deleted,
-            done=done.done,
-        )
-
-    def PurgeAccessLog(
-        self, request: internal_pb2.PurgeAccessLogRequest, context: grpc.ServicerContext
-    ) -> internal_pb2.PurgeAccessLogResponse:
-        as_of, batch = self._purge_request(request)
-        deleted, done = self.access_log.purge(as_of, batch)
-        return internal_pb2.PurgeAccessLogResponse(entries_deleted=deleted, done=done)
-
-    def _purge_request(
-        self,
-        request: internal_pb2.PurgeExpiredMediaRequest | internal_pb2.PurgeAccessLogRequest,
-    ) -> tuple[datetime, int]:
-        """A purge's `as_of` (required) and batch size (0 means DEFAULT_ROW_PURGE_BATCH)."""
-        checks = Checks()
-        as_of = checks.timestamp("as_of", request.as_of, request.HasField("as_of"))
-        batch = request.batch_size or DEFAULT_ROW_PURGE_BATCH
-        if not 1 <= batch <= MAX_ROW_PURGE_BATCH:
-            checks.fail(
-                "batch_size",
-                f"must be between 1 and {MAX_ROW_PURGE_BATCH} (0 means {DEFAULT_ROW_PURGE_BATCH})",
-            )
-        checks.done()
-        assert as_of is not None  # required: checks.done() refused its absence
-        return as_of, batch
-
-
-def _api_key(key: ApiKey) -> admin_pb2.ApiKey:
-    return admin_pb2.ApiKey(
-        api_key_id=key.key_id,
-        account_id=key.account_id or "",
-        prefix=f"mixip_{key.key_id}_",
-        created_at=to_timestamp(key.created_at),
-        revoked_at=to_timestamp(key.revoked_at) if key.revoked_at else None,
-    )
-
-
-def _account(account: Account) -> admin_pb2.Account:
-    return admin_pb2.Account(
-        account_id=account.account_id,
-        name=account.name,
-        created_at=to_timestamp(account.created_at),
-        email=account.email,
-        closed_at=to_timestamp(account.closed_at) if account.closed_at else None,
-    )
-
-
-def _profile(account: Account) -> gateway_pb2.AccountProfile:
-    return gateway_pb2.AccountProfile(
-        account_id=account.account_id,
-        name=account.name,
-        email=account.email,
-        created_at=to_timestamp(account.created_at),
-    )
-
-
-def _closure(closure: Closure) -> admin_pb2.AccountClosure:
-    return admin_pb2.AccountClosure(
-        receipt_id=closure.receipt_id,
-        account_id=closure.account_id,
-        closed_at=to_timestamp(closure.closed_at),
-        completed_at=to_timestamp(closure.completed_at) if closure.completed_at else None,
-        steps=[admin_pb2.AccountClosureStep(name=s.name, count=s.count) for s in closure.steps],
-        talents_erased=closure.talents_erased,
     )
 
 

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select
 
-from gateway.access_log import DROPPED, AccessLogWriter
+from gateway.access_recording import DROPPED, AccessLogWriter
 from gateway.store import AccessLogRow, Base
 from mixip.gateway.v1 import admin_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb

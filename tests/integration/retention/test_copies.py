@@ -21,7 +21,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from moto import mock_aws
 from sqlalchemy import func, insert, select
 
-from gateway.access_log import AccessLog, AccessLogWriter
+from gateway.access_log import AccessLog
+from gateway.access_recording import AccessLogWriter
 from gateway.app import INTERNAL_SERVICE, InternalApp, internal_security
 from gateway.jobs import JobPurge
 from gateway.media_store import LocalEncryptedStore, S3Store
