@@ -34,15 +34,15 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import grpc
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.audit_outbox import AuditOutbox
 from gateway.peers import AuditPort, ConsentPort, MatcherPort
 from gateway.seals import SEALED_TABLES, Seals, intent_context
 from gateway.store import (
@@ -54,15 +54,16 @@ from gateway.store import (
     ReviewDecisionRow,
     affected,
 )
+from gateway.webhooks import Webhooks
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
+
+# Checkpoint is re-exported for gateway/job_segments.py until it imports mixip.runtime.checkpoints.
+from mixip.runtime.checkpoints import Checkpoint as Checkpoint
+from mixip.runtime.checkpoints import no_checkpoint
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.errors import NotFound
 from mixip.runtime.times import Clock, iso
-
-if TYPE_CHECKING:
-    from gateway.audit_outbox import AuditOutbox
-    from gateway.webhooks import Webhooks
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -70,13 +71,6 @@ logger = logging.getLogger("mixip.gateway")
 # erasure's fence is needed this long and no longer. Matches the orphan sweep's horizon.
 FENCE_WINDOW = timedelta(hours=1)
 FENCE_KEY_NAME = "erasure-fence-v1"
-
-# A test hook called at every step boundary of uploads and erasures (a no-op in production).
-Checkpoint = Callable[[str], None]
-
-
-def no_checkpoint(name: str) -> None:
-    """The production checkpoint: nothing pauses."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.job_segments import (
     Segment,
     SegmentPlan,
@@ -55,6 +54,7 @@ from gateway.uploads import PendingMedia, UploadHeader, Uploads, media_id_for
 from gateway.webhooks import Webhooks
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mixip.runtime.idempotency import content_digest, key_reused, require_same

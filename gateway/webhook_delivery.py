@@ -32,7 +32,6 @@ import urllib3
 from sqlalchemy import delete, select, update
 from standardwebhooks.webhooks import Webhook as Signer
 
-from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.seals import ACCOUNT_SUBJECT, Seals
 from gateway.store import WebhookDeliveryRow, WebhookRow, affected
 from gateway.webhooks import (
@@ -45,6 +44,7 @@ from gateway.webhooks import (
     secret_context,
 )
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.times import Clock
 

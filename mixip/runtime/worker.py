@@ -47,12 +47,9 @@ import threading
 from collections.abc import Callable
 
 from mixip.runtime.backoff import Backoff
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 
 logger = logging.getLogger("mixip.runtime.worker")
-
-
-def _no_checkpoint(name: str) -> None:
-    pass
 
 
 class Worker:
@@ -83,7 +80,7 @@ class Worker:
         self.join_seconds = join_seconds
         self.rng = rng or random.Random()
         # Tests pause the thread at its steps through this hook (see the module docstring).
-        self.checkpoint: Callable[[str], None] = _no_checkpoint
+        self.checkpoint: Checkpoint = no_checkpoint
         self.waiting_seconds = 0.0  # the wait the thread is making (or about to make)
         self._wake = threading.Event()
         self._stop = threading.Event()
