@@ -7,7 +7,6 @@ gateway/settings.py (every variable, documented).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,7 +21,7 @@ from gateway.admin_servicer import AdminServicer
 from gateway.audit_outbox import AuditOutbox
 from gateway.auth import Authenticator
 from gateway.closures import Closures
-from gateway.erasure import ErasureFence, Erasures
+from gateway.erasure import ErasureFence, ErasureResumer, Erasures
 from gateway.internal_servicer import GatewayInternalServicer
 from gateway.job_segments import SegmentPlan
 from gateway.jobs import JobPurge, Jobs
@@ -38,7 +37,7 @@ from gateway.rights import Rights
 from gateway.seals import Seals
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
-from gateway.store import Base, TalentKeyRow, VaultStateRow, open_erasures
+from gateway.store import Base, TalentKeyRow, VaultStateRow
 from gateway.upload_sessions import UploadSessions
 from gateway.uploads import OrphanSweep, StreamLimits, Uploads
 from gateway.webhook_delivery import WebhookDeliverer
@@ -247,13 +246,13 @@ class GatewayApp(ServiceApp):
         self.internal_authorize = internal_authorize
         self.internal_insecure_dev = internal_insecure_dev
         self.internal: RunningServer | None = None
-        self.resume_seconds = settings.erasure_resume_seconds
-        self._stopping = threading.Event()
-        self._resumer: threading.Thread | None = None
+        self.erasure_resumer = ErasureResumer(
+            self.erasures, self.closures.resume, resume_seconds=settings.erasure_resume_seconds
+        )
         telemetry.gauge(
             "mixip_gateway_erasure_intents_pending",
             "Erasures begun and not completed (the resumer finishes them).",
-            self._open_erasures,
+            lambda: [({}, float(self.erasures.pending()))],
         )
         telemetry.gauge(
             "mixip_gateway_account_closures_pending",
@@ -271,10 +270,6 @@ class GatewayApp(ServiceApp):
             "Age of the oldest undelivered audit event (0 when none is owed).",
             lambda: [({}, self.audit_outbox.backlog()[1])],
         )
-
-    def _open_erasures(self) -> list[tuple[dict[str, str], float]]:
-        with self.db.read() as session:
-            return [({}, open_erasures(session))]
 
     def register(self, server: grpc.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
@@ -339,47 +334,19 @@ class GatewayApp(ServiceApp):
             insecure_dev=self.internal_insecure_dev,
         )
         logs.log(logger, "internal port serving", port=self.internal.port)
-        self._resumer = threading.Thread(
-            target=self._resume_erasures, name="gateway-erasure-resumer", daemon=True
-        )
-        self._resumer.start()
+        self.erasure_resumer.start()
         self.audit_outbox.start()
         self.webhook_deliverer.start()
         self.jobs.start_worker()
         self.rotation = self.vault.keep_rotating(self.vault_check_seconds)
 
-    def _resume_erasures(self) -> None:
-        """Finishes abandoned erasures at start-up (retrying until the peers answer: they may
-        start after the gateway), then every `resume_seconds`."""
-        retry = 2.0
-        while not self._stopping.is_set():
-            try:
-                self.erasures.resume()
-                self.closures.resume()
-            except Exception as exc:  # a peer down: the intents wait for the next attempt
-                logs.log(
-                    logger,
-                    "erasure resumption failed",
-                    level=logging.WARNING,
-                    error=type(exc).__name__,
-                )
-                self._stopping.wait(retry)
-                retry = min(retry * 2, max(self.resume_seconds, 2.0))
-                continue
-            retry = 2.0
-            if not self.resume_seconds:
-                return
-            self._stopping.wait(self.resume_seconds)
-
     def close(self) -> None:
-        self._stopping.set()
+        self.erasure_resumer.stop()
         if self.rotation is not None:
             self.rotation.stop()
         self.jobs.stop()  # before the outbox: a job's commit queues events
         self.audit_outbox.stop()
         self.webhook_deliverer.stop()
-        if self._resumer is not None:
-            self._resumer.join(timeout=30)
         if self.internal is not None:
             self.internal.stop(0)
         self.access_writer.close()  # the client port has stopped: write what is queued

@@ -39,13 +39,13 @@ import grpc
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.peers import AuditPort
 from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
 from mixip.runtime import logs
 from mixip.runtime.backoff import Backoff
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import Clock

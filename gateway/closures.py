@@ -38,7 +38,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.audit_outbox import AuditOutbox
-from gateway.erasure import Checkpoint, ErasureFence, Erasures, no_checkpoint
+from gateway.erasure import ErasureFence, Erasures
 from gateway.media_store import MediaStore
 from gateway.peers import ConsentPort, MatcherPort
 from gateway.seals import SEALED_TABLES, Seals
@@ -64,6 +64,7 @@ from gateway.store import (
     affected,
 )
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, NotFound
 from mixip.runtime.times import Clock

@@ -1,8 +1,8 @@
 """Erasure as a fence: linearizable with every upload, enrollment and consent about the talent.
 
 1. The intent is journaled (its own row, under the account's fence lock) before any step, so
-   from that moment every upload commit refuses the talent, and a resumer finishes an intent
-   its caller abandoned (at start-up and every `resume_seconds`).
+   from that moment every upload commit refuses the talent, and the resumer (`ErasureResumer`)
+   finishes an intent its caller abandoned (at start-up and every `resume_seconds`).
 2. Consent first: the ledger is erased, so every consent check (the matcher's post-insert
    check of an enrollment, the consents a match labels with) refuses the talent from then.
 3. The matcher's vectors: an enrollment that passed its post-insert check inserted before
@@ -37,12 +37,12 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import grpc
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.audit_outbox import AuditOutbox
 from gateway.peers import AuditPort, ConsentPort, MatcherPort
 from gateway.seals import SEALED_TABLES, Seals, intent_context
 from gateway.store import (
@@ -53,16 +53,17 @@ from gateway.store import (
     MediaRow,
     ReviewDecisionRow,
     affected,
+    open_erasures,
 )
+from gateway.webhooks import Webhooks
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
+from mixip.runtime.backoff import Backoff
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.errors import NotFound
 from mixip.runtime.times import Clock, iso
-
-if TYPE_CHECKING:
-    from gateway.audit_outbox import AuditOutbox
-    from gateway.webhooks import Webhooks
+from mixip.runtime.worker import Worker
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -70,13 +71,6 @@ logger = logging.getLogger("mixip.gateway")
 # erasure's fence is needed this long and no longer. Matches the orphan sweep's horizon.
 FENCE_WINDOW = timedelta(hours=1)
 FENCE_KEY_NAME = "erasure-fence-v1"
-
-# A test hook called at every step boundary of uploads and erasures (a no-op in production).
-Checkpoint = Callable[[str], None]
-
-
-def no_checkpoint(name: str) -> None:
-    """The production checkpoint: nothing pauses."""
 
 
 @dataclass(frozen=True)
@@ -416,6 +410,43 @@ class Erasures:
         if key is None or intent.sealed_talent_id is None:
             return None
         return key.open_text(intent.sealed_talent_id, intent_context(intent.intent_id))
+
+    def pending(self) -> int:
+        """Intents begun and not completed (for metrics)."""
+        with self.db.read() as session:
+            return open_erasures(session)
+
+
+class ErasureResumer:
+    """The resumer every gateway replica runs: `Erasures.resume`, then whatever else finishes
+    after it (`also`: the account closures, gateway/closures.py, which erase talents too), at
+    start-up, retried while a peer does not answer (the peers may start after the gateway) with
+    a jittered backoff (at most 2 s at first, doubling up to `resume_seconds`), then every
+    `resume_seconds` (0: at start-up only). A background worker (mixip/runtime/worker.py); the
+    steps are idempotent and completion is conditional, so replicas may race harmlessly."""
+
+    def __init__(
+        self, erasures: Erasures, *also: Callable[[], object], resume_seconds: float
+    ) -> None:
+        self.resumes: tuple[Callable[[], object], ...] = (erasures.resume, *also)
+        self.worker = Worker(
+            "gateway-erasure-resumer",
+            self._pass,
+            poll_seconds=resume_seconds or None,
+            backoff=Backoff(base_seconds=2.0, max_seconds=max(resume_seconds, 2.0)),
+        )
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def _pass(self) -> bool:
+        """Resumes everything once; a peer still down raises (the worker backs off)."""
+        for resume in self.resumes:
+            resume()
+        return False
 
 
 def _blank_file_names(session: Session, seals: Seals, account_id: str, talent_ref: bytes) -> None:

@@ -34,13 +34,13 @@ import grpc
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.erasure import Checkpoint
 from gateway.media_store import MediaStore
 from gateway.peers import Matched, MatcherPort, SegmentCall, StoredVideo
 from gateway.store import JobRow, JobSegmentRow, affected
 from gateway.uploads import PendingMedia
 from mixip.gateway.v1 import gateway_pb2
 from mixip.matcher.v1 import matcher_pb2
+from mixip.runtime.checkpoints import Checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.times import Clock
 

@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import grpc
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.job_segments import (
     Segment,
     SegmentPlan,
@@ -55,12 +54,14 @@ from gateway.uploads import PendingMedia, UploadHeader, Uploads, media_id_for
 from gateway.webhooks import Webhooks
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
+from mixip.runtime.worker import Worker
 
 logger = logging.getLogger("mixip.gateway.jobs")
 
@@ -160,7 +161,6 @@ class Jobs:
         self.clock = clock
         self.webhooks = webhooks
         self.lease = timedelta(seconds=lease_seconds)
-        self.poll_seconds = poll_seconds
         self.watch_seconds = watch_seconds
         # A watch holds one of the server's threads while it lasts (16 by default): at most
         # `max_watches` at once, so that watchers cannot starve the other calls.
@@ -182,9 +182,9 @@ class Jobs:
             checkpoint=lambda: self.checkpoint,
         )
         self._changed = threading.Condition()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # One attempt of one due job per pass; after a pass that found none (or failed), it
+        # waits `poll_seconds` or until a job is queued (`wake`).
+        self.worker = Worker("gateway-jobs", self.run_once, poll_seconds=poll_seconds)
 
     # -- starting a job -------------------------------------------------------------------------
 
@@ -404,33 +404,16 @@ class Jobs:
             jobs = [_job(r, now) for r in page]
         return jobs, [micros(last.created_at), last.job_id] if last else None
 
-    # -- the worker -------------------------------------------------------------------------------
+    # -- the worker (mixip/runtime/worker.py) -----------------------------------------------------
 
     def start_worker(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="gateway-jobs", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.worker.wake()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                ran = self.run_once()
-            except Exception:  # the database may be down: keep the loop alive
-                logger.warning("job worker pass failed", exc_info=True)
-                ran = False
-            if not ran:
-                self._wake.wait(self.poll_seconds)
+        self.worker.stop()
 
     def run_once(self) -> bool:
         """Claims one due job and runs one attempt of it; whether there was one."""
@@ -675,7 +658,7 @@ def _job_id(caller_account_id: str, request_id: str) -> str:
     return "job_" + media_id_for(caller_account_id, request_id).removeprefix("med_")
 
 
-def _held(job_id: str, worker_id: str) -> tuple:
+def _held(job_id: str, worker_id: str) -> tuple[ColumnElement[bool], ...]:
     """The job is still this worker's: running under its lease."""
     return (JobRow.job_id == job_id, JobRow.state == RUNNING, JobRow.lease_owner == worker_id)
 

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
+from gateway.erasure import FENCE_WINDOW, ErasureFence
 from gateway.peers import AuditPort
 from gateway.projects import Scope, from_micros, micros
 from gateway.role_views import view_of
@@ -30,6 +30,7 @@ from gateway.store import AccountRow, MediaFaceRow, MediaRow, ReviewDecisionRow
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from mixip.runtime.idempotency import require_same

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.audit_outbox import AuditOutbox
-from gateway.erasure import Checkpoint, ErasureFence, no_checkpoint
+from gateway.erasure import ErasureFence
 from gateway.peers import AuditPort, ConsentDecision, ConsentPort, LogVerdict, MatcherPort
 from gateway.seals import Seals
 from gateway.store import MediaFaceRow, ReviewDecisionRow, face_decisions, talent_results
@@ -24,6 +24,7 @@ from mixip.common.v1 import common_pb2
 from mixip.consent.v1 import consent_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, NotFound
 from mixip.runtime.paging import Page

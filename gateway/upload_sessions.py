@@ -29,13 +29,13 @@ from typing import NoReturn
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.jobs import Job, Jobs, QueuedMedia
 from gateway.media_store import MediaStore, PartWriter, StorageBusy, StorageError
 from gateway.projects import Action, Projects
 from gateway.store import UploadSessionRow
 from gateway.uploads import SessionObject, StoredMedia, UploadHeader, Uploads, media_id_for
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.limits import MiB

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.audit_outbox import AuditOutbox
-from gateway.erasure import FENCE_WINDOW, Checkpoint, ErasureFence, no_checkpoint
+from gateway.erasure import FENCE_WINDOW, ErasureFence
 from gateway.media_store import MediaStore
 from gateway.peers import Matched, MatcherPort
 from gateway.projects import Projects, Scope
@@ -51,6 +51,7 @@ from gateway.store import (
 from mixip.audit.v1 import audit_pb2
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mixip.runtime.idempotency import content_digest, key_reused, require_same

@@ -15,15 +15,14 @@
   else (another status, a timeout, a refused address, a connection error): retried on the
   Standard Webhooks schedule, `RETRY_DELAYS` after the attempts (immediately, then 5 s, 5 min,
   30 min, 2 h, 5 h, 10 h, 10 h: about 27 hours), then given up (`failed`).
-- Finished deliveries are purged `retention` after they finished (`purge`, run by the loop
-  every `PURGE_EVERY`).
+- Finished deliveries are purged `retention` after they finished (`purge`, run by a pass of
+  the deliverer every `PURGE_EVERY`).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -32,7 +31,6 @@ import urllib3
 from sqlalchemy import delete, select, update
 from standardwebhooks.webhooks import Webhook as Signer
 
-from gateway.erasure import Checkpoint, no_checkpoint
 from gateway.seals import ACCOUNT_SUBJECT, Seals
 from gateway.store import WebhookDeliveryRow, WebhookRow, affected
 from gateway.webhooks import (
@@ -45,8 +43,10 @@ from gateway.webhooks import (
     secret_context,
 )
 from mixip.runtime import logs
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
 from mixip.runtime.times import Clock
+from mixip.runtime.worker import Worker
 
 logger = logging.getLogger("mixip.gateway.webhooks")
 
@@ -99,47 +99,35 @@ class WebhookDeliverer:
         self.timeout = urllib3.Timeout(total=timeout_seconds)
         self.retention = retention
         self.allow_private = allow_private
-        self.poll_seconds = poll_seconds
         self.lease = max(timedelta(seconds=lease_seconds), timedelta(seconds=timeout_seconds * 2))
         self.batch_size = batch_size
         # Tests pause a pass between its claim and its sends through this hook.
         self.checkpoint: Checkpoint = no_checkpoint
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._purged_at: datetime | None = None
+        # After a pass that found less than a full batch (or failed), it waits `poll_seconds` or
+        # until a commit owes deliveries (`wake`, called by gateway/webhooks.py).
+        self.worker = Worker("gateway-webhooks", self._pass, poll_seconds=poll_seconds)
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    # -- lifecycle (mixip/runtime/worker.py) ----------------------------------------------------
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="gateway-webhooks", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.worker.wake()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.worker.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                sent = self.run_once()
-                now = self.clock()
-                if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
-                    self.purge(now)
-                    self._purged_at = now
-            except Exception:  # the database may be down: keep the loop alive
-                logger.warning("webhook delivery pass failed", exc_info=True)
-                sent = 0
-            if sent < self.batch_size:  # a full batch: more may be due
-                self._wake.wait(self.poll_seconds)
+    def _pass(self) -> bool:
+        """One pass of the deliverer: a batch, then the purge when `PURGE_EVERY` has passed
+        since the last; whether the batch was full (more may be due)."""
+        sent = self.run_once()
+        now = self.clock()
+        if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
+            self.purge(now)
+            self._purged_at = now
+        return sent >= self.batch_size
 
     # -- delivery ------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 Every recurring thing in the mesh is this loop with its own pass: the gateway's audit outbox
 (deliver a batch of queued events), the consent outbox (deliver owed face deletions), the
-gateway's access-log writer (write the queued entries), the matcher's index sweep (refresh the
+gateway's access-log writer (write the queued entries), job worker (run one attempt of one due
+job), webhook deliverer (send a batch of due deliveries) and erasure resumer (finish the
+erasures and account closures left incomplete), the matcher's index sweep (refresh the
 collections other replicas changed), the vaults' rotation keepers and audit's checkpoint
 signer (a check on a timer). A pass is `run_once() -> bool`: True when more may be waiting (a
 full batch), so the next pass starts at once; False when the work is done for now, and the
@@ -20,19 +22,21 @@ the database or a peer may be away for a while. `poll_seconds=None` makes a star
 worker ends after its first pass that does not raise (retried with `backoff` until then).
 
 `stop()` ends the loop at its next wait (a pass in progress finishes; no new one starts) and
-joins the thread for at most `join_seconds`. What is owed when it stops is the owner's to say:
-the outboxes' rows are durable and wait for the next start; the access-log writer writes its
-queue itself after the thread has stopped.
+joins the thread for at most `join_seconds`; `join(seconds)` waits for a start-up task to end
+by itself. What is owed when it stops is the owner's to say: the outboxes' rows are durable and
+wait for the next start; the access-log writer writes its queue itself after the thread has
+stopped.
 
 Leases: a worker that must not do the same work as another replica's (the outboxes, jobs,
-webhook deliveries, erasure resumption) claims it inside its pass: `run_once` claims a batch
-with a short lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a conditional UPDATE elsewhere),
-works on it and releases or deletes it; a replica that dies mid-pass leaves the lease to
-expire. The worker itself holds no lease: it only decides when the next claim is made. So the
-gateway's job worker fits as it is (`run_once` claims one due job: True when it ran one), as do
-the webhook deliverer (True on a full batch; its hourly purge inside the pass) and the erasure
-resumer (`poll_seconds=resume_seconds`, or None to resume at start-up only, with
-`Backoff(2, max(resume_seconds, 2))` while the peers are not up yet).
+webhook deliveries) claims it inside its pass: `run_once` claims a batch (or a job) with a
+short lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a conditional UPDATE elsewhere), works on
+it and releases or deletes it; a replica that dies mid-pass leaves the lease to expire. The
+worker itself holds no lease: it only decides when the next claim is made. The gateway's job
+worker's pass claims one due job (True when it ran one), the webhook deliverer's one batch
+(True when full; its hourly purge inside the pass). The erasure resumer claims nothing: its
+steps are idempotent and completion is conditional, so replicas race harmlessly; it polls every
+`resume_seconds` (None: at start-up only) with `Backoff(2, max(resume_seconds, 2))` while the
+peers are not up yet.
 
 Tests drive a pass by calling the owner's `run_once` directly (no thread), or pause the thread
 at a named step through `checkpoint`: "worker.waiting" (`waiting_seconds` holds the wait it is
@@ -47,12 +51,9 @@ import threading
 from collections.abc import Callable
 
 from mixip.runtime.backoff import Backoff
+from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 
 logger = logging.getLogger("mixip.runtime.worker")
-
-
-def _no_checkpoint(name: str) -> None:
-    pass
 
 
 class Worker:
@@ -83,7 +84,7 @@ class Worker:
         self.join_seconds = join_seconds
         self.rng = rng or random.Random()
         # Tests pause the thread at its steps through this hook (see the module docstring).
-        self.checkpoint: Callable[[str], None] = _no_checkpoint
+        self.checkpoint: Checkpoint = no_checkpoint
         self.waiting_seconds = 0.0  # the wait the thread is making (or about to make)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -114,6 +115,14 @@ class Worker:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self.join_seconds)
+
+    def join(self, seconds: float) -> bool:
+        """Waits at most `seconds` for the thread to end by itself (a start-up task after its
+        first pass that did not raise); whether it has (or none runs)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=seconds)
+        return thread is None or not thread.is_alive()
 
     def _loop(self) -> None:
         failures = 0

@@ -10,9 +10,9 @@ import stat
 import subprocess
 import sys
 
-from gateway.erasure import no_checkpoint
 from mixip.cli import resumable
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.checkpoints import no_checkpoint
 from tests.support.gateway_calls import PROJECT, finished_job, group_photo
 
 PART = 64 * 1024  # the `gateway` fixture's segments

@@ -20,8 +20,8 @@ import threading
 
 import numpy as np
 
-from gateway.erasure import no_checkpoint
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.checkpoints import no_checkpoint
 from tests.support import faces
 from tests.support.gateway_calls import PROJECT
 

@@ -343,8 +343,8 @@ def test_a_gateway_starting_up_finishes_an_abandoned_erasure(gateway, clock, ser
     )
     restarted.start()
     try:
-        restarted._resumer.join(60)  # with no period, it stops after its start-up pass
-        assert not restarted._resumer.is_alive()
+        # with no period, it stops after its start-up pass
+        assert restarted.erasure_resumer.worker.join(60)
         assert_no_link_left(gateway, account, meta)
     finally:  # its workers stop with the test (its channels and database are the fixture's)
         restarted.jobs.stop()

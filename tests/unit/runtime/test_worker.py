@@ -181,9 +181,7 @@ def test_a_start_up_task_retries_until_a_pass_succeeds_then_ends(started):
         on_error=lambda exc: None,
     )
     worker.start()
-    assert script.passed[3].wait(TIMEOUT)
-    for thread in [t for t in threading.enumerate() if t.name == "test-worker"]:
-        thread.join(TIMEOUT)
+    assert worker.join(TIMEOUT)
     assert not worker.running and script.calls == 3
 
 
