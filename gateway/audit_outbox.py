@@ -33,7 +33,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 from sqlalchemy import delete, func, or_, select, update
@@ -44,11 +44,12 @@ from gateway.peers import AuditPort
 from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
+from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.backoff import Backoff
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.limits import MAX_BATCH
-from mixip.runtime.times import Clock
+from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.vault import TalentKey
 from mixip.runtime.worker import Worker
 
@@ -260,6 +261,37 @@ class AuditOutbox:
         if not count or oldest is None:
             return 0, 0.0
         return int(count), max(0.0, (self.clock() - oldest).total_seconds())
+
+
+def match_event(
+    idempotency_key: str,
+    project_id: str,
+    media_id: str,
+    face: common_pb2.FaceResult,
+    actor: str,
+    occurred_at: datetime,
+    decision: int = 0,
+) -> audit_pb2.MatchEventInput:
+    """The audit event about one face's result as the gateway keeps it (an erased talent's
+    face already made `erased_face`, gateway/store.py): an upload's or a job's match event, or
+    with a `decision`, a review decision's (kind REVIEW_DECISION). `actor` is the API key id.
+    The talent id goes to the audit service only, which hashes it with the talent's salt."""
+    event = audit_pb2.MatchEventInput(
+        idempotency_key=idempotency_key,
+        project_id=project_id,
+        media_id=media_id,
+        face_index=face.face_index,
+        label=face.label,
+        reason=face.reason,
+        similarity=face.similarity,
+        talent_id=face.talent_id,
+        actor=actor,
+        occurred_at=to_timestamp(occurred_at),
+    )
+    if decision:
+        event.kind = audit_pb2.EVENT_KIND_REVIEW_DECISION
+        event.decision = decision  # type: ignore[assignment]
+    return event
 
 
 def _by_account(

@@ -53,8 +53,8 @@ from gateway.store import (
     MediaRow,
     ReviewDecisionRow,
     affected,
+    erased_face_columns,
 )
-from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
 from mixip.runtime.errors import NotFound
@@ -305,12 +305,7 @@ class Erasures:
                 session,
                 update(MediaFaceRow)
                 .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_ref == ref)
-                .values(
-                    talent_ref=None,
-                    sealed_talent_id=None,
-                    label=common_pb2.FACE_LABEL_UNKNOWN,
-                    reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-                ),
+                .values(**erased_face_columns()),
             )
             steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
             self._complete(session, intent, steps)
