@@ -1,9 +1,11 @@
-"""The audit outbox: an upload's audit events, queued in the upload's own commit and delivered
-to the audit service in batches by a background deliverer.
+"""The audit outbox: the one way into audit. An upload's (or a job's) audit events and a review
+decision's, queued in their own commit and delivered to the audit service in batches by a
+background deliverer; `match_event` builds them all.
 
 An upload makes one durable commit on its hot path: its results and its audit events (one row
 each) in the same transaction, under the erasure fence lock, so an event about a talent whose
-erasure began is never queued (gateway/uploads.py). The promise to the client: no results are
+erasure began is never queued (gateway/uploads.py); a review decision does the same with its
+row and its event (gateway/reviews.py). The promise to the client: no results or decisions are
 returned whose audit events are not durably queued in the same commit; they are delivered
 within seconds (the deliverer is woken by every commit, lingers `linger_seconds` to batch the
 uploads of that moment, and polls every `poll_seconds`).
@@ -22,9 +24,9 @@ uploads of that moment, and polls every `poll_seconds`).
   is then a repeat the audit service refuses or ignores, its rows being gone); reading the
   audit log, verifying it and exporting a talent drain first, so a client reads its own
   writes.
-- While the audit service is down uploads still succeed, the rows wait (with backoff), and the
-  gauges `mixip_gateway_audit_outbox_depth` and `mixip_gateway_audit_outbox_oldest_age_seconds`
-  say how many and for how long.
+- While the audit service is down uploads and review decisions still succeed, the rows wait
+  (with backoff), and the gauges `mixip_gateway_audit_outbox_depth` and
+  `mixip_gateway_audit_outbox_oldest_age_seconds` say how many and for how long.
 """
 
 from __future__ import annotations
