@@ -151,7 +151,7 @@ class GatewayApp(ServiceApp):
         self.uploads = Uploads(
             db, peers.matcher, self.audit_outbox, media_store, fence, clock, self.projects, seals
         )
-        self.reviews = Reviews(db, peers.audit, fence, clock, seals)
+        self.reviews = Reviews(db, self.audit_outbox, fence, clock, seals)
         self.reports = ClearanceReports(self.projects, self.uploads, self.reviews, peers.consent)
         self.webhook_deliverer = WebhookDeliverer(
             db,

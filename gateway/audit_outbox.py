@@ -1,9 +1,11 @@
-"""The audit outbox: an upload's audit events, queued in the upload's own commit and delivered
-to the audit service in batches by a background deliverer.
+"""The audit outbox: the one way into audit. An upload's (or a job's) audit events and a review
+decision's, queued in their own commit and delivered to the audit service in batches by a
+background deliverer; `match_event` builds them all.
 
 An upload makes one durable commit on its hot path: its results and its audit events (one row
 each) in the same transaction, under the erasure fence lock, so an event about a talent whose
-erasure began is never queued (gateway/uploads.py). The promise to the client: no results are
+erasure began is never queued (gateway/uploads.py); a review decision does the same with its
+row and its event (gateway/reviews.py). The promise to the client: no results or decisions are
 returned whose audit events are not durably queued in the same commit; they are delivered
 within seconds (the deliverer is woken by every commit, lingers `linger_seconds` to batch the
 uploads of that moment, and polls every `poll_seconds`).
@@ -22,9 +24,9 @@ uploads of that moment, and polls every `poll_seconds`).
   is then a repeat the audit service refuses or ignores, its rows being gone); reading the
   audit log, verifying it and exporting a talent drain first, so a client reads its own
   writes.
-- While the audit service is down uploads still succeed, the rows wait (with backoff), and the
-  gauges `mixip_gateway_audit_outbox_depth` and `mixip_gateway_audit_outbox_oldest_age_seconds`
-  say how many and for how long.
+- While the audit service is down uploads and review decisions still succeed, the rows wait
+  (with backoff), and the gauges `mixip_gateway_audit_outbox_depth` and
+  `mixip_gateway_audit_outbox_oldest_age_seconds` say how many and for how long.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 from sqlalchemy import delete, func, or_, select, update
@@ -43,12 +45,13 @@ from gateway.peers import AuditPort
 from gateway.seals import ACCOUNT_SUBJECT, OUTBOX_CONTEXT, Seals
 from gateway.store import AuditOutboxRow
 from mixip.audit.v1 import audit_pb2
+from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.backoff import Backoff
 from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database, rowcount
 from mixip.runtime.limits import MAX_BATCH
-from mixip.runtime.times import Clock
+from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.vault import TalentKey
 from mixip.runtime.worker import Worker
 
@@ -260,6 +263,37 @@ class AuditOutbox:
         if not count or oldest is None:
             return 0, 0.0
         return int(count), max(0.0, (self.clock() - oldest).total_seconds())
+
+
+def match_event(
+    idempotency_key: str,
+    project_id: str,
+    media_id: str,
+    face: common_pb2.FaceResult,
+    actor: str,
+    occurred_at: datetime,
+    decision: int = 0,
+) -> audit_pb2.MatchEventInput:
+    """The audit event about one face's result as the gateway keeps it (an erased talent's
+    face already made `erased_face`, gateway/store.py): an upload's or a job's match event, or
+    with a `decision`, a review decision's (kind REVIEW_DECISION). `actor` is the API key id.
+    The talent id goes to the audit service only, which hashes it with the talent's salt."""
+    event = audit_pb2.MatchEventInput(
+        idempotency_key=idempotency_key,
+        project_id=project_id,
+        media_id=media_id,
+        face_index=face.face_index,
+        label=face.label,
+        reason=face.reason,
+        similarity=face.similarity,
+        talent_id=face.talent_id,
+        actor=actor,
+        occurred_at=to_timestamp(occurred_at),
+    )
+    if decision:
+        event.kind = audit_pb2.EVENT_KIND_REVIEW_DECISION
+        event.decision = decision  # type: ignore[assignment]
+    return event
 
 
 def _by_account(

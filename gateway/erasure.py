@@ -53,10 +53,10 @@ from gateway.store import (
     MediaRow,
     ReviewDecisionRow,
     affected,
+    erased_face_columns,
     open_erasures,
 )
 from gateway.webhooks import Webhooks
-from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.backoff import Backoff
 from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
@@ -299,12 +299,7 @@ class Erasures:
                 session,
                 update(MediaFaceRow)
                 .where(MediaFaceRow.account_id == account_id, MediaFaceRow.talent_ref == ref)
-                .values(
-                    talent_ref=None,
-                    sealed_talent_id=None,
-                    label=common_pb2.FACE_LABEL_UNKNOWN,
-                    reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-                ),
+                .values(**erased_face_columns()),
             )
             steps.append(ErasureStep("gateway.scrub_results", scrubbed, self.clock()))
             self._complete(session, intent, steps)

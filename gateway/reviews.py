@@ -3,10 +3,11 @@
 A decision is append-only (the latest per face is the current one) and never changes a face's
 label, nor does a label change a decision. Each decision is recorded as an audit event in the
 owner's chain (kind REVIEW_DECISION), carrying the face's result at decision time, its talent
-hashed like a match event's, in the order uploads use: the event first, then the row; if the
-audit service cannot record it, the call fails (UNAVAILABLE) and nothing is kept. An event never
-names a talent whose erasure is in progress or completed since the call started (the erasure
-fence, gateway/erasure.py).
+hashed like a match event's, the way an upload's events go: the row and its event in one
+commit, through the audit outbox (gateway/audit_outbox.py), delivered within seconds; while the
+audit service is down decisions are still kept and their events wait. The commit takes the
+erasure fence lock and reads the face under it: an event never names a talent whose erasure is
+in progress or completed since the call started (gateway/erasure.py).
 """
 
 from __future__ import annotations
@@ -21,21 +22,20 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.erasure import FENCE_WINDOW, ErasureFence
-from gateway.peers import AuditPort
+from gateway.audit_outbox import AuditOutbox, match_event
+from gateway.erasure import ErasureFence
 from gateway.projects import Scope, from_micros, micros
 from gateway.role_views import view_of
-from gateway.seals import Seals, decision_digest
-from gateway.store import AccountRow, MediaFaceRow, MediaRow, ReviewDecisionRow
-from mixip.audit.v1 import audit_pb2
+from gateway.seals import ACCOUNT_SUBJECT, Seals, decision_digest
+from gateway.store import AccountRow, MediaFaceRow, MediaRow, ReviewDecisionRow, erased_face
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
-from mixip.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from mixip.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
-from mixip.runtime.times import Clock, to_timestamp
+from mixip.runtime.times import Clock
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -91,11 +91,11 @@ def decision_id_for(account_id: str, request_id: str) -> str:
 
 class Reviews:
     def __init__(
-        self, db: Database, audit: AuditPort, fence: ErasureFence, clock: Clock, seals: Seals
+        self, db: Database, outbox: AuditOutbox, fence: ErasureFence, clock: Clock, seals: Seals
     ) -> None:
         self.db = db
         self.seals = seals
-        self.audit = audit
+        self.outbox = outbox
         self.fence = fence
         self.clock = clock
         # Tests pause a decision at its step boundaries through this hook.
@@ -107,8 +107,8 @@ class Reviews:
         self, scope: Scope, caller_account_id: str, key_id: str, new: NewDecision
     ) -> Decision:
         """Records a decision on a face of the media in `scope` (Projects.media_scope with
-        REVIEW): the audit event first, then the row. A retry with the same request id (the
-        caller's) returns the first call's decision."""
+        REVIEW) and queues its audit event in the same commit (gateway/audit_outbox.py). A
+        retry with the same request id (the caller's) returns the first call's decision."""
         owner, media_id = scope.owner_account_id, scope.media_id
         decision_id = decision_id_for(caller_account_id, new.request_id)
         earlier = self._replayed(caller_account_id, media_id, new)
@@ -116,34 +116,8 @@ class Reviews:
             return earlier
         started = self.clock()
         with self.db.read() as session:
-            face = session.get(MediaFaceRow, (media_id, new.face_index))
-            if face is None:
-                raise NotFound("no such face")
-            (stored,) = self.seals.faces(session, [face])
-            result = self._fenced_out(session, owner, stored, started)
             name = _names(session, {caller_account_id}).get(caller_account_id, "")
-        _require_confirmation(new, result.label)
-        self.checkpoint("review.rechecked")
-        self.audit.record_match_events(
-            owner,
-            [
-                audit_pb2.MatchEventInput(
-                    idempotency_key=f"review:{decision_id}",
-                    project_id=scope.project_id,
-                    media_id=media_id,
-                    face_index=new.face_index,
-                    label=result.label,
-                    reason=result.reason,
-                    similarity=result.similarity,
-                    talent_id=result.talent_id,
-                    actor=key_id,
-                    occurred_at=to_timestamp(started),
-                    kind=audit_pb2.EVENT_KIND_REVIEW_DECISION,
-                    decision=new.decision,  # type: ignore[arg-type]
-                )
-            ],
-        )
-        self.checkpoint("review.audited")
+        self.checkpoint("review.started")
         row = ReviewDecisionRow(
             decision_id=decision_id,
             account_id=owner,
@@ -157,27 +131,41 @@ class Reviews:
         )
         try:
             with self.db.write() as session:
-                # As an upload's commit: no commit later than the fence's window.
+                # As an upload's commit: the face is read under the fence lock, which an
+                # erasure's intent and its scrub take too, so the event either was queued
+                # before the intent (the erasure's drain delivers it before the salt dies) or
+                # sees the intent or the scrub and carries no talent.
                 self.fence.lock(session, owner)
-                if self.clock() - started > FENCE_WINDOW:
-                    raise Unavailable("the decision took too long; retry", reason="EXPIRED")
+                face = session.get(MediaFaceRow, (media_id, new.face_index))
+                if face is None:
+                    raise NotFound("no such face")
+                (stored,) = self.seals.faces(session, [face])
+                result = self._fenced_out(session, owner, stored, started)
+                _require_confirmation(new, result.label)
                 # the note (and the retry digest) sealed under the face's talent's key as the
-                # face is now (the erasure scrub takes the fence lock too), else the account's
-                face_ref = session.scalar(
-                    select(MediaFaceRow.talent_ref).where(
-                        MediaFaceRow.media_id == media_id,
-                        MediaFaceRow.face_index == new.face_index,
-                    )
-                )
-                self.seals.seal_decision(session, row, new.note, face_ref)
+                # face is now, else the account's
+                self.seals.seal_decision(session, row, new.note, face.talent_ref)
                 session.add(row)
                 session.flush()
+                event = match_event(
+                    f"review:{decision_id}",
+                    scope.project_id,
+                    media_id,
+                    result,
+                    key_id,
+                    started,
+                    decision=new.decision,
+                )
+                keys = self.seals.keys(session, owner, [ACCOUNT_SUBJECT], create=True)
+                self.outbox.queue(session, owner, [event], keys.get(ACCOUNT_SUBJECT))
+                self.checkpoint("review.queued")  # in the commit: a failure keeps neither
                 decided = _decision(row, new.note, name)
         except IntegrityError:  # a concurrent retry stored it first, or the media was purged
             earlier = self._replayed(caller_account_id, media_id, new)
             if earlier is None:
                 raise NotFound("no such media") from None
             return earlier
+        self.outbox.wake()
         logs.log(
             logger,
             "review decision recorded",
@@ -232,23 +220,12 @@ class Reviews:
     def _fenced_out(
         self, session: Session, owner: str, face: common_pb2.FaceResult, started: datetime
     ) -> common_pb2.FaceResult:
-        """The face's result as the event carries it: without its talent (UNKNOWN /
-        TALENT_ERASED) when an erasure of the talent is in progress or completed since the
-        call started."""
+        """The face's result as the event carries it: erased (gateway/store.py) when an
+        erasure of the talent is in progress or completed since the call started."""
         talent = face.talent_id
         if talent and talent in self.fence.fenced(session, owner, {talent}, started):
-            return common_pb2.FaceResult(
-                face_index=face.face_index,
-                label=common_pb2.FACE_LABEL_UNKNOWN,
-                reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-            )
-        return common_pb2.FaceResult(
-            face_index=face.face_index,
-            label=face.label,
-            reason=face.reason,
-            similarity=face.similarity,
-            talent_id=talent,
-        )
+            return erased_face(face)
+        return face
 
     # -- listing ------------------------------------------------------------------------------
 

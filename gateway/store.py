@@ -629,27 +629,52 @@ def face_result(row: MediaFaceRow, key: TalentKey | None) -> common_pb2.FaceResu
     for part in filter(None, row.ranges.split(";")):
         start, end = part.split("-")
         ranges.append(common_pb2.TimeRange(start_seconds=float(start), end_seconds=float(end)))
-    label, reason, similarity, talent = row.label, row.reason, row.similarity, ""
-    if row.talent_ref is not None and row.sealed_talent_id is not None:
-        if key is None:
-            label, reason, similarity = (
-                common_pb2.FACE_LABEL_UNKNOWN,
-                common_pb2.LABEL_REASON_TALENT_ERASED,
-                0.0,
-            )
-        else:
-            talent = key.open_text(row.sealed_talent_id, face_context(row.media_id, row.face_index))
-    return common_pb2.FaceResult(
+    sealed = row.sealed_talent_id if row.talent_ref is not None else None
+    talent = ""
+    if sealed is not None and key is not None:
+        talent = key.open_text(sealed, face_context(row.media_id, row.face_index))
+    face = common_pb2.FaceResult(
         face_index=row.face_index,
         box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        label=label,  # type: ignore[arg-type]
-        reason=reason,  # type: ignore[arg-type]
-        similarity=similarity,
+        label=row.label,  # type: ignore[arg-type]
+        reason=row.reason,  # type: ignore[arg-type]
+        similarity=row.similarity,
         talent_id=talent,
         ranges=ranges,
         best_frame_seconds=row.best_frame_seconds,
         detection_score=row.detection_score,
     )
+    return erased_face(face) if sealed is not None and key is None else face
+
+
+def erased_face(face: common_pb2.FaceResult) -> common_pb2.FaceResult:
+    """What a face looks like once its talent is erased, wherever it is shown, kept or audited:
+    UNKNOWN / TALENT_ERASED, without the talent or its similarity; where and when it was seen
+    stay. The one rule for a result an upload or a job keeps under the erasure fence
+    (gateway/uploads.py), a review decision's event (gateway/reviews.py), a stored face whose
+    talent's key is gone (`face_result`) and the erasure's scrub (`erased_face_columns`)."""
+    return common_pb2.FaceResult(
+        face_index=face.face_index,
+        box=face.box,
+        label=common_pb2.FACE_LABEL_UNKNOWN,
+        reason=common_pb2.LABEL_REASON_TALENT_ERASED,
+        ranges=face.ranges,
+        best_frame_seconds=face.best_frame_seconds,
+        detection_score=face.detection_score,
+    )
+
+
+def erased_face_columns() -> dict[str, Any]:
+    """`erased_face` as the values of a stored face (MediaFaceRow) that the erasure's scrub sets:
+    its label, reason and similarity, and no talent (neither its key's ref nor its sealed id)."""
+    erased = erased_face(common_pb2.FaceResult())
+    return {
+        "label": erased.label,
+        "reason": erased.reason,
+        "similarity": erased.similarity,
+        "talent_ref": None,
+        "sealed_talent_id": None,
+    }
 
 
 class AccessLogRow(Base):

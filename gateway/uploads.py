@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.audit_outbox import AuditOutbox
+from gateway.audit_outbox import AuditOutbox, match_event
 from gateway.erasure import FENCE_WINDOW, ErasureFence
 from gateway.media_store import MediaStore
 from gateway.peers import Matched, MatcherPort
@@ -42,6 +42,7 @@ from gateway.store import (
     MediaRow,
     UploadDigestRow,
     account_closed,
+    erased_face,
     face_result,
     face_row,
     is_referenced,
@@ -56,7 +57,7 @@ from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
-from mixip.runtime.times import Clock, to_timestamp
+from mixip.runtime.times import Clock
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -395,24 +396,15 @@ class Uploads:
         """The results, with talents whose erasure is in progress or completed since the upload
         started made UNKNOWN / TALENT_ERASED (no talent id)."""
         fenced = self.fence.fenced(session, account_id, {f.talent_id for f in faces}, started)
-        return [_erased(f) if f.talent_id in fenced else f for f in faces]
+        return [erased_face(f) if f.talent_id in fenced else f for f in faces]
 
     def _audit_events(
         self, key_id: str, media: MediaRow, faces: list[common_pb2.FaceResult]
     ) -> list[audit_pb2.MatchEventInput]:
-        now = to_timestamp(self.clock())
+        now = self.clock()
         return [
-            audit_pb2.MatchEventInput(
-                idempotency_key=f"{media.media_id}:{f.face_index}",
-                project_id=media.project_id,
-                media_id=media.media_id,
-                face_index=f.face_index,
-                label=f.label,
-                reason=f.reason,
-                similarity=f.similarity,
-                talent_id=f.talent_id,
-                actor=key_id,
-                occurred_at=now,
+            match_event(
+                f"{media.media_id}:{f.face_index}", media.project_id, media.media_id, f, key_id, now
             )
             for f in faces
         ]
@@ -457,17 +449,4 @@ def _media(row: MediaRow) -> Media:
         duration_seconds=row.duration_seconds,
         engine=row.engine,
         created_at=row.created_at,
-    )
-
-
-def _erased(face: common_pb2.FaceResult) -> common_pb2.FaceResult:
-    """The face as an UNKNOWN / TALENT_ERASED result, without its talent."""
-    return common_pb2.FaceResult(
-        face_index=face.face_index,
-        box=face.box,
-        label=common_pb2.FACE_LABEL_UNKNOWN,
-        reason=common_pb2.LABEL_REASON_TALENT_ERASED,
-        ranges=face.ranges,
-        best_frame_seconds=face.best_frame_seconds,
-        detection_score=face.detection_score,
     )

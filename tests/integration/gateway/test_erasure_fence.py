@@ -178,6 +178,7 @@ class Interleaving:
         ).media.faces
         erased = [f for f in stored if f.reason == common_pb2.LABEL_REASON_TALENT_ERASED]
         assert len(erased) == (1 if saw_talent else 0)
+        assert all(f.similarity == 0 for f in erased)  # fenced or scrubbed: one erased face
         assert all(f.label == common_pb2.FACE_LABEL_UNKNOWN and not f.talent_id for f in stored)
         assert_no_link_left(self.gateway, self.account, self.meta)
 

@@ -1,6 +1,7 @@
 """Review: a project's media listed with their label counts and undecided faces, and review
-decisions: append-only, idempotent, recorded as audit events before they are kept, never
-linking an erased talent, never changing a label, deleted with their media."""
+decisions: append-only, idempotent, kept with their audit events queued in the same commit
+(the audit outbox), never linking an erased talent, never changing a label, deleted with their
+media."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from mixip.common.v1 import common_pb2 as common
 from mixip.gateway.v1 import gateway_pb2 as pb
 from mixip.web.app import create_app
 from mixip.web.sessions import Sessions
+from services.audit.store import EventRow
+from tests.integration.gateway.test_erasure_fence import _owed
 from tests.support import faces
 from tests.support.checkpoints import Checkpoints, Outcome
 from tests.support.gateway_calls import PROJECT, decide, group_photo, invite, upload
@@ -31,6 +34,18 @@ NEEDS_FORM = common.REVIEW_DECISION_NEEDS_RELEASE_FORM
 
 class RecordingAudit:
     """The gateway's real audit port, with the events it was asked to record kept."""
+
+    @classmethod
+    def on(cls, gw) -> RecordingAudit:
+        """Records what the gateway's audit outbox delivers; its deliverer is stopped, so
+        events go out with a reader's or an erasure's drain only (once each)."""
+        gw.app.audit_outbox.stop()
+        spy = cls(gw.app.audit_outbox.audit)
+        gw.app.audit_outbox.audit = spy
+        return spy
+
+    def decisions(self) -> list[audit_pb2.MatchEventInput]:
+        return [e for e in self.sent if e.kind == audit_pb2.EVENT_KIND_REVIEW_DECISION]
 
     def __init__(self, port) -> None:
         self.port = port
@@ -154,23 +169,22 @@ def test_decisions_are_append_only_and_never_change_a_label(gateway, studio, clo
     assert list(after.decisions) == list(got.decisions)
 
 
-def test_a_decision_is_audited_first_with_its_talent_hashed(gateway, studio):
+def test_a_decision_is_audited_with_its_talent_hashed(gateway, studio):
     _, meta = studio
-    spy = RecordingAudit(gateway.app.reviews.audit)
-    gateway.app.reviews.audit = spy
+    spy = RecordingAudit.on(gateway)
     media = upload(gateway, meta, group_photo())
     face = astronaut_face(media)
     made = decide(gateway, meta, media.media_id, face, BLOCKED, note="no release on file")
 
-    [sent] = spy.sent
+    linked = gateway.stub.ListAuditEvents(  # a reader's drain: the queued event is delivered
+        pb.ListAuditEventsRequest(talent_id="astronaut"), metadata=meta
+    ).events
+    [sent] = spy.decisions()
     assert (sent.kind, sent.decision) == (audit_pb2.EVENT_KIND_REVIEW_DECISION, BLOCKED)
     assert (sent.talent_id, sent.label) == ("astronaut", common.FACE_LABEL_CLEARED)
     assert sent.idempotency_key == f"review:{made.decision_id}"
     assert "no release on file" not in str(sent)  # the note stays out of the audit log
 
-    linked = gateway.stub.ListAuditEvents(
-        pb.ListAuditEventsRequest(talent_id="astronaut"), metadata=meta
-    ).events
     [event] = [e for e in linked if e.idempotency_key.startswith("review:")]
     assert event.talent_linked and event.face_index == face and event.project_id == PROJECT
     assert event.kind == audit_pb2.EVENT_KIND_REVIEW_DECISION
@@ -221,19 +235,22 @@ def test_a_retried_decision_returns_the_first_and_records_one_event(gateway, stu
     ]
 
 
-def test_a_retry_after_the_row_was_lost_repeats_the_same_audit_key(gateway, studio):
-    _, meta = studio
+def test_a_decision_that_fails_in_its_commit_keeps_neither_its_row_nor_its_event(gateway, studio):
+    account, meta = studio
     media = upload(gateway, meta, group_photo())
-    gateway.app.reviews.checkpoint = _failing_at("review.audited")
+    gateway.app.audit_outbox.stop()
+    gateway.app.audit_outbox.drain(account)  # the upload's events
+    gateway.app.reviews.checkpoint = _failing_at("review.queued")
     expect_error(
         grpc.StatusCode.INTERNAL, decide, gateway, meta, media.media_id, 0, APPROVED, request_id="r"
     )
     assert decision_rows(gateway) == 0
+    assert _owed(gateway, account) == 0
     gateway.app.reviews.checkpoint = lambda name: None
     made = decide(gateway, meta, media.media_id, 0, APPROVED, request_id="r")
     events = gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=meta).events
     keys = [e.idempotency_key for e in events if e.idempotency_key.startswith("review:")]
-    assert keys == [f"review:{made.decision_id}"]  # one event for both attempts
+    assert keys == [f"review:{made.decision_id}"]
 
 
 def _failing_at(name: str):
@@ -264,12 +281,36 @@ def test_bad_decisions_are_refused_and_keep_nothing(gateway, studio):
     assert decision_rows(gateway) == 0
 
 
-def test_audit_down_means_no_decision_is_kept(gateway, studio):
-    _, meta = studio
+def test_audit_down_a_decision_is_kept_and_its_event_delivered_once_it_is_back(
+    gateway, studio, serve, clock
+):
+    """As an upload's: the decision is kept with its event queued in the same commit, a retry
+    while audit is down returns it and queues nothing more, and the event is recorded once
+    when audit is back."""
+    account, meta = studio
+    outbox = gateway.app.audit_outbox
     media = upload(gateway, meta, group_photo())
+    outbox.stop()  # this test delivers by hand
+    outbox.drain(account)  # the upload's events
     gateway.audit.running.stop(0)
-    expect_error(grpc.StatusCode.UNAVAILABLE, decide, gateway, meta, media.media_id, 0, APPROVED)
-    assert decision_rows(gateway) == 0
+    made = decide(gateway, meta, media.media_id, 0, APPROVED, request_id="down")
+    assert decide(gateway, meta, media.media_id, 0, APPROVED, request_id="down") == made
+    assert decision_rows(gateway) == 1 and _owed(gateway, account) == 1
+    assert outbox.run_once() == 0  # audit is down: nothing delivered, nothing lost
+    assert _owed(gateway, account) == 1
+
+    serve(gateway.audit.app, listen=gateway.audit.address)  # audit comes back
+    grpc.channel_ready_future(gateway.app.channels["audit"]).result(timeout=15)
+    clock.advance(minutes=1)  # past the retry backoff
+    assert outbox.run_once() == 1
+    assert outbox.run_once() == 0 and _owed(gateway, account) == 0
+    with gateway.audit.app.db.read() as session:
+        recorded = session.scalars(
+            select(EventRow.idempotency_key).where(
+                EventRow.account_id == account, EventRow.idempotency_key.startswith("review:")
+            )
+        ).all()
+    assert recorded == [f"review:{made.decision_id}"]
 
 
 def test_a_decision_on_an_erased_talents_face_links_no_talent(gateway, studio):
@@ -335,8 +376,7 @@ def test_a_decision_during_an_erasure_links_no_talent(gateway, studio, erase_unt
     _, meta = studio
     media = upload(gateway, meta, group_photo())
     face = astronaut_face(media)
-    spy = RecordingAudit(gateway.app.reviews.audit)
-    gateway.app.reviews.audit = spy
+    spy = RecordingAudit.on(gateway)
     hooks = Checkpoints()
     gateway.app.erasures.checkpoint = hooks
     pause = hooks.pause_at(erase_until)
@@ -350,12 +390,12 @@ def test_a_decision_during_an_erasure_links_no_talent(gateway, studio, erase_unt
     decide(gateway, meta, media.media_id, face, BLOCKED)
     pause.release()
     assert erasing.join().error is None
-    [sent] = spy.sent
-    assert (sent.talent_id, sent.reason) == ("", common.LABEL_REASON_TALENT_ERASED)
-    linked = gateway.stub.ListAuditEvents(
+    linked = gateway.stub.ListAuditEvents(  # a reader's drain: the queued event is delivered
         pb.ListAuditEventsRequest(talent_id="astronaut"), metadata=meta
     ).events
     assert list(linked) == []
+    [sent] = spy.decisions()
+    assert (sent.talent_id, sent.reason) == ("", common.LABEL_REASON_TALENT_ERASED)
 
 
 def test_decisions_go_with_their_media_when_the_retention_purge_deletes_it(gateway, studio, clock):
