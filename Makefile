@@ -25,8 +25,8 @@ TEST_WORKERS ?= 2
 test: $(STAMPS)/gen
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# mypy: strict on mixip/runtime, mixip/tlog, the services' use cases and the gateway's, the
-# generated stubs' types everywhere else ([tool.mypy] in pyproject.toml lists the strict ones).
+# mypy: strict on every module of mixip, services and gateway (the generated stubs excepted;
+# [tool.mypy] in pyproject.toml).
 # buf breaking compares the contracts with the commit that introduced them: every change
 # since must be backward compatible (FILE rules).
 BUF := npx --yes @bufbuild/buf@1.75.0
