@@ -118,6 +118,7 @@ def _pg_restart() -> None:
 
 
 # Only with PostgreSQL configured (CI always configures it): a restart of the real server.
+@pytest.mark.alone  # it restarts the PostgreSQL server every other test uses
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
 def test_services_reconnect_after_a_postgresql_restart(mesh, client, backend):
     stub, meta = client
