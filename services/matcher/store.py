@@ -244,15 +244,17 @@ def talent_face_ids(
 
 def talent_face(session: Session, account_id: str, ref: bytes, face_id: str) -> FaceRow | None:
     """The talent's face `face_id` (None if it is not the talent's)."""
-    return session.scalars(select(FaceRow).where(*_talents(account_id, ref, face_id))).one_or_none()
+    query = select(FaceRow).where(*_of_talent(account_id, ref, face_id))
+    return session.scalars(query).one_or_none()
 
 
 def delete_talent_face(session: Session, account_id: str, ref: bytes, face_id: str) -> int:
     """Deletes the talent's face `face_id`; 0 if it was not there (deleted meanwhile)."""
-    return rowcount(session.execute(delete(FaceRow).where(*_talents(account_id, ref, face_id))))
+    return rowcount(session.execute(delete(FaceRow).where(*_of_talent(account_id, ref, face_id))))
 
 
-def _talents(account_id: str, ref: bytes, face_id: str) -> tuple[ColumnElement[bool], ...]:
+def _of_talent(account_id: str, ref: bytes, face_id: str) -> tuple[ColumnElement[bool], ...]:
+    """Face `face_id`, if it is the talent's (by its key's ref) in the account."""
     return (
         FaceRow.face_id == face_id,
         FaceRow.account_id == account_id,
