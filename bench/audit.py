@@ -142,7 +142,7 @@ def _history(log: AuditLog, account: str, sizes: dict[str, int]) -> datetime:
     partition of their month (which the service made ahead back then)."""
     db, vault = log.db, log.vault
     old = utcnow() - timedelta(days=400)
-    log.partitions_for(old)
+    log.partitions.make_for(old)
     with db.write() as session:
         salts = vault.salts(session, account, list(sizes), create=True)
         first = 1

@@ -21,14 +21,22 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.auth import note
+from gateway.projects_store import (
+    ProjectKey,
+    accepted_membership,
+    delete_member,
+    insert_project,
+    invited_projects,
+    members,
+    own_projects,
+)
 from gateway.store import AccountRow, MediaRow, ProjectMemberRow, ProjectRow
 from mixip.gateway.v1 import gateway_pb2
 from mixip.runtime import logs
-from mixip.runtime.db import Database, insert_ignoring_conflicts, serialize
+from mixip.runtime.db import Database, serialize
 from mixip.runtime.errors import FailedPrecondition, NotFound, PermissionDenied
 from mixip.runtime.paging import fetch_limit, page_of
 from mixip.runtime.times import Clock
@@ -227,22 +235,11 @@ class Projects:
         serialize(session, _id_lock(account_id, project_id))
         if session.get(ProjectRow, (account_id, project_id)) is not None:
             return
-        if _membership(session, account_id, project_id) is not None:
+        if accepted_membership(session, account_id, project_id) is not None:
             raise project_id_taken()
-        created = insert_ignoring_conflicts(
-            session,
-            ProjectRow.__table__,
-            [
-                {
-                    "account_id": account_id,
-                    "project_id": project_id,
-                    "display_name": display_name or project_id,
-                    "created_at": self.clock(),
-                }
-            ],
-            ["account_id", "project_id"],
-        )
-        if created:
+        if insert_project(
+            session, account_id, project_id, display_name or project_id, self.clock()
+        ):
             logs.log(logger, "project created", account=account_id, project=project_id)
 
     def projects(
@@ -253,33 +250,17 @@ class Projects:
         rows: list[tuple[str, ProjectRow, int, bool]] = []  # (group, project, role, pending)
         with self.db.read() as session:
             if after is None or after[0] == "0":
-                own = select(ProjectRow).where(ProjectRow.account_id == account_id)
-                if after is not None:
-                    own = own.where(_after(ProjectRow, after))
-                for row in session.scalars(
-                    own.order_by(ProjectRow.created_at, ProjectRow.project_id).limit(
-                        fetch_limit(page_size)
-                    )
-                ):
+                own_after = _project_key(after) if after is not None else None
+                for row in own_projects(session, account_id, own_after, fetch_limit(page_size)):
                     rows.append(("0", row, OWNER, False))
             if len(rows) <= page_size:
-                invited = (
-                    select(ProjectRow, ProjectMemberRow.role, ProjectMemberRow.accepted_at)
-                    .join(
-                        ProjectMemberRow,
-                        and_(
-                            ProjectMemberRow.owner_account_id == ProjectRow.account_id,
-                            ProjectMemberRow.project_id == ProjectRow.project_id,
-                        ),
-                    )
-                    .where(ProjectMemberRow.member_account_id == account_id)
+                invited_after = (
+                    _project_key(after) if after is not None and after[0] == "1" else None
                 )
-                if after is not None and after[0] == "1":
-                    invited = invited.where(_after(ProjectRow, after))
-                query = invited.order_by(
-                    ProjectRow.created_at, ProjectRow.account_id, ProjectRow.project_id
-                ).limit(fetch_limit(page_size) - len(rows))
-                for row, role, accepted_at in session.execute(query):
+                limit = fetch_limit(page_size) - len(rows)
+                for row, role, accepted_at in invited_projects(
+                    session, account_id, invited_after, limit
+                ):
                     rows.append(("1", row, role, accepted_at is None))
         page, last = page_of(rows, page_size, lambda r: r)
         projects = [_project(row, role, pending) for _, row, role, pending in page]
@@ -343,7 +324,7 @@ class Projects:
             if row.accepted_at is None:
                 if session.get(ProjectRow, (member_account_id, project_id)) is not None:
                     raise project_id_taken()
-                if _membership(session, member_account_id, project_id) is not None:
+                if accepted_membership(session, member_account_id, project_id) is not None:
                     raise project_id_taken()
                 row.accepted_at = self.clock()
             project = session.get(ProjectRow, (owner_account_id, project_id))
@@ -367,13 +348,7 @@ class Projects:
             if row is None:
                 raise NotFound("no such collaborator")
             removed = _collaborator(row)
-            session.execute(
-                delete(ProjectMemberRow).where(
-                    ProjectMemberRow.owner_account_id == owner_account_id,
-                    ProjectMemberRow.project_id == project_id,
-                    ProjectMemberRow.member_account_id == member_account_id,
-                )
-            )
+            delete_member(session, owner_account_id, project_id, member_account_id)
         logs.log(
             logger,
             "collaborator removed",
@@ -390,27 +365,9 @@ class Projects:
         """In invitation order; positions: [invited (micros), member account]."""
         self.project_scope(owner_account_id, project_id, Action.MANAGE)
         with self.db.read() as session:
-            query = select(ProjectMemberRow).where(
-                ProjectMemberRow.owner_account_id == owner_account_id,
-                ProjectMemberRow.project_id == project_id,
-            )
-            if after is not None:
-                moment = from_micros(after[0])
-                query = query.where(
-                    or_(
-                        ProjectMemberRow.invited_at > moment,
-                        and_(
-                            ProjectMemberRow.invited_at == moment,
-                            ProjectMemberRow.member_account_id > after[1],
-                        ),
-                    )
-                )
-            rows = list(
-                session.scalars(
-                    query.order_by(
-                        ProjectMemberRow.invited_at, ProjectMemberRow.member_account_id
-                    ).limit(fetch_limit(page_size))
-                )
+            member_after = (from_micros(after[0]), after[1]) if after is not None else None
+            rows = members(
+                session, owner_account_id, project_id, member_after, fetch_limit(page_size)
             )
         page, last = page_of(rows, page_size, lambda r: r)
         position = [micros(last.invited_at), last.member_account_id] if last else None
@@ -429,21 +386,10 @@ def _noted(scope: Scope) -> None:
 def _resolve(session: Session, caller_account_id: str, project_id: str) -> Scope | None:
     if session.get(ProjectRow, (caller_account_id, project_id)) is not None:
         return Scope(caller_account_id, project_id, OWNER)
-    member = _membership(session, caller_account_id, project_id)
+    member = accepted_membership(session, caller_account_id, project_id)
     if member is None:
         return None
     return Scope(member.owner_account_id, project_id, member.role)
-
-
-def _membership(session: Session, account_id: str, project_id: str) -> ProjectMemberRow | None:
-    """The account's accepted invitation to a project with this id (at most one)."""
-    return session.scalars(
-        select(ProjectMemberRow).where(
-            ProjectMemberRow.member_account_id == account_id,
-            ProjectMemberRow.project_id == project_id,
-            ProjectMemberRow.accepted_at.is_not(None),
-        )
-    ).first()
 
 
 def _require(scope: Scope, action: Action) -> None:
@@ -460,17 +406,9 @@ def _id_lock(account_id: str, project_id: str) -> str:
     return f"mixip.gateway.project-id:{account_id}:{project_id}"
 
 
-def _after(table: type[ProjectRow], position: list[str]) -> ColumnElement[bool]:
-    moment = from_micros(position[1])
-    return or_(
-        table.created_at > moment,
-        and_(table.created_at == moment, table.account_id > position[2]),
-        and_(
-            table.created_at == moment,
-            table.account_id == position[2],
-            table.project_id > position[3],
-        ),
-    )
+def _project_key(position: list[str]) -> ProjectKey:
+    """A listing position's project key: [group, created (micros), owner, project]."""
+    return from_micros(position[1]), position[2], position[3]
 
 
 def _project(row: ProjectRow, role: int, pending: bool = False) -> Project:

@@ -1,19 +1,19 @@
-"""Audit use cases, each one unit of work: record, list, verify, shred, purge."""
+"""Audit use cases, each one unit of work: record, list, prove, verify, shred; `AuditLog`
+composes them with the purge (purge.py) and the partitions (partitions.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Row, and_, column, delete, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
-from mixip.runtime.db import Database, bulk_insert, insert_ignoring_conflicts, rowcount, serialize
+from mixip.runtime.db import Database, bulk_insert
 from mixip.runtime.errors import FailedPrecondition, Unavailable
 from mixip.runtime.idempotency import require_same
 from mixip.runtime.paging import fetch_limit, page_of
@@ -43,43 +43,32 @@ from services.audit.domain import (
     talent_hash,
     verify_chain,
 )
+from services.audit.partitions import Partitions
+from services.audit.purge import Purge
 from services.audit.signer import LogSigner
 from services.audit.store import (
     ChainHead,
     Checkpoint,
     EventRow,
-    ShredMarkerRow,
     SignedCheckpointRow,
-    detached_partitions,
-    ensure_month_partition,
-    month_of,
-    month_partitions,
-    next_month,
+    add_shred_marker,
+    chain_heads,
+    event_row,
+    events_after,
+    events_by_key,
+    events_page,
+    head_and_size,
+    locked_chain_head,
+    marked,
+    proof_read,
+    remove_shred_marker,
+    signed_note_of_size,
 )
 from services.audit.tree import StoredTree
 from services.audit.vault import Rotation, SaltVault, VaultStatus
 from services.audit.witnesses import Witnessing
 
 logger = logging.getLogger("mixip.audit")
-PURGE_LOCK = "mixip.audit.purge"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Dropping expired partitions locks audit_events against appends for a moment: it waits at
-# most this long for the lock (appends queue behind a waiting lock), then tries again.
-DROP_LOCK_TIMEOUT_MS = 50
-DROP_ATTEMPTS = 5
-# Per account: the first and last event recorded before :upper, and the chain head and the
-# checkpoint, all in one statement (one snapshot). Each probe is one index descent per
-# partition below :upper (partitions are pruned on the literal bound).
-_EXPIRED_RANGES = text(
-    "SELECT h.account_id, h.last_sequence, c.through_sequence, first.sequence, last.sequence,"
-    " last.event_hash FROM audit_chain_heads h"
-    " LEFT JOIN audit_checkpoints c ON c.account_id = h.account_id"
-    " LEFT JOIN LATERAL (SELECT e.sequence FROM audit_events e WHERE e.account_id ="
-    " h.account_id AND e.recorded_at < :upper ORDER BY e.sequence LIMIT 1) first ON true"
-    " LEFT JOIN LATERAL (SELECT e.sequence, e.event_hash FROM audit_events e WHERE"
-    " e.account_id = h.account_id AND e.recorded_at < :upper ORDER BY e.sequence DESC"
-    " LIMIT 1) last ON true"
-)
 
 
 @dataclass(frozen=True)
@@ -151,42 +140,6 @@ class LogVerdict:
 
 
 @dataclass(frozen=True)
-class _Expired:
-    """One account's events in the partitions a purge drops: sequences first..last."""
-
-    account_id: str
-    head_sequence: int
-    first: int
-    last: int
-    last_hash: str
-
-
-# An inclusion proof's read: the chain head's last sequence, the tree's size (one descent of
-# the primary key), the hashes of the proof's nodes in the order asked (two array parameters)
-# and the event's row. Prepared once per connection: planning it was a third of its time.
-_EVENT_COLUMNS = ", ".join(f"e.{c.name}" for c in EventRow.__table__.c)
-_PREPARE_PROOF_READ = (
-    "PREPARE mixip_audit_proof_read (text, bigint, smallint[], bigint[]) AS"  # noqa: S608
-    " SELECT h.last_sequence, s.size, ARRAY(SELECT n.hash FROM unnest($3, $4)"
-    " WITH ORDINALITY AS w(level, node_index, place) JOIN audit_tree_nodes n"
-    " ON n.account_id = $1 AND n.level = w.level AND n.node_index = w.node_index"
-    f" ORDER BY w.place) AS hashes, {_EVENT_COLUMNS}"
-    " FROM (SELECT 1) AS one LEFT JOIN audit_chain_heads h ON h.account_id = $1"
-    " LEFT JOIN LATERAL (SELECT node_index + 1 AS size FROM audit_tree_nodes"
-    " WHERE account_id = $1 AND level = 0 ORDER BY node_index DESC LIMIT 1) s ON true"
-    " LEFT JOIN audit_events e ON e.account_id = $1 AND e.sequence = $2"
-)
-_PROOF_READ = text(
-    "EXECUTE mixip_audit_proof_read (:account, :sequence, :levels, :indexes)"
-).columns(
-    column("last_sequence", BigInteger),
-    column("size", BigInteger),
-    column("hashes"),
-    *EventRow.__table__.c,
-)
-
-
-@dataclass(frozen=True)
 class Inclusion:
     """An event's place in a tree: its leaf index, the inclusion proof (RFC 9162 order), and
     its leaf bytes (empty when the event was purged: its leaf stays in the tree)."""
@@ -214,46 +167,23 @@ class AuditLog:
         """`signer` signs checkpoints (None: the log signs none, FAILED_PRECONDITION);
         `witnessing`: the witnesses whose cosignatures a checkpoint needs before it is
         published (None: published on the log's signature alone).
-        `step` is called at a purge's step boundaries ("checkpointed": checkpoints committed,
-        expired partitions not detached yet; "detached": detached, not dropped yet), so tests
-        can interleave there."""
+        `step`: the purge's step hook (purge.py). Makes the partitions ahead (PostgreSQL)."""
         self.db = db
         self.vault = vault
         self.clock = clock
         self.signer = signer
         self.witnessing = witnessing
         self._leaf_offsets: dict[str, int] = {}  # per account: the event before leaf 0
-        self._step = step or (lambda name: None)
-        self.partitions_ahead()
-
-    # -- partitions (PostgreSQL) ----------------------------------------------------------------
-
-    def partitions_ahead(self) -> list[str]:
-        """Makes the partitions of the current and the next month unless they exist (at start
-        and at every purge); returns the ones made. A no-op on SQLite."""
-        if self.db.dialect != "postgresql":
-            return []
-        return self.partitions_for(self.clock())
-
-    def partitions_for(self, at: datetime) -> list[str]:
-        """Makes the partitions of the month of `at` and the next one (PostgreSQL)."""
-        made = []
-        with self.db.write() as session:
-            serialize(session, PURGE_LOCK)  # partition changes wait for each other
-            connection = session.connection()
-            for month in (month_of(at), next_month(month_of(at))):
-                if ensure_month_partition(connection, month):
-                    made.append(month.strftime("%Y-%m"))
-        if made:
-            logs.log(logger, "partitions made", months=",".join(made))
-        return made
+        self.partitions = Partitions(db, clock)
+        self.expiry = Purge(db, vault, clock, self.partitions, step)
+        self.partitions.ahead()
 
     # -- record -------------------------------------------------------------------------------
 
     def record(self, account_id: str, events: list[NewEvent]) -> tuple[int, int]:
         """Appends events to the account's chain; returns (recorded, duplicates)."""
         with self.db.write() as session:
-            head = self._locked_head(session, account_id)
+            head = locked_chain_head(session, account_id)
             keys = [e.idempotency_key for e in events]
             stored: dict[str, _Recorded | None] = {
                 row.idempotency_key: _Recorded(
@@ -267,20 +197,7 @@ class AuditLog:
                     row.kind,
                     row.decision,
                 )
-                for row in session.execute(
-                    select(
-                        EventRow.idempotency_key,
-                        EventRow.project_id,
-                        EventRow.media_id,
-                        EventRow.face_index,
-                        EventRow.label,
-                        EventRow.reason,
-                        EventRow.similarity,
-                        EventRow.talent_hash,
-                        EventRow.kind,
-                        EventRow.decision,
-                    ).where(EventRow.account_id == account_id, EventRow.idempotency_key.in_(keys))
-                )
+                for row in events_by_key(session, account_id, keys)
             }
             fresh: list[NewEvent] = []
             repeated: list[NewEvent] = []
@@ -373,31 +290,7 @@ class AuditLog:
         lookups = {self.vault.lookup(account_id, t): t for t in talents}
         if not lookups:
             return set()
-        marked = session.scalars(
-            select(ShredMarkerRow.lookup).where(ShredMarkerRow.lookup.in_(list(lookups)))
-        )
-        return {lookups[lookup] for lookup in marked}
-
-    def _locked_head(self, session: Session, account_id: str) -> ChainHead:
-        """The account's chain head, locked for this transaction (made on the first append)."""
-        locked = select(ChainHead).where(ChainHead.account_id == account_id).with_for_update()
-        head = session.scalars(locked).one_or_none()
-        if head is not None:
-            return head
-        insert_ignoring_conflicts(
-            session,
-            ChainHead.__table__,
-            [
-                {
-                    "account_id": account_id,
-                    "last_sequence": 0,
-                    "last_hash": GENESIS_HASH,
-                    "last_recorded_at": _EPOCH,
-                }
-            ],
-            ["account_id"],
-        )
-        return session.scalars(locked).one()
+        return {lookups[lookup] for lookup in marked(session, list(lookups))}
 
     # -- list ---------------------------------------------------------------------------------
 
@@ -407,28 +300,20 @@ class AuditLog:
         """A page of events oldest first, and the sequence to continue after (None at the end).
         A talent filter matches nothing once the talent's salt is gone."""
         with self.db.read() as session:
-            conditions = [
-                EventRow.account_id == where.account_id,
-                EventRow.sequence > after_sequence,
-            ]
+            hashed = None
             if where.talent_id:
                 salts = self.vault.salts(session, where.account_id, [where.talent_id], create=False)
                 if not salts:
                     return [], None
-                conditions.append(
-                    EventRow.talent_hash == talent_hash(salts[where.talent_id], where.talent_id)
-                )
-            if where.project_id:
-                conditions.append(EventRow.project_id == where.project_id)
-            if where.since is not None:
-                conditions.append(EventRow.occurred_at >= where.since)
-            rows = list(
-                session.scalars(
-                    select(EventRow)
-                    .where(and_(*conditions))
-                    .order_by(EventRow.sequence)
-                    .limit(fetch_limit(page_size))
-                )
+                hashed = talent_hash(salts[where.talent_id], where.talent_id)
+            rows = events_page(
+                session,
+                where.account_id,
+                after_sequence,
+                fetch_limit(page_size),
+                talent_hash=hashed,
+                project_id=where.project_id,
+                since=where.since,
             )
         page, position = page_of(rows, page_size, lambda event: event.sequence)
         return [
@@ -478,35 +363,12 @@ class AuditLog:
         event `sequence`'s row: one statement, no transaction around it, on PostgreSQL."""
         if self.db.dialect == "postgresql":
             with self.db.autocommit() as connection:
-                if "mixip_audit_proof_read" not in connection.info:  # the DBAPI connection's
-                    connection.exec_driver_sql(_PREPARE_PROOF_READ)
-                    connection.info["mixip_audit_proof_read"] = True
-                read = connection.execute(
-                    _PROOF_READ,
-                    {
-                        "account": account_id,
-                        "sequence": sequence,
-                        "levels": [node.level for node in ids],
-                        "indexes": [node.index for node in ids],
-                    },
-                ).one()
-            hashes = [bytes(value) for value in read.hashes]  # bytea: views
-            row = read if read.sequence is not None else None
-            return read.last_sequence or 0, read.size or 0, hashes, row
+                return proof_read(connection, account_id, sequence, ids)
         with self.db.read() as session:
             tree = StoredTree(session, account_id)
             connection = session.connection()  # Core rows: no ORM entities to build
-            found = connection.execute(
-                select(ChainHead.last_sequence, tree.size_query().scalar_subquery()).where(
-                    ChainHead.account_id == account_id
-                )
-            ).one_or_none()
-            last_sequence, size = (found[0], found[1] or 0) if found else (0, 0)
-            row = connection.execute(
-                select(EventRow.__table__).where(
-                    EventRow.account_id == account_id, EventRow.sequence == sequence
-                )
-            ).one_or_none()
+            last_sequence, size = head_and_size(connection, account_id, tree.size_query())
+            row = event_row(connection, account_id, sequence)
             try:
                 hashes = tree.read_hashes(ids)
             except KeyError:  # past the tree (a size it has not reached, or a wrong guess)
@@ -539,16 +401,11 @@ class AuditLog:
         signer = self._signer()
         with self.db.read() as session:  # one statement: one snapshot
             tree = StoredTree(session, account_id)
-            unchanged = session.scalar(
-                select(SignedCheckpointRow.note).where(
-                    SignedCheckpointRow.account_id == account_id,
-                    SignedCheckpointRow.tree_size == tree.size_query().scalar_subquery(),
-                )
-            )
+            unchanged = signed_note_of_size(session, account_id, tree.size_query())
             if unchanged is not None:
                 return unchanged
         with self.db.write() as session:
-            self._locked_head(session, account_id)  # one signer at a time, no append meanwhile
+            locked_chain_head(session, account_id)  # one signer at a time, no append meanwhile
             tree = StoredTree(session, account_id)
             size = tree.size()
             kept = session.get(SignedCheckpointRow, account_id)
@@ -569,7 +426,7 @@ class AuditLog:
             kept_size = kept.tree_size if kept is not None else 0
             note = self._witnessed(account_id, note, kept_size, size)
             with self.db.write() as session:
-                self._locked_head(session, account_id)
+                locked_chain_head(session, account_id)
                 self._publish(session, account_id, size, root, note)
         logs.log(logger, "checkpoint signed", account=account_id, tree_size=size)
         return note
@@ -624,7 +481,7 @@ class AuditLog:
         """Signs the checkpoint of every account whose tree grew since its last one (a refused
         one is logged by `checkpoint` and skipped)."""
         with self.db.read() as session:
-            accounts = session.scalars(select(ChainHead.account_id)).all()
+            accounts = [head.account_id for head in chain_heads(session)]
         for account_id in accounts:
             try:
                 self.checkpoint(account_id)
@@ -667,11 +524,7 @@ class AuditLog:
         """Recomputes every link of one account's chain (or of all) in one consistent snapshot."""
         checked = chains = 0
         with self.db.read(snapshot=True) as session:
-            query = select(ChainHead).order_by(ChainHead.account_id)
-            if account_id:
-                query = query.where(ChainHead.account_id == account_id)
-            heads = session.scalars(query).all()
-            for head in heads:
+            for head in chain_heads(session, account_id):
                 verdict = self._verify_one(session, head)
                 checked += verdict.checked
                 chains += 1
@@ -689,13 +542,8 @@ class AuditLog:
     def _verify_one(self, session: Session, head: ChainHead) -> ChainVerdict:
         checkpoint = session.get(Checkpoint, head.account_id)
         start = checkpoint.through_sequence if checkpoint else 0
-        rows = session.execute(
-            select(EventRow)
-            # events at or before the checkpoint are being purged (partitions not dropped yet)
-            .where(EventRow.account_id == head.account_id, EventRow.sequence > start)
-            .order_by(EventRow.sequence)
-            .execution_options(yield_per=2000)
-        ).scalars()
+        # events at or before the checkpoint are being purged (partitions not dropped yet)
+        rows = events_after(session, head.account_id, start)
         links = (StoredLink(_content(row), row.prev_hash, row.event_hash) for row in rows)
         return verify_chain(
             links,
@@ -713,20 +561,9 @@ class AuditLog:
         link with the salt) or runs after and sees the marker (no salt is made again)."""
         now = self.clock()
         with self.db.write() as session:
-            self._locked_head(session, account_id)
+            locked_chain_head(session, account_id)
             destroyed = self.vault.shred(session, account_id, talent_id)
-            insert_ignoring_conflicts(
-                session,
-                ShredMarkerRow.__table__,
-                [
-                    {
-                        "lookup": self.vault.lookup(account_id, talent_id),
-                        "account_id": account_id,
-                        "shredded_at": now,
-                    }
-                ],
-                ["lookup"],
-            )
+            add_shred_marker(session, self.vault.lookup(account_id, talent_id), account_id, now)
         logs.log(logger, "salt shredded", account=account_id, destroyed=destroyed)
         return destroyed, now
 
@@ -736,15 +573,9 @@ class AuditLog:
         there was a marker. An append racing the lift is recorded unlinkable or with the new
         salt, either being right for an event recorded as the new life begins."""
         with self.db.write() as session:
-            lifted = rowcount(
-                session.execute(
-                    delete(ShredMarkerRow).where(
-                        ShredMarkerRow.lookup == self.vault.lookup(account_id, talent_id)
-                    )
-                )
-            )
-        logs.log(logger, "shred marker lifted", account=account_id, lifted=bool(lifted))
-        return lifted > 0
+            lifted = remove_shred_marker(session, self.vault.lookup(account_id, talent_id))
+        logs.log(logger, "shred marker lifted", account=account_id, lifted=lifted)
+        return lifted
 
     # -- vault --------------------------------------------------------------------------------
 
@@ -754,227 +585,11 @@ class AuditLog:
     def vault_status(self) -> VaultStatus:
         return self.vault.status()
 
-    # -- purge --------------------------------------------------------------------------------
+    # -- purge (purge.py) ---------------------------------------------------------------------
 
     def purge(self, cutoff: datetime, batch_size: int) -> tuple[int, bool, int, int]:
-        """Purges events recorded before `cutoff`; returns (purged, done, checkpoints, salts
-        deleted). Each account's expired events are a prefix of its chain (`recorded_at` never
-        decreases along a chain), so a purge moves the chain's checkpoint to the last purged
-        event and the rest still verifies. Checkpoints only move forward: purges wait for each
-        other (a manual run may overlap a scheduled one).
-
-        On PostgreSQL, whole expired months go first (`_drop_expired_months`): checkpoints
-        committed, then the months' partitions detached and dropped, whatever their size. Then,
-        as on SQLite, up to `batch_size` of the oldest events still expired (the boundary
-        month's, the default partition's) are deleted row by row, in the order of the expiry
-        index (recorded_at, account, sequence): finding them reads `batch_size` index entries,
-        so a batch costs the same at the start and at the end of a long purge, and concurrent
-        appends (which touch other rows: the chain head and new events) never wait for it on
-        PostgreSQL. Once no expired event is left, up to `batch_size` salts whose talent's last
-        event was among them are deleted."""
-        purged = checkpoints = 0
-        if self.db.dialect == "postgresql":
-            self.partitions_ahead()
-            purged, checkpoints = self._drop_expired_months(cutoff)
-        salts_done = True
-        with self.db.write() as session:
-            serialize(session, PURGE_LOCK)
-            oldest = session.execute(
-                select(EventRow.account_id, EventRow.sequence)
-                .where(EventRow.recorded_at < cutoff)
-                .order_by(EventRow.recorded_at, EventRow.account_id, EventRow.sequence)
-                .limit(batch_size)
-            ).all()
-            through_of: dict[str, int] = {}
-            for account_id, sequence in oldest:
-                through_of[account_id] = max(sequence, through_of.get(account_id, 0))
-            for account_id, through in sorted(through_of.items()):
-                through_hash = session.get_one(EventRow, (account_id, through)).event_hash
-                deleted = rowcount(
-                    session.execute(
-                        delete(EventRow).where(
-                            EventRow.account_id == account_id, EventRow.sequence <= through
-                        )
-                    )
-                )
-                self._move_checkpoint(session, account_id, through, through_hash, deleted)
-                purged += deleted
-                checkpoints += 1
-            left = session.scalar(
-                select(EventRow.sequence).where(EventRow.recorded_at < cutoff).limit(1)
-            )
-        if self.db.dialect != "postgresql":
-            self._step("checkpointed")  # checkpoints and deletes in one transaction
-        salts = 0
-        if left is None:  # every expired event is gone: so are the salts only they used
-            with self.db.write() as session:
-                salts, salts_done = self.vault.purge_idle(session, cutoff, batch_size)
-        done = left is None and salts_done
-        logs.log(
-            logger,
-            "events purged",
-            purged=purged,
-            checkpoints=checkpoints,
-            salts_deleted=salts,
-            done=done,
-        )
-        return purged, done, checkpoints, salts
-
-    def _drop_expired_months(self, cutoff: datetime) -> tuple[int, int]:
-        """Drops the partitions of months that ended by `cutoff` (PostgreSQL); returns (events
-        purged, checkpoints moved).
-
-        1. In one transaction, without blocking appends: per account, the first and last event
-           recorded before the end of the last expired month (one statement, so one snapshot,
-           with the chain heads), and each checkpoint moved forward to that last event.
-        2. `step("checkpointed")`. A chain verifies meanwhile: verification starts after
-           the checkpoint, and the events at or before it are the ones about to go.
-        3. In another transaction, holding audit_events exclusively (appends wait: each drop is
-           a catalog change of a few milliseconds; the lock is waited for at most
-           DROP_LOCK_TIMEOUT_MS at a time, so appends never queue behind a long reader): check
-           that no event before that end was appended since step 1 (accounts whose head moved
-           are probed again), delete the default partition's events before it, and DETACH each
-           expired partition. DETACH ... CONCURRENTLY would not block appends, but PostgreSQL
-           refuses it on a table with a default partition.
-        4. DROP the detached tables, in a transaction that does not lock audit_events: freeing
-           their files at commit is most of a purge's time. A purge that stops before this step
-           leaves them detached (their events no longer in audit_events); the next one drops
-           them.
-        If step 3 cannot run (the lock stayed busy, an event was appended before the end, another
-        purge ran in between), nothing is dropped and the caller's row-by-row batches carry on,
-        which is always correct; the next purge drops the partitions."""
-        self._drop_detached()  # left by a purge that stopped after its detach
-        with self.db.write() as session:
-            serialize(session, PURGE_LOCK)
-            connection = session.connection()
-            months = month_partitions(connection)
-            expired = sorted(month for month in months if next_month(month) <= cutoff)
-            if not expired:
-                return 0, 0
-            upper = next_month(expired[-1])
-            ranges, heads = self._expired_ranges(connection, upper)
-            for span in ranges:
-                self._move_checkpoint(session, span.account_id, span.last, span.last_hash, 0)
-            session.flush()
-            generation = self._purge_generation(connection)
-        self._step("checkpointed")
-        for _ in range(DROP_ATTEMPTS):
-            try:
-                with self.db.write() as session:
-                    serialize(session, PURGE_LOCK)
-                    connection = session.connection()
-                    connection.execute(text(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT_MS}ms'"))
-                    connection.execute(text("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE"))
-                    present = month_partitions(connection)
-                    names = [present[month] for month in expired if month in present]
-                    if not names or self._purge_generation(connection) != generation:
-                        reason = "already dropped" if not names else "another purge ran"
-                        logs.log(logger, "partition drop skipped", reason=reason)
-                        return 0, 0
-                    if not self._covered(connection, session, upper, heads):
-                        logs.log(logger, "partition drop postponed", reason="late append")
-                        return 0, 0
-                    connection.execute(
-                        text("DELETE FROM audit_events_default WHERE recorded_at < :upper"),
-                        {"upper": upper},
-                    )
-                    for name in names:
-                        connection.execute(
-                            text(f"ALTER TABLE audit_events DETACH PARTITION {name}")
-                        )
-                    for span in ranges:
-                        checkpoint = session.get(Checkpoint, span.account_id)
-                        assert checkpoint is not None  # written by the first step
-                        checkpoint.purged_total += span.last - span.first + 1
-                self._step("detached")
-                self._drop_detached()
-                purged = sum(span.last - span.first + 1 for span in ranges)
-                logs.log(
-                    logger,
-                    "partitions dropped",
-                    months=",".join(month.strftime("%Y-%m") for month in expired),
-                    purged=purged,
-                )
-                return purged, len(ranges)
-            except OperationalError as exc:
-                if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
-                    raise
-        logs.log(logger, "partition drop postponed", reason="audit_events busy")
-        return 0, 0
-
-    def _expired_ranges(
-        self, connection: Connection, upper: datetime
-    ) -> tuple[list[_Expired], dict[str, int]]:
-        """Each account's events before `upper` (first and last sequence, last hash), and every
-        chain head's sequence, read in one snapshot."""
-        ranges, heads = [], {}
-        for account_id, head, _, first, last, last_hash in connection.execute(
-            _EXPIRED_RANGES, {"upper": upper}
-        ):
-            heads[account_id] = head
-            if last is not None:
-                ranges.append(_Expired(account_id, head, first, last, last_hash))
-        return ranges, heads
-
-    def _covered(
-        self, connection: Connection, session: Session, upper: datetime, heads: dict[str, int]
-    ) -> bool:
-        """Whether every event before `upper` is at or before its chain's checkpoint, for the
-        chains appended to since `heads` were read (the others did not change)."""
-        now = connection.execute(select(ChainHead.account_id, ChainHead.last_sequence)).all()
-        for account_id, sequence in now:
-            if heads.get(account_id) == sequence:
-                continue
-            last = connection.scalar(
-                select(EventRow.sequence)
-                .where(EventRow.account_id == account_id, EventRow.recorded_at < upper)
-                .order_by(EventRow.sequence.desc())
-                .limit(1)
-            )
-            checkpoint = session.get(Checkpoint, account_id)
-            if last is not None and (checkpoint is None or last > checkpoint.through_sequence):
-                return False
-        return True
-
-    def _drop_detached(self) -> None:
-        """Drops the month tables a purge detached. Outside the detach's transaction: freeing a
-        large table's files at commit takes a while, and audit_events is not locked meanwhile
-        (nothing else uses a detached table)."""
-        with self.db.write() as session:
-            serialize(session, PURGE_LOCK)
-            connection = session.connection()
-            for name in detached_partitions(connection):
-                connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
-
-    @staticmethod
-    def _purge_generation(connection: Connection) -> tuple[int, int]:
-        """Changes whenever a purge deletes events (another purge between two steps of one)."""
-        count, total = connection.execute(
-            text("SELECT count(*), coalesce(sum(purged_total), 0) FROM audit_checkpoints")
-        ).one()
-        return int(count), int(total)
-
-    def _move_checkpoint(
-        self, session: Session, account_id: str, sequence: int, digest: str, deleted: int
-    ) -> None:
-        """Moves the account's checkpoint forward to `sequence` (never back: a purge may delete
-        events a dropped partition's checkpoint already passed) and counts `deleted`."""
-        checkpoint = session.get(Checkpoint, account_id)
-        if checkpoint is None:
-            session.add(
-                Checkpoint(
-                    account_id=account_id,
-                    through_sequence=sequence,
-                    through_hash=digest,
-                    purged_total=deleted,
-                    updated_at=self.clock(),
-                )
-            )
-        else:
-            if sequence > checkpoint.through_sequence:
-                checkpoint.through_sequence, checkpoint.through_hash = sequence, digest
-            checkpoint.purged_total += deleted
-            checkpoint.updated_at = self.clock()
+        """Purges events recorded before `cutoff`: `Purge.purge`."""
+        return self.expiry.purge(cutoff, batch_size)
 
 
 class _Prefetched:

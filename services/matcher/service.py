@@ -17,13 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
-from mixip.runtime.db import Database, rowcount
+from mixip.runtime.db import Database
 from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import key_reused, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
@@ -37,14 +36,25 @@ from services.matcher.labels import Label, Thresholds, label_face, label_track, 
 from services.matcher.peers import ConsentPort
 from services.matcher.settings import Limits
 from services.matcher.store import (
-    CollectionRow,
     FaceRequestRow,
     FaceRow,
-    TalentKeyRow,
     bump_version,
+    collection_version,
+    count_talent_faces,
+    delete_faces,
+    delete_legacy_digests,
+    delete_talent_face,
     enrollment_digest,
+    face_by_request,
+    legacy_faces,
+    live_counts,
+    live_faces_page,
+    live_talent_groups,
     open_face,
     seal_face,
+    sealed_faces,
+    talent_face,
+    talent_face_ids,
 )
 from services.matcher.video import (
     Observation,
@@ -245,11 +255,7 @@ class Matcher:
         """The face enrolled earlier under `request_id`; refused if that enrollment had other
         content (talent or image), or if its talent's key is gone (nothing can be compared)."""
         with self.db.read() as session:
-            found = session.execute(
-                select(FaceRow, FaceRequestRow.digest)
-                .outerjoin(FaceRequestRow, FaceRequestRow.face_id == FaceRow.face_id)
-                .where(FaceRow.account_id == account_id, FaceRow.request_id == request_id)
-            ).one_or_none()
+            found = face_by_request(session, account_id, request_id)
             if found is None:
                 return None
             earlier, earlier_digest = found
@@ -468,19 +474,12 @@ class Matcher:
         no copy of the rows stays readable (docs/erasure.md)."""
         with self.db.read() as session:
             ref = self.vault.ref(session, account_id, talent_id)
-            query = select(FaceRow.face_id).where(
-                FaceRow.account_id == account_id, FaceRow.talent_ref == ref
-            )
-            if enrolled_before is not None:
-                query = query.where(FaceRow.created_at <= enrolled_before)
-            face_ids = list(session.scalars(query)) if ref else []
+            face_ids = talent_face_ids(session, account_id, ref, enrolled_before) if ref else []
         if not face_ids:  # a key exists only while a face does: nothing to destroy either
             return 0
         self.engine.delete(account_id, face_ids)
         with self.db.write() as session:
-            deleted = rowcount(
-                session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids)))
-            )
+            deleted = delete_faces(session, face_ids)
             bump_version(session, account_id, removed=face_ids)
             destroyed = self._destroy_key_if_unused(session, account_id, talent_id)
         self.db.scrub(ERASED_TABLES)
@@ -494,9 +493,7 @@ class Matcher:
         ref = self.vault.ref(session, account_id, talent_id)
         if ref is None:
             return False
-        left = session.scalar(
-            select(func.count()).where(FaceRow.account_id == account_id, FaceRow.talent_ref == ref)
-        )
+        left = count_talent_faces(session, account_id, ref)
         return not left and self.vault.destroy(session, account_id, talent_id)
 
     def delete_face(self, account_id: str, talent_id: str, face_id: str) -> tuple[Face, int]:
@@ -507,24 +504,17 @@ class Matcher:
         id."""
         with self.db.read() as session:
             ref = self.vault.ref(session, account_id, talent_id)
-            mine = (
-                FaceRow.face_id == face_id,
-                FaceRow.account_id == account_id,
-                FaceRow.talent_ref == ref,
-            )
-            row = session.scalars(select(FaceRow).where(*mine)).one_or_none() if ref else None
-        if row is None:
+            row = talent_face(session, account_id, ref, face_id) if ref else None
+        if row is None or ref is None:
             raise NotFound("the talent has no such face", reason="FACE_NOT_FOUND")
         self.engine.delete(account_id, [face_id])
         with self.db.write() as session:
-            deleted = rowcount(session.execute(delete(FaceRow).where(*mine)))
+            deleted = delete_talent_face(session, account_id, ref, face_id)
             if deleted:
                 version = bump_version(session, account_id, removed=[face_id])
                 self._destroy_key_if_unused(session, account_id, talent_id)
             else:  # a concurrent deletion won, and bumped the version itself
-                version = session.scalars(
-                    select(CollectionRow.version).where(CollectionRow.account_id == account_id)
-                ).one()
+                version = collection_version(session, account_id)
         if deleted:
             self.db.scrub(ERASED_TABLES)
         logs.log(
@@ -543,30 +533,13 @@ class Matcher:
             ref = self.vault.ref(session, account_id, talent_id)
             if ref is None:
                 return [], None
-            rows = list(
-                session.scalars(
-                    _live(select(FaceRow))
-                    .where(
-                        FaceRow.account_id == account_id,
-                        FaceRow.talent_ref == ref,
-                        FaceRow.face_id > after,
-                    )
-                    .order_by(FaceRow.face_id)
-                    .limit(fetch_limit(page_size))
-                )
-            )
+            rows = live_faces_page(session, account_id, ref, after, fetch_limit(page_size))
         page, position = page_of(rows, page_size, lambda face: face.face_id)
         return [_face(row, talent_id) for row in page], position
 
     def stats(self, account_id: str) -> tuple[int, int, str]:
         with self.db.read() as session:
-            faces, talents = session.execute(
-                _live(
-                    select(func.count(), func.count(FaceRow.talent_ref.distinct())).where(
-                        FaceRow.account_id == account_id
-                    )
-                )
-            ).one()
+            faces, talents = live_counts(session, account_id)
         kind = self.indexes.for_account(account_id).kind if self.engine.has_vectors else "engine"
         return faces, talents, kind
 
@@ -576,17 +549,7 @@ class Matcher:
         """(account, talent, face count) per enrolled talent, in (account, talent_ref) order;
         the position is the last row's (account, talent_ref)."""
         with self.db.read() as session:
-            query = _live(
-                select(
-                    FaceRow.account_id, FaceRow.talent_ref, func.count(), func.min(FaceRow.face_id)
-                ).group_by(FaceRow.account_id, FaceRow.talent_ref)
-            )
-            if account_id:
-                query = query.where(FaceRow.account_id == account_id)
-            if after is not None:
-                query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_ref) > tuple_(*after))
-            order = query.order_by(FaceRow.account_id, FaceRow.talent_ref)
-            groups = session.execute(order.limit(fetch_limit(page_size))).all()
+            groups = live_talent_groups(session, account_id, after, fetch_limit(page_size))
             page, position = page_of(groups, page_size, lambda group: (group[0], group[1]))
             talents = self._talents_of(session, [group[3] for group in page])
         rows = [
@@ -598,11 +561,7 @@ class Matcher:
 
     def _talents_of(self, session: Session, face_ids: list[str]) -> dict[str, str]:
         """The talent ids sealed in these faces, by face id (faces whose key is gone left out)."""
-        rows = session.execute(
-            select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed).where(
-                FaceRow.face_id.in_(face_ids)
-            )
-        ).all()
+        rows = sealed_faces(session, face_ids)
         keys = self.vault.keys_by_ref(session, {r.talent_ref for r in rows})
         return {
             r.face_id: open_face(keys[r.talent_ref], r.face_id, r.sealed)[0]
@@ -622,14 +581,7 @@ class Matcher:
         sealed = 0
         while True:
             with self.db.write() as session:
-                rows = list(
-                    session.scalars(
-                        select(FaceRow)
-                        .where(FaceRow.legacy_talent_id.is_not(None))
-                        .order_by(FaceRow.face_id)
-                        .limit(_LEGACY_BATCH)
-                    )
-                )
+                rows = legacy_faces(session, _LEGACY_BATCH)
                 accounts: dict[str, list[FaceRow]] = {}
                 for row in rows:
                     accounts.setdefault(row.account_id, []).append(row)
@@ -648,17 +600,8 @@ class Matcher:
                 break
             sealed += len(rows)
         with self.db.write() as session:  # plain digests: no image to key them again
-            dropped = rowcount(
-                session.execute(
-                    delete(FaceRequestRow).where(FaceRequestRow.legacy_digest.is_not(None))
-                )
-            )
+            dropped = delete_legacy_digests(session)
         if sealed or dropped:
             self.db.scrub(ERASED_TABLES)
             logs.log(logger, "legacy faces sealed", faces=sealed, digests_dropped=dropped)
         return sealed + dropped
-
-
-def _live(query: Any) -> Any:
-    """Only faces whose talent's key exists: a face whose key is gone is treated as absent."""
-    return query.join(TalentKeyRow, TalentKeyRow.row_ref == FaceRow.talent_ref)

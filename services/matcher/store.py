@@ -1,33 +1,38 @@
 """The matcher's tables (its own database; no other service reads it). Face vectors and
 metadata only: enrollment images are never stored. A face's talent id and vector are sealed
 under the talent's data key (the matcher's vault, docs/vault.md); rows are found by
-`talent_ref`, an HMAC under that key (`TalentKey.ref`)."""
+`talent_ref`, an HMAC under that key (`TalentKey.ref`). The queries the use cases run are
+here too, below the tables."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, TypeVarTuple, cast
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    Row,
+    Select,
     String,
     Table,
     delete,
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from mixip.runtime.db import UtcDateTime, insert_ignoring_conflicts
+from mixip.runtime.db import UtcDateTime, insert_ignoring_conflicts, rowcount
 from mixip.runtime.vault import TalentKey, TalentKeyColumns, VaultStateColumns
 
 
@@ -198,3 +203,155 @@ def collection_sizes(session: Session) -> list[int]:
         select(func.count()).select_from(FaceRow).group_by(FaceRow.account_id)
     ).all()
     return [int(count) for count in counts]
+
+
+# -- face queries: a face whose talent's key is gone counts as absent ("live" faces only) ------
+
+
+_Columns = TypeVarTuple("_Columns")
+
+
+def _live(query: Select[*_Columns]) -> Select[*_Columns]:
+    """Only faces whose talent's key exists: a face whose key is gone is treated as absent."""
+    return query.join(TalentKeyRow, TalentKeyRow.row_ref == FaceRow.talent_ref)
+
+
+def face_by_request(
+    session: Session, account_id: str, request_id: str
+) -> tuple[FaceRow, str | None] | None:
+    """The face enrolled under `request_id` and its keyed enrollment digest (None: enrolled
+    before keyed digests)."""
+    found = session.execute(
+        select(FaceRow, FaceRequestRow.digest)
+        .outerjoin(FaceRequestRow, FaceRequestRow.face_id == FaceRow.face_id)
+        .where(FaceRow.account_id == account_id, FaceRow.request_id == request_id)
+    ).one_or_none()
+    return None if found is None else (found[0], found[1])
+
+
+def talent_face_ids(
+    session: Session, account_id: str, ref: bytes, enrolled_before: datetime | None = None
+) -> list[str]:
+    """The ids of the talent's faces (by its key's ref), enrolled at or before
+    `enrolled_before` if given."""
+    query = select(FaceRow.face_id).where(
+        FaceRow.account_id == account_id, FaceRow.talent_ref == ref
+    )
+    if enrolled_before is not None:
+        query = query.where(FaceRow.created_at <= enrolled_before)
+    return list(session.scalars(query))
+
+
+def talent_face(session: Session, account_id: str, ref: bytes, face_id: str) -> FaceRow | None:
+    """The talent's face `face_id` (None if it is not the talent's)."""
+    query = select(FaceRow).where(*_of_talent(account_id, ref, face_id))
+    return session.scalars(query).one_or_none()
+
+
+def delete_talent_face(session: Session, account_id: str, ref: bytes, face_id: str) -> int:
+    """Deletes the talent's face `face_id`; 0 if it was not there (deleted meanwhile)."""
+    return rowcount(session.execute(delete(FaceRow).where(*_of_talent(account_id, ref, face_id))))
+
+
+def _of_talent(account_id: str, ref: bytes, face_id: str) -> tuple[ColumnElement[bool], ...]:
+    """Face `face_id`, if it is the talent's (by its key's ref) in the account."""
+    return (
+        FaceRow.face_id == face_id,
+        FaceRow.account_id == account_id,
+        FaceRow.talent_ref == ref,
+    )
+
+
+def delete_faces(session: Session, face_ids: list[str]) -> int:
+    return rowcount(session.execute(delete(FaceRow).where(FaceRow.face_id.in_(face_ids))))
+
+
+def count_talent_faces(session: Session, account_id: str, ref: bytes) -> int:
+    """How many faces the talent has (its key's or not)."""
+    count = session.scalar(
+        select(func.count()).where(FaceRow.account_id == account_id, FaceRow.talent_ref == ref)
+    )
+    return int(count or 0)
+
+
+def collection_version(session: Session, account_id: str) -> int:
+    """The account's collection version (the row exists once a face was enrolled)."""
+    return session.scalars(
+        select(CollectionRow.version).where(CollectionRow.account_id == account_id)
+    ).one()
+
+
+def live_faces_page(
+    session: Session, account_id: str, ref: bytes, after: str, limit: int
+) -> list[FaceRow]:
+    """Up to `limit` of the talent's faces after face id `after`, by face id."""
+    return list(
+        session.scalars(
+            _live(select(FaceRow))
+            .where(
+                FaceRow.account_id == account_id,
+                FaceRow.talent_ref == ref,
+                FaceRow.face_id > after,
+            )
+            .order_by(FaceRow.face_id)
+            .limit(limit)
+        )
+    )
+
+
+def live_counts(session: Session, account_id: str) -> tuple[int, int]:
+    """The account's faces and talents."""
+    faces, talents = session.execute(
+        _live(
+            select(func.count(), func.count(FaceRow.talent_ref.distinct())).where(
+                FaceRow.account_id == account_id
+            )
+        )
+    ).one()
+    return int(faces), int(talents)
+
+
+def live_talent_groups(
+    session: Session, account_id: str, after: tuple[str, bytes] | None, limit: int
+) -> Sequence[Row[*tuple[Any, ...]]]:
+    """Up to `limit` enrolled talents, in (account, talent_ref) order after `after`: each
+    (account, talent_ref, face count, its first face id); of one account when given."""
+    query = _live(
+        select(
+            FaceRow.account_id, FaceRow.talent_ref, func.count(), func.min(FaceRow.face_id)
+        ).group_by(FaceRow.account_id, FaceRow.talent_ref)
+    )
+    if account_id:
+        query = query.where(FaceRow.account_id == account_id)
+    if after is not None:
+        query = query.where(tuple_(FaceRow.account_id, FaceRow.talent_ref) > tuple_(*after))
+    order = query.order_by(FaceRow.account_id, FaceRow.talent_ref)
+    return session.execute(order.limit(limit)).all()
+
+
+def sealed_faces(session: Session, face_ids: list[str]) -> Sequence[Row[*tuple[Any, ...]]]:
+    """(face_id, talent_ref, sealed) of these faces."""
+    return session.execute(
+        select(FaceRow.face_id, FaceRow.talent_ref, FaceRow.sealed).where(
+            FaceRow.face_id.in_(face_ids)
+        )
+    ).all()
+
+
+def legacy_faces(session: Session, limit: int) -> list[FaceRow]:
+    """Up to `limit` faces enrolled before sealing (clear talent id), by face id."""
+    return list(
+        session.scalars(
+            select(FaceRow)
+            .where(FaceRow.legacy_talent_id.is_not(None))
+            .order_by(FaceRow.face_id)
+            .limit(limit)
+        )
+    )
+
+
+def delete_legacy_digests(session: Session) -> int:
+    """Deletes the plain enrollment digests (made before keyed digests); returns how many."""
+    return rowcount(
+        session.execute(delete(FaceRequestRow).where(FaceRequestRow.legacy_digest.is_not(None)))
+    )

@@ -127,7 +127,7 @@ def test_a_purge_deletes_events_but_keeps_the_tree_and_its_proofs(audit_log, clo
     audit_log.record("acct-a", events("old", 5, clock))
     old_size, old_root = audit_log.tree_head("acct-a")
     clock.advance(days=40)
-    audit_log.partitions_ahead()
+    audit_log.partitions.ahead()
     audit_log.record("acct-a", events("new", 3, clock))
     size, root = audit_log.tree_head("acct-a")
     before = canonical_leaves(audit_log, "acct-a")
@@ -149,7 +149,7 @@ def test_the_revision_builds_the_tree_of_a_log_recorded_before_it(audit_log, clo
     audit_log.record("acct-a", events("a", 7, clock))
     audit_log.record("acct-b", events("b", 2, clock))
     clock.advance(days=40)
-    audit_log.partitions_ahead()
+    audit_log.partitions.ahead()
     audit_log.record("acct-a", events("later", 5, clock))
     before = {account: audit_log.tree_head(account) for account in ("acct-a", "acct-b")}
     url = audit_log.db.url

@@ -68,7 +68,7 @@ def fill_months(log: AuditLog, clock) -> None:
     partition ahead, as its start and its daily purge do), and a last time in April."""
     for month in (JAN, FEB, MAR):
         clock.now = month
-        log.partitions_ahead()
+        log.partitions.ahead()
         log.record("acct-a", events(f"a-{month:%m}", 4, clock, talent="t-ada"))
         log.record("acct-b", events(f"b-{month:%m}", 3, clock))
         clock.advance(days=10)  # after the cutoff in March
@@ -252,10 +252,10 @@ def test_a_purge_that_stops_after_its_detach_leaves_a_table_the_next_one_drops(
 def test_events_waiting_in_the_default_partition_move_into_their_month(audit_log, clock, backend):
     log = audit_log()
     clock.now = JAN
-    log.partitions_ahead()
+    log.partitions.ahead()
     clock.now = MAR  # no purge ran for two months: March has no partition yet
     log.record("acct-a", events("march", 3, clock))
-    made = log.partitions_ahead()
+    made = log.partitions.ahead()
     if backend == "postgresql":
         assert made == ["2026-03", "2026-04"]
         with log.db.read() as session:
