@@ -41,6 +41,7 @@ def start_mesh(
     web: bool = True,
     key_dir: Path | None = None,
     web_port: int = 0,
+    default_ports: bool = False,
 ) -> Mesh:
     """A started mesh; its keys in `key_dir` if given, else as MIXIP_KEY_DIR says."""
     mesh = Mesh(
@@ -50,6 +51,7 @@ def start_mesh(
         replicas=replicas or {},
         web=web,
         web_port=web_port,
+        default_ports=default_ports,
         extra_env={"MIXIP_KEY_DIR": str(key_dir)} if key_dir else {},
     )
     mesh.start()

@@ -161,6 +161,9 @@ class Mesh:
     web_url: str | None = None
     # The review page's port (0: a free one); MIXIP_WEB_LISTEN, when set, wins.
     web_port: int = 0
+    # Whether gateway_port / web_port are `mixip up`'s defaults, which move to a free port when
+    # taken before the bind; a port the user chose is used as given or the start fails.
+    default_ports: bool = False
     # Where key material lives: MIXIP_KEY_DIR (from extra_env or the environment), by default
     # `<data dir>-keys` beside the data directory.
     key_dir: Path = field(init=False)
@@ -294,7 +297,7 @@ class Mesh:
                 if attempt == START_ATTEMPTS:
                     raise
                 self.say(f"{raced}; starting again on other ports")
-                if self.gateway_port:
+                if self.gateway_port and self.default_ports:
                     self.gateway_port = port_or_free(self.gateway_port, "gateway", self.say)
         if self.web and "gateway" in self.services:
             self._start_web(ready_timeout)
@@ -344,7 +347,7 @@ class Mesh:
                 if listen or attempt == START_ATTEMPTS:
                     raise
                 self.say(f"{raced}; starting again on another port")
-                if self.web_port:
+                if self.web_port and self.default_ports:
                     self.web_port = port_or_free(self.web_port, "review page", self.say)
         self.web_url = f"http://{self.listen[WEB]}"
 
@@ -385,7 +388,7 @@ class Mesh:
                 web_serving(self.listen[name])
                 if name == WEB
                 else serving(self.listen[name], self.credentials(name))
-            )
+            ) and listens_on(process.pid, self.listen[name])
             if up:
                 pending.pop(0)
                 continue
@@ -485,6 +488,35 @@ def serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
         except grpc.RpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def listens_on(pid: int, address: str) -> bool:
+    """Whether process `pid` holds the listening socket of `address`'s port, so that a health
+    check answered there is ours, not another mesh's that took a default port first. Read from
+    /proc (Linux); true where there is no /proc to read."""
+    port = int(address.rsplit(":", 1)[1])
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return True
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(fields[9])
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # the process is gone
+        return False
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 def web_serving(address: str) -> bool:

@@ -90,7 +90,8 @@ class Unavailable(MeshError):
 
 
 class DependencyUnavailable(Unavailable):
-    """A service this call depends on stayed unreachable through this hop's own retries. The
+    """A service this call depends on was unreachable (UNAVAILABLE after this hop's own retries,
+    or DEADLINE_EXCEEDED, which no hop retries). The
     status tells the caller's channel not to retry (gRPC's server pushback, a negative
     `grpc-retry-pushback-ms`): retrying at every hop of a chain would multiply the attempts
     (five at each of three hops: 125 calls to a service that is down, and minutes before the

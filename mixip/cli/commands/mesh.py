@@ -46,7 +46,12 @@ def up(args: argparse.Namespace, conn: Connection, out: Output) -> int:
         web_port = port_or_free(DEFAULT_WEB_PORT, "review page", say_on_stderr)
     out.note(f"starting the mesh in {conn.data_dir} ...")
     mesh = start_mesh(
-        conn.data_dir, gateway_port, tls=not args.insecure, replicas=replicas, web_port=web_port
+        conn.data_dir,
+        gateway_port,
+        tls=not args.insecure,
+        replicas=replicas,
+        web_port=web_port,
+        default_ports=args.gateway_port is None and args.web_port is None,
     )
     document = {
         "event": "ready",

@@ -4,11 +4,14 @@ port lost to a race before the bind starts the mesh again on fresh ports."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from mixip.cli import launcher
-from mixip.cli.launcher import Mesh, port_or_free
+from mixip.cli.launcher import Mesh, listens_on, port_or_free
 from mixip.runtime.config import free_port
 
 
@@ -67,7 +70,9 @@ def test_a_review_page_port_taken_before_its_bind_falls_back_to_a_free_one(tmp_p
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        mesh = Mesh(tmp_path / "data", services=["gateway"], web=True, web_port=taken)
+        mesh = Mesh(
+            tmp_path / "data", services=["gateway"], web=True, web_port=taken, default_ports=True
+        )
         mesh.say = said.append
         mesh.start(ready_timeout=60)
         try:
@@ -76,3 +81,19 @@ def test_a_review_page_port_taken_before_its_bind_falls_back_to_a_free_one(tmp_p
             assert any(line.startswith(f"port {taken} is taken") for line in said), said
         finally:
             mesh.stop()
+
+
+def test_a_health_check_answered_on_a_port_counts_only_when_the_started_process_holds_it():
+    """Another mesh that took a default port first answers health checks there too: the
+    launcher takes a service as up only when its own process listens on the port."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert listens_on(os.getpid(), address)
+            assert not listens_on(other.pid, address)
+        finally:
+            other.kill()
+            other.wait()
