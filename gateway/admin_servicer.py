@@ -7,10 +7,10 @@ from __future__ import annotations
 import grpc
 
 from gateway.account_export import EXPORT_SCHEMA, AccountExports
-from gateway.account_messages import account_message, api_key_message, closure_message
 from gateway.accounts import Accounts
 from gateway.auth import Authenticator
 from gateway.closures import Closures
+from gateway.messages import account_message, api_key_message, closure_message
 from gateway.operations import Operations
 from gateway.retention import MediaRetention
 from gateway.settings import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS

@@ -13,38 +13,44 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
 
-from gateway.access_log import AccessEntry, AccessFilter, AccessLog
+from gateway.access_log import AccessFilter, AccessLog
 from gateway.account_export import EXPORT_SCHEMA, AccountExports
-from gateway.account_messages import closure_message, profile_message
-from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Account, Accounts
+from gateway.accounts import EMAIL, EMAIL_MAX, EMAIL_RULE, Accounts
 from gateway.auth import Authenticator, note
 from gateway.closures import Closures
 from gateway.erasure import Erasures
 from gateway.jobs import Job, Jobs
+from gateway.messages import (
+    access_entry_message,
+    closure_message,
+    collaborator_message,
+    decision_message,
+    erasure_step_message,
+    job_message,
+    media_summary_message,
+    profile_message,
+    project_message,
+    report_media_message,
+    session_message,
+    upload_job_message,
+    upload_message,
+    webhook_message,
+)
 from gateway.peers import ConsentDecision
 from gateway.previews import DEFAULT_MAX_SIDE, MAX_MAX_SIDE, MIN_MAX_SIDE, Previews
-from gateway.projects import (
-    INVITABLE,
-    Action,
-    Collaborator,
-    Project,
-    Projects,
-    from_micros,
-    micros,
-)
+from gateway.projects import INVITABLE, Action, Projects, from_micros, micros
 from gateway.reports import ClearanceReports
-from gateway.reviews import Decision, MediaSummary, NewDecision, Reviews
+from gateway.reviews import NewDecision, Reviews
 from gateway.rights import Rights
 from gateway.upload_sessions import (
     SESSION_ID,
     SESSION_ID_RULE,
     SHA256_PATTERN,
     Chunk,
-    SessionState,
     UploadSessions,
 )
-from gateway.uploads import StoredMedia, StreamLimits, UploadHeader, Uploads
-from gateway.webhooks import EVENT_TYPES, MAX_EVENT_TYPES, Webhook, Webhooks, check_url
+from gateway.uploads import StreamLimits, UploadHeader, Uploads
+from gateway.webhooks import EVENT_TYPES, MAX_EVENT_TYPES, Webhooks, check_url
 from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.errors import InvalidArgument
@@ -86,17 +92,6 @@ def _session_id(value: str, field_name: str) -> str:
     if not SESSION_ID.fullmatch(value):
         raise InvalidArgument.one(field_name, SESSION_ID_RULE)
     return value
-
-
-def _session(state: SessionState) -> gateway_pb2.UploadSession:
-    return gateway_pb2.UploadSession(
-        session_id=state.session_id,
-        project_id=state.project_id,
-        declared_size=state.declared_size,
-        durable_offset=state.durable_offset,
-        created_at=to_timestamp(state.created_at),
-        last_write_at=to_timestamp(state.last_write_at),
-    )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -161,12 +156,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if header.as_job:
             job = self.jobs.start(caller.account_id, caller.key_id, upload, data)
             note(media_id=job.media_id)
-            return gateway_pb2.UploadMediaResponse(
-                media_id=job.media_id, project_id=job.project_id, job_id=job.job_id
-            )
+            return upload_job_message(job)
         stored = self.uploads.upload(caller.account_id, caller.key_id, upload, data)
         note(media_id=stored.media.media_id)
-        return _upload_response(stored)
+        return upload_message(stored)
 
     # -- resumable uploads (gateway/upload_sessions.py) ------------------------------------
 
@@ -185,7 +178,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         state = self.sessions.create(
             caller.account_id, request.project_id, request.filename, request.declared_size
         )
-        return gateway_pb2.CreateUploadSessionResponse(session=_session(state))
+        return gateway_pb2.CreateUploadSessionResponse(session=session_message(state))
 
     def AppendUploadChunks(
         self,
@@ -201,7 +194,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 yield Chunk(message.session_id, message.offset, message.data)
 
         state = self.sessions.append(caller.account_id, chunks())
-        return gateway_pb2.AppendUploadChunksResponse(session=_session(state))
+        return gateway_pb2.AppendUploadChunksResponse(session=session_message(state))
 
     def GetUploadSession(
         self, request: gateway_pb2.GetUploadSessionRequest, context: grpc.ServicerContext
@@ -209,7 +202,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = self.auth.account(context)
         _session_id(request.session_id, "session_id")
         state = self.sessions.state(caller.account_id, request.session_id)
-        return gateway_pb2.GetUploadSessionResponse(session=_session(state))
+        return gateway_pb2.GetUploadSessionResponse(session=session_message(state))
 
     def FinishUploadSession(
         self, request: gateway_pb2.FinishUploadSessionRequest, context: grpc.ServicerContext
@@ -226,15 +219,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         if isinstance(finished, Job):
             note(media_id=finished.media_id)
-            return gateway_pb2.FinishUploadSessionResponse(
-                media=gateway_pb2.UploadMediaResponse(
-                    media_id=finished.media_id,
-                    project_id=finished.project_id,
-                    job_id=finished.job_id,
-                )
-            )
+            return gateway_pb2.FinishUploadSessionResponse(media=upload_job_message(finished))
         note(media_id=finished.media.media_id)
-        return gateway_pb2.FinishUploadSessionResponse(media=_upload_response(finished))
+        return gateway_pb2.FinishUploadSessionResponse(media=upload_message(finished))
 
     def GetMediaResults(
         self, request: gateway_pb2.GetMediaResultsRequest, context: grpc.ServicerContext
@@ -246,8 +233,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         scope = self.projects.media_scope(caller.account_id, request.media_id, Action.READ)
         stored = self.uploads.results(scope)
         return gateway_pb2.GetMediaResultsResponse(
-            media=_upload_response(stored),
-            decisions=[_decision(d) for d in self.reviews.decisions(scope)],
+            media=upload_message(stored),
+            decisions=[decision_message(d) for d in self.reviews.decisions(scope)],
             filename=self.uploads.filename(scope),
         )
 
@@ -426,12 +413,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.EraseTalentResponse(
             receipt_id=receipt_id,
             talent_id=request.talent_id,
-            steps=[
-                gateway_pb2.ErasureStep(
-                    name=s.name, count=s.count, completed_at=to_timestamp(s.completed_at)
-                )
-                for s in steps
-            ],
+            steps=[erasure_step_message(s) for s in steps],
             completed_at=to_timestamp(steps[-1].completed_at),
         )
 
@@ -506,7 +488,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         checks.text("display_name", request.display_name, max_length=128)
         checks.done()
         project = self.projects.create(caller.account_id, request.project_id, request.display_name)
-        return gateway_pb2.CreateProjectResponse(project=_project(project))
+        return gateway_pb2.CreateProjectResponse(project=project_message(project))
 
     def ListProjects(
         self, request: gateway_pb2.ListProjectsRequest, context: grpc.ServicerContext
@@ -521,7 +503,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument.one("page_token", "not a token this service issued")
         projects, last = self.projects.projects(caller.account_id, page_size, after)
         return gateway_pb2.ListProjectsResponse(
-            projects=[_project(p) for p in projects],
+            projects=[project_message(p) for p in projects],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -544,7 +526,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         collaborator = self.projects.invite(
             caller.account_id, caller.key_id, request.project_id, request.account_id, request.role
         )
-        return gateway_pb2.InviteCollaboratorResponse(collaborator=_collaborator(collaborator))
+        return gateway_pb2.InviteCollaboratorResponse(
+            collaborator=collaborator_message(collaborator)
+        )
 
     def AcceptInvitation(
         self, request: gateway_pb2.AcceptInvitationRequest, context: grpc.ServicerContext
@@ -557,7 +541,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         project = self.projects.accept(
             caller.account_id, request.owner_account_id, request.project_id
         )
-        return gateway_pb2.AcceptInvitationResponse(project=_project(project))
+        return gateway_pb2.AcceptInvitationResponse(project=project_message(project))
 
     def RemoveCollaborator(
         self, request: gateway_pb2.RemoveCollaboratorRequest, context: grpc.ServicerContext
@@ -570,7 +554,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         collaborator = self.projects.remove(
             caller.account_id, caller.key_id, request.project_id, request.account_id
         )
-        return gateway_pb2.RemoveCollaboratorResponse(collaborator=_collaborator(collaborator))
+        return gateway_pb2.RemoveCollaboratorResponse(
+            collaborator=collaborator_message(collaborator)
+        )
 
     def ListCollaborators(
         self, request: gateway_pb2.ListCollaboratorsRequest, context: grpc.ServicerContext
@@ -587,7 +573,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         profiles = self.accounts.profiles({c.account_id for c in collaborators})
         return gateway_pb2.ListCollaboratorsResponse(
-            collaborators=[_collaborator(c, profiles.get(c.account_id)) for c in collaborators],
+            collaborators=[
+                collaborator_message(c, profiles.get(c.account_id)) for c in collaborators
+            ],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -613,7 +601,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             after=after,
         )
         return gateway_pb2.ListMediaResponse(
-            media=[_media_summary(m) for m in media],
+            media=[media_summary_message(m) for m in media],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -642,7 +630,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 confirm_not_cleared=request.confirm_not_cleared,
             ),
         )
-        return gateway_pb2.RecordReviewDecisionResponse(decision=_decision(decision))
+        return gateway_pb2.RecordReviewDecisionResponse(decision=decision_message(decision))
 
     def ListClearanceReport(
         self, request: gateway_pb2.ListClearanceReportRequest, context: grpc.ServicerContext
@@ -657,21 +645,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         scope = self.projects.project_scope(caller.account_id, request.project_id, Action.READ)
         project, media, last = self.reports.page(scope, caller.account_id, page_size, after)
         return gateway_pb2.ListClearanceReportResponse(
-            project=_project(project),
-            media=[
-                gateway_pb2.ClearanceReportMedia(
-                    media=_media_summary(m.summary),
-                    faces=[
-                        gateway_pb2.ClearanceReportFace(
-                            result=f.result,
-                            decision=_decision(f.decision) if f.decision else None,
-                            release_form=gateway_pb2.ReleaseFormStatus.ValueType(f.release_form),
-                        )
-                        for f in m.faces
-                    ],
-                )
-                for m in media
-            ],
+            project=project_message(project),
+            media=[report_media_message(m) for m in media],
             next_page_token=next_page_token(last, filters),
         )
 
@@ -694,7 +669,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             caller.account_id, AccessFilter(since, request.project_id), page_size, after
         )
         return gateway_pb2.ListAccessLogResponse(
-            entries=[_access_entry(entry) for entry in entries],
+            entries=[access_entry_message(entry) for entry in entries],
             next_page_token=next_page_token(next_after, filters),
         )
 
@@ -715,7 +690,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         webhook, secret = self.webhooks.add(
             caller.account_id, request.url, request.event_types, request.request_id
         )
-        return gateway_pb2.AddWebhookResponse(webhook=_webhook(webhook), secret=secret)
+        return gateway_pb2.AddWebhookResponse(webhook=webhook_message(webhook), secret=secret)
 
     def ListWebhooks(
         self, request: gateway_pb2.ListWebhooksRequest, context: grpc.ServicerContext
@@ -729,7 +704,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         after = (from_micros(position[0]), position[1]) if position else None
         webhooks, last = self.webhooks.list(caller.account_id, page_size, after)
         return gateway_pb2.ListWebhooksResponse(
-            webhooks=[_webhook(w) for w in webhooks],
+            webhooks=[webhook_message(w) for w in webhooks],
             next_page_token=next_page_token(last and [micros(last[0]), last[1]], filters),
         )
 
@@ -739,7 +714,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = self.auth.account(context)
         _webhook_id(request.webhook_id)
         webhook = self.webhooks.remove(caller.account_id, request.webhook_id)
-        return gateway_pb2.RemoveWebhookResponse(webhook=_webhook(webhook))
+        return gateway_pb2.RemoveWebhookResponse(webhook=webhook_message(webhook))
 
     def TestWebhook(
         self, request: gateway_pb2.TestWebhookRequest, context: grpc.ServicerContext
@@ -760,7 +735,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         webhook, secret = self.webhooks.rotate(
             caller.account_id, request.webhook_id, request.request_id
         )
-        return gateway_pb2.RotateWebhookSecretResponse(webhook=_webhook(webhook), secret=secret)
+        return gateway_pb2.RotateWebhookSecretResponse(
+            webhook=webhook_message(webhook), secret=secret
+        )
 
     # -- analysis jobs (docs/jobs.md) --
 
@@ -770,7 +747,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = self.auth.account(context)
         _job_id(request.job_id)
         return gateway_pb2.GetJobResponse(
-            job=_job(self.jobs.get(caller.account_id, request.job_id))
+            job=job_message(self.jobs.get(caller.account_id, request.job_id))
         )
 
     def WatchJob(
@@ -779,7 +756,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = self.auth.account(context)
         _job_id(request.job_id)
         for job in self.jobs.watch(caller.account_id, request.job_id, context.is_active):
-            yield gateway_pb2.WatchJobResponse(job=_job(job))
+            yield gateway_pb2.WatchJobResponse(job=job_message(job))
 
     def CancelJob(
         self, request: gateway_pb2.CancelJobRequest, context: grpc.ServicerContext
@@ -787,7 +764,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         caller = self.auth.account(context)
         _job_id(request.job_id)
         job = self.jobs.cancel(caller.account_id, request.job_id)
-        return gateway_pb2.CancelJobResponse(job=_job(job))
+        return gateway_pb2.CancelJobResponse(job=job_message(job))
 
     def ListJobs(
         self, request: gateway_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -802,7 +779,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         scope = self.projects.project_scope(caller.account_id, request.project_id, Action.READ)
         jobs, last = self.jobs.list(scope, caller.account_id, page_size, after)
         return gateway_pb2.ListJobsResponse(
-            jobs=[_job(j) for j in jobs], next_page_token=next_page_token(last, filters)
+            jobs=[job_message(j) for j in jobs], next_page_token=next_page_token(last, filters)
         )
 
 
@@ -812,68 +789,10 @@ def _webhook_id(value: str) -> None:
     checks.done()
 
 
-def _webhook(webhook: Webhook) -> gateway_pb2.Webhook:
-    return gateway_pb2.Webhook(
-        webhook_id=webhook.webhook_id,
-        url=webhook.url,
-        event_types=webhook.event_types,
-        created_at=to_timestamp(webhook.created_at),
-        disabled_at=to_timestamp(webhook.disabled_at),
-        previous_secret_expires_at=to_timestamp(webhook.previous_secret_expires_at),
-    )
-
-
-def _upload_response(stored: StoredMedia) -> gateway_pb2.UploadMediaResponse:
-    media = stored.media
-    return gateway_pb2.UploadMediaResponse(
-        media_id=media.media_id,
-        kind=media.kind,  # type: ignore[arg-type]
-        content_type=media.content_type,
-        size_bytes=media.size_bytes,
-        faces=stored.faces,
-        audit_events_recorded=len(stored.faces),
-        duration_seconds=media.duration_seconds,
-        engine=media.engine,
-        created_at=to_timestamp(media.created_at),
-        project_id=media.project_id,
-    )
-
-
 def _job_id(job_id: str) -> None:
     checks = Checks()
     checks.identifier("job_id", job_id)
     checks.done()
-
-
-def _job(job: Job) -> gateway_pb2.Job:
-    return gateway_pb2.Job(
-        job_id=job.job_id,
-        project_id=job.project_id,
-        media_id=job.media_id,
-        state=gateway_pb2.JobState.ValueType(job.state),
-        frames_done=job.frames_done,
-        frames_total=job.frames_total,
-        percent=job.percent,
-        eta_seconds=job.eta_seconds,
-        attempts=job.attempts,
-        error=job.error,
-        started_by_account_id=job.started_by_account_id,
-        created_at=to_timestamp(job.created_at),
-        started_at=to_timestamp(job.started_at) if job.started_at else None,
-        finished_at=to_timestamp(job.finished_at) if job.finished_at else None,
-        segments=[
-            gateway_pb2.JobSegment(
-                index=segment.index,
-                start_seconds=segment.start_seconds,
-                end_seconds=segment.end_seconds,
-                state=gateway_pb2.JobState.ValueType(segment.state),
-                replica=segment.replica,
-                attempts=segment.attempts,
-                frames_done=segment.frames_done,
-            )
-            for segment in job.segments
-        ],
-    )
 
 
 def _position(
@@ -902,74 +821,3 @@ def _a_time(position: str) -> bool:
     except (OverflowError, ValueError):
         return False
     return True
-
-
-def _project(project: Project) -> gateway_pb2.Project:
-    return gateway_pb2.Project(
-        project_id=project.project_id,
-        display_name=project.display_name,
-        owner_account_id=project.owner_account_id,
-        role=gateway_pb2.ProjectRole.ValueType(project.role),
-        created_at=to_timestamp(project.created_at),
-        pending=project.pending,
-    )
-
-
-def _collaborator(
-    collaborator: Collaborator, profile: Account | None = None
-) -> gateway_pb2.Collaborator:
-    return gateway_pb2.Collaborator(
-        project_id=collaborator.project_id,
-        account_id=collaborator.account_id,
-        role=gateway_pb2.ProjectRole.ValueType(collaborator.role),
-        invited_at=to_timestamp(collaborator.invited_at),
-        invited_by_key_id=collaborator.invited_by_key_id,
-        accepted_at=to_timestamp(collaborator.accepted_at),
-        account_name=profile.name if profile else "",
-        account_email=profile.email if profile else "",
-    )
-
-
-def _media_summary(media: MediaSummary) -> gateway_pb2.MediaSummary:
-    return gateway_pb2.MediaSummary(
-        media_id=media.media_id,
-        project_id=media.project_id,
-        filename=media.filename,
-        kind=common_pb2.MediaKind.ValueType(media.kind),
-        content_type=media.content_type,
-        created_at=to_timestamp(media.created_at),
-        face_count=media.face_count,
-        cleared_faces=media.cleared_faces,
-        possible_faces=media.possible_faces,
-        unknown_faces=media.unknown_faces,
-        undecided_faces=media.undecided_faces,
-        uploaded_by_account_id=media.uploaded_by_account_id,
-    )
-
-
-def _decision(decision: Decision) -> gateway_pb2.ReviewDecisionRecord:
-    return gateway_pb2.ReviewDecisionRecord(
-        decision_id=decision.decision_id,
-        media_id=decision.media_id,
-        face_index=decision.face_index,
-        decision=common_pb2.ReviewDecision.ValueType(decision.decision),
-        note=decision.note,
-        decided_by_account_id=decision.decided_by_account_id,
-        decided_by_key_id=decision.decided_by_key_id,
-        decided_at=to_timestamp(decision.decided_at),
-        decided_by_name=decision.decided_by_name,
-    )
-
-
-def _access_entry(entry: AccessEntry) -> gateway_pb2.AccessLogEntry:
-    return gateway_pb2.AccessLogEntry(
-        sequence=entry.sequence,
-        account_id=entry.account_id,
-        api_key_id=entry.api_key_id,
-        peer=entry.peer,
-        rpc=entry.rpc,
-        project_id=entry.project_id,
-        media_id=entry.media_id,
-        status_code=entry.status_code,
-        occurred_at=to_timestamp(entry.occurred_at),
-    )
