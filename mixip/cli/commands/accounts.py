@@ -7,10 +7,9 @@ import argparse
 import json
 import sys
 import uuid
-from pathlib import Path
 
 from mixip.cli.commands.parsing import Subparsers
-from mixip.cli.commands.talent import write_export
+from mixip.cli.exports import refuse_existing, show_export
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import admin_pb2, gateway_pb2
 from mixip.runtime.connection import Connection
@@ -124,8 +123,7 @@ def accounts_close(args: argparse.Namespace, conn: Connection, out: Output) -> i
 
 
 def accounts_export(args: argparse.Namespace, conn: Connection, out: Output) -> int:
-    if args.output and Path(args.output).exists() and not args.force:
-        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
+    refuse_existing(args.output, force=args.force)
     stub, meta = conn.admin()
     with out.progress(f"exporting {args.account}"):
         reply = stub.ExportAccount(
@@ -164,8 +162,7 @@ def account_close(args: argparse.Namespace, conn: Connection, out: Output) -> in
 
 
 def account_export(args: argparse.Namespace, conn: Connection, out: Output) -> int:
-    if args.output and Path(args.output).exists() and not args.force:
-        raise CliError(f"{args.output} exists; pass --force to overwrite it", exit_code=2)
+    refuse_existing(args.output, force=args.force)
     stub, meta = conn.gateway()
     with out.progress("exporting the account"):
         reply = stub.ExportOwnAccount(gateway_pb2.ExportOwnAccountRequest(), metadata=meta)
@@ -222,15 +219,8 @@ def _print_profile(out: Output, account: gateway_pb2.AccountProfile) -> None:
 
 def _account_export(out: Output, args: argparse.Namespace, document_json: str) -> int:
     document = json.loads(document_json)
-    if not args.output:
-        out.result(document, document_json)
-        return 0
-    write_export(Path(args.output), document_json + "\n", force=args.force)
-    counts = {k: len(v) for k, v in document.items() if isinstance(v, list)}
-    out.result(
-        {"account_id": document["account"]["account_id"], "written": args.output, "counts": counts},
-        f"wrote {args.output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
-    )
+    account = {"account_id": document["account"]["account_id"]}
+    show_export(out, document, document_json, args.output, force=args.force, subject=account)
     return 0
 
 

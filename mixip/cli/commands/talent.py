@@ -12,12 +12,12 @@ from typing import Any
 
 from mixip.cli.arguments import read_file
 from mixip.cli.commands.parsing import Subparsers
+from mixip.cli.exports import refuse_existing, show_export
 from mixip.cli.media import BYTES, upload_chunks
 from mixip.cli.output import CliError, Output
 from mixip.gateway.v1 import gateway_pb2
 from mixip.matcher.v1 import matcher_pb2
 from mixip.runtime.connection import Connection
-from mixip.runtime.files import write_private
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.paging import every_page
 
@@ -51,35 +51,17 @@ def export(args: argparse.Namespace, conn: Connection, out: Output) -> int:
 def export_talent(
     conn: Connection, out: Output, *, talent: str, output: str | None = None, force: bool = False
 ) -> int:
-    if output and Path(output).exists() and not force:
-        raise CliError(f"{output} exists; pass --force to overwrite it", exit_code=2)
+    refuse_existing(output, force=force)
     stub, meta = conn.gateway()
     with out.progress(f"exporting {talent}"):
         reply = stub.ExportTalentData(
             gateway_pb2.ExportTalentDataRequest(talent_id=talent), metadata=meta
         )
     document = json.loads(reply.document_json)
-    if output:
-        write_export(Path(output), reply.document_json + "\n", force=force)
-        counts = {k: len(v) for k, v in document.items() if isinstance(v, list)}
-        out.result(
-            {"talent_id": talent, "written": output, "counts": counts},
-            f"wrote {output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
-        )
-    else:
-        out.result(document, reply.document_json)
+    show_export(
+        out, document, reply.document_json, output, force=force, subject={"talent_id": talent}
+    )
     return 0
-
-
-def write_export(path: Path, text: str, *, force: bool) -> None:
-    """The export holds personal data: written 0600, never over an existing file unless
-    --force (checked before the export is requested, and again atomically on creation)."""
-    try:
-        write_private(path, text, exclusive=not force)
-    except FileExistsError:
-        raise CliError(f"{path} exists; pass --force to overwrite it", exit_code=2) from None
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror}", exit_code=2) from None
 
 
 def erase(args: argparse.Namespace, conn: Connection, out: Output) -> int:
