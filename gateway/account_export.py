@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gateway.access_log import AccessFilter, AccessLog
 from gateway.accounts import Accounts
@@ -72,11 +73,7 @@ class AccountExports:
                         "created_at": iso(j.created_at),
                         "finished_at": _time(j.finished_at),
                     }
-                    for j in session.scalars(
-                        select(JobRow)
-                        .where(JobRow.account_id == account_id)
-                        .order_by(JobRow.created_at, JobRow.job_id)
-                    )
+                    for j in _owned(session, JobRow, account_id, JobRow.created_at, JobRow.job_id)
                 ],
                 "webhooks": [
                     {
@@ -86,10 +83,12 @@ class AccountExports:
                         "created_at": iso(w.created_at),
                         "disabled_at": _time(w.disabled_at),
                     }
-                    for w in session.scalars(
-                        select(WebhookRow)
-                        .where(WebhookRow.account_id == account_id)
-                        .order_by(WebhookRow.created_at, WebhookRow.webhook_id)
+                    for w in _owned(
+                        session,
+                        WebhookRow,
+                        account_id,
+                        WebhookRow.created_at,
+                        WebhookRow.webhook_id,
                     )
                 ],
                 "api_keys": [
@@ -98,10 +97,8 @@ class AccountExports:
                         "created_at": iso(k.created_at),
                         "revoked_at": _time(k.revoked_at),
                     }
-                    for k in session.scalars(
-                        select(ApiKeyRow)
-                        .where(ApiKeyRow.account_id == account_id)
-                        .order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
+                    for k in _owned(
+                        session, ApiKeyRow, account_id, ApiKeyRow.created_at, ApiKeyRow.key_id
                     )
                 ],
                 "erasure_receipts": [
@@ -110,10 +107,12 @@ class AccountExports:
                         "completed_at": iso(r.completed_at),
                         "steps": json.loads(r.steps),
                     }
-                    for r in session.scalars(
-                        select(ErasureReceiptRow)
-                        .where(ErasureReceiptRow.account_id == account_id)
-                        .order_by(ErasureReceiptRow.completed_at, ErasureReceiptRow.receipt_id)
+                    for r in _owned(
+                        session,
+                        ErasureReceiptRow,
+                        account_id,
+                        ErasureReceiptRow.completed_at,
+                        ErasureReceiptRow.receipt_id,
                     )
                 ],
             }
@@ -121,11 +120,7 @@ class AccountExports:
         return json.dumps(document, indent=2, sort_keys=False)
 
     def _projects(self, session: Any, account_id: str) -> list[dict[str, Any]]:
-        projects = session.scalars(
-            select(ProjectRow)
-            .where(ProjectRow.account_id == account_id)
-            .order_by(ProjectRow.project_id)
-        ).all()
+        projects = _owned(session, ProjectRow, account_id, ProjectRow.project_id)
         members = session.scalars(
             select(ProjectMemberRow)
             .where(ProjectMemberRow.owner_account_id == account_id)
@@ -155,24 +150,14 @@ class AccountExports:
         return [_membership(m, m.owner_account_id, key="owner_account_id") for m in rows]
 
     def _media(self, session: Any, account_id: str) -> list[dict[str, Any]]:
-        media = session.scalars(
-            select(MediaRow)
-            .where(MediaRow.account_id == account_id)
-            .order_by(MediaRow.created_at, MediaRow.media_id)
-        ).all()
-        names = self.seals.filenames(session, list(media))
-        faces = session.scalars(
-            select(MediaFaceRow)
-            .where(MediaFaceRow.account_id == account_id)
-            .order_by(MediaFaceRow.media_id, MediaFaceRow.face_index)
-        ).all()
-        results = list(zip(faces, self.seals.faces(session, list(faces)), strict=True))
-        decisions = session.scalars(
-            select(ReviewDecisionRow)
-            .where(ReviewDecisionRow.account_id == account_id)
-            .order_by(ReviewDecisionRow.sequence)
-        ).all()
-        notes = self.seals.notes(session, list(decisions))
+        media = _owned(session, MediaRow, account_id, MediaRow.created_at, MediaRow.media_id)
+        names = self.seals.filenames(session, media)
+        faces = _owned(
+            session, MediaFaceRow, account_id, MediaFaceRow.media_id, MediaFaceRow.face_index
+        )
+        results = list(zip(faces, self.seals.faces(session, faces), strict=True))
+        decisions = _owned(session, ReviewDecisionRow, account_id, ReviewDecisionRow.sequence)
+        notes = self.seals.notes(session, decisions)
         out = []
         for m in media:
             out.append(
@@ -225,6 +210,19 @@ class AccountExports:
             if last is None:
                 return entries
             after = last
+
+
+class _AccountRow(Protocol):
+    account_id: Any  # the column naming the account a row belongs to
+
+
+R = TypeVar("R", bound=_AccountRow)
+
+
+def _owned(session: Session, row: type[R], account_id: str, *order: Any) -> list[R]:
+    """The account's own rows of the table `row`, in `order`: every section of the document
+    but the memberships (keyed by owner and member) reads through this one filter."""
+    return list(session.scalars(select(row).where(row.account_id == account_id).order_by(*order)))
 
 
 def _membership(row: ProjectMemberRow, other: str, key: str = "account_id") -> dict[str, Any]:
