@@ -37,7 +37,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-import grpc
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -50,6 +49,7 @@ from mixip.runtime import logs
 from mixip.runtime.backoff import Backoff
 from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database, rowcount
+from mixip.runtime.errors import failure_code
 from mixip.runtime.limits import MAX_BATCH
 from mixip.runtime.times import Clock, to_timestamp
 from mixip.runtime.vault import TalentKey
@@ -218,7 +218,7 @@ class AuditOutbox:
     def _retry_later(
         self, account_id: str, rows: list[tuple[int, bytes | None]], exc: Exception
     ) -> None:
-        code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
+        code = failure_code(exc)
         with self.db.write() as session:
             attempts = (
                 session.scalar(

@@ -169,6 +169,12 @@ class ErrorDetails:
         return text
 
 
+def failure_code(exc: Exception) -> str:
+    """How a log line or a row's last error names a failed attempt: the status code of a failed
+    call, the exception's type otherwise; never its message, which may carry personal data."""
+    return exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
+
+
 def error_details(error: grpc.RpcError) -> ErrorDetails:
     """Decodes the status details of a failed call (works for calls of any stub)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN

@@ -16,13 +16,13 @@ import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-import grpc
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mixip.runtime import logs
 from mixip.runtime.backoff import Backoff
 from mixip.runtime.db import Database, insert_ignoring_conflicts, rowcount
+from mixip.runtime.errors import failure_code
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import TalentKey, Vault
 from mixip.runtime.worker import Worker
@@ -92,8 +92,7 @@ class OutboxDispatcher:
             try:
                 deleted = self.deliver(row.account_id, talent_id, row.outbox_id, row.created_at)
             except Exception as exc:  # any failure: the row stays owed and is retried
-                code = exc.code().name if isinstance(exc, grpc.RpcError) else type(exc).__name__
-                self._retry_later(row, code)
+                self._retry_later(row, failure_code(exc))
             else:
                 self._acknowledge(row, deleted)
                 acknowledged += 1
@@ -202,7 +201,7 @@ class OutboxDispatcher:
                 .where(OutboxRow.id == row.id)
                 .values(
                     attempts=attempts,
-                    last_error=code,
+                    last_error=code[:64],
                     lease_until=None,
                     next_attempt_at=self.clock() + timedelta(seconds=delay),
                 )
