@@ -34,6 +34,7 @@ from gateway.auth import CURRENT_CALL, CallNote
 from gateway.store import AccessLogRow
 from mixip.runtime import logs
 from mixip.runtime.db import Database, bulk_insert
+from mixip.runtime.handlers import Behavior, RpcKind, rewrapped
 from mixip.runtime.times import Clock
 from mixip.runtime.validation import ID_PATTERN
 from mixip.runtime.worker import Worker
@@ -228,32 +229,21 @@ class AccessLogInterceptor(grpc.ServerInterceptor):
         if handler is None or method not in self.named:
             return handler  # health, reflection, unknown methods: not the API's calls
         named, rpc = self.named[method], method.rsplit("/", 1)[-1]
-        serialize, parse = handler.response_serializer, handler.request_deserializer
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(handler.unary_unary, rpc, named),
-                request_deserializer=parse,
-                response_serializer=serialize,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap(handler.stream_unary, rpc, None),
-                request_deserializer=parse,
-                response_serializer=serialize,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_streaming(handler.unary_stream, rpc, named),
-                request_deserializer=parse,
-                response_serializer=serialize,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_streaming(handler.stream_stream, rpc, None),
-                request_deserializer=parse,
-                response_serializer=serialize,
-            )
-        return handler  # the mesh interceptor inside refuses any other kind
+
+        def wrap(behavior: Behavior, kind: RpcKind) -> Behavior:
+            # a streamed request's identifiers come from the servicer (`note`)
+            names = None if kind.requests_stream else named
+            if kind.responses_stream:
+                return self._wrap_streaming(behavior, rpc, names)
+            return self._wrap(behavior, rpc, names)
+
+        wrapped = rewrapped(
+            handler,
+            wrap,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        return wrapped or handler  # the mesh interceptor inside refuses any other kind
 
     def _wrap(self, behavior: Handler, rpc: str, named: _Named | None) -> Handler:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:

@@ -41,6 +41,7 @@ from mixip.runtime.errors import (
     Unavailable,
     to_grpc_status,
 )
+from mixip.runtime.handlers import Behavior, RpcKind, rewrapped
 from mixip.runtime.limits import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
 from mixip.runtime.supervision import die_with_supervisor
 from mixip.runtime.telemetry import RpcMetrics
@@ -130,49 +131,21 @@ class MeshInterceptor(grpc.ServerInterceptor):
         # parse with a bare INTERNAL before any interceptor code runs); gRPC's own deserializer
         # only measures them.
         parse = handler.request_deserializer
-        serialize = handler.response_serializer
-        measure = _measured(limit)
-        if handler.unary_unary:
-            behavior = handler.unary_unary
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(
-                    lambda raw, context: behavior(_parsed(parse, raw), context),
-                    RpcMetrics(method, "unary"),
-                ),
-                request_deserializer=measure,
-                response_serializer=serialize,
-            )
-        if handler.stream_unary:
-            behavior = handler.stream_unary
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap(
-                    lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
-                    RpcMetrics(method, "client_stream"),
-                ),
-                request_deserializer=measure,
-                response_serializer=serialize,
-            )
-        if handler.unary_stream:
-            behavior = handler.unary_stream
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_streaming(
-                    lambda raw, context: behavior(_parsed(parse, raw), context),
-                    RpcMetrics(method, "server_stream"),
-                ),
-                request_deserializer=measure,
-                response_serializer=serialize,
-            )
-        if handler.stream_stream:
-            behavior = handler.stream_stream
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_streaming(
-                    lambda raws, context: behavior((_parsed(parse, r) for r in raws), context),
-                    RpcMetrics(method, "bidi_stream"),
-                ),
-                request_deserializer=measure,
-                response_serializer=serialize,
-            )
-        return grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
+
+        def wrap(behavior: Behavior, kind: RpcKind) -> Behavior:
+            metrics = RpcMetrics(method, kind.grpc_type)
+            parsed = _parsing(behavior, kind, lambda raw, context: _parsed(parse, raw))
+            if kind.responses_stream:
+                return self._wrap_streaming(parsed, metrics)
+            return self._wrap(parsed, metrics)
+
+        wrapped = rewrapped(
+            handler,
+            wrap,
+            request_deserializer=_measured(limit),
+            response_serializer=handler.response_serializer,
+        )
+        return wrapped or grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
 
     def _wrap(self, behavior: Handler, metrics: RpcMetrics) -> Handler:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
@@ -315,39 +288,29 @@ def _measured(limit: int) -> Callable[[bytes], bytes | TooLarge]:
 
 def _health_or_reflection(handler: Any, method: str, limit: int) -> Any:
     """Health and reflection served as they are, after the same size check."""
-    parse, serialize, measure = (
-        handler.request_deserializer,
-        handler.response_serializer,
-        _measured(limit),
-    )
+    parse = handler.request_deserializer
 
     def admit(raw: bytes | TooLarge, context: grpc.ServicerContext) -> Any:
         if isinstance(raw, TooLarge):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, raw.error().message)
         return parse(raw) if parse else raw
 
-    if handler.unary_unary:
-        unary = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(
-            lambda raw, context: unary(admit(raw, context), context),
-            request_deserializer=measure,
-            response_serializer=serialize,
-        )
-    if handler.unary_stream:
-        watch = handler.unary_stream
-        return grpc.unary_stream_rpc_method_handler(
-            lambda raw, context: watch(admit(raw, context), context),
-            request_deserializer=measure,
-            response_serializer=serialize,
-        )
-    if handler.stream_stream:
-        bidi = handler.stream_stream
-        return grpc.stream_stream_rpc_method_handler(
-            lambda raws, context: bidi((admit(r, context) for r in raws), context),
-            request_deserializer=measure,
-            response_serializer=serialize,
-        )
-    return grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
+    wrapped = rewrapped(
+        handler,
+        lambda behavior, kind: _parsing(behavior, kind, admit),
+        request_deserializer=_measured(limit),
+        response_serializer=handler.response_serializer,
+    )
+    return wrapped or grpc.unary_unary_rpc_method_handler(_refuse_unknown_kind(method))
+
+
+def _parsing(
+    behavior: Behavior, kind: RpcKind, parse: Callable[[Any, grpc.ServicerContext], Any]
+) -> Behavior:
+    """`behavior` taking raw requests: each is `parse`d (one, or each of a stream) first."""
+    if kind.requests_stream:
+        return lambda raws, context: behavior((parse(r, context) for r in raws), context)
+    return lambda raw, context: behavior(parse(raw, context), context)
 
 
 def _parsed(parse: Callable[[bytes], Any], raw: bytes | TooLarge) -> Any:
