@@ -9,7 +9,9 @@ Traces (OpenTelemetry): every server span continues the caller's W3C `traceparen
 channel made by `mixip.runtime.client` sends it on, so one trace follows a request from the
 gateway through the matcher, consent and audit. Spans are exported over OTLP when
 `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and to nothing
-otherwise; the trace id is on every log line either way.
+otherwise; the trace id is on every log line either way. Within a call, `step` spans name where
+its time goes (an upload's authentication, store, match and commit; a match's decode, analysis,
+search and consent check): span names only, never an id in an attribute.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import grpc
@@ -149,6 +152,15 @@ def traced(channel: grpc.Channel) -> grpc.Channel:
     """`channel`, sending the current trace context (W3C traceparent) with every call."""
     interceptor = client_interceptor()  # type: ignore[no-untyped-call]
     return cast(grpc.Channel, intercept_channel(channel, interceptor))  # type: ignore[no-untyped-call]
+
+
+_TRACER = trace.get_tracer("mixip")
+
+
+def step(name: str) -> AbstractContextManager[trace.Span]:
+    """A span around one step of the current call, its child in the trace: `name` says the
+    step (`gateway.upload.commit`); it carries no attribute, so no id reaches a trace."""
+    return _TRACER.start_as_current_span(name)
 
 
 def current_trace_id() -> str:
