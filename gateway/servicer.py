@@ -49,6 +49,7 @@ from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.paging import decode_page_token, next_page_token
+from mixip.runtime.telemetry import step
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 
@@ -142,7 +143,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_iterator: Iterator[gateway_pb2.UploadMediaRequest],
         context: grpc.ServicerContext,
     ) -> gateway_pb2.UploadMediaResponse:
-        caller = self.auth.account(context)
+        key = self.auth.presented(context)
         header, chunks = _stream(request_iterator, "upload")
         note(project_id=header.project_id)  # the access log's entry (a stream's header)
         checks = Checks()
@@ -155,16 +156,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             required=False,
         )
         checks.text("header.request_id", header.request_id, max_length=128, required=False)
-        checks.done()
-        data = self.limits.receive(chunks)
         upload = UploadHeader(header.project_id, header.filename, header.request_id)
+        # The key, the project and a retry's first upload in one read, before any media byte
+        # is taken (only for a header that passes its checks: nothing unchecked reaches a query)
+        admit = not checks.violations and not header.as_job
+        caller, admission = self.auth.account_and(
+            key,
+            lambda session, caller: (
+                self.uploads.admit(session, caller.account_id, upload) if admit else None
+            ),
+        )
+        checks.done()
+        with step("gateway.upload.receive"):
+            data = self.limits.receive(chunks)
         if header.as_job:
             job = self.jobs.start(caller.account_id, caller.key_id, upload, data)
             note(media_id=job.media_id)
             return gateway_pb2.UploadMediaResponse(
                 media_id=job.media_id, project_id=job.project_id, job_id=job.job_id
             )
-        stored = self.uploads.upload(caller.account_id, caller.key_id, upload, data)
+        stored = self.uploads.upload(
+            caller.account_id, caller.key_id, upload, data, admission=admission
+        )
         note(media_id=stored.media.media_id)
         return _upload_response(stored)
 
