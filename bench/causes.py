@@ -5,7 +5,8 @@ A `mixip up` mesh of its own (as `overhead`'s) exports its spans over OTLP to a 
 this process (`opentelemetry-proto`'s `TraceService`, a real gRPC server). Each upload is sent
 with a W3C `traceparent` of the bench's making, so its spans are found by trace id: the
 gateway's `UploadMedia` server span and its step spans (`mixip.runtime.telemetry.step`:
-authenticate, receive, scope, replay check, store, match wait, commit and its rows), the
+authenticate (the key, the project and a retry's first upload, one read), receive, store,
+match wait, commit and its rows), the
 gateway's `MatchMedia` client span, and the matcher's server span with its own steps (decode,
 analyse = detection and signatures on the engine's pool, search, consent). Raw engine calls on
 the same bytes are interleaved with the uploads (ABBA), as in `overhead`.
@@ -14,7 +15,9 @@ Per upload, the causes are disjoint pieces of the client's wall time: the client
 transport (wall minus the gateway's server span), the gateway's steps, the matcher hop (the
 gateway's client span minus the matcher's server span), the matcher's steps, the store's time
 past the match's end (the store runs while the matcher works, so only what outlasts it is on
-the path), the commit's flush (the commit minus its rows) and what no step names (`other`).
+the path), the commit's steps (the erasure fence with the transaction's start and write lock,
+the data keys, the rows with the audit events), its begin and flush (the commit minus its
+steps) and what no step names (`other`).
 Medians per cause; their sum is near, not equal to, the median wall. Exporting spans costs a
 little CPU in every service (a batch every 100 ms): this section's walls are a little above
 `overhead`'s, which runs without an exporter.
@@ -32,20 +35,20 @@ from dataclasses import dataclass
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
 
 from bench import media
 from bench.mesh import RawEngine, RunningMesh
 from mixip.runtime.config import free_port
 
+SERVER, CLIENT = trace_pb2.Span.SPAN_KIND_SERVER, trace_pb2.Span.SPAN_KIND_CLIENT
 METHOD = __doc__.split("\n\n", 1)[1].strip()
 UPLOAD = "/mixip.gateway.v1.GatewayService/UploadMedia"
 MATCH = "/mixip.matcher.v1.MatcherService/MatchMedia"
-GATEWAY_STEPS = (
-    "gateway.authenticate",
-    "gateway.upload.receive",
-    "gateway.upload.scope",
-    "gateway.upload.replay_check",
-)
+# gateway.authenticate: an upload's one read (its key, its project's scope, a retry's first
+# upload), gateway/auth.py `account_and`
+GATEWAY_STEPS = ("gateway.authenticate", "gateway.upload.receive")
+COMMIT_STEPS = ("fence", "keys", "rows")  # gateway.upload.<step>, within gateway.upload.commit
 MATCHER_STEPS = ("matcher.decode", "matcher.analyse", "matcher.search", "matcher.consent")
 
 
@@ -53,7 +56,7 @@ MATCHER_STEPS = ("matcher.decode", "matcher.analyse", "matcher.search", "matcher
 class Span:
     service: str
     name: str
-    server: bool
+    kind: int  # trace_pb2.Span.SpanKind
     start: int  # ns
     end: int
 
@@ -86,7 +89,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
                             Span(
                                 service,
                                 span.name,
-                                span.kind == span.SPAN_KIND_SERVER,
+                                span.kind,
                                 span.start_time_unix_nano,
                                 span.end_time_unix_nano,
                             )
@@ -146,6 +149,7 @@ def _causes(
             mesh.upload(data, metadata=(("traceparent", parent),))
             walls[trace_id] = time.perf_counter() - started
     per_cause: dict[str, list[float]] = defaultdict(list)
+    per_span: dict[str, list[float]] = defaultdict(list)  # every span, nested ones too
     deadline = time.monotonic() + 10  # the services export every 100 ms
     for trace_id, wall in walls.items():
         while True:
@@ -157,6 +161,12 @@ def _causes(
             continue  # said below: `traced` counts the uploads that had all their spans
         for cause, ms in causes.items():
             per_cause[cause].append(ms)
+        by_span: dict[str, float] = defaultdict(float)
+        for span in collector.traces[trace_id]:
+            client = " (client)" if span.kind == CLIENT else ""
+            by_span[f"{span.service} {span.name}{client}"] += span.ms
+        for name, ms in by_span.items():
+            per_span[name].append(ms)
     raw_ms = statistics.median(raw_times) * 1000
     wall_ms = statistics.median(walls.values()) * 1000
     medians = {cause: round(statistics.median(values), 2) for cause, values in per_cause.items()}
@@ -170,6 +180,9 @@ def _causes(
         "over_the_engine_ms": round(wall_ms - raw_ms, 2),
         "matcher_engine_steps_ms": round(engine, 2),
         "causes_ms_p50": dict(sorted(medians.items(), key=lambda item: -item[1])),
+        "spans_ms_p50": {
+            name: round(statistics.median(values), 2) for name, values in sorted(per_span.items())
+        },
     }
 
 
@@ -179,7 +192,7 @@ def _split(spans: list[Span], wall_ms: float) -> dict[str, float] | None:
     steps: dict[str, float] = defaultdict(float)
     for span in spans:
         if span.name in (UPLOAD, MATCH):
-            by_name[(span.name, span.server)] = span
+            by_name[(span.name, span.kind == SERVER)] = span
         else:
             steps[span.name] += span.ms
     upload, call = by_name.get((UPLOAD, True)), by_name.get((MATCH, False))
@@ -195,9 +208,11 @@ def _split(spans: list[Span], wall_ms: float) -> dict[str, float] | None:
     causes["matcher hop (gateway's call - matcher's span)"] = call.ms - match.ms
     causes["matcher other"] = match.ms - sum(steps.get(n, 0.0) for n in MATCHER_STEPS)
     causes["store past the match's end"] = max(0.0, (store.end - call.end) / 1e6)
-    rows = steps.get("gateway.upload.rows", 0.0)
-    causes["commit: rows"] = rows
-    causes["commit: flush"] = steps["gateway.upload.commit"] - rows
+    inside = 0.0
+    for part in COMMIT_STEPS:
+        causes[f"commit: {part}"] = steps.get(f"gateway.upload.{part}", 0.0)
+        inside += causes[f"commit: {part}"]
+    causes["commit: begin and flush"] = steps["gateway.upload.commit"] - inside
     named = sum(causes[n] for n in GATEWAY_STEPS) + steps["gateway.upload.commit"]
     on_path = (call.end - call.start) / 1e6 + causes["store past the match's end"]
     causes["gateway other"] = upload.ms - named - on_path

@@ -59,6 +59,7 @@ from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.telemetry import step
 from mixip.runtime.times import Clock
+from mixip.runtime.vault import TalentKey
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -309,17 +310,20 @@ class Uploads:
             request_id=pending.request_id or None,
             uploaded_by_account_id=pending.uploaded_by_account_id,
         )
-        with step("gateway.upload.commit"), self.db.write() as session, step("gateway.upload.rows"):
+        with step("gateway.upload.commit"), self.db.write() as session:
             # The fence: an erasure's intent and its scrub take this lock too, so either
             # the erasure began before this commit (and it is seen here: no event about
             # the talent is queued) or its drain and scrub run after it (its queued events
             # are delivered before the salt is shredded, its rows are scrubbed).
-            self.fence.lock(session, account_id)
-            if account_closed(session, account_id):  # closing: it keeps nothing more
-                raise FailedPrecondition("the project's account is closed", reason="ACCOUNT_CLOSED")
-            if self.clock() - started > FENCE_WINDOW:
-                raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
-            results = self._fenced_out(session, account_id, matched.faces, started)
+            with step("gateway.upload.fence"):
+                self.fence.lock(session, account_id)
+                if account_closed(session, account_id):  # closing: it keeps nothing more
+                    raise FailedPrecondition(
+                        "the project's account is closed", reason="ACCOUNT_CLOSED"
+                    )
+                if self.clock() - started > FENCE_WINDOW:
+                    raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
+                results = self._fenced_out(session, account_id, matched.faces, started)
             if within is not None:
                 within(session)
             # The talents' data keys (made if new), the account's for the events, and the
@@ -332,34 +336,50 @@ class Uploads:
             fenced = any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results)
             if pending.filename and not fenced:
                 subjects.add(media_subject(media_id))
-            keys = self.seals.keys(session, account_id, subjects, create=True)
-            seal_filename(media, pending.filename, keys.get(media_subject(media_id)))
-            if fenced:  # a job sealed the name under the media's key: every copy goes with it
-                media_key = [(account_id, media_id)]
-                self.seals.destroy_media_keys(session, media_key, owe_rotation=True)
-            faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
-            if pending.create_project:  # an owner's first upload to a new id creates it
-                self.projects.create_in(session, account_id, pending.project_id)
-            session.add(media)
-            session.flush()
-            session.add_all(faces)
-            if pending.request_id:
-                session.add(UploadDigestRow(media_id=media_id, digest=pending.digest))
-            self.outbox.queue(
-                session,
-                account_id,
-                self._audit_events(pending.key_id, media, results),
-                keys.get(ACCOUNT_SUBJECT),
-            )
-            stored = StoredMedia(
-                _media(media),
-                [
-                    face_result(row, keys.get(f.talent_id))
-                    for row, f in zip(faces, results, strict=True)
-                ],
-            )
+            with step("gateway.upload.keys"):
+                keys = self.seals.keys(session, account_id, subjects, create=True)
+            with step("gateway.upload.rows"):
+                stored = self._rows(session, pending, media, results, keys, fenced)
         self.outbox.wake()
         return stored
+
+    def _rows(
+        self,
+        session: Session,
+        pending: PendingMedia,
+        media: MediaRow,
+        results: list[common_pb2.FaceResult],
+        keys: dict[str, TalentKey],
+        fenced: bool,
+    ) -> StoredMedia:
+        """Adds the media, its faces, its digest and its audit events to the commit's session;
+        the results as stored."""
+        account_id, media_id = pending.account_id, pending.media_id
+        seal_filename(media, pending.filename, keys.get(media_subject(media_id)))
+        if fenced:  # a job sealed the name under the media's key: every copy goes with it
+            media_key = [(account_id, media_id)]
+            self.seals.destroy_media_keys(session, media_key, owe_rotation=True)
+        faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
+        if pending.create_project:  # an owner's first upload to a new id creates it
+            self.projects.create_in(session, account_id, pending.project_id)
+        session.add(media)
+        session.flush()
+        session.add_all(faces)
+        if pending.request_id:
+            session.add(UploadDigestRow(media_id=media_id, digest=pending.digest))
+        self.outbox.queue(
+            session,
+            account_id,
+            self._audit_events(pending.key_id, media, results),
+            keys.get(ACCOUNT_SUBJECT),
+        )
+        return StoredMedia(
+            _media(media),
+            [
+                face_result(row, keys.get(f.talent_id))
+                for row, f in zip(faces, results, strict=True)
+            ],
+        )
 
     def results(self, scope: Scope) -> StoredMedia:
         """The stored results of a media in the caller's scope (Projects.media_scope), as its

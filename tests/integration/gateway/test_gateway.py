@@ -86,7 +86,8 @@ def test_a_retried_upload_returns_the_first_results_and_no_duplicate_events(gate
 
 def test_an_upload_reads_its_key_project_and_retry_at_once_and_commits_once(gateway, studio):
     """The upload path's fixed cost (issue 18): the API key, the project's scope and what a
-    retry's first call stored are one read transaction; the results are one commit."""
+    retry's first call stored are one read transaction; the results are one commit. (Counted
+    on the thread that handled the upload; other threads of the gateway write meanwhile.)"""
     _, meta = studio
     begun: list[int] = []
     handler: list[int] = []
@@ -101,13 +102,11 @@ def test_an_upload_reads_its_key_project_and_retry_at_once_and_commits_once(gate
     event.listen(gateway.app.db.engine, "begin", on_begin)
     gateway.app.uploads.checkpoint = at
     try:
-        first = upload(gateway, meta, group_photo(), request_id="counted")
-        again = upload(gateway, meta, group_photo(), request_id="counted")
+        upload(gateway, meta, group_photo(), request_id="counted")
     finally:
         event.remove(gateway.app.db.engine, "begin", on_begin)
         gateway.app.uploads.checkpoint = no_checkpoint
-    assert again.media_id == first.media_id and len(handler) == 1  # the retry matched nothing
-    assert begun.count(handler[0]) == 2  # the upload: one read, one commit
+    assert len(handler) == 1 and begun.count(handler[0]) == 2  # one read, one commit
 
 
 def test_a_video_upload_gives_tracks_with_ranges(gateway, studio):
