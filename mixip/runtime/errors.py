@@ -104,6 +104,14 @@ class DependencyUnavailable(Unavailable):
 NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
 
 
+class Cancelled(MeshError):
+    """The caller went away (cancelled, or its deadline passed) while the call ran: what the
+    call then failed on is not an error of the service's, and nobody hears the answer."""
+
+    code = grpc.StatusCode.CANCELLED
+    default_reason = "CANCELLED"
+
+
 class Internal(MeshError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"

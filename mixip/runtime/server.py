@@ -33,6 +33,7 @@ from mixip.runtime import logs, statelock, telemetry
 from mixip.runtime.addresses import is_loopback
 from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
+    Cancelled,
     DependencyUnavailable,
     Internal,
     InvalidArgument,
@@ -237,6 +238,9 @@ class _Call:
         """Maps `exc` to the status to answer; re-raises when the servicer already aborted
         (or a dependency's own status is passed through)."""
         context, request_id = self.context, self.request_id
+        if not context.is_active():  # the caller cancelled, or its deadline passed
+            self.failure = Cancelled("the caller went away; nobody hears an answer")
+            return
         if isinstance(exc, MeshError):
             self.failure = exc
         elif isinstance(exc, grpc.RpcError):  # a call to another service failed
