@@ -54,7 +54,13 @@ from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
-from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mixip.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
 from mixip.runtime.telemetry import step
@@ -212,13 +218,18 @@ class Uploads:
         sum. A retry with the same request id (the caller's) returns the first upload's
         results. Results are returned as the caller's role sees them (gateway/role_views.py).
         Media already `in_store` (a session's) are not stored again, and their object is never
-        deleted here (it belongs to the session until this commit). The `admission` is read
-        here unless the caller read it with its own (the API key's, gateway/auth.py)."""
+        deleted here (it belongs to the session until this commit).
+
+        The `admission` is read here unless the caller read it with its own (the API key's,
+        gateway/auth.py) before the bytes came; a retry's is read again now, so it is answered
+        from the caller's scope as it is after the stream. The caller's access is checked again
+        in the commit: a member removed (or made a viewer) while the bytes came or the matcher
+        worked keeps nothing."""
         try:
             sniffed = sniff(data)
         except MediaError as exc:
             raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
-        if admission is None:
+        if admission is None or admission.earlier is not None:
             with step("gateway.upload.admit"), self.db.read() as session:
                 admission = self.admit(session, caller_account_id, header)
         scope = may_upload(admission.scope)
@@ -258,8 +269,19 @@ class Uploads:
                 key_id=key_id,
                 create_project=not scope.exists,
             )
-            within = in_store.commit_with if in_store is not None else None
-            stored = self.commit(pending, matched, started, within)
+
+            def still_allowed(session: Session) -> None:
+                now = upload_target(session, caller_account_id, header.project_id)
+                if now.owner_account_id != account_id:  # removed from the owner's project
+                    raise PermissionDenied(
+                        "the caller's access to this project changed during the upload",
+                        reason="PROJECT_ACCESS_CHANGED",
+                    )
+                may_upload(now)
+                if in_store is not None:
+                    in_store.commit_with(session)
+
+            stored = self.commit(pending, matched, started, still_allowed)
         except IntegrityError:  # a concurrent retry of the same request stored it first
             if in_store is None:
                 self.media_store.delete(account_id, storage_key)

@@ -112,6 +112,13 @@ class Cancelled(MeshError):
     default_reason = "CANCELLED"
 
 
+class DeadlineExceeded(MeshError):
+    """As `Cancelled`, when it was the caller's deadline that passed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class Internal(MeshError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"

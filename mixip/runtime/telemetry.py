@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import grpc
@@ -28,6 +28,7 @@ from opentelemetry.instrumentation.grpc import client_interceptor, server_interc
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -157,10 +158,20 @@ def traced(channel: grpc.Channel) -> grpc.Channel:
 _TRACER = trace.get_tracer("mixip")
 
 
-def step(name: str) -> AbstractContextManager[trace.Span]:
+@contextmanager
+def step(name: str) -> Iterator[trace.Span]:
     """A span around one step of the current call, its child in the trace: `name` says the
-    step (`gateway.upload.commit`); it carries no attribute, so no id reaches a trace."""
-    return _TRACER.start_as_current_span(name)
+    step (`gateway.upload.commit`). It carries no attribute, and a step that raises is marked
+    an error with the exception's type only: its message (a database error's names the row's
+    ids) and its traceback are not recorded, so no id reaches a trace."""
+    with _TRACER.start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
 
 
 def current_trace_id() -> str:

@@ -130,6 +130,18 @@ def test_calls_without_a_valid_key_are_unauthenticated(gateway, studio):
         metadata=bad,
     )
     expect_error(grpc.StatusCode.UNAUTHENTICATED, upload, gateway, bad, group_photo())
+    # the key is said first, whatever else is wrong (an upload's header is read before it)
+    no_header = iter([pb.UploadMediaRequest(chunk=b"x")])
+    expect_error(grpc.StatusCode.UNAUTHENTICATED, gateway.stub.UploadMedia, no_header, metadata=bad)
+    bad_header = upload_requests(group_photo(), project="bad id", request_id="\x00")
+    expect_error(
+        grpc.StatusCode.UNAUTHENTICATED, gateway.stub.UploadMedia, bad_header, metadata=bad
+    )
+    admin = (("authorization", f"Bearer {gateway.app.admin_key}"),)
+    no_header = iter([pb.UploadMediaRequest(chunk=b"x")])
+    expect_error(
+        grpc.StatusCode.PERMISSION_DENIED, gateway.stub.UploadMedia, no_header, metadata=admin
+    )
     _, meta = studio
     expect_error(
         grpc.StatusCode.PERMISSION_DENIED,
