@@ -22,10 +22,15 @@ demo: $(STAMPS)/gen
 # Two pytest-xdist workers, a file at a time (module fixtures are built once): most of the
 # suite's time is spent waiting on servers and subprocesses, not on the two cores. Tests marked
 # `alone` (they restart PostgreSQL) run afterwards by themselves; exit 5 is "none selected".
+# Select by marker with TEST_MARKS (e.g. TEST_MARKS="not slow"), not `-m` in PYTEST_ARGS: a
+# second -m would replace the `alone` split instead of joining it.
 TEST_WORKERS ?= 2
+TEST_MARKS ?=
+AND_MARKS = $(if $(TEST_MARKS), and ($(TEST_MARKS)))
 test: $(STAMPS)/gen
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(PY) -m pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not alone$(AND_MARKS)" $(PYTEST_ARGS) \
+	  || [ $$? -eq 5 ]
+	$(PY) -m pytest -m "alone$(AND_MARKS)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # mypy: strict on every module of mixip, services and gateway (the generated stubs excepted;
 # [tool.mypy] in pyproject.toml).

@@ -16,7 +16,17 @@ from pathlib import Path
 from bench import report
 from bench.stats import load_average
 
-SECTIONS = ("overhead", "profile", "throughput", "search", "audit", "video", "startup", "jobs")
+SECTIONS = (
+    "overhead",
+    "causes",
+    "profile",
+    "throughput",
+    "search",
+    "audit",
+    "video",
+    "startup",
+    "jobs",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {name} ==\n{figure['method']}", flush=True)
         print(json.dumps({k: v for k, v in figure.items() if k != "method"}, indent=1), flush=True)
 
-    if {"overhead", "profile", "throughput", "video"} & set(only):
-        from bench import overhead, profile, throughput, video
+    if {"overhead", "causes", "profile", "throughput", "video"} & set(only):
+        from bench import causes, overhead, profile, throughput, video
         from bench.mesh import RawEngine, RunningMesh
 
         raw = RawEngine()
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 done("throughput", throughput.run(mesh, raw, args.smoke))
             if "video" in only:
                 done("video", video.run(mesh, args.smoke))
+        if "causes" in only:  # a mesh of its own: its services export their spans
+            done("causes", causes.run(raw, args.smoke))
     for name in ("search", "audit", "startup", "jobs"):
         if name in only:
             module = __import__(f"bench.{name}", fromlist=["run"])

@@ -98,13 +98,13 @@ class RunningMesh:
         )
         stub.EnrollTalent(_chunks(header, image), metadata=self.metadata)
 
-    def upload(self, data: bytes) -> gateway_pb2.UploadMediaResponse:
+    def upload(self, data: bytes, metadata: tuple = ()) -> gateway_pb2.UploadMediaResponse:
         header = gateway_pb2.UploadMediaRequest(
             header=gateway_pb2.UploadHeader(
                 project_id=PROJECT, filename="bench", request_id=uuid.uuid4().hex
             )
         )
-        return self.stub().UploadMedia(_chunks(header, data), metadata=self.metadata)
+        return self.stub().UploadMedia(_chunks(header, data), metadata=self.metadata + metadata)
 
 
 def _chunks(header, data: bytes):

@@ -10,6 +10,9 @@ REQUIRED = (
     "overhead.photo_1080p_1face.ratio_p99",
     "overhead.group_4k_10faces.ratio_p50",
     "overhead.group_4k_10faces.ratio_p99",
+    "causes.photo_03mp_1face.over_the_engine_ms",
+    "causes.photo_1080p_1face.over_the_engine_ms",
+    "causes.group_4k_10faces.over_the_engine_ms",
     "profile.hop_ms.photo_03mp_1face.bytes_p50",
     "profile.hop_ms.photo_1080p_1face.bytes_p50",
     "profile.store_ms.photo_1080p_1face.p50",
@@ -84,6 +87,20 @@ def markdown(results: dict) -> str:
                     _met(o["met"]),
                 )
             )
+    for name, c in f.get("causes", {}).items():
+        if name == "method":
+            continue
+        top = [(cause, ms) for cause, ms in c["causes_ms_p50"].items() if cause != "wall"][:8]
+        rows.append(
+            (
+                f"Where an upload's time goes, {name} (p50 ms per cause, traced uploads)",
+                f"wall {c['mesh_wall_ms_p50']:.1f}, raw engine {c['raw_engine_ms_p50']:.1f}, "
+                f"over the engine {c['over_the_engine_ms']:.1f}: "
+                + "; ".join(f"{cause} {ms:.2f}" for cause, ms in top),
+                "—",
+                "—",
+            )
+        )
     if "profile" in f:
         p = f["profile"]
         overhead = f.get("overhead", {})

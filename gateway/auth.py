@@ -16,14 +16,20 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
+from sqlalchemy.orm import Session
 
 from gateway.store import ApiKeyRow
 from mixip.runtime.db import Database
 from mixip.runtime.errors import PermissionDenied, Unauthenticated
+from mixip.runtime.telemetry import step
+
+T = TypeVar("T")
 
 KEY_FORMAT = re.compile(r"mixip_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
@@ -93,6 +99,14 @@ def new_key() -> tuple[str, str, str]:
     return key_id, secret, f"mixip_{key_id}_{secret}"
 
 
+@dataclass(frozen=True)
+class PresentedKey:
+    """A well-formed key from a call's metadata, not yet checked against its row."""
+
+    key_id: str
+    secret: str
+
+
 class Authenticator:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -100,6 +114,31 @@ class Authenticator:
     def caller(self, context: grpc.ServicerContext) -> Caller:
         """The key's owner. The key's row is read on every call, never cached, so a key revoked
         through any replica is refused by every replica from its next call on."""
+        key = self.presented(context)
+        with step("gateway.authenticate"), self.db.read() as session:
+            return self._verified(session, key)
+
+    def account(self, context: grpc.ServicerContext) -> AccountCaller:
+        return _account(self.caller(context))
+
+    def account_and(
+        self, key: PresentedKey, then: Callable[[Session, AccountCaller], T]
+    ) -> tuple[AccountCaller, T]:
+        """The caller, as `account`, and what `then` reads for it, in one read transaction (an
+        upload's project scope and replay, gateway/uploads.py): `then` runs only once the key
+        is verified."""
+        with step("gateway.authenticate"), self.db.read() as session:
+            caller = _account(self._verified(session, key))
+            return caller, then(session, caller)
+
+    def admin(self, context: grpc.ServicerContext) -> Caller:
+        caller = self.caller(context)
+        if not caller.is_admin:
+            raise PermissionDenied("this call needs the admin credential")
+        return caller
+
+    def presented(self, context: grpc.ServicerContext) -> PresentedKey:
+        """The call's key, refused (Unauthenticated) when missing or malformed; reads nothing."""
         headers = [
             v
             for k, v in context.invocation_metadata()
@@ -112,12 +151,15 @@ class Authenticator:
         if match is None:
             raise Unauthenticated("missing or malformed API key (authorization: Bearer <key>)")
         key_id, secret = match.groups()
-        with self.db.read() as session:
-            row = session.get(ApiKeyRow, key_id)
+        return PresentedKey(key_id, secret)
+
+    @staticmethod
+    def _verified(session: Session, key: PresentedKey) -> Caller:
+        row = session.get(ApiKeyRow, key.key_id)
         if (
             row is None
             or row.revoked_at is not None
-            or not hmac.compare_digest(row.secret_hash, digest(secret))
+            or not hmac.compare_digest(row.secret_hash, digest(key.secret))
         ):
             raise Unauthenticated("unknown or revoked API key")
         current = CURRENT_CALL.get()
@@ -125,14 +167,8 @@ class Authenticator:
             current.account_id, current.api_key_id = row.account_id or "", row.key_id
         return Caller(row.key_id, row.account_id, row.is_admin)
 
-    def account(self, context: grpc.ServicerContext) -> AccountCaller:
-        caller = self.caller(context)
-        if caller.account_id is None:
-            raise PermissionDenied("the admin credential has no account; use an account's key")
-        return AccountCaller(caller.key_id, caller.account_id)
 
-    def admin(self, context: grpc.ServicerContext) -> Caller:
-        caller = self.caller(context)
-        if not caller.is_admin:
-            raise PermissionDenied("this call needs the admin credential")
-        return caller
+def _account(caller: Caller) -> AccountCaller:
+    if caller.account_id is None:
+        raise PermissionDenied("the admin credential has no account; use an account's key")
+    return AccountCaller(caller.key_id, caller.account_id)

@@ -32,6 +32,7 @@ from mixip.runtime.files import private_dir
 from mixip.runtime.keys import KeyWrapper, SealError, open_sealed
 from mixip.runtime.limits import MiB
 from mixip.runtime.streaming_aead import NONCE_PREFIX_BYTES, Stream, StreamError
+from mixip.runtime.telemetry import step
 
 _MAGIC = b"MXM1"  # before streaming: magic, wrapped key, one AES-GCM blob (read only)
 _STREAM_MAGIC = b"MXM2"  # magic, wrapped key, nonce prefix, segment size, STREAM segments
@@ -400,16 +401,18 @@ class _SegmentReader(io.RawIOBase):
 
 
 def _sync(handle: IO[bytes]) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
+    with step("gateway.media_store.fsync"):
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with step("gateway.media_store.fsync_dir"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class S3Store:

@@ -159,12 +159,8 @@ class Projects:
         owns nor accepted an invitation to names a new project of the caller's, created in the
         upload's own commit (`create_in`), so a failed upload leaves no empty project."""
         with self.db.read() as session:
-            scope = _resolve(session, caller_account_id, project_id)
-        if scope is None:
-            scope = Scope(caller_account_id, project_id, OWNER, exists=False)
-        _noted(scope)
-        _require(scope, Action.UPLOAD)
-        return scope
+            scope = upload_target(session, caller_account_id, project_id)
+        return may_upload(scope)
 
     def media_scope(self, caller_account_id: str, media_id: str, action: Action) -> Scope:
         """The scope of a call naming `media_id` (NotFound / PermissionDenied as above; an
@@ -381,6 +377,20 @@ def _noted(scope: Scope) -> None:
         media_id=scope.media_id or None,
         owner_account_id=scope.owner_account_id,
     )
+
+
+def upload_target(session: Session, caller_account_id: str, project_id: str) -> Scope:
+    """What an upload to `project_id` by the caller goes into (`Projects.upload_scope`), read
+    in the caller's transaction; the caller's role is not yet checked (`may_upload`)."""
+    scope = _resolve(session, caller_account_id, project_id)
+    return scope or Scope(caller_account_id, project_id, OWNER, exists=False)
+
+
+def may_upload(scope: Scope) -> Scope:
+    """`scope`, refused unless its role may upload; the access log notes its owner."""
+    _noted(scope)
+    _require(scope, Action.UPLOAD)
+    return scope
 
 
 def _resolve(session: Session, caller_account_id: str, project_id: str) -> Scope | None:

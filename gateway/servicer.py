@@ -55,6 +55,7 @@ from mixip.common.v1 import common_pb2
 from mixip.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mixip.runtime.errors import InvalidArgument
 from mixip.runtime.paging import decode_page_token, next_page_token
+from mixip.runtime.telemetry import step
 from mixip.runtime.times import to_timestamp
 from mixip.runtime.validation import Checks
 
@@ -75,9 +76,20 @@ class _StreamMessage(Protocol[H]):
 
 def _stream(requests: Iterator[_StreamMessage[H]], header_type: str) -> tuple[H, Iterator[bytes]]:
     """The header (first message) and an iterator over the chunks that follow."""
+    header, chunks = _opened(requests)
+    if header is None:
+        raise _no_header(header_type)
+    return header, chunks
+
+
+def _no_header(header_type: str) -> InvalidArgument:
+    return InvalidArgument.one("header", f"the first message must be the {header_type} header")
+
+
+def _opened(requests: Iterator[_StreamMessage[H]]) -> tuple[H | None, Iterator[bytes]]:
+    """As `_stream`, with None for a missing header (said by the caller when it chooses)."""
     first = next(requests, None)
-    if first is None or first.WhichOneof("payload") != "header":
-        raise InvalidArgument.one("header", f"the first message must be the {header_type} header")
+    header = first.header if first is not None and first.WhichOneof("payload") == "header" else None
 
     def chunks() -> Iterator[bytes]:
         for index, message in enumerate(requests, start=1):
@@ -85,7 +97,18 @@ def _stream(requests: Iterator[_StreamMessage[H]], header_type: str) -> tuple[H,
                 raise InvalidArgument.one(f"message[{index}]", "only chunks may follow the header")
             yield message.chunk
 
-    return first.header, chunks()
+    return header, chunks()
+
+
+def _upload_checks(header: gateway_pb2.UploadHeader) -> Checks:
+    checks = Checks()
+    checks.identifier("header.project_id", header.project_id)
+    checks.text("header.filename", header.filename, max_length=255, required=False)
+    checks.text(
+        "header.declared_content_type", header.declared_content_type, max_length=128, required=False
+    )
+    checks.text("header.request_id", header.request_id, max_length=128, required=False)
+    return checks
 
 
 def _session_id(value: str, field_name: str) -> str:
@@ -137,27 +160,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_iterator: Iterator[gateway_pb2.UploadMediaRequest],
         context: grpc.ServicerContext,
     ) -> gateway_pb2.UploadMediaResponse:
-        caller = self.auth.account(context)
-        header, chunks = _stream(request_iterator, "upload")
-        note(project_id=header.project_id)  # the access log's entry (a stream's header)
-        checks = Checks()
-        checks.identifier("header.project_id", header.project_id)
-        checks.text("header.filename", header.filename, max_length=255, required=False)
-        checks.text(
-            "header.declared_content_type",
-            header.declared_content_type,
-            max_length=128,
-            required=False,
+        key = self.auth.presented(context)
+        header, chunks = _opened(request_iterator)
+        checks = _upload_checks(header) if header is not None else Checks()
+        upload = (
+            UploadHeader(header.project_id, header.filename, header.request_id) if header else None
         )
-        checks.text("header.request_id", header.request_id, max_length=128, required=False)
+        # The key, the project and a retry's first upload in one read, before any media byte
+        # is taken; only for a header that passes its checks (nothing unchecked reaches a
+        # query). A missing or bad header is said once the key is, as in every call.
+        admissible = upload if header and not header.as_job and not checks.violations else None
+        caller, admission = self.auth.account_and(
+            key,
+            lambda session, caller: (
+                self.uploads.admit(session, caller.account_id, admissible) if admissible else None
+            ),
+        )
+        if header is None or upload is None:
+            raise _no_header("upload")
+        note(project_id=header.project_id)  # the access log's entry (a stream's header)
         checks.done()
-        data = self.limits.receive(chunks)
-        upload = UploadHeader(header.project_id, header.filename, header.request_id)
+        with step("gateway.upload.receive"):
+            data = self.limits.receive(chunks)
         if header.as_job:
             job = self.jobs.start(caller.account_id, caller.key_id, upload, data)
             note(media_id=job.media_id)
             return upload_job_message(job)
-        stored = self.uploads.upload(caller.account_id, caller.key_id, upload, data)
+        stored = self.uploads.upload(
+            caller.account_id, caller.key_id, upload, data, admission=admission
+        )
         note(media_id=stored.media.media_id)
         return upload_message(stored)
 

@@ -35,7 +35,7 @@ from gateway.audit_outbox import AuditOutbox, match_event
 from gateway.erasure import FENCE_WINDOW, ErasureFence
 from gateway.media_store import MediaStore
 from gateway.peers import Matched, MatcherPort
-from gateway.projects import Projects, Scope
+from gateway.projects import Projects, Scope, may_upload, upload_target
 from gateway.role_views import view_of
 from gateway.seals import ACCOUNT_SUBJECT, Seals, media_subject, seal_filename
 from gateway.store import (
@@ -54,10 +54,18 @@ from mixip.common.v1 import common_pb2
 from mixip.runtime import logs
 from mixip.runtime.checkpoints import Checkpoint, no_checkpoint
 from mixip.runtime.db import Database
-from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mixip.runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from mixip.runtime.idempotency import content_digest, key_reused, require_same
 from mixip.runtime.media import MediaError, sniff
+from mixip.runtime.telemetry import step
 from mixip.runtime.times import Clock
+from mixip.runtime.vault import TalentKey
 
 logger = logging.getLogger("mixip.gateway")
 
@@ -111,6 +119,17 @@ class PendingMedia:
     uploaded_by_account_id: str
     key_id: str  # the audit events' actor
     create_project: bool
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What an upload reads before its bytes are analysed, in one read (`Uploads.admit`): the
+    project it goes into (its role not yet checked), and the media an earlier call under the
+    same request id stored, with that call's content digest."""
+
+    scope: Scope
+    earlier: MediaRow | None
+    earlier_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,7 @@ class Uploads:
         data: bytes,
         *,
         in_store: SessionObject | None = None,
+        admission: Admission | None = None,
     ) -> StoredMedia:
         """Store encrypted and match (at once) → keep the results and queue their audit
         events in one commit.
@@ -198,16 +218,25 @@ class Uploads:
         sum. A retry with the same request id (the caller's) returns the first upload's
         results. Results are returned as the caller's role sees them (gateway/role_views.py).
         Media already `in_store` (a session's) are not stored again, and their object is never
-        deleted here (it belongs to the session until this commit)."""
+        deleted here (it belongs to the session until this commit).
+
+        The `admission` is read here unless the caller read it with its own (the API key's,
+        gateway/auth.py) before the bytes came; a retry's is read again now, so it is answered
+        from the caller's scope as it is after the stream. The caller's access is checked again
+        in the commit: a member removed (or made a viewer) while the bytes came or the matcher
+        worked keeps nothing."""
         try:
             sniffed = sniff(data)
         except MediaError as exc:
             raise InvalidArgument.one("chunk", str(exc), reason="BAD_MEDIA") from exc
-        scope = self.projects.upload_scope(caller_account_id, header.project_id)
+        if admission is None or admission.earlier is not None:
+            with step("gateway.upload.admit"), self.db.read() as session:
+                admission = self.admit(session, caller_account_id, header)
+        scope = may_upload(admission.scope)
         account_id = scope.owner_account_id
         media_id = media_id_for(caller_account_id, header.request_id)
         digest = content_digest(header.project_id, data)
-        earlier = self._replayed(caller_account_id, scope, media_id, digest)
+        earlier = self._replay_of(caller_account_id, admission, digest)
         if earlier is not None:
             return earlier
         started = self.clock()
@@ -215,14 +244,16 @@ class Uploads:
         matching = self.matcher.start_match(account_id, header.project_id, data)
         if in_store is None:
             try:
-                storage_key = self.media_store.put(account_id, data)
+                with step("gateway.upload.store"):
+                    storage_key = self.media_store.put(account_id, data)
             except BaseException:
                 matching.cancel()
                 raise
         else:
             storage_key = in_store.storage_key
         try:
-            matched = matching.result()
+            with step("gateway.upload.match_wait"):
+                matched = matching.result()
             self.checkpoint("upload.matched")
             pending = PendingMedia(
                 media_id=media_id,
@@ -238,12 +269,25 @@ class Uploads:
                 key_id=key_id,
                 create_project=not scope.exists,
             )
-            within = in_store.commit_with if in_store is not None else None
-            stored = self.commit(pending, matched, started, within)
+
+            def still_allowed(session: Session) -> None:
+                now = upload_target(session, caller_account_id, header.project_id)
+                if now.owner_account_id != account_id:  # removed from the owner's project
+                    raise PermissionDenied(
+                        "the caller's access to this project changed during the upload",
+                        reason="PROJECT_ACCESS_CHANGED",
+                    )
+                may_upload(now)
+                if in_store is not None:
+                    in_store.commit_with(session)
+
+            stored = self.commit(pending, matched, started, still_allowed)
         except IntegrityError:  # a concurrent retry of the same request stored it first
             if in_store is None:
                 self.media_store.delete(account_id, storage_key)
-            earlier = self._replayed(caller_account_id, scope, media_id, digest)
+            with self.db.read() as session:
+                admission = self.admit(session, caller_account_id, header)
+            earlier = self._replay_of(caller_account_id, admission, digest)
             if earlier is None:
                 raise
             return earlier
@@ -288,17 +332,20 @@ class Uploads:
             request_id=pending.request_id or None,
             uploaded_by_account_id=pending.uploaded_by_account_id,
         )
-        with self.db.write() as session:
+        with step("gateway.upload.commit"), self.db.write() as session:
             # The fence: an erasure's intent and its scrub take this lock too, so either
             # the erasure began before this commit (and it is seen here: no event about
             # the talent is queued) or its drain and scrub run after it (its queued events
             # are delivered before the salt is shredded, its rows are scrubbed).
-            self.fence.lock(session, account_id)
-            if account_closed(session, account_id):  # closing: it keeps nothing more
-                raise FailedPrecondition("the project's account is closed", reason="ACCOUNT_CLOSED")
-            if self.clock() - started > FENCE_WINDOW:
-                raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
-            results = self._fenced_out(session, account_id, matched.faces, started)
+            with step("gateway.upload.fence"):
+                self.fence.lock(session, account_id)
+                if account_closed(session, account_id):  # closing: it keeps nothing more
+                    raise FailedPrecondition(
+                        "the project's account is closed", reason="ACCOUNT_CLOSED"
+                    )
+                if self.clock() - started > FENCE_WINDOW:
+                    raise Unavailable("the upload took too long; retry", reason="UPLOAD_EXPIRED")
+                results = self._fenced_out(session, account_id, matched.faces, started)
             if within is not None:
                 within(session)
             # The talents' data keys (made if new), the account's for the events, and the
@@ -311,34 +358,50 @@ class Uploads:
             fenced = any(f.reason == common_pb2.LABEL_REASON_TALENT_ERASED for f in results)
             if pending.filename and not fenced:
                 subjects.add(media_subject(media_id))
-            keys = self.seals.keys(session, account_id, subjects, create=True)
-            seal_filename(media, pending.filename, keys.get(media_subject(media_id)))
-            if fenced:  # a job sealed the name under the media's key: every copy goes with it
-                media_key = [(account_id, media_id)]
-                self.seals.destroy_media_keys(session, media_key, owe_rotation=True)
-            faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
-            if pending.create_project:  # an owner's first upload to a new id creates it
-                self.projects.create_in(session, account_id, pending.project_id)
-            session.add(media)
-            session.flush()
-            session.add_all(faces)
-            if pending.request_id:
-                session.add(UploadDigestRow(media_id=media_id, digest=pending.digest))
-            self.outbox.queue(
-                session,
-                account_id,
-                self._audit_events(pending.key_id, media, results),
-                keys.get(ACCOUNT_SUBJECT),
-            )
-            stored = StoredMedia(
-                _media(media),
-                [
-                    face_result(row, keys.get(f.talent_id))
-                    for row, f in zip(faces, results, strict=True)
-                ],
-            )
+            with step("gateway.upload.keys"):
+                keys = self.seals.keys(session, account_id, subjects, create=True)
+            with step("gateway.upload.rows"):
+                stored = self._rows(session, pending, media, results, keys, fenced)
         self.outbox.wake()
         return stored
+
+    def _rows(
+        self,
+        session: Session,
+        pending: PendingMedia,
+        media: MediaRow,
+        results: list[common_pb2.FaceResult],
+        keys: dict[str, TalentKey],
+        fenced: bool,
+    ) -> StoredMedia:
+        """Adds the media, its faces, its digest and its audit events to the commit's session;
+        the results as stored."""
+        account_id, media_id = pending.account_id, pending.media_id
+        seal_filename(media, pending.filename, keys.get(media_subject(media_id)))
+        if fenced:  # a job sealed the name under the media's key: every copy goes with it
+            media_key = [(account_id, media_id)]
+            self.seals.destroy_media_keys(session, media_key, owe_rotation=True)
+        faces = [face_row(account_id, media_id, f, keys.get(f.talent_id)) for f in results]
+        if pending.create_project:  # an owner's first upload to a new id creates it
+            self.projects.create_in(session, account_id, pending.project_id)
+        session.add(media)
+        session.flush()
+        session.add_all(faces)
+        if pending.request_id:
+            session.add(UploadDigestRow(media_id=media_id, digest=pending.digest))
+        self.outbox.queue(
+            session,
+            account_id,
+            self._audit_events(pending.key_id, media, results),
+            keys.get(ACCOUNT_SUBJECT),
+        )
+        return StoredMedia(
+            _media(media),
+            [
+                face_result(row, keys.get(f.talent_id))
+                for row, f in zip(faces, results, strict=True)
+            ],
+        )
 
     def results(self, scope: Scope) -> StoredMedia:
         """The stored results of a media in the caller's scope (Projects.media_scope), as its
@@ -356,27 +419,32 @@ class Uploads:
             row = session.get(MediaRow, scope.media_id)
             return self.seals.filenames(session, [row])[row.media_id] if row is not None else ""
 
-    def _replayed(
-        self, caller_account_id: str, scope: Scope, media_id: str, digest: str
+    def admit(self, session: Session, caller_account_id: str, header: UploadHeader) -> Admission:
+        """An upload's reads before its bytes are analysed, in the caller's read transaction:
+        the project's scope and, for a request id, what an earlier call under it stored."""
+        scope = upload_target(session, caller_account_id, header.project_id)
+        if not header.request_id:  # a fresh random media id: nothing stored under it
+            return Admission(scope, None, None)
+        media_id = media_id_for(caller_account_id, header.request_id)
+        earlier = session.get(MediaRow, media_id)
+        first = upload_digest(session, media_id) if earlier is not None else None
+        return Admission(scope, earlier, first)
+
+    def _replay_of(
+        self, caller_account_id: str, admission: Admission, digest: str
     ) -> StoredMedia | None:
         """The stored upload of a retried request id; refused (IDEMPOTENCY_KEY_REUSED) when
         the first upload under that id had other content, or went to a project that the id
         does not name for the caller now (it was removed from it, say): a retry never reads
         what is out of the caller's scope."""
-        earlier = self._stored(media_id, lambda media: _uploader(media) == caller_account_id)
-        if earlier is None:
+        media, scope = admission.earlier, admission.scope
+        if media is None or _uploader(media) != caller_account_id:
             return None
-        with self.db.read() as session:
-            first = upload_digest(session, media_id)
-            media = session.get(MediaRow, media_id)
-        in_scope = media is not None and (media.account_id, media.project_id) == (
-            scope.owner_account_id,
-            scope.project_id,
-        )
-        if not in_scope:
+        if (media.account_id, media.project_id) != (scope.owner_account_id, scope.project_id):
             raise key_reused("header.request_id")
-        require_same(first or digest, digest, "header.request_id")
-        return view_of(scope.role).media(earlier)
+        require_same(admission.earlier_digest or digest, digest, "header.request_id")
+        earlier = self._stored(media.media_id, lambda _media: True)
+        return view_of(scope.role).media(earlier) if earlier is not None else None
 
     def _stored(self, media_id: str, visible: Callable[[MediaRow], bool]) -> StoredMedia | None:
         with self.db.read() as session:

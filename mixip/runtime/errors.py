@@ -104,6 +104,21 @@ class DependencyUnavailable(Unavailable):
 NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
 
 
+class Cancelled(MeshError):
+    """The caller went away (cancelled, or its deadline passed) while the call ran: what the
+    call then failed on is not an error of the service's, and nobody hears the answer."""
+
+    code = grpc.StatusCode.CANCELLED
+    default_reason = "CANCELLED"
+
+
+class DeadlineExceeded(MeshError):
+    """As `Cancelled`, when it was the caller's deadline that passed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class Internal(MeshError):
     code = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"

@@ -33,6 +33,8 @@ from mixip.runtime import logs, statelock, telemetry
 from mixip.runtime.addresses import is_loopback
 from mixip.runtime.config import ADMIN_KEY_FILE, ConfigError, Env, ServerConfig
 from mixip.runtime.errors import (
+    Cancelled,
+    DeadlineExceeded,
     DependencyUnavailable,
     Internal,
     InvalidArgument,
@@ -210,6 +212,13 @@ class _Call:
         """Maps `exc` to the status to answer; re-raises when the servicer already aborted
         (or a dependency's own status is passed through)."""
         context, request_id = self.context, self.request_id
+        if not context.is_active() and _from_going_away(exc):
+            # the caller cancelled, or its deadline passed: nobody hears an answer, and what
+            # failed did so because the caller left (anything else is still an error below)
+            remaining = context.time_remaining()
+            gone = DeadlineExceeded if remaining is not None and remaining <= 0 else Cancelled
+            self.failure = gone("the caller went away; nobody hears an answer")
+            return
         if isinstance(exc, MeshError):
             self.failure = exc
         elif isinstance(exc, grpc.RpcError):  # a call to another service failed
@@ -332,6 +341,18 @@ def _code_name(context: grpc.ServicerContext) -> str:
 def _aborted(context: grpc.ServicerContext) -> bool:
     code = context.code() if hasattr(context, "code") else None
     return code not in (None, grpc.StatusCode.OK)
+
+
+def _from_going_away(exc: Exception) -> bool:
+    """Whether `exc` is what a call meets when its caller leaves: the request stream's bare
+    RpcError, a call of its own cancelled or out of time with it, or a refusal of the service's
+    (a stream that ended early is one)."""
+    if isinstance(exc, MeshError):
+        return True
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        return code in (None, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return False
 
 
 def _dependency_failure(exc: grpc.RpcError) -> MeshError | None:

@@ -98,9 +98,12 @@ class Worker:
         """Starts the thread (nothing if it runs already); after a `stop`, a new one."""
         if self.running:
             return
-        self._stop.clear()
-        self._wake.clear()
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        # Events of each thread's own: a thread whose stop gave up joining it (its pass ran
+        # on) still ends at its next wait, though a new one started meanwhile.
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(self._stop, self._wake), name=self.name, daemon=True
+        )
         self._thread.start()
 
     def wake(self) -> None:
@@ -124,7 +127,7 @@ class Worker:
             thread.join(timeout=seconds)
         return thread is None or not thread.is_alive()
 
-    def _loop(self) -> None:
+    def _loop(self, stop: threading.Event, wake: threading.Event) -> None:
         failures = 0
         wait: float | None = self.poll_seconds if self.wait_first else 0.0
         backing_off = False
@@ -132,14 +135,14 @@ class Worker:
             if wait:
                 self.waiting_seconds = wait
                 self.checkpoint("worker.waiting")
-                (self._stop if backing_off else self._wake).wait(wait)
-            if self._stop.is_set():
+                (stop if backing_off else wake).wait(wait)
+            if stop.is_set():
                 return
             if self.linger_seconds:
                 self.checkpoint("worker.lingering")
-                if self._stop.wait(self.linger_seconds):
+                if stop.wait(self.linger_seconds):
                     return
-            self._wake.clear()
+            wake.clear()
             self.checkpoint("worker.running")
             try:
                 more = self.run_once()

@@ -196,6 +196,7 @@ class VideoSegments:
             sampled += segment.frames_sampled
             index += 1
             del segment  # its blob goes before the next segment is taken
+            self.checkpoint("stitch.linked")
         if index < count:
             raise InvalidArgument.one(
                 "segments",

@@ -27,6 +27,7 @@ from mixip.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from mixip.runtime.idempotency import key_reused, require_same
 from mixip.runtime.media import IMAGE, MediaError, Sniffed, sniff
 from mixip.runtime.paging import fetch_limit, page_of
+from mixip.runtime.telemetry import step
 from mixip.runtime.times import Clock
 from mixip.runtime.vault import Vault
 from services.matcher.engines.base import Box, Candidate, DetectedFace, FaceEngine
@@ -302,8 +303,10 @@ class Matcher:
     def match(self, account_id: str, project_id: str, data: bytes) -> MatchOutcome:
         sniffed = self._sniff(data)
         if sniffed.kind == IMAGE:
-            image, sniffed = self._decode(data, "media")
-            faces, signatures = self.pool.submit(self._analyse, image).result()
+            with step("matcher.decode"):
+                image, sniffed = self._decode(data, "media")
+            with step("matcher.analyse"):  # detection and a signature per face, on the pool
+                faces, signatures = self.pool.submit(self._analyse, image).result()
             labels = self._labels(account_id, project_id, signatures)
             return MatchOutcome(
                 common_pb2.MEDIA_KIND_IMAGE,
@@ -454,13 +457,17 @@ class Matcher:
         of the talents among them whose consent can change a label."""
         if not signatures:
             return [], set(), set()
-        candidates: list[list[Candidate]] = self.engine.search(
-            account_id, signatures, self.limits.top_k
-        )
+        with step("matcher.search"):
+            candidates: list[list[Candidate]] = self.engine.search(
+                account_id, signatures, self.limits.top_k
+            )
         talents = set().union(*(talents_to_check(c, self.thresholds) for c in candidates))
-        biometric, usage = (
-            self.consent.active_sets(account_id, talents, project_id) if talents else (set(), set())
-        )
+        with step("matcher.consent"):
+            biometric, usage = (
+                self.consent.active_sets(account_id, talents, project_id)
+                if talents
+                else (set(), set())
+            )
         return candidates, biometric, usage
 
     # -- deletion and listings ----------------------------------------------------------------

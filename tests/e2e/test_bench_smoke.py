@@ -34,8 +34,18 @@ def test_the_smoke_bench_writes_every_figure(tmp_path: Path):
     assert [path for path in REQUIRED if lookup(figures, path) is None] == []
     for name, figure in figures.items():
         assert figure["method"], f"{name} says how it was measured"
+    for image, causes in figures["causes"].items():  # every upload's spans reached the bench
+        if image != "method":
+            assert causes["traced"] == causes["uploads"], image
     table = (tmp_path / "results.md").read_text()
-    for heading in ("Mesh overhead", "Throughput", "Search top-5", "ShredTalentSalt", "Video"):
+    for heading in (
+        "Mesh overhead",
+        "Where an upload's time goes",
+        "Throughput",
+        "Search top-5",
+        "ShredTalentSalt",
+        "Video",
+    ):
         assert heading in table
     assert "Start-up" in table
     assert "Long video job" in table

@@ -12,13 +12,14 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gateway.store import MediaFaceRow, MediaRow
 from mixip.common.v1 import common_pb2 as common
 from mixip.consent.v1 import consent_pb2 as cpb
 from mixip.gateway.v1 import admin_pb2
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.checkpoints import no_checkpoint
 from tests.support import faces
 from tests.support.gateway_calls import (
     CHUNK,
@@ -83,6 +84,31 @@ def test_a_retried_upload_returns_the_first_results_and_no_duplicate_events(gate
     assert media_rows(gateway) == (1, 2)
 
 
+def test_an_upload_reads_its_key_project_and_retry_at_once_and_commits_once(gateway, studio):
+    """The upload path's fixed cost (issue 18): the API key, the project's scope and what a
+    retry's first call stored are one read transaction; the results are one commit. (Counted
+    on the thread that handled the upload; other threads of the gateway write meanwhile.)"""
+    _, meta = studio
+    begun: list[int] = []
+    handler: list[int] = []
+
+    def on_begin(_connection) -> None:
+        begun.append(threading.get_ident())
+
+    def at(step: str) -> None:
+        if step == "upload.started":
+            handler.append(threading.get_ident())
+
+    event.listen(gateway.app.db.engine, "begin", on_begin)
+    gateway.app.uploads.checkpoint = at
+    try:
+        upload(gateway, meta, group_photo(), request_id="counted")
+    finally:
+        event.remove(gateway.app.db.engine, "begin", on_begin)
+        gateway.app.uploads.checkpoint = no_checkpoint
+    assert len(handler) == 1 and begun.count(handler[0]) == 2  # one read, one commit
+
+
 def test_a_video_upload_gives_tracks_with_ranges(gateway, studio):
     _, meta = studio
     video = faces.make_video(None, [(faces.astronaut(), 1.5), (faces.grace_hopper(), 1.5)])
@@ -104,6 +130,18 @@ def test_calls_without_a_valid_key_are_unauthenticated(gateway, studio):
         metadata=bad,
     )
     expect_error(grpc.StatusCode.UNAUTHENTICATED, upload, gateway, bad, group_photo())
+    # the key is said first, whatever else is wrong (an upload's header is read before it)
+    no_header = iter([pb.UploadMediaRequest(chunk=b"x")])
+    expect_error(grpc.StatusCode.UNAUTHENTICATED, gateway.stub.UploadMedia, no_header, metadata=bad)
+    bad_header = upload_requests(group_photo(), project="bad id", request_id="\x00")
+    expect_error(
+        grpc.StatusCode.UNAUTHENTICATED, gateway.stub.UploadMedia, bad_header, metadata=bad
+    )
+    admin = (("authorization", f"Bearer {gateway.app.admin_key}"),)
+    no_header = iter([pb.UploadMediaRequest(chunk=b"x")])
+    expect_error(
+        grpc.StatusCode.PERMISSION_DENIED, gateway.stub.UploadMedia, no_header, metadata=admin
+    )
     _, meta = studio
     expect_error(
         grpc.StatusCode.PERMISSION_DENIED,

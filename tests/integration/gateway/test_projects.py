@@ -10,8 +10,10 @@ import grpc
 from gateway.store import MediaRow
 from mixip.common.v1 import common_pb2 as common
 from mixip.gateway.v1 import gateway_pb2 as pb
+from mixip.runtime.checkpoints import no_checkpoint
 from mixip.runtime.paging import encode_page_token
 from tests.support import faces
+from tests.support.checkpoints import Checkpoints, Outcome
 from tests.support.gateway_calls import PROJECT, group_photo, invite, upload
 from tests.support.status import expect_error, expect_invalid
 
@@ -383,3 +385,39 @@ def test_forged_page_tokens_with_impossible_times_are_invalid_not_internal(gatew
         metadata=meta,
     )
     assert list(accepted.media) == []
+
+
+def test_a_member_removed_or_made_a_viewer_while_its_upload_runs_keeps_nothing(gateway, studio):
+    """The project is read before the bytes come (with the key, in one read) and checked again
+    in the upload's commit: access lost meanwhile keeps no media, no results, no events."""
+    _, meta = studio
+    create(gateway, meta, PROJECT)
+    member, member_meta = gateway.new_account("crew")
+    invite(gateway, meta, member, UPLOADER)
+    hooks = Checkpoints()
+    gateway.app.uploads.checkpoint = hooks
+    try:
+        for lose_access, code in (
+            (lambda: invite(gateway, meta, member, VIEWER), grpc.StatusCode.PERMISSION_DENIED),
+            (
+                lambda: gateway.stub.RemoveCollaborator(
+                    pb.RemoveCollaboratorRequest(project_id=PROJECT, account_id=member),
+                    metadata=meta,
+                ),
+                grpc.StatusCode.PERMISSION_DENIED,
+            ),
+        ):
+            started = hooks.pause_at("upload.started")  # admitted, not yet matched
+            running = Outcome(lambda: upload(gateway, member_meta, group_photo()), started)
+            started.reached()
+            lose_access()
+            started.release()
+            error = running.join().error
+            assert isinstance(error, grpc.RpcError) and error.code() == code
+            invite(gateway, meta, member, UPLOADER)  # back, for the next case
+    finally:
+        gateway.app.uploads.checkpoint = no_checkpoint
+    with gateway.app.db.read() as session:
+        assert session.query(MediaRow).count() == 0
+    assert list(gateway.app.media_store.root.glob("??/*")) == []
+    assert not gateway.stub.ListAuditEvents(pb.ListAuditEventsRequest(), metadata=meta).events

@@ -6,6 +6,8 @@ one segment per message, so a video's results may add up to more than one messag
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import replace
 
 import grpc
@@ -23,6 +25,7 @@ from services.matcher.settings import Limits, MatcherSettings
 from services.matcher.video import open_stream
 from tests.integration.matcher.test_matcher_service import ACCOUNT, PROJECT, enroll, grant, match
 from tests.support import faces
+from tests.support.checkpoints import TIMEOUT, Checkpoints
 from tests.support.status import expect_error, expect_invalid
 
 OVERLAP = 2.0
@@ -216,6 +219,56 @@ def small_messages(matcher_factory, consent_factory):
     )
     consent_factory(matcher.address, port=consent_port)
     return matcher
+
+
+def test_a_stitch_its_caller_cancels_is_logged_as_cancelled_not_as_an_internal_error(mesh, caplog):
+    """The gateway cancels a job's stitch (the job was cancelled) after a first segment: the
+    matcher's read of the next one fails, and it says so at INFO (nobody hears an answer), not
+    INTERNAL at ERROR. gRPC hands the handler the reset either as an error, once it marked the
+    call cancelled (CANCELLED), or, before it did, as the stream's end (the stitch's "the
+    stream ended early", INVALID_ARGUMENT): which one is the transport's race."""
+    caplog.set_level(logging.INFO)
+    ended = threading.Event()
+    said: list[logging.LogRecord] = []
+
+    class Lines(logging.Handler):  # every line, and a signal once the stitch's own is said
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record)
+            method = getattr(record, "fields", {}).get("method", "")
+            if record.getMessage() == "rpc" and method.endswith("/StitchVideoSegments"):
+                ended.set()
+
+    seal = mesh.matcher.app.segments._seal
+    first = pb.SegmentResult(sealed_frames=seal(ACCOUNT, _frames_bytes([])), width=640, height=360)
+    header = pb.StitchVideoSegmentsHeader(
+        account_id=ACCOUNT, project_id=PROJECT, content_type="video/mp4", segment_count=2
+    )
+    hooks = Checkpoints()
+    linked = hooks.pause_at("stitch.linked")
+    mesh.matcher.app.segments.checkpoint = hooks
+    lines = Lines()
+    logging.getLogger().addHandler(lines)
+    never = threading.Event()
+
+    def requests():
+        yield pb.StitchVideoSegmentsRequest(header=header)
+        yield pb.StitchVideoSegmentsRequest(segment=first)
+        never.wait(TIMEOUT)  # the second result never comes
+
+    try:
+        call = mesh.matcher.stub.StitchVideoSegments.future(requests())
+        linked.reached()  # the matcher is inside the stitch, one segment linked
+        call.cancel()
+        linked.release()
+        assert ended.wait(TIMEOUT)
+    finally:
+        never.set()
+        logging.getLogger().removeHandler(lines)
+        mesh.matcher.app.segments.checkpoint = lambda name: None
+    [line] = [r for r in said if r.getMessage() == "rpc" and "Stitch" in r.fields["method"]]
+    assert line.fields["code"] in ("CANCELLED", "INVALID_ARGUMENT"), line.fields
+    assert line.levelno == logging.INFO
+    assert [r.getMessage() for r in said if r.levelno >= logging.ERROR] == []
 
 
 def test_a_stitch_larger_than_one_messages_limit_streams_through_one_segment_a_message(

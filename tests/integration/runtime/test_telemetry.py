@@ -78,6 +78,7 @@ def test_the_metrics_endpoint_serves_the_series_and_no_talent_id(gateway, clock)
 
 @pytest.fixture
 def spans():
+    telemetry.configure_tracing("tests")  # as a service does (nothing if one already did)
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()
     processor = SimpleSpanProcessor(exporter)
@@ -120,6 +121,8 @@ def test_one_trace_follows_an_upload_from_the_gateway_to_audit(gateway, clock, s
         assert server_spans[name].context.trace_id == trace_id, name
         assert server_spans[name].parent is not None  # continued from the caller's traceparent
     assert "/mixip.audit.v1.AuditService/RecordMatchEvents" not in server_spans
+    steps = {s.name for s in spans.get_finished_spans() if s.context.trace_id == trace_id}
+    assert {"gateway.authenticate", "gateway.upload.commit", "matcher.analyse"} <= steps
     assert gateway.app.audit_outbox.drain(account) == 2
     delivered = [
         s
@@ -221,6 +224,17 @@ def _until(predicate, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_step_that_raises_is_an_error_span_naming_the_exception_type_only(spans):
+    """A database error's message names the row's ids: a failed step's span keeps the
+    exception's type, never its message or traceback."""
+    with pytest.raises(ValueError, match="acct_secret"), telemetry.step("gateway.upload.rows"):
+        raise ValueError("(media_id, account_id) = ('med_1', 'acct_secret')")
+    [span] = [s for s in spans.get_finished_spans() if s.name == "gateway.upload.rows"]
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == "ValueError"
+    assert not span.events and not span.attributes
 
 
 def test_health_is_not_serving_while_the_database_is_unreachable(pg_test_database, serve):

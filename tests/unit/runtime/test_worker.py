@@ -171,6 +171,26 @@ def test_the_thread_is_a_named_daemon_and_a_stop_joins_it(started):
     assert len([t for t in threading.enumerate() if t.name == "test-worker"]) == 1
 
 
+def test_a_start_after_a_stop_that_timed_out_leaves_one_thread_when_the_old_pass_ends(started):
+    """A stop whose join timed out (its pass still running) and then a start: the old thread
+    still ends at its next wait, so one thread runs the loop, not two."""
+    script = Script()
+    release = threading.Event()
+    script.during = lambda: release.wait(TIMEOUT)
+    worker, _ = _worker(started, script, join_seconds=0.0)
+    worker.start()
+    assert script.passed[1].wait(TIMEOUT)  # the old thread is inside its pass
+    (old,) = [t for t in threading.enumerate() if t.name == "test-worker"]
+    worker.stop()  # gives up joining at once
+    assert old.is_alive()
+    worker.start()
+    assert script.passed[2].wait(TIMEOUT)  # the new thread's first pass (released already)
+    release.set()
+    old.join(TIMEOUT)
+    assert not old.is_alive() and worker.running
+    assert len([t for t in threading.enumerate() if t.name == "test-worker"]) == 1
+
+
 def test_a_start_up_task_retries_until_a_pass_succeeds_then_ends(started):
     script = Script(OSError("peer not up yet"), OSError("peer not up yet"))
     worker, _ = _worker(
