@@ -327,7 +327,29 @@ class _LocalWriter:
             self.handle.close()  # releases the lock
 
 
-class _SegmentReader(io.RawIOBase):
+class _Seekable(io.RawIOBase):
+    """A readable stream of `size` bytes that seeks (the two readers below)."""
+
+    size: int
+    position: int
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def _target(self, offset: int, whence: int) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        return base + offset
+
+
+class _SegmentReader(_Seekable):
     """The plaintext of an MXM2 object, decrypted a segment at a time."""
 
     def __init__(self, handle: IO[bytes], header: _Header) -> None:
@@ -343,20 +365,8 @@ class _SegmentReader(io.RawIOBase):
         self.position = 0
         self._cached: tuple[int, bytes] | None = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self.position = base + offset
-        return self.position
-
-    def tell(self) -> int:
+        self.position = self._target(offset, whence)
         return self.position
 
     def _segment(self, index: int) -> bytes:
@@ -581,7 +591,7 @@ class _S3Writer:
         pass
 
 
-class _S3Reader(io.RawIOBase):
+class _S3Reader(_Seekable):
     """An S3 object read through one GET at a time; a seek starts a ranged GET."""
 
     def __init__(self, s3: Any, bucket: str, name: str, size: int) -> None:
@@ -589,22 +599,11 @@ class _S3Reader(io.RawIOBase):
         self.position = 0
         self._body: Any = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        if base + offset != self.position:
+        target = self._target(offset, whence)
+        if target != self.position:
             self._drop()
-            self.position = base + offset
-        return self.position
-
-    def tell(self) -> int:
+            self.position = target
         return self.position
 
     def readinto(self, buffer: Any) -> int:
